@@ -1,0 +1,18 @@
+"""Errors a user can cause and fix. The CLI prints them as one line and exits with code 2."""
+
+
+class ResnetsError(Exception):
+    """Base class: bad input from the user (unknown name, bad file, wrong option)."""
+
+
+class UnknownModelError(ResnetsError, KeyError):
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class OptionError(ResnetsError, TypeError):
+    """An option a model cannot take, or a value it does not accept."""
+
+
+class WeightsError(ResnetsError, ValueError):
+    """A weights file that is missing, unreadable, unsafe or of another architecture."""

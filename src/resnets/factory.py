@@ -1,0 +1,164 @@
+"""Building models by name, with weights: `create_model` and `load`.
+
+The model code never touches files; this is where weights are found, read, adapted to the requested head and
+input channels, and checked key by key before they are loaded.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import weights as W
+from .artifacts import read_weights
+from .errors import WeightsError
+from .models import get_entry
+from .models.registry import check_options
+from .models.resnet import ResNetV2
+
+log = logging.getLogger("resnets")
+
+_FIRST_CONVS = ("conv1.weight", "conv1.0.weight")  # the 7x7 stem conv, or the first conv of a deep stem
+
+
+def _resolve(weights: str | os.PathLike, download: bool) -> tuple[dict[str, torch.Tensor], dict, str]:
+    """(state_dict, metadata, description) for a registered weight name or a local file."""
+    text = os.fspath(weights)
+    if W.is_registered(text):
+        spec = W.get_weights(text)
+        sd, _ = read_weights(W.fetch(text, download=download))
+        meta = {
+            "architecture": spec.architecture,
+            "options": {},
+            "class_names": spec.class_names(),
+            "preprocessing": spec.preprocessing.to_dict(),
+            "weights": spec.name,
+        }
+        return sd, meta, repr(text)
+    if not os.path.exists(text) and "." in text and os.sep not in text and not text.endswith(
+        (".safetensors",) + tuple(s for s in (".pth", ".pt", ".bin", ".ckpt"))
+    ):
+        raise WeightsError(f"unknown weights {text!r}: neither a registered name (see `resnets list --weights`) nor a file")
+    sd, meta = read_weights(text)
+    return sd, meta or {}, text
+
+
+def _adapt_first_conv(w: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """(out, 3, k, k) -> (out, in_chans, k, k). One channel: the sum over RGB, so a grey image replicated to RGB
+    and the single-channel net give the same response. Others: RGB repeated and scaled by 3/in_chans (timm)."""
+    if in_chans == 1:
+        return w.sum(dim=1, keepdim=True)
+    reps = -(-in_chans // w.shape[1])
+    return w.repeat(1, reps, 1, 1)[:, :in_chans] * (w.shape[1] / in_chans)
+
+
+def _fmt_keys(keys: list[str]) -> str:
+    more = f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""
+    return ", ".join(keys[:3]) + more
+
+
+def apply_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "weights") -> None:
+    """Load `state_dict` into `model`: drop a classifier of another size, adapt the first conv to the model's
+    input channels, and refuse (one clear error) missing or unexpected keys and shape mismatches."""
+    sd = ResNetV2.checkpoint_filter(dict(state_dict))
+    target = model.state_dict()
+    name = getattr(model, "arch_name", type(model).__name__)
+    if "fc.weight" in sd:
+        if "fc.weight" not in target:
+            sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
+        elif sd["fc.weight"].shape != target["fc.weight"].shape and sd["fc.weight"].shape[1:] == target["fc.weight"].shape[1:]:
+            log.warning(
+                "classifier dropped: the weights have %d classes, the model %d; fc is newly initialised",
+                sd["fc.weight"].shape[0], target["fc.weight"].shape[0],
+            )  # fmt: skip
+            sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
+            sd.update({k: v for k, v in target.items() if k.startswith("fc.")})
+    for key in _FIRST_CONVS:
+        if key in sd and key in target:
+            src, dst = sd[key], target[key]
+            if src.ndim == 4 and src.shape[1] != dst.shape[1] and src.shape[0] == dst.shape[0] and src.shape[2:] == dst.shape[2:]:
+                log.info("%s adapted from %d to %d input channels", key, src.shape[1], dst.shape[1])
+                sd[key] = _adapt_first_conv(src, dst.shape[1])
+    skip = "num_batches_tracked"
+    missing = [k for k in target if k not in sd and not k.endswith(skip)]
+    unexpected = [k for k in sd if k not in target and not k.endswith(skip)]
+    shapes = [
+        f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}" for k, v in target.items() if k in sd and sd[k].shape != v.shape
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {_fmt_keys(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys {_fmt_keys(unexpected)}")
+        if shapes:
+            parts.append(f"shape mismatch {_fmt_keys(shapes)}")
+        raise WeightsError(f"weights {source} do not fit {name}: " + "; ".join(parts))
+    model.load_state_dict({k: v for k, v in sd.items() if k in target}, strict=False)
+
+
+def _build(name: str, options: dict[str, Any], sd: dict | None, meta: dict, source: str) -> nn.Module:
+    entry = get_entry(name)
+    check_options(entry, options)
+    arch = meta.get("architecture")
+    if arch and arch != name:
+        raise WeightsError(f"weights {source} are for {arch}, not {name}")
+    opts = {k: v for k, v in (meta.get("options") or {}).items() if k in entry.options}
+    opts.update(options)  # explicit options win over those recorded with the weights
+    if sd is not None:
+        sd = ResNetV2.checkpoint_filter(sd)
+        fc = sd.get("fc.weight")
+        if "num_classes" not in opts and fc is not None and fc.ndim == 2:
+            opts["num_classes"] = int(fc.shape[0])
+        first = next((sd[k] for k in _FIRST_CONVS if k in sd), None)
+        if "in_chans" not in opts and first is not None and first.ndim == 4:
+            opts["in_chans"] = int(first.shape[1])
+        check_options(entry, opts)
+    model = entry.fn(**opts)
+    model.arch_name = name
+    model.arch_options = opts
+    classes = meta.get("class_names")
+    model.class_names = list(classes) if classes and len(classes) == getattr(model, "num_classes", -1) else None
+    pre = meta.get("preprocessing")
+    model.preprocessing = W.Preprocessing.from_dict(pre) if pre else None
+    if model.preprocessing is not None and opts.get("in_chans", 3) != len(model.preprocessing.mean):
+        # one grey channel fed to RGB-trained filters: normalise with the mean of the channel statistics
+        p = model.preprocessing
+        n = opts.get("in_chans", 3)
+        m, s = sum(p.mean) / len(p.mean), sum(p.std) / len(p.std)
+        model.preprocessing = W.Preprocessing(p.resize, p.crop, p.interpolation, (m,) * n, (s,) * n)
+    if sd is not None:
+        apply_state_dict(model, sd, source)
+    return model
+
+
+def create_model(name: str, *, weights: str | os.PathLike | None = None, download: bool = True, **options: Any) -> nn.Module:
+    """Build a registered model, optionally with weights.
+
+    name: a registered architecture ("resnet50"), or "<architecture>.<tag>" of registered weights
+        ("resnet50.tv2_in1k"), which is the same as weights="resnet50.tv2_in1k".
+    weights: a registered weight name (fetched into the cache, hash-checked, when missing and `download`),
+        or a local .safetensors / .pth / .pt file (torchvision, timm or resnets layouts).
+    options: num_classes, in_chans, shortcut, stride_in_1x1, zero_init_residual, drop_path_rate, norm, as the
+        architecture takes them. Unset num_classes/in_chans follow the weights; set ones adapt them.
+    """
+    if weights is None and "." in name and W.is_registered(name):
+        name, weights = name.split(".", 1)[0], name
+    get_entry(name)  # unknown names fail before any file is read
+    if weights is None:
+        return _build(name, options, None, {}, "")
+    sd, meta, source = _resolve(weights, download)
+    return _build(name, options, sd, meta, source)
+
+
+def load(path: str | os.PathLike, **options: Any) -> nn.Module:
+    """Rebuild the model saved in a self-describing file (see `resnets.save`), in eval mode."""
+    sd, meta = read_weights(path)
+    if not meta or not meta.get("architecture"):
+        raise WeightsError(
+            f"{path} does not record its architecture (not saved by resnets.save); use create_model(NAME, weights=...)"
+        )
+    return _build(meta["architecture"], options, sd, meta, os.fspath(path)).eval()

@@ -1,0 +1,83 @@
+"""Models by name: `register_model` entrypoints, `list_models`, and option checking."""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from torch import nn
+
+from ..errors import OptionError, UnknownModelError
+from .layers import NORMS, SHORTCUTS
+
+# Options a user may pass to create_model; each entrypoint says which of them it takes.
+HEAD = ("num_classes", "in_chans", "norm")
+RESIDUAL = HEAD + ("zero_init_residual", "drop_path_rate")
+SHORTCUT = RESIDUAL + ("shortcut",)
+BOTTLENECK = SHORTCUT + ("stride_in_1x1",)
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    fn: Callable[..., nn.Module]
+    options: tuple[str, ...]
+    family: str  # "imagenet" or "cifar": decides the default input size
+
+    @property
+    def input_size(self) -> int:
+        return 32 if self.family == "cifar" else 224
+
+    @property
+    def doc(self) -> str:
+        return (self.fn.__doc__ or "").strip().splitlines()[0] if self.fn.__doc__ else ""
+
+
+_MODELS: dict[str, ModelEntry] = {}
+
+
+def register_model(*, options: tuple[str, ...], family: str = "imagenet"):
+    """Register an entrypoint under its function name with the user options it takes."""
+
+    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if fn.__name__ in _MODELS:
+            raise ValueError(f"model {fn.__name__!r} is registered twice")
+        _MODELS[fn.__name__] = ModelEntry(fn.__name__, fn, options, family)
+        return fn
+
+    return deco
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching a shell-style pattern, in registration order."""
+    return [n for n in _MODELS if fnmatch.fnmatchcase(n, pattern)]
+
+
+def get_entry(name: str) -> ModelEntry:
+    try:
+        return _MODELS[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, _MODELS, n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see `resnets list`"
+        raise UnknownModelError(f"unknown model {name!r}{hint}") from None
+
+
+def check_options(entry: ModelEntry, options: dict[str, Any]) -> None:
+    """An option a model cannot take is an error, not silently ignored; so is a value out of range."""
+    for key, value in options.items():
+        if key not in entry.options:
+            raise OptionError(
+                f"model {entry.name!r} does not take option {key!r} (it takes: {', '.join(entry.options)})"
+            )
+        if key == "shortcut" and value not in SHORTCUTS:
+            raise OptionError(f"shortcut must be one of {', '.join(SHORTCUTS)}, got {value!r}")
+        if key == "norm" and value not in NORMS:
+            raise OptionError(f"norm must be one of {', '.join(NORMS)}, got {value!r}")
+        if key in ("num_classes", "in_chans"):
+            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "num_classes" else 1):
+                raise OptionError(f"{key} must be an integer >= {0 if key == 'num_classes' else 1}, got {value!r}")
+        if key == "drop_path_rate" and not (isinstance(value, (int, float)) and 0.0 <= value < 1.0):
+            raise OptionError(f"drop_path_rate must be in [0, 1), got {value!r}")
+        if key in ("zero_init_residual", "stride_in_1x1") and not isinstance(value, bool):
+            raise OptionError(f"{key} must be True or False, got {value!r}")

@@ -1,0 +1,203 @@
+"""One entrypoint per architecture. Architecture arguments live here; the machinery lives in resnet.py."""
+from __future__ import annotations
+
+from functools import partial
+
+from .layers import BasicBlock, Bottleneck
+from .registry import BOTTLENECK, HEAD, RESIDUAL, SHORTCUT, register_model
+from .resnet import ResNet, ResNetV2
+
+# ---- ImageNet nets of the paper's Table 1 (option B shortcuts; v1.5 bottleneck unless stride_in_1x1=True)
+
+
+@register_model(options=SHORTCUT)
+def resnet18(**kw):
+    """ResNet-18 (Table 1)."""
+    return ResNet(BasicBlock, [2, 2, 2, 2], **kw)
+
+
+@register_model(options=SHORTCUT)
+def resnet34(**kw):
+    """ResNet-34 (Table 1)."""
+    return ResNet(BasicBlock, [3, 4, 6, 3], **kw)
+
+
+@register_model(options=BOTTLENECK)
+def resnet50(**kw):
+    """ResNet-50 (Table 1)."""
+    return ResNet(Bottleneck, [3, 4, 6, 3], **kw)
+
+
+@register_model(options=BOTTLENECK)
+def resnet101(**kw):
+    """ResNet-101 (Table 1)."""
+    return ResNet(Bottleneck, [3, 4, 23, 3], **kw)
+
+
+@register_model(options=BOTTLENECK)
+def resnet152(**kw):
+    """ResNet-152 (Table 1)."""
+    return ResNet(Bottleneck, [3, 8, 36, 3], **kw)
+
+
+# ---- ResNeXt ("Aggregated Residual Transformations", Xie et al.) and Wide ResNet (Zagoruyko & Komodakis)
+
+
+@register_model(options=BOTTLENECK)
+def resnext50_32x4d(**kw):
+    """ResNeXt-50, 32 groups of width 4."""
+    return ResNet(Bottleneck, [3, 4, 6, 3], groups=32, width_per_group=4, **kw)
+
+
+@register_model(options=BOTTLENECK)
+def resnext101_32x8d(**kw):
+    """ResNeXt-101, 32 groups of width 8."""
+    return ResNet(Bottleneck, [3, 4, 23, 3], groups=32, width_per_group=8, **kw)
+
+
+@register_model(options=BOTTLENECK)
+def resnext101_64x4d(**kw):
+    """ResNeXt-101, 64 groups of width 4."""
+    return ResNet(Bottleneck, [3, 4, 23, 3], groups=64, width_per_group=4, **kw)
+
+
+@register_model(options=BOTTLENECK)
+def wide_resnet50_2(**kw):
+    """Wide ResNet-50-2: bottleneck 3x3 twice as wide."""
+    return ResNet(Bottleneck, [3, 4, 6, 3], width_per_group=128, **kw)
+
+
+@register_model(options=BOTTLENECK)
+def wide_resnet101_2(**kw):
+    """Wide ResNet-101-2: bottleneck 3x3 twice as wide."""
+    return ResNet(Bottleneck, [3, 4, 23, 3], width_per_group=128, **kw)
+
+
+# ---- ResNet-D ("Bag of Tricks", He et al. 2019): deep 3x3 stem, average-pool downsampling
+
+
+@register_model(options=RESIDUAL)
+def resnet50d(**kw):
+    """ResNet-50-D: deep stem and average-pool shortcut (timm's resnet50d)."""
+    return ResNet(Bottleneck, [3, 4, 6, 3], stem="deep", avg_down=True, **kw)
+
+
+@register_model(options=RESIDUAL)
+def resnet101d(**kw):
+    """ResNet-101-D: deep stem and average-pool shortcut (timm's resnet101d)."""
+    return ResNet(Bottleneck, [3, 4, 23, 3], stem="deep", avg_down=True, **kw)
+
+
+# ---- Pre-activation ResNet V2 ("Identity Mappings in Deep Residual Networks")
+
+
+@register_model(options=RESIDUAL)
+def resnetv2_50(**kw):
+    """Pre-activation ResNet-50 (timm's resnetv2_50)."""
+    return ResNetV2([3, 4, 6, 3], **kw)
+
+
+@register_model(options=RESIDUAL)
+def resnetv2_101(**kw):
+    """Pre-activation ResNet-101 (timm's resnetv2_101)."""
+    return ResNetV2([3, 4, 23, 3], **kw)
+
+
+@register_model(options=RESIDUAL)
+def resnetv2_152(**kw):
+    """Pre-activation ResNet-152 (timm's resnetv2_152)."""
+    return ResNetV2([3, 8, 36, 3], **kw)
+
+
+# ---- The paper's plain ImageNet baselines (section 4.1): the same layers, no shortcuts
+
+
+@register_model(options=HEAD)
+def plain18(**kw):
+    """Plain-18: ResNet-18's layers without shortcuts (Figure 4)."""
+    return ResNet(BasicBlock, [2, 2, 2, 2], residual=False, **kw)
+
+
+@register_model(options=HEAD)
+def plain34(**kw):
+    """Plain-34: ResNet-34's layers without shortcuts (Figure 3, middle)."""
+    return ResNet(BasicBlock, [3, 4, 6, 3], residual=False, **kw)
+
+
+# ---- CIFAR nets of section 4.2: 3x3 stem, stages of 16/32/64 filters, 6n+2 layers, option A shortcuts
+
+_cifar = partial(ResNet, BasicBlock, widths=(16, 32, 64), stem="cifar")
+
+
+def _cifar_kw(kw: dict) -> dict:
+    return {"num_classes": 10, "shortcut": "A", **kw}
+
+
+def _plain_kw(kw: dict) -> dict:
+    return {"num_classes": 10, **kw}
+
+
+@register_model(options=SHORTCUT, family="cifar")
+def resnet20(**kw):
+    """CIFAR ResNet-20 (n=3)."""
+    return _cifar([3, 3, 3], **_cifar_kw(kw))
+
+
+@register_model(options=SHORTCUT, family="cifar")
+def resnet32(**kw):
+    """CIFAR ResNet-32 (n=5)."""
+    return _cifar([5, 5, 5], **_cifar_kw(kw))
+
+
+@register_model(options=SHORTCUT, family="cifar")
+def resnet44(**kw):
+    """CIFAR ResNet-44 (n=7)."""
+    return _cifar([7, 7, 7], **_cifar_kw(kw))
+
+
+@register_model(options=SHORTCUT, family="cifar")
+def resnet56(**kw):
+    """CIFAR ResNet-56 (n=9)."""
+    return _cifar([9, 9, 9], **_cifar_kw(kw))
+
+
+@register_model(options=SHORTCUT, family="cifar")
+def resnet110(**kw):
+    """CIFAR ResNet-110 (n=18)."""
+    return _cifar([18, 18, 18], **_cifar_kw(kw))
+
+
+@register_model(options=SHORTCUT, family="cifar")
+def resnet1202(**kw):
+    """CIFAR ResNet-1202 (n=200)."""
+    return _cifar([200, 200, 200], **_cifar_kw(kw))
+
+
+@register_model(options=HEAD, family="cifar")
+def plain20(**kw):
+    """CIFAR plain-20 (n=3, no shortcuts)."""
+    return _cifar([3, 3, 3], residual=False, **_plain_kw(kw))
+
+
+@register_model(options=HEAD, family="cifar")
+def plain32(**kw):
+    """CIFAR plain-32 (n=5, no shortcuts)."""
+    return _cifar([5, 5, 5], residual=False, **_plain_kw(kw))
+
+
+@register_model(options=HEAD, family="cifar")
+def plain44(**kw):
+    """CIFAR plain-44 (n=7, no shortcuts)."""
+    return _cifar([7, 7, 7], residual=False, **_plain_kw(kw))
+
+
+@register_model(options=HEAD, family="cifar")
+def plain56(**kw):
+    """CIFAR plain-56 (n=9, no shortcuts)."""
+    return _cifar([9, 9, 9], residual=False, **_plain_kw(kw))
+
+
+@register_model(options=HEAD, family="cifar")
+def plain110(**kw):
+    """CIFAR plain-110 (n=18, no shortcuts)."""
+    return _cifar([18, 18, 18], residual=False, **_plain_kw(kw))

@@ -1,0 +1,199 @@
+"""Published weights as data with provenance: url, sha256, classes, eval preprocessing and reported accuracy.
+
+Files are fetched into a local cache only when a registered name is asked for, and checked against their hash.
+"""
+from __future__ import annotations
+
+import fnmatch
+import os
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+from .errors import WeightsError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Evaluation preprocessing: resize the shorter side to `resize`, centre-crop `crop`, scale to [0, 1],
+    normalise with mean/std (per channel, in that [0, 1] scale)."""
+
+    resize: int
+    crop: int
+    interpolation: str = "bilinear"
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocessing":
+        return cls(
+            resize=int(d["resize"]),
+            crop=int(d["crop"]),
+            interpolation=str(d.get("interpolation", "bilinear")),
+            mean=tuple(float(x) for x in d.get("mean", IMAGENET_MEAN)),
+            std=tuple(float(x) for x in d.get("std", IMAGENET_STD)),
+        )
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    """A published checkpoint. `sha256` is the full digest or, for torchvision's files, the leading hex digits
+    that torchvision puts in the file name (the same check torch.hub does)."""
+
+    name: str  # "<architecture>.<tag>", e.g. "resnet50.tv2_in1k"
+    url: str
+    sha256: str
+    preprocessing: Preprocessing
+    metrics: dict[str, float] = field(default_factory=dict)  # ImageNet-1k val, single centre crop, %
+    num_classes: int = 1000
+    classes: str = "imagenet"  # name of a class list shipped in resnets/data
+    source: str = ""
+    recipe: str = ""
+
+    @property
+    def architecture(self) -> str:
+        return self.name.split(".", 1)[0]
+
+    @property
+    def file_name(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+    def class_names(self) -> list[str]:
+        return class_list(self.classes)
+
+
+@lru_cache(maxsize=None)
+def _class_list(name: str) -> tuple[str, ...]:
+    text = resources.files("resnets").joinpath(f"data/{name}_classes.txt").read_text(encoding="utf-8")
+    return tuple(line for line in text.splitlines() if line)
+
+
+def class_list(name: str) -> list[str]:
+    """A class-name list shipped with the package (e.g. "imagenet": the 1000 ImageNet-1k classes)."""
+    return list(_class_list(name))
+
+
+_WEIGHTS: dict[str, WeightSpec] = {}
+
+
+def register_weights(spec: WeightSpec) -> WeightSpec:
+    if spec.name in _WEIGHTS:
+        raise ValueError(f"weights {spec.name!r} are registered twice")
+    _WEIGHTS[spec.name] = spec
+    return spec
+
+
+def list_weights(pattern: str = "*") -> list[str]:
+    return [n for n in _WEIGHTS if fnmatch.fnmatchcase(n, pattern)]
+
+
+def get_weights(name: str) -> WeightSpec:
+    try:
+        return _WEIGHTS[name]
+    except KeyError:
+        raise WeightsError(f"unknown weights {name!r}; see `resnets list --weights`") from None
+
+
+def is_registered(name: str) -> bool:
+    return name in _WEIGHTS
+
+
+def cache_dir() -> Path:
+    """$RESNETS_HOME/weights, else $XDG_CACHE_HOME/resnets/weights, else ~/.cache/resnets/weights."""
+    if os.environ.get("RESNETS_HOME"):
+        return Path(os.environ["RESNETS_HOME"]) / "weights"
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "resnets" / "weights"
+
+
+def _candidates(spec: WeightSpec) -> list[Path]:
+    # torchvision/torch.hub keep the same files under <hub dir>/checkpoints: reuse them rather than download again
+    import torch.hub
+
+    return [cache_dir() / spec.file_name, Path(torch.hub.get_dir()) / "checkpoints" / spec.file_name]
+
+
+def fetch(name: str, *, download: bool = True, progress: bool = True) -> Path:
+    """Local path of registered weights, downloading them (hash-checked) if they are not cached yet.
+
+    Offline (no network, or RESNETS_OFFLINE=1, or download=False) a missing file is an error saying which file
+    to put where.
+    """
+    spec = get_weights(name)
+    for path in _candidates(spec):
+        if path.is_file():
+            return path
+    dest = _candidates(spec)[0]
+    manual = f"download {spec.url} and save it as {dest}"
+    if not download or os.environ.get("RESNETS_OFFLINE", "") not in ("", "0"):
+        raise WeightsError(f"weights {name!r} are not in the cache and downloads are off; {manual}")
+    import torch.hub
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        # writes to a temporary file beside dest, checks the sha256 prefix, then renames
+        torch.hub.download_url_to_file(spec.url, str(dest), hash_prefix=spec.sha256, progress=progress)
+    except RuntimeError as e:  # hash mismatch: torch.hub removed the temporary file
+        raise WeightsError(f"weights {name!r} from {spec.url} failed the sha256 check ({e}); {manual}") from None
+    except OSError as e:
+        raise WeightsError(f"cannot download weights {name!r} ({e}); {manual}") from None
+    return dest
+
+
+# ---- torchvision's published ImageNet weights (torchvision.models.resnet *_Weights; the file name carries the
+# first 8 hex digits of the file's sha256). Accuracies are theirs: ImageNet-1k val, resize + 224 centre crop.
+
+_TV_V1 = "https://github.com/pytorch/vision/tree/main/references/classification#resnet"
+_TV_V2 = "https://github.com/pytorch/vision/issues/3995#new-recipe"
+
+
+def _tv(name: str, url: str, *, resize: int, top1: float, top5: float, recipe: str) -> None:
+    sha_prefix = url.rsplit("-", 1)[-1].split(".", 1)[0]
+    register_weights(
+        WeightSpec(
+            name=name,
+            url=url,
+            sha256=sha_prefix,
+            preprocessing=Preprocessing(resize=resize, crop=224),
+            metrics={"top1": top1, "top5": top5},
+            source="torchvision",
+            recipe=recipe,
+        )
+    )
+
+
+_U = "https://download.pytorch.org/models/"
+_tv("resnet18.tv_in1k", _U + "resnet18-f37072fd.pth", resize=256, top1=69.758, top5=89.078, recipe=_TV_V1)
+_tv("resnet34.tv_in1k", _U + "resnet34-b627a593.pth", resize=256, top1=73.314, top5=91.42, recipe=_TV_V1)
+_tv("resnet50.tv_in1k", _U + "resnet50-0676ba61.pth", resize=256, top1=76.13, top5=92.862, recipe=_TV_V1)
+_tv("resnet50.tv2_in1k", _U + "resnet50-11ad3fa6.pth", resize=232, top1=80.858, top5=95.434,
+    recipe="https://github.com/pytorch/vision/issues/3995#issuecomment-1013906621")  # fmt: skip
+_tv("resnet101.tv_in1k", _U + "resnet101-63fe2227.pth", resize=256, top1=77.374, top5=93.546, recipe=_TV_V1)
+_tv("resnet101.tv2_in1k", _U + "resnet101-cd907fc2.pth", resize=232, top1=81.886, top5=95.78, recipe=_TV_V2)
+_tv("resnet152.tv_in1k", _U + "resnet152-394f9c45.pth", resize=256, top1=78.312, top5=94.046, recipe=_TV_V1)
+_tv("resnet152.tv2_in1k", _U + "resnet152-f82ba261.pth", resize=232, top1=82.284, top5=96.002, recipe=_TV_V2)
+_tv("resnext50_32x4d.tv_in1k", _U + "resnext50_32x4d-7cdf4587.pth", resize=256, top1=77.618, top5=93.698,
+    recipe="https://github.com/pytorch/vision/tree/main/references/classification#resnext")  # fmt: skip
+_tv("resnext50_32x4d.tv2_in1k", _U + "resnext50_32x4d-1a0047aa.pth", resize=232, top1=81.198, top5=95.34,
+    recipe=_TV_V2)  # fmt: skip
+_tv("resnext101_32x8d.tv_in1k", _U + "resnext101_32x8d-8ba56ff5.pth", resize=256, top1=79.312, top5=94.526,
+    recipe="https://github.com/pytorch/vision/tree/main/references/classification#resnext")  # fmt: skip
+_tv("resnext101_32x8d.tv2_in1k", _U + "resnext101_32x8d-110c445d.pth", resize=232, top1=82.834, top5=96.228,
+    recipe="https://github.com/pytorch/vision/issues/3995#new-recipe-with-fixres")  # fmt: skip
+_tv("resnext101_64x4d.tv_in1k", _U + "resnext101_64x4d-173b62eb.pth", resize=232, top1=83.246, top5=96.454,
+    recipe="https://github.com/pytorch/vision/pull/5935")  # fmt: skip
+_tv("wide_resnet50_2.tv_in1k", _U + "wide_resnet50_2-95faca4d.pth", resize=256, top1=78.468, top5=94.086,
+    recipe="https://github.com/pytorch/vision/pull/912#issue-445437439")  # fmt: skip
+_tv("wide_resnet50_2.tv2_in1k", _U + "wide_resnet50_2-9ba9bcbe.pth", resize=232, top1=81.602, top5=95.758,
+    recipe="https://github.com/pytorch/vision/issues/3995#new-recipe-with-fixres")  # fmt: skip
+_tv("wide_resnet101_2.tv_in1k", _U + "wide_resnet101_2-32ee1156.pth", resize=256, top1=78.848, top5=94.284,
+    recipe="https://github.com/pytorch/vision/pull/912#issue-445437439")  # fmt: skip
+_tv("wide_resnet101_2.tv2_in1k", _U + "wide_resnet101_2-d733dc28.pth", resize=232, top1=82.51, top5=96.02,
+    recipe=_TV_V2)  # fmt: skip

@@ -1,0 +1,31 @@
+import pytest
+import torch
+from torch import nn
+
+
+def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every BN non-trivial statistics and affine parameters, so a parity test would notice a BN that is
+    misplaced or misnamed (fresh BNs are identities in eval mode)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.rand(n, generator=g) * 0.2 - 0.1)
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.copy_(torch.rand(n, generator=g) * 0.2 - 0.1)
+    return model
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def offline_cache(tmp_path, monkeypatch):
+    """An empty weights cache and torch.hub dir, so no test sees or writes a user's files."""
+    monkeypatch.setenv("RESNETS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    return tmp_path / "home" / "weights"

@@ -1,0 +1,215 @@
+"""Weights: registered names with provenance, local files in every layout, adaptation and clear refusals."""
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+import resnets
+from resnets import weights as W
+from resnets.errors import ResnetsError, WeightsError
+from conftest import randomize_norms
+
+
+def test_registered_weights_match_torchvisions_own_records():
+    from torchvision.models import get_model_weights
+
+    for arch in ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
+                 "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2"]:  # fmt: skip
+        for tv in get_model_weights(arch):
+            tag = {"IMAGENET1K_V1": "tv_in1k", "IMAGENET1K_V2": "tv2_in1k"}[tv.name]
+            spec = resnets.get_weights(f"{arch}.{tag}")
+            assert spec.url == tv.url
+            assert spec.url.rsplit("-", 1)[1].startswith(spec.sha256)
+            assert spec.metrics["top1"] == tv.meta["_metrics"]["ImageNet-1K"]["acc@1"]
+            t = tv.transforms()
+            assert (spec.preprocessing.resize, spec.preprocessing.crop) == (t.resize_size[0], t.crop_size[0])
+            assert spec.preprocessing.mean == tuple(t.mean) and spec.preprocessing.std == tuple(t.std)
+            assert spec.class_names() == tv.meta["categories"]
+
+
+def test_offline_error_says_which_file_to_put_where(offline_cache, monkeypatch):
+    monkeypatch.setenv("RESNETS_OFFLINE", "1")
+    with pytest.raises(WeightsError) as e:
+        resnets.create_model("resnet50", weights="resnet50.tv2_in1k")
+    assert "https://download.pytorch.org/models/resnet50-11ad3fa6.pth" in str(e.value)
+    assert str(offline_cache / "resnet50-11ad3fa6.pth") in str(e.value)
+
+
+def _register_local(tmp_path, name, sha):
+    src = tmp_path / "served" / "tiny20-abc.pth"
+    spec = W.WeightSpec(name=name, url=src.as_uri(), sha256=sha, preprocessing=W.Preprocessing(36, 32))
+    W._WEIGHTS[name] = spec
+    return spec
+
+
+@pytest.fixture
+def served_file(tmp_path):
+    (tmp_path / "served").mkdir()
+    model = randomize_norms(resnets.create_model("resnet20"))
+    path = tmp_path / "served" / "tiny20-abc.pth"
+    torch.save(model.state_dict(), path)
+    yield model, path
+    for n in [n for n in W._WEIGHTS if n.startswith("resnet20.test")]:
+        del W._WEIGHTS[n]
+
+
+def test_download_checks_the_hash_and_caches(offline_cache, served_file, tmp_path):
+    model, path = served_file
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    _register_local(tmp_path, "resnet20.test_ok", sha)
+    got = resnets.create_model("resnet20.test_ok", num_classes=10).eval()  # "<arch>.<tag>" names the weights
+    assert (offline_cache / "tiny20-abc.pth").is_file()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(got(x), model.eval()(x))
+    assert got.preprocessing.crop == 32
+    # a second call uses the cache: the source may be gone
+    path.unlink()
+    resnets.create_model("resnet20", weights="resnet20.test_ok")
+
+
+def test_download_with_a_wrong_hash_fails_and_leaves_nothing(offline_cache, served_file, tmp_path):
+    _register_local(tmp_path, "resnet20.test_bad", "0" * 64)
+    with pytest.raises(WeightsError, match="sha256"):
+        resnets.create_model("resnet20", weights="resnet20.test_bad")
+    assert not offline_cache.exists() or not any(offline_cache.iterdir())
+
+
+def test_prefixes_from_ddp_and_compile_are_handled(tmp_path):
+    ref = randomize_norms(torchvision.models.resnet18()).eval()
+    sd = {f"module._orig_mod.{k}": v for k, v in ref.state_dict().items()}
+    torch.save({"model": sd, "epoch": 3}, tmp_path / "ddp.pth")
+    ours = resnets.create_model("resnet18", weights=tmp_path / "ddp.pth").eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(ours(x), ref(x))
+
+
+def test_other_num_classes_drops_the_classifier_and_says_so(tmp_path, caplog):
+    ref = randomize_norms(torchvision.models.resnet18()).eval()
+    torch.save(ref.state_dict(), tmp_path / "tv.pth")
+    with caplog.at_level("WARNING", logger="resnets"):
+        ours = resnets.create_model("resnet18", weights=tmp_path / "tv.pth", num_classes=5).eval()
+    assert "classifier dropped" in caplog.text
+    assert ours.fc.out_features == 5
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():  # the backbone is loaded all the same
+        assert torch.allclose(ours.forward_head(ours.forward_features(x), pre_logits=True),
+                              torch.flatten(ref.avgpool(torch.nn.Sequential(*list(ref.children())[:-2])(x)), 1))  # fmt: skip
+
+
+def test_in_chans_1_sums_conv1_over_rgb(tmp_path):
+    ref = randomize_norms(torchvision.models.resnet18()).eval()
+    torch.save(ref.state_dict(), tmp_path / "tv.pth")
+    grey = resnets.create_model("resnet18", weights=tmp_path / "tv.pth", in_chans=1).eval()
+    assert torch.allclose(grey.conv1.weight, ref.conv1.weight.sum(1, keepdim=True))
+    g = torch.randn(1, 1, 64, 64)
+    with torch.no_grad():  # a grey image: one channel here == the same image in all three channels there
+        assert torch.allclose(grey(g), ref(g.repeat(1, 3, 1, 1)), atol=1e-4)
+
+
+def test_num_classes_and_in_chans_follow_the_weights_when_not_given(tmp_path):
+    m = resnets.create_model("resnet20", num_classes=4, in_chans=1)
+    resnets.save(m, tmp_path / "m.safetensors")
+    torch.save(m.state_dict(), tmp_path / "m.pth")
+    for f in ("m.safetensors", "m.pth"):
+        again = resnets.create_model("resnet20", weights=tmp_path / f)
+        assert again.num_classes == 4 and again.conv1.in_channels == 1
+
+
+@pytest.mark.parametrize("other", ["resnet34", "resnet50", "resnet20"])
+def test_weights_of_another_architecture_are_refused_naming_keys(tmp_path, other):
+    torch.save(resnets.create_model(other).state_dict(), tmp_path / "other.pth")
+    with pytest.raises(WeightsError, match=r"do not fit resnet18: (missing keys|unexpected keys|shape mismatch) \w"):
+        resnets.create_model("resnet18", weights=tmp_path / "other.pth")
+
+
+def test_a_self_describing_file_of_another_architecture_is_named(tmp_path):
+    resnets.save(resnets.create_model("resnet20"), tmp_path / "r20.safetensors")
+    with pytest.raises(WeightsError, match="are for resnet20, not resnet32"):
+        resnets.create_model("resnet32", weights=tmp_path / "r20.safetensors")
+
+
+def test_unsafe_pickle_is_refused_and_never_executed(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"fc.weight": Evil()}, tmp_path / "evil.pth")
+    with pytest.raises(WeightsError, match="could run code"):
+        resnets.create_model("resnet18", weights=tmp_path / "evil.pth")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("content, suffix", [(b"not a checkpoint", ".pth"), (b"\x00" * 64, ".safetensors"), (b"x", ".onnx")])
+def test_corrupt_or_foreign_files_are_clear_errors(tmp_path, content, suffix):
+    p = tmp_path / f"bad{suffix}"
+    p.write_bytes(content)
+    with pytest.raises(WeightsError):
+        resnets.create_model("resnet18", weights=p)
+
+
+def test_truncated_safetensors(tmp_path):
+    resnets.save(resnets.create_model("resnet20"), tmp_path / "ok.safetensors")
+    data = (tmp_path / "ok.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(WeightsError, match="not a valid safetensors"):
+        resnets.load(tmp_path / "cut.safetensors")
+
+
+def test_missing_file_and_unknown_weight_name():
+    with pytest.raises(WeightsError, match="not found"):
+        resnets.create_model("resnet18", weights="/nonexistent/w.pth")
+    with pytest.raises(WeightsError, match="unknown weights"):
+        resnets.create_model("resnet18", weights="resnet18.nope_in1k")
+
+
+def test_saved_file_is_self_describing(tmp_path):
+    from safetensors import safe_open
+
+    m = resnets.create_model("resnet56", num_classes=3, shortcut="B", in_chans=1)
+    resnets.save(m, tmp_path / "m.safetensors", class_names=["cat", "dog", "eel"],
+                 preprocessing={"resize": 32, "crop": 28, "mean": [0.5], "std": [0.25]})  # fmt: skip
+    with safe_open(str(tmp_path / "m.safetensors"), "pt") as f:
+        meta = f.metadata()
+    assert meta["architecture"] == "resnet56"
+    again = resnets.load(tmp_path / "m.safetensors")
+    assert again.arch_options == {"num_classes": 3, "shortcut": "B", "in_chans": 1}
+    assert again.class_names == ["cat", "dog", "eel"]
+    assert again.preprocessing == resnets.Preprocessing(32, 28, "bilinear", (0.5,), (0.25,))
+    assert again.layer2[0].downsample[0].kernel_size == (1, 1)  # option B rebuilt from the file alone
+
+
+def test_save_is_atomic(tmp_path, monkeypatch):
+    import safetensors.torch
+
+    target = tmp_path / "m.safetensors"
+    resnets.save(resnets.create_model("resnet20"), target)
+    before = target.read_bytes()
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", boom)
+    with pytest.raises(OSError):
+        resnets.save(resnets.create_model("resnet20", num_classes=3), target)
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+    with pytest.raises(ResnetsError, match="does not exist"):
+        resnets.save(resnets.create_model("resnet20"), tmp_path / "missing" / "m.safetensors")
+
+
+def test_load_needs_a_self_describing_file(tmp_path):
+    torch.save(resnets.create_model("resnet20").state_dict(), tmp_path / "plain.pth")
+    with pytest.raises(WeightsError, match="does not record its architecture"):
+        resnets.load(tmp_path / "plain.pth")
+
+
+def test_imagenet_class_names_ship_with_the_package():
+    names = W.class_list("imagenet")
+    assert len(names) == 1000 and names[0] == "tench" and names[-1] == "toilet tissue"
