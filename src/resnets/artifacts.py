@@ -156,3 +156,24 @@ def save(
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
     return path
+
+
+def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
+    """torch.save of tensors and plain containers only (loadable with weights_only=True), atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ResnetsError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        raise ResnetsError(f"cannot read checkpoint {path} (corrupt, or not a resnets checkpoint)") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise ResnetsError(f"{path} is not a resnets training checkpoint")
+    return state

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from .errors import ResnetsError
@@ -80,6 +81,164 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    """Every TrainConfig field is a flag: --batch-size 64, --deterministic / --no-deterministic, --milestones 1,2."""
+    import typing
+
+    from .config import TrainConfig
+
+    g = p.add_argument_group("config keys (each overrides the recipe and the config file)")
+    for name, hint in typing.get_type_hints(TrainConfig).items():
+        flag = "--" + name.replace("_", "-")
+        if hint is bool:
+            g.add_argument(flag, dest=f"cfg__{name}", action="store_const", const="true", default=None)
+            g.add_argument("--no-" + name.replace("_", "-"), dest=f"cfg__{name}", action="store_const", const="false")
+        else:
+            g.add_argument(flag, dest=f"cfg__{name}", metavar="V", default=None)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from . import config as C
+    from .engine import train
+
+    overrides = {k[5:]: v for k, v in vars(args).items() if k.startswith("cfg__") and v is not None}
+    for item in args.set or []:
+        if "=" not in item:
+            raise ResnetsError(f"--set takes KEY=VALUE; got {item!r}")
+        k, v = item.split("=", 1)
+        overrides[k.strip()] = v
+    if args.resume:
+        if args.recipe or args.config:
+            raise ResnetsError("--resume continues a run with its saved config; --recipe and --config do not apply")
+        result = train(resume=args.resume, overrides=overrides)
+    else:
+        result = train(C.resolve(args.recipe, args.config, overrides))
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    line = f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}% on {result['n']} validation images"
+    if "ten_crop" in result:
+        line += f" (10-crop: top-1 {result['ten_crop']['top1']:.2f}%)"
+    print(line)
+    print(f"run directory: {result['run_dir']}")
+    print(f"final model:   {result['model_path']}")
+    print(f"plots:         {result['run_dir']}/curves.png, {result['run_dir']}/confusion.png")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_model_file
+
+    out = args.out or str(Path(args.weights).parent / "eval")
+    res = evaluate_model_file(args.weights, dataset=args.dataset, data=args.data, ten_crop=args.ten_crop,
+                              batch_size=args.batch_size, workers=args.workers, amp=args.amp, device=args.device,
+                              download=args.download, limit=args.limit, out=out, progress=not args.json)  # fmt: skip
+    if args.json:
+        print(json.dumps({k: v for k, v in res.items() if k != "confusion"}, indent=2))
+        return 0
+    print(f"{res['weights']} on {res['dataset']} ({res['n']} images{', 10-crop' if res['ten_crop'] else ''}):")
+    print(f"top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  loss {res['loss']:.4f}")
+    width = max(len(c) for c in res["classes"])
+    for c, acc in zip(res["classes"], res["per_class"]):
+        print(f"  {c.ljust(width)}  {acc:6.2f}%")
+    if res["bad_samples"]:
+        print(f"skipped {res['bad_samples']} unreadable images")
+    print(f"confusion matrix: {out}/confusion.png, {out}/confusion.json")
+    return 0
+
+
+def _load_for_inference(weights: str, device: str):
+    from .distributed import pick_device
+    from .factory import load
+
+    model = load(weights)
+    return model.to(pick_device(device))
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import csv
+
+    from .inference import predict
+
+    model = _load_for_inference(args.weights, args.device)
+    results = predict(model, args.paths, top_k=args.top_k, batch_size=args.batch_size, workers=args.workers,
+                      progress=sys.stderr.isatty())  # fmt: skip
+    if args.format == "json":
+        print(json.dumps(results, indent=2))
+    elif args.format == "csv":
+        w = csv.writer(sys.stdout)
+        w.writerow(["path", "rank", "class", "index", "prob", "error"])
+        for r in results:
+            if "error" in r:
+                w.writerow([r["path"], "", "", "", "", r["error"]])
+            for rank, t in enumerate(r.get("top", []), 1):
+                w.writerow([r["path"], rank, t["class"], t["index"], f"{t['prob']:.6f}", ""])
+    else:
+        for r in results:
+            if "error" in r:
+                print(f"{r['path']}: ERROR {r['error']}")
+                continue
+            tops = ", ".join(f"{t['class']} {100 * t['prob']:.1f}%" for t in r["top"])
+            print(f"{r['path']}: {tops}")
+    errors = sum("error" in r for r in results)
+    if errors:
+        print(f"{errors} of {len(results)} files could not be read", file=sys.stderr)
+    return 0
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    from .inference import embed, save_index
+
+    model = _load_for_inference(args.weights, args.device)
+    emb, files, errors = embed(model, args.paths, layer=args.layer, batch_size=args.batch_size, workers=args.workers,
+                               progress=sys.stderr.isatty())  # fmt: skip
+    save_index(args.out, emb, files, weights=str(Path(args.weights).resolve()), layer=args.layer)
+    for e in errors:
+        print(f"{e['path']}: ERROR {e['error']}", file=sys.stderr)
+    print(f"{len(files)} embeddings of shape {tuple(emb.shape[1:])} -> {args.out}")
+    return 0
+
+
+def _cmd_similar(args: argparse.Namespace) -> int:
+    from .inference import embed, load_index, nearest
+
+    index, files, meta = load_index(args.index)
+    weights = args.weights or meta["weights"]
+    model = _load_for_inference(weights, args.device)
+    q, _, errors = embed(model, [args.query], layer=meta.get("layer") or None, workers=0)
+    if errors:
+        raise ResnetsError(f"cannot read {args.query}: {errors[0]['error']}")
+    scores, idx = nearest(q, index, args.k)
+    rows = [{"path": files[i], "similarity": float(s)} for s, i in zip(scores[0].tolist(), idx[0].tolist())]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            print(f"{r['similarity']:.4f}  {r['path']}")
+    return 0
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from .inference import explain
+
+    model = _load_for_inference(args.weights, args.device)
+    r = explain(model, args.image, args.out, target=args.target, layer=args.layer)
+    print(f"{r['path']}: {r['class']} ({100 * r['prob']:.1f}%); Grad-CAM -> {r['out']}")
+    return 0
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from .data import sources
+
+    if args.name == "fashion-mnist":
+        folder = sources.fetch_fashion_mnist(download=args.download)
+        print(folder)
+    else:
+        for split in ("train", "test"):
+            sources.load_cifar(args.name, split, args.path, download=args.download)
+        print(args.path or sources.data_home())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -102,6 +261,77 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object with params, macs, size_mb and stages")
     _add_model_options(p)
     p.set_defaults(func=_cmd_summary)
+
+    from .config import RECIPES
+
+    p = sub.add_parser("train", help="train a model (recipes: " + ", ".join(RECIPES) + ")",
+                       description="Train with a named recipe, a TOML/YAML config file and any key overridden by a flag. "
+                                   "Distributed: torchrun --nproc_per_node N -m resnets train ...")  # fmt: skip
+    p.add_argument("--recipe", help=f"one of {', '.join(RECIPES)}")
+    p.add_argument("--config", help="a TOML or YAML file of config keys")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key (repeatable)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    _add_config_flags(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a saved model: top-1/top-5, per-class accuracy, confusion matrix")
+    p.add_argument("--weights", required=True, help="a model file written by training (model.safetensors, best.pt)")
+    p.add_argument("--dataset", choices=["fashion-mnist", "cifar10", "cifar100", "imagefolder", "csv"])
+    p.add_argument("--data", help="image folder (DIR or DIR/val), CSV manifest, or dataset files")
+    p.add_argument("--ten-crop", action="store_true", help="the paper's 10-crop testing")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--download", action="store_true")
+    p.add_argument("--limit", type=int, default=0, help="evaluate the first N images only")
+    p.add_argument("--out", help="folder for eval.json and the confusion matrix (default: beside the weights)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_eval)
+
+    def inference_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--weights", required=True, help="a model file saved by resnets (training writes model.safetensors)")
+        p.add_argument("--batch-size", type=int, default=32)
+        p.add_argument("--workers", type=int, default=2, help="decoding processes (0: decode in this process)")
+        p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("predict", help="classify image files and folders")
+    p.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
+    inference_args(p)
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("embed", help="pooled features (or a stage's maps) of images, saved as an index")
+    p.add_argument("paths", nargs="+")
+    inference_args(p)
+    p.add_argument("--out", required=True, help="index file (.safetensors)")
+    p.add_argument("--layer", help="a stage (layer1..layer4) instead of the pooled pre-logit features")
+    p.set_defaults(func=_cmd_embed)
+
+    p = sub.add_parser("similar", help="nearest neighbours of an image in an embedding index (cosine)")
+    p.add_argument("query")
+    p.add_argument("--index", required=True)
+    p.add_argument("-k", type=int, default=5)
+    p.add_argument("--weights", help="default: the model the index was made with")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_similar)
+
+    p = sub.add_parser("explain", help="Grad-CAM heatmap of what the model looks at, as a PNG")
+    p.add_argument("image")
+    p.add_argument("--weights", required=True)
+    p.add_argument("--class", dest="target", help="class name or index (default: the top prediction)")
+    p.add_argument("--layer", help="stage to explain (default: the last)")
+    p.add_argument("--out", required=True, help="output .png")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cmd_explain)
+
+    p = sub.add_parser("data", help="find a dataset locally, or download it (checksummed) with --download")
+    p.add_argument("name", choices=["fashion-mnist", "cifar10", "cifar100"])
+    p.add_argument("--path", help="CIFAR archive or folder holding it")
+    p.add_argument("--download", action="store_true")
+    p.set_defaults(func=_cmd_data)
     return parser
 
 
@@ -114,6 +344,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ResnetsError as e:
         print(f"resnets: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except Exception as e:
+        from .engine import TrainingError
+
+        if isinstance(e, TrainingError):
+            print(f"resnets: {e}", file=sys.stderr)
+            return 1
+        raise
     except BrokenPipeError:  # output piped into `head` and closed early
         sys.stderr.close()
         return 0

@@ -71,7 +71,7 @@ class WeightSpec:
 
 @lru_cache(maxsize=None)
 def _class_list(name: str) -> tuple[str, ...]:
-    text = resources.files("resnets").joinpath(f"data/{name}_classes.txt").read_text(encoding="utf-8")
+    text = resources.files("resnets").joinpath(f"assets/{name}_classes.txt").read_text(encoding="utf-8")
     return tuple(line for line in text.splitlines() if line)
 
 

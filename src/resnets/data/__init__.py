@@ -1,0 +1,102 @@
+"""Data: sources (where files come from), datasets (items), transforms (v2 pipelines), loader (batches).
+
+`build(cfg)` turns a training config into the train and validation datasets and everything the engine needs to
+know about them (classes, channels, crop sizes, normalisation).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import ResnetsError
+from ..weights import IMAGENET_MEAN, IMAGENET_STD
+from . import datasets, sources
+from .datasets import BadSample, FileDataset, TensorDataset, csv_manifest, decode, image_folder, synthetic
+
+# per-channel statistics of the training sets, in [0, 1] units
+STATS = {
+    "fashion-mnist": ((0.2860,), (0.3530,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+
+
+@dataclass
+class DataBundle:
+    train: torch.utils.data.Dataset
+    val: torch.utils.data.Dataset
+    classes: list[str]
+    in_chans: int
+    train_crop: int
+    eval_resize: int
+    eval_crop: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def stratified_split(targets: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train indices, held-out indices): `fraction` of every class held out, chosen by a seeded shuffle."""
+    g = torch.Generator().manual_seed(seed)
+    by_class: dict[int, list[int]] = {}
+    for i, t in enumerate(targets):
+        by_class.setdefault(t, []).append(i)
+    train, held = [], []
+    for _, idx in sorted(by_class.items()):
+        perm = [idx[j] for j in torch.randperm(len(idx), generator=g).tolist()]
+        k = max(1, round(len(idx) * fraction)) if len(idx) > 1 else 0
+        held += perm[:k]
+        train += perm[k:]
+    return sorted(train), sorted(held)
+
+
+def build(cfg) -> DataBundle:
+    name = cfg.dataset
+    if name == "fashion-mnist":
+        tr = TensorDataset(*sources.load_fashion_mnist("train", cfg.data, cfg.download))
+        va = TensorDataset(*sources.load_fashion_mnist("test", cfg.data, cfg.download))
+        native, (mean, std) = 28, STATS[name]
+    elif name in ("cifar10", "cifar100"):
+        tr = TensorDataset(*sources.load_cifar(name, "train", cfg.data, cfg.download))
+        va = TensorDataset(*sources.load_cifar(name, "test", cfg.data, cfg.download))
+        native, (mean, std) = 32, STATS[name]
+    elif name == "synthetic":
+        size = cfg.train_crop or 224
+        tr = synthetic(cfg.synthetic_samples, cfg.synthetic_classes, size, seed=cfg.seed)
+        va = synthetic(max(cfg.synthetic_samples // 8, 1), cfg.synthetic_classes, size, seed=cfg.seed + 1)
+        native, mean, std = size, IMAGENET_MEAN, IMAGENET_STD
+    elif name == "imagefolder":
+        root = Path(cfg.data)
+        if not root.is_dir():
+            raise ResnetsError(f"data folder not found: {root}")
+        train_dir = root / "train" if (root / "train").is_dir() else root
+        tr = image_folder(train_dir)
+        val_dir = next((root / v for v in ("val", "validation", "test") if (root / v).is_dir()), None)
+        va = image_folder(val_dir, classes=tr.classes) if val_dir is not None and train_dir != root else None
+        native, mean, std = 0, IMAGENET_MEAN, IMAGENET_STD
+    elif name == "csv":
+        tr = csv_manifest(cfg.data)
+        va = csv_manifest(cfg.val_data, classes=tr.classes) if cfg.val_data else None
+        native, mean, std = 0, IMAGENET_MEAN, IMAGENET_STD
+    else:
+        raise ResnetsError(f"unknown dataset {name!r}")
+    if len(tr.classes) < 2:
+        raise ResnetsError(f"the training data has {len(tr.classes)} class; at least 2 are needed")
+    if va is None or cfg.val_split > 0:
+        frac = cfg.val_split or 0.1
+        keep, held = stratified_split(tr.targets, frac, cfg.seed)
+        tr, va = tr.subset(keep), tr.subset(held)
+    if cfg.limit_train:
+        tr = tr.subset(torch.randperm(len(tr), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.limit_train].tolist())
+    if cfg.limit_val:
+        va = va.subset(list(range(min(cfg.limit_val, len(va)))))
+    in_chans = 1 if name == "fashion-mnist" else 3
+    crop = cfg.train_crop or native or 224
+    eval_crop = cfg.eval_crop or (native or 224)
+    eval_resize = cfg.eval_resize or (eval_crop if native else round(eval_crop * 256 / 224))
+    return DataBundle(tr, va, list(tr.classes), in_chans, crop, eval_resize, eval_crop, tuple(mean), tuple(std))
+
+
+__all__ = ["BadSample", "DataBundle", "FileDataset", "TensorDataset", "build", "csv_manifest", "datasets", "decode",
+           "image_folder", "sources", "stratified_split", "synthetic"]  # fmt: skip

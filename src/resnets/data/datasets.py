@@ -1,0 +1,153 @@
+"""Datasets: every item is (image uint8 tensor (C, H, W), label int). Decoding errors are reported, not fatal.
+
+- TensorDataset: images already in memory (Fashion-MNIST, CIFAR, synthetic).
+- ImageFolder: ImageNet layout, one subfolder per class.
+- CsvManifest: `path,label` rows (label a class name or an index).
+"""
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import ResnetsError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+class BadSample(Exception):
+    """An image that cannot be decoded; the loader skips and counts it (or stops, with strict data)."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
+
+    def __reduce__(self):  # crosses from loader worker processes
+        return (BadSample, (self.path, self.reason))
+
+
+def decode(path: str | os.PathLike, channels: int = 3) -> torch.Tensor:
+    """Decode an image file to uint8 (channels, H, W). torchvision.io for JPEG/PNG/WebP/GIF, Pillow for the rest
+    (BMP, TIFF). Grey, palette and alpha images are converted."""
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    mode = ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY
+    path = os.fspath(path)
+    try:
+        if path.lower().endswith((".bmp", ".tif", ".tiff")):
+            raise RuntimeError("use Pillow")
+        return decode_image(read_file(path), mode=mode)
+    except RuntimeError:
+        pass
+    try:
+        from PIL import Image
+        from torchvision.transforms.v2.functional import pil_to_tensor
+
+        with Image.open(path) as im:
+            im.load()
+            return pil_to_tensor(im.convert("RGB" if channels == 3 else "L"))
+    except Exception as e:  # Pillow raises many types for truncated or foreign files
+        raise BadSample(path, f"cannot decode image ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})") from None
+
+
+class TensorDataset(Dataset):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes: Sequence[str]):
+        assert images.dtype == torch.uint8 and images.ndim == 4 and len(images) == len(labels)
+        self.images, self.labels, self.classes = images, labels, list(classes)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.images[i], int(self.labels[i])
+
+    @property
+    def targets(self) -> list[int]:
+        return self.labels.tolist()
+
+    def subset(self, indices: Sequence[int] | torch.Tensor) -> "TensorDataset":
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return TensorDataset(self.images[idx], self.labels[idx], self.classes)
+
+
+class FileDataset(Dataset):
+    """Files with labels; decodes on access."""
+
+    def __init__(self, samples: list[tuple[str, int]], classes: Sequence[str], channels: int = 3):
+        self.samples, self.classes, self.channels = samples, list(classes), channels
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        path, label = self.samples[i]
+        return decode(path, self.channels), label
+
+    @property
+    def targets(self) -> list[int]:
+        return [t for _, t in self.samples]
+
+    def subset(self, indices: Sequence[int]) -> "FileDataset":
+        return FileDataset([self.samples[int(i)] for i in indices], self.classes, self.channels)
+
+
+def image_folder(root: str | os.PathLike, channels: int = 3, classes: Sequence[str] | None = None) -> FileDataset:
+    """One subfolder per class (sorted names, as torchvision's ImageFolder). Images are found recursively."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ResnetsError(f"data folder not found: {root}")
+    found = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not found:
+        raise ResnetsError(f"{root} has no class subfolders (expected {root}/<class>/<image>)")
+    classes = list(classes) if classes is not None else found
+    unknown = sorted(set(found) - set(classes))
+    if unknown:
+        raise ResnetsError(f"{root} has classes not in the training set: {', '.join(unknown[:5])}")
+    samples = []
+    for idx, name in enumerate(classes):
+        folder = root / name
+        if not folder.is_dir():
+            continue
+        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not files:
+            raise ResnetsError(f"class folder {folder} has no images ({', '.join(IMAGE_SUFFIXES)})")
+        samples += [(str(p), idx) for p in files]
+    return FileDataset(samples, classes, channels)
+
+
+def csv_manifest(path: str | os.PathLike, channels: int = 3, classes: Sequence[str] | None = None) -> FileDataset:
+    """Rows of `path,label` (a header row is allowed); relative paths are relative to the CSV's folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise ResnetsError(f"CSV manifest not found: {path}")
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.reader(f) if r and not r[0].startswith("#")]
+    if rows and rows[0][0].strip().lower() in ("path", "file", "filename", "image"):
+        rows = rows[1:]
+    if not rows:
+        raise ResnetsError(f"{path} lists no images")
+    if any(len(r) < 2 for r in rows):
+        raise ResnetsError(f"{path}: every row needs path,label")
+    labels = [r[1].strip() for r in rows]
+    if classes is None:
+        classes = sorted(set(labels), key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s))
+    index = {c: i for i, c in enumerate(classes)}
+    samples = []
+    for (p, _, *rest), label in zip(rows, labels):
+        if label not in index:
+            raise ResnetsError(f"{path}: label {label!r} is not a known class")
+        full = Path(p.strip())
+        samples.append((str(full if full.is_absolute() else path.parent / full), index[label]))
+    return FileDataset(samples, list(classes), channels)
+
+
+def synthetic(n: int, num_classes: int, size: int, channels: int = 3, seed: int = 0) -> TensorDataset:
+    """Random images for throughput runs (no learning signal)."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, channels, size, size), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, num_classes, (n,), generator=g)
+    return TensorDataset(images, labels, [str(i) for i in range(num_classes)])

@@ -1,0 +1,99 @@
+"""Image pipelines built from torchvision.transforms.v2.
+
+Per-sample pipelines work on uint8 tensors (C, H, W) and return uint8: batches travel to the device as bytes
+(4x less to copy) and are converted and normalised there, a whole batch at once (`normalizer`).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torchvision.transforms import v2
+
+from ..errors import ResnetsError
+
+AUGMENTS = ("none", "paper-cifar", "paper-imagenet", "rrc", "crop-flip")
+AUTO_AUGMENTS = ("none", "trivial", "randaugment")
+_INTERP = {"bilinear": v2.InterpolationMode.BILINEAR, "bicubic": v2.InterpolationMode.BICUBIC,
+           "nearest": v2.InterpolationMode.NEAREST}  # fmt: skip
+
+
+def normalizer(mean: Sequence[float], std: Sequence[float]) -> v2.Transform:
+    """uint8 batch (B, C, H, W) or (B, K, C, H, W) -> float32 in [0, 1], normalised per channel."""
+    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
+
+
+def train_transform(
+    augment: str,
+    *,
+    crop: int,
+    mean: Sequence[float],
+    auto_augment: str = "none",
+    random_erasing: float = 0.0,
+    interpolation: str = "bilinear",
+    pad: int = 4,
+) -> v2.Transform:
+    """augment:
+    - "paper-imagenet": shorter side resized at random in [256, 480] (scale augmentation), random 224 crop, flip,
+      colour augmentation (section 3.4; colour jitter stands in for AlexNet's PCA lighting);
+    - "rrc": RandomResizedCrop(crop) and flip (the modern recipes);
+    - "paper-cifar": `pad` pixels of zero padding each side, random crop, flip (section 4.2);
+    - "crop-flip": the same padding and crop with flips, for datasets where mirrored images are natural;
+    - "none": resize and centre-crop only.
+    """
+    interp = _INTERP[interpolation]
+    if augment == "paper-imagenet":
+        steps = [v2.RandomShortestSize(list(range(256, 481)), antialias=True), v2.RandomCrop(crop),
+                 v2.RandomHorizontalFlip(), v2.ColorJitter(0.4, 0.4, 0.4)]  # fmt: skip
+    elif augment == "rrc":
+        steps = [v2.RandomResizedCrop(crop, interpolation=interp, antialias=True), v2.RandomHorizontalFlip()]
+    elif augment in ("paper-cifar", "crop-flip"):
+        steps = [v2.RandomCrop(crop, padding=pad), v2.RandomHorizontalFlip()]
+    elif augment == "none":
+        steps = [v2.Resize(crop, interpolation=interp, antialias=True), v2.CenterCrop(crop)]
+    else:
+        raise ResnetsError(f"unknown augment {augment!r} (choose from {', '.join(AUGMENTS)})")
+    if auto_augment == "trivial":
+        steps.append(v2.TrivialAugmentWide(interpolation=interp))
+    elif auto_augment == "randaugment":
+        steps.append(v2.RandAugment(interpolation=interp))
+    elif auto_augment != "none":
+        raise ResnetsError(f"unknown auto_augment {auto_augment!r} (choose from {', '.join(AUTO_AUGMENTS)})")
+    if random_erasing > 0:
+        # erased pixels take the mean colour, i.e. 0 after normalisation
+        steps.append(v2.RandomErasing(p=random_erasing, value=[round(m * 255) for m in mean]))
+    return v2.Compose(steps)
+
+
+def eval_transform(*, resize: int, crop: int, interpolation: str = "bilinear") -> v2.Transform:
+    """Resize the shorter side to `resize`, centre-crop `crop` (identity for 28/32-pixel nets at their size)."""
+    steps = [] if resize == crop else [v2.Resize(resize, interpolation=_INTERP[interpolation], antialias=True)]
+    return v2.Compose(steps + [v2.CenterCrop(crop)])
+
+
+class _StackedTenCrop:
+    """The paper's 10-crop testing: four corners and centre, and their mirror images -> (10, C, crop, crop)."""
+
+    def __init__(self, resize: v2.Transform | None, crop: int):
+        self.resize, self.ten = resize, v2.TenCrop(crop)
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        if self.resize is not None:
+            img = self.resize(img)
+        return torch.stack(self.ten(img))
+
+
+def ten_crop_transform(*, resize: int, crop: int, interpolation: str = "bilinear") -> _StackedTenCrop:
+    return _StackedTenCrop(None if resize == crop else v2.Resize(resize, interpolation=_INTERP[interpolation], antialias=True), crop)
+
+
+def batch_mix(num_classes: int, mixup: float, cutmix: float) -> v2.Transform | None:
+    """MixUp / CutMix on a whole batch (one of them per batch when both are on, as torchvision's recipe does)."""
+    ops = []
+    if mixup > 0:
+        ops.append(v2.MixUp(alpha=mixup, num_classes=num_classes))
+    if cutmix > 0:
+        ops.append(v2.CutMix(alpha=cutmix, num_classes=num_classes))
+    if not ops:
+        return None
+    return ops[0] if len(ops) == 1 else v2.RandomChoice(ops)

@@ -1,0 +1,76 @@
+"""DistributedDataParallel from torchrun's environment: a few explicit lines and one `is_main` gate.
+
+torchrun --nproc_per_node N -m resnets train ...   (NCCL on GPUs, gloo on CPU)
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class Context:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+
+def pick_device(pref: str = "auto", local_rank: int = 0) -> torch.device:
+    if pref == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    dev = torch.device(pref)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        from .errors import ResnetsError
+
+        raise ResnetsError("device cuda was asked for, but no GPU is available")
+    return dev
+
+
+def setup(device: str = "auto") -> Context:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1), else a single-process context."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = pick_device(device, local)
+    if world <= 1:
+        return Context(device=dev)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return Context(dist.get_rank(), dist.get_world_size(), local, dev)
+
+
+def all_reduce_sum(t: torch.Tensor, ctx: Context) -> torch.Tensor:
+    if ctx.distributed:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def broadcast_object(obj, ctx: Context):
+    if not ctx.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier(ctx: Context) -> None:
+    if ctx.distributed:
+        dist.barrier()
+
+
+def cleanup(ctx: Context) -> None:
+    if ctx.distributed and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,160 @@
+"""Evaluation: top-1, top-5, loss, per-class accuracy and the confusion matrix, exact across processes."""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .distributed import Context, all_reduce_sum
+
+
+def autocast(device: torch.device, amp: str):
+    if amp == "none":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader,
+    normalize: Callable[[torch.Tensor], torch.Tensor],
+    num_classes: int,
+    ctx: Context,
+    *,
+    amp: str = "none",
+    channels_last: bool = False,
+    progress: bool = False,
+) -> dict:
+    """Batches of uint8 images (B, C, H, W), or (B, 10, C, H, W) for 10-crop testing (softmax averaged)."""
+    was_training = model.training
+    model.eval()
+    dev = ctx.device
+    loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+    counts = torch.zeros(3, dtype=torch.float64, device=dev)  # n, top-1 hits, top-5 hits
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.float64, device=dev)  # [true, predicted]
+    bad = 0
+    it = loader
+    if progress and ctx.is_main:
+        from tqdm import tqdm
+
+        it = tqdm(loader, desc="eval", leave=False, dynamic_ncols=True)
+    for batch in it:
+        bad += len(batch.bad)
+        if batch.images.numel() == 0:
+            continue
+        x = batch.images.to(dev, non_blocking=True)
+        y = batch.labels.to(dev, non_blocking=True)
+        crops = x.shape[1] if x.ndim == 5 else 1
+        if crops > 1:
+            x = x.flatten(0, 1)  # (B, 10, C, H, W) -> (B*10, C, H, W)
+        x = normalize(x)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(dev, amp):
+            logits = model(x).float()
+        probs = logits.softmax(1)
+        if crops > 1:
+            probs = probs.view(-1, crops, probs.shape[-1]).mean(1)
+        loss_sum += F.nll_loss(probs.clamp_min(1e-12).log(), y, reduction="sum").double()
+        k = min(5, probs.shape[1])
+        top = probs.topk(k, dim=1).indices
+        counts += torch.stack([
+            torch.tensor(len(y), device=dev, dtype=torch.float64),
+            (top[:, 0] == y).sum().double(),
+            (top == y[:, None]).any(1).sum().double(),
+        ])  # fmt: skip
+        confusion.index_put_((y, top[:, 0]), torch.ones_like(y, dtype=torch.float64), accumulate=True)
+    for t in (loss_sum, counts, confusion):
+        all_reduce_sum(t, ctx)
+    bad_t = all_reduce_sum(torch.tensor(float(bad), device=dev), ctx)
+    model.train(was_training)
+    n = int(counts[0].item())
+    per_class_n = confusion.sum(1)
+    per_class = (confusion.diag() / per_class_n.clamp_min(1)).mul(100).tolist()
+    return {
+        "n": n,
+        "loss": loss_sum.item() / max(n, 1),
+        "top1": 100.0 * counts[1].item() / max(n, 1),
+        "top5": 100.0 * counts[2].item() / max(n, 1),
+        "per_class": per_class,
+        "confusion": confusion.long().tolist(),
+        "bad_samples": int(bad_t.item()),
+    }
+
+
+def evaluate_model_file(
+    weights: str,
+    *,
+    dataset: str | None = None,
+    data: str | None = None,
+    ten_crop: bool = False,
+    batch_size: int = 256,
+    workers: int = 0,
+    amp: str = "none",
+    device: str = "auto",
+    download: bool = False,
+    limit: int = 0,
+    out: str | None = None,
+    progress: bool = True,
+) -> dict:
+    """`resnets eval`: a saved model (or checkpoint) on a dataset's evaluation split, with the preprocessing its
+    file records. Writes eval.json, confusion.json and confusion.png to `out` when given."""
+    import json
+    from pathlib import Path
+
+    from . import data as D
+    from .artifacts import atomic_path
+    from .data.loader import Augmented, EvalBatches, make_loader
+    from .data.transforms import eval_transform, normalizer, ten_crop_transform
+    from .distributed import pick_device
+    from .errors import ResnetsError
+    from .factory import load
+
+    model = load(weights)
+    pre = model.preprocessing
+    if pre is None or not model.class_names:
+        raise ResnetsError(f"{weights} records no preprocessing or class names; save it with resnets.save")
+    classes = list(model.class_names)
+    if dataset is None:
+        dataset = "imagefolder" if data and Path(data).is_dir() else "csv" if data else None
+        if dataset is None:
+            raise ResnetsError("say which data to evaluate on: --dataset NAME or --data PATH")
+    if dataset == "fashion-mnist":
+        ds = D.TensorDataset(*D.sources.load_fashion_mnist("test", data, download))
+    elif dataset in ("cifar10", "cifar100"):
+        ds = D.TensorDataset(*D.sources.load_cifar(dataset, "test", data, download))
+    elif dataset == "imagefolder":
+        root = Path(data or "")
+        root = next((root / v for v in ("val", "validation", "test") if (root / v).is_dir()), root)
+        ds = D.image_folder(root, channels=model.arch_options.get("in_chans", 3), classes=classes)
+    elif dataset == "csv":
+        ds = D.csv_manifest(data or "", channels=model.arch_options.get("in_chans", 3), classes=classes)
+    else:
+        raise ResnetsError(f"unknown dataset {dataset!r}")
+    if ds.classes != classes:
+        raise ResnetsError(f"the model's {len(classes)} classes do not match the dataset's {len(ds.classes)}")
+    if limit:
+        ds = ds.subset(list(range(min(limit, len(ds)))))
+    make_tf = ten_crop_transform if ten_crop else eval_transform
+    tf = make_tf(resize=pre.resize, crop=pre.crop, interpolation=pre.interpolation)
+    loader = make_loader(Augmented(ds, tf, 0), EvalBatches(len(ds), batch_size), workers=workers)
+    ctx = Context(device=pick_device(device))
+    model.to(ctx.device)
+    res = evaluate(model, loader, normalizer(pre.mean, pre.std), len(classes), ctx, amp=amp, progress=progress)
+    res.update(weights=str(weights), dataset=dataset, ten_crop=ten_crop, classes=classes)
+    if out:
+        from .reports import plot_confusion
+
+        out_dir = Path(out)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out_dir / "eval.json") as tmp:
+            tmp.write_text(json.dumps({k: v for k, v in res.items() if k != "confusion"}, indent=2))
+        with atomic_path(out_dir / "confusion.json") as tmp:
+            tmp.write_text(json.dumps({"classes": classes, "matrix": res["confusion"]}))
+        title = f"{model.arch_name} on {dataset}{' (10-crop)' if ten_crop else ''}: top-1 {res['top1']:.2f}%"
+        plot_confusion(res["confusion"], classes, out_dir / "confusion.png", title)
+    return res

@@ -1,0 +1,275 @@
+"""Using a trained model: classify, embed, find similar images, explain with Grad-CAM.
+
+Preprocessing always comes from the model file's metadata (resize, crop, interpolation, mean, std), never from
+a guess. Images are decoded in worker processes while the model runs on the previous batch.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from .data.datasets import IMAGE_SUFFIXES, BadSample, decode
+from .data.transforms import eval_transform, normalizer
+from .errors import ResnetsError
+
+
+def find_images(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """Files as given, and image files in folders (recursively, sorted). A missing path is an error."""
+    found: list[str] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found += sorted(str(f) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.is_file():
+            found.append(str(p))
+        else:
+            raise ResnetsError(f"no such file or folder: {p}")
+    if not found:
+        raise ResnetsError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, paths))}")
+    return found
+
+
+def _require_preprocessing(model: nn.Module):
+    pre = getattr(model, "preprocessing", None)
+    if pre is None:
+        raise ResnetsError("the model's weights record no preprocessing; use a file saved by resnets (resnets.save)")
+    return pre
+
+
+class _Files(Dataset):
+    """Decodes and resizes/crops one file (uint8 out); an unreadable file comes back as its BadSample."""
+
+    def __init__(self, files: list[str], transform, channels: int):
+        self.files, self.transform, self.channels = files, transform, channels
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        try:
+            return self.transform(decode(self.files[i], self.channels)), i
+        except BadSample as e:
+            return e
+        except RuntimeError as e:  # e.g. an image too small or odd for the transform
+            return BadSample(self.files[i], str(e).splitlines()[0])
+
+
+def _collate(items):
+    good = [it for it in items if not isinstance(it, BadSample)]
+    bad = [it for it in items if isinstance(it, BadSample)]
+    images = torch.stack([g[0] for g in good]) if good else None
+    return images, [g[1] for g in good], bad
+
+
+@dataclass
+class Batches:
+    """(normalised images on the device, their indices in `files`, unreadable files) per batch."""
+
+    files: list[str]
+    loader: DataLoader
+    normalize: object
+    device: torch.device
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor | None, list[int], list[BadSample]]]:
+        for images, idx, bad in self.loader:
+            if images is not None:
+                images = self.normalize(images.to(self.device, non_blocking=True))
+            yield images, idx, bad
+
+
+def batches(model: nn.Module, files: list[str], *, batch_size: int = 32, workers: int = 2) -> Batches:
+    pre = _require_preprocessing(model)
+    channels = len(pre.mean)
+    tf = eval_transform(resize=pre.resize, crop=pre.crop, interpolation=pre.interpolation)
+    workers = min(workers, max(len(files) // batch_size, 0)) if len(files) < 4 * batch_size else workers
+    loader = DataLoader(_Files(files, tf, channels), batch_size=batch_size, num_workers=workers,
+                        collate_fn=_collate, prefetch_factor=4 if workers else None)  # fmt: skip
+    device = next(model.parameters()).device
+    return Batches(files, loader, normalizer(pre.mean, pre.std), device)
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="img", disable=not enabled or total < 64, dynamic_ncols=True, leave=False)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, paths: Sequence[str | os.PathLike], *, top_k: int = 5, batch_size: int = 32,
+            workers: int = 2, progress: bool = False) -> list[dict]:  # fmt: skip
+    """[{"path", "top": [{"class", "index", "prob"}...]} or {"path", "error"}] in the order of the files."""
+    model.eval()
+    files = find_images(paths)
+    names = getattr(model, "class_names", None)
+    k = min(top_k, model.num_classes)
+    out: list[dict | None] = [None] * len(files)
+    bar = _progress(len(files), progress)
+    for images, idx, bad in batches(model, files, batch_size=batch_size, workers=workers):
+        for b in bad:
+            out[files.index(b.path)] = {"path": b.path, "error": b.reason}
+        if images is not None:
+            probs = model(images).float().softmax(1)
+            p, c = probs.topk(k, dim=1)
+            for row, i in enumerate(idx):
+                out[i] = {"path": files[i], "top": [
+                    {"class": names[j] if names else str(j), "index": int(j), "prob": float(q)}
+                    for q, j in zip(p[row].tolist(), c[row].tolist())]}  # fmt: skip
+        bar.update(len(idx) + len(bad))
+    bar.close()
+    return [o for o in out if o is not None]
+
+
+@torch.no_grad()
+def embed(model: nn.Module, paths: Sequence[str | os.PathLike], *, layer: str | None = None, batch_size: int = 32,
+          workers: int = 2, progress: bool = False) -> tuple[torch.Tensor, list[str], list[dict]]:  # fmt: skip
+    """Pooled pre-logit features (N, num_features), or with `layer` ("layer3") that stage's maps (N, C, h, w).
+    Returns (embeddings, files embedded, errors)."""
+    model.eval()
+    files = find_images(paths)
+    stages = list(getattr(model, "stage_names", []))
+    if layer is not None and layer not in stages:
+        raise ResnetsError(f"unknown layer {layer!r}; choose from {', '.join(stages)}")
+    feats: list[torch.Tensor] = []
+    kept: list[str] = []
+    errors: list[dict] = []
+    bar = _progress(len(files), progress)
+    for images, idx, bad in batches(model, files, batch_size=batch_size, workers=workers):
+        errors += [{"path": b.path, "error": b.reason} for b in bad]
+        if images is not None:
+            if layer is None:
+                f = model.forward_head(model.forward_features(images), pre_logits=True)
+            else:
+                f = model.forward_intermediates(images, indices=[stages.index(layer)])[0]
+            feats.append(f.float().cpu())
+            kept += [files[i] for i in idx]
+        bar.update(len(idx) + len(bad))
+    bar.close()
+    if not feats:
+        raise ResnetsError("no image could be read")
+    return torch.cat(feats), kept, errors
+
+
+def save_index(path: str | os.PathLike, embeddings: torch.Tensor, files: list[str], *, weights: str, layer: str | None) -> Path:
+    """An embedding index: safetensors with the matrix and, in its metadata, the file names and the model."""
+    from safetensors.torch import save_file
+
+    from .artifacts import atomic_path
+
+    path = Path(path)
+    meta = {"format": "resnets.embeddings/1", "files": json.dumps(files), "weights": str(weights), "layer": layer or ""}
+    with atomic_path(path) as tmp:
+        save_file({"embeddings": embeddings.contiguous()}, str(tmp), metadata=meta)
+    return path
+
+
+def load_index(path: str | os.PathLike) -> tuple[torch.Tensor, list[str], dict]:
+    from safetensors import safe_open
+
+    p = Path(path)
+    if not p.is_file():
+        raise ResnetsError(f"index not found: {p}")
+    try:
+        with safe_open(str(p), "pt") as f:
+            meta = f.metadata() or {}
+            emb = f.get_tensor("embeddings")
+    except Exception:
+        raise ResnetsError(f"{p} is not an embedding index written by `resnets embed`") from None
+    if meta.get("format") != "resnets.embeddings/1":
+        raise ResnetsError(f"{p} is not an embedding index written by `resnets embed`")
+    return emb, json.loads(meta["files"]), meta
+
+
+def nearest(query: torch.Tensor, index: torch.Tensor, k: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine similarity of each query row to every index row: (scores, indices) of the k best, best first."""
+    q = F.normalize(query.flatten(1).float(), dim=1)
+    m = F.normalize(index.flatten(1).float(), dim=1)
+    sims = q @ m.T  # (queries, index)
+    return sims.topk(min(k, m.shape[0]), dim=1)
+
+
+def grad_cam(model: nn.Module, image: torch.Tensor, *, target: int | None = None, layer: str | None = None) -> tuple[torch.Tensor, int, float]:
+    """Grad-CAM (Selvaraju et al.) of one normalised image (C, H, W): the class's gradient-weighted map of the last
+    stage (or `layer`), ReLU'd, upsampled to H x W and scaled to [0, 1]. Returns (heatmap, class, probability)."""
+    model.eval()
+    layer = layer or model.stage_names[-1]
+    module = getattr(model, layer)
+    store: dict[str, torch.Tensor] = {}
+
+    def hook(_m, _i, out):
+        out.retain_grad()
+        store["act"] = out
+
+    h = module.register_forward_hook(hook)
+    try:
+        with torch.enable_grad():
+            logits = model(image.unsqueeze(0))
+            probs = logits.softmax(1)[0]
+            cls = int(probs.argmax()) if target is None else int(target)
+            if not 0 <= cls < logits.shape[1]:
+                raise ResnetsError(f"class index {cls} is out of range (0..{logits.shape[1] - 1})")
+            model.zero_grad(set_to_none=True)
+            logits[0, cls].backward()
+    finally:
+        h.remove()
+    act, grad = store["act"].detach()[0], store["act"].grad.detach()[0]  # (C, h, w)
+    weights = grad.mean(dim=(1, 2))  # global-average-pooled gradients: one weight per channel
+    cam = F.relu((weights[:, None, None] * act).sum(0))
+    cam = F.interpolate(cam[None, None], size=image.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
+    cam = cam / cam.max() if cam.max() > 0 else cam
+    return cam, cls, float(probs[cls].detach())
+
+
+def explain(model: nn.Module, image_path: str | os.PathLike, out: str | os.PathLike, *, target: int | str | None = None,
+            layer: str | None = None) -> dict:  # fmt: skip
+    """Grad-CAM heatmap over the (resized, cropped) image, saved as a PNG beside the image itself."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .artifacts import atomic_path
+
+    pre = _require_preprocessing(model)
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise ResnetsError(f"the output is a PNG; got {out.name}")
+    if not out.parent.is_dir():
+        raise ResnetsError(f"output directory does not exist: {out.parent}")
+    names = getattr(model, "class_names", None) or [str(i) for i in range(model.num_classes)]
+    if isinstance(target, str) and not target.isdigit():
+        if target not in names:
+            raise ResnetsError(f"unknown class {target!r}")
+        target = names.index(target)
+    elif target is not None:
+        target = int(target)
+    path = str(image_path)
+    if not Path(path).is_file():
+        raise ResnetsError(f"no such file: {path}")
+    try:
+        raw = decode(path, len(pre.mean))
+    except BadSample as e:
+        raise ResnetsError(f"cannot read {path}: {e.reason}") from None
+    shown = eval_transform(resize=pre.resize, crop=pre.crop, interpolation=pre.interpolation)(raw)
+    device = next(model.parameters()).device
+    x = normalizer(pre.mean, pre.std)(shown.to(device))
+    cam, cls, prob = grad_cam(model, x, target=target, layer=layer)
+    img = shown.permute(1, 2, 0).cpu().numpy()
+    fig, axes = plt.subplots(1, 2, figsize=(8, 4.4))
+    axes[0].imshow(img.squeeze(), cmap="gray" if img.shape[-1] == 1 else None)
+    axes[0].set_title("input")
+    axes[1].imshow(img.squeeze(), cmap="gray" if img.shape[-1] == 1 else None)
+    axes[1].imshow(cam.cpu().numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+    axes[1].set_title(f"Grad-CAM: {names[cls]} ({100 * prob:.1f}%)")
+    for a in axes:
+        a.axis("off")
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return {"path": path, "class": names[cls], "index": cls, "prob": prob, "out": str(out), "heatmap": cam.cpu()}

@@ -1,0 +1,150 @@
+"""Inference on real photos (scikit-image's) with models the tests make: predict, embed, similar, explain."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torchvision.io import encode_jpeg, write_png
+
+import resnets
+from resnets import inference as I
+from resnets.weights import Preprocessing
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    from skimage import data as sk
+
+    root = tmp_path_factory.mktemp("photos")
+    (root / "sub").mkdir()
+    imgs = {"astronaut.jpg": sk.astronaut(), "coffee.png": sk.coffee(), "sub/chelsea.jpg": sk.chelsea(),
+            "camera.png": sk.camera(), "sub/rocket.webp": sk.rocket()}  # fmt: skip
+    for name, arr in imgs.items():
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+        t = t[None] if t.ndim == 2 else t.permute(2, 0, 1).contiguous()
+        if name.endswith(".jpg"):
+            (root / name).write_bytes(encode_jpeg(t).numpy().tobytes())
+        elif name.endswith(".png"):
+            write_png(t, str(root / name))
+        else:
+            from PIL import Image
+
+            Image.fromarray(arr).save(root / name)
+    (root / "notes.txt").write_text("not an image")
+    good = (root / "astronaut.jpg").read_bytes()
+    (root / "sub" / "truncated.jpg").write_bytes(good[:2000])
+    return root
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    torch.manual_seed(0)
+    m = resnets.create_model("resnet18", num_classes=4)
+    m.eval()
+    path = tmp_path_factory.mktemp("m") / "r18.safetensors"
+    resnets.save(m, path, class_names=["cat", "coffee", "person", "rocket"],
+                 preprocessing=Preprocessing(80, 64, "bilinear", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)).to_dict())  # fmt: skip
+    return path
+
+
+def _reference_probs(model, path):
+    """An independent path: Pillow decode, v2 transforms on a PIL image, plain normalisation."""
+    from PIL import Image
+    from torchvision.transforms import v2
+
+    tf = v2.Compose([v2.Resize(80, antialias=True), v2.CenterCrop(64), v2.PILToTensor(),
+                     v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])  # fmt: skip
+    with Image.open(path) as im:
+        x = tf(im.convert("RGB"))
+    with torch.no_grad():
+        return model(x[None]).softmax(1)[0]
+
+
+def test_predict_matches_an_independent_pipeline_and_lists_bad_files(photos, model_file):
+    model = resnets.load(model_file)
+    results = I.predict(model, [photos], top_k=3, workers=2, batch_size=2)
+    by_name = {r["path"].split("/photos")[-1].split("/", 1)[-1]: r for r in results}
+    assert set(by_name) == {"astronaut.jpg", "camera.png", "coffee.png", "sub/chelsea.jpg", "sub/rocket.webp", "sub/truncated.jpg"}
+    assert "error" in by_name["sub/truncated.jpg"]
+    for name in ("coffee.png", "sub/chelsea.jpg", "camera.png"):
+        top = by_name[name]["top"]
+        assert len(top) == 3 and top[0]["prob"] >= top[1]["prob"] >= top[2]["prob"]
+        ref = _reference_probs(model, photos / name)
+        assert top[0]["index"] == int(ref.argmax()) and top[0]["prob"] == pytest.approx(float(ref.max()), abs=2e-3)
+        assert top[0]["class"] == ["cat", "coffee", "person", "rocket"][top[0]["index"]]
+
+
+def test_embed_index_and_similar(photos, model_file, tmp_path):
+    model = resnets.load(model_file)
+    emb, files, errors = I.embed(model, [photos], workers=0)
+    assert emb.shape == (5, 512) and len(files) == 5 and len(errors) == 1
+    with torch.no_grad():
+        x = torch.stack([I.normalizer((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))(
+            I.eval_transform(resize=80, crop=64)(I.decode(f))) for f in files])  # fmt: skip
+        assert torch.allclose(emb, model.forward_head(model.forward_features(x), pre_logits=True), atol=1e-5)
+    I.save_index(tmp_path / "idx.safetensors", emb, files, weights=str(model_file), layer=None)
+    index, names, _ = I.load_index(tmp_path / "idx.safetensors")
+    scores, idx = I.nearest(index[2:3], index, k=3)
+    assert idx[0, 0] == 2 and scores[0, 0] == pytest.approx(1.0, abs=1e-5)  # an image is its own nearest neighbour
+    maps, _, _ = I.embed(model, [photos / "coffee.png"], layer="layer3", workers=0)
+    assert maps.shape == (1, 256, 4, 4)
+
+
+def test_grad_cam_matches_autograd(model_file):
+    model = resnets.load(model_file)
+    x = torch.randn(3, 64, 64)
+    cam, cls, prob = I.grad_cam(model, x, target=1)
+    assert cls == 1 and cam.shape == (64, 64) and float(cam.max()) == pytest.approx(1.0) and float(cam.min()) >= 0
+    feats = {}
+    h = model.layer4.register_forward_hook(lambda m, i, o: feats.__setitem__("a", o))
+    logits = model(x[None])
+    h.remove()
+    (g,) = torch.autograd.grad(logits[0, 1], feats["a"])
+    ref = torch.relu((g[0].mean((1, 2))[:, None, None] * feats["a"][0]).sum(0)).detach()
+    ref = torch.nn.functional.interpolate(ref[None, None], size=(64, 64), mode="bilinear")[0, 0]
+    assert torch.allclose(cam, ref / ref.max(), atol=1e-5)
+
+
+def _cli(*args):
+    p = subprocess.run([sys.executable, "-m", "resnets", *map(str, args)], capture_output=True, text=True, timeout=300)
+    return p.returncode, p.stdout, p.stderr
+
+
+def test_cli_predict_embed_similar_explain(photos, model_file, tmp_path):
+    code, out, err = _cli("predict", photos, "--weights", model_file, "--format", "json", "--top-k", 2)
+    assert code == 0, err
+    rows = json.loads(out)
+    assert len(rows) == 6 and sum("error" in r for r in rows) == 1 and "1 of 6 files" in err
+    code, out, _ = _cli("predict", photos / "coffee.png", "--weights", model_file, "--format", "csv")
+    assert code == 0 and out.splitlines()[0] == "path,rank,class,index,prob,error" and len(out.splitlines()) == 5
+    code, out, err = _cli("embed", photos, "--weights", model_file, "--out", tmp_path / "idx.safetensors")
+    assert code == 0 and "5 embeddings of shape (512,)" in out, err
+    code, out, err = _cli("similar", photos / "coffee.png", "--index", tmp_path / "idx.safetensors", "-k", 2, "--json")
+    assert code == 0, err
+    hits = json.loads(out)
+    assert hits[0]["path"].endswith("coffee.png") and hits[0]["similarity"] == pytest.approx(1.0, abs=1e-4)
+    code, out, err = _cli("explain", photos / "sub" / "chelsea.jpg", "--weights", model_file, "--class", "cat",
+                          "--out", tmp_path / "cam.png")  # fmt: skip
+    assert code == 0, err
+    from PIL import Image
+
+    with Image.open(tmp_path / "cam.png") as im:
+        assert im.format == "PNG" and im.size[0] > 300
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["predict", "/nonexistent.jpg"], "no such file"),
+    (["explain", "NOTES", "--out", "x.png"], "cannot read"),
+    (["explain", "PHOTO", "--out", "/nonexistent/dir/x.png"], "does not exist"),
+    (["explain", "PHOTO", "--class", "dog", "--out", "OUT"], "unknown class"),
+    (["similar", "PHOTO", "--index", "MODEL"], "not an embedding index"),
+])  # fmt: skip
+def test_cli_bad_input(photos, model_file, tmp_path, args, needle):
+    subst = {"NOTES": photos / "notes.txt", "PHOTO": photos / "coffee.png", "MODEL": model_file, "OUT": tmp_path / "o.png"}
+    args = [subst.get(a, a) for a in args]
+    if "--weights" not in args and args[0] != "similar":
+        args += ["--weights", model_file]
+    code, _, err = _cli(*args)
+    assert code == 2 and "Traceback" not in err and needle in err and len(err.strip().splitlines()) == 1, err
