@@ -226,6 +226,34 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import FORMATS, export, export_int8
+    from .factory import load
+
+    model = load(args.weights)
+    if args.precision == "int8":
+        if args.format != "onnx":
+            raise ResnetsError("int8 export is ONNX (run by ONNX Runtime); use --format onnx")
+        if not args.calib or not args.eval:
+            raise ResnetsError("int8 needs --calib DATA (real images to calibrate on) and --eval DATA (to check top-1)")
+        out = args.out or str(Path(args.weights).with_suffix("")) + ".int8.onnx"
+        r = export_int8(model, out, calib=args.calib, eval_data=args.eval, max_drop=args.max_drop,
+                        calib_images=args.calib_images, eval_images=args.eval_images)  # fmt: skip
+        print(f"top-1 fp32 {r['fp32_top1']:.2f}%  int8 {r['int8_top1']:.2f}%  drop {r['drop']:.2f} points (max {args.max_drop})")
+        if not r["accepted"]:
+            print(f"resnets: int8 refused: the drop of {r['drop']:.2f} points exceeds --max-drop {args.max_drop}; nothing written",
+                  file=sys.stderr)  # fmt: skip
+            return 1
+        print(f"wrote {r['path']} ({r['bytes'] / 1e6:.1f} MB)")
+        return 0
+    out = args.out or str(Path(args.weights).with_suffix(FORMATS[args.format]))
+    r = export(model, out, args.format, dynamic_batch=args.dynamic_batch, fold=args.fold_bn)
+    d = r["max_abs_diff"]
+    print(f"max abs difference from eager PyTorch: {max(d.values()):.2e} (random inputs {d['random']:.2e}, real photos {d['real']:.2e})")
+    print(f"wrote {r['path']} ({r['bytes'] / 1e6:.1f} MB, {r['format']}, checked with {r['runtime']})")
+    return 0
+
+
 def _cmd_data(args: argparse.Namespace) -> int:
     from .data import sources
 
@@ -326,6 +354,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .png")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_cmd_explain)
+
+    p = sub.add_parser("export", help="ONNX / TorchScript / torch.export, checked against eager; int8 ONNX with an accuracy gate")
+    p.add_argument("--weights", required=True)
+    p.add_argument("--format", choices=["onnx", "torchscript", "exported-program"], default="onnx")
+    p.add_argument("--out", help="output file (default: beside the weights)")
+    p.add_argument("--dynamic-batch", action="store_true", help="any batch size at run time")
+    p.add_argument("--fold-bn", action="store_true", help="fold BatchNorm into the preceding convolutions")
+    p.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
+    p.add_argument("--calib", help="int8: real images to calibrate on (an image folder, or fashion-mnist:train)")
+    p.add_argument("--eval", help="int8: data to compare fp32 and int8 top-1 on (an image folder, or fashion-mnist)")
+    p.add_argument("--max-drop", type=float, default=1.0, help="int8: refuse if top-1 drops by more points")
+    p.add_argument("--calib-images", type=int, default=512)
+    p.add_argument("--eval-images", type=int, default=0, help="int8: evaluate on this many images (0: all)")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("data", help="find a dataset locally, or download it (checksummed) with --download")
     p.add_argument("name", choices=["fashion-mnist", "cifar10", "cifar100"])

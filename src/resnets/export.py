@@ -1,0 +1,230 @@
+"""Shipping a model: ONNX, TorchScript or a torch.export program, checked against eager PyTorch; and int8 ONNX
+through ONNX Runtime's static quantization, refused when it costs more accuracy than allowed.
+
+Every written file is checked before it is kept: the exported model runs on random and real inputs and its
+largest difference from eager PyTorch is reported (fp32 must stay within 1e-4).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .artifacts import atomic_path
+from .errors import ResnetsError
+
+log = logging.getLogger("resnets")
+FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "exported-program": ".pt2"}
+SUFFIXES = {"onnx": (".onnx",), "torchscript": (".pt", ".pth", ".ts"), "exported-program": (".pt2",)}
+FP32_TOLERANCE = 1e-4
+
+
+def fold_bn(model: nn.Module) -> nn.Module:
+    """An eval-mode copy with every BatchNorm that directly follows a convolution folded into it (fewer ops,
+    same function). The result is a torch.fx GraphModule."""
+    from torch.fx.experimental.optimization import fuse
+
+    return fuse(copy.deepcopy(model).eval(), inplace=True)
+
+
+def check_inputs(model: nn.Module, batch: int = 2) -> torch.Tensor:
+    """Random inputs plus real photos (shipped with the package) through the model's own preprocessing."""
+    pre = model.preprocessing
+    c = len(pre.mean)
+    x = torch.randn(batch, c, pre.crop, pre.crop)
+    from importlib import resources
+
+    from .data.datasets import decode
+    from .data.transforms import eval_transform, normalizer
+
+    tf = eval_transform(resize=pre.resize, crop=pre.crop, interpolation=pre.interpolation)
+    norm = normalizer(pre.mean, pre.std)
+    real = []
+    for name in ("astronaut.jpg", "coffee.jpg"):
+        with resources.as_file(resources.files("resnets").joinpath(f"assets/{name}")) as p:
+            real.append(norm(tf(decode(p, c))))
+    return torch.cat([x, torch.stack(real)])
+
+
+@dataclass
+class Runner:
+    """A loaded exported model: `run(x)` -> logits as a numpy array."""
+
+    run: Callable[[torch.Tensor], np.ndarray]
+    kind: str
+
+
+def ort_session(path: str | os.PathLike, threads: int = 0):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def load_runner(path: str | os.PathLike, fmt: str) -> Runner:
+    if fmt == "onnx":
+        sess = ort_session(path)
+        name = sess.get_inputs()[0].name
+        return Runner(lambda x: sess.run(None, {name: x.numpy()})[0], "onnxruntime")
+    if fmt == "torchscript":
+        m = torch.jit.load(str(path))
+        return Runner(lambda x: m(x).detach().numpy(), "torchscript")
+    ep = torch.export.load(str(path))
+    mod = ep.module()
+    return Runner(lambda x: mod(x).detach().numpy(), "exported-program")
+
+
+def _write(model: nn.Module, example: torch.Tensor, path: Path, fmt: str, dynamic_batch: bool) -> None:
+    batch = torch.export.Dim("batch", min=1, max=4096) if dynamic_batch else None
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if fmt == "onnx":
+            import contextlib
+            import io
+
+            import onnx
+
+            kwargs = {"dynamic_shapes": ({0: batch},)} if dynamic_batch else {}
+            # the exporter may write weights beside the graph: export into a private folder, then save one file
+            with tempfile.TemporaryDirectory() as d, contextlib.redirect_stdout(io.StringIO()):  # it narrates its passes
+                torch.onnx.export(model, (example,), f"{d}/model.onnx", input_names=["input"], output_names=["logits"],
+                                  dynamo=True, verbose=False, **kwargs)  # fmt: skip
+                onnx.save_model(onnx.load(f"{d}/model.onnx"), str(tmp), save_as_external_data=False)
+        elif fmt == "torchscript":
+            torch.jit.save(torch.jit.trace(model, example), str(tmp))
+        else:
+            ep = torch.export.export(model, (example,), dynamic_shapes=({0: batch},) if dynamic_batch else None)
+            torch.export.save(ep, str(tmp))
+
+
+def export(model: nn.Module, out: str | os.PathLike, fmt: str, *, dynamic_batch: bool = False, fold: bool = False) -> dict:
+    """Write `model` as `fmt` to `out`, reload it, and compare with eager PyTorch. A file whose fp32 outputs
+    differ by more than 1e-4 is removed and an error raised."""
+    if fmt not in FORMATS:
+        raise ResnetsError(f"format must be one of {', '.join(FORMATS)}; got {fmt!r}")
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise ResnetsError(f"output directory does not exist: {out.parent}")
+    if out.suffix.lower() not in SUFFIXES[fmt]:
+        raise ResnetsError(f"a {fmt} file ends in {' or '.join(SUFFIXES[fmt])}; got {out.name}")
+    if getattr(model, "preprocessing", None) is None:
+        raise ResnetsError("the model records no preprocessing; export a file saved by resnets")
+    model = model.eval().cpu()
+    net = fold_bn(model) if fold else model
+    x = check_inputs(model)
+    with torch.no_grad():
+        ref = model(x).numpy()
+        example = x[:2]
+        _write(net, example, out, fmt, dynamic_batch)
+    try:
+        runner = load_runner(out, fmt)
+        diffs = {}
+        with torch.no_grad():
+            if dynamic_batch or fmt == "torchscript":
+                got = np.concatenate([runner.run(x[:1]), runner.run(x[1:])])
+            else:  # a static graph takes exactly the example's batch
+                got = np.concatenate([runner.run(x[i : i + 2]) for i in range(0, len(x), 2)])
+        diffs["random"] = float(np.abs(got[:2] - ref[:2]).max())
+        diffs["real"] = float(np.abs(got[2:] - ref[2:]).max())
+    except Exception:
+        out.unlink(missing_ok=True)
+        raise
+    worst = max(diffs.values())
+    if worst > FP32_TOLERANCE:
+        out.unlink(missing_ok=True)
+        raise ResnetsError(f"the exported model differs from eager PyTorch by {worst:.2e} (> {FP32_TOLERANCE}); not written")
+    return {"path": str(out), "format": fmt, "max_abs_diff": diffs, "dynamic_batch": dynamic_batch, "fold_bn": fold,
+            "runtime": runner.kind, "bytes": out.stat().st_size}  # fmt: skip
+
+
+# ---- int8 through ONNX Runtime
+
+
+def _batches(model: nn.Module, source: str, limit: int, batch: int = 32) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """(normalised images, labels) from "fashion-mnist", "cifar10", or an image folder (class subfolders named like
+    the model's classes), through the model's preprocessing."""
+    from . import data as D
+    from .data.loader import Augmented, EvalBatches, make_loader
+    from .data.transforms import eval_transform, normalizer
+
+    pre = model.preprocessing
+    classes = list(model.class_names or [])
+    name, _, split = source.partition(":")
+    if name == "fashion-mnist":
+        ds = D.TensorDataset(*D.sources.load_fashion_mnist(split or "test"))
+    elif name in ("cifar10", "cifar100"):
+        ds = D.TensorDataset(*D.sources.load_cifar(name, split or "test"))
+    else:
+        ds = D.image_folder(source, channels=len(pre.mean), classes=classes or None)
+    if classes and ds.classes != classes:
+        raise ResnetsError(f"{source}: its classes do not match the model's")
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randperm(len(ds), generator=g)[: limit or len(ds)].tolist()
+    ds = ds.subset(sorted(idx))
+    tf = eval_transform(resize=pre.resize, crop=pre.crop, interpolation=pre.interpolation)
+    norm = normalizer(pre.mean, pre.std)
+    for b in make_loader(Augmented(ds, tf, 0), EvalBatches(len(ds), batch), workers=0):
+        if b.images.numel():
+            yield norm(b.images), b.labels
+
+
+def ort_top1(path: str | os.PathLike, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    sess = ort_session(path)
+    name = sess.get_inputs()[0].name
+    hits = n = 0
+    for x, y in batches:
+        pred = sess.run(None, {name: x.numpy()})[0].argmax(1)
+        hits += int((torch.from_numpy(pred) == y).sum())
+        n += len(y)
+    return 100.0 * hits / max(n, 1)
+
+
+def export_int8(model: nn.Module, out: str | os.PathLike, *, calib: str, eval_data: str, max_drop: float = 1.0,
+                calib_images: int = 512, eval_images: int = 0) -> dict:  # fmt: skip
+    """Static post-training quantization (QDQ, per-channel int8 weights, uint8 activations) calibrated on real
+    images; top-1 of fp32 and int8 compared on `eval_data`. Over `max_drop` points: nothing written, error."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise ResnetsError(f"output directory does not exist: {out.parent}")
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = Path(tmp) / "fp32.onnx"
+        export(model, fp32, "onnx", dynamic_batch=True)
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+
+        class Reader(CalibrationDataReader):
+            def __init__(self):
+                self.it = iter(_batches(model, calib, calib_images))
+
+            def get_next(self):
+                b = next(self.it, None)
+                return None if b is None else {"input": b[0].numpy()}
+
+        q = Path(tmp) / "int8.onnx"
+        quantize_static(str(pre), str(q), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)  # fmt: skip
+        top_fp32 = ort_top1(fp32, _batches(model, eval_data, eval_images))
+        top_int8 = ort_top1(q, _batches(model, eval_data, eval_images))
+        drop = top_fp32 - top_int8
+        result = {"path": str(out), "format": "onnx-int8", "fp32_top1": top_fp32, "int8_top1": top_int8,
+                  "drop": drop, "max_drop": max_drop, "accepted": drop <= max_drop}  # fmt: skip
+        if drop > max_drop:
+            return result
+        with atomic_path(out) as final:
+            final.write_bytes(q.read_bytes())
+        result["bytes"] = out.stat().st_size
+    return result

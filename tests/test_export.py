@@ -1,0 +1,99 @@
+"""Export: every format reloads and matches eager PyTorch; int8 is gated on real accuracy."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import resnets
+from resnets import config as C
+from resnets.data import sources
+from resnets.export import export, export_int8, fold_bn, load_runner
+from resnets.weights import Preprocessing
+
+from conftest import randomize_norms
+
+
+@pytest.fixture(scope="module")
+def r18_file(tmp_path_factory):
+    torch.manual_seed(0)
+    m = randomize_norms(resnets.create_model("resnet18", num_classes=5))
+    path = tmp_path_factory.mktemp("exp") / "r18.safetensors"
+    resnets.save(m, path, class_names=list("abcde"), preprocessing=Preprocessing(72, 64).to_dict())
+    return path
+
+
+@pytest.mark.parametrize("fmt, suffix", [("onnx", ".onnx"), ("torchscript", ".pt"), ("exported-program", ".pt2")])
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_export_formats_match_eager(r18_file, tmp_path, fmt, suffix, dynamic):
+    model = resnets.load(r18_file)
+    r = export(model, tmp_path / f"m{suffix}", fmt, dynamic_batch=dynamic)
+    assert max(r["max_abs_diff"].values()) <= 1e-4
+    if dynamic:  # any batch size runs
+        runner = load_runner(tmp_path / f"m{suffix}", fmt)
+        for b in (1, 3, 7):
+            x = torch.randn(b, 3, 64, 64)
+            with torch.no_grad():
+                assert np.abs(runner.run(x) - model(x).numpy()).max() <= 1e-4
+
+
+def test_fold_bn_keeps_the_function_and_removes_the_norms(r18_file):
+    model = resnets.load(r18_file)
+    folded = fold_bn(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert (folded(x) - model(x)).abs().max() <= 1e-4
+
+
+def test_export_refuses_bad_output_paths(r18_file, tmp_path):
+    model = resnets.load(r18_file)
+    with pytest.raises(resnets.ResnetsError, match="does not exist"):
+        export(model, tmp_path / "missing" / "m.onnx", "onnx")
+    with pytest.raises(resnets.ResnetsError, match="ends in .pt2"):
+        export(model, tmp_path / "m.onnx", "exported-program")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def fmnist_model(tmp_path_factory):
+    if sources.find_fashion_mnist() is None:
+        pytest.skip("Fashion-MNIST is not installed")
+    from resnets.engine import train
+
+    out = tmp_path_factory.mktemp("fm")
+    r = train(C.resolve("fashion-mnist", overrides=dict(limit_train=4096, limit_val=500, epochs=2, batch_size=64,
+                                                        lr=0.05, progress=False, out=str(out), name="m")))  # fmt: skip
+    return out / "m" / "model.safetensors", r["top1"]
+
+
+def test_int8_keeps_accuracy_on_real_data_and_the_gate_refuses(fmnist_model, tmp_path):
+    path, fp32_top1 = fmnist_model
+    model = resnets.load(path)
+    r = export_int8(model, tmp_path / "q.onnx", calib="fashion-mnist:train", eval_data="fashion-mnist",
+                    max_drop=100, calib_images=256, eval_images=500)  # fmt: skip
+    assert r["accepted"] and (tmp_path / "q.onnx").is_file()
+    assert r["fp32_top1"] > 60 and abs(r["drop"]) < 3  # 500 real test images
+    fp32 = export(model, tmp_path / "f.onnx", "onnx", dynamic_batch=True)
+    assert r["bytes"] < 0.5 * fp32["bytes"]  # int8 weights: about a quarter of fp32
+    (tmp_path / "f.onnx").unlink()
+    # an impossible gate: the command refuses, exits non-zero and leaves nothing behind
+    p = subprocess.run([sys.executable, "-m", "resnets", "export", "--weights", str(path), "--precision", "int8",
+                        "--calib", "fashion-mnist:train", "--eval", "fashion-mnist", "--calib-images", "128",
+                        "--eval-images", "200", "--max-drop", "-50", "--out", str(tmp_path / "refused.onnx")],
+                       capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert p.returncode == 1 and "refused" in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "refused.onnx").exists()
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["q.onnx"]
+
+
+def test_cli_export_prints_the_difference(r18_file, tmp_path):
+    p = subprocess.run([sys.executable, "-m", "resnets", "export", "--weights", str(r18_file), "--format", "onnx",
+                        "--dynamic-batch", "--fold-bn", "--out", str(tmp_path / "m.onnx")],
+                       capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert "max abs difference from eager PyTorch" in p.stdout and (tmp_path / "m.onnx").is_file()
+    p = subprocess.run([sys.executable, "-m", "resnets", "export", "--weights", str(r18_file), "--format",
+                        "exported-program", "--out", str(tmp_path / "m.onnx")], capture_output=True, text=True)  # fmt: skip
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
