@@ -148,3 +148,32 @@ def test_cli_bad_input(photos, model_file, tmp_path, args, needle):
         args += ["--weights", model_file]
     code, _, err = _cli(*args)
     assert code == 2 and "Traceback" not in err and needle in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "onnxruntime-int8"])
+def test_predict_and_embed_on_onnxruntime_agree_with_eager(photos, model_file, backend):
+    model = resnets.load(model_file)
+    eager = I.predict(model, [photos], top_k=4, workers=0)
+    other = I.predict(model, [photos], top_k=4, workers=0, backend=backend)
+    tol = 1e-4 if backend == "onnxruntime" else 0.15  # int8 (calibrated on these 5 photos) is approximate
+    for a, b in zip(eager, other):
+        assert a["path"] == b["path"] and ("error" in a) == ("error" in b)
+        if "top" in a:
+            pa = {t["index"]: t["prob"] for t in a["top"]}
+            pb = {t["index"]: t["prob"] for t in b["top"]}
+            assert max(abs(pa[k] - pb[k]) for k in pa) <= tol
+    e1, _, _ = I.embed(model, [photos], workers=0)
+    e2, _, _ = I.embed(model, [photos], workers=0, backend=backend)
+    cos = torch.nn.functional.cosine_similarity(e1, e2)
+    assert cos.min() > (0.99999 if backend == "onnxruntime" else 0.95)
+
+
+def test_bench_cli_reports_each_backend_and_batch(model_file):
+    code, out, err = _cli("bench", model_file, "--batch-sizes", "1,4", "--backend", "eager,onnxruntime",
+                          "--seconds", "0.2", "--json")  # fmt: skip
+    assert code == 0, err
+    rows = json.loads(out)["results"]
+    assert [(r["backend"], r["batch"]) for r in rows] == [("eager", 1), ("eager", 4), ("onnxruntime", 1), ("onnxruntime", 4)]
+    assert all(r["images_per_s"] > 0 and r["p95_ms"] >= r["p50_ms"] > 0 for r in rows)
+    code, _, err = _cli("bench", "resnet20", "--backend", "tensorrt")
+    assert code == 2 and "unknown backend" in err

@@ -161,7 +161,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     model = _load_for_inference(args.weights, args.device)
     results = predict(model, args.paths, top_k=args.top_k, batch_size=args.batch_size, workers=args.workers,
-                      progress=sys.stderr.isatty())  # fmt: skip
+                      progress=sys.stderr.isatty(), backend=args.backend)  # fmt: skip
     if args.format == "json":
         print(json.dumps(results, indent=2))
     elif args.format == "csv":
@@ -190,7 +190,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
     model = _load_for_inference(args.weights, args.device)
     emb, files, errors = embed(model, args.paths, layer=args.layer, batch_size=args.batch_size, workers=args.workers,
-                               progress=sys.stderr.isatty())  # fmt: skip
+                               progress=sys.stderr.isatty(), backend=args.backend)  # fmt: skip
     save_index(args.out, emb, files, weights=str(Path(args.weights).resolve()), layer=args.layer)
     for e in errors:
         print(f"{e['path']}: ERROR {e['error']}", file=sys.stderr)
@@ -251,6 +251,45 @@ def _cmd_export(args: argparse.Namespace) -> int:
     d = r["max_abs_diff"]
     print(f"max abs difference from eager PyTorch: {max(d.values()):.2e} (random inputs {d['random']:.2e}, real photos {d['real']:.2e})")
     print(f"wrote {r['path']} ({r['bytes'] / 1e6:.1f} MB, {r['format']}, checked with {r['runtime']})")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from .backends import BACKENDS, bench, make_runner
+    from .export import check_inputs
+    from .factory import create_model, load
+    from .models import get_entry
+    from .weights import Preprocessing
+
+    if os.path.isfile(args.model):
+        model = load(args.model)
+    else:
+        model = create_model(args.model)
+        size = get_entry(args.model).input_size
+        model.preprocessing = Preprocessing(size, size)
+    pre = model.preprocessing
+    size = args.input_size or pre.crop
+    sizes = [int(s) for s in args.batch_sizes.split(",") if s]
+    backends = [b for b in args.backend.split(",") if b]
+    for b in backends:
+        if b not in BACKENDS:
+            raise ResnetsError(f"unknown backend {b!r}; choose from {', '.join(BACKENDS)}")
+    rows = []
+    calib = [check_inputs(model)] if size == pre.crop else [torch.randn(4, len(pre.mean), size, size)]
+    for backend in backends:
+        run = make_runner(model, backend, calib=calib, channels_last=args.channels_last)
+        for bs in sizes:
+            x = torch.randn(bs, len(pre.mean), size, size)
+            r = bench(run, x, seconds=args.seconds)
+            r["backend"] = backend
+            rows.append(r)
+            if not args.json:
+                print(f"{backend:<17} batch {bs:>4}  {r['images_per_s']:9.1f} img/s  p50 {r['p50_ms']:8.2f} ms  p95 {r['p95_ms']:8.2f} ms", flush=True)
+    if args.json:
+        print(json.dumps({"model": getattr(model, "arch_name", args.model), "input": size, "threads": torch.get_num_threads(),
+                          "results": rows}, indent=2))  # fmt: skip
     return 0
 
 
@@ -322,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--batch-size", type=int, default=32)
         p.add_argument("--workers", type=int, default=2, help="decoding processes (0: decode in this process)")
         p.add_argument("--device", default="auto")
+        p.add_argument("--backend", default="eager", choices=["eager", "compile", "onnxruntime", "onnxruntime-int8"],
+                       help="onnxruntime-int8 calibrates on the first images given")
 
     p = sub.add_parser("predict", help="classify image files and folders")
     p.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
@@ -368,6 +409,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-images", type=int, default=512)
     p.add_argument("--eval-images", type=int, default=0, help="int8: evaluate on this many images (0: all)")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("bench", help="inference speed per backend and batch size: images/s, p50/p95 latency")
+    p.add_argument("model", help="a model name (random weights) or a model file")
+    p.add_argument("--batch-sizes", default="1,16")
+    p.add_argument("--backend", default="eager", help="comma-separated: eager, compile, onnxruntime, onnxruntime-int8")
+    p.add_argument("--input-size", type=int, help="default: the model's crop size")
+    p.add_argument("--seconds", type=float, default=3.0, help="time per measurement (after warm-up)")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("data", help="find a dataset locally, or download it (checksummed) with --download")
     p.add_argument("name", choices=["fashion-mnist", "cifar10", "cifar100"])

@@ -95,6 +95,16 @@ def batches(model: nn.Module, files: list[str], *, batch_size: int = 32, workers
     return Batches(files, loader, normalizer(pre.mean, pre.std), device)
 
 
+def _runner(model: nn.Module, backend: str, files: list[str], output: str, batch_size: int):
+    from .backends import make_runner
+
+    calib = None
+    if backend == "onnxruntime-int8":  # calibrate on (up to 256 of) the images themselves
+        calib = [b for b, _, _ in batches(model, files[:256], batch_size=batch_size, workers=0) if b is not None]
+        calib = [b.cpu() for b in calib]
+    return make_runner(model, backend, output=output, calib=calib)
+
+
 def _progress(total: int, enabled: bool):
     from tqdm import tqdm
 
@@ -103,10 +113,12 @@ def _progress(total: int, enabled: bool):
 
 @torch.no_grad()
 def predict(model: nn.Module, paths: Sequence[str | os.PathLike], *, top_k: int = 5, batch_size: int = 32,
-            workers: int = 2, progress: bool = False) -> list[dict]:  # fmt: skip
-    """[{"path", "top": [{"class", "index", "prob"}...]} or {"path", "error"}] in the order of the files."""
+            workers: int = 2, progress: bool = False, backend: str = "eager") -> list[dict]:  # fmt: skip
+    """[{"path", "top": [{"class", "index", "prob"}...]} or {"path", "error"}] in the order of the files.
+    backend: eager, compile, onnxruntime, or onnxruntime-int8 (calibrated on the first images given)."""
     model.eval()
     files = find_images(paths)
+    run = _runner(model, backend, files, "logits", batch_size)
     names = getattr(model, "class_names", None)
     k = min(top_k, model.num_classes)
     out: list[dict | None] = [None] * len(files)
@@ -115,7 +127,7 @@ def predict(model: nn.Module, paths: Sequence[str | os.PathLike], *, top_k: int 
         for b in bad:
             out[files.index(b.path)] = {"path": b.path, "error": b.reason}
         if images is not None:
-            probs = model(images).float().softmax(1)
+            probs = run(images).float().softmax(1)
             p, c = probs.topk(k, dim=1)
             for row, i in enumerate(idx):
                 out[i] = {"path": files[i], "top": [
@@ -128,7 +140,7 @@ def predict(model: nn.Module, paths: Sequence[str | os.PathLike], *, top_k: int 
 
 @torch.no_grad()
 def embed(model: nn.Module, paths: Sequence[str | os.PathLike], *, layer: str | None = None, batch_size: int = 32,
-          workers: int = 2, progress: bool = False) -> tuple[torch.Tensor, list[str], list[dict]]:  # fmt: skip
+          workers: int = 2, progress: bool = False, backend: str = "eager") -> tuple[torch.Tensor, list[str], list[dict]]:  # fmt: skip
     """Pooled pre-logit features (N, num_features), or with `layer` ("layer3") that stage's maps (N, C, h, w).
     Returns (embeddings, files embedded, errors)."""
     model.eval()
@@ -136,6 +148,9 @@ def embed(model: nn.Module, paths: Sequence[str | os.PathLike], *, layer: str | 
     stages = list(getattr(model, "stage_names", []))
     if layer is not None and layer not in stages:
         raise ResnetsError(f"unknown layer {layer!r}; choose from {', '.join(stages)}")
+    if layer is not None and backend != "eager":
+        raise ResnetsError("stage maps (--layer) come from the eager backend only")
+    run = _runner(model, backend, files, "features", batch_size) if layer is None else None
     feats: list[torch.Tensor] = []
     kept: list[str] = []
     errors: list[dict] = []
@@ -144,7 +159,7 @@ def embed(model: nn.Module, paths: Sequence[str | os.PathLike], *, layer: str | 
         errors += [{"path": b.path, "error": b.reason} for b in bad]
         if images is not None:
             if layer is None:
-                f = model.forward_head(model.forward_features(images), pre_logits=True)
+                f = run(images)
             else:
                 f = model.forward_intermediates(images, indices=[stages.index(layer)])[0]
             feats.append(f.float().cpu())
