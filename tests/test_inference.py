@@ -45,7 +45,7 @@ def model_file(tmp_path_factory):
     m.eval()
     path = tmp_path_factory.mktemp("m") / "r18.safetensors"
     resnets.save(m, path, class_names=["cat", "coffee", "person", "rocket"],
-                 preprocessing=Preprocessing(80, 64, "bilinear", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)).to_dict())  # fmt: skip
+                 preprocessing=Preprocessing(84, 72, "bilinear", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)).to_dict())  # fmt: skip
     return path
 
 
@@ -54,7 +54,7 @@ def _reference_probs(model, path):
     from PIL import Image
     from torchvision.transforms import v2
 
-    tf = v2.Compose([v2.Resize(80, antialias=True), v2.CenterCrop(64), v2.PILToTensor(),
+    tf = v2.Compose([v2.Resize(84, antialias=True), v2.CenterCrop(72), v2.PILToTensor(),
                      v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])  # fmt: skip
     with Image.open(path) as im:
         x = tf(im.convert("RGB"))
@@ -82,14 +82,14 @@ def test_embed_index_and_similar(photos, model_file, tmp_path):
     assert emb.shape == (5, 512) and len(files) == 5 and len(errors) == 1
     with torch.no_grad():
         x = torch.stack([I.normalizer((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))(
-            I.eval_transform(resize=80, crop=64)(I.decode(f))) for f in files])  # fmt: skip
+            I.eval_transform(resize=84, crop=72)(I.decode(f))) for f in files])  # fmt: skip
         assert torch.allclose(emb, model.forward_head(model.forward_features(x), pre_logits=True), atol=1e-5)
     I.save_index(tmp_path / "idx.safetensors", emb, files, weights=str(model_file), layer=None)
     index, names, _ = I.load_index(tmp_path / "idx.safetensors")
     scores, idx = I.nearest(index[2:3], index, k=3)
     assert idx[0, 0] == 2 and scores[0, 0] == pytest.approx(1.0, abs=1e-5)  # an image is its own nearest neighbour
     maps, _, _ = I.embed(model, [photos / "coffee.png"], layer="layer3", workers=0)
-    assert maps.shape == (1, 256, 4, 4)
+    assert maps.shape == (1, 256, 5, 5)
 
 
 def test_grad_cam_matches_autograd(model_file):

@@ -86,13 +86,16 @@ def test_warmup_then_cosine():
 
 
 def test_no_weight_decay_on_norms_and_biases():
-    from resnets.engine import param_groups
+    from resnets.finetune import Plan
 
     m = resnets.create_model("resnet20")
-    decay, no_decay = param_groups(m, 2e-5, 0.0)
-    assert decay["weight_decay"] == 2e-5 and no_decay["weight_decay"] == 0.0
-    assert any(p is m.bn1.weight for p in no_decay["params"]) and any(p is m.fc.bias for p in no_decay["params"])
-    assert any(p is m.conv1.weight for p in decay["params"]) and not any(p is m.bn1.weight for p in decay["params"])
+    groups = Plan(m).param_groups(0.1, 2e-5, 0.0)
+    decay = [p for g in groups if g["weight_decay"] == 2e-5 for p in g["params"]]
+    no_decay = [p for g in groups if g["weight_decay"] == 0.0 for p in g["params"]]
+    assert len(decay) + len(no_decay) == len(list(m.parameters()))
+    assert any(p is m.bn1.weight for p in no_decay) and any(p is m.fc.bias for p in no_decay)
+    assert any(p is m.conv1.weight for p in decay) and not any(p is m.bn1.weight for p in decay)
+    assert all(g["lr"] == 0.1 for g in groups)  # one learning rate unless layer_decay < 1
 
 
 def _weights(path):

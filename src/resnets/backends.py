@@ -48,10 +48,12 @@ def make_runner(
                 return fn(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
 
         return run
-    return _ort_runner(net.cpu(), backend == "onnxruntime-int8", calib)
+    pre = getattr(model, "preprocessing", None)
+    return _ort_runner(net.cpu(), backend == "onnxruntime-int8", calib, pre.crop if pre is not None else 224)
 
 
-def _ort_runner(net: nn.Module, int8: bool, calib: Iterable[torch.Tensor] | None):
+def _ort_runner(net: nn.Module, int8: bool, calib: Iterable[torch.Tensor] | None, size: int):
+    """The ONNX file has a dynamic batch and a fixed image size: that of `calib`, else `size` (the model's crop)."""
     from .export import _write, ort_session
 
     first = next(iter(calib), None) if calib is not None else None
@@ -60,7 +62,7 @@ def _ort_runner(net: nn.Module, int8: bool, calib: Iterable[torch.Tensor] | None
     tmp = tempfile.TemporaryDirectory()
     path = Path(tmp.name) / "model.onnx"
     p = next(net.parameters())
-    example = torch.randn(2, p.shape[1] if p.ndim == 4 else 3, 64, 64) if first is None else first[:2].cpu()
+    example = torch.randn(2, p.shape[1] if p.ndim == 4 else 3, size, size) if first is None else first[:2].cpu()
     _write(net, example, path, "onnx", dynamic_batch=True)
     if int8:
         from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static

@@ -81,12 +81,17 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_config_flags(p: argparse.ArgumentParser) -> None:
-    """Every TrainConfig field is a flag: --batch-size 64, --deterministic / --no-deterministic, --milestones 1,2."""
+def _add_config_flags(p: argparse.ArgumentParser, recipe_help: str) -> None:
+    """--recipe, --config, --set, --resume, and every TrainConfig field as a flag: --batch-size 64,
+    --deterministic / --no-deterministic, --milestones 1,2."""
     import typing
 
     from .config import TrainConfig
 
+    p.add_argument("--recipe", help=recipe_help)
+    p.add_argument("--config", help="a TOML or YAML file of config keys")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key (repeatable)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     g = p.add_argument_group("config keys (each overrides the recipe and the config file)")
     for name, hint in typing.get_type_hints(TrainConfig).items():
         flag = "--" + name.replace("_", "-")
@@ -97,16 +102,32 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
             g.add_argument(flag, dest=f"cfg__{name}", metavar="V", default=None)
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    from . import config as C
-    from .engine import train
-
+def _overrides(args: argparse.Namespace) -> dict:
     overrides = {k[5:]: v for k, v in vars(args).items() if k.startswith("cfg__") and v is not None}
     for item in args.set or []:
         if "=" not in item:
             raise ResnetsError(f"--set takes KEY=VALUE; got {item!r}")
         k, v = item.split("=", 1)
         overrides[k.strip()] = v
+    return overrides
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    overrides = _overrides(args)
+    if not args.resume:
+        missing = [f for f in ("data", "weights") if not overrides.get(f)]
+        if missing and not args.config:
+            raise ResnetsError(f"finetune needs --{' and --'.join(missing)} (a folder of images, one subfolder per class; "
+                               "a registered weight name or a weights file)")  # fmt: skip
+        args.recipe = args.recipe or "finetune"
+    return _cmd_train(args, overrides)
+
+
+def _cmd_train(args: argparse.Namespace, overrides: dict | None = None) -> int:
+    from . import config as C
+    from .engine import train
+
+    overrides = _overrides(args) if overrides is None else overrides
     if args.resume:
         if args.recipe or args.config:
             raise ResnetsError("--resume continues a run with its saved config; --recipe and --config do not apply")
@@ -334,12 +355,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model (recipes: " + ", ".join(RECIPES) + ")",
                        description="Train with a named recipe, a TOML/YAML config file and any key overridden by a flag. "
                                    "Distributed: torchrun --nproc_per_node N -m resnets train ...")  # fmt: skip
-    p.add_argument("--recipe", help=f"one of {', '.join(RECIPES)}")
-    p.add_argument("--config", help="a TOML or YAML file of config keys")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key (repeatable)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
-    _add_config_flags(p)
+    _add_config_flags(p, f"one of {', '.join(RECIPES)}")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("finetune", help="fine-tune pretrained weights on a folder of your images (one subfolder per class)",
+                       description="Fine-tune: `resnets finetune --data DIR --weights W`. DIR holds one subfolder per class "
+                                   "(or train/ and val/ with them; without val/, 10%% of each class is held out). The "
+                                   "architecture comes from the weights unless --model names it. Strategies: full "
+                                   "(layer-wise lr, --layer-decay), linear-probe, partial --unfreeze-stages K, gradual "
+                                   "--unfreeze-every N; BatchNorm: --bn train|freeze|frozen|group. The recipe "
+                                   "'finetune' holds the defaults; every config key can be set.")  # fmt: skip
+    _add_config_flags(p, "start from another recipe than 'finetune'")
+    p.set_defaults(func=_cmd_finetune)
 
     p = sub.add_parser("eval", help="evaluate a saved model: top-1/top-5, per-class accuracy, confusion matrix")
     p.add_argument("--weights", required=True, help="a model file written by training (model.safetensors, best.pt)")

@@ -19,8 +19,9 @@ from .errors import ResnetsError
 @dataclass
 class TrainConfig:
     # ---- model
-    model: str = "resnet20"
-    weights: str | None = None  # registered name or file to start from
+    model: str = "resnet20"  # "": the architecture the weights are for
+    weights: str | None = None  # registered name or file to start from (its head is replaced for new classes)
+    in_chans: int = 0  # 0: the dataset's (1 for Fashion-MNIST), else the weights', else 3
     norm: str | None = None  # model options left None take the architecture's default
     shortcut: str | None = None
     stride_in_1x1: bool | None = None
@@ -32,6 +33,9 @@ class TrainConfig:
     val_data: str | None = None  # CSV of the validation images (dataset=csv)
     download: bool = False  # fetch Fashion-MNIST / CIFAR from the official site when not found locally
     val_split: float = 0.0  # hold out this fraction of the training set (stratified, seeded) instead of the test set
+    classes: list[str] = field(default_factory=list)  # keep only these classes (names or indices), in this order
+    per_class: int = 0  # keep at most N training images per class (seeded choice; 0: all)
+    balanced: bool = False  # class-balanced sampling (each class equally likely per draw)
     limit_train: int = 0  # use only the first N training images (0: all); for smoke runs
     limit_val: int = 0
     synthetic_samples: int = 4096
@@ -39,7 +43,7 @@ class TrainConfig:
     train_crop: int = 0  # 0: the dataset's native size (28 / 32) or 224
     eval_resize: int = 0
     eval_crop: int = 0
-    augment: str = "paper-cifar"  # none | paper-cifar | crop-flip | paper-imagenet | rrc
+    augment: str = "paper-cifar"  # none | paper-cifar | crop-flip | paper-imagenet | rrc | strong
     pad: int = 4  # padding of the paper-cifar / crop-flip random crop, pixels
     auto_augment: str = "none"  # none | trivial | randaugment
     random_erasing: float = 0.0
@@ -48,6 +52,13 @@ class TrainConfig:
     interpolation: str = "bilinear"
     workers: int = 2
     strict_data: bool = False  # an unreadable image stops the run instead of being skipped
+    # ---- transfer learning (resnets.finetune)
+    strategy: str = "full"  # full | linear-probe | partial | gradual
+    unfreeze_stages: int = 0  # partial: how many stages below the head train
+    unfreeze_every: int = 1  # gradual: epochs between unfreezing the next stage down
+    layer_decay: float = 1.0  # each stage's lr is this times the lr of the stage above it (1: one lr)
+    bn: str = "train"  # train | freeze (keep statistics) | frozen (FrozenBatchNorm) | group (GroupNorm)
+    early_stop: int = 0  # stop after N evaluations without a better val top-1, keep the best weights (0: off)
     # ---- optimisation
     optimizer: str = "sgd"  # sgd | adamw
     lr: float = 0.1
@@ -93,7 +104,9 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         choices = {
             "dataset": ("fashion-mnist", "cifar10", "cifar100", "imagefolder", "csv", "synthetic"),
-            "augment": ("none", "paper-cifar", "crop-flip", "paper-imagenet", "rrc"),
+            "augment": ("none", "paper-cifar", "crop-flip", "paper-imagenet", "rrc", "strong"),
+            "strategy": ("full", "linear-probe", "partial", "gradual"),
+            "bn": ("train", "freeze", "frozen", "group"),
             "auto_augment": ("none", "trivial", "randaugment"),
             "optimizer": ("sgd", "adamw"),
             "schedule": ("cosine", "step", "onecycle", "plateau", "constant"),
@@ -113,6 +126,12 @@ class TrainConfig:
             raise ResnetsError(f"val_split must be in [0, 1); got {self.val_split}")
         if self.lr <= 0:
             raise ResnetsError(f"lr must be positive; got {self.lr}")
+        if not self.model and not self.weights:
+            raise ResnetsError("name a --model, or give --weights to take the architecture from")
+        if not 0 < self.layer_decay <= 1:
+            raise ResnetsError(f"layer_decay must be in (0, 1]; got {self.layer_decay}")
+        if self.in_chans < 0 or self.per_class < 0 or self.early_stop < 0 or self.unfreeze_stages < 0:
+            raise ResnetsError("in_chans, per_class, early_stop and unfreeze_stages cannot be negative")
         if self.dataset in ("imagefolder", "csv") and not self.data:
             raise ResnetsError(f"dataset {self.dataset} needs --data")
         return self
@@ -146,6 +165,15 @@ RECIPES: dict[str, dict[str, Any]] = {
         model="resnet20", dataset="fashion-mnist", augment="crop-flip", pad=2, random_erasing=0.25,
         lr=0.2, momentum=0.9, nesterov=True, weight_decay=5e-4, batch_size=128, epochs=5, schedule="onecycle",
         label_smoothing=0.05, amp="bf16", channels_last=True, workers=0,
+    ),
+    # ours: fine-tuning a pretrained net on a small folder of images (`resnets finetune`): the architecture and
+    # preprocessing come from the weights, a new head, discriminative learning rates (0.7 per stage), warmup,
+    # strong augmentation, 10% of each class held out when there is no val/ folder, early stopping on it
+    "finetune": dict(
+        model="", dataset="imagefolder", augment="strong", random_erasing=0.25, lr=0.01, momentum=0.9,
+        nesterov=True, weight_decay=1e-4, norm_weight_decay=0.0, batch_size=32, epochs=15, schedule="cosine",
+        warmup_epochs=1, label_smoothing=0.1, strategy="full", layer_decay=0.7, early_stop=5,
+        amp="bf16", channels_last=True, workers=2,
     ),
 }
 

@@ -19,12 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import artifacts, config as C, data as D, distributed
+from . import artifacts, config as C, data as D, distributed, finetune
 from .data.loader import Augmented, EvalBatches, TrainBatches, make_loader, mix_seed
 from .data.transforms import batch_mix, eval_transform, normalizer, ten_crop_transform, train_transform
 from .errors import ResnetsError
 from .evaluate import autocast, evaluate
-from .factory import create_model
+from .factory import create_from_weights, create_model
 from .weights import Preprocessing
 
 log = logging.getLogger("resnets")
@@ -39,28 +39,15 @@ def _model_options(cfg: C.TrainConfig) -> dict[str, Any]:
     return {k: getattr(cfg, k) for k in keys if getattr(cfg, k) is not None}
 
 
-def param_groups(model: nn.Module, weight_decay: float, norm_weight_decay: float | None) -> list[dict]:
-    """Norm weights and all biases can take their own weight decay (torchvision's recipe: none)."""
-    if norm_weight_decay is None:
-        return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
-    norm_types = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
-    decay, no_decay = [], []
-    for module in model.modules():
-        for name, p in module.named_parameters(recurse=False):
-            if not p.requires_grad:
-                continue
-            (no_decay if isinstance(module, norm_types) or name == "bias" else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": norm_weight_decay}]
-
-
 def make_scheduler(opt: torch.optim.Optimizer, cfg: C.TrainConfig, total_steps: int, steps_per_epoch: int, peak_lr: float):
     """Per-step schedule: optional linear warmup, then cosine / step / one-cycle / constant. The plateau schedule
     (the paper's ImageNet rule) is stepped per epoch on the validation loss and returned separately."""
     from torch.optim import lr_scheduler as L
 
     warmup = min(round(cfg.warmup_epochs * steps_per_epoch), max(total_steps - 1, 0))
-    if cfg.schedule == "onecycle":
-        return L.OneCycleLR(opt, max_lr=peak_lr, total_steps=max(total_steps, 2), pct_start=0.25), None
+    if cfg.schedule == "onecycle":  # each group peaks at its own lr (layer-wise learning rates)
+        max_lr = [g["lr"] for g in opt.param_groups]
+        return L.OneCycleLR(opt, max_lr=max_lr, total_steps=max(total_steps, 2), pct_start=0.25), None
     rest = max(total_steps - warmup, 1)
     plateau = None
     if cfg.schedule == "cosine":
@@ -89,6 +76,28 @@ def _set_rng_state(state: dict) -> None:
     random.setstate(tuple(x if not isinstance(x, list) else tuple(x) for x in state["python"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _data_and_model(cfg: C.TrainConfig) -> tuple[D.DataBundle, nn.Module]:
+    """The data and the model to train on it. Pretrained weights bring their architecture (when --model is not
+    given), input channels and preprocessing for image files; their head is replaced when the classes differ."""
+    options = _model_options(cfg)
+    fixed_chans = {"fashion-mnist": 1, "cifar10": 3, "cifar100": 3}.get(cfg.dataset) or cfg.in_chans or None
+    if fixed_chans:
+        options["in_chans"] = fixed_chans
+    if not cfg.weights:
+        bundle = D.build(cfg)
+        options.pop("in_chans", None)  # the data's
+        return bundle, create_model(cfg.model, num_classes=len(bundle.classes), in_chans=bundle.in_chans, **options)
+    model = create_from_weights(cfg.weights, cfg.model or None, **options)
+    in_chans = model.arch_options.get("in_chans", 3)
+    bundle = D.build(cfg, in_chans=in_chans, preprocessing=model.preprocessing)
+    if model.num_classes != len(bundle.classes) or (model.class_names and model.class_names != bundle.classes):
+        log.warning("new head: %d classes (%s%s); the weights' classifier is dropped", len(bundle.classes),
+                    ", ".join(bundle.classes[:5]), ", ..." if len(bundle.classes) > 5 else "")  # fmt: skip
+        model.reset_classifier(len(bundle.classes))
+        model.arch_options = {**model.arch_options, "num_classes": len(bundle.classes)}
+    return bundle, model
 
 
 def _prepare_run_dir(cfg: C.TrainConfig, resume: Path | None) -> Path:
@@ -142,9 +151,8 @@ def _train(cfg: C.TrainConfig, ctx: distributed.Context, resume: Path | None, st
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(cfg.seed)
     # ---- everything that can fail on bad input happens before anything is written
-    bundle = D.build(cfg)
+    bundle, model = _data_and_model(cfg)
     classes = bundle.classes
-    model = create_model(cfg.model, weights=cfg.weights, num_classes=len(classes), in_chans=bundle.in_chans, **_model_options(cfg))
     # rank 0 decides the run directory (its name has a timestamp) and whether it may be used; all ranks follow
     decision: tuple[str, str | None] = ("", None)
     if ctx.is_main:
@@ -159,7 +167,12 @@ def _train(cfg: C.TrainConfig, ctx: distributed.Context, resume: Path | None, st
     world = ctx.world
     if cfg.batch_size % world:
         raise ResnetsError(f"batch size {cfg.batch_size} does not split evenly over {world} processes")
-    train_sampler = TrainBatches(len(bundle.train), cfg.batch_size, seed=cfg.seed, rank=ctx.rank, world=world)
+    if cfg.weights and len(bundle.train) < cfg.batch_size:  # fine-tuning a small folder: one batch per step
+        small = max(len(bundle.train) // world * world, world)
+        log.warning("batch size %d is more than the %d training images; using %d", cfg.batch_size, len(bundle.train), small)
+        cfg = replace(cfg, batch_size=small)
+    train_sampler = TrainBatches(len(bundle.train), cfg.batch_size, seed=cfg.seed, rank=ctx.rank, world=world,
+                                 targets=bundle.train.targets if cfg.balanced else None)  # fmt: skip
     batches_per_epoch = len(bundle.train) // cfg.batch_size
     steps_per_epoch = max(batches_per_epoch // cfg.accum_steps, 1)
     if cfg.iterations:
@@ -177,6 +190,7 @@ def _train(cfg: C.TrainConfig, ctx: distributed.Context, resume: Path | None, st
     # ---- model, optimizer, schedule
     preprocessing = Preprocessing(bundle.eval_resize, bundle.eval_crop, cfg.interpolation, bundle.mean, bundle.std)
     model.class_names, model.preprocessing = classes, preprocessing
+    plan = finetune.from_config(model, cfg)  # what trains when, and BatchNorm's policy
     dev = ctx.device
     model.to(dev)
     if cfg.channels_last:
@@ -189,14 +203,16 @@ def _train(cfg: C.TrainConfig, ctx: distributed.Context, resume: Path | None, st
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
         ema = AveragedModel(core, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
-    net: nn.Module = core
-    if ctx.distributed:
-        net = nn.parallel.DistributedDataParallel(core, device_ids=[dev.index] if dev.type == "cuda" else None)
-    if cfg.compile:
-        net = torch.compile(net)
+
+    def wrap() -> nn.Module:  # again whenever the trainable parameters change (DDP registers them once)
+        net: nn.Module = core
+        if ctx.distributed:
+            net = nn.parallel.DistributedDataParallel(core, device_ids=[dev.index] if dev.type == "cuda" else None)
+        return torch.compile(net) if cfg.compile else net
+
     effective_batch = cfg.batch_size * cfg.accum_steps
     peak_lr = cfg.lr * effective_batch / cfg.lr_reference_batch if cfg.lr_reference_batch else cfg.lr
-    groups = param_groups(core, cfg.weight_decay, cfg.norm_weight_decay)
+    groups = plan.param_groups(peak_lr, cfg.weight_decay, cfg.norm_weight_decay)
     if cfg.optimizer == "sgd":
         opt = torch.optim.SGD(groups, lr=peak_lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
     else:
@@ -218,6 +234,7 @@ def _train(cfg: C.TrainConfig, ctx: distributed.Context, resume: Path | None, st
 
     # ---- resume
     start_epoch, start_batch, step, best, history = 0, 0, 0, -1.0, []
+    best_state, since_best = None, 0  # early stopping keeps the best weights
     if state is not None:
         core.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -230,6 +247,9 @@ def _train(cfg: C.TrainConfig, ctx: distributed.Context, resume: Path | None, st
             ema.load_state_dict(state["ema"])
         start_epoch, start_batch, step = state["epoch"], state["batch"], state["step"]
         best, history = state.get("best_top1", -1.0), list(state.get("history", []))
+        since_best = state.get("since_best", 0)
+        if cfg.early_stop and (run_dir / "best.pt").is_file():
+            best_state = artifacts.load_checkpoint(run_dir / "best.pt")["model"]
         _set_rng_state(state["rng"])
         if ctx.is_main:
             log.warning("resuming %s at epoch %d, batch %d (step %d)", run_dir, start_epoch + 1, start_batch, step)
@@ -244,7 +264,7 @@ def _train(cfg: C.TrainConfig, ctx: distributed.Context, resume: Path | None, st
             "plateau": plateau.state_dict() if plateau is not None else None,
             "scaler": scaler.state_dict() if scaler.is_enabled() else None,
             "ema": ema.state_dict() if ema is not None else None,
-            "epoch": epoch, "batch": batch, "step": step, "best_top1": best, "history": history,
+            "epoch": epoch, "batch": batch, "step": step, "best_top1": best, "history": history, "since_best": since_best,
             "config": cfg.to_dict(), "rng": _rng_state(),
         }, path)  # fmt: skip
 
@@ -265,11 +285,16 @@ def _train(cfg: C.TrainConfig, ctx: distributed.Context, resume: Path | None, st
                    dynamic_ncols=True, smoothing=0.05)  # fmt: skip
 
     skipped_total = 0
+    plan.apply(start_epoch)
+    net = wrap()
     net.train()
     done = step >= total_steps
     for epoch in range(start_epoch, epochs):
         if done:
             break
+        if plan.apply(epoch):  # gradual unfreezing
+            net = wrap()
+            net.train()
         first = start_batch if epoch == start_epoch else 0
         train_sampler.set_epoch(epoch, first)
         sums = torch.zeros(3, dtype=torch.float64, device=dev)  # loss * n, hits, n
@@ -321,7 +346,7 @@ def _train(cfg: C.TrainConfig, ctx: distributed.Context, resume: Path | None, st
                     n = max(sums[2].item(), 1)
                     rate = seen / max(time.perf_counter() - t0, 1e-9)
                     bar.set_postfix(loss=f"{sums[0].item() / n:.3f}", acc=f"{100 * sums[1].item() / n:.1f}",
-                                    lr=f"{opt.param_groups[0]['lr']:.3g}", img_s=f"{rate:.0f}")  # fmt: skip
+                                    lr=f"{opt.param_groups[-1]['lr']:.3g}", img_s=f"{rate:.0f}")  # fmt: skip
             if b % 10 == 0 and not bool(finite):
                 break
             if sync and cfg.checkpoint_steps and step % cfg.checkpoint_steps == 0 and b + 1 < batches_per_epoch:
@@ -341,7 +366,7 @@ def _train(cfg: C.TrainConfig, ctx: distributed.Context, resume: Path | None, st
         elapsed = time.perf_counter() - t0
         train_sums = distributed.all_reduce_sum(sums.clone(), ctx)
         n = max(train_sums[2].item(), 1)
-        record = {"epoch": epoch + 1, "step": step, "lr": opt.param_groups[0]["lr"],
+        record = {"epoch": epoch + 1, "step": step, "lr": opt.param_groups[-1]["lr"],
                   "train_loss": train_sums[0].item() / n, "train_acc": 100 * train_sums[1].item() / n,
                   "images_per_s": seen / max(elapsed, 1e-9), "time_s": elapsed}  # fmt: skip
         last_epoch = done or epoch + 1 == epochs
@@ -355,9 +380,14 @@ def _train(cfg: C.TrainConfig, ctx: distributed.Context, resume: Path | None, st
                 plateau.step(ev["loss"])
         record["skipped_images"] = skipped_total
         history.append(record)
+        improved = record.get("val_top1", -1) > best
+        best = max(best, record.get("val_top1", -1))
+        if "val_top1" in record:
+            since_best = 0 if improved else since_best + 1
+        if cfg.early_stop and improved:
+            best_state = {k: v.detach().clone() for k, v in core.state_dict().items()}
+        stop = bool(cfg.early_stop) and since_best >= cfg.early_stop
         if ctx.is_main:
-            improved = record.get("val_top1", -1) > best
-            best = max(best, record.get("val_top1", -1))
             checkpoint(run_dir / "last.pt", epoch + 1, 0)
             if improved:
                 artifacts.save_checkpoint(artifacts.load_checkpoint(run_dir / "last.pt"), run_dir / "best.pt")
@@ -375,11 +405,22 @@ def _train(cfg: C.TrainConfig, ctx: distributed.Context, resume: Path | None, st
             else:
                 print(msg + f", {record['images_per_s']:.0f} img/s", flush=True)
         start_batch = 0
+        if stop:
+            msg = f"early stop: no better val top-1 in {cfg.early_stop} evaluations; keeping epoch {_best_epoch(history)}'s weights"
+            bar.write(msg) if bar is not None else print(msg, flush=True)
+            break
     if bar is not None:
         bar.close()
     if writer is not None:
         writer.close()
+    if best_state is not None:
+        core.load_state_dict(best_state)
     return _finish(cfg, ctx, run_dir, core, ema, bundle, history, val_loader, normalize, skipped_total)
+
+
+def _best_epoch(history: list[dict]) -> int:
+    scored = [h for h in history if "val_top1" in h]
+    return max(scored, key=lambda h: h["val_top1"])["epoch"] if scored else 0
 
 
 def _finish(cfg, ctx, run_dir, core, ema, bundle, history, val_loader, normalize, skipped) -> dict:

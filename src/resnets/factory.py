@@ -154,6 +154,34 @@ def create_model(name: str, *, weights: str | os.PathLike | None = None, downloa
     return _build(name, options, sd, meta, source)
 
 
+def infer_architecture(state_dict: dict[str, torch.Tensor]) -> str:
+    """The registered architecture whose parameter names and shapes (head and input channels aside) are those of
+    `state_dict`, for weight files that do not record it (torchvision and timm state dicts)."""
+    from .models import list_models
+
+    sd = {k: tuple(v.shape) for k, v in ResNetV2.checkpoint_filter(dict(state_dict)).items()
+          if not k.startswith("fc.") and not k.endswith("num_batches_tracked") and k not in _FIRST_CONVS}  # fmt: skip
+    for name in list_models():
+        with torch.device("meta"):
+            model = get_entry(name).fn()
+        target = {k: tuple(v.shape) for k, v in model.state_dict().items()
+                  if not k.startswith("fc.") and not k.endswith("num_batches_tracked") and k not in _FIRST_CONVS}  # fmt: skip
+        if target == sd:
+            return name
+    raise WeightsError("cannot tell which architecture these weights are for; name it with --model")
+
+
+def create_from_weights(weights: str | os.PathLike, name: str | None = None, *, download: bool = True, **options: Any) -> nn.Module:
+    """Build the model that `weights` are for: `name` when given (and checked against what the weights record),
+    otherwise the architecture recorded in the file or registry, or inferred from the parameter shapes."""
+    if name is not None:
+        get_entry(name)
+    sd, meta, source = _resolve(weights, download)
+    if name is None:
+        name = meta.get("architecture") or infer_architecture(sd)
+    return _build(name, options, sd, meta, source)
+
+
 def load(path: str | os.PathLike, **options: Any) -> nn.Module:
     """Rebuild the model saved in a self-describing file (see `resnets.save`), in eval mode."""
     sd, meta = read_weights(path)

@@ -73,6 +73,11 @@ class TensorDataset(Dataset):
         idx = torch.as_tensor(indices, dtype=torch.long)
         return TensorDataset(self.images[idx], self.labels[idx], self.classes)
 
+    def relabel(self, mapping: dict[int, int], classes: Sequence[str]) -> "TensorDataset":
+        """Labels mapped old -> new (every label must be in `mapping`), with the new class names."""
+        labels = torch.tensor([mapping[int(t)] for t in self.labels.tolist()], dtype=self.labels.dtype)
+        return TensorDataset(self.images, labels, classes)
+
 
 class FileDataset(Dataset):
     """Files with labels; decodes on access."""
@@ -93,6 +98,9 @@ class FileDataset(Dataset):
 
     def subset(self, indices: Sequence[int]) -> "FileDataset":
         return FileDataset([self.samples[int(i)] for i in indices], self.classes, self.channels)
+
+    def relabel(self, mapping: dict[int, int], classes: Sequence[str]) -> "FileDataset":
+        return FileDataset([(p, mapping[t]) for p, t in self.samples], classes, self.channels)
 
 
 def image_folder(root: str | os.PathLike, channels: int = 3, classes: Sequence[str] | None = None) -> FileDataset:

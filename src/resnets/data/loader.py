@@ -58,15 +58,21 @@ class Augmented(Dataset):
 
 class TrainBatches(Sampler[list[int]]):
     """Global batches of a seeded permutation (the last partial one dropped); this rank gets its slice of each.
-    `start` skips batches already trained on (resume mid-epoch)."""
+    `start` skips batches already trained on (resume mid-epoch). With `targets`, class-balanced: each draw picks
+    an image with probability 1 / (classes x its class's size), with replacement."""
 
-    def __init__(self, n: int, global_batch: int, *, seed: int, rank: int = 0, world: int = 1):
+    def __init__(self, n: int, global_batch: int, *, seed: int, rank: int = 0, world: int = 1,
+                 targets: Sequence[int] | None = None):  # fmt: skip
         if global_batch % world:
             raise ResnetsError(f"batch size {global_batch} does not split evenly over {world} processes")
         if n < global_batch:
             raise ResnetsError(f"the training set ({n} images) is smaller than one batch ({global_batch})")
         self.n, self.global_batch, self.seed, self.rank, self.world = n, global_batch, seed, rank, world
         self.epoch, self.start = 0, 0
+        self.weights = None
+        if targets is not None:
+            t = torch.as_tensor(list(targets))
+            self.weights = 1.0 / torch.bincount(t).double()[t]
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.epoch, self.start = epoch, start
@@ -76,7 +82,10 @@ class TrainBatches(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         g = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, 0xDA7A))
-        order = torch.randperm(self.n, generator=g)
+        if self.weights is None:
+            order = torch.randperm(self.n, generator=g)
+        else:
+            order = torch.multinomial(self.weights, self.n, replacement=True, generator=g)
         local = self.global_batch // self.world
         base = self.epoch * self.n
         for b in range(self.start, self.n // self.global_batch):

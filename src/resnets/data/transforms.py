@@ -12,7 +12,7 @@ from torchvision.transforms import v2
 
 from ..errors import ResnetsError
 
-AUGMENTS = ("none", "paper-cifar", "paper-imagenet", "rrc", "crop-flip")
+AUGMENTS = ("none", "paper-cifar", "paper-imagenet", "rrc", "crop-flip", "strong")
 AUTO_AUGMENTS = ("none", "trivial", "randaugment")
 _INTERP = {"bilinear": v2.InterpolationMode.BILINEAR, "bicubic": v2.InterpolationMode.BICUBIC,
            "nearest": v2.InterpolationMode.NEAREST}  # fmt: skip
@@ -39,6 +39,7 @@ def train_transform(
     - "rrc": RandomResizedCrop(crop) and flip (the modern recipes);
     - "paper-cifar": `pad` pixels of zero padding each side, random crop, flip (section 4.2);
     - "crop-flip": the same padding and crop with flips, for datasets where mirrored images are natural;
+    - "strong": for small data: RandomResizedCrop (scale 0.25-1), flip and TrivialAugment;
     - "none": resize and centre-crop only.
     """
     interp = _INTERP[interpolation]
@@ -47,6 +48,11 @@ def train_transform(
                  v2.RandomHorizontalFlip(), v2.ColorJitter(0.4, 0.4, 0.4)]  # fmt: skip
     elif augment == "rrc":
         steps = [v2.RandomResizedCrop(crop, interpolation=interp, antialias=True), v2.RandomHorizontalFlip()]
+    elif augment == "strong":
+        steps = [v2.RandomResizedCrop(crop, scale=(0.25, 1.0), interpolation=interp, antialias=True),
+                 v2.RandomHorizontalFlip()]  # fmt: skip
+        if auto_augment == "none":
+            auto_augment = "trivial"
     elif augment in ("paper-cifar", "crop-flip"):
         steps = [v2.RandomCrop(crop, padding=pad), v2.RandomHorizontalFlip()]
     elif augment == "none":
