@@ -42,8 +42,10 @@ def speed_case(runs: int, batch: int, seconds: float) -> dict:
                               ("onnxruntime-int8", "onnxruntime-int8", False)]:  # fmt: skip
         runners[name] = make_runner(ours, backend, calib=calib, channels_last=cl)
     rows = {k: [] for k in runners}
+    order = list(runners)
     for r in range(runs):
-        for name, run in runners.items():
+        for name in order[r % len(order):] + order[: r % len(order)]:  # each run starts with the next backend
+            run = runners[name]
             with torch.inference_mode():
                 res = bench(run, x, seconds=seconds, warmup=2)
             rows[name].append(res["images_per_s"])
@@ -77,7 +79,9 @@ def predict_case(n: int, backend: str, runs: int) -> dict:
     model = resnets.create_model("resnet50").eval()
     model.preprocessing = Preprocessing(256, 224)
     model.class_names = [str(i) for i in range(1000)]
-    out = {"images": n, "backend": backend, "predict": [], "model_only": []}
+    # end to end: `resnets predict` as a user runs it, building its backend (an ONNX export: a few seconds);
+    # steady state: the same pipeline with the backend built once (make_runner), i.e. decode + model overlapped
+    out = {"images": n, "backend": backend, "predict": [], "predict_steady": [], "model_only": []}
     with tempfile.TemporaryDirectory() as d:
         for i in range(n):
             img = torch.from_numpy(photos[i % len(photos)]).permute(2, 0, 1).contiguous()
@@ -89,9 +93,14 @@ def predict_case(n: int, backend: str, runs: int) -> dict:
             t0 = time.perf_counter()
             res = predict(model, [d], batch_size=32, workers=2, backend=backend)
             out["predict"].append(len(res) / (time.perf_counter() - t0))
+            t0 = time.perf_counter()
+            res = predict(model, [d], batch_size=32, workers=2, backend=backend, runner=run)
+            out["predict_steady"].append(len(res) / (time.perf_counter() - t0))
             out["model_only"].append(bench(run, x, seconds=10, warmup=1)["images_per_s"])
-            print(f"run {r}: predict {out['predict'][-1]:.1f} img/s, model only {out['model_only'][-1]:.1f} img/s", flush=True)
+            print(f"run {r}: predict {out['predict'][-1]:.1f} img/s (backend built once: {out['predict_steady'][-1]:.1f}), "
+                  f"model only {out['model_only'][-1]:.1f} img/s", flush=True)
     out["ratio"] = statistics.median(out["predict"]) / statistics.median(out["model_only"])
+    out["ratio_steady"] = statistics.median(out["predict_steady"]) / statistics.median(out["model_only"])
     return out
 
 
@@ -124,7 +133,9 @@ def main() -> int:
         save()
     if "predict" not in skip:
         result["predict"] = predict_case(args.predict_images, args.predict_backend, args.runs)
-        print(f"predict reaches {100 * result['predict']['ratio']:.0f}% of the model-only throughput")
+        p = result["predict"]
+        print(f"predict reaches {100 * p['ratio_steady']:.0f}% of the model-only throughput with its backend built "
+              f"once, {100 * p['ratio']:.0f}% end to end (one ONNX export included)")
         save()
     return 0
 

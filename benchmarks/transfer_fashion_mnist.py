@@ -125,14 +125,15 @@ def main() -> int:
         "partial (top stage)": dict(weights=pretrained, strategy="partial", unfreeze_stages=1, lr=0.05),
         "gradual unfreezing": dict(weights=pretrained, strategy="gradual", unfreeze_every=max(args.epochs // 5, 1), lr=0.05),
         "full fine-tune": dict(weights=pretrained, strategy="full", layer_decay=0.7, lr=0.05),
-        "scratch": dict(model="resnet20", in_chans=1, lr=0.1),
+        "scratch": dict(model="resnet20", in_chans=1, lr=0.1, train_crop=28, eval_crop=28, eval_resize=28),
     }
     results: dict[str, list[float]] = {m: [] for m in methods}
     results["logistic regression"] = []
     for seed in seeds:
         for name, opts in methods.items():
             run = f"{name.split(' ')[0]}-seed{seed}"
-            r = train(C.resolve("finetune", overrides=dict(common, seed=seed, name=run, **opts)))
+            done = out / run / "eval.json"  # a finished run is reused (the script can be run again after a stop)
+            r = json.loads(done.read_text()) if done.is_file() else train(C.resolve("finetune", overrides=dict(common, seed=seed, name=run, **opts)))
             results[name].append(r["top1"])
             print(f"seed {seed}: {name:<20} top-1 {r['top1']:.2f}%", flush=True)
         acc = logistic_regression(pretrained, data, args.per_class, seed)

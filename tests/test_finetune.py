@@ -6,6 +6,7 @@ torchvision state dict), and the images are real: Fashion-MNIST written as PNG f
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,8 +29,9 @@ NEW = ["Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]  # Fashion-MNIST class
 QUIET = dict(progress=False, workers=0, amp="none", channels_last=False, augment="crop-flip", pad=2, random_erasing=0.0)
 
 
-def _run(*args):
-    p = subprocess.run([sys.executable, "-m", "resnets", *map(str, args)], capture_output=True, text=True, timeout=600)
+def _run(*args, env=None):
+    p = subprocess.run([sys.executable, "-m", "resnets", *map(str, args)], capture_output=True, text=True, timeout=600,
+                       env=env)  # fmt: skip
     return p.returncode, p.stdout, p.stderr
 
 
@@ -240,6 +242,31 @@ def test_torchvision_and_timm_state_dicts_name_their_architecture(tmp_path, phot
                           "--out", tmp_path, "--name", "bad")  # fmt: skip
     _one_line_error(code, err, "do not fit resnet34")
     assert not (tmp_path / "bad").exists()
+
+
+def test_registered_weights_from_the_cache_and_offline(tmp_path, photos):
+    """A registered name: the file from the cache (where the offline error says to put it), the architecture and the
+    ImageNet preprocessing from the registry."""
+    import os
+
+    import torchvision
+
+    from resnets import weights as W
+
+    env = dict(os.environ, RESNETS_HOME=str(tmp_path / "home"), TORCH_HOME=str(tmp_path / "t"), RESNETS_OFFLINE="1")
+    args = ("finetune", "--data", photos, "--weights", "resnet18.tv_in1k", "--epochs", 1, "--train-crop", 64,
+            "--eval-crop", 64, "--eval-resize", 72, "--out", tmp_path, "--name", "reg", "--no-progress", "--workers", 0)  # fmt: skip
+    code, _, err = _run(*args, env=env)
+    _one_line_error(code, err, "resnet18-f37072fd.pth")
+    assert not (tmp_path / "reg").exists()
+    dest = tmp_path / "home" / "weights" / Path(W.get_weights("resnet18.tv_in1k").url).name
+    dest.parent.mkdir(parents=True)
+    torch.save(torchvision.models.resnet18().state_dict(), dest)
+    code, _, err = _run(*args, env=env)
+    assert code == 0, err
+    model = resnets.load(tmp_path / "reg" / "model.safetensors")
+    assert model.arch_name == "resnet18" and model.class_names == ["cat", "coffee"]
+    assert model.preprocessing.mean == pytest.approx((0.485, 0.456, 0.406))
 
 
 def test_finetune_bad_input(tmp_path, photos, pretrained):

@@ -177,3 +177,14 @@ def test_bench_cli_reports_each_backend_and_batch(model_file):
     assert all(r["images_per_s"] > 0 and r["p95_ms"] >= r["p50_ms"] > 0 for r in rows)
     code, _, err = _cli("bench", "resnet20", "--backend", "tensorrt")
     assert code == 2 and "unknown backend" in err
+
+
+def test_channels_last_runner_leaves_the_model_as_it_was():
+    from resnets.backends import make_runner
+
+    model = resnets.create_model("resnet18", num_classes=3).eval()
+    run = make_runner(model, "eager", channels_last=True)
+    assert model.conv1.weight.is_contiguous()  # still NCHW: other runners of this model are not changed
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(run(x), model(x), atol=1e-4)

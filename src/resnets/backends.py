@@ -39,8 +39,10 @@ def make_runner(
     model = model.eval()
     net = model if output == "logits" else _Features(model).eval()
     if backend in ("eager", "compile"):
-        if channels_last:
-            net = net.to(memory_format=torch.channels_last)
+        if channels_last:  # a copy: the caller's model keeps its memory format
+            import copy
+
+            net = copy.deepcopy(net).to(memory_format=torch.channels_last)
         fn = torch.compile(net) if backend == "compile" else net
 
         def run(x: torch.Tensor) -> torch.Tensor:

@@ -102,14 +102,19 @@ def _add_config_flags(p: argparse.ArgumentParser, recipe_help: str) -> None:
             g.add_argument(flag, dest=f"cfg__{name}", metavar="V", default=None)
 
 
-def _overrides(args: argparse.Namespace) -> dict:
-    overrides = {k[5:]: v for k, v in vars(args).items() if k.startswith("cfg__") and v is not None}
-    for item in args.set or []:
+def _parse_set(items: list[str] | None) -> dict:
+    out = {}
+    for item in items or []:
         if "=" not in item:
             raise ResnetsError(f"--set takes KEY=VALUE; got {item!r}")
         k, v = item.split("=", 1)
-        overrides[k.strip()] = v
-    return overrides
+        out[k.strip()] = v
+    return out
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    overrides = {k[5:]: v for k, v in vars(args).items() if k.startswith("cfg__") and v is not None}
+    return overrides | _parse_set(args.set)
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
@@ -327,6 +332,30 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from . import reproduce as R
+
+    extra = _parse_set(args.set)
+    out = Path(args.out)
+    if args.what == "table1":
+        r = R.table1(out)
+    else:
+        setup = R.Setup(args.dataset, args.budget, out, args.seed, args.data, args.device, not args.no_progress, extra)
+        if args.what == "degradation":
+            r = R.degradation(setup)
+        elif args.what == "layer-responses":
+            r = R.layer_responses(setup)
+        elif args.what == "gradient-flow":
+            r = R.gradient_flow(setup)
+        else:
+            seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+            depths = [int(x) for x in args.depths.split(",") if x.strip()]
+            r = R.cifar_table(setup, depths, seeds)
+    print(Path(r["report"]).read_text())
+    print(f"report: {r['report']}" + (f"\nfigure: {r['figure']}" if "figure" in r else ""))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -446,6 +475,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_bench)
+
+    from .reproduce import BUDGETS
+
+    p = sub.add_parser("reproduce", help="the paper's tables and figures from real training runs",
+                       description="degradation (Figure 6), layer-responses (Figure 7), gradient-flow, table1, "
+                                   "cifar-table (Table 6). Runs are kept in OUT/runs and reused.")  # fmt: skip
+    p.add_argument("what", choices=["degradation", "layer-responses", "gradient-flow", "table1", "cifar-table"])
+    p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist (default) or cifar10")
+    p.add_argument("--data", help="the CIFAR-10 archive (cifar-10-python.tar.gz) or the folder holding it")
+    p.add_argument("--budget", default="short", help=f"{' | '.join(f'{k} ({v:,} it)' for k, v in BUDGETS.items())} | N iterations")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", default="0", help="cifar-table: comma-separated seeds (mean +- std over them)")
+    p.add_argument("--depths", default="20,32,44,56,110", help="cifar-table: ResNet depths")
+    p.add_argument("--out", default="runs/reproduce", help="reports, figures and runs/ go here")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a training config key for every run")
+    p.set_defaults(func=_cmd_reproduce)
 
     p = sub.add_parser("data", help="find a dataset locally, or download it (checksummed) with --download")
     p.add_argument("name", choices=["fashion-mnist", "cifar10", "cifar100"])

@@ -92,6 +92,7 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False  # bit-exact resumes: deterministic kernels, every random choice seeded per step
     eval_every: int = 1  # epochs
+    curve_steps: int = 0  # also every N steps: training error over those steps and validation error (curve.jsonl)
     checkpoint_steps: int = 0  # also checkpoint every N steps (0: each epoch only)
     tensorboard: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N

@@ -235,6 +235,7 @@ def _train(cfg: C.TrainConfig, ctx: distributed.Context, resume: Path | None, st
     # ---- resume
     start_epoch, start_batch, step, best, history = 0, 0, 0, -1.0, []
     best_state, since_best = None, 0  # early stopping keeps the best weights
+    curve: list[dict] = []  # every curve_steps steps: the paper's Figure 6 (training error over the window, val error)
     if state is not None:
         core.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -248,6 +249,7 @@ def _train(cfg: C.TrainConfig, ctx: distributed.Context, resume: Path | None, st
         start_epoch, start_batch, step = state["epoch"], state["batch"], state["step"]
         best, history = state.get("best_top1", -1.0), list(state.get("history", []))
         since_best = state.get("since_best", 0)
+        curve = list(state.get("curve", []))
         if cfg.early_stop and (run_dir / "best.pt").is_file():
             best_state = artifacts.load_checkpoint(run_dir / "best.pt")["model"]
         _set_rng_state(state["rng"])
@@ -264,7 +266,7 @@ def _train(cfg: C.TrainConfig, ctx: distributed.Context, resume: Path | None, st
             "plateau": plateau.state_dict() if plateau is not None else None,
             "scaler": scaler.state_dict() if scaler.is_enabled() else None,
             "ema": ema.state_dict() if ema is not None else None,
-            "epoch": epoch, "batch": batch, "step": step, "best_top1": best, "history": history, "since_best": since_best,
+            "epoch": epoch, "batch": batch, "step": step, "best_top1": best, "history": history, "since_best": since_best, "curve": curve,
             "config": cfg.to_dict(), "rng": _rng_state(),
         }, path)  # fmt: skip
 
@@ -298,6 +300,7 @@ def _train(cfg: C.TrainConfig, ctx: distributed.Context, resume: Path | None, st
         first = start_batch if epoch == start_epoch else 0
         train_sampler.set_epoch(epoch, first)
         sums = torch.zeros(3, dtype=torch.float64, device=dev)  # loss * n, hits, n
+        window = torch.zeros(3, dtype=torch.float64, device=dev)  # the same since the last curve point
         finite = torch.ones((), dtype=torch.bool, device=dev)
         seen, t0 = 0, time.perf_counter()
         if bar is not None:
@@ -326,8 +329,10 @@ def _train(cfg: C.TrainConfig, ctx: distributed.Context, resume: Path | None, st
                 scaler.scale(loss / cfg.accum_steps).backward()
             finite &= torch.isfinite(loss.detach())
             with torch.no_grad():
-                sums += torch.stack([loss.detach().double() * len(y), (logits.argmax(1) == y).sum().double(),
-                                     torch.tensor(float(len(y)), device=dev, dtype=torch.float64)])  # fmt: skip
+                batch_sums = torch.stack([loss.detach().double() * len(y), (logits.argmax(1) == y).sum().double(),
+                                          torch.tensor(float(len(y)), device=dev, dtype=torch.float64)])  # fmt: skip
+                sums += batch_sums
+                window += batch_sums
             seen += len(y) * world
             if sync:
                 if cfg.clip_grad > 0:
@@ -340,6 +345,14 @@ def _train(cfg: C.TrainConfig, ctx: distributed.Context, resume: Path | None, st
                 step += 1
                 if ema is not None and step % cfg.ema_every == 0:
                     ema.update_parameters(core)
+                if cfg.curve_steps and step % cfg.curve_steps == 0:
+                    w = distributed.all_reduce_sum(window.clone(), ctx)
+                    ev = evaluate(core, val_loader, normalize, len(classes), ctx, amp=cfg.amp, channels_last=cfg.channels_last)
+                    curve.append({"step": step, "epoch": epoch + (b + 1) / batches_per_epoch,
+                                  "train_loss": w[0].item() / max(w[2].item(), 1),
+                                  "train_err": 100 - 100 * w[1].item() / max(w[2].item(), 1),
+                                  "val_err": 100 - ev["top1"], "val_loss": ev["loss"]})  # fmt: skip
+                    window.zero_()
             if bar is not None:
                 bar.update(1)
                 if b % 10 == 0 or b + 1 == batches_per_epoch:
@@ -393,6 +406,9 @@ def _train(cfg: C.TrainConfig, ctx: distributed.Context, resume: Path | None, st
                 artifacts.save_checkpoint(artifacts.load_checkpoint(run_dir / "last.pt"), run_dir / "best.pt")
             with artifacts.atomic_path(run_dir / "metrics.jsonl") as tmp:
                 tmp.write_text("".join(json.dumps(h) + "\n" for h in history))
+            if curve:
+                with artifacts.atomic_path(run_dir / "curve.jsonl") as tmp:
+                    tmp.write_text("".join(json.dumps(c) + "\n" for c in curve))
             if writer is not None:
                 for k, v in record.items():
                     if k not in ("epoch",):
@@ -415,7 +431,9 @@ def _train(cfg: C.TrainConfig, ctx: distributed.Context, resume: Path | None, st
         writer.close()
     if best_state is not None:
         core.load_state_dict(best_state)
-    return _finish(cfg, ctx, run_dir, core, ema, bundle, history, val_loader, normalize, skipped_total)
+    result = _finish(cfg, ctx, run_dir, core, ema, bundle, history, val_loader, normalize, skipped_total)
+    result["curve"] = curve
+    return result
 
 
 def _best_epoch(history: list[dict]) -> int:

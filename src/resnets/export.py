@@ -69,6 +69,9 @@ def ort_session(path: str | os.PathLike, threads: int = 0):
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
+    # no busy-waiting between runs: spinning threads would take the CPU from image decoding (predict) and from
+    # whatever runs next
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 

@@ -113,19 +113,22 @@ def _progress(total: int, enabled: bool):
 
 @torch.no_grad()
 def predict(model: nn.Module, paths: Sequence[str | os.PathLike], *, top_k: int = 5, batch_size: int = 32,
-            workers: int = 2, progress: bool = False, backend: str = "eager") -> list[dict]:  # fmt: skip
+            workers: int = 2, progress: bool = False, backend: str = "eager", runner=None) -> list[dict]:  # fmt: skip
     """[{"path", "top": [{"class", "index", "prob"}...]} or {"path", "error"}] in the order of the files.
-    backend: eager, compile, onnxruntime, or onnxruntime-int8 (calibrated on the first images given)."""
+    backend: eager, compile, onnxruntime, or onnxruntime-int8 (calibrated on the first images given).
+    runner: one made before by `resnets.backends.make_runner(model, backend)`, to reuse across calls (an ONNX
+    export or compilation is then paid once)."""
     model.eval()
     files = find_images(paths)
-    run = _runner(model, backend, files, "logits", batch_size)
+    run = runner or _runner(model, backend, files, "logits", batch_size)
     names = getattr(model, "class_names", None)
     k = min(top_k, model.num_classes)
     out: list[dict | None] = [None] * len(files)
+    position = {f: i for i, f in enumerate(files)}
     bar = _progress(len(files), progress)
     for images, idx, bad in batches(model, files, batch_size=batch_size, workers=workers):
         for b in bad:
-            out[files.index(b.path)] = {"path": b.path, "error": b.reason}
+            out[position[b.path]] = {"path": b.path, "error": b.reason}
         if images is not None:
             probs = run(images).float().softmax(1)
             p, c = probs.topk(k, dim=1)

@@ -54,7 +54,7 @@ def train_transform(
         if auto_augment == "none":
             auto_augment = "trivial"
     elif augment in ("paper-cifar", "crop-flip"):
-        steps = [v2.RandomCrop(crop, padding=pad), v2.RandomHorizontalFlip()]
+        steps = [v2.RandomCrop(crop, padding=pad, pad_if_needed=True), v2.RandomHorizontalFlip()]
     elif augment == "none":
         steps = [v2.Resize(crop, interpolation=interp, antialias=True), v2.CenterCrop(crop)]
     else:

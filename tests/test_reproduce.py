@@ -1,0 +1,103 @@
+"""`resnets reproduce`: the runs, reports and figures, on a tiny CIFAR-10 archive in the official format (what a
+user with the archive runs) and on Fashion-MNIST; the measurements checked against direct computations."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import resnets
+from resnets import reproduce as R
+from resnets.data import sources
+
+from test_data import _cifar_archive
+
+
+def _run(*args):
+    p = subprocess.run([sys.executable, "-m", "resnets", *map(str, args)], capture_output=True, text=True, timeout=600)
+    return p.returncode, p.stdout, p.stderr
+
+
+@pytest.fixture(scope="module")
+def cifar_runs(tmp_path_factory):
+    """Degradation, layer responses and gradient flow on a 200-image CIFAR-10 archive, 12 iterations of batch 32."""
+    root = tmp_path_factory.mktemp("repro")
+    archive = root / "cifar-10-python.tar.gz"
+    _cifar_archive(archive, n_per_batch=40)
+    setup = R.Setup("cifar10", 12, root / "out", data=str(archive), progress=False, extra={"batch_size": 32})
+    return setup, R.degradation(setup)
+
+
+def test_degradation_report_figure_and_curves(cifar_runs):
+    setup, result = cifar_runs
+    out = setup.out
+    assert (out / "degradation.png").stat().st_size > 10_000
+    report = (out / "degradation.md").read_text()
+    for m in R.DEGRADATION_NETS:
+        done = json.loads((out / "runs" / f"{m}-cifar10-12it-seed0" / "reproduce.json").read_text())
+        assert [p["step"] for p in done["curve"]] == list(range(1, 13))  # a curve point every 12 // 12 steps
+        assert result["final"][m]["test_err"] == pytest.approx(100 - done["top1"])
+        assert f"| {m} | {done['params']:,} | {done['curve'][-1]['train_err']:.2f} | {100 - done['top1']:.2f} |" in report
+        cfg = json.loads((out / "runs" / f"{m}-cifar10-12it-seed0" / "config.json").read_text())
+        assert cfg["milestones"] == [6, 9] and cfg["weight_decay"] == 1e-4 and cfg["lr"] == 0.1 and cfg["batch_size"] == 32
+    # the plain and residual nets of a depth have the same parameters (option A shortcuts), as in the paper
+    assert result["final"]["plain56"]["params"] == result["final"]["resnet56"]["params"] == 853_018
+    verdict = "higher" if result["plain_degrades"] else "lower"
+    assert f"plain-56 ends with {verdict} training error than plain-20" in report
+
+
+def test_runs_are_reused_not_retrained(cifar_runs):
+    setup, _ = cifar_runs
+    model = setup.out / "runs" / "resnet56-cifar10-12it-seed0" / "model.safetensors"
+    before = model.stat().st_mtime_ns
+    r = R.gradient_flow(setup)
+    assert model.stat().st_mtime_ns == before
+    g = r["norms"]
+    assert len(g["plain56"]["init"]) == len(g["resnet56"]["trained"]) == 55  # 1 + 54 convs, input to output
+    assert all(v > 0 for v in g["plain56"]["init"])
+    assert (setup.out / "gradient_flow.png").is_file() and "| plain56 | init |" in (setup.out / "gradient_flow.md").read_text()
+
+
+def test_layer_responses_are_the_bn_outputs(cifar_runs):
+    setup, _ = cifar_runs
+    r = R.layer_responses(setup)
+    assert [len(r["stds"][m]) for m in R.DEGRADATION_NETS] == [19, 55, 19, 55]
+    # an independent computation for one layer: layer2[0].bn2 of resnet20 (its 3x3 response before the addition)
+    model = resnets.load(setup.out / "runs" / "resnet20-cifar10-12it-seed0" / "model.safetensors")
+    x, _ = R._eval_batch("cifar10", setup.data, 500)
+    with torch.no_grad():
+        h = model.stem(x)
+        h = model.layer1(h)
+        blk = model.layer2[0]
+        resp = blk.bn2(blk.conv2(torch.relu(blk.bn1(blk.conv1(h)))))
+    expected = float(resp.std(dim=(0, 2, 3)).mean())
+    assert r["stds"]["resnet20"][1 + 2 * 3 + 1] == pytest.approx(expected, rel=1e-4)
+    assert (setup.out / "layer_responses.png").is_file()
+
+
+def test_cifar_table_and_table1(cifar_runs, tmp_path):
+    setup, _ = cifar_runs
+    r = R.cifar_table(setup, depths=[20, 32], seeds=[0, 1])
+    assert r["rows"][20]["params"] == 269_722 and len(r["rows"][32]["errors"]) == 2
+    text = (setup.out / "cifar_table.md").read_text()
+    assert "| ResNet-20 | 0.27M |" in text and "| 8.75 |" in text
+    t = R.table1(tmp_path)
+    assert t["macs"][50] / 1e9 == pytest.approx(3.8, rel=0.02) and t["macs"][152] / 1e9 == pytest.approx(11.3, rel=0.02)
+    assert "conv4_x | 14x14 |" in (tmp_path / "table1.md").read_text()
+
+
+@pytest.mark.skipif(sources.find_fashion_mnist() is None, reason="Fashion-MNIST is not installed")
+def test_cli_on_fashion_mnist_and_bad_input(tmp_path):
+    code, out, err = _run("reproduce", "cifar-table", "--budget", 10, "--depths", 20, "--out", tmp_path, "--no-progress",
+                          "--set", "limit_train=256", "--set", "limit_val=100", "--set", "batch_size=32")  # fmt: skip
+    assert code == 0, err
+    assert "| ResNet-20 | 0.27M |" in out and (tmp_path / "cifar_table.md").is_file()
+    for args, needle in ((("degradation", "--budget", "lots"), "budget must be one of"),
+                         (("degradation", "--dataset", "mnist"), "dataset must be one of"),
+                         (("cifar-table", "--depths", "21"), "CIFAR ResNet depths"),
+                         (("degradation", "--dataset", "cifar10", "--data", tmp_path / "nope.tar.gz"), "nope.tar.gz")):  # fmt: skip
+        code, _, err = _run("reproduce", *args, "--out", tmp_path / "bad")
+        assert code == 2 and "Traceback" not in err and needle in err, err
+        assert len(err.strip().splitlines()) == 1
