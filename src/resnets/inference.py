@@ -78,7 +78,11 @@ class Batches:
     device: torch.device
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor | None, list[int], list[BadSample]]]:
-        for images, idx, bad in self.loader:
+        # iter(loader) starts the decode workers now, so they prefetch while the caller builds its backend
+        return self._normalized(iter(self.loader))
+
+    def _normalized(self, batches) -> Iterator[tuple[torch.Tensor | None, list[int], list[BadSample]]]:
+        for images, idx, bad in batches:
             if images is not None:
                 images = self.normalize(images.to(self.device, non_blocking=True))
             yield images, idx, bad
@@ -120,13 +124,14 @@ def predict(model: nn.Module, paths: Sequence[str | os.PathLike], *, top_k: int 
     export or compilation is then paid once)."""
     model.eval()
     files = find_images(paths)
-    run = runner or _runner(model, backend, files, "logits", batch_size)
+    stream = iter(batches(model, files, batch_size=batch_size, workers=workers))  # decoding starts now...
+    run = runner or _runner(model, backend, files, "logits", batch_size)  # ...while an export or compile runs
     names = getattr(model, "class_names", None)
     k = min(top_k, model.num_classes)
     out: list[dict | None] = [None] * len(files)
     position = {f: i for i, f in enumerate(files)}
     bar = _progress(len(files), progress)
-    for images, idx, bad in batches(model, files, batch_size=batch_size, workers=workers):
+    for images, idx, bad in stream:
         for b in bad:
             out[position[b.path]] = {"path": b.path, "error": b.reason}
         if images is not None:
@@ -153,12 +158,13 @@ def embed(model: nn.Module, paths: Sequence[str | os.PathLike], *, layer: str | 
         raise ResnetsError(f"unknown layer {layer!r}; choose from {', '.join(stages)}")
     if layer is not None and backend != "eager":
         raise ResnetsError("stage maps (--layer) come from the eager backend only")
+    stream = iter(batches(model, files, batch_size=batch_size, workers=workers))  # decoding starts now
     run = _runner(model, backend, files, "features", batch_size) if layer is None else None
     feats: list[torch.Tensor] = []
     kept: list[str] = []
     errors: list[dict] = []
     bar = _progress(len(files), progress)
-    for images, idx, bad in batches(model, files, batch_size=batch_size, workers=workers):
+    for images, idx, bad in stream:
         errors += [{"path": b.path, "error": b.reason} for b in bad]
         if images is not None:
             if layer is None:
