@@ -191,6 +191,10 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     target = tmp_path / "m.safetensors"
     resnets.save(resnets.create_model("resnet20"), target)
     before = target.read_bytes()
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"")
+    assert target.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777  # the mode of any new file, not mkstemp's 0600
+    plain.unlink()
 
     def boom(*a, **k):
         raise OSError("disk full")
