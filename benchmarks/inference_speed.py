@@ -24,7 +24,7 @@ import torch
 import torchvision
 
 import resnets
-from resnets.backends import bench, make_runner
+from resnets.backends import bench, make_runner, onnx_cache_path
 from resnets.export import check_inputs, export_int8
 from resnets.weights import Preprocessing
 
@@ -79,9 +79,9 @@ def predict_case(n: int, backend: str, runs: int) -> dict:
     model = resnets.create_model("resnet50").eval()
     model.preprocessing = Preprocessing(256, 224)
     model.class_names = [str(i) for i in range(1000)]
-    # end to end: `resnets predict` as a user runs it, building its backend (an ONNX export: a few seconds);
-    # steady state: the same pipeline with the backend built once (make_runner), i.e. decode + model overlapped
-    out = {"images": n, "backend": backend, "predict": [], "predict_steady": [], "model_only": []}
+    # end to end: `resnets predict` as a user runs it. The first call with a model exports it to ONNX (a few
+    # seconds, cached); a repeated call finds the export in the cache. Steady state: the backend passed in.
+    out = {"images": n, "backend": backend, "predict_first": [], "predict_repeat": [], "predict_steady": [], "model_only": []}
     with tempfile.TemporaryDirectory() as d:
         for i in range(n):
             img = torch.from_numpy(photos[i % len(photos)]).permute(2, 0, 1).contiguous()
@@ -89,18 +89,24 @@ def predict_case(n: int, backend: str, runs: int) -> dict:
             (Path(d) / f"{i:04d}.jpg").write_bytes(encode_jpeg(crop, quality=90).numpy().tobytes())
         run = make_runner(model, backend)
         x = torch.randn(32, 3, 224, 224)
+        cached = onnx_cache_path(model, torch.randn(2, 3, 224, 224))
+
+        def timed(**kw) -> float:
+            t0 = time.perf_counter()
+            res = predict(model, [d], batch_size=32, workers=2, backend=backend, **kw)
+            return len(res) / (time.perf_counter() - t0)
+
         for r in range(runs):
-            t0 = time.perf_counter()
-            res = predict(model, [d], batch_size=32, workers=2, backend=backend)
-            out["predict"].append(len(res) / (time.perf_counter() - t0))
-            t0 = time.perf_counter()
-            res = predict(model, [d], batch_size=32, workers=2, backend=backend, runner=run)
-            out["predict_steady"].append(len(res) / (time.perf_counter() - t0))
+            cached.unlink(missing_ok=True)
+            out["predict_first"].append(timed())
+            out["predict_repeat"].append(timed())
+            out["predict_steady"].append(timed(runner=run))
             out["model_only"].append(bench(run, x, seconds=10, warmup=1)["images_per_s"])
-            print(f"run {r}: predict {out['predict'][-1]:.1f} img/s (backend built once: {out['predict_steady'][-1]:.1f}), "
-                  f"model only {out['model_only'][-1]:.1f} img/s", flush=True)
-    out["ratio"] = statistics.median(out["predict"]) / statistics.median(out["model_only"])
-    out["ratio_steady"] = statistics.median(out["predict_steady"]) / statistics.median(out["model_only"])
+            print(f"run {r}: predict first call {out['predict_first'][-1]:.1f} img/s, repeated {out['predict_repeat'][-1]:.1f}, "
+                  f"backend passed in {out['predict_steady'][-1]:.1f}; model only {out['model_only'][-1]:.1f} img/s", flush=True)
+    base = statistics.median(out["model_only"])
+    for k in ("first", "repeat", "steady"):
+        out[f"ratio_{k}"] = statistics.median(out[f"predict_{k}"]) / base
     return out
 
 
@@ -134,8 +140,9 @@ def main() -> int:
     if "predict" not in skip:
         result["predict"] = predict_case(args.predict_images, args.predict_backend, args.runs)
         p = result["predict"]
-        print(f"predict reaches {100 * p['ratio_steady']:.0f}% of the model-only throughput with its backend built "
-              f"once, {100 * p['ratio']:.0f}% end to end (one ONNX export included)")
+        print(f"predict reaches {100 * p['ratio_repeat']:.0f}% of the model-only throughput on a repeated call, "
+              f"{100 * p['ratio_first']:.0f}% on the first call with a model (its ONNX export included), "
+              f"{100 * p['ratio_steady']:.0f}% with the backend passed in")
         save()
     return 0
 

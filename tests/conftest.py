@@ -18,6 +18,20 @@ def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_home(tmp_path_factory):
+    """Caches the tests write (ONNX exports, weights) go to a temporary home, never the user's."""
+    import os
+
+    old = os.environ.get("RESNETS_HOME")
+    os.environ["RESNETS_HOME"] = str(tmp_path_factory.mktemp("resnets-home"))
+    yield
+    if old is None:
+        os.environ.pop("RESNETS_HOME", None)
+    else:
+        os.environ["RESNETS_HOME"] = old
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

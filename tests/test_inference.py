@@ -188,3 +188,26 @@ def test_channels_last_runner_leaves_the_model_as_it_was():
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(run(x), model(x), atol=1e-4)
+
+
+def test_onnx_export_is_cached_between_calls(photos, model_file, monkeypatch):
+    import resnets.export as E
+    from resnets.backends import onnx_cache_path
+
+    calls = []
+    real = E._write
+    monkeypatch.setattr(E, "_write", lambda *a, **k: (calls.append(a[2]), real(*a, **k)))
+    model = resnets.load(model_file)
+    x = torch.randn(2, 3, 72, 72)
+    cached = onnx_cache_path(model, x)
+    if cached.exists():
+        cached.unlink()  # an earlier test of this module exported the same model
+    first = I.predict(model, [photos], workers=0, backend="onnxruntime")
+    assert calls == [cached] and cached.is_file()  # exported once, into the cache
+    second = I.predict(model, [photos], workers=0, backend="onnxruntime")
+    assert calls == [cached]  # not again
+    assert [r.get("top") for r in first] == [r.get("top") for r in second]
+    other = resnets.load(model_file)
+    with torch.no_grad():
+        other.fc.bias.add_(1.0)  # other weights: another file
+    assert onnx_cache_path(other, x) != cached

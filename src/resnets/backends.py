@@ -54,6 +54,20 @@ def make_runner(
     return _ort_runner(net.cpu(), backend == "onnxruntime-int8", calib, pre.crop if pre is not None else 224)
 
 
+def onnx_cache_path(net: nn.Module, example: torch.Tensor) -> Path:
+    """Where the fp32 ONNX export of `net` at this input shape is cached: named by a hash of the module type, every
+    state-dict tensor, the input's channels and size, and the torch version (any change gives a new file)."""
+    import hashlib
+
+    from .weights import cache_dir
+
+    h = hashlib.sha256(f"{type(net).__name__}|{tuple(example.shape[1:])}|{torch.__version__}".encode())
+    for k, v in net.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return cache_dir().parent / "onnx" / f"{h.hexdigest()[:32]}.onnx"
+
+
 def _ort_runner(net: nn.Module, int8: bool, calib: Iterable[torch.Tensor] | None, size: int):
     """The ONNX file has a dynamic batch and a fixed image size: that of `calib`, else `size` (the model's crop)."""
     from .export import _write, ort_session
@@ -62,10 +76,16 @@ def _ort_runner(net: nn.Module, int8: bool, calib: Iterable[torch.Tensor] | None
     if int8 and first is None:
         raise ResnetsError("onnxruntime-int8 needs real images to calibrate on")
     tmp = tempfile.TemporaryDirectory()
-    path = Path(tmp.name) / "model.onnx"
     p = next(net.parameters())
     example = torch.randn(2, p.shape[1] if p.ndim == 4 else 3, size, size) if first is None else first[:2].cpu()
-    _write(net, example, path, "onnx", dynamic_batch=True)
+    path = onnx_cache_path(net, example)
+    if not path.is_file():  # the fp32 export is kept, so the next call with the same weights skips it
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _write(net, example, path, "onnx", dynamic_batch=True)
+        except OSError:  # a cache we cannot write to: export into the private folder instead
+            path = Path(tmp.name) / "model.onnx"
+            _write(net, example, path, "onnx", dynamic_batch=True)
     if int8:
         from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
         from onnxruntime.quantization.shape_inference import quant_pre_process
