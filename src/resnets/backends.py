@@ -1,5 +1,12 @@
-"""Where inference runs: torch eager, torch.compile, ONNX Runtime fp32 or int8. One interface: a runner maps a
-normalised float batch (B, C, H, W) to logits, or to pooled features with output="features"."""
+"""Where inference runs: torch eager, torch.compile, ONNX Runtime fp32 or int8, at fp32, bf16 or fp16. One
+interface: a runner maps a normalised float batch (B, C, H, W) to float32 logits (or pooled features with
+output="features") on the runner's device.
+
+Precision: on a GPU, bf16/fp16 weights and channels_last; on a CPU, bf16 autocast with channels_last (fp16 only
+where oneDNN has fp16 units). The compiled backend works at every precision; on a GPU it replays CUDA graphs
+("reduce-overhead"), which small networks need to keep the card busy. "auto" picks the backend measured fastest
+for the device and precision: compile on a GPU or for bf16, ONNX Runtime for fp32 on a CPU.
+"""
 from __future__ import annotations
 
 import tempfile
@@ -12,6 +19,36 @@ from torch import nn
 from .errors import ResnetsError
 
 BACKENDS = ("eager", "compile", "onnxruntime", "onnxruntime-int8")
+PRECISIONS = ("fp32", "bf16", "fp16")
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """One clear error for a precision the device cannot run; a warning where it runs but slowly."""
+    import logging
+
+    from .evaluate import native_bf16
+
+    if precision not in PRECISIONS:
+        raise ResnetsError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    if device.type == "cpu" and precision == "fp16":
+        try:
+            ok = bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
+        except (AttributeError, RuntimeError):
+            ok = False
+        if not ok:
+            raise ResnetsError("fp16 inference needs a GPU or a CPU with fp16 units (AMX-FP16); this CPU has none: "
+                               "use --precision bf16 or fp32")  # fmt: skip
+    if device.type == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported():
+        raise ResnetsError("this GPU has no bf16 support; use --precision fp16 or fp32")
+    if device.type == "cpu" and precision == "bf16" and not native_bf16(device):
+        logging.getLogger("resnets").warning("this CPU has no bf16 units: bf16 is emulated and slower than fp32")
+
+
+def auto_backend(device: torch.device, precision: str) -> str:
+    """The backend measured fastest (benchmarks/RESULTS.md): torch.compile on a GPU and for reduced precision,
+    ONNX Runtime for fp32 on a CPU."""
+    return "onnxruntime" if device.type == "cpu" and precision == "fp32" else "compile"
 
 
 class _Features(nn.Module):
@@ -31,27 +68,66 @@ def make_runner(
     *,
     output: str = "logits",
     calib: Iterable[torch.Tensor] | None = None,
-    channels_last: bool = False,
+    channels_last: bool | None = None,
+    precision: str = "fp32",
+    device: str | torch.device | None = None,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """calib: normalised batches to calibrate int8 on (real images; required for onnxruntime-int8)."""
-    if backend not in BACKENDS:
-        raise ResnetsError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    """calib: normalised batches to calibrate int8 on (real images; required for onnxruntime-int8).
+    channels_last: None takes it where it is faster (a GPU, or reduced precision). device: default the model's.
+    The caller's model is never changed (a copy is converted)."""
+    if backend != "auto" and backend not in BACKENDS:
+        raise ResnetsError(f"backend must be one of auto, {', '.join(BACKENDS)}; got {backend!r}")
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    check_precision(precision, dev)
+    if backend == "auto":
+        backend = auto_backend(dev, precision)
     model = model.eval()
     net = model if output == "logits" else _Features(model).eval()
     if backend in ("eager", "compile"):
-        if channels_last:  # a copy: the caller's model keeps its memory format
-            import copy
-
-            net = copy.deepcopy(net).to(memory_format=torch.channels_last)
-        fn = torch.compile(net) if backend == "compile" else net
-
-        def run(x: torch.Tensor) -> torch.Tensor:
-            with torch.inference_mode():
-                return fn(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
-
-        return run
+        return _torch_runner(net, backend == "compile", dev, precision, channels_last)
+    if precision != "fp32" or dev.type != "cpu":
+        raise ResnetsError(f"the {backend} backend runs on the CPU at fp32 (int8: onnxruntime-int8); for "
+                           f"{precision} on {dev.type} use eager or compile")  # fmt: skip
     pre = getattr(model, "preprocessing", None)
     return _ort_runner(net.cpu(), backend == "onnxruntime-int8", calib, pre.crop if pre is not None else 224)
+
+
+def _torch_runner(net: nn.Module, compiled: bool, dev: torch.device, precision: str, channels_last: bool | None):
+    """eager or torch.compile at `precision` on `dev`: reduced-precision weights on a GPU, autocast on a CPU."""
+    import copy
+    from contextlib import nullcontext
+
+    reduced = precision != "fp32"
+    cl = channels_last if channels_last is not None else dev.type == "cuda" or reduced
+    dtype = _DTYPES[precision]
+    cast = reduced and dev.type == "cuda"
+    params = next(net.parameters())
+    if cl or cast or params.device != dev:  # a copy: the caller's model keeps its device, dtype and format
+        net = copy.deepcopy(net).to(dev)
+        if cast:
+            net = net.to(dtype)
+        if cl:
+            net = net.to(memory_format=torch.channels_last)
+    in_dtype = dtype if cast else torch.float32
+    amp = torch.autocast("cpu", dtype=dtype) if reduced and dev.type == "cpu" else nullcontext()
+    fn = net
+    graphs = compiled and dev.type == "cuda"
+    if compiled:
+        # on a GPU, CUDA graphs replay the whole forward ("reduce-overhead"): launch-bound small nets need it
+        fn = torch.compile(net, mode="reduce-overhead" if graphs else None)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        x = x.to(dev, dtype=in_dtype, non_blocking=True)
+        if cl:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), amp:
+            out = fn(x)
+        if out.dtype != torch.float32:
+            return out.float()
+        return out.clone() if graphs else out  # a replayed graph writes its next output over this one
+
+    run.device, run.precision, run.backend = dev, precision, "compile" if compiled else "eager"
+    return run
 
 
 def onnx_cache_path(net: nn.Module, example: torch.Tensor) -> Path:

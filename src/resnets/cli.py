@@ -98,6 +98,9 @@ def _add_config_flags(p: argparse.ArgumentParser, recipe_help: str) -> None:
         if hint is bool:
             g.add_argument(flag, dest=f"cfg__{name}", action="store_const", const="true", default=None)
             g.add_argument("--no-" + name.replace("_", "-"), dest=f"cfg__{name}", action="store_const", const="false")
+        elif hint == bool | None:  # a switch that also takes a value: --channels-last, --channels-last auto
+            g.add_argument(flag, dest=f"cfg__{name}", nargs="?", const="true", default=None, metavar="V")
+            g.add_argument("--no-" + name.replace("_", "-"), dest=f"cfg__{name}", action="store_const", const="false")
         else:
             g.add_argument(flag, dest=f"cfg__{name}", metavar="V", default=None)
 
@@ -155,8 +158,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_model_file
 
     out = args.out or str(Path(args.weights).parent / "eval")
+    amp = {"fp32": "none"}.get(args.precision, args.precision) if args.precision else args.amp
     res = evaluate_model_file(args.weights, dataset=args.dataset, data=args.data, ten_crop=args.ten_crop,
-                              batch_size=args.batch_size, workers=args.workers, amp=args.amp, device=args.device,
+                              batch_size=args.batch_size, workers=args.workers, amp=amp, device=args.device,
                               download=args.download, limit=args.limit, out=out, progress=not args.json)  # fmt: skip
     if args.json:
         print(json.dumps({k: v for k, v in res.items() if k != "confusion"}, indent=2))
@@ -187,7 +191,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     model = _load_for_inference(args.weights, args.device)
     results = predict(model, args.paths, top_k=args.top_k, batch_size=args.batch_size, workers=args.workers,
-                      progress=sys.stderr.isatty(), backend=args.backend)  # fmt: skip
+                      progress=sys.stderr.isatty(), backend=args.backend, precision=args.precision)  # fmt: skip
     if args.format == "json":
         print(json.dumps(results, indent=2))
     elif args.format == "csv":
@@ -216,7 +220,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
     model = _load_for_inference(args.weights, args.device)
     emb, files, errors = embed(model, args.paths, layer=args.layer, batch_size=args.batch_size, workers=args.workers,
-                               progress=sys.stderr.isatty(), backend=args.backend)  # fmt: skip
+                               progress=sys.stderr.isatty(), backend=args.backend, precision=args.precision)  # fmt: skip
     save_index(args.out, emb, files, weights=str(Path(args.weights).resolve()), layer=args.layer)
     for e in errors:
         print(f"{e['path']}: ERROR {e['error']}", file=sys.stderr)
@@ -283,12 +287,26 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
-    from .backends import BACKENDS, bench, make_runner
+    from .backends import BACKENDS, auto_backend, bench, check_precision, make_runner
+    from .distributed import pick_device
     from .export import check_inputs
     from .factory import create_model, load
     from .models import get_entry
     from .weights import Preprocessing
 
+    dev = pick_device(args.device)
+    check_precision(args.precision, dev)
+    if args.backend == "all":  # every backend that runs at this precision on this device
+        on_cpu_fp32 = dev.type == "cpu" and args.precision == "fp32"
+        backends = [b for b in BACKENDS if on_cpu_fp32 or b in ("eager", "compile")]
+    else:
+        backends = [auto_backend(dev, args.precision) if b == "auto" else b for b in args.backend.split(",") if b]
+    for b in backends:
+        if b not in BACKENDS:
+            raise ResnetsError(f"unknown backend {b!r}; choose from auto, all, {', '.join(BACKENDS)}")
+    sizes = [int(s) for s in args.batch_sizes.split(",") if s]
+    if not sizes or min(sizes) < 1:
+        raise ResnetsError(f"--batch-sizes takes positive numbers; got {args.batch_sizes!r}")
     if os.path.isfile(args.model):
         model = load(args.model)
     else:
@@ -297,25 +315,27 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         model.preprocessing = Preprocessing(size, size)
     pre = model.preprocessing
     size = args.input_size or pre.crop
-    sizes = [int(s) for s in args.batch_sizes.split(",") if s]
-    backends = [b for b in args.backend.split(",") if b]
-    for b in backends:
-        if b not in BACKENDS:
-            raise ResnetsError(f"unknown backend {b!r}; choose from {', '.join(BACKENDS)}")
     rows = []
     calib = [check_inputs(model)] if size == pre.crop else [torch.randn(4, len(pre.mean), size, size)]
     for backend in backends:
-        run = make_runner(model, backend, calib=calib, channels_last=args.channels_last)
+        run = make_runner(model, backend, calib=calib, channels_last=args.channels_last, precision=args.precision,
+                          device=dev)  # fmt: skip
         for bs in sizes:
-            x = torch.randn(bs, len(pre.mean), size, size)
+            # model-only: the input already where the runner computes (the ONNX runners take host tensors)
+            x = torch.randn(bs, len(pre.mean), size, size, device=dev if backend in ("eager", "compile") else "cpu")
             r = bench(run, x, seconds=args.seconds)
-            r["backend"] = backend
+            r.update(backend=backend, precision=args.precision, device=str(dev))
             rows.append(r)
             if not args.json:
-                print(f"{backend:<17} batch {bs:>4}  {r['images_per_s']:9.1f} img/s  p50 {r['p50_ms']:8.2f} ms  p95 {r['p95_ms']:8.2f} ms", flush=True)
+                print(f"{backend:<17} {args.precision} batch {bs:>4}  {r['images_per_s']:9.1f} img/s  "
+                      f"p50 {r['p50_ms']:8.2f} ms  p95 {r['p95_ms']:8.2f} ms", flush=True)  # fmt: skip
+    best = max(rows, key=lambda r: r["images_per_s"])
     if args.json:
-        print(json.dumps({"model": getattr(model, "arch_name", args.model), "input": size, "threads": torch.get_num_threads(),
-                          "results": rows}, indent=2))  # fmt: skip
+        name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+        print(json.dumps({"model": getattr(model, "arch_name", args.model), "input": size, "device": name,
+                          "threads": torch.get_num_threads(), "best": best, "results": rows}, indent=2))  # fmt: skip
+    elif len(rows) > 1:
+        print(f"fastest: {best['backend']} at batch {best['batch']} ({best['images_per_s']:.1f} img/s)")
     return 0
 
 
@@ -403,8 +423,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="image folder (DIR or DIR/val), CSV manifest, or dataset files")
     p.add_argument("--ten-crop", action="store_true", help="the paper's 10-crop testing")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
+    p.add_argument("--workers", type=int, default=2, help="decoding processes for image files (0: in this process)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="autocast precision (default fp32)")
+    p.add_argument("--amp", choices=["none", "bf16", "fp16", "auto"], default="none", help="the same as --precision, "
+                   "in the training config's words (auto: bf16 where the device computes it natively)")
     p.add_argument("--device", default="auto")
     p.add_argument("--download", action="store_true")
     p.add_argument("--limit", type=int, default=0, help="evaluate the first N images only")
@@ -416,9 +438,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--weights", required=True, help="a model file saved by resnets (training writes model.safetensors)")
         p.add_argument("--batch-size", type=int, default=32)
         p.add_argument("--workers", type=int, default=2, help="decoding processes (0: decode in this process)")
-        p.add_argument("--device", default="auto")
-        p.add_argument("--backend", default="eager", choices=["eager", "compile", "onnxruntime", "onnxruntime-int8"],
-                       help="onnxruntime-int8 calibrates on the first images given")
+        p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N")
+        p.add_argument("--backend", default="eager", choices=["auto", "eager", "compile", "onnxruntime", "onnxruntime-int8"],
+                       help="auto: the fastest for the device and precision; onnxruntime-int8 calibrates on the first images given")
+        p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                       help="eager/compile: bf16 or fp16 weights on a GPU, bf16 autocast on a CPU")
 
     p = sub.add_parser("predict", help="classify image files and folders")
     p.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
@@ -469,10 +493,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="inference speed per backend and batch size: images/s, p50/p95 latency")
     p.add_argument("model", help="a model name (random weights) or a model file")
     p.add_argument("--batch-sizes", default="1,16")
-    p.add_argument("--backend", default="eager", help="comma-separated: eager, compile, onnxruntime, onnxruntime-int8")
+    p.add_argument("--backend", default="auto", help="auto (the fastest for the device and precision), all, or "
+                   "comma-separated: eager, compile, onnxruntime, onnxruntime-int8")
+    p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--input-size", type=int, help="default: the model's crop size")
     p.add_argument("--seconds", type=float, default=3.0, help="time per measurement (after warm-up)")
-    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--channels-last", action="store_true", default=None,
+                   help="default: where it is faster (a GPU, or reduced precision)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_bench)
 

@@ -51,6 +51,7 @@ class TrainConfig:
     cutmix: float = 0.0  # alpha
     interpolation: str = "bilinear"
     workers: int = 2
+    loader: str = "auto"  # auto | host (per-image, CPU workers) | device (whole batches on the training device)
     strict_data: bool = False  # an unreadable image stops the run instead of being skipped
     # ---- transfer learning (resnets.finetune)
     strategy: str = "full"  # full | linear-probe | partial | gradual
@@ -82,9 +83,10 @@ class TrainConfig:
     ema_every: int = 1  # update the EMA every N steps
     accum_steps: int = 1  # gradient accumulation
     clip_grad: float = 0.0  # max gradient norm (0: off)
-    amp: str = "none"  # none | bf16 | fp16
-    channels_last: bool = False
+    amp: str = "none"  # none | bf16 | fp16 | auto (bf16 where the device computes it natively, else none)
+    channels_last: bool | None = False  # None: on a GPU, and on a CPU when it computes in bf16 (slower in fp32)
     compile: bool = False
+    cuda_graph: str = "auto"  # auto | on | off: the whole training step as one CUDA graph where it can be
     sync_bn: bool = False
     # ---- run
     out: str = "runs"
@@ -111,8 +113,10 @@ class TrainConfig:
             "auto_augment": ("none", "trivial", "randaugment"),
             "optimizer": ("sgd", "adamw"),
             "schedule": ("cosine", "step", "onecycle", "plateau", "constant"),
-            "amp": ("none", "bf16", "fp16"),
+            "amp": ("none", "bf16", "fp16", "auto"),
             "interpolation": ("bilinear", "bicubic", "nearest"),
+            "loader": ("auto", "host", "device"),
+            "cuda_graph": ("auto", "on", "off"),
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -158,14 +162,14 @@ RECIPES: dict[str, dict[str, Any]] = {
         lr=0.5, lr_reference_batch=1024, batch_size=1024, momentum=0.9, weight_decay=2e-5, norm_weight_decay=0.0,
         epochs=600, schedule="cosine", warmup_epochs=5, warmup_start=0.01, label_smoothing=0.1, mixup=0.2,
         cutmix=1.0, auto_augment="trivial", random_erasing=0.1, ema=True, ema_decay=0.99998, ema_every=32,
-        amp="bf16", channels_last=True, workers=8,
+        amp="auto", channels_last=None, workers=8,
     ),
     # ours: resnet20 on Fashion-MNIST, fast on a laptop CPU (bf16 autocast and channels_last double the CPU
     # throughput); one-cycle schedule, crops, flips and random erasing
     "fashion-mnist": dict(
         model="resnet20", dataset="fashion-mnist", augment="crop-flip", pad=2, random_erasing=0.25,
         lr=0.2, momentum=0.9, nesterov=True, weight_decay=5e-4, batch_size=128, epochs=5, schedule="onecycle",
-        label_smoothing=0.05, amp="bf16", channels_last=True, workers=0,
+        label_smoothing=0.05, amp="auto", channels_last=None, workers=0,
     ),
     # ours: fine-tuning a pretrained net on a small folder of images (`resnets finetune`): the architecture and
     # preprocessing come from the weights, a new head, discriminative learning rates (0.7 per stage), warmup,
@@ -174,7 +178,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         model="", dataset="imagefolder", augment="strong", random_erasing=0.25, lr=0.01, momentum=0.9,
         nesterov=True, weight_decay=1e-4, norm_weight_decay=0.0, batch_size=32, epochs=15, schedule="cosine",
         warmup_epochs=1, label_smoothing=0.1, strategy="full", layer_decay=0.7, early_stop=5,
-        amp="bf16", channels_last=True, workers=2,
+        amp="auto", channels_last=None, workers=2,
     ),
 }
 
@@ -184,7 +188,7 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and type(None) in args:
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "", "auto")):
             return None
         return _coerce(key, value, next(a for a in args if a is not type(None)))
     try:

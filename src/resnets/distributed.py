@@ -39,12 +39,23 @@ def pick_device(pref: str = "auto", local_rank: int = 0) -> torch.device:
 
 
 def setup(device: str = "auto") -> Context:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1), else a single-process context."""
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1), else a single-process context.
+    Each process of a machine takes its own GPU (cuda:LOCAL_RANK); more processes than GPUs is an error."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     dev = pick_device(device, local)
     if world <= 1:
         return Context(device=dev)
+    if dev.type == "cuda":
+        gpus = torch.cuda.device_count()
+        if local >= gpus:
+            from .errors import ResnetsError
+
+            per_node = os.environ.get("LOCAL_WORLD_SIZE", str(world))
+            raise ResnetsError(f"torchrun started {per_node} processes on this machine, which has {gpus} GPU"
+                               f"{'s' if gpus != 1 else ''}: use --nproc_per_node {gpus}, or --device cpu")  # fmt: skip
+        if dev.index is None:
+            dev = torch.device("cuda", local)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if not dist.is_initialized():

@@ -1,5 +1,11 @@
 """The training loop: `train(cfg)` builds everything from a config, trains, evaluates and returns the metrics.
 
+Split as torchvision's reference script and timm's train.py are: a `Run` built once from the config
+(`build_run`: data, model, optimizer, schedule, loaders), `train_one_epoch`, `validate`, and `save_state` /
+`restore`. Batches come through one seam (`data.loader.make_train_loader` / `make_eval_loader`): the loop does not
+know whether they were made by CPU workers or on the device. The step itself is in `steps` (eager, or one CUDA
+graph).
+
 Run directory: config.json (resolved), metrics.jsonl (one line per epoch), last.pt / best.pt (full checkpoints),
 model.safetensors (self-describing final model), eval.json, confusion.json/png, curves.png.
 """
@@ -10,20 +16,18 @@ import logging
 import math
 import random
 import time
-from contextlib import nullcontext
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from . import artifacts, config as C, data as D, distributed, finetune
-from .data.loader import Augmented, EvalBatches, TrainBatches, make_loader, mix_seed
-from .data.transforms import batch_mix, eval_transform, normalizer, ten_crop_transform, train_transform
+from . import artifacts, config as C, data as D, distributed, finetune, steps
+from .data.loader import Loader, make_eval_loader, make_train_loader, mix_seed
+from .data.transforms import batch_mix, normalizer
 from .errors import ResnetsError
-from .evaluate import autocast, evaluate
+from .evaluate import evaluate, native_bf16, resolve_amp
 from .factory import create_from_weights, create_model
 from .weights import Preprocessing
 
@@ -138,22 +142,68 @@ def train(cfg: C.TrainConfig | None = None, *, resume: str | Path | None = None,
         cfg = C.resolve(overrides=overrides)
     ctx = distributed.setup(cfg.device)
     try:
-        return _train(cfg, ctx, resume, state)
+        run = build_run(cfg, ctx, resume)
+        if state is not None:
+            restore(run, state)
+        return fit(run)
     finally:
         distributed.cleanup(ctx)
 
 
-def _train(cfg: C.TrainConfig, ctx: distributed.Context, resume: Path | None, state: dict | None) -> dict:
-    if cfg.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    else:
-        torch.backends.cudnn.benchmark = True
-    torch.manual_seed(cfg.seed)
-    # ---- everything that can fail on bad input happens before anything is written
-    bundle, model = _data_and_model(cfg)
-    classes = bundle.classes
-    # rank 0 decides the run directory (its name has a timestamp) and whether it may be used; all ranks follow
+@dataclass
+class Run:
+    """Everything one training run holds: built once from the config by `build_run`, advanced by
+    `train_one_epoch`, saved and restored whole by `save_state` / `restore`."""
+
+    cfg: C.TrainConfig
+    ctx: distributed.Context
+    run_dir: Path
+    bundle: D.DataBundle
+    core: nn.Module  # the plain module: what is saved and evaluated
+    preprocessing: Preprocessing
+    plan: finetune.Plan
+    opt: torch.optim.Optimizer
+    sched: Any
+    plateau: Any
+    scaler: torch.amp.GradScaler
+    criterion: nn.Module
+    mix: Any
+    normalize: Any
+    train_loader: Loader
+    val_loader: Loader
+    ema: nn.Module | None
+    amp: str  # the precision in use: "auto" resolved for this device
+    channels_last: bool  # the memory format in use (None in the config resolved for this device)
+    graph: bool  # the training step runs as a captured CUDA graph
+    batches_per_epoch: int
+    steps_per_epoch: int
+    epochs: int
+    total_steps: int
+    net: nn.Module | None = None  # what trains: core, wrapped in DDP and/or torch.compile
+    # where the run stands
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    best: float = -1.0
+    since_best: int = 0
+    best_state: dict | None = None  # early stopping keeps the best weights
+    history: list = field(default_factory=list)
+    curve: list = field(default_factory=list)  # every curve_steps steps: the paper's Figure 6 points
+    skipped: int = 0
+    bar: Any = None
+    writer: Any = None
+
+    @property
+    def classes(self) -> list[str]:
+        return self.bundle.classes
+
+    @property
+    def done(self) -> bool:
+        return self.step >= self.total_steps
+
+
+def _decide_run_dir(cfg: C.TrainConfig, ctx: distributed.Context, resume: Path | None) -> Path:
+    """Rank 0 decides the run directory (its name has a timestamp) and whether it may be used; all ranks follow."""
     decision: tuple[str, str | None] = ("", None)
     if ctx.is_main:
         try:
@@ -163,16 +213,39 @@ def _train(cfg: C.TrainConfig, ctx: distributed.Context, resume: Path | None, st
     decision = distributed.broadcast_object(decision, ctx)
     if decision[1] is not None:
         raise ResnetsError(decision[1])
-    run_dir = Path(decision[0])
-    world = ctx.world
+    return Path(decision[0])
+
+
+def build_run(cfg: C.TrainConfig, ctx: distributed.Context, resume: Path | None = None) -> Run:
+    """Data, model, optimizer, schedule and loaders from the config. Everything that can fail on bad input
+    happens before anything is written; then the run directory and its config.json."""
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+    torch.manual_seed(cfg.seed)
+    bundle, model = _data_and_model(cfg)
+    run_dir = _decide_run_dir(cfg, ctx, resume)
+    world, dev = ctx.world, ctx.device
     if cfg.batch_size % world:
         raise ResnetsError(f"batch size {cfg.batch_size} does not split evenly over {world} processes")
     if cfg.weights and len(bundle.train) < cfg.batch_size:  # fine-tuning a small folder: one batch per step
         small = max(len(bundle.train) // world * world, world)
         log.warning("batch size %d is more than the %d training images; using %d", cfg.batch_size, len(bundle.train), small)
         cfg = replace(cfg, batch_size=small)
-    train_sampler = TrainBatches(len(bundle.train), cfg.batch_size, seed=cfg.seed, rank=ctx.rank, world=world,
-                                 targets=bundle.train.targets if cfg.balanced else None)  # fmt: skip
+    amp = resolve_amp(cfg.amp, dev)
+    if amp == "bf16" and not native_bf16(dev):
+        log.warning("bf16 on this %s is emulated and may be far slower than fp32 (--amp auto picks for you)", dev.type)
+    graph = steps.use_graph(cfg, dev, world, amp)
+    channels_last = cfg.channels_last if cfg.channels_last is not None else dev.type == "cuda" or amp != "none"
+    loader_args = dict(kind=cfg.loader, device=dev, rank=ctx.rank, world=world, workers=cfg.workers, strict=cfg.strict_data)
+    train_loader = make_train_loader(bundle.train, batch_size=cfg.batch_size, seed=cfg.seed, augment=cfg.augment,
+                                     crop=bundle.train_crop, mean=bundle.mean, pad=cfg.pad, auto_augment=cfg.auto_augment,
+                                     random_erasing=cfg.random_erasing, interpolation=cfg.interpolation,
+                                     balanced=cfg.balanced, **loader_args)  # fmt: skip
+    val_loader = make_eval_loader(bundle.val, batch_size=max(cfg.batch_size // world, 1) * 2, resize=bundle.eval_resize,
+                                  crop=bundle.eval_crop, interpolation=cfg.interpolation, **loader_args)  # fmt: skip
     batches_per_epoch = len(bundle.train) // cfg.batch_size
     steps_per_epoch = max(batches_per_epoch // cfg.accum_steps, 1)
     if cfg.iterations:
@@ -187,252 +260,276 @@ def _train(cfg: C.TrainConfig, ctx: distributed.Context, resume: Path | None, st
                 tmp.write_text(json.dumps(cfg.to_dict(), indent=2))
     distributed.barrier(ctx)
 
-    # ---- model, optimizer, schedule
     preprocessing = Preprocessing(bundle.eval_resize, bundle.eval_crop, cfg.interpolation, bundle.mean, bundle.std)
-    model.class_names, model.preprocessing = classes, preprocessing
+    model.class_names, model.preprocessing = bundle.classes, preprocessing
     plan = finetune.from_config(model, cfg)  # what trains when, and BatchNorm's policy
-    dev = ctx.device
     model.to(dev)
-    if cfg.channels_last:
+    if channels_last:
         model.to(memory_format=torch.channels_last)
     if cfg.sync_bn and ctx.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    core = model  # the plain module: what is saved and evaluated
     ema = None
     if cfg.ema:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-        ema = AveragedModel(core, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
-
-    def wrap() -> nn.Module:  # again whenever the trainable parameters change (DDP registers them once)
-        net: nn.Module = core
-        if ctx.distributed:
-            net = nn.parallel.DistributedDataParallel(core, device_ids=[dev.index] if dev.type == "cuda" else None)
-        return torch.compile(net) if cfg.compile else net
-
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
     effective_batch = cfg.batch_size * cfg.accum_steps
     peak_lr = cfg.lr * effective_batch / cfg.lr_reference_batch if cfg.lr_reference_batch else cfg.lr
-    groups = plan.param_groups(peak_lr, cfg.weight_decay, cfg.norm_weight_decay)
-    if cfg.optimizer == "sgd":
-        opt = torch.optim.SGD(groups, lr=peak_lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
-    else:
-        opt = torch.optim.AdamW(groups, lr=peak_lr)
+    opt = steps.make_optimizer(plan.param_groups(peak_lr, cfg.weight_decay, cfg.norm_weight_decay), cfg, dev, capturable=graph)
     sched, plateau = make_scheduler(opt, cfg, total_steps, steps_per_epoch, peak_lr)
-    scaler = torch.amp.GradScaler(dev.type, enabled=cfg.amp == "fp16")
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    mix = batch_mix(len(classes), cfg.mixup, cfg.cutmix)
-    normalize = normalizer(bundle.mean, bundle.std)
+    return Run(cfg=cfg, ctx=ctx, run_dir=run_dir, bundle=bundle, core=model, preprocessing=preprocessing, plan=plan,
+               opt=opt, sched=sched, plateau=plateau, scaler=torch.amp.GradScaler(dev.type, enabled=amp == "fp16"),
+               criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
+               mix=batch_mix(len(bundle.classes), cfg.mixup, cfg.cutmix), normalize=normalizer(bundle.mean, bundle.std),
+               train_loader=train_loader, val_loader=val_loader, ema=ema, amp=amp, channels_last=channels_last, graph=graph,
+               batches_per_epoch=batches_per_epoch, steps_per_epoch=steps_per_epoch, epochs=epochs,
+               total_steps=total_steps)  # fmt: skip
 
-    # ---- data
-    train_tf = train_transform(cfg.augment, crop=bundle.train_crop, mean=bundle.mean, auto_augment=cfg.auto_augment,
-                               random_erasing=cfg.random_erasing, interpolation=cfg.interpolation, pad=cfg.pad)  # fmt: skip
-    eval_tf = eval_transform(resize=bundle.eval_resize, crop=bundle.eval_crop, interpolation=cfg.interpolation)
-    train_loader = make_loader(Augmented(bundle.train, train_tf, cfg.seed), train_sampler, workers=cfg.workers, strict=cfg.strict_data)
-    val_batch = max(cfg.batch_size // world, 1) * 2
-    val_loader = make_loader(Augmented(bundle.val, eval_tf, cfg.seed), EvalBatches(len(bundle.val), val_batch, ctx.rank, world),
-                             workers=min(cfg.workers, 1), strict=cfg.strict_data)  # fmt: skip
 
-    # ---- resume
-    start_epoch, start_batch, step, best, history = 0, 0, 0, -1.0, []
-    best_state, since_best = None, 0  # early stopping keeps the best weights
-    curve: list[dict] = []  # every curve_steps steps: the paper's Figure 6 (training error over the window, val error)
-    if state is not None:
-        core.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        if plateau is not None and state.get("plateau"):
-            plateau.load_state_dict(state["plateau"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        if ema is not None and state.get("ema"):
-            ema.load_state_dict(state["ema"])
-        start_epoch, start_batch, step = state["epoch"], state["batch"], state["step"]
-        best, history = state.get("best_top1", -1.0), list(state.get("history", []))
-        since_best = state.get("since_best", 0)
-        curve = list(state.get("curve", []))
-        if cfg.early_stop and (run_dir / "best.pt").is_file():
-            best_state = artifacts.load_checkpoint(run_dir / "best.pt")["model"]
-        _set_rng_state(state["rng"])
-        if ctx.is_main:
-            log.warning("resuming %s at epoch %d, batch %d (step %d)", run_dir, start_epoch + 1, start_batch, step)
+def state_dict(run: Run, epoch: int, batch: int) -> dict:
+    """The whole run at the start of (epoch, batch): a checkpoint from which `restore` continues exactly."""
+    core = run.core
+    return {
+        "resnets": {"architecture": core.arch_name, "options": core.arch_options, "class_names": run.classes,
+                    "preprocessing": run.preprocessing.to_dict()},
+        "model": core.state_dict(), "optimizer": steps.lr_as_float(run.opt.state_dict()),
+        "scheduler": run.sched.state_dict(), "plateau": run.plateau.state_dict() if run.plateau is not None else None,
+        "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else None,
+        "ema": run.ema.state_dict() if run.ema is not None else None,
+        "epoch": epoch, "batch": batch, "step": run.step, "best_top1": run.best, "history": run.history,
+        "since_best": run.since_best, "curve": run.curve, "config": run.cfg.to_dict(), "rng": _rng_state(),
+    }  # fmt: skip
 
-    def checkpoint(path: Path, epoch: int, batch: int) -> None:
-        if not ctx.is_main:
-            return
-        artifacts.save_checkpoint({
-            "resnets": {"architecture": core.arch_name, "options": core.arch_options, "class_names": classes,
-                        "preprocessing": preprocessing.to_dict()},
-            "model": core.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-            "plateau": plateau.state_dict() if plateau is not None else None,
-            "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-            "ema": ema.state_dict() if ema is not None else None,
-            "epoch": epoch, "batch": batch, "step": step, "best_top1": best, "history": history, "since_best": since_best, "curve": curve,
-            "config": cfg.to_dict(), "rng": _rng_state(),
-        }, path)  # fmt: skip
 
-    writer = None
-    if cfg.tensorboard and ctx.is_main:
+def save_state(run: Run, path: Path, epoch: int, batch: int) -> None:
+    if run.ctx.is_main:
+        artifacts.save_checkpoint(state_dict(run, epoch, batch), path)
+
+
+def restore(run: Run, state: dict) -> None:
+    """Continue from a checkpoint of `state_dict`: weights, optimizer, schedules, counters and random state."""
+    run.core.load_state_dict(state["model"])
+    run.opt.load_state_dict(state["optimizer"])
+    if run.graph:
+        steps.lr_on_device(run.opt, run.ctx.device)
+    run.sched.load_state_dict(state["scheduler"])
+    if run.plateau is not None and state.get("plateau"):
+        run.plateau.load_state_dict(state["plateau"])
+    if state.get("scaler"):
+        run.scaler.load_state_dict(state["scaler"])
+    if run.ema is not None and state.get("ema"):
+        run.ema.load_state_dict(state["ema"])
+    run.epoch, run.batch, run.step = state["epoch"], state["batch"], state["step"]
+    run.best, run.history = state.get("best_top1", -1.0), list(state.get("history", []))
+    run.since_best = state.get("since_best", 0)
+    run.curve = list(state.get("curve", []))
+    if run.cfg.early_stop and (run.run_dir / "best.pt").is_file():
+        run.best_state = artifacts.load_checkpoint(run.run_dir / "best.pt")["model"]
+    _set_rng_state(state["rng"])
+    if run.ctx.is_main:
+        log.warning("resuming %s at epoch %d, batch %d (step %d)", run.run_dir, run.epoch + 1, run.batch, run.step)
+
+
+def wrap(run: Run) -> nn.Module:
+    """What trains: the core in DDP (which registers the trainable parameters once, so again whenever they
+    change) and/or torch.compile."""
+    net: nn.Module = run.core
+    if run.ctx.distributed:
+        dev = run.ctx.device
+        net = nn.parallel.DistributedDataParallel(run.core, device_ids=[dev.index] if dev.type == "cuda" else None)
+    run.net = torch.compile(net) if run.cfg.compile else net
+    run.net.train()
+    return run.net
+
+
+def validate(run: Run, model: nn.Module | None = None, loader: Loader | None = None) -> dict:
+    """top-1, top-5, loss, per-class accuracy and the confusion matrix of `model` (default: the core) on `loader`
+    (default: the validation set), at the run's precision and memory format."""
+    return evaluate(run.core if model is None else model, run.val_loader if loader is None else loader, run.normalize,
+                    len(run.classes), run.ctx, amp=run.amp, channels_last=run.channels_last)  # fmt: skip
+
+
+def _seed_step(run: Run, epoch: int, b: int) -> None:
+    """Drop-path and mixing draw from generators seeded by the step: the CPU one (MixUp/CutMix, drop-path on a
+    CPU) always, the GPU's only when stochastic depth runs there (seeding every accelerator costs far more)."""
+    seed = mix_seed(run.cfg.seed, epoch, b, run.ctx.rank)
+    torch.default_generator.manual_seed(seed)
+    if run.cfg.drop_path_rate and run.ctx.device.type == "cuda":
+        torch.cuda.manual_seed(seed)
+
+
+def train_one_epoch(run: Run, epoch: int, step_fn) -> dict:
+    """Train from the run's current batch to the end of `epoch` (or of the schedule); returns the epoch's record.
+    Raises TrainingError when the loss stops being finite."""
+    cfg, ctx, dev = run.cfg, run.ctx, run.ctx.device
+    first = run.batch if epoch == run.epoch else 0
+    run.train_loader.set_epoch(epoch, first)
+    sums = torch.zeros(3, dtype=torch.float64, device=dev)  # loss * n, hits, n
+    window = torch.zeros(3, dtype=torch.float64, device=dev)  # the same since the last curve point
+    finite = torch.ones((), dtype=torch.bool, device=dev)
+    seen, t0 = 0, time.perf_counter()
+    if run.bar is not None:
+        run.bar.set_description(f"epoch {epoch + 1}/{run.epochs}")
+    for b, batch in enumerate(run.train_loader, start=first):
+        _seed_step(run, epoch, b)
+        run.skipped += len(batch.bad)
+        for path, reason in batch.bad:
+            log.warning("skipped unreadable image %s: %s", path, reason)
+        x = batch.images.to(dev, non_blocking=True)
+        y = batch.labels.to(dev, non_blocking=True)
+        if x.numel() == 0:
+            continue
+        x = run.normalize(x)
+        if run.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        target = y
+        if run.mix is not None:
+            x, target = run.mix(x, y)
+        sync = (b + 1) % cfg.accum_steps == 0 or b + 1 == run.batches_per_epoch
+        batch_sums = step_fn(x, target, y, sync)
+        finite &= torch.isfinite(batch_sums[0])
+        sums += batch_sums
+        window += batch_sums
+        seen += len(y) * ctx.world
+        if sync:
+            run.sched.step()
+            run.step += 1
+            if run.ema is not None and run.step % cfg.ema_every == 0:
+                run.ema.update_parameters(run.core)
+            if cfg.curve_steps and run.step % cfg.curve_steps == 0:
+                w = distributed.all_reduce_sum(window.clone(), ctx)
+                ev = validate(run)
+                run.curve.append({"step": run.step, "epoch": epoch + (b + 1) / run.batches_per_epoch,
+                                  "train_loss": w[0].item() / max(w[2].item(), 1),
+                                  "train_err": 100 - 100 * w[1].item() / max(w[2].item(), 1),
+                                  "val_err": 100 - ev["top1"], "val_loss": ev["loss"]})  # fmt: skip
+                window.zero_()
+        if run.bar is not None:
+            run.bar.update(1)
+            if b % 10 == 0 or b + 1 == run.batches_per_epoch:
+                n = max(sums[2].item(), 1)
+                rate = seen / max(time.perf_counter() - t0, 1e-9)
+                run.bar.set_postfix(loss=f"{sums[0].item() / n:.3f}", acc=f"{100 * sums[1].item() / n:.1f}",
+                                    lr=f"{float(run.opt.param_groups[-1]['lr']):.3g}", img_s=f"{rate:.0f}")  # fmt: skip
+        if b % 10 == 0 and not bool(finite):
+            break
+        if sync and cfg.checkpoint_steps and run.step % cfg.checkpoint_steps == 0 and b + 1 < run.batches_per_epoch:
+            if not bool(finite):
+                break
+            save_state(run, run.run_dir / "last.pt", epoch, b + 1)
+        if run.done:
+            break
+    if not bool(finite):
+        raise TrainingError(
+            f"the loss became non-finite in epoch {epoch + 1} (step {run.step}); stopped. The last good checkpoint is "
+            f"{run.run_dir / 'last.pt'} (try a lower --lr, --clip-grad, or --amp none)"
+        )
+    elapsed = time.perf_counter() - t0
+    train_sums = distributed.all_reduce_sum(sums.clone(), ctx)
+    n = max(train_sums[2].item(), 1)
+    return {"epoch": epoch + 1, "step": run.step, "lr": float(run.opt.param_groups[-1]["lr"]),
+            "train_loss": train_sums[0].item() / n, "train_acc": 100 * train_sums[1].item() / n,
+            "images_per_s": seen / max(elapsed, 1e-9), "time_s": elapsed}  # fmt: skip
+
+
+def end_epoch(run: Run, epoch: int, record: dict) -> bool:
+    """Evaluate when due, keep the history and the best weights, checkpoint and report. True: stop early."""
+    cfg = run.cfg
+    if (epoch + 1) % cfg.eval_every == 0 or run.done or epoch + 1 == run.epochs:
+        ev = validate(run)
+        record.update(val_loss=ev["loss"], val_top1=ev["top1"], val_top5=ev["top5"])
+        if run.ema is not None:
+            record["ema_val_top1"] = validate(run, run.ema.module)["top1"]
+        if run.plateau is not None:
+            run.plateau.step(ev["loss"])
+    record["skipped_images"] = run.skipped
+    run.history.append(record)
+    improved = record.get("val_top1", -1) > run.best
+    run.best = max(run.best, record.get("val_top1", -1))
+    if "val_top1" in record:
+        run.since_best = 0 if improved else run.since_best + 1
+    if cfg.early_stop and improved:
+        run.best_state = {k: v.detach().clone() for k, v in run.core.state_dict().items()}
+    if run.ctx.is_main:
+        save_state(run, run.run_dir / "last.pt", epoch + 1, 0)
+        if improved:
+            artifacts.save_checkpoint(artifacts.load_checkpoint(run.run_dir / "last.pt"), run.run_dir / "best.pt")
+        with artifacts.atomic_path(run.run_dir / "metrics.jsonl") as tmp:
+            tmp.write_text("".join(json.dumps(h) + "\n" for h in run.history))
+        if run.curve:
+            with artifacts.atomic_path(run.run_dir / "curve.jsonl") as tmp:
+                tmp.write_text("".join(json.dumps(c) + "\n" for c in run.curve))
+        if run.writer is not None:
+            for k, v in record.items():
+                if k != "epoch":
+                    run.writer.add_scalar(k, v, epoch + 1)
+        msg = f"epoch {epoch + 1}: train loss {record['train_loss']:.4f} acc {record['train_acc']:.2f}%"
+        if "val_top1" in record:
+            msg += f", val top-1 {record['val_top1']:.2f}% top-5 {record['val_top5']:.2f}%"
+        _say(run, msg + f", {record['images_per_s']:.0f} img/s")
+    stop = bool(cfg.early_stop) and run.since_best >= cfg.early_stop
+    if stop:
+        _say(run, f"early stop: no better val top-1 in {cfg.early_stop} evaluations; keeping epoch {_best_epoch(run.history)}'s weights")
+    return stop
+
+
+def _say(run: Run, msg: str) -> None:
+    if run.bar is not None:
+        run.bar.write(msg)
+    else:
+        print(msg, flush=True)
+
+
+def _open_outputs(run: Run) -> None:
+    """The TensorBoard writer and the progress bar (rank 0)."""
+    cfg = run.cfg
+    if cfg.tensorboard and run.ctx.is_main:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise ResnetsError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
-        writer = SummaryWriter(str(run_dir / "tensorboard"))
-
-    bar = None
-    if cfg.progress and ctx.is_main:
+        run.writer = SummaryWriter(str(run.run_dir / "tensorboard"))
+    if cfg.progress and run.ctx.is_main:
         from tqdm import tqdm
 
-        total_batches = min(epochs * batches_per_epoch, total_steps * cfg.accum_steps)
-        bar = tqdm(total=total_batches, initial=start_epoch * batches_per_epoch + start_batch, unit="batch",
-                   dynamic_ncols=True, smoothing=0.05)  # fmt: skip
+        total = min(run.epochs * run.batches_per_epoch, run.total_steps * cfg.accum_steps)
+        run.bar = tqdm(total=total, initial=run.epoch * run.batches_per_epoch + run.batch, unit="batch",
+                       dynamic_ncols=True, smoothing=0.05)  # fmt: skip
 
-    skipped_total = 0
-    plan.apply(start_epoch)
-    net = wrap()
-    net.train()
-    done = step >= total_steps
-    for epoch in range(start_epoch, epochs):
-        if done:
-            break
-        if plan.apply(epoch):  # gradual unfreezing
-            net = wrap()
-            net.train()
-        first = start_batch if epoch == start_epoch else 0
-        train_sampler.set_epoch(epoch, first)
-        sums = torch.zeros(3, dtype=torch.float64, device=dev)  # loss * n, hits, n
-        window = torch.zeros(3, dtype=torch.float64, device=dev)  # the same since the last curve point
-        finite = torch.ones((), dtype=torch.bool, device=dev)
-        seen, t0 = 0, time.perf_counter()
-        if bar is not None:
-            bar.set_description(f"epoch {epoch + 1}/{epochs}")
-        for b, batch in enumerate(train_loader, start=first):
-            torch.manual_seed(mix_seed(cfg.seed, epoch, b, ctx.rank))  # drop-path and mixing: a function of the step
-            skipped_total += len(batch.bad)
-            for path, reason in batch.bad:
-                log.warning("skipped unreadable image %s: %s", path, reason)
-            x = batch.images.to(dev, non_blocking=True)
-            y = batch.labels.to(dev, non_blocking=True)
-            if x.numel() == 0:
-                continue
-            x = normalize(x)
-            if cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            target = y
-            if mix is not None:
-                x, target = mix(x, y)
-            sync = (b + 1) % cfg.accum_steps == 0 or b + 1 == batches_per_epoch
-            no_sync = net.no_sync() if ctx.distributed and not sync and hasattr(net, "no_sync") else nullcontext()
-            with no_sync:
-                with autocast(dev, cfg.amp):
-                    logits = net(x)
-                    loss = criterion(logits.float(), target)
-                scaler.scale(loss / cfg.accum_steps).backward()
-            finite &= torch.isfinite(loss.detach())
-            with torch.no_grad():
-                batch_sums = torch.stack([loss.detach().double() * len(y), (logits.argmax(1) == y).sum().double(),
-                                          torch.tensor(float(len(y)), device=dev, dtype=torch.float64)])  # fmt: skip
-                sums += batch_sums
-                window += batch_sums
-            seen += len(y) * world
-            if sync:
-                if cfg.clip_grad > 0:
-                    scaler.unscale_(opt)
-                    nn.utils.clip_grad_norm_(core.parameters(), cfg.clip_grad)
-                scaler.step(opt)
-                scaler.update()
-                opt.zero_grad(set_to_none=True)
-                sched.step()
-                step += 1
-                if ema is not None and step % cfg.ema_every == 0:
-                    ema.update_parameters(core)
-                if cfg.curve_steps and step % cfg.curve_steps == 0:
-                    w = distributed.all_reduce_sum(window.clone(), ctx)
-                    ev = evaluate(core, val_loader, normalize, len(classes), ctx, amp=cfg.amp, channels_last=cfg.channels_last)
-                    curve.append({"step": step, "epoch": epoch + (b + 1) / batches_per_epoch,
-                                  "train_loss": w[0].item() / max(w[2].item(), 1),
-                                  "train_err": 100 - 100 * w[1].item() / max(w[2].item(), 1),
-                                  "val_err": 100 - ev["top1"], "val_loss": ev["loss"]})  # fmt: skip
-                    window.zero_()
-            if bar is not None:
-                bar.update(1)
-                if b % 10 == 0 or b + 1 == batches_per_epoch:
-                    n = max(sums[2].item(), 1)
-                    rate = seen / max(time.perf_counter() - t0, 1e-9)
-                    bar.set_postfix(loss=f"{sums[0].item() / n:.3f}", acc=f"{100 * sums[1].item() / n:.1f}",
-                                    lr=f"{opt.param_groups[-1]['lr']:.3g}", img_s=f"{rate:.0f}")  # fmt: skip
-            if b % 10 == 0 and not bool(finite):
+
+def _close_outputs(run: Run) -> None:
+    if run.bar is not None:
+        run.bar.close()
+        run.bar = None
+    if run.writer is not None:
+        run.writer.close()
+        run.writer = None
+
+
+def fit(run: Run) -> dict:
+    """Train the run from where it stands to its end (or an early stop), then evaluate and save it."""
+    _open_outputs(run)
+    try:
+        run.plan.apply(run.epoch)
+        wrap(run)
+        step_fn = steps.make_step(run)
+        for epoch in range(run.epoch, run.epochs):
+            if run.done:
                 break
-            if sync and cfg.checkpoint_steps and step % cfg.checkpoint_steps == 0 and b + 1 < batches_per_epoch:
-                if not bool(finite):
-                    break
-                checkpoint(run_dir / "last.pt", epoch, b + 1)
-            if step >= total_steps:
-                done = True
+            if run.plan.apply(epoch):  # gradual unfreezing: DDP and any captured graph must see the new set
+                wrap(run)
+                step_fn = steps.make_step(run)
+            record = train_one_epoch(run, epoch, step_fn)
+            stop = end_epoch(run, epoch, record)
+            run.epoch, run.batch = epoch + 1, 0
+            if stop:
                 break
-        if not bool(finite):
-            if bar is not None:
-                bar.close()
-            raise TrainingError(
-                f"the loss became non-finite in epoch {epoch + 1} (step {step}); stopped. The last good checkpoint is "
-                f"{run_dir / 'last.pt'} (try a lower --lr, --clip-grad, or --amp none)"
-            )
-        elapsed = time.perf_counter() - t0
-        train_sums = distributed.all_reduce_sum(sums.clone(), ctx)
-        n = max(train_sums[2].item(), 1)
-        record = {"epoch": epoch + 1, "step": step, "lr": opt.param_groups[-1]["lr"],
-                  "train_loss": train_sums[0].item() / n, "train_acc": 100 * train_sums[1].item() / n,
-                  "images_per_s": seen / max(elapsed, 1e-9), "time_s": elapsed}  # fmt: skip
-        last_epoch = done or epoch + 1 == epochs
-        if (epoch + 1) % cfg.eval_every == 0 or last_epoch:
-            ev = evaluate(core, val_loader, normalize, len(classes), ctx, amp=cfg.amp, channels_last=cfg.channels_last)
-            record.update(val_loss=ev["loss"], val_top1=ev["top1"], val_top5=ev["top5"])
-            if ema is not None:
-                record["ema_val_top1"] = evaluate(ema.module, val_loader, normalize, len(classes), ctx, amp=cfg.amp,
-                                                  channels_last=cfg.channels_last)["top1"]  # fmt: skip
-            if plateau is not None:
-                plateau.step(ev["loss"])
-        record["skipped_images"] = skipped_total
-        history.append(record)
-        improved = record.get("val_top1", -1) > best
-        best = max(best, record.get("val_top1", -1))
-        if "val_top1" in record:
-            since_best = 0 if improved else since_best + 1
-        if cfg.early_stop and improved:
-            best_state = {k: v.detach().clone() for k, v in core.state_dict().items()}
-        stop = bool(cfg.early_stop) and since_best >= cfg.early_stop
-        if ctx.is_main:
-            checkpoint(run_dir / "last.pt", epoch + 1, 0)
-            if improved:
-                artifacts.save_checkpoint(artifacts.load_checkpoint(run_dir / "last.pt"), run_dir / "best.pt")
-            with artifacts.atomic_path(run_dir / "metrics.jsonl") as tmp:
-                tmp.write_text("".join(json.dumps(h) + "\n" for h in history))
-            if curve:
-                with artifacts.atomic_path(run_dir / "curve.jsonl") as tmp:
-                    tmp.write_text("".join(json.dumps(c) + "\n" for c in curve))
-            if writer is not None:
-                for k, v in record.items():
-                    if k not in ("epoch",):
-                        writer.add_scalar(k, v, epoch + 1)
-            msg = f"epoch {epoch + 1}: train loss {record['train_loss']:.4f} acc {record['train_acc']:.2f}%"
-            if "val_top1" in record:
-                msg += f", val top-1 {record['val_top1']:.2f}% top-5 {record['val_top5']:.2f}%"
-            if bar is not None:
-                bar.write(msg + f", {record['images_per_s']:.0f} img/s")
-            else:
-                print(msg + f", {record['images_per_s']:.0f} img/s", flush=True)
-        start_batch = 0
-        if stop:
-            msg = f"early stop: no better val top-1 in {cfg.early_stop} evaluations; keeping epoch {_best_epoch(history)}'s weights"
-            bar.write(msg) if bar is not None else print(msg, flush=True)
-            break
-    if bar is not None:
-        bar.close()
-    if writer is not None:
-        writer.close()
-    if best_state is not None:
-        core.load_state_dict(best_state)
-    result = _finish(cfg, ctx, run_dir, core, ema, bundle, history, val_loader, normalize, skipped_total)
-    result["curve"] = curve
+    finally:
+        _close_outputs(run)
+    if run.best_state is not None:
+        run.core.load_state_dict(run.best_state)
+    result = finish(run)
+    result["curve"] = run.curve
     return result
 
 
@@ -441,37 +538,39 @@ def _best_epoch(history: list[dict]) -> int:
     return max(scored, key=lambda h: h["val_top1"])["epoch"] if scored else 0
 
 
-def _finish(cfg, ctx, run_dir, core, ema, bundle, history, val_loader, normalize, skipped) -> dict:
-    """Final evaluation, the self-describing model file, plots and eval.json."""
-    classes = bundle.classes
-    ev = evaluate(core, val_loader, normalize, len(classes), ctx, amp=cfg.amp, channels_last=cfg.channels_last)
+def finish(run: Run) -> dict:
+    """Final evaluation (the EMA weights when they are better; the paper's 10 crops when asked), the
+    self-describing model file, plots and eval.json."""
+    cfg, ctx, bundle, core, classes = run.cfg, run.ctx, run.bundle, run.core, run.classes
+    ev = validate(run)
     final, which = core, "model"
-    if ema is not None:
-        ev_ema = evaluate(ema.module, val_loader, normalize, len(classes), ctx, amp=cfg.amp, channels_last=cfg.channels_last)
+    if run.ema is not None:
+        ev_ema = validate(run, run.ema.module)
         if ev_ema["top1"] > ev["top1"]:
-            final, which, ev = ema.module, "ema", ev_ema
+            final, which, ev = run.ema.module, "ema", ev_ema
     if cfg.ten_crop:
-        tc_tf = ten_crop_transform(resize=bundle.eval_resize, crop=bundle.eval_crop, interpolation=cfg.interpolation)
-        tc_loader = make_loader(Augmented(bundle.val, tc_tf, cfg.seed), EvalBatches(len(bundle.val), 32, ctx.rank, ctx.world), workers=min(cfg.workers, 1))
-        ev["ten_crop"] = {k: v for k, v in evaluate(final, tc_loader, normalize, len(classes), ctx, amp=cfg.amp).items() if k in ("top1", "top5", "n")}
-    result = {"run_dir": str(run_dir), "model_path": str(run_dir / "model.safetensors"), "weights": which,
+        tc_loader = make_eval_loader(bundle.val, kind="host", device=ctx.device, batch_size=32, resize=bundle.eval_resize,
+                                     crop=bundle.eval_crop, interpolation=cfg.interpolation, ten_crop=True,
+                                     rank=ctx.rank, world=ctx.world, workers=cfg.workers)  # fmt: skip
+        ev["ten_crop"] = {k: v for k, v in validate(run, final, tc_loader).items() if k in ("top1", "top5", "n")}
+    result = {"run_dir": str(run.run_dir), "model_path": str(run.run_dir / "model.safetensors"), "weights": which,
               "top1": ev["top1"], "top5": ev["top5"], "loss": ev["loss"], "n": ev["n"], "per_class": ev["per_class"],
-              "classes": classes, "skipped_images": skipped, "val_skipped_images": ev["bad_samples"],
-              "history": history}  # fmt: skip
+              "classes": classes, "skipped_images": run.skipped, "val_skipped_images": ev["bad_samples"],
+              "amp": run.amp, "loader": run.train_loader.kind, "cuda_graph": run.graph, "history": run.history}  # fmt: skip
     if "ten_crop" in ev:
         result["ten_crop"] = ev["ten_crop"]
     if ctx.is_main:
-        from . import artifacts as A
         from .reports import plot_confusion, plot_curves
 
         if final is not core:
             core.load_state_dict(final.state_dict())
-        A.save(core, run_dir / "model.safetensors", extra={"val_top1": ev["top1"], "dataset": cfg.dataset})
-        with A.atomic_path(run_dir / "confusion.json") as tmp:
+        artifacts.save(core, run.run_dir / "model.safetensors", extra={"val_top1": ev["top1"], "dataset": cfg.dataset})
+        with artifacts.atomic_path(run.run_dir / "confusion.json") as tmp:
             tmp.write_text(json.dumps({"classes": classes, "matrix": ev["confusion"]}))
-        with A.atomic_path(run_dir / "eval.json") as tmp:
+        with artifacts.atomic_path(run.run_dir / "eval.json") as tmp:
             tmp.write_text(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
-        plot_confusion(ev["confusion"], classes, run_dir / "confusion.png", f"{core.arch_name} on {cfg.dataset}: top-1 {ev['top1']:.2f}%")
-        if history:
-            plot_curves(history, run_dir / "curves.png", f"{core.arch_name} on {cfg.dataset}")
+        title = f"{core.arch_name} on {cfg.dataset}"
+        plot_confusion(ev["confusion"], classes, run.run_dir / "confusion.png", f"{title}: top-1 {ev['top1']:.2f}%")
+        if run.history:
+            plot_curves(run.history, run.run_dir / "curves.png", title)
     return result

@@ -1,7 +1,8 @@
 """Using a trained model: classify, embed, find similar images, explain with Grad-CAM.
 
 Preprocessing always comes from the model file's metadata (resize, crop, interpolation, mean, std), never from
-a guess. Images are decoded in worker processes while the model runs on the previous batch.
+a guess. Images are decoded in worker processes (JPEGs on the GPU when the model is there) while the model runs
+on the previous batch.
 """
 from __future__ import annotations
 
@@ -14,9 +15,8 @@ from typing import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
-
-from .data.datasets import IMAGE_SUFFIXES, BadSample, decode
+from .data.datasets import IMAGE_SUFFIXES, BadSample, FileDataset, decode
+from .data.loader import Loader, make_eval_loader
 from .data.transforms import eval_transform, normalizer
 from .errors import ResnetsError
 
@@ -43,70 +43,49 @@ def _require_preprocessing(model: nn.Module):
     return pre
 
 
-class _Files(Dataset):
-    """Decodes and resizes/crops one file (uint8 out); an unreadable file comes back as its BadSample."""
-
-    def __init__(self, files: list[str], transform, channels: int):
-        self.files, self.transform, self.channels = files, transform, channels
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int):
-        try:
-            return self.transform(decode(self.files[i], self.channels)), i
-        except BadSample as e:
-            return e
-        except RuntimeError as e:  # e.g. an image too small or odd for the transform
-            return BadSample(self.files[i], str(e).splitlines()[0])
-
-
-def _collate(items):
-    good = [it for it in items if not isinstance(it, BadSample)]
-    bad = [it for it in items if isinstance(it, BadSample)]
-    images = torch.stack([g[0] for g in good]) if good else None
-    return images, [g[1] for g in good], bad
-
-
 @dataclass
 class Batches:
-    """(normalised images on the device, their indices in `files`, unreadable files) per batch."""
+    """(normalised images on the device, their indices in `files`, [(path, reason)] of unreadable files) per batch."""
 
     files: list[str]
-    loader: DataLoader
+    loader: Loader
     normalize: object
     device: torch.device
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor | None, list[int], list[BadSample]]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor | None, list[int], list[tuple[str, str]]]]:
         # iter(loader) starts the decode workers now, so they prefetch while the caller builds its backend
         return self._normalized(iter(self.loader))
 
-    def _normalized(self, batches) -> Iterator[tuple[torch.Tensor | None, list[int], list[BadSample]]]:
-        for images, idx, bad in batches:
-            if images is not None:
-                images = self.normalize(images.to(self.device, non_blocking=True))
-            yield images, idx, bad
+    def _normalized(self, batches) -> Iterator[tuple[torch.Tensor | None, list[int], list[tuple[str, str]]]]:
+        for batch in batches:
+            images = None
+            if batch.images.numel():
+                images = self.normalize(batch.images.to(self.device, non_blocking=True))
+            yield images, batch.labels.tolist(), batch.bad
 
 
-def batches(model: nn.Module, files: list[str], *, batch_size: int = 32, workers: int = 2) -> Batches:
+def batches(model: nn.Module, files: list[str], *, batch_size: int = 32, workers: int = 2,
+            device: str | torch.device | None = None, loader: str = "auto") -> Batches:  # fmt: skip
+    """The files decoded, resized and centre-cropped as the model's preprocessing says, in batches on `device`
+    (default: the model's). On a GPU the JPEGs are decoded there (nvJPEG); on a CPU in `workers` processes."""
     pre = _require_preprocessing(model)
-    channels = len(pre.mean)
-    tf = eval_transform(resize=pre.resize, crop=pre.crop, interpolation=pre.interpolation)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    ds = FileDataset([(f, i) for i, f in enumerate(files)], [], channels=len(pre.mean))
     workers = min(workers, max(len(files) // batch_size, 0)) if len(files) < 4 * batch_size else workers
-    loader = DataLoader(_Files(files, tf, channels), batch_size=batch_size, num_workers=workers,
-                        collate_fn=_collate, prefetch_factor=4 if workers else None)  # fmt: skip
-    device = next(model.parameters()).device
-    return Batches(files, loader, normalizer(pre.mean, pre.std), device)
+    stream = make_eval_loader(ds, kind=loader, device=device, batch_size=batch_size, resize=pre.resize, crop=pre.crop,
+                              interpolation=pre.interpolation, workers=workers)  # fmt: skip
+    return Batches(files, stream, normalizer(pre.mean, pre.std), device)
 
 
-def _runner(model: nn.Module, backend: str, files: list[str], output: str, batch_size: int):
+def _runner(model: nn.Module, backend: str, files: list[str], output: str, batch_size: int, precision: str = "fp32",
+            device: torch.device | None = None):  # fmt: skip
     from .backends import make_runner
 
     calib = None
     if backend == "onnxruntime-int8":  # calibrate on (up to 256 of) the images themselves
-        calib = [b for b, _, _ in batches(model, files[:256], batch_size=batch_size, workers=0) if b is not None]
-        calib = [b.cpu() for b in calib]
-    return make_runner(model, backend, output=output, calib=calib)
+        calib = [b.cpu() for b, _, _ in batches(model, files[:256], batch_size=batch_size, workers=0, device="cpu")
+                 if b is not None]  # fmt: skip
+    return make_runner(model, backend, output=output, calib=calib, precision=precision, device=device)
 
 
 def _progress(total: int, enabled: bool):
@@ -117,23 +96,26 @@ def _progress(total: int, enabled: bool):
 
 @torch.no_grad()
 def predict(model: nn.Module, paths: Sequence[str | os.PathLike], *, top_k: int = 5, batch_size: int = 32,
-            workers: int = 2, progress: bool = False, backend: str = "eager", runner=None) -> list[dict]:  # fmt: skip
+            workers: int = 2, progress: bool = False, backend: str = "eager", runner=None, precision: str = "fp32",
+            loader: str = "auto") -> list[dict]:  # fmt: skip
     """[{"path", "top": [{"class", "index", "prob"}...]} or {"path", "error"}] in the order of the files.
-    backend: eager, compile, onnxruntime, or onnxruntime-int8 (calibrated on the first images given).
-    runner: one made before by `resnets.backends.make_runner(model, backend)`, to reuse across calls (an ONNX
-    export or compilation is then paid once)."""
+    backend: auto, eager, compile, onnxruntime, or onnxruntime-int8 (calibrated on the first images given).
+    precision: fp32, bf16 or fp16 (eager and compile). runner: one made before by
+    `resnets.backends.make_runner(model, backend)`, to reuse across calls (an ONNX export or compilation is then
+    paid once). Images are decoded on the model's device when it is a GPU."""
     model.eval()
     files = find_images(paths)
-    stream = iter(batches(model, files, batch_size=batch_size, workers=workers))  # decoding starts now...
-    run = runner or _runner(model, backend, files, "logits", batch_size)  # ...while an export or compile runs
+    device = getattr(runner, "device", None) or next(model.parameters()).device
+    stream = iter(batches(model, files, batch_size=batch_size, workers=workers, device=device, loader=loader))  # decoding starts now...
+    run = runner or _runner(model, backend, files, "logits", batch_size, precision, device)  # ...while an export or compile runs
     names = getattr(model, "class_names", None)
     k = min(top_k, model.num_classes)
     out: list[dict | None] = [None] * len(files)
     position = {f: i for i, f in enumerate(files)}
     bar = _progress(len(files), progress)
     for images, idx, bad in stream:
-        for b in bad:
-            out[position[b.path]] = {"path": b.path, "error": b.reason}
+        for path, reason in bad:
+            out[position[path]] = {"path": path, "error": reason}
         if images is not None:
             probs = run(images).float().softmax(1)
             p, c = probs.topk(k, dim=1)
@@ -148,7 +130,8 @@ def predict(model: nn.Module, paths: Sequence[str | os.PathLike], *, top_k: int 
 
 @torch.no_grad()
 def embed(model: nn.Module, paths: Sequence[str | os.PathLike], *, layer: str | None = None, batch_size: int = 32,
-          workers: int = 2, progress: bool = False, backend: str = "eager") -> tuple[torch.Tensor, list[str], list[dict]]:  # fmt: skip
+          workers: int = 2, progress: bool = False, backend: str = "eager", precision: str = "fp32",
+          loader: str = "auto") -> tuple[torch.Tensor, list[str], list[dict]]:  # fmt: skip
     """Pooled pre-logit features (N, num_features), or with `layer` ("layer3") that stage's maps (N, C, h, w).
     Returns (embeddings, files embedded, errors)."""
     model.eval()
@@ -156,16 +139,17 @@ def embed(model: nn.Module, paths: Sequence[str | os.PathLike], *, layer: str | 
     stages = list(getattr(model, "stage_names", []))
     if layer is not None and layer not in stages:
         raise ResnetsError(f"unknown layer {layer!r}; choose from {', '.join(stages)}")
-    if layer is not None and backend != "eager":
-        raise ResnetsError("stage maps (--layer) come from the eager backend only")
-    stream = iter(batches(model, files, batch_size=batch_size, workers=workers))  # decoding starts now
-    run = _runner(model, backend, files, "features", batch_size) if layer is None else None
+    if layer is not None and (backend != "eager" or precision != "fp32"):
+        raise ResnetsError("stage maps (--layer) come from the eager backend at fp32 only")
+    device = next(model.parameters()).device
+    stream = iter(batches(model, files, batch_size=batch_size, workers=workers, device=device, loader=loader))  # decoding starts now
+    run = _runner(model, backend, files, "features", batch_size, precision, device) if layer is None else None
     feats: list[torch.Tensor] = []
     kept: list[str] = []
     errors: list[dict] = []
     bar = _progress(len(files), progress)
     for images, idx, bad in stream:
-        errors += [{"path": b.path, "error": b.reason} for b in bad]
+        errors += [{"path": path, "error": reason} for path, reason in bad]
         if images is not None:
             if layer is None:
                 f = run(images)

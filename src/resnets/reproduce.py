@@ -50,12 +50,12 @@ def run_config(model: str, dataset: str, budget: str | int, seed: int, out: Path
                progress: bool = True, device: str = "auto", extra: dict | None = None) -> C.TrainConfig:  # fmt: skip
     """The paper's CIFAR set-up (section 4.2): SGD lr 0.1, momentum 0.9, wd 1e-4, batch 128, 4-pixel padding, crop,
     flip; lr /10 at 50% and 75% of the iterations (32k and 48k of 64k). ResNet-110 and deeper warm up at lr
-    0.01 for the first 400 iterations, as the paper does. bf16 autocast and channels_last for speed."""
+    0.01 for the first 400 iterations, as the paper does. bf16 autocast and channels_last where they are faster."""
     n = iterations(budget)
     depth = int("".join(ch for ch in model if ch.isdigit()) or 0)
     overrides: dict[str, Any] = dict(
         model=model, dataset=dataset, data=data, iterations=n, milestones=[n // 2, n * 3 // 4], seed=seed,
-        curve_steps=max(n // 12, 1), eval_every=10**6, amp="bf16", channels_last=True, workers=0,
+        curve_steps=max(n // 12, 1), eval_every=10**6, amp="auto", channels_last=None, workers=0,
         out=str(out / "runs"), name=f"{model}-{dataset}-{n}it-seed{seed}", progress=progress, device=device,
     )  # fmt: skip
     if depth >= 110:

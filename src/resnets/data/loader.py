@@ -1,4 +1,12 @@
-"""Batches for training and evaluation, deterministic and shardable.
+"""Batches for training and evaluation, deterministic and shardable, behind one seam.
+
+`make_train_loader` / `make_eval_loader` return an iterable of `Batch` (uint8 images and labels, on the host or
+already on the device) with `set_epoch(epoch, start)` and `len()`; the training loop does not know which of the
+loaders it has:
+- "host": per-image v2 transforms in CPU worker processes (torch's DataLoader), batches on the host;
+- "device": the batch is augmented at once on the training device (`augment.BatchAugment`): an in-memory dataset
+  is held there whole, image files are read by CPU workers and JPEGs decoded on the device (nvJPEG on a GPU).
+"auto" takes "device" for in-memory data that fits, and for files when the device is a GPU.
 
 Every random choice is a pure function of (seed, epoch, sample index) for augmentation and of (seed, epoch) for
 the order, so a run resumed from any step sees exactly the batches the uninterrupted run saw, whatever the number
@@ -9,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -51,6 +59,11 @@ class Augmented(Dataset):
         gen.manual_seed(mix_seed(self.seed, epoch, i))
         try:
             image = self.transform(image)
+        except (RuntimeError, ValueError) as e:  # an image too small or odd for the transform: skipped, named
+            samples = getattr(self.dataset, "samples", None)
+            if samples is None:
+                raise
+            return BadSample(samples[i][0], str(e).splitlines()[0][:160] if str(e) else type(e).__name__)
         finally:
             gen.set_state(saved)
         return image, label
@@ -141,3 +154,116 @@ def make_loader(dataset: Augmented, batch_sampler: Sampler, *, workers: int, str
         pin_memory=torch.cuda.is_available(),
         prefetch_factor=4 if workers > 0 else None,
     )
+
+
+LOADERS = ("auto", "host", "device")
+
+
+class Loader(Protocol):
+    """What the training loop and evaluation iterate: batches of uint8 images (host or device) and labels."""
+
+    kind: str
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None: ...
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[Batch]: ...
+
+
+class SampledLoader:
+    """A loader that draws its batches of indices from a sampler (TrainBatches or EvalBatches)."""
+
+    sampler: Sampler
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch, start)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+class HostLoader(SampledLoader):
+    """Per-image transforms in CPU workers: torch's DataLoader over `Augmented`."""
+
+    kind = "host"
+
+    def __init__(self, dataset: Dataset, transform: Callable, sampler: Sampler, *, seed: int, workers: int,
+                 strict: bool = False):  # fmt: skip
+        self.sampler = sampler
+        self.loader = make_loader(Augmented(dataset, transform, seed), sampler, workers=workers, strict=strict)
+
+    def __iter__(self) -> Iterator[Batch]:
+        return iter(self.loader)
+
+
+def _fits_on(device: torch.device, nbytes: int) -> tuple[bool, str]:
+    """Whether a dataset of `nbytes` may live on the device: on a GPU at most half of its free memory."""
+    if device.type != "cuda":
+        return True, ""
+    free, _ = torch.cuda.mem_get_info(device)
+    if nbytes <= free // 2:
+        return True, ""
+    return False, f"{nbytes / 2**30:.1f} GiB of images do not fit in half of the GPU's {free / 2**30:.1f} GiB free"
+
+
+def choose_loader(kind: str, dataset: Dataset, device: torch.device, *, augment_ok: bool = True) -> str:
+    """"host" or "device" for `kind` ("auto", "host", "device"), with one log line when "device" cannot be had."""
+    from .datasets import TensorDataset
+
+    if kind not in LOADERS:
+        raise ResnetsError(f"loader must be one of {', '.join(LOADERS)}; got {kind!r}")
+    if kind == "host":
+        return "host"
+    if isinstance(dataset, TensorDataset):
+        fits, why = _fits_on(device, dataset.images.numel())
+        if not fits:
+            log.warning("%s: using the host loader", why)
+            return "host"
+        return "device" if augment_ok else "host"
+    if kind == "device" or device.type == "cuda":
+        return "device" if augment_ok else "host"
+    return "host"
+
+
+def make_train_loader(dataset: Dataset, *, kind: str, device: torch.device, batch_size: int, seed: int,
+                      augment: str, crop: int, mean: Sequence[float], pad: int = 4, auto_augment: str = "none",
+                      random_erasing: float = 0.0, interpolation: str = "bilinear", rank: int = 0, world: int = 1,
+                      balanced: bool = False, workers: int = 0, strict: bool = False) -> Loader:  # fmt: skip
+    """Training batches of `batch_size` / `world` images for this rank, augmented as `augment` says."""
+    from .transforms import train_transform
+
+    sampler = TrainBatches(len(dataset), batch_size, seed=seed, rank=rank, world=world,
+                           targets=dataset.targets if balanced else None)  # fmt: skip
+    kind = choose_loader(kind, dataset, device)
+    if kind == "host":
+        tf = train_transform(augment, crop=crop, mean=mean, auto_augment=auto_augment, random_erasing=random_erasing,
+                             interpolation=interpolation, pad=pad)  # fmt: skip
+        return HostLoader(dataset, tf, sampler, seed=seed, workers=workers, strict=strict)
+    from .augment import BatchAugment
+    from .device import device_loader
+
+    aug = BatchAugment(augment, crop=crop, mean=mean, seed=seed, pad=pad, auto_augment=auto_augment,
+                       random_erasing=random_erasing, interpolation=interpolation)  # fmt: skip
+    return device_loader(dataset, sampler, aug, device, workers=workers, strict=strict)
+
+
+def make_eval_loader(dataset: Dataset, *, kind: str, device: torch.device, batch_size: int, resize: int, crop: int,
+                     interpolation: str = "bilinear", ten_crop: bool = False, rank: int = 0, world: int = 1,
+                     workers: int = 0, strict: bool = False) -> Loader:  # fmt: skip
+    """Every image of `dataset` once over all ranks, resized and centre-cropped (or the paper's 10 crops, on the
+    host)."""
+    from .transforms import eval_transform, ten_crop_transform
+
+    sampler = EvalBatches(len(dataset), batch_size, rank, world)
+    kind = "host" if ten_crop else choose_loader(kind, dataset, device)
+    if kind == "host":
+        make = ten_crop_transform if ten_crop else eval_transform
+        tf = make(resize=resize, crop=crop, interpolation=interpolation)
+        return HostLoader(dataset, tf, sampler, seed=0, workers=workers, strict=strict)
+    from .augment import BatchResizeCrop
+    from .device import device_loader
+
+    return device_loader(dataset, sampler, BatchResizeCrop(resize, crop), device, workers=workers, strict=strict)
+

@@ -59,16 +59,21 @@ def train_transform(
         steps = [v2.Resize(crop, interpolation=interp, antialias=True), v2.CenterCrop(crop)]
     else:
         raise ResnetsError(f"unknown augment {augment!r} (choose from {', '.join(AUGMENTS)})")
-    if auto_augment == "trivial":
-        steps.append(v2.TrivialAugmentWide(interpolation=interp))
-    elif auto_augment == "randaugment":
-        steps.append(v2.RandAugment(interpolation=interp))
-    elif auto_augment != "none":
-        raise ResnetsError(f"unknown auto_augment {auto_augment!r} (choose from {', '.join(AUTO_AUGMENTS)})")
+    if auto_augment != "none":
+        steps.append(auto_augment_transform(auto_augment, interpolation))
     if random_erasing > 0:
         # erased pixels take the mean colour, i.e. 0 after normalisation
         steps.append(v2.RandomErasing(p=random_erasing, value=[round(m * 255) for m in mean]))
     return v2.Compose(steps)
+
+
+def auto_augment_transform(name: str, interpolation: str = "bilinear") -> v2.Transform:
+    """TrivialAugmentWide ("trivial") or RandAugment ("randaugment") on uint8 images."""
+    if name == "trivial":
+        return v2.TrivialAugmentWide(interpolation=_INTERP[interpolation])
+    if name == "randaugment":
+        return v2.RandAugment(interpolation=_INTERP[interpolation])
+    raise ResnetsError(f"unknown auto_augment {name!r} (choose from {', '.join(AUTO_AUGMENTS)})")
 
 
 def eval_transform(*, resize: int, crop: int, interpolation: str = "bilinear") -> v2.Transform:
