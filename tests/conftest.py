@@ -43,3 +43,21 @@ def offline_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("RESNETS_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     return tmp_path / "home" / "weights"
+
+
+def run_cli(*args) -> tuple[int, str, str]:
+    """`resnets ARGS` run in this process: (exit code, stdout, stderr). A subprocess would pay ~6 s of imports
+    (torch, torchvision) per call; tests that need a process of their own (signals, torchrun, environment
+    variables, the console script) start one themselves."""
+    import contextlib
+    import io
+
+    from resnets.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:  # argparse's usage errors
+            code = e.code if isinstance(e.code, int) else 0 if e.code is None else 2
+    return code, out.getvalue(), err.getvalue()

@@ -8,10 +8,11 @@ import torch
 
 import resnets
 
+from conftest import run_cli
+
 
 def run(*args):
-    p = subprocess.run([sys.executable, "-m", "resnets", *map(str, args)], capture_output=True, text=True, timeout=300)
-    return p.returncode, p.stdout, p.stderr
+    return run_cli(*args)
 
 
 def assert_one_line_error(code, err, *needles):

@@ -1,6 +1,4 @@
 """Export: every format reloads and matches eager PyTorch; int8 is gated on real accuracy."""
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,7 +10,7 @@ from resnets.data import sources
 from resnets.export import export, export_int8, fold_bn, load_runner
 from resnets.weights import Preprocessing
 
-from conftest import randomize_norms
+from conftest import randomize_norms, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -79,21 +77,18 @@ def test_int8_keeps_accuracy_on_real_data_and_the_gate_refuses(fmnist_model, tmp
     assert r["bytes"] < 0.5 * fp32["bytes"]  # int8 weights: about a quarter of fp32
     (tmp_path / "f.onnx").unlink()
     # an impossible gate: the command refuses, exits non-zero and leaves nothing behind
-    p = subprocess.run([sys.executable, "-m", "resnets", "export", "--weights", str(path), "--precision", "int8",
-                        "--calib", "fashion-mnist:train", "--eval", "fashion-mnist", "--calib-images", "128",
-                        "--eval-images", "200", "--max-drop", "-50", "--out", str(tmp_path / "refused.onnx")],
-                       capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert p.returncode == 1 and "refused" in p.stderr and "Traceback" not in p.stderr
+    code, _, err = run_cli("export", "--weights", path, "--precision", "int8", "--calib", "fashion-mnist:train", "--eval",
+                           "fashion-mnist", "--calib-images", 128, "--eval-images", 200, "--max-drop", -50, "--out",
+                           tmp_path / "refused.onnx")  # fmt: skip
+    assert code == 1 and "refused" in err and "Traceback" not in err
     assert not (tmp_path / "refused.onnx").exists()
     assert sorted(f.name for f in tmp_path.iterdir()) == ["q.onnx"]
 
 
 def test_cli_export_prints_the_difference(r18_file, tmp_path):
-    p = subprocess.run([sys.executable, "-m", "resnets", "export", "--weights", str(r18_file), "--format", "onnx",
-                        "--dynamic-batch", "--fold-bn", "--out", str(tmp_path / "m.onnx")],
-                       capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert p.returncode == 0, p.stderr
-    assert "max abs difference from eager PyTorch" in p.stdout and (tmp_path / "m.onnx").is_file()
-    p = subprocess.run([sys.executable, "-m", "resnets", "export", "--weights", str(r18_file), "--format",
-                        "exported-program", "--out", str(tmp_path / "m.onnx")], capture_output=True, text=True)  # fmt: skip
-    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
+    code, out, err = run_cli("export", "--weights", r18_file, "--format", "onnx", "--dynamic-batch", "--fold-bn", "--out",
+                             tmp_path / "m.onnx")  # fmt: skip
+    assert code == 0, err
+    assert "max abs difference from eager PyTorch" in out and (tmp_path / "m.onnx").is_file()
+    code, _, err = run_cli("export", "--weights", r18_file, "--format", "exported-program", "--out", tmp_path / "m.onnx")
+    assert code == 2 and len(err.strip().splitlines()) == 1

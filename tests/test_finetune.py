@@ -22,7 +22,7 @@ from resnets.data.loader import TrainBatches
 from resnets.engine import train
 from resnets.weights import Preprocessing
 
-from conftest import randomize_norms
+from conftest import randomize_norms, run_cli
 
 needs_fmnist = pytest.mark.skipif(sources.find_fashion_mnist() is None, reason="Fashion-MNIST is not installed")
 NEW = ["Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]  # Fashion-MNIST classes 5-9
@@ -30,6 +30,8 @@ QUIET = dict(progress=False, workers=0, amp="none", channels_last=False, augment
 
 
 def _run(*args, env=None):
+    if env is None:
+        return run_cli(*args)
     p = subprocess.run([sys.executable, "-m", "resnets", *map(str, args)], capture_output=True, text=True, timeout=600,
                        env=env)  # fmt: skip
     return p.returncode, p.stdout, p.stderr

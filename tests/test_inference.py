@@ -1,7 +1,5 @@
 """Inference on real photos (scikit-image's) with models the tests make: predict, embed, similar, explain."""
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -11,6 +9,8 @@ from torchvision.io import encode_jpeg, write_png
 import resnets
 from resnets import inference as I
 from resnets.weights import Preprocessing
+
+from conftest import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -108,8 +108,7 @@ def test_grad_cam_matches_autograd(model_file):
 
 
 def _cli(*args):
-    p = subprocess.run([sys.executable, "-m", "resnets", *map(str, args)], capture_output=True, text=True, timeout=300)
-    return p.returncode, p.stdout, p.stderr
+    return run_cli(*args)
 
 
 def test_cli_predict_embed_similar_explain(photos, model_file, tmp_path):

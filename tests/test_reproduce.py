@@ -1,23 +1,20 @@
 """`resnets reproduce`: the runs, reports and figures, on a tiny CIFAR-10 archive in the official format (what a
 user with the archive runs) and on Fashion-MNIST; the measurements checked against direct computations."""
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
-from torch import nn
 
 import resnets
 from resnets import reproduce as R
 from resnets.data import sources
 
+from conftest import run_cli
 from test_data import _cifar_archive
 
 
 def _run(*args):
-    p = subprocess.run([sys.executable, "-m", "resnets", *map(str, args)], capture_output=True, text=True, timeout=600)
-    return p.returncode, p.stdout, p.stderr
+    return run_cli(*args)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,12 +14,16 @@ from resnets import config as C
 from resnets.data import sources
 from resnets.engine import TrainingError, train
 
+from conftest import run_cli
+
 pytestmark = pytest.mark.skipif(sources.find_fashion_mnist() is None, reason="Fashion-MNIST is not installed")
 
 SMALL = dict(limit_train=1024, limit_val=256, batch_size=64, epochs=2, lr=0.05, progress=False, workers=0)
 
 
 def _run(*args, env=None, timeout=600):
+    if env is None:
+        return run_cli(*args)
     p = subprocess.run([sys.executable, "-m", "resnets", *map(str, args)], capture_output=True, text=True,
                        timeout=timeout, env=env)  # fmt: skip
     return p.returncode, p.stdout, p.stderr

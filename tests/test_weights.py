@@ -1,7 +1,6 @@
 """Weights: registered names with provenance, local files in every layout, adaptation and clear refusals."""
 import hashlib
 import os
-from pathlib import Path
 
 import pytest
 import torch

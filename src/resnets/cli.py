@@ -533,7 +533,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="resnets: %(message)s")
+    # the package's logger writes to the stderr of this call (main may run more than once in a process)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("resnets: %(message)s"))
+    log = logging.getLogger("resnets")
+    log.handlers = [handler]
+    log.setLevel(logging.INFO if args.verbose else logging.WARNING)
     try:
         return args.func(args)
     except ResnetsError as e:
