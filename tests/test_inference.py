@@ -210,3 +210,65 @@ def test_onnx_export_is_cached_between_calls(photos, model_file, monkeypatch):
     with torch.no_grad():
         other.fc.bias.add_(1.0)  # other weights: another file
     assert onnx_cache_path(other, x) != cached
+
+
+def _fp16_cpu() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def test_reduced_precision_runners_agree_with_fp32_and_keep_the_model():
+    """bf16 on a CPU is autocast (emulated where the CPU has no bf16 units: slow, still right); the compiled
+    backend runs at every precision; the caller's model keeps its dtype."""
+    from resnets.backends import make_runner
+
+    torch.manual_seed(0)
+    model = resnets.create_model("resnet20", num_classes=10).eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+    for backend in ("eager", "compile"):
+        run = make_runner(model, backend, precision="bf16")
+        out = run(x)
+        assert out.dtype == torch.float32 and run.precision == "bf16"
+        assert (out - ref).abs().max() < 0.05 * ref.abs().max() + 0.05
+        assert (out.argmax(1) == ref.argmax(1)).float().mean() >= 0.75
+    assert model.conv1.weight.dtype == torch.float32 and model.conv1.weight.is_contiguous()
+
+
+def test_precision_and_device_errors_are_one_line(model_file, photos):
+    code, _, err = _cli("bench", "resnet20", "--device", "cuda", "--seconds", "0.1")
+    if not torch.cuda.is_available():
+        assert code == 2 and "no GPU" in err and len(err.strip().splitlines()) == 1, err
+    if not _fp16_cpu():
+        code, _, err = _cli("predict", photos / "coffee.png", "--weights", model_file, "--precision", "fp16", "--device", "cpu")
+        assert code == 2 and "fp16" in err and len(err.strip().splitlines()) == 1, err
+    code, _, err = _cli("bench", "resnet20", "--device", "cpu", "--backend", "onnxruntime", "--precision", "bf16")
+    assert code == 2 and "runs on the CPU at fp32" in err, err
+
+
+def test_bench_auto_and_all_backends(model_file):
+    from resnets.backends import auto_backend
+
+    assert auto_backend(torch.device("cpu"), "fp32") == "onnxruntime"
+    assert auto_backend(torch.device("cpu"), "bf16") == auto_backend(torch.device("cuda"), "fp32") == "compile"
+    code, out, err = _cli("bench", model_file, "--batch-sizes", "2", "--backend", "all", "--seconds", "0.1",
+                          "--device", "cpu", "--json")  # fmt: skip
+    assert code == 0, err
+    res = json.loads(out)
+    assert [r["backend"] for r in res["results"]] == ["eager", "compile", "onnxruntime", "onnxruntime-int8"]
+    assert res["best"]["images_per_s"] == max(r["images_per_s"] for r in res["results"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_gpu_runners_at_reduced_precision(photos, model_file, precision):
+    model = resnets.load(model_file)
+    eager = I.predict(model, [photos], top_k=4, workers=0)
+    on_gpu = I.predict(model.cuda(), [photos], top_k=4, workers=0, precision=precision)
+    for a, b in zip(eager, on_gpu):
+        assert a["path"] == b["path"] and ("error" in a) == ("error" in b)
+        if "top" in a:
+            assert a["top"][0]["index"] == b["top"][0]["index"]
