@@ -174,6 +174,15 @@ def case_fashion_mnist(run: int, n: int, dev: torch.device) -> dict:
     row = {"plain_img_s": plain_loop(model, loader, dev, amp="fp16" if dev.type == "cuda" else "none")}
     common = {**{k: v for k, v in cfg.to_dict().items()}, "seed": run}
     row["resnets_img_s"], row["resnets"] = engine_rate(common, epochs=2 if dev.type == "cuda" else 1)
+    if dev.type == "cpu":  # the compute ceiling: the same step on one batch held in memory, no data work at all
+        x = torch.randn(cfg.batch_size, 1, 28, 28)
+        y = torch.randint(0, 10, (cfg.batch_size,))
+        model = resnets.create_model(cfg.model, num_classes=10, in_chans=1)
+        amp = row["resnets"]["amp"]
+        if amp != "none":
+            model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+        row["step_only_img_s"] = resident_loop(model, x, y, 40, compiled=False, amp=amp)
+        row["of_step_only"] = row["resnets_img_s"] / row["step_only_img_s"]
     if dev.type == "cuda":  # the engine's path before the GPU loaders: per-image CPU augmentation, eager steps
         row["host_img_s"], _ = engine_rate(dict(common, loader="host", cuda_graph="off"), epochs=2)
         row["vs_host"] = row["resnets_img_s"] / row["host_img_s"]

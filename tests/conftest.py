@@ -2,6 +2,15 @@ import pytest
 import torch
 from torch import nn
 
+# tests that need a GPU: skipped without one; `pytest -m cuda` runs only them (the whole suite is slow there)
+cuda = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")]
+
+
+def needs_cuda(fn):
+    for mark in cuda:
+        fn = mark(fn)
+    return fn
+
 
 def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
     """Give every BN non-trivial statistics and affine parameters, so a parity test would notice a BN that is

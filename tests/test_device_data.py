@@ -9,7 +9,7 @@ from resnets.data import datasets as D
 from resnets.data.loader import make_eval_loader, make_train_loader
 from resnets.errors import ResnetsError
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+from conftest import needs_cuda as cuda
 
 
 def _photo():

@@ -10,7 +10,7 @@ import resnets
 from resnets import inference as I
 from resnets.weights import Preprocessing
 
-from conftest import run_cli
+from conftest import needs_cuda, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -262,8 +262,8 @@ def test_bench_auto_and_all_backends(model_file):
     assert res["best"]["images_per_s"] == max(r["images_per_s"] for r in res["results"])
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
+@needs_cuda
 def test_gpu_runners_at_reduced_precision(photos, model_file, precision):
     model = resnets.load(model_file)
     eager = I.predict(model, [photos], top_k=4, workers=0)

@@ -11,7 +11,7 @@ from resnets import config as C
 from resnets.errors import ResnetsError
 from resnets.steps import graph_blockers, lr_as_float, make_optimizer, use_graph
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+from conftest import needs_cuda as cuda
 
 
 def _groups(m, lr):

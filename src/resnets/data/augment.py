@@ -52,21 +52,33 @@ def uniform(seed: int, epoch: int, index: torch.Tensor, stream: int, count: int 
     k1, k2 = key & _M32, (key >> 32) & _M32
     i = index.to(torch.int64) & _M32
     if count:
-        i = i[:, None] * count + torch.arange(count, device=index.device)
+        i = (i[:, None] * count + torch.arange(count, device=index.device)) & _M32
     u = _hash32((_hash32(i ^ k1) + k2) & _M32)
     return (u >> 8).to(torch.float32) * (1.0 / (1 << 24))  # 24 bits: exact in float32, never 1.0
 
 
 class _Draws:
-    """Named streams of uniform numbers for one batch."""
+    """The uniform numbers of one batch, handed out in order: one block of `width` per image is hashed at once
+    (a handful of kernels for the whole batch, not a handful per draw: on a GPU the launches would cost more than
+    the arithmetic), another block when one runs out."""
+
+    width = 64
 
     def __init__(self, seed: int, epoch: int, index: torch.Tensor):
         self.seed, self.epoch, self.index = seed, epoch, index
-        self.n = 0
+        self.blocks, self.used = 0, self.width
+        self.block = None
 
     def __call__(self, count: int = 0) -> torch.Tensor:
-        self.n += 1
-        return uniform(self.seed, self.epoch, self.index, self.n, count)
+        k = max(count, 1)
+        if k > self.width:
+            raise ValueError(f"at most {self.width} numbers per draw")
+        if self.used + k > self.width:
+            self.blocks += 1
+            self.block, self.used = uniform(self.seed, self.epoch, self.index, self.blocks, self.width), 0
+        out = self.block[:, self.used : self.used + k]
+        self.used += k
+        return out if count else out[:, 0]
 
 
 def _randint(u: torch.Tensor, high: torch.Tensor | int) -> torch.Tensor:
