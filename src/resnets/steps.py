@@ -172,7 +172,8 @@ class GraphStep:
         self.run.opt.zero_grad(set_to_none=True)  # the backward inside the graph allocates (not accumulates) them
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: the loader's pin-memory thread may call CUDA while this thread captures
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             self.stats = self._body(self.x, self.target, self.y)
         self.graph = graph
         log.info("training step captured as a CUDA graph (batch %s)", tuple(x.shape))
