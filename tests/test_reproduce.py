@@ -98,3 +98,65 @@ def test_cli_on_fashion_mnist_and_bad_input(tmp_path):
         code, _, err = _run("reproduce", *args, "--out", tmp_path / "bad")
         assert code == 2 and "Traceback" not in err and needle in err, err
         assert len(err.strip().splitlines()) == 1
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return not any(line.startswith("State:") and "Z" in line.split()[1] for line in f)
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(sources.find_fashion_mnist() is None, reason="Fashion-MNIST is not installed")
+def test_jobs_run_in_parallel_resume_after_a_kill_and_reuse_finished_runs(tmp_path):
+    """`--jobs 2`: two runs at once, each in its own process. The command is killed (SIGKILL) once a run has a
+    checkpoint: its workers stop by themselves; running the command again resumes the unfinished runs from their
+    checkpoints and reuses the finished ones; the report comes from the runs on disk."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = ["reproduce", "cifar-table", "--depths", "20", "--seeds", "0,1", "--jobs", "2", "--budget", "16",
+            "--set", "limit_train=512", "--set", "limit_val=64", "--out", str(tmp_path), "--no-progress"]  # fmt: skip
+    runs = tmp_path / "runs"
+    names = [f"resnet20-fashion-mnist-16it-seed{s}" for s in (0, 1)]
+    p = subprocess.Popen([sys.executable, "-m", "resnets", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and p.poll() is None and not any((runs / n / "last.pt").is_file() for n in names):
+        time.sleep(0.05)
+    assert p.poll() is None, "the command ended before any run had a checkpoint"
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    pids = [int(m) for n in names if (runs / f"{n}.log").is_file()
+            for m in re.findall(r"worker pid (\d+)", (runs / f"{n}.log").read_text())]  # fmt: skip
+    assert pids, "no worker started"
+    deadline = time.time() + 60
+    while time.time() < deadline and any(_alive(pid) for pid in pids):
+        time.sleep(0.2)
+    assert not any(_alive(pid) for pid in pids), "workers outlived the killed command"
+    done_before = {n for n in names if (runs / n / "reproduce.json").is_file()}
+    assert len(done_before) < 2
+    # again: the unfinished runs resume, the finished ones are kept
+    mtimes = {n: (runs / n / "model.safetensors").stat().st_mtime_ns for n in done_before}
+    code, out, err = run_cli(*args)
+    assert code == 0, err
+    for n in names:
+        log = (runs / f"{n}.log").read_text()
+        if n in done_before:
+            assert (runs / n / "model.safetensors").stat().st_mtime_ns == mtimes[n]
+        elif (runs / n / "last.pt").is_file() and "resuming" in log:
+            assert re.search(r"resuming .* at epoch [2-9]", log), log
+        assert json.loads((runs / n / "reproduce.json").read_text())["curve"][-1]["step"] == 16
+    resumed = [n for n in names if n not in done_before and "resuming" in (runs / f"{n}.log").read_text()]
+    assert resumed, "no run was resumed from its checkpoint"
+    # once more: everything is reused, nothing trains, and the report is rewritten from the runs on disk
+    mtimes = {n: (runs / n / "model.safetensors").stat().st_mtime_ns for n in names}
+    (tmp_path / "cifar_table.md").unlink()
+    code, out, err = run_cli(*args)
+    assert code == 0, err
+    assert {n: (runs / n / "model.safetensors").stat().st_mtime_ns for n in names} == mtimes
+    assert "| ResNet-20 |" in (tmp_path / "cifar_table.md").read_text() and "done" not in out

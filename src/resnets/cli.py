@@ -360,7 +360,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     if args.what == "table1":
         r = R.table1(out)
     else:
-        setup = R.Setup(args.dataset, args.budget, out, args.seed, args.data, args.device, not args.no_progress, extra)
+        setup = R.Setup(args.dataset, args.budget, out, args.seed, args.data, args.device, not args.no_progress, extra,
+                        jobs=args.jobs)  # fmt: skip
         if args.what == "degradation":
             r = R.degradation(setup)
         elif args.what == "layer-responses":
@@ -518,6 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--depths", default="20,32,44,56,110", help="cifar-table: ResNet depths")
     p.add_argument("--out", default="runs/reproduce", help="reports, figures and runs/ go here")
     p.add_argument("--device", default="auto")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once, each in its own process (several fit "
+                   "on one GPU); a stopped command resumes unfinished runs when run again")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a training config key for every run")
     p.set_defaults(func=_cmd_reproduce)

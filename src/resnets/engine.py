@@ -18,7 +18,7 @@ import random
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -128,9 +128,11 @@ def _load_resume(resume: Path, overrides: dict[str, Any]) -> tuple[C.TrainConfig
     return cfg, state
 
 
-def train(cfg: C.TrainConfig | None = None, *, resume: str | Path | None = None, overrides: dict[str, Any] | None = None) -> dict:
+def train(cfg: C.TrainConfig | None = None, *, resume: str | Path | None = None, overrides: dict[str, Any] | None = None,
+          on_progress: Callable[[dict], None] | None = None) -> dict:  # fmt: skip
     """Train as `cfg` says (or continue the run in `resume`) and return the final metrics.
 
+    on_progress: called about twice a second (rank 0) with {"step", "total_steps", "epoch", "loss", "acc", "img_s"}.
     Returns {"run_dir", "model_path", "top1", "top5", "history", ...}.
     """
     overrides = dict(overrides or {})
@@ -143,6 +145,7 @@ def train(cfg: C.TrainConfig | None = None, *, resume: str | Path | None = None,
     ctx = distributed.setup(cfg.device)
     try:
         run = build_run(cfg, ctx, resume)
+        run.on_progress = on_progress if ctx.is_main else None
         if state is not None:
             restore(run, state)
         return fit(run)
@@ -192,6 +195,7 @@ class Run:
     skipped: int = 0
     bar: Any = None
     writer: Any = None
+    on_progress: Callable[[dict], None] | None = None
 
     @property
     def classes(self) -> list[str]:
@@ -368,6 +372,7 @@ def train_one_epoch(run: Run, epoch: int, step_fn) -> dict:
     window = torch.zeros(3, dtype=torch.float64, device=dev)  # the same since the last curve point
     finite = torch.ones((), dtype=torch.bool, device=dev)
     seen, t0 = 0, time.perf_counter()
+    reported = t0
     if run.bar is not None:
         run.bar.set_description(f"epoch {epoch + 1}/{run.epochs}")
     for b, batch in enumerate(run.train_loader, start=first):
@@ -411,6 +416,11 @@ def train_one_epoch(run: Run, epoch: int, step_fn) -> dict:
                 rate = seen / max(time.perf_counter() - t0, 1e-9)
                 run.bar.set_postfix(loss=f"{sums[0].item() / n:.3f}", acc=f"{100 * sums[1].item() / n:.1f}",
                                     lr=f"{float(run.opt.param_groups[-1]['lr']):.3g}", img_s=f"{rate:.0f}")  # fmt: skip
+        if run.on_progress is not None and time.perf_counter() - reported >= 0.5:
+            reported = time.perf_counter()
+            n = max(sums[2].item(), 1)
+            run.on_progress({"step": run.step, "total_steps": run.total_steps, "epoch": epoch + 1, "loss": sums[0].item() / n,
+                             "acc": 100 * sums[1].item() / n, "img_s": seen / max(reported - t0, 1e-9)})  # fmt: skip
         if b % 10 == 0 and not bool(finite):
             break
         if sync and cfg.checkpoint_steps and run.step % cfg.checkpoint_steps == 0 and b + 1 < run.batches_per_epoch:

@@ -67,7 +67,8 @@ def run_config(model: str, dataset: str, budget: str | int, seed: int, out: Path
 
 @dataclass
 class Setup:
-    """What every reproduction shares: the data, the training budget, where runs and reports go."""
+    """What every reproduction shares: the data, the training budget, where runs and reports go, and how many
+    runs train at once (`jobs`: separate processes sharing the device; one GPU has room for several small nets)."""
 
     dataset: str = "fashion-mnist"
     budget: str | int = "short"
@@ -77,44 +78,67 @@ class Setup:
     device: str = "auto"
     progress: bool = True
     extra: dict = field(default_factory=dict)  # further config keys for every run (e.g. limit_val)
+    jobs: int = 1
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
         iterations(self.budget)  # a bad budget fails before anything runs
         if self.dataset not in DATASETS:
             raise ResnetsError(f"dataset must be one of {', '.join(DATASETS)}; got {self.dataset!r}")
+        if self.jobs < 1:
+            raise ResnetsError(f"--jobs must be at least 1; got {self.jobs}")
+
+    def config(self, model: str, seed: int | None = None) -> C.TrainConfig:
+        seed = self.seed if seed is None else seed
+        return run_config(model, self.dataset, self.budget, seed, self.out, self.data, self.progress, self.device,
+                          self.extra)  # fmt: skip
 
     def run(self, model: str, seed: int | None = None) -> dict:
-        seed = self.seed if seed is None else seed
-        return trained(run_config(model, self.dataset, self.budget, seed, self.out, self.data, self.progress,
-                                  self.device, self.extra))  # fmt: skip
+        return self.run_all([(model, seed)])[(model, seed)]
+
+    def run_all(self, wanted: list[tuple[str, int | None]]) -> dict[tuple[str, int | None], dict]:
+        """The finished runs of these (model, seed) pairs: trained (`jobs` at a time), resumed, or reused."""
+        configs = {w: self.config(*w) for w in wanted}
+        todo = [c for c in configs.values() if status(c) != "done"]
+        if self.jobs > 1 and len(todo) > 1:
+            train_parallel(todo, self.jobs, self.progress)
+        return {w: trained(c) for w, c in configs.items()}
 
 
-def trained(cfg: C.TrainConfig) -> dict:
-    """Train as `cfg` says, or reuse the finished run of the same config in its run directory."""
+def status(cfg: C.TrainConfig) -> str:
+    """Where the run of `cfg` stands in its folder: "done", "partial" (resumable), "new", or "other" (a run of
+    another configuration under the same name)."""
+    run_dir = Path(cfg.out) / cfg.name
+    if not (run_dir / "config.json").is_file():
+        return "new"
+    ignore = ("progress", "device", "workers", "loader", "cuda_graph")  # how a run is shown or placed, not what it computes
+    saved = json.loads((run_dir / "config.json").read_text())
+    wanted = json.loads(json.dumps(cfg.to_dict()))
+    if {k: v for k, v in saved.items() if k not in ignore} != {k: v for k, v in wanted.items() if k not in ignore}:
+        return "other"
+    if (run_dir / "reproduce.json").is_file():
+        return "done"
+    return "partial" if (run_dir / "last.pt").is_file() else "new"
+
+
+def trained(cfg: C.TrainConfig, on_progress=None) -> dict:
+    """Train as `cfg` says, or reuse the finished run of the same config in its run directory, or continue an
+    interrupted one from its last checkpoint."""
     from .engine import train
 
     run_dir = Path(cfg.out) / cfg.name
     done = run_dir / "reproduce.json"
-    ignore = ("progress", "device", "workers")  # how a run is shown or placed, not what it computes
-
-    def same() -> bool:
-        if not (run_dir / "config.json").is_file():
-            return False
-        saved = json.loads((run_dir / "config.json").read_text())
-        wanted = json.loads(json.dumps(cfg.to_dict()))
-        return {k: v for k, v in saved.items() if k not in ignore} == {k: v for k, v in wanted.items() if k not in ignore}
-
-    if same() and done.is_file():
+    state = status(cfg)
+    if state == "done":
         return json.loads(done.read_text())
-    if same() and (run_dir / "last.pt").is_file():
-        r = train(resume=run_dir)  # an interrupted run of the same config goes on where it stopped
+    if state == "partial":
+        r = train(resume=run_dir, overrides={"progress": cfg.progress}, on_progress=on_progress)
     else:
         if run_dir.exists():
             import shutil
 
-            shutil.rmtree(run_dir)  # a different run of ours under the same name: start again
-        r = train(cfg)
+            shutil.rmtree(run_dir)  # a different run of ours under the same name, or one that never saved: start again
+        r = train(cfg, on_progress=on_progress)
     keep = {k: r[k] for k in ("run_dir", "model_path", "top1", "top5", "n", "curve")}
     keep["params"] = sum(p.numel() for p in _load(r["model_path"]).parameters())
     from .artifacts import atomic_path
@@ -122,6 +146,96 @@ def trained(cfg: C.TrainConfig) -> dict:
     with atomic_path(done) as tmp:
         tmp.write_text(json.dumps(keep))
     return keep
+
+
+def _worker(cfg_dict: dict, queue, threads: int, parent: int) -> None:
+    """One run in its own process (spawned): its output to OUT/runs/NAME.log, its progress to the parent. It stops
+    when the parent is gone (the command was killed), leaving its last checkpoint for the next command."""
+    import os
+    import sys
+
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(3)
+
+    threading.Thread(target=watch, daemon=True).start()
+    cfg = C.from_dict(cfg_dict)
+    log_path = Path(cfg.out) / f"{cfg.name}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout = sys.stderr = open(log_path, "a", buffering=1)  # noqa: SIM115  (the process's own streams)
+    print(f"worker pid {os.getpid()}: {cfg.name}", flush=True)
+    torch.set_num_threads(threads)
+    result = trained(cfg, on_progress=lambda p: queue.put((cfg.name, p)))
+    queue.put((cfg.name, {"done": True, "top1": result["top1"]}))
+
+
+def train_parallel(configs: list[C.TrainConfig], jobs: int, progress: bool = True) -> None:
+    """Train these runs, `jobs` processes at a time, with a progress line per run. Each resumes from its own
+    checkpoints, so a stopped command continues where it was when run again."""
+    import multiprocessing as mp
+    import os
+    import queue as Q
+
+    from tqdm import tqdm
+
+    ctx = mp.get_context("spawn")  # CUDA cannot be forked
+    messages = ctx.Queue()
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    todo, running, failed = list(configs), {}, []
+    width = max(len(c.name) for c in configs)
+    bars = {c.name: tqdm(total=c.iterations, desc=c.name.ljust(width), position=i, unit="it", leave=True,
+                         disable=not progress, dynamic_ncols=True) for i, c in enumerate(configs)}  # fmt: skip
+
+    def show(name: str, p: dict) -> None:
+        bar = bars[name]
+        if p.get("done"):
+            bar.update(bar.total - bar.n)
+            bar.set_postfix(top1=f"{p['top1']:.2f}%")
+            if not progress:
+                print(f"{name}: done, top-1 {p['top1']:.2f}%", flush=True)
+        else:
+            bar.update(p["step"] - bar.n)
+            bar.set_postfix(loss=f"{p['loss']:.3f}", acc=f"{p['acc']:.1f}", img_s=f"{p['img_s']:.0f}")
+
+    try:
+        while todo or running:
+            while todo and len(running) < jobs:
+                cfg = todo.pop(0)
+                proc = ctx.Process(target=_worker, args=(cfg.to_dict(), messages, threads, os.getpid()), name=cfg.name)
+                proc.start()
+                running[cfg.name] = (proc, cfg)
+            try:
+                show(*messages.get(timeout=0.5))
+            except Q.Empty:
+                pass
+            for name, (proc, cfg) in list(running.items()):
+                if not proc.is_alive():
+                    proc.join()
+                    del running[name]
+                    if proc.exitcode:
+                        failed.append((cfg, proc.exitcode))
+    except BaseException:
+        for proc, _ in running.values():
+            proc.terminate()
+        for proc, _ in running.values():
+            proc.join()
+        raise
+    finally:
+        while True:  # what the last workers said before they ended
+            try:
+                show(*messages.get(timeout=0.1))
+            except Q.Empty:
+                break
+        for bar in bars.values():
+            bar.close()
+    if failed:
+        cfg, code = failed[0]
+        raise ResnetsError(f"run {cfg.name} failed (exit {code}); see {Path(cfg.out) / (cfg.name + '.log')}; the "
+                           "command resumes unfinished runs when it is run again")  # fmt: skip
 
 
 def _load(path: str) -> nn.Module:
@@ -145,7 +259,7 @@ def degradation(setup: Setup) -> dict:
 
     dataset, budget, out, seed = setup.dataset, setup.budget, setup.out, setup.seed
     out.mkdir(parents=True, exist_ok=True)
-    runs = {m: setup.run(m) for m in DEGRADATION_NETS}
+    runs = {m: r for (m, _), r in setup.run_all([(m, None) for m in DEGRADATION_NETS]).items()}
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     colors = {"20": "tab:orange", "56": "tab:red"}
     for ax, kind, label in ((axes[0], "plain", "plain"), (axes[1], "resnet", "ResNet")):
@@ -244,7 +358,7 @@ def layer_responses(setup: Setup) -> dict:
 
     dataset, budget, out = setup.dataset, setup.budget, setup.out
     out.mkdir(parents=True, exist_ok=True)
-    runs = {m: setup.run(m) for m in DEGRADATION_NETS}
+    runs = {m: r for (m, _), r in setup.run_all([(m, None) for m in DEGRADATION_NETS]).items()}
     x, _ = _eval_batch(dataset, setup.data, 500)
     stds = {m: layer_stds(_load(r["model_path"]), x) for m, r in runs.items()}
     fig, (a1, a2) = plt.subplots(2, 1, figsize=(9, 7))
@@ -296,7 +410,7 @@ def gradient_flow(setup: Setup) -> dict:
     dataset, budget, out, seed = setup.dataset, setup.budget, setup.out, setup.seed
     out.mkdir(parents=True, exist_ok=True)
     nets = ("plain56", "resnet56")
-    runs = {m: setup.run(m) for m in nets}
+    runs = {m: r for (m, _), r in setup.run_all([(m, None) for m in nets]).items()}
     x, y = _eval_batch(dataset, setup.data, 256, split="train", seed=seed)
     in_chans = x.shape[1]
     norms: dict[str, dict[str, list[float]]] = {}
@@ -385,10 +499,11 @@ def cifar_table(setup: Setup, depths: list[int], seeds: list[int]) -> dict:
         raise ResnetsError(f"CIFAR ResNet depths are {', '.join(map(str, PAPER_CIFAR10_ERROR))}; got {bad[0]}")
     out.mkdir(parents=True, exist_ok=True)
     rows = {}
+    runs = setup.run_all([(f"resnet{d}", s) for d in depths for s in seeds])
     for d in depths:
         errs, params = [], 0
         for s in seeds:
-            r = setup.run(f"resnet{d}", s)
+            r = runs[(f"resnet{d}", s)]
             errs.append(100 - r["top1"])
             params = r["params"]
         rows[d] = {"params": params, "errors": errs, "mean": statistics.mean(errs),
