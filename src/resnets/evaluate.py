@@ -87,7 +87,7 @@ def evaluate(
         k = min(5, probs.shape[1])
         top = probs.topk(k, dim=1).indices
         counts += torch.stack([
-            torch.tensor(len(y), device=dev, dtype=torch.float64),
+            torch.full((), len(y), device=dev, dtype=torch.float64),
             (top[:, 0] == y).sum().double(),
             (top == y[:, None]).any(1).sum().double(),
         ])  # fmt: skip

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ResnetsError
-from .loader import mix_seed
+from .loader import mix_seed, to_device
 
 _M32 = 0xFFFFFFFF
 # the batched path implements these augments; auto_augment (TrivialAugment, RandAugment) runs per image after it
@@ -82,8 +82,9 @@ class _Draws:
 
 
 def _randint(u: torch.Tensor, high: torch.Tensor | int) -> torch.Tensor:
-    """Integers in [0, high) from uniforms in [0, 1) (high >= 1)."""
-    return torch.minimum((u * high).long(), torch.as_tensor(high, device=u.device) - 1)
+    """Integers in [0, high) from uniforms in [0, 1) (high >= 1: a number, or a tensor of them)."""
+    k = (u * high).long()
+    return torch.minimum(k, high - 1) if isinstance(high, torch.Tensor) else k.clamp_(max=high - 1)
 
 
 def _first_valid(valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,8 +158,8 @@ def _sizes(images: torch.Tensor | list[torch.Tensor], device: torch.device) -> t
     if isinstance(images, torch.Tensor):
         n = len(images)
         return torch.full((n,), images.shape[-2], device=device), torch.full((n,), images.shape[-1], device=device)
-    return (torch.tensor([im.shape[-2] for im in images], device=device),
-            torch.tensor([im.shape[-1] for im in images], device=device))  # fmt: skip
+    sizes = to_device([tuple(im.shape[-2:]) for im in images], device)  # (B, 2)
+    return sizes[:, 0], sizes[:, 1]
 
 
 def pad_crop_flip(images: torch.Tensor, crop: int, pad: int, top_u: torch.Tensor, left_u: torch.Tensor,
@@ -195,7 +196,7 @@ def erase(images: torch.Tensor, d: _Draws, p: float, value: Sequence[int], scale
     in_rows = (rows >= top[:, None]) & (rows < (top + eh)[:, None])
     in_cols = (cols >= left[:, None]) & (cols < (left + ew)[:, None])
     mask = (in_rows[:, :, None] & in_cols[:, None, :]) & (apply & found)[:, None, None]  # (B, H, W)
-    fill = torch.tensor(list(value), dtype=images.dtype, device=images.device).view(1, c, 1, 1)
+    fill = to_device(list(value), images.device, images.dtype).view(1, c, 1, 1)
     return torch.where(mask[:, None], fill, images)
 
 
@@ -244,7 +245,7 @@ class BatchAugment:
 
     def __call__(self, images: torch.Tensor | list[torch.Tensor], index: torch.Tensor, epoch: int) -> torch.Tensor:
         dev = images.device if isinstance(images, torch.Tensor) else images[0].device
-        index = index.to(dev)
+        index = to_device(index, dev)
         d = _Draws(self.seed, epoch, index)
         crop, aug = self.crop, self.augment
         if aug in ("paper-cifar", "crop-flip") and isinstance(images, torch.Tensor):

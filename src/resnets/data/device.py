@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import ResnetsError
 from .datasets import BadSample, FileDataset, TensorDataset, decode
-from .loader import Batch, SampledLoader
+from .loader import Batch, SampledLoader, to_device
 
 log = logging.getLogger("resnets")
 
@@ -54,7 +54,7 @@ class TensorLoader(SampledLoader):
         n = len(self.images)
         for keys in self.sampler:
             epoch, index = _train_keys(keys, n)
-            idx = torch.tensor(index, dtype=torch.long).to(self.device, non_blocking=True)
+            idx = to_device(index, self.device)
             x = self.images[idx]
             x = self.transform(x, idx, epoch) if self.train else self.transform(x)
             yield Batch(x, self.labels[idx], [])
@@ -147,7 +147,7 @@ class FileLoader(SampledLoader):
                                                                  self.device, self.channels)))  # fmt: skip
         images, keys, labels = [], [], []
         for key, label, path, data, is_jpeg in items:
-            img = decoded[key] if is_jpeg else data.to(self.device, non_blocking=True)
+            img = decoded[key] if is_jpeg else to_device(data, self.device)
             if isinstance(img, BadSample):
                 bad.append((img.path, img.reason))
                 continue
@@ -159,7 +159,7 @@ class FileLoader(SampledLoader):
         if not images:
             return Batch(torch.empty(0, device=self.device), torch.empty(0, dtype=torch.long, device=self.device), bad)
         epoch, index = _train_keys(keys, self.n)
-        y = torch.tensor(labels, dtype=torch.long).to(self.device, non_blocking=True)
+        y = to_device(labels, self.device)
         if self.train:
             x = self.transform(images, torch.tensor(index, dtype=torch.long), epoch)
         else:

@@ -28,6 +28,16 @@ from .datasets import BadSample
 log = logging.getLogger("resnets")
 
 
+def to_device(values: Sequence | torch.Tensor, device: torch.device, dtype: torch.dtype = torch.long) -> torch.Tensor:
+    """Host values as a tensor on `device` without making the CPU wait for the GPU: a copy from pageable memory
+    waits for every kernel already queued (and the CPU could no longer run ahead of the GPU); one from pinned
+    memory does not (the caching host allocator keeps the source alive until the copy is done)."""
+    t = values if isinstance(values, torch.Tensor) else torch.tensor(values, dtype=dtype)
+    if device.type != "cuda" or t.device == device:
+        return t.to(device)
+    return (t if t.is_pinned() else t.pin_memory()).to(device, non_blocking=True)
+
+
 def mix_seed(*parts: int) -> int:
     """A 63-bit seed from several integers (splitmix64 steps), so nearby inputs give unrelated seeds."""
     x = 0x9E3779B97F4A7C15

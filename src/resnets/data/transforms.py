@@ -18,9 +18,29 @@ _INTERP = {"bilinear": v2.InterpolationMode.BILINEAR, "bicubic": v2.Interpolatio
            "nearest": v2.InterpolationMode.NEAREST}  # fmt: skip
 
 
-def normalizer(mean: Sequence[float], std: Sequence[float]) -> v2.Transform:
-    """uint8 batch (B, C, H, W) or (B, K, C, H, W) -> float32 in [0, 1], normalised per channel."""
-    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
+class Normalizer:
+    """uint8 batch (B, C, H, W) or (B, K, C, H, W) -> float32 in [0, 1], normalised per channel: what
+    v2.Compose([v2.ToDtype(float32, scale=True), v2.Normalize(mean, std)]) computes, to the bit. v2.Normalize
+    copies its mean and std to the device on every call, and a copy from pageable memory makes the CPU wait for
+    the GPU's queue; here they are copied once per device."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        if not all(std):
+            raise ResnetsError("std evaluated to zero, leading to division by zero")
+        self.mean, self.std = tuple(mean), tuple(std)
+        self._on: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device not in self._on:
+            self._on[x.device] = (torch.tensor(self.mean, dtype=torch.float32).view(-1, 1, 1).to(x.device),
+                                  torch.tensor(self.std, dtype=torch.float32).view(-1, 1, 1).to(x.device))  # fmt: skip
+        mean, std = self._on[x.device]
+        x = x.to(torch.float32).mul_(1.0 / 255) if x.dtype == torch.uint8 else x.to(torch.float32)
+        return x.sub(mean).div_(std)
+
+
+def normalizer(mean: Sequence[float], std: Sequence[float]) -> Normalizer:
+    return Normalizer(mean, std)
 
 
 def train_transform(
