@@ -113,7 +113,6 @@ def test_jobs_run_in_parallel_resume_after_a_kill_and_reuse_finished_runs(tmp_pa
     """`--jobs 2`: two runs at once, each in its own process. The command is killed (SIGKILL) once a run has a
     checkpoint: its workers stop by themselves; running the command again resumes the unfinished runs from their
     checkpoints and reuses the finished ones; the report comes from the runs on disk."""
-    import os
     import re
     import signal
     import subprocess

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -105,41 +106,126 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def validate(self) -> "TrainConfig":
-        choices = {
-            "dataset": ("fashion-mnist", "cifar10", "cifar100", "imagefolder", "csv", "synthetic"),
-            "augment": ("none", "paper-cifar", "crop-flip", "paper-imagenet", "rrc", "strong"),
-            "strategy": ("full", "linear-probe", "partial", "gradual"),
-            "bn": ("train", "freeze", "frozen", "group"),
-            "auto_augment": ("none", "trivial", "randaugment"),
-            "optimizer": ("sgd", "adamw"),
-            "schedule": ("cosine", "step", "onecycle", "plateau", "constant"),
-            "amp": ("none", "bf16", "fp16", "auto"),
-            "interpolation": ("bilinear", "bicubic", "nearest"),
-            "loader": ("auto", "host", "device"),
-            "cuda_graph": ("auto", "on", "off"),
-        }
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise ResnetsError(f"{key} must be one of {', '.join(allowed)}; got {getattr(self, key)!r}")
-        positive = ("batch_size", "accum_steps", "eval_every", "ema_every")
-        for key in positive:
-            if getattr(self, key) < 1:
-                raise ResnetsError(f"{key} must be at least 1; got {getattr(self, key)}")
+        """Every key against its rule in RULES (type, range or choices), then the rules between keys. Runs before
+        anything is written."""
+        for key, rule in RULES.items():
+            rule.check(key, getattr(self, key))
         if self.epochs < 1 and self.iterations < 1:
             raise ResnetsError("set epochs or iterations to at least 1")
-        if not 0 <= self.val_split < 1:
-            raise ResnetsError(f"val_split must be in [0, 1); got {self.val_split}")
-        if self.lr <= 0:
-            raise ResnetsError(f"lr must be positive; got {self.lr}")
         if not self.model and not self.weights:
             raise ResnetsError("name a --model, or give --weights to take the architecture from")
-        if not 0 < self.layer_decay <= 1:
-            raise ResnetsError(f"layer_decay must be in (0, 1]; got {self.layer_decay}")
-        if self.in_chans < 0 or self.per_class < 0 or self.early_stop < 0 or self.unfreeze_stages < 0:
-            raise ResnetsError("in_chans, per_class, early_stop and unfreeze_stages cannot be negative")
         if self.dataset in ("imagefolder", "csv") and not self.data:
             raise ResnetsError(f"dataset {self.dataset} needs --data")
+        if self.name and (os.sep in self.name or self.name in (".", "..")):
+            raise ResnetsError(f"--name is a folder name inside --out, not a path; got {self.name!r}")
         return self
+
+
+@dataclass(frozen=True)
+class Rule:
+    """The values a config key takes, beside the type its annotation gives: a set of choices, or a range
+    [low, high] whose ends are open where said. Numbers must be finite."""
+
+    choices: tuple = ()
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    device: bool = False
+
+    def describe(self) -> str:
+        if self.choices:
+            return "one of " + ", ".join(str(c) for c in self.choices)
+        lo = "" if self.low is None else f"{'>' if self.low_open else '>='} {self.low:g}"
+        hi = "" if self.high is None else f"{'<' if self.high_open else '<='} {self.high:g}"
+        return " and ".join(x for x in (lo, hi) if x) or "any value"
+
+    def check(self, key: str, value: Any) -> None:
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            if v is None:
+                continue
+            if self.device:
+                _check_device(v)
+            elif self.choices and v not in self.choices:
+                raise ResnetsError(f"{key} must be {self.describe()}; got {v!r}")
+            elif isinstance(v, (int, float)) and not isinstance(v, bool):
+                bad = not math.isfinite(v)
+                bad = bad or (self.low is not None and (v <= self.low if self.low_open else v < self.low))
+                bad = bad or (self.high is not None and (v >= self.high if self.high_open else v > self.high))
+                if bad:
+                    raise ResnetsError(f"{key} must be {self.describe()}; got {v!r}")
+
+    def outside(self) -> list:
+        """Values just outside the rule (for the tests)."""
+        if self.device:
+            return ["tpu", "cuda:x"]
+        if self.choices:
+            return ["not-a-choice"]
+        out = []
+        if self.low is not None:
+            out.append(self.low if self.low_open else self.low - (1 if float(self.low).is_integer() else 1e-6))
+        if self.high is not None:
+            out.append(self.high if self.high_open else self.high + (1 if float(self.high).is_integer() else 1e-6))
+        return out + [float("nan")] if out else []
+
+
+def _check_device(value: str) -> None:
+    if value == "auto":
+        return
+    try:
+        dev = torch_device(value)
+    except (RuntimeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+        raise ResnetsError(f"device must be auto, cpu, cuda or cuda:N; got {value!r}")
+
+
+def torch_device(value: str):
+    import torch
+
+    return torch.device(value)
+
+
+def _ge(low: float) -> Rule:
+    return Rule(low=low)
+
+
+def _gt(low: float) -> Rule:
+    return Rule(low=low, low_open=True)
+
+
+ANY = Rule()
+FRACTION = Rule(low=0, high=1, high_open=True)  # [0, 1)
+UNIT = Rule(low=0, high=1)  # [0, 1]
+
+# one rule per key of TrainConfig (a test checks that every key has one)
+RULES: dict[str, Rule] = {
+    "model": ANY, "weights": ANY, "in_chans": _ge(0), "norm": Rule(choices=("batch", "group", "frozen_batch")),
+    "shortcut": Rule(choices=("A", "B", "C")), "stride_in_1x1": ANY, "zero_init_residual": ANY,
+    "drop_path_rate": FRACTION,
+    "dataset": Rule(choices=("fashion-mnist", "cifar10", "cifar100", "imagefolder", "csv", "synthetic")),
+    "data": ANY, "val_data": ANY, "download": ANY, "val_split": FRACTION, "classes": ANY, "per_class": _ge(0),
+    "balanced": ANY, "limit_train": _ge(0), "limit_val": _ge(0), "synthetic_samples": _ge(1),
+    "synthetic_classes": _ge(2), "train_crop": _ge(0), "eval_resize": _ge(0), "eval_crop": _ge(0),
+    "augment": Rule(choices=("none", "paper-cifar", "crop-flip", "paper-imagenet", "rrc", "strong")), "pad": _ge(0),
+    "auto_augment": Rule(choices=("none", "trivial", "randaugment")), "random_erasing": UNIT, "mixup": _ge(0),
+    "cutmix": _ge(0), "interpolation": Rule(choices=("bilinear", "bicubic", "nearest")), "workers": _ge(0),
+    "loader": Rule(choices=("auto", "host", "device")), "strict_data": ANY,
+    "strategy": Rule(choices=("full", "linear-probe", "partial", "gradual")), "unfreeze_stages": _ge(0),
+    "unfreeze_every": _ge(1), "layer_decay": Rule(low=0, high=1, low_open=True),
+    "bn": Rule(choices=("train", "freeze", "frozen", "group")), "early_stop": _ge(0),
+    "optimizer": Rule(choices=("sgd", "adamw")), "lr": _gt(0), "lr_reference_batch": _ge(0), "momentum": FRACTION,
+    "nesterov": ANY, "weight_decay": _ge(0), "norm_weight_decay": _ge(0), "label_smoothing": FRACTION,
+    "batch_size": _ge(1), "epochs": _ge(0), "iterations": _ge(0),
+    "schedule": Rule(choices=("cosine", "step", "onecycle", "plateau", "constant")), "milestones": _ge(1),
+    "gamma": _gt(0), "plateau_patience": _ge(0), "warmup_epochs": _ge(0), "warmup_start": Rule(low=0, high=1, low_open=True),
+    "ema": ANY, "ema_decay": UNIT, "ema_every": _ge(1), "accum_steps": _ge(1), "clip_grad": _ge(0),
+    "amp": Rule(choices=("none", "bf16", "fp16", "auto")), "channels_last": ANY, "compile": ANY,
+    "cuda_graph": Rule(choices=("auto", "on", "off")), "sync_bn": ANY, "out": ANY, "name": ANY, "seed": _ge(0),
+    "deterministic": ANY, "eval_every": _ge(1), "curve_steps": _ge(0), "checkpoint_steps": _ge(0),
+    "tensorboard": ANY, "device": Rule(device=True), "ten_crop": ANY, "progress": ANY,
+}  # fmt: skip
 
 
 _FASHION = dict(

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from . import artifacts, config as C, data as D, distributed, finetune, steps
+from . import artifacts, config as C, data as D, distributed, finetune, rundir, steps
 from .data.loader import Loader, make_eval_loader, make_train_loader, mix_seed
 from .data.transforms import batch_mix, normalizer
 from .errors import ResnetsError
@@ -104,30 +104,6 @@ def _data_and_model(cfg: C.TrainConfig) -> tuple[D.DataBundle, nn.Module]:
     return bundle, model
 
 
-def _prepare_run_dir(cfg: C.TrainConfig, resume: Path | None) -> Path:
-    if resume is not None:
-        return resume
-    name = cfg.name or f"{cfg.model}-{cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = Path(cfg.out) / name
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise ResnetsError(f"run directory {run_dir} already holds a run; resume it with --resume {run_dir} or pick another --name")
-    return run_dir
-
-
-def _load_resume(resume: Path, overrides: dict[str, Any]) -> tuple[C.TrainConfig, dict]:
-    if not (resume / "config.json").is_file():
-        raise ResnetsError(f"{resume} is not a run directory (no config.json)")
-    saved = json.loads((resume / "config.json").read_text())
-    cfg = C.from_dict(saved)
-    state = artifacts.load_checkpoint(resume / "last.pt")
-    arch = state.get("resnets", {}).get("architecture")
-    wanted = overrides.get("model", cfg.model)
-    if arch != wanted:
-        raise ResnetsError(f"the checkpoint in {resume} is a {arch} model, not {wanted}; it cannot be resumed as {wanted}")
-    cfg = C.apply(cfg, {k: v for k, v in overrides.items()}, "the command line").validate()
-    return cfg, state
-
-
 def train(cfg: C.TrainConfig | None = None, *, resume: str | Path | None = None, overrides: dict[str, Any] | None = None,
           on_progress: Callable[[dict], None] | None = None) -> dict:  # fmt: skip
     """Train as `cfg` says (or continue the run in `resume`) and return the final metrics.
@@ -136,20 +112,27 @@ def train(cfg: C.TrainConfig | None = None, *, resume: str | Path | None = None,
     Returns {"run_dir", "model_path", "top1", "top5", "history", ...}.
     """
     overrides = dict(overrides or {})
-    state = None
+    state, changed = None, {}
     if resume is not None:
         resume = Path(resume)
-        cfg, state = _load_resume(resume, overrides)
+        cfg, state, changed = rundir.load_resume(resume, overrides)
     elif cfg is None:
         cfg = C.resolve(overrides=overrides)
     ctx = distributed.setup(cfg.device)
+    run = None
     try:
-        run = build_run(cfg, ctx, resume)
+        run = build_run(cfg, ctx, resume, changed)
         run.on_progress = on_progress if ctx.is_main else None
         if state is not None:
             restore(run, state)
         return fit(run)
+    except BaseException:
+        if run is not None and run.fresh and ctx.is_main:
+            rundir.discard(run.run_dir)  # stopped before its first checkpoint: nothing to resume or reuse
+        raise
     finally:
+        if run is not None and run.lock is not None:
+            run.lock.release()
         distributed.cleanup(ctx)
 
 
@@ -175,6 +158,8 @@ class Run:
     train_loader: Loader
     val_loader: Loader
     ema: nn.Module | None
+    lock: rundir.RunLock | None  # held by rank 0 for the whole run
+    fresh: bool  # this run made its folder (removed again if it stops before its first checkpoint)
     amp: str  # the precision in use: "auto" resolved for this device
     channels_last: bool  # the memory format in use (None in the config resolved for this device)
     graph: bool  # the training step runs as a captured CUDA graph
@@ -206,23 +191,27 @@ class Run:
         return self.step >= self.total_steps
 
 
-def _decide_run_dir(cfg: C.TrainConfig, ctx: distributed.Context, resume: Path | None) -> Path:
-    """Rank 0 decides the run directory (its name has a timestamp) and whether it may be used; all ranks follow."""
-    decision: tuple[str, str | None] = ("", None)
+def _claim_run_dir(cfg: C.TrainConfig, ctx: distributed.Context, resume: Path | None) -> tuple[Path, Any, bool]:
+    """Rank 0 claims the run directory (its lock, a unique name); all ranks follow. (path, lock, fresh)."""
+    decision: tuple[str, str | None, bool] = ("", None, False)
+    lock = None
     if ctx.is_main:
         try:
-            decision = (str(_prepare_run_dir(cfg, resume)), None)
+            path, lock, fresh = rundir.claim(cfg, resume)
+            decision = (str(path), None, fresh)
         except ResnetsError as err:
-            decision = ("", str(err))
+            decision = ("", str(err), False)
     decision = distributed.broadcast_object(decision, ctx)
     if decision[1] is not None:
         raise ResnetsError(decision[1])
-    return Path(decision[0])
+    return Path(decision[0]), lock, decision[2]
 
 
-def build_run(cfg: C.TrainConfig, ctx: distributed.Context, resume: Path | None = None) -> Run:
+def build_run(cfg: C.TrainConfig, ctx: distributed.Context, resume: Path | None = None,
+              changed: dict[str, Any] | None = None) -> Run:  # fmt: skip
     """Data, model, optimizer, schedule and loaders from the config. Everything that can fail on bad input
-    happens before anything is written; then the run directory and its config.json."""
+    happens before anything is written; then the run directory is claimed and its config.json written (on a
+    resume, again when the resume `changed` keys)."""
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
@@ -230,7 +219,6 @@ def build_run(cfg: C.TrainConfig, ctx: distributed.Context, resume: Path | None 
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(cfg.seed)
     bundle, model = _data_and_model(cfg)
-    run_dir = _decide_run_dir(cfg, ctx, resume)
     world, dev = ctx.world, ctx.device
     if cfg.batch_size % world:
         raise ResnetsError(f"batch size {cfg.batch_size} does not split evenly over {world} processes")
@@ -257,13 +245,6 @@ def build_run(cfg: C.TrainConfig, ctx: distributed.Context, resume: Path | None 
         epochs = math.ceil(total_steps / steps_per_epoch)
     else:
         epochs, total_steps = cfg.epochs, cfg.epochs * steps_per_epoch
-    if ctx.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if resume is None:
-            with artifacts.atomic_path(run_dir / "config.json") as tmp:
-                tmp.write_text(json.dumps(cfg.to_dict(), indent=2))
-    distributed.barrier(ctx)
-
     preprocessing = Preprocessing(bundle.eval_resize, bundle.eval_crop, cfg.interpolation, bundle.mean, bundle.std)
     model.class_names, model.preprocessing = bundle.classes, preprocessing
     plan = finetune.from_config(model, cfg)  # what trains when, and BatchNorm's policy
@@ -281,11 +262,24 @@ def build_run(cfg: C.TrainConfig, ctx: distributed.Context, resume: Path | None 
     peak_lr = cfg.lr * effective_batch / cfg.lr_reference_batch if cfg.lr_reference_batch else cfg.lr
     opt = steps.make_optimizer(plan.param_groups(peak_lr, cfg.weight_decay, cfg.norm_weight_decay), cfg, dev, capturable=graph)
     sched, plateau = make_scheduler(opt, cfg, total_steps, steps_per_epoch, peak_lr)
+    # the first write: the run directory, claimed with its lock, and config.json
+    run_dir, lock, fresh = _claim_run_dir(cfg, ctx, resume)
+    try:
+        if ctx.is_main and (resume is None or changed):
+            rundir.record(run_dir, cfg)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        if fresh and ctx.is_main:
+            rundir.discard(run_dir)
+        raise
+    distributed.barrier(ctx)
     return Run(cfg=cfg, ctx=ctx, run_dir=run_dir, bundle=bundle, core=model, preprocessing=preprocessing, plan=plan,
                opt=opt, sched=sched, plateau=plateau, scaler=torch.amp.GradScaler(dev.type, enabled=amp == "fp16"),
                criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
                mix=batch_mix(len(bundle.classes), cfg.mixup, cfg.cutmix), normalize=normalizer(bundle.mean, bundle.std),
-               train_loader=train_loader, val_loader=val_loader, ema=ema, amp=amp, channels_last=channels_last, graph=graph,
+               train_loader=train_loader, val_loader=val_loader, ema=ema, lock=lock, fresh=fresh, amp=amp,
+               channels_last=channels_last, graph=graph,
                batches_per_epoch=batches_per_epoch, steps_per_epoch=steps_per_epoch, epochs=epochs,
                total_steps=total_steps)  # fmt: skip
 
@@ -430,10 +424,10 @@ def train_one_epoch(run: Run, epoch: int, step_fn) -> dict:
         if run.done:
             break
     if not bool(finite):
-        raise TrainingError(
-            f"the loss became non-finite in epoch {epoch + 1} (step {run.step}); stopped. The last good checkpoint is "
-            f"{run.run_dir / 'last.pt'} (try a lower --lr, --clip-grad, or --amp none)"
-        )
+        last = run.run_dir / "last.pt"
+        kept = f"The last good checkpoint is {last}" if last.is_file() else "No checkpoint had been written yet"
+        raise TrainingError(f"the loss became non-finite in epoch {epoch + 1} (step {run.step}); stopped. {kept} "
+                            "(try a lower --lr, --clip-grad, or --amp none)")  # fmt: skip
     elapsed = time.perf_counter() - t0
     train_sums = distributed.all_reduce_sum(sums.clone(), ctx)
     n = max(train_sums[2].item(), 1)

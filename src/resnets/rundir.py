@@ -1,0 +1,159 @@
+"""The run directory: claimed by one run at a time, named uniquely, resumed with its overrides kept.
+
+- A lock (`RUN/.lock`, an advisory `flock` the operating system drops when the process ends, even by SIGKILL)
+  is held for the whole run; a second writer is refused with the holder's pid.
+- A run without --name gets `<model>-<dataset>-<time>`, with `-2`, `-3`, ... when that folder is taken (claimed by
+  an atomic mkdir, so two runs started in the same second get two folders).
+- A resume may change only the keys in RESUMABLE (how long, where and how it runs); what it changes is written to
+  config.json, so the next resume keeps it.
+- A run that stops before its first checkpoint leaves nothing behind: its folder is removed (it could be neither
+  resumed nor reused).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from . import artifacts, config as C
+from .errors import ResnetsError
+
+LOCK = ".lock"
+# keys a resume may change: the length of the run and how, where and how visibly it runs
+RESUMABLE = frozenset({
+    "epochs", "iterations", "progress", "device", "workers", "loader", "cuda_graph", "compile", "tensorboard",
+    "checkpoint_steps", "eval_every", "curve_steps", "strict_data", "ten_crop", "data", "val_data", "download",
+    "amp", "channels_last", "early_stop",
+})  # fmt: skip
+
+
+class RunLock:
+    """An exclusive advisory lock on RUN/.lock holding "pid N on HOST since TIME"; released by `release()` or
+    when the process ends in any way."""
+
+    def __init__(self, run_dir: Path, mark: bool = True):
+        """mark: write who holds it now (else call `mark()` once the folder is known to be ours to use)."""
+        self.fd: int | None = None
+        try:
+            import fcntl
+        except ImportError:  # no flock on this platform: no lock
+            return
+        path = run_dir / LOCK
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise ResnetsError(f"cannot write in {run_dir}: {e.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise ResnetsError(f"{run_dir} is in use by a run that is still going ({holder}); wait for it to end, "
+                               "or pick another --name") from None  # fmt: skip
+        self.fd = fd
+        if mark:
+            self.mark()
+
+    def mark(self) -> None:
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)
+            os.lseek(self.fd, 0, os.SEEK_SET)
+            os.write(self.fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor drops the flock
+            self.fd = None
+
+
+def _mkdir(path: Path, exist_ok: bool) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=exist_ok)
+    except FileExistsError:
+        if exist_ok or not path.is_dir():
+            raise ResnetsError(f"{path} exists and is not a folder") from None
+        raise
+    except OSError as e:
+        raise ResnetsError(f"cannot create {path}: {e.strerror}") from None
+
+
+def claim(cfg: C.TrainConfig, resume: Path | None) -> tuple[Path, RunLock, bool]:
+    """(run directory, its lock, whether this run made the folder). Refuses a folder that holds another run or
+    that another process is writing."""
+    if resume is not None:
+        return resume, RunLock(resume), False
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise ResnetsError(f"--out {out} is a file, not a folder")
+    if cfg.name:
+        run_dir = out / cfg.name
+        fresh = not run_dir.exists()
+        _mkdir(run_dir, exist_ok=True)
+        lock = RunLock(run_dir, mark=False)
+        if any(p.name != LOCK for p in run_dir.iterdir()):
+            lock.release()
+            raise ResnetsError(f"run directory {run_dir} already holds a run; resume it with --resume {run_dir} or pick "
+                               "another --name")  # fmt: skip
+        lock.mark()
+        return run_dir, lock, fresh
+    base = f"{cfg.model or 'model'}-{cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    for k in range(1, 1000):
+        run_dir = out / (base if k == 1 else f"{base}-{k}")
+        try:
+            _mkdir(run_dir, exist_ok=False)
+        except FileExistsError:
+            continue
+        return run_dir, RunLock(run_dir), True
+    raise ResnetsError(f"no free run name under {out} for {base}")
+
+
+def discard(run_dir: Path) -> None:
+    """Remove a run folder that never got a checkpoint (only what a run writes is in it)."""
+    if not (run_dir / "last.pt").exists():
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def load_resume(resume: Path, overrides: dict[str, Any]) -> tuple[C.TrainConfig, dict, dict[str, Any]]:
+    """(the config to go on with, the checkpoint, the overrides that change it). Only RESUMABLE keys may change."""
+    if not resume.is_dir():
+        raise ResnetsError(f"{resume} is not a run directory")
+    if (resume / LOCK).is_file():  # a run still writing there is named before anything else is said
+        RunLock(resume, mark=False).release()
+    if not (resume / "config.json").is_file():
+        raise ResnetsError(f"{resume} is not a run directory (no config.json)")
+    try:
+        saved = json.loads((resume / "config.json").read_text())
+        if not isinstance(saved, dict):
+            raise ValueError("not a table")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ResnetsError(f"{resume}/config.json is damaged ({str(e).splitlines()[0][:80]}); the run cannot be resumed") from None
+    cfg = C.from_dict(saved)
+    if not (resume / "last.pt").is_file():
+        raise ResnetsError(f"{resume} has no checkpoint (last.pt) to resume from")
+    state = artifacts.load_checkpoint(resume / "last.pt")
+    arch = state.get("resnets", {}).get("architecture")
+    wanted = overrides.get("model", cfg.model)
+    if arch != wanted:
+        raise ResnetsError(f"the checkpoint in {resume} is a {arch} model, not {wanted}; it cannot be resumed as {wanted}")
+    new = C.apply(C.TrainConfig(**cfg.to_dict()), overrides, "the command line").validate()
+    changed = {}
+    for k in overrides:
+        key = k.replace("-", "_")
+        if getattr(new, key) != getattr(cfg, key):
+            changed[key] = getattr(new, key)
+    refused = sorted(k for k in changed if k not in RESUMABLE)
+    if refused:
+        k = refused[0]
+        raise ResnetsError(f"--{k.replace('_', '-')} cannot change when resuming (the run was trained with "
+                           f"{getattr(cfg, k)!r}); start a new run to change it")  # fmt: skip
+    return new, state, changed
+
+
+def record(run_dir: Path, cfg: C.TrainConfig) -> None:
+    """config.json: the resolved config (after a resume, with what the resume changed)."""
+    with artifacts.atomic_path(run_dir / "config.json") as tmp:
+        tmp.write_text(json.dumps(cfg.to_dict(), indent=2))
