@@ -63,8 +63,11 @@ def run_cli(*args) -> tuple[int, str, str]:
 
     from resnets.cli import main
 
+    import os
+    from unittest import mock
+
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), mock.patch.dict(os.environ):
         try:
             code = main([str(a) for a in args])
         except SystemExit as e:  # argparse's usage errors

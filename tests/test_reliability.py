@@ -7,6 +7,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from resnets import config as C
 from resnets.errors import ResnetsError
@@ -102,3 +103,32 @@ def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_folder(tmp_path)
     assert not (tmp_path / "blowup").exists()
     with pytest.raises(ResnetsError, match="must be > 0; got nan"):
         C.resolve(overrides=dict(lr="nan"))
+
+
+def test_a_resume_removes_the_temporaries_of_a_killed_write(tmp_path):
+    code, _, err = run_cli("train", *S, "--out", tmp_path, "--name", "r", "--epochs", 1)
+    assert code == 0, err
+    run = tmp_path / "r"
+    (run / ".last.pt.k3j2.tmp.pt").write_bytes(b"half a checkpoint")  # what a SIGKILL during a write leaves
+    (run / ".model.safetensors.x9.tmp.safetensors").write_bytes(b"half a model")
+    (run / ".mine.tmp").write_bytes(b"not ours: kept")
+    code, _, err = run_cli("train", "--resume", run, "--epochs", 2, "--no-progress")
+    assert code == 0, err
+    assert sorted(p.name for p in run.glob(".*")) == [".lock", ".mine.tmp"]
+
+
+def test_a_run_killed_before_its_first_checkpoint_is_begun_again_by_resume(tmp_path):
+    code, _, err = run_cli("train", *S, "--out", tmp_path, "--name", "r", "--deterministic")
+    assert code == 0, err
+    run = tmp_path / "r"
+    first = (run / "model.safetensors").read_bytes()
+    for p in run.iterdir():  # what a SIGKILL during the first epoch leaves: config.json (and the lock file)
+        if p.name not in ("config.json", ".lock"):
+            p.unlink()
+    code, _, err = run_cli("train", "--resume", run)
+    assert code == 0 and "stopped before its first checkpoint" in err, err
+    assert (run / "last.pt").is_file() and (run / "model.safetensors").read_bytes() != b""
+    from safetensors.torch import load
+
+    a, b = load(first), load((run / "model.safetensors").read_bytes())
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the same seed: the same run

@@ -139,8 +139,11 @@ def test_resume_after_sigkill_mid_epoch_gives_exactly_the_uninterrupted_weights(
     a, b = _weights(tmp_path / "straight" / "model.safetensors"), _weights(tmp_path / "killed" / "model.safetensors")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
-    hist = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+    hist = [json.loads(l) for l in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    straight = [json.loads(l) for l in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     assert len(hist) == 2
+    for k in ("train_loss", "train_acc", "val_top1"):  # the resumed epoch counts the batches before the kill too
+        assert hist[1][k] == pytest.approx(straight[1][k], rel=1e-9), k
 
 
 def test_ddp_on_two_processes_matches_one_process(tmp_path):

@@ -132,17 +132,31 @@ def test_a_self_describing_file_of_another_architecture_is_named(tmp_path):
         resnets.create_model("resnet32", weights=tmp_path / "r20.safetensors")
 
 
-def test_unsafe_pickle_is_refused_and_never_executed(tmp_path):
+@pytest.mark.parametrize("how", ["torch.save", "pickle protocol 2", "pickle protocol 4"])
+def test_unsafe_pickle_is_refused_naming_the_code_and_never_executed(tmp_path, how):
+    import pickle
+
     marker = tmp_path / "pwned"
 
     class Evil:
         def __reduce__(self):
             return (os.system, (f"touch {marker}",))
 
-    torch.save({"fc.weight": Evil()}, tmp_path / "evil.pth")
-    with pytest.raises(WeightsError, match="could run code"):
+    obj = {"fc.weight": Evil()}
+    if how == "torch.save":
+        torch.save(obj, tmp_path / "evil.pth")
+    else:
+        (tmp_path / "evil.pth").write_bytes(pickle.dumps(obj, protocol=int(how[-1])))
+    with pytest.raises(WeightsError, match=r"pickled code \((posix|os)\.system\), which would run on loading"):
         resnets.create_model("resnet18", weights=tmp_path / "evil.pth")
+    from resnets.artifacts import load_checkpoint
+
+    with pytest.raises(WeightsError, match="pickled code"):
+        load_checkpoint(tmp_path / "evil.pth")  # what --resume reads
     assert not marker.exists()
+    (tmp_path / "cut.pth").write_bytes((tmp_path / "evil.pth").read_bytes()[:10])
+    with pytest.raises(WeightsError, match="corrupt or truncated"):
+        resnets.create_model("resnet18", weights=tmp_path / "cut.pth")
 
 
 @pytest.mark.parametrize("content, suffix", [(b"not a checkpoint", ".pth"), (b"\x00" * 64, ".safetensors"), (b"x", ".onnx")])

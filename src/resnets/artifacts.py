@@ -7,9 +7,12 @@ would run code when unpickled is refused.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -48,10 +51,52 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; the file gets the mode a plain open() would give
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
+        why = _out_of_space(Path(tmp)) if isinstance(e, Exception) else None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if why and not isinstance(e, OSError):  # writers that hide the OS error (torch.save: "unexpected pos")
+            kept = f"; the previous {path.name} is untouched" if path.exists() else ""
+            raise OSError(errno.ENOSPC, f"cannot write {path}: {why}{kept}") from None
         raise
+
+
+def _out_of_space(tmp: Path) -> str | None:
+    """Why a write into `tmp` stopped short, when it was space: a full disk or the file-size limit (ulimit -f)."""
+    try:
+        size = tmp.stat().st_size
+        if shutil.disk_usage(tmp.parent).free < 1 << 20:
+            return "no space left on the device"
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if soft != resource.RLIM_INFINITY and size + (1 << 16) >= soft:
+            return f"the file-size limit of {soft:,} bytes was reached (ulimit -f)"
+    except (OSError, ImportError, ValueError):
+        pass
+    return None
+
+
+# what a training run keeps in its folder: never replaced by another command's output
+RUN_FILES = frozenset({"config.json", "metrics.jsonl", "curve.jsonl", "last.pt", "best.pt", "model.safetensors",
+                       "eval.json", "confusion.json", "confusion.png", "curves.png", ".lock"})  # fmt: skip
+
+
+def check_output(path: str | os.PathLike, suffixes: tuple[str, ...], *, force: bool = False, what: str = "output") -> Path:
+    """An output file checked before anything is computed: its suffix, its folder, and that it replaces nothing
+    a user did not ask to replace (with --force: any file but a training run's own)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ResnetsError(f"{path} is a folder; give the {what} a file name ending in {suffixes[0]}")
+    if path.suffix.lower() not in suffixes:
+        raise ResnetsError(f"the {what} is a {' or '.join(suffixes)} file; got {path.name}")
+    if not path.parent.is_dir():
+        raise ResnetsError(f"output directory does not exist: {path.parent}")
+    if path.name in RUN_FILES and (path.parent / "config.json").is_file():
+        raise ResnetsError(f"{path} belongs to the training run in {path.parent}; write the {what} elsewhere")
+    if path.exists() and not force:
+        raise ResnetsError(f"{path} exists; pass --force to replace it")
+    return path
 
 
 def strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -81,13 +126,34 @@ def _unwrap(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], dict | None]
     raise WeightsError(f"{path} holds no state_dict (a mapping of parameter names to tensors)")
 
 
-def _parse_meta(raw: dict[str, str] | None) -> dict | None:
+def _parse_meta(raw: dict[str, str] | None, path: Path) -> dict | None:
+    """The metadata of a resnets model file, checked: a damaged field is one clear error, not a crash later."""
     if not raw or raw.get("format") != FORMAT:
         return None
     meta: dict[str, Any] = {"architecture": raw.get("architecture")}
-    for key in ("options", "class_names", "preprocessing", "extra"):
-        if key in raw:
+    kinds = {"options": dict, "class_names": list, "preprocessing": dict, "extra": dict}
+    for key, kind in kinds.items():
+        if key not in raw:
+            continue
+        try:
             meta[key] = json.loads(raw[key])
+        except ValueError:
+            raise WeightsError(f"{path}: its {key} metadata is not valid JSON (a damaged model file)") from None
+        if meta[key] is not None and not isinstance(meta[key], kind):
+            raise WeightsError(f"{path}: its {key} metadata should be a {kind.__name__}, not {type(meta[key]).__name__}")
+    if not isinstance(meta["architecture"], str) or not meta["architecture"]:
+        raise WeightsError(f"{path}: its metadata names no architecture")
+    if any(not isinstance(k, str) for k in (meta.get("options") or {})):
+        raise WeightsError(f"{path}: its options metadata has keys that are not names")
+    if any(not isinstance(c, str) for c in meta.get("class_names") or []):
+        raise WeightsError(f"{path}: its class names metadata holds something other than names")
+    if meta.get("preprocessing") is not None:
+        from .weights import Preprocessing
+
+        try:
+            Preprocessing.from_dict(meta["preprocessing"])
+        except ResnetsError as e:
+            raise WeightsError(f"{path}: its preprocessing metadata is damaged ({e})") from None
     return meta
 
 
@@ -106,22 +172,22 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
             with safe_open(str(p), framework="pt", device="cpu") as f:
                 raw = f.metadata()
                 sd = {k: f.get_tensor(k) for k in f.keys()}
-            meta = _parse_meta(raw)
         except Exception as e:  # safetensors raises its own error types for truncated or foreign files
             raise WeightsError(f"cannot read {p}: not a valid safetensors file ({_first_line(e)})") from None
         if not sd:
             raise WeightsError(f"{p} holds no tensors")
+        meta = _parse_meta(raw, p)
     elif suffix in PICKLE_SUFFIXES:
         try:
-            obj = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as e:
-            if "GLOBAL" in str(e):  # the weights-only unpickler met a class or function reference
-                raise WeightsError(
-                    f"refusing to load {p}: it holds pickled objects other than tensors, which could run code "
-                    "(only weights_only-loadable files are accepted; convert it to .safetensors)"
-                ) from None
-            raise WeightsError(f"cannot read {p}: not a valid PyTorch checkpoint (corrupt or truncated)") from None
+            with warnings.catch_warnings():  # "Detected pickle protocol 4": the refusal below says what matters
+                warnings.simplefilter("ignore")
+                obj = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception:
+            raise _unreadable(p, "PyTorch checkpoint") from None
         sd, meta = _unwrap(obj, p)
+        if meta is not None:  # a training checkpoint's record, as plain values: the same checks
+            meta = _parse_meta({"format": FORMAT, "architecture": meta.get("architecture"),
+                                **{k: json.dumps(v, default=str) for k, v in meta.items() if k != "architecture"}}, p)  # fmt: skip
     else:
         raise WeightsError(f"unsupported weights file type {suffix or '(none)'!r} for {p}; use .safetensors or .pth")
     return strip_prefixes(sd), meta
@@ -177,14 +243,58 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     return path
 
 
+# what a torch.save file may reference: the functions that rebuild tensors and storages
+_TORCH_REFS = ("torch.", "collections.OrderedDict", "builtins.set", "builtins.frozenset", "builtins.slice")
+
+
+def pickled_code(path: Path) -> list[str]:
+    """The functions and classes a pickle (a raw one, or the data.pkl of a torch.save zip) would call on loading,
+    other than torch's own tensor rebuilders: read from its opcodes with pickletools, which runs nothing."""
+    import pickletools
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                name = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
+                data = z.read(name) if name else b""
+        else:
+            data = path.read_bytes()
+    except (OSError, zipfile.BadZipFile, KeyError):
+        return []
+    refs, strings = [], []
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
+                strings.append(arg)
+            elif op.name in ("GLOBAL", "INST"):
+                refs.append(arg.replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                refs.append(f"{strings[-2]}.{strings[-1]}")
+    except Exception:  # a truncated or foreign stream: what was read so far
+        pass
+    return sorted({r for r in refs if not r.startswith(_TORCH_REFS)})
+
+
+def _unreadable(path: Path, what: str) -> ResnetsError:
+    """Why a pickle-based file could not be loaded with weights_only: code it would run, or damage."""
+    code = pickled_code(path)
+    if code:
+        return WeightsError(f"refusing to load {path}: it holds pickled code ({', '.join(code[:3])}), which would run on "
+                            "loading; only files of tensors and plain values are accepted (convert it to .safetensors)")  # fmt: skip
+    return WeightsError(f"cannot read {path}: not a valid {what} (corrupt or truncated)")
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ResnetsError(f"checkpoint not found: {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:
-        raise ResnetsError(f"cannot read checkpoint {path} (corrupt, or not a resnets checkpoint)") from None
+        raise _unreadable(path, "resnets checkpoint") from None
     if not isinstance(state, dict) or "model" not in state:
         raise ResnetsError(f"{path} is not a resnets training checkpoint")
     return state

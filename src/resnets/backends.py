@@ -144,6 +144,43 @@ def onnx_cache_path(net: nn.Module, example: torch.Tensor) -> Path:
     return cache_dir().parent / "onnx" / f"{h.hexdigest()[:32]}.onnx"
 
 
+def _digest(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _cached_session(path: Path):
+    """An ONNX Runtime session of the cached export at `path`, or None when there is none or it cannot be trusted:
+    its bytes differ from the hash recorded beside it when it was written (truncated, damaged, replaced), or it
+    is not stamped with the key its name promises (another model's file)."""
+    from .export import ort_session
+
+    sidecar = path.with_suffix(".sha256")
+    try:
+        if not path.is_file() or sidecar.read_text().strip() != _digest(path):
+            return None
+        sess = ort_session(path)
+    except Exception:  # no record, or onnxruntime's own types (InvalidProtobuf, Fail, ...)
+        return None
+    return sess if sess.get_modelmeta().custom_metadata_map.get("resnets.cache_key") == path.stem else None
+
+
+def _cache_export(net: nn.Module, example: torch.Tensor, path: Path) -> None:
+    """Export into the cache: the file stamped with its key, then its hash recorded beside it."""
+    from .artifacts import atomic_path
+    from .export import _write
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write(net, example, path, "onnx", dynamic_batch=True, metadata={"resnets.cache_key": path.stem})
+    with atomic_path(path.with_suffix(".sha256")) as tmp:
+        tmp.write_text(_digest(path) + "\n")
+
+
 def _ort_runner(net: nn.Module, int8: bool, calib: Iterable[torch.Tensor] | None, size: int):
     """The ONNX file has a dynamic batch and a fixed image size: that of `calib`, else `size` (the model's crop)."""
     from .export import _write, ort_session
@@ -155,11 +192,11 @@ def _ort_runner(net: nn.Module, int8: bool, calib: Iterable[torch.Tensor] | None
     p = next(net.parameters())
     example = torch.randn(2, p.shape[1] if p.ndim == 4 else 3, size, size) if first is None else first[:2].cpu()
     path = onnx_cache_path(net, example)
-    if not path.is_file():  # the fp32 export is kept, so the next call with the same weights skips it
+    sess = _cached_session(path)  # the fp32 export is kept, so the next call with the same weights skips it
+    if sess is None:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _write(net, example, path, "onnx", dynamic_batch=True)
-        except OSError:  # a cache we cannot write to: export into the private folder instead
+            _cache_export(net, example, path)
+        except (OSError, ResnetsError):  # a cache we cannot write to: export into the private folder instead
             path = Path(tmp.name) / "model.onnx"
             _write(net, example, path, "onnx", dynamic_batch=True)
     if int8:
@@ -180,8 +217,8 @@ def _ort_runner(net: nn.Module, int8: bool, calib: Iterable[torch.Tensor] | None
         quant_pre_process(str(path), str(pre), skip_symbolic_shape=True)
         quantize_static(str(pre), str(q), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)  # fmt: skip
-        path = q
-    sess = ort_session(path)
+        path, sess = q, None
+    sess = sess or ort_session(path)
     name = sess.get_inputs()[0].name
 
     def run(x: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,29 @@ from .errors import ResnetsError
 EXIT_USAGE = 2
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line (like every other bad input) and exit code 2."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"resnets: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _count(low: int):
+    """An argparse type: a whole number >= low."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number; got {text!r}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}; got {v}")
+        return v
+
+    parse.__name__ = f"number >= {low}"
+    return parse
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model options (only those the architecture takes)")
     g.add_argument("--num-classes", type=int, help="classifier size (default: the model's, or the weights')")
@@ -169,8 +192,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     print(f"top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  loss {res['loss']:.4f}")
     width = max(len(c) for c in res["classes"])
     for c, acc in zip(res["classes"], res["per_class"]):
-        print(f"  {c.ljust(width)}  {acc:6.2f}%")
+        print(f"  {_printable(c).ljust(width)}  {acc:6.2f}%")
     if res["bad_samples"]:
+        for f in res.get("bad_files", []):
+            print(f"skipped {_printable(f['path'])}: {_printable(f['error'])}", file=sys.stderr)
         print(f"skipped {res['bad_samples']} unreadable images")
     print(f"confusion matrix: {out}/confusion.png, {out}/confusion.json")
     return 0
@@ -205,10 +230,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     else:
         for r in results:
             if "error" in r:
-                print(f"{r['path']}: ERROR {r['error']}")
+                print(f"{_printable(r['path'])}: ERROR {_printable(r['error'])}")
                 continue
-            tops = ", ".join(f"{t['class']} {100 * t['prob']:.1f}%" for t in r["top"])
-            print(f"{r['path']}: {tops}")
+            tops = ", ".join(f"{_printable(t['class'])} {100 * t['prob']:.1f}%" for t in r["top"])
+            print(f"{_printable(r['path'])}: {tops}")
     errors = sum("error" in r for r in results)
     if errors:
         print(f"{errors} of {len(results)} files could not be read", file=sys.stderr)
@@ -216,14 +241,16 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
+    from .artifacts import check_output
     from .inference import embed, save_index
 
+    check_output(args.out, (".safetensors",), force=args.force, what="embedding index")
     model = _load_for_inference(args.weights, args.device)
     emb, files, errors = embed(model, args.paths, layer=args.layer, batch_size=args.batch_size, workers=args.workers,
                                progress=sys.stderr.isatty(), backend=args.backend, precision=args.precision)  # fmt: skip
     save_index(args.out, emb, files, weights=str(Path(args.weights).resolve()), layer=args.layer)
     for e in errors:
-        print(f"{e['path']}: ERROR {e['error']}", file=sys.stderr)
+        print(f"{_printable(e['path'])}: ERROR {_printable(e['error'])}", file=sys.stderr)
     print(f"{len(files)} embeddings of shape {tuple(emb.shape[1:])} -> {args.out}")
     return 0
 
@@ -243,30 +270,34 @@ def _cmd_similar(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
     else:
         for r in rows:
-            print(f"{r['similarity']:.4f}  {r['path']}")
+            print(f"{r['similarity']:.4f}  {_printable(r['path'])}")
     return 0
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
+    from .artifacts import check_output
     from .inference import explain
 
+    check_output(args.out, (".png",), force=args.force, what="Grad-CAM picture")
     model = _load_for_inference(args.weights, args.device)
     r = explain(model, args.image, args.out, target=args.target, layer=args.layer)
-    print(f"{r['path']}: {r['class']} ({100 * r['prob']:.1f}%); Grad-CAM -> {r['out']}")
+    print(f"{_printable(r['path'])}: {_printable(r['class'])} ({100 * r['prob']:.1f}%); Grad-CAM -> {_printable(str(r['out']))}")
     return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .export import FORMATS, export, export_int8
+    from .artifacts import check_output
+    from .export import FORMATS, SUFFIXES, export, export_int8
     from .factory import load
 
-    model = load(args.weights)
     if args.precision == "int8":
         if args.format != "onnx":
             raise ResnetsError("int8 export is ONNX (run by ONNX Runtime); use --format onnx")
         if not args.calib or not args.eval:
             raise ResnetsError("int8 needs --calib DATA (real images to calibrate on) and --eval DATA (to check top-1)")
         out = args.out or str(Path(args.weights).with_suffix("")) + ".int8.onnx"
+        check_output(out, (".onnx",), force=args.force, what="int8 ONNX file")
+        model = load(args.weights)
         r = export_int8(model, out, calib=args.calib, eval_data=args.eval, max_drop=args.max_drop,
                         calib_images=args.calib_images, eval_images=args.eval_images)  # fmt: skip
         print(f"top-1 fp32 {r['fp32_top1']:.2f}%  int8 {r['int8_top1']:.2f}%  drop {r['drop']:.2f} points (max {args.max_drop})")
@@ -277,6 +308,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         print(f"wrote {r['path']} ({r['bytes'] / 1e6:.1f} MB)")
         return 0
     out = args.out or str(Path(args.weights).with_suffix(FORMATS[args.format]))
+    check_output(out, SUFFIXES[args.format], force=args.force, what=f"{args.format} file")
+    model = load(args.weights)
     r = export(model, out, args.format, dynamic_batch=args.dynamic_batch, fold=args.fold_bn)
     d = r["max_abs_diff"]
     print(f"max abs difference from eager PyTorch: {max(d.values()):.2e} (random inputs {d['random']:.2e}, real photos {d['real']:.2e})")
@@ -380,7 +413,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="resnets", description="The ResNet family: models, weights and tools.")
+    parser = _Parser(prog="resnets", description="The ResNet family: models, weights and tools.")
     parser.add_argument("--version", action="version", version=f"resnets {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -423,22 +456,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", choices=["fashion-mnist", "cifar10", "cifar100", "imagefolder", "csv"])
     p.add_argument("--data", help="image folder (DIR or DIR/val), CSV manifest, or dataset files")
     p.add_argument("--ten-crop", action="store_true", help="the paper's 10-crop testing")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--workers", type=int, default=2, help="decoding processes for image files (0: in this process)")
+    p.add_argument("--batch-size", type=_count(1), default=256)
+    p.add_argument("--workers", type=_count(0), default=2, help="decoding processes for image files (0: in this process)")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="autocast precision (default fp32)")
     p.add_argument("--amp", choices=["none", "bf16", "fp16", "auto"], default="none", help="the same as --precision, "
                    "in the training config's words (auto: bf16 where the device computes it natively)")
     p.add_argument("--device", default="auto")
     p.add_argument("--download", action="store_true")
-    p.add_argument("--limit", type=int, default=0, help="evaluate the first N images only")
+    p.add_argument("--limit", type=_count(0), default=0, help="evaluate the first N images only")
     p.add_argument("--out", help="folder for eval.json and the confusion matrix (default: beside the weights)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_eval)
 
     def inference_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--weights", required=True, help="a model file saved by resnets (training writes model.safetensors)")
-        p.add_argument("--batch-size", type=int, default=32)
-        p.add_argument("--workers", type=int, default=2, help="decoding processes (0: decode in this process)")
+        p.add_argument("--batch-size", type=_count(1), default=32)
+        p.add_argument("--workers", type=_count(0), default=2, help="decoding processes (0: decode in this process)")
         p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N")
         p.add_argument("--backend", default="eager", choices=["auto", "eager", "compile", "onnxruntime", "onnxruntime-int8"],
                        help="auto: the fastest for the device and precision; onnxruntime-int8 calibrates on the first images given")
@@ -448,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="classify image files and folders")
     p.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
     inference_args(p)
-    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--top-k", type=_count(1), default=5)
     p.add_argument("--format", choices=["table", "json", "csv"], default="table")
     p.set_defaults(func=_cmd_predict)
 
@@ -456,13 +489,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+")
     inference_args(p)
     p.add_argument("--out", required=True, help="index file (.safetensors)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--layer", help="a stage (layer1..layer4) instead of the pooled pre-logit features")
     p.set_defaults(func=_cmd_embed)
 
     p = sub.add_parser("similar", help="nearest neighbours of an image in an embedding index (cosine)")
     p.add_argument("query")
     p.add_argument("--index", required=True)
-    p.add_argument("-k", type=int, default=5)
+    p.add_argument("-k", type=_count(1), default=5)
     p.add_argument("--weights", help="default: the model the index was made with")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true")
@@ -474,6 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class", dest="target", help="class name or index (default: the top prediction)")
     p.add_argument("--layer", help="stage to explain (default: the last)")
     p.add_argument("--out", required=True, help="output .png")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_cmd_explain)
 
@@ -481,14 +516,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", required=True)
     p.add_argument("--format", choices=["onnx", "torchscript", "exported-program"], default="onnx")
     p.add_argument("--out", help="output file (default: beside the weights)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--dynamic-batch", action="store_true", help="any batch size at run time")
     p.add_argument("--fold-bn", action="store_true", help="fold BatchNorm into the preceding convolutions")
     p.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
     p.add_argument("--calib", help="int8: real images to calibrate on (an image folder, or fashion-mnist:train)")
     p.add_argument("--eval", help="int8: data to compare fp32 and int8 top-1 on (an image folder, or fashion-mnist)")
     p.add_argument("--max-drop", type=float, default=1.0, help="int8: refuse if top-1 drops by more points")
-    p.add_argument("--calib-images", type=int, default=512)
-    p.add_argument("--eval-images", type=int, default=0, help="int8: evaluate on this many images (0: all)")
+    p.add_argument("--calib-images", type=_count(1), default=512)
+    p.add_argument("--eval-images", type=_count(0), default=0, help="int8: evaluate on this many images (0: all)")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("bench", help="inference speed per backend and batch size: images/s, p50/p95 latency")
@@ -498,7 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "comma-separated: eager, compile, onnxruntime, onnxruntime-int8")
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
-    p.add_argument("--input-size", type=int, help="default: the model's crop size")
+    p.add_argument("--input-size", type=_count(8), help="default: the model's crop size")
     p.add_argument("--seconds", type=float, default=3.0, help="time per measurement (after warm-up)")
     p.add_argument("--channels-last", action="store_true", default=None,
                    help="default: where it is faster (a GPU, or reduced precision)")
@@ -514,12 +550,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist (default) or cifar10")
     p.add_argument("--data", help="the CIFAR-10 archive (cifar-10-python.tar.gz) or the folder holding it")
     p.add_argument("--budget", default="short", help=f"{' | '.join(f'{k} ({v:,} it)' for k, v in BUDGETS.items())} | N iterations")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_count(0), default=0)
     p.add_argument("--seeds", default="0", help="cifar-table: comma-separated seeds (mean +- std over them)")
     p.add_argument("--depths", default="20,32,44,56,110", help="cifar-table: ResNet depths")
     p.add_argument("--out", default="runs/reproduce", help="reports, figures and runs/ go here")
     p.add_argument("--device", default="auto")
-    p.add_argument("--jobs", type=int, default=1, help="runs trained at once, each in its own process (several fit "
+    p.add_argument("--jobs", type=_count(1), default=1, help="runs trained at once, each in its own process (several fit "
                    "on one GPU); a stopped command resumes unfinished runs when run again")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a training config key for every run")
@@ -530,6 +566,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--path", help="CIFAR archive or folder holding it")
     p.add_argument("--download", action="store_true")
     p.set_defaults(func=_cmd_data)
+    for name in ("predict", "embed", "similar", "explain", "eval", "train", "finetune", "export", "reproduce"):
+        sub.choices[name].add_argument("--max-pixels", type=_count(1), metavar="N",
+                                       help="refuse images of more pixels, from their header (default 89,478,485)")
     return parser
 
 
@@ -542,11 +581,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = logging.getLogger("resnets")
     log.handlers = [handler]
     log.setLevel(logging.INFO if args.verbose else logging.WARNING)
+    if getattr(args, "max_pixels", None):  # the environment carries it to the loader workers
+        os.environ["RESNETS_MAX_PIXELS"] = str(args.max_pixels)
     try:
         return args.func(args)
     except ResnetsError as e:
-        print(f"resnets: error: {e}", file=sys.stderr)
+        print(f"resnets: error: {_printable(str(e))}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # output piped into `head` (or `true`) and closed early: not an error
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (nothing more may be written to the closed pipe)
+        except OSError:
+            pass
+        return 0
+    except OSError as e:  # the environment: permissions, a full disk, a path of the wrong kind
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"resnets: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("resnets: interrupted", file=sys.stderr)
+        return 130
     except Exception as e:
         from .engine import TrainingError
 
@@ -554,12 +608,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"resnets: {e}", file=sys.stderr)
             return 1
         raise
-    except BrokenPipeError:  # output piped into `head` and closed early
-        sys.stderr.close()
-        return 0
-    except KeyboardInterrupt:
-        print("resnets: interrupted", file=sys.stderr)
-        return 130
+
+
+def _printable(text: str) -> str:
+    """Control characters (newlines, escape codes) in names shown as escapes: one line, no terminal tricks."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 if __name__ == "__main__":

@@ -178,6 +178,10 @@ class Run:
     history: list = field(default_factory=list)
     curve: list = field(default_factory=list)  # every curve_steps steps: the paper's Figure 6 points
     skipped: int = 0
+    # the epoch's running sums (loss * n, hits, n; over all processes) at a mid-epoch checkpoint, and those since
+    # the last curve point: a resumed epoch reports all of its batches, not only those after the resume
+    partial: dict | None = None
+    named: set = field(default_factory=set)  # unreadable images already named in a warning
     bar: Any = None
     writer: Any = None
     on_progress: Callable[[dict], None] | None = None
@@ -296,6 +300,7 @@ def state_dict(run: Run, epoch: int, batch: int) -> dict:
         "ema": run.ema.state_dict() if run.ema is not None else None,
         "epoch": epoch, "batch": batch, "step": run.step, "best_top1": run.best, "history": run.history,
         "since_best": run.since_best, "curve": run.curve, "config": run.cfg.to_dict(), "rng": _rng_state(),
+        "partial": run.partial if batch else None,
     }  # fmt: skip
 
 
@@ -321,6 +326,7 @@ def restore(run: Run, state: dict) -> None:
     run.best, run.history = state.get("best_top1", -1.0), list(state.get("history", []))
     run.since_best = state.get("since_best", 0)
     run.curve = list(state.get("curve", []))
+    run.partial = state.get("partial") if run.batch else None
     if run.cfg.early_stop and (run.run_dir / "best.pt").is_file():
         run.best_state = artifacts.load_checkpoint(run.run_dir / "best.pt")["model"]
     _set_rng_state(state["rng"])
@@ -343,8 +349,13 @@ def wrap(run: Run) -> nn.Module:
 def validate(run: Run, model: nn.Module | None = None, loader: Loader | None = None) -> dict:
     """top-1, top-5, loss, per-class accuracy and the confusion matrix of `model` (default: the core) on `loader`
     (default: the validation set), at the run's precision and memory format."""
-    return evaluate(run.core if model is None else model, run.val_loader if loader is None else loader, run.normalize,
-                    len(run.classes), run.ctx, amp=run.amp, channels_last=run.channels_last)  # fmt: skip
+    ev = evaluate(run.core if model is None else model, run.val_loader if loader is None else loader, run.normalize,
+                  len(run.classes), run.ctx, amp=run.amp, channels_last=run.channels_last)  # fmt: skip
+    for f in ev["bad_files"]:  # each named once in a run, not at every evaluation
+        if f["path"] not in run.named:
+            run.named.add(f["path"])
+            log.warning("skipped unreadable image %s (validation): %s", f["path"], f["error"])
+    return ev
 
 
 def _seed_step(run: Run, epoch: int, b: int) -> None:
@@ -364,6 +375,10 @@ def train_one_epoch(run: Run, epoch: int, step_fn) -> dict:
     run.train_loader.set_epoch(epoch, first)
     sums = torch.zeros(3, dtype=torch.float64, device=dev)  # loss * n, hits, n
     window = torch.zeros(3, dtype=torch.float64, device=dev)  # the same since the last curve point
+    if first and run.partial is not None and ctx.rank == 0:  # resumed mid-epoch: the batches before the checkpoint
+        sums += torch.tensor(run.partial["epoch"], dtype=torch.float64, device=dev)
+        window += torch.tensor(run.partial["window"], dtype=torch.float64, device=dev)
+    run.partial = None
     finite = torch.ones((), dtype=torch.bool, device=dev)
     seen, t0 = 0, time.perf_counter()
     reported = t0
@@ -373,7 +388,9 @@ def train_one_epoch(run: Run, epoch: int, step_fn) -> dict:
         _seed_step(run, epoch, b)
         run.skipped += len(batch.bad)
         for path, reason in batch.bad:
-            log.warning("skipped unreadable image %s: %s", path, reason)
+            if path not in run.named:  # once in a run, not every epoch
+                run.named.add(path)
+                log.warning("skipped unreadable image %s: %s", path, reason)
         x = batch.images.to(dev, non_blocking=True)
         y = batch.labels.to(dev, non_blocking=True)
         if x.numel() == 0:
@@ -420,6 +437,8 @@ def train_one_epoch(run: Run, epoch: int, step_fn) -> dict:
         if sync and cfg.checkpoint_steps and run.step % cfg.checkpoint_steps == 0 and b + 1 < run.batches_per_epoch:
             if not bool(finite):
                 break
+            both = distributed.all_reduce_sum(torch.cat([sums, window]), ctx).tolist()
+            run.partial = {"epoch": both[:3], "window": both[3:]}
             save_state(run, run.run_dir / "last.pt", epoch, b + 1)
         if run.done:
             break

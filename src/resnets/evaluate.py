@@ -53,7 +53,8 @@ def evaluate(
     channels_last: bool = False,
     progress: bool = False,
 ) -> dict:
-    """Batches of uint8 images (B, C, H, W), or (B, 10, C, H, W) for 10-crop testing (softmax averaged)."""
+    """Batches of uint8 images (B, C, H, W), or (B, 10, C, H, W) for 10-crop testing (softmax averaged).
+    Unreadable images are skipped: counted over all processes (bad_samples) and named (bad_files, this process's)."""
     was_training = model.training
     model.eval()
     dev = ctx.device
@@ -61,6 +62,7 @@ def evaluate(
     counts = torch.zeros(3, dtype=torch.float64, device=dev)  # n, top-1 hits, top-5 hits
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.float64, device=dev)  # [true, predicted]
     bad = 0
+    bad_files: list[dict] = []  # this process's unreadable images, named
     it = loader
     if progress and ctx.is_main:
         from tqdm import tqdm
@@ -68,6 +70,7 @@ def evaluate(
         it = tqdm(loader, desc="eval", leave=False, dynamic_ncols=True)
     for batch in it:
         bad += len(batch.bad)
+        bad_files += [{"path": str(p), "error": str(r)} for p, r in batch.bad]
         if batch.images.numel() == 0:
             continue
         x = batch.images.to(dev, non_blocking=True)
@@ -107,6 +110,7 @@ def evaluate(
         "per_class": per_class,
         "confusion": confusion.long().tolist(),
         "bad_samples": int(bad_t.item()),
+        "bad_files": bad_files,
     }
 
 

@@ -88,7 +88,9 @@ def load_runner(path: str | os.PathLike, fmt: str) -> Runner:
     return Runner(lambda x: mod(x).detach().numpy(), "exported-program")
 
 
-def _write(model: nn.Module, example: torch.Tensor, path: Path, fmt: str, dynamic_batch: bool) -> None:
+def _write(model: nn.Module, example: torch.Tensor, path: Path, fmt: str, dynamic_batch: bool,
+           metadata: dict[str, str] | None = None) -> None:  # fmt: skip
+    """metadata: ONNX metadata_props to record in the file."""
     batch = torch.export.Dim("batch", min=1, max=4096) if dynamic_batch else None
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -103,7 +105,10 @@ def _write(model: nn.Module, example: torch.Tensor, path: Path, fmt: str, dynami
             with tempfile.TemporaryDirectory() as d, contextlib.redirect_stdout(io.StringIO()):  # it narrates its passes
                 torch.onnx.export(model, (example,), f"{d}/model.onnx", input_names=["input"], output_names=["logits"],
                                   dynamo=True, verbose=False, **kwargs)  # fmt: skip
-                onnx.save_model(onnx.load(f"{d}/model.onnx"), str(tmp), save_as_external_data=False)
+                proto = onnx.load(f"{d}/model.onnx")
+                for k, v in (metadata or {}).items():
+                    proto.metadata_props.add(key=k, value=v)
+                onnx.save_model(proto, str(tmp), save_as_external_data=False)
         elif fmt == "torchscript":
             torch.jit.save(torch.jit.trace(model, example), str(tmp))
         else:

@@ -207,6 +207,8 @@ def grad_cam(model: nn.Module, image: torch.Tensor, *, target: int | None = None
     stage (or `layer`), ReLU'd, upsampled to H x W and scaled to [0, 1]. Returns (heatmap, class, probability)."""
     model.eval()
     layer = layer or model.stage_names[-1]
+    if layer not in model.stage_names:
+        raise ResnetsError(f"Grad-CAM explains a stage's feature maps; --layer is one of {', '.join(model.stage_names)}; got {layer!r}")
     module = getattr(model, layer)
     store: dict[str, torch.Tensor] = {}
 

@@ -6,12 +6,13 @@
   an atomic mkdir, so two runs started in the same second get two folders).
 - A resume may change only the keys in RESUMABLE (how long, where and how it runs); what it changes is written to
   config.json, so the next resume keeps it.
-- A run that stops before its first checkpoint leaves nothing behind: its folder is removed (it could be neither
-  resumed nor reused).
+- A run that stops before its first checkpoint leaves nothing behind: its folder is removed. One killed before it
+  (SIGKILL: no chance to clean up) is begun again by --resume, from its config.json.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import socket
@@ -22,6 +23,7 @@ from typing import Any
 from . import artifacts, config as C
 from .errors import ResnetsError
 
+log = logging.getLogger("resnets")
 LOCK = ".lock"
 # keys a resume may change: the length of the run and how, where and how visibly it runs
 RESUMABLE = frozenset({
@@ -85,7 +87,9 @@ def claim(cfg: C.TrainConfig, resume: Path | None) -> tuple[Path, RunLock, bool]
     """(run directory, its lock, whether this run made the folder). Refuses a folder that holds another run or
     that another process is writing."""
     if resume is not None:
-        return resume, RunLock(resume), False
+        lock = RunLock(resume)
+        sweep(resume)
+        return resume, lock, False
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise ResnetsError(f"--out {out} is a file, not a folder")
@@ -111,14 +115,26 @@ def claim(cfg: C.TrainConfig, resume: Path | None) -> tuple[Path, RunLock, bool]
     raise ResnetsError(f"no free run name under {out} for {base}")
 
 
+def sweep(run_dir: Path) -> list[str]:
+    """Remove the temporaries of writes a killed run never finished (`.last.pt.XXXX.tmp.pt`): called with the lock
+    held, so no writer of ours is using them. Returns their names."""
+    gone = []
+    for p in run_dir.glob(".*.tmp*"):
+        if p.is_file() and p.name.split(".")[1] in {n.split(".")[0] for n in artifacts.RUN_FILES}:
+            p.unlink(missing_ok=True)
+            gone.append(p.name)
+    return gone
+
+
 def discard(run_dir: Path) -> None:
     """Remove a run folder that never got a checkpoint (only what a run writes is in it)."""
     if not (run_dir / "last.pt").exists():
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def load_resume(resume: Path, overrides: dict[str, Any]) -> tuple[C.TrainConfig, dict, dict[str, Any]]:
-    """(the config to go on with, the checkpoint, the overrides that change it). Only RESUMABLE keys may change."""
+def load_resume(resume: Path, overrides: dict[str, Any]) -> tuple[C.TrainConfig, dict | None, dict[str, Any]]:
+    """(the config to go on with, the checkpoint (None: there is none yet), the overrides that change it). Only
+    RESUMABLE keys may change."""
     if not resume.is_dir():
         raise ResnetsError(f"{resume} is not a run directory")
     if (resume / LOCK).is_file():  # a run still writing there is named before anything else is said
@@ -132,13 +148,15 @@ def load_resume(resume: Path, overrides: dict[str, Any]) -> tuple[C.TrainConfig,
     except (ValueError, UnicodeDecodeError) as e:
         raise ResnetsError(f"{resume}/config.json is damaged ({str(e).splitlines()[0][:80]}); the run cannot be resumed") from None
     cfg = C.from_dict(saved)
-    if not (resume / "last.pt").is_file():
-        raise ResnetsError(f"{resume} has no checkpoint (last.pt) to resume from")
-    state = artifacts.load_checkpoint(resume / "last.pt")
-    arch = state.get("resnets", {}).get("architecture")
-    wanted = overrides.get("model", cfg.model)
-    if arch != wanted:
-        raise ResnetsError(f"the checkpoint in {resume} is a {arch} model, not {wanted}; it cannot be resumed as {wanted}")
+    state = None
+    if (resume / "last.pt").is_file():
+        state = artifacts.load_checkpoint(resume / "last.pt")
+        arch = state.get("resnets", {}).get("architecture")
+        wanted = overrides.get("model", cfg.model)
+        if arch != wanted:
+            raise ResnetsError(f"the checkpoint in {resume} is a {arch} model, not {wanted}; it cannot be resumed as {wanted}")
+    else:  # killed before its first checkpoint (a SIGKILL leaves no chance to clean up): begin it again
+        log.warning("%s was stopped before its first checkpoint; training it from the beginning", resume)
     new = C.apply(C.TrainConfig(**cfg.to_dict()), overrides, "the command line").validate()
     changed = {}
     for k in overrides:

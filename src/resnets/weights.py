@@ -33,13 +33,33 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Preprocessing":
-        return cls(
-            resize=int(d["resize"]),
-            crop=int(d["crop"]),
-            interpolation=str(d.get("interpolation", "bilinear")),
-            mean=tuple(float(x) for x in d.get("mean", IMAGENET_MEAN)),
-            std=tuple(float(x) for x in d.get("std", IMAGENET_STD)),
-        )
+        """From a saved dict, checked (raises WeightsError saying what is wrong)."""
+        import math
+
+        def size(key: str) -> int:
+            v = d.get(key)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v) or not 1 <= v <= 10_000:
+                raise WeightsError(f"{key} must be a whole number of pixels from 1 to 10000; got {v!r}")
+            return int(v)
+
+        def stats(key: str, default: tuple[float, ...]) -> tuple[float, ...]:
+            v = d.get(key, default)
+            if not isinstance(v, (list, tuple)) or not v or any(isinstance(x, bool) or not isinstance(x, (int, float))
+                                                                 or not math.isfinite(x) for x in v):  # fmt: skip
+                raise WeightsError(f"{key} must be a list of numbers; got {v!r}")
+            return tuple(float(x) for x in v)
+
+        if not isinstance(d, dict):
+            raise WeightsError(f"preprocessing must be a table; got {type(d).__name__}")
+        interp = d.get("interpolation", "bilinear")
+        if interp not in ("bilinear", "bicubic", "nearest"):
+            raise WeightsError(f"interpolation must be bilinear, bicubic or nearest; got {interp!r}")
+        mean, std = stats("mean", IMAGENET_MEAN), stats("std", IMAGENET_STD)
+        if len(mean) != len(std):
+            raise WeightsError(f"mean and std must have one value per channel; got {len(mean)} and {len(std)}")
+        if min(std) <= 0:
+            raise WeightsError(f"std must be positive; got {list(std)}")
+        return cls(resize=size("resize"), crop=size("crop"), interpolation=interp, mean=mean, std=std)
 
 
 @dataclass(frozen=True)

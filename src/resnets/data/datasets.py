@@ -30,26 +30,92 @@ class BadSample(Exception):
         return (BadSample, (self.path, self.reason))
 
 
+# images larger than this many pixels are refused from their header, before any decoding (decompression
+# bombs: a 1 MB PNG can hold 20000 x 20000 pixels); RESNETS_MAX_PIXELS (or --max-pixels) sets it. Pillow's own
+# default limit.
+DEFAULT_MAX_PIXELS = 89_478_485
+
+
+def max_pixels() -> int:
+    """The pixel limit in force: $RESNETS_MAX_PIXELS (set by --max-pixels, and seen by loader workers), else the
+    default."""
+    try:
+        return int(os.environ.get("RESNETS_MAX_PIXELS", DEFAULT_MAX_PIXELS))
+    except ValueError:
+        return DEFAULT_MAX_PIXELS
+
+
+def check_header(path: str) -> int:
+    """Refuse an image over the pixel limit from its header (Pillow reads the header only), before decoding.
+    Returns its EXIF orientation (1: upright, or unknown)."""
+    from PIL import Image
+
+    limit = max_pixels()
+    Image.MAX_IMAGE_PIXELS = None  # our limit, not Pillow's warning and error at 1x and 2x its own
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if w * h > limit:
+                raise BadSample(path, f"{w}x{h} is {w * h:,} pixels, over the limit of {limit:,} (--max-pixels raises it)")
+            # JPEG, TIFF and WebP read EXIF with the header; a PNG's getexif() would decode the whole image
+            orientation = im.getexif().get(0x0112, 1) if im.format in ("JPEG", "MPO", "TIFF", "WEBP") else 1
+    except BadSample:
+        raise
+    except Exception:  # not an image Pillow knows: the decoders will say what is wrong
+        return 1
+    return orientation if isinstance(orientation, int) else 1
+
+
+def _to_uint8(img: torch.Tensor) -> torch.Tensor:
+    """16-bit (and other) images scaled to uint8; the first frame of an animation."""
+    from torchvision.transforms.v2.functional import to_dtype
+
+    if img.ndim == 4:  # (frames, C, H, W): an animated GIF or WebP
+        img = img[0]
+    return img if img.dtype == torch.uint8 else to_dtype(img, torch.uint8, scale=True)
+
+
+def _pil_to_tensor(im, channels: int) -> torch.Tensor:
+    """A Pillow image (its first frame, EXIF orientation applied) as uint8 (channels, H, W), whatever its mode."""
+    import numpy as np
+    from PIL import ImageOps
+
+    im = ImageOps.exif_transpose(im)
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):  # 16/32-bit grey: scale, do not clip
+        a = np.asarray(im, dtype=np.float64)
+        a = np.clip(a * (255.0 / (65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0)), 0, 255)
+        t = torch.from_numpy(a.round().astype(np.uint8))[None]
+        return t.expand(3, -1, -1).contiguous() if channels == 3 else t
+    if im.mode == "F":
+        t = torch.from_numpy(np.clip(np.asarray(im), 0, 255).round().astype(np.uint8))[None]
+        return t.expand(3, -1, -1).contiguous() if channels == 3 else t
+    from torchvision.transforms.v2.functional import pil_to_tensor
+
+    return pil_to_tensor(im.convert("RGB" if channels == 3 else "L"))
+
+
 def decode(path: str | os.PathLike, channels: int = 3) -> torch.Tensor:
-    """Decode an image file to uint8 (channels, H, W). torchvision.io for JPEG/PNG/WebP/GIF, Pillow for the rest
-    (BMP, TIFF). Grey, palette and alpha images are converted."""
+    """Decode an image file to uint8 (channels, H, W), or raise BadSample with the reason. torchvision.io for
+    JPEG/PNG/WebP/GIF, Pillow for the rest (BMP, TIFF, ...). Grey, palette and alpha images are converted,
+    16-bit ones scaled, animations give their first frame, EXIF orientation is applied (a portrait photo stands
+    upright), and an image over the pixel limit is refused from its header."""
     from torchvision.io import ImageReadMode, decode_image, read_file
 
     mode = ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY
     path = os.fspath(path)
+    check_header(path)
     try:
         if path.lower().endswith((".bmp", ".tif", ".tiff")):
             raise RuntimeError("use Pillow")
-        return decode_image(read_file(path), mode=mode)
+        return _to_uint8(decode_image(read_file(path), mode=mode, apply_exif_orientation=True))
     except RuntimeError:
         pass
     try:
         from PIL import Image
-        from torchvision.transforms.v2.functional import pil_to_tensor
 
         with Image.open(path) as im:
             im.load()
-            return pil_to_tensor(im.convert("RGB" if channels == 3 else "L"))
+            return _pil_to_tensor(im, channels)
     except Exception as e:  # Pillow raises many types for truncated or foreign files
         raise BadSample(path, f"cannot decode image ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})") from None
 
@@ -132,8 +198,11 @@ def csv_manifest(path: str | os.PathLike, channels: int = 3, classes: Sequence[s
     path = Path(path)
     if not path.is_file():
         raise ResnetsError(f"CSV manifest not found: {path}")
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = [r for r in csv.reader(f) if r and not r[0].startswith("#")]
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = [r for r in csv.reader(f) if r and not r[0].startswith("#")]
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise ResnetsError(f"{path} is not a CSV manifest of path,label rows (UTF-8 text): {e}") from None
     if rows and rows[0][0].strip().lower() in ("path", "file", "filename", "image"):
         rows = rows[1:]
     if not rows:

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import ResnetsError
-from .datasets import BadSample, FileDataset, TensorDataset, decode
+from .datasets import BadSample, FileDataset, TensorDataset, check_header, decode
 from .loader import Batch, SampledLoader, to_device
 
 log = logging.getLogger("resnets")
@@ -73,15 +73,15 @@ class _Encoded(Dataset):
     def __getitem__(self, key: int):
         path, label = self.samples[int(key) % len(self.samples)]
         try:
+            upright = check_header(path) == 1  # the pixel limit, from the header; nvJPEG ignores EXIF orientation
             with open(path, "rb") as f:
                 head = f.read(3)
-                if head == _JPEG_MAGIC:
+                if head == _JPEG_MAGIC and upright:
                     data = torch.frombuffer(bytearray(head + f.read()), dtype=torch.uint8)
                     return int(key), label, path, data, True
+            return int(key), label, path, decode(path, self.channels), False
         except OSError as e:
             return BadSample(path, f"cannot read file ({e.strerror or e})")
-        try:
-            return int(key), label, path, decode(path, self.channels), False
         except BadSample as e:
             return e
 

@@ -1,0 +1,297 @@
+"""Hostile inputs and outputs: images that used to end a whole command (animations, 16-bit, decompression bombs,
+EXIF-rotated photos), outputs that replaced what they should not, damaged model files and ONNX caches, names with
+control characters, and environment errors. Each is one named, skipped file or one line with a non-zero exit."""
+import csv
+import hashlib
+import io
+import json
+import shutil
+import struct
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import resnets
+from resnets.data import datasets as D
+from resnets.data.datasets import BadSample, check_header, decode
+from resnets.weights import Preprocessing
+
+from conftest import run_cli
+
+CLASSES = ["red", "green", "blue"]
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    torch.manual_seed(0)
+    m = resnets.create_model("resnet20", num_classes=3).eval()
+    path = tmp_path_factory.mktemp("m") / "r20.safetensors"
+    resnets.save(m, path, class_names=CLASSES, preprocessing=Preprocessing(36, 32, "bilinear", (0.5,) * 3, (0.25,) * 3).to_dict())
+    return path
+
+
+def _png_header_only(path, width, height):
+    """A PNG whose header claims width x height pixels and holds no pixel data at all: refusing it proves the
+    limit is read from the header, before any decoding."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+
+
+def _animated_gif(path):
+    frames = [Image.new("RGB", (24, 16), c) for c in ((255, 0, 0), (0, 0, 255), (0, 255, 0))]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100, loop=0)
+
+
+def _png16(path):
+    a = np.zeros((16, 24), dtype=np.uint16)
+    a[:, :12] = 65535
+    a[:, 12:] = 32768
+    Image.fromarray(a).save(path)  # mode I;16
+
+
+def _portrait_jpeg(path):
+    """Stored 40 wide and 20 high, with EXIF orientation 6: shown upright it is 20 wide and 40 high; its left
+    half (as stored) is white, which ends up on top."""
+    im = Image.new("RGB", (40, 20), (0, 0, 0))
+    im.paste((255, 255, 255), (0, 0, 20, 20))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    im.save(path, exif=exif.tobytes(), quality=95)
+
+
+def test_animation_16_bit_and_exif_orientation_decode(tmp_path):
+    _animated_gif(tmp_path / "a.gif")
+    x = decode(tmp_path / "a.gif")
+    assert x.shape == (3, 16, 24) and x.dtype == torch.uint8
+    assert x[0].float().mean() > 250 and x[2].float().mean() < 5  # the first frame (red), not the blue second
+
+    _png16(tmp_path / "deep.png")
+    for channels in (3, 1):
+        x = decode(tmp_path / "deep.png", channels)
+        assert x.shape == (channels, 16, 24) and x.dtype == torch.uint8
+        assert int(x[0, 0, 0]) == 255 and abs(int(x[0, 0, 20]) - 128) <= 1  # scaled, not clipped to 255
+
+    _portrait_jpeg(tmp_path / "portrait.jpg")
+    assert check_header(str(tmp_path / "portrait.jpg")) == 6
+    x = decode(tmp_path / "portrait.jpg")
+    assert x.shape == (3, 40, 20)
+    assert x[:, :20].float().mean() > 200 and x[:, 20:].float().mean() < 50
+
+
+def test_the_pixel_limit_is_read_from_the_header(tmp_path, monkeypatch):
+    _png_header_only(tmp_path / "bomb.png", 20000, 20000)
+    with pytest.raises(BadSample, match="20000x20000 is 400,000,000 pixels, over the limit"):
+        decode(tmp_path / "bomb.png")
+    Image.new("RGB", (300, 200)).save(tmp_path / "big.png")
+    assert decode(tmp_path / "big.png").shape == (3, 200, 300)
+    monkeypatch.setenv("RESNETS_MAX_PIXELS", "50000")
+    with pytest.raises(BadSample, match="over the limit of 50,000"):
+        decode(tmp_path / "big.png")
+
+
+@pytest.fixture
+def hostile_folder(tmp_path):
+    root = tmp_path / "photos"
+    root.mkdir()
+    _animated_gif(root / "anim.gif")
+    _png16(root / "deep.png")
+    _portrait_jpeg(root / "portrait.jpg")
+    _png_header_only(root / "bomb.png", 20000, 20000)
+    Image.new("RGB", (300, 200), (0, 200, 0)).save(root / "big.png")
+    Image.new("RGB", (40, 40), (0, 0, 200)).save(root / "evil\n\x1b[31mname.png")
+    return root
+
+
+def test_predict_survives_every_hostile_image_and_names_the_skipped_ones(hostile_folder, model_file):
+    code, out, err = run_cli("predict", hostile_folder, "--weights", model_file, "--workers", 0, "--format", "json")
+    assert code == 0 and "Traceback" not in err, err
+    rows = {r["path"].rsplit("/", 1)[-1]: r for r in json.loads(out)}
+    assert set(rows) == {"anim.gif", "deep.png", "portrait.jpg", "bomb.png", "big.png", "evil\n\x1b[31mname.png"}
+    assert "over the limit" in rows["bomb.png"]["error"] and "1 of 6 files" in err
+    assert all("top" in r for name, r in rows.items() if name != "bomb.png")
+    # a lower limit from the command line: big.png is now refused too, by name
+    code, out, err = run_cli("predict", hostile_folder, "--weights", model_file, "--workers", 0, "--format", "json",
+                             "--max-pixels", 50_000)  # fmt: skip
+    rows = {r["path"].rsplit("/", 1)[-1]: r for r in json.loads(out)}
+    assert code == 0 and "over the limit of 50,000" in rows["big.png"]["error"] and "2 of 6 files" in err
+
+
+def test_train_on_a_folder_with_hostile_images_skips_and_names_them(hostile_folder, tmp_path):
+    data = tmp_path / "data"
+    for cls, files in {"a": ["anim.gif", "deep.png", "bomb.png"], "b": ["portrait.jpg", "big.png"]}.items():
+        (data / "train" / cls).mkdir(parents=True)
+        (data / "val" / cls).mkdir(parents=True)
+        for f in files:
+            shutil.copy(hostile_folder / f, data / "train" / cls / f)
+            shutil.copy(hostile_folder / f, data / "val" / cls / f)
+    code, out, err = run_cli("train", "--model", "resnet20", "--dataset", "imagefolder", "--data", data, "--epochs", 1,
+                             "--batch-size", 2, "--train-crop", 32, "--eval-resize", 36, "--eval-crop", 32, "--workers", 0,
+                             "--no-progress", "--device", "cpu", "--out", tmp_path / "runs", "--name", "r")  # fmt: skip
+    assert code == 0 and "Traceback" not in err, err
+    assert "bomb.png" in err and "bomb.png (validation)" in err  # the skipped file is named, in training and in validation
+    code, out, err = run_cli("eval", "--weights", tmp_path / "runs" / "r" / "model.safetensors", "--dataset", "imagefolder",
+                             "--data", data / "val", "--workers", 0, "--device", "cpu")  # fmt: skip
+    assert code == 0 and "skipped 1 unreadable images" in out and "bomb.png: " in err and "over the limit" in err, err
+    assert (tmp_path / "runs" / "r" / "model.safetensors").is_file()
+
+
+def _run_folder(tmp_path, model_file):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    shutil.copy(model_file, run / "model.safetensors")
+    (run / "last.pt").write_bytes(b"a checkpoint")
+    return run
+
+
+def test_outputs_never_replace_a_run_or_a_file_unasked(tmp_path, model_file, hostile_folder):
+    run = _run_folder(tmp_path, model_file)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    photo = hostile_folder / "big.png"
+    cases = [
+        (["embed", photo, "--weights", model_file, "--out", run / "model.safetensors", "--force"], "belongs to the training run"),
+        (["embed", photo, "--weights", model_file, "--out", run / "last.pt"], "is a .safetensors file"),
+        (["embed", photo, "--weights", model_file, "--out", tmp_path / "x.npy"], "is a .safetensors file"),
+        (["export", "--weights", model_file, "--out", run / "model.safetensors", "--force"], "is a .onnx file"),
+        (["export", "--weights", model_file, "--out", tmp_path], "is a folder"),
+        (["export", "--weights", model_file, "--format", "torchscript", "--out", tmp_path / "m.onnx"], "is a .pt"),
+        (["explain", photo, "--weights", model_file, "--out", run / "curves.png", "--force"], "belongs to the training run"),
+    ]  # fmt: skip
+    for args, needle in cases:
+        code, _, err = run_cli(*args)
+        assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, (args, err)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    assert not (tmp_path / "x.npy").exists()
+
+    mine = tmp_path / "mine.safetensors"
+    mine.write_bytes(b"something of mine")
+    code, _, err = run_cli("embed", photo, "--weights", model_file, "--out", mine)
+    assert code == 2 and "exists; pass --force" in err and mine.read_bytes() == b"something of mine"
+    code, _, err = run_cli("embed", photo, "--weights", model_file, "--out", mine, "--force", "--workers", 0)
+    assert code == 0, err
+    assert resnets.inference.load_index(mine)[0].shape == (1, 64)
+
+
+@pytest.mark.parametrize("field, value, needle", [
+    ("preprocessing", {"resize": 36, "mean": [0.5] * 3, "std": [0.25] * 3}, "crop must be a whole number"),
+    ("preprocessing", {"resize": 36, "crop": -32}, "crop must be a whole number"),
+    ("preprocessing", {"resize": 36, "crop": 32, "std": [0, 1, 1]}, "std must be positive"),
+    ("preprocessing", {"resize": 36, "crop": 32, "interpolation": "lanczos9"}, "interpolation must be"),
+    ("options", ["a", "list"], "options metadata should be a dict"),
+    ("class_names", 7, "class_names metadata should be a list"),
+    ("class_names", "{not json", "not valid JSON"),
+])  # fmt: skip
+def test_damaged_metadata_is_one_line(tmp_path, model_file, hostile_folder, field, value, needle):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(model_file), framework="pt") as f:
+        meta, sd = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    meta[field] = value if isinstance(value, str) else json.dumps(value)
+    save_file(sd, str(tmp_path / "bad.safetensors"), metadata=meta)
+    code, _, err = run_cli("predict", hostile_folder / "big.png", "--weights", tmp_path / "bad.safetensors", "--workers", 0)
+    assert code == 2 and needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_the_onnx_cache_is_verified_and_rebuilt(tmp_path, model_file, hostile_folder):
+    from resnets import inference as I
+    from resnets.backends import onnx_cache_path
+
+    model = resnets.load(model_file)
+    other = resnets.load(model_file)
+    with torch.no_grad():
+        other.fc.bias.copy_(torch.tensor([10.0, 0.0, -10.0]))  # another model: always "red"
+    eager = [r.get("top") for r in I.predict(model, [hostile_folder], workers=0, top_k=3)]
+    I.predict(other, [hostile_folder], workers=0, backend="onnxruntime")
+    cached = onnx_cache_path(model, torch.randn(2, 3, 32, 32))
+    other_file = onnx_cache_path(other, torch.randn(2, 3, 32, 32))
+    assert other_file.is_file() and other_file != cached
+
+    def agree(rows):
+        for a, b in zip(eager, [r.get("top") for r in rows]):
+            assert (a is None) == (b is None)
+            for ta, tb in zip(a or [], b or []):
+                assert ta["index"] == tb["index"] and ta["prob"] == pytest.approx(tb["prob"], abs=1e-4)
+
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(other_file, cached)  # another model's file under this model's name
+    agree(I.predict(model, [hostile_folder], workers=0, top_k=3, backend="onnxruntime"))
+    cached.write_bytes(cached.read_bytes()[:5000])  # truncated
+    agree(I.predict(model, [hostile_folder], workers=0, top_k=3, backend="onnxruntime"))
+    agree(I.predict(model, [hostile_folder], workers=0, top_k=3, backend="onnxruntime"))  # and the rebuilt file is good
+    data = bytearray(cached.read_bytes())  # one weight damaged: the file still loads, its hash no longer matches
+    big = max(range(0, len(data) - 4096, 4096), key=lambda i: len(set(data[i:i + 64])))
+    data[big:big + 64] = bytes(64)
+    cached.write_bytes(bytes(data))
+    agree(I.predict(model, [hostile_folder], workers=0, top_k=3, backend="onnxruntime"))
+    assert cached.with_suffix(".sha256").read_text().strip() == hashlib.sha256(cached.read_bytes()).hexdigest()
+
+
+def test_names_with_control_characters_are_escaped_in_tables_and_exact_in_csv(tmp_path, model_file, hostile_folder):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    evil = ["\x1b[31m", "../../", "line\nbreak"]
+    with safe_open(str(model_file), framework="pt") as f:
+        meta, sd = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    save_file(sd, str(tmp_path / "evil.safetensors"), metadata={**meta, "class_names": json.dumps(evil)})
+    photo = next(p for p in hostile_folder.iterdir() if "evil" in p.name)
+    code, out, err = run_cli("predict", photo, "--weights", tmp_path / "evil.safetensors", "--workers", 0, "--top-k", 3)
+    assert code == 0, err
+    assert "\x1b" not in out and len(out.splitlines()) == 1  # one line for one file, no escape codes
+    assert "\\x1b[31m" in out and "line\\nbreak" in out and "evil\\n\\x1b[31mname.png" in out
+    code, out, err = run_cli("predict", photo, "--weights", tmp_path / "evil.safetensors", "--workers", 0,
+                             "--top-k", 3, "--format", "csv")  # fmt: skip
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert code == 0 and len(rows) == 3
+    assert {r["path"] for r in rows} == {str(photo)} and {r["class"] for r in rows} == set(evil)
+
+
+def test_environment_errors_are_one_line(tmp_path, model_file, hostile_folder):
+    (tmp_path / "afile").write_text("x")
+    S = ["--model", "resnet20", "--dataset", "synthetic", "--synthetic-samples", 64, "--train-crop", 32, "--epochs", 1,
+         "--workers", 0, "--no-progress", "--device", "cpu"]  # fmt: skip
+    code, _, err = run_cli("train", *S, "--out", tmp_path, "--name", "afile")
+    assert code != 0 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    code, _, err = run_cli("train", *S, "--out", tmp_path / "afile")
+    assert code != 0 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    binary = tmp_path / "bin.csv"
+    binary.write_bytes(bytes(range(256)) * 4)
+    code, _, err = run_cli("train", *S[:2], "--dataset", "csv", "--data", binary, *S[6:], "--out", tmp_path / "r")
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    for args in (["--top-k", -3], ["--batch-size", 0], ["--workers", -1]):
+        code, _, err = run_cli("predict", hostile_folder / "big.png", "--weights", model_file, *args)
+        assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    code, _, err = run_cli("explain", hostile_folder / "big.png", "--weights", model_file, "--layer", "fc",
+                           "--out", tmp_path / "cam.png")  # fmt: skip
+    assert code == 2 and "--layer is one of" in err and not (tmp_path / "cam.png").exists(), err
+
+
+def test_a_closed_pipe_is_not_an_error():
+    p = subprocess.run(f"{sys.executable} -m resnets list | true", shell=True, capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr, p.stderr
+
+
+def test_the_gpu_file_loader_sends_only_upright_jpegs_to_the_batch_decoder(tmp_path):
+    """nvJPEG ignores EXIF orientation: a rotated JPEG is decoded (and turned upright) on the CPU instead; a bomb
+    is refused from its header in the worker."""
+    from resnets.data.device import _Encoded
+
+    _portrait_jpeg(tmp_path / "portrait.jpg")
+    Image.new("RGB", (40, 20), (9, 9, 9)).save(tmp_path / "plain.jpg")
+    _png_header_only(tmp_path / "bomb.png", 20000, 20000)
+    ds = D.FileDataset([(str(tmp_path / n), 0) for n in ("portrait.jpg", "plain.jpg", "bomb.png")], ["x"], 3)
+    enc = _Encoded(ds)
+    _, _, _, pixels, is_jpeg = enc[0]
+    assert not is_jpeg and pixels.shape == (3, 40, 20)
+    _, _, _, data, is_jpeg = enc[1]
+    assert is_jpeg and data.ndim == 1 and data[:2].tolist() == [0xFF, 0xD8]
+    assert isinstance(enc[2], BadSample) and "over the limit" in enc[2].reason
