@@ -32,7 +32,6 @@ import torchvision
 import resnets
 from resnets.backends import bench, make_runner, onnx_cache_path
 from resnets.export import check_inputs, export_int8
-from resnets.weights import Preprocessing
 
 
 def _torchvision_peer(ref: torch.nn.Module, device: torch.device, precision: str, compiled: bool):
@@ -58,8 +57,7 @@ def speed_case(runs: int, batch: int, seconds: float, device: torch.device, prec
     x = torch.randn(batch, 3, 224, 224, device=device)
     ref = torchvision.models.resnet50().eval()
     ours = resnets.create_model("resnet50")
-    ours.load_state_dict(ref.state_dict())
-    ours.preprocessing = Preprocessing(256, 224)
+    ours.load_state_dict(ref.state_dict())  # the default preprocessing of a resnet50: 256 -> 224, ImageNet statistics
     if device.type == "cpu" and precision == "fp32":
         calib = [check_inputs(ours, batch=14)]  # 14 random + 2 real photos; speed only, accuracy is case 2
         runners = {"torchvision-eager": lambda t: ref(t)}
@@ -113,9 +111,7 @@ def predict_case(n: int, backend: str, runs: int, device: torch.device, precisio
 
     photos = [sk.astronaut(), sk.coffee(), sk.chelsea(), sk.rocket(), sk.retina(), sk.immunohistochemistry()]
     torch.manual_seed(0)  # the crops below draw from the global generator
-    model = resnets.create_model("resnet50").eval().to(device)
-    model.preprocessing = Preprocessing(256, 224)
-    model.class_names = [str(i) for i in range(1000)]
+    model = resnets.create_model("resnet50").eval().to(device)  # default preprocessing: 256 -> 224
     # end to end: `resnets predict` as a user runs it. The first call with a model exports it to ONNX (a few
     # seconds, cached); a repeated call finds the export in the cache. Steady state: the backend passed in.
     out = {"images": n, "backend": backend, "precision": precision, "device": str(device), "size": size,

@@ -315,9 +315,9 @@ def bad(d: Path) -> dict:
         print(f"{'ok  ' if ok else 'FAIL'} {what:55s} exit {p.returncode}  {msg!r}", flush=True)
         if changed or appeared:
             print(f"     changed: {changed}  appeared: {must_not_exist if appeared else None}")
-    # output injection: one line per file in the table, no raw escape code
+    # output injection: a header and one line per file in the table, no raw escape code
     table = resnets("predict", made["imgs"], "--weights", d / "evil-classes.safetensors", "--workers", 0).stdout
-    injection_ok = "\x1b" not in table and len(table.splitlines()) == len(list(made["imgs"].iterdir()))
+    injection_ok = "\x1b" not in table and len(table.splitlines()) == 1 + len(list(made["imgs"].iterdir()))
     pipe = subprocess.run(f"{sys.executable} -m resnets list | true", shell=True, capture_output=True, text=True, env=ENV)
     tracebacks += "Traceback" in pipe.stderr
     rows.append({"input": "resnets list | true", "traceback": "Traceback" in pipe.stderr, "ok": "Traceback" not in pipe.stderr})

@@ -93,6 +93,49 @@ def test_torch_hub_load_from_a_checkout():
 
     repo = Path(__file__).resolve().parents[1]
     m = torch.hub.load(str(repo), "resnet20", source="local", in_chans=1, trust_repo=True)
-    assert m.arch_name == "resnet20" and m(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    assert m.meta.architecture == "resnet20" and m(torch.randn(2, 1, 28, 28)).shape == (2, 10)
     with pytest.raises(resnets.OptionError):
         torch.hub.load(str(repo), "resnet18", source="local", stride_in_1x1=True, trust_repo=True)
+
+
+def test_help_and_version_answer_without_loading_torch():
+    code = ("import sys; from resnets.cli import main\n"
+            "for argv in (['--version'], ['--help'], ['train', '--help'], ['predict', '--help']):\n"
+            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+            "print('torch' in sys.modules)")  # fmt: skip
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and p.stdout.strip().splitlines()[-1] == "False", p.stderr
+
+
+def test_train_help_describes_every_key_with_its_default_and_values():
+    import dataclasses
+
+    from resnets.config import TrainConfig
+
+    code, out, _ = run_cli("train", "--help")
+    assert code == 0
+    assert "--schedule {cosine,step,onecycle,plateau,constant}" in out and "(default: cosine)" in out
+    assert "--lr X" in out and "(default: 0.1; > 0)" in " ".join(out.split())
+    assert all(f.metadata.get("help") for f in dataclasses.fields(TrainConfig))  # every key has a line of help
+    assert " V " not in out and "%%" not in out
+    code, out, _ = run_cli("finetune", "--help")
+    assert code == 0 and "10% of each class" in " ".join(out.split())
+
+
+def test_the_onnx_cache_is_reused_capped_listed_and_cleared(tmp_path, monkeypatch):
+    monkeypatch.setenv("RESNETS_HOME", str(tmp_path))
+    onnx = tmp_path / "onnx"
+    for _ in range(2):  # the same random weights each time: one export, reused
+        code, out, err = run_cli("bench", "resnet20", "--backend", "onnxruntime", "--batch-sizes", 1, "--seconds", 0.2)
+        assert code == 0, err
+    assert len(list(onnx.glob("*.onnx"))) == 1
+    first = next(onnx.glob("*.onnx"))
+    monkeypatch.setenv("RESNETS_ONNX_CACHE_MB", "0.5")  # room for one file of resnet32
+    code, _, err = run_cli("bench", "resnet32", "--backend", "onnxruntime", "--batch-sizes", 1, "--seconds", 0.2)
+    assert code == 0, err
+    left = list(onnx.glob("*.onnx"))
+    assert len(left) == 1 and left[0] != first and not first.with_suffix(".sha256").exists()  # the older one went
+    code, out, _ = run_cli("cache")
+    assert code == 0 and f"onnx: {onnx} (1 files" in out and left[0].name in out
+    code, out, _ = run_cli("cache", "--clear", "onnx")
+    assert code == 0 and "removed 1 ONNX exports" in out and not list(onnx.glob("*"))

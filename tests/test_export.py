@@ -1,6 +1,6 @@
 """Export: every format reloads and matches eager PyTorch; int8 is gated on real accuracy."""
 
-import numpy as np
+
 import pytest
 import torch
 
@@ -33,7 +33,7 @@ def test_export_formats_match_eager(r18_file, tmp_path, fmt, suffix, dynamic):
         for b in (1, 3, 7):
             x = torch.randn(b, 3, 64, 64)
             with torch.no_grad():
-                assert np.abs(runner.run(x) - model(x).numpy()).max() <= 1e-4
+                assert (runner.run(x) - model(x)).abs().max() <= 1e-4
 
 
 def test_fold_bn_keeps_the_function_and_removes_the_norms(r18_file):
@@ -90,5 +90,21 @@ def test_cli_export_prints_the_difference(r18_file, tmp_path):
                              tmp_path / "m.onnx")  # fmt: skip
     assert code == 0, err
     assert "max abs difference from eager PyTorch" in out and (tmp_path / "m.onnx").is_file()
+    code, out, err = run_cli("export", "--weights", r18_file, "--out", tmp_path / "d.onnx")
+    assert code == 0 and "input N x 3 x 64 x 64 float32" in out, err  # a dynamic batch by default, and said
+    import json
+
+    from resnets.export import ort_session
+
+    sess = ort_session(tmp_path / "d.onnx")
+    props = sess.get_modelmeta().custom_metadata_map
+    model = resnets.load(r18_file)
+    assert json.loads(props["class_names"]) == model.meta.class_names
+    assert Preprocessing.from_dict(json.loads(props["preprocessing"])) == model.meta.preprocessing
+    assert props["resnets.architecture"] == "resnet18"
+    x = torch.randn(5, 3, 64, 64)  # any batch
+    assert sess.run(None, {"input": x.numpy()})[0].shape == (5, model.num_classes)
+    code, out, err = run_cli("export", "--weights", r18_file, "--out", tmp_path / "s.onnx", "--static-batch")
+    assert code == 0 and "input 2 x 3 x 64 x 64" in out, err
     code, _, err = run_cli("export", "--weights", r18_file, "--format", "exported-program", "--out", tmp_path / "m.onnx")
     assert code == 2 and len(err.strip().splitlines()) == 1

@@ -83,9 +83,9 @@ def test_finetune_cli_new_head_class_names_and_predict(pretrained, folder, tmp_p
     assert "new head: 5 classes" in err  # same count as the pretrained head, other classes: replaced
     model_path = tmp_path / "ft" / "model.safetensors"
     model = resnets.load(model_path)
-    assert model.arch_name == "resnet20" and model.conv1.in_channels == 1  # architecture and channels from the weights
-    assert model.class_names == sorted(NEW) and model.fc.out_features == 5
-    assert model.preprocessing.mean == (0.2860,) and model.preprocessing.crop == 28  # normalisation from the weights
+    assert model.meta.architecture == "resnet20" and model.conv1.in_channels == 1  # architecture and channels from the weights
+    assert model.meta.class_names == sorted(NEW) and model.fc.out_features == 5
+    assert model.meta.preprocessing.mean == (0.2860,) and model.meta.preprocessing.crop == 28  # normalisation from the weights
     ev = json.loads((tmp_path / "ft" / "eval.json").read_text())
     assert ev["n"] == 5  # no val/ folder: 10% of each class (1 of 12) held out
     history = [json.loads(l) for l in (tmp_path / "ft" / "metrics.jsonl").read_text().splitlines()]
@@ -163,7 +163,7 @@ def test_bn_policies_keep_what_was_learned(tmp_path):
     assert torch.equal(model.layer1[0].bn1.running_mean, stats) and model.layer1[0].bn1.weight.grad is not None
     # group: GroupNorm with the BatchNorm's affine weights; the saved file rebuilds it
     gn = FT.convert_norms(randomize_norms(resnets.create_model("resnet20", num_classes=4)), "group")
-    assert gn.arch_options["norm"] == "group" and isinstance(gn.layer3[2].bn2, nn.GroupNorm)
+    assert gn.meta.options["norm"] == "group" and isinstance(gn.layer3[2].bn2, nn.GroupNorm)
     assert torch.equal(gn.layer3[2].bn2.weight, ref.layer3[2].bn2.weight)
     resnets.save(gn.eval(), tmp_path / "gn.safetensors")
     back = resnets.load(tmp_path / "gn.safetensors")
@@ -238,7 +238,7 @@ def test_torchvision_and_timm_state_dicts_name_their_architecture(tmp_path, phot
                           "--workers", 0, "--early-stop", 0)  # fmt: skip
     assert code == 0, err
     model = resnets.load(tmp_path / "tv" / "model.safetensors")
-    assert model.arch_name == "resnet18" and model.class_names == ["cat", "coffee"]
+    assert model.meta.architecture == "resnet18" and model.meta.class_names == ["cat", "coffee"]
     # weights whose architecture is not --model
     code, out, err = _run("finetune", "--data", photos, "--weights", tmp_path / "tv.pth", "--model", "resnet34",
                           "--out", tmp_path, "--name", "bad")  # fmt: skip
@@ -267,8 +267,8 @@ def test_registered_weights_from_the_cache_and_offline(tmp_path, photos):
     code, _, err = _run(*args, env=env)
     assert code == 0, err
     model = resnets.load(tmp_path / "reg" / "model.safetensors")
-    assert model.arch_name == "resnet18" and model.class_names == ["cat", "coffee"]
-    assert model.preprocessing.mean == pytest.approx((0.485, 0.456, 0.406))
+    assert model.meta.architecture == "resnet18" and model.meta.class_names == ["cat", "coffee"]
+    assert model.meta.preprocessing.mean == pytest.approx((0.485, 0.456, 0.406))
 
 
 def test_finetune_bad_input(tmp_path, photos, pretrained):

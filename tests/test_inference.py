@@ -81,8 +81,8 @@ def test_embed_index_and_similar(photos, model_file, tmp_path):
     emb, files, errors = I.embed(model, [photos], workers=0)
     assert emb.shape == (5, 512) and len(files) == 5 and len(errors) == 1
     with torch.no_grad():
-        x = torch.stack([I.normalizer((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))(
-            I.eval_transform(resize=84, crop=72)(I.decode(f))) for f in files])  # fmt: skip
+        pre = model.meta.preprocessing  # the model's own eval transform and normaliser
+        x = torch.stack([pre.normalizer()(pre.transform()(I.decode(f))) for f in files])
         assert torch.allclose(emb, model.forward_head(model.forward_features(x), pre_logits=True), atol=1e-5)
     I.save_index(tmp_path / "idx.safetensors", emb, files, weights=str(model_file), layer=None)
     index, names, _ = I.load_index(tmp_path / "idx.safetensors")
@@ -194,8 +194,8 @@ def test_onnx_export_is_cached_between_calls(photos, model_file, monkeypatch):
     from resnets.backends import onnx_cache_path
 
     calls = []
-    real = E._write
-    monkeypatch.setattr(E, "_write", lambda *a, **k: (calls.append(a[2]), real(*a, **k)))
+    real = E.write
+    monkeypatch.setattr(E, "write", lambda *a, **k: (calls.append(a[2]), real(*a, **k)))
     model = resnets.load(model_file)
     x = torch.randn(2, 3, 72, 72)
     cached = onnx_cache_path(model, x)
@@ -272,3 +272,30 @@ def test_gpu_runners_at_reduced_precision(photos, model_file, precision):
         assert a["path"] == b["path"] and ("error" in a) == ("error" in b)
         if "top" in a:
             assert a["top"][0]["index"] == b["top"][0]["index"]
+
+
+def test_predict_prints_a_table_goes_on_past_a_missing_path_and_agrees_on_names(photos, model_file, tmp_path, caplog):
+    code, out, err = _cli("predict", photos / "coffee.png", tmp_path / "gone.jpg", photos / "sub" / "chelsea.jpg",
+                          "--weights", model_file, "--top-k", 2, "--workers", 0)  # fmt: skip
+    assert code == 0 and "1 of 3 files could not be read" in err, err
+    lines = out.splitlines()
+    assert lines[0].split() == ["file", "#1", "#2"] and len(lines) == 4
+    assert lines[2].startswith(str(tmp_path / "gone.jpg")) and "ERROR: no such file" in lines[2]
+    col = lines[0].index("#1")  # the columns line up
+    assert all(line[col - 2 : col] == "  " for line in (lines[1], lines[3]))
+    code, out_json, _ = _cli("predict", photos / "coffee.png", "--weights", model_file, "--json", "--workers", 0)
+    code2, out_fmt, _ = _cli("predict", photos / "coffee.png", "--weights", model_file, "--format", "json", "--workers", 0)
+    assert code == code2 == 0 and json.loads(out_json) == json.loads(out_fmt)
+    code, out, err = _cli("similar", photos / "coffee.png", "--index", tmp_path / "none.safetensors", "--top-k", 2)
+    assert code == 2 and "--top-k" not in err  # the same flag name as predict's
+    model = resnets.load(model_file)
+    with caplog.at_level("WARNING", logger="resnets"):
+        I.predict(model, [photos / "coffee.png"], workers=0, backend="onnxruntime-int8")
+    assert "too few for a reliable int8 model" in caplog.text
+
+
+def test_explain_suggests_close_class_names(photos, model_file, tmp_path):
+    code, _, err = _cli("explain", photos / "coffee.png", "--weights", model_file, "--class", "cofee", "--out", tmp_path / "c.png")
+    assert code == 2 and "did you mean 'coffee'" in err and not (tmp_path / "c.png").exists()
+    code, _, err = _cli("explain", photos / "coffee.png", "--weights", model_file, "--class", 9, "--out", tmp_path / "c.png")
+    assert code == 2 and "out of range: the model has 4 classes" in err

@@ -75,8 +75,8 @@ def test_save_load_round_trip_and_reset_head(name, tmp_path):
     path = resnets.save(model, tmp_path / f"{name}.safetensors", class_names=[f"c{i}" for i in range(model.num_classes)])
     again = resnets.load(path)
     assert not again.training
-    assert type(again) is type(model) and again.arch_name == name
-    assert again.class_names[:2] == ["c0", "c1"]
+    assert type(again) is type(model) and again.meta.architecture == name
+    assert again.meta.class_names[:2] == ["c0", "c1"]
     a, b = model.state_dict(), again.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     with torch.no_grad():

@@ -246,7 +246,7 @@ def test_names_with_control_characters_are_escaped_in_tables_and_exact_in_csv(tm
     photo = next(p for p in hostile_folder.iterdir() if "evil" in p.name)
     code, out, err = run_cli("predict", photo, "--weights", tmp_path / "evil.safetensors", "--workers", 0, "--top-k", 3)
     assert code == 0, err
-    assert "\x1b" not in out and len(out.splitlines()) == 1  # one line for one file, no escape codes
+    assert "\x1b" not in out and len(out.splitlines()) == 2  # a header and one row for one file, no escape codes
     assert "\\x1b[31m" in out and "line\\nbreak" in out and "evil\\n\\x1b[31mname.png" in out
     code, out, err = run_cli("predict", photo, "--weights", tmp_path / "evil.safetensors", "--workers", 0,
                              "--top-k", 3, "--format", "csv")  # fmt: skip

@@ -50,7 +50,7 @@ def test_train_returns_metrics_and_writes_the_run_directory(tmp_path):
     assert json.loads((run / "config.json").read_text())["limit_train"] == 1024
     # the final model is self-describing: it loads alone and gives the reported accuracy through `resnets eval`
     model = resnets.load(run / "model.safetensors")
-    assert model.class_names[0] == "T-shirt/top" and model.conv1.in_channels == 1
+    assert model.meta.class_names[0] == "T-shirt/top" and model.conv1.in_channels == 1
     code, out, err = _run("eval", "--weights", run / "model.safetensors", "--dataset", "fashion-mnist", "--limit", 256,
                           "--amp", result["amp"], "--json")  # fmt: skip  (the precision training evaluated at)
     assert code == 0, err

@@ -1,5 +1,6 @@
 """Weights: registered names with provenance, local files in every layout, adaptation and clear refusals."""
 import hashlib
+import json
 import os
 
 import pytest
@@ -64,7 +65,7 @@ def test_download_checks_the_hash_and_caches(offline_cache, served_file, tmp_pat
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(got(x), model.eval()(x))
-    assert got.preprocessing.crop == 32
+    assert got.meta.preprocessing.crop == 32 and got.meta.source == "resnet20.test_ok"
     # a second call uses the cache: the source may be gone
     path.unlink()
     resnets.create_model("resnet20", weights="resnet20.test_ok")
@@ -192,9 +193,9 @@ def test_saved_file_is_self_describing(tmp_path):
         meta = f.metadata()
     assert meta["architecture"] == "resnet56"
     again = resnets.load(tmp_path / "m.safetensors")
-    assert again.arch_options == {"num_classes": 3, "shortcut": "B", "in_chans": 1}
-    assert again.class_names == ["cat", "dog", "eel"]
-    assert again.preprocessing == resnets.Preprocessing(32, 28, "bilinear", (0.5,), (0.25,))
+    assert again.meta.options == {"num_classes": 3, "shortcut": "B", "in_chans": 1}
+    assert again.meta.class_names == ["cat", "dog", "eel"]
+    assert again.meta.preprocessing == resnets.Preprocessing(32, 28, "bilinear", (0.5,), (0.25,))
     assert again.layer2[0].downsample[0].kernel_size == (1, 1)  # option B rebuilt from the file alone
 
 
@@ -221,12 +222,70 @@ def test_save_is_atomic(tmp_path, monkeypatch):
         resnets.save(resnets.create_model("resnet20"), tmp_path / "missing" / "m.safetensors")
 
 
-def test_load_needs_a_self_describing_file(tmp_path):
-    torch.save(resnets.create_model("resnet20").state_dict(), tmp_path / "plain.pth")
-    with pytest.raises(WeightsError, match="does not record its architecture"):
-        resnets.load(tmp_path / "plain.pth")
+def test_load_takes_what_weights_takes(tmp_path):
+    """A file, a plain state dict (architecture recognised), a run folder: `load` means what --weights means."""
+    model = resnets.create_model("resnet20", num_classes=10).eval()
+    torch.save(model.state_dict(), tmp_path / "plain.pth")
+    again = resnets.load(tmp_path / "plain.pth")
+    assert again.meta.architecture == "resnet20" and again.meta.preprocessing is None
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(again(x), model(x))
+    run = tmp_path / "run"
+    run.mkdir()
+    resnets.save(model, run / "model.safetensors", class_names=[f"c{i}" for i in range(10)])
+    assert resnets.load(run).meta.class_names[3] == "c3"
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "config.json").write_text("{}")
+    with pytest.raises(WeightsError, match="without a model.safetensors.*resume it"):
+        resnets.load(tmp_path / "busy")
+    assert resnets.load(tmp_path / "plain.pth").meta.source == str(tmp_path / "plain.pth")
+
+
+def test_a_model_built_by_name_is_fed_its_default_input_and_says_so(tmp_path):
+    from PIL import Image
+
+    from conftest import run_cli
+
+    resnets.save(resnets.create_model("resnet18", num_classes=3), tmp_path / "m.safetensors")
+    Image.new("RGB", (300, 200), (200, 30, 30)).save(tmp_path / "red.png")
+    code, out, err = run_cli("predict", tmp_path / "red.png", "--weights", tmp_path / "m.safetensors", "--workers", 0,
+                             "--top-k", 2)  # fmt: skip
+    assert code == 0 and "red.png  " in out, err
+    assert "records no preprocessing; using resnet18's default: resize 256, crop 224" in err
+    cifar = resnets.create_model("resnet20")
+    assert cifar.meta.eval_preprocessing() == (resnets.Preprocessing(32, 32), False)
+    grey = resnets.create_model("resnet20", in_chans=1).meta.eval_preprocessing()[0]
+    assert grey.mean == (pytest.approx(sum((0.485, 0.456, 0.406)) / 3),)
 
 
 def test_imagenet_class_names_ship_with_the_package():
     names = W.class_list("imagenet")
     assert len(names) == 1000 and names[0] == "tench" and names[-1] == "toilet tissue"
+
+
+def test_weights_means_the_same_in_every_command(offline_cache, served_file, tmp_path):
+    """--weights takes a registered weight name, a weights file, a model file or a run folder, in predict as
+    in summary and finetune; an architecture name is told apart."""
+    from PIL import Image
+
+    from conftest import run_cli
+
+    model, path = served_file
+    _register_local(tmp_path, "resnet20.test_cli", hashlib.sha256(path.read_bytes()).hexdigest())
+    Image.new("RGB", (40, 40), (10, 200, 10)).save(tmp_path / "g.png")
+    run = tmp_path / "run"
+    run.mkdir()
+    resnets.save(model, run / "model.safetensors", preprocessing=W.Preprocessing(36, 32))
+    tops = []
+    for weights in ("resnet20.test_cli", path, run / "model.safetensors", run):
+        code, out, err = run_cli("predict", tmp_path / "g.png", "--weights", weights, "--workers", 0, "--format", "json")
+        assert code == 0, (weights, err)
+        tops.append(json.loads(out)[0]["top"])
+    assert all(t == tops[0] for t in tops)  # the same weights, the same answer, however named
+    code, _, err = run_cli("predict", tmp_path / "g.png", "--weights", "resnet20")
+    assert code == 2 and "resnet20 is an architecture, not weights" in err
+    code, _, err = run_cli("predict", tmp_path / "g.png", "--weights", "resnet20.test_clj")
+    assert code == 2 and "did you mean resnet20.test_cli" in err
+    code, out, err = run_cli("summary", run, "--json")
+    assert code == 0 and json.loads(out)["model"] == "resnet20", err

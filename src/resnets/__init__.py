@@ -1,25 +1,46 @@
-"""resnets: the ResNet family of "Deep Residual Learning for Image Recognition" (He et al., 2015)."""
-from .artifacts import read_weights, save
-from .errors import OptionError, ResnetsError, UnknownModelError, WeightsError
-from .factory import apply_state_dict, create_model, load
-from .models import list_models
-from .weights import Preprocessing, WeightSpec, get_weights, list_weights
+"""resnets: the ResNet family of "Deep Residual Learning for Image Recognition" (He et al., 2015).
+
+The names below are imported on first use (PEP 562), so `resnets --help` and `--version` answer without
+loading torch."""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
+# public name -> the module that defines it
+_EXPORTS = {
+    "OptionError": "errors", "ResnetsError": "errors", "UnknownModelError": "errors", "WeightsError": "errors",
+    "ModelMeta": "meta", "Preprocessing": "meta",
+    "read_weights": "artifacts", "save": "artifacts",
+    "apply_state_dict": "factory", "create_model": "factory", "load": "factory",
+    "list_models": "models",
+    "WeightSpec": "weights", "get_weights": "weights", "list_weights": "weights",
+}  # fmt: skip
+
 __all__ = [
-    "OptionError",
-    "Preprocessing",
-    "ResnetsError",
-    "UnknownModelError",
-    "WeightSpec",
-    "WeightsError",
-    "apply_state_dict",
-    "create_model",
-    "get_weights",
-    "list_models",
-    "list_weights",
-    "load",
-    "read_weights",
-    "save",
-]
+    "ModelMeta", "OptionError", "Preprocessing", "ResnetsError", "UnknownModelError", "WeightSpec", "WeightsError",
+    "apply_state_dict", "create_model", "get_weights", "list_models", "list_weights", "load", "read_weights", "save",
+]  # fmt: skip
+assert sorted(__all__) == sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from .artifacts import read_weights, save
+    from .errors import OptionError, ResnetsError, UnknownModelError, WeightsError
+    from .factory import apply_state_dict, create_model, load
+    from .meta import ModelMeta, Preprocessing
+    from .models import list_models
+    from .weights import WeightSpec, get_weights, list_weights
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value  # once
+        return value
+    raise AttributeError(f"module 'resnets' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import shutil
 import tempfile
@@ -19,8 +18,8 @@ from typing import Any, Iterator
 import torch
 
 from .errors import ResnetsError, WeightsError
+from .meta import ModelMeta, Preprocessing, meta_of
 
-FORMAT = "resnets.model/1"
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
 # containers that training scripts wrap a state_dict in (torchvision references, timm, Lightning, ours)
 _WRAPPERS = ("model_ema", "state_dict_ema", "state_dict", "model", "model_state", "model_state_dict", "module")
@@ -126,39 +125,9 @@ def _unwrap(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], dict | None]
     raise WeightsError(f"{path} holds no state_dict (a mapping of parameter names to tensors)")
 
 
-def _parse_meta(raw: dict[str, str] | None, path: Path) -> dict | None:
-    """The metadata of a resnets model file, checked: a damaged field is one clear error, not a crash later."""
-    if not raw or raw.get("format") != FORMAT:
-        return None
-    meta: dict[str, Any] = {"architecture": raw.get("architecture")}
-    kinds = {"options": dict, "class_names": list, "preprocessing": dict, "extra": dict}
-    for key, kind in kinds.items():
-        if key not in raw:
-            continue
-        try:
-            meta[key] = json.loads(raw[key])
-        except ValueError:
-            raise WeightsError(f"{path}: its {key} metadata is not valid JSON (a damaged model file)") from None
-        if meta[key] is not None and not isinstance(meta[key], kind):
-            raise WeightsError(f"{path}: its {key} metadata should be a {kind.__name__}, not {type(meta[key]).__name__}")
-    if not isinstance(meta["architecture"], str) or not meta["architecture"]:
-        raise WeightsError(f"{path}: its metadata names no architecture")
-    if any(not isinstance(k, str) for k in (meta.get("options") or {})):
-        raise WeightsError(f"{path}: its options metadata has keys that are not names")
-    if any(not isinstance(c, str) for c in meta.get("class_names") or []):
-        raise WeightsError(f"{path}: its class names metadata holds something other than names")
-    if meta.get("preprocessing") is not None:
-        from .weights import Preprocessing
-
-        try:
-            Preprocessing.from_dict(meta["preprocessing"])
-        except ResnetsError as e:
-            raise WeightsError(f"{path}: its preprocessing metadata is damaged ({e})") from None
-    return meta
-
-
-def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict | None]:
-    """Read a weights file: (state_dict with prefixes stripped, resnets metadata or None for foreign files)."""
+def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], ModelMeta | None]:
+    """Read a weights file: (state_dict with prefixes stripped, its checked ModelMeta, or None for files not
+    written by resnets)."""
     p = Path(path)
     if not p.exists():
         raise WeightsError(f"weights file not found: {p}")
@@ -176,7 +145,7 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
             raise WeightsError(f"cannot read {p}: not a valid safetensors file ({_first_line(e)})") from None
         if not sd:
             raise WeightsError(f"{p} holds no tensors")
-        meta = _parse_meta(raw, p)
+        meta = ModelMeta.from_record(raw, str(p))
     elif suffix in PICKLE_SUFFIXES:
         try:
             with warnings.catch_warnings():  # "Detected pickle protocol 4": the refusal below says what matters
@@ -184,10 +153,8 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
                 obj = torch.load(p, map_location="cpu", weights_only=True)
         except Exception:
             raise _unreadable(p, "PyTorch checkpoint") from None
-        sd, meta = _unwrap(obj, p)
-        if meta is not None:  # a training checkpoint's record, as plain values: the same checks
-            meta = _parse_meta({"format": FORMAT, "architecture": meta.get("architecture"),
-                                **{k: json.dumps(v, default=str) for k, v in meta.items() if k != "architecture"}}, p)  # fmt: skip
+        sd, record = _unwrap(obj, p)
+        meta = ModelMeta.from_plain(record, str(p)) if record is not None else None  # a training checkpoint's
     else:
         raise WeightsError(f"unsupported weights file type {suffix or '(none)'!r} for {p}; use .safetensors or .pth")
     return strip_prefixes(sd), meta
@@ -203,35 +170,27 @@ def save(
     path: str | os.PathLike,
     *,
     class_names: list[str] | None = None,
-    preprocessing: dict | None = None,
+    preprocessing: dict | Preprocessing | None = None,
     extra: dict | None = None,
 ) -> Path:
-    """Save a model made by `resnets.create_model` as a self-describing .safetensors file (atomically).
-
-    class_names and preprocessing default to those the model carries (from its weights)."""
+    """Save a model made by `resnets.create_model` as a self-describing .safetensors file (atomically): its
+    weights and its `model.meta`. class_names, preprocessing and extra replace the model's own in the file."""
     from safetensors.torch import save_file
 
-    arch = getattr(model, "arch_name", None)
-    if arch is None:
-        raise ResnetsError("save() needs a model built by resnets.create_model (it records the architecture)")
+    meta = meta_of(model)
     path = Path(path)
     if path.suffix.lower() != ".safetensors":
         raise ResnetsError(f"model files are .safetensors; got {path.name}")
-    if class_names is None:
-        class_names = getattr(model, "class_names", None)
-    if preprocessing is None:
-        pre = getattr(model, "preprocessing", None)
-        preprocessing = pre.to_dict() if pre is not None else None
-    meta = {"format": FORMAT, "architecture": arch, "options": json.dumps(getattr(model, "arch_options", {}))}
     if class_names is not None:
-        meta["class_names"] = json.dumps(list(class_names))
+        meta = meta.replace(class_names=list(class_names))
     if preprocessing is not None:
-        meta["preprocessing"] = json.dumps(preprocessing)
+        pre = preprocessing if isinstance(preprocessing, Preprocessing) else Preprocessing.from_dict(preprocessing)
+        meta = meta.replace(preprocessing=pre)
     if extra:
-        meta["extra"] = json.dumps(extra)
+        meta = meta.replace(extra=dict(extra))
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+        save_file(tensors, str(tmp), metadata=meta.to_record())
     return path
 
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .errors import ResnetsError
+from .meta import preprocessing_for
 
 BACKENDS = ("eager", "compile", "onnxruntime", "onnxruntime-int8")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -88,8 +89,7 @@ def make_runner(
     if precision != "fp32" or dev.type != "cpu":
         raise ResnetsError(f"the {backend} backend runs on the CPU at fp32 (int8: onnxruntime-int8); for "
                            f"{precision} on {dev.type} use eager or compile")  # fmt: skip
-    pre = getattr(model, "preprocessing", None)
-    return _ort_runner(net.cpu(), backend == "onnxruntime-int8", calib, pre.crop if pre is not None else 224)
+    return _ort_runner(net.cpu(), backend == "onnxruntime-int8", calib, preprocessing_for(model).crop)
 
 
 def _torch_runner(net: nn.Module, compiled: bool, dev: torch.device, precision: str, channels_last: bool | None):
@@ -171,19 +171,58 @@ def _cached_session(path: Path):
 
 
 def _cache_export(net: nn.Module, example: torch.Tensor, path: Path) -> None:
-    """Export into the cache: the file stamped with its key, then its hash recorded beside it."""
+    """Export into the cache: the file stamped with its key, then its hash recorded beside it; then the cache is
+    trimmed to its size limit, least recently used first."""
     from .artifacts import atomic_path
-    from .export import _write
+    from .export import write
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write(net, example, path, "onnx", dynamic_batch=True, metadata={"resnets.cache_key": path.stem})
+    write(net, example, path, "onnx", dynamic_batch=True, metadata={"resnets.cache_key": path.stem})
     with atomic_path(path.with_suffix(".sha256")) as tmp:
         tmp.write_text(_digest(path) + "\n")
+    trim_onnx_cache(keep=path)
+
+
+ONNX_CACHE_MB = 2048  # the ONNX cache's default size limit; $RESNETS_ONNX_CACHE_MB sets it
+
+
+def onnx_cache() -> list[Path]:
+    """The cached ONNX exports, least recently used first."""
+    from .weights import cache_dir
+
+    folder = cache_dir().parent / "onnx"
+    files = [p for p in folder.glob("*.onnx") if p.is_file()] if folder.is_dir() else []
+    return sorted(files, key=lambda p: p.stat().st_mtime_ns)  # a cached file is touched each time it is used
+
+
+def trim_onnx_cache(limit_mb: float | None = None, keep: Path | None = None) -> list[Path]:
+    """Remove cached exports, least recently used first, until the cache fits `limit_mb` (default
+    $RESNETS_ONNX_CACHE_MB, else ONNX_CACHE_MB; 0 empties it). `keep` stays. Returns what was removed."""
+    import os
+
+    if limit_mb is None:
+        try:
+            limit_mb = float(os.environ.get("RESNETS_ONNX_CACHE_MB", ONNX_CACHE_MB))
+        except ValueError:
+            limit_mb = ONNX_CACHE_MB
+    files = onnx_cache()
+    total = sum(p.stat().st_size for p in files)
+    removed = []
+    for p in files:
+        if total <= limit_mb * 1e6:
+            break
+        if p == keep:
+            continue
+        total -= p.stat().st_size
+        p.unlink(missing_ok=True)
+        p.with_suffix(".sha256").unlink(missing_ok=True)
+        removed.append(p)
+    return removed
 
 
 def _ort_runner(net: nn.Module, int8: bool, calib: Iterable[torch.Tensor] | None, size: int):
     """The ONNX file has a dynamic batch and a fixed image size: that of `calib`, else `size` (the model's crop)."""
-    from .export import _write, ort_session
+    from .export import ort_session, quantize_int8, write
 
     first = next(iter(calib), None) if calib is not None else None
     if int8 and first is None:
@@ -193,30 +232,17 @@ def _ort_runner(net: nn.Module, int8: bool, calib: Iterable[torch.Tensor] | None
     example = torch.randn(2, p.shape[1] if p.ndim == 4 else 3, size, size) if first is None else first[:2].cpu()
     path = onnx_cache_path(net, example)
     sess = _cached_session(path)  # the fp32 export is kept, so the next call with the same weights skips it
+    if sess is not None:
+        path.touch()  # recently used: the last to be trimmed
     if sess is None:
         try:
             _cache_export(net, example, path)
         except (OSError, ResnetsError):  # a cache we cannot write to: export into the private folder instead
             path = Path(tmp.name) / "model.onnx"
-            _write(net, example, path, "onnx", dynamic_batch=True)
+            write(net, example, path, "onnx", dynamic_batch=True)
     if int8:
-        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-        from onnxruntime.quantization.shape_inference import quant_pre_process
-
-        batches = [first] + list(calib)
-
-        class Reader(CalibrationDataReader):
-            def __init__(self):
-                self.it = iter(batches)
-
-            def get_next(self):
-                b = next(self.it, None)
-                return None if b is None else {"input": b.cpu().numpy()}
-
-        pre, q = Path(tmp.name) / "pre.onnx", Path(tmp.name) / "int8.onnx"
-        quant_pre_process(str(path), str(pre), skip_symbolic_shape=True)
-        quantize_static(str(pre), str(q), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)  # fmt: skip
+        q = Path(tmp.name) / "int8.onnx"
+        quantize_int8(path, q, [first, *calib])
         path, sess = q, None
     sess = sess or ort_session(path)
     name = sess.get_inputs()[0].name

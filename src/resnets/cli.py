@@ -88,17 +88,17 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     from .summary import format_table, summarize
 
     options = _model_options(args)
-    if os.path.isfile(args.model) or args.model.endswith((".safetensors", ".pth", ".pt")):
-        if args.weights:
-            raise ResnetsError("give either a model file or --weights, not both")
-        model = load(args.model, **options)
-        size = args.input_size or get_entry(model.arch_name).input_size
-    else:
+    if _is_architecture(args.model):
         model = create_model(args.model, weights=args.weights, **options)
-        size = args.input_size or get_entry(model.arch_name).input_size
-    in_chans = model.arch_options.get("in_chans", 3)
-    if size < 32 and get_entry(model.arch_name).family == "imagenet":
-        raise ResnetsError(f"--input-size {size} is too small for {model.arch_name} (at least 32)")
+    else:
+        if args.weights:
+            raise ResnetsError("give either a model (file, run folder or weight name) or --weights, not both")
+        model = load(args.model, **options)
+    meta = model.meta
+    size = args.input_size or get_entry(meta.architecture).input_size
+    in_chans = meta.in_chans
+    if size < 32 and get_entry(meta.architecture).family == "imagenet":
+        raise ResnetsError(f"--input-size {size} is too small for {meta.architecture} (at least 32)")
     s = summarize(model, size, in_chans)
     print(json.dumps(s, indent=2) if args.json else format_table(s))
     return 0
@@ -107,25 +107,43 @@ def _cmd_summary(args: argparse.Namespace) -> int:
 def _add_config_flags(p: argparse.ArgumentParser, recipe_help: str) -> None:
     """--recipe, --config, --set, --resume, and every TrainConfig field as a flag: --batch-size 64,
     --deterministic / --no-deterministic, --milestones 1,2."""
+    import dataclasses
     import typing
 
-    from .config import TrainConfig
+    from .config import RULES, TrainConfig
 
     p.add_argument("--recipe", help=recipe_help)
     p.add_argument("--config", help="a TOML or YAML file of config keys")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key (repeatable)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
-    g = p.add_argument_group("config keys (each overrides the recipe and the config file)")
-    for name, hint in typing.get_type_hints(TrainConfig).items():
-        flag = "--" + name.replace("_", "-")
+    g = p.add_argument_group("config keys (each overrides the recipe and the config file; the defaults shown are "
+                             "those without a recipe)")  # fmt: skip
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):  # the help, default and values of each key come from the config
+        name, hint, rule = f.name, hints[f.name], RULES[f.name]
+        flag, neg = "--" + name.replace("_", "-"), "--no-" + name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        shown = "the architecture's" if default is None else ",".join(map(str, default)) or "none" if isinstance(
+            default, list) else default  # fmt: skip
+        limits = "" if rule.choices or rule.describe() == "any value" else f"; {rule.describe()}"
+        text = (f"{f.metadata.get('help', '')} (default: {shown}{limits})").replace("%", "%%").lstrip(" (").rstrip()
         if hint is bool:
-            g.add_argument(flag, dest=f"cfg__{name}", action="store_const", const="true", default=None)
-            g.add_argument("--no-" + name.replace("_", "-"), dest=f"cfg__{name}", action="store_const", const="false")
+            g.add_argument(flag, dest=f"cfg__{name}", action="store_const", const="true", default=None, help=text)
+            g.add_argument(neg, dest=f"cfg__{name}", action="store_const", const="false", help=argparse.SUPPRESS)
         elif hint == bool | None:  # a switch that also takes a value: --channels-last, --channels-last auto
-            g.add_argument(flag, dest=f"cfg__{name}", nargs="?", const="true", default=None, metavar="V")
-            g.add_argument("--no-" + name.replace("_", "-"), dest=f"cfg__{name}", action="store_const", const="false")
+            metavar = "auto" if name == "channels_last" else "true|false"
+            g.add_argument(flag, dest=f"cfg__{name}", nargs="?", const="true", default=None, metavar=metavar, help=text)
+            g.add_argument(neg, dest=f"cfg__{name}", action="store_const", const="false", help=argparse.SUPPRESS)
         else:
-            g.add_argument(flag, dest=f"cfg__{name}", metavar="V", default=None)
+            metavar = "{" + ",".join(map(str, rule.choices)) + "}" if rule.choices else _metavar(hint)
+            g.add_argument(flag, dest=f"cfg__{name}", metavar=metavar, default=None, help=text)
+
+
+def _metavar(hint) -> str:
+    """How a config key's value is written on the command line, from its type."""
+    text = str(hint)
+    return ("N,N" if "list[int]" in text else "A,B" if "list" in text else "N" if "int" in text
+            else "X" if "float" in text else "TEXT")  # fmt: skip
 
 
 def _parse_set(items: list[str] | None) -> dict:
@@ -167,7 +185,8 @@ def _cmd_train(args: argparse.Namespace, overrides: dict | None = None) -> int:
         result = train(C.resolve(args.recipe, args.config, overrides))
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
-    line = f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}% on {result['n']} validation images"
+    top5 = f"  top-5 {result['top5']:.2f}%" if len(result["classes"]) > 5 else ""  # with 5 classes or fewer: 100%
+    line = f"top-1 {result['top1']:.2f}%{top5} on {result['n']} validation images"
     if "ten_crop" in result:
         line += f" (10-crop: top-1 {result['ten_crop']['top1']:.2f}%)"
     print(line)
@@ -189,7 +208,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print(json.dumps({k: v for k, v in res.items() if k != "confusion"}, indent=2))
         return 0
     print(f"{res['weights']} on {res['dataset']} ({res['n']} images{', 10-crop' if res['ten_crop'] else ''}):")
-    print(f"top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  loss {res['loss']:.4f}")
+    top5 = f"  top-5 {res['top5']:.2f}%" if len(res["classes"]) > 5 else ""  # with 5 classes or fewer: 100%
+    print(f"top-1 {res['top1']:.2f}%{top5}  loss {res['loss']:.4f}")
     width = max(len(c) for c in res["classes"])
     for c, acc in zip(res["classes"], res["per_class"]):
         print(f"  {_printable(c).ljust(width)}  {acc:6.2f}%")
@@ -199,6 +219,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print(f"skipped {res['bad_samples']} unreadable images")
     print(f"confusion matrix: {out}/confusion.png, {out}/confusion.json")
     return 0
+
+
+def _is_architecture(text: str) -> bool:
+    """A registered architecture name ("resnet50"), as opposed to weights: a file, a run folder or a registered
+    weight name ("resnet50.tv2_in1k")."""
+    from .models import list_models
+
+    return text in list_models() and not os.path.exists(text)
 
 
 def _load_for_inference(weights: str, device: str):
@@ -217,7 +245,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     model = _load_for_inference(args.weights, args.device)
     results = predict(model, args.paths, top_k=args.top_k, batch_size=args.batch_size, workers=args.workers,
                       progress=sys.stderr.isatty(), backend=args.backend, precision=args.precision)  # fmt: skip
-    if args.format == "json":
+    if args.format == "json" or args.json:
         print(json.dumps(results, indent=2))
     elif args.format == "csv":
         w = csv.writer(sys.stdout)
@@ -227,13 +255,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 w.writerow([r["path"], "", "", "", "", r["error"]])
             for rank, t in enumerate(r.get("top", []), 1):
                 w.writerow([r["path"], rank, t["class"], t["index"], f"{t['prob']:.6f}", ""])
-    else:
-        for r in results:
-            if "error" in r:
-                print(f"{_printable(r['path'])}: ERROR {_printable(r['error'])}")
-                continue
-            tops = ", ".join(f"{_printable(t['class'])} {100 * t['prob']:.1f}%" for t in r["top"])
-            print(f"{_printable(r['path'])}: {tops}")
+    else:  # a table: one row per file, a column per rank ("class  prob")
+        k = max((len(r.get("top", [])) for r in results), default=0)
+        rows = [[_printable(r["path"])] + ([f"{_printable(t['class'])} {100 * t['prob']:.1f}%" for t in r["top"]]
+                                           if "top" in r else [f"ERROR: {_printable(r['error'])}"]) for r in results]  # fmt: skip
+        head = ["file"] + [f"#{i}" for i in range(1, k + 1)]
+        widths = [max(len(row[c]) for row in [head, *rows] if c < len(row)) for c in range(len(head))]
+        for row in [head, *rows]:
+            print("  ".join(cell.ljust(widths[c]) if c < len(row) - 1 else cell for c, cell in enumerate(row)))
     errors = sum("error" in r for r in results)
     if errors:
         print(f"{errors} of {len(results)} files could not be read", file=sys.stderr)
@@ -307,13 +336,17 @@ def _cmd_export(args: argparse.Namespace) -> int:
             return 1
         print(f"wrote {r['path']} ({r['bytes'] / 1e6:.1f} MB)")
         return 0
-    out = args.out or str(Path(args.weights).with_suffix(FORMATS[args.format]))
+    base = Path(args.weights) / "model" if Path(args.weights).is_dir() else Path(args.weights)
+    out = args.out or str(base.with_suffix(FORMATS[args.format]))
     check_output(out, SUFFIXES[args.format], force=args.force, what=f"{args.format} file")
     model = load(args.weights)
-    r = export(model, out, args.format, dynamic_batch=args.dynamic_batch, fold=args.fold_bn)
+    r = export(model, out, args.format, dynamic_batch=not args.static_batch, fold=args.fold_bn)
     d = r["max_abs_diff"]
     print(f"max abs difference from eager PyTorch: {max(d.values()):.2e} (random inputs {d['random']:.2e}, real photos {d['real']:.2e})")
-    print(f"wrote {r['path']} ({r['bytes'] / 1e6:.1f} MB, {r['format']}, checked with {r['runtime']})")
+    shape = " x ".join(map(str, r["input_shape"]))
+    extra = "; class names and preprocessing in its metadata" if args.format == "onnx" else ""
+    print(f"wrote {r['path']} ({r['bytes'] / 1e6:.1f} MB, {r['format']}, checked with {r['runtime']}): input "
+          f"{shape} float32, normalised{extra}")  # fmt: skip
     return 0
 
 
@@ -324,8 +357,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from .distributed import pick_device
     from .export import check_inputs
     from .factory import create_model, load
-    from .models import get_entry
-    from .weights import Preprocessing
+    from .meta import preprocessing_for
 
     dev = pick_device(args.device)
     check_precision(args.precision, dev)
@@ -337,16 +369,22 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     for b in backends:
         if b not in BACKENDS:
             raise ResnetsError(f"unknown backend {b!r}; choose from auto, all, {', '.join(BACKENDS)}")
-    sizes = [int(s) for s in args.batch_sizes.split(",") if s]
+    if bool(args.model) == bool(args.weights):
+        raise ResnetsError("bench takes one model: a name, or --weights W")
+    args.model = args.model or args.weights
+    try:
+        sizes = [int(s) for s in str(args.batch_sizes).split(",") if s]
+    except ValueError:
+        raise ResnetsError(f"--batch-size takes numbers, comma-separated; got {args.batch_sizes!r}") from None
     if not sizes or min(sizes) < 1:
         raise ResnetsError(f"--batch-sizes takes positive numbers; got {args.batch_sizes!r}")
-    if os.path.isfile(args.model):
-        model = load(args.model)
+    if _is_architecture(args.model):  # random weights, the same every time (so an ONNX export is cached once)
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            model = create_model(args.model)
     else:
-        model = create_model(args.model)
-        size = get_entry(args.model).input_size
-        model.preprocessing = Preprocessing(size, size)
-    pre = model.preprocessing
+        model = load(args.model)
+    pre = preprocessing_for(model)
     size = args.input_size or pre.crop
     rows = []
     calib = [check_inputs(model)] if size == pre.crop else [torch.randn(4, len(pre.mean), size, size)]
@@ -365,10 +403,36 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     best = max(rows, key=lambda r: r["images_per_s"])
     if args.json:
         name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-        print(json.dumps({"model": getattr(model, "arch_name", args.model), "input": size, "device": name,
+        print(json.dumps({"model": model.meta.architecture, "input": size, "device": name,
                           "threads": torch.get_num_threads(), "best": best, "results": rows}, indent=2))  # fmt: skip
     elif len(rows) > 1:
         print(f"fastest: {best['backend']} at batch {best['batch']} ({best['images_per_s']:.1f} img/s)")
+    return 0
+
+
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from .backends import onnx_cache, trim_onnx_cache
+    from .weights import cache_dir
+
+    weights = sorted(p for p in cache_dir().glob("*") if p.is_file()) if cache_dir().is_dir() else []
+    if args.clear in ("onnx", "all"):
+        gone = trim_onnx_cache(0)
+        print(f"removed {len(gone)} ONNX exports")
+    if args.clear in ("weights", "all"):
+        for p in weights:
+            p.unlink(missing_ok=True)
+        print(f"removed {len(weights)} weight files")
+        weights = []
+    if args.clear:
+        return 0
+    for title, files in (("weights", weights), ("onnx", onnx_cache())):
+        folder = cache_dir() if title == "weights" else cache_dir().parent / "onnx"
+        size = sum(p.stat().st_size for p in files)
+        print(f"{title}: {folder} ({len(files)} files, {size / 1e6:.1f} MB)")
+        for p in files:
+            print(f"  {_printable(p.name)}  {p.stat().st_size / 1e6:.1f} MB")
+    print("the ONNX cache keeps the most recently used exports within $RESNETS_ONNX_CACHE_MB (default 2048 MB); "
+          "`resnets cache --clear onnx|weights|all` empties it")  # fmt: skip
     return 0
 
 
@@ -443,7 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("finetune", help="fine-tune pretrained weights on a folder of your images (one subfolder per class)",
                        description="Fine-tune: `resnets finetune --data DIR --weights W`. DIR holds one subfolder per class "
-                                   "(or train/ and val/ with them; without val/, 10%% of each class is held out). The "
+                                   "(or train/ and val/ with them; without val/, 10% of each class is held out). The "
                                    "architecture comes from the weights unless --model names it. Strategies: full "
                                    "(layer-wise lr, --layer-decay), linear-probe, partial --unfreeze-stages K, gradual "
                                    "--unfreeze-every N; BatchNorm: --bn train|freeze|frozen|group. The recipe "
@@ -483,6 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
     inference_args(p)
     p.add_argument("--top-k", type=_count(1), default=5)
     p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    p.add_argument("--json", action="store_true", help="the same as --format json")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("embed", help="pooled features (or a stage's maps) of images, saved as an index")
@@ -496,7 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("similar", help="nearest neighbours of an image in an embedding index (cosine)")
     p.add_argument("query")
     p.add_argument("--index", required=True)
-    p.add_argument("-k", type=_count(1), default=5)
+    p.add_argument("--top-k", "-k", dest="k", type=_count(1), default=5, help="how many neighbours")
     p.add_argument("--weights", help="default: the model the index was made with")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true")
@@ -517,7 +582,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["onnx", "torchscript", "exported-program"], default="onnx")
     p.add_argument("--out", help="output file (default: beside the weights)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
-    p.add_argument("--dynamic-batch", action="store_true", help="any batch size at run time")
+    p.add_argument("--static-batch", action="store_true", help="fix the batch at 2 (default: any batch size at run time)")
+    p.add_argument("--dynamic-batch", action="store_true", help=argparse.SUPPRESS)  # the default now; still accepted
     p.add_argument("--fold-bn", action="store_true", help="fold BatchNorm into the preceding convolutions")
     p.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
     p.add_argument("--calib", help="int8: real images to calibrate on (an image folder, or fashion-mnist:train)")
@@ -528,8 +594,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("bench", help="inference speed per backend and batch size: images/s, p50/p95 latency")
-    p.add_argument("model", help="a model name (random weights) or a model file")
-    p.add_argument("--batch-sizes", default="1,16")
+    p.add_argument("model", nargs="?", help="a model name (random weights), or weights as --weights takes them")
+    p.add_argument("--weights", help="the same as the positional MODEL: a model file, run folder or weight name")
+    p.add_argument("--batch-size", "--batch-sizes", dest="batch_sizes", default="1,16",
+                   help="batch sizes to measure, comma-separated (default 1,16)")
     p.add_argument("--backend", default="auto", help="auto (the fastest for the device and precision), all, or "
                    "comma-separated: eager, compile, onnxruntime, onnxruntime-int8")
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N")
@@ -541,7 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_bench)
 
-    from .reproduce import BUDGETS
+    from .config import BUDGETS
 
     p = sub.add_parser("reproduce", help="the paper's tables and figures from real training runs",
                        description="degradation (Figure 6), layer-responses (Figure 7), gradient-flow, table1, "
@@ -566,6 +634,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--path", help="CIFAR archive or folder holding it")
     p.add_argument("--download", action="store_true")
     p.set_defaults(func=_cmd_data)
+    p = sub.add_parser("cache", help="the downloaded weights and cached ONNX exports: where, how large; --clear empties")
+    p.add_argument("--clear", choices=["onnx", "weights", "all"], help="remove the ONNX exports, the weights, or both")
+    p.set_defaults(func=_cmd_cache)
     for name in ("predict", "embed", "similar", "explain", "eval", "train", "finetune", "export", "reproduce"):
         sub.choices[name].add_argument("--max-pixels", type=_count(1), metavar="N",
                                        help="refuse images of more pixels, from their header (default 89,478,485)")

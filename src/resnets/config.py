@@ -17,90 +17,99 @@ from typing import Any
 from .errors import ResnetsError
 
 
+# `resnets reproduce --budget`: iterations of batch 128 (the paper trains its CIFAR nets for 64k)
+BUDGETS = {"tiny": 200, "short": 1500, "medium": 8000, "paper": 64_000}
+
+
+def key(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = dataclasses.MISSING) -> Any:
+    """A config key: its default and the one line `--help` shows for it."""
+    return field(default=default, default_factory=factory, metadata={"help": help})
+
+
 @dataclass
 class TrainConfig:
     # ---- model
-    model: str = "resnet20"  # "": the architecture the weights are for
-    weights: str | None = None  # registered name or file to start from (its head is replaced for new classes)
-    in_chans: int = 0  # 0: the dataset's (1 for Fashion-MNIST), else the weights', else 3
-    norm: str | None = None  # model options left None take the architecture's default
-    shortcut: str | None = None
-    stride_in_1x1: bool | None = None
-    zero_init_residual: bool | None = None
-    drop_path_rate: float | None = None
+    model: str = key("resnet20", 'architecture (see `resnets list`); "": the one the weights are for')
+    weights: str | None = key(None, "registered name or file to start from (its head is replaced for new classes)")
+    in_chans: int = key(0, "0: the dataset's (1 for Fashion-MNIST), else the weights', else 3")
+    norm: str | None = key(None, "model options left None take the architecture's default")
+    shortcut: str | None = key(None, "the paper's shortcut: A zero-pad, B projection where the shape changes, C all")
+    stride_in_1x1: bool | None = key(None, "the paper's v1 bottleneck: stride on the 1st 1x1 (default v1.5: on the 3x3)")
+    zero_init_residual: bool | None = key(None, "start each residual branch's last norm at zero")
+    drop_path_rate: float | None = key(None, "stochastic depth: the deepest block's drop probability")
     # ---- data
-    dataset: str = "fashion-mnist"  # fashion-mnist | cifar10 | cifar100 | imagefolder | csv | synthetic
-    data: str | None = None  # folder (imagefolder: DIR/train, DIR/val), CSV file, or archive/IDX folder
-    val_data: str | None = None  # CSV of the validation images (dataset=csv)
-    download: bool = False  # fetch Fashion-MNIST / CIFAR from the official site when not found locally
-    val_split: float = 0.0  # hold out this fraction of the training set (stratified, seeded) instead of the test set
-    classes: list[str] = field(default_factory=list)  # keep only these classes (names or indices), in this order
-    per_class: int = 0  # keep at most N training images per class (seeded choice; 0: all)
-    balanced: bool = False  # class-balanced sampling (each class equally likely per draw)
-    limit_train: int = 0  # use only the first N training images (0: all); for smoke runs
-    limit_val: int = 0
-    synthetic_samples: int = 4096
-    synthetic_classes: int = 1000
-    train_crop: int = 0  # 0: the dataset's native size (28 / 32) or 224
-    eval_resize: int = 0
-    eval_crop: int = 0
-    augment: str = "paper-cifar"  # none | paper-cifar | crop-flip | paper-imagenet | rrc | strong
-    pad: int = 4  # padding of the paper-cifar / crop-flip random crop, pixels
-    auto_augment: str = "none"  # none | trivial | randaugment
-    random_erasing: float = 0.0
-    mixup: float = 0.0  # alpha
-    cutmix: float = 0.0  # alpha
-    interpolation: str = "bilinear"
-    workers: int = 2
-    loader: str = "auto"  # auto | host (per-image, CPU workers) | device (whole batches on the training device)
-    strict_data: bool = False  # an unreadable image stops the run instead of being skipped
+    dataset: str = key("fashion-mnist", "fashion-mnist | cifar10 | cifar100 | imagefolder | csv | synthetic")
+    data: str | None = key(None, "folder (imagefolder: DIR/train, DIR/val), CSV file, or archive/IDX folder")
+    val_data: str | None = key(None, "CSV of the validation images (dataset=csv)")
+    download: bool = key(False, "fetch Fashion-MNIST / CIFAR from the official site when not found locally")
+    val_split: float = key(0.0, "validate on this fraction of the training set (stratified, seeded), not the test set")
+    classes: list[str] = key(factory=list, help="keep only these classes (names or indices), in this order")
+    per_class: int = key(0, "keep at most N training images per class (seeded choice; 0: all)")
+    balanced: bool = key(False, "class-balanced sampling (each class equally likely per draw)")
+    limit_train: int = key(0, "use only the first N training images (0: all); for smoke runs")
+    limit_val: int = key(0, "use only the first N validation images (0: all)")
+    synthetic_samples: int = key(4096, "dataset=synthetic: how many random images")
+    synthetic_classes: int = key(1000, "dataset=synthetic: how many classes")
+    train_crop: int = key(0, "0: the dataset's native size (28 / 32) or 224")
+    eval_resize: int = key(0, "evaluation: shorter side resized to this (0: crop / 0.875, or the weights')")
+    eval_crop: int = key(0, "evaluation: centre crop (0: the training crop, or the weights')")
+    augment: str = key("paper-cifar", "none | paper-cifar | crop-flip | paper-imagenet | rrc | strong")
+    pad: int = key(4, "padding of the paper-cifar / crop-flip random crop, pixels")
+    auto_augment: str = key("none", "none | trivial | randaugment")
+    random_erasing: float = key(0.0, "probability of erasing a random rectangle of each training image")
+    mixup: float = key(0.0, "alpha")
+    cutmix: float = key(0.0, "alpha")
+    interpolation: str = key("bilinear", "bilinear | bicubic | nearest, for every resize")
+    workers: int = key(2, "data loading processes (0: in the training process)")
+    loader: str = key("auto", "auto | host (per-image, CPU workers) | device (whole batches on the training device)")
+    strict_data: bool = key(False, "an unreadable image stops the run instead of being skipped")
     # ---- transfer learning (resnets.finetune)
-    strategy: str = "full"  # full | linear-probe | partial | gradual
-    unfreeze_stages: int = 0  # partial: how many stages below the head train
-    unfreeze_every: int = 1  # gradual: epochs between unfreezing the next stage down
-    layer_decay: float = 1.0  # each stage's lr is this times the lr of the stage above it (1: one lr)
-    bn: str = "train"  # train | freeze (keep statistics) | frozen (FrozenBatchNorm) | group (GroupNorm)
-    early_stop: int = 0  # stop after N evaluations without a better val top-1, keep the best weights (0: off)
+    strategy: str = key("full", "full | linear-probe | partial | gradual")
+    unfreeze_stages: int = key(0, "partial: how many stages below the head train")
+    unfreeze_every: int = key(1, "gradual: epochs between unfreezing the next stage down")
+    layer_decay: float = key(1.0, "each stage's lr is this times the lr of the stage above it (1: one lr)")
+    bn: str = key("train", "train | freeze (keep statistics) | frozen (FrozenBatchNorm) | group (GroupNorm)")
+    early_stop: int = key(0, "stop after N evaluations without a better val top-1, keep the best weights (0: off)")
     # ---- optimisation
-    optimizer: str = "sgd"  # sgd | adamw
-    lr: float = 0.1
-    lr_reference_batch: int = 0  # >0: lr is per this many images and scales with the global batch
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 1e-4
-    norm_weight_decay: float | None = None  # for norm weights and biases; None: weight_decay
-    label_smoothing: float = 0.0
-    batch_size: int = 128  # global, over all processes
-    epochs: int = 10
-    iterations: int = 0  # >0: train this many steps instead of `epochs` (the paper's CIFAR schedule)
-    schedule: str = "cosine"  # cosine | step | onecycle | plateau | constant
-    milestones: list[int] = field(default_factory=list)  # step schedule: steps at which lr *= gamma
-    gamma: float = 0.1
-    plateau_patience: int = 3  # plateau schedule: epochs without a better val loss before lr *= gamma
-    warmup_epochs: float = 0.0
-    warmup_start: float = 0.01  # warmup starts at this fraction of lr
-    ema: bool = False
-    ema_decay: float = 0.9999
-    ema_every: int = 1  # update the EMA every N steps
-    accum_steps: int = 1  # gradient accumulation
-    clip_grad: float = 0.0  # max gradient norm (0: off)
-    amp: str = "none"  # none | bf16 | fp16 | auto (bf16 where the device computes it natively, else none)
-    channels_last: bool | None = False  # None: on a GPU, and on a CPU when it computes in bf16 (slower in fp32)
-    compile: bool = False
-    cuda_graph: str = "auto"  # auto | on | off: the whole training step as one CUDA graph where it can be
-    sync_bn: bool = False
+    optimizer: str = key("sgd", "sgd | adamw")
+    lr: float = key(0.1, "peak learning rate (per lr_reference_batch images when that is set)")
+    lr_reference_batch: int = key(0, ">0: lr is per this many images and scales with the global batch")
+    momentum: float = key(0.9, "SGD momentum")
+    nesterov: bool = key(False, "Nesterov momentum")
+    weight_decay: float = key(1e-4, "L2 penalty (decoupled for adamw)")
+    norm_weight_decay: float | None = key(None, "for norm weights and biases; None: weight_decay")
+    label_smoothing: float = key(0.0, "cross-entropy label smoothing")
+    batch_size: int = key(128, "global, over all processes")
+    epochs: int = key(10, "passes over the training set")
+    iterations: int = key(0, ">0: train this many steps instead of `epochs` (the paper's CIFAR schedule)")
+    schedule: str = key("cosine", "cosine | step | onecycle | plateau | constant")
+    milestones: list[int] = key(factory=list, help="step schedule: steps at which lr *= gamma")
+    gamma: float = key(0.1, "step and plateau schedules: the lr factor")
+    plateau_patience: int = key(3, "plateau schedule: epochs without a better val loss before lr *= gamma")
+    warmup_epochs: float = key(0.0, "linear warmup from warmup_start * lr, epochs (fractions allowed)")
+    warmup_start: float = key(0.01, "warmup starts at this fraction of lr")
+    ema: bool = key(False, "keep an exponential moving average of the weights and evaluate it too")
+    ema_decay: float = key(0.9999, "EMA decay per update")
+    ema_every: int = key(1, "update the EMA every N steps")
+    accum_steps: int = key(1, "gradient accumulation")
+    clip_grad: float = key(0.0, "max gradient norm (0: off)")
+    amp: str = key("none", "none | bf16 | fp16 | auto (bf16 where the device computes it natively, else none)")
+    channels_last: bool | None = key(False, "None: on a GPU, and on a CPU when it computes in bf16 (slower in fp32)")
+    compile: bool = key(False, "torch.compile the model")
+    cuda_graph: str = key("auto", "auto | on | off: the whole training step as one CUDA graph where it can be")
+    sync_bn: bool = key(False, "distributed: BatchNorm statistics over all processes")
     # ---- run
-    out: str = "runs"
-    name: str = ""  # run folder name (default: <model>-<dataset>-<time>)
-    seed: int = 0
-    deterministic: bool = False  # bit-exact resumes: deterministic kernels, every random choice seeded per step
-    eval_every: int = 1  # epochs
-    curve_steps: int = 0  # also every N steps: training error over those steps and validation error (curve.jsonl)
-    checkpoint_steps: int = 0  # also checkpoint every N steps (0: each epoch only)
-    tensorboard: bool = False
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    ten_crop: bool = False  # final evaluation with the paper's 10-crop testing
-    progress: bool = True
+    out: str = key("runs", "folder that holds the run folders")
+    name: str = key("", "run folder name (default: <model>-<dataset>-<time>)")
+    seed: int = key(0, "seed of every random choice")
+    deterministic: bool = key(False, "bit-exact resumes: deterministic kernels, every random choice seeded per step")
+    eval_every: int = key(1, "evaluate every N epochs")
+    curve_steps: int = key(0, "also every N steps: training error over those steps and validation error (curve.jsonl)")
+    checkpoint_steps: int = key(0, "also checkpoint every N steps (0: each epoch only)")
+    tensorboard: bool = key(False, "also log to TensorBoard (RUN/tb)")
+    device: str = key("auto", "auto | cpu | cuda | cuda:N")
+    ten_crop: bool = key(False, "final evaluation with the paper's 10-crop testing")
+    progress: bool = key(True, "a progress bar")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

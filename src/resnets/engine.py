@@ -29,7 +29,7 @@ from .data.transforms import batch_mix, normalizer
 from .errors import ResnetsError
 from .evaluate import evaluate, native_bf16, resolve_amp
 from .factory import create_from_weights, create_model
-from .weights import Preprocessing
+from .meta import Preprocessing
 
 log = logging.getLogger("resnets")
 
@@ -94,13 +94,12 @@ def _data_and_model(cfg: C.TrainConfig) -> tuple[D.DataBundle, nn.Module]:
         options.pop("in_chans", None)  # the data's
         return bundle, create_model(cfg.model, num_classes=len(bundle.classes), in_chans=bundle.in_chans, **options)
     model = create_from_weights(cfg.weights, cfg.model or None, **options)
-    in_chans = model.arch_options.get("in_chans", 3)
-    bundle = D.build(cfg, in_chans=in_chans, preprocessing=model.preprocessing)
-    if model.num_classes != len(bundle.classes) or (model.class_names and model.class_names != bundle.classes):
+    bundle = D.build(cfg, in_chans=model.meta.in_chans, preprocessing=model.meta.preprocessing)
+    if model.num_classes != len(bundle.classes) or (model.meta.class_names and model.meta.class_names != bundle.classes):
         log.warning("new head: %d classes (%s%s); the weights' classifier is dropped", len(bundle.classes),
                     ", ".join(bundle.classes[:5]), ", ..." if len(bundle.classes) > 5 else "")  # fmt: skip
         model.reset_classifier(len(bundle.classes))
-        model.arch_options = {**model.arch_options, "num_classes": len(bundle.classes)}
+        model.meta.options["num_classes"] = len(bundle.classes)
     return bundle, model
 
 
@@ -250,7 +249,7 @@ def build_run(cfg: C.TrainConfig, ctx: distributed.Context, resume: Path | None 
     else:
         epochs, total_steps = cfg.epochs, cfg.epochs * steps_per_epoch
     preprocessing = Preprocessing(bundle.eval_resize, bundle.eval_crop, cfg.interpolation, bundle.mean, bundle.std)
-    model.class_names, model.preprocessing = bundle.classes, preprocessing
+    model.meta = model.meta.replace(class_names=list(bundle.classes), preprocessing=preprocessing)
     plan = finetune.from_config(model, cfg)  # what trains when, and BatchNorm's policy
     model.to(dev)
     if channels_last:
@@ -292,7 +291,7 @@ def state_dict(run: Run, epoch: int, batch: int) -> dict:
     """The whole run at the start of (epoch, batch): a checkpoint from which `restore` continues exactly."""
     core = run.core
     return {
-        "resnets": {"architecture": core.arch_name, "options": core.arch_options, "class_names": run.classes,
+        "resnets": {"architecture": core.meta.architecture, "options": core.meta.options, "class_names": run.classes,
                     "preprocessing": run.preprocessing.to_dict()},
         "model": core.state_dict(), "optimizer": steps.lr_as_float(run.opt.state_dict()),
         "scheduler": run.sched.state_dict(), "plateau": run.plateau.state_dict() if run.plateau is not None else None,
@@ -488,7 +487,8 @@ def end_epoch(run: Run, epoch: int, record: dict) -> bool:
                     run.writer.add_scalar(k, v, epoch + 1)
         msg = f"epoch {epoch + 1}: train loss {record['train_loss']:.4f} acc {record['train_acc']:.2f}%"
         if "val_top1" in record:
-            msg += f", val top-1 {record['val_top1']:.2f}% top-5 {record['val_top5']:.2f}%"
+            msg += f", val top-1 {record['val_top1']:.2f}%"
+            msg += f" top-5 {record['val_top5']:.2f}%" if len(run.classes) > 5 else ""
         _say(run, msg + f", {record['images_per_s']:.0f} img/s")
     stop = bool(cfg.early_stop) and run.since_best >= cfg.early_stop
     if stop:
@@ -592,7 +592,7 @@ def finish(run: Run) -> dict:
             tmp.write_text(json.dumps({"classes": classes, "matrix": ev["confusion"]}))
         with artifacts.atomic_path(run.run_dir / "eval.json") as tmp:
             tmp.write_text(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
-        title = f"{core.arch_name} on {cfg.dataset}"
+        title = f"{core.meta.architecture} on {cfg.dataset}"
         plot_confusion(ev["confusion"], classes, run.run_dir / "confusion.png", f"{title}: top-1 {ev['top1']:.2f}%")
         if run.history:
             plot_curves(run.history, run.run_dir / "curves.png", title)

@@ -137,16 +137,17 @@ def evaluate_model_file(
     from . import data as D
     from .artifacts import atomic_path
     from .data.loader import make_eval_loader
-    from .data.transforms import normalizer
     from .distributed import pick_device
     from .errors import ResnetsError
     from .factory import load
+    from .meta import preprocessing_for
 
     model = load(weights)
-    pre = model.preprocessing
-    if pre is None or not model.class_names:
-        raise ResnetsError(f"{weights} records no preprocessing or class names; save it with resnets.save")
-    classes = list(model.class_names)
+    meta = model.meta
+    if not meta.class_names:
+        raise ResnetsError(f"{weights} records no class names to compare with the dataset's; save it with resnets.save")
+    pre = preprocessing_for(model)
+    classes = list(meta.class_names)
     if dataset is None:
         dataset = "imagefolder" if data and Path(data).is_dir() else "csv" if data else None
         if dataset is None:
@@ -158,9 +159,9 @@ def evaluate_model_file(
     elif dataset == "imagefolder":
         root = Path(data or "")
         root = next((root / v for v in ("val", "validation", "test") if (root / v).is_dir()), root)
-        ds = D.image_folder(root, channels=model.arch_options.get("in_chans", 3), classes=classes)
+        ds = D.image_folder(root, channels=meta.in_chans, classes=classes)
     elif dataset == "csv":
-        ds = D.csv_manifest(data or "", channels=model.arch_options.get("in_chans", 3), classes=classes)
+        ds = D.csv_manifest(data or "", channels=meta.in_chans, classes=classes)
     else:
         raise ResnetsError(f"unknown dataset {dataset!r}")
     if ds.classes != classes:
@@ -174,7 +175,7 @@ def evaluate_model_file(
     if ctx.device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     amp = resolve_amp(amp, ctx.device)
-    res = evaluate(model, loader, normalizer(pre.mean, pre.std), len(classes), ctx, amp=amp, progress=progress,
+    res = evaluate(model, loader, pre.normalizer(), len(classes), ctx, amp=amp, progress=progress,
                    channels_last=ctx.device.type == "cuda")  # fmt: skip
     res.update(weights=str(weights), dataset=dataset, ten_crop=ten_crop, classes=classes, amp=amp)
     if out:
@@ -186,6 +187,7 @@ def evaluate_model_file(
             tmp.write_text(json.dumps({k: v for k, v in res.items() if k != "confusion"}, indent=2))
         with atomic_path(out_dir / "confusion.json") as tmp:
             tmp.write_text(json.dumps({"classes": classes, "matrix": res["confusion"]}))
-        title = f"{model.arch_name} on {dataset}{' (10-crop)' if ten_crop else ''}: top-1 {res['top1']:.2f}%"
+        title = f"{meta.architecture} on {dataset}{' (10-crop)' if ten_crop else ''}: top-1 {res['top1']:.2f}%"
         plot_confusion(res["confusion"], classes, out_dir / "confusion.png", title)
     return res
+

@@ -7,6 +7,7 @@ largest difference from eager PyTorch is reported (fp32 must stay within 1e-4).
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 import tempfile
@@ -15,12 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-import numpy as np
 import torch
 from torch import nn
 
 from .artifacts import atomic_path
 from .errors import ResnetsError
+from .meta import meta_of, preprocessing_for
 
 log = logging.getLogger("resnets")
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "exported-program": ".pt2"}
@@ -38,16 +39,14 @@ def fold_bn(model: nn.Module) -> nn.Module:
 
 def check_inputs(model: nn.Module, batch: int = 2) -> torch.Tensor:
     """Random inputs plus real photos (shipped with the package) through the model's own preprocessing."""
-    pre = model.preprocessing
+    pre = preprocessing_for(model)
     c = len(pre.mean)
     x = torch.randn(batch, c, pre.crop, pre.crop)
     from importlib import resources
 
     from .data.datasets import decode
-    from .data.transforms import eval_transform, normalizer
 
-    tf = eval_transform(resize=pre.resize, crop=pre.crop, interpolation=pre.interpolation)
-    norm = normalizer(pre.mean, pre.std)
+    tf, norm = pre.transform(), pre.normalizer()
     real = []
     for name in ("astronaut.jpg", "coffee.jpg"):
         with resources.as_file(resources.files("resnets").joinpath(f"assets/{name}")) as p:
@@ -57,9 +56,9 @@ def check_inputs(model: nn.Module, batch: int = 2) -> torch.Tensor:
 
 @dataclass
 class Runner:
-    """A loaded exported model: `run(x)` -> logits as a numpy array."""
+    """A loaded exported model: `run(x)` -> logits (a float32 CPU tensor, as every runner returns)."""
 
-    run: Callable[[torch.Tensor], np.ndarray]
+    run: Callable[[torch.Tensor], torch.Tensor]
     kind: str
 
 
@@ -79,18 +78,19 @@ def load_runner(path: str | os.PathLike, fmt: str) -> Runner:
     if fmt == "onnx":
         sess = ort_session(path)
         name = sess.get_inputs()[0].name
-        return Runner(lambda x: sess.run(None, {name: x.numpy()})[0], "onnxruntime")
+        return Runner(lambda x: torch.from_numpy(sess.run(None, {name: x.cpu().numpy()})[0]), "onnxruntime")
     if fmt == "torchscript":
         m = torch.jit.load(str(path))
-        return Runner(lambda x: m(x).detach().numpy(), "torchscript")
+        return Runner(lambda x: m(x).detach().float(), "torchscript")
     ep = torch.export.load(str(path))
     mod = ep.module()
-    return Runner(lambda x: mod(x).detach().numpy(), "exported-program")
+    return Runner(lambda x: mod(x).detach().float(), "exported-program")
 
 
-def _write(model: nn.Module, example: torch.Tensor, path: Path, fmt: str, dynamic_batch: bool,
-           metadata: dict[str, str] | None = None) -> None:  # fmt: skip
-    """metadata: ONNX metadata_props to record in the file."""
+def write(model: nn.Module, example: torch.Tensor, path: Path, fmt: str, dynamic_batch: bool,
+          metadata: dict[str, str] | None = None) -> None:  # fmt: skip
+    """The one writer of exported files (atomically): `model` traced on `example` as `fmt`. metadata: ONNX
+    metadata_props to record in the file."""
     batch = torch.export.Dim("batch", min=1, max=4096) if dynamic_batch else None
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -116,9 +116,22 @@ def _write(model: nn.Module, example: torch.Tensor, path: Path, fmt: str, dynami
             torch.export.save(ep, str(tmp))
 
 
-def export(model: nn.Module, out: str | os.PathLike, fmt: str, *, dynamic_batch: bool = False, fold: bool = False) -> dict:
+def onnx_metadata(model: nn.Module) -> dict[str, str]:
+    """What an ONNX file carries about its model (metadata_props): the resnets model record (architecture,
+    options, class names, preprocessing), so a serving stack can label outputs and feed inputs from the file
+    alone. The class names and preprocessing also under plain keys."""
+    meta = meta_of(model).replace(preprocessing=preprocessing_for(model))
+    record = meta.to_record()
+    out = {f"resnets.{k}": v for k, v in record.items()}
+    out["class_names"] = record.get("class_names", json.dumps(meta.names(model.num_classes)))
+    out["preprocessing"] = record["preprocessing"]
+    return out
+
+
+def export(model: nn.Module, out: str | os.PathLike, fmt: str, *, dynamic_batch: bool = True, fold: bool = False) -> dict:
     """Write `model` as `fmt` to `out`, reload it, and compare with eager PyTorch. A file whose fp32 outputs
-    differ by more than 1e-4 is removed and an error raised."""
+    differ by more than 1e-4 is removed and an error raised. dynamic_batch: any batch size at run time (else
+    the batch is fixed at 2, the traced example's). ONNX files carry the model's metadata (`onnx_metadata`)."""
     if fmt not in FORMATS:
         raise ResnetsError(f"format must be one of {', '.join(FORMATS)}; got {fmt!r}")
     out = Path(out)
@@ -126,25 +139,24 @@ def export(model: nn.Module, out: str | os.PathLike, fmt: str, *, dynamic_batch:
         raise ResnetsError(f"output directory does not exist: {out.parent}")
     if out.suffix.lower() not in SUFFIXES[fmt]:
         raise ResnetsError(f"a {fmt} file ends in {' or '.join(SUFFIXES[fmt])}; got {out.name}")
-    if getattr(model, "preprocessing", None) is None:
-        raise ResnetsError("the model records no preprocessing; export a file saved by resnets")
     model = model.eval().cpu()
+    metadata = onnx_metadata(model) if fmt == "onnx" else None
     net = fold_bn(model) if fold else model
     x = check_inputs(model)
     with torch.no_grad():
-        ref = model(x).numpy()
+        ref = model(x)
         example = x[:2]
-        _write(net, example, out, fmt, dynamic_batch)
+        write(net, example, out, fmt, dynamic_batch, metadata)
     try:
         runner = load_runner(out, fmt)
         diffs = {}
         with torch.no_grad():
             if dynamic_batch or fmt == "torchscript":
-                got = np.concatenate([runner.run(x[:1]), runner.run(x[1:])])
+                got = torch.cat([runner.run(x[:1]), runner.run(x[1:])])
             else:  # a static graph takes exactly the example's batch
-                got = np.concatenate([runner.run(x[i : i + 2]) for i in range(0, len(x), 2)])
-        diffs["random"] = float(np.abs(got[:2] - ref[:2]).max())
-        diffs["real"] = float(np.abs(got[2:] - ref[2:]).max())
+                got = torch.cat([runner.run(x[i : i + 2]) for i in range(0, len(x), 2)])
+        diffs["random"] = float((got[:2] - ref[:2]).abs().max())
+        diffs["real"] = float((got[2:] - ref[2:]).abs().max())
     except Exception:
         out.unlink(missing_ok=True)
         raise
@@ -152,8 +164,9 @@ def export(model: nn.Module, out: str | os.PathLike, fmt: str, *, dynamic_batch:
     if worst > FP32_TOLERANCE:
         out.unlink(missing_ok=True)
         raise ResnetsError(f"the exported model differs from eager PyTorch by {worst:.2e} (> {FP32_TOLERANCE}); not written")
+    shape = ["N" if dynamic_batch else 2, *example.shape[1:]]
     return {"path": str(out), "format": fmt, "max_abs_diff": diffs, "dynamic_batch": dynamic_batch, "fold_bn": fold,
-            "runtime": runner.kind, "bytes": out.stat().st_size}  # fmt: skip
+            "runtime": runner.kind, "bytes": out.stat().st_size, "input_shape": shape}  # fmt: skip
 
 
 # ---- int8 through ONNX Runtime
@@ -164,10 +177,8 @@ def _batches(model: nn.Module, source: str, limit: int, batch: int = 32) -> Iter
     the model's classes), through the model's preprocessing."""
     from . import data as D
     from .data.loader import Augmented, EvalBatches, make_loader
-    from .data.transforms import eval_transform, normalizer
-
-    pre = model.preprocessing
-    classes = list(model.class_names or [])
+    pre = preprocessing_for(model)
+    classes = list(meta_of(model).class_names or [])
     name, _, split = source.partition(":")
     if name == "fashion-mnist":
         ds = D.TensorDataset(*D.sources.load_fashion_mnist(split or "test"))
@@ -180,8 +191,7 @@ def _batches(model: nn.Module, source: str, limit: int, batch: int = 32) -> Iter
     g = torch.Generator().manual_seed(0)
     idx = torch.randperm(len(ds), generator=g)[: limit or len(ds)].tolist()
     ds = ds.subset(sorted(idx))
-    tf = eval_transform(resize=pre.resize, crop=pre.crop, interpolation=pre.interpolation)
-    norm = normalizer(pre.mean, pre.std)
+    tf, norm = pre.transform(), pre.normalizer()
     for b in make_loader(Augmented(ds, tf, 0), EvalBatches(len(ds), batch), workers=0):
         if b.images.numel():
             yield norm(b.images), b.labels
@@ -198,33 +208,39 @@ def ort_top1(path: str | os.PathLike, batches: Iterable[tuple[torch.Tensor, torc
     return 100.0 * hits / max(n, 1)
 
 
+def quantize_int8(fp32: Path, out: Path, calib: Iterable[torch.Tensor]) -> None:
+    """The one int8 quantizer: ONNX Runtime static quantization of the fp32 ONNX file `fp32` into `out` (QDQ,
+    per-channel int8 weights, uint8 activations), calibrated on the normalised batches `calib` (real images)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(calib)
+
+        def get_next(self):
+            b = next(self.it, None)
+            return None if b is None else {"input": b.cpu().numpy()}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)  # fmt: skip
+
+
 def export_int8(model: nn.Module, out: str | os.PathLike, *, calib: str, eval_data: str, max_drop: float = 1.0,
                 calib_images: int = 512, eval_images: int = 0) -> dict:  # fmt: skip
     """Static post-training quantization (QDQ, per-channel int8 weights, uint8 activations) calibrated on real
     images; top-1 of fp32 and int8 compared on `eval_data`. Over `max_drop` points: nothing written, error."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     out = Path(out)
     if not out.parent.is_dir():
         raise ResnetsError(f"output directory does not exist: {out.parent}")
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
         export(model, fp32, "onnx", dynamic_batch=True)
-        pre = Path(tmp) / "pre.onnx"
-        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-
-        class Reader(CalibrationDataReader):
-            def __init__(self):
-                self.it = iter(_batches(model, calib, calib_images))
-
-            def get_next(self):
-                b = next(self.it, None)
-                return None if b is None else {"input": b[0].numpy()}
-
         q = Path(tmp) / "int8.onnx"
-        quantize_static(str(pre), str(q), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)  # fmt: skip
+        quantize_int8(fp32, q, (x for x, _ in _batches(model, calib, calib_images)))
         top_fp32 = ort_top1(fp32, _batches(model, eval_data, eval_images))
         top_int8 = ort_top1(q, _batches(model, eval_data, eval_images))
         drop = top_fp32 - top_int8

@@ -17,33 +17,41 @@ from .artifacts import read_weights
 from .errors import WeightsError
 from .models import get_entry
 from .models.registry import check_options
-from .models.resnet import ResNetV2
+from .meta import ModelMeta
+from .models.resnet import Backbone, ResNetV2
 
 log = logging.getLogger("resnets")
 
 _FIRST_CONVS = ("conv1.weight", "conv1.0.weight")  # the 7x7 stem conv, or the first conv of a deep stem
 
 
-def _resolve(weights: str | os.PathLike, download: bool) -> tuple[dict[str, torch.Tensor], dict, str]:
-    """(state_dict, metadata, description) for a registered weight name or a local file."""
+def _resolve(weights: str | os.PathLike, download: bool) -> tuple[dict[str, torch.Tensor], ModelMeta | None, str]:
+    """(state_dict, what the weights record (None: nothing), description) for a registered weight name, a weights
+    or model file, or a run directory (its model.safetensors)."""
     text = os.fspath(weights)
     if W.is_registered(text):
         spec = W.get_weights(text)
         sd, _ = read_weights(W.fetch(text, download=download))
-        meta = {
-            "architecture": spec.architecture,
-            "options": {},
-            "class_names": spec.class_names(),
-            "preprocessing": spec.preprocessing.to_dict(),
-            "weights": spec.name,
-        }
-        return sd, meta, repr(text)
-    if not os.path.exists(text) and "." in text and os.sep not in text and not text.endswith(
-        (".safetensors",) + tuple(s for s in (".pth", ".pt", ".bin", ".ckpt"))
-    ):
-        raise WeightsError(f"unknown weights {text!r}: neither a registered name (see `resnets list --weights`) nor a file")
+        return sd, ModelMeta(spec.architecture, {}, spec.class_names(), spec.preprocessing, spec.name), repr(text)
+    if os.path.isdir(text):
+        if not os.path.isfile(os.path.join(text, "model.safetensors")):
+            hint = " (a run still training, or stopped: resume it with `resnets train --resume`)" if os.path.isfile(
+                os.path.join(text, "config.json")) else ""  # fmt: skip
+            raise WeightsError(f"{text} is a folder without a model.safetensors{hint}")
+        text = os.path.join(text, "model.safetensors")
+    if not os.path.exists(text) and os.sep not in text and not text.endswith((".safetensors", ".pth", ".pt", ".bin", ".ckpt")):
+        if "." in text:
+            import difflib
+
+            close = difflib.get_close_matches(text, W.list_weights(), n=3, cutoff=0.6)
+            hint = f"did you mean {', '.join(close)}?" if close else "see `resnets list --weights`"
+            raise WeightsError(f"unknown weights {text!r}: neither a registered name nor a file; {hint}")
+        get_entry(text)  # an unknown name: the error suggests close model names
+        named = W.list_weights(f"{text}.*")
+        raise WeightsError(f"{text} is an architecture, not weights: give a weight name"
+                           f"{' (' + ', '.join(named) + ')' if named else ''}, a model file or a run folder")  # fmt: skip
     sd, meta = read_weights(text)
-    return sd, meta or {}, text
+    return sd, meta, text
 
 
 def _adapt_first_conv(w: torch.Tensor, in_chans: int) -> torch.Tensor:
@@ -65,7 +73,7 @@ def apply_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], sour
     input channels, and refuse (one clear error) missing or unexpected keys and shape mismatches."""
     sd = ResNetV2.checkpoint_filter(dict(state_dict))
     target = model.state_dict()
-    name = getattr(model, "arch_name", type(model).__name__)
+    name = model.meta.architecture if isinstance(model, Backbone) and model.meta else type(model).__name__
     if "fc.weight" in sd:
         if "fc.weight" not in target:
             sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
@@ -100,13 +108,12 @@ def apply_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], sour
     model.load_state_dict({k: v for k, v in sd.items() if k in target}, strict=False)
 
 
-def _build(name: str, options: dict[str, Any], sd: dict | None, meta: dict, source: str) -> nn.Module:
+def _build(name: str, options: dict[str, Any], sd: dict | None, meta: ModelMeta | None, source: str) -> nn.Module:
     entry = get_entry(name)
     check_options(entry, options)
-    arch = meta.get("architecture")
-    if arch and arch != name:
-        raise WeightsError(f"weights {source} are for {arch}, not {name}")
-    opts = {k: v for k, v in (meta.get("options") or {}).items() if k in entry.options}
+    if meta is not None and meta.architecture != name:
+        raise WeightsError(f"weights {source} are for {meta.architecture}, not {name}")
+    opts = {k: v for k, v in (meta.options if meta else {}).items() if k in entry.options}
     opts.update(options)  # explicit options win over those recorded with the weights
     if sd is not None:
         sd = ResNetV2.checkpoint_filter(sd)
@@ -118,18 +125,15 @@ def _build(name: str, options: dict[str, Any], sd: dict | None, meta: dict, sour
             opts["in_chans"] = int(first.shape[1])
         check_options(entry, opts)
     model = entry.fn(**opts)
-    model.arch_name = name
-    model.arch_options = opts
-    classes = meta.get("class_names")
-    model.class_names = list(classes) if classes and len(classes) == getattr(model, "num_classes", -1) else None
-    pre = meta.get("preprocessing")
-    model.preprocessing = W.Preprocessing.from_dict(pre) if pre else None
-    if model.preprocessing is not None and opts.get("in_chans", 3) != len(model.preprocessing.mean):
-        # one grey channel fed to RGB-trained filters: normalise with the mean of the channel statistics
-        p = model.preprocessing
-        n = opts.get("in_chans", 3)
-        m, s = sum(p.mean) / len(p.mean), sum(p.std) / len(p.std)
-        model.preprocessing = W.Preprocessing(p.resize, p.crop, p.interpolation, (m,) * n, (s,) * n)
+    classes = meta.class_names if meta else None
+    pre = meta.preprocessing if meta else None
+    model.meta = ModelMeta(
+        name, opts,
+        class_names=list(classes) if classes and len(classes) == model.num_classes else None,
+        preprocessing=pre.for_channels(opts.get("in_chans", 3)) if pre else None,  # grey images, RGB statistics
+        source=meta.source if meta and meta.source else (source or None),
+        extra=dict(meta.extra) if meta else {},
+    )  # fmt: skip
     if sd is not None:
         apply_state_dict(model, sd, source)
     return model
@@ -149,7 +153,7 @@ def create_model(name: str, *, weights: str | os.PathLike | None = None, downloa
         name, weights = name.split(".", 1)[0], name
     get_entry(name)  # unknown names fail before any file is read
     if weights is None:
-        return _build(name, options, None, {}, "")
+        return _build(name, options, None, None, "")
     sd, meta, source = _resolve(weights, download)
     return _build(name, options, sd, meta, source)
 
@@ -178,15 +182,12 @@ def create_from_weights(weights: str | os.PathLike, name: str | None = None, *, 
         get_entry(name)
     sd, meta, source = _resolve(weights, download)
     if name is None:
-        name = meta.get("architecture") or infer_architecture(sd)
+        name = meta.architecture if meta else infer_architecture(sd)
     return _build(name, options, sd, meta, source)
 
 
-def load(path: str | os.PathLike, **options: Any) -> nn.Module:
-    """Rebuild the model saved in a self-describing file (see `resnets.save`), in eval mode."""
-    sd, meta = read_weights(path)
-    if not meta or not meta.get("architecture"):
-        raise WeightsError(
-            f"{path} does not record its architecture (not saved by resnets.save); use create_model(NAME, weights=...)"
-        )
-    return _build(meta["architecture"], options, sd, meta, os.fspath(path)).eval()
+def load(weights: str | os.PathLike, **options: Any) -> nn.Module:
+    """The model `weights` describe, in eval mode: a self-describing model file (see `resnets.save`), a run
+    directory (its model.safetensors), a registered weight name ("resnet50.tv2_in1k"), or a weights file of
+    torchvision or timm (its architecture recognised from the parameter shapes). What `--weights` takes."""
+    return create_from_weights(weights, **options).eval()

@@ -26,7 +26,9 @@ from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
 from .errors import ResnetsError
+from .meta import meta_of
 from .models.layers import make_norm
+from .models.resnet import Backbone
 
 log = logging.getLogger("resnets")
 
@@ -74,8 +76,8 @@ def convert_norms(model: nn.Module, policy: str) -> nn.Module:
                 swap(child)
 
     swap(model)
-    if hasattr(model, "arch_options"):
-        model.arch_options = {**model.arch_options, "norm": "frozen_batch" if policy == "frozen" else "group"}
+    if isinstance(model, Backbone) and model.meta is not None:
+        model.meta.options["norm"] = "frozen_batch" if policy == "frozen" else "group"
     return model
 
 
@@ -107,7 +109,7 @@ class Plan:
         self.groups = stages(self.model)
         n_stages = len(self.groups) - 2
         if self.strategy == "partial" and not 0 <= self.unfreeze_stages <= n_stages + 1:
-            raise ResnetsError(f"--unfreeze-stages must be between 0 and {n_stages + 1} (the stages and the stem) for {getattr(self.model, 'arch_name', 'this model')}")
+            raise ResnetsError(f"--unfreeze-stages must be between 0 and {n_stages + 1} (the stages and the stem) for {meta_of(self.model).architecture}")
 
     def trainable_groups(self, epoch: int) -> int:
         """How many groups, counted from the head, train in `epoch` (0-based)."""

@@ -17,30 +17,25 @@ import torch.nn.functional as F
 from torch import nn
 from .data.datasets import IMAGE_SUFFIXES, BadSample, FileDataset, decode
 from .data.loader import Loader, make_eval_loader
-from .data.transforms import eval_transform, normalizer
+from .data.transforms import normalizer
 from .errors import ResnetsError
+from .meta import meta_of, preprocessing_for
 
 
 def find_images(paths: Sequence[str | os.PathLike]) -> list[str]:
-    """Files as given, and image files in folders (recursively, sorted). A missing path is an error."""
+    """Files as given, and image files in folders (recursively, sorted). A missing path is kept, to be reported
+    with the unreadable files while the rest go on; only when nothing given exists is it an error."""
     found: list[str] = []
+    if paths and not any(Path(p).exists() for p in paths):
+        raise ResnetsError(f"no such file or folder: {paths[0]}")
     for p in map(Path, paths):
         if p.is_dir():
             found += sorted(str(f) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-        elif p.is_file():
-            found.append(str(p))
         else:
-            raise ResnetsError(f"no such file or folder: {p}")
+            found.append(str(p))
     if not found:
         raise ResnetsError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, paths))}")
     return found
-
-
-def _require_preprocessing(model: nn.Module):
-    pre = getattr(model, "preprocessing", None)
-    if pre is None:
-        raise ResnetsError("the model's weights record no preprocessing; use a file saved by resnets (resnets.save)")
-    return pre
 
 
 @dataclass
@@ -68,7 +63,7 @@ def batches(model: nn.Module, files: list[str], *, batch_size: int = 32, workers
             device: str | torch.device | None = None, loader: str = "auto") -> Batches:  # fmt: skip
     """The files decoded, resized and centre-cropped as the model's preprocessing says, in batches on `device`
     (default: the model's). On a GPU the JPEGs are decoded there (nvJPEG); on a CPU in `workers` processes."""
-    pre = _require_preprocessing(model)
+    pre = preprocessing_for(model)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     ds = FileDataset([(f, i) for i, f in enumerate(files)], [], channels=len(pre.mean))
     workers = min(workers, max(len(files) // batch_size, 0)) if len(files) < 4 * batch_size else workers
@@ -85,6 +80,13 @@ def _runner(model: nn.Module, backend: str, files: list[str], output: str, batch
     if backend == "onnxruntime-int8":  # calibrate on (up to 256 of) the images themselves
         calib = [b.cpu() for b, _, _ in batches(model, files[:256], batch_size=batch_size, workers=0, device="cpu")
                  if b is not None]  # fmt: skip
+        n = sum(len(b) for b in calib)
+        if n < 64:
+            import logging
+
+            logging.getLogger("resnets").warning(
+                "onnxruntime-int8 calibrates on the images given: only %d here, too few for a reliable int8 model; "
+                "give more images, or make one with `resnets export --precision int8 --calib DATA --eval DATA`", n)
     return make_runner(model, backend, output=output, calib=calib, precision=precision, device=device)
 
 
@@ -108,7 +110,7 @@ def predict(model: nn.Module, paths: Sequence[str | os.PathLike], *, top_k: int 
     device = getattr(runner, "device", None) or next(model.parameters()).device
     stream = iter(batches(model, files, batch_size=batch_size, workers=workers, device=device, loader=loader))  # decoding starts now...
     run = runner or _runner(model, backend, files, "logits", batch_size, precision, device)  # ...while an export or compile runs
-    names = getattr(model, "class_names", None)
+    names = meta_of(model).names(model.num_classes)
     k = min(top_k, model.num_classes)
     out: list[dict | None] = [None] * len(files)
     position = {f: i for i, f in enumerate(files)}
@@ -121,7 +123,7 @@ def predict(model: nn.Module, paths: Sequence[str | os.PathLike], *, top_k: int 
             p, c = probs.topk(k, dim=1)
             for row, i in enumerate(idx):
                 out[i] = {"path": files[i], "top": [
-                    {"class": names[j] if names else str(j), "index": int(j), "prob": float(q)}
+                    {"class": names[j], "index": int(j), "prob": float(q)}
                     for q, j in zip(p[row].tolist(), c[row].tolist())]}  # fmt: skip
         bar.update(len(idx) + len(bad))
     bar.close()
@@ -136,7 +138,7 @@ def embed(model: nn.Module, paths: Sequence[str | os.PathLike], *, layer: str | 
     Returns (embeddings, files embedded, errors)."""
     model.eval()
     files = find_images(paths)
-    stages = list(getattr(model, "stage_names", []))
+    stages = list(model.stage_names)
     if layer is not None and layer not in stages:
         raise ResnetsError(f"unknown layer {layer!r}; choose from {', '.join(stages)}")
     if layer is not None and (backend != "eager" or precision != "fp32"):
@@ -244,19 +246,26 @@ def explain(model: nn.Module, image_path: str | os.PathLike, out: str | os.PathL
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .artifacts import atomic_path
+    from .reports import save_png
 
-    pre = _require_preprocessing(model)
+    pre = preprocessing_for(model)
     out = Path(out)
     if out.suffix.lower() != ".png":
         raise ResnetsError(f"the output is a PNG; got {out.name}")
     if not out.parent.is_dir():
         raise ResnetsError(f"output directory does not exist: {out.parent}")
-    names = getattr(model, "class_names", None) or [str(i) for i in range(model.num_classes)]
+    names = meta_of(model).names(model.num_classes)
     if isinstance(target, str) and not target.isdigit():
         if target not in names:
-            raise ResnetsError(f"unknown class {target!r}")
+            import difflib
+
+            close = difflib.get_close_matches(target, names, n=3, cutoff=0.5)
+            close += [n for n in names if target.lower() in n.lower() and n not in close][: 3 - len(close)]
+            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else f" (the model's classes: {', '.join(names[:5])}{', ...' if len(names) > 5 else ''})"
+            raise ResnetsError(f"unknown class {target!r}{hint}")
         target = names.index(target)
+    elif target is not None and not 0 <= int(target) < len(names):
+        raise ResnetsError(f"class index {target} is out of range: the model has {len(names)} classes")
     elif target is not None:
         target = int(target)
     path = str(image_path)
@@ -266,9 +275,9 @@ def explain(model: nn.Module, image_path: str | os.PathLike, out: str | os.PathL
         raw = decode(path, len(pre.mean))
     except BadSample as e:
         raise ResnetsError(f"cannot read {path}: {e.reason}") from None
-    shown = eval_transform(resize=pre.resize, crop=pre.crop, interpolation=pre.interpolation)(raw)
+    shown = pre.transform()(raw)
     device = next(model.parameters()).device
-    x = normalizer(pre.mean, pre.std)(shown.to(device))
+    x = pre.normalizer()(shown.to(device))
     cam, cls, prob = grad_cam(model, x, target=target, layer=layer)
     img = shown.permute(1, 2, 0).cpu().numpy()
     fig, axes = plt.subplots(1, 2, figsize=(8, 4.4))
@@ -279,7 +288,5 @@ def explain(model: nn.Module, image_path: str | os.PathLike, out: str | os.PathL
     axes[1].set_title(f"Grad-CAM: {names[cls]} ({100 * prob:.1f}%)")
     for a in axes:
         a.axis("off")
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    save_png(fig, out)
     return {"path": path, "class": names[cls], "index": cls, "prob": prob, "out": str(out), "heatmap": cam.cpu()}

@@ -12,7 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from .artifacts import atomic_path  # noqa: E402
 
 
-def _save(fig, path: str | os.PathLike) -> None:
+def save_png(fig, path: str | os.PathLike) -> None:
+    """A matplotlib figure as a PNG, written atomically; the figure is closed."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -32,7 +33,7 @@ def plot_curves(history: Sequence[dict], path: str | os.PathLike, title: str = "
     ax2.set_xlabel("epoch"), ax2.set_ylabel("top-1 error (%)"), ax2.legend(), ax2.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plot_confusion(confusion: Sequence[Sequence[int]], classes: Sequence[str], path: str | os.PathLike, title: str = "") -> None:
@@ -55,4 +56,4 @@ def plot_confusion(confusion: Sequence[Sequence[int]], classes: Sequence[str], p
     ax.set_xlabel("predicted"), ax.set_ylabel("true")
     fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of the true class")
     ax.set_title(title or "confusion matrix")
-    _save(fig, path)
+    save_png(fig, path)

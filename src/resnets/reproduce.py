@@ -26,10 +26,10 @@ from torch import nn
 
 from . import config as C
 from .errors import ResnetsError
+from .factory import load
 
 log = logging.getLogger("resnets")
 
-BUDGETS = {"tiny": 200, "short": 1500, "medium": 8000, "paper": 64_000}  # iterations of batch 128
 PAPER_CIFAR10_ERROR = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.93}  # Table 6
 PAPER_GFLOPS = {18: 1.8, 34: 3.6, 50: 3.8, 101: 7.6, 152: 11.3}  # Table 1, multiply-adds x 10^9
 DATASETS = ("fashion-mnist", "cifar10")
@@ -41,9 +41,9 @@ def iterations(budget: str | int) -> int:
         if n < 10:
             raise ResnetsError(f"a budget is at least 10 iterations; got {n}")
         return n
-    if budget not in BUDGETS:
-        raise ResnetsError(f"budget must be one of {', '.join(BUDGETS)} or a number of iterations; got {budget!r}")
-    return BUDGETS[budget]
+    if budget not in C.BUDGETS:
+        raise ResnetsError(f"budget must be one of {', '.join(C.BUDGETS)} or a number of iterations; got {budget!r}")
+    return C.BUDGETS[budget]
 
 
 def run_config(model: str, dataset: str, budget: str | int, seed: int, out: Path, data: str | None = None,
@@ -140,7 +140,7 @@ def trained(cfg: C.TrainConfig, on_progress=None) -> dict:
             shutil.rmtree(run_dir)  # a different run of ours under the same name, or one that never saved: start again
         r = train(cfg, on_progress=on_progress)
     keep = {k: r[k] for k in ("run_dir", "model_path", "top1", "top5", "n", "curve")}
-    keep["params"] = sum(p.numel() for p in _load(r["model_path"]).parameters())
+    keep["params"] = sum(p.numel() for p in load(r["model_path"]).parameters())
     from .artifacts import atomic_path
 
     with atomic_path(done) as tmp:
@@ -238,24 +238,14 @@ def train_parallel(configs: list[C.TrainConfig], jobs: int, progress: bool = Tru
                            "command resumes unfinished runs when it is run again")  # fmt: skip
 
 
-def _load(path: str) -> nn.Module:
-    from .factory import load
-
-    return load(path)
-
-
-def _plot_save(fig, path: Path) -> None:
-    from .reports import _save
-
-    _save(fig, path)
-
-
 # ---------------------------------------------------------------- degradation (Figure 6)
 DEGRADATION_NETS = ("plain20", "plain56", "resnet20", "resnet56")
 
 
 def degradation(setup: Setup) -> dict:
     import matplotlib.pyplot as plt
+
+    from .reports import save_png
 
     dataset, budget, out, seed = setup.dataset, setup.budget, setup.out, setup.seed
     out.mkdir(parents=True, exist_ok=True)
@@ -273,7 +263,7 @@ def degradation(setup: Setup) -> dict:
     axes[0].set_ylabel("error (%)")
     top = max(max(p["train_err"], p["val_err"]) for r in runs.values() for p in r["curve"][1:] or r["curve"])
     axes[0].set_ylim(0, min(100, top * 1.1 + 1))
-    _plot_save(fig, out / "degradation.png")
+    save_png(fig, out / "degradation.png")
 
     final = {m: {"train_err": r["curve"][-1]["train_err"], "test_err": 100 - r["top1"], "params": r["params"]}
              for m, r in runs.items()}  # fmt: skip
@@ -356,11 +346,13 @@ def layer_stds(model: nn.Module, x: torch.Tensor) -> list[float]:
 def layer_responses(setup: Setup) -> dict:
     import matplotlib.pyplot as plt
 
+    from .reports import save_png
+
     dataset, budget, out = setup.dataset, setup.budget, setup.out
     out.mkdir(parents=True, exist_ok=True)
     runs = {m: r for (m, _), r in setup.run_all([(m, None) for m in DEGRADATION_NETS]).items()}
     x, _ = _eval_batch(dataset, setup.data, 500)
-    stds = {m: layer_stds(_load(r["model_path"]), x) for m, r in runs.items()}
+    stds = {m: layer_stds(load(r["model_path"]), x) for m, r in runs.items()}
     fig, (a1, a2) = plt.subplots(2, 1, figsize=(9, 7))
     style = {"plain20": ("tab:orange", "--"), "plain56": ("tab:red", "--"), "resnet20": ("tab:blue", "-"), "resnet56": ("tab:green", "-")}
     for m, s in stds.items():
@@ -371,7 +363,7 @@ def layer_responses(setup: Setup) -> dict:
     for a in (a1, a2):
         a.set_ylabel("std"), a.grid(alpha=0.3), a.legend()
     a1.set_title(f"Responses of the 3x3 layers (after BN, before addition and ReLU), {dataset} test images")
-    _plot_save(fig, out / "layer_responses.png")
+    save_png(fig, out / "layer_responses.png")
     mean = {m: statistics.mean(s) for m, s in stds.items()}
     smaller = mean["resnet20"] < mean["plain20"] and mean["resnet56"] < mean["plain56"]
     deeper_smaller = mean["resnet56"] < mean["resnet20"]
@@ -405,6 +397,8 @@ def conv_grad_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[
 def gradient_flow(setup: Setup) -> dict:
     import matplotlib.pyplot as plt
 
+    from .reports import save_png
+
     from .factory import create_model
 
     dataset, budget, out, seed = setup.dataset, setup.budget, setup.out, setup.seed
@@ -417,7 +411,7 @@ def gradient_flow(setup: Setup) -> dict:
     for m in nets:
         torch.manual_seed(seed)
         fresh = create_model(m, num_classes=10, in_chans=in_chans)
-        norms[m] = {"init": conv_grad_norms(fresh, x, y), "trained": conv_grad_norms(_load(runs[m]["model_path"]), x, y)}
+        norms[m] = {"init": conv_grad_norms(fresh, x, y), "trained": conv_grad_norms(load(runs[m]["model_path"]), x, y)}
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, when in zip(axes, ("init", "trained")):
         for m, c in (("plain56", "tab:red"), ("resnet56", "tab:green")):
@@ -425,7 +419,7 @@ def gradient_flow(setup: Setup) -> dict:
             ax.semilogy(range(1, len(g) + 1), g, "o-", ms=3, color=c, label=m)
         ax.set_xlabel("conv layer (input -> output)"), ax.set_ylabel("gradient norm"), ax.grid(alpha=0.3, which="both")
         ax.set_title("at initialisation" if when == "init" else f"after {iterations(budget):,} iterations"), ax.legend()
-    _plot_save(fig, out / "gradient_flow.png")
+    save_png(fig, out / "gradient_flow.png")
 
     def ratio(g: list[float]) -> float:  # first layers over last layers: < 1 means gradients fade towards the input
         k = max(len(g) // 10, 1)

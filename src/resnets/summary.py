@@ -66,7 +66,7 @@ def summarize(model: nn.Module, input_size: int, in_chans: int = 3) -> dict[str,
     tensor_bytes = sum(t.numel() * 4 for k, t in model.state_dict().items() if t.is_floating_point())
     kind = next((type(m).__name__ for m in model.modules() if isinstance(m, (BasicBlock, Bottleneck, PreActBottleneck))), "")
     return {
-        "model": getattr(model, "arch_name", type(model).__name__),
+        "model": model.meta.architecture if model.meta is not None else type(model).__name__,
         "input": [in_chans, input_size, input_size],
         "block": kind,
         "params": params,

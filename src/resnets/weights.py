@@ -6,61 +6,13 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
 from .errors import WeightsError
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """Evaluation preprocessing: resize the shorter side to `resize`, centre-crop `crop`, scale to [0, 1],
-    normalise with mean/std (per channel, in that [0, 1] scale)."""
-
-    resize: int
-    crop: int
-    interpolation: str = "bilinear"
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Preprocessing":
-        """From a saved dict, checked (raises WeightsError saying what is wrong)."""
-        import math
-
-        def size(key: str) -> int:
-            v = d.get(key)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v) or not 1 <= v <= 10_000:
-                raise WeightsError(f"{key} must be a whole number of pixels from 1 to 10000; got {v!r}")
-            return int(v)
-
-        def stats(key: str, default: tuple[float, ...]) -> tuple[float, ...]:
-            v = d.get(key, default)
-            if not isinstance(v, (list, tuple)) or not v or any(isinstance(x, bool) or not isinstance(x, (int, float))
-                                                                 or not math.isfinite(x) for x in v):  # fmt: skip
-                raise WeightsError(f"{key} must be a list of numbers; got {v!r}")
-            return tuple(float(x) for x in v)
-
-        if not isinstance(d, dict):
-            raise WeightsError(f"preprocessing must be a table; got {type(d).__name__}")
-        interp = d.get("interpolation", "bilinear")
-        if interp not in ("bilinear", "bicubic", "nearest"):
-            raise WeightsError(f"interpolation must be bilinear, bicubic or nearest; got {interp!r}")
-        mean, std = stats("mean", IMAGENET_MEAN), stats("std", IMAGENET_STD)
-        if len(mean) != len(std):
-            raise WeightsError(f"mean and std must have one value per channel; got {len(mean)} and {len(std)}")
-        if min(std) <= 0:
-            raise WeightsError(f"std must be positive; got {list(std)}")
-        return cls(resize=size("resize"), crop=size("crop"), interpolation=interp, mean=mean, std=std)
-
+from .meta import Preprocessing
 
 @dataclass(frozen=True)
 class WeightSpec:

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ResnetsError
-from ..weights import IMAGENET_MEAN, IMAGENET_STD
+from ..meta import IMAGENET_MEAN, IMAGENET_STD
 from . import datasets, sources
 from .datasets import BadSample, FileDataset, TensorDataset, csv_manifest, decode, image_folder, synthetic
 

@@ -103,6 +103,8 @@ def decode(path: str | os.PathLike, channels: int = 3) -> torch.Tensor:
 
     mode = ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY
     path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise BadSample(path, "no such file" if not os.path.exists(path) else "not a file")
     check_header(path)
     try:
         if path.lower().endswith((".bmp", ".tif", ".tiff")):

@@ -77,7 +77,23 @@ def _drop_path(rate: float) -> nn.Module:
     return StochasticDepth(rate, "row") if rate > 0 else nn.Identity()
 
 
-class BasicBlock(nn.Module):
+class _PostActivation(nn.Module):
+    """What the paper's blocks share: the residual branch F(x), then y = ReLU(F(x) + shortcut(x)), with
+    stochastic depth on F(x); residual=False drops the shortcut (the paper's plain nets)."""
+
+    def _shortcut(self, downsample: nn.Module | None, residual: bool, drop_path: float) -> None:
+        self.downsample = downsample
+        self.residual = residual
+        self.drop_path = _drop_path(drop_path)
+
+    def _merge(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        if self.residual:
+            identity = x if self.downsample is None else self.downsample(x)
+            out = self.drop_path(out) + identity
+        return self.relu(out)
+
+
+class BasicBlock(_PostActivation):
     """Two 3x3 convolutions (ResNet-18/34 and the CIFAR nets). residual=False gives the paper's plain block."""
 
     expansion = 1
@@ -104,9 +120,7 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = conv3x3(planes, planes)
         self.bn2 = make_norm(norm, planes)
-        self.downsample = downsample
-        self.residual = residual
-        self.drop_path = _drop_path(drop_path)
+        self._shortcut(downsample, residual, drop_path)
 
     def residual_norm(self) -> nn.Module:
         """The last norm of the residual branch (zeroed by zero_init_residual)."""
@@ -114,14 +128,10 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        if self.residual:
-            identity = x if self.downsample is None else self.downsample(x)
-            out = self.drop_path(out) + identity
-        return self.relu(out)
+        return self._merge(x, self.bn2(self.conv2(out)))
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_PostActivation):
     """1x1 reduce, 3x3, 1x1 expand (x4). stride_in_1x1=True is the paper's v1; False puts it on the 3x3 (v1.5)."""
 
     expansion = 4
@@ -150,9 +160,7 @@ class Bottleneck(nn.Module):
         self.conv3 = conv1x1(width, planes * self.expansion)
         self.bn3 = make_norm(norm, planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-        self.residual = residual
-        self.drop_path = _drop_path(drop_path)
+        self._shortcut(downsample, residual, drop_path)
 
     def residual_norm(self) -> nn.Module:
         return self.bn3
@@ -160,11 +168,7 @@ class Bottleneck(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        if self.residual:
-            identity = x if self.downsample is None else self.downsample(x)
-            out = self.drop_path(out) + identity
-        return self.relu(out)
+        return self._merge(x, self.bn3(self.conv3(out)))
 
 
 class PreActBottleneck(nn.Module):

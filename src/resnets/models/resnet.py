@@ -2,15 +2,18 @@
 pre-activation ResNet V2. Architectures only: no I/O, no weights (see resnets.weights and the registry)."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch import nn
 
 from .layers import BasicBlock, Bottleneck, PreActBottleneck, conv1x1, conv3x3, make_norm, make_shortcut
 
+if TYPE_CHECKING:
+    from ..meta import ModelMeta
 
-class _Backbone(nn.Module):
+
+class Backbone(nn.Module):
     """What every family member shares: the forward split, the head and the stage maps.
 
     Subclasses build `self.conv1 ... self.layerN`, `self.avgpool`, `self.fc` and fill `self.feature_info`.
@@ -19,6 +22,31 @@ class _Backbone(nn.Module):
     stage_names: list[str]
     feature_info: list[dict]
     num_features: int
+    # what the model is and how to feed it (architecture, options, classes, preprocessing): set by the factory
+    # (resnets.create_model / load); None on a net constructed directly
+    meta: ModelMeta | None = None
+
+    def _make_stages(self, widths: Sequence[int], layers: Sequence[int], cin: int, reduction: int,
+                     drop_path_rate: float, make_block) -> None:  # fmt: skip
+        """layer1..layerN, `layers[i]` blocks each, the first block of every stage after the first at stride 2.
+        make_block(cin, planes, stride, drop_path) -> (block, its output channels). Fills stage_names,
+        feature_info and num_features."""
+        total, index = sum(layers), 0
+        self.stage_names, self.feature_info = [], []
+        for i, (planes, depth) in enumerate(zip(widths, layers)):
+            stride = 1 if i == 0 else 2
+            reduction *= stride
+            blocks = []
+            for j in range(depth):
+                rate = drop_path_rate * index / max(total - 1, 1)  # linear decay rule (Huang et al.)
+                block, cin = make_block(cin, planes, stride if j == 0 else 1, rate)
+                blocks.append(block)
+                index += 1
+            name = f"layer{i + 1}"
+            self.add_module(name, nn.Sequential(*blocks))
+            self.stage_names.append(name)
+            self.feature_info.append({"module": name, "num_chs": cin, "reduction": reduction})
+        self.num_features = cin
 
     def _make_head(self, num_classes: int) -> None:
         self.avgpool = nn.AdaptiveAvgPool2d(1)
@@ -81,7 +109,7 @@ class _Backbone(nn.Module):
                 nn.init.zeros_(m.bias)
 
 
-class ResNet(_Backbone):
+class ResNet(Backbone):
     """Post-activation ResNet (the paper's), with the options of its descendants.
 
     stem: "imagenet" (7x7/2 conv + 3x3/2 max pool), "deep" (three 3x3 convs, ResNet-C/D) or "cifar" (one 3x3 conv).
@@ -129,33 +157,13 @@ class ResNet(_Backbone):
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.Identity() if stem == "cifar" else nn.MaxPool2d(3, stride=2, padding=1)
 
-        total = sum(layers)
-        block_idx = 0
-        cin = stem_width
-        reduction = 1 if stem == "cifar" else 4
-        self.stage_names, self.feature_info = [], []
-        for i, (planes, depth) in enumerate(zip(widths, layers)):
-            stride = 1 if i == 0 else 2
-            reduction *= stride
-            blocks = []
-            for j in range(depth):
-                s = stride if j == 0 else 1
-                cout = planes * block.expansion
-                downsample = make_shortcut(shortcut, cin, cout, s, norm, avg_down) if residual else None
-                rate = drop_path_rate * block_idx / max(total - 1, 1)  # linear decay rule (Huang et al.)
-                blocks.append(
-                    block(
-                        cin, planes, s, downsample, norm=norm, residual=residual, drop_path=rate,
-                        groups=groups, width_per_group=width_per_group, stride_in_1x1=stride_in_1x1,
-                    )
-                )  # fmt: skip
-                cin = cout
-                block_idx += 1
-            name = f"layer{i + 1}"
-            self.add_module(name, nn.Sequential(*blocks))
-            self.stage_names.append(name)
-            self.feature_info.append({"module": name, "num_chs": cin, "reduction": reduction})
-        self.num_features = cin
+        def make(cin: int, planes: int, s: int, rate: float) -> tuple[nn.Module, int]:
+            cout = planes * block.expansion
+            downsample = make_shortcut(shortcut, cin, cout, s, norm, avg_down) if residual else None
+            return block(cin, planes, s, downsample, norm=norm, residual=residual, drop_path=rate, groups=groups,
+                         width_per_group=width_per_group, stride_in_1x1=stride_in_1x1), cout  # fmt: skip
+
+        self._make_stages(widths, layers, stem_width, 1 if stem == "cifar" else 4, drop_path_rate, make)
         self._make_head(num_classes)
         self._init_weights()
         if zero_init_residual:
@@ -168,7 +176,7 @@ class ResNet(_Backbone):
         return self.maxpool(self.relu(self.bn1(self.conv1(x))))
 
 
-class ResNetV2(_Backbone):
+class ResNetV2(Backbone):
     """Pre-activation ResNet ("Identity Mappings in Deep Residual Networks", He et al. 2016), timm's resnetv2_*.
 
     The stem has no norm; a final BN-ReLU (`norm`) follows the last stage. Projection shortcuts are plain 1x1
@@ -189,26 +197,14 @@ class ResNetV2(_Backbone):
         super().__init__()
         self.conv1 = nn.Conv2d(in_chans, widths[0], 7, stride=2, padding=3, bias=False)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        total, block_idx, cin, reduction = sum(layers), 0, widths[0], 4
-        self.stage_names, self.feature_info = [], []
-        for i, (planes, depth) in enumerate(zip(widths, layers)):
-            stride = 1 if i == 0 else 2
-            reduction *= stride
-            blocks = []
-            for j in range(depth):
-                s = stride if j == 0 else 1
-                cout = planes * PreActBottleneck.expansion
-                downsample = conv1x1(cin, cout, s) if (s != 1 or cin != cout) else None
-                rate = drop_path_rate * block_idx / max(total - 1, 1)
-                blocks.append(PreActBottleneck(cin, planes, s, downsample, norm=norm, drop_path=rate))
-                cin = cout
-                block_idx += 1
-            name = f"layer{i + 1}"
-            self.add_module(name, nn.Sequential(*blocks))
-            self.stage_names.append(name)
-            self.feature_info.append({"module": name, "num_chs": cin, "reduction": reduction})
-        self.num_features = cin
-        self.norm = make_norm(norm, cin)
+
+        def make(cin: int, planes: int, s: int, rate: float) -> tuple[nn.Module, int]:
+            cout = planes * PreActBottleneck.expansion
+            downsample = conv1x1(cin, cout, s) if (s != 1 or cin != cout) else None
+            return PreActBottleneck(cin, planes, s, downsample, norm=norm, drop_path=rate), cout
+
+        self._make_stages(widths, layers, widths[0], 4, drop_path_rate, make)
+        self.norm = make_norm(norm, self.num_features)
         self.relu = nn.ReLU(inplace=True)
         self._make_head(num_classes)
         self._init_weights()
