@@ -299,3 +299,21 @@ def test_explain_suggests_close_class_names(photos, model_file, tmp_path):
     assert code == 2 and "did you mean 'coffee'" in err and not (tmp_path / "c.png").exists()
     code, _, err = _cli("explain", photos / "coffee.png", "--weights", model_file, "--class", 9, "--out", tmp_path / "c.png")
     assert code == 2 and "out of range: the model has 4 classes" in err
+
+
+def test_predict_takes_pil_images_and_tensors_as_well_as_paths(photos, model_file):
+    from PIL import Image
+    from torchvision.io import read_image
+
+    model = resnets.load(model_file)
+    by_path = I.predict(model, [photos / "coffee.png", photos / "camera.png"], workers=0, top_k=3)
+    with Image.open(photos / "coffee.png") as a, Image.open(photos / "camera.png") as b:
+        by_pil = I.predict(model, [a.copy(), b.copy()], top_k=3)
+    by_tensor = I.predict(model, [read_image(str(photos / "coffee.png")), read_image(str(photos / "camera.png"))], top_k=3)
+    for got in (by_pil, by_tensor):
+        assert [r["input"] for r in got] == [0, 1]
+        for r, ref in zip(got, by_path):
+            assert [t["index"] for t in r["top"]] == [t["index"] for t in ref["top"]]
+            assert r["top"][0]["prob"] == pytest.approx(ref["top"][0]["prob"], abs=1e-4)
+    with pytest.raises(resnets.ResnetsError, match="paths, PIL images or"):
+        I.predict(model, [torch.zeros(2, 2)])

@@ -219,3 +219,18 @@ def test_model_code_does_no_io():
                 assert not {n.split(".")[0] for n in names} & banned, f"{path.name} imports {names}"
             if isinstance(node, ast.Call) and getattr(node.func, "id", "") in ("print", "open"):
                 raise AssertionError(f"{path.name} calls {node.func.id}")
+
+
+def test_features_only_gives_the_stage_maps_like_timm():
+    m = resnets.create_model("resnet50", features_only=True, out_indices=(1, -1)).eval()
+    assert [f["reduction"] for f in m.feature_info] == [8, 32] and m.meta.architecture == "resnet50"
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        maps = m(x)
+        ref = m.backbone.forward_intermediates(x, [1, 3])
+    assert [t.shape[1:] for t in maps] == [(512, 8, 8), (2048, 2, 2)] and all(torch.equal(a, b) for a, b in zip(maps, ref))
+    timm = pytest.importorskip("timm")
+    t = timm.create_model("resnet50", features_only=True, out_indices=(2, 4), pretrained=False)  # timm counts the stem
+    assert [c for c in t.feature_info.channels()] == [f["num_chs"] for f in m.feature_info]
+    with pytest.raises(resnets.OptionError, match="features_only"):
+        resnets.create_model("resnet18", out_indices=(1,))

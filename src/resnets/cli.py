@@ -437,6 +437,14 @@ def _cmd_cache(args: argparse.Namespace) -> int:
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
+    from .data.registry import DATASETS
+
+    if args.list or not args.name:
+        width = max(map(len, DATASETS))
+        for name, spec in DATASETS.items():
+            size = f"{spec.native}x{spec.native}x{spec.channels}" if spec.native else "any size"
+            print(f"{name.ljust(width)}  {spec.kind:<9}  {size:<10}  {spec.doc}")
+        return 0
     from .data import sources
 
     if args.name == "fashion-mnist":
@@ -498,6 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_summary)
 
     from .config import RECIPES
+    from .data.registry import DATASETS
 
     p = sub.add_parser("train", help="train a model (recipes: " + ", ".join(RECIPES) + ")",
                        description="Train with a named recipe, a TOML/YAML config file and any key overridden by a flag. "
@@ -517,7 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a saved model: top-1/top-5, per-class accuracy, confusion matrix")
     p.add_argument("--weights", required=True, help="a model file written by training (model.safetensors, best.pt)")
-    p.add_argument("--dataset", choices=["fashion-mnist", "cifar10", "cifar100", "imagefolder", "csv"])
+    p.add_argument("--dataset", choices=[n for n, s in DATASETS.items() if s.kind != "synthetic"],
+                   help="default: imagefolder for a folder given with --data, csv for a file")
     p.add_argument("--data", help="image folder (DIR or DIR/val), CSV manifest, or dataset files")
     p.add_argument("--ten-crop", action="store_true", help="the paper's 10-crop testing")
     p.add_argument("--batch-size", type=_count(1), default=256)
@@ -630,7 +640,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_reproduce)
 
     p = sub.add_parser("data", help="find a dataset locally, or download it (checksummed) with --download")
-    p.add_argument("name", choices=["fashion-mnist", "cifar10", "cifar100"])
+    p.add_argument("name", nargs="?", choices=[n for n, s in DATASETS.items() if s.downloadable])
+    p.add_argument("--list", action="store_true", help="every dataset the training config and eval take")
     p.add_argument("--path", help="CIFAR archive or folder holding it")
     p.add_argument("--download", action="store_true")
     p.set_defaults(func=_cmd_data)

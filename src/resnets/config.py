@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .data.registry import DATASETS
 from .errors import ResnetsError
 
 
@@ -38,7 +39,7 @@ class TrainConfig:
     zero_init_residual: bool | None = key(None, "start each residual branch's last norm at zero")
     drop_path_rate: float | None = key(None, "stochastic depth: the deepest block's drop probability")
     # ---- data
-    dataset: str = key("fashion-mnist", "fashion-mnist | cifar10 | cifar100 | imagefolder | csv | synthetic")
+    dataset: str = key("fashion-mnist", "a registered dataset (see `resnets data --list`)")
     data: str | None = key(None, "folder (imagefolder: DIR/train, DIR/val), CSV file, or archive/IDX folder")
     val_data: str | None = key(None, "CSV of the validation images (dataset=csv)")
     download: bool = key(False, "fetch Fashion-MNIST / CIFAR from the official site when not found locally")
@@ -123,7 +124,7 @@ class TrainConfig:
             raise ResnetsError("set epochs or iterations to at least 1")
         if not self.model and not self.weights:
             raise ResnetsError("name a --model, or give --weights to take the architecture from")
-        if self.dataset in ("imagefolder", "csv") and not self.data:
+        if DATASETS[self.dataset].needs_data and not self.data:
             raise ResnetsError(f"dataset {self.dataset} needs --data")
         if self.name and (os.sep in self.name or self.name in (".", "..")):
             raise ResnetsError(f"--name is a folder name inside --out, not a path; got {self.name!r}")
@@ -213,7 +214,7 @@ RULES: dict[str, Rule] = {
     "model": ANY, "weights": ANY, "in_chans": _ge(0), "norm": Rule(choices=("batch", "group", "frozen_batch")),
     "shortcut": Rule(choices=("A", "B", "C")), "stride_in_1x1": ANY, "zero_init_residual": ANY,
     "drop_path_rate": FRACTION,
-    "dataset": Rule(choices=("fashion-mnist", "cifar10", "cifar100", "imagefolder", "csv", "synthetic")),
+    "dataset": Rule(choices=tuple(DATASETS)),
     "data": ANY, "val_data": ANY, "download": ANY, "val_split": FRACTION, "classes": ANY, "per_class": _ge(0),
     "balanced": ANY, "limit_train": _ge(0), "limit_val": _ge(0), "synthetic_samples": _ge(1),
     "synthetic_classes": _ge(2), "train_crop": _ge(0), "eval_resize": _ge(0), "eval_crop": _ge(0),

@@ -86,7 +86,7 @@ def _data_and_model(cfg: C.TrainConfig) -> tuple[D.DataBundle, nn.Module]:
     """The data and the model to train on it. Pretrained weights bring their architecture (when --model is not
     given), input channels and preprocessing for image files; their head is replaced when the classes differ."""
     options = _model_options(cfg)
-    fixed_chans = {"fashion-mnist": 1, "cifar10": 3, "cifar100": 3}.get(cfg.dataset) or cfg.in_chans or None
+    fixed_chans = D.get_dataset(cfg.dataset).channels or cfg.in_chans or None  # in-memory data has its own
     if fixed_chans:
         options["in_chans"] = fixed_chans
     if not cfg.weights:

@@ -152,18 +152,7 @@ def evaluate_model_file(
         dataset = "imagefolder" if data and Path(data).is_dir() else "csv" if data else None
         if dataset is None:
             raise ResnetsError("say which data to evaluate on: --dataset NAME or --data PATH")
-    if dataset == "fashion-mnist":
-        ds = D.TensorDataset(*D.sources.load_fashion_mnist("test", data, download))
-    elif dataset in ("cifar10", "cifar100"):
-        ds = D.TensorDataset(*D.sources.load_cifar(dataset, "test", data, download))
-    elif dataset == "imagefolder":
-        root = Path(data or "")
-        root = next((root / v for v in ("val", "validation", "test") if (root / v).is_dir()), root)
-        ds = D.image_folder(root, channels=meta.in_chans, classes=classes)
-    elif dataset == "csv":
-        ds = D.csv_manifest(data or "", channels=meta.in_chans, classes=classes)
-    else:
-        raise ResnetsError(f"unknown dataset {dataset!r}")
+    ds = D.get_dataset(dataset).evaluation(data, download, channels=meta.in_chans, classes=classes)
     if ds.classes != classes:
         raise ResnetsError(f"the model's {len(classes)} classes do not match the dataset's {len(ds.classes)}")
     if limit:

@@ -7,18 +7,18 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
 from . import weights as W
 from .artifacts import read_weights
-from .errors import WeightsError
+from .errors import OptionError, WeightsError
 from .models import get_entry
 from .models.registry import check_options
 from .meta import ModelMeta
-from .models.resnet import Backbone, ResNetV2
+from .models.resnet import Backbone, FeatureList, ResNetV2
 
 log = logging.getLogger("resnets")
 
@@ -139,7 +139,8 @@ def _build(name: str, options: dict[str, Any], sd: dict | None, meta: ModelMeta 
     return model
 
 
-def create_model(name: str, *, weights: str | os.PathLike | None = None, download: bool = True, **options: Any) -> nn.Module:
+def create_model(name: str, *, weights: str | os.PathLike | None = None, download: bool = True,
+                 features_only: bool = False, out_indices: Sequence[int] | None = None, **options: Any) -> nn.Module:  # fmt: skip
     """Build a registered model, optionally with weights.
 
     name: a registered architecture ("resnet50"), or "<architecture>.<tag>" of registered weights
@@ -148,7 +149,16 @@ def create_model(name: str, *, weights: str | os.PathLike | None = None, downloa
         or a local .safetensors / .pth / .pt file (torchvision, timm or resnets layouts).
     options: num_classes, in_chans, shortcut, stride_in_1x1, zero_init_residual, drop_path_rate, norm, as the
         architecture takes them. Unset num_classes/in_chans follow the weights; set ones adapt them.
+    features_only: a `FeatureList` that returns the stage maps (`out_indices` picks stages; negative counts from
+        the end), as timm's `features_only` does: the model's `forward_intermediates` as a module.
     """
+    if out_indices is not None and not features_only:
+        raise OptionError("out_indices picks the stage maps of features_only=True; pass both")
+    model = _create(name, weights, download, options)
+    return FeatureList(model, out_indices) if features_only else model
+
+
+def _create(name: str, weights: str | os.PathLike | None, download: bool, options: dict[str, Any]) -> nn.Module:
     if weights is None and "." in name and W.is_registered(name):
         name, weights = name.split(".", 1)[0], name
     get_entry(name)  # unknown names fail before any file is read

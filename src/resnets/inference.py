@@ -73,11 +73,10 @@ def batches(model: nn.Module, files: list[str], *, batch_size: int = 32, workers
 
 
 def _runner(model: nn.Module, backend: str, files: list[str], output: str, batch_size: int, precision: str = "fp32",
-            device: torch.device | None = None):  # fmt: skip
+            device: torch.device | None = None, calib: list[torch.Tensor] | None = None):  # fmt: skip
     from .backends import make_runner
 
-    calib = None
-    if backend == "onnxruntime-int8":  # calibrate on (up to 256 of) the images themselves
+    if backend == "onnxruntime-int8" and calib is None:  # calibrate on (up to 256 of) the images themselves
         calib = [b.cpu() for b, _, _ in batches(model, files[:256], batch_size=batch_size, workers=0, device="cpu")
                  if b is not None]  # fmt: skip
         n = sum(len(b) for b in calib)
@@ -96,22 +95,62 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, unit="img", disable=not enabled or total < 64, dynamic_ncols=True, leave=False)
 
 
+def _in_memory(model: nn.Module, images: Sequence) -> torch.Tensor:
+    """PIL images and image tensors (uint8 (C, H, W), or float in [0, 1]) through the model's preprocessing:
+    a normalised batch on the model's device."""
+    from PIL import Image
+
+    from .data.datasets import pil_to_tensor
+
+    pre = preprocessing_for(model)
+    tf, channels = pre.transform(), len(pre.mean)
+    out = []
+    for i, im in enumerate(images):
+        if isinstance(im, Image.Image):
+            t = pil_to_tensor(im, channels)
+        elif isinstance(im, torch.Tensor) and im.ndim == 3:
+            t = im if im.dtype == torch.uint8 else (im.float().clamp(0, 1) * 255).round().to(torch.uint8)
+            if t.shape[0] == 3 and channels == 1:  # colour to grey
+                t = t.float().mean(0, keepdim=True).round().to(torch.uint8)
+            elif t.shape[0] == 1 and channels == 3:
+                t = t.expand(3, -1, -1)
+        else:
+            raise ResnetsError(f"input {i}: predict takes paths, PIL images or (C, H, W) image tensors; got {type(im).__name__}")
+        out.append(tf(t.cpu()))
+    return pre.normalizer()(torch.stack(out).to(next(model.parameters()).device))
+
+
+def _top(probs: torch.Tensor, k: int, names: list[str]) -> list[list[dict]]:
+    p, c = probs.topk(k, dim=1)
+    return [[{"class": names[j], "index": int(j), "prob": float(q)} for q, j in zip(pr, cr)]
+            for pr, cr in zip(p.tolist(), c.tolist())]  # fmt: skip
+
+
 @torch.no_grad()
-def predict(model: nn.Module, paths: Sequence[str | os.PathLike], *, top_k: int = 5, batch_size: int = 32,
+def predict(model: nn.Module, paths: Sequence, *, top_k: int = 5, batch_size: int = 32,
             workers: int = 2, progress: bool = False, backend: str = "eager", runner=None, precision: str = "fp32",
             loader: str = "auto") -> list[dict]:  # fmt: skip
     """[{"path", "top": [{"class", "index", "prob"}...]} or {"path", "error"}] in the order of the files.
+    paths: files and folders, or images already in memory (PIL images or (C, H, W) tensors: then each result
+    has "input", its position, instead of "path").
     backend: auto, eager, compile, onnxruntime, or onnxruntime-int8 (calibrated on the first images given).
     precision: fp32, bf16 or fp16 (eager and compile). runner: one made before by
     `resnets.backends.make_runner(model, backend)`, to reuse across calls (an ONNX export or compilation is then
     paid once). Images are decoded on the model's device when it is a GPU."""
     model.eval()
+    names, k = meta_of(model).names(model.num_classes), min(top_k, model.num_classes)
+    if paths and not all(isinstance(p, (str, os.PathLike)) for p in paths):  # images in memory
+        results = []
+        for start in range(0, len(paths), batch_size):
+            x = _in_memory(model, paths[start : start + batch_size])
+            run = runner or _runner(model, backend, [], "logits", batch_size, precision, x.device, calib=[x.cpu()])
+            runner = run
+            results += [{"input": start + i, "top": t} for i, t in enumerate(_top(run(x).float().softmax(1), k, names))]
+        return results
     files = find_images(paths)
     device = getattr(runner, "device", None) or next(model.parameters()).device
     stream = iter(batches(model, files, batch_size=batch_size, workers=workers, device=device, loader=loader))  # decoding starts now...
     run = runner or _runner(model, backend, files, "logits", batch_size, precision, device)  # ...while an export or compile runs
-    names = meta_of(model).names(model.num_classes)
-    k = min(top_k, model.num_classes)
     out: list[dict | None] = [None] * len(files)
     position = {f: i for i, f in enumerate(files)}
     bar = _progress(len(files), progress)
@@ -119,12 +158,8 @@ def predict(model: nn.Module, paths: Sequence[str | os.PathLike], *, top_k: int 
         for path, reason in bad:
             out[position[path]] = {"path": path, "error": reason}
         if images is not None:
-            probs = run(images).float().softmax(1)
-            p, c = probs.topk(k, dim=1)
-            for row, i in enumerate(idx):
-                out[i] = {"path": files[i], "top": [
-                    {"class": names[j], "index": int(j), "prob": float(q)}
-                    for q, j in zip(p[row].tolist(), c[row].tolist())]}  # fmt: skip
+            for i, top in zip(idx, _top(run(images).float().softmax(1), k, names)):
+                out[i] = {"path": files[i], "top": top}
         bar.update(len(idx) + len(bad))
     bar.close()
     return [o for o in out if o is not None]

@@ -32,7 +32,7 @@ log = logging.getLogger("resnets")
 
 PAPER_CIFAR10_ERROR = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.93}  # Table 6
 PAPER_GFLOPS = {18: 1.8, 34: 3.6, 50: 3.8, 101: 7.6, 152: 11.3}  # Table 1, multiply-adds x 10^9
-DATASETS = ("fashion-mnist", "cifar10")
+DATASETS = ("fashion-mnist", "cifar10")  # the registered datasets the paper's experiments run on (28 and 32 pixels)
 
 
 def iterations(budget: str | int) -> int:
@@ -304,16 +304,13 @@ def degradation(setup: Setup) -> dict:
 # ---------------------------------------------------------------- layer responses (Figure 7)
 def _eval_batch(dataset: str, data: str | None, n: int, split: str = "test", seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """`n` images of the dataset, normalised as training normalises them, and their labels."""
-    from .data import STATS, sources
+    from .data.registry import get_dataset
     from .data.transforms import normalizer
 
-    if dataset == "fashion-mnist":
-        images, labels, _ = sources.load_fashion_mnist(split, data)
-    else:
-        images, labels, _ = sources.load_cifar(dataset, split, data)
+    spec = get_dataset(dataset)
+    images, labels, _ = spec.tensors(split, data, False)
     idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n]
-    mean, std = STATS[dataset]
-    return normalizer(mean, std)(images[idx]), labels[idx]
+    return normalizer(spec.mean, spec.std)(images[idx]), labels[idx]
 
 
 def response_norms(model: nn.Module) -> list[nn.Module]:

@@ -1,153 +1,34 @@
-"""Data: sources (where files come from), datasets (items), transforms (v2 pipelines), loader (batches).
+"""Data: the registry (datasets by name), sources (where files come from), datasets (items), transforms (v2
+pipelines), augment (whole batches on the device), loader (batches).
 
 `build(cfg)` turns a training config into the train and validation datasets and everything the engine needs to
-know about them (classes, channels, crop sizes, normalisation).
+know about them (classes, channels, crop sizes, normalisation). Names are imported on first use, so the registry
+can be read without loading torch (`resnets --help`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
+import importlib
 
-import torch
+_EXPORTS = {
+    "DataBundle": "bundle", "build": "bundle", "per_class_subset": "bundle", "select_classes": "bundle",
+    "stratified_split": "bundle",
+    "BadSample": "datasets", "FileDataset": "datasets", "TensorDataset": "datasets", "csv_manifest": "datasets",
+    "decode": "datasets", "image_folder": "datasets", "synthetic": "datasets",
+    "DATASETS": "registry", "DatasetSpec": "registry", "get_dataset": "registry",
+}  # fmt: skip
+_MODULES = ("augment", "bundle", "datasets", "device", "loader", "registry", "sources", "transforms")
 
-from ..errors import ResnetsError
-from ..meta import IMAGENET_MEAN, IMAGENET_STD
-from . import datasets, sources
-from .datasets import BadSample, FileDataset, TensorDataset, csv_manifest, decode, image_folder, synthetic
-
-# per-channel statistics of the training sets, in [0, 1] units
-STATS = {
-    "fashion-mnist": ((0.2860,), (0.3530,)),
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-}
-
-
-@dataclass
-class DataBundle:
-    train: torch.utils.data.Dataset
-    val: torch.utils.data.Dataset
-    classes: list[str]
-    in_chans: int
-    train_crop: int
-    eval_resize: int
-    eval_crop: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+__all__ = [
+    "BadSample", "DATASETS", "DataBundle", "DatasetSpec", "FileDataset", "TensorDataset", "build", "csv_manifest",
+    "decode", "get_dataset", "image_folder", "per_class_subset", "select_classes", "stratified_split", "synthetic",
+]  # fmt: skip
 
 
-def _by_class(targets: list[int]) -> list[list[int]]:
-    by_class: dict[int, list[int]] = {}
-    for i, t in enumerate(targets):
-        by_class.setdefault(t, []).append(i)
-    return [idx for _, idx in sorted(by_class.items())]
-
-
-def stratified_split(targets: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """(train indices, held-out indices): `fraction` of every class held out, chosen by a seeded shuffle."""
-    g = torch.Generator().manual_seed(seed)
-    train, held = [], []
-    for idx in _by_class(targets):
-        perm = [idx[j] for j in torch.randperm(len(idx), generator=g).tolist()]
-        k = max(1, round(len(idx) * fraction)) if len(idx) > 1 else 0
-        held += perm[:k]
-        train += perm[k:]
-    return sorted(train), sorted(held)
-
-
-def select_classes(ds, wanted: list[str]):
-    """Only the images of the `wanted` classes (names or indices), relabelled 0..k-1 in the order given."""
-    index = {c: i for i, c in enumerate(ds.classes)}
-    picked = []
-    for w in wanted:
-        w = str(w).strip()
-        if w in index:
-            picked.append(index[w])
-        elif w.isdigit() and int(w) < len(ds.classes):
-            picked.append(int(w))
-        else:
-            raise ResnetsError(f"class {w!r} is not in the data (classes: {', '.join(ds.classes[:12])})")
-    if len(set(picked)) != len(picked):
-        raise ResnetsError("--classes names a class twice")
-    remap = {old: new for new, old in enumerate(picked)}
-    keep = [i for i, t in enumerate(ds.targets) if t in remap]
-    sub = ds.subset(keep)
-    return sub.relabel(remap, [ds.classes[i] for i in picked])
-
-
-def per_class_subset(targets: list[int], n: int, seed: int) -> list[int]:
-    """At most `n` indices of every class, chosen by a seeded shuffle."""
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for idx in _by_class(targets):
-        out += [idx[j] for j in torch.randperm(len(idx), generator=g)[:n].tolist()]
-    return sorted(out)
-
-
-def build(cfg, in_chans: int | None = None, preprocessing=None) -> DataBundle:
-    """`in_chans` (files are decoded to it) and `preprocessing` (normalisation and sizes) come from pretrained
-    weights when fine-tuning image files; built-in datasets keep their own."""
-    name = cfg.dataset
-    channels = cfg.in_chans or in_chans or 3
-    if name == "fashion-mnist":
-        tr = TensorDataset(*sources.load_fashion_mnist("train", cfg.data, cfg.download))
-        va = TensorDataset(*sources.load_fashion_mnist("test", cfg.data, cfg.download))
-        native, (mean, std) = 28, STATS[name]
-    elif name in ("cifar10", "cifar100"):
-        tr = TensorDataset(*sources.load_cifar(name, "train", cfg.data, cfg.download))
-        va = TensorDataset(*sources.load_cifar(name, "test", cfg.data, cfg.download))
-        native, (mean, std) = 32, STATS[name]
-    elif name == "synthetic":
-        size = cfg.train_crop or 224
-        tr = synthetic(cfg.synthetic_samples, cfg.synthetic_classes, size, seed=cfg.seed)
-        va = synthetic(max(cfg.synthetic_samples // 8, 1), cfg.synthetic_classes, size, seed=cfg.seed + 1)
-        native, mean, std = size, IMAGENET_MEAN, IMAGENET_STD
-    elif name == "imagefolder":
-        root = Path(cfg.data)
-        if not root.is_dir():
-            raise ResnetsError(f"data folder not found: {root}")
-        train_dir = root / "train" if (root / "train").is_dir() else root
-        tr = image_folder(train_dir, channels)
-        val_dir = next((root / v for v in ("val", "validation", "test") if (root / v).is_dir()), None)
-        va = image_folder(val_dir, channels, classes=tr.classes) if val_dir is not None and train_dir != root else None
-        native, mean, std = 0, IMAGENET_MEAN, IMAGENET_STD
-    elif name == "csv":
-        tr = csv_manifest(cfg.data, channels)
-        va = csv_manifest(cfg.val_data, channels, classes=tr.classes) if cfg.val_data else None
-        native, mean, std = 0, IMAGENET_MEAN, IMAGENET_STD
-    else:
-        raise ResnetsError(f"unknown dataset {name!r}")
-    if cfg.classes:
-        tr = select_classes(tr, cfg.classes)
-        va = select_classes(va, cfg.classes) if va is not None else None
-    if len(tr.classes) < 2:
-        raise ResnetsError(f"the training data has {len(tr.classes)} class ({', '.join(tr.classes)}); at least 2 are needed")
-    if cfg.per_class:
-        tr = tr.subset(per_class_subset(tr.targets, cfg.per_class, cfg.seed))
-    if va is None or cfg.val_split > 0:
-        frac = cfg.val_split or 0.1
-        counts = torch.bincount(torch.tensor(tr.targets), minlength=len(tr.classes)).tolist()
-        few = [c for c, k in zip(tr.classes, counts) if k < 2]
-        if few:
-            raise ResnetsError(f"{len(tr.classes)} classes but only {len(tr)} images: class {few[0]!r} has 1 image, and each "
-                               "class needs at least 2 to hold one out for validation (or give a val/ folder)")  # fmt: skip
-        keep, held = stratified_split(tr.targets, frac, cfg.seed)
-        tr, va = tr.subset(keep), tr.subset(held)
-    if cfg.limit_train:
-        tr = tr.subset(torch.randperm(len(tr), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.limit_train].tolist())
-    if cfg.limit_val:
-        va = va.subset(list(range(min(cfg.limit_val, len(va)))))
-    in_chans = 1 if name == "fashion-mnist" else 3 if native else channels
-    pre = preprocessing if not native else None
-    if pre is not None and len(pre.mean) == in_chans:
-        mean, std = pre.mean, pre.std
-    if len(mean) != in_chans:  # grey files for RGB statistics: their channel average
-        mean, std = (sum(mean) / len(mean),) * in_chans, (sum(std) / len(std),) * in_chans
-    crop = cfg.train_crop or native or (pre.crop if pre else 224)
-    eval_crop = cfg.eval_crop or native or (pre.crop if pre else 224)
-    eval_resize = cfg.eval_resize or (eval_crop if native else pre.resize if pre and pre.crop == eval_crop else round(eval_crop * 256 / 224))
-    return DataBundle(tr, va, list(tr.classes), in_chans, crop, eval_resize, eval_crop, tuple(mean), tuple(std))
-
-
-__all__ = ["BadSample", "DataBundle", "FileDataset", "TensorDataset", "build", "csv_manifest", "datasets", "decode",
-           "image_folder", "per_class_subset", "select_classes", "sources", "stratified_split", "synthetic"]  # fmt: skip
+def __getattr__(name: str):
+    if name in _MODULES:
+        return importlib.import_module(f".{name}", __name__)
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'resnets.data' has no attribute {name!r}")

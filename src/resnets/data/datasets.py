@@ -75,7 +75,7 @@ def _to_uint8(img: torch.Tensor) -> torch.Tensor:
     return img if img.dtype == torch.uint8 else to_dtype(img, torch.uint8, scale=True)
 
 
-def _pil_to_tensor(im, channels: int) -> torch.Tensor:
+def pil_to_tensor(im, channels: int) -> torch.Tensor:
     """A Pillow image (its first frame, EXIF orientation applied) as uint8 (channels, H, W), whatever its mode."""
     import numpy as np
     from PIL import ImageOps
@@ -89,9 +89,9 @@ def _pil_to_tensor(im, channels: int) -> torch.Tensor:
     if im.mode == "F":
         t = torch.from_numpy(np.clip(np.asarray(im), 0, 255).round().astype(np.uint8))[None]
         return t.expand(3, -1, -1).contiguous() if channels == 3 else t
-    from torchvision.transforms.v2.functional import pil_to_tensor
+    from torchvision.transforms.v2.functional import pil_to_tensor as to_tensor
 
-    return pil_to_tensor(im.convert("RGB" if channels == 3 else "L"))
+    return to_tensor(im.convert("RGB" if channels == 3 else "L"))
 
 
 def decode(path: str | os.PathLike, channels: int = 3) -> torch.Tensor:
@@ -117,7 +117,7 @@ def decode(path: str | os.PathLike, channels: int = 3) -> torch.Tensor:
 
         with Image.open(path) as im:
             im.load()
-            return _pil_to_tensor(im, channels)
+            return pil_to_tensor(im, channels)
     except Exception as e:  # Pillow raises many types for truncated or foreign files
         raise BadSample(path, f"cannot decode image ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})") from None
 

@@ -240,3 +240,20 @@ class ResNetV2(Backbone):
                     v = v.flatten(1)
             out[k] = v
         return out
+
+
+class FeatureList(nn.Module):
+    """A backbone that returns its stage maps instead of logits: what `create_model(name, features_only=True,
+    out_indices=...)` gives, like timm's. `feature_info` describes the maps returned; `meta` is the backbone's."""
+
+    def __init__(self, backbone: Backbone, out_indices: Sequence[int] | None = None):
+        super().__init__()
+        n = len(backbone.stage_names)
+        self.out_indices = sorted({i % n for i in (range(n) if out_indices is None else out_indices)})
+        self.backbone = backbone
+        self.feature_info = [backbone.feature_info[i] for i in self.out_indices]
+        self.meta = backbone.meta
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.backbone.forward_intermediates(x, self.out_indices)
+
