@@ -139,3 +139,37 @@ def test_the_onnx_cache_is_reused_capped_listed_and_cleared(tmp_path, monkeypatc
     assert code == 0 and f"onnx: {onnx} (1 files" in out and left[0].name in out
     code, out, _ = run_cli("cache", "--clear", "onnx")
     assert code == 0 and "removed 1 ONNX exports" in out and not list(onnx.glob("*"))
+
+
+def test_model_options_are_the_same_flags_in_summary_and_train():
+    from resnets.config import MODEL_OPTIONS, RULES
+    from resnets.models.layers import NORMS, SHORTCUTS
+
+    assert RULES["norm"].choices == NORMS and RULES["shortcut"].choices == SHORTCUTS  # one set of values
+    macs = {}
+    for args in (["--stride-in-1x1"], ["--stride-in-1x1", "false"], []):
+        code, out, err = run_cli("summary", "resnet50", "--json", *args)
+        assert code == 0, err
+        macs[" ".join(args)] = json.loads(out)["macs"]
+    # the paper's v1 (stride on the first 1x1) computes less than v1.5: the switch reached the model
+    assert macs["--stride-in-1x1"] < macs["--stride-in-1x1 false"] == macs[""]
+    assert resnets.create_model("resnet50", stride_in_1x1=True).layer2[0].conv1.stride == (2, 2)
+    _, help_text, _ = run_cli("summary", "--help")
+    _, train_help, _ = run_cli("train", "--help")
+    for key in MODEL_OPTIONS:
+        flag = "--" + key.replace("_", "-")
+        assert flag in help_text and flag in train_help
+
+
+def test_few_classes_report_no_top5_and_bench_takes_weights_like_the_others(tmp_path):
+    code, out, err = run_cli("train", "--model", "resnet20", "--dataset", "synthetic", "--synthetic-samples", 64,
+                             "--synthetic-classes", 2, "--train-crop", 32, "--batch-size", 16, "--epochs", 1,
+                             "--workers", 0, "--no-progress", "--device", "cpu", "--out", tmp_path, "--name", "r")  # fmt: skip
+    assert code == 0 and "top-1" in out and "top-5" not in out, err  # with 2 classes top-5 is always 100%
+    code, out, err = run_cli("bench", "--weights", tmp_path / "r", "--batch-size", "1,2", "--backend", "eager",
+                             "--seconds", 0.1, "--json")  # fmt: skip
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["model"] == "resnet20" and [x["batch"] for x in r["results"]] == [1, 2]
+    code, _, err = run_cli("bench", "resnet20", "--weights", tmp_path / "r")
+    assert code == 2 and "one model" in err

@@ -317,3 +317,24 @@ def test_predict_takes_pil_images_and_tensors_as_well_as_paths(photos, model_fil
             assert r["top"][0]["prob"] == pytest.approx(ref["top"][0]["prob"], abs=1e-4)
     with pytest.raises(resnets.ResnetsError, match="paths, PIL images or"):
         I.predict(model, [torch.zeros(2, 2)])
+
+
+def test_a_backend_is_one_entry_of_the_table(model_file, monkeypatch):
+    import resnets.backends as B
+    from resnets.cli import build_parser
+
+    seen = []
+
+    def make(net, dev, precision, channels_last, calib, size):
+        seen.append((dev.type, precision, size))
+        return lambda x: net(x) * 0 + 1
+
+    monkeypatch.setitem(B.BACKENDS, "ones", B.Backend("ones", "every logit 1", make, devices=("cpu",)))
+    model = resnets.load(model_file)
+    out = B.make_runner(model, "ones", device="cpu")(torch.randn(2, 3, 72, 72))
+    assert torch.equal(out, torch.ones(2, 4)) and seen == [("cpu", "fp32", 72)]
+    predict = build_parser()._subparsers._group_actions[0].choices["predict"]
+    choices = next(a for a in predict._actions if a.dest == "backend").choices
+    assert list(choices) == ["auto", *B.BACKENDS]  # the command line's choices come from the table
+    with pytest.raises(resnets.ResnetsError, match="runs on the CPU at fp32"):
+        B.make_runner(model, "onnxruntime", precision="bf16", device="cpu")

@@ -10,23 +10,61 @@ for the device and precision: compile on a GPU or for bf16, ONNX Runtime for fp3
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from .errors import ResnetsError
-from .meta import preprocessing_for
 
-BACKENDS = ("eager", "compile", "onnxruntime", "onnxruntime-int8")
+if TYPE_CHECKING:  # torch is imported where a runner is made: the command line reads the table below without it
+    import torch
+    from torch import nn
+
 PRECISIONS = ("fp32", "bf16", "fp16")
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One way to run a model: `make(net, device, precision, channels_last, calib, size)` -> a runner."""
+
+    name: str
+    doc: str
+    make: Callable
+    devices: tuple[str, ...] = ("cpu", "cuda")
+    precisions: tuple[str, ...] = PRECISIONS
+
+
+def _eager(net, dev, precision, channels_last, calib, size):
+    return _torch_runner(net, False, dev, precision, channels_last)
+
+
+def _compiled(net, dev, precision, channels_last, calib, size):
+    return _torch_runner(net, True, dev, precision, channels_last)
+
+
+def _onnx(net, dev, precision, channels_last, calib, size):
+    return _ort_runner(net.cpu(), False, calib, size)
+
+
+def _onnx_int8(net, dev, precision, channels_last, calib, size):
+    return _ort_runner(net.cpu(), True, calib, size)
+
+
+# the backends by name: adding one is one entry (the command line's choices and help come from here)
+BACKENDS: dict[str, Backend] = {b.name: b for b in (
+    Backend("eager", "PyTorch as it is", _eager),
+    Backend("compile", "torch.compile (on a GPU with CUDA graphs)", _compiled),
+    Backend("onnxruntime", "ONNX Runtime, fp32, on the CPU", _onnx, devices=("cpu",), precisions=("fp32",)),
+    Backend("onnxruntime-int8", "ONNX Runtime int8, calibrated on the first images given", _onnx_int8,
+            devices=("cpu",), precisions=("fp32",)),
+)}  # fmt: skip
 
 
 def check_precision(precision: str, device: torch.device) -> None:
     """One clear error for a precision the device cannot run; a warning where it runs but slowly."""
     import logging
+
+    import torch
 
     from .evaluate import native_bf16
 
@@ -52,17 +90,6 @@ def auto_backend(device: torch.device, precision: str) -> str:
     return "onnxruntime" if device.type == "cpu" and precision == "fp32" else "compile"
 
 
-class _Features(nn.Module):
-    """The model up to its pooled pre-logit features, as one module (for export)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
-
-
 def make_runner(
     model: nn.Module,
     backend: str = "eager",
@@ -76,20 +103,23 @@ def make_runner(
     """calib: normalised batches to calibrate int8 on (real images; required for onnxruntime-int8).
     channels_last: None takes it where it is faster (a GPU, or reduced precision). device: default the model's.
     The caller's model is never changed (a copy is converted)."""
+    import torch
+
+    from .meta import preprocessing_for
+    from .models.resnet import PreLogits
+
     if backend != "auto" and backend not in BACKENDS:
         raise ResnetsError(f"backend must be one of auto, {', '.join(BACKENDS)}; got {backend!r}")
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     check_precision(precision, dev)
-    if backend == "auto":
-        backend = auto_backend(dev, precision)
+    spec = BACKENDS[auto_backend(dev, precision) if backend == "auto" else backend]
+    if precision not in spec.precisions or dev.type not in spec.devices:
+        where = " or ".join({"cpu": "CPU", "cuda": "GPU"}[d] for d in spec.devices)
+        raise ResnetsError(f"the {spec.name} backend runs on the {where} at "
+                           f"{' or '.join(spec.precisions)}; for {precision} on {dev.type} use eager or compile")  # fmt: skip
     model = model.eval()
-    net = model if output == "logits" else _Features(model).eval()
-    if backend in ("eager", "compile"):
-        return _torch_runner(net, backend == "compile", dev, precision, channels_last)
-    if precision != "fp32" or dev.type != "cpu":
-        raise ResnetsError(f"the {backend} backend runs on the CPU at fp32 (int8: onnxruntime-int8); for "
-                           f"{precision} on {dev.type} use eager or compile")  # fmt: skip
-    return _ort_runner(net.cpu(), backend == "onnxruntime-int8", calib, preprocessing_for(model).crop)
+    net = model if output == "logits" else PreLogits(model).eval()
+    return spec.make(net, dev, precision, channels_last, calib, preprocessing_for(model).crop)
 
 
 def _torch_runner(net: nn.Module, compiled: bool, dev: torch.device, precision: str, channels_last: bool | None):
@@ -97,9 +127,11 @@ def _torch_runner(net: nn.Module, compiled: bool, dev: torch.device, precision: 
     import copy
     from contextlib import nullcontext
 
+    import torch
+
     reduced = precision != "fp32"
     cl = channels_last if channels_last is not None else dev.type == "cuda" or reduced
-    dtype = _DTYPES[precision]
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     cast = reduced and dev.type == "cuda"
     params = next(net.parameters())
     if cl or cast or params.device != dev:  # a copy: the caller's model keeps its device, dtype and format
@@ -134,6 +166,8 @@ def onnx_cache_path(net: nn.Module, example: torch.Tensor) -> Path:
     """Where the fp32 ONNX export of `net` at this input shape is cached: named by a hash of the module type, every
     state-dict tensor, the input's channels and size, and the torch version (any change gives a new file)."""
     import hashlib
+
+    import torch
 
     from .weights import cache_dir
 
@@ -222,6 +256,8 @@ def trim_onnx_cache(limit_mb: float | None = None, keep: Path | None = None) -> 
 
 def _ort_runner(net: nn.Module, int8: bool, calib: Iterable[torch.Tensor] | None, size: int):
     """The ONNX file has a dynamic batch and a fixed image size: that of `calib`, else `size` (the model's crop)."""
+    import torch
+
     from .export import ort_session, quantize_int8, write
 
     first = next(iter(calib), None) if calib is not None else None
@@ -258,6 +294,8 @@ def bench(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, secon
           min_iters: int = 5) -> dict:  # fmt: skip
     """Latencies of `run(x)`: images/s (from the median), p50 and p95 in milliseconds."""
     import time
+
+    import torch
 
     for _ in range(warmup):
         run(x)

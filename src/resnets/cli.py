@@ -38,17 +38,25 @@ def _count(low: int):
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
+    """The architecture options, as the training config declares them (the same flags, help and values)."""
+    import dataclasses
+
+    from .config import MODEL_OPTIONS, TrainConfig
+
     g = p.add_argument_group("model options (only those the architecture takes)")
-    g.add_argument("--num-classes", type=int, help="classifier size (default: the model's, or the weights')")
-    g.add_argument("--in-chans", type=int, help="input channels (default 3, or the weights')")
-    g.add_argument("--shortcut", choices=["A", "B", "C"], help="A: zero-pad identity, B: projection where the shape changes, C: projection everywhere")
-    g.add_argument("--stride-in-1x1", action="store_true", default=None, help="the paper's v1 bottleneck (stride on the first 1x1)")
-    g.add_argument("--norm", choices=["batch", "group", "frozen_batch"])
+    g.add_argument("--num-classes", type=_count(0), metavar="N", help="classifier size (default: the model's, or the weights')")
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in MODEL_OPTIONS:
+            _add_key(g, f, f.name)
 
 
 def _model_options(args: argparse.Namespace) -> dict:
-    keys = ("num_classes", "in_chans", "shortcut", "stride_in_1x1", "norm")
-    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+    """The model options given on the command line, typed as the config types them."""
+    from . import config as C
+
+    given = {k: getattr(args, k) for k in ("num_classes", *C.MODEL_OPTIONS) if getattr(args, k, None) is not None}
+    typed = C.apply(C.TrainConfig(), {k: v for k, v in given.items() if k != "num_classes"}, "the command line")
+    return {k: getattr(typed, k) if k != "num_classes" else v for k, v in given.items()}
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -108,9 +116,8 @@ def _add_config_flags(p: argparse.ArgumentParser, recipe_help: str) -> None:
     """--recipe, --config, --set, --resume, and every TrainConfig field as a flag: --batch-size 64,
     --deterministic / --no-deterministic, --milestones 1,2."""
     import dataclasses
-    import typing
 
-    from .config import RULES, TrainConfig
+    from .config import TrainConfig
 
     p.add_argument("--recipe", help=recipe_help)
     p.add_argument("--config", help="a TOML or YAML file of config keys")
@@ -118,25 +125,35 @@ def _add_config_flags(p: argparse.ArgumentParser, recipe_help: str) -> None:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     g = p.add_argument_group("config keys (each overrides the recipe and the config file; the defaults shown are "
                              "those without a recipe)")  # fmt: skip
-    hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):  # the help, default and values of each key come from the config
-        name, hint, rule = f.name, hints[f.name], RULES[f.name]
-        flag, neg = "--" + name.replace("_", "-"), "--no-" + name.replace("_", "-")
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        shown = "the architecture's" if default is None else ",".join(map(str, default)) or "none" if isinstance(
-            default, list) else default  # fmt: skip
-        limits = "" if rule.choices or rule.describe() == "any value" else f"; {rule.describe()}"
-        text = (f"{f.metadata.get('help', '')} (default: {shown}{limits})").replace("%", "%%").lstrip(" (").rstrip()
-        if hint is bool:
-            g.add_argument(flag, dest=f"cfg__{name}", action="store_const", const="true", default=None, help=text)
-            g.add_argument(neg, dest=f"cfg__{name}", action="store_const", const="false", help=argparse.SUPPRESS)
-        elif hint == bool | None:  # a switch that also takes a value: --channels-last, --channels-last auto
-            metavar = "auto" if name == "channels_last" else "true|false"
-            g.add_argument(flag, dest=f"cfg__{name}", nargs="?", const="true", default=None, metavar=metavar, help=text)
-            g.add_argument(neg, dest=f"cfg__{name}", action="store_const", const="false", help=argparse.SUPPRESS)
-        else:
-            metavar = "{" + ",".join(map(str, rule.choices)) + "}" if rule.choices else _metavar(hint)
-            g.add_argument(flag, dest=f"cfg__{name}", metavar=metavar, default=None, help=text)
+        _add_key(g, f, f"cfg__{f.name}")
+
+
+def _add_key(g, f, dest: str) -> None:
+    """A config key (a TrainConfig field) as a flag: its help, default and values from the config. Values stay
+    text; the config types and checks them."""
+    import dataclasses
+    import typing
+
+    from .config import RULES, TrainConfig
+
+    name, hint, rule = f.name, typing.get_type_hints(TrainConfig)[f.name], RULES[f.name]
+    flag, neg = "--" + name.replace("_", "-"), "--no-" + name.replace("_", "-")
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    shown = "the architecture's" if default is None else ",".join(map(str, default)) or "none" if isinstance(
+        default, list) else default  # fmt: skip
+    limits = "" if rule.choices or rule.describe() == "any value" else f"; {rule.describe()}"
+    text = (f"{f.metadata.get('help', '')} (default: {shown}{limits})").replace("%", "%%").lstrip(" (").rstrip()
+    if hint is bool:
+        g.add_argument(flag, dest=dest, action="store_const", const="true", default=None, help=text)
+        g.add_argument(neg, dest=dest, action="store_const", const="false", help=argparse.SUPPRESS)
+    elif hint == bool | None:  # a switch that also takes a value: --channels-last, --channels-last auto
+        metavar = "auto" if name == "channels_last" else "true|false"
+        g.add_argument(flag, dest=dest, nargs="?", const="true", default=None, metavar=metavar, help=text)
+        g.add_argument(neg, dest=dest, action="store_const", const="false", help=argparse.SUPPRESS)
+    else:
+        metavar = "{" + ",".join(map(str, rule.choices)) + "}" if rule.choices else _metavar(hint)
+        g.add_argument(flag, dest=dest, metavar=metavar, default=None, help=text)
 
 
 def _metavar(hint) -> str:
@@ -382,6 +399,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         with torch.random.fork_rng():
             torch.manual_seed(0)
             model = create_model(args.model)
+        model.meta.preprocessing = model.meta.eval_preprocessing()[0]  # the architecture's default input, as meant
     else:
         model = load(args.model)
     pre = preprocessing_for(model)
@@ -542,14 +560,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_eval)
 
+    from .backends import BACKENDS, PRECISIONS
+
+    backend_help = "; ".join(["auto: the fastest for the device and precision"] +
+                             [f"{b.name}: {b.doc}" for b in BACKENDS.values()])  # fmt: skip
+
     def inference_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--weights", required=True, help="a model file saved by resnets (training writes model.safetensors)")
         p.add_argument("--batch-size", type=_count(1), default=32)
         p.add_argument("--workers", type=_count(0), default=2, help="decoding processes (0: decode in this process)")
         p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N")
-        p.add_argument("--backend", default="eager", choices=["auto", "eager", "compile", "onnxruntime", "onnxruntime-int8"],
-                       help="auto: the fastest for the device and precision; onnxruntime-int8 calibrates on the first images given")
-        p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+        p.add_argument("--backend", default="eager", choices=["auto", *BACKENDS], help=backend_help)
+        p.add_argument("--precision", default="fp32", choices=PRECISIONS,
                        help="eager/compile: bf16 or fp16 weights on a GPU, bf16 autocast on a CPU")
 
     p = sub.add_parser("predict", help="classify image files and folders")
@@ -608,10 +630,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="the same as the positional MODEL: a model file, run folder or weight name")
     p.add_argument("--batch-size", "--batch-sizes", dest="batch_sizes", default="1,16",
                    help="batch sizes to measure, comma-separated (default 1,16)")
-    p.add_argument("--backend", default="auto", help="auto (the fastest for the device and precision), all, or "
-                   "comma-separated: eager, compile, onnxruntime, onnxruntime-int8")
+    p.add_argument("--backend", default="auto", help=f"all, or comma-separated names; {backend_help}")
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS)
     p.add_argument("--input-size", type=_count(8), help="default: the model's crop size")
     p.add_argument("--seconds", type=float, default=3.0, help="time per measurement (after warm-up)")
     p.add_argument("--channels-last", action="store_true", default=None,

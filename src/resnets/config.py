@@ -18,6 +18,9 @@ from .data.registry import DATASETS
 from .errors import ResnetsError
 
 
+# the config keys that are architecture options (create_model's), and become the model's flags in every command
+MODEL_OPTIONS = ("in_chans", "norm", "shortcut", "stride_in_1x1", "zero_init_residual", "drop_path_rate")
+
 # `resnets reproduce --budget`: iterations of batch 128 (the paper trains its CIFAR nets for 64k)
 BUDGETS = {"tiny": 200, "short": 1500, "medium": 8000, "paper": 64_000}
 
@@ -33,7 +36,7 @@ class TrainConfig:
     model: str = key("resnet20", 'architecture (see `resnets list`); "": the one the weights are for')
     weights: str | None = key(None, "registered name or file to start from (its head is replaced for new classes)")
     in_chans: int = key(0, "0: the dataset's (1 for Fashion-MNIST), else the weights', else 3")
-    norm: str | None = key(None, "model options left None take the architecture's default")
+    norm: str | None = key(None, "normalisation: batch, group (GroupNorm, 32 groups) or frozen_batch")
     shortcut: str | None = key(None, "the paper's shortcut: A zero-pad, B projection where the shape changes, C all")
     stride_in_1x1: bool | None = key(None, "the paper's v1 bottleneck: stride on the 1st 1x1 (default v1.5: on the 3x3)")
     zero_init_residual: bool | None = key(None, "start each residual branch's last norm at zero")

@@ -39,7 +39,7 @@ class TrainingError(Exception):
 
 
 def _model_options(cfg: C.TrainConfig) -> dict[str, Any]:
-    keys = ("norm", "shortcut", "stride_in_1x1", "zero_init_residual", "drop_path_rate")
+    keys = [k for k in C.MODEL_OPTIONS if k != "in_chans"]  # the channels follow the data or the weights
     return {k: getattr(cfg, k) for k in keys if getattr(cfg, k) is not None}
 
 

@@ -4,7 +4,6 @@ Files are fetched into a local cache only when a registered name is asked for, a
 """
 from __future__ import annotations
 
-import fnmatch
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -13,6 +12,7 @@ from pathlib import Path
 
 from .errors import WeightsError
 from .meta import Preprocessing
+from .registry import Registry
 
 @dataclass(frozen=True)
 class WeightSpec:
@@ -52,25 +52,19 @@ def class_list(name: str) -> list[str]:
     return list(_class_list(name))
 
 
-_WEIGHTS: dict[str, WeightSpec] = {}
+_WEIGHTS: Registry[WeightSpec] = Registry("weights", WeightsError, "see `resnets list --weights`")
 
 
 def register_weights(spec: WeightSpec) -> WeightSpec:
-    if spec.name in _WEIGHTS:
-        raise ValueError(f"weights {spec.name!r} are registered twice")
-    _WEIGHTS[spec.name] = spec
-    return spec
+    return _WEIGHTS.add(spec.name, spec)
 
 
 def list_weights(pattern: str = "*") -> list[str]:
-    return [n for n in _WEIGHTS if fnmatch.fnmatchcase(n, pattern)]
+    return _WEIGHTS.names(pattern)
 
 
 def get_weights(name: str) -> WeightSpec:
-    try:
-        return _WEIGHTS[name]
-    except KeyError:
-        raise WeightsError(f"unknown weights {name!r}; see `resnets list --weights`") from None
+    return _WEIGHTS.find(name)
 
 
 def is_registered(name: str) -> bool:

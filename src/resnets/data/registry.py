@@ -4,13 +4,13 @@ all read this one table; adding a dataset is one entry. No torch at import (the 
 """
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import ResnetsError
 from ..meta import IMAGENET_MEAN, IMAGENET_STD
+from ..registry import Registry
 
 
 @dataclass(frozen=True)
@@ -78,23 +78,15 @@ def _cifar(name: str):
     return load
 
 
-DATASETS: dict[str, DatasetSpec] = {}
+DATASETS: Registry[DatasetSpec] = Registry("dataset", ResnetsError, "see `resnets data --list`")
 
 
 def register_dataset(spec: DatasetSpec) -> DatasetSpec:
-    if spec.name in DATASETS:
-        raise ValueError(f"dataset {spec.name!r} is registered twice")
-    DATASETS[spec.name] = spec
-    return spec
+    return DATASETS.add(spec.name, spec)
 
 
 def get_dataset(name: str) -> DatasetSpec:
-    try:
-        return DATASETS[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, DATASETS, n=2, cutoff=0.6)
-        hint = f"did you mean {', '.join(close)}?" if close else f"choose from {', '.join(DATASETS)}"
-        raise ResnetsError(f"unknown dataset {name!r}; {hint}") from None
+    return DATASETS.find(name)
 
 
 def list_datasets(kind: str | None = None) -> list[str]:

@@ -98,20 +98,9 @@ class BasicBlock(_PostActivation):
 
     expansion = 1
 
-    def __init__(
-        self,
-        cin: int,
-        planes: int,
-        stride: int = 1,
-        downsample: nn.Module | None = None,
-        *,
-        norm: str = "batch",
-        residual: bool = True,
-        drop_path: float = 0.0,
-        groups: int = 1,
-        width_per_group: int = 64,
-        stride_in_1x1: bool = False,
-    ):
+    def __init__(self, cin: int, planes: int, stride: int = 1, downsample: nn.Module | None = None, *,
+                 norm: str = "batch", residual: bool = True, drop_path: float = 0.0, groups: int = 1,
+                 width_per_group: int = 64, stride_in_1x1: bool = False):  # fmt: skip
         super().__init__()
         if groups != 1 or width_per_group != 64:
             raise ValueError("BasicBlock only supports groups=1 and width_per_group=64")
@@ -136,20 +125,9 @@ class Bottleneck(_PostActivation):
 
     expansion = 4
 
-    def __init__(
-        self,
-        cin: int,
-        planes: int,
-        stride: int = 1,
-        downsample: nn.Module | None = None,
-        *,
-        norm: str = "batch",
-        residual: bool = True,
-        drop_path: float = 0.0,
-        groups: int = 1,
-        width_per_group: int = 64,
-        stride_in_1x1: bool = False,
-    ):
+    def __init__(self, cin: int, planes: int, stride: int = 1, downsample: nn.Module | None = None, *,
+                 norm: str = "batch", residual: bool = True, drop_path: float = 0.0, groups: int = 1,
+                 width_per_group: int = 64, stride_in_1x1: bool = False):  # fmt: skip
         super().__init__()
         width = int(planes * (width_per_group / 64.0)) * groups  # ResNeXt / Wide ResNet widen the 3x3 only
         s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)

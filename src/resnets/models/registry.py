@@ -1,14 +1,13 @@
 """Models by name: `register_model` entrypoints, `list_models`, and option checking."""
 from __future__ import annotations
 
-import difflib
-import fnmatch
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from torch import nn
 
 from ..errors import OptionError, UnknownModelError
+from ..registry import Registry
 from .layers import NORMS, SHORTCUTS
 
 # Options a user may pass to create_model; each entrypoint says which of them it takes.
@@ -34,16 +33,14 @@ class ModelEntry:
         return (self.fn.__doc__ or "").strip().splitlines()[0] if self.fn.__doc__ else ""
 
 
-_MODELS: dict[str, ModelEntry] = {}
+_MODELS: Registry[ModelEntry] = Registry("model", UnknownModelError, "see `resnets list`")
 
 
 def register_model(*, options: tuple[str, ...], family: str = "imagenet"):
     """Register an entrypoint under its function name with the user options it takes."""
 
     def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if fn.__name__ in _MODELS:
-            raise ValueError(f"model {fn.__name__!r} is registered twice")
-        _MODELS[fn.__name__] = ModelEntry(fn.__name__, fn, options, family)
+        _MODELS.add(fn.__name__, ModelEntry(fn.__name__, fn, options, family))
         return fn
 
     return deco
@@ -51,16 +48,11 @@ def register_model(*, options: tuple[str, ...], family: str = "imagenet"):
 
 def list_models(pattern: str = "*") -> list[str]:
     """Registered model names matching a shell-style pattern, in registration order."""
-    return [n for n in _MODELS if fnmatch.fnmatchcase(n, pattern)]
+    return _MODELS.names(pattern)
 
 
 def get_entry(name: str) -> ModelEntry:
-    try:
-        return _MODELS[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, _MODELS, n=3, cutoff=0.6)
-        hint = f"; did you mean {', '.join(close)}?" if close else "; see `resnets list`"
-        raise UnknownModelError(f"unknown model {name!r}{hint}") from None
+    return _MODELS.find(name)
 
 
 def check_options(entry: ModelEntry, options: dict[str, Any]) -> None:

@@ -257,3 +257,14 @@ class FeatureList(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.backbone.forward_intermediates(x, self.out_indices)
 
+
+class PreLogits(nn.Module):
+    """The model up to its pooled pre-logit features, as one module (for export and the feature runners)."""
+
+    def __init__(self, model: Backbone):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+
