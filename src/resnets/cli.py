@@ -336,6 +336,18 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .export import FORMATS, SUFFIXES, export, export_int8
     from .factory import load
 
+    if args.format == "hub":  # a folder: model.safetensors, timm's config.json, a model card
+        from .hub import write_folder
+
+        if not args.out:
+            raise ResnetsError("--format hub writes a folder: name it with --out DIR")
+        model = load(args.weights)
+        where = Path(args.weights) if Path(args.weights).is_dir() else Path(args.weights).parent
+        run = json.loads((where / "eval.json").read_text()) if (where / "eval.json").is_file() else None
+        out = write_folder(model, args.out, run=run, force=args.force)
+        print(f"wrote {out}/: model.safetensors, config.json (timm's), README.md (model card); timm loads it with "
+              f"timm.create_model('local-dir:{out}', pretrained=True), the Hub takes it with huggingface_hub.upload_folder")  # fmt: skip
+        return 0
     if args.precision == "int8":
         if args.format != "onnx":
             raise ResnetsError("int8 export is ONNX (run by ONNX Runtime); use --format onnx")
@@ -611,7 +623,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="ONNX / TorchScript / torch.export, checked against eager; int8 ONNX with an accuracy gate")
     p.add_argument("--weights", required=True)
-    p.add_argument("--format", choices=["onnx", "torchscript", "exported-program"], default="onnx")
+    p.add_argument("--format", choices=["onnx", "torchscript", "exported-program", "hub"], default="onnx",
+                   help="hub: a folder in timm's layout with a model card, for the Hugging Face Hub")
     p.add_argument("--out", help="output file (default: beside the weights)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--static-batch", action="store_true", help="fix the batch at 2 (default: any batch size at run time)")

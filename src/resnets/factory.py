@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 
+from . import hub
 from . import weights as W
 from .artifacts import read_weights
 from .errors import OptionError, WeightsError
@@ -29,6 +31,15 @@ def _resolve(weights: str | os.PathLike, download: bool) -> tuple[dict[str, torc
     """(state_dict, what the weights record (None: nothing), description) for a registered weight name, a weights
     or model file, or a run directory (its model.safetensors)."""
     text = os.fspath(weights)
+    if hub.is_hub(text):  # hf-hub:ORG/NAME[@REV], a folder in timm's layout
+        folder = hub.fetch(text)
+        if not hub.is_timm_folder(folder):
+            raise WeightsError(f"{text} has no timm config.json naming its architecture")
+        sd, meta = hub.read_timm_folder(folder, text)
+        return sd, meta, text
+    if os.path.isdir(text) and hub.is_timm_folder(Path(text)):  # a timm folder on disk (a Hub download, or ours)
+        sd, meta = hub.read_timm_folder(Path(text), text)
+        return sd, meta, text
     if W.is_registered(text):
         spec = W.get_weights(text)
         sd, _ = read_weights(W.fetch(text, download=download))
@@ -144,7 +155,8 @@ def create_model(name: str, *, weights: str | os.PathLike | None = None, downloa
     """Build a registered model, optionally with weights.
 
     name: a registered architecture ("resnet50"), or "<architecture>.<tag>" of registered weights
-        ("resnet50.tv2_in1k"), which is the same as weights="resnet50.tv2_in1k".
+        ("resnet50.tv2_in1k"), which is the same as weights="resnet50.tv2_in1k", or a Hugging Face Hub repo in
+        timm's layout ("hf-hub:timm/resnet50.a1_in1k", optionally "@REVISION").
     weights: a registered weight name (fetched into the cache, hash-checked, when missing and `download`),
         or a local .safetensors / .pth / .pt file (torchvision, timm or resnets layouts).
     options: num_classes, in_chans, shortcut, stride_in_1x1, zero_init_residual, drop_path_rate, norm, as the
@@ -154,7 +166,10 @@ def create_model(name: str, *, weights: str | os.PathLike | None = None, downloa
     """
     if out_indices is not None and not features_only:
         raise OptionError("out_indices picks the stage maps of features_only=True; pass both")
-    model = _create(name, weights, download, options)
+    if hub.is_hub(name):  # the architecture comes with the weights
+        model = create_from_weights(name, download=download, **options)
+    else:
+        model = _create(name, weights, download, options)
     return FeatureList(model, out_indices) if features_only else model
 
 

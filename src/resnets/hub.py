@@ -1,0 +1,186 @@
+"""Weights from the Hugging Face Hub and from timm's folders: `hf-hub:ORG/NAME[@REVISION]` wherever weights are
+named, fetched with huggingface_hub into its own cache (offline mode honoured: a cached repo loads with no
+network), and timm's `config.json` (architecture, classes, `pretrained_cfg`: input size, interpolation,
+crop_pct, mean, std, label names) read as the model's metadata, so a timm model is fed as timm feeds it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+from .errors import WeightsError
+from .meta import ModelMeta, Preprocessing
+
+PREFIX = "hf-hub:"
+_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
+
+
+def is_hub(text: str) -> bool:
+    return text.startswith(PREFIX)
+
+
+def parse(text: str) -> tuple[str, str | None]:
+    """"hf-hub:ORG/NAME@REV" -> ("ORG/NAME", "REV")."""
+    repo, _, revision = text[len(PREFIX):].partition("@")
+    if repo.count("/") != 1 or not all(repo.split("/")):
+        raise WeightsError(f"{text!r}: a Hub name is hf-hub:ORG/NAME[@REVISION]")
+    return repo, revision or None
+
+
+def _offline() -> bool:
+    return any(os.environ.get(k, "") not in ("", "0") for k in ("HF_HUB_OFFLINE", "RESNETS_OFFLINE"))
+
+
+def fetch(text: str) -> Path:
+    """The local folder of a Hub repo (config.json and its weights), downloaded into huggingface_hub's cache
+    when online and not there yet."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    repo, revision = parse(text)
+    try:
+        return Path(snapshot_download(repo, revision=revision, local_files_only=_offline(),
+                                      cache_dir=os.environ.get("HF_HUB_CACHE") or None,  # read now, not at import
+                                      allow_patterns=["config.json", *_FILES]))  # fmt: skip
+    except LocalEntryNotFoundError:
+        raise WeightsError(f"{text} is not in the Hugging Face cache and downloads are off; fetch it once online "
+                           f"(`hf download {repo}`), or unset HF_HUB_OFFLINE / RESNETS_OFFLINE") from None
+    except (RepositoryNotFoundError, RevisionNotFoundError, HFValidationError) as e:
+        raise WeightsError(f"{text}: {str(e).splitlines()[0]}") from None
+    except OSError as e:  # no network
+        raise WeightsError(f"cannot download {text} ({e}); check the network, or use a cached copy") from None
+
+
+def is_timm_folder(folder: Path) -> bool:
+    """A folder in timm's layout: a config.json naming an `architecture` (not a resnets run's config)."""
+    try:
+        cfg = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(cfg, dict) and isinstance(cfg.get("architecture"), str) and "model" not in cfg
+
+
+def preprocessing(pretrained_cfg: dict) -> Preprocessing:
+    """timm's eval transform as ours: the shorter side to floor(size / crop_pct), a centre crop of `size`."""
+    size = int((pretrained_cfg.get("test_input_size") or pretrained_cfg.get("input_size") or (3, 224, 224))[-1])
+    crop_pct = float(pretrained_cfg.get("test_crop_pct") or pretrained_cfg.get("crop_pct") or 0.875)
+    return Preprocessing.from_dict({
+        "resize": math.floor(size / crop_pct), "crop": size,
+        "interpolation": pretrained_cfg.get("interpolation", "bilinear"),
+        "mean": list(pretrained_cfg.get("mean", (0.485, 0.456, 0.406))),
+        "std": list(pretrained_cfg.get("std", (0.229, 0.224, 0.225))),
+    })  # fmt: skip
+
+
+def read_timm_folder(folder: Path, source: str) -> tuple[dict, ModelMeta]:
+    """(state_dict, metadata) of a folder in timm's layout (what timm's push_to_hf_hub writes)."""
+    from .artifacts import read_weights
+    from .models import list_models
+
+    cfg = json.loads((folder / "config.json").read_text())
+    weights = next((folder / f for f in _FILES if (folder / f).is_file()), None)
+    if weights is None:
+        raise WeightsError(f"{source} holds no weights ({', '.join(_FILES)})")
+    arch = cfg["architecture"]
+    if arch not in list_models():
+        raise WeightsError(f"{source} is a timm {arch}, which resnets does not build (see `resnets list`)")
+    sd, _ = read_weights(weights)
+    pre = cfg.get("pretrained_cfg") or {}
+    names = cfg.get("label_names") or pre.get("label_names")
+    num_classes = cfg.get("num_classes", pre.get("num_classes"))
+    meta = ModelMeta(arch, {"num_classes": int(num_classes)} if num_classes else {},
+                     class_names=list(names) if names else None, preprocessing=preprocessing(pre), source=source)  # fmt: skip
+    return sd, meta
+
+
+# ---- publishing: a folder the Hub and timm both take
+
+def timm_name(model) -> str:
+    """The timm architecture a model of ours is (the same parameter names), or a WeightsError saying why not."""
+    from .models import get_entry
+
+    arch = model.meta.architecture
+    if get_entry(arch).family != "imagenet" or arch.startswith(("resnetv2", "plain")):
+        raise WeightsError(f"timm has no {arch}; a Hub folder in timm's layout is written for the ImageNet ResNets, "
+                           "ResNeXts, Wide ResNets and ResNet-Ds")  # fmt: skip
+    return arch
+
+
+def timm_config(model) -> dict:
+    """timm's config.json for `model`: its architecture, head, label names and eval transform (pretrained_cfg).
+    crop_pct is set so that timm's floor(crop / crop_pct) gives exactly our resize."""
+    from torch import nn
+
+    from .meta import preprocessing_for
+
+    pre = preprocessing_for(model)
+    names = model.meta.names(model.num_classes)
+    return {
+        "architecture": timm_name(model), "num_classes": model.num_classes, "num_features": model.num_features,
+        "global_pool": "avg", "label_names": names,
+        "pretrained_cfg": {
+            "input_size": [model.meta.in_chans, pre.crop, pre.crop], "fixed_input_size": False,
+            "interpolation": pre.interpolation, "crop_pct": pre.crop / (pre.resize + 0.01), "crop_mode": "center",
+            "mean": list(pre.mean), "std": list(pre.std), "num_classes": model.num_classes,
+            "first_conv": "conv1.0" if isinstance(model.conv1, nn.Sequential) else "conv1", "classifier": "fc",
+        },
+    }  # fmt: skip
+
+
+def model_card(model, config: dict, run: dict | None = None) -> str:
+    """README.md for the Hub: what the model is, what it was trained on and how well it did, how to use it, and
+    its limits."""
+    meta, pre = model.meta, config["pretrained_cfg"]
+    extra = dict(meta.extra)
+    if run:
+        extra.update({k: run[k] for k in ("top1", "top5", "n", "dataset") if k in run})
+    top1 = extra.get("top1", extra.get("val_top1"))
+    lines = [
+        "---", "library_name: timm", "tags:", "- image-classification", "- timm", "- resnets", "---", "",
+        f"# {config['architecture']}: {len(config['label_names'])} classes", "",
+        f"A {config['architecture']} (He et al., \"Deep Residual Learning for Image Recognition\", 2015) written by "
+        "[resnets](https://github.com/) in timm's layout: `model.safetensors` and `config.json`.", "",
+        "## Training and results", "",
+        f"- Data: {extra.get('dataset', 'not recorded')}",
+        f"- Validation top-1: {top1:.2f}%" if isinstance(top1, (int, float)) else "- Validation top-1: not recorded",
+    ]  # fmt: skip
+    if isinstance(extra.get("top5"), (int, float)) and len(config["label_names"]) > 5:
+        lines.append(f"- Validation top-5: {extra['top5']:.2f}%")
+    if extra.get("n"):
+        lines.append(f"- Validation images: {extra['n']}")
+    lines += [
+        f"- Classes: {', '.join(config['label_names'][:20])}{', ...' if len(config['label_names']) > 20 else ''}", "",
+        "## Preprocessing", "",
+        f"Resize the shorter side to {round(pre['input_size'][-1] / pre['crop_pct'])} ({pre['interpolation']}), "
+        f"centre-crop {pre['input_size'][-1]}, scale to [0, 1], normalise with mean {pre['mean']} and std {pre['std']}.",
+        "", "## Use", "", "```python", "import timm", "", 'model = timm.create_model("hf-hub:ORG/NAME", pretrained=True)',
+        "", "import resnets", "", 'model = resnets.create_model("hf-hub:ORG/NAME")  # the same weights and preprocessing',
+        "```", "", "## Intended use and limits", "",
+        "Classifying images like those it was trained on, into the classes above. It knows no other classes and gives "
+        "one of them for any image; accuracy on other kinds of images, sizes or domains is not measured here.", "",
+    ]  # fmt: skip
+    return "\n".join(lines)
+
+
+def write_folder(model, out: str | os.PathLike, *, run: dict | None = None, force: bool = False) -> Path:
+    """`out`/: model.safetensors (timm's parameter names), config.json (timm's) and README.md (a model card), for
+    `huggingface_hub.upload_folder` or timm's `local-dir:` route. `run`: the training run's eval.json, for the card."""
+    from safetensors.torch import save_file
+
+    from .artifacts import atomic_path
+
+    out = Path(out)
+    config = timm_config(model)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not force)):
+        raise WeightsError(f"{out} exists; give a new folder for the Hub files, or --force to replace them")
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(out / "model.safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    with atomic_path(out / "config.json") as tmp:
+        tmp.write_text(json.dumps(config, indent=2))
+    with atomic_path(out / "README.md") as tmp:
+        tmp.write_text(model_card(model, config, run))
+    return out
