@@ -132,3 +132,16 @@ def test_a_run_killed_before_its_first_checkpoint_is_begun_again_by_resume(tmp_p
 
     a, b = load(first), load((run / "model.safetensors").read_bytes())
     assert all(torch.equal(a[k], b[k]) for k in a)  # the same seed: the same run
+
+
+def test_the_epochs_are_also_a_csv(tmp_path):
+    import csv
+
+    code, _, err = run_cli("train", *S, "--out", tmp_path, "--name", "r", "--epochs", 2)
+    assert code == 0, err
+    jsonl = [json.loads(l) for l in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    with open(tmp_path / "r" / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(jsonl) == 2
+    for row, rec in zip(rows, jsonl):
+        assert {k: float(v) for k, v in row.items() if v} == pytest.approx({k: float(v) for k, v in rec.items()})

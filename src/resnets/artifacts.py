@@ -77,7 +77,7 @@ def _out_of_space(tmp: Path) -> str | None:
 
 
 # what a training run keeps in its folder: never replaced by another command's output
-RUN_FILES = frozenset({"config.json", "metrics.jsonl", "curve.jsonl", "last.pt", "best.pt", "model.safetensors",
+RUN_FILES = frozenset({"config.json", "metrics.jsonl", "metrics.csv", "curve.jsonl", "last.pt", "best.pt", "model.safetensors",
                        "eval.json", "confusion.json", "confusion.png", "curves.png", ".lock"})  # fmt: skip
 
 

@@ -6,8 +6,8 @@ Split as torchvision's reference script and timm's train.py are: a `Run` built o
 know whether they were made by CPU workers or on the device. The step itself is in `steps` (eager, or one CUDA
 graph).
 
-Run directory: config.json (resolved), metrics.jsonl (one line per epoch), last.pt / best.pt (full checkpoints),
-model.safetensors (self-describing final model), eval.json, confusion.json/png, curves.png.
+Run directory: config.json (resolved), metrics.jsonl and metrics.csv (one line per epoch), last.pt / best.pt (full
+checkpoints), model.safetensors (self-describing final model), eval.json, confusion.json/png, curves.png.
 """
 from __future__ import annotations
 
@@ -454,6 +454,17 @@ def train_one_epoch(run: Run, epoch: int, step_fn) -> dict:
             "images_per_s": seen / max(elapsed, 1e-9), "time_s": elapsed}  # fmt: skip
 
 
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    """One row per epoch, a column per key (those of every epoch, in first-seen order; missing cells empty)."""
+    import csv
+
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns)
+        w.writeheader()
+        w.writerows(rows)
+
+
 def end_epoch(run: Run, epoch: int, record: dict) -> bool:
     """Evaluate when due, keep the history and the best weights, checkpoint and report. True: stop early."""
     cfg = run.cfg
@@ -478,6 +489,8 @@ def end_epoch(run: Run, epoch: int, record: dict) -> bool:
             artifacts.save_checkpoint(artifacts.load_checkpoint(run.run_dir / "last.pt"), run.run_dir / "best.pt")
         with artifacts.atomic_path(run.run_dir / "metrics.jsonl") as tmp:
             tmp.write_text("".join(json.dumps(h) + "\n" for h in run.history))
+        with artifacts.atomic_path(run.run_dir / "metrics.csv") as tmp:  # the same epochs, for a spreadsheet
+            _write_csv(tmp, run.history)
         if run.curve:
             with artifacts.atomic_path(run.run_dir / "curve.jsonl") as tmp:
                 tmp.write_text("".join(json.dumps(c) + "\n" for c in run.curve))
