@@ -317,6 +317,8 @@ def test_predict_takes_pil_images_and_tensors_as_well_as_paths(photos, model_fil
             assert r["top"][0]["prob"] == pytest.approx(ref["top"][0]["prob"], abs=1e-4)
     with pytest.raises(resnets.ResnetsError, match="paths, PIL images or"):
         I.predict(model, [torch.zeros(2, 2)])
+    with pytest.raises(resnets.ResnetsError, match="input 1: "):  # its position among all inputs, not in its batch
+        I.predict(model, [read_image(str(photos / "coffee.png")), "not an image"], batch_size=1)
 
 
 def test_a_backend_is_one_entry_of_the_table(model_file, monkeypatch):

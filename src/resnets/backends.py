@@ -169,13 +169,11 @@ def onnx_cache_path(net: nn.Module, example: torch.Tensor) -> Path:
 
     import torch
 
-    from .weights import cache_dir
-
     h = hashlib.sha256(f"{type(net).__name__}|{tuple(example.shape[1:])}|{torch.__version__}".encode())
     for k, v in net.state_dict().items():
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return cache_dir().parent / "onnx" / f"{h.hexdigest()[:32]}.onnx"
+    return onnx_cache_dir() / f"{h.hexdigest()[:32]}.onnx"
 
 
 def _digest(path: Path) -> str:
@@ -220,11 +218,16 @@ def _cache_export(net: nn.Module, example: torch.Tensor, path: Path) -> None:
 ONNX_CACHE_MB = 2048  # the ONNX cache's default size limit; $RESNETS_ONNX_CACHE_MB sets it
 
 
-def onnx_cache() -> list[Path]:
-    """The cached ONNX exports, least recently used first."""
+def onnx_cache_dir() -> Path:
+    """$RESNETS_HOME/onnx (beside the weights cache)."""
     from .weights import cache_dir
 
-    folder = cache_dir().parent / "onnx"
+    return cache_dir().parent / "onnx"
+
+
+def onnx_cache() -> list[Path]:
+    """The cached ONNX exports, least recently used first."""
+    folder = onnx_cache_dir()
     files = [p for p in folder.glob("*.onnx") if p.is_file()] if folder.is_dir() else []
     return sorted(files, key=lambda p: p.stat().st_mtime_ns)  # a cached file is touched each time it is used
 
@@ -270,7 +273,7 @@ def _ort_runner(net: nn.Module, int8: bool, calib: Iterable[torch.Tensor] | None
     sess = _cached_session(path)  # the fp32 export is kept, so the next call with the same weights skips it
     if sess is not None:
         path.touch()  # recently used: the last to be trimmed
-    if sess is None:
+    else:
         try:
             _cache_export(net, example, path)
         except (OSError, ResnetsError):  # a cache we cannot write to: export into the private folder instead

@@ -441,7 +441,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_cache(args: argparse.Namespace) -> int:
-    from .backends import onnx_cache, trim_onnx_cache
+    from .backends import onnx_cache, onnx_cache_dir, trim_onnx_cache
     from .weights import cache_dir
 
     weights = sorted(p for p in cache_dir().glob("*") if p.is_file()) if cache_dir().is_dir() else []
@@ -456,7 +456,7 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     if args.clear:
         return 0
     for title, files in (("weights", weights), ("onnx", onnx_cache())):
-        folder = cache_dir() if title == "weights" else cache_dir().parent / "onnx"
+        folder = cache_dir() if title == "weights" else onnx_cache_dir()
         size = sum(p.stat().st_size for p in files)
         print(f"{title}: {folder} ({len(files)} files, {size / 1e6:.1f} MB)")
         for p in files:
@@ -554,6 +554,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(p, "start from another recipe than 'finetune'")
     p.set_defaults(func=_cmd_finetune)
 
+    from .backends import BACKENDS, PRECISIONS
+
     p = sub.add_parser("eval", help="evaluate a saved model: top-1/top-5, per-class accuracy, confusion matrix")
     p.add_argument("--weights", required=True, help="a model file written by training (model.safetensors, best.pt)")
     p.add_argument("--dataset", choices=[n for n, s in DATASETS.items() if s.kind != "synthetic"],
@@ -562,7 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ten-crop", action="store_true", help="the paper's 10-crop testing")
     p.add_argument("--batch-size", type=_count(1), default=256)
     p.add_argument("--workers", type=_count(0), default=2, help="decoding processes for image files (0: in this process)")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="autocast precision (default fp32)")
+    p.add_argument("--precision", choices=PRECISIONS, help="autocast precision (default fp32)")
     p.add_argument("--amp", choices=["none", "bf16", "fp16", "auto"], default="none", help="the same as --precision, "
                    "in the training config's words (auto: bf16 where the device computes it natively)")
     p.add_argument("--device", default="auto")
@@ -571,8 +573,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for eval.json and the confusion matrix (default: beside the weights)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_eval)
-
-    from .backends import BACKENDS, PRECISIONS
 
     backend_help = "; ".join(["auto: the fastest for the device and precision"] +
                              [f"{b.name}: {b.doc}" for b in BACKENDS.values()])  # fmt: skip

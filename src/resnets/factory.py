@@ -33,12 +33,14 @@ def _resolve(weights: str | os.PathLike, download: bool) -> tuple[dict[str, torc
     text = os.fspath(weights)
     if hub.is_hub(text):  # hf-hub:ORG/NAME[@REV], a folder in timm's layout
         folder = hub.fetch(text)
-        if not hub.is_timm_folder(folder):
+        cfg = hub.timm_config_in(folder)
+        if cfg is None:
             raise WeightsError(f"{text} has no timm config.json naming its architecture")
-        sd, meta = hub.read_timm_folder(folder, text)
+        sd, meta = hub.read_timm_folder(folder, cfg, text)
         return sd, meta, text
-    if os.path.isdir(text) and hub.is_timm_folder(Path(text)):  # a timm folder on disk (a Hub download, or ours)
-        sd, meta = hub.read_timm_folder(Path(text), text)
+    cfg = hub.timm_config_in(Path(text)) if os.path.isdir(text) else None
+    if cfg is not None:  # a timm folder on disk (a Hub download, or ours)
+        sd, meta = hub.read_timm_folder(Path(text), cfg, text)
         return sd, meta, text
     if W.is_registered(text):
         spec = W.get_weights(text)

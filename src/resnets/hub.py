@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from .errors import WeightsError
-from .meta import ModelMeta, Preprocessing
+from .meta import IMAGENET_MEAN, IMAGENET_STD, ModelMeta, Preprocessing
 
 PREFIX = "hf-hub:"
 _FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
@@ -30,7 +30,10 @@ def parse(text: str) -> tuple[str, str | None]:
 
 
 def _offline() -> bool:
-    return any(os.environ.get(k, "") not in ("", "0") for k in ("HF_HUB_OFFLINE", "RESNETS_OFFLINE"))
+    """Ours (RESNETS_OFFLINE) or huggingface_hub's own switch."""
+    from .weights import offline
+
+    return offline() or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
 
 
 def fetch(text: str) -> Path:
@@ -53,13 +56,14 @@ def fetch(text: str) -> Path:
         raise WeightsError(f"cannot download {text} ({e}); check the network, or use a cached copy") from None
 
 
-def is_timm_folder(folder: Path) -> bool:
-    """A folder in timm's layout: a config.json naming an `architecture` (not a resnets run's config)."""
+def timm_config_in(folder: Path) -> dict | None:
+    """The config.json of a folder in timm's layout (one naming an `architecture`, not a resnets run's config),
+    or None."""
     try:
         cfg = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError):
-        return False
-    return isinstance(cfg, dict) and isinstance(cfg.get("architecture"), str) and "model" not in cfg
+        return None
+    return cfg if isinstance(cfg, dict) and isinstance(cfg.get("architecture"), str) and "model" not in cfg else None
 
 
 def preprocessing(pretrained_cfg: dict) -> Preprocessing:
@@ -69,17 +73,17 @@ def preprocessing(pretrained_cfg: dict) -> Preprocessing:
     return Preprocessing.from_dict({
         "resize": math.floor(size / crop_pct), "crop": size,
         "interpolation": pretrained_cfg.get("interpolation", "bilinear"),
-        "mean": list(pretrained_cfg.get("mean", (0.485, 0.456, 0.406))),
-        "std": list(pretrained_cfg.get("std", (0.229, 0.224, 0.225))),
+        "mean": list(pretrained_cfg.get("mean", IMAGENET_MEAN)),
+        "std": list(pretrained_cfg.get("std", IMAGENET_STD)),
     })  # fmt: skip
 
 
-def read_timm_folder(folder: Path, source: str) -> tuple[dict, ModelMeta]:
-    """(state_dict, metadata) of a folder in timm's layout (what timm's push_to_hf_hub writes)."""
+def read_timm_folder(folder: Path, cfg: dict, source: str) -> tuple[dict, ModelMeta]:
+    """(state_dict, metadata) of a folder in timm's layout (what timm's push_to_hf_hub writes), `cfg` its
+    config.json."""
     from .artifacts import read_weights
     from .models import list_models
 
-    cfg = json.loads((folder / "config.json").read_text())
     weights = next((folder / f for f in _FILES if (folder / f).is_file()), None)
     if weights is None:
         raise WeightsError(f"{source} holds no weights ({', '.join(_FILES)})")

@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from torch import nn
 from .data.datasets import IMAGE_SUFFIXES, BadSample, FileDataset, decode
 from .data.loader import Loader, make_eval_loader
-from .data.transforms import normalizer
 from .errors import ResnetsError
 from .meta import meta_of, preprocessing_for
 
@@ -69,7 +68,7 @@ def batches(model: nn.Module, files: list[str], *, batch_size: int = 32, workers
     workers = min(workers, max(len(files) // batch_size, 0)) if len(files) < 4 * batch_size else workers
     stream = make_eval_loader(ds, kind=loader, device=device, batch_size=batch_size, resize=pre.resize, crop=pre.crop,
                               interpolation=pre.interpolation, workers=workers)  # fmt: skip
-    return Batches(files, stream, normalizer(pre.mean, pre.std), device)
+    return Batches(files, stream, pre.normalizer(), device)
 
 
 def _runner(model: nn.Module, backend: str, files: list[str], output: str, batch_size: int, precision: str = "fp32",
@@ -95,17 +94,16 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, unit="img", disable=not enabled or total < 64, dynamic_ncols=True, leave=False)
 
 
-def _in_memory(model: nn.Module, images: Sequence) -> torch.Tensor:
-    """PIL images and image tensors (uint8 (C, H, W), or float in [0, 1]) through the model's preprocessing:
-    a normalised batch on the model's device."""
+def _in_memory(model: nn.Module, pre, images: Sequence, first: int = 0) -> torch.Tensor:
+    """PIL images and image tensors (uint8 (C, H, W), or float in [0, 1]) through the preprocessing `pre`: a
+    normalised batch on the model's device. `first`: the position of images[0] among all the inputs."""
     from PIL import Image
 
     from .data.datasets import pil_to_tensor
 
-    pre = preprocessing_for(model)
     tf, channels = pre.transform(), len(pre.mean)
     out = []
-    for i, im in enumerate(images):
+    for i, im in enumerate(images, start=first):
         if isinstance(im, Image.Image):
             t = pil_to_tensor(im, channels)
         elif isinstance(im, torch.Tensor) and im.ndim == 3:
@@ -140,11 +138,10 @@ def predict(model: nn.Module, paths: Sequence, *, top_k: int = 5, batch_size: in
     model.eval()
     names, k = meta_of(model).names(model.num_classes), min(top_k, model.num_classes)
     if paths and not all(isinstance(p, (str, os.PathLike)) for p in paths):  # images in memory
-        results = []
+        pre, run, results = preprocessing_for(model), runner, []
         for start in range(0, len(paths), batch_size):
-            x = _in_memory(model, paths[start : start + batch_size])
-            run = runner or _runner(model, backend, [], "logits", batch_size, precision, x.device, calib=[x.cpu()])
-            runner = run
+            x = _in_memory(model, pre, paths[start : start + batch_size], start)
+            run = run or _runner(model, backend, [], "logits", batch_size, precision, x.device, calib=[x.cpu()])
             results += [{"input": start + i, "top": t} for i, t in enumerate(_top(run(x).float().softmax(1), k, names))]
         return results
     files = find_images(paths)

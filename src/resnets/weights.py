@@ -71,6 +71,11 @@ def is_registered(name: str) -> bool:
     return name in _WEIGHTS
 
 
+def offline() -> bool:
+    """Downloads are off: RESNETS_OFFLINE is set (to anything but 0)."""
+    return os.environ.get("RESNETS_OFFLINE", "") not in ("", "0")
+
+
 def cache_dir() -> Path:
     """$RESNETS_HOME/weights, else $XDG_CACHE_HOME/resnets/weights, else ~/.cache/resnets/weights."""
     if os.environ.get("RESNETS_HOME"):
@@ -98,7 +103,7 @@ def fetch(name: str, *, download: bool = True, progress: bool = True) -> Path:
             return path
     dest = _candidates(spec)[0]
     manual = f"download {spec.url} and save it as {dest}"
-    if not download or os.environ.get("RESNETS_OFFLINE", "") not in ("", "0"):
+    if not download or offline():
         raise WeightsError(f"weights {name!r} are not in the cache and downloads are off; {manual}")
     import torch.hub
 
