@@ -125,6 +125,18 @@ def test_batched_eval_resize_and_crop_is_close_to_torchvisions():
     assert BatchResizeCrop(28, 28)(x) is x
 
 
+def test_squashed_eval_resize_matches_on_the_host_and_in_batches():
+    img = _photo()
+    photos = [img[:, :400, :], img[:, 50:, 100:]]
+    out = BatchResizeCrop(240, 224, squash=True)(photos)
+    ref = torch.stack([eval_transform(resize=240, crop=224, crop_mode="squash")(p) for p in photos])
+    diff = (out.float() - ref.float()).abs()
+    assert diff.mean() < 2.0 and diff.quantile(0.99) < 20
+    # squash is not the shorter-side resize: the whole width is kept
+    centre = torch.stack([eval_transform(resize=240, crop=224)(p) for p in photos])
+    assert (centre.float() - ref.float()).abs().mean() > 10
+
+
 @pytest.mark.parametrize("augment", ["paper-cifar", "crop-flip", "paper-imagenet", "rrc", "strong", "none"])
 def test_batch_augment_shapes_determinism_and_lists(augment):
     crop = 64 if augment not in ("paper-cifar", "crop-flip") else 32

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from torchvision.io import write_png
+from torchvision.transforms import v2
 
 import resnets
 from resnets import config as C, data as D
@@ -189,3 +190,33 @@ def test_one_dataset_registry_feeds_the_config_the_cli_and_evaluation(tmp_path):
     assert spec.load("test", str(tmp_path / "f")).samples[0][0].startswith(str(tmp_path / "f" / "val"))
     assert spec.load("test", str(tmp_path / "f" / "train")) is None
     assert spec.evaluation(str(tmp_path / "f" / "train")).classes == ["a", "b"]
+
+
+def test_eval_resize_applies_when_resize_equals_crop():
+    # timm's crop_pct 1.0 configs give resize == crop: a photo is resized, not cropped raw
+    from skimage import data as skdata
+
+    img = torch.from_numpy(skdata.chelsea()).permute(2, 0, 1)  # 300 x 451
+    out = eval_transform(resize=224, crop=224)(img)
+    ref = v2.CenterCrop(224)(v2.Resize(224, antialias=True)(img))
+    assert torch.equal(out, ref) and not torch.equal(out, v2.CenterCrop(224)(img))
+    small = torch.randint(0, 256, (1, 28, 28), dtype=torch.uint8)
+    assert torch.equal(eval_transform(resize=28, crop=28)(small), small)
+
+
+@pytest.mark.parametrize("name", ["astronaut", "chelsea", "coffee", "rocket"])
+def test_nearest_resize_is_pillows(name):
+    # "nearest" means Pillow's (Keras' load_img, timm): torchvision's NEAREST samples other pixels
+    from PIL import Image
+    from skimage import data as skdata
+
+    from resnets.data.transforms import NearestResize
+
+    a = getattr(skdata, name)()
+    img = torch.from_numpy(a).permute(2, 0, 1)
+    for size in [(224, 224), (299, 256), (180, 224)]:
+        ref = np.asarray(Image.fromarray(a).resize(size[::-1], Image.NEAREST))
+        assert np.array_equal(NearestResize(size)(img).permute(1, 2, 0).numpy(), ref)
+    squashed = eval_transform(resize=256, crop=224, interpolation="nearest", crop_mode="squash")(img)
+    ref = np.asarray(Image.fromarray(a).resize((256, 256), Image.NEAREST))[16:240, 16:240]
+    assert np.array_equal(squashed.permute(1, 2, 0).numpy(), ref)

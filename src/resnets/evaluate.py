@@ -159,7 +159,7 @@ def evaluate_model_file(
         ds = ds.subset(list(range(min(limit, len(ds)))))
     ctx = Context(device=pick_device(device))
     loader = make_eval_loader(ds, kind="auto", device=ctx.device, batch_size=batch_size, resize=pre.resize,
-                              crop=pre.crop, interpolation=pre.interpolation, ten_crop=ten_crop, workers=workers)  # fmt: skip
+                              crop=pre.crop, interpolation=pre.interpolation, crop_mode=pre.crop_mode, ten_crop=ten_crop, workers=workers)  # fmt: skip
     model.to(ctx.device)
     if ctx.device.type == "cuda":
         model.to(memory_format=torch.channels_last)

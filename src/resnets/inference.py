@@ -67,7 +67,7 @@ def batches(model: nn.Module, files: list[str], *, batch_size: int = 32, workers
     ds = FileDataset([(f, i) for i, f in enumerate(files)], [], channels=len(pre.mean))
     workers = min(workers, max(len(files) // batch_size, 0)) if len(files) < 4 * batch_size else workers
     stream = make_eval_loader(ds, kind=loader, device=device, batch_size=batch_size, resize=pre.resize, crop=pre.crop,
-                              interpolation=pre.interpolation, workers=workers)  # fmt: skip
+                              interpolation=pre.interpolation, crop_mode=pre.crop_mode, workers=workers)  # fmt: skip
     return Batches(files, stream, pre.normalizer(), device)
 
 

@@ -20,14 +20,16 @@ FORMAT = "resnets.model/1"  # the safetensors metadata "format" value of a self-
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """Evaluation preprocessing: resize the shorter side to `resize`, centre-crop `crop`, scale to [0, 1],
-    normalise with mean/std (per channel, in that [0, 1] scale)."""
+    """Evaluation preprocessing: resize the shorter side to `resize` (crop_mode "squash": both sides, ignoring the
+    aspect ratio, as timm's squash mode and Keras' `load_img(target_size=...)` do), centre-crop `crop`, scale to
+    [0, 1], normalise with mean/std (per channel, in that [0, 1] scale). "nearest" is Pillow's nearest."""
 
     resize: int
     crop: int
     interpolation: str = "bilinear"
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
+    crop_mode: str = "center"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -54,12 +56,15 @@ class Preprocessing:
         interp = d.get("interpolation", "bilinear")
         if interp not in ("bilinear", "bicubic", "nearest"):
             raise WeightsError(f"interpolation must be bilinear, bicubic or nearest; got {interp!r}")
+        crop_mode = d.get("crop_mode", "center")
+        if crop_mode not in ("center", "squash"):
+            raise WeightsError(f"crop_mode must be center or squash; got {crop_mode!r}")
         mean, std = stats("mean", IMAGENET_MEAN), stats("std", IMAGENET_STD)
         if len(mean) != len(std):
             raise WeightsError(f"mean and std must have one value per channel; got {len(mean)} and {len(std)}")
         if min(std) <= 0:
             raise WeightsError(f"std must be positive; got {list(std)}")
-        return cls(resize=size("resize"), crop=size("crop"), interpolation=interp, mean=mean, std=std)
+        return cls(resize=size("resize"), crop=size("crop"), interpolation=interp, mean=mean, std=std, crop_mode=crop_mode)
 
     @classmethod
     def default(cls, crop: int, in_chans: int = 3) -> "Preprocessing":
@@ -82,7 +87,8 @@ class Preprocessing:
         (torchvision.transforms.v2; normalisation is `normalizer()`, kept apart so it can run on the device)."""
         from .data.transforms import eval_transform
 
-        return eval_transform(resize=self.resize, crop=self.crop, interpolation=self.interpolation)
+        return eval_transform(resize=self.resize, crop=self.crop, interpolation=self.interpolation,
+                              crop_mode=self.crop_mode)  # fmt: skip
 
     def normalizer(self):
         """uint8 images -> float, scaled to [0, 1] and normalised (on the images' device)."""
@@ -91,7 +97,8 @@ class Preprocessing:
         return normalizer(self.mean, self.std)
 
     def describe(self) -> str:
-        return f"resize {self.resize}, crop {self.crop}, {self.interpolation}, mean {list(self.mean)}, std {list(self.std)}"
+        size = f"resize {self.resize}x{self.resize} (squash)" if self.crop_mode == "squash" else f"resize {self.resize}"
+        return f"{size}, crop {self.crop}, {self.interpolation}, mean {list(self.mean)}, std {list(self.std)}"
 
 
 @dataclass

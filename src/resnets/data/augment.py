@@ -311,16 +311,23 @@ def pad_crop_flip_list(images: list[torch.Tensor], crop: int, top_u: torch.Tenso
 
 @dataclass
 class BatchResizeCrop:
-    """`eval_transform` on batches: the shorter side resized to `resize`, the centre `crop` kept; uint8 in and out.
-    Identity where the images already have the crop's size and resize == crop (the 28/32-pixel nets)."""
+    """`eval_transform` on batches: the shorter side (`squash`: both sides) resized to `resize`, the centre `crop`
+    kept; uint8 in and out. Identity where the images already have the crop's size and resize == crop (the
+    28/32-pixel nets)."""
 
     resize: int
     crop: int
+    squash: bool = False
 
     def __call__(self, images: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
         if isinstance(images, torch.Tensor) and self.resize == self.crop and images.shape[-2:] == (self.crop, self.crop):
             return images
         dev = images.device if isinstance(images, torch.Tensor) else images[0].device
         heights, widths = _sizes(images, dev)
-        boxes = resize_boxes(heights, widths, torch.full_like(heights, self.resize), self.crop)
+        if self.squash:  # the centre crop of the image resized to resize x resize, in the image's own pixels
+            h, w, r = heights.double(), widths.double(), float(self.resize)
+            top = left = round((self.resize - self.crop) / 2)
+            boxes = torch.stack([top * h / r, left * w / r, self.crop * h / r, self.crop * w / r], 1)
+        else:
+            boxes = resize_boxes(heights, widths, torch.full_like(heights, self.resize), self.crop)
         return _to_uint8(resample(images, boxes, self.crop))

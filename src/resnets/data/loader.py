@@ -260,8 +260,8 @@ def make_train_loader(dataset: Dataset, *, kind: str, device: torch.device, batc
 
 
 def make_eval_loader(dataset: Dataset, *, kind: str, device: torch.device, batch_size: int, resize: int, crop: int,
-                     interpolation: str = "bilinear", ten_crop: bool = False, rank: int = 0, world: int = 1,
-                     workers: int = 0, strict: bool = False) -> Loader:  # fmt: skip
+                     interpolation: str = "bilinear", crop_mode: str = "center", ten_crop: bool = False, rank: int = 0,
+                     world: int = 1, workers: int = 0, strict: bool = False) -> Loader:  # fmt: skip
     """Every image of `dataset` once over all ranks, resized and centre-cropped (or the paper's 10 crops, on the
     host)."""
     from .transforms import eval_transform, ten_crop_transform
@@ -270,10 +270,10 @@ def make_eval_loader(dataset: Dataset, *, kind: str, device: torch.device, batch
     kind = "host" if ten_crop else choose_loader(kind, dataset, device)
     if kind == "host":
         make = ten_crop_transform if ten_crop else eval_transform
-        tf = make(resize=resize, crop=crop, interpolation=interpolation)
+        tf = make(resize=resize, crop=crop, interpolation=interpolation, crop_mode=crop_mode)
         return HostLoader(dataset, tf, sampler, seed=0, workers=workers, strict=strict)
     from .augment import BatchResizeCrop
     from .device import device_loader
 
-    return device_loader(dataset, sampler, BatchResizeCrop(resize, crop), device, workers=workers, strict=strict)
+    return device_loader(dataset, sampler, BatchResizeCrop(resize, crop, crop_mode == "squash"), device, workers=workers, strict=strict)
 

@@ -96,10 +96,52 @@ def auto_augment_transform(name: str, interpolation: str = "bilinear") -> v2.Tra
     raise ResnetsError(f"unknown auto_augment {name!r} (choose from {', '.join(AUTO_AUGMENTS)})")
 
 
-def eval_transform(*, resize: int, crop: int, interpolation: str = "bilinear") -> v2.Transform:
-    """Resize the shorter side to `resize`, centre-crop `crop` (identity for 28/32-pixel nets at their size)."""
-    steps = [] if resize == crop else [v2.Resize(resize, interpolation=_INTERP[interpolation], antialias=True)]
-    return v2.Compose(steps + [v2.CenterCrop(crop)])
+class NearestResize:
+    """Nearest-neighbour resize to `size` (an int: the shorter side; or (height, width)) with Pillow's rule, so
+    "nearest" means what it means to PIL-based pipelines (Keras' `load_img`, timm): output pixel i samples
+    floor(offset) with offset = scale / 2 + i * scale accumulated in float64, as Pillow's C code does.
+    torchvision's NEAREST samples floor(i * scale) and differs on most pixels."""
+
+    def __init__(self, size: int | tuple[int, int]):
+        self.size = size
+
+    @staticmethod
+    def _index(n_in: int, n_out: int) -> torch.Tensor:
+        import numpy as np
+
+        steps = np.full(n_out, n_in / n_out, dtype=np.float64)
+        steps[0] *= 0.5
+        return torch.from_numpy(np.add.accumulate(steps).astype(np.int64).clip(max=n_in - 1))
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        h, w = img.shape[-2:]
+        if isinstance(self.size, int):
+            s = self.size
+            oh, ow = (s, int(s * w / h)) if h <= w else (int(s * h / w), s)  # v2.Resize's sizes
+        else:
+            oh, ow = self.size
+        if (oh, ow) == (h, w):
+            return img
+        rows, cols = self._index(h, oh).to(img.device), self._index(w, ow).to(img.device)
+        return img.index_select(-2, rows).index_select(-1, cols)
+
+
+CROP_MODES = ("center", "squash")
+
+
+def _resize(resize: int, interpolation: str, crop_mode: str):
+    """The resize step of evaluation: the shorter side to `resize` ("center"), or both sides ("squash", as
+    timm's crop_mode and Keras' `load_img(target_size=...)` do). A no-op on images already that size."""
+    size = (resize, resize) if crop_mode == "squash" else resize
+    if interpolation == "nearest":
+        return NearestResize(size)
+    return v2.Resize(size, interpolation=_INTERP[interpolation], antialias=True)
+
+
+def eval_transform(*, resize: int, crop: int, interpolation: str = "bilinear", crop_mode: str = "center") -> v2.Transform:
+    """Resize the shorter side (or, with crop_mode "squash", both sides) to `resize`, centre-crop `crop`.
+    Images already at that size (the 28/32-pixel nets) pass unchanged."""
+    return v2.Compose([_resize(resize, interpolation, crop_mode), v2.CenterCrop(crop)])
 
 
 class _StackedTenCrop:
@@ -114,8 +156,8 @@ class _StackedTenCrop:
         return torch.stack(self.ten(img))
 
 
-def ten_crop_transform(*, resize: int, crop: int, interpolation: str = "bilinear") -> _StackedTenCrop:
-    return _StackedTenCrop(None if resize == crop else v2.Resize(resize, interpolation=_INTERP[interpolation], antialias=True), crop)
+def ten_crop_transform(*, resize: int, crop: int, interpolation: str = "bilinear", crop_mode: str = "center") -> _StackedTenCrop:
+    return _StackedTenCrop(_resize(resize, interpolation, crop_mode), crop)
 
 
 def batch_mix(num_classes: int, mixup: float, cutmix: float) -> v2.Transform | None:
