@@ -13,25 +13,84 @@ SHA = "0123456789abcdef0123456789abcdef01234567"
 LABELS = ["ant", "bee", "cat", "dog", "eel"]
 
 
-@pytest.fixture
-def hub_cache(tmp_path, monkeypatch):
-    """A cached timm repo as huggingface_hub lays it out: refs/main -> snapshots/<commit>/{config.json, weights}."""
+def _lay_out(cache, repo_id: str, model, cfg: dict):
+    """A cached Hub repo as huggingface_hub lays it out: refs/main -> snapshots/<commit>/{config.json, weights}."""
     from safetensors.torch import save_file
 
-    ref = randomize_norms(timm.create_model("resnet18", num_classes=5, pretrained=False)).eval()
-    repo = tmp_path / "hub" / "models--timm--resnet18.test"
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
     snap = repo / "snapshots" / SHA
     snap.mkdir(parents=True)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(SHA)
-    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(snap / "model.safetensors"))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(snap / "model.safetensors"))
+    (snap / "config.json").write_text(json.dumps(cfg))
+    return snap
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    ref = randomize_norms(timm.create_model("resnet18", num_classes=5, pretrained=False)).eval()
     cfg = {"architecture": "resnet18", "num_classes": 5, "label_names": LABELS,
            "pretrained_cfg": {"input_size": [3, 224, 224], "interpolation": "bicubic", "crop_pct": 0.95,
                               "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}  # fmt: skip
-    (snap / "config.json").write_text(json.dumps(cfg))
+    snap = _lay_out(tmp_path / "hub", "timm/resnet18.test", ref, cfg)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return ref, snap
+
+
+def test_timm_registrations_are_timms_own_configs_and_architectures():
+    """Every timm weight in `resnets list --weights`: the eval preprocessing timm's pretrained_cfg gives, and an
+    architecture of ours with timm's parameter names and shapes."""
+    import math
+
+    from timm.models import get_pretrained_cfg
+
+    from resnets.factory import apply_state_dict
+    from resnets.weights import get_weights, list_weights
+
+    names = [n for n in list_weights() if get_weights(n).source == "timm"]
+    assert len(names) > 50 and {"resnet50.a1_in1k", "resnet50.a1h_in1k", "resnet50.b1k_in1k", "resnet50.c1_in1k",
+                                "resnet50.d_in1k", "resnet50d.ra2_in1k", "resnext50_32x4d.a1h_in1k",
+                                "wide_resnet50_2.racm_in1k", "resnetv2_50.a1h_in1k"} <= set(names)  # fmt: skip
+    for name in names:
+        spec, cfg = get_weights(name), get_pretrained_cfg(name)
+        size = (cfg.test_input_size or cfg.input_size)[-1]
+        crop_pct = cfg.test_crop_pct or cfg.crop_pct
+        assert spec.preprocessing == resnets.Preprocessing(math.floor(size / crop_pct), size, cfg.interpolation,
+                                                           tuple(cfg.mean), tuple(cfg.std)), name  # fmt: skip
+        assert spec.url == f"hf-hub:{cfg.hf_hub_id}" and cfg.num_classes == 1000 and 60 < spec.metrics["top1"] < 90
+    for arch in sorted({n.split(".")[0] for n in names}):
+        with torch.device("meta"):
+            theirs = timm.create_model(arch, pretrained=False)
+            ours = resnets.create_model(arch)
+        apply_state_dict(ours, theirs.state_dict(), arch)  # raises on any missing, extra or misshapen key
+
+
+def test_registered_timm_weights_load_offline_from_the_hub_cache(tmp_path, monkeypatch):
+    from resnets.weights import class_list, get_weights
+
+    ref = randomize_norms(timm.create_model("resnet18", pretrained=False)).eval()
+    cfg = {"architecture": "resnet18", "num_classes": 1000,
+           "pretrained_cfg": {"input_size": [3, 224, 224], "test_input_size": [3, 288, 288], "crop_pct": 0.95,
+                              "test_crop_pct": 1.0, "interpolation": "bicubic"}}  # fmt: skip
+    _lay_out(tmp_path / "hub", "timm/resnet18.a1_in1k", ref, cfg)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = resnets.load("resnet18.a1_in1k")
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(model(x), ref(x), atol=1e-5)
+    assert model.meta.preprocessing == get_weights("resnet18.a1_in1k").preprocessing
+    assert model.meta.preprocessing.resize == model.meta.preprocessing.crop == 288  # timm's test size, crop_pct 1
+    assert model.meta.class_names == class_list("imagenet") and model.meta.source == "resnet18.a1_in1k"
+    code, out, _ = run_cli("list", "--weights", "resnet18.*", "--json")
+    listed = {r["name"]: r for r in json.loads(out)}
+    assert code == 0 and listed["resnet18.a1_in1k"]["source"] == "timm"
+    assert listed["resnet18.a1_in1k"]["top1"] == get_weights("resnet18.a1_in1k").metrics["top1"]
+    # one that is not cached: one line naming the repo and how to get it
+    code, _, err = run_cli("summary", "resnet50", "--weights", "resnet50.a1_in1k")
+    assert code == 2 and "hf download timm/resnet50.a1_in1k" in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_a_cached_hub_repo_loads_offline_with_timms_preprocessing(hub_cache):
@@ -79,9 +138,11 @@ def test_export_hub_writes_a_folder_timm_loads_with_a_model_card(tmp_path):
     code, out, err = run_cli("export", "--weights", tmp_path / "runs" / "r", "--format", "hub", "--out", tmp_path / "hubdir")
     assert code == 0 and "local-dir:" in out, err
     folder = tmp_path / "hubdir"
-    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "curves.png", "model.safetensors"]
+    assert (folder / "curves.png").read_bytes() == (tmp_path / "runs" / "r" / "curves.png").read_bytes()
     card = (folder / "README.md").read_text()
     assert "library_name: timm" in card and "Validation top-1: " in card and "ant, bee" in card and "imagefolder" in card
+    assert "](curves.png)" in card and "- epochs: 1" in card and "- batch_size: 4" in card  # the run's recipe
     ours = resnets.load(tmp_path / "runs" / "r")
     theirs = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()  # timm's own route to a folder
     x = torch.randn(2, 3, 32, 32)
@@ -93,3 +154,72 @@ def test_export_hub_writes_a_folder_timm_loads_with_a_model_card(tmp_path):
     assert code == 2 and "--force" in err  # nothing replaced unasked
     code, _, err = run_cli("export", "--weights", tmp_path / "runs" / "r", "--format", "hub")
     assert code == 2 and "--out DIR" in err
+
+
+@pytest.fixture
+def hub_folder(tmp_path):
+    """A folder as `export --format hub` writes it (from a model, not a run: no curves)."""
+    from resnets.hub import write_folder
+
+    model = resnets.create_model("resnet18", num_classes=3)
+    return write_folder(model, tmp_path / "hubdir")
+
+
+def test_push_uploads_the_folder_with_the_token(hub_folder, monkeypatch):
+    """huggingface_hub's HfApi recorded (there is no network here): the repo is created, the folder uploaded."""
+    import huggingface_hub
+
+    calls = []
+
+    class Recorder:
+        def __init__(self, token=None):
+            calls.append(("token", token))
+
+        def create_repo(self, repo_id, private=False, exist_ok=False):
+            calls.append(("create_repo", repo_id, private, exist_ok))
+
+        def upload_folder(self, repo_id, folder_path, commit_message):
+            calls.append(("upload_folder", repo_id, sorted(p.name for p in __import__("pathlib").Path(folder_path).iterdir()), commit_message))
+            return huggingface_hub.CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/{SHA}", commit_message=commit_message,
+                                              commit_description="", oid=SHA)  # fmt: skip
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Recorder)
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    code, out, err = run_cli("push", hub_folder, "--repo", "me/my-resnet", "--private")
+    assert code == 0, err
+    assert calls == [("token", "hf_test_token"), ("create_repo", "me/my-resnet", True, True),
+                     ("upload_folder", "me/my-resnet", ["README.md", "config.json", "model.safetensors"],
+                      "resnet18 written by resnets")]  # fmt: skip
+    assert f"commit/{SHA}" in out
+
+
+def test_push_refuses_in_one_line_before_the_network(hub_folder, tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # no stored token
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    (tmp_path / "plain").mkdir()
+    cases = [((tmp_path / "plain", "me/x"), "not a Hub folder"), ((hub_folder, "not-a-repo"), "hf-hub:ORG/NAME"),
+             ((hub_folder, "me/x"), "needs a Hugging Face token")]  # fmt: skip
+    for (folder, repo), words in cases:
+        code, _, err = run_cli("push", folder, "--repo", repo)
+        assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, _, err = run_cli("push", hub_folder, "--repo", "me/x")
+    assert code == 2 and "the Hub is off" in err
+
+
+def test_push_to_an_unreachable_hub_is_one_line(hub_folder, monkeypatch):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    import huggingface_hub.constants as hc
+
+    monkeypatch.setattr(hc, "ENDPOINT", f"http://127.0.0.1:{port}")
+    code, _, err = run_cli("push", hub_folder, "--repo", "me/x")
+    assert code == 2 and "cannot reach the Hugging Face Hub to push to me/x" in err and len(err.strip().splitlines()) == 1, err

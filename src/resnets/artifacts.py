@@ -155,8 +155,13 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], Mode
             raise _unreadable(p, "PyTorch checkpoint") from None
         sd, record = _unwrap(obj, p)
         meta = ModelMeta.from_plain(record, str(p)) if record is not None else None  # a training checkpoint's
+    elif suffix in (".keras", ".h5", ".hdf5"):  # keras.applications.ResNet50/101/152, converted as it is read
+        from .keras_io import read_keras
+
+        return read_keras(p)
     else:
-        raise WeightsError(f"unsupported weights file type {suffix or '(none)'!r} for {p}; use .safetensors or .pth")
+        raise WeightsError(f"unsupported weights file type {suffix or '(none)'!r} for {p}; use .safetensors, .pth "
+                           "or a Keras .keras / .h5 file")
     return strip_prefixes(sd), meta
 
 

@@ -343,10 +343,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
             raise ResnetsError("--format hub writes a folder: name it with --out DIR")
         model = load(args.weights)
         where = Path(args.weights) if Path(args.weights).is_dir() else Path(args.weights).parent
-        run = json.loads((where / "eval.json").read_text()) if (where / "eval.json").is_file() else None
-        out = write_folder(model, args.out, run=run, force=args.force)
-        print(f"wrote {out}/: model.safetensors, config.json (timm's), README.md (model card); timm loads it with "
-              f"timm.create_model('local-dir:{out}', pretrained=True), the Hub takes it with huggingface_hub.upload_folder")  # fmt: skip
+        run_dir = where if (where / "eval.json").is_file() or (where / "metrics.jsonl").is_file() else None
+        out = write_folder(model, args.out, run_dir=run_dir, force=args.force)
+        files = "model.safetensors, config.json (timm's), README.md (model card)"
+        files += ", curves.png" if (out / "curves.png").is_file() else ""
+        print(f"wrote {out}/: {files}; timm loads it with timm.create_model('local-dir:{out}', pretrained=True); "
+              f"`resnets push {out} --repo ORG/NAME` publishes it")  # fmt: skip
         return 0
     if args.precision == "int8":
         if args.format != "onnx":
@@ -437,6 +439,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                           "threads": torch.get_num_threads(), "best": best, "results": rows}, indent=2))  # fmt: skip
     elif len(rows) > 1:
         print(f"fastest: {best['backend']} at batch {best['batch']} ({best['images_per_s']:.1f} img/s)")
+    return 0
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    from .hub import push
+
+    url = push(args.folder, args.repo, private=args.private, message=args.message)
+    print(f"pushed {args.folder} to {args.repo}: {url}")
     return 0
 
 
@@ -578,7 +588,8 @@ def build_parser() -> argparse.ArgumentParser:
                              [f"{b.name}: {b.doc}" for b in BACKENDS.values()])  # fmt: skip
 
     def inference_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--weights", required=True, help="a model file saved by resnets (training writes model.safetensors)")
+        p.add_argument("--weights", required=True, help="a resnets model file or run folder, registered weights "
+                       "(resnets list --weights), hf-hub:ORG/NAME, or a torchvision, timm or Keras file")
         p.add_argument("--batch-size", type=_count(1), default=32)
         p.add_argument("--workers", type=_count(0), default=2, help="decoding processes (0: decode in this process)")
         p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N")
@@ -679,6 +690,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--path", help="CIFAR archive or folder holding it")
     p.add_argument("--download", action="store_true")
     p.set_defaults(func=_cmd_data)
+    p = sub.add_parser("push", help="upload a folder written by `export --format hub` to the Hugging Face Hub")
+    p.add_argument("folder", help="the folder `resnets export --format hub --out DIR` wrote")
+    p.add_argument("--repo", required=True, help="ORG/NAME on the Hub (created if missing); the token is the one "
+                   "`hf auth login` stored, or $HF_TOKEN")  # fmt: skip
+    p.add_argument("--private", action="store_true", help="a new repo is private")
+    p.add_argument("--message", help="the commit message")
+    p.set_defaults(func=_cmd_push)
     p = sub.add_parser("cache", help="the downloaded weights and cached ONNX exports: where, how large; --clear empties")
     p.add_argument("--clear", choices=["onnx", "weights", "all"], help="remove the ONNX exports, the weights, or both")
     p.set_defaults(func=_cmd_cache)

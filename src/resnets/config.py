@@ -6,6 +6,7 @@ saves its resolved config beside its checkpoints. Precedence: recipe < config fi
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
 import os
@@ -110,7 +111,7 @@ class TrainConfig:
     eval_every: int = key(1, "evaluate every N epochs")
     curve_steps: int = key(0, "also every N steps: training error over those steps and validation error (curve.jsonl)")
     checkpoint_steps: int = key(0, "also checkpoint every N steps (0: each epoch only)")
-    tensorboard: bool = key(False, "also log to TensorBoard (RUN/tb)")
+    tensorboard: bool = key(False, "also log each epoch to TensorBoard (RUN/tensorboard; pip install 'resnets[tensorboard]')")
     device: str = key("auto", "auto | cpu | cuda | cuda:N")
     ten_crop: bool = key(False, "final evaluation with the paper's 10-crop testing")
     progress: bool = key(True, "a progress bar")
@@ -131,6 +132,8 @@ class TrainConfig:
             raise ResnetsError(f"dataset {self.dataset} needs --data")
         if self.name and (os.sep in self.name or self.name in (".", "..")):
             raise ResnetsError(f"--name is a folder name inside --out, not a path; got {self.name!r}")
+        if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
+            raise ResnetsError("--tensorboard needs the tensorboard package: pip install 'resnets[tensorboard]'")
         return self
 
 

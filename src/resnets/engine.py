@@ -523,7 +523,7 @@ def _open_outputs(run: Run) -> None:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise ResnetsError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+            raise ResnetsError("--tensorboard needs the tensorboard package: pip install 'resnets[tensorboard]'") from None
         run.writer = SummaryWriter(str(run.run_dir / "tensorboard"))
     if cfg.progress and run.ctx.is_main:
         from tqdm import tqdm

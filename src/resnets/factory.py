@@ -32,7 +32,7 @@ def _resolve(weights: str | os.PathLike, download: bool) -> tuple[dict[str, torc
     or model file, or a run directory (its model.safetensors)."""
     text = os.fspath(weights)
     if hub.is_hub(text):  # hf-hub:ORG/NAME[@REV], a folder in timm's layout
-        folder = hub.fetch(text)
+        folder = hub.fetch(text, download=download)
         cfg = hub.timm_config_in(folder)
         if cfg is None:
             raise WeightsError(f"{text} has no timm config.json naming its architecture")
@@ -44,7 +44,11 @@ def _resolve(weights: str | os.PathLike, download: bool) -> tuple[dict[str, torc
         return sd, meta, text
     if W.is_registered(text):
         spec = W.get_weights(text)
-        sd, _ = read_weights(W.fetch(text, download=download))
+        if spec.on_hub:  # timm's, in its Hub repo: the registry's metadata, the repo's weights
+            folder = hub.fetch(spec.url, download=download)
+            sd, _ = hub.read_timm_folder(folder, hub.timm_config_in(folder) or {"architecture": spec.architecture}, text)
+        else:
+            sd, _ = read_weights(W.fetch(text, download=download))
         return sd, ModelMeta(spec.architecture, {}, spec.class_names(), spec.preprocessing, spec.name), repr(text)
     if os.path.isdir(text):
         if not os.path.isfile(os.path.join(text, "model.safetensors")):
@@ -52,7 +56,7 @@ def _resolve(weights: str | os.PathLike, download: bool) -> tuple[dict[str, torc
                 os.path.join(text, "config.json")) else ""  # fmt: skip
             raise WeightsError(f"{text} is a folder without a model.safetensors{hint}")
         text = os.path.join(text, "model.safetensors")
-    if not os.path.exists(text) and os.sep not in text and not text.endswith((".safetensors", ".pth", ".pt", ".bin", ".ckpt")):
+    if not os.path.exists(text) and os.sep not in text and not text.endswith((".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".keras", ".h5")):
         if "." in text:
             import difflib
 

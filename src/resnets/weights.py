@@ -4,6 +4,7 @@ Files are fetched into a local cache only when a registered name is asked for, a
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -11,13 +12,15 @@ from importlib import resources
 from pathlib import Path
 
 from .errors import WeightsError
-from .meta import Preprocessing
+from .meta import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from .registry import Registry
 
 @dataclass(frozen=True)
 class WeightSpec:
     """A published checkpoint. `sha256` is the full digest or, for torchvision's files, the leading hex digits
-    that torchvision puts in the file name (the same check torch.hub does)."""
+    that torchvision puts in the file name (the same check torch.hub does). A `url` of hf-hub:ORG/NAME is a
+    Hugging Face Hub repo in timm's layout, fetched by huggingface_hub (which checks the files against the
+    repo's hashes); its `sha256` is empty."""
 
     name: str  # "<architecture>.<tag>", e.g. "resnet50.tv2_in1k"
     url: str
@@ -32,6 +35,10 @@ class WeightSpec:
     @property
     def architecture(self) -> str:
         return self.name.split(".", 1)[0]
+
+    @property
+    def on_hub(self) -> bool:
+        return self.url.startswith("hf-hub:")
 
     @property
     def file_name(self) -> str:
@@ -98,6 +105,11 @@ def fetch(name: str, *, download: bool = True, progress: bool = True) -> Path:
     to put where.
     """
     spec = get_weights(name)
+    if spec.on_hub:  # a Hub repo: huggingface_hub's cache and offline switches
+        from . import hub
+
+        folder = hub.fetch(spec.url, download=download)
+        return next((folder / f for f in hub.WEIGHT_FILES if (folder / f).is_file()), folder)
     for path in _candidates(spec):
         if path.is_file():
             return path
@@ -168,3 +180,92 @@ _tv("wide_resnet101_2.tv_in1k", _U + "wide_resnet101_2-32ee1156.pth", resize=256
     recipe="https://github.com/pytorch/vision/pull/912#issue-445437439")  # fmt: skip
 _tv("wide_resnet101_2.tv2_in1k", _U + "wide_resnet101_2-d733dc28.pth", resize=232, top1=82.51, top5=96.02,
     recipe=_TV_V2)  # fmt: skip
+
+
+# ---- timm's ImageNet-1k weights for the architectures resnets builds (torchvision's tv/tv2 weights, which timm
+# re-publishes, are registered above from torchvision). Fetched from the Hub (hf-hub:timm/<name>). Accuracies and
+# eval preprocessing are timm's: ImageNet-1k val at the weights' test size and crop_pct (results/results-imagenet.csv
+# and the pretrained_cfg of huggingface/pytorch-image-models at aa4b585, 2026-08-08); the shorter side is resized
+# to floor(size / crop_pct) as timm does. The ResNet strikes back recipes (a1, a2, a3, a1h, b1k, c1, d, ...):
+# https://arxiv.org/abs/2110.00476.
+
+_HALF = (0.5, 0.5, 0.5)
+
+
+def _timm(name: str, size: int, crop_pct: float, interpolation: str, top1: float, top5: float, *,
+          mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD) -> None:  # fmt: skip
+    register_weights(
+        WeightSpec(
+            name=name,
+            url=f"hf-hub:timm/{name}",
+            sha256="",
+            preprocessing=Preprocessing(math.floor(size / crop_pct), size, interpolation, mean, std),
+            metrics={"top1": top1, "top5": top5},
+            source="timm",
+            recipe=f"https://huggingface.co/timm/{name}",
+        )
+    )
+
+
+_timm("resnet18.a1_in1k", 288, 1.0, "bicubic", 73.164, 91.054)
+_timm("resnet18.a2_in1k", 288, 1.0, "bicubic", 72.364, 90.62)
+_timm("resnet18.a3_in1k", 224, 0.95, "bicubic", 68.25, 88.172)
+_timm("resnet18.fb_ssl_yfcc100m_ft_in1k", 224, 0.875, "bilinear", 72.636, 91.416)
+_timm("resnet18.fb_swsl_ig1b_ft_in1k", 224, 0.875, "bilinear", 73.286, 91.754)
+_timm("resnet18.gluon_in1k", 224, 0.875, "bicubic", 70.844, 89.75)
+_timm("resnet34.a1_in1k", 288, 1.0, "bicubic", 77.93, 93.758)
+_timm("resnet34.a2_in1k", 288, 1.0, "bicubic", 77.15, 93.288)
+_timm("resnet34.a3_in1k", 224, 0.95, "bicubic", 72.996, 91.116)
+_timm("resnet34.bt_in1k", 288, 0.95, "bicubic", 76.506, 93.342)
+_timm("resnet34.gluon_in1k", 224, 0.875, "bicubic", 74.574, 91.988)
+_timm("resnet34.ra4_e3600_r224_in1k", 288, 1.0, "bicubic", 78.972, 94.454, mean=_HALF, std=_HALF)
+_timm("resnet50.a1_in1k", 288, 1.0, "bicubic", 81.24, 95.112)
+_timm("resnet50.a1h_in1k", 224, 1.0, "bicubic", 80.654, 95.312)
+_timm("resnet50.a2_in1k", 288, 1.0, "bicubic", 80.774, 94.978)
+_timm("resnet50.a3_in1k", 224, 0.95, "bicubic", 78.052, 93.78)
+_timm("resnet50.am_in1k", 224, 0.875, "bicubic", 79.004, 94.392)
+_timm("resnet50.b1k_in1k", 288, 1.0, "bicubic", 80.708, 95.43)
+_timm("resnet50.b2k_in1k", 288, 1.0, "bicubic", 80.466, 95.306)
+_timm("resnet50.bt_in1k", 288, 0.95, "bicubic", 79.652, 94.908)
+_timm("resnet50.c1_in1k", 288, 1.0, "bicubic", 80.928, 95.554)
+_timm("resnet50.c2_in1k", 288, 1.0, "bicubic", 80.862, 95.53)
+_timm("resnet50.d_in1k", 288, 1.0, "bicubic", 81.012, 95.456)
+_timm("resnet50.fb_ssl_yfcc100m_ft_in1k", 224, 0.875, "bilinear", 79.252, 94.826)
+_timm("resnet50.fb_swsl_ig1b_ft_in1k", 224, 0.875, "bilinear", 81.146, 95.98)
+_timm("resnet50.gluon_in1k", 224, 0.875, "bicubic", 77.58, 93.704)
+_timm("resnet50.ra_in1k", 288, 0.95, "bicubic", 79.864, 94.97)
+_timm("resnet50.ram_in1k", 288, 0.95, "bicubic", 79.982, 95.038)
+_timm("resnet101.a1_in1k", 288, 1.0, "bicubic", 82.326, 95.63)
+_timm("resnet101.a1h_in1k", 288, 1.0, "bicubic", 82.796, 96.324)
+_timm("resnet101.a2_in1k", 288, 1.0, "bicubic", 82.218, 95.74)
+_timm("resnet101.a3_in1k", 224, 0.95, "bicubic", 79.836, 94.608)
+_timm("resnet101.gluon_in1k", 224, 0.875, "bicubic", 79.306, 94.538)
+_timm("resnet152.a1_in1k", 288, 1.0, "bicubic", 82.742, 95.734)
+_timm("resnet152.a1h_in1k", 288, 1.0, "bicubic", 83.494, 96.522)
+_timm("resnet152.a2_in1k", 288, 1.0, "bicubic", 82.614, 95.748)
+_timm("resnet152.a3_in1k", 224, 0.95, "bicubic", 80.548, 95.004)
+_timm("resnet152.gluon_in1k", 224, 0.875, "bicubic", 79.712, 94.72)
+_timm("resnext50_32x4d.a1_in1k", 288, 1.0, "bicubic", 81.48, 95.152)
+_timm("resnext50_32x4d.a1h_in1k", 288, 1.0, "bicubic", 82.016, 95.934)
+_timm("resnext50_32x4d.a2_in1k", 288, 1.0, "bicubic", 81.304, 95.114)
+_timm("resnext50_32x4d.a3_in1k", 224, 0.95, "bicubic", 79.258, 94.308)
+_timm("resnext50_32x4d.fb_ssl_yfcc100m_ft_in1k", 224, 0.875, "bilinear", 80.316, 95.386)
+_timm("resnext50_32x4d.fb_swsl_ig1b_ft_in1k", 224, 0.875, "bilinear", 82.162, 96.224)
+_timm("resnext50_32x4d.gluon_in1k", 224, 0.875, "bicubic", 79.354, 94.424)
+_timm("resnext50_32x4d.ra_in1k", 288, 0.95, "bicubic", 80.72, 95.344)
+_timm("resnext101_32x8d.fb_ssl_yfcc100m_ft_in1k", 224, 0.875, "bilinear", 81.62, 96.036)
+_timm("resnext101_32x8d.fb_swsl_ig1b_ft_in1k", 224, 0.875, "bilinear", 84.276, 97.188)
+_timm("resnext101_32x8d.fb_wsl_ig1b_ft_in1k", 224, 0.875, "bilinear", 82.72, 96.624)
+_timm("resnext101_64x4d.c1_in1k", 288, 1.0, "bicubic", 83.158, 96.37)
+_timm("resnext101_64x4d.gluon_in1k", 224, 0.875, "bicubic", 80.64, 95.0)
+_timm("wide_resnet50_2.racm_in1k", 288, 0.95, "bicubic", 82.26, 96.062)
+_timm("resnet50d.a1_in1k", 288, 1.0, "bicubic", 81.466, 95.218)
+_timm("resnet50d.a2_in1k", 288, 1.0, "bicubic", 81.164, 95.1)
+_timm("resnet50d.a3_in1k", 224, 0.95, "bicubic", 78.742, 94.236)
+_timm("resnet50d.gluon_in1k", 224, 0.875, "bicubic", 79.08, 94.458)
+_timm("resnet50d.ra2_in1k", 288, 0.95, "bicubic", 81.354, 95.742)
+_timm("resnet50d.ra4_e3600_r224_in1k", 288, 1.0, "bicubic", 81.84, 95.926, mean=_HALF, std=_HALF)
+_timm("resnet101d.gluon_in1k", 224, 0.875, "bicubic", 80.466, 95.034)
+_timm("resnet101d.ra2_in1k", 320, 1.0, "bicubic", 83.02, 96.456)
+_timm("resnetv2_50.a1h_in1k", 288, 1.0, "bicubic", 81.406, 95.712, mean=_HALF, std=_HALF)
+_timm("resnetv2_101.a1h_in1k", 288, 1.0, "bicubic", 83.002, 96.444, mean=_HALF, std=_HALF)
