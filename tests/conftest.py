@@ -24,6 +24,10 @@ def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
                 m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
                 m.weight.copy_(torch.rand(n, generator=g) + 0.5)
                 m.bias.copy_(torch.rand(n, generator=g) * 0.2 - 0.1)
+            elif isinstance(m, nn.GroupNorm):  # no statistics: the affine parameters
+                n = m.num_channels
+                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.copy_(torch.rand(n, generator=g) * 0.2 - 0.1)
     return model
 
 

@@ -33,7 +33,7 @@ def test_torchvision_checkpoint_file_through_create_model(tmp_path):
         assert (ours(x) - ref(x)).abs().max().item() <= 1e-5
 
 
-@pytest.mark.parametrize("name", ["resnet50d", "resnet101d", "resnetv2_50", "resnetv2_101"])
+@pytest.mark.parametrize("name", ["resnet50d", "resnet101d", "resnetv2_50", "resnetv2_101", "resnetv2_50x1_bit"])
 def test_timm_checkpoint_gives_timms_outputs(name, tmp_path):
     timm = pytest.importorskip("timm")
     ref = randomize_norms(timm.create_model(name)).eval()

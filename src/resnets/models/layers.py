@@ -35,6 +35,28 @@ def conv1x1(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
 
 
+class StdConv2d(nn.Conv2d):
+    """Conv with weight standardisation ("Micro-Batch Training with Batch-Channel Normalization and Weight
+    Standardization", Qiao et al.), as BiT uses it with GroupNorm: each filter is shifted and scaled to zero mean
+    and unit variance (biased, + eps) before the convolution. Computed as timm computes it (a batch norm over the
+    filters), so published BiT weights give timm's outputs to the last bits."""
+
+    def __init__(self, *args, eps: float = 1e-8, **kw):
+        super().__init__(*args, **kw)
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = F.batch_norm(self.weight.reshape(1, self.out_channels, -1), None, None, training=True, momentum=0.0,
+                         eps=self.eps).reshape_as(self.weight)  # fmt: skip
+        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+def make_conv(std: bool, cin: int, cout: int, k: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
+    """A k x k conv without bias, padded to keep the size at stride 1; weight-standardised when `std`."""
+    kind = StdConv2d if std else nn.Conv2d
+    return kind(cin, cout, k, stride=stride, padding=k // 2, groups=groups, bias=False)
+
+
 class PadShortcut(nn.Module):
     """Option A: identity with subsampling by `stride` and the extra channels zero-padded. No parameters."""
 
@@ -164,14 +186,15 @@ class PreActBottleneck(nn.Module):
         *,
         norm: str = "batch",
         drop_path: float = 0.0,
+        std_conv: bool = False,
     ):
         super().__init__()
         self.bn1 = make_norm(norm, cin)
-        self.conv1 = conv1x1(cin, planes)
+        self.conv1 = make_conv(std_conv, cin, planes, 1)
         self.bn2 = make_norm(norm, planes)
-        self.conv2 = conv3x3(planes, planes, stride)
+        self.conv2 = make_conv(std_conv, planes, planes, 3, stride)
         self.bn3 = make_norm(norm, planes)
-        self.conv3 = conv1x1(planes, planes * self.expansion)
+        self.conv3 = make_conv(std_conv, planes, planes * self.expansion, 1)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
         self.drop_path = _drop_path(drop_path)

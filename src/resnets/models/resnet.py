@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 from torch import nn
 
-from .layers import BasicBlock, Bottleneck, PreActBottleneck, conv1x1, conv3x3, make_norm, make_shortcut
+from .layers import BasicBlock, Bottleneck, PreActBottleneck, conv1x1, conv3x3, make_conv, make_norm, make_shortcut
 
 if TYPE_CHECKING:
     from ..meta import ModelMeta
@@ -181,6 +181,8 @@ class ResNetV2(Backbone):
 
     The stem has no norm; a final BN-ReLU (`norm`) follows the last stage. Projection shortcuts are plain 1x1
     convs on the pre-activated input. timm checkpoints load through `checkpoint_filter`.
+    bit=True is Big Transfer's (BiT, Kolesnikov et al. 2020; timm's resnetv2_*_bit): weight-standardised convs,
+    GroupNorm(32), `width_factor` times the widths, and the stem's max pool over a zero-padded map.
     """
 
     def __init__(
@@ -193,15 +195,19 @@ class ResNetV2(Backbone):
         zero_init_residual: bool = False,
         drop_path_rate: float = 0.0,
         norm: str = "batch",
+        bit: bool = False,
+        width_factor: int = 1,
     ):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_chans, widths[0], 7, stride=2, padding=3, bias=False)
-        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        widths = [w * width_factor for w in widths]
+        self.conv1 = make_conv(bit, in_chans, widths[0], 7, 2)
+        # BiT pools a zero-padded map (its input is not yet normalised, so zeros are not -inf); ours pads with -inf
+        self.maxpool = nn.Sequential(nn.ConstantPad2d(1, 0.0), nn.MaxPool2d(3, 2)) if bit else nn.MaxPool2d(3, 2, 1)
 
         def make(cin: int, planes: int, s: int, rate: float) -> tuple[nn.Module, int]:
             cout = planes * PreActBottleneck.expansion
-            downsample = conv1x1(cin, cout, s) if (s != 1 or cin != cout) else None
-            return PreActBottleneck(cin, planes, s, downsample, norm=norm, drop_path=rate), cout
+            downsample = make_conv(bit, cin, cout, 1, s) if (s != 1 or cin != cout) else None
+            return PreActBottleneck(cin, planes, s, downsample, norm=norm, drop_path=rate, std_conv=bit), cout
 
         self._make_stages(widths, layers, widths[0], 4, drop_path_rate, make)
         self.norm = make_norm(norm, self.num_features)

@@ -109,6 +109,43 @@ def resnetv2_152(**kw):
     return ResNetV2([3, 8, 36, 3], **kw)
 
 
+# ---- Big Transfer (BiT, Kolesnikov et al. 2020): pre-activation ResNets with weight-standardised convs and
+# GroupNorm, in widths x1..x4 (timm's resnetv2_*_bit)
+
+BIT = ("num_classes", "in_chans", "zero_init_residual", "drop_path_rate")
+_bit = partial(ResNetV2, norm="group", bit=True)
+
+
+@register_model(options=BIT)
+def resnetv2_50x1_bit(**kw):
+    """BiT ResNet-50x1: weight-standardised convs, GroupNorm (timm's resnetv2_50x1_bit)."""
+    return _bit([3, 4, 6, 3], width_factor=1, **kw)
+
+
+@register_model(options=BIT)
+def resnetv2_50x3_bit(**kw):
+    """BiT ResNet-50x3 (timm's resnetv2_50x3_bit)."""
+    return _bit([3, 4, 6, 3], width_factor=3, **kw)
+
+
+@register_model(options=BIT)
+def resnetv2_101x1_bit(**kw):
+    """BiT ResNet-101x1 (timm's resnetv2_101x1_bit)."""
+    return _bit([3, 4, 23, 3], width_factor=1, **kw)
+
+
+@register_model(options=BIT)
+def resnetv2_101x3_bit(**kw):
+    """BiT ResNet-101x3 (timm's resnetv2_101x3_bit)."""
+    return _bit([3, 4, 23, 3], width_factor=3, **kw)
+
+
+@register_model(options=BIT)
+def resnetv2_152x2_bit(**kw):
+    """BiT ResNet-152x2 (timm's resnetv2_152x2_bit)."""
+    return _bit([3, 8, 36, 3], width_factor=2, **kw)
+
+
 # ---- The paper's plain ImageNet baselines (section 4.1): the same layers, no shortcuts
 
 
