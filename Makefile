@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test data clean
+.PHONY: run test data browser clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,15 @@ data: $(STAMP)
 run: data
 	$(BIN)/resnets train --recipe fashion-mnist
 
-test: data
+# Debian's chromium, for the test that drives `resnets serve`'s page in a real browser (Playwright, pointed at the
+# system chromium: no browser download); where it cannot be installed that test is skipped, saying why
+browser:
+	@command -v chromium >/dev/null 2>&1 || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	     (apt-get update -qq && apt-get install -y -qq chromium >/dev/null 2>&1)) || true; fi; }
+	@echo "chromium: $$(command -v chromium || echo 'not available: the browser test will be skipped')"
+
+test: data browser
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -450,6 +450,27 @@ def _cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .distributed import pick_device
+    from .factory import load
+    from .serve import Limits, app, check_listen, run
+
+    check_listen(args.host, args.port)  # before the model is loaded: a busy port is one line, at once
+    limits = Limits(max_upload_mb=args.max_upload_mb, max_files=args.max_files, max_queue=args.max_queue,
+                    timeout_s=args.timeout_s, max_pixels=args.max_pixels)  # fmt: skip
+    model = load(args.weights).to(pick_device(args.device))
+    api = app(model, backend=args.backend, precision=args.precision, device=args.device, max_batch=args.max_batch,
+              max_wait_ms=args.max_wait_ms, decode_workers=args.workers_decode, token=args.token, limits=limits,
+              calib=args.calib)  # fmt: skip
+    svc = api.state.service
+    where = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{args.port}"
+    print(f"serving {svc.meta.architecture} ({svc.model.num_classes} classes, {svc.backend} at {svc.precision} on "
+          f"{svc.device}) at {where}: the page at /, the API at /docs{'; a bearer token is required' if svc.token else ''}",
+          flush=True)  # fmt: skip
+    run(api, args.host, args.port, log_level="warning" if not args.verbose else "info")
+    return 0
+
+
 def _cmd_cache(args: argparse.Namespace) -> int:
     from .backends import onnx_cache, onnx_cache_dir, trim_onnx_cache
     from .weights import cache_dir
@@ -690,6 +711,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--path", help="CIFAR archive or folder holding it")
     p.add_argument("--download", action="store_true")
     p.set_defaults(func=_cmd_data)
+    p = sub.add_parser("serve", help="serve a model over HTTP (FastAPI on uvicorn): an API with dynamic batching, "
+                       "and a web page to try it")  # fmt: skip
+    p.add_argument("--weights", required=True, help="what the other commands take: a model file or run folder, "
+                   "registered weights, hf-hub:ORG/NAME, a torchvision, timm or Keras file")  # fmt: skip
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default only this machine; 0.0.0.0 "
+                   "for every interface)")  # fmt: skip
+    p.add_argument("--port", type=_count(1), default=8000)
+    p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N")
+    p.add_argument("--backend", default="auto", choices=["auto", *BACKENDS], help="as predict's; onnxruntime-int8 "
+                   "is calibrated on the images of --calib")  # fmt: skip
+    p.add_argument("--calib", nargs="+", metavar="PATH", help="images (files or folders) to calibrate int8 on")
+    p.add_argument("--precision", default="fp32", choices=list(PRECISIONS))
+    p.add_argument("--max-batch", type=_count(1), default=32, help="images per model batch at most")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long the first image of a batch waits for others")
+    p.add_argument("--workers-decode", type=_count(1), default=4, help="threads decoding uploads")
+    p.add_argument("--token", default=None, help="require this bearer token (better: $RESNETS_SERVE_TOKEN, which ps does not show)")
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="a larger request body is 413")
+    p.add_argument("--max-files", type=_count(1), default=64, help="images in one request at most")
+    p.add_argument("--max-queue", type=_count(1), default=256, help="images waiting at most; then 503 with Retry-After")
+    p.add_argument("--timeout-s", type=float, default=30.0, help="a request not answered in this time is 504")
+    p.set_defaults(func=_cmd_serve)
     p = sub.add_parser("push", help="upload a folder written by `export --format hub` to the Hugging Face Hub")
     p.add_argument("folder", help="the folder `resnets export --format hub --out DIR` wrote")
     p.add_argument("--repo", required=True, help="ORG/NAME on the Hub (created if missing); the token is the one "
@@ -700,7 +742,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cache", help="the downloaded weights and cached ONNX exports: where, how large; --clear empties")
     p.add_argument("--clear", choices=["onnx", "weights", "all"], help="remove the ONNX exports, the weights, or both")
     p.set_defaults(func=_cmd_cache)
-    for name in ("predict", "embed", "similar", "explain", "eval", "train", "finetune", "export", "reproduce"):
+    for name in ("predict", "embed", "similar", "explain", "eval", "train", "finetune", "export", "reproduce", "serve"):
         sub.choices[name].add_argument("--max-pixels", type=_count(1), metavar="N",
                                        help="refuse images of more pixels, from their header (default 89,478,485)")
     return parser

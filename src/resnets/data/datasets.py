@@ -45,18 +45,20 @@ def max_pixels() -> int:
         return DEFAULT_MAX_PIXELS
 
 
-def check_header(path: str) -> int:
-    """Refuse an image over the pixel limit from its header (Pillow reads the header only), before decoding.
+def check_header(source, name: str | None = None, limit: int | None = None) -> int:
+    """Refuse an image over the pixel limit (`limit`, default the process's) from its header (Pillow reads the
+    header only), before decoding. `source`: a path or a binary file object; `name` names it in the error.
     Returns its EXIF orientation (1: upright, or unknown)."""
     from PIL import Image
 
-    limit = max_pixels()
+    limit = max_pixels() if limit is None else limit
+    name = name if name is not None else os.fspath(source)
     Image.MAX_IMAGE_PIXELS = None  # our limit, not Pillow's warning and error at 1x and 2x its own
     try:
-        with Image.open(path) as im:
+        with Image.open(source) as im:
             w, h = im.size
             if w * h > limit:
-                raise BadSample(path, f"{w}x{h} is {w * h:,} pixels, over the limit of {limit:,} (--max-pixels raises it)")
+                raise BadSample(name, f"{w}x{h} is {w * h:,} pixels, over the limit of {limit:,} (--max-pixels raises it)")
             # JPEG, TIFF and WebP read EXIF with the header; a PNG's getexif() would decode the whole image
             orientation = im.getexif().get(0x0112, 1) if im.format in ("JPEG", "MPO", "TIFF", "WEBP") else 1
     except BadSample:
@@ -99,27 +101,44 @@ def decode(path: str | os.PathLike, channels: int = 3) -> torch.Tensor:
     JPEG/PNG/WebP/GIF, Pillow for the rest (BMP, TIFF, ...). Grey, palette and alpha images are converted,
     16-bit ones scaled, animations give their first frame, EXIF orientation is applied (a portrait photo stands
     upright), and an image over the pixel limit is refused from its header."""
-    from torchvision.io import ImageReadMode, decode_image, read_file
-
-    mode = ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise BadSample(path, "no such file" if not os.path.exists(path) else "not a file")
     check_header(path)
-    try:
-        if path.lower().endswith((".bmp", ".tif", ".tiff")):
-            raise RuntimeError("use Pillow")
-        return _to_uint8(decode_image(read_file(path), mode=mode, apply_exif_orientation=True))
-    except RuntimeError:
-        pass
+    from torchvision.io import read_file
+
+    return _decode(read_file(path), path, channels, pillow_first=path.lower().endswith((".bmp", ".tif", ".tiff")),
+                   source=path)  # fmt: skip
+
+
+def decode_bytes(data: bytes, name: str, channels: int = 3, *, max_pixels: int | None = None) -> torch.Tensor:
+    """`decode` for an image in memory (an upload): the same formats, conversions and pixel limit (`max_pixels`,
+    default the process's); `name` only labels it in errors."""
+    import io
+
+    if not data:
+        raise BadSample(name, "empty file")
+    check_header(io.BytesIO(data), name, max_pixels)
+    return _decode(torch.frombuffer(bytearray(data), dtype=torch.uint8), name, channels, source=io.BytesIO(data))
+
+
+def _decode(raw: torch.Tensor, name: str, channels: int, *, pillow_first: bool = False, source=None) -> torch.Tensor:
+    from torchvision.io import ImageReadMode, decode_image
+
+    mode = ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY
+    if not pillow_first:
+        try:
+            return _to_uint8(decode_image(raw, mode=mode, apply_exif_orientation=True))
+        except RuntimeError:
+            pass
     try:
         from PIL import Image
 
-        with Image.open(path) as im:
+        with Image.open(source) as im:
             im.load()
             return pil_to_tensor(im, channels)
     except Exception as e:  # Pillow raises many types for truncated or foreign files
-        raise BadSample(path, f"cannot decode image ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})") from None
+        raise BadSample(name, f"cannot decode image ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})") from None
 
 
 class TensorDataset(Dataset):

@@ -1,0 +1,318 @@
+"""`resnets serve`: a real uvicorn server in a subprocess, real HTTP requests (httpx), and the page in a real
+browser (Debian's chromium driven by Playwright)."""
+import asyncio
+import io
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import resnets
+from resnets.inference import embed, predict
+
+from conftest import randomize_norms
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+CLASSES = ["astronaut", "cat", "coffee", "rocket", "other"]
+PHOTOS = ["astronaut", "chelsea", "coffee", "rocket"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`resnets serve` in a subprocess on a free port, waited for until /readyz says ready."""
+
+    def __init__(self, weights, *args, env=None):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, "-m", "resnets", "serve", "--weights", str(weights), "--port", str(self.port),
+               "--device", "cpu", *map(str, args)]  # fmt: skip
+        self.log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"resnets-serve-{self.port}.log", "w+")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the server exited with {self.proc.returncode}: {self.output()}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"the server did not get ready: {self.output()}")
+
+    def output(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A small classifier with named classes, and real photos as JPEG and PNG."""
+    from PIL import Image
+    from skimage import data as sk
+
+    d = tmp_path_factory.mktemp("serve")
+    model = randomize_norms(resnets.create_model("resnet18", num_classes=len(CLASSES))).eval()
+    weights = resnets.save(model, d / "model.safetensors", class_names=CLASSES,
+                           preprocessing=resnets.Preprocessing(72, 64))  # fmt: skip
+    photos = []
+    for name in PHOTOS:
+        Image.fromarray(getattr(sk, name)()).save(d / f"{name}.jpg", quality=92)
+        photos.append(d / f"{name}.jpg")
+    Image.fromarray(sk.coffee()).save(d / "coffee.png")
+    photos.append(d / "coffee.png")
+    return weights, photos, d
+
+
+@pytest.fixture(scope="module")
+def server(files):
+    weights, _, _ = files
+    s = Server(weights, "--max-batch", 8, "--max-wait-ms", 40, "--backend", "eager", "--workers-decode", 2)
+    yield s
+    assert s.stop() == 0, s.output()
+
+
+def _post(url, path, name, **kw):
+    return httpx.post(url, files={"files": (Path(path).name, Path(path).read_bytes())}, timeout=60, **kw)
+
+
+def test_endpoints_answer_as_predict_and_embed_do(server, files):
+    weights, photos, _ = files
+    model = resnets.load(weights)
+    ref = {r["path"]: r["top"] for r in predict(model, [str(p) for p in photos], workers=0)}
+    form = [("files", (p.name, p.read_bytes())) for p in photos]
+    r = httpx.post(server.url + "/v1/predict?top_k=3", files=form, timeout=60)
+    assert r.status_code == 200, r.text
+    got = r.json()["results"]
+    assert [g["name"] for g in got] == [p.name for p in photos]
+    for g, p in zip(got, photos):
+        assert [t["class"] for t in g["top"]] == [t["class"] for t in ref[str(p)][:3]]
+        assert [t["prob"] for t in g["top"]] == pytest.approx([t["prob"] for t in ref[str(p)][:3]], abs=1e-5)
+    # raw bytes in the body
+    r = httpx.post(server.url + "/v1/predict", content=photos[1].read_bytes(), headers={"content-type": "image/jpeg"})
+    assert r.status_code == 200 and r.json()["results"][0]["top"][0]["class"] == ref[str(photos[1])][0]["class"]
+    # embed: the pooled features
+    feats, kept, _ = embed(model, [str(photos[0])], workers=0)
+    r = _post(server.url + "/v1/embed", photos[0], "x")
+    assert r.status_code == 200 and r.json()["dim"] == model.num_features
+    assert torch.allclose(torch.tensor(r.json()["results"][0]["embedding"]), feats[0], atol=1e-4)
+    # explain: a PNG of the crop with the heatmap, and the class in the headers
+    r = _post(server.url + "/v1/explain", photos[1], "x")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png" and r.content[:8] == b"\x89PNG\r\n\x1a\n"
+    from PIL import Image
+
+    assert Image.open(io.BytesIO(r.content)).size == (64, 64) and r.headers["x-class"] in CLASSES
+    r = httpx.post(server.url + "/v1/explain?target=coffee", files={"files": ("c.jpg", photos[2].read_bytes())})
+    assert r.status_code == 200 and r.headers["x-class"] == "coffee"
+    # the model, health, readiness, metrics, the page, the OpenAPI description
+    m = httpx.get(server.url + "/v1/model").json()
+    assert m["architecture"] == "resnet18" and m["classes"] == CLASSES and m["preprocessing"]["crop"] == 64
+    assert m["backend"] == "eager" and m["precision"] == "fp32" and m["device"] == "cpu"
+    assert httpx.get(server.url + "/healthz").json() == {"status": "ok"}
+    assert httpx.get(server.url + "/readyz").status_code == 200
+    metrics = httpx.get(server.url + "/metrics").text
+    assert 'resnets_requests_total{code="200",endpoint="predict"}' in metrics and "resnets_batch_size_bucket" in metrics
+    page = httpx.get(server.url + "/").text
+    assert "<title>resnets</title>" in page and not re.search(r"(src|href)=\"https?://", page)  # nothing fetched
+    spec = httpx.get(server.url + "/openapi.json").json()
+    assert {"/v1/predict", "/v1/embed", "/v1/explain", "/v1/model", "/healthz", "/readyz", "/metrics"} <= set(spec["paths"])
+    assert "multipart/form-data" in spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
+
+
+def test_concurrent_requests_are_batched_and_answer_as_one_by_one(server, files):
+    weights, photos, _ = files
+    model = resnets.load(weights)
+    ref = {p.name: r["top"] for p, r in zip(photos, predict(model, [str(p) for p in photos], workers=0))}
+
+    def batch_sizes() -> tuple[float, float]:
+        text = httpx.get(server.url + "/metrics").text
+        total = float(re.search(r"^resnets_batch_size_sum (\S+)", text, re.M)[1])
+        count = float(re.search(r"^resnets_batch_size_count (\S+)", text, re.M)[1])
+        return total, count
+
+    before = batch_sizes()
+
+    async def many():
+        async with httpx.AsyncClient(timeout=60) as client:
+            jobs = [client.post(server.url + "/v1/predict", files={"files": (p.name, p.read_bytes())})
+                    for _ in range(6) for p in photos]  # fmt: skip
+            return await asyncio.gather(*jobs)
+
+    answers = asyncio.run(many())
+    assert all(a.status_code == 200 for a in answers)
+    for a in answers:
+        res = a.json()["results"][0]
+        assert [t["class"] for t in res["top"]] == [t["class"] for t in ref[res["name"]]]
+        assert [t["prob"] for t in res["top"]] == pytest.approx([t["prob"] for t in ref[res["name"]]], abs=1e-5)
+    after = batch_sizes()
+    images, batches = after[0] - before[0], after[1] - before[1]
+    assert images == len(answers) and batches < images  # grouped: fewer model batches than images
+
+
+def test_bad_uploads_are_4xx_with_one_line(files, tmp_path):
+    weights, photos, _ = files
+    from PIL import Image
+
+    bomb = tmp_path / "bomb.png"
+    Image.new("RGB", (2000, 2000)).save(bomb)
+    truncated = photos[0].read_bytes()[: len(photos[0].read_bytes()) // 2]
+    s = Server(weights, "--max-upload-mb", 1, "--max-pixels", 1_000_000, "--backend", "eager")
+    try:
+        cases = [
+            ({"files": ("notes.txt", b"just some words, not an image")}, 415, "cannot decode"),
+            ({"files": ("half.jpg", truncated)}, 422, "truncated"),
+            ({"files": ("bomb.png", bomb.read_bytes())}, 413, "over the limit"),
+            ({"files": ("big.jpg", os.urandom(1_200_000))}, 413, "over the limit"),
+        ]
+        for form, status, words in cases:
+            r = httpx.post(s.url + "/v1/predict", files=form, timeout=60)
+            assert r.status_code == status and words in r.json()["detail"], (status, r.text)
+            assert "\n" not in r.json()["detail"]
+        r = httpx.post(s.url + "/v1/predict", content=b"{}", headers={"content-type": "application/json"})
+        assert r.status_code == 415
+        r = httpx.post(s.url + "/v1/predict", files={"other": ("a.txt", b"")})
+        assert r.status_code == 400
+        # the file name a client sends is only a label: nothing on the server is read by it
+        r = httpx.post(s.url + "/v1/predict", files={"files": ("/etc/passwd", photos[1].read_bytes())})
+        assert r.status_code == 200 and r.json()["results"][0]["name"] == "/etc/passwd"
+        metrics = httpx.get(s.url + "/metrics").text
+        assert 'resnets_errors_total{kind="not_an_image"}' in metrics and 'resnets_errors_total{kind="too_large"}' in metrics
+    finally:
+        assert s.stop() == 0
+    assert "Traceback" not in s.output()
+
+
+def test_token_queue_limit_and_timeout(files):
+    weights, photos, _ = files
+    s = Server(weights, "--max-queue", 2, "--max-batch", 1, "--max-wait-ms", 0, "--timeout-s", 5, "--backend", "eager",
+               env={"RESNETS_SERVE_TOKEN": "s3cret"})  # fmt: skip
+    try:
+        form = {"files": (photos[1].name, photos[1].read_bytes())}
+        assert httpx.post(s.url + "/v1/predict", files=form).status_code == 401
+        assert httpx.post(s.url + "/v1/predict", files=form, headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert httpx.get(s.url + "/v1/model").status_code == 401 and httpx.get(s.url + "/metrics").status_code == 401
+        assert httpx.get(s.url + "/healthz").status_code == 200 and httpx.get(s.url + "/readyz").status_code == 200
+        auth = {"Authorization": "Bearer s3cret"}
+        assert httpx.post(s.url + "/v1/predict", files=form, headers=auth).status_code == 200
+
+        async def flood():
+            async with httpx.AsyncClient(timeout=60, headers=auth) as client:
+                many = [("files", (p.name, p.read_bytes())) for p in photos] * 2  # 10 images, more than the queue
+                return await asyncio.gather(*(client.post(s.url + "/v1/predict", files=[f]) for f in many))
+
+        answers = asyncio.run(flood())
+        codes = sorted(a.status_code for a in answers)
+        assert set(codes) <= {200, 503} and 503 in codes and 200 in codes
+        full = next(a for a in answers if a.status_code == 503)
+        assert full.headers["retry-after"] == "1" and "queue is full" in full.json()["detail"]
+    finally:
+        assert s.stop() == 0
+    slow = Server(weights, "--max-batch", 64, "--max-wait-ms", 3000, "--timeout-s", 0.5, "--backend", "eager")
+    try:  # one image waits for a batch to fill longer than the timeout
+        r = httpx.post(slow.url + "/v1/predict", files={"files": ("a.jpg", photos[0].read_bytes())}, timeout=30)
+        assert r.status_code == 504 and "not answered within 0.5 s" in r.json()["detail"]
+    finally:
+        slow.stop()
+
+
+def test_sigterm_finishes_the_requests_in_flight(files):
+    weights, photos, _ = files
+    s = Server(weights, "--max-batch", 64, "--max-wait-ms", 1500, "--backend", "eager")
+
+    async def in_flight():
+        async with httpx.AsyncClient(timeout=60) as client:
+            jobs = [asyncio.create_task(client.post(s.url + "/v1/predict", files={"files": (p.name, p.read_bytes())}))
+                    for p in photos]  # fmt: skip
+            await asyncio.sleep(0.7)  # the requests are in, waiting for their batch
+            s.proc.send_signal(signal.SIGTERM)
+            return await asyncio.gather(*jobs)
+
+    answers = asyncio.run(in_flight())
+    assert [a.status_code for a in answers] == [200] * len(photos)
+    assert s.proc.wait(30) == 0
+    with pytest.raises(httpx.ConnectError):  # and nothing new is taken
+        httpx.get(s.url + "/healthz", timeout=2)
+
+
+def test_serve_refuses_bad_settings_in_one_line(files):
+    from conftest import run_cli
+
+    weights, _, _ = files
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, _, err = run_cli("serve", "--weights", weights, "--port", port)
+        assert code == 2 and "cannot listen on 127.0.0.1" in err and len(err.strip().splitlines()) == 1, err
+    code, _, err = run_cli("serve", "--weights", weights, "--max-batch", 0)
+    assert code == 2
+    code, _, err = run_cli("serve", "--weights", weights, "--backend", "onnxruntime-int8", "--port", _free_port())
+    assert code == 2 and "--calib DIR" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_the_python_app_mounts_in_process(files):
+    """resnets.serve.app(model) is an ASGI app: here through Starlette's test client."""
+    from fastapi.testclient import TestClient
+
+    from resnets.serve import app
+
+    weights, photos, _ = files
+    with TestClient(app(resnets.load(weights), backend="eager", device="cpu")) as client:
+        r = client.post("/v1/predict", files={"files": ("c.jpg", photos[1].read_bytes())})
+        assert r.status_code == 200 and r.json()["results"][0]["top"][0]["class"] in CLASSES
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no chromium here (make test installs Debian's chromium where apt is available)")
+def test_the_page_in_a_real_browser(server, files):
+    playwright = pytest.importorskip("playwright.sync_api")
+    _, photos, _ = files
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            external = []
+            page.on("request", lambda req: external.append(req.url) if not req.url.startswith((server.url, "blob:", "data:")) else None)
+            page.goto(server.url + "/")
+            page.wait_for_function("document.getElementById('model').textContent.includes('resnet18')")
+            page.set_input_files("#files", str(photos[1]))
+            page.wait_for_selector(".card[data-state='done']", timeout=60_000)
+            bars = page.locator(".card .bar.top .label").all_text_contents()
+            assert len(bars) == 5 and set(bars) == set(CLASSES)
+            size = page.evaluate("() => { const i = document.querySelectorAll('.card img')[1]; return [i.naturalWidth, i.naturalHeight]; }")
+            assert size == [64, 64]  # the Grad-CAM overlay arrived and decoded
+            assert "answered in" in page.locator(".card .caption").nth(2).text_content()
+            assert external == []
+        finally:
+            browser.close()
