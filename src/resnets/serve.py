@@ -207,7 +207,17 @@ class Service:
         self.decoder = ThreadPoolExecutor(decode_workers, thread_name_prefix="resnets-decode")
         self.batcher = Batcher(self._run, max_batch, max_wait_ms / 1000, limits.max_queue, self.metrics.batch.observe)
         self.explain_lock = threading.Lock()
+        self._explain_model: nn.Module | None = None
         self.ready = False
+
+    def explainer(self) -> nn.Module:
+        """Grad-CAM's own copy of the model (made on first use): its hook and backward pass must not touch the
+        module the batches run through at the same time (the eager runner shares it)."""
+        if self._explain_model is None:
+            import copy
+
+            self._explain_model = copy.deepcopy(self.model).float().eval()
+        return self._explain_model
 
     def _run(self, images: torch.Tensor) -> torch.Tensor:
         """A uint8 batch (B, C, crop, crop) -> pooled features (B, num_features), float32 on the CPU."""
@@ -470,9 +480,9 @@ def _overlay(svc: Service, image: torch.Tensor, target: int | None) -> tuple[byt
 
     from .inference import grad_cam
 
-    with svc.explain_lock:  # one backward pass at a time on the shared eager model
+    with svc.explain_lock:  # one backward pass at a time, on a copy of the model of its own
         x = svc.normalize(image.to(svc.device))
-        cam, cls, prob = grad_cam(svc.model, x, target=target)
+        cam, cls, prob = grad_cam(svc.explainer(), x, target=target)
     rgb = image.permute(1, 2, 0).numpy()
     rgb = np.repeat(rgb, 3, axis=2) if rgb.shape[2] == 1 else rgb
     heat = colormaps["jet"](cam.cpu().numpy())[..., :3] * 255
