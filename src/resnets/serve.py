@@ -162,7 +162,8 @@ def _status_kind(e: BaseException) -> tuple[int, str, str]:
     reason = e.reason if isinstance(e, BadSample) else str(e)
     if "over the limit" in reason:
         return 413, "too_many_pixels", reason
-    if "cannot decode" in reason and ("truncated" in reason or "broken" in reason or "premature" in reason.lower()):
+    low = reason.lower()
+    if "cannot decode" in low and any(w in low for w in ("truncated", "broken", "premature", "incomplete")):
         return 422, "truncated_image", reason
     return 415, "not_an_image", reason
 
