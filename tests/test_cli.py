@@ -71,13 +71,11 @@ def test_missing_corrupt_and_foreign_weights(tmp_path):
     assert_one_line_error(code, err, "do not fit resnet18")
 
 
-def test_registered_weights_offline(tmp_path):
-    import os
-
-    env = dict(os.environ, RESNETS_HOME=str(tmp_path), TORCH_HOME=str(tmp_path / "t"), RESNETS_OFFLINE="1")
-    p = subprocess.run([sys.executable, "-m", "resnets", "summary", "resnet50", "--weights", "resnet50.tv_in1k"],
-                       capture_output=True, text=True, env=env)  # fmt: skip
-    assert_one_line_error(p.returncode, p.stderr, "resnet50-0676ba61.pth", str(tmp_path))
+def test_registered_weights_offline(tmp_path, monkeypatch):
+    for key, value in {"RESNETS_HOME": str(tmp_path), "TORCH_HOME": str(tmp_path / "t"), "RESNETS_OFFLINE": "1"}.items():
+        monkeypatch.setenv(key, value)
+    code, _, err = run("summary", "resnet50", "--weights", "resnet50.tv_in1k")
+    assert_one_line_error(code, err, "resnet50-0676ba61.pth", str(tmp_path))
 
 
 def test_console_script_is_installed():

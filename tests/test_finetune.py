@@ -4,8 +4,7 @@ The "pretrained" networks here are made by the tests (random weights with non-tr
 torchvision state dict), and the images are real: Fashion-MNIST written as PNG folders, and scikit-image photos.
 """
 import json
-import subprocess
-import sys
+import os
 from pathlib import Path
 
 import pytest
@@ -30,11 +29,11 @@ QUIET = dict(progress=False, workers=0, amp="none", channels_last=False, augment
 
 
 def _run(*args, env=None):
-    if env is None:
+    """`resnets ARGS` in this process, with `env` as the environment for the call (run_cli restores it after)."""
+    from unittest import mock
+
+    with mock.patch.dict(os.environ, env or {}):
         return run_cli(*args)
-    p = subprocess.run([sys.executable, "-m", "resnets", *map(str, args)], capture_output=True, text=True, timeout=600,
-                       env=env)  # fmt: skip
-    return p.returncode, p.stdout, p.stderr
 
 
 def _one_line_error(code, err, needle):
@@ -249,8 +248,6 @@ def test_torchvision_and_timm_state_dicts_name_their_architecture(tmp_path, phot
 def test_registered_weights_from_the_cache_and_offline(tmp_path, photos):
     """A registered name: the file from the cache (where the offline error says to put it), the architecture and the
     ImageNet preprocessing from the registry."""
-    import os
-
     import torchvision
 
     from resnets import weights as W
