@@ -92,16 +92,12 @@ def _bench_rate(weights: str, backend: str, device: str, precision: str, batch: 
     from resnets.backends import bench, make_runner
     from resnets.meta import preprocessing_for
 
-    model = resnets.load(weights).to(device)
-    run = make_runner(model, backend, precision=precision, device=device)
-    crop = preprocessing_for(model).crop
-    return bench(run, torch_randn(batch, crop, device))["images_per_s"]
-
-
-def torch_randn(batch: int, crop: int, device: str):
     import torch
 
-    return torch.randn(batch, 3, crop, crop, device=device)
+    model = resnets.load(weights).to(device)
+    run = make_runner(model, backend, precision=precision, device=device)
+    pre = preprocessing_for(model)
+    return bench(run, torch.randn(batch, len(pre.mean), pre.crop, pre.crop, device=device))["images_per_s"]
 
 
 async def _load(url: str, clients: int, seconds: float, good: list[bytes], bad: list[tuple[str, bytes, str]], rss) -> dict:

@@ -21,6 +21,7 @@ from .errors import ResnetsError, WeightsError
 from .meta import ModelMeta, Preprocessing, meta_of
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")  # keras.applications' ResNets (keras_io)
 # containers that training scripts wrap a state_dict in (torchvision references, timm, Lightning, ours)
 _WRAPPERS = ("model_ema", "state_dict_ema", "state_dict", "model", "model_state", "model_state_dict", "module")
 
@@ -155,7 +156,7 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], Mode
             raise _unreadable(p, "PyTorch checkpoint") from None
         sd, record = _unwrap(obj, p)
         meta = ModelMeta.from_plain(record, str(p)) if record is not None else None  # a training checkpoint's
-    elif suffix in (".keras", ".h5", ".hdf5"):  # keras.applications.ResNet50/101/152, converted as it is read
+    elif suffix in KERAS_SUFFIXES:  # keras.applications.ResNet50/101/152, converted as it is read
         from .keras_io import read_keras
 
         return read_keras(p)

@@ -451,16 +451,14 @@ def _cmd_push(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from .distributed import pick_device
     from .factory import load
     from .serve import Limits, app, check_listen, run
 
     check_listen(args.host, args.port)  # before the model is loaded: a busy port is one line, at once
     limits = Limits(max_upload_mb=args.max_upload_mb, max_files=args.max_files, max_queue=args.max_queue,
                     timeout_s=args.timeout_s, max_pixels=args.max_pixels)  # fmt: skip
-    model = load(args.weights).to(pick_device(args.device))
-    api = app(model, backend=args.backend, precision=args.precision, device=args.device, max_batch=args.max_batch,
-              max_wait_ms=args.max_wait_ms, decode_workers=args.workers_decode, token=args.token, limits=limits,
+    api = app(load(args.weights), backend=args.backend, precision=args.precision, device=args.device,
+              max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, decode_workers=args.workers_decode, token=args.token, limits=limits,
               calib=args.calib)  # fmt: skip
     svc = api.state.service
     where = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{args.port}"

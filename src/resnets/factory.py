@@ -15,7 +15,7 @@ from torch import nn
 
 from . import hub
 from . import weights as W
-from .artifacts import read_weights
+from .artifacts import KERAS_SUFFIXES, PICKLE_SUFFIXES, read_weights
 from .errors import OptionError, WeightsError
 from .models import get_entry
 from .models.registry import check_options
@@ -44,11 +44,7 @@ def _resolve(weights: str | os.PathLike, download: bool) -> tuple[dict[str, torc
         return sd, meta, text
     if W.is_registered(text):
         spec = W.get_weights(text)
-        if spec.on_hub:  # timm's, in its Hub repo: the registry's metadata, the repo's weights
-            folder = hub.fetch(spec.url, download=download)
-            sd, _ = hub.read_timm_folder(folder, hub.timm_config_in(folder) or {"architecture": spec.architecture}, text)
-        else:
-            sd, _ = read_weights(W.fetch(text, download=download))
+        sd, _ = read_weights(W.fetch(text, download=download))  # a Hub repo's weight file for timm's
         return sd, ModelMeta(spec.architecture, {}, spec.class_names(), spec.preprocessing, spec.name), repr(text)
     if os.path.isdir(text):
         if not os.path.isfile(os.path.join(text, "model.safetensors")):
@@ -56,7 +52,7 @@ def _resolve(weights: str | os.PathLike, download: bool) -> tuple[dict[str, torc
                 os.path.join(text, "config.json")) else ""  # fmt: skip
             raise WeightsError(f"{text} is a folder without a model.safetensors{hint}")
         text = os.path.join(text, "model.safetensors")
-    if not os.path.exists(text) and os.sep not in text and not text.endswith((".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".keras", ".h5")):
+    if not os.path.exists(text) and os.sep not in text and not text.endswith((".safetensors", *PICKLE_SUFFIXES, *KERAS_SUFFIXES)):
         if "." in text:
             import difflib
 

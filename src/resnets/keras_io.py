@@ -30,7 +30,6 @@ import torch
 from .errors import WeightsError
 from .meta import ModelMeta, Preprocessing
 
-SUFFIXES = (".keras", ".h5", ".hdf5")
 KERAS_EPS = 1.001e-5  # keras.applications.resnet's BatchNormalization epsilon
 TORCH_EPS = 1e-5
 CAFFE_MEAN_RGB = (123.68, 116.779, 103.939)  # Keras subtracts these from B, G, R = 103.939, 116.779, 123.68
@@ -40,10 +39,6 @@ PREPROCESSING = Preprocessing(
     resize=224, crop=224, interpolation="nearest", crop_mode="squash",
     mean=tuple(m / 255 for m in CAFFE_MEAN_RGB), std=(1 / 255,) * 3,
 )  # fmt: skip
-
-
-def is_keras_file(path: Path) -> bool:
-    return path.suffix.lower() in SUFFIXES
 
 
 def layer_order(layers: tuple[int, ...]) -> list[str]:

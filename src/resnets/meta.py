@@ -15,6 +15,7 @@ from .errors import WeightsError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+CROP_MODES = ("center", "squash")  # the shorter side to `resize`, or both sides
 FORMAT = "resnets.model/1"  # the safetensors metadata "format" value of a self-describing resnets model file
 
 
@@ -57,7 +58,7 @@ class Preprocessing:
         if interp not in ("bilinear", "bicubic", "nearest"):
             raise WeightsError(f"interpolation must be bilinear, bicubic or nearest; got {interp!r}")
         crop_mode = d.get("crop_mode", "center")
-        if crop_mode not in ("center", "squash"):
+        if crop_mode not in CROP_MODES:
             raise WeightsError(f"crop_mode must be center or squash; got {crop_mode!r}")
         mean, std = stats("mean", IMAGENET_MEAN), stats("std", IMAGENET_STD)
         if len(mean) != len(std):

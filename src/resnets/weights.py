@@ -109,7 +109,10 @@ def fetch(name: str, *, download: bool = True, progress: bool = True) -> Path:
         from . import hub
 
         folder = hub.fetch(spec.url, download=download)
-        return next((folder / f for f in hub.WEIGHT_FILES if (folder / f).is_file()), folder)
+        found = next((folder / f for f in hub.WEIGHT_FILES if (folder / f).is_file()), None)
+        if found is None:
+            raise WeightsError(f"{spec.url} holds no weights ({', '.join(hub.WEIGHT_FILES)})")
+        return found
     for path in _candidates(spec):
         if path.is_file():
             return path

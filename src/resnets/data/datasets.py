@@ -118,11 +118,14 @@ def decode_bytes(data: bytes, name: str, channels: int = 3, *, max_pixels: int |
 
     if not data:
         raise BadSample(name, "empty file")
-    check_header(io.BytesIO(data), name, max_pixels)
-    return _decode(torch.frombuffer(bytearray(data), dtype=torch.uint8), name, channels, source=io.BytesIO(data))
+    buf = io.BytesIO(data)
+    check_header(buf, name, max_pixels)
+    buf.seek(0)
+    return _decode(torch.frombuffer(bytearray(data), dtype=torch.uint8), name, channels, source=buf)
 
 
-def _decode(raw: torch.Tensor, name: str, channels: int, *, pillow_first: bool = False, source=None) -> torch.Tensor:
+def _decode(raw: torch.Tensor, name: str, channels: int, *, source, pillow_first: bool = False) -> torch.Tensor:
+    """torchvision's decoder (unless `pillow_first`), else Pillow's on `source` (a path or a file object)."""
     from torchvision.io import ImageReadMode, decode_image
 
     mode = ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY

@@ -126,9 +126,6 @@ class NearestResize:
         return img.index_select(-2, rows).index_select(-1, cols)
 
 
-CROP_MODES = ("center", "squash")
-
-
 def _resize(resize: int, interpolation: str, crop_mode: str):
     """The resize step of evaluation: the shorter side to `resize` ("center"), or both sides ("squash", as
     timm's crop_mode and Keras' `load_img(target_size=...)` do). A no-op on images already that size."""
@@ -147,13 +144,11 @@ def eval_transform(*, resize: int, crop: int, interpolation: str = "bilinear", c
 class _StackedTenCrop:
     """The paper's 10-crop testing: four corners and centre, and their mirror images -> (10, C, crop, crop)."""
 
-    def __init__(self, resize: v2.Transform | None, crop: int):
+    def __init__(self, resize, crop: int):
         self.resize, self.ten = resize, v2.TenCrop(crop)
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
-        if self.resize is not None:
-            img = self.resize(img)
-        return torch.stack(self.ten(img))
+        return torch.stack(self.ten(self.resize(img)))
 
 
 def ten_crop_transform(*, resize: int, crop: int, interpolation: str = "bilinear", crop_mode: str = "center") -> _StackedTenCrop:
