@@ -86,8 +86,8 @@ def _tiny_run(tmp_path, name, **extra):
     from resnets.engine import train
 
     cfg = C.resolve("paper-cifar", overrides=dict(dataset="synthetic", synthetic_samples=512, synthetic_classes=10,
-                                                  train_crop=32, iterations=12, milestones=[6, 9], curve_steps=0,
-                                                  progress=False, out=str(tmp_path), name=name, **extra))  # fmt: skip
+                                                  train_crop=32, batch_size=32, iterations=12, milestones=[6, 9],
+                                                  curve_steps=0, progress=False, out=str(tmp_path), name=name, **extra))  # fmt: skip
     return train(cfg)
 
 

@@ -108,7 +108,7 @@ def _weights(path):
 
 
 def test_resume_after_sigkill_mid_epoch_gives_exactly_the_uninterrupted_weights(tmp_path):
-    common = ["train", "--recipe", "fashion-mnist", "--limit-train", 2048, "--limit-val", 128, "--batch-size", 64,
+    common = ["train", "--recipe", "fashion-mnist", "--limit-train", 1024, "--limit-val", 128, "--batch-size", 32,
               "--epochs", 2, "--deterministic", "--no-progress", "--out", tmp_path, "--random-erasing", 0.5,
               "--drop-path-rate", 0.1]  # fmt: skip
     code, _, err = _run(*common, "--name", "straight")
