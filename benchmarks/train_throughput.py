@@ -146,7 +146,7 @@ def engine_rate(overrides: dict, epochs: int = 2) -> tuple[float, dict]:
     with tempfile.TemporaryDirectory() as out:
         cfg = C.resolve(overrides=dict(overrides, out=out, name="bench", epochs=epochs, progress=False, eval_every=10**6))
         result = train(cfg)
-    return result["history"][-1]["images_per_s"], {k: result[k] for k in ("amp", "loader", "cuda_graph")}
+    return result["history"][-1]["images_per_s"], {k: result[k] for k in ("amp", "channels_last", "loader", "cuda_graph")}
 
 
 def _device_name(dev: torch.device) -> str:
@@ -179,7 +179,7 @@ def case_fashion_mnist(run: int, n: int, dev: torch.device) -> dict:
         y = torch.randint(0, 10, (cfg.batch_size,))
         model = resnets.create_model(cfg.model, num_classes=10, in_chans=1)
         amp = row["resnets"]["amp"]
-        if amp != "none":
+        if row["resnets"]["channels_last"]:  # the engine's layout
             model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
         row["step_only_img_s"] = resident_loop(model, x, y, 40, compiled=False, amp=amp)
         row["of_step_only"] = row["resnets_img_s"] / row["step_only_img_s"]

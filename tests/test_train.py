@@ -47,6 +47,7 @@ def test_train_returns_metrics_and_writes_the_run_directory(tmp_path):
     assert [h["epoch"] for h in history] == [1, 2]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert result["n"] == 256 and result["top1"] > 40  # 10 classes: chance is 10%
+    assert result["channels_last"]  # the recipe leaves it to the device: oneDNN's layout on a CPU too
     assert json.loads((run / "config.json").read_text())["limit_train"] == 1024
     # the final model is self-describing: it loads alone and gives the reported accuracy through `resnets eval`
     model = resnets.load(run / "model.safetensors")

@@ -233,7 +233,7 @@ def build_run(cfg: C.TrainConfig, ctx: distributed.Context, resume: Path | None 
     if amp == "bf16" and not native_bf16(dev):
         log.warning("bf16 on this %s is emulated and may be far slower than fp32 (--amp auto picks for you)", dev.type)
     graph = steps.use_graph(cfg, dev, world, amp)
-    channels_last = cfg.channels_last if cfg.channels_last is not None else dev.type == "cuda" or amp != "none"
+    channels_last = cfg.channels_last if cfg.channels_last is not None else dev.type in ("cuda", "cpu")
     loader_args = dict(kind=cfg.loader, device=dev, rank=ctx.rank, world=world, workers=cfg.workers, strict=cfg.strict_data)
     train_loader = make_train_loader(bundle.train, batch_size=cfg.batch_size, seed=cfg.seed, augment=cfg.augment,
                                      crop=bundle.train_crop, mean=bundle.mean, pad=cfg.pad, auto_augment=cfg.auto_augment,
@@ -592,7 +592,8 @@ def finish(run: Run) -> dict:
     result = {"run_dir": str(run.run_dir), "model_path": str(run.run_dir / "model.safetensors"), "weights": which,
               "top1": ev["top1"], "top5": ev["top5"], "loss": ev["loss"], "n": ev["n"], "per_class": ev["per_class"],
               "classes": classes, "skipped_images": run.skipped, "val_skipped_images": ev["bad_samples"],
-              "amp": run.amp, "loader": run.train_loader.kind, "cuda_graph": run.graph, "history": run.history}  # fmt: skip
+              "amp": run.amp, "channels_last": run.channels_last, "loader": run.train_loader.kind,
+              "cuda_graph": run.graph, "history": run.history}  # fmt: skip
     if "ten_crop" in ev:
         result["ten_crop"] = ev["ten_crop"]
     if ctx.is_main:
