@@ -97,6 +97,38 @@ def test_the_pixel_limit_is_read_from_the_header(tmp_path, monkeypatch):
         decode(tmp_path / "big.png")
 
 
+def test_a_bad_image_says_what_kind_of_bad_it_is(tmp_path):
+    """BadSample.kind, which `resnets serve` answers by (413, 415, 422, 400), from what failed, not from words of
+    the message; it survives the trip from a loader worker (pickling)."""
+    import pickle
+
+    from resnets.data.datasets import decode_bytes
+
+    photo = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8)).save(photo, "JPEG")
+    png = io.BytesIO()
+    Image.new("RGB", (64, 48), (10, 200, 30)).save(png, "PNG")
+    _png_header_only(tmp_path / "bomb.png", 20000, 20000)
+    cases = {
+        "not_an_image": b"just some words, not an image",
+        "corrupt_image": photo.getvalue()[: len(photo.getvalue()) // 2],
+        "empty": b"",
+        "too_many_pixels": (tmp_path / "bomb.png").read_bytes(),
+    }
+    for kind, data in cases.items():
+        with pytest.raises(BadSample) as e:
+            decode_bytes(data, "upload")
+        assert e.value.kind == kind, (kind, e.value.reason)
+        again = pickle.loads(pickle.dumps(e.value))
+        assert (again.path, again.reason, again.kind) == ("upload", e.value.reason, kind)
+    with pytest.raises(BadSample) as e:  # a PNG cut short: Pillow knows the format, the data is broken
+        decode_bytes(png.getvalue()[:60], "short.png")
+    assert e.value.kind == "corrupt_image"
+    with pytest.raises(BadSample) as e:
+        decode(tmp_path / "missing.jpg")
+    assert e.value.kind == "unreadable"
+
+
 @pytest.fixture
 def hostile_folder(tmp_path):
     root = tmp_path / "photos"

@@ -233,7 +233,7 @@ def test_bad_uploads_token_and_queue_limit(files, tmp_path):
         full = next(a for a in answers if a.status_code == 503)
         assert full.headers["retry-after"] == "1" and "queue is full" in full.json()["detail"]
         metrics = httpx.get(s.url + "/metrics", headers=auth).text
-        for kind in ("not_an_image", "truncated_image", "too_many_pixels", "too_large", "queue_full", "unauthorized"):
+        for kind in ("not_an_image", "corrupt_image", "too_many_pixels", "too_large", "queue_full", "unauthorized"):
             assert f'resnets_errors_total{{kind="{kind}"}}' in metrics, kind
     finally:
         assert s.stop() == 0

@@ -155,17 +155,8 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-def _status_kind(e: BaseException) -> tuple[int, str, str]:
-    """An image that cannot be used, as (status, kind, reason)."""
-    from .data.datasets import BadSample
-
-    reason = e.reason if isinstance(e, BadSample) else str(e)
-    if "over the limit" in reason:
-        return 413, "too_many_pixels", reason
-    low = reason.lower()
-    if "cannot decode" in low and any(w in low for w in ("truncated", "broken", "premature", "incomplete")):
-        return 422, "truncated_image", reason
-    return 415, "not_an_image", reason
+# how the server answers an image it cannot use, by BadSample.kind
+STATUS_OF_KIND = {"too_many_pixels": 413, "corrupt_image": 422, "empty": 400}  # else 415: not an image
 
 
 class Service:
@@ -243,8 +234,8 @@ class Service:
         try:
             raw = decode_bytes(data, name, len(self.pre.mean), max_pixels=self.limits.max_pixels)
         except BadSample as e:
-            status, kind, reason = _status_kind(e)
-            raise HTTPFailure(status, f"{name}: {reason}", kind=kind) from None
+            kind = e.kind if e.kind in STATUS_OF_KIND else "not_an_image"
+            raise HTTPFailure(STATUS_OF_KIND.get(kind, 415), f"{name}: {e.reason}", kind=kind) from None
         return raw, self.transform(raw)
 
     def describe(self) -> dict[str, Any]:

@@ -20,14 +20,25 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".ti
 
 
 class BadSample(Exception):
-    """An image that cannot be decoded; the loader skips and counts it (or stops, with strict data)."""
+    """An image that cannot be used; the loader skips and counts it (or stops, with strict data). `kind` says
+    why, for callers that answer differently (a server's status codes): one of BAD_KINDS."""
 
-    def __init__(self, path: str, reason: str):
+    def __init__(self, path: str, reason: str, kind: str = "unreadable"):
+        assert kind in BAD_KINDS, kind
         super().__init__(f"{path}: {reason}")
-        self.path, self.reason = path, reason
+        self.path, self.reason, self.kind = path, reason, kind
 
     def __reduce__(self):  # crosses from loader worker processes
-        return (BadSample, (self.path, self.reason))
+        return (BadSample, (self.path, self.reason, self.kind))
+
+
+BAD_KINDS = (
+    "unreadable",  # no such file, not a file, a read error; or an image the transform cannot take (too small)
+    "empty",  # no bytes at all
+    "too_many_pixels",  # over the pixel limit, from the header (a decompression bomb)
+    "not_an_image",  # no decoder knows its format
+    "corrupt_image",  # a known format whose data is broken (a truncated JPEG or PNG)
+)
 
 
 # images larger than this many pixels are refused from their header, before any decoding (decompression
@@ -58,7 +69,8 @@ def check_header(source, name: str | None = None, limit: int | None = None) -> i
         with Image.open(source) as im:
             w, h = im.size
             if w * h > limit:
-                raise BadSample(name, f"{w}x{h} is {w * h:,} pixels, over the limit of {limit:,} (--max-pixels raises it)")
+                raise BadSample(name, f"{w}x{h} is {w * h:,} pixels, over the limit of {limit:,} (--max-pixels raises it)",
+                                "too_many_pixels")  # fmt: skip
             # JPEG, TIFF and WebP read EXIF with the header; a PNG's getexif() would decode the whole image
             orientation = im.getexif().get(0x0112, 1) if im.format in ("JPEG", "MPO", "TIFF", "WEBP") else 1
     except BadSample:
@@ -117,7 +129,7 @@ def decode_bytes(data: bytes, name: str, channels: int = 3, *, max_pixels: int |
     import io
 
     if not data:
-        raise BadSample(name, "empty file")
+        raise BadSample(name, "empty file", "empty")
     buf = io.BytesIO(data)
     check_header(buf, name, max_pixels)
     buf.seek(0)
@@ -134,14 +146,21 @@ def _decode(raw: torch.Tensor, name: str, channels: int, *, source, pillow_first
             return _to_uint8(decode_image(raw, mode=mode, apply_exif_orientation=True))
         except RuntimeError:
             pass
-    try:
-        from PIL import Image
+    from PIL import Image
 
-        with Image.open(source) as im:
+    def bad(e: Exception, kind: str) -> BadSample:
+        return BadSample(name, f"cannot decode image ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})", kind)
+
+    try:  # Pillow raises many types for foreign or broken files
+        im = Image.open(source)
+    except Exception as e:  # no decoder knows it
+        raise bad(e, "not_an_image") from None
+    try:
+        with im:
             im.load()
             return pil_to_tensor(im, channels)
-    except Exception as e:  # Pillow raises many types for truncated or foreign files
-        raise BadSample(name, f"cannot decode image ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})") from None
+    except Exception as e:  # a known format whose data is broken
+        raise bad(e, "corrupt_image") from None
 
 
 class TensorDataset(Dataset):
