@@ -132,7 +132,9 @@ def _same_weights(a_path, b_path):
 
 def test_device_loader_run_resumes_bit_exactly_on_cpu(tmp_path, monkeypatch):
     extra = dict(loader="device", random_erasing=0.5, mixup=0.2, deterministic=True, amp="none")
+    before = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
     straight = _tiny_run(tmp_path, "straight", **extra)
+    assert (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark) == before  # given back
     resumed = _interrupted_then_resumed(tmp_path, monkeypatch, "resumed", **extra)
     assert straight["loader"] == resumed["loader"] == "device"
     assert _same_weights(straight["model_path"], resumed["model_path"]) == 0

@@ -119,6 +119,9 @@ def train(cfg: C.TrainConfig | None = None, *, resume: str | Path | None = None,
         cfg = C.resolve(overrides=overrides)
     ctx = distributed.setup(cfg.device)
     run = None
+    # process-wide switches build_run sets for the run, given back after it (train() is also called from Python)
+    flags = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.benchmark)  # fmt: skip
     try:
         run = build_run(cfg, ctx, resume, changed)
         run.on_progress = on_progress if ctx.is_main else None
@@ -133,6 +136,8 @@ def train(cfg: C.TrainConfig | None = None, *, resume: str | Path | None = None,
         if run is not None and run.lock is not None:
             run.lock.release()
         distributed.cleanup(ctx)
+        torch.use_deterministic_algorithms(flags[0], warn_only=flags[1])
+        torch.backends.cudnn.benchmark = flags[2]
 
 
 @dataclass
