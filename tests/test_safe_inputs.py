@@ -256,10 +256,8 @@ def test_the_onnx_cache_is_verified_and_rebuilt(tmp_path, model_file, hostile_fo
     cached.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(other_file, cached)  # another model's file under this model's name
     agree(I.predict(model, [hostile_folder], workers=0, top_k=3, backend="onnxruntime"))
-    cached.write_bytes(cached.read_bytes()[:5000])  # truncated
-    agree(I.predict(model, [hostile_folder], workers=0, top_k=3, backend="onnxruntime"))
-    agree(I.predict(model, [hostile_folder], workers=0, top_k=3, backend="onnxruntime"))  # and the rebuilt file is good
-    data = bytearray(cached.read_bytes())  # one weight damaged: the file still loads, its hash no longer matches
+    # one weight damaged: the file still loads, its hash no longer matches (a truncated file fails the same check)
+    data = bytearray(cached.read_bytes())
     big = max(range(0, len(data) - 4096, 4096), key=lambda i: len(set(data[i:i + 64])))
     data[big:big + 64] = bytes(64)
     cached.write_bytes(bytes(data))
