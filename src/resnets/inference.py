@@ -71,20 +71,27 @@ def batches(model: nn.Module, files: list[str], *, batch_size: int = 32, workers
     return Batches(files, stream, pre.normalizer(), device)
 
 
+def calibration_batches(model: nn.Module, files: list[str], batch_size: int = 32) -> list[torch.Tensor]:
+    """The model's inputs (normalised, on the CPU) for up to 256 of `files`, to calibrate int8 on; a warning when
+    fewer than 64 images could be read."""
+    calib = [b.cpu() for b, _, _ in batches(model, files[:256], batch_size=batch_size, workers=0, device="cpu")
+             if b is not None]  # fmt: skip
+    n = sum(len(b) for b in calib)
+    if n < 64:
+        import logging
+
+        logging.getLogger("resnets").warning(
+            "onnxruntime-int8 calibrates on the images given: only %d here, too few for a reliable int8 model; "
+            "give more images, or make one with `resnets export --precision int8 --calib DATA --eval DATA`", n)
+    return calib
+
+
 def _runner(model: nn.Module, backend: str, files: list[str], output: str, batch_size: int, precision: str = "fp32",
             device: torch.device | None = None, calib: list[torch.Tensor] | None = None):  # fmt: skip
     from .backends import make_runner
 
-    if backend == "onnxruntime-int8" and calib is None:  # calibrate on (up to 256 of) the images themselves
-        calib = [b.cpu() for b, _, _ in batches(model, files[:256], batch_size=batch_size, workers=0, device="cpu")
-                 if b is not None]  # fmt: skip
-        n = sum(len(b) for b in calib)
-        if n < 64:
-            import logging
-
-            logging.getLogger("resnets").warning(
-                "onnxruntime-int8 calibrates on the images given: only %d here, too few for a reliable int8 model; "
-                "give more images, or make one with `resnets export --precision int8 --calib DATA --eval DATA`", n)
+    if backend == "onnxruntime-int8" and calib is None:  # calibrate on the images themselves
+        calib = calibration_batches(model, files, batch_size)
     return make_runner(model, backend, output=output, calib=calib, precision=precision, device=device)
 
 

@@ -59,7 +59,7 @@ class Preprocessing:
             raise WeightsError(f"interpolation must be bilinear, bicubic or nearest; got {interp!r}")
         crop_mode = d.get("crop_mode", "center")
         if crop_mode not in CROP_MODES:
-            raise WeightsError(f"crop_mode must be center or squash; got {crop_mode!r}")
+            raise WeightsError(f"crop_mode must be {' or '.join(CROP_MODES)}; got {crop_mode!r}")
         mean, std = stats("mean", IMAGENET_MEAN), stats("std", IMAGENET_STD)
         if len(mean) != len(std):
             raise WeightsError(f"mean and std must have one value per channel; got {len(mean)} and {len(std)}")

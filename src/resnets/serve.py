@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import io
+import math
 import os
 import threading
 import time
@@ -171,9 +172,10 @@ class Service:
 
         if max_batch < 1 or decode_workers < 1:
             raise ResnetsError("max_batch and decode_workers must be at least 1")
-        for what, value in (("max_wait_ms", max_wait_ms), ("timeout_s", limits.timeout_s), ("max_upload_mb", limits.max_upload_mb)):
-            if not (value >= 0 if what == "max_wait_ms" else value > 0) or value != value or value == float("inf"):
-                raise ResnetsError(f"{what} must be a finite number {'>= 0' if what == 'max_wait_ms' else '> 0'}; got {value}")
+        for what, value, zero_ok in (("max_wait_ms", max_wait_ms, True), ("timeout_s", limits.timeout_s, False),
+                                     ("max_upload_mb", limits.max_upload_mb, False)):  # fmt: skip
+            if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
+                raise ResnetsError(f"{what} must be a finite number {'>= 0' if zero_ok else '> 0'}; got {value}")
         self.device = pick_device(device) if not isinstance(device, torch.device) else device
         self.model = model.eval().to(self.device)
         self.meta = meta_of(self.model)
@@ -187,10 +189,9 @@ class Service:
         if self.backend == "onnxruntime-int8":  # static quantisation: calibrated on real images before serving
             if not calib_images:
                 raise ResnetsError("the onnxruntime-int8 backend calibrates on real images: give them with --calib DIR")
-            from .inference import batches, find_images
+            from .inference import calibration_batches, find_images
 
-            files = find_images(calib_images)[:256]
-            calib = [b.cpu() for b, _, _ in batches(self.model, files, batch_size=32, workers=0, device="cpu") if b is not None]
+            calib = calibration_batches(self.model, find_images(calib_images))
             if not calib:
                 raise ResnetsError("no calibration image could be read")
         self.runner = make_runner(self.model, self.backend, output="features", calib=calib, precision=precision,
@@ -227,8 +228,8 @@ class Service:
         self._run(torch.zeros(1, c, self.pre.crop, self.pre.crop, dtype=torch.uint8))
         self.ready = True
 
-    def decode(self, data: bytes, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(the image as decoded, the model's input: resized and cropped uint8) or HTTPFailure."""
+    def decode(self, data: bytes, name: str) -> torch.Tensor:
+        """The model's input (the image decoded, resized and cropped: uint8), or HTTPFailure."""
         from .data.datasets import BadSample, decode_bytes
 
         try:
@@ -236,7 +237,7 @@ class Service:
         except BadSample as e:
             kind = e.kind if e.kind in STATUS_OF_KIND else "not_an_image"
             raise HTTPFailure(STATUS_OF_KIND.get(kind, 415), f"{name}: {e.reason}", kind=kind) from None
-        return raw, self.transform(raw)
+        return self.transform(raw)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -351,7 +352,7 @@ def app(model: nn.Module | str | os.PathLike, *, backend: str = "auto", precisio
             raise HTTPFailure(401, "a bearer token is required (Authorization: Bearer <token>)",
                               {"WWW-Authenticate": "Bearer"}, "unauthorized")  # fmt: skip
 
-    async def decoded(request: Request) -> tuple[list[str], list[torch.Tensor], list[torch.Tensor]]:
+    async def decoded(request: Request) -> tuple[list[str], list[torch.Tensor]]:
         check_token(request)
         body = await _read_body(request, upload_limit)
         files = await _images_of(request, body, svc.limits)
@@ -361,7 +362,7 @@ def app(model: nn.Module | str | os.PathLike, *, backend: str = "auto", precisio
         for r in results:
             if isinstance(r, BaseException):
                 raise r
-        return [n for n, _ in files], [r[0] for r in results], [r[1] for r in results]
+        return [n for n, _ in files], results
 
     async def answered(request: Request, endpoint: str, work) -> Response:
         start = time.perf_counter()
@@ -381,7 +382,7 @@ def app(model: nn.Module | str | os.PathLike, *, backend: str = "auto", precisio
     async def predict(request: Request, top_k: int = Query(5, ge=1, le=1000)):
         async def work():
             t0 = time.perf_counter()
-            names, _, images = await decoded(request)
+            names, images = await decoded(request)
             feats = await svc.batcher.submit(images)
             probs = svc.logits(torch.stack(feats)).softmax(1)
             p, c = probs.topk(min(top_k, svc.model.num_classes), dim=1)
@@ -396,7 +397,7 @@ def app(model: nn.Module | str | os.PathLike, *, backend: str = "auto", precisio
     async def embed(request: Request):
         async def work():
             t0 = time.perf_counter()
-            names, _, images = await decoded(request)
+            names, images = await decoded(request)
             feats = await svc.batcher.submit(images)
             svc.metrics.images.labels("embed").inc(len(names))
             return JSONResponse({"dim": svc.model.num_features, "time_ms": 1000 * (time.perf_counter() - t0),
@@ -409,7 +410,7 @@ def app(model: nn.Module | str | os.PathLike, *, backend: str = "auto", precisio
     async def explain(request: Request, target: str | None = Query(None, description="class name or index (default: the top class)")):
         async def work():
             t0 = time.perf_counter()
-            names, _, images = await decoded(request)
+            names, images = await decoded(request)
             if len(images) != 1:
                 raise HTTPFailure(400, f"explain takes one image; got {len(images)}")
             cls = None

@@ -136,14 +136,20 @@ def decode_bytes(data: bytes, name: str, channels: int = 3, *, max_pixels: int |
     return _decode(torch.frombuffer(bytearray(data), dtype=torch.uint8), name, channels, source=buf)
 
 
+def read_mode(channels: int):
+    """torchvision.io's decoding mode for a model of `channels` input channels (RGB or grey)."""
+    from torchvision.io import ImageReadMode
+
+    return ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY
+
+
 def _decode(raw: torch.Tensor, name: str, channels: int, *, source, pillow_first: bool = False) -> torch.Tensor:
     """torchvision's decoder (unless `pillow_first`), else Pillow's on `source` (a path or a file object)."""
-    from torchvision.io import ImageReadMode, decode_image
+    from torchvision.io import decode_image
 
-    mode = ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY
     if not pillow_first:
         try:
-            return _to_uint8(decode_image(raw, mode=mode, apply_exif_orientation=True))
+            return _to_uint8(decode_image(raw, mode=read_mode(channels), apply_exif_orientation=True))
         except RuntimeError:
             pass
     from PIL import Image

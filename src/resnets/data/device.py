@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import ResnetsError
-from .datasets import BadSample, FileDataset, TensorDataset, check_header, decode
+from .datasets import BadSample, FileDataset, TensorDataset, check_header, decode, read_mode
 from .loader import Batch, SampledLoader, to_device
 
 log = logging.getLogger("resnets")
@@ -86,18 +86,12 @@ class _Encoded(Dataset):
             return e
 
 
-def _mode(channels: int):
-    from torchvision.io import ImageReadMode
-
-    return ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY
-
-
 def decode_jpegs(datas: list[torch.Tensor], paths: list[str], device: torch.device, channels: int = 3) -> list:
     """Decode JPEG bytes on `device` in one batch; what the batch decoder refuses is decoded alone, then on the CPU
     (Pillow as the last resort). Returns, per file, a uint8 (C, H, W) tensor on `device` or a BadSample."""
     from torchvision.io import decode_jpeg
 
-    mode = _mode(channels)
+    mode = read_mode(channels)
     if not datas:
         return []
     try:

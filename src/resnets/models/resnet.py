@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 from torch import nn
 
-from .layers import BasicBlock, Bottleneck, PreActBottleneck, conv1x1, conv3x3, make_conv, make_norm, make_shortcut
+from .layers import BasicBlock, Bottleneck, PreActBottleneck, conv3x3, make_conv, make_norm, make_shortcut
 
 if TYPE_CHECKING:
     from ..meta import ModelMeta
