@@ -77,3 +77,74 @@ def run_cli(*args) -> tuple[int, str, str]:
         except SystemExit as e:  # argparse's usage errors
             code = e.code if isinstance(e.code, int) else 0 if e.code is None else 2
     return code, out.getvalue(), err.getvalue()
+
+
+def every_format(size=(48, 40)) -> dict[str, bytes]:
+    """One small image in each format and mode a user's folder or an upload may hold, as file bytes by file name:
+    colour, grey, palette, alpha, 16-bit; JPEG, PNG, GIF and WebP (still and animated), BMP, TIFF."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    w, h = size
+    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8))
+    frames = [Image.new("RGB", size, c) for c in ((200, 30, 30), (30, 30, 200), (30, 200, 30))]
+    images = {
+        "rgb.jpg": (rgb, "JPEG", {}), "grey.jpg": (rgb.convert("L"), "JPEG", {}), "cmyk.jpg": (rgb.convert("CMYK"), "JPEG", {}),
+        "rgb.png": (rgb, "PNG", {}), "rgba.png": (rgb.convert("RGBA"), "PNG", {}), "grey.png": (rgb.convert("L"), "PNG", {}),
+        "grey-alpha.png": (rgb.convert("LA"), "PNG", {}), "palette.png": (rgb.convert("P"), "PNG", {}),
+        "deep.png": (Image.fromarray((np.asarray(rgb.convert("L"), dtype=np.uint16) * 257)), "PNG", {}),
+        "anim.png": (frames[0], "PNG", {"save_all": True, "append_images": frames[1:]}),
+        "still.gif": (rgb, "GIF", {}), "anim.gif": (frames[0], "GIF", {"save_all": True, "append_images": frames[1:]}),
+        "rgb.webp": (rgb, "WEBP", {}), "rgba.webp": (rgb.convert("RGBA"), "WEBP", {"lossless": True}),
+        "anim.webp": (frames[0], "WEBP", {"save_all": True, "append_images": frames[1:]}),
+        "rgb.bmp": (rgb, "BMP", {}), "grey.tif": (rgb.convert("L"), "TIFF", {}), "rgb.tif": (rgb, "TIFF", {}),
+    }  # fmt: skip
+    out = {}
+    for name, (im, fmt, kw) in images.items():
+        buf = io.BytesIO()
+        im.save(buf, fmt, **kw)
+        out[name] = buf.getvalue()
+    return out
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_claiming(width: int, height: int, *before_pixels: bytes, pixels: bool = False) -> bytes:
+    """A grey PNG whose header claims width x height, with `before_pixels` chunks between the header and the
+    pixel data; the pixel data (zeros, compressed to almost nothing) only with `pixels`."""
+    import struct
+    import zlib
+
+    ihdr = png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+    idat = b""
+    if pixels:
+        z = zlib.compressobj(9)
+        row = bytes(width + 1)
+        idat = png_chunk(b"IDAT", b"".join(z.compress(row) for _ in range(height)) + z.flush())
+    return b"\x89PNG\r\n\x1a\n" + ihdr + b"".join(before_pixels) + idat + png_chunk(b"IEND", b"")
+
+
+def broken_headers() -> dict[str, bytes]:
+    """Known formats whose header cannot be read: each must be refused before any decoder sees its pixels."""
+    import io
+
+    from PIL import Image
+
+    jpeg = io.BytesIO()
+    Image.new("RGB", (64, 48), (10, 20, 30)).save(jpeg, "JPEG")
+    gif = io.BytesIO()
+    Image.new("RGB", (64, 48)).save(gif, "GIF")
+    return {
+        # chunks Pillow refuses while reading the header (an unknown compression method), before 20000x20000 pixels
+        "ztxt.png": png_claiming(2000, 2000, png_chunk(b"zTXt", b"k\x00\x01junk"), pixels=True),
+        "iccp.png": png_claiming(2000, 2000, png_chunk(b"iCCP", b"p\x00\x01junk"), pixels=True),
+        "jpeg-cut-in-header.jpg": jpeg.getvalue()[:40],
+        "gif-cut-in-header.gif": gif.getvalue()[:9],
+    }

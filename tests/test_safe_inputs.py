@@ -18,7 +18,7 @@ from PIL import Image
 
 import resnets
 from resnets.data import datasets as D
-from resnets.data.datasets import BadSample, check_header, decode
+from resnets.data.datasets import BadSample, decode, read_header
 from resnets.weights import Preprocessing
 
 from conftest import run_cli
@@ -80,7 +80,7 @@ def test_animation_16_bit_and_exif_orientation_decode(tmp_path):
         assert int(x[0, 0, 0]) == 255 and abs(int(x[0, 0, 20]) - 128) <= 1  # scaled, not clipped to 255
 
     _portrait_jpeg(tmp_path / "portrait.jpg")
-    assert check_header(str(tmp_path / "portrait.jpg")) == 6
+    assert read_header((tmp_path / "portrait.jpg").read_bytes(), "portrait.jpg").orientation == 6
     x = decode(tmp_path / "portrait.jpg")
     assert x.shape == (3, 40, 20)
     assert x[:, :20].float().mean() > 200 and x[:, 20:].float().mean() < 50
@@ -129,6 +129,107 @@ def test_a_bad_image_says_what_kind_of_bad_it_is(tmp_path):
     assert e.value.kind == "unreadable"
 
 
+def test_every_format_comes_out_with_the_models_channels(tmp_path):
+    """torchvision gives 3 channels for GIF and WebP even when asked for grey; every format, mode and animation
+    must come out with the channels asked for, grey the same luma whichever decoder made it."""
+    from conftest import every_format
+
+    from resnets.data.datasets import decode_bytes
+
+    for name, data in every_format((48, 40)).items():
+        (tmp_path / name).write_bytes(data)
+        colour = decode_bytes(data, name, 3)
+        for channels in (1, 3):
+            x = decode(tmp_path / name, channels)
+            assert x.shape == (channels, 40, 48) and x.dtype == torch.uint8, (name, channels, x.shape)
+        grey = decode(tmp_path / name, 1).float()
+        luma = (colour.float() * torch.tensor([0.299, 0.587, 0.114])[:, None, None]).sum(0, keepdim=True)
+        assert (grey - luma).abs().mean() < 3, name
+
+
+def test_a_header_that_cannot_be_read_is_never_decoded(tmp_path):
+    """Fail closed: a PNG whose header Pillow refuses (an ancillary chunk of an unknown compression method before
+    its pixels) was decoded by libpng unchecked, 20000x20000 from 389 KB; now every known format whose header
+    cannot be read is a corrupt image (422 from the server), and a file of no known format not an image (415)."""
+    from conftest import broken_headers, png_chunk, png_claiming
+
+    from resnets.data.datasets import decode_bytes
+
+    cases = {**broken_headers(), "ztxt-20000.png": png_claiming(20000, 20000, png_chunk(b"zTXt", b"k\x00\x01junk"))}
+    for name, data in cases.items():
+        for limit in (None, 10**12):  # refused whatever the limit: the size was never read
+            with pytest.raises(BadSample) as e:
+                decode_bytes(data, name, max_pixels=limit)
+            assert e.value.kind == "corrupt_image" and "header cannot be read" in e.value.reason, (name, e.value.reason)
+            assert "object at 0x" not in e.value.reason
+    with pytest.raises(BadSample) as e:
+        decode_bytes(b"%PDF-1.4 not an image", "doc.pdf")
+    assert e.value.kind == "not_an_image" and "object at 0x" not in e.value.reason
+
+
+def _gif_frames_on_a_canvas(frames: int, width: int, height: int) -> bytes:
+    """An animated GIF of `frames` one-pixel frames on a width x height canvas: a few hundred bytes that a decoder
+    of every frame turns into frames x width x height x 3 bytes."""
+    head = b"GIF89a" + struct.pack("<HHBBB", width, height, 0x80, 0, 0) + b"\x00\x00\x00\xff\xff\xff"
+    frame = b"\x21\xf9\x04\x00\x01\x00\x00\x00" + b"\x2c" + struct.pack("<HHHHB", 0, 0, 1, 1, 0) + b"\x02\x02\x44\x01\x00"
+    return head + frame * frames + b"\x3b"
+
+
+def test_an_animation_costs_one_frame_of_memory(tmp_path):
+    """A GIF of 40 frames on a 3000x3000 canvas (under the pixel limit) is decoded as its first frame: ~27 MB,
+    not 40 x 27 MB. Measured in a process of its own (the peak resident memory before and after)."""
+    gif = tmp_path / "frames.gif"
+    gif.write_bytes(_gif_frames_on_a_canvas(40, 3000, 3000))
+    assert gif.stat().st_size < 1000
+    code = (
+        "import resource, sys, torch, torchvision.io, PIL.Image\n"
+        "from resnets.data.datasets import decode\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "x = decode(sys.argv[1])\n"
+        "grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before\n"
+        "print(tuple(x.shape), grew // 1024)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(gif)], capture_output=True, text=True, timeout=120)
+    shape, grew_mb = out.stdout.rsplit(")", 1)
+    assert shape + ")" == "(3, 3000, 3000)", out.stderr
+    assert int(grew_mb) < 200, f"decoding grew the process by {grew_mb} MB"
+
+
+def test_a_grey_model_predicts_and_trains_on_every_format(tmp_path):
+    """A 1-channel model (Fashion-MNIST's kind) over a folder of every format, with an empty file and broken
+    headers among them: one row per file, the bad ones named, exit 1; training on such a folder runs."""
+    from conftest import broken_headers, every_format
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    good = every_format((40, 40))
+    for name, data in {**good, **broken_headers(), "empty.png": b"", "words.jpg": b"not an image"}.items():
+        (photos / name).write_bytes(data)
+    model = resnets.create_model("resnet20", num_classes=3, in_chans=1)
+    weights = resnets.save(model, tmp_path / "grey.safetensors", class_names=CLASSES,
+                           preprocessing=Preprocessing(36, 32, "bilinear", (0.5,), (0.25,)).to_dict())  # fmt: skip
+    code, out, err = run_cli("predict", photos, "--weights", weights, "--workers", 0, "--format", "json", "--batch-size", 4)
+    assert code == 1 and "Traceback" not in err, err
+    rows = {r["path"].rsplit("/", 1)[-1]: r for r in json.loads(out)}
+    assert len(rows) == len(good) + len(broken_headers()) + 2
+    assert all("top" in rows[n] for n in good), [n for n in good if "top" not in rows[n]]
+    assert rows["empty.png"]["error"] == "empty file" and "not an image" in rows["words.jpg"]["error"]
+    assert all("header cannot be read" in rows[n]["error"] for n in broken_headers())
+
+    data = tmp_path / "data"
+    names = sorted(good)
+    for split in ("train", "val"):
+        for i, cls in enumerate(("a", "b")):
+            (data / split / cls).mkdir(parents=True)
+            for n in names[i::2]:
+                (data / split / cls / n).write_bytes(good[n])
+    code, out, err = run_cli("train", "--model", "resnet8" if "resnet8" in resnets.list_models() else "resnet20",
+                             "--in-chans", 1, "--dataset", "imagefolder", "--data", data, "--epochs", 1,
+                             "--batch-size", 4, "--train-crop", 32, "--eval-resize", 36, "--eval-crop", 32,
+                             "--workers", 0, "--no-progress", "--device", "cpu", "--out", tmp_path / "runs", "--name", "g")  # fmt: skip
+    assert code == 0 and "Traceback" not in err and "skipped" not in err, err
+
+
 @pytest.fixture
 def hostile_folder(tmp_path):
     root = tmp_path / "photos"
@@ -144,7 +245,7 @@ def hostile_folder(tmp_path):
 
 def test_predict_survives_every_hostile_image_and_names_the_skipped_ones(hostile_folder, model_file):
     code, out, err = run_cli("predict", hostile_folder, "--weights", model_file, "--workers", 0, "--format", "json")
-    assert code == 0 and "Traceback" not in err, err
+    assert code == 1 and "Traceback" not in err, err  # 1: an input could not be read; the rest are answered
     rows = {r["path"].rsplit("/", 1)[-1]: r for r in json.loads(out)}
     assert set(rows) == {"anim.gif", "deep.png", "portrait.jpg", "bomb.png", "big.png", "evil\n\x1b[31mname.png"}
     assert "over the limit" in rows["bomb.png"]["error"] and "1 of 6 files" in err
@@ -153,7 +254,9 @@ def test_predict_survives_every_hostile_image_and_names_the_skipped_ones(hostile
     code, out, err = run_cli("predict", hostile_folder, "--weights", model_file, "--workers", 0, "--format", "json",
                              "--max-pixels", 50_000)  # fmt: skip
     rows = {r["path"].rsplit("/", 1)[-1]: r for r in json.loads(out)}
-    assert code == 0 and "over the limit of 50,000" in rows["big.png"]["error"] and "2 of 6 files" in err
+    assert code == 1 and "over the limit of 50,000" in rows["big.png"]["error"] and "2 of 6 files" in err
+    code, out, err = run_cli("predict", hostile_folder / "big.png", "--weights", model_file, "--workers", 0)
+    assert code == 0 and "could not be read" not in err  # all read: 0
 
 
 def test_train_on_a_folder_with_hostile_images_skips_and_names_them(hostile_folder, tmp_path):
@@ -164,11 +267,13 @@ def test_train_on_a_folder_with_hostile_images_skips_and_names_them(hostile_fold
         for f in files:
             shutil.copy(hostile_folder / f, data / "train" / cls / f)
             shutil.copy(hostile_folder / f, data / "val" / cls / f)
+    shutil.copy(hostile_folder / "bomb.png", data / "train" / "a" / "b\x1b[2J\x07omb.png")  # escape code and bell
     code, out, err = run_cli("train", "--model", "resnet20", "--dataset", "imagefolder", "--data", data, "--epochs", 1,
                              "--batch-size", 2, "--train-crop", 32, "--eval-resize", 36, "--eval-crop", 32, "--workers", 0,
                              "--no-progress", "--device", "cpu", "--out", tmp_path / "runs", "--name", "r")  # fmt: skip
     assert code == 0 and "Traceback" not in err, err
     assert "bomb.png" in err and "bomb.png (validation)" in err  # the skipped file is named, in training and in validation
+    assert "\x1b" not in err and "\x07" not in err and "b\\x1b[2J\\x07omb.png" in err  # named, escaped
     code, out, err = run_cli("eval", "--weights", tmp_path / "runs" / "r" / "model.safetensors", "--dataset", "imagefolder",
                              "--data", data / "val", "--workers", 0, "--device", "cpu")  # fmt: skip
     assert code == 0 and "skipped 1 unreadable images" in out and "bomb.png: " in err and "over the limit" in err, err
@@ -325,3 +430,20 @@ def test_the_gpu_file_loader_sends_only_upright_jpegs_to_the_batch_decoder(tmp_p
     _, _, _, data, is_jpeg = enc[1]
     assert is_jpeg and data.ndim == 1 and data[:2].tolist() == [0xFF, 0xD8]
     assert isinstance(enc[2], BadSample) and "over the limit" in enc[2].reason
+
+
+def test_predict_takes_one_input_as_one(tmp_path, model_file):
+    """`predict(model, "photo.jpg")` used to iterate the string's characters (and reach "/", walking the whole
+    filesystem): one path, PIL image or image tensor is one input; a batch tensor is its images."""
+    from resnets.inference import predict
+
+    model = resnets.load(model_file)
+    Image.new("RGB", (40, 30), (200, 0, 0)).save(tmp_path / "red.png")
+    for one in (str(tmp_path / "red.png"), tmp_path / "red.png"):
+        r = predict(model, one, workers=0)
+        assert len(r) == 1 and r[0]["path"] == str(tmp_path / "red.png") and "top" in r[0]
+    im = Image.open(tmp_path / "red.png")
+    t = decode(tmp_path / "red.png")
+    assert [len(predict(model, x)) for x in (im, t, torch.stack([t, t]))] == [1, 1, 2]
+    with pytest.raises(resnets.ResnetsError, match="1-4 channels"):
+        predict(model, torch.zeros(7, 8, 8))

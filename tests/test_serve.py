@@ -195,7 +195,7 @@ def test_bad_uploads_token_and_queue_limit(files, tmp_path):
     Image.new("RGB", (2000, 2000)).save(bomb)
     truncated = photos[0].read_bytes()[: len(photos[0].read_bytes()) // 2]
     s = Server(weights, "--max-upload-mb", 1, "--max-pixels", 1_000_000, "--max-queue", 2, "--max-batch", 1,
-               "--max-wait-ms", 0, "--backend", "eager", env={"RESNETS_SERVE_TOKEN": "s3cret"})  # fmt: skip
+               "--max-wait-ms", 0, "--backend", "eager", "--header-timeout-s", 1, env={"RESNETS_SERVE_TOKEN": "s3cret"})  # fmt: skip
     auth = {"Authorization": "Bearer s3cret"}
     try:
         form = {"files": (photos[1].name, photos[1].read_bytes())}
@@ -205,7 +205,7 @@ def test_bad_uploads_token_and_queue_limit(files, tmp_path):
         assert httpx.get(s.url + "/healthz").status_code == 200 and httpx.get(s.url + "/readyz").status_code == 200
         assert httpx.post(s.url + "/v1/predict", files=form, headers=auth).status_code == 200
         cases = [
-            ({"files": ("notes.txt", b"just some words, not an image")}, 415, "cannot decode"),
+            ({"files": ("notes.txt", b"just some words, not an image")}, 415, "notes.txt: not an image"),
             ({"files": ("half.jpg", truncated)}, 422, "truncated"),
             ({"files": ("bomb.png", bomb.read_bytes())}, 413, "over the limit"),
             ({"files": ("big.jpg", os.urandom(1_200_000))}, 413, "over the limit"),
@@ -235,9 +235,35 @@ def test_bad_uploads_token_and_queue_limit(files, tmp_path):
         metrics = httpx.get(s.url + "/metrics", headers=auth).text
         for kind in ("not_an_image", "corrupt_image", "too_many_pixels", "too_large", "queue_full", "unauthorized"):
             assert f'resnets_errors_total{{kind="{kind}"}}' in metrics, kind
+        for code in ("200", "401", "413", "415", "422", "503"):  # every status is counted
+            assert f'code="{code}",endpoint="predict"' in metrics, code
+
+        # a client that sends its headers a byte at a time is cut off after --header-timeout-s, not held open
+        with socket.create_connection(("127.0.0.1", s.port), timeout=10) as slow:
+            start, closed = time.time(), False
+            for b in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"y" * 200:
+                try:
+                    slow.sendall(bytes([b]))
+                except OSError:
+                    closed = True
+                    break
+                time.sleep(0.1)
+                if time.time() - start > 8:
+                    break
+            if not closed:
+                slow.settimeout(5)
+                try:
+                    closed = slow.recv(100) == b""
+                except OSError:
+                    closed = True
+            assert closed and time.time() - start < 6, time.time() - start
+        assert httpx.get(s.url + "/healthz").status_code == 200  # and the server goes on
     finally:
         assert s.stop() == 0
-    assert "Traceback" not in s.output()
+    log = s.output()
+    assert "Traceback" not in log
+    assert '"POST /v1/predict HTTP/1.1" 200' in log and '"POST /v1/predict HTTP/1.1" 401' in log  # the access log
+    assert "s3cret" not in log
 
 
 def test_sigterm_finishes_the_requests_in_flight(files):
@@ -316,6 +342,136 @@ def test_the_page_in_a_real_browser(server, files):
             size = page.evaluate("() => { const i = document.querySelectorAll('.card img')[1]; return [i.naturalWidth, i.naturalHeight]; }")
             assert size == [64, 64]  # the Grad-CAM overlay arrived and decoded
             assert "answered in" in page.locator(".card .caption").nth(2).text_content()
+            # the API's documentation renders offline: Swagger UI from the package, the spec from the server
+            page.goto(server.url + "/docs")
+            page.wait_for_selector(".opblock-summary-path", timeout=30_000)
+            assert "/v1/predict" in page.locator(".opblock-summary-path").all_text_contents()
             assert external == []
         finally:
             browser.close()
+
+
+GREY_CLASSES = ["dark", "\x1b[2Jclass\n", "light"]  # a class (folder) name with an escape code and a newline
+
+
+@pytest.fixture(scope="module")
+def grey_model(tmp_path_factory):
+    """A 1-channel model (as Fashion-MNIST's), one class name with control characters."""
+    model = randomize_norms(resnets.create_model("resnet20", num_classes=3, in_chans=1)).eval()
+    pre = resnets.Preprocessing(36, 32, mean=(0.5,), std=(0.25,))
+    return resnets.save(model, tmp_path_factory.mktemp("grey") / "grey.safetensors", class_names=GREY_CLASSES,
+                        preprocessing=pre)  # fmt: skip
+
+
+async def _in_process(api, requests):
+    """Each (method, path, kwargs) sent at once to `api` running in this process (its lifespan included)."""
+    async with api.router.lifespan_context(api):
+        transport = httpx.ASGITransport(app=api)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as client:
+            return await asyncio.gather(*(client.request(m, u, **kw) for m, u, kw in requests))
+
+
+def test_one_clients_bad_image_fails_only_its_own_request(grey_model):
+    """Every format a client may send, at once, into one dynamic batch of a 1-channel model: each good image is
+    answered (GIF and WebP come out grey like the rest), each bad one is its own 4xx, and a batch the model
+    fails on is run again image by image, so only the image that broke it fails."""
+    from conftest import broken_headers, every_format
+
+    from resnets.serve import app
+
+    good = every_format((64, 48))
+    bad = {**{n: (b, 422) for n, b in broken_headers().items()}, "notes.txt": (b"not an image", 415),
+           "empty.png": (b"", 400)}  # fmt: skip
+    api = app(resnets.load(grey_model), backend="eager", device="cpu", max_batch=64, max_wait_ms=200)
+    reqs = [("POST", "/v1/predict", {"files": {"files": (n, b)}}) for n, b in good.items()]
+    reqs += [("POST", "/v1/predict", {"files": {"files": (n, b)}}) for n, (b, _) in bad.items()]
+    answers = asyncio.run(_in_process(api, reqs))
+    for (name, _), r in zip([*good.items(), *bad.items()], answers):
+        want = 200 if name in good else bad[name][1]
+        assert r.status_code == want, (name, r.status_code, r.text)
+        if want == 200:
+            assert r.json()["results"][0]["top"][0]["class"] in GREY_CLASSES
+        elif name != "empty.png":  # (that one is "no image in the request")
+            assert r.json()["detail"].startswith(name + ":") and "object at 0x" not in r.json()["detail"], r.text
+
+    # a model that fails on one image (a white one) of a batch of eight: seven answers and one 500, counted
+    svc = api.state.service
+    healthy = svc.runner
+    white = 1.5  # a white pixel normalised is (1 - 0.5) / 0.25 = 2
+    svc.runner = lambda x: (_ for _ in ()).throw(RuntimeError("poisoned")) if bool((x.flatten(1).min(1).values > white).any()) else healthy(x)
+    from PIL import Image
+
+    def png(level):
+        buf = io.BytesIO()
+        Image.new("L", (40, 40), level).save(buf, "PNG")
+        return buf.getvalue()
+
+    images = [png(0)] * 7 + [png(255)]
+    reqs = [("POST", "/v1/predict", {"files": {"files": (f"{i}.png", b)}}) for i, b in enumerate(images)]
+    reqs.append(("GET", "/metrics", {}))
+    *answers, _ = asyncio.run(_in_process(api, reqs))
+    assert [a.status_code for a in answers] == [200] * 7 + [500]
+    assert "internal error" in answers[-1].json()["detail"] and "\n" not in answers[-1].json()["detail"]
+    assert max(svc.metrics.batch.collect()[0].samples, key=lambda s: s.value).value >= 1
+    metrics = svc.metrics.render().decode()
+    assert 'resnets_requests_total{code="500",endpoint="predict"} 1.0' in metrics
+    assert 'resnets_requests_total{code="422",endpoint="predict"}' in metrics and 'resnets_errors_total{kind="internal"} 1.0' in metrics
+
+
+def test_explain_targets_and_class_names_are_safe(grey_model, tmp_path):
+    """A target is a class name or ASCII digits in range: a Unicode digit, 5,000 digits or an unknown name is
+    400; a class name with an escape code and a newline is escaped in the X-Class header."""
+    from resnets.serve import app
+
+    api = app(resnets.load(grey_model), backend="eager", device="cpu")
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 40), (90, 90, 90)).save(buf, "GIF")
+    form = {"files": {"files": ("g.gif", buf.getvalue())}}
+    targets = ["\u00b2", "9" * 5000, "3", "-1", "nope", "1", GREY_CLASSES[1]]
+    answers = asyncio.run(_in_process(api, [("POST", "/v1/explain", {**form, "params": {"target": t}}) for t in targets]))
+    assert [a.status_code for a in answers] == [400] * 5 + [200, 200], [a.text[:200] for a in answers]
+    assert all(len(a.json()["detail"]) < 300 for a in answers[:5])
+    for a in answers[5:]:
+        header = a.headers["x-class"]
+        assert all(32 <= ord(c) < 127 for c in header) and header == "\\x1b[2Jclass\\n", header
+        assert a.headers["content-type"] == "image/png"
+    from conftest import run_cli
+
+    (tmp_path / "g.gif").write_bytes(buf.getvalue())
+    for target in ("\u00b2", "9" * 5000):  # the CLI's --class: one line, nothing written
+        code, _, err = run_cli("explain", tmp_path / "g.gif", "--weights", grey_model, "--out", tmp_path / "cam.png",
+                               "--class", target)  # fmt: skip
+        assert code == 2 and len(err.strip().splitlines()) == 1 and len(err) < 400, err
+        assert "unknown class" in err or "out of range" in err
+    assert not (tmp_path / "cam.png").exists()
+
+
+def test_docs_offline_token_empty_and_settings(files, monkeypatch):
+    """/docs loads its script from this server (no CDN), and follows the token with /openapi.json;
+    an empty token is refused (it would let an empty bearer in); ports and limits out of range are one line."""
+    from conftest import run_cli
+
+    from resnets.serve import app
+
+    weights, _, _ = files
+    api = app(resnets.load(weights), backend="eager", device="cpu")
+    docs, js, spec = asyncio.run(_in_process(api, [("GET", p, {}) for p in
+                                                   ("/docs", "/docs/assets/swagger-ui-bundle.js", "/openapi.json")]))  # fmt: skip
+    assert docs.status_code == 200 and "swagger-ui-bundle.js" in docs.text and "https://" not in docs.text
+    assert js.status_code == 200 and len(js.content) > 100_000 and spec.json()["paths"]["/v1/predict"]
+    locked = app(resnets.load(weights), backend="eager", device="cpu", token="s3cret")
+    answers = asyncio.run(_in_process(locked, [("GET", p, {}) for p in ("/docs", "/openapi.json", "/redoc")]))
+    assert [a.status_code for a in answers] == [401, 401, 404]
+    for bad in ("", " s3cret", "a b", "caf\u00e9"):
+        with pytest.raises(resnets.ResnetsError, match="printable ASCII"):
+            app(resnets.load(weights), token=bad)
+    monkeypatch.setenv("RESNETS_SERVE_TOKEN", "")
+    code, _, err = run_cli("serve", "--weights", weights, "--port", _free_port())
+    assert code == 2 and "$RESNETS_SERVE_TOKEN must be" in err, err
+    monkeypatch.delenv("RESNETS_SERVE_TOKEN")
+    for flag, value in (("--port", 70000), ("--port", 0), ("--max-upload-mb", "1e308"), ("--max-upload-mb", "nan"),
+                        ("--timeout-s", "inf"), ("--max-wait-ms", -1), ("--header-timeout-s", 0)):  # fmt: skip
+        code, _, err = run_cli("serve", "--weights", weights, flag, value)
+        assert code == 2 and flag in err and len(err.strip().splitlines()) == 1, (flag, err)

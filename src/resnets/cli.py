@@ -6,34 +6,70 @@ import json
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Sequence
 
-from .errors import ResnetsError
+from .errors import ResnetsError, printable
 
 EXIT_USAGE = 2
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, with a usage error as one line (like every other bad input) and exit code 2."""
+    """argparse, with a usage error as one line (like every other bad input) and exit code 2, and a misspelt
+    option answered with the closest options of the command it was given to."""
 
     def error(self, message: str):
+        prefix = "unrecognized arguments: "
+        if message.startswith(prefix):
+            import difflib
+
+            command = self._subcommand() or self
+            known = [o for a in command._actions for o in a.option_strings if o.startswith("--")]
+            for word in message[len(prefix) :].split():
+                close = difflib.get_close_matches(word.split("=")[0], known, n=2, cutoff=0.6) if word.startswith("--") else []
+                if close:
+                    message += f"; did you mean {' or '.join(close)}?"
+                    break
         self.exit(EXIT_USAGE, f"resnets: error: {message} (see `{self.prog} --help`)\n")
 
+    def _subcommand(self) -> "argparse.ArgumentParser | None":
+        """The parser of the command named on the command line being parsed (set by `main`), if any."""
+        subs = [a for a in self._actions if isinstance(a, argparse._SubParsersAction)]
+        name = getattr(self, "command_given", None)
+        return subs[0].choices.get(name) if subs and name else None
 
-def _count(low: int):
-    """An argparse type: a whole number >= low."""
+
+def _count(low: int, high: int = 2**31 - 1):
+    """An argparse type: a whole number in [low, high] (no count a command takes is near 2**31)."""
 
     def parse(text: str) -> int:
         try:
             v = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number; got {text!r}") from None
-        if v < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}; got {v}")
+            raise argparse.ArgumentTypeError(f"expected a whole number; got {text[:40]!r}") from None
+        if not low <= v <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low:,} to {high:,}; got {text[:40]}")
         return v
 
     parse.__name__ = f"number >= {low}"
+    return parse
+
+
+def _real(low: float, high: float, *, low_open: bool = False):
+    """An argparse type: a finite number in [low, high], or (low, high] with `low_open`."""
+    import math
+
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number; got {text[:40]!r}") from None
+        if not math.isfinite(v) or v > high or v < low or (low_open and v == low):
+            raise argparse.ArgumentTypeError(f"must be {'over' if low_open else 'at least'} {low:g} and at most {high:g}; got {text[:40]}")
+        return v
+
+    parse.__name__ = "number"
     return parse
 
 
@@ -229,10 +265,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     print(f"top-1 {res['top1']:.2f}%{top5}  loss {res['loss']:.4f}")
     width = max(len(c) for c in res["classes"])
     for c, acc in zip(res["classes"], res["per_class"]):
-        print(f"  {_printable(c).ljust(width)}  {acc:6.2f}%")
+        print(f"  {printable(c).ljust(width)}  {acc:6.2f}%")
     if res["bad_samples"]:
         for f in res.get("bad_files", []):
-            print(f"skipped {_printable(f['path'])}: {_printable(f['error'])}", file=sys.stderr)
+            print(f"skipped {printable(f['path'])}: {printable(f['error'])}", file=sys.stderr)
         print(f"skipped {res['bad_samples']} unreadable images")
     print(f"confusion matrix: {out}/confusion.png, {out}/confusion.json")
     return 0
@@ -274,8 +310,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 w.writerow([r["path"], rank, t["class"], t["index"], f"{t['prob']:.6f}", ""])
     else:  # a table: one row per file, a column per rank ("class  prob")
         k = max((len(r.get("top", [])) for r in results), default=0)
-        rows = [[_printable(r["path"])] + ([f"{_printable(t['class'])} {100 * t['prob']:.1f}%" for t in r["top"]]
-                                           if "top" in r else [f"ERROR: {_printable(r['error'])}"]) for r in results]  # fmt: skip
+        rows = [[printable(r["path"])] + ([f"{printable(t['class'])} {100 * t['prob']:.1f}%" for t in r["top"]]
+                                           if "top" in r else [f"ERROR: {printable(r['error'])}"]) for r in results]  # fmt: skip
         head = ["file"] + [f"#{i}" for i in range(1, k + 1)]
         widths = [max(len(row[c]) for row in [head, *rows] if c < len(row)) for c in range(len(head))]
         for row in [head, *rows]:
@@ -283,7 +319,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     errors = sum("error" in r for r in results)
     if errors:
         print(f"{errors} of {len(results)} files could not be read", file=sys.stderr)
-    return 0
+    return 1 if errors else 0
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
@@ -296,9 +332,11 @@ def _cmd_embed(args: argparse.Namespace) -> int:
                                progress=sys.stderr.isatty(), backend=args.backend, precision=args.precision)  # fmt: skip
     save_index(args.out, emb, files, weights=str(Path(args.weights).resolve()), layer=args.layer)
     for e in errors:
-        print(f"{_printable(e['path'])}: ERROR {_printable(e['error'])}", file=sys.stderr)
+        print(f"{printable(e['path'])}: ERROR {printable(e['error'])}", file=sys.stderr)
     print(f"{len(files)} embeddings of shape {tuple(emb.shape[1:])} -> {args.out}")
-    return 0
+    if errors:
+        print(f"{len(errors)} of {len(files) + len(errors)} files could not be read", file=sys.stderr)
+    return 1 if errors else 0
 
 
 def _cmd_similar(args: argparse.Namespace) -> int:
@@ -316,7 +354,7 @@ def _cmd_similar(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
     else:
         for r in rows:
-            print(f"{r['similarity']:.4f}  {_printable(r['path'])}")
+            print(f"{r['similarity']:.4f}  {printable(r['path'])}")
     return 0
 
 
@@ -327,7 +365,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     check_output(args.out, (".png",), force=args.force, what="Grad-CAM picture")
     model = _load_for_inference(args.weights, args.device)
     r = explain(model, args.image, args.out, target=args.target, layer=args.layer)
-    print(f"{_printable(r['path'])}: {_printable(r['class'])} ({100 * r['prob']:.1f}%); Grad-CAM -> {_printable(str(r['out']))}")
+    print(f"{printable(r['path'])}: {printable(r['class'])} ({100 * r['prob']:.1f}%); Grad-CAM -> {printable(str(r['out']))}")
     return 0
 
 
@@ -451,13 +489,12 @@ def _cmd_push(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from .factory import load
     from .serve import Limits, app, check_listen, run
 
     check_listen(args.host, args.port)  # before the model is loaded: a busy port is one line, at once
     limits = Limits(max_upload_mb=args.max_upload_mb, max_files=args.max_files, max_queue=args.max_queue,
                     timeout_s=args.timeout_s, max_pixels=args.max_pixels)  # fmt: skip
-    api = app(load(args.weights), backend=args.backend, precision=args.precision, device=args.device,
+    api = app(args.weights, backend=args.backend, precision=args.precision, device=args.device,
               max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, decode_workers=args.workers_decode, token=args.token, limits=limits,
               calib=args.calib)  # fmt: skip
     svc = api.state.service
@@ -465,7 +502,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     print(f"serving {svc.meta.architecture} ({svc.model.num_classes} classes, {svc.backend} at {svc.precision} on "
           f"{svc.device}) at {where}: the page at /, the API at /docs{'; a bearer token is required' if svc.token else ''}",
           flush=True)  # fmt: skip
-    run(api, args.host, args.port, log_level="warning" if not args.verbose else "info")
+    run(api, args.host, args.port, log_level="debug" if args.verbose else args.log_level,
+        header_timeout_s=args.header_timeout_s)  # fmt: skip
     return 0
 
 
@@ -489,7 +527,7 @@ def _cmd_cache(args: argparse.Namespace) -> int:
         size = sum(p.stat().st_size for p in files)
         print(f"{title}: {folder} ({len(files)} files, {size / 1e6:.1f} MB)")
         for p in files:
-            print(f"  {_printable(p.name)}  {p.stat().st_size / 1e6:.1f} MB")
+            print(f"  {printable(p.name)}  {p.stat().st_size / 1e6:.1f} MB")
     print("the ONNX cache keeps the most recently used exports within $RESNETS_ONNX_CACHE_MB (default 2048 MB); "
           "`resnets cache --clear onnx|weights|all` empties it")  # fmt: skip
     return 0
@@ -609,18 +647,21 @@ def build_parser() -> argparse.ArgumentParser:
     def inference_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--weights", required=True, help="a resnets model file or run folder, registered weights "
                        "(resnets list --weights), hf-hub:ORG/NAME, or a torchvision, timm or Keras file")
-        p.add_argument("--batch-size", type=_count(1), default=32)
-        p.add_argument("--workers", type=_count(0), default=2, help="decoding processes (0: decode in this process)")
-        p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N")
+        p.add_argument("--batch-size", type=_count(1), default=32, help="images per model batch (default 32)")
+        p.add_argument("--workers", type=_count(0), default=2, help="decoding processes (0: decode in this process; "
+                       "default 2)")  # fmt: skip
+        p.add_argument("--device", default="auto", help="auto (a GPU when there is one; the default), cpu, cuda, cuda:N")
         p.add_argument("--backend", default="eager", choices=["auto", *BACKENDS], help=backend_help)
         p.add_argument("--precision", default="fp32", choices=PRECISIONS,
                        help="eager/compile: bf16 or fp16 weights on a GPU, bf16 autocast on a CPU")
 
-    p = sub.add_parser("predict", help="classify image files and folders")
+    p = sub.add_parser("predict", help="classify image files and folders", description="Classify image files and "
+                       "folders. Exit status: 0 when every image was classified, 1 when any could not be read (the "
+                       "results of the rest are printed all the same), 2 for bad usage.")  # fmt: skip
     p.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
     inference_args(p)
-    p.add_argument("--top-k", type=_count(1), default=5)
-    p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    p.add_argument("--top-k", "-k", type=_count(1), default=5, help="classes shown per image (default 5)")
+    p.add_argument("--format", choices=["table", "json", "csv"], default="table", help="default table")
     p.add_argument("--json", action="store_true", help="the same as --format json")
     p.set_defaults(func=_cmd_predict)
 
@@ -663,7 +704,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
     p.add_argument("--calib", help="int8: real images to calibrate on (an image folder, or fashion-mnist:train)")
     p.add_argument("--eval", help="int8: data to compare fp32 and int8 top-1 on (an image folder, or fashion-mnist)")
-    p.add_argument("--max-drop", type=float, default=1.0, help="int8: refuse if top-1 drops by more points")
+    p.add_argument("--max-drop", type=_real(0, 100), default=1.0, help="int8: refuse if top-1 drops by more points")
     p.add_argument("--calib-images", type=_count(1), default=512)
     p.add_argument("--eval-images", type=_count(0), default=0, help="int8: evaluate on this many images (0: all)")
     p.set_defaults(func=_cmd_export)
@@ -677,7 +718,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N")
     p.add_argument("--precision", default="fp32", choices=PRECISIONS)
     p.add_argument("--input-size", type=_count(8), help="default: the model's crop size")
-    p.add_argument("--seconds", type=float, default=3.0, help="time per measurement (after warm-up)")
+    p.add_argument("--seconds", type=_real(0, 3600, low_open=True), default=3.0, help="time per measurement (after warm-up)")
     p.add_argument("--channels-last", action="store_true", default=None,
                    help="default: where it is faster (a GPU, or reduced precision)")
     p.add_argument("--json", action="store_true")
@@ -715,20 +756,29 @@ def build_parser() -> argparse.ArgumentParser:
                    "registered weights, hf-hub:ORG/NAME, a torchvision, timm or Keras file")  # fmt: skip
     p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default only this machine; 0.0.0.0 "
                    "for every interface)")  # fmt: skip
-    p.add_argument("--port", type=_count(1), default=8000)
+    p.add_argument("--port", type=_count(1, 65535), default=8000, help="the TCP port (default 8000)")
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N")
     p.add_argument("--backend", default="auto", choices=["auto", *BACKENDS], help="as predict's; onnxruntime-int8 "
                    "is calibrated on the images of --calib")  # fmt: skip
     p.add_argument("--calib", nargs="+", metavar="PATH", help="images (files or folders) to calibrate int8 on")
     p.add_argument("--precision", default="fp32", choices=list(PRECISIONS))
     p.add_argument("--max-batch", type=_count(1), default=32, help="images per model batch at most")
-    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long the first image of a batch waits for others")
+    p.add_argument("--max-wait-ms", type=_real(0, 60_000), default=5.0, help="how long the first image of a batch "
+                   "waits for others (default 5)")  # fmt: skip
     p.add_argument("--workers-decode", type=_count(1), default=4, help="threads decoding uploads")
-    p.add_argument("--token", default=None, help="require this bearer token (better: $RESNETS_SERVE_TOKEN, which ps does not show)")
-    p.add_argument("--max-upload-mb", type=float, default=20.0, help="a larger request body is 413")
+    p.add_argument("--token", default=None, help="require this bearer token (better: $RESNETS_SERVE_TOKEN, which ps "
+                   "does not show); printable ASCII without spaces")  # fmt: skip
+    p.add_argument("--max-upload-mb", type=_real(0, 4096, low_open=True), default=20.0, help="a larger request body "
+                   "is 413 (default 20)")  # fmt: skip
     p.add_argument("--max-files", type=_count(1), default=64, help="images in one request at most")
     p.add_argument("--max-queue", type=_count(1), default=256, help="images waiting at most; then 503 with Retry-After")
-    p.add_argument("--timeout-s", type=float, default=30.0, help="a request not answered in this time is 504")
+    p.add_argument("--timeout-s", type=_real(0, 3600, low_open=True), default=30.0, help="a request not answered in "
+                   "this time is 504 (default 30)")  # fmt: skip
+    p.add_argument("--header-timeout-s", type=_real(0, 600, low_open=True), default=10.0, help="a connection whose "
+                   "request headers take longer is closed (slow-header clients; default 10)")  # fmt: skip
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                   help="the server's log; info (the default) logs each request (client, request line, status; "
+                   "never the token)")  # fmt: skip
     p.set_defaults(func=_cmd_serve)
     p = sub.add_parser("push", help="upload a folder written by `export --format hub` to the Hugging Face Hub")
     p.add_argument("folder", help="the folder `resnets export --format hub --out DIR` wrote")
@@ -746,21 +796,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"resnets: warning: {printable(str(message))}", file=sys.stderr if file is None else file)
+
+
+class _PrintableFormatter(logging.Formatter):
+    """Log lines with control characters escaped: a file named with ESC and BEL cannot drive the terminal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(super().format(record))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser.command_given = next((a for a in argv if not a.startswith("-")), None)
     args = parser.parse_args(argv)
     # the package's logger writes to the stderr of this call (main may run more than once in a process)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("resnets: %(message)s"))
+    handler.setFormatter(_PrintableFormatter("resnets: %(message)s"))
     log = logging.getLogger("resnets")
     log.handlers = [handler]
+    warnings.showwarning = _show_warning  # libraries' warnings (matplotlib's of a missing glyph, ...) escaped too
     log.setLevel(logging.INFO if args.verbose else logging.WARNING)
     if getattr(args, "max_pixels", None):  # the environment carries it to the loader workers
         os.environ["RESNETS_MAX_PIXELS"] = str(args.max_pixels)
     try:
         return args.func(args)
     except ResnetsError as e:
-        print(f"resnets: error: {_printable(str(e))}", file=sys.stderr)
+        print(f"resnets: error: {printable(str(e))}", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:  # output piped into `head` (or `true`) and closed early: not an error
         try:
@@ -782,11 +846,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"resnets: {e}", file=sys.stderr)
             return 1
         raise
-
-
-def _printable(text: str) -> str:
-    """Control characters (newlines, escape codes) in names shown as escapes: one line, no terminal tricks."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 if __name__ == "__main__":

@@ -16,3 +16,9 @@ class OptionError(ResnetsError, TypeError):
 
 class WeightsError(ResnetsError, ValueError):
     """A weights file that is missing, unreadable, unsafe or of another architecture."""
+
+
+def printable(text: str) -> str:
+    """Control characters (newlines, escape codes, bells) shown as escapes: one line, no terminal tricks. For any
+    text that reaches a terminal and came from elsewhere (file and class names, decoders' messages)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

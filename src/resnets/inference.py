@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from .data.datasets import IMAGE_SUFFIXES, BadSample, FileDataset, decode
 from .data.loader import Loader, make_eval_loader
-from .errors import ResnetsError
+from .errors import ResnetsError, printable
 from .meta import meta_of, preprocessing_for
 
 
@@ -106,23 +106,33 @@ def _in_memory(model: nn.Module, pre, images: Sequence, first: int = 0) -> torch
     normalised batch on the model's device. `first`: the position of images[0] among all the inputs."""
     from PIL import Image
 
-    from .data.datasets import pil_to_tensor
+    from .data.datasets import pil_to_tensor, to_channels
 
     tf, channels = pre.transform(), len(pre.mean)
     out = []
     for i, im in enumerate(images, start=first):
         if isinstance(im, Image.Image):
             t = pil_to_tensor(im, channels)
-        elif isinstance(im, torch.Tensor) and im.ndim == 3:
+        elif isinstance(im, torch.Tensor) and im.ndim == 3 and im.shape[0] in (1, 2, 3, 4) and min(im.shape[1:]) > 0:
             t = im if im.dtype == torch.uint8 else (im.float().clamp(0, 1) * 255).round().to(torch.uint8)
-            if t.shape[0] == 3 and channels == 1:  # colour to grey
-                t = t.float().mean(0, keepdim=True).round().to(torch.uint8)
-            elif t.shape[0] == 1 and channels == 3:
-                t = t.expand(3, -1, -1)
+            t = to_channels(t, channels)
         else:
-            raise ResnetsError(f"input {i}: predict takes paths, PIL images or (C, H, W) image tensors; got {type(im).__name__}")
+            what = f"a tensor of shape {tuple(im.shape)}" if isinstance(im, torch.Tensor) else type(im).__name__
+            raise ResnetsError(f"input {i}: predict takes paths, PIL images or (C, H, W) image tensors of 1-4 channels; got {what}")
         out.append(tf(t.cpu()))
     return pre.normalizer()(torch.stack(out).to(next(model.parameters()).device))
+
+
+def _inputs(paths) -> list:
+    """One input (a path, a PIL image, an image tensor (C, H, W)) or a batch tensor (N, C, H, W) as a list, so a
+    single path is never taken for a sequence of one-letter paths."""
+    from PIL import Image
+
+    if isinstance(paths, (str, os.PathLike, Image.Image)):
+        return [paths]
+    if isinstance(paths, torch.Tensor):
+        return [paths] if paths.ndim == 3 else list(paths) if paths.ndim == 4 else [paths]
+    return list(paths)
 
 
 def _top(probs: torch.Tensor, k: int, names: list[str]) -> list[list[dict]]:
@@ -136,13 +146,14 @@ def predict(model: nn.Module, paths: Sequence, *, top_k: int = 5, batch_size: in
             workers: int = 2, progress: bool = False, backend: str = "eager", runner=None, precision: str = "fp32",
             loader: str = "auto") -> list[dict]:  # fmt: skip
     """[{"path", "top": [{"class", "index", "prob"}...]} or {"path", "error"}] in the order of the files.
-    paths: files and folders, or images already in memory (PIL images or (C, H, W) tensors: then each result
-    has "input", its position, instead of "path").
+    paths: a file or folder, or a list of them; or images already in memory (a PIL image, a (C, H, W) tensor, a
+    (N, C, H, W) batch or a list of these: then each result has "input", its position, instead of "path").
     backend: auto, eager, compile, onnxruntime, or onnxruntime-int8 (calibrated on the first images given).
     precision: fp32, bf16 or fp16 (eager and compile). runner: one made before by
     `resnets.backends.make_runner(model, backend)`, to reuse across calls (an ONNX export or compilation is then
     paid once). Images are decoded on the model's device when it is a GPU."""
     model.eval()
+    paths = _inputs(paths)
     names, k = meta_of(model).names(model.num_classes), min(top_k, model.num_classes)
     if paths and not all(isinstance(p, (str, os.PathLike)) for p in paths):  # images in memory
         pre, run, results = preprocessing_for(model), runner, []
@@ -176,7 +187,7 @@ def embed(model: nn.Module, paths: Sequence[str | os.PathLike], *, layer: str | 
     """Pooled pre-logit features (N, num_features), or with `layer` ("layer3") that stage's maps (N, C, h, w).
     Returns (embeddings, files embedded, errors)."""
     model.eval()
-    files = find_images(paths)
+    files = find_images(_inputs(paths))
     stages = list(model.stage_names)
     if layer is not None and layer not in stages:
         raise ResnetsError(f"unknown layer {layer!r}; choose from {', '.join(stages)}")
@@ -277,6 +288,25 @@ def grad_cam(model: nn.Module, image: torch.Tensor, *, target: int | None = None
     return cam, cls, float(probs[cls].detach())
 
 
+def class_index(target: int | str | None, names: Sequence[str]) -> int | None:
+    """A class named by the user (its name, or its index as ASCII digits) as an index into `names`, or a
+    ResnetsError saying why not, with the closest names; None stays None (the top class)."""
+    if target is None:
+        return None
+    if isinstance(target, str) and target in names:
+        return list(names).index(target)
+    if isinstance(target, int) or (target.isascii() and target.isdigit() and len(target) <= 9):
+        if not 0 <= int(target) < len(names):
+            raise ResnetsError(f"class index {target} is out of range: the model has {len(names)} classes (0..{len(names) - 1})")
+        return int(target)
+    import difflib
+
+    close = difflib.get_close_matches(target, names, n=3, cutoff=0.5)
+    close += [n for n in names if target.lower() in n.lower() and n not in close][: 3 - len(close)]
+    hint = f"; did you mean {', '.join(map(repr, close))}?" if close else f" (the model's classes: {', '.join(names[:5])}{', ...' if len(names) > 5 else ''})"
+    raise ResnetsError(f"unknown class {target[:100]!r}{hint}")
+
+
 def explain(model: nn.Module, image_path: str | os.PathLike, out: str | os.PathLike, *, target: int | str | None = None,
             layer: str | None = None) -> dict:  # fmt: skip
     """Grad-CAM heatmap over the (resized, cropped) image, saved as a PNG beside the image itself."""
@@ -294,19 +324,7 @@ def explain(model: nn.Module, image_path: str | os.PathLike, out: str | os.PathL
     if not out.parent.is_dir():
         raise ResnetsError(f"output directory does not exist: {out.parent}")
     names = meta_of(model).names(model.num_classes)
-    if isinstance(target, str) and not target.isdigit():
-        if target not in names:
-            import difflib
-
-            close = difflib.get_close_matches(target, names, n=3, cutoff=0.5)
-            close += [n for n in names if target.lower() in n.lower() and n not in close][: 3 - len(close)]
-            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else f" (the model's classes: {', '.join(names[:5])}{', ...' if len(names) > 5 else ''})"
-            raise ResnetsError(f"unknown class {target!r}{hint}")
-        target = names.index(target)
-    elif target is not None and not 0 <= int(target) < len(names):
-        raise ResnetsError(f"class index {target} is out of range: the model has {len(names)} classes")
-    elif target is not None:
-        target = int(target)
+    target = class_index(target, names)
     path = str(image_path)
     if not Path(path).is_file():
         raise ResnetsError(f"no such file: {path}")
@@ -324,7 +342,7 @@ def explain(model: nn.Module, image_path: str | os.PathLike, out: str | os.PathL
     axes[0].set_title("input")
     axes[1].imshow(img.squeeze(), cmap="gray" if img.shape[-1] == 1 else None)
     axes[1].imshow(cam.cpu().numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
-    axes[1].set_title(f"Grad-CAM: {names[cls]} ({100 * prob:.1f}%)")
+    axes[1].set_title(f"Grad-CAM: {printable(names[cls])} ({100 * prob:.1f}%)")
     for a in axes:
         a.axis("off")
     save_png(fig, out)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import io
+import logging
 import math
 import os
 import threading
@@ -31,6 +32,9 @@ from fastapi import Query, Request
 from torch import nn
 
 from .errors import ResnetsError
+from .inference import class_index
+
+log = logging.getLogger("resnets")
 
 TOKEN_ENV = "RESNETS_SERVE_TOKEN"
 
@@ -69,9 +73,11 @@ class Batcher:
         self.pending = 0
         self._queue: asyncio.Queue[_Item] | None = None
         self._task: asyncio.Task | None = None
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="resnets-infer")
+        self._pool: ThreadPoolExecutor | None = None
 
     def start(self) -> None:
+        """Called when the app starts (each time: an app can be started, stopped and started again)."""
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="resnets-infer")
         self._queue = asyncio.Queue()
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
@@ -124,14 +130,30 @@ class Batcher:
             self.observe_batch(len(live))
             try:
                 out = await loop.run_in_executor(self._pool, self.run, torch.stack([it.image for it in live]))
-            except Exception as e:  # the model failed: every request of the batch hears it
+            except Exception as e:
+                if len(live) == 1:
+                    _settle(live[0], error=e)
+                    continue
+                # one image can break a whole batch: each is run alone, so a failure stays with the image (and the
+                # request) that caused it and every other request is answered as usual
                 for it in live:
-                    if not it.future.done():
-                        it.future.set_exception(e)
+                    try:
+                        row = (await loop.run_in_executor(self._pool, self.run, it.image[None]))[0]
+                    except Exception as e1:
+                        _settle(it, error=e1)
+                    else:
+                        _settle(it, row)
                 continue
             for it, row in zip(live, out):
-                if not it.future.done():
-                    it.future.set_result(row)
+                _settle(it, row)
+
+
+def _settle(item: _Item, row: torch.Tensor | None = None, error: Exception | None = None) -> None:
+    if not item.future.done():  # a timed-out request's future is cancelled already
+        if error is not None:
+            item.future.set_exception(error)
+        else:
+            item.future.set_result(row)
 
 
 class Metrics:
@@ -185,6 +207,7 @@ class Service:
         self.precision, self.limits, self.token = precision, limits, token
         self.max_batch, self.max_wait_ms = max_batch, max_wait_ms
         self.transform, self.normalize = self.pre.transform(), self.pre.normalizer()
+        self.input_shape = (len(self.pre.mean), self.pre.crop, self.pre.crop)  # (C, H, W) of one uint8 image
         calib = None
         if self.backend == "onnxruntime-int8":  # static quantisation: calibrated on real images before serving
             if not calib_images:
@@ -197,7 +220,8 @@ class Service:
         self.runner = make_runner(self.model, self.backend, output="features", calib=calib, precision=precision,
                                   device=self.device)  # fmt: skip
         self.metrics = Metrics(max_batch)
-        self.decoder = ThreadPoolExecutor(decode_workers, thread_name_prefix="resnets-decode")
+        self.decode_workers = decode_workers
+        self.decoder: ThreadPoolExecutor | None = None  # made when the app starts
         self.batcher = Batcher(self._run, max_batch, max_wait_ms / 1000, limits.max_queue, self.metrics.batch.observe)
         self.explain_lock = threading.Lock()
         self._explain_model: nn.Module | None = None
@@ -224,8 +248,7 @@ class Service:
             return fc(features.to(next(fc.parameters()).device)).float().cpu() if self.model.num_classes else features
 
     def warm_up(self) -> None:
-        c = len(self.pre.mean)
-        self._run(torch.zeros(1, c, self.pre.crop, self.pre.crop, dtype=torch.uint8))
+        self._run(torch.zeros(1, *self.input_shape, dtype=torch.uint8))
         self.ready = True
 
     def decode(self, data: bytes, name: str) -> torch.Tensor:
@@ -237,7 +260,11 @@ class Service:
         except BadSample as e:
             kind = e.kind if e.kind in STATUS_OF_KIND else "not_an_image"
             raise HTTPFailure(STATUS_OF_KIND.get(kind, 415), f"{name}: {e.reason}", kind=kind) from None
-        return self.transform(raw)
+        image = self.transform(raw)
+        if tuple(image.shape) != self.input_shape:  # checked here, so no image can break a batch it joins
+            raise HTTPFailure(422, f"{name}: the image became {tuple(image.shape)}, not the model's input "
+                              f"{self.input_shape}", kind="corrupt_image")  # fmt: skip
+        return image
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -317,15 +344,20 @@ def app(model: nn.Module | str | os.PathLike, *, backend: str = "auto", precisio
     from . import __version__
     from .factory import load
 
+    where = "the token" if token is not None else f"${TOKEN_ENV}"
+    token = token if token is not None else os.environ.get(TOKEN_ENV)
+    if token is not None and (not token or not all(33 <= ord(c) < 127 for c in token)):
+        raise ResnetsError(f"{where} must be printable ASCII without spaces, and not empty (an empty token would let "
+                           "an empty bearer in)")  # fmt: skip
     if not isinstance(model, nn.Module):
         model = load(model)
-    token = token if token is not None else os.environ.get(TOKEN_ENV) or None
     svc = Service(model, backend=backend, precision=precision, device=device, max_batch=max_batch,
                   max_wait_ms=max_wait_ms, decode_workers=decode_workers, limits=limits or Limits(), token=token,
                   calib_images=calib)  # fmt: skip
 
     @asynccontextmanager
     async def lifespan(_app):
+        svc.decoder = ThreadPoolExecutor(svc.decode_workers, thread_name_prefix="resnets-decode")
         svc.batcher.start()
         await asyncio.get_running_loop().run_in_executor(None, svc.warm_up)
         yield
@@ -333,10 +365,14 @@ def app(model: nn.Module | str | os.PathLike, *, backend: str = "auto", precisio
         await svc.batcher.stop()
         svc.decoder.shutdown(wait=False, cancel_futures=True)
 
-    api = FastAPI(title="resnets", version=__version__, lifespan=lifespan,
-                  description=f"{svc.meta.architecture} ({svc.model.num_classes} classes) served by resnets: "
-                              "classify, embed and explain images.")  # fmt: skip
+    # /docs and /openapi.json are our own routes: behind the token, and Swagger UI's script served from the
+    # fastapi-offline package (FastAPI's own page loads it from a CDN, and is blank offline; ReDoc, its other page,
+    # fetches a logo from one even when served locally, so it is left out)
+    api = FastAPI(title="resnets", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None, description=f"{svc.meta.architecture} ({svc.model.num_classes} classes) served "
+                  "by resnets: classify, embed and explain images.")  # fmt: skip
     api.state.service = svc
+    api.add_middleware(_Counted, metrics=svc.metrics)
     upload_limit = int(svc.limits.max_upload_mb * 1024 * 1024)
     multipart = {"requestBody": {"required": True, "content": {
         "multipart/form-data": {"schema": {"type": "object", "properties": {
@@ -374,7 +410,10 @@ def app(model: nn.Module | str | os.PathLike, *, backend: str = "auto", precisio
         except (asyncio.TimeoutError, TimeoutError):
             response = JSONResponse({"detail": f"not answered within {svc.limits.timeout_s:g} s; retry later"}, 504)
             svc.metrics.errors.labels("timeout").inc()
-        svc.metrics.requests.labels(endpoint, str(response.status_code)).inc()
+        except Exception as e:  # a fault of ours: one line to the client, the traceback in the server's log
+            log.exception("%s failed", endpoint)
+            response = JSONResponse({"detail": f"internal error ({type(e).__name__}); the server's log has the details"}, 500)
+            svc.metrics.errors.labels("internal").inc()
         svc.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
         return response
 
@@ -413,11 +452,10 @@ def app(model: nn.Module | str | os.PathLike, *, backend: str = "auto", precisio
             names, images = await decoded(request)
             if len(images) != 1:
                 raise HTTPFailure(400, f"explain takes one image; got {len(images)}")
-            cls = None
-            if target is not None:
-                cls = int(target) if target.isdigit() else svc.names.index(target) if target in svc.names else -1
-                if not 0 <= cls < svc.model.num_classes:
-                    raise HTTPFailure(400, f"unknown class {target!r}")
+            try:
+                cls = class_index(target, svc.names)
+            except ResnetsError as e:
+                raise HTTPFailure(400, str(e), kind="bad_request") from None
             png, cls, prob = await asyncio.get_running_loop().run_in_executor(None, _overlay, svc, images[0], cls)
             svc.metrics.images.labels("explain").inc()
             return Response(png, media_type="image/png", headers={
@@ -444,15 +482,33 @@ def app(model: nn.Module | str | os.PathLike, *, backend: str = "auto", precisio
             return JSONResponse({"status": "starting or stopping"}, 503)
         return {"status": "ready"}
 
-    @api.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
-    async def metrics(request: Request):
+    def guarded(request: Request, make) -> Response:
         try:
             check_token(request)
         except HTTPFailure as e:
+            svc.metrics.errors.labels(e.kind).inc()
             return JSONResponse({"detail": e.detail}, e.status, headers=e.headers)
+        return make()
+
+    @api.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+    async def metrics(request: Request):
         from prometheus_client import CONTENT_TYPE_LATEST
 
-        return Response(svc.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+        return guarded(request, lambda: Response(svc.metrics.render(), media_type=CONTENT_TYPE_LATEST))
+
+    @api.get("/openapi.json", include_in_schema=False)
+    async def openapi(request: Request):
+        return guarded(request, lambda: JSONResponse(api.openapi()))
+
+    @api.get("/docs", include_in_schema=False)
+    async def docs(request: Request):
+        from fastapi.openapi.docs import get_swagger_ui_html
+
+        return guarded(request, lambda: get_swagger_ui_html(
+            openapi_url="openapi.json", title="resnets: the API", swagger_js_url="docs/assets/swagger-ui-bundle.js",
+            swagger_css_url="docs/assets/swagger-ui.css", swagger_favicon_url="docs/assets/favicon.png"))  # fmt: skip
+
+    api.mount("/docs/assets", _doc_assets(), name="doc-assets")
 
     @api.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page():
@@ -461,8 +517,48 @@ def app(model: nn.Module | str | os.PathLike, *, backend: str = "auto", precisio
     return api
 
 
+def _doc_assets():
+    """Swagger UI's script and style as the fastapi-offline package ships them (nothing fetched from a CDN)."""
+    from fastapi.staticfiles import StaticFiles
+
+    return StaticFiles(directory=str(resources.files("fastapi_offline").joinpath("static")))
+
+
+class _Counted:
+    """ASGI middleware: every answer counted in resnets_requests by endpoint and status code, 500s included (an
+    exception that escapes a route is counted as the 500 the server then sends)."""
+
+    def __init__(self, app, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = [500]
+
+        async def sending(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            path = scope.get("path", "")
+            endpoint = _ENDPOINTS.get(path, "docs" if path.startswith("/docs/") else "other")
+            self.metrics.requests.labels(endpoint, str(status[0])).inc()
+
+
+# the label each path is counted under in resnets_requests (anything else: "other", so a scan of random paths
+# cannot grow the metrics without bound)
+_ENDPOINTS = {"/v1/predict": "predict", "/v1/embed": "embed", "/v1/explain": "explain", "/v1/model": "model",
+              "/healthz": "healthz", "/readyz": "readyz", "/metrics": "metrics", "/": "page", "/docs": "docs",
+              "/openapi.json": "docs"}  # fmt: skip
+
+
 def _header_safe(text: str) -> str:
-    return text.encode("ascii", "backslashreplace").decode("ascii")
+    """Any text as a valid HTTP header value: control characters (newlines, escape codes) and non-ASCII escaped."""
+    return text.encode("unicode_escape").decode("ascii")
 
 
 def _overlay(svc: Service, image: torch.Tensor, target: int | None) -> tuple[bytes, int, float]:
@@ -502,10 +598,56 @@ def check_listen(host: str, port: int) -> None:
             raise ResnetsError(f"cannot listen on {host}:{port}: {e.strerror}") from None
 
 
-def run(api, host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "info", graceful_s: float = 30.0) -> None:
+def _slow_header_guard(seconds: float):
+    """uvicorn's h11 protocol with a deadline on each request's headers: a connection that has not sent a whole
+    request line and headers `seconds` after it opened (or after its previous answer, once it sends again) is
+    closed. uvicorn bounds an idle keep-alive connection but not one that sends a byte now and then."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class Protocol(H11Protocol):
+        _header_deadline: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            before = self.cycle
+            super().data_received(data)
+            if self.cycle is not before:  # a request's headers are complete
+                self._disarm()
+            elif self.cycle is None or self.cycle.response_complete:  # the next request's headers are coming
+                self._arm()
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            if self._header_deadline is None:
+                self._header_deadline = self.loop.call_later(seconds, self._too_slow)
+
+        def _disarm(self) -> None:
+            if self._header_deadline is not None:
+                self._header_deadline.cancel()
+                self._header_deadline = None
+
+        def _too_slow(self) -> None:
+            self._header_deadline = None
+            if not self.transport.is_closing():
+                self.logger.info("%s: closed, its request headers took over %g s", self.client, seconds)
+                self.transport.close()
+
+    return Protocol
+
+
+def run(api, host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "info", graceful_s: float = 30.0,
+        header_timeout_s: float = 10.0) -> None:  # fmt: skip
     """Serve `api` with uvicorn until SIGINT/SIGTERM: then no new connections, and the requests in flight are
     answered (for up to `graceful_s`) before this returns. A stop asked for is a clean exit: uvicorn would
-    raise the signal again after its graceful shutdown, so the process would end as killed by it."""
+    raise the signal again after its graceful shutdown, so the process would end as killed by it. Each request
+    is logged (uvicorn's access log, at log_level info: the client, request line and status; never a header,
+    so never the token); a connection whose headers take over `header_timeout_s` is closed."""
     import contextlib
     import signal
 
@@ -526,5 +668,5 @@ def run(api, host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "inf
 
     check_listen(host, port)
     config = uvicorn.Config(api, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=graceful_s,
-                            access_log=False)  # fmt: skip
+                            access_log=True, http=_slow_header_guard(header_timeout_s))  # fmt: skip
     Server(config).run()

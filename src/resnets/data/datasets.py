@@ -7,7 +7,9 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -46,6 +48,21 @@ BAD_KINDS = (
 # default limit.
 DEFAULT_MAX_PIXELS = 89_478_485
 
+# the most bytes a file may have per pixel of the limit before it is refused unread: 16-bit RGBA stored raw is 8
+BYTES_PER_PIXEL_BOUND = 8
+
+# the signatures of the formats we decode: a file that starts with one and whose header cannot be read is a
+# broken image of that format (corrupt_image), any other unreadable header is not an image at all
+_SIGNATURES = {
+    b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"GIF87a": "GIF", b"GIF89a": "GIF", b"BM": "BMP",
+    b"II*\x00": "TIFF", b"MM\x00*": "TIFF", b"RIFF": "WEBP",
+}  # fmt: skip
+
+# the formats torchvision.io decodes (libjpeg-turbo, libpng, libwebp), each to exactly the size its header
+# states; anything else, and every GIF, is decoded by Pillow, whose first frame is the header's size: torchvision
+# decodes every frame of a GIF at the canvas size (60 frames x the limit)
+_TORCHVISION_FORMATS = ("JPEG", "MPO", "PNG", "WEBP")
+
 
 def max_pixels() -> int:
     """The pixel limit in force: $RESNETS_MAX_PIXELS (set by --max-pixels, and seen by loader workers), else the
@@ -56,41 +73,99 @@ def max_pixels() -> int:
         return DEFAULT_MAX_PIXELS
 
 
-def check_header(source, name: str | None = None, limit: int | None = None) -> int:
-    """Refuse an image over the pixel limit (`limit`, default the process's) from its header (Pillow reads the
-    header only), before decoding. `source`: a path or a binary file object; `name` names it in the error.
-    Returns its EXIF orientation (1: upright, or unknown)."""
-    from PIL import Image
+@dataclass(frozen=True)
+class Header:
+    """What an image's header says, read before any pixel is decoded."""
+
+    format: str  # Pillow's name: JPEG, PNG, GIF, WEBP, BMP, TIFF, ...
+    width: int
+    height: int
+    orientation: int  # EXIF orientation: 1 is upright (or unknown)
+
+
+def _signature(data: bytes) -> str | None:
+    for magic, fmt in _SIGNATURES.items():
+        if data.startswith(magic) and (fmt != "WEBP" or data[8:12] == b"WEBP"):
+            return fmt
+    return None
+
+
+def read_header(data: bytes, name: str, limit: int | None = None) -> Header:
+    """The header of the image in `data` (Pillow reads the header only), refused if it is over the pixel limit
+    (`limit`, default the process's). Fails closed: an image whose size cannot be read from its header is never
+    decoded (a PNG with a broken ancillary chunk before its pixels would otherwise reach libpng unchecked)."""
+    from PIL import Image, UnidentifiedImageError
 
     limit = max_pixels() if limit is None else limit
-    name = name if name is not None else os.fspath(source)
+    if not data:
+        raise BadSample(name, "empty file", "empty")
     Image.MAX_IMAGE_PIXELS = None  # our limit, not Pillow's warning and error at 1x and 2x its own
     try:
-        with Image.open(source) as im:
-            w, h = im.size
-            if w * h > limit:
-                raise BadSample(name, f"{w}x{h} is {w * h:,} pixels, over the limit of {limit:,} (--max-pixels raises it)",
-                                "too_many_pixels")  # fmt: skip
+        with Image.open(io.BytesIO(data)) as im:
+            (w, h), fmt = im.size, im.format
             # JPEG, TIFF and WebP read EXIF with the header; a PNG's getexif() would decode the whole image
-            orientation = im.getexif().get(0x0112, 1) if im.format in ("JPEG", "MPO", "TIFF", "WEBP") else 1
-    except BadSample:
-        raise
-    except Exception:  # not an image Pillow knows: the decoders will say what is wrong
-        return 1
-    return orientation if isinstance(orientation, int) else 1
+            orientation = im.getexif().get(0x0112, 1) if fmt in ("JPEG", "MPO", "TIFF", "WEBP") else 1
+    except Exception as e:  # Pillow raises many types for foreign or broken headers
+        known = _signature(data)
+        if known is None:
+            raise BadSample(name, "not an image (no decoder knows its format)", "not_an_image") from None
+        why = "" if isinstance(e, UnidentifiedImageError) else f" ({_first_line(e)})"
+        raise BadSample(name, f"a broken {known} file: its header cannot be read{why}", "corrupt_image") from None
+    if w * h > limit:
+        raise BadSample(name, f"{w}x{h} is {w * h:,} pixels, over the limit of {limit:,} (--max-pixels raises it)",
+                        "too_many_pixels")  # fmt: skip
+    return Header(fmt or "", w, h, orientation if isinstance(orientation, int) else 1)
 
 
-def _to_uint8(img: torch.Tensor) -> torch.Tensor:
-    """16-bit (and other) images scaled to uint8; the first frame of an animation."""
-    from torchvision.transforms.v2.functional import to_dtype
+def read_image_file(path: str | os.PathLike, limit: int | None = None) -> bytes:
+    """A file's bytes, refused unread when it is larger than any image within the pixel limit can be."""
+    path = os.fspath(path)
+    limit = max_pixels() if limit is None else limit
+    try:
+        size = os.stat(path).st_size
+        if not os.path.isfile(path):
+            raise BadSample(path, "not a file")
+        if size > limit * BYTES_PER_PIXEL_BOUND + (1 << 20):
+            raise BadSample(path, f"{size:,} bytes is more than any image within the pixel limit of {limit:,} holds "
+                            "(--max-pixels raises it)", "too_many_pixels")  # fmt: skip
+        with open(path, "rb") as f:
+            return f.read(limit * BYTES_PER_PIXEL_BOUND + (1 << 20) + 1)
+    except FileNotFoundError:
+        raise BadSample(path, "no such file") from None
+    except OSError as e:
+        raise BadSample(path, f"cannot read file ({e.strerror or e})") from None
 
-    if img.ndim == 4:  # (frames, C, H, W): an animated GIF or WebP
+
+def _first_line(e: Exception) -> str:
+    """The first line of a decoder's message, without the repr of our own buffer (`<_io.BytesIO object at 0x..>`)."""
+    import re
+
+    text = re.sub(r"<[^<>]* object at 0x[0-9a-fA-F]+>", "the data", str(e)).strip()
+    return text.splitlines()[0][:120] if text else type(e).__name__
+
+
+def to_channels(img: torch.Tensor, channels: int) -> torch.Tensor:
+    """An image tensor (C, H, W), or (frames, C, H, W), as uint8 with `channels` channels (1 or 3), whatever it
+    came as: the first frame; 16-bit and float scaled; alpha dropped; colour to grey by luma (as Pillow's "L"),
+    grey to colour by repetition. Every decoder's output goes through here, so every format gives the model's
+    channel count (torchvision returns 3 channels for GIF and WebP even when asked for grey)."""
+    from torchvision.transforms.v2.functional import rgb_to_grayscale, to_dtype
+
+    if img.ndim == 4:  # (frames, C, H, W): an animation
         img = img[0]
-    return img if img.dtype == torch.uint8 else to_dtype(img, torch.uint8, scale=True)
+    if img.dtype != torch.uint8:
+        img = to_dtype(img, torch.uint8, scale=True)
+    if img.shape[0] in (2, 4):  # grey or colour with alpha
+        img = img[:-1]
+    if img.shape[0] == channels:
+        return img
+    if channels == 1:
+        return rgb_to_grayscale(img)
+    return img.expand(3, -1, -1).contiguous()
 
 
 def pil_to_tensor(im, channels: int) -> torch.Tensor:
-    """A Pillow image (its first frame, EXIF orientation applied) as uint8 (channels, H, W), whatever its mode."""
+    """A Pillow image (its current frame, EXIF orientation applied) as uint8 (channels, H, W), whatever its mode."""
     import numpy as np
     from PIL import ImageOps
 
@@ -98,42 +173,30 @@ def pil_to_tensor(im, channels: int) -> torch.Tensor:
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):  # 16/32-bit grey: scale, do not clip
         a = np.asarray(im, dtype=np.float64)
         a = np.clip(a * (255.0 / (65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0)), 0, 255)
-        t = torch.from_numpy(a.round().astype(np.uint8))[None]
-        return t.expand(3, -1, -1).contiguous() if channels == 3 else t
+        return to_channels(torch.from_numpy(a.round().astype(np.uint8))[None], channels)
     if im.mode == "F":
-        t = torch.from_numpy(np.clip(np.asarray(im), 0, 255).round().astype(np.uint8))[None]
-        return t.expand(3, -1, -1).contiguous() if channels == 3 else t
+        return to_channels(torch.from_numpy(np.clip(np.asarray(im), 0, 255).round().astype(np.uint8))[None], channels)
     from torchvision.transforms.v2.functional import pil_to_tensor as to_tensor
 
     return to_tensor(im.convert("RGB" if channels == 3 else "L"))
 
 
 def decode(path: str | os.PathLike, channels: int = 3) -> torch.Tensor:
-    """Decode an image file to uint8 (channels, H, W), or raise BadSample with the reason. torchvision.io for
-    JPEG/PNG/WebP/GIF, Pillow for the rest (BMP, TIFF, ...). Grey, palette and alpha images are converted,
-    16-bit ones scaled, animations give their first frame, EXIF orientation is applied (a portrait photo stands
-    upright), and an image over the pixel limit is refused from its header."""
+    """Decode an image file to uint8 (channels, H, W), or raise BadSample with the reason: `decode_bytes` of the
+    file, which is refused unread when it is larger than any image within the pixel limit."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise BadSample(path, "no such file" if not os.path.exists(path) else "not a file")
-    check_header(path)
-    from torchvision.io import read_file
-
-    return _decode(read_file(path), path, channels, pillow_first=path.lower().endswith((".bmp", ".tif", ".tiff")),
-                   source=path)  # fmt: skip
+    return decode_bytes(read_image_file(path), path, channels)
 
 
 def decode_bytes(data: bytes, name: str, channels: int = 3, *, max_pixels: int | None = None) -> torch.Tensor:
-    """`decode` for an image in memory (an upload): the same formats, conversions and pixel limit (`max_pixels`,
-    default the process's); `name` only labels it in errors."""
-    import io
-
-    if not data:
-        raise BadSample(name, "empty file", "empty")
-    buf = io.BytesIO(data)
-    check_header(buf, name, max_pixels)
-    buf.seek(0)
-    return _decode(torch.frombuffer(bytearray(data), dtype=torch.uint8), name, channels, source=buf)
+    """An image in memory (a file's bytes, an upload) as uint8 (channels, H, W), or BadSample with the reason;
+    `name` labels it in errors. Its header is read first and an image over the pixel limit (`max_pixels`,
+    default the process's), or whose header cannot be read, is refused before any decoding. torchvision.io
+    decodes JPEG, PNG and WebP, Pillow everything else (GIF, BMP, TIFF, animated WebP). Grey, palette and alpha
+    images are converted to the model's `channels`, 16-bit ones scaled, an animation gives its first frame only,
+    EXIF orientation is applied (a portrait photo stands upright)."""
+    header = read_header(data, name, max_pixels)
+    return decode_checked(data, header, name, channels)
 
 
 def read_mode(channels: int):
@@ -143,30 +206,25 @@ def read_mode(channels: int):
     return ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY
 
 
-def _decode(raw: torch.Tensor, name: str, channels: int, *, source, pillow_first: bool = False) -> torch.Tensor:
-    """torchvision's decoder (unless `pillow_first`), else Pillow's on `source` (a path or a file object)."""
-    from torchvision.io import decode_image
+def decode_checked(data: bytes, header: Header, name: str, channels: int) -> torch.Tensor:
+    """`data`, whose `header` was read (and checked against the pixel limit) by read_header, decoded."""
+    if header.format in _TORCHVISION_FORMATS:
+        from torchvision.io import decode_image
 
-    if not pillow_first:
         try:
-            return _to_uint8(decode_image(raw, mode=read_mode(channels), apply_exif_orientation=True))
-        except RuntimeError:
+            raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+            mode = read_mode(3 if header.format == "WEBP" else channels)  # libwebp decodes colour only
+            return to_channels(decode_image(raw, mode=mode, apply_exif_orientation=True), channels)
+        except RuntimeError:  # animated WebP, CMYK or odd JPEGs: Pillow's turn
             pass
     from PIL import Image
 
-    def bad(e: Exception, kind: str) -> BadSample:
-        return BadSample(name, f"cannot decode image ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})", kind)
-
-    try:  # Pillow raises many types for foreign or broken files
-        im = Image.open(source)
-    except Exception as e:  # no decoder knows it
-        raise bad(e, "not_an_image") from None
     try:
-        with im:
-            im.load()
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()  # the first frame only, at the header's size
             return pil_to_tensor(im, channels)
     except Exception as e:  # a known format whose data is broken
-        raise bad(e, "corrupt_image") from None
+        raise BadSample(name, f"cannot decode image ({_first_line(e)})", "corrupt_image") from None
 
 
 class TensorDataset(Dataset):

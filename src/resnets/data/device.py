@@ -16,13 +16,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import ResnetsError
-from .datasets import BadSample, FileDataset, TensorDataset, check_header, decode, read_mode
+from .datasets import BadSample, FileDataset, TensorDataset, decode, decode_checked, read_header, read_image_file, read_mode
 from .loader import Batch, SampledLoader, to_device
 
 log = logging.getLogger("resnets")
-
-_JPEG_MAGIC = b"\xff\xd8\xff"
-
 
 def device_loader(dataset: Dataset, sampler: Sampler, transform, device: torch.device, *, workers: int = 0,
                   strict: bool = False):  # fmt: skip
@@ -73,15 +70,11 @@ class _Encoded(Dataset):
     def __getitem__(self, key: int):
         path, label = self.samples[int(key) % len(self.samples)]
         try:
-            upright = check_header(path) == 1  # the pixel limit, from the header; nvJPEG ignores EXIF orientation
-            with open(path, "rb") as f:
-                head = f.read(3)
-                if head == _JPEG_MAGIC and upright:
-                    data = torch.frombuffer(bytearray(head + f.read()), dtype=torch.uint8)
-                    return int(key), label, path, data, True
-            return int(key), label, path, decode(path, self.channels), False
-        except OSError as e:
-            return BadSample(path, f"cannot read file ({e.strerror or e})")
+            data = read_image_file(path)
+            header = read_header(data, path)  # the pixel limit, before any decoding
+            if header.format == "JPEG" and header.orientation == 1:  # nvJPEG ignores EXIF orientation
+                return int(key), label, path, torch.frombuffer(bytearray(data), dtype=torch.uint8), True
+            return int(key), label, path, decode_checked(data, header, path, self.channels), False
         except BadSample as e:
             return e
 
