@@ -31,7 +31,7 @@ import torchvision
 
 import resnets
 from resnets.backends import bench, make_runner, onnx_cache_path
-from resnets.export import check_inputs, export_int8
+from resnets.export import example_inputs, export_int8
 
 
 def _torchvision_peer(ref: torch.nn.Module, device: torch.device, precision: str, compiled: bool):
@@ -59,7 +59,7 @@ def speed_case(runs: int, batch: int, seconds: float, device: torch.device, prec
     ours = resnets.create_model("resnet50")
     ours.load_state_dict(ref.state_dict())  # the default preprocessing of a resnet50: 256 -> 224, ImageNet statistics
     if device.type == "cpu" and precision == "fp32":
-        calib = [check_inputs(ours, batch=14)]  # 14 random + 2 real photos; speed only, accuracy is case 2
+        calib = [example_inputs(ours, batch=14)]  # 14 random + 2 real photos; speed only, accuracy is case 2
         runners = {"torchvision-eager": lambda t: ref(t)}
         for name, backend, cl in [("eager", "eager", False), ("eager-channels-last", "eager", True),
                                   ("compile", "compile", True), ("onnxruntime", "onnxruntime", False),

@@ -113,7 +113,7 @@ def test_train_help_describes_every_key_with_its_default_and_values():
     code, out, _ = run_cli("train", "--help")
     assert code == 0
     assert "--schedule {cosine,step,onecycle,plateau,constant}" in out and "(default: cosine)" in out
-    assert "--lr X" in out and "(default: 0.1; > 0)" in " ".join(out.split())
+    assert "--lr X" in out and "(default: 0.1; > 0 and <= 100)" in " ".join(out.split())
     assert all(f.metadata.get("help") for f in dataclasses.fields(TrainConfig))  # every key has a line of help
     assert " V " not in out and "%%" not in out
     code, out, _ = run_cli("finetune", "--help")
@@ -171,3 +171,21 @@ def test_few_classes_report_no_top5_and_bench_takes_weights_like_the_others(tmp_
     assert r["model"] == "resnet20" and [x["batch"] for x in r["results"]] == [1, 2]
     code, _, err = run_cli("bench", "resnet20", "--weights", tmp_path / "r")
     assert code == 2 and "one model" in err
+
+
+def test_help_shows_the_defaults_that_apply_and_misspelt_flags_get_a_suggestion():
+    """finetune --help showed the plain config's lr 0.1, 10 epochs, batch 128 where 0.01, 15, 32 apply; so did
+    train --recipe X --help. A misspelt option (--topk, --epohcs) got no suggestion."""
+    flat = lambda text: " ".join(text.split())  # noqa: E731
+    code, out, _ = run_cli("finetune", "--help")
+    assert code == 0 and "(default: 0.01;" in flat(out) and "(default: 15;" in flat(out) and "(default: 32;" in flat(out)
+    code, out, _ = run_cli("train", "--recipe", "fashion-mnist", "--help")
+    assert code == 0 and "recipe fashion-mnist's" in flat(out) and "(default: 0.2;" in flat(out)
+    code, out, _ = run_cli("train", "--help")
+    assert code == 0 and "(default: 0.1;" in flat(out) and "(default: 10;" in flat(out)
+    code, out, _ = run_cli("predict", "--help")
+    assert code == 0 and "-k" in out and "(default 5)" in flat(out) and "1 when any could not be read" in flat(out)
+    for args, suggestion in ((["predict", "x.png", "--weights", "w", "--topk", "2"], "did you mean --top-k?"),
+                             (["train", "--epohcs", "1"], "did you mean --epochs")):  # fmt: skip
+        code, _, err = run_cli(*args)
+        assert code == 2 and suggestion in err and len(err.strip().splitlines()) == 1, err

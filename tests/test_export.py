@@ -105,3 +105,21 @@ def test_cli_export_prints_the_difference(r18_file, tmp_path):
     assert code == 0 and "input 2 x 3 x 64 x 64" in out, err
     code, _, err = run_cli("export", "--weights", r18_file, "--format", "exported-program", "--out", tmp_path / "m.onnx")
     assert code == 2 and len(err.strip().splitlines()) == 1
+
+
+def test_the_export_check_is_relative_to_the_logits_and_a_failure_exits_1(tmp_path):
+    """A model with large logits (a trained one's are ~13; here ~100) passes the default check, whose tolerance
+    grows with |eager| as torch.testing.assert_close's does (an absolute 1e-4 refused a trained Fashion-MNIST
+    model); a tolerance of zero fails it, and a failed check exits 1, not 2."""
+    torch.manual_seed(0)
+    model = randomize_norms(resnets.create_model("resnet20", num_classes=10)).eval()
+    with torch.no_grad():
+        model.fc.weight.mul_(200)
+    path = resnets.save(model, tmp_path / "big.safetensors", preprocessing=resnets.Preprocessing(32, 32))
+    with torch.no_grad():
+        assert model(torch.randn(4, 3, 32, 32)).abs().max() > 50
+    code, out, err = run_cli("export", "--weights", path, "--fold-bn", "--out", tmp_path / "ok.onnx")
+    assert code == 0 and (tmp_path / "ok.onnx").is_file(), err
+    code, out, err = run_cli("export", "--weights", path, "--fold-bn", "--atol", 0, "--rtol", 0, "--out", tmp_path / "no.onnx")
+    assert code == 1 and "over --atol 0 + --rtol 0" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "no.onnx").exists()

@@ -172,7 +172,7 @@ def test_push_uploads_the_folder_with_the_token(hub_folder, monkeypatch):
     calls = []
 
     class Recorder:
-        def __init__(self, token=None):
+        def __init__(self, token=None, endpoint=None):
             calls.append(("token", token))
 
         def create_repo(self, repo_id, private=False, exist_ok=False):
@@ -223,3 +223,120 @@ def test_push_to_an_unreachable_hub_is_one_line(hub_folder, monkeypatch):
     monkeypatch.setattr(hc, "ENDPOINT", f"http://127.0.0.1:{port}")
     code, _, err = run_cli("push", hub_folder, "--repo", "me/x")
     assert code == 2 and "cannot reach the Hugging Face Hub to push to me/x" in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.fixture(scope="module")
+def timm_weights(tmp_path_factory):
+    from safetensors.torch import save_file
+
+    ref = timm.create_model("resnet18", num_classes=5, pretrained=False).eval()
+    path = tmp_path_factory.mktemp("timm") / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(path))
+    return path
+
+
+GOOD_CFG = {"architecture": "resnet18", "num_classes": 5, "label_names": LABELS,
+            "pretrained_cfg": {"input_size": [3, 224, 224], "interpolation": "bicubic", "crop_pct": 0.95,
+                               "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}  # fmt: skip
+
+
+@pytest.mark.parametrize("key, value, needle", [
+    ("pretrained_cfg", "x", "pretrained_cfg must be a table"),
+    ("num_classes", "abc", "num_classes must be a whole number"),
+    ("num_classes", [1], "num_classes must be a whole number"),
+    ("num_classes", 1e12, "num_classes must be a whole number"),
+    ("num_classes", 1_000_000, "from 0 to 100,000"),
+    ("num_classes", 10.7, "num_classes must be a whole number"),
+    ("num_classes", True, "num_classes must be a whole number"),
+    ("num_classes", 6, "config.json names 5 classes for num_classes 6"),
+    ("label_names", 5, "label_names must be a list of class names"),
+    ("label_names", ["a", 2, "c", "d", "e"], "label_names must be a list of class names"),
+    ("pretrained_cfg.input_size", "abc", "input_size must be [channels, height, width]"),
+    ("pretrained_cfg.input_size", 224, "input_size must be [channels, height, width]"),
+    ("pretrained_cfg.input_size", [3, 224, float("nan")], "input_size must be a whole number"),
+    ("pretrained_cfg.input_size", [3, 5000, 5000], "from 8 to 1,024"),
+    ("pretrained_cfg.test_input_size", [3, 224], "test_input_size must be [channels, height, width]"),
+    ("pretrained_cfg.crop_pct", "nan", "crop_pct must be a number"),
+    ("pretrained_cfg.crop_pct", 0, "crop_pct must be a number"),
+    ("pretrained_cfg.mean", 5, "mean must be a list of 3 finite numbers"),
+    ("pretrained_cfg.mean", [0.5, 0.5], "mean must be a list of 3 finite numbers"),
+    ("pretrained_cfg.std", [0, 1, 1], "std must be positive"),
+    ("pretrained_cfg.interpolation", "lanczos", "interpolation must be bilinear or bicubic or nearest"),
+    ("pretrained_cfg.crop_mode", "border", "crop_mode must be center or squash"),
+    ("pretrained_cfg.num_classes", "five", "pretrained_cfg.num_classes must be a whole number"),
+])  # fmt: skip
+def test_a_foreign_timm_config_is_checked_before_anything_is_built(tmp_path, timm_weights, key, value, needle):
+    """Each malformed value of a timm config.json (13 of 33 used to be tracebacks, 1,000,000 classes loaded at
+    3 GB, 10.7 was truncated to 10) is one line naming the key, from the Python API and the command line."""
+    import copy
+    import shutil
+
+    cfg = copy.deepcopy(GOOD_CFG)
+    table, _, leaf = key.rpartition(".")
+    (cfg[table] if table else cfg)[leaf] = value
+    folder = tmp_path / "timm-folder"
+    folder.mkdir()
+    shutil.copy(timm_weights, folder / "model.safetensors")
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(resnets.ResnetsError, match=needle.replace("[", r"\[").replace("]", r"\]")):
+        resnets.load(folder)
+    from PIL import Image
+
+    Image.new("RGB", (40, 40)).save(tmp_path / "x.png")
+    code, _, err = run_cli("predict", tmp_path / "x.png", "--weights", folder, "--workers", 0)
+    assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_good_foreign_timm_config_still_loads_and_a_huge_one_is_not_read(tmp_path, timm_weights):
+    import shutil
+
+    folder = tmp_path / "timm-folder"
+    folder.mkdir()
+    shutil.copy(timm_weights, folder / "model.safetensors")
+    (folder / "config.json").write_text(json.dumps(GOOD_CFG))
+    model = resnets.load(folder)
+    assert model.num_classes == 5 and model.meta.names(5) == LABELS and model.meta.preprocessing.crop == 224
+    (folder / "config.json").write_text(json.dumps({**GOOD_CFG, "padding": " " * (5 << 20)}))
+    with pytest.raises(resnets.WeightsError, match="a timm config.json is a few kilobytes"):
+        resnets.load(folder)
+
+
+def test_push_to_a_hub_that_never_answers_gives_up_and_says_where(hub_folder, monkeypatch):
+    """An endpoint that accepts the connection and never answers: the push ends after its timeout, naming the
+    step, instead of hanging (huggingface_hub's own client waits forever)."""
+    import socket
+    import threading
+    import time
+
+    from resnets.hub import push
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    held = []
+    stop = threading.Event()
+
+    def accept():
+        silent.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(silent.accept()[0])  # accepted, never answered
+            except OSError:
+                pass
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{silent.getsockname()[1]}")
+    start = time.time()
+    try:
+        with pytest.raises(resnets.WeightsError, match="did not answer within 1.5 s while creating the repo"):
+            push(hub_folder, "me/x", timeout_s=1.5)
+    finally:
+        stop.set()
+        t.join()
+        for c in held:
+            c.close()
+        silent.close()
+    assert time.time() - start < 20

@@ -2,6 +2,7 @@
 outputs and, end to end, `resnets predict` against Keras' own load_img + preprocess_input + predict."""
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -137,3 +138,47 @@ def test_files_that_are_not_keras_resnets_are_one_line(tmp_path):
             resnets.load(path)
         code, out, err = run_cli("predict", "--weights", path, str(path))
         assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+
+
+def _keras_zip(path, config, weights: bytes = b"", compress=True):
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED) as z:
+        z.writestr("config.json", config if isinstance(config, (str, bytes)) else json.dumps(config))
+        z.writestr("model.weights.h5", weights)
+    return path
+
+
+def test_keras_files_from_elsewhere_are_checked_and_bounded(keras_files, tmp_path):
+    """A .keras whose config.json is not a model's, a BatchNorm epsilon that is not a number, a config.json of
+    20 MB packed into 20 KB, an .h5 with a 1-D kernel or text BatchNorm weights: each one line, exit 2."""
+    import shutil
+
+    _, files, photos = keras_files
+    cases = {
+        "list.keras": (_keras_zip(tmp_path / "list.keras", []), "no model config"),
+        "str.keras": (_keras_zip(tmp_path / "str.keras", {"config": "abc"}), "no model config"),
+        "layers.keras": (_keras_zip(tmp_path / "layers.keras", {"config": {"layers": "abc"}}), "'layers' is not a list"),
+        "eps.keras": (_keras_zip(tmp_path / "eps.keras", {"config": {"layers": [
+            {"class_name": "BatchNormalization", "config": {"name": "bn", "epsilon": [1]}}]}}), "epsilon is [1]"),
+        "layer.keras": (_keras_zip(tmp_path / "layer.keras", {"config": {"layers": ["x"]}}), "a layer that is not a table"),
+        "big.keras": (_keras_zip(tmp_path / "big.keras", " " * (20 << 20)), "at most 16,777,216 are read"),
+    }  # fmt: skip
+    assert (tmp_path / "big.keras").stat().st_size < 100_000
+    for kind, replace in (("flat", lambda a: a.reshape(-1)), ("text", lambda a: np.array([b"x"] * a.shape[-1]))):
+        path = tmp_path / f"{kind}.h5"
+        shutil.copy(files["legacy.h5"], path)
+        with h5py.File(path, "r+") as f:
+            layer = "conv1_conv" if kind == "flat" else "conv1_bn"
+            group = f["model_weights"][layer] if "model_weights" in f else f[layer]
+            wname = group.attrs["weight_names"][0]
+            wname = wname.decode() if isinstance(wname, bytes) else wname
+            data = replace(np.asarray(group[wname]))
+            del group[wname]
+            group[wname] = data
+        cases[path.name] = (path, f"Keras layer {layer} holds a")
+    for name, (path, words) in cases.items():
+        with pytest.raises(WeightsError, match=re.escape(words)):
+            resnets.load(path)
+        code, _, err = run_cli("predict", photos[0], "--weights", path, "--workers", 0)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and words in err, (name, err)

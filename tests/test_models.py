@@ -43,7 +43,7 @@ def test_wide_bit_nets_are_the_x1_nets_with_wider_stages(name, factor):
         model = resnets.create_model(name)
         out = model.forward_features(torch.empty(1, 3, 64, 64))
     assert out.shape == (1, 2048 * factor, 2, 2) and model.num_features == 2048 * factor
-    assert [i["num_chs"] for i in model.feature_info] == [256 * factor, 512 * factor, 1024 * factor, 2048 * factor]
+    assert model.feature_info.channels() == [64 * factor, 256 * factor, 512 * factor, 1024 * factor, 2048 * factor]
     if x1:
         with torch.device("meta"):
             narrow = resnets.create_model(x1)
@@ -71,18 +71,18 @@ def test_forward_backward_and_stage_maps(name):
 
     model.eval()
     with torch.no_grad():
-        maps = model.forward_intermediates(x)
+        final, maps = model.forward_intermediates(x)
+        normed = model.forward_intermediates(x, indices=1, norm=True, intermediates_only=True)
         feats = model.forward_features(x)
         pooled = model.forward_head(feats, pre_logits=True)
     side = x.shape[-1]
-    assert len(maps) == len(model.feature_info)
+    assert len(maps) == len(model.feature_info) == len(model.stage_names) + 1  # the stem, then each stage
     for m, info in zip(maps, model.feature_info):
         assert m.shape == (2, info["num_chs"], side // info["reduction"], side // info["reduction"])
-    expected_red = [4, 8, 16, 32] if get_entry(name).family == "imagenet" else [1, 2, 4]
-    assert [i["reduction"] for i in model.feature_info] == expected_red
-    assert torch.equal(maps[-1], feats)
+    expected_red = [2, 4, 8, 16, 32] if get_entry(name).family == "imagenet" else [1, 1, 2, 4]
+    assert model.feature_info.reduction() == expected_red
+    assert torch.equal(final, feats) and torch.equal(normed[0], feats)
     assert pooled.shape == (2, model.num_features)
-    assert model.forward_intermediates(x, indices=[-1])[0].shape == feats.shape
 
 
 @pytest.mark.parametrize("name", [n for n in ALL if n not in WIDE])
@@ -238,16 +238,34 @@ def test_model_code_does_no_io():
                 raise AssertionError(f"{path.name} calls {node.func.id}")
 
 
-def test_features_only_gives_the_stage_maps_like_timm():
-    m = resnets.create_model("resnet50", features_only=True, out_indices=(1, -1)).eval()
-    assert [f["reduction"] for f in m.feature_info] == [8, 32] and m.meta.architecture == "resnet50"
-    x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        maps = m(x)
-        ref = m.backbone.forward_intermediates(x, [1, 3])
-    assert [t.shape[1:] for t in maps] == [(512, 8, 8), (2048, 2, 2)] and all(torch.equal(a, b) for a, b in zip(maps, ref))
+@pytest.mark.parametrize("name", ["resnet50", "resnet18", "resnet50d", "resnetv2_50"])
+def test_features_only_and_forward_intermediates_follow_timm(name, tmp_path):
+    """timm's indexing (0 is the stem), feature_info and forward_intermediates contract, checked against timm
+    itself with the same weights: `out_indices=(1, 2, 3)` is layer1-3 in both (it was layer2-4 here)."""
     timm = pytest.importorskip("timm")
-    t = timm.create_model("resnet50", features_only=True, out_indices=(2, 4), pretrained=False)  # timm counts the stem
-    assert [c for c in t.feature_info.channels()] == [f["num_chs"] for f in m.feature_info]
+    from safetensors.torch import save_file
+
+    ref = randomize_norms(timm.create_model(name, pretrained=False)).eval()
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    ours = resnets.create_model(name, weights=tmp_path / "w.safetensors").eval()
+    x = torch.randn(2, 3, 64, 64)
+    for out_indices in [(1, 2, 3), (0, 4), (-1,), (0, 1, 2, 3, 4)]:
+        t = timm.create_model(name, features_only=True, out_indices=out_indices, pretrained=False)
+        f = resnets.create_model(name, weights=tmp_path / "w.safetensors", features_only=True, out_indices=out_indices)
+        assert f.feature_info.channels() == t.feature_info.channels(), out_indices
+        assert f.feature_info.reduction() == t.feature_info.reduction(), out_indices
+        with torch.no_grad():
+            maps, want = f.eval()(x), ref.forward_intermediates(x, indices=list(out_indices), intermediates_only=True)
+        assert len(maps) == len(want) and all(torch.allclose(a, b, atol=1e-5) for a, b in zip(maps, want)), out_indices
+    if not name.startswith("resnetv2"):
+        assert resnets.create_model(name, features_only=True).feature_info.module_name() == \
+            timm.create_model(name, features_only=True, pretrained=False).feature_info.module_name()  # fmt: skip
+    with torch.no_grad():
+        for kw in ({"indices": 2}, {"indices": 3, "norm": True}, {"indices": [1, -1], "stop_early": True}):
+            (final, maps), (want_final, want) = ours.forward_intermediates(x, **kw), ref.forward_intermediates(x, **kw)
+            assert torch.allclose(final, want_final, atol=1e-5) and len(maps) == len(want), kw
+            assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(maps, want)), kw
     with pytest.raises(resnets.OptionError, match="features_only"):
         resnets.create_model("resnet18", out_indices=(1,))
+    with pytest.raises(resnets.OptionError, match="feature indices run from -5 to 4"):
+        resnets.create_model("resnet18", features_only=True, out_indices=(5,))

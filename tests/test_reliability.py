@@ -154,3 +154,67 @@ def test_the_epochs_are_also_a_csv_and_tensorboard_scalars(tmp_path):
         events = acc.Scalars(key)
         assert [e.step for e in events] == [r["epoch"] for r in jsonl]
         assert [e.value for e in events] == pytest.approx([r[key] for r in jsonl], rel=1e-6)
+
+
+@pytest.mark.parametrize("flag, value", [
+    ("--epochs", "1e400"), ("--seed", "1e20"), ("--lr", "1e308"), ("--weight-decay", "1e308"), ("--gamma", "1e308"),
+    ("--warmup-epochs", "1e308"), ("--pad", "1e9"), ("--train-crop", "1e6"), ("--synthetic-samples", "1e12"),
+    ("--synthetic-classes", "1e9"), ("--device", "mps"), ("--device", "cuda:x"), ("--mixup", "1e-320"),
+    ("--cutmix", "1e-320"), ("--batch-size", "1e30"), ("--in-chans", "100000"),
+])  # fmt: skip
+def test_values_that_cannot_run_are_refused_before_anything_is_written(tmp_path, flag, value):
+    """The values a hostile review found to be tracebacks (some after config.json was written, so the folder
+    stayed and resume repeated the traceback), or to allocate tens of gigabytes."""
+    if value == "mps" and torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    code, _, err = run_cli("train", *S, "--out", tmp_path / "runs", flag, value)
+    assert code == 2 and len([l for l in err.splitlines() if l.strip()]) == 1 and "Traceback" not in err, (flag, err)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_synthetic_data_is_bounded_by_its_memory_and_inference_devices_are_checked(tmp_path):
+    code, _, err = run_cli("train", *S, "--out", tmp_path, "--synthetic-samples", "1000000", "--train-crop", "512")
+    _one_line(code, err, "GiB; at most 8 GiB")
+    for device in ("cuda:x", "cuda:7", "tpu"):
+        if device.startswith("cuda") and torch.cuda.is_available() and device == "cuda:7" and torch.cuda.device_count() > 7:
+            continue
+        code, _, err = run_cli("predict", "x.png", "--weights", "resnet18", "--device", device)
+        assert code == 2 and "device" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_run_killed_while_writing_its_first_config_is_begun_again(tmp_path):
+    """A SIGKILL during the first config.json write leaves the lock file and a temporary: `train --name` said the
+    folder held a run and `--resume` that it was not one; a folder with no config and no checkpoint never began."""
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / ".lock").write_text("pid 1 on gone since then")
+    (run / ".config.json.a8f3.tmp.json").write_text('{"model": "resn')
+    code, _, err = run_cli("train", "--resume", run)
+    _one_line(code, err, "a run killed before it wrote its config")
+    code, _, err = run_cli("train", *S, "--out", tmp_path, "--name", "r")
+    assert code == 0, err
+    assert (run / "last.pt").is_file() and not list(run.glob(".config.json.*"))
+
+
+def test_a_one_cycle_run_of_four_steps_trains(tmp_path):
+    """OneCycleLR divided by zero when its rise was one step (fashion-mnist's recipe over 512 images: 4 steps)."""
+    code, _, err = run_cli("train", *S, "--schedule", "onecycle", "--synthetic-samples", 64, "--out", tmp_path,
+                           "--name", "short")  # fmt: skip
+    assert code == 0, err
+    assert json.loads((tmp_path / "short" / "metrics.jsonl").read_text().splitlines()[0])["epoch"] == 1
+
+
+def test_ctrl_c_before_the_first_checkpoint_says_nothing_was_kept(tmp_path):
+    import signal
+
+    slow = [*S, "--synthetic-samples", "4096", "--epochs", "3", "--out", tmp_path, "--name", "stopped"]
+    p = subprocess.Popen([sys.executable, "-m", "resnets", "train", *slow], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    lock = tmp_path / "stopped" / ".lock"
+    deadline = time.time() + 120
+    while time.time() < deadline and p.poll() is None and not (lock.is_file() and lock.read_text()):
+        time.sleep(0.05)
+    time.sleep(0.5)
+    p.send_signal(signal.SIGINT)
+    err = p.communicate(timeout=60)[1].decode()
+    assert p.returncode == 130, err
+    assert "nothing was kept" in err and not (tmp_path / "stopped").exists(), err

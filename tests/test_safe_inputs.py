@@ -325,6 +325,21 @@ def test_outputs_never_replace_a_run_or_a_file_unasked(tmp_path, model_file, hos
     ("options", ["a", "list"], "options metadata should be a dict"),
     ("class_names", 7, "class_names metadata should be a list"),
     ("class_names", "{not json", "not valid JSON"),
+    # a record that disagrees with the file's own tensors is damage, not a reason to swap in a random classifier
+    ("options", {"num_classes": 11}, "its record says 11 classes, its classifier has 3"),
+    ("options", {"in_chans": 1}, "its record says 1 input channels, its first conv takes 3"),
+    ("class_names", ["red", "green", "blue", "pink"], "it names 4 classes for a classifier of 3"),
+    # numbers that would build a model of gigabytes, or feed it images of gigapixels
+    ("options", {"in_chans": 100000}, "in_chans must be a whole number from 1 to 64"),
+    ("options", {"num_classes": 10**6}, "num_classes must be a whole number from 0 to 100,000"),
+    ("options", {"num_classes": 10.7}, "num_classes must be a whole number"),
+    ("preprocessing", {"resize": 1200, "crop": 5000}, "crop must be a whole number of pixels from 1 to 1024"),
+    ("preprocessing", {"resize": 5000, "crop": 224}, "resize must be a whole number of pixels from 1 to 2048"),
+    ("preprocessing", {"resize": 36, "crop": 32, "mean": [1e308] * 3}, "mean must be a list of finite numbers"),
+    # tensors that are not float weights would be cast silently
+    ("tensor", torch.int8, "fc.weight is int8"),
+    ("tensor", torch.bool, "fc.weight is bool"),
+    ("tensor", torch.float8_e4m3fn, "fc.weight is float8_e4m3fn"),
 ])  # fmt: skip
 def test_damaged_metadata_is_one_line(tmp_path, model_file, hostile_folder, field, value, needle):
     from safetensors import safe_open
@@ -332,7 +347,12 @@ def test_damaged_metadata_is_one_line(tmp_path, model_file, hostile_folder, fiel
 
     with safe_open(str(model_file), framework="pt") as f:
         meta, sd = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
-    meta[field] = value if isinstance(value, str) else json.dumps(value)
+    if field == "tensor":
+        sd["fc.weight"] = sd["fc.weight"].to(value)
+    elif field == "options" and isinstance(value, dict):  # merged into the file's own options
+        meta[field] = json.dumps({**json.loads(meta[field]), **value})
+    else:
+        meta[field] = value if isinstance(value, str) else json.dumps(value)
     save_file(sd, str(tmp_path / "bad.safetensors"), metadata=meta)
     code, _, err = run_cli("predict", hostile_folder / "big.png", "--weights", tmp_path / "bad.safetensors", "--workers", 0)
     assert code == 2 and needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
@@ -447,3 +467,20 @@ def test_predict_takes_one_input_as_one(tmp_path, model_file):
     assert [len(predict(model, x)) for x in (im, t, torch.stack([t, t]))] == [1, 1, 2]
     with pytest.raises(resnets.ResnetsError, match="1-4 channels"):
         predict(model, torch.zeros(7, 8, 8))
+
+
+def test_folder_outputs_never_replace_a_run(tmp_path, model_file):
+    """`export --format hub --out RUN --force` replaced a run's config.json and model.safetensors (then --resume
+    failed): a run's folder is never an output folder, --force or not; another folder with files needs --force."""
+    run = _run_folder(tmp_path, model_file)
+    (run / "config.json").write_text(json.dumps({"model": "resnet20", "epochs": 1}))
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    for extra in ([], ["--force"]):
+        code, _, err = run_cli("export", "--weights", model_file, "--format", "hub", "--out", run, *extra)
+        assert code == 2 and "is a training run's folder" in err and len(err.strip().splitlines()) == 1, err
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    code, _, err = run_cli("export", "--weights", model_file, "--format", "hub", "--out", mine)
+    assert code == 2 and "--force" in err and (mine / "notes.txt").read_text() == "mine"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import shutil
 import tempfile
@@ -96,6 +97,35 @@ def check_output(path: str | os.PathLike, suffixes: tuple[str, ...], *, force: b
         raise ResnetsError(f"{path} belongs to the training run in {path.parent}; write the {what} elsewhere")
     if path.exists() and not force:
         raise ResnetsError(f"{path} exists; pass --force to replace it")
+    return path
+
+
+def is_run_folder(path: str | os.PathLike) -> bool:
+    """A training run's folder: its checkpoints, metrics or lock, or a resnets training config.json (which names
+    a "model"; timm's config.json names an "architecture")."""
+    p = Path(path)
+    if any((p / f).exists() for f in ("last.pt", "best.pt", "metrics.jsonl", ".lock")):
+        return True
+    try:
+        cfg = json.loads((p / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(cfg, dict) and "model" in cfg and "architecture" not in cfg
+
+
+def check_output_folder(path: str | os.PathLike, *, force: bool = False, what: str = "output") -> Path:
+    """An output folder checked before anything is computed, as `check_output` checks a file: never a training
+    run's folder (not even with --force: its config and weights are what --resume reads), and a folder with files
+    in it only with --force."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ResnetsError(f"{path} is a file; the {what} is a folder")
+    if not path.parent.is_dir():
+        raise ResnetsError(f"output directory does not exist: {path.parent}")
+    if path.is_dir() and is_run_folder(path):
+        raise ResnetsError(f"{path} is a training run's folder; write the {what} elsewhere")
+    if path.is_dir() and any(path.iterdir()) and not force:
+        raise ResnetsError(f"{path} exists and holds files; give a new folder for the {what}, or --force to replace them")
     return path
 
 

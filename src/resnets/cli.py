@@ -10,7 +10,7 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-from .errors import ResnetsError, printable
+from .errors import CheckFailed, ResnetsError, printable
 
 EXIT_USAGE = 2
 
@@ -148,24 +148,26 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_config_flags(p: argparse.ArgumentParser, recipe_help: str) -> None:
+def _add_config_flags(p: argparse.ArgumentParser, recipe_help: str, recipe: str | None) -> None:
     """--recipe, --config, --set, --resume, and every TrainConfig field as a flag: --batch-size 64,
-    --deterministic / --no-deterministic, --milestones 1,2."""
+    --deterministic / --no-deterministic, --milestones 1,2. The defaults shown are `recipe`'s (None: the plain
+    config's): those that apply to the command as typed."""
     import dataclasses
 
-    from .config import TrainConfig
+    from .config import RECIPES, TrainConfig
 
     p.add_argument("--recipe", help=recipe_help)
     p.add_argument("--config", help="a TOML or YAML file of config keys")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key (repeatable)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
-    g = p.add_argument_group("config keys (each overrides the recipe and the config file; the defaults shown are "
-                             "those without a recipe)")  # fmt: skip
+    whose = f"recipe {recipe}'s" if recipe else "those without a recipe"
+    g = p.add_argument_group(f"config keys (each overrides the recipe and the config file; the defaults shown are {whose})")
+    values = RECIPES.get(recipe, {}) if recipe else {}
     for f in dataclasses.fields(TrainConfig):  # the help, default and values of each key come from the config
-        _add_key(g, f, f"cfg__{f.name}")
+        _add_key(g, f, f"cfg__{f.name}", values)
 
 
-def _add_key(g, f, dest: str) -> None:
+def _add_key(g, f, dest: str, recipe: dict | None = None) -> None:
     """A config key (a TrainConfig field) as a flag: its help, default and values from the config. Values stay
     text; the config types and checks them."""
     import dataclasses
@@ -175,7 +177,8 @@ def _add_key(g, f, dest: str) -> None:
 
     name, hint, rule = f.name, typing.get_type_hints(TrainConfig)[f.name], RULES[f.name]
     flag, neg = "--" + name.replace("_", "-"), "--no-" + name.replace("_", "-")
-    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    recipe = recipe or {}
+    default = recipe[name] if name in recipe else f.default if f.default is not dataclasses.MISSING else f.default_factory()
     shown = "the architecture's" if default is None else ",".join(map(str, default)) or "none" if isinstance(
         default, list) else default  # fmt: skip
     limits = "" if rule.choices or rule.describe() == "any value" else f"; {rule.describe()}"
@@ -286,8 +289,8 @@ def _load_for_inference(weights: str, device: str):
     from .distributed import pick_device
     from .factory import load
 
-    model = load(weights)
-    return model.to(pick_device(device))
+    dev = pick_device(device)  # an unavailable device is one line, before the model is read
+    return load(weights).to(dev)
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -370,7 +373,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .artifacts import check_output
+    from .artifacts import check_output, check_output_folder
     from .export import FORMATS, SUFFIXES, export, export_int8
     from .factory import load
 
@@ -379,6 +382,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
         if not args.out:
             raise ResnetsError("--format hub writes a folder: name it with --out DIR")
+        check_output_folder(args.out, force=args.force, what="Hub folder")  # before the model is loaded
         model = load(args.weights)
         where = Path(args.weights) if Path(args.weights).is_dir() else Path(args.weights).parent
         run_dir = where if (where / "eval.json").is_file() or (where / "metrics.jsonl").is_file() else None
@@ -409,7 +413,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     out = args.out or str(base.with_suffix(FORMATS[args.format]))
     check_output(out, SUFFIXES[args.format], force=args.force, what=f"{args.format} file")
     model = load(args.weights)
-    r = export(model, out, args.format, dynamic_batch=not args.static_batch, fold=args.fold_bn)
+    r = export(model, out, args.format, dynamic_batch=not args.static_batch, fold=args.fold_bn, atol=args.atol,
+               rtol=args.rtol)  # fmt: skip
     d = r["max_abs_diff"]
     print(f"max abs difference from eager PyTorch: {max(d.values()):.2e} (random inputs {d['random']:.2e}, real photos {d['real']:.2e})")
     shape = " x ".join(map(str, r["input_shape"]))
@@ -424,7 +429,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     from .backends import BACKENDS, auto_backend, bench, check_precision, make_runner
     from .distributed import pick_device
-    from .export import check_inputs
+    from .export import example_inputs
     from .factory import create_model, load
     from .meta import preprocessing_for
 
@@ -457,7 +462,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     pre = preprocessing_for(model)
     size = args.input_size or pre.crop
     rows = []
-    calib = [check_inputs(model)] if size == pre.crop else [torch.randn(4, len(pre.mean), size, size)]
+    calib = [example_inputs(model)] if size == pre.crop else [torch.randn(4, len(pre.mean), size, size)]
     for backend in backends:
         run = make_runner(model, backend, calib=calib, channels_last=args.channels_last, precision=args.precision,
                           device=dev)  # fmt: skip
@@ -579,7 +584,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
+    """The command line; `recipe`: the --recipe given, whose defaults train's and finetune's help then show."""
     from . import __version__
 
     parser = _Parser(prog="resnets", description="The ResNet family: models, weights and tools.")
@@ -608,7 +614,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model (recipes: " + ", ".join(RECIPES) + ")",
                        description="Train with a named recipe, a TOML/YAML config file and any key overridden by a flag. "
                                    "Distributed: torchrun --nproc_per_node N -m resnets train ...")  # fmt: skip
-    _add_config_flags(p, f"one of {', '.join(RECIPES)}")
+    _add_config_flags(p, f"one of {', '.join(RECIPES)}", recipe if recipe in RECIPES else None)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("finetune", help="fine-tune pretrained weights on a folder of your images (one subfolder per class)",
@@ -618,7 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(layer-wise lr, --layer-decay), linear-probe, partial --unfreeze-stages K, gradual "
                                    "--unfreeze-every N; BatchNorm: --bn train|freeze|frozen|group. The recipe "
                                    "'finetune' holds the defaults; every config key can be set.")  # fmt: skip
-    _add_config_flags(p, "start from another recipe than 'finetune'")
+    _add_config_flags(p, "start from another recipe than 'finetune'", recipe if recipe in RECIPES else "finetune")
     p.set_defaults(func=_cmd_finetune)
 
     from .backends import BACKENDS, PRECISIONS
@@ -701,10 +707,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--static-batch", action="store_true", help="fix the batch at 2 (default: any batch size at run time)")
     p.add_argument("--dynamic-batch", action="store_true", help=argparse.SUPPRESS)  # the default now; still accepted
     p.add_argument("--fold-bn", action="store_true", help="fold BatchNorm into the preceding convolutions")
+    p.add_argument("--atol", type=_real(0, 1), default=1e-4, help="the export must match eager PyTorch within atol + "
+                   "rtol x |eager| on every output (default 1e-4; exit 1 when it does not)")  # fmt: skip
+    p.add_argument("--rtol", type=_real(0, 1), default=1e-4, help="see --atol (default 1e-4)")
     p.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
     p.add_argument("--calib", help="int8: real images to calibrate on (an image folder, or fashion-mnist:train)")
     p.add_argument("--eval", help="int8: data to compare fp32 and int8 top-1 on (an image folder, or fashion-mnist)")
-    p.add_argument("--max-drop", type=_real(0, 100), default=1.0, help="int8: refuse if top-1 drops by more points")
+    p.add_argument("--max-drop", type=_real(-100, 100), default=1.0, help="int8: refuse if top-1 drops by more "
+                   "points (default 1; negative: int8 must gain)")  # fmt: skip
     p.add_argument("--calib-images", type=_count(1), default=512)
     p.add_argument("--eval-images", type=_count(0), default=0, help="int8: evaluate on this many images (0: all)")
     p.set_defaults(func=_cmd_export)
@@ -808,8 +818,10 @@ class _PrintableFormatter(logging.Formatter):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    given = [a.split("=", 1)[1] if "=" in a else argv[i + 1] if i + 1 < len(argv) else ""
+             for i, a in enumerate(argv) if a == "--recipe" or a.startswith("--recipe=")]  # fmt: skip
+    parser = build_parser(given[-1] if given else None)
     parser.command_given = next((a for a in argv if not a.startswith("-")), None)
     args = parser.parse_args(argv)
     # the package's logger writes to the stderr of this call (main may run more than once in a process)
@@ -823,6 +835,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ["RESNETS_MAX_PIXELS"] = str(args.max_pixels)
     try:
         return args.func(args)
+    except CheckFailed as e:  # it ran and did not pass: 1, like a failed test
+        print(f"resnets: {printable(str(e))}", file=sys.stderr)
+        return 1
     except ResnetsError as e:
         print(f"resnets: error: {printable(str(e))}", file=sys.stderr)
         return EXIT_USAGE

@@ -126,6 +126,15 @@ class TrainConfig:
             rule.check(key, getattr(self, key))
         if self.epochs < 1 and self.iterations < 1:
             raise ResnetsError("set epochs or iterations to at least 1")
+        for k in ("mixup", "cutmix"):  # a Beta(alpha, alpha) draw underflows for a tiny alpha
+            if 0 < getattr(self, k) < 0.01:
+                raise ResnetsError(f"{k} must be 0 (off) or at least 0.01; got {getattr(self, k)!r}")
+        if self.dataset == "synthetic":  # held in memory, uint8
+            side = self.train_crop or 224
+            size = self.synthetic_samples * max(self.in_chans, 3) * side * side
+            if size > 8 << 30:
+                raise ResnetsError(f"{self.synthetic_samples:,} synthetic images of {side}x{side} take {size / 2**30:.0f} "
+                                   "GiB; at most 8 GiB: fewer --synthetic-samples or a smaller --train-crop")  # fmt: skip
         if not self.model and not self.weights:
             raise ResnetsError("name a --model, or give --weights to take the architecture from")
         if DATASETS[self.dataset].needs_data and not self.data:
@@ -152,8 +161,11 @@ class Rule:
     def describe(self) -> str:
         if self.choices:
             return "one of " + ", ".join(str(c) for c in self.choices)
-        lo = "" if self.low is None else f"{'>' if self.low_open else '>='} {self.low:g}"
-        hi = "" if self.high is None else f"{'<' if self.high_open else '<='} {self.high:g}"
+        def num(v: float) -> str:
+            return f"{int(v):,}" if float(v).is_integer() else f"{v:g}"
+
+        lo = "" if self.low is None else f"{'>' if self.low_open else '>='} {num(self.low)}"
+        hi = "" if self.high is None else f"{'<' if self.high_open else '<='} {num(self.high)}"
         return " and ".join(x for x in (lo, hi) if x) or "any value"
 
     def check(self, key: str, value: Any) -> None:
@@ -187,59 +199,59 @@ class Rule:
 
 
 def _check_device(value: str) -> None:
-    if value == "auto":
-        return
-    try:
-        dev = torch_device(value)
-    except (RuntimeError, ValueError):
-        dev = None
-    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+    """A device this machine has (one line if not, before a run folder is made)."""
+    if not isinstance(value, str):
         raise ResnetsError(f"device must be auto, cpu, cuda or cuda:N; got {value!r}")
+    if value != "auto":
+        from .distributed import pick_device
+
+        pick_device(value)
 
 
-def torch_device(value: str):
-    import torch
-
-    return torch.device(value)
+def _ge(low: float, high: float | None = None) -> Rule:
+    return Rule(low=low, high=high)
 
 
-def _ge(low: float) -> Rule:
-    return Rule(low=low)
+def _gt(low: float, high: float | None = None) -> Rule:
+    return Rule(low=low, high=high, low_open=True)
 
 
-def _gt(low: float) -> Rule:
-    return Rule(low=low, low_open=True)
-
-
+# the bounds every number has: what can run on any machine (an epoch count of 1e400 or a weight decay of 1e308
+# was a traceback; 1e9 synthetic classes allocated 23 GB), far past any real setting
+COUNT = 2**31 - 1  # steps, images, epochs
+SEED = 2**32 - 1  # numpy's and every library's seed range
+SIZE = 1024  # pixels of a crop (the eval resize: twice that); meta.MAX_INPUT_SIZE
 ANY = Rule()
 FRACTION = Rule(low=0, high=1, high_open=True)  # [0, 1)
 UNIT = Rule(low=0, high=1)  # [0, 1]
 
 # one rule per key of TrainConfig (a test checks that every key has one)
 RULES: dict[str, Rule] = {
-    "model": ANY, "weights": ANY, "in_chans": _ge(0), "norm": Rule(choices=("batch", "group", "frozen_batch")),
+    "model": ANY, "weights": ANY, "in_chans": _ge(0, 64), "norm": Rule(choices=("batch", "group", "frozen_batch")),
     "shortcut": Rule(choices=("A", "B", "C")), "stride_in_1x1": ANY, "zero_init_residual": ANY,
     "drop_path_rate": FRACTION,
     "dataset": Rule(choices=tuple(DATASETS)),
-    "data": ANY, "val_data": ANY, "download": ANY, "val_split": FRACTION, "classes": ANY, "per_class": _ge(0),
-    "balanced": ANY, "limit_train": _ge(0), "limit_val": _ge(0), "synthetic_samples": _ge(1),
-    "synthetic_classes": _ge(2), "train_crop": _ge(0), "eval_resize": _ge(0), "eval_crop": _ge(0),
-    "augment": Rule(choices=("none", "paper-cifar", "crop-flip", "paper-imagenet", "rrc", "strong")), "pad": _ge(0),
-    "auto_augment": Rule(choices=("none", "trivial", "randaugment")), "random_erasing": UNIT, "mixup": _ge(0),
-    "cutmix": _ge(0), "interpolation": Rule(choices=("bilinear", "bicubic", "nearest")), "workers": _ge(0),
+    "data": ANY, "val_data": ANY, "download": ANY, "val_split": FRACTION, "classes": ANY, "per_class": _ge(0, COUNT),
+    "balanced": ANY, "limit_train": _ge(0, COUNT), "limit_val": _ge(0, COUNT), "synthetic_samples": _ge(1, 10**6),
+    "synthetic_classes": _ge(2, 100_000), "train_crop": _ge(0, SIZE), "eval_resize": _ge(0, 2 * SIZE),
+    "eval_crop": _ge(0, SIZE),
+    "augment": Rule(choices=("none", "paper-cifar", "crop-flip", "paper-imagenet", "rrc", "strong")), "pad": _ge(0, SIZE),
+    "auto_augment": Rule(choices=("none", "trivial", "randaugment")), "random_erasing": UNIT, "mixup": _ge(0, 100),
+    "cutmix": _ge(0, 100), "interpolation": Rule(choices=("bilinear", "bicubic", "nearest")), "workers": _ge(0, 256),
     "loader": Rule(choices=("auto", "host", "device")), "strict_data": ANY,
-    "strategy": Rule(choices=("full", "linear-probe", "partial", "gradual")), "unfreeze_stages": _ge(0),
-    "unfreeze_every": _ge(1), "layer_decay": Rule(low=0, high=1, low_open=True),
-    "bn": Rule(choices=("train", "freeze", "frozen", "group")), "early_stop": _ge(0),
-    "optimizer": Rule(choices=("sgd", "adamw")), "lr": _gt(0), "lr_reference_batch": _ge(0), "momentum": FRACTION,
-    "nesterov": ANY, "weight_decay": _ge(0), "norm_weight_decay": _ge(0), "label_smoothing": FRACTION,
-    "batch_size": _ge(1), "epochs": _ge(0), "iterations": _ge(0),
-    "schedule": Rule(choices=("cosine", "step", "onecycle", "plateau", "constant")), "milestones": _ge(1),
-    "gamma": _gt(0), "plateau_patience": _ge(0), "warmup_epochs": _ge(0), "warmup_start": Rule(low=0, high=1, low_open=True),
-    "ema": ANY, "ema_decay": UNIT, "ema_every": _ge(1), "accum_steps": _ge(1), "clip_grad": _ge(0),
+    "strategy": Rule(choices=("full", "linear-probe", "partial", "gradual")), "unfreeze_stages": _ge(0, 16),
+    "unfreeze_every": _ge(1, COUNT), "layer_decay": Rule(low=0, high=1, low_open=True),
+    "bn": Rule(choices=("train", "freeze", "frozen", "group")), "early_stop": _ge(0, COUNT),
+    "optimizer": Rule(choices=("sgd", "adamw")), "lr": _gt(0, 100), "lr_reference_batch": _ge(0, COUNT),
+    "momentum": FRACTION, "nesterov": ANY, "weight_decay": _ge(0, 10), "norm_weight_decay": _ge(0, 10),
+    "label_smoothing": FRACTION, "batch_size": _ge(1, 2**20), "epochs": _ge(0, 100_000), "iterations": _ge(0, COUNT),
+    "schedule": Rule(choices=("cosine", "step", "onecycle", "plateau", "constant")), "milestones": _ge(1, COUNT),
+    "gamma": _gt(0, 10), "plateau_patience": _ge(0, COUNT), "warmup_epochs": _ge(0, 100_000),
+    "warmup_start": Rule(low=0, high=1, low_open=True), "ema": ANY, "ema_decay": UNIT, "ema_every": _ge(1, COUNT),
+    "accum_steps": _ge(1, 65_536), "clip_grad": _ge(0, 1e6),
     "amp": Rule(choices=("none", "bf16", "fp16", "auto")), "channels_last": ANY, "compile": ANY,
-    "cuda_graph": Rule(choices=("auto", "on", "off")), "sync_bn": ANY, "out": ANY, "name": ANY, "seed": _ge(0),
-    "deterministic": ANY, "eval_every": _ge(1), "curve_steps": _ge(0), "checkpoint_steps": _ge(0),
+    "cuda_graph": Rule(choices=("auto", "on", "off")), "sync_bn": ANY, "out": ANY, "name": ANY, "seed": _ge(0, SEED),
+    "deterministic": ANY, "eval_every": _ge(1, COUNT), "curve_steps": _ge(0, COUNT), "checkpoint_steps": _ge(0, COUNT),
     "tensorboard": ANY, "device": Rule(device=True), "ten_crop": ANY, "progress": ANY,
 }  # fmt: skip
 
@@ -329,7 +341,7 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             if not isinstance(items, (list, tuple)):
                 raise ValueError
             return [_coerce(key, v, args[0]) for v in items if v != ""]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int("1e400") is int(inf)
         pass
     raise ResnetsError(f"config key {key!r} expects {getattr(hint, '__name__', hint)}; got {value!r}")
 

@@ -30,11 +30,22 @@ class Context:
 def pick_device(pref: str = "auto", local_rank: int = 0) -> torch.device:
     if pref == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    dev = torch.device(pref)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        from .errors import ResnetsError
+    from .errors import ResnetsError
 
-        raise ResnetsError("device cuda was asked for, but no GPU is available")
+    try:
+        dev = torch.device(pref)
+    except (RuntimeError, ValueError, TypeError):
+        raise ResnetsError(f"unknown device {str(pref)[:40]!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ResnetsError(f"device {pref} was asked for, but no GPU is available")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ResnetsError(f"device {pref} was asked for, but this machine has {torch.cuda.device_count()} GPU(s)")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ResnetsError("device mps was asked for, but no Apple GPU (MPS) is available here")
+    elif dev.type != "cpu":
+        raise ResnetsError(f"device {pref} is not one resnets runs on; use auto, cpu, cuda, cuda:N or mps")
     return dev
 
 

@@ -51,7 +51,10 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: C.TrainConfig, total_steps: 
     warmup = min(round(cfg.warmup_epochs * steps_per_epoch), max(total_steps - 1, 0))
     if cfg.schedule == "onecycle":  # each group peaks at its own lr (layer-wise learning rates)
         max_lr = [g["lr"] for g in opt.param_groups]
-        return L.OneCycleLR(opt, max_lr=max_lr, total_steps=max(total_steps, 2), pct_start=0.25), None
+        # a quarter of the steps rising, and at least two (OneCycleLR divides by the length of each phase: a run
+        # of 4 steps had a rise of one step, then a division by zero)
+        total = max(total_steps, 4)
+        return L.OneCycleLR(opt, max_lr=max_lr, total_steps=total, pct_start=max(0.25, 2 / total)), None
     rest = max(total_steps - warmup, 1)
     plateau = None
     if cfg.schedule == "cosine":
@@ -128,9 +131,9 @@ def train(cfg: C.TrainConfig | None = None, *, resume: str | Path | None = None,
         if state is not None:
             restore(run, state)
         return fit(run)
-    except BaseException:
+    except BaseException as e:
         if run is not None and run.fresh and ctx.is_main:
-            rundir.discard(run.run_dir)  # stopped before its first checkpoint: nothing to resume or reuse
+            rundir.discard(run.run_dir, e)  # stopped before its first checkpoint: nothing to resume or reuse
         raise
     finally:
         if run is not None and run.lock is not None:
@@ -275,11 +278,11 @@ def build_run(cfg: C.TrainConfig, ctx: distributed.Context, resume: Path | None 
     try:
         if ctx.is_main and (resume is None or changed):
             rundir.record(run_dir, cfg)
-    except BaseException:
+    except BaseException as e:
         if lock is not None:
             lock.release()
         if fresh and ctx.is_main:
-            rundir.discard(run_dir)
+            rundir.discard(run_dir, e)
         raise
     distributed.barrier(ctx)
     return Run(cfg=cfg, ctx=ctx, run_dir=run_dir, bundle=bundle, core=model, preprocessing=preprocessing, plan=plan,

@@ -5,6 +5,11 @@ class ResnetsError(Exception):
     """Base class: bad input from the user (unknown name, bad file, wrong option)."""
 
 
+class CheckFailed(ResnetsError):
+    """A check that ran on good input and failed (an export that differs from eager PyTorch, an accuracy gate):
+    the CLI says so in one line and exits with code 1, not the 2 of bad usage."""
+
+
 class UnknownModelError(ResnetsError, KeyError):
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""

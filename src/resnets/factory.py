@@ -81,10 +81,26 @@ def _fmt_keys(keys: list[str]) -> str:
     return ", ".join(keys[:3]) + more
 
 
+# what weights are stored as: anything else (int8, float8, bool, complex) would be cast silently into a float model
+WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def check_dtypes(state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse tensors that are not float weights (a quantised, foreign or damaged file); integer step counters
+    (BatchNorm's num_batches_tracked) aside."""
+    for k, v in state_dict.items():
+        if not isinstance(v, torch.Tensor):
+            raise WeightsError(f"weights {source}: {k} is a {type(v).__name__}, not a tensor")
+        if v.dtype not in WEIGHT_DTYPES and not (k.endswith("num_batches_tracked") and v.dtype in (torch.int64, torch.int32)):
+            raise WeightsError(f"weights {source}: {k} is {str(v.dtype).replace('torch.', '')}, not float32/16 or "
+                               "bfloat16 (a quantised or damaged file: resnets reads float weights)")  # fmt: skip
+
+
 def apply_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "weights") -> None:
     """Load `state_dict` into `model`: drop a classifier of another size, adapt the first conv to the model's
     input channels, and refuse (one clear error) missing or unexpected keys and shape mismatches."""
     sd = ResNetV2.checkpoint_filter(dict(state_dict))
+    check_dtypes(sd, source)
     target = model.state_dict()
     name = model.meta.architecture if isinstance(model, Backbone) and model.meta else type(model).__name__
     if "fc.weight" in sd:
@@ -127,6 +143,9 @@ def _build(name: str, options: dict[str, Any], sd: dict | None, meta: ModelMeta 
     if meta is not None and meta.architecture != name:
         raise WeightsError(f"weights {source} are for {meta.architecture}, not {name}")
     opts = {k: v for k, v in (meta.options if meta else {}).items() if k in entry.options}
+    check_options(entry, opts)  # what a file records is checked as strictly as what a user types
+    if sd is not None and meta is not None:
+        _check_record(ResNetV2.checkpoint_filter(sd), meta, options, source)
     opts.update(options)  # explicit options win over those recorded with the weights
     if sd is not None:
         sd = ResNetV2.checkpoint_filter(sd)
@@ -150,6 +169,25 @@ def _build(name: str, options: dict[str, Any], sd: dict | None, meta: ModelMeta 
     if sd is not None:
         apply_state_dict(model, sd, source)
     return model
+
+
+def _check_record(sd: dict, meta: ModelMeta, explicit: dict[str, Any], source: str) -> None:
+    """A file whose record disagrees with its own tensors is damaged: refused, rather than a trained classifier
+    dropped for a fresh one because the record says another class count. (What the user asks for explicitly,
+    a new head or input channels, is another matter: that adapts the weights.)"""
+    fc, first = sd.get("fc.weight"), next((sd[k] for k in _FIRST_CONVS if k in sd), None)
+    recorded = meta.options
+    if "num_classes" in recorded and "num_classes" not in explicit and fc is not None and fc.ndim == 2:
+        if recorded["num_classes"] != fc.shape[0]:
+            raise WeightsError(f"{source} is damaged: its record says {recorded['num_classes']} classes, its classifier "
+                               f"has {fc.shape[0]}")  # fmt: skip
+    if "in_chans" in recorded and "in_chans" not in explicit and first is not None and first.ndim == 4:
+        if recorded["in_chans"] != first.shape[1]:
+            raise WeightsError(f"{source} is damaged: its record says {recorded['in_chans']} input channels, its first "
+                               f"conv takes {first.shape[1]}")  # fmt: skip
+    n = recorded.get("num_classes")  # (a registry's record names classes, not a count: its table is ours)
+    if meta.class_names is not None and n is not None and "num_classes" not in explicit and len(meta.class_names) != n:
+        raise WeightsError(f"{source} is damaged: it names {len(meta.class_names)} classes for a classifier of {n}")
 
 
 def create_model(name: str, *, weights: str | os.PathLike | None = None, download: bool = True,

@@ -5,6 +5,7 @@ crop_pct, mean, std, label names) read as the model's metadata, so a timm model 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -56,14 +57,81 @@ def fetch(text: str, *, download: bool = True) -> Path:
         raise WeightsError(f"cannot download {text} ({e}); check the network, or use a cached copy") from None
 
 
+# a timm config.json is a few kilobytes (label names of 21k classes: ~0.5 MB); a larger one is not read
+MAX_CONFIG_BYTES = 4 << 20
+
+
 def timm_config_in(folder: Path) -> dict | None:
     """The config.json of a folder in timm's layout (one naming an `architecture`, not a resnets run's config),
-    or None."""
+    or None. Read only up to MAX_CONFIG_BYTES; its values are checked by `check_timm_config`."""
+    path = folder / "config.json"
+    if path.is_file() and path.stat().st_size > MAX_CONFIG_BYTES:
+        raise WeightsError(f"{path} is {path.stat().st_size:,} bytes; a timm config.json is a few kilobytes")
     try:
-        cfg = json.loads((folder / "config.json").read_text())
+        cfg = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return cfg if isinstance(cfg, dict) and isinstance(cfg.get("architecture"), str) and "model" not in cfg else None
+
+
+def check_timm_config(cfg: dict, source: str) -> None:
+    """A timm config.json from elsewhere, checked against the schema of what we read from it, before anything
+    is built: one WeightsError naming the key and the value, never a traceback later."""
+    from .meta import MAX_INPUT_SIZE
+    from .models.registry import MAX_CLASSES
+
+    def bad(key: str, value, want: str):
+        return WeightsError(f"{source}: config.json's {key} must be {want}; got {json.dumps(value)[:80]}")
+
+    def whole(key: str, v, low: int, high: int) -> None:
+        if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
+            raise bad(key, v, f"a whole number from {low} to {high:,}")
+
+    def number(key: str, v, low: float, high: float) -> None:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not low < v <= high:
+            raise bad(key, v, f"a number over {low:g} and at most {high:g}")
+
+    def names(key: str, v) -> None:
+        if not isinstance(v, list) or not all(isinstance(n, str) and len(n) <= 1000 for n in v):
+            raise bad(key, v, "a list of class names")
+
+    pre = cfg.get("pretrained_cfg", {})
+    if not isinstance(pre, dict):
+        raise bad("pretrained_cfg", pre, "a table")
+    for where, table in (("", cfg), ("pretrained_cfg.", pre)):
+        if table.get("num_classes") is not None:
+            whole(where + "num_classes", table["num_classes"], 0, MAX_CLASSES)
+        if table.get("label_names") is not None:
+            names(where + "label_names", table["label_names"])
+    for key in ("input_size", "test_input_size"):
+        v = pre.get(key)
+        if v is None:
+            continue
+        if not isinstance(v, list) or len(v) != 3:
+            raise bad(f"pretrained_cfg.{key}", v, "[channels, height, width]")
+        whole(f"pretrained_cfg.{key}[0]", v[0], 1, 64)
+        for side in v[1:]:
+            whole(f"pretrained_cfg.{key}", side, 8, MAX_INPUT_SIZE)
+    for key in ("crop_pct", "test_crop_pct"):
+        if pre.get(key) is not None:
+            number(f"pretrained_cfg.{key}", pre[key], 0.1, 2.0)
+    for key, choices in (("interpolation", ("bilinear", "bicubic", "nearest")), ("crop_mode", ("center", "squash"))):
+        if pre.get(key) is not None and pre[key] not in choices:
+            raise bad(f"pretrained_cfg.{key}", pre[key], " or ".join(choices))
+    channels = (pre.get("input_size") or [3])[0]
+    for key in ("mean", "std"):
+        v = pre.get(key)
+        if v is None:
+            continue
+        if not isinstance(v, list) or len(v) != channels or not all(
+                not isinstance(x, bool) and isinstance(x, (int, float)) and math.isfinite(x) and abs(x) <= 1e4 for x in v):  # fmt: skip
+            raise bad(f"pretrained_cfg.{key}", v, f"a list of {channels} finite numbers (one per input channel)")
+        if key == "std" and min(v) <= 0:
+            raise bad("pretrained_cfg.std", v, "positive")
+    n = cfg.get("num_classes", pre.get("num_classes"))
+    labels = cfg.get("label_names") or pre.get("label_names")
+    if labels and n is not None and len(labels) != n:
+        raise WeightsError(f"{source}: config.json names {len(labels)} classes for num_classes {n}")
 
 
 def preprocessing(pretrained_cfg: dict) -> Preprocessing:
@@ -86,6 +154,7 @@ def read_timm_folder(folder: Path, cfg: dict, source: str) -> tuple[dict, ModelM
     from .artifacts import read_weights
     from .models import list_models
 
+    check_timm_config(cfg, source)
     weights = next((folder / f for f in WEIGHT_FILES if (folder / f).is_file()), None)
     if weights is None:
         raise WeightsError(f"{source} holds no weights ({', '.join(WEIGHT_FILES)})")
@@ -96,7 +165,10 @@ def read_timm_folder(folder: Path, cfg: dict, source: str) -> tuple[dict, ModelM
     pre = cfg.get("pretrained_cfg") or {}
     names = cfg.get("label_names") or pre.get("label_names")
     num_classes = cfg.get("num_classes", pre.get("num_classes"))
-    meta = ModelMeta(arch, {"num_classes": int(num_classes)} if num_classes else {},
+    options = {"num_classes": num_classes} if num_classes is not None else {}
+    if pre.get("input_size"):
+        options["in_chans"] = pre["input_size"][0]
+    meta = ModelMeta(arch, options,
                      class_names=list(names) if names else None, preprocessing=preprocessing(pre), source=source)  # fmt: skip
     return sd, meta
 
@@ -193,12 +265,10 @@ def write_folder(model, out: str | os.PathLike, *, run_dir: str | os.PathLike | 
 
     from safetensors.torch import save_file
 
-    from .artifacts import atomic_path
+    from .artifacts import atomic_path, check_output_folder
 
-    out = Path(out)
     config = timm_config(model)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not force)):
-        raise WeightsError(f"{out} exists; give a new folder for the Hub files, or --force to replace them")
+    out = check_output_folder(out, force=force, what="Hub folder")
 
     def read(name: str) -> dict | None:
         try:
@@ -224,10 +294,17 @@ def write_folder(model, out: str | os.PathLike, *, run_dir: str | os.PathLike | 
     return out
 
 
-def push(folder: str | os.PathLike, repo: str, *, private: bool = False, message: str | None = None) -> str:
+# how long a push waits for the Hub to connect, or to answer between two pieces of data (huggingface_hub's own
+# client waits forever: an endpoint that accepts and never answers would hang the command)
+PUSH_TIMEOUT_S = 60.0
+
+
+def push(folder: str | os.PathLike, repo: str, *, private: bool = False, message: str | None = None,
+         timeout_s: float = PUSH_TIMEOUT_S) -> str:  # fmt: skip
     """Upload a folder written by `write_folder` to the Hub repo `repo` (ORG/NAME; created if missing) with the
-    token of `hf auth login` or $HF_TOKEN. Returns the commit's URL. Everything that can be checked here is
-    checked before the network is touched."""
+    token of `hf auth login` or $HF_TOKEN ($HF_ENDPOINT: another Hub). Returns the commit's URL. Everything that
+    can be checked here is checked before the network is touched; every network call gives up after
+    `timeout_s` without an answer, saying which."""
     folder = Path(folder)
     cfg = timm_config_in(folder) if folder.is_dir() else None
     if cfg is None or not any((folder / f).is_file() for f in WEIGHT_FILES):
@@ -242,14 +319,43 @@ def push(folder: str | os.PathLike, repo: str, *, private: bool = False, message
     token = get_token()  # $HF_TOKEN, else the one `hf auth login` stored
     if not token:
         raise WeightsError("pushing needs a Hugging Face token with write access: `hf auth login`, or set HF_TOKEN")
-    api = HfApi(token=token)
+    api = HfApi(token=token, endpoint=os.environ.get("HF_ENDPOINT") or None)  # read now, not at import
+    step = "creating the repo"
     try:
-        api.create_repo(repo, private=private, exist_ok=True)
-        info = api.upload_folder(repo_id=repo, folder_path=str(folder),
-                                 commit_message=message or f"{cfg['architecture']} written by resnets")  # fmt: skip
+        with _hub_timeout(timeout_s):
+            api.create_repo(repo, private=private, exist_ok=True)
+            step = "uploading"
+            info = api.upload_folder(repo_id=repo, folder_path=str(folder),
+                                     commit_message=message or f"{cfg['architecture']} written by resnets")  # fmt: skip
     except HfHubHTTPError as e:
         raise WeightsError(f"pushing to {repo} failed: {str(e).splitlines()[0]}") from None
     except Exception as e:  # no network, a refused connection: the HTTP client's own error types (httpx's)
+        if "timeout" in type(e).__name__.lower():
+            raise WeightsError(f"the Hub did not answer within {timeout_s:g} s while {step} ({repo}); try again "
+                               "later") from None  # fmt: skip
         why = (str(e).splitlines() or [""])[0][:200] or type(e).__name__
         raise WeightsError(f"cannot reach the Hugging Face Hub to push to {repo} ({type(e).__name__}: {why})") from None
     return str(getattr(info, "commit_url", None) or f"https://huggingface.co/{repo}")
+
+
+@contextlib.contextmanager
+def _hub_timeout(seconds: float):
+    """huggingface_hub's HTTP client with a timeout (connect, and each read and write), for the calls inside;
+    its own client is given back after."""
+    try:
+        from huggingface_hub.utils import _http
+    except ImportError:  # an older huggingface_hub (requests-based): its own timeouts
+        yield
+        return
+    before = getattr(_http, "_GLOBAL_CLIENT_FACTORY", _http.default_client_factory)  # the user's own, if set
+
+    def with_timeout():
+        client = before()
+        client.timeout = seconds
+        return client
+
+    _http.set_client_factory(with_timeout)
+    try:
+        yield
+    finally:
+        _http.set_client_factory(before)

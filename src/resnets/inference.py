@@ -206,7 +206,7 @@ def embed(model: nn.Module, paths: Sequence[str | os.PathLike], *, layer: str | 
             if layer is None:
                 f = run(images)
             else:
-                f = model.forward_intermediates(images, indices=[stages.index(layer)])[0]
+                f = model.forward_intermediates(images, [stages.index(layer) + 1], intermediates_only=True)[0]
             feats.append(f.float().cpu())
             kept += [files[i] for i in idx]
         bar.update(len(idx) + len(bad))

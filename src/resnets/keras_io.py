@@ -105,17 +105,70 @@ def _depth_of(names) -> tuple[int, ...]:
     return layers
 
 
-def _from_config(cfg: dict) -> tuple[list[tuple[str, str]], dict[str, float]]:
-    """(layers with weights in order, BatchNorm epsilons) from a .keras file's config.json."""
-    layers = (cfg.get("config") or {}).get("layers") or []
+def _from_config(cfg) -> tuple[list[tuple[str, str]], dict[str, float]]:
+    """(layers with weights in order, BatchNorm epsilons) from a .keras file's config.json, checked: the
+    model's config a table, its layers a list of tables, names text, epsilons small positive numbers."""
+
+    def bad(what: str) -> WeightsError:
+        return WeightsError(f"the .keras file's config.json is not a Keras model's: {what}")
+
+    model = cfg.get("config") if isinstance(cfg, dict) else None
+    if not isinstance(model, dict):
+        raise bad("no model config (a table under 'config')")
+    layers = model.get("layers")
+    if not isinstance(layers, list):
+        raise bad("'layers' is not a list")
     order, eps = [], {}
     for layer in layers:
+        if not isinstance(layer, dict) or not isinstance(layer.get("config", {}), dict):
+            raise bad("a layer that is not a table")
         cls, conf = layer.get("class_name"), layer.get("config") or {}
         if cls in ("Conv2D", "BatchNormalization", "Dense"):
-            order.append((conf.get("name"), cls))
+            name = conf.get("name")
+            if not isinstance(name, str):
+                raise bad(f"a {cls} layer without a name")
+            order.append((name, cls))
             if cls == "BatchNormalization":
-                eps[conf.get("name")] = float(conf.get("epsilon", KERAS_EPS))
+                e = conf.get("epsilon", KERAS_EPS)
+                if isinstance(e, bool) or not isinstance(e, (int, float)) or not 0 < e < 1:
+                    raise bad(f"layer {name}'s epsilon is {json.dumps(e)[:40]}, not a small positive number")
+                eps[name] = float(e)
     return order, eps
+
+
+# what a .keras archive's members may hold: ResNet152's config.json is ~0.3 MB, its weights ~240 MB
+MAX_CONFIG_BYTES = 16 << 20
+MAX_WEIGHTS_BYTES = 2 << 30
+
+
+def _member(z: zipfile.ZipFile, name: str, limit: int) -> bytes:
+    """A .keras archive's member, refused from the archive's directory when it is larger than `limit` (zipfile
+    stops reading at the size the directory states, so a lying directory cannot make it read more)."""
+    size = z.getinfo(name).file_size
+    if size > limit:
+        raise WeightsError(f"the .keras file's {name} is {size:,} bytes unpacked; at most {limit:,} are read")
+    return z.read(name)
+
+
+# the number of dimensions each kind of Keras layer's weights have: kernel and bias
+_NDIMS = {"conv": (4, 1), "bn": (1, 1, 1, 1), "predictions": (2, 1)}
+
+
+def _check_arrays(arrays: dict[str, list[np.ndarray]]) -> None:
+    """Every array a float array of the shape its layer's kind has (a 1-D kernel, string weights: refused)."""
+    for name, ws in arrays.items():
+        kind = "predictions" if name == "predictions" else "conv" if name.endswith("_conv") else "bn" if name.endswith("_bn") else None
+        if kind is None:
+            continue
+        want = _NDIMS[kind]
+        if not 1 <= len(ws) <= len(want) or (kind != "conv" and len(ws) != len(want)):
+            raise WeightsError(f"Keras layer {name} has {len(ws)} weights; a {kind} layer has {len(want)}")
+        for w, ndim in zip(ws, want):
+            if w.dtype.kind != "f" or w.ndim != ndim or 0 in w.shape:
+                raise WeightsError(f"Keras layer {name} holds a {w.dtype} array of shape {w.shape}; a {kind} layer's "
+                                   f"weights are float arrays of {ndim} dimensions")  # fmt: skip
+        if len({w.shape[-1] for w in ws}) != 1:  # kernel out = bias; a BatchNorm's four vectors alike
+            raise WeightsError(f"Keras layer {name}'s weights disagree in size: {[w.shape for w in ws]}")
 
 
 def read_arrays(path: Path) -> tuple[dict[str, list[np.ndarray]], dict[str, float]]:
@@ -124,8 +177,8 @@ def read_arrays(path: Path) -> tuple[dict[str, list[np.ndarray]], dict[str, floa
     try:
         if path.suffix.lower() == ".keras":
             with zipfile.ZipFile(path) as z:
-                cfg = json.loads(z.read("config.json"))
-                blob = io.BytesIO(z.read("model.weights.h5"))
+                cfg = json.loads(_member(z, "config.json", MAX_CONFIG_BYTES))
+                blob = io.BytesIO(_member(z, "model.weights.h5", MAX_WEIGHTS_BYTES))
             order, eps = _from_config(cfg)
             with h5py.File(blob, "r") as f:
                 return _keras3(f, order), eps
@@ -143,7 +196,9 @@ def read_arrays(path: Path) -> tuple[dict[str, list[np.ndarray]], dict[str, floa
             if "dense" in f["layers"]:
                 order.append(("predictions", "Dense"))
             return _keras3(f, order), {}
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
+    except WeightsError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError, zipfile.BadZipFile) as e:  # h5py's and zipfile's own errors
         raise WeightsError(f"cannot read {path} as Keras weights ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
 
 
@@ -185,6 +240,8 @@ def convert(arrays: dict[str, list[np.ndarray]], eps: dict[str, float]) -> dict[
         if len(ws) != 4:
             raise WeightsError(f"Keras layer {name} has {len(ws)} weights; a BatchNorm with scale and centre has 4")
         gamma, beta, mean, var = (w.astype(np.float64) for w in ws)
+        if name in biases and biases[name].shape != mean.shape:
+            raise WeightsError(f"Keras layer {name} has {mean.shape[0]} channels, its conv's bias {biases[name].shape[0]}")
         mean = mean - biases.get(name, 0.0)
         var = var + (eps.get(name, KERAS_EPS) - TORCH_EPS)
         p = _ours(name)
@@ -201,6 +258,7 @@ def read_keras(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelMeta]:
 
     path = Path(path)
     arrays, eps = read_arrays(path)
+    _check_arrays(arrays)
     depth = _depth_of(arrays)
     arch = {v: f"resnet{k}" for k, v in DEPTHS.items()}[depth]
     sd = convert(arrays, eps)

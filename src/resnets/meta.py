@@ -15,7 +15,10 @@ from .errors import WeightsError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-CROP_MODES = ("center", "squash")  # the shorter side to `resize`, or both sides
+CROP_MODES = ("center", "squash")
+# the largest crop a model is fed (resize: twice that): above any published eval size (BiT's 480, timm's 640),
+# below what makes one forward pass take gigabytes (a crop of 5000 took 23.6 GB)
+MAX_INPUT_SIZE = 1024  # the shorter side to `resize`, or both sides
 FORMAT = "resnets.model/1"  # the safetensors metadata "format" value of a self-describing resnets model file
 
 
@@ -40,16 +43,17 @@ class Preprocessing:
         """From a saved dict, checked (raises WeightsError saying what is wrong)."""
 
         def size(key: str) -> int:
-            v = d.get(key)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v) or not 1 <= v <= 10_000:
-                raise WeightsError(f"{key} must be a whole number of pixels from 1 to 10000; got {v!r}")
+            v, high = d.get(key), MAX_INPUT_SIZE * (2 if key == "resize" else 1)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v != int(v) or not 1 <= v <= high:
+                raise WeightsError(f"{key} must be a whole number of pixels from 1 to {high}; got {v!r}")
             return int(v)
 
         def stats(key: str, default: tuple[float, ...]) -> tuple[float, ...]:
             v = d.get(key, default)
-            if not isinstance(v, (list, tuple)) or not v or any(isinstance(x, bool) or not isinstance(x, (int, float))
-                                                                 or not math.isfinite(x) for x in v):  # fmt: skip
-                raise WeightsError(f"{key} must be a list of numbers; got {v!r}")
+            if not isinstance(v, (list, tuple)) or not 1 <= len(v) <= 64 or any(
+                    isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or abs(x) > 1e4
+                    for x in v):  # fmt: skip
+                raise WeightsError(f"{key} must be a list of finite numbers, one per channel; got {str(v)[:80]}")
             return tuple(float(x) for x in v)
 
         if not isinstance(d, dict):

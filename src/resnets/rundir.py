@@ -98,6 +98,7 @@ def claim(cfg: C.TrainConfig, resume: Path | None) -> tuple[Path, RunLock, bool]
         fresh = not run_dir.exists()
         _mkdir(run_dir, exist_ok=True)
         lock = RunLock(run_dir, mark=False)
+        sweep(run_dir)  # a run killed while writing its first config.json left only a temporary: it never began
         if any(p.name != LOCK for p in run_dir.iterdir()):
             lock.release()
             raise ResnetsError(f"run directory {run_dir} already holds a run; resume it with --resume {run_dir} or pick "
@@ -126,10 +127,15 @@ def sweep(run_dir: Path) -> list[str]:
     return gone
 
 
-def discard(run_dir: Path) -> None:
-    """Remove a run folder that never got a checkpoint (only what a run writes is in it)."""
-    if not (run_dir / "last.pt").exists():
-        shutil.rmtree(run_dir, ignore_errors=True)
+def discard(run_dir: Path, why: BaseException | None = None) -> bool:
+    """Remove a run folder that never got a checkpoint (only what a run writes is in it); a stop asked for (Ctrl-C)
+    is told that nothing was kept. Returns whether it was removed."""
+    if (run_dir / "last.pt").exists():
+        return False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    if isinstance(why, KeyboardInterrupt):
+        log.warning("stopped before the first checkpoint: nothing was kept (%s removed); start it again to train", run_dir)
+    return True
 
 
 def load_resume(resume: Path, overrides: dict[str, Any]) -> tuple[C.TrainConfig, dict | None, dict[str, Any]]:
@@ -140,7 +146,8 @@ def load_resume(resume: Path, overrides: dict[str, Any]) -> tuple[C.TrainConfig,
     if (resume / LOCK).is_file():  # a run still writing there is named before anything else is said
         RunLock(resume, mark=False).release()
     if not (resume / "config.json").is_file():
-        raise ResnetsError(f"{resume} is not a run directory (no config.json)")
+        began = " (a run killed before it wrote its config: start it again with --name)" if (resume / LOCK).exists() else ""
+        raise ResnetsError(f"{resume} is not a run directory (no config.json){began}")
     try:
         saved = json.loads((resume / "config.json").read_text())
         if not isinstance(saved, dict):

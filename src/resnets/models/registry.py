@@ -10,6 +10,12 @@ from ..errors import OptionError, UnknownModelError
 from ..registry import Registry
 from .layers import NORMS, SHORTCUTS
 
+# the most classes and input channels a model may have: far above any real one (ImageNet-21k has 21,841 classes,
+# hyperspectral inputs a few dozen bands), low enough that a number from a foreign file cannot make a model of
+# gigabytes (num_classes 1,000,000 is a 2048 x 1e6 classifier: 8 GB)
+MAX_CLASSES = 100_000
+MAX_IN_CHANS = 64
+
 # Options a user may pass to create_model; each entrypoint says which of them it takes.
 HEAD = ("num_classes", "in_chans", "norm")
 RESIDUAL = HEAD + ("zero_init_residual", "drop_path_rate")
@@ -67,8 +73,9 @@ def check_options(entry: ModelEntry, options: dict[str, Any]) -> None:
         if key == "norm" and value not in NORMS:
             raise OptionError(f"norm must be one of {', '.join(NORMS)}, got {value!r}")
         if key in ("num_classes", "in_chans"):
-            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "num_classes" else 1):
-                raise OptionError(f"{key} must be an integer >= {0 if key == 'num_classes' else 1}, got {value!r}")
+            low, high = (0, MAX_CLASSES) if key == "num_classes" else (1, MAX_IN_CHANS)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise OptionError(f"{key} must be a whole number from {low} to {high:,}; got {value!r}")
         if key == "drop_path_rate" and not (isinstance(value, (int, float)) and 0.0 <= value < 1.0):
             raise OptionError(f"drop_path_rate must be in [0, 1), got {value!r}")
         if key in ("zero_init_residual", "stride_in_1x1") and not isinstance(value, bool):

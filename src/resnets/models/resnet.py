@@ -13,26 +13,62 @@ if TYPE_CHECKING:
     from ..meta import ModelMeta
 
 
-class Backbone(nn.Module):
-    """What every family member shares: the forward split, the head and the stage maps.
+class FeatureInfo(list):
+    """The feature maps a model gives, as timm describes them: a list of {"module", "num_chs", "reduction"}, index
+    0 the stem's map (before its max pool), then one per stage; `channels()`, `reduction()` and `module_name()`
+    list one field (or give one map's with an index), as timm's FeatureInfo does."""
 
-    Subclasses build `self.conv1 ... self.layerN`, `self.avgpool`, `self.fc` and fill `self.feature_info`.
+    def channels(self, idx: int | None = None):
+        return self._get("num_chs", idx)
+
+    def reduction(self, idx: int | None = None):
+        return self._get("reduction", idx)
+
+    def module_name(self, idx: int | None = None):
+        return self._get("module", idx)
+
+    def _get(self, key: str, idx: int | None):
+        return [f[key] for f in self] if idx is None else self[idx][key]
+
+
+def take_indices(n: int, indices: int | Sequence[int] | None) -> list[int]:
+    """timm's feature indices among `n` maps: None all, an int k the last k, a sequence those (negative counts
+    from the end); sorted, each once."""
+    from ..errors import OptionError
+
+    if indices is None:
+        return list(range(n))
+    if isinstance(indices, int):
+        if not 0 < indices <= n:
+            raise OptionError(f"indices={indices} takes the last {indices} of {n} feature maps; give 1 to {n}")
+        return list(range(n - indices, n))
+    bad = [i for i in indices if not -n <= i < n]
+    if bad or not indices:
+        raise OptionError(f"feature indices run from {-n} to {n - 1} (0: the stem, 1..{n - 1}: the stages); got {list(indices)}")
+    return sorted({i % n for i in indices})
+
+
+class Backbone(nn.Module):
+    """What every family member shares: the forward split, the head and the feature maps.
+
+    Subclasses build `self.conv1 ... self.layerN`, `self.maxpool`, `self.avgpool`, `self.fc`, define `stem_map` and
+    fill `self.feature_info` (through `_make_stages`).
     """
 
     stage_names: list[str]
-    feature_info: list[dict]
+    feature_info: FeatureInfo
     num_features: int
     # what the model is and how to feed it (architecture, options, classes, preprocessing): set by the factory
     # (resnets.create_model / load); None on a net constructed directly
     meta: ModelMeta | None = None
 
     def _make_stages(self, widths: Sequence[int], layers: Sequence[int], cin: int, reduction: int,
-                     drop_path_rate: float, make_block) -> None:  # fmt: skip
+                     drop_path_rate: float, make_block, stem: dict) -> None:  # fmt: skip
         """layer1..layerN, `layers[i]` blocks each, the first block of every stage after the first at stride 2.
         make_block(cin, planes, stride, drop_path) -> (block, its output channels). Fills stage_names,
-        feature_info and num_features."""
+        feature_info (the `stem` map's first) and num_features."""
         total, index = sum(layers), 0
-        self.stage_names, self.feature_info = [], []
+        self.stage_names, self.feature_info = [], FeatureInfo([{**stem, "num_chs": cin}])
         for i, (planes, depth) in enumerate(zip(widths, layers)):
             stride = 1 if i == 0 else 2
             reduction *= stride
@@ -53,8 +89,12 @@ class Backbone(nn.Module):
         self.num_classes = num_classes
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
-    def stem(self, x: torch.Tensor) -> torch.Tensor:
+    def stem_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The stem up to its max pool: feature map 0."""
         raise NotImplementedError
+
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.maxpool(self.stem_map(x))
 
     def _final(self, x: torch.Tensor) -> torch.Tensor:
         """Applied after the last stage (identity except in pre-activation nets)."""
@@ -75,20 +115,31 @@ class Backbone(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
-    def forward_intermediates(self, x: torch.Tensor, indices: Sequence[int] | None = None) -> list[torch.Tensor]:
-        """Stage maps for a detection or segmentation neck: for ImageNet nets the stride-4/8/16/32 outputs of
-        layer1..layer4 (see `feature_info`). `indices` picks stages (negative counts from the end)."""
-        n = len(self.stage_names)
-        wanted = sorted({i % n for i in (range(n) if indices is None else indices)})
-        outs = []
-        x = self.stem(x)
-        for i, name in enumerate(self.stage_names[: wanted[-1] + 1]):
+    def forward_intermediates(self, x: torch.Tensor, indices: int | Sequence[int] | None = None, *, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:  # fmt: skip
+        """timm's contract: the feature maps `indices` picks among `feature_info` (0: the stem before its max pool,
+        stride 2 (1 for the CIFAR nets); 1..N: layer1..layerN, strides 4/8/16/32; an int k: the last k; negative
+        counts from the end), as (forward_features' output, [maps]), or [maps] alone with `intermediates_only`.
+        The last stage's map is taken before a pre-activation net's final norm unless `norm`; `stop_early` ends
+        the pass at the last map taken (the first output is then that map)."""
+        from ..errors import OptionError
+
+        if output_fmt != "NCHW":
+            raise OptionError(f"output_fmt is NCHW (ResNets have no NHWC features); got {output_fmt!r}")
+        n = len(self.feature_info)
+        take = take_indices(n, indices)
+        stages = self.stage_names[: take[-1]] if stop_early or intermediates_only else self.stage_names
+        x = self.stem_map(x)
+        maps = [x] if take[0] == 0 else []
+        x = self.maxpool(x)
+        for i, name in enumerate(stages, start=1):
             x = getattr(self, name)(x)
-            if i == n - 1:
-                x = self._final(x)
-            if i in wanted:
-                outs.append(x)
-        return outs
+            if i in take:
+                maps.append(self._final(x) if norm and i == n - 1 else x)
+        if intermediates_only:
+            return maps
+        return (self._final(x) if len(stages) == len(self.stage_names) else x), maps
 
     def get_classifier(self) -> nn.Module:
         return self.fc
@@ -163,7 +214,8 @@ class ResNet(Backbone):
             return block(cin, planes, s, downsample, norm=norm, residual=residual, drop_path=rate, groups=groups,
                          width_per_group=width_per_group, stride_in_1x1=stride_in_1x1), cout  # fmt: skip
 
-        self._make_stages(widths, layers, stem_width, 1 if stem == "cifar" else 4, drop_path_rate, make)
+        stem_map = {"module": "act1", "reduction": 1 if stem == "cifar" else 2}  # timm's: after the stem's ReLU
+        self._make_stages(widths, layers, stem_width, 1 if stem == "cifar" else 4, drop_path_rate, make, stem_map)
         self._make_head(num_classes)
         self._init_weights()
         if zero_init_residual:
@@ -172,8 +224,8 @@ class ResNet(Backbone):
                 if isinstance(m, (BasicBlock, Bottleneck)):
                     nn.init.zeros_(m.residual_norm().weight)
 
-    def stem(self, x: torch.Tensor) -> torch.Tensor:
-        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
+    def stem_map(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.bn1(self.conv1(x)))
 
 
 class ResNetV2(Backbone):
@@ -209,7 +261,7 @@ class ResNetV2(Backbone):
             downsample = make_conv(bit, cin, cout, 1, s) if (s != 1 or cin != cout) else None
             return PreActBottleneck(cin, planes, s, downsample, norm=norm, drop_path=rate, std_conv=bit), cout
 
-        self._make_stages(widths, layers, widths[0], 4, drop_path_rate, make)
+        self._make_stages(widths, layers, widths[0], 4, drop_path_rate, make, {"module": "conv1", "reduction": 2})
         self.norm = make_norm(norm, self.num_features)
         self.relu = nn.ReLU(inplace=True)
         self._make_head(num_classes)
@@ -219,8 +271,8 @@ class ResNetV2(Backbone):
                 if isinstance(m, PreActBottleneck):
                     nn.init.zeros_(m.residual_conv().weight)
 
-    def stem(self, x: torch.Tensor) -> torch.Tensor:
-        return self.maxpool(self.conv1(x))
+    def stem_map(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv1(x)
 
     def _final(self, x: torch.Tensor) -> torch.Tensor:
         return self.relu(self.norm(x))
@@ -249,19 +301,19 @@ class ResNetV2(Backbone):
 
 
 class FeatureList(nn.Module):
-    """A backbone that returns its stage maps instead of logits: what `create_model(name, features_only=True,
-    out_indices=...)` gives, like timm's. `feature_info` describes the maps returned; `meta` is the backbone's."""
+    """A backbone that returns feature maps instead of logits: what `create_model(name, features_only=True,
+    out_indices=...)` gives, with timm's indexing (0: the stem, 1..N: the stages; default all of them) and its
+    `feature_info` (`channels()`, `reduction()`, `module_name()` of the maps returned); `meta` is the backbone's."""
 
-    def __init__(self, backbone: Backbone, out_indices: Sequence[int] | None = None):
+    def __init__(self, backbone: Backbone, out_indices: int | Sequence[int] | None = None):
         super().__init__()
-        n = len(backbone.stage_names)
-        self.out_indices = sorted({i % n for i in (range(n) if out_indices is None else out_indices)})
+        self.out_indices = take_indices(len(backbone.feature_info), out_indices)
         self.backbone = backbone
-        self.feature_info = [backbone.feature_info[i] for i in self.out_indices]
+        self.feature_info = FeatureInfo(backbone.feature_info[i] for i in self.out_indices)
         self.meta = backbone.meta
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return self.backbone.forward_intermediates(x, self.out_indices)
+        return self.backbone.forward_intermediates(x, self.out_indices, intermediates_only=True)
 
 
 class PreLogits(nn.Module):
