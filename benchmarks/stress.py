@@ -1,7 +1,8 @@
 """Stress: training killed with SIGKILL at random moments and resumed each time, against the same run
-uninterrupted; and every bad input of issue 15 fed through the command line, each in its own process.
+uninterrupted; every bad input of issues 15 and 22 fed through the command line, each in its own process; and a
+real `resnets serve` fed decode bombs and concurrent batches that mix good and bad uploads.
 
-    python benchmarks/stress.py                       # 20 kills, all bad inputs
+    python benchmarks/stress.py                       # 20 kills, all bad inputs, the server
     python benchmarks/stress.py --kills 5 --json stress.json
 
 Kills: a deterministic run (resnet20, synthetic data, random erasing and drop-path, a checkpoint every 2 steps)
@@ -13,6 +14,14 @@ the uninterrupted run's, bit for bit, and so are the metrics (loss, accuracy) of
 
 Bad inputs: each is a command line and what it must do (the exit code, what must not change on disk). Counted:
 tracebacks (goal 0), wrong exit codes, messages of more than one line, files lost or changed (goal 0).
+
+Server: a 1-channel model (Fashion-MNIST's kind) behind `resnets serve`. Each upload kind (decode bombs: a PNG
+whose header Pillow cannot read over 20000x20000 pixels, a GIF of 60 frames on a 4000x4000 canvas, a header-only
+20000x20000 PNG; GIF, WebP, animated WebP, 16-bit PNG; text, empty, truncated) is sent 8 times at once, the
+server's peak resident memory measured around it (its high-water mark reset through /proc/PID/clear_refs). Then
+rounds of 32 concurrent requests, a quarter of them bad, into the same dynamic batches: every good one must be
+answered 200, every bad one 4xx, nothing 5xx. Counted: 5xx (goal 0), good requests not answered, peak memory per
+kind against the bound the pixel limit sets.
 
 Prints one line per kill and per bad input, and a summary; --json writes the figures.
 """
@@ -202,6 +211,41 @@ def make_inputs(d: Path) -> dict:
     }  # fmt: skip
     for name, (field, value) in damaged.items():
         save_file(sd, str(d / f"{name}.safetensors"), metadata={**meta, field: json.dumps(value)})
+    options = json.loads(meta["options"])
+    for name, field, value in (("record-11-classes", "options", {**options, "num_classes": 11}),
+                               ("record-in-chans-100000", "options", {**options, "in_chans": 100000}),
+                               ("crop-5000", "preprocessing", {"resize": 5000, "crop": 5000})):  # fmt: skip
+        save_file(sd, str(d / f"{name}.safetensors"), metadata={**meta, field: json.dumps(value)})
+    save_file({**sd, "fc.weight": sd["fc.weight"].to(torch.int8)}, str(d / "tensor-int8.safetensors"), metadata=meta)
+    # timm folders whose config.json holds a malformed value (issue 22: 13 of 33 were tracebacks)
+    import timm
+
+    ref = timm.create_model("resnet18", num_classes=5, pretrained=False)
+    good = {"architecture": "resnet18", "num_classes": 5, "pretrained_cfg": {"input_size": [3, 224, 224], "crop_pct": 0.9,
+            "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic"}}  # fmt: skip
+    malformed = {"pretrained_cfg-x": ("pretrained_cfg", "x"), "num_classes-abc": ("num_classes", "abc"),
+                 "num_classes-list": ("num_classes", [1]), "num_classes-1e12": ("num_classes", 1e12),
+                 "num_classes-1000000": ("num_classes", 1_000_000), "num_classes-10.7": ("num_classes", 10.7),
+                 "input_size-abc": ("pretrained_cfg.input_size", "abc"), "input_size-224": ("pretrained_cfg.input_size", 224),
+                 "crop_pct-nan": ("pretrained_cfg.crop_pct", "nan"), "mean-5": ("pretrained_cfg.mean", 5),
+                 "label_names-5": ("label_names", 5), "std-0": ("pretrained_cfg.std", [0, 0, 0])}  # fmt: skip
+    for name, (key, value) in malformed.items():
+        folder = d / f"timm-{name}"
+        folder.mkdir()
+        save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(folder / "model.safetensors"))
+        cfg = json.loads(json.dumps(good))
+        table, _, leaf = key.rpartition(".")
+        (cfg[table] if table else cfg)[leaf] = value
+        (folder / "config.json").write_text(json.dumps(cfg))
+    import zipfile
+
+    for name, config in (("config-list", []), ("config-str", {"config": "abc"}), ("layers-str", {"config": {"layers": "abc"}}),
+                         ("epsilon-list", {"config": {"layers": [{"class_name": "BatchNormalization",
+                                                                   "config": {"name": "bn", "epsilon": [1]}}]}}),
+                         ("config-20MB", " " * (20 << 20))):  # fmt: skip
+        with zipfile.ZipFile(d / f"keras-{name}.keras", "w", zipfile.ZIP_DEFLATED) as z:
+            z.writestr("config.json", config if isinstance(config, str) else json.dumps(config))
+            z.writestr("model.weights.h5", b"")
 
     class Evil:
         def __reduce__(self):
@@ -238,9 +282,9 @@ def bad_inputs(d: Path) -> list[tuple[str, list, int, Path | None]]:
         ("train --out that is a file", ["train", *TINY, "--out", d / "a-file"], 2, None),
         ("train on a binary CSV", ["train", *TINY[:2], "--dataset", "csv", "--data", d / "binary.csv", "--out", out], 2, out),
         ("eval on a malformed CIFAR archive", ["eval", "--weights", m, "--dataset", "cifar10", "--data", d], 2, None),
-        ("predict a folder of hostile images", ["predict", imgs, "--weights", m, "--workers", 0], 0, None),
-        ("predict --format csv, hostile names", ["predict", imgs, "--weights", m, "--workers", 2, "--format", "csv"], 0, None),
-        ("predict --max-pixels 100", ["predict", imgs, "--weights", m, "--workers", 0, "--max-pixels", 100], 0, None),
+        ("predict a folder of hostile images", ["predict", imgs, "--weights", m, "--workers", 0], 1, None),
+        ("predict --format csv, hostile names", ["predict", imgs, "--weights", m, "--workers", 2, "--format", "csv"], 1, None),
+        ("predict --max-pixels 100", ["predict", imgs, "--weights", m, "--workers", 0, "--max-pixels", 100], 1, None),
         ("explain an animated GIF", ["explain", imgs / "animated.gif", "--weights", m, "--out", d / "cam.png"], 0, None),
         ("explain a decompression bomb", ["explain", imgs / "bomb.png", "--weights", m, "--out", d / "bomb-cam.png"], 2, d / "bomb-cam.png"),
         ("explain --layer fc", ["explain", imgs / "portrait.jpg", "--weights", m, "--layer", "fc", "--out", d / "fc.png"], 2, d / "fc.png"),
@@ -262,7 +306,28 @@ def bad_inputs(d: Path) -> list[tuple[str, list, int, Path | None]]:
     ]  # fmt: skip
     for name in ("no-crop", "negative-crop", "std-0", "options-list", "classes-number"):
         cases.append((f"model file metadata: {name}", ["predict", imgs, "--weights", d / f"{name}.safetensors"], 2, None))
-    cases.append(("class names with escape codes", ["predict", imgs, "--weights", d / "evil-classes.safetensors", "--workers", 0], 0, None))
+    cases.append(("class names with escape codes", ["predict", imgs, "--weights", d / "evil-classes.safetensors", "--workers", 0], 1, None))
+    # issue 22: values that cannot run, foreign files, folder outputs, devices
+    for flag, value in [("--epochs", "1e400"), ("--seed", "1e20"), ("--lr", "1e308"), ("--weight-decay", "1e308"),
+                        ("--gamma", "1e308"), ("--warmup-epochs", "1e308"), ("--pad", "1e9"), ("--train-crop", "1e6"),
+                        ("--synthetic-samples", "1e12"), ("--synthetic-classes", "1e9"), ("--device", "mps"),
+                        ("--mixup", "1e-320"), ("--cutmix", "1e-320"), ("--in-chans", "100000")]:  # fmt: skip
+        cases.append((f"train {flag} {value}", ["train", *TINY, "--out", out, flag, value], 2, out))
+    for name in sorted(p.name for p in d.glob("timm-*")):
+        cases.append((f"timm config.json: {name[5:]}", ["predict", imgs / "portrait.jpg", "--weights", d / name], 2, None))
+    for name in sorted(p.name for p in d.glob("keras-*")):
+        cases.append((f"Keras file: {name[6:]}", ["predict", imgs / "portrait.jpg", "--weights", d / name], 2, None))
+    for name in ("record-11-classes", "record-in-chans-100000", "tensor-int8", "crop-5000"):
+        cases.append((f"model file: {name}", ["predict", imgs, "--weights", d / f"{name}.safetensors"], 2, None))
+    cases += [
+        ("export --format hub --out RUN --force", ["export", "--weights", m, "--format", "hub", "--out", run, "--force"], 2, None),
+        ("predict --device cuda:x", ["predict", imgs, "--weights", m, "--device", "cuda:x"], 2, None),
+        ("serve --port 70000", ["serve", "--weights", m, "--port", 70000], 2, None),
+        ("serve --max-upload-mb 1e308", ["serve", "--weights", m, "--max-upload-mb", "1e308"], 2, None),
+        ("serve --token ''", ["serve", "--weights", m, "--token", ""], 2, None),
+        ("explain --class a Unicode digit", ["explain", imgs / "portrait.jpg", "--weights", m, "--class", "\u00b2", "--out", d / "u.png"], 2, d / "u.png"),
+        ("export: check failed (--atol 0 --rtol 0)", ["export", "--weights", m, "--fold-bn", "--atol", 0, "--rtol", 0, "--out", d / "z.onnx"], 1, d / "z.onnx"),
+    ]  # fmt: skip
     return cases
 
 
@@ -327,6 +392,134 @@ def bad(d: Path) -> dict:
             "escape_codes_in_table": not injection_ok, "rows": rows}  # fmt: skip
 
 
+# ---------------------------------------------------------------------------------------------------------------- serve
+def _gif_frames(frames: int, width: int, height: int) -> bytes:
+    """An animated GIF of one-pixel frames on a width x height canvas (a decoder of every frame at the canvas
+    size turns 1.4 KB into frames x width x height x 3 bytes)."""
+    head = b"GIF89a" + struct.pack("<HHBBB", width, height, 0x80, 0, 0) + b"\x00\x00\x00\xff\xff\xff"
+    frame = b"\x21\xf9\x04\x00\x01\x00\x00\x00\x2c" + struct.pack("<HHHHB", 0, 0, 1, 1, 0) + b"\x02\x02\x44\x01\x00"
+    return head + frame * frames + b"\x3b"
+
+
+def _uploads() -> dict[str, tuple[bytes, str]]:
+    """Each upload kind: (bytes, "good" or "bad")."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    def enc(im, fmt, **kw):
+        buf = io.BytesIO()
+        im.save(buf, fmt, **kw)
+        return buf.getvalue()
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    z = zlib.compressobj(9)
+    rows = b"".join(z.compress(bytes(20001)) for _ in range(20000)) + z.flush()  # 20000 rows of zeros: ~400 KB
+    ztxt = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0))
+            + chunk(b"zTXt", b"k\x00\x01junk") + chunk(b"IDAT", rows) + chunk(b"IEND", b""))  # fmt: skip
+    header_bomb = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0)) + chunk(b"IEND", b"")
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8))
+    frames = [Image.new("RGB", (64, 64), c) for c in ((200, 0, 0), (0, 0, 200))]
+    jpeg = enc(photo, "JPEG")
+    return {
+        "png-ztxt-20000x20000": (ztxt, "bad"), "gif-60-frames-4000x4000": (_gif_frames(60, 4000, 4000), "good"),
+        "png-header-20000x20000": (header_bomb, "bad"), "jpeg": (jpeg, "good"), "png": (enc(photo, "PNG"), "good"),
+        "gif": (enc(photo, "GIF"), "good"), "webp": (enc(photo, "WEBP"), "good"),
+        "webp-animated": (enc(frames[0], "WEBP", save_all=True, append_images=frames[1:]), "good"),
+        "png-16-bit": (enc(Image.fromarray(np.full((64, 64), 40000, dtype=np.uint16)), "PNG"), "good"),
+        "text": (b"not an image at all", "bad"), "empty": (b"", "bad"), "jpeg-truncated": (jpeg[: len(jpeg) // 2], "bad"),
+        "jpeg-cut-in-header": (jpeg[:40], "bad"),
+    }  # fmt: skip
+
+
+def _rss(pid: int, key: str = "VmRSS") -> int:
+    """The process's resident memory (VmRSS) or its high-water mark (VmHWM), bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def serve_stress(d: Path, rounds: int = 10) -> dict:
+    import asyncio
+    import socket
+
+    import httpx
+    import torch
+
+    import resnets as R
+
+    torch.manual_seed(0)
+    model = R.save(R.create_model("resnet20", num_classes=10, in_chans=1), d / "grey.safetensors",
+                   preprocessing=R.Preprocessing(32, 28, mean=(0.29,), std=(0.35,)))  # fmt: skip
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    log = open(d / "serve.log", "w+")
+    server = subprocess.Popen([sys.executable, "-m", "resnets", "serve", "--weights", model, "--port", str(port), "--device",
+                               "cpu", "--max-batch", "16", "--max-wait-ms", "20", "--log-level", "warning"], env=ENV,
+                              stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        uploads = _uploads()
+        idle = _rss(server.pid)
+
+        async def send(items):
+            async with httpx.AsyncClient(timeout=120) as c:
+                return await asyncio.gather(*(c.post(url + "/v1/predict", files={"files": (n, b)}) for n, b in items))
+
+        kinds, fivexx, unanswered, wrong = {}, 0, 0, 0
+        for name, (data, want) in uploads.items():
+            Path(f"/proc/{server.pid}/clear_refs").write_text("5")  # the high-water mark starts again from now
+            before = _rss(server.pid)
+            answers = asyncio.run(send([(name, data)] * 8))
+            codes = sorted({a.status_code for a in answers})
+            peak = _rss(server.pid, "VmHWM") - before
+            fivexx += sum(a.status_code >= 500 for a in answers)
+            wrong += sum((a.status_code == 200) != (want == "good") for a in answers)
+            kinds[name] = {"bytes": len(data), "status": codes, "peak_mb_over_before": round(peak / 2**20, 1)}
+            print(f"serve  {name:28s} {len(data):>9,} B  status {codes}  peak +{peak / 2**20:7.1f} MB", flush=True)
+        # mixed batches: a quarter of each round bad, all at once
+        good = [(n, b) for n, (b, w) in uploads.items() if w == "good" and "4000" not in n]
+        bads = [(n, b) for n, (b, w) in uploads.items() if w == "bad"]
+        rng = random.Random(0)
+        sent = 0
+        for _ in range(rounds):
+            items = [rng.choice(good) for _ in range(24)] + [rng.choice(bads) for _ in range(8)]
+            rng.shuffle(items)
+            answers = asyncio.run(send(items))
+            sent += len(items)
+            for (n, _), a in zip(items, answers):
+                fivexx += a.status_code >= 500
+                is_good = any(n == g for g, _ in good)
+                unanswered += is_good and a.status_code != 200
+                wrong += (not is_good) and not 400 <= a.status_code < 500
+        metrics = httpx.get(url + "/metrics").text
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.seek(0)
+        output = log.read()
+    counted_5xx = sum(float(line.split()[-1]) for line in metrics.splitlines()
+                      if line.startswith("resnets_requests_total") and 'code="5' in line)  # fmt: skip
+    return {"idle_rss_mb": round(idle / 2**20, 1), "kinds": kinds, "mixed_requests": sent, "status_5xx": fivexx,
+            "good_not_answered": unanswered, "wrong_status": wrong, "metrics_5xx": counted_5xx,
+            "tracebacks_in_log": output.count("Traceback"), "exit_code": server.returncode}  # fmt: skip
+
+
 def cpu() -> str:
     try:
         info = Path("/proc/cpuinfo").read_text()
@@ -343,6 +536,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="which random kill moments")
     ap.add_argument("--skip-kills", action="store_true")
     ap.add_argument("--skip-bad-inputs", action="store_true")
+    ap.add_argument("--skip-serve", action="store_true")
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args()
     results = {"machine": cpu(), "python": sys.version.split()[0], "date": time.strftime("%Y-%m-%d")}
@@ -363,6 +557,15 @@ def main() -> None:
             print(f"\n{b['passed']}/{b['bad_inputs']} bad inputs handled; tracebacks {b['tracebacks']}; wrong exit codes "
                   f"{b['wrong_exit_codes']}; messages not one line {b['messages_not_one_line']}; files lost or changed "
                   f"{b['files_lost_or_changed']}; escape codes in table output: {b['escape_codes_in_table']}")  # fmt: skip
+        if not args.skip_serve:
+            (tmp / "s").mkdir()
+            s = serve_stress(tmp / "s")
+            results["serve"] = s
+            worst = max(k["peak_mb_over_before"] for k in s["kinds"].values())
+            print(f"\nserve: {len(s['kinds'])} upload kinds x 8 at once, worst peak +{worst} MB over an idle {s['idle_rss_mb']} MB; "
+                  f"{s['mixed_requests']} mixed requests: 5xx {s['status_5xx']}, good not answered {s['good_not_answered']}, "
+                  f"wrong status {s['wrong_status']}, 5xx in /metrics {s['metrics_5xx']}, tracebacks in the log "
+                  f"{s['tracebacks_in_log']}, exit {s['exit_code']}")  # fmt: skip
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str))
 

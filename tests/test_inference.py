@@ -340,3 +340,14 @@ def test_a_backend_is_one_entry_of_the_table(model_file, monkeypatch):
     assert list(choices) == ["auto", *B.BACKENDS]  # the command line's choices come from the table
     with pytest.raises(resnets.ResnetsError, match="runs on the CPU at fp32"):
         B.make_runner(model, "onnxruntime", precision="bf16", device="cpu")
+
+
+def test_similar_with_another_models_index_names_both(photos, model_file, tmp_path):
+    """An index made by one model queried with another was a matrix-shape traceback."""
+    code, _, err = _cli("embed", photos / "coffee.png", "--weights", model_file, "--out", tmp_path / "idx.safetensors",
+                        "--workers", 0)  # fmt: skip
+    assert code == 0, err
+    other = resnets.save(resnets.create_model("resnet20", num_classes=3), tmp_path / "r20.safetensors")
+    code, _, err = _cli("similar", photos / "coffee.png", "--index", tmp_path / "idx.safetensors", "--weights", other)
+    assert code == 2 and "holds embeddings of shape (512,)" in err and "gives (64,)" in err, err
+    assert str(model_file) in err and len(err.strip().splitlines()) == 1

@@ -48,13 +48,19 @@ def test_a_value_just_outside_its_range_is_one_line_and_writes_nothing(tmp_path,
     assert not (tmp_path / "runs").exists()  # not even the --out folder
 
 
-def test_two_runs_cannot_share_a_folder_and_auto_names_do_not_collide(tmp_path):
-    slow = [*S, "--synthetic-samples", "4096", "--epochs", "3", "--out", tmp_path, "--name", "same"]
+def _slow_run(out, name) -> tuple[subprocess.Popen, list]:
+    """A training run in a process of its own, returned once it holds its folder's lock (with its arguments)."""
+    slow = [*S, "--synthetic-samples", "4096", "--epochs", "3", "--out", out, "--name", name]
     p = subprocess.Popen([sys.executable, "-m", "resnets", "train", *slow], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    lock = tmp_path / "same" / ".lock"
+    lock = out / name / ".lock"
     deadline = time.time() + 120
     while time.time() < deadline and p.poll() is None and not (lock.is_file() and lock.read_text()):
         time.sleep(0.05)
+    return p, slow
+
+
+def test_two_runs_cannot_share_a_folder_and_auto_names_do_not_collide(tmp_path):
+    p, slow = _slow_run(tmp_path, "same")
     try:
         assert p.poll() is None, p.stderr.read().decode()
         code, _, err = run_cli("train", *slow)
@@ -97,11 +103,11 @@ def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_folder(tmp_path)
 
     cfg = C.resolve(overrides=dict(model="resnet20", dataset="synthetic", synthetic_samples=256, synthetic_classes=2,
                                    train_crop=32, batch_size=16, epochs=1, workers=0, progress=False, device="cpu",
-                                   out=str(tmp_path), name="blowup", lr=1e30, schedule="constant", amp="none"))  # fmt: skip
+                                   out=str(tmp_path), name="blowup", lr=1e6, schedule="constant", amp="none"))  # fmt: skip
     with pytest.raises(TrainingError, match="No checkpoint had been written yet"):
         train(cfg)
     assert not (tmp_path / "blowup").exists()
-    with pytest.raises(ResnetsError, match="must be > 0; got nan"):
+    with pytest.raises(ResnetsError, match="must be > 0 and <= 1,000,000; got nan"):
         C.resolve(overrides=dict(lr="nan"))
 
 
@@ -207,12 +213,7 @@ def test_a_one_cycle_run_of_four_steps_trains(tmp_path):
 def test_ctrl_c_before_the_first_checkpoint_says_nothing_was_kept(tmp_path):
     import signal
 
-    slow = [*S, "--synthetic-samples", "4096", "--epochs", "3", "--out", tmp_path, "--name", "stopped"]
-    p = subprocess.Popen([sys.executable, "-m", "resnets", "train", *slow], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    lock = tmp_path / "stopped" / ".lock"
-    deadline = time.time() + 120
-    while time.time() < deadline and p.poll() is None and not (lock.is_file() and lock.read_text()):
-        time.sleep(0.05)
+    p, _ = _slow_run(tmp_path, "stopped")
     time.sleep(0.5)
     p.send_signal(signal.SIGINT)
     err = p.communicate(timeout=60)[1].decode()

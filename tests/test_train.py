@@ -176,7 +176,7 @@ def test_ddp_on_two_processes_matches_one_process(tmp_path):
 
 
 def test_non_finite_loss_stops_with_a_clear_message_and_keeps_good_checkpoints(tmp_path):
-    cfg = C.resolve("fashion-mnist", overrides=dict(SMALL, out=tmp_path, name="nan", lr=1e30, amp="none",
+    cfg = C.resolve("fashion-mnist", overrides=dict(SMALL, out=tmp_path, name="nan", lr=1e6, amp="none",
                                                     schedule="constant", checkpoint_steps=1, epochs=1, limit_train=1024))  # fmt: skip
     with pytest.raises(TrainingError, match="non-finite"):
         train(cfg)

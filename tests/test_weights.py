@@ -227,7 +227,7 @@ def test_load_takes_what_weights_takes(tmp_path):
     model = resnets.create_model("resnet20", num_classes=10).eval()
     torch.save(model.state_dict(), tmp_path / "plain.pth")
     again = resnets.load(tmp_path / "plain.pth")
-    assert again.meta.architecture == "resnet20" and again.meta.preprocessing is None
+    assert again.meta.architecture == "resnet20" and again.meta.preprocessing is None  # a plain state dict records none
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(again(x), model(x))
@@ -242,21 +242,39 @@ def test_load_takes_what_weights_takes(tmp_path):
     assert resnets.load(tmp_path / "plain.pth").meta.source == str(tmp_path / "plain.pth")
 
 
-def test_a_model_built_by_name_is_fed_its_default_input_and_says_so(tmp_path):
+def test_a_model_built_by_name_is_fed_its_default_input_and_weights_without_a_record_say_so(tmp_path, offline_cache):
+    """`create_model("resnet50").meta.preprocessing` was None although the README promised the architecture's
+    default; `.transforms()` is one callable from a PIL image to the model's input; `pretrained=True` is the
+    architecture's default weights. Weights that record nothing (a plain state dict) still say what they get."""
     from PIL import Image
 
     from conftest import run_cli
 
-    resnets.save(resnets.create_model("resnet18", num_classes=3), tmp_path / "m.safetensors")
-    Image.new("RGB", (300, 200), (200, 30, 30)).save(tmp_path / "red.png")
-    code, out, err = run_cli("predict", tmp_path / "red.png", "--weights", tmp_path / "m.safetensors", "--workers", 0,
-                             "--top-k", 2)  # fmt: skip
-    assert code == 0 and "red.png  " in out, err
-    assert "records no preprocessing; using resnet18's default: resize 256, crop 224" in err
-    cifar = resnets.create_model("resnet20")
-    assert cifar.meta.eval_preprocessing() == (resnets.Preprocessing(32, 32), False)
-    grey = resnets.create_model("resnet20", in_chans=1).meta.eval_preprocessing()[0]
+    model = resnets.create_model("resnet18", num_classes=3)
+    assert model.meta.preprocessing == resnets.Preprocessing(256, 224)
+    red = Image.new("RGB", (300, 200), (200, 30, 30))
+    x = model.meta.preprocessing.transforms()(red)
+    pre = model.meta.preprocessing
+    from torchvision.transforms.v2.functional import pil_to_tensor
+
+    assert x.shape == (3, 224, 224) and torch.equal(x, pre.normalizer()(pre.transform()(pil_to_tensor(red))))
+    assert torch.equal(pre.transforms()(pil_to_tensor(red)), x)  # a uint8 tensor the same
+    red.save(tmp_path / "red.png")
+    resnets.save(model, tmp_path / "m.safetensors")
+    code, out, err = run_cli("predict", tmp_path / "red.png", "--weights", tmp_path / "m.safetensors", "--workers", 0)
+    assert code == 0 and "red.png  " in out and "records no preprocessing" not in err, err
+    torch.save(model.state_dict(), tmp_path / "plain.pth")
+    code, out, err = run_cli("predict", tmp_path / "red.png", "--weights", tmp_path / "plain.pth", "--workers", 0)
+    assert code == 0 and "records no preprocessing; using resnet18's default: resize 256, crop 224" in err, err
+    assert resnets.create_model("resnet20").meta.preprocessing == resnets.Preprocessing(32, 32)
+    grey = resnets.create_model("resnet20", in_chans=1).meta.preprocessing
     assert grey.mean == (pytest.approx(sum((0.485, 0.456, 0.406)) / 3),)
+    with pytest.raises(WeightsError, match="resnet50.a1_in1k"):  # the default (best top-1), not in this empty cache
+        resnets.create_model("resnet50", pretrained=True, download=False)
+    with pytest.raises(resnets.OptionError, match="resnet20 has no registered weights"):
+        resnets.create_model("resnet20", pretrained=True)
+    with pytest.raises(resnets.OptionError, match="no weights="):
+        resnets.create_model("resnet50", pretrained=True, weights="resnet50.tv_in1k")
 
 
 def test_imagenet_class_names_ship_with_the_package():
@@ -289,3 +307,22 @@ def test_weights_means_the_same_in_every_command(offline_cache, served_file, tmp
     assert code == 2 and "did you mean resnet20.test_cli" in err
     code, out, err = run_cli("summary", run, "--json")
     assert code == 0 and json.loads(out)["model"] == "resnet20", err
+
+
+def test_a_1000_class_file_without_names_gets_imagenets(tmp_path):
+    """A torchvision state dict records no class names: predict printed "735"; a 1000-class head is ImageNet-1k's."""
+    import torchvision
+    from PIL import Image
+
+    from conftest import run_cli
+
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "tv.pth")
+    model = resnets.load(tmp_path / "tv.pth")
+    names = model.meta.names(1000)
+    assert names == W.class_list("imagenet") and names[0] != "0"
+    Image.new("RGB", (64, 64), (10, 120, 30)).save(tmp_path / "g.png")
+    code, out, err = run_cli("predict", tmp_path / "g.png", "--weights", tmp_path / "tv.pth", "--workers", 0, "--format", "json")
+    import json
+
+    top = json.loads(out)[0]["top"]
+    assert code == 0 and all(t["class"] == names[t["index"]] and not t["class"].isdigit() for t in top), out

@@ -111,6 +111,11 @@ def make_runner(
     if backend != "auto" and backend not in BACKENDS:
         raise ResnetsError(f"backend must be one of auto, {', '.join(BACKENDS)}; got {backend!r}")
     dev = torch.device(device) if device is not None else next(model.parameters()).device
+    from .onnx_file import OnnxModel, check_runnable
+
+    if isinstance(model, OnnxModel):  # an exported file: it already is its runner
+        check_runnable(backend, output, precision, dev)
+        return model.eval()
     check_precision(precision, dev)
     spec = BACKENDS[auto_backend(dev, precision) if backend == "auto" else backend]
     if precision not in spec.precisions or dev.type not in spec.devices:

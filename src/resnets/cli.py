@@ -351,6 +351,9 @@ def _cmd_similar(args: argparse.Namespace) -> int:
     q, _, errors = embed(model, [args.query], layer=meta.get("layer") or None, workers=0)
     if errors:
         raise ResnetsError(f"cannot read {args.query}: {errors[0]['error']}")
+    if q.shape[1:] != index.shape[1:]:
+        raise ResnetsError(f"{args.index} holds embeddings of shape {tuple(index.shape[1:])} made by {meta['weights']}; "
+                           f"{weights} gives {tuple(q.shape[1:])}: query with the model that made the index")  # fmt: skip
     scores, idx = nearest(q, index, args.k)
     rows = [{"path": files[i], "similarity": float(s)} for s, i in zip(scores[0].tolist(), idx[0].tolist())]
     if args.json:
@@ -459,6 +462,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         model.meta.preprocessing = model.meta.eval_preprocessing()[0]  # the architecture's default input, as meant
     else:
         model = load(args.model)
+    if model.num_features is None and args.backend == "all":  # an ONNX file: ONNX Runtime is what runs it
+        backends = ["onnxruntime"]
     pre = preprocessing_for(model)
     size = args.input_size or pre.crop
     rows = []

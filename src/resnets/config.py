@@ -242,7 +242,7 @@ RULES: dict[str, Rule] = {
     "strategy": Rule(choices=("full", "linear-probe", "partial", "gradual")), "unfreeze_stages": _ge(0, 16),
     "unfreeze_every": _ge(1, COUNT), "layer_decay": Rule(low=0, high=1, low_open=True),
     "bn": Rule(choices=("train", "freeze", "frozen", "group")), "early_stop": _ge(0, COUNT),
-    "optimizer": Rule(choices=("sgd", "adamw")), "lr": _gt(0, 100), "lr_reference_batch": _ge(0, COUNT),
+    "optimizer": Rule(choices=("sgd", "adamw")), "lr": _gt(0, 1e6), "lr_reference_batch": _ge(0, COUNT),
     "momentum": FRACTION, "nesterov": ANY, "weight_decay": _ge(0, 10), "norm_weight_decay": _ge(0, 10),
     "label_smoothing": FRACTION, "batch_size": _ge(1, 2**20), "epochs": _ge(0, 100_000), "iterations": _ge(0, COUNT),
     "schedule": Rule(choices=("cosine", "step", "onecycle", "plateau", "constant")), "milestones": _ge(1, COUNT),

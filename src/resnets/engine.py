@@ -312,6 +312,14 @@ def state_dict(run: Run, epoch: int, batch: int) -> dict:
 
 
 def save_state(run: Run, path: Path, epoch: int, batch: int) -> None:
+    """A checkpoint of the run, never of non-finite weights or BatchNorm statistics: a step whose loss was finite
+    can still leave them inf (a huge lr), and a checkpoint of them would replace the last good one."""
+    finite = torch.stack([torch.isfinite(t).all() for t in run.core.state_dict().values() if t.is_floating_point()]).all()
+    if not bool(finite):
+        last = run.run_dir / "last.pt"
+        kept = f"The last good checkpoint is {last}" if last.is_file() else "No checkpoint had been written yet"
+        raise TrainingError(f"the weights became non-finite at step {run.step}; stopped. {kept} (try a lower --lr, "
+                            "--clip-grad, or --amp none)")  # fmt: skip
     if run.ctx.is_main:
         artifacts.save_checkpoint(state_dict(run, epoch, batch), path)
 

@@ -19,7 +19,7 @@ from .artifacts import KERAS_SUFFIXES, PICKLE_SUFFIXES, read_weights
 from .errors import OptionError, WeightsError
 from .models import get_entry
 from .models.registry import check_options
-from .meta import ModelMeta
+from .meta import ModelMeta, Preprocessing
 from .models.resnet import Backbone, FeatureList, ResNetV2
 
 log = logging.getLogger("resnets")
@@ -159,6 +159,10 @@ def _build(name: str, options: dict[str, Any], sd: dict | None, meta: ModelMeta 
     model = entry.fn(**opts)
     classes = meta.class_names if meta else None
     pre = meta.preprocessing if meta else None
+    if sd is None:  # built by name: fed as its architecture is by default (the README's promise)
+        pre = Preprocessing.default(entry.input_size, opts.get("in_chans", 3))
+    if classes is None and sd is not None and model.num_classes == 1000:  # a 1000-class file (torchvision's, timm's)
+        classes = W.class_list("imagenet")  # that records no names: ImageNet-1k's, not the indices
     model.meta = ModelMeta(
         name, opts,
         class_names=list(classes) if classes and len(classes) == model.num_classes else None,
@@ -190,8 +194,9 @@ def _check_record(sd: dict, meta: ModelMeta, explicit: dict[str, Any], source: s
         raise WeightsError(f"{source} is damaged: it names {len(meta.class_names)} classes for a classifier of {n}")
 
 
-def create_model(name: str, *, weights: str | os.PathLike | None = None, download: bool = True,
-                 features_only: bool = False, out_indices: Sequence[int] | None = None, **options: Any) -> nn.Module:  # fmt: skip
+def create_model(name: str, *, weights: str | os.PathLike | None = None, pretrained: bool = False,
+                 download: bool = True, features_only: bool = False, out_indices: int | Sequence[int] | None = None,
+                 **options: Any) -> nn.Module:  # fmt: skip
     """Build a registered model, optionally with weights.
 
     name: a registered architecture ("resnet50"), or "<architecture>.<tag>" of registered weights
@@ -199,6 +204,9 @@ def create_model(name: str, *, weights: str | os.PathLike | None = None, downloa
         timm's layout ("hf-hub:timm/resnet50.a1_in1k", optionally "@REVISION").
     weights: a registered weight name (fetched into the cache, hash-checked, when missing and `download`),
         or a local .safetensors / .pth / .pt file (torchvision, timm or resnets layouts).
+    pretrained: the architecture's default registered weights (its best ImageNet top-1), as timm and
+        torch.hub users write it. Without weights the model is randomly initialised and its preprocessing is
+        the architecture's default (`model.meta.preprocessing`).
     options: num_classes, in_chans, shortcut, stride_in_1x1, zero_init_residual, drop_path_rate, norm, as the
         architecture takes them. Unset num_classes/in_chans follow the weights; set ones adapt them.
     features_only: a `FeatureList` that returns the stage maps (`out_indices` picks stages; negative counts from
@@ -206,6 +214,14 @@ def create_model(name: str, *, weights: str | os.PathLike | None = None, downloa
     """
     if out_indices is not None and not features_only:
         raise OptionError("out_indices picks the stage maps of features_only=True; pass both")
+    if pretrained:
+        if weights is not None or hub.is_hub(name) or "." in name:
+            raise OptionError("pretrained=True picks the architecture's default weights; it goes with a plain "
+                              "architecture name and no weights=")  # fmt: skip
+        get_entry(name)
+        weights = W.default_weights(name)
+        if weights is None:
+            raise OptionError(f"{name} has no registered weights (see `resnets list --weights`); pass weights= a file")
     if hub.is_hub(name):  # the architecture comes with the weights
         model = create_from_weights(name, download=download, **options)
     else:
@@ -254,5 +270,12 @@ def create_from_weights(weights: str | os.PathLike, name: str | None = None, *, 
 def load(weights: str | os.PathLike, **options: Any) -> nn.Module:
     """The model `weights` describe, in eval mode: a self-describing model file (see `resnets.save`), a run
     directory (its model.safetensors), a registered weight name ("resnet50.tv2_in1k"), or a weights file of
-    torchvision or timm (its architecture recognised from the parameter shapes). What `--weights` takes."""
+    torchvision or timm (its architecture recognised from the parameter shapes), or an ONNX file `resnets export`
+    wrote (run by ONNX Runtime: class scores only). What `--weights` takes."""
+    if os.fspath(weights).lower().endswith(".onnx"):
+        from .onnx_file import read_onnx
+
+        if options:
+            raise OptionError("an ONNX file is a finished model: it takes no options")
+        return read_onnx(weights).eval()
     return create_from_weights(weights, **options).eval()

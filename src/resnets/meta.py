@@ -101,9 +101,39 @@ class Preprocessing:
 
         return normalizer(self.mean, self.std)
 
+    def transforms(self):
+        """One callable from an image (a PIL image, or a uint8 / [0, 1] float tensor (C, H, W)) to the model's
+        normalised input (C, crop, crop), as torchvision's `weights.transforms()`: `model(pre.transforms()(im)[None])`."""
+        return _Pipeline(self)
+
     def describe(self) -> str:
         size = f"resize {self.resize}x{self.resize} (squash)" if self.crop_mode == "squash" else f"resize {self.resize}"
         return f"{size}, crop {self.crop}, {self.interpolation}, mean {list(self.mean)}, std {list(self.std)}"
+
+
+class _Pipeline:
+    """Preprocessing.transforms(): decode-free, on the CPU."""
+
+    def __init__(self, pre: Preprocessing):
+        self.pre, self.resize_crop, self.normalize = pre, pre.transform(), pre.normalizer()
+
+    def __call__(self, image):
+        import torch
+
+        from .data.datasets import pil_to_tensor, to_channels
+
+        channels = len(self.pre.mean)
+        if isinstance(image, torch.Tensor):
+            if image.ndim != 3:
+                raise ValueError(f"an image tensor is (C, H, W); got shape {tuple(image.shape)}")
+            t = image if image.dtype == torch.uint8 else (image.float().clamp(0, 1) * 255).round().to(torch.uint8)
+            t = to_channels(t, channels)
+        else:
+            t = pil_to_tensor(image, channels)
+        return self.normalize(self.resize_crop(t))
+
+    def __repr__(self) -> str:
+        return f"transforms({self.pre.describe()})"
 
 
 @dataclass

@@ -204,6 +204,8 @@ class Service:
         self.pre = preprocessing_for(self.model)
         self.names = self.meta.names(self.model.num_classes)
         self.backend = auto_backend(self.device, precision) if backend == "auto" else backend
+        if self.model.num_features is None and backend in ("auto", "eager"):  # an ONNX file runs as it is
+            self.backend = "onnxruntime"
         self.precision, self.limits, self.token = precision, limits, token
         self.max_batch, self.max_wait_ms = max_batch, max_wait_ms
         self.transform, self.normalize = self.pre.transform(), self.pre.normalizer()
@@ -217,8 +219,11 @@ class Service:
             calib = calibration_batches(self.model, find_images(calib_images))
             if not calib:
                 raise ResnetsError("no calibration image could be read")
-        self.runner = make_runner(self.model, self.backend, output="features", calib=calib, precision=precision,
-                                  device=self.device)  # fmt: skip
+        # the batch gives pooled features (predict applies the classifier, embed returns them); an ONNX file gives
+        # its logits, and serves predict only
+        self.features = self.model.num_features is not None
+        self.runner = make_runner(self.model, self.backend, output="features" if self.features else "logits",
+                                  calib=calib, precision=precision, device=self.device)  # fmt: skip
         self.metrics = Metrics(max_batch)
         self.decode_workers = decode_workers
         self.decoder: ThreadPoolExecutor | None = None  # made when the app starts
@@ -243,6 +248,8 @@ class Service:
             return self.runner(x).float().cpu()
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
+        if not self.features:  # the runner's rows are logits already
+            return features
         fc = self.model.get_classifier()
         with torch.no_grad():
             return fc(features.to(next(fc.parameters()).device)).float().cpu() if self.model.num_classes else features
@@ -265,6 +272,11 @@ class Service:
             raise HTTPFailure(422, f"{name}: the image became {tuple(image.shape)}, not the model's input "
                               f"{self.input_shape}", kind="corrupt_image")  # fmt: skip
         return image
+
+    def need_features(self, what: str) -> None:
+        if not self.features:
+            raise HTTPFailure(400, f"{what} needs the PyTorch model; this server runs an ONNX file, which gives class "
+                              "scores only (/v1/predict)")  # fmt: skip
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -436,6 +448,8 @@ def app(model: nn.Module | str | os.PathLike, *, backend: str = "auto", precisio
     async def embed(request: Request):
         async def work():
             t0 = time.perf_counter()
+            check_token(request)
+            svc.need_features("embed")
             names, images = await decoded(request)
             feats = await svc.batcher.submit(images)
             svc.metrics.images.labels("embed").inc(len(names))
@@ -449,6 +463,8 @@ def app(model: nn.Module | str | os.PathLike, *, backend: str = "auto", precisio
     async def explain(request: Request, target: str | None = Query(None, description="class name or index (default: the top class)")):
         async def work():
             t0 = time.perf_counter()
+            check_token(request)
+            svc.need_features("explain (Grad-CAM)")
             names, images = await decoded(request)
             if len(images) != 1:
                 raise HTTPFailure(400, f"explain takes one image; got {len(images)}")

@@ -78,6 +78,13 @@ def is_registered(name: str) -> bool:
     return name in _WEIGHTS
 
 
+def default_weights(architecture: str) -> str | None:
+    """What `pretrained=True` means for `architecture`: its registered weights of the best ImageNet top-1 (as
+    torchvision's DEFAULT is its best), or None when it has none."""
+    names = list_weights(f"{architecture}.*")
+    return max(names, key=lambda n: get_weights(n).metrics.get("top1", 0.0)) if names else None
+
+
 def offline() -> bool:
     """Downloads are off: RESNETS_OFFLINE is set (to anything but 0)."""
     return os.environ.get("RESNETS_OFFLINE", "") not in ("", "0")

@@ -2,13 +2,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
-
-from torch import nn
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import OptionError, UnknownModelError
 from ..registry import Registry
-from .layers import NORMS, SHORTCUTS
+
+if TYPE_CHECKING:
+    from torch import nn
+
+# the values of the architecture options (layers.py builds them); here, below it, so the catalog of models and
+# the checks of options load without torch
+NORMS = ("batch", "group", "frozen_batch")
+SHORTCUTS = ("A", "B", "C")
 
 # the most classes and input channels a model may have: far above any real one (ImageNet-21k has 21,841 classes,
 # hyperspectral inputs a few dozen bands), low enough that a number from a foreign file cannot make a model of
@@ -26,7 +31,7 @@ BOTTLENECK = SHORTCUT + ("stride_in_1x1",)
 @dataclass(frozen=True)
 class ModelEntry:
     name: str
-    fn: Callable[..., nn.Module]
+    fn: Callable[..., "nn.Module"]
     options: tuple[str, ...]
     family: str  # "imagenet" or "cifar": decides the default input size
 
@@ -45,7 +50,7 @@ _MODELS: Registry[ModelEntry] = Registry("model", UnknownModelError, "see `resne
 def register_model(*, options: tuple[str, ...], family: str = "imagenet"):
     """Register an entrypoint under its function name with the user options it takes."""
 
-    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    def deco(fn: Callable[..., "nn.Module"]) -> Callable[..., "nn.Module"]:
         _MODELS.add(fn.__name__, ModelEntry(fn.__name__, fn, options, family))
         return fn
 

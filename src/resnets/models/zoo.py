@@ -1,11 +1,31 @@
-"""One entrypoint per architecture. Architecture arguments live here; the machinery lives in resnet.py."""
+"""One entrypoint per architecture. Architecture arguments live here; the machinery lives in resnet.py.
+
+The catalog (names, options, one line each) loads without torch, so `resnets list` answers as fast as `--help`:
+the entrypoints reach the builders through `_net`, which imports them when a model is first built.
+"""
 from __future__ import annotations
 
-from functools import partial
-
-from .layers import BasicBlock, Bottleneck
 from .registry import BOTTLENECK, HEAD, RESIDUAL, SHORTCUT, register_model
-from .resnet import ResNet, ResNetV2
+
+
+def _net(kind: str, *args, block: str | None = None, **kw):
+    """`ResNet(block, *args, **kw)` or `ResNetV2(*args, **kw)`, by name."""
+    from . import layers, resnet  # torch and the builders, at the first model built (neither imports this file)
+
+    if kind == "ResNetV2":
+        return resnet.ResNetV2(*args, **kw)
+    return resnet.ResNet(getattr(layers, block), *args, **kw)
+
+
+def ResNet(block: str, *args, **kw):  # noqa: N802  (reads as the class it builds)
+    return _net("ResNet", *args, block=block, **kw)
+
+
+def ResNetV2(*args, **kw):  # noqa: N802
+    return _net("ResNetV2", *args, **kw)
+
+
+BasicBlock, Bottleneck = "BasicBlock", "Bottleneck"
 
 # ---- ImageNet nets of the paper's Table 1 (option B shortcuts; v1.5 bottleneck unless stride_in_1x1=True)
 
@@ -113,7 +133,8 @@ def resnetv2_152(**kw):
 # GroupNorm, in widths x1..x4 (timm's resnetv2_*_bit)
 
 BIT = ("num_classes", "in_chans", "zero_init_residual", "drop_path_rate")
-_bit = partial(ResNetV2, norm="group", bit=True)
+def _bit(layers, **kw):
+    return ResNetV2(layers, norm="group", bit=True, **kw)
 
 
 @register_model(options=BIT)
@@ -163,7 +184,8 @@ def plain34(**kw):
 
 # ---- CIFAR nets of section 4.2: 3x3 stem, stages of 16/32/64 filters, 6n+2 layers, option A shortcuts
 
-_cifar = partial(ResNet, BasicBlock, widths=(16, 32, 64), stem="cifar")
+def _cifar(layers, **kw):
+    return ResNet(BasicBlock, layers, widths=(16, 32, 64), stem="cifar", **kw)
 
 
 def _cifar_kw(kw: dict) -> dict:
