@@ -191,3 +191,19 @@ def test_help_shows_the_defaults_that_apply_and_misspelt_flags_get_a_suggestion(
                              (["train", "--epohcs", "1"], "did you mean --epochs")):  # fmt: skip
         code, _, err = run_cli(*args)
         assert code == 2 and suggestion in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_every_option_with_a_default_says_it():
+    """eval --device, predict --top-k/--batch-size/--format and export --max-drop lacked the default the README
+    promises; now no option of any command does."""
+    import argparse
+
+    from resnets.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    missing = [f"{name} {a.option_strings[-1]}" for name, p in sub.choices.items() for a in p._actions
+               if a.option_strings and a.default not in (None, False, argparse.SUPPRESS) and a.help != argparse.SUPPRESS
+               and not isinstance(a, argparse._HelpAction) and "default" not in (a.help or "")]  # fmt: skip
+    assert missing == []
+    code, out, _ = run_cli("eval", "--help")
+    assert code == 0 and "default auto" in out

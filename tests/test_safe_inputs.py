@@ -330,7 +330,7 @@ def test_outputs_never_replace_a_run_or_a_file_unasked(tmp_path, model_file, hos
     ("options", {"in_chans": 1}, "its record says 1 input channels, its first conv takes 3"),
     ("class_names", ["red", "green", "blue", "pink"], "it names 4 classes for a classifier of 3"),
     # numbers that would build a model of gigabytes, or feed it images of gigapixels
-    ("options", {"in_chans": 100000}, "in_chans must be a whole number from 1 to 64"),
+    ("options", {"in_chans": 100000}, "its record is damaged (in_chans must be a whole number from 1 to 64"),
     ("options", {"num_classes": 10**6}, "num_classes must be a whole number from 0 to 100,000"),
     ("options", {"num_classes": 10.7}, "num_classes must be a whole number"),
     ("preprocessing", {"resize": 1200, "crop": 5000}, "crop must be a whole number of pixels from 1 to 1024"),

@@ -446,6 +446,12 @@ def test_explain_targets_and_class_names_are_safe(grey_model, tmp_path):
         assert code == 2 and len(err.strip().splitlines()) == 1 and len(err) < 400, err
         assert "unknown class" in err or "out of range" in err
     assert not (tmp_path / "cam.png").exists()
+    # the class with an escape code and a newline, explained on the command line: no raw control character reaches
+    # the terminal, from our output or from matplotlib's warnings about glyphs (the picture's title is escaped)
+    code, out, err = run_cli("explain", tmp_path / "g.gif", "--weights", grey_model, "--out", tmp_path / "cam.png",
+                             "--class", 1)  # fmt: skip
+    assert code == 0 and (tmp_path / "cam.png").is_file(), err
+    assert not any(c in out + err for c in "\x1b\x07") and "\\x1b[2Jclass\\n" in out, (out, err)
 
 
 def test_docs_offline_token_empty_and_settings(files, monkeypatch):

@@ -808,7 +808,21 @@ def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
     for name in ("predict", "embed", "similar", "explain", "eval", "train", "finetune", "export", "reproduce", "serve"):
         sub.choices[name].add_argument("--max-pixels", type=_count(1), metavar="N",
                                        help="refuse images of more pixels, from their header (default 89,478,485)")
+    for command in sub.choices.values():
+        _say_defaults(command)
     return parser
+
+
+def _say_defaults(p: argparse.ArgumentParser) -> None:
+    """Every option with a default that its help does not state gets "(default X)": one rule for every command
+    (several options lacked it while the README promised it)."""
+    for a in p._actions:
+        if not a.option_strings or a.help == argparse.SUPPRESS or a.default in (None, False, argparse.SUPPRESS):
+            continue
+        if isinstance(a, (argparse._HelpAction, argparse._VersionAction)) or "default" in (a.help or ""):
+            continue
+        shown = ",".join(map(str, a.default)) if isinstance(a.default, (list, tuple)) else a.default
+        a.help = f"{a.help} (default {shown})" if a.help else f"default {shown}"
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

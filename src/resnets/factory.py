@@ -143,7 +143,10 @@ def _build(name: str, options: dict[str, Any], sd: dict | None, meta: ModelMeta 
     if meta is not None and meta.architecture != name:
         raise WeightsError(f"weights {source} are for {meta.architecture}, not {name}")
     opts = {k: v for k, v in (meta.options if meta else {}).items() if k in entry.options}
-    check_options(entry, opts)  # what a file records is checked as strictly as what a user types
+    try:  # what a file records is checked as strictly as what a user types
+        check_options(entry, opts)
+    except OptionError as e:
+        raise WeightsError(f"{source}: its record is damaged ({e})") from None
     if sd is not None and meta is not None:
         _check_record(ResNetV2.checkpoint_filter(sd), meta, options, source)
     opts.update(options)  # explicit options win over those recorded with the weights
