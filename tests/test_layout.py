@@ -31,3 +31,82 @@ def test_model_metadata_is_never_read_with_getattr_fallbacks():
                 found.append(f"{rel}:{node.lineno}")
     allowed = {"meta.py"}  # meta_of: the one place a plain torch module (no .meta) is told apart
     assert [f for f in found if f.split(":")[0] not in allowed] == [], found
+
+
+def _imports(src: Path) -> dict[str, set[str]]:
+    """Every import between the modules under `src` (a package folder): module level, inside functions and under
+    TYPE_CHECKING alike (a lazy import is still an import). {module: modules it imports}."""
+    pkg = src.name
+    files = {".".join(p.relative_to(src.parent).with_suffix("").parts).removesuffix(".__init__"): p for p in src.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for mod, path in files.items():
+        here = mod if path.name == "__init__.py" else mod.rsplit(".", 1)[0]
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom):
+                base = ".".join(here.split(".")[: len(here.split(".")) - node.level + 1]) if node.level else ""
+                target = ".".join(x for x in (base, node.module) if x)
+                names = [f"{target}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            for name in names:
+                while name not in files and "." in name:
+                    name = name.rsplit(".", 1)[0]
+                if name in files and name != mod and name.startswith(pkg):
+                    deps.add(name)
+        graph[mod] = deps
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan): each is an import circle."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                found.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_imports_run_one_way():
+    """No import circle in the package, counting every import (issue 21: four had grown behind imports inside
+    functions and under TYPE_CHECKING)."""
+    assert _cycles(_imports(SRC)) == []
+
+
+def test_the_circle_finder_finds_a_hidden_circle(tmp_path):
+    """The check above is not vacuous: a circle closed by an import inside a function, or under TYPE_CHECKING,
+    is found."""
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from .sub import b\n")
+    (pkg / "sub" / "b.py").write_text("def f():\n    from ..c import g\n")
+    (pkg / "c.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .a import x\n")
+    (pkg / "d.py").write_text("from . import a\n")
+    assert _cycles(_imports(pkg)) == [["pkg.a", "pkg.c", "pkg.sub.b"]]

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable
 
 from .errors import ResnetsError
+from .home import onnx_cache_dir  # noqa: F401  (resnets.backends.onnx_cache_dir, as before)
 
 if TYPE_CHECKING:  # torch is imported where a runner is made: the command line reads the table below without it
     import torch
@@ -221,13 +222,6 @@ def _cache_export(net: nn.Module, example: torch.Tensor, path: Path) -> None:
 
 
 ONNX_CACHE_MB = 2048  # the ONNX cache's default size limit; $RESNETS_ONNX_CACHE_MB sets it
-
-
-def onnx_cache_dir() -> Path:
-    """$RESNETS_HOME/onnx (beside the weights cache)."""
-    from .weights import cache_dir
-
-    return cache_dir().parent / "onnx"
 
 
 def onnx_cache() -> list[Path]:

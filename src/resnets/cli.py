@@ -518,8 +518,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_cache(args: argparse.Namespace) -> int:
-    from .backends import onnx_cache, onnx_cache_dir, trim_onnx_cache
-    from .weights import cache_dir
+    from .backends import onnx_cache, trim_onnx_cache
+    from .home import cache_dir, onnx_cache_dir
 
     weights = sorted(p for p in cache_dir().glob("*") if p.is_file()) if cache_dir().is_dir() else []
     if args.clear in ("onnx", "all"):

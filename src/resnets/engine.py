@@ -16,7 +16,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,12 +24,14 @@ import torch
 from torch import nn
 
 from . import artifacts, config as C, data as D, distributed, finetune, rundir, steps
-from .data.loader import Loader, make_eval_loader, make_train_loader, mix_seed
+from .data.batching import Loader, mix_seed
+from .data.loader import make_eval_loader, make_train_loader
 from .data.transforms import batch_mix, normalizer
 from .errors import ResnetsError
 from .evaluate import evaluate, native_bf16, resolve_amp
 from .factory import create_from_weights, create_model
 from .meta import Preprocessing
+from .state import Run  # noqa: F401  (resnets.engine.Run, as before)
 
 log = logging.getLogger("resnets")
 
@@ -141,65 +143,6 @@ def train(cfg: C.TrainConfig | None = None, *, resume: str | Path | None = None,
         distributed.cleanup(ctx)
         torch.use_deterministic_algorithms(flags[0], warn_only=flags[1])
         torch.backends.cudnn.benchmark = flags[2]
-
-
-@dataclass
-class Run:
-    """Everything one training run holds: built once from the config by `build_run`, advanced by
-    `train_one_epoch`, saved and restored whole by `save_state` / `restore`."""
-
-    cfg: C.TrainConfig
-    ctx: distributed.Context
-    run_dir: Path
-    bundle: D.DataBundle
-    core: nn.Module  # the plain module: what is saved and evaluated
-    preprocessing: Preprocessing
-    plan: finetune.Plan
-    opt: torch.optim.Optimizer
-    sched: Any
-    plateau: Any
-    scaler: torch.amp.GradScaler
-    criterion: nn.Module
-    mix: Any
-    normalize: Any
-    train_loader: Loader
-    val_loader: Loader
-    ema: nn.Module | None
-    lock: rundir.RunLock | None  # held by rank 0 for the whole run
-    fresh: bool  # this run made its folder (removed again if it stops before its first checkpoint)
-    amp: str  # the precision in use: "auto" resolved for this device
-    channels_last: bool  # the memory format in use (None in the config resolved for this device)
-    graph: bool  # the training step runs as a captured CUDA graph
-    batches_per_epoch: int
-    steps_per_epoch: int
-    epochs: int
-    total_steps: int
-    net: nn.Module | None = None  # what trains: core, wrapped in DDP and/or torch.compile
-    # where the run stands
-    epoch: int = 0
-    batch: int = 0
-    step: int = 0
-    best: float = -1.0
-    since_best: int = 0
-    best_state: dict | None = None  # early stopping keeps the best weights
-    history: list = field(default_factory=list)
-    curve: list = field(default_factory=list)  # every curve_steps steps: the paper's Figure 6 points
-    skipped: int = 0
-    # the epoch's running sums (loss * n, hits, n; over all processes) at a mid-epoch checkpoint, and those since
-    # the last curve point: a resumed epoch reports all of its batches, not only those after the resume
-    partial: dict | None = None
-    named: set = field(default_factory=set)  # unreadable images already named in a warning
-    bar: Any = None
-    writer: Any = None
-    on_progress: Callable[[dict], None] | None = None
-
-    @property
-    def classes(self) -> list[str]:
-        return self.bundle.classes
-
-    @property
-    def done(self) -> bool:
-        return self.step >= self.total_steps
 
 
 def _claim_run_dir(cfg: C.TrainConfig, ctx: distributed.Context, resume: Path | None) -> tuple[Path, Any, bool]:

@@ -32,7 +32,7 @@ def parse(text: str) -> tuple[str, str | None]:
 
 def _offline() -> bool:
     """Ours (RESNETS_OFFLINE) or huggingface_hub's own switch."""
-    from .weights import offline
+    from .home import offline
 
     return offline() or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
 

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from .data.datasets import IMAGE_SUFFIXES, BadSample, FileDataset, decode
-from .data.loader import Loader, make_eval_loader
+from .data.batching import Loader
+from .data.loader import make_eval_loader
 from .errors import ResnetsError, printable
 from .meta import meta_of, preprocessing_for
 

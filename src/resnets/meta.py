@@ -161,7 +161,7 @@ class ModelMeta:
         one, else the architecture's default input size with the ImageNet statistics."""
         if self.preprocessing is not None:
             return self.preprocessing, True
-        from .models import get_entry
+        from .models.registry import get_entry
 
         return Preprocessing.default(get_entry(self.architecture).input_size, self.in_chans), False
 

@@ -22,7 +22,7 @@ from .errors import ResnetsError
 from .evaluate import autocast
 
 if TYPE_CHECKING:
-    from .engine import Run
+    from .state import Run
 
 log = logging.getLogger("resnets")
 

@@ -5,13 +5,11 @@ Files are fetched into a local cache only when a registered name is asked for, a
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
-from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 
 from .errors import WeightsError
+from .home import cache_dir, class_list, offline  # noqa: F401  (also resnets.weights' own names, as before)
 from .meta import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from .registry import Registry
 
@@ -48,17 +46,6 @@ class WeightSpec:
         return class_list(self.classes)
 
 
-@lru_cache(maxsize=None)
-def _class_list(name: str) -> tuple[str, ...]:
-    text = resources.files("resnets").joinpath(f"assets/{name}_classes.txt").read_text(encoding="utf-8")
-    return tuple(line for line in text.splitlines() if line)
-
-
-def class_list(name: str) -> list[str]:
-    """A class-name list shipped with the package (e.g. "imagenet": the 1000 ImageNet-1k classes)."""
-    return list(_class_list(name))
-
-
 _WEIGHTS: Registry[WeightSpec] = Registry("weights", WeightsError, "see `resnets list --weights`")
 
 
@@ -83,19 +70,6 @@ def default_weights(architecture: str) -> str | None:
     torchvision's DEFAULT is its best), or None when it has none."""
     names = list_weights(f"{architecture}.*")
     return max(names, key=lambda n: get_weights(n).metrics.get("top1", 0.0)) if names else None
-
-
-def offline() -> bool:
-    """Downloads are off: RESNETS_OFFLINE is set (to anything but 0)."""
-    return os.environ.get("RESNETS_OFFLINE", "") not in ("", "0")
-
-
-def cache_dir() -> Path:
-    """$RESNETS_HOME/weights, else $XDG_CACHE_HOME/resnets/weights, else ~/.cache/resnets/weights."""
-    if os.environ.get("RESNETS_HOME"):
-        return Path(os.environ["RESNETS_HOME"]) / "weights"
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "resnets" / "weights"
 
 
 def _candidates(spec: WeightSpec) -> list[Path]:

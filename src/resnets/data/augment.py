@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ResnetsError
-from .loader import mix_seed, to_device
+from .batching import mix_seed, to_device
 
 _M32 = 0xFFFFFFFF
 # the batched path implements these augments; auto_augment (TrivialAugment, RandAugment) runs per image after it

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import ResnetsError
 from .datasets import BadSample, FileDataset, TensorDataset, decode, decode_checked, read_header, read_image_file, read_mode
-from .loader import Batch, SampledLoader, to_device
+from .batching import Batch, SampledLoader, refuse_if_strict, to_device
 
 log = logging.getLogger("resnets")
 
@@ -141,8 +141,7 @@ class FileLoader(SampledLoader):
             images.append(img)
             keys.append(key)
             labels.append(label)
-        if bad and self.strict:
-            raise ResnetsError(f"unreadable image {bad[0][0]}: {bad[0][1]} (strict data is on)")
+        refuse_if_strict(bad, self.strict)
         if not images:
             return Batch(torch.empty(0, device=self.device), torch.empty(0, dtype=torch.long, device=self.device), bad)
         epoch, index = _train_keys(keys, self.n)

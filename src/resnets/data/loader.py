@@ -16,35 +16,18 @@ batch as one.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Callable, Iterator, Protocol, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import ResnetsError
+from .augment import BatchAugment, BatchResizeCrop
+from .batching import Batch, Loader, SampledLoader, mix_seed, refuse_if_strict, to_device  # noqa: F401  (re-exported)
 from .datasets import BadSample
+from .device import device_loader
 
 log = logging.getLogger("resnets")
-
-
-def to_device(values: Sequence | torch.Tensor, device: torch.device, dtype: torch.dtype = torch.long) -> torch.Tensor:
-    """Host values as a tensor on `device` without making the CPU wait for the GPU: a copy from pageable memory
-    waits for every kernel already queued (and the CPU could no longer run ahead of the GPU); one from pinned
-    memory does not (the caching host allocator keeps the source alive until the copy is done)."""
-    t = values if isinstance(values, torch.Tensor) else torch.tensor(values, dtype=dtype)
-    if device.type != "cuda" or t.device == device:
-        return t.to(device)
-    return (t if t.is_pinned() else t.pin_memory()).to(device, non_blocking=True)
-
-
-def mix_seed(*parts: int) -> int:
-    """A 63-bit seed from several integers (splitmix64 steps), so nearby inputs give unrelated seeds."""
-    x = 0x9E3779B97F4A7C15
-    for p in parts:
-        x = (x ^ (int(p) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
-        x = (x ^ (x >> 31)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
-    return x & 0x7FFFFFFFFFFFFFFF
 
 
 class Augmented(Dataset):
@@ -131,13 +114,6 @@ class EvalBatches(Sampler[list[int]]):
             yield self.indices[i : i + self.batch]
 
 
-@dataclass
-class Batch:
-    images: torch.Tensor
-    labels: torch.Tensor
-    bad: list[tuple[str, str]]  # (path, reason) of skipped samples
-
-
 class Collate:
     """Stacks good samples, sets aside the undecodable ones (or raises, with strict data)."""
 
@@ -147,8 +123,7 @@ class Collate:
     def __call__(self, items: Sequence) -> Batch:
         good = [it for it in items if not isinstance(it, BadSample)]
         bad = [(it.path, it.reason) for it in items if isinstance(it, BadSample)]
-        if bad and self.strict:
-            raise ResnetsError(f"unreadable image {bad[0][0]}: {bad[0][1]} (strict data is on)")
+        refuse_if_strict(bad, self.strict)
         if not good:
             return Batch(torch.empty(0), torch.empty(0, dtype=torch.long), bad)
         return Batch(torch.stack([g[0] for g in good]), torch.tensor([g[1] for g in good]), bad)
@@ -167,31 +142,6 @@ def make_loader(dataset: Augmented, batch_sampler: Sampler, *, workers: int, str
 
 
 LOADERS = ("auto", "host", "device")
-
-
-class Loader(Protocol):
-    """What the training loop and evaluation iterate: batches of uint8 images (host or device) and labels."""
-
-    kind: str
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None: ...
-
-    def __len__(self) -> int: ...
-
-    def __iter__(self) -> Iterator[Batch]: ...
-
-
-class SampledLoader:
-    """A loader that draws its batches of indices from a sampler (TrainBatches or EvalBatches)."""
-
-    sampler: Sampler
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        if hasattr(self.sampler, "set_epoch"):
-            self.sampler.set_epoch(epoch, start)
-
-    def __len__(self) -> int:
-        return len(self.sampler)
 
 
 class HostLoader(SampledLoader):
@@ -251,9 +201,6 @@ def make_train_loader(dataset: Dataset, *, kind: str, device: torch.device, batc
         tf = train_transform(augment, crop=crop, mean=mean, auto_augment=auto_augment, random_erasing=random_erasing,
                              interpolation=interpolation, pad=pad)  # fmt: skip
         return HostLoader(dataset, tf, sampler, seed=seed, workers=workers, strict=strict)
-    from .augment import BatchAugment
-    from .device import device_loader
-
     aug = BatchAugment(augment, crop=crop, mean=mean, seed=seed, pad=pad, auto_augment=auto_augment,
                        random_erasing=random_erasing, interpolation=interpolation)  # fmt: skip
     return device_loader(dataset, sampler, aug, device, workers=workers, strict=strict)
@@ -272,8 +219,5 @@ def make_eval_loader(dataset: Dataset, *, kind: str, device: torch.device, batch
         make = ten_crop_transform if ten_crop else eval_transform
         tf = make(resize=resize, crop=crop, interpolation=interpolation, crop_mode=crop_mode)
         return HostLoader(dataset, tf, sampler, seed=0, workers=workers, strict=strict)
-    from .augment import BatchResizeCrop
-    from .device import device_loader
-
     return device_loader(dataset, sampler, BatchResizeCrop(resize, crop, crop_mode == "squash"), device, workers=workers, strict=strict)
 

@@ -2,15 +2,12 @@
 pre-activation ResNet V2. Architectures only: no I/O, no weights (see resnets.weights and the registry)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
 from .layers import BasicBlock, Bottleneck, PreActBottleneck, conv3x3, make_conv, make_norm, make_shortcut
-
-if TYPE_CHECKING:
-    from ..meta import ModelMeta
 
 
 class FeatureInfo(list):
@@ -58,9 +55,10 @@ class Backbone(nn.Module):
     stage_names: list[str]
     feature_info: FeatureInfo
     num_features: int
-    # what the model is and how to feed it (architecture, options, classes, preprocessing): set by the factory
-    # (resnets.create_model / load); None on a net constructed directly
-    meta: ModelMeta | None = None
+    # what the model is and how to feed it (architecture, options, classes, preprocessing): a resnets.meta.ModelMeta
+    # set by the factory (resnets.create_model / load); None on a net constructed directly. Not imported here:
+    # the metadata sits above the architectures (it asks their registry for default input sizes)
+    meta: Any = None
 
     def _make_stages(self, widths: Sequence[int], layers: Sequence[int], cin: int, reduction: int,
                      drop_path_rate: float, make_block, stem: dict) -> None:  # fmt: skip

@@ -1,0 +1,69 @@
+"""The pieces every loader is made of (the host one in loader.py, the device ones in device.py, the batched
+augmentation in augment.py): what a batch is, what a loader gives, the per-sample seed, and host-to-device copies.
+Below all of them, so none imports another for these."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Protocol, Sequence
+
+import torch
+from torch.utils.data import Sampler
+
+from ..errors import ResnetsError
+
+
+def to_device(values: Sequence | torch.Tensor, device: torch.device, dtype: torch.dtype = torch.long) -> torch.Tensor:
+    """Host values as a tensor on `device` without making the CPU wait for the GPU: a copy from pageable memory
+    waits for every kernel already queued (and the CPU could no longer run ahead of the GPU); one from pinned
+    memory does not (the caching host allocator keeps the source alive until the copy is done)."""
+    t = values if isinstance(values, torch.Tensor) else torch.tensor(values, dtype=dtype)
+    if device.type != "cuda" or t.device == device:
+        return t.to(device)
+    return (t if t.is_pinned() else t.pin_memory()).to(device, non_blocking=True)
+
+
+def mix_seed(*parts: int) -> int:
+    """A 63-bit seed from several integers (splitmix64 steps), so nearby inputs give unrelated seeds."""
+    x = 0x9E3779B97F4A7C15
+    for p in parts:
+        x = (x ^ (int(p) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        x = (x ^ (x >> 31)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
+    return x & 0x7FFFFFFFFFFFFFFF
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor
+    labels: torch.Tensor
+    bad: list[tuple[str, str]]  # (path, reason) of skipped samples
+
+
+class Loader(Protocol):
+    """What the training loop and evaluation iterate: batches of uint8 images (host or device) and labels."""
+
+    kind: str
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None: ...
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[Batch]: ...
+
+
+class SampledLoader:
+    """A loader that draws its batches of indices from a sampler (TrainBatches or EvalBatches)."""
+
+    sampler: Sampler
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch, start)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+def refuse_if_strict(bad: list[tuple[str, str]], strict: bool) -> None:
+    """With strict data, an unreadable image stops the run (named) instead of being skipped and counted."""
+    if bad and strict:
+        raise ResnetsError(f"unreadable image {bad[0][0]}: {bad[0][1]} (strict data is on)")

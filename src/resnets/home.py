@@ -1,0 +1,42 @@
+"""Where files live and whether to fetch them: the caches' root, the offline switch, the class-name lists shipped
+with the package. Standard library only, on the bottom floor: the weights registry, the Hub reader, the Keras
+reader and the ONNX cache all read these, and none of them imports another for them."""
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+
+def home_dir() -> Path:
+    """$RESNETS_HOME, else $XDG_CACHE_HOME/resnets, else ~/.cache/resnets: the root of every cache of ours."""
+    if os.environ.get("RESNETS_HOME"):
+        return Path(os.environ["RESNETS_HOME"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")) / "resnets"
+
+
+def cache_dir() -> Path:
+    """Downloaded weights: home_dir()/weights."""
+    return home_dir() / "weights"
+
+
+def onnx_cache_dir() -> Path:
+    """ONNX exports the backends made: home_dir()/onnx."""
+    return home_dir() / "onnx"
+
+
+def offline() -> bool:
+    """Downloads are off: RESNETS_OFFLINE is set (to anything but 0)."""
+    return os.environ.get("RESNETS_OFFLINE", "") not in ("", "0")
+
+
+@lru_cache(maxsize=None)
+def _class_list(name: str) -> tuple[str, ...]:
+    text = resources.files("resnets").joinpath(f"assets/{name}_classes.txt").read_text(encoding="utf-8")
+    return tuple(line for line in text.splitlines() if line)
+
+
+def class_list(name: str) -> list[str]:
+    """A class-name list shipped with the package (e.g. "imagenet": the 1000 ImageNet-1k classes)."""
+    return list(_class_list(name))

@@ -1,0 +1,74 @@
+"""The state of one training run, as one object: what `engine.build_run` makes, the steps (`steps.py`) and the
+loop (`engine.py`) advance, and a checkpoint saves and restores whole. Its own module, below both, so the steps
+read it without importing the loop that drives them."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from . import config as C, data as D, distributed, finetune, rundir
+from .data.batching import Loader
+from .meta import Preprocessing
+
+
+@dataclass
+class Run:
+    """Everything one training run holds: built once from the config by `build_run`, advanced by
+    `train_one_epoch`, saved and restored whole by `save_state` / `restore`."""
+
+    cfg: C.TrainConfig
+    ctx: distributed.Context
+    run_dir: Path
+    bundle: D.DataBundle
+    core: nn.Module  # the plain module: what is saved and evaluated
+    preprocessing: Preprocessing
+    plan: finetune.Plan
+    opt: torch.optim.Optimizer
+    sched: Any
+    plateau: Any
+    scaler: torch.amp.GradScaler
+    criterion: nn.Module
+    mix: Any
+    normalize: Any
+    train_loader: Loader
+    val_loader: Loader
+    ema: nn.Module | None
+    lock: rundir.RunLock | None  # held by rank 0 for the whole run
+    fresh: bool  # this run made its folder (removed again if it stops before its first checkpoint)
+    amp: str  # the precision in use: "auto" resolved for this device
+    channels_last: bool  # the memory format in use (None in the config resolved for this device)
+    graph: bool  # the training step runs as a captured CUDA graph
+    batches_per_epoch: int
+    steps_per_epoch: int
+    epochs: int
+    total_steps: int
+    net: nn.Module | None = None  # what trains: core, wrapped in DDP and/or torch.compile
+    # where the run stands
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    best: float = -1.0
+    since_best: int = 0
+    best_state: dict | None = None  # early stopping keeps the best weights
+    history: list = field(default_factory=list)
+    curve: list = field(default_factory=list)  # every curve_steps steps: the paper's Figure 6 points
+    skipped: int = 0
+    # the epoch's running sums (loss * n, hits, n; over all processes) at a mid-epoch checkpoint, and those since
+    # the last curve point: a resumed epoch reports all of its batches, not only those after the resume
+    partial: dict | None = None
+    named: set = field(default_factory=set)  # unreadable images already named in a warning
+    bar: Any = None
+    writer: Any = None
+    on_progress: Callable[[dict], None] | None = None
+
+    @property
+    def classes(self) -> list[str]:
+        return self.bundle.classes
+
+    @property
+    def done(self) -> bool:
+        return self.step >= self.total_steps
