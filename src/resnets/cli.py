@@ -599,6 +599,28 @@ def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
+    _add_model_commands(sub)
+    _add_training_commands(sub, recipe)
+    _add_inference_commands(sub)
+    _add_export_commands(sub)
+    _add_science_commands(sub)
+    _add_serving_commands(sub)
+    for name in ("predict", "embed", "similar", "explain", "eval", "train", "finetune", "export", "reproduce", "serve"):
+        sub.choices[name].add_argument("--max-pixels", type=_count(1), metavar="N",
+                                       help="refuse images of more pixels, from their header (default 89,478,485)")
+    for command in sub.choices.values():
+        _say_defaults(command)
+    return parser
+
+
+def _backend_help() -> str:
+    from .backends import BACKENDS
+
+    return "; ".join(["auto: the fastest for the device and precision"] + [f"{b.name}: {b.doc}" for b in BACKENDS.values()])
+
+
+def _add_model_commands(sub) -> None:
+    """The subcommands of models: the catalogue and one model's Table 1."""
     p = sub.add_parser("list", help="list registered models (or weights with --weights)")
     p.add_argument("pattern", nargs="?", default="*", help="shell-style pattern, e.g. 'resnet*'")
     p.add_argument("--weights", action="store_true", help="list registered pretrained weights instead")
@@ -613,6 +635,10 @@ def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
     _add_model_options(p)
     p.set_defaults(func=_cmd_summary)
 
+
+def _add_training_commands(sub, recipe: str | None) -> None:
+    """The subcommands of training, fine-tuning and evaluation."""
+    from .backends import BACKENDS, PRECISIONS
     from .config import RECIPES
     from .data.registry import DATASETS
 
@@ -632,7 +658,6 @@ def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
     _add_config_flags(p, "start from another recipe than 'finetune'", recipe if recipe in RECIPES else "finetune")
     p.set_defaults(func=_cmd_finetune)
 
-    from .backends import BACKENDS, PRECISIONS
 
     p = sub.add_parser("eval", help="evaluate a saved model: top-1/top-5, per-class accuracy, confusion matrix")
     p.add_argument("--weights", required=True, help="a model file written by training (model.safetensors, best.pt)")
@@ -652,8 +677,12 @@ def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_eval)
 
-    backend_help = "; ".join(["auto: the fastest for the device and precision"] +
-                             [f"{b.name}: {b.doc}" for b in BACKENDS.values()])  # fmt: skip
+
+def _add_inference_commands(sub) -> None:
+    """The subcommands of using a model on images: predict, embed, similar, explain."""
+    from .backends import BACKENDS, PRECISIONS
+
+    backend_help = _backend_help()
 
     def inference_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--weights", required=True, help="a resnets model file or run folder, registered weights "
@@ -703,6 +732,11 @@ def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_cmd_explain)
 
+
+def _add_export_commands(sub) -> None:
+    """The subcommands of export and bench."""
+    from .backends import BACKENDS, PRECISIONS
+
     p = sub.add_parser("export", help="ONNX / TorchScript / torch.export, checked against eager; int8 ONNX with an accuracy gate")
     p.add_argument("--weights", required=True)
     p.add_argument("--format", choices=["onnx", "torchscript", "exported-program", "hub"], default="onnx",
@@ -729,7 +763,7 @@ def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--weights", help="the same as the positional MODEL: a model file, run folder or weight name")
     p.add_argument("--batch-size", "--batch-sizes", dest="batch_sizes", default="1,16",
                    help="batch sizes to measure, comma-separated (default 1,16)")
-    p.add_argument("--backend", default="auto", help=f"all, or comma-separated names; {backend_help}")
+    p.add_argument("--backend", default="auto", help=f"all, or comma-separated names; {_backend_help()}")
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N")
     p.add_argument("--precision", default="fp32", choices=PRECISIONS)
     p.add_argument("--input-size", type=_count(8), help="default: the model's crop size")
@@ -739,7 +773,11 @@ def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_bench)
 
+
+def _add_science_commands(sub) -> None:
+    """The subcommands of the paper's experiments and the data sets."""
     from .config import BUDGETS
+    from .data.registry import DATASETS
 
     p = sub.add_parser("reproduce", help="the paper's tables and figures from real training runs",
                        description="degradation (Figure 6), layer-responses (Figure 7), gradient-flow, table1, "
@@ -765,6 +803,12 @@ def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--path", help="CIFAR archive or folder holding it")
     p.add_argument("--download", action="store_true")
     p.set_defaults(func=_cmd_data)
+
+
+def _add_serving_commands(sub) -> None:
+    """The subcommands of serving, publishing and the caches."""
+    from .backends import BACKENDS, PRECISIONS
+
     p = sub.add_parser("serve", help="serve a model over HTTP (FastAPI on uvicorn): an API with dynamic batching, "
                        "and a web page to try it")  # fmt: skip
     p.add_argument("--weights", required=True, help="what the other commands take: a model file or run folder, "
@@ -805,12 +849,6 @@ def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("cache", help="the downloaded weights and cached ONNX exports: where, how large; --clear empties")
     p.add_argument("--clear", choices=["onnx", "weights", "all"], help="remove the ONNX exports, the weights, or both")
     p.set_defaults(func=_cmd_cache)
-    for name in ("predict", "embed", "similar", "explain", "eval", "train", "finetune", "export", "reproduce", "serve"):
-        sub.choices[name].add_argument("--max-pixels", type=_count(1), metavar="N",
-                                       help="refuse images of more pixels, from their header (default 89,478,485)")
-    for command in sub.choices.values():
-        _say_defaults(command)
-    return parser
 
 
 def _say_defaults(p: argparse.ArgumentParser) -> None:

@@ -325,6 +325,41 @@ def _seed_step(run: Run, epoch: int, b: int) -> None:
         torch.cuda.manual_seed(seed)
 
 
+def _after_step(run: Run, epoch: int, b: int, window: torch.Tensor) -> None:
+    """An optimizer step was taken: the schedule, the step count, the EMA and (every curve_steps) a curve point
+    from the `window` of sums since the last one."""
+    cfg = run.cfg
+    run.sched.step()
+    run.step += 1
+    if run.ema is not None and run.step % cfg.ema_every == 0:
+        run.ema.update_parameters(run.core)
+    if cfg.curve_steps and run.step % cfg.curve_steps == 0:
+        w = distributed.all_reduce_sum(window.clone(), run.ctx)
+        ev = validate(run)
+        run.curve.append({"step": run.step, "epoch": epoch + (b + 1) / run.batches_per_epoch,
+                          "train_loss": w[0].item() / max(w[2].item(), 1),
+                          "train_err": 100 - 100 * w[1].item() / max(w[2].item(), 1),
+                          "val_err": 100 - ev["top1"], "val_loss": ev["loss"]})  # fmt: skip
+        window.zero_()
+
+
+def _show_progress(run: Run, epoch: int, b: int, sums: torch.Tensor, seen: int, t0: float, reported: float) -> float:
+    """The bar's postfix every 10 batches, the progress callback every 0.5 s (the last time it was called)."""
+    if run.bar is not None:
+        run.bar.update(1)
+        if b % 10 == 0 or b + 1 == run.batches_per_epoch:
+            n = max(sums[2].item(), 1)
+            rate = seen / max(time.perf_counter() - t0, 1e-9)
+            run.bar.set_postfix(loss=f"{sums[0].item() / n:.3f}", acc=f"{100 * sums[1].item() / n:.1f}",
+                                lr=f"{float(run.opt.param_groups[-1]['lr']):.3g}", img_s=f"{rate:.0f}")  # fmt: skip
+    if run.on_progress is not None and time.perf_counter() - reported >= 0.5:
+        reported = time.perf_counter()
+        n = max(sums[2].item(), 1)
+        run.on_progress({"step": run.step, "total_steps": run.total_steps, "epoch": epoch + 1, "loss": sums[0].item() / n,
+                         "acc": 100 * sums[1].item() / n, "img_s": seen / max(reported - t0, 1e-9)})  # fmt: skip
+    return reported
+
+
 def train_one_epoch(run: Run, epoch: int, step_fn) -> dict:
     """Train from the run's current batch to the end of `epoch` (or of the schedule); returns the epoch's record.
     Raises TrainingError when the loss stops being finite."""
@@ -366,30 +401,8 @@ def train_one_epoch(run: Run, epoch: int, step_fn) -> dict:
         window += batch_sums
         seen += len(y) * ctx.world
         if sync:
-            run.sched.step()
-            run.step += 1
-            if run.ema is not None and run.step % cfg.ema_every == 0:
-                run.ema.update_parameters(run.core)
-            if cfg.curve_steps and run.step % cfg.curve_steps == 0:
-                w = distributed.all_reduce_sum(window.clone(), ctx)
-                ev = validate(run)
-                run.curve.append({"step": run.step, "epoch": epoch + (b + 1) / run.batches_per_epoch,
-                                  "train_loss": w[0].item() / max(w[2].item(), 1),
-                                  "train_err": 100 - 100 * w[1].item() / max(w[2].item(), 1),
-                                  "val_err": 100 - ev["top1"], "val_loss": ev["loss"]})  # fmt: skip
-                window.zero_()
-        if run.bar is not None:
-            run.bar.update(1)
-            if b % 10 == 0 or b + 1 == run.batches_per_epoch:
-                n = max(sums[2].item(), 1)
-                rate = seen / max(time.perf_counter() - t0, 1e-9)
-                run.bar.set_postfix(loss=f"{sums[0].item() / n:.3f}", acc=f"{100 * sums[1].item() / n:.1f}",
-                                    lr=f"{float(run.opt.param_groups[-1]['lr']):.3g}", img_s=f"{rate:.0f}")  # fmt: skip
-        if run.on_progress is not None and time.perf_counter() - reported >= 0.5:
-            reported = time.perf_counter()
-            n = max(sums[2].item(), 1)
-            run.on_progress({"step": run.step, "total_steps": run.total_steps, "epoch": epoch + 1, "loss": sums[0].item() / n,
-                             "acc": 100 * sums[1].item() / n, "img_s": seen / max(reported - t0, 1e-9)})  # fmt: skip
+            _after_step(run, epoch, b, window)
+        reported = _show_progress(run, epoch, b, sums, seen, t0, reported)
         if b % 10 == 0 and not bool(finite):
             break
         if sync and cfg.checkpoint_steps and run.step % cfg.checkpoint_steps == 0 and b + 1 < run.batches_per_epoch:

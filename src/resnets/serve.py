@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 from fastapi import Query, Request
+from fastapi.responses import JSONResponse, Response
 from torch import nn
 
 from .errors import ResnetsError
@@ -273,6 +274,67 @@ class Service:
                               f"{self.input_shape}", kind="corrupt_image")  # fmt: skip
         return image
 
+    async def start(self) -> None:
+        """When the app starts (each time: an app can be started, stopped and started again)."""
+        self.decoder = ThreadPoolExecutor(self.decode_workers, thread_name_prefix="resnets-decode")
+        self.batcher.start()
+        await asyncio.get_running_loop().run_in_executor(None, self.warm_up)
+
+    async def stop(self) -> None:
+        self.ready = False
+        await self.batcher.stop()
+        self.decoder.shutdown(wait=False, cancel_futures=True)
+
+    def check_token(self, request: Request) -> None:
+        """401 unless the request carries the bearer token (when one is set), compared in constant time."""
+        if self.token is None:
+            return
+        scheme, _, value = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), self.token.encode()):
+            raise HTTPFailure(401, "a bearer token is required (Authorization: Bearer <token>)",
+                              {"WWW-Authenticate": "Bearer"}, "unauthorized")  # fmt: skip
+
+    async def decoded(self, request: Request) -> tuple[list[str], list[torch.Tensor]]:
+        """The request's images, each decoded to the model's input in the decode pool (names, images); the
+        first bad one's HTTPFailure."""
+        self.check_token(request)
+        body = await _read_body(request, int(self.limits.max_upload_mb * 1024 * 1024))
+        files = await _images_of(request, body, self.limits)
+        loop = asyncio.get_running_loop()
+        results = await asyncio.gather(*(loop.run_in_executor(self.decoder, self.decode, data, name) for name, data in files),
+                                       return_exceptions=True)  # fmt: skip
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        return [n for n, _ in files], results
+
+    async def answered(self, endpoint: str, work) -> Response:
+        """`work()`'s response within the time limit; a failure as its status and a one-line detail."""
+        start = time.perf_counter()
+        try:
+            response = await asyncio.wait_for(work(), self.limits.timeout_s)
+        except HTTPFailure as e:
+            response = JSONResponse({"detail": e.detail}, e.status, headers=e.headers)
+            self.metrics.errors.labels(e.kind).inc()
+        except (asyncio.TimeoutError, TimeoutError):
+            response = JSONResponse({"detail": f"not answered within {self.limits.timeout_s:g} s; retry later"}, 504)
+            self.metrics.errors.labels("timeout").inc()
+        except Exception as e:  # a fault of ours: one line to the client, the traceback in the server's log
+            log.exception("%s failed", endpoint)
+            response = JSONResponse({"detail": f"internal error ({type(e).__name__}); the server's log has the details"}, 500)
+            self.metrics.errors.labels("internal").inc()
+        self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+        return response
+
+    def guarded(self, request: Request, make) -> Response:
+        """`make()` behind the token (for endpoints without a time limit of their own)."""
+        try:
+            self.check_token(request)
+        except HTTPFailure as e:
+            self.metrics.errors.labels(e.kind).inc()
+            return JSONResponse({"detail": e.detail}, e.status, headers=e.headers)
+        return make()
+
     def need_features(self, what: str) -> None:
         if not self.features:
             raise HTTPFailure(400, f"{what} needs the PyTorch model; this server runs an ONNX file, which gives class "
@@ -351,7 +413,6 @@ def app(model: nn.Module | str | os.PathLike, *, backend: str = "auto", precisio
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI
-    from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 
     from . import __version__
     from .factory import load
@@ -369,13 +430,9 @@ def app(model: nn.Module | str | os.PathLike, *, backend: str = "auto", precisio
 
     @asynccontextmanager
     async def lifespan(_app):
-        svc.decoder = ThreadPoolExecutor(svc.decode_workers, thread_name_prefix="resnets-decode")
-        svc.batcher.start()
-        await asyncio.get_running_loop().run_in_executor(None, svc.warm_up)
+        await svc.start()
         yield
-        svc.ready = False
-        await svc.batcher.stop()
-        svc.decoder.shutdown(wait=False, cancel_futures=True)
+        await svc.stop()
 
     # /docs and /openapi.json are our own routes: behind the token, and Swagger UI's script served from the
     # fastapi-offline package (FastAPI's own page loads it from a CDN, and is blank offline; ReDoc, its other page,
@@ -385,55 +442,26 @@ def app(model: nn.Module | str | os.PathLike, *, backend: str = "auto", precisio
                   "by resnets: classify, embed and explain images.")  # fmt: skip
     api.state.service = svc
     api.add_middleware(_Counted, metrics=svc.metrics)
-    upload_limit = int(svc.limits.max_upload_mb * 1024 * 1024)
-    multipart = {"requestBody": {"required": True, "content": {
-        "multipart/form-data": {"schema": {"type": "object", "properties": {
-            "files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}},
-        "image/*": {"schema": {"type": "string", "format": "binary"}}}}}  # fmt: skip
+    _image_routes(api, svc)
+    _info_routes(api, svc)
+    return api
 
-    def check_token(request: Request) -> None:
-        if token is None:
-            return
-        given = request.headers.get("authorization", "")
-        scheme, _, value = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
-            raise HTTPFailure(401, "a bearer token is required (Authorization: Bearer <token>)",
-                              {"WWW-Authenticate": "Bearer"}, "unauthorized")  # fmt: skip
 
-    async def decoded(request: Request) -> tuple[list[str], list[torch.Tensor]]:
-        check_token(request)
-        body = await _read_body(request, upload_limit)
-        files = await _images_of(request, body, svc.limits)
-        loop = asyncio.get_running_loop()
-        results = await asyncio.gather(*(loop.run_in_executor(svc.decoder, svc.decode, data, name) for name, data in files),
-                                       return_exceptions=True)  # fmt: skip
-        for r in results:
-            if isinstance(r, BaseException):
-                raise r
-        return [n for n, _ in files], results
+# the request body the image endpoints document (they read it themselves, to bound it)
+_MULTIPART = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "properties": {
+        "files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}},
+    "image/*": {"schema": {"type": "string", "format": "binary"}}}}}  # fmt: skip
 
-    async def answered(request: Request, endpoint: str, work) -> Response:
-        start = time.perf_counter()
-        try:
-            response = await asyncio.wait_for(work(), svc.limits.timeout_s)
-        except HTTPFailure as e:
-            response = JSONResponse({"detail": e.detail}, e.status, headers=e.headers)
-            svc.metrics.errors.labels(e.kind).inc()
-        except (asyncio.TimeoutError, TimeoutError):
-            response = JSONResponse({"detail": f"not answered within {svc.limits.timeout_s:g} s; retry later"}, 504)
-            svc.metrics.errors.labels("timeout").inc()
-        except Exception as e:  # a fault of ours: one line to the client, the traceback in the server's log
-            log.exception("%s failed", endpoint)
-            response = JSONResponse({"detail": f"internal error ({type(e).__name__}); the server's log has the details"}, 500)
-            svc.metrics.errors.labels("internal").inc()
-        svc.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
-        return response
 
-    @api.post("/v1/predict", openapi_extra=multipart, summary="Classify images: the top-k classes of each")
+def _image_routes(api, svc: Service) -> None:
+    """/v1/predict, /v1/embed, /v1/explain: images in, through the batcher (or Grad-CAM)."""
+
+    @api.post("/v1/predict", openapi_extra=_MULTIPART, summary="Classify images: the top-k classes of each")
     async def predict(request: Request, top_k: int = Query(5, ge=1, le=1000)):
         async def work():
             t0 = time.perf_counter()
-            names, images = await decoded(request)
+            names, images = await svc.decoded(request)
             feats = await svc.batcher.submit(images)
             probs = svc.logits(torch.stack(feats)).softmax(1)
             p, c = probs.topk(min(top_k, svc.model.num_classes), dim=1)
@@ -442,30 +470,30 @@ def app(model: nn.Module | str | os.PathLike, *, backend: str = "auto", precisio
             svc.metrics.images.labels("predict").inc(len(names))
             return JSONResponse({"results": results, "time_ms": 1000 * (time.perf_counter() - t0)})
 
-        return await answered(request, "predict", work)
+        return await svc.answered("predict", work)
 
-    @api.post("/v1/embed", openapi_extra=multipart, summary="The pooled features (pre-logits) of each image")
+    @api.post("/v1/embed", openapi_extra=_MULTIPART, summary="The pooled features (pre-logits) of each image")
     async def embed(request: Request):
         async def work():
             t0 = time.perf_counter()
-            check_token(request)
+            svc.check_token(request)
             svc.need_features("embed")
-            names, images = await decoded(request)
+            names, images = await svc.decoded(request)
             feats = await svc.batcher.submit(images)
             svc.metrics.images.labels("embed").inc(len(names))
             return JSONResponse({"dim": svc.model.num_features, "time_ms": 1000 * (time.perf_counter() - t0),
                                  "results": [{"name": n, "embedding": f.tolist()} for n, f in zip(names, feats)]})  # fmt: skip
 
-        return await answered(request, "embed", work)
+        return await svc.answered("embed", work)
 
-    @api.post("/v1/explain", openapi_extra=multipart, summary="Grad-CAM: where the model looked, as a PNG overlay",
+    @api.post("/v1/explain", openapi_extra=_MULTIPART, summary="Grad-CAM: where the model looked, as a PNG overlay",
               responses={200: {"content": {"image/png": {}}, "description": "the crop the model saw, with the heatmap"}})
     async def explain(request: Request, target: str | None = Query(None, description="class name or index (default: the top class)")):
         async def work():
             t0 = time.perf_counter()
-            check_token(request)
+            svc.check_token(request)
             svc.need_features("explain (Grad-CAM)")
-            names, images = await decoded(request)
+            names, images = await svc.decoded(request)
             if len(images) != 1:
                 raise HTTPFailure(400, f"explain takes one image; got {len(images)}")
             try:
@@ -478,15 +506,20 @@ def app(model: nn.Module | str | os.PathLike, *, backend: str = "auto", precisio
                 "X-Class": _header_safe(svc.names[cls]), "X-Class-Index": str(cls), "X-Prob": f"{prob:.6f}",
                 "X-Time-Ms": f"{1000 * (time.perf_counter() - t0):.1f}"})  # fmt: skip
 
-        return await answered(request, "explain", work)
+        return await svc.answered("explain", work)
+
+
+def _info_routes(api, svc: Service) -> None:
+    """What is served, whether it is up, its metrics, the API's documentation and the page."""
+    from fastapi.responses import HTMLResponse, PlainTextResponse
 
     @api.get("/v1/model", summary="What is served: architecture, classes, preprocessing, precision, backend, device")
     async def describe(request: Request):
         async def work():
-            check_token(request)
+            svc.check_token(request)
             return JSONResponse(svc.describe())
 
-        return await answered(request, "model", work)
+        return await svc.answered("model", work)
 
     @api.get("/healthz", summary="The process is up")
     async def healthz():
@@ -498,29 +531,21 @@ def app(model: nn.Module | str | os.PathLike, *, backend: str = "auto", precisio
             return JSONResponse({"status": "starting or stopping"}, 503)
         return {"status": "ready"}
 
-    def guarded(request: Request, make) -> Response:
-        try:
-            check_token(request)
-        except HTTPFailure as e:
-            svc.metrics.errors.labels(e.kind).inc()
-            return JSONResponse({"detail": e.detail}, e.status, headers=e.headers)
-        return make()
-
     @api.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
     async def metrics(request: Request):
         from prometheus_client import CONTENT_TYPE_LATEST
 
-        return guarded(request, lambda: Response(svc.metrics.render(), media_type=CONTENT_TYPE_LATEST))
+        return svc.guarded(request, lambda: Response(svc.metrics.render(), media_type=CONTENT_TYPE_LATEST))
 
     @api.get("/openapi.json", include_in_schema=False)
     async def openapi(request: Request):
-        return guarded(request, lambda: JSONResponse(api.openapi()))
+        return svc.guarded(request, lambda: JSONResponse(api.openapi()))
 
     @api.get("/docs", include_in_schema=False)
     async def docs(request: Request):
         from fastapi.openapi.docs import get_swagger_ui_html
 
-        return guarded(request, lambda: get_swagger_ui_html(
+        return svc.guarded(request, lambda: get_swagger_ui_html(
             openapi_url="openapi.json", title="resnets: the API", swagger_js_url="docs/assets/swagger-ui-bundle.js",
             swagger_css_url="docs/assets/swagger-ui.css", swagger_favicon_url="docs/assets/favicon.png"))  # fmt: skip
 
@@ -529,8 +554,6 @@ def app(model: nn.Module | str | os.PathLike, *, backend: str = "auto", precisio
     @api.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page():
         return HTMLResponse(_page())
-
-    return api
 
 
 def _doc_assets():
