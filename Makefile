@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test data browser clean
+.PHONY: run test lint data browser clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ browser:
 
 test: data browser
 	$(BIN)/python -m pytest -q
+
+# pyflakes and pycodestyle's errors over the code, the tests and the benchmarks (the suite runs the same check)
+lint: $(STAMP)
+	$(BIN)/python -m ruff check src tests benchmarks hubconf.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -154,7 +154,7 @@ def _device_name(dev: torch.device) -> str:
         return torch.cuda.get_device_name(dev)
     name = platform.processor() or platform.machine()
     try:
-        name = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+        name = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
     return f"{name}, {torch.get_num_threads()} threads"

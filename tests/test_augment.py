@@ -104,10 +104,10 @@ def test_resampling_an_unscaled_integer_box_is_a_plain_crop():
     x = torch.randint(0, 256, (4, 3, 40, 50), dtype=torch.uint8)
     boxes = torch.tensor([[0, 0, 32, 32], [3, 7, 32, 32], [8, 18, 32, 32], [5, 5, 32, 32]], dtype=torch.float64)
     out = resample(x, boxes, 32).round().to(torch.uint8)
-    for i, (t, l, _, _) in enumerate(boxes.long().tolist()):
-        assert torch.equal(out[i], x[i, :, t : t + 32, l : l + 32])
+    for i, (t, left, _, _) in enumerate(boxes.long().tolist()):
+        assert torch.equal(out[i], x[i, :, t : t + 32, left : left + 32])
     # a list of images of different sizes gives the same as one batch
-    sizes = [(t + 32 + i, l + 32 + 2 * i) for i, (t, l, _, _) in enumerate(boxes.long().tolist())]
+    sizes = [(t + 32 + i, left + 32 + 2 * i) for i, (t, left, _, _) in enumerate(boxes.long().tolist())]
     listed = resample([x[i, :, :h, :w] for i, (h, w) in enumerate(sizes)], boxes, 32).round().to(torch.uint8)
     assert torch.equal(listed, out)
 

@@ -18,7 +18,7 @@ def run(*args):
 def assert_one_line_error(code, err, *needles):
     assert code == 2, err
     assert "Traceback" not in err
-    lines = [l for l in err.splitlines() if l.strip()]
+    lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1, err
     for n in needles:
         assert n in lines[0]

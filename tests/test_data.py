@@ -9,7 +9,6 @@ import torch
 from torchvision.io import write_png
 from torchvision.transforms import v2
 
-import resnets
 from resnets import config as C, data as D
 from resnets.data.loader import Augmented, Collate, EvalBatches, TrainBatches, make_loader
 from resnets.data.transforms import batch_mix, eval_transform, ten_crop_transform, train_transform

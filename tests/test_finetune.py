@@ -38,7 +38,7 @@ def _run(*args, env=None):
 
 def _one_line_error(code, err, needle):
     assert code == 2, err
-    lines = [l for l in err.splitlines() if l.strip()]
+    lines = [line for line in err.splitlines() if line.strip()]
     assert "Traceback" not in err and len(lines) == 1 and needle in lines[0], err
 
 
@@ -87,7 +87,7 @@ def test_finetune_cli_new_head_class_names_and_predict(pretrained, folder, tmp_p
     assert model.meta.preprocessing.mean == (0.2860,) and model.meta.preprocessing.crop == 28  # normalisation from the weights
     ev = json.loads((tmp_path / "ft" / "eval.json").read_text())
     assert ev["n"] == 5  # no val/ folder: 10% of each class (1 of 12) held out
-    history = [json.loads(l) for l in (tmp_path / "ft" / "metrics.jsonl").read_text().splitlines()]
+    history = [json.loads(line) for line in (tmp_path / "ft" / "metrics.jsonl").read_text().splitlines()]
     assert ev["top1"] == max(h["val_top1"] for h in history)  # early stopping is on: the best epoch's weights
     cfg = json.loads((tmp_path / "ft" / "config.json").read_text())
     assert cfg["strategy"] == "full" and cfg["layer_decay"] == 0.7 and cfg["model"] == ""

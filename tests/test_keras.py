@@ -70,7 +70,7 @@ def _keras_pipeline(model, photos):
 
 def test_the_conv_order_is_keras_own(keras_files):
     model, _, _ = keras_files
-    assert layer_order((3, 4, 6, 3)) == [l.name for l in model.layers if isinstance(l, keras.layers.Conv2D)]
+    assert layer_order((3, 4, 6, 3)) == [layer.name for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
 
 
 @pytest.mark.parametrize("fmt", ["keras", "weights.h5", "legacy.h5"])

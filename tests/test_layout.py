@@ -1,5 +1,6 @@
-"""How the code is held together (STYLE.md 14-16): metadata read from the one declared object, no module importing
-another's private names, and the command line's help answered without torch."""
+"""How the code is held together (the team's style notes, points 14-18): imports that run one way (no circle,
+counting every import), functions that fit on a screen, the linter passing, metadata read from the one declared
+object, and no module importing another's private names."""
 import ast
 from pathlib import Path
 
@@ -128,3 +129,18 @@ def test_no_function_is_longer_than_a_screen(tmp_path):
     assert _long_functions(SRC) == []
     (tmp_path / "m.py").write_text("def f():\n" + "    x = 1\n" * 80)
     assert _long_functions(tmp_path) == ["m.py:1 f (81 lines)"]
+
+
+def test_the_linter_passes():
+    """ruff (configured in pyproject.toml: unused and undefined names, pycodestyle's errors) over the code, the
+    tests and the benchmarks, so the check cannot drift from `make lint`."""
+    import subprocess
+    import sys
+
+    import pytest
+
+    pytest.importorskip("ruff")
+    root = SRC.parents[1]
+    p = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "src", "tests", "benchmarks", "hubconf.py"],
+                       cwd=root, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert p.returncode == 0, p.stdout + p.stderr

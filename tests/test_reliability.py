@@ -20,7 +20,7 @@ S = ["--model", "resnet20", "--dataset", "synthetic", "--synthetic-samples", "25
 
 def _one_line(code, err, needle):
     assert code == 2, err
-    lines = [l for l in err.splitlines() if l.strip()]
+    lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in err, err
 
 
@@ -44,7 +44,7 @@ def test_a_value_just_outside_its_range_is_one_line_and_writes_nothing(tmp_path,
     flag = "--" + key.replace("_", "-")
     code, _, err = run_cli("train", *S, "--out", tmp_path / "runs", flag, value)
     assert code == 2, f"{flag} {value!r} was accepted: {err}"
-    assert len([l for l in err.splitlines() if l.strip()]) == 1 and "Traceback" not in err, err
+    assert len([line for line in err.splitlines() if line.strip()]) == 1 and "Traceback" not in err, err
     assert not (tmp_path / "runs").exists()  # not even the --out folder
 
 
@@ -86,7 +86,7 @@ def test_resume_keeps_its_overrides_and_refuses_incompatible_ones(tmp_path):
     code, _, err = run_cli("train", "--resume", run, "--epochs", "2", "--no-progress")
     assert code == 0, err
     assert json.loads((run / "config.json").read_text())["epochs"] == 2
-    assert [json.loads(l)["epoch"] for l in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     code, _, err = run_cli("train", "--resume", run, "--optimizer", "adamw")
     _one_line(code, err, "--optimizer cannot change when resuming")
     code, _, err = run_cli("train", "--resume", run, "--synthetic-classes", "3")
@@ -145,7 +145,7 @@ def test_the_epochs_are_also_a_csv_and_tensorboard_scalars(tmp_path):
 
     code, _, err = run_cli("train", *S, "--out", tmp_path, "--name", "r", "--epochs", 2, "--tensorboard")
     assert code == 0, err
-    jsonl = [json.loads(l) for l in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    jsonl = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     with open(tmp_path / "r" / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == len(jsonl) == 2
@@ -174,7 +174,7 @@ def test_values_that_cannot_run_are_refused_before_anything_is_written(tmp_path,
     if value == "mps" and torch.backends.mps.is_available():
         pytest.skip("this machine has MPS")
     code, _, err = run_cli("train", *S, "--out", tmp_path / "runs", flag, value)
-    assert code == 2 and len([l for l in err.splitlines() if l.strip()]) == 1 and "Traceback" not in err, (flag, err)
+    assert code == 2 and len([line for line in err.splitlines() if line.strip()]) == 1 and "Traceback" not in err, (flag, err)
     assert not (tmp_path / "runs").exists()
 
 

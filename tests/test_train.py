@@ -32,7 +32,7 @@ def _run(*args, env=None, timeout=600):
 def _one_line_error(code, err, needle):
     assert code == 2, err
     assert "Traceback" not in err
-    lines = [l for l in err.splitlines() if l.strip()]
+    lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and needle in lines[0], err
 
 
@@ -43,7 +43,7 @@ def test_train_returns_metrics_and_writes_the_run_directory(tmp_path):
     for f in ("config.json", "metrics.jsonl", "last.pt", "best.pt", "model.safetensors", "eval.json",
               "confusion.json", "confusion.png", "curves.png"):  # fmt: skip
         assert (run / f).is_file(), f
-    history = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == [1, 2]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert result["n"] == 256 and result["top1"] > 40  # 10 classes: chance is 10%
@@ -140,8 +140,8 @@ def test_resume_after_sigkill_mid_epoch_gives_exactly_the_uninterrupted_weights(
     a, b = _weights(tmp_path / "straight" / "model.safetensors"), _weights(tmp_path / "killed" / "model.safetensors")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
-    hist = [json.loads(l) for l in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
-    straight = [json.loads(l) for l in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    hist = [json.loads(line) for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    straight = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     assert len(hist) == 2
     for k in ("train_loss", "train_acc", "val_top1"):  # the resumed epoch counts the batches before the kill too
         assert hist[1][k] == pytest.approx(straight[1][k], rel=1e-9), k

@@ -231,6 +231,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace, overrides: dict | None = None) -> int:
     from . import config as C
     from .engine import train
+    from .evaluate import reports_top5
 
     overrides = _overrides(args) if overrides is None else overrides
     if args.resume:
@@ -241,7 +242,7 @@ def _cmd_train(args: argparse.Namespace, overrides: dict | None = None) -> int:
         result = train(C.resolve(args.recipe, args.config, overrides))
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
-    top5 = f"  top-5 {result['top5']:.2f}%" if len(result["classes"]) > 5 else ""  # with 5 classes or fewer: 100%
+    top5 = f"  top-5 {result['top5']:.2f}%" if reports_top5(len(result["classes"])) else ""
     line = f"top-1 {result['top1']:.2f}%{top5} on {result['n']} validation images"
     if "ten_crop" in result:
         line += f" (10-crop: top-1 {result['ten_crop']['top1']:.2f}%)"
@@ -253,7 +254,7 @@ def _cmd_train(args: argparse.Namespace, overrides: dict | None = None) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_model_file
+    from .evaluate import evaluate_model_file, reports_top5
 
     out = args.out or str(Path(args.weights).parent / "eval")
     amp = {"fp32": "none"}.get(args.precision, args.precision) if args.precision else args.amp
@@ -264,7 +265,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print(json.dumps({k: v for k, v in res.items() if k != "confusion"}, indent=2))
         return 0
     print(f"{res['weights']} on {res['dataset']} ({res['n']} images{', 10-crop' if res['ten_crop'] else ''}):")
-    top5 = f"  top-5 {res['top5']:.2f}%" if len(res["classes"]) > 5 else ""  # with 5 classes or fewer: 100%
+    top5 = f"  top-5 {res['top5']:.2f}%" if reports_top5(len(res["classes"])) else ""
     print(f"top-1 {res['top1']:.2f}%{top5}  loss {res['loss']:.4f}")
     width = max(len(c) for c in res["classes"])
     for c, acc in zip(res["classes"], res["per_class"]):
@@ -638,7 +639,7 @@ def _add_model_commands(sub) -> None:
 
 def _add_training_commands(sub, recipe: str | None) -> None:
     """The subcommands of training, fine-tuning and evaluation."""
-    from .backends import BACKENDS, PRECISIONS
+    from .backends import PRECISIONS
     from .config import RECIPES
     from .data.registry import DATASETS
 
@@ -735,7 +736,7 @@ def _add_inference_commands(sub) -> None:
 
 def _add_export_commands(sub) -> None:
     """The subcommands of export and bench."""
-    from .backends import BACKENDS, PRECISIONS
+    from .backends import PRECISIONS
 
     p = sub.add_parser("export", help="ONNX / TorchScript / torch.export, checked against eager; int8 ONNX with an accuracy gate")
     p.add_argument("--weights", required=True)

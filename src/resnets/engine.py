@@ -28,7 +28,7 @@ from .data.batching import Loader, mix_seed
 from .data.loader import make_eval_loader, make_train_loader
 from .data.transforms import batch_mix, normalizer
 from .errors import ResnetsError
-from .evaluate import evaluate, native_bf16, resolve_amp
+from .evaluate import evaluate, native_bf16, reports_top5, resolve_amp
 from .factory import create_from_weights, create_model
 from .meta import Preprocessing
 from .state import Run  # noqa: F401  (resnets.engine.Run, as before)
@@ -310,8 +310,8 @@ def validate(run: Run, model: nn.Module | None = None, loader: Loader | None = N
     ev = evaluate(run.core if model is None else model, run.val_loader if loader is None else loader, run.normalize,
                   len(run.classes), run.ctx, amp=run.amp, channels_last=run.channels_last)  # fmt: skip
     for f in ev["bad_files"]:  # each named once in a run, not at every evaluation
-        if f["path"] not in run.named:
-            run.named.add(f["path"])
+        if f["path"] not in run.warned_paths:
+            run.warned_paths.add(f["path"])
             log.warning("skipped unreadable image %s (validation): %s", f["path"], f["error"])
     return ev
 
@@ -381,8 +381,8 @@ def train_one_epoch(run: Run, epoch: int, step_fn) -> dict:
         _seed_step(run, epoch, b)
         run.skipped += len(batch.bad)
         for path, reason in batch.bad:
-            if path not in run.named:  # once in a run, not every epoch
-                run.named.add(path)
+            if path not in run.warned_paths:  # once in a run, not every epoch
+                run.warned_paths.add(path)
                 log.warning("skipped unreadable image %s: %s", path, reason)
         x = batch.images.to(dev, non_blocking=True)
         y = batch.labels.to(dev, non_blocking=True)
@@ -473,7 +473,7 @@ def end_epoch(run: Run, epoch: int, record: dict) -> bool:
         msg = f"epoch {epoch + 1}: train loss {record['train_loss']:.4f} acc {record['train_acc']:.2f}%"
         if "val_top1" in record:
             msg += f", val top-1 {record['val_top1']:.2f}%"
-            msg += f" top-5 {record['val_top5']:.2f}%" if len(run.classes) > 5 else ""
+            msg += f" top-5 {record['val_top5']:.2f}%" if reports_top5(len(run.classes)) else ""
         _say(run, msg + f", {record['images_per_s']:.0f} img/s")
     stop = bool(cfg.early_stop) and run.since_best >= cfg.early_stop
     if stop:

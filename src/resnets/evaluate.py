@@ -11,7 +11,11 @@ from torch import nn
 from .distributed import Context, all_reduce_sum
 
 
-AMP_CHOICES = ("auto", "none", "bf16", "fp16")
+
+
+def reports_top5(num_classes: int) -> bool:
+    """Top-5 is shown only above 5 classes (with 5 or fewer it is 100% by definition)."""
+    return num_classes > 5
 
 
 def native_bf16(device: torch.device) -> bool:

@@ -134,7 +134,7 @@ def check_timm_config(cfg: dict, source: str) -> None:
         raise WeightsError(f"{source}: config.json names {len(labels)} classes for num_classes {n}")
 
 
-def preprocessing(pretrained_cfg: dict) -> Preprocessing:
+def timm_preprocessing(pretrained_cfg: dict) -> Preprocessing:
     """timm's eval transform as ours: the shorter side (crop_mode "squash": both sides) to floor(size / crop_pct),
     a centre crop of `size`."""
     size = int((pretrained_cfg.get("test_input_size") or pretrained_cfg.get("input_size") or (3, 224, 224))[-1])
@@ -169,7 +169,7 @@ def read_timm_folder(folder: Path, cfg: dict, source: str) -> tuple[dict, ModelM
     if pre.get("input_size"):
         options["in_chans"] = pre["input_size"][0]
     meta = ModelMeta(arch, options,
-                     class_names=list(names) if names else None, preprocessing=preprocessing(pre), source=source)  # fmt: skip
+                     class_names=list(names) if names else None, preprocessing=timm_preprocessing(pre), source=source)  # fmt: skip
     return sd, meta
 
 

@@ -60,7 +60,7 @@ class Run:
     # the epoch's running sums (loss * n, hits, n; over all processes) at a mid-epoch checkpoint, and those since
     # the last curve point: a resumed epoch reports all of its batches, not only those after the resume
     partial: dict | None = None
-    named: set = field(default_factory=set)  # unreadable images already named in a warning
+    warned_paths: set = field(default_factory=set)  # unreadable images already named in a warning (once a run)
     bar: Any = None
     writer: Any = None
     on_progress: Callable[[dict], None] | None = None

@@ -26,9 +26,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("resnets")
 
-GRAPH_MODES = ("auto", "on", "off")
-
-
 def _stats(loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     n = torch.full((), len(y), dtype=torch.float64, device=y.device)
     return torch.stack([loss.detach().double() * n, (logits.detach().argmax(1) == y).sum().double(), n])

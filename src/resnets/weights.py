@@ -26,7 +26,7 @@ class WeightSpec:
     preprocessing: Preprocessing
     metrics: dict[str, float] = field(default_factory=dict)  # ImageNet-1k val, single centre crop, %
     num_classes: int = 1000
-    classes: str = "imagenet"  # name of a class list shipped in resnets/data
+    classes: str = "imagenet"  # a class list shipped in resnets/assets (home.class_list)
     source: str = ""
     recipe: str = ""
 

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from ..errors import ResnetsError
 from .batching import mix_seed, to_device
+from .transforms import auto_augment_of
 
 _M32 = 0xFFFFFFFF
 # the batched path implements these augments; auto_augment (TrivialAugment, RandAugment) runs per image after it
@@ -235,8 +236,7 @@ class BatchAugment:
     def __post_init__(self) -> None:
         if self.augment not in BATCHED_AUGMENTS:
             raise ResnetsError(f"unknown augment {self.augment!r} (choose from {', '.join(BATCHED_AUGMENTS)})")
-        if self.augment == "strong" and self.auto_augment == "none":
-            self.auto_augment = "trivial"
+        self.auto_augment = auto_augment_of(self.augment, self.auto_augment)
         self._per_image = None
         if self.auto_augment != "none":
             from .transforms import auto_augment_transform
@@ -303,8 +303,8 @@ def pad_crop_flip_list(images: list[torch.Tensor], crop: int, top_u: torch.Tenso
             im = F.pad(im, (dw, dw, dh, dh))
             h, w = im.shape[-2:]
         t = int(_randint(top_u[i : i + 1], h - crop + 1))
-        l = int(_randint(left_u[i : i + 1], w - crop + 1))
-        c = im[:, t : t + crop, l : l + crop]
+        left = int(_randint(left_u[i : i + 1], w - crop + 1))
+        c = im[:, t : t + crop, left : left + crop]
         out.append(c.flip(-1) if bool(flip[i]) else c)
     return torch.stack(out)
 

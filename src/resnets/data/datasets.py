@@ -1,8 +1,11 @@
-"""Datasets: every item is (image uint8 tensor (C, H, W), label int). Decoding errors are reported, not fatal.
+"""Datasets: every item is (image uint8 tensor (C, H, W), label int); and the one decoder of image files and
+uploads. Decoding errors are reported (BadSample), not fatal.
 
 - TensorDataset: images already in memory (Fashion-MNIST, CIFAR, synthetic).
-- ImageFolder: ImageNet layout, one subfolder per class.
-- CsvManifest: `path,label` rows (label a class name or an index).
+- FileDataset: image files with labels, decoded on access; made by `image_folder` (ImageNet layout, one
+  subfolder per class) and `csv_manifest` (`path,label` rows, the label a class name or an index).
+- decode / decode_bytes: the header read first (fails closed), bounded by the pixel limit, every format to the
+  model's channel count.
 """
 from __future__ import annotations
 

@@ -14,6 +14,11 @@ from ..errors import ResnetsError
 
 AUGMENTS = ("none", "paper-cifar", "paper-imagenet", "rrc", "crop-flip", "strong")
 AUTO_AUGMENTS = ("none", "trivial", "randaugment")
+
+
+def auto_augment_of(augment: str, auto_augment: str) -> str:
+    """The automatic augmentation in force: "strong" augmentation means TrivialAugment unless one is named."""
+    return "trivial" if augment == "strong" and auto_augment == "none" else auto_augment
 _INTERP = {"bilinear": v2.InterpolationMode.BILINEAR, "bicubic": v2.InterpolationMode.BICUBIC,
            "nearest": v2.InterpolationMode.NEAREST}  # fmt: skip
 
@@ -71,8 +76,7 @@ def train_transform(
     elif augment == "strong":
         steps = [v2.RandomResizedCrop(crop, scale=(0.25, 1.0), interpolation=interp, antialias=True),
                  v2.RandomHorizontalFlip()]  # fmt: skip
-        if auto_augment == "none":
-            auto_augment = "trivial"
+        auto_augment = auto_augment_of(augment, auto_augment)
     elif augment in ("paper-cifar", "crop-flip"):
         steps = [v2.RandomCrop(crop, padding=pad, pad_if_needed=True), v2.RandomHorizontalFlip()]
     elif augment == "none":
