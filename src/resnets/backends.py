@@ -260,7 +260,7 @@ def _ort_runner(net: nn.Module, int8: bool, calib: Iterable[torch.Tensor] | None
     """The ONNX file has a dynamic batch and a fixed image size: that of `calib`, else `size` (the model's crop)."""
     import torch
 
-    from .export import ort_session, quantize_int8, write
+    from .export import ort_run, ort_session, quantize_int8, write
 
     first = next(iter(calib), None) if calib is not None else None
     if int8 and first is None:
@@ -282,12 +282,7 @@ def _ort_runner(net: nn.Module, int8: bool, calib: Iterable[torch.Tensor] | None
         q = Path(tmp.name) / "int8.onnx"
         quantize_int8(path, q, [first, *calib])
         path, sess = q, None
-    sess = sess or ort_session(path)
-    name = sess.get_inputs()[0].name
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(sess.run(None, {name: x.detach().cpu().numpy()})[0])
-
+    run = ort_run(sess or ort_session(path))
     run._tmp = tmp  # keeps the folder (and the file ORT mapped) alive as long as the runner
     return run
 

@@ -24,11 +24,11 @@ import torch
 from torch import nn
 
 from . import artifacts, config as C, data as D, distributed, finetune, rundir, steps
-from .data.batching import Loader, mix_seed
+from .data.batching import Loader, check_batch_split, mix_seed
 from .data.loader import make_eval_loader, make_train_loader
 from .data.transforms import batch_mix, normalizer
 from .errors import ResnetsError
-from .evaluate import evaluate, native_bf16, reports_top5, resolve_amp
+from .evaluate import evaluate, native_bf16, reports_top5, resolve_amp, write_evaluation
 from .factory import create_from_weights, create_model
 from .meta import Preprocessing
 from .state import Run  # noqa: F401  (resnets.engine.Run, as before)
@@ -174,8 +174,7 @@ def build_run(cfg: C.TrainConfig, ctx: distributed.Context, resume: Path | None 
     torch.manual_seed(cfg.seed)
     bundle, model = _data_and_model(cfg)
     world, dev = ctx.world, ctx.device
-    if cfg.batch_size % world:
-        raise ResnetsError(f"batch size {cfg.batch_size} does not split evenly over {world} processes")
+    check_batch_split(cfg.batch_size, world)
     if cfg.weights and len(bundle.train) < cfg.batch_size:  # fine-tuning a small folder: one batch per step
         small = max(len(bundle.train) // world * world, world)
         log.warning("batch size %d is more than the %d training images; using %d", cfg.batch_size, len(bundle.train), small)
@@ -569,17 +568,14 @@ def finish(run: Run) -> dict:
     if "ten_crop" in ev:
         result["ten_crop"] = ev["ten_crop"]
     if ctx.is_main:
-        from .reports import plot_confusion, plot_curves
+        from .reports import plot_curves
 
         if final is not core:
             core.load_state_dict(final.state_dict())
         artifacts.save(core, run.run_dir / "model.safetensors", extra={"val_top1": ev["top1"], "dataset": cfg.dataset})
-        with artifacts.atomic_path(run.run_dir / "confusion.json") as tmp:
-            tmp.write_text(json.dumps({"classes": classes, "matrix": ev["confusion"]}))
-        with artifacts.atomic_path(run.run_dir / "eval.json") as tmp:
-            tmp.write_text(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
         title = f"{core.meta.architecture} on {cfg.dataset}"
-        plot_confusion(ev["confusion"], classes, run.run_dir / "confusion.png", f"{title}: top-1 {ev['top1']:.2f}%")
+        write_evaluation(run.run_dir, {k: v for k, v in result.items() if k != "history"}, classes, ev["confusion"],
+                         f"{title}: top-1 {ev['top1']:.2f}%")  # fmt: skip
         if run.history:
             plot_curves(run.history, run.run_dir / "curves.png", title)
     return result

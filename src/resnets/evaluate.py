@@ -1,13 +1,16 @@
 """Evaluation: top-1, top-5, loss, per-class accuracy and the confusion matrix, exact across processes."""
 from __future__ import annotations
 
+import json
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .artifacts import atomic_path
 from .distributed import Context, all_reduce_sum
 
 
@@ -135,11 +138,7 @@ def evaluate_model_file(
 ) -> dict:
     """`resnets eval`: a saved model (or checkpoint) on a dataset's evaluation split, with the preprocessing its
     file records. Writes eval.json, confusion.json and confusion.png to `out` when given."""
-    import json
-    from pathlib import Path
-
     from . import data as D
-    from .artifacts import atomic_path
     from .data.loader import make_eval_loader
     from .distributed import pick_device
     from .errors import ResnetsError
@@ -172,15 +171,20 @@ def evaluate_model_file(
                    channels_last=ctx.device.type == "cuda")  # fmt: skip
     res.update(weights=str(weights), dataset=dataset, ten_crop=ten_crop, classes=classes, amp=amp)
     if out:
-        from .reports import plot_confusion
-
-        out_dir = Path(out)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out_dir / "eval.json") as tmp:
-            tmp.write_text(json.dumps({k: v for k, v in res.items() if k != "confusion"}, indent=2))
-        with atomic_path(out_dir / "confusion.json") as tmp:
-            tmp.write_text(json.dumps({"classes": classes, "matrix": res["confusion"]}))
+        Path(out).mkdir(parents=True, exist_ok=True)
         title = f"{meta.architecture} on {dataset}{' (10-crop)' if ten_crop else ''}: top-1 {res['top1']:.2f}%"
-        plot_confusion(res["confusion"], classes, out_dir / "confusion.png", title)
+        write_evaluation(Path(out), {k: v for k, v in res.items() if k != "confusion"}, classes, res["confusion"], title)
     return res
+
+
+def write_evaluation(folder: Path, record: dict, classes: list[str], matrix: list, title: str) -> None:
+    """An evaluation's files in `folder`, each written atomically: eval.json (`record`), confusion.json (the
+    matrix with its class names) and confusion.png (`title` above it). The training run's and `resnets eval`'s."""
+    from .reports import plot_confusion
+
+    with atomic_path(folder / "eval.json") as tmp:
+        tmp.write_text(json.dumps(record, indent=2))
+    with atomic_path(folder / "confusion.json") as tmp:
+        tmp.write_text(json.dumps({"classes": classes, "matrix": matrix}))
+    plot_confusion(matrix, classes, folder / "confusion.png", title)
 

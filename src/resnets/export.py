@@ -76,11 +76,20 @@ def ort_session(path: str | os.PathLike, threads: int = 0):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
+def ort_run(sess) -> Callable[[torch.Tensor], torch.Tensor]:
+    """An ONNX Runtime session as a function of one input tensor (any device) to its first output (a float32 CPU
+    tensor)."""
+    name = sess.get_inputs()[0].name
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(sess.run(None, {name: x.detach().float().cpu().contiguous().numpy()})[0])
+
+    return run
+
+
 def load_runner(path: str | os.PathLike, fmt: str) -> Runner:
     if fmt == "onnx":
-        sess = ort_session(path)
-        name = sess.get_inputs()[0].name
-        return Runner(lambda x: torch.from_numpy(sess.run(None, {name: x.cpu().numpy()})[0]), "onnxruntime")
+        return Runner(ort_run(ort_session(path)), "onnxruntime")
     if fmt == "torchscript":
         m = torch.jit.load(str(path))
         return Runner(lambda x: m(x).detach().float(), "torchscript")

@@ -18,6 +18,15 @@ PREFIX = "hf-hub:"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
 
 
+def weight_file(folder: Path, source: str) -> Path:
+    """The weights of a folder in timm's layout (the first of WEIGHT_FILES there), or a WeightsError naming
+    `source`."""
+    found = next((folder / f for f in WEIGHT_FILES if (folder / f).is_file()), None)
+    if found is None:
+        raise WeightsError(f"{source} holds no weights ({', '.join(WEIGHT_FILES)})")
+    return found
+
+
 def is_hub(text: str) -> bool:
     return text.startswith(PREFIX)
 
@@ -155,9 +164,7 @@ def read_timm_folder(folder: Path, cfg: dict, source: str) -> tuple[dict, ModelM
     from .models import list_models
 
     check_timm_config(cfg, source)
-    weights = next((folder / f for f in WEIGHT_FILES if (folder / f).is_file()), None)
-    if weights is None:
-        raise WeightsError(f"{source} holds no weights ({', '.join(WEIGHT_FILES)})")
+    weights = weight_file(folder, source)
     arch = cfg["architecture"]
     if arch not in list_models():
         raise WeightsError(f"{source} is a timm {arch}, which resnets does not build (see `resnets list`)")

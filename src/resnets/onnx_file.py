@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .errors import ResnetsError, WeightsError
+from .export import ort_run, ort_session
 from .meta import ModelMeta
 
 
@@ -22,19 +23,17 @@ class OnnxModel(nn.Module):
     def __init__(self, path: Path, session, meta: ModelMeta, num_classes: int):
         super().__init__()
         self.path, self.session, self.meta, self.num_classes = path, session, meta, num_classes
-        self.input_name = session.get_inputs()[0].name
+        self._run = ort_run(session)
         # a parameter, so code that asks a model for its device gets the CPU (where ONNX Runtime computes)
         self.anchor = nn.Parameter(torch.zeros(0), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.session.run(None, {self.input_name: x.detach().float().cpu().contiguous().numpy()})[0]
-        return torch.from_numpy(out)
+        return self._run(x)
 
 
 def read_onnx(path: str | os.PathLike) -> OnnxModel:
     """An ONNX file that `resnets export` wrote, checked: its record (as a model file's), its input of the
     recorded channels and crop, a classifier of the recorded size; or one WeightsError saying why not."""
-    from .export import ort_session
 
     path = Path(path)
     if not path.is_file():

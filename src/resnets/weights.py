@@ -89,11 +89,7 @@ def fetch(name: str, *, download: bool = True, progress: bool = True) -> Path:
     if spec.on_hub:  # a Hub repo: huggingface_hub's cache and offline switches
         from . import hub
 
-        folder = hub.fetch(spec.url, download=download)
-        found = next((folder / f for f in hub.WEIGHT_FILES if (folder / f).is_file()), None)
-        if found is None:
-            raise WeightsError(f"{spec.url} holds no weights ({', '.join(hub.WEIGHT_FILES)})")
-        return found
+        return hub.weight_file(hub.fetch(spec.url, download=download), spec.url)
     for path in _candidates(spec):
         if path.is_file():
             return path

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ResnetsError
-from .batching import mix_seed, to_device
+from .batching import mix_seed, seeded_cpu_rng, to_device
 from .transforms import auto_augment_of
 
 _M32 = 0xFFFFFFFF
@@ -280,15 +280,10 @@ class BatchAugment:
     def _auto(self, images: torch.Tensor, index: torch.Tensor, epoch: int) -> torch.Tensor:
         """TrivialAugment / RandAugment, one image at a time, each with the CPU generator seeded by (seed, epoch,
         index) as the per-image loader does."""
-        gen = torch.default_generator
-        saved = gen.get_state()
-        try:
-            out = []
-            for img, i in zip(images, index.tolist()):
-                gen.manual_seed(mix_seed(self.seed, epoch, i, 0xA07A))
+        out = []
+        for img, i in zip(images, index.tolist()):
+            with seeded_cpu_rng(mix_seed(self.seed, epoch, i, 0xA07A)):
                 out.append(self._per_image(img))
-        finally:
-            gen.set_state(saved)
         return torch.stack(out)
 
 

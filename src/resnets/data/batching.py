@@ -3,6 +3,7 @@ augmentation in augment.py): what a batch is, what a loader gives, the per-sampl
 Below all of them, so none imports another for these."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Protocol, Sequence
 
@@ -61,6 +62,25 @@ class SampledLoader:
 
     def __len__(self) -> int:
         return len(self.sampler)
+
+
+def check_batch_split(global_batch: int, world: int) -> None:
+    """A global batch is split evenly over the processes (each rank takes global_batch / world images)."""
+    if global_batch % world:
+        raise ResnetsError(f"batch size {global_batch} does not split evenly over {world} processes")
+
+
+@contextmanager
+def seeded_cpu_rng(seed: int) -> Iterator[torch.Generator]:
+    """The CPU generator seeded with `seed` inside the block, and given back as it was after it (torch.manual_seed
+    would also seed every accelerator, at 100x the cost)."""
+    gen = torch.default_generator
+    saved = gen.get_state()
+    gen.manual_seed(seed)
+    try:
+        yield gen
+    finally:
+        gen.set_state(saved)
 
 
 def refuse_if_strict(bad: list[tuple[str, str]], strict: bool) -> None:

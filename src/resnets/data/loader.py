@@ -23,7 +23,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import ResnetsError
 from .augment import BatchAugment, BatchResizeCrop
-from .batching import Batch, Loader, SampledLoader, mix_seed, refuse_if_strict, to_device  # noqa: F401  (re-exported)
+from .batching import (  # noqa: F401  (Batch, Loader, SampledLoader, to_device: re-exported)
+    Batch, Loader, SampledLoader, check_batch_split, mix_seed, refuse_if_strict, seeded_cpu_rng, to_device)
 from .datasets import BadSample
 from .device import device_loader
 
@@ -46,19 +47,14 @@ class Augmented(Dataset):
             image, label = self.dataset[i]
         except BadSample as e:
             return e
-        # the CPU generator alone (torch.manual_seed also seeds every accelerator and costs 100x more)
-        gen = torch.default_generator
-        saved = gen.get_state()
-        gen.manual_seed(mix_seed(self.seed, epoch, i))
         try:
-            image = self.transform(image)
+            with seeded_cpu_rng(mix_seed(self.seed, epoch, i)):
+                image = self.transform(image)
         except (RuntimeError, ValueError) as e:  # an image too small or odd for the transform: skipped, named
             samples = getattr(self.dataset, "samples", None)
             if samples is None:
                 raise
             return BadSample(samples[i][0], str(e).splitlines()[0][:160] if str(e) else type(e).__name__)
-        finally:
-            gen.set_state(saved)
         return image, label
 
 
@@ -69,8 +65,7 @@ class TrainBatches(Sampler[list[int]]):
 
     def __init__(self, n: int, global_batch: int, *, seed: int, rank: int = 0, world: int = 1,
                  targets: Sequence[int] | None = None):  # fmt: skip
-        if global_batch % world:
-            raise ResnetsError(f"batch size {global_batch} does not split evenly over {world} processes")
+        check_batch_split(global_batch, world)
         if n < global_batch:
             raise ResnetsError(f"the training set ({n} images) is smaller than one batch ({global_batch})")
         self.n, self.global_batch, self.seed, self.rank, self.world = n, global_batch, seed, rank, world
