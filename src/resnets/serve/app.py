@@ -1,0 +1,92 @@
+"""`resnets.serve.app(model)`: the ASGI app (FastAPI) that puts the service and its routes together, and the
+middleware that counts every answer."""
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from ..errors import ResnetsError
+from .limits import Limits
+from .routes import image_routes, info_routes
+from .service import Metrics, Service
+
+TOKEN_ENV = "RESNETS_SERVE_TOKEN"
+
+
+def app(model: nn.Module | str | os.PathLike, *, backend: str = "auto", precision: str = "fp32",
+        device: str | torch.device | None = None, max_batch: int = 32, max_wait_ms: float = 5.0,
+        decode_workers: int = 4, token: str | None = None, limits: Limits | None = None,
+        calib: list[str] | None = None):  # fmt: skip
+    """The ASGI app (FastAPI) serving `model` (a model built by resnets, or whatever `--weights` takes), to run
+    with uvicorn or mount in your own service. `token`: a bearer token every endpoint but /healthz, /readyz and
+    the page requires (default $RESNETS_SERVE_TOKEN, if set). `calib`: image files or folders the
+    onnxruntime-int8 backend is calibrated on (up to 256 images)."""
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI
+
+    from .. import __version__
+    from ..factory import load
+
+    where = "the token" if token is not None else f"${TOKEN_ENV}"
+    token = token if token is not None else os.environ.get(TOKEN_ENV)
+    if token is not None and (not token or not all(33 <= ord(c) < 127 for c in token)):
+        raise ResnetsError(f"{where} must be printable ASCII without spaces, and not empty (an empty token would let "
+                           "an empty bearer in)")  # fmt: skip
+    if not isinstance(model, nn.Module):
+        model = load(model)
+    svc = Service(model, backend=backend, precision=precision, device=device, max_batch=max_batch,
+                  max_wait_ms=max_wait_ms, decode_workers=decode_workers, limits=limits or Limits(), token=token,
+                  calib_images=calib)  # fmt: skip
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        await svc.start()
+        yield
+        await svc.stop()
+
+    # /docs and /openapi.json are our own routes: behind the token, and Swagger UI's script served from the
+    # fastapi-offline package (FastAPI's own page loads it from a CDN, and is blank offline; ReDoc, its other page,
+    # fetches a logo from one even when served locally, so it is left out)
+    api = FastAPI(title="resnets", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None, description=f"{svc.meta.architecture} ({svc.model.num_classes} classes) served "
+                  "by resnets: classify, embed and explain images.")  # fmt: skip
+    api.state.service = svc
+    api.add_middleware(Counted, metrics=svc.metrics)
+    image_routes(api, svc)
+    info_routes(api, svc)
+    return api
+
+
+class Counted:
+    """ASGI middleware: every answer counted in resnets_requests by endpoint and status code, 500s included (an
+    exception that escapes a route is counted as the 500 the server then sends)."""
+
+    def __init__(self, app, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = [500]
+
+        async def sending(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            path = scope.get("path", "")
+            endpoint = ENDPOINTS.get(path, "docs" if path.startswith("/docs/") else "other")
+            self.metrics.requests.labels(endpoint, str(status[0])).inc()
+
+
+# the label each path is counted under in resnets_requests (anything else: "other", so a scan of random paths
+# cannot grow the metrics without bound)
+ENDPOINTS = {"/v1/predict": "predict", "/v1/embed": "embed", "/v1/explain": "explain", "/v1/model": "model",
+              "/healthz": "healthz", "/readyz": "readyz", "/metrics": "metrics", "/": "page", "/docs": "docs",
+              "/openapi.json": "docs"}  # fmt: skip

@@ -1,0 +1,77 @@
+"""What a request may be and how a refusal is answered: the limits, the one-line HTTP failures, reading a bounded
+body and the images in it, header-safe text."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_upload_mb: float = 20.0  # one request's body
+    max_files: int = 64  # images in one request
+    max_queue: int = 256  # images decoded and waiting for the model
+    timeout_s: float = 30.0  # from the request's arrival to its answer
+    max_pixels: int | None = None  # None: the process's limit (--max-pixels, $RESNETS_MAX_PIXELS)
+
+
+class HTTPFailure(Exception):
+    """A request answered with `status` and a one-line `detail` (and extra headers)."""
+
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None, kind: str = "bad_request"):
+        super().__init__(detail)
+        self.status, self.detail, self.headers, self.kind = status, detail, headers or {}, kind
+
+
+# how the server answers an image it cannot use, by BadSample.kind
+STATUS_OF_KIND = {"too_many_pixels": 413, "corrupt_image": 422, "empty": 400}  # else 415: not an image
+
+
+async def read_body(request, limit: int) -> bytes:
+    """The request's body, refused with 413 as soon as it is longer than `limit` bytes (by its Content-Length, or
+    while it streams in)."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise HTTPFailure(413, f"the upload is {int(length):,} bytes, over the limit of {limit:,}", kind="too_large")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPFailure(413, f"the upload is over the limit of {limit:,} bytes", kind="too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def images_of(request, body: bytes, limits: Limits) -> list[tuple[str, bytes]]:
+    """(name, bytes) of each image sent: the files of a multipart form, or the raw body (an image/* or
+    application/octet-stream request)."""
+    ctype = request.headers.get("content-type", "")
+    if ctype.startswith("multipart/form-data"):
+        from starlette.datastructures import UploadFile
+        from starlette.formparsers import MultiPartException, MultiPartParser
+
+        async def once():
+            yield body
+            yield b""
+
+        try:
+            form = await MultiPartParser(request.headers, once(), max_files=limits.max_files, max_fields=100).parse()
+        except MultiPartException as e:
+            raise HTTPFailure(400, f"bad multipart form: {e.message}") from None
+        files = [(f.filename or f"file{i}", await f.read()) for i, (_, f) in enumerate(form.multi_items())
+                 if isinstance(f, UploadFile)]  # fmt: skip
+        await form.close()
+    elif ctype.startswith(("image/", "application/octet-stream")) or (body and not ctype):
+        files = [("body", body)]
+    else:
+        raise HTTPFailure(415, f"send images as multipart/form-data files or as an image/* body, not {ctype or 'nothing'}",
+                          kind="not_an_image")  # fmt: skip
+    if not files or not any(data for _, data in files):
+        raise HTTPFailure(400, "no image in the request", kind="no_image")
+    if len(files) > limits.max_files:
+        raise HTTPFailure(413, f"{len(files)} images in one request; at most {limits.max_files}", kind="too_large")
+    return files
+
+
+def header_safe(text: str) -> str:
+    """Any text as a valid HTTP header value: control characters (newlines, escape codes) and non-ASCII escaped."""
+    return text.encode("unicode_escape").decode("ascii")

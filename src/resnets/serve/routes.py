@@ -1,0 +1,135 @@
+"""The endpoints, one function each, in two groups: images in (predict, embed, explain) and what is served (model,
+health, metrics, the API's documentation, the page)."""
+from __future__ import annotations
+
+import asyncio
+import time
+from importlib import resources
+
+import torch
+from fastapi import Query, Request
+from fastapi.responses import JSONResponse, Response
+
+from ..errors import ResnetsError
+from ..inference import class_index
+from .limits import HTTPFailure, header_safe
+from .service import Service, overlay
+
+# the request body the image endpoints document (they read it themselves, to bound it)
+_MULTIPART = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "properties": {
+        "files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}},
+    "image/*": {"schema": {"type": "string", "format": "binary"}}}}}  # fmt: skip
+
+
+def image_routes(api, svc: Service) -> None:
+    """/v1/predict, /v1/embed, /v1/explain: images in, through the batcher (or Grad-CAM)."""
+
+    @api.post("/v1/predict", openapi_extra=_MULTIPART, summary="Classify images: the top-k classes of each")
+    async def predict(request: Request, top_k: int = Query(5, ge=1, le=1000)):
+        async def work():
+            t0 = time.perf_counter()
+            names, images = await svc.decoded(request)
+            feats = await svc.batcher.submit(images)
+            probs = svc.logits(torch.stack(feats)).softmax(1)
+            p, c = probs.topk(min(top_k, svc.model.num_classes), dim=1)
+            results = [{"name": n, "top": [{"class": svc.names[j], "index": j, "prob": q} for q, j in zip(pr, cr)]}
+                       for n, pr, cr in zip(names, p.tolist(), c.tolist())]  # fmt: skip
+            svc.metrics.images.labels("predict").inc(len(names))
+            return JSONResponse({"results": results, "time_ms": 1000 * (time.perf_counter() - t0)})
+
+        return await svc.answered("predict", work)
+
+    @api.post("/v1/embed", openapi_extra=_MULTIPART, summary="The pooled features (pre-logits) of each image")
+    async def embed(request: Request):
+        async def work():
+            t0 = time.perf_counter()
+            svc.check_token(request)
+            svc.need_features("embed")
+            names, images = await svc.decoded(request)
+            feats = await svc.batcher.submit(images)
+            svc.metrics.images.labels("embed").inc(len(names))
+            return JSONResponse({"dim": svc.model.num_features, "time_ms": 1000 * (time.perf_counter() - t0),
+                                 "results": [{"name": n, "embedding": f.tolist()} for n, f in zip(names, feats)]})  # fmt: skip
+
+        return await svc.answered("embed", work)
+
+    @api.post("/v1/explain", openapi_extra=_MULTIPART, summary="Grad-CAM: where the model looked, as a PNG overlay",
+              responses={200: {"content": {"image/png": {}}, "description": "the crop the model saw, with the heatmap"}})
+    async def explain(request: Request, target: str | None = Query(None, description="class name or index (default: the top class)")):
+        async def work():
+            t0 = time.perf_counter()
+            svc.check_token(request)
+            svc.need_features("explain (Grad-CAM)")
+            names, images = await svc.decoded(request)
+            if len(images) != 1:
+                raise HTTPFailure(400, f"explain takes one image; got {len(images)}")
+            try:
+                cls = class_index(target, svc.names)
+            except ResnetsError as e:
+                raise HTTPFailure(400, str(e), kind="bad_request") from None
+            png, cls, prob = await asyncio.get_running_loop().run_in_executor(None, overlay, svc, images[0], cls)
+            svc.metrics.images.labels("explain").inc()
+            return Response(png, media_type="image/png", headers={
+                "X-Class": header_safe(svc.names[cls]), "X-Class-Index": str(cls), "X-Prob": f"{prob:.6f}",
+                "X-Time-Ms": f"{1000 * (time.perf_counter() - t0):.1f}"})  # fmt: skip
+
+        return await svc.answered("explain", work)
+
+
+def info_routes(api, svc: Service) -> None:
+    """What is served, whether it is up, its metrics, the API's documentation and the page."""
+    from fastapi.responses import HTMLResponse, PlainTextResponse
+
+    @api.get("/v1/model", summary="What is served: architecture, classes, preprocessing, precision, backend, device")
+    async def describe(request: Request):
+        async def work():
+            svc.check_token(request)
+            return JSONResponse(svc.describe())
+
+        return await svc.answered("model", work)
+
+    @api.get("/healthz", summary="The process is up")
+    async def healthz():
+        return {"status": "ok"}
+
+    @api.get("/readyz", summary="The model is loaded and warmed up: requests are taken")
+    async def readyz():
+        if not svc.ready:
+            return JSONResponse({"status": "starting or stopping"}, 503)
+        return {"status": "ready"}
+
+    @api.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+    async def metrics(request: Request):
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return svc.guarded(request, lambda: Response(svc.metrics.render(), media_type=CONTENT_TYPE_LATEST))
+
+    @api.get("/openapi.json", include_in_schema=False)
+    async def openapi(request: Request):
+        return svc.guarded(request, lambda: JSONResponse(api.openapi()))
+
+    @api.get("/docs", include_in_schema=False)
+    async def docs(request: Request):
+        from fastapi.openapi.docs import get_swagger_ui_html
+
+        return svc.guarded(request, lambda: get_swagger_ui_html(
+            openapi_url="openapi.json", title="resnets: the API", swagger_js_url="docs/assets/swagger-ui-bundle.js",
+            swagger_css_url="docs/assets/swagger-ui.css", swagger_favicon_url="docs/assets/favicon.png"))  # fmt: skip
+
+    api.mount("/docs/assets", _doc_assets(), name="doc-assets")
+
+    @api.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page():
+        return HTMLResponse(_page())
+
+
+def _doc_assets():
+    """Swagger UI's script and style as the fastapi-offline package ships them (nothing fetched from a CDN)."""
+    from fastapi.staticfiles import StaticFiles
+
+    return StaticFiles(directory=str(resources.files("fastapi_offline").joinpath("static")))
+
+
+def _page() -> str:
+    return resources.files("resnets").joinpath("assets/serve.html").read_text(encoding="utf-8")
