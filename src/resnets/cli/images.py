@@ -1,0 +1,147 @@
+"""`resnets predict`, `embed`, `similar` and `explain`: a model used on image files."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..errors import ResnetsError, printable
+from .options import backend_help, count, load_for_inference
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import csv
+
+    from ..inference import predict
+
+    model = load_for_inference(args.weights, args.device)
+    results = predict(model, args.paths, top_k=args.top_k, batch_size=args.batch_size, workers=args.workers,
+                      progress=sys.stderr.isatty(), backend=args.backend, precision=args.precision)  # fmt: skip
+    if args.format == "json" or args.json:
+        print(json.dumps(results, indent=2))
+    elif args.format == "csv":
+        w = csv.writer(sys.stdout)
+        w.writerow(["path", "rank", "class", "index", "prob", "error"])
+        for r in results:
+            if "error" in r:
+                w.writerow([r["path"], "", "", "", "", r["error"]])
+            for rank, t in enumerate(r.get("top", []), 1):
+                w.writerow([r["path"], rank, t["class"], t["index"], f"{t['prob']:.6f}", ""])
+    else:  # a table: one row per file, a column per rank ("class  prob")
+        k = max((len(r.get("top", [])) for r in results), default=0)
+        rows = [[printable(r["path"])] + ([f"{printable(t['class'])} {100 * t['prob']:.1f}%" for t in r["top"]]
+                                           if "top" in r else [f"ERROR: {printable(r['error'])}"]) for r in results]  # fmt: skip
+        head = ["file"] + [f"#{i}" for i in range(1, k + 1)]
+        widths = [max(len(row[c]) for row in [head, *rows] if c < len(row)) for c in range(len(head))]
+        for row in [head, *rows]:
+            print("  ".join(cell.ljust(widths[c]) if c < len(row) - 1 else cell for c, cell in enumerate(row)))
+    errors = sum("error" in r for r in results)
+    if errors:
+        print(f"{errors} of {len(results)} files could not be read", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    from ..artifacts import check_output
+    from ..inference import embed, save_index
+
+    check_output(args.out, (".safetensors",), force=args.force, what="embedding index")
+    model = load_for_inference(args.weights, args.device)
+    emb, files, errors = embed(model, args.paths, layer=args.layer, batch_size=args.batch_size, workers=args.workers,
+                               progress=sys.stderr.isatty(), backend=args.backend, precision=args.precision)  # fmt: skip
+    save_index(args.out, emb, files, weights=str(Path(args.weights).resolve()), layer=args.layer)
+    for e in errors:
+        print(f"{printable(e['path'])}: ERROR {printable(e['error'])}", file=sys.stderr)
+    print(f"{len(files)} embeddings of shape {tuple(emb.shape[1:])} -> {args.out}")
+    if errors:
+        print(f"{len(errors)} of {len(files) + len(errors)} files could not be read", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def _cmd_similar(args: argparse.Namespace) -> int:
+    from ..inference import embed, load_index, nearest
+
+    index, files, meta = load_index(args.index)
+    weights = args.weights or meta["weights"]
+    model = load_for_inference(weights, args.device)
+    q, _, errors = embed(model, [args.query], layer=meta.get("layer") or None, workers=0)
+    if errors:
+        raise ResnetsError(f"cannot read {args.query}: {errors[0]['error']}")
+    if q.shape[1:] != index.shape[1:]:
+        raise ResnetsError(f"{args.index} holds embeddings of shape {tuple(index.shape[1:])} made by {meta['weights']}; "
+                           f"{weights} gives {tuple(q.shape[1:])}: query with the model that made the index")  # fmt: skip
+    scores, idx = nearest(q, index, args.k)
+    rows = [{"path": files[i], "similarity": float(s)} for s, i in zip(scores[0].tolist(), idx[0].tolist())]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            print(f"{r['similarity']:.4f}  {printable(r['path'])}")
+    return 0
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from ..artifacts import check_output
+    from ..inference import explain
+
+    check_output(args.out, (".png",), force=args.force, what="Grad-CAM picture")
+    model = load_for_inference(args.weights, args.device)
+    r = explain(model, args.image, args.out, target=args.target, layer=args.layer)
+    print(f"{printable(r['path'])}: {printable(r['class'])} ({100 * r['prob']:.1f}%); Grad-CAM -> {printable(str(r['out']))}")
+    return 0
+
+
+def add_commands(sub) -> None:
+    """The subcommands of using a model on images: predict, embed, similar, explain."""
+    from ..backends import BACKENDS, PRECISIONS
+
+    backends_help = backend_help()
+
+    def inference_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--weights", required=True, help="a resnets model file or run folder, registered weights "
+                       "(resnets list --weights), hf-hub:ORG/NAME, or a torchvision, timm or Keras file")
+        p.add_argument("--batch-size", type=count(1), default=32, help="images per model batch (default 32)")
+        p.add_argument("--workers", type=count(0), default=2, help="decoding processes (0: decode in this process; "
+                       "default 2)")  # fmt: skip
+        p.add_argument("--device", default="auto", help="auto (a GPU when there is one; the default), cpu, cuda, cuda:N")
+        p.add_argument("--backend", default="eager", choices=["auto", *BACKENDS], help=backends_help)
+        p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                       help="eager/compile: bf16 or fp16 weights on a GPU, bf16 autocast on a CPU")
+
+    p = sub.add_parser("predict", help="classify image files and folders", description="Classify image files and "
+                       "folders. Exit status: 0 when every image was classified, 1 when any could not be read (the "
+                       "results of the rest are printed all the same), 2 for bad usage.")  # fmt: skip
+    p.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
+    inference_args(p)
+    p.add_argument("--top-k", "-k", type=count(1), default=5, help="classes shown per image (default 5)")
+    p.add_argument("--format", choices=["table", "json", "csv"], default="table", help="default table")
+    p.add_argument("--json", action="store_true", help="the same as --format json")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("embed", help="pooled features (or a stage's maps) of images, saved as an index")
+    p.add_argument("paths", nargs="+")
+    inference_args(p)
+    p.add_argument("--out", required=True, help="index file (.safetensors)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--layer", help="a stage (layer1..layer4) instead of the pooled pre-logit features")
+    p.set_defaults(func=_cmd_embed)
+
+    p = sub.add_parser("similar", help="nearest neighbours of an image in an embedding index (cosine)")
+    p.add_argument("query")
+    p.add_argument("--index", required=True)
+    p.add_argument("--top-k", "-k", dest="k", type=count(1), default=5, help="how many neighbours")
+    p.add_argument("--weights", help="default: the model the index was made with")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_similar)
+
+    p = sub.add_parser("explain", help="Grad-CAM heatmap of what the model looks at, as a PNG")
+    p.add_argument("image")
+    p.add_argument("--weights", required=True)
+    p.add_argument("--class", dest="target", help="class name or index (default: the top prediction)")
+    p.add_argument("--layer", help="stage to explain (default: the last)")
+    p.add_argument("--out", required=True, help="output .png")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cmd_explain)

@@ -1,0 +1,194 @@
+"""What every command shares: the parser (one-line usage errors, suggestions for misspelt options), bounded number
+types, the model and config flags (help from the config, defaults of the recipe in force), and the defaults said
+in every option's help."""
+from __future__ import annotations
+
+import argparse
+import os
+
+from ..errors import ResnetsError
+
+EXIT_USAGE = 2
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line (like every other bad input) and exit code 2, and a misspelt
+    option answered with the closest options of the command it was given to."""
+
+    def error(self, message: str):
+        prefix = "unrecognized arguments: "
+        if message.startswith(prefix):
+            import difflib
+
+            command = self._subcommand() or self
+            known = [o for a in command._actions for o in a.option_strings if o.startswith("--")]
+            for word in message[len(prefix) :].split():
+                close = difflib.get_close_matches(word.split("=")[0], known, n=2, cutoff=0.6) if word.startswith("--") else []
+                if close:
+                    message += f"; did you mean {' or '.join(close)}?"
+                    break
+        self.exit(EXIT_USAGE, f"resnets: error: {message} (see `{self.prog} --help`)\n")
+
+    def _subcommand(self) -> "argparse.ArgumentParser | None":
+        """The parser of the command named on the command line being parsed (set by `main`), if any."""
+        subs = [a for a in self._actions if isinstance(a, argparse._SubParsersAction)]
+        name = getattr(self, "command_given", None)
+        return subs[0].choices.get(name) if subs and name else None
+
+
+def count(low: int, high: int = 2**31 - 1):
+    """An argparse type: a whole number in [low, high] (no count a command takes is near 2**31)."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number; got {text[:40]!r}") from None
+        if not low <= v <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low:,} to {high:,}; got {text[:40]}")
+        return v
+
+    parse.__name__ = f"number >= {low}"
+    return parse
+
+
+def real(low: float, high: float, *, low_open: bool = False):
+    """An argparse type: a finite number in [low, high], or (low, high] with `low_open`."""
+    import math
+
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number; got {text[:40]!r}") from None
+        if not math.isfinite(v) or v > high or v < low or (low_open and v == low):
+            raise argparse.ArgumentTypeError(f"must be {'over' if low_open else 'at least'} {low:g} and at most {high:g}; got {text[:40]}")
+        return v
+
+    parse.__name__ = "number"
+    return parse
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """The architecture options, as the training config declares them (the same flags, help and values)."""
+    import dataclasses
+
+    from ..config import MODEL_OPTIONS, TrainConfig
+
+    g = p.add_argument_group("model options (only those the architecture takes)")
+    g.add_argument("--num-classes", type=count(0), metavar="N", help="classifier size (default: the model's, or the weights')")
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in MODEL_OPTIONS:
+            _add_key(g, f, f.name)
+
+
+def model_options(args: argparse.Namespace) -> dict:
+    """The model options given on the command line, typed as the config types them."""
+    from .. import config as C
+
+    given = {k: getattr(args, k) for k in ("num_classes", *C.MODEL_OPTIONS) if getattr(args, k, None) is not None}
+    typed = C.apply(C.TrainConfig(), {k: v for k, v in given.items() if k != "num_classes"}, "the command line")
+    return {k: getattr(typed, k) if k != "num_classes" else v for k, v in given.items()}
+
+
+def add_config_flags(p: argparse.ArgumentParser, recipe_help: str, recipe: str | None) -> None:
+    """--recipe, --config, --set, --resume, and every TrainConfig field as a flag: --batch-size 64,
+    --deterministic / --no-deterministic, --milestones 1,2. The defaults shown are `recipe`'s (None: the plain
+    config's): those that apply to the command as typed."""
+    import dataclasses
+
+    from ..config import RECIPES, TrainConfig
+
+    p.add_argument("--recipe", help=recipe_help)
+    p.add_argument("--config", help="a TOML or YAML file of config keys")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key (repeatable)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    whose = f"recipe {recipe}'s" if recipe else "those without a recipe"
+    g = p.add_argument_group(f"config keys (each overrides the recipe and the config file; the defaults shown are {whose})")
+    values = RECIPES.get(recipe, {}) if recipe else {}
+    for f in dataclasses.fields(TrainConfig):  # the help, default and values of each key come from the config
+        _add_key(g, f, f"cfg__{f.name}", values)
+
+
+def _add_key(g, f, dest: str, recipe: dict | None = None) -> None:
+    """A config key (a TrainConfig field) as a flag: its help, default and values from the config. Values stay
+    text; the config types and checks them."""
+    import dataclasses
+    import typing
+
+    from ..config import RULES, TrainConfig
+
+    name, hint, rule = f.name, typing.get_type_hints(TrainConfig)[f.name], RULES[f.name]
+    flag, neg = "--" + name.replace("_", "-"), "--no-" + name.replace("_", "-")
+    recipe = recipe or {}
+    default = recipe[name] if name in recipe else f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    shown = "the architecture's" if default is None else ",".join(map(str, default)) or "none" if isinstance(
+        default, list) else default  # fmt: skip
+    limits = "" if rule.choices or rule.describe() == "any value" else f"; {rule.describe()}"
+    text = (f"{f.metadata.get('help', '')} (default: {shown}{limits})").replace("%", "%%").lstrip(" (").rstrip()
+    if hint is bool:
+        g.add_argument(flag, dest=dest, action="store_const", const="true", default=None, help=text)
+        g.add_argument(neg, dest=dest, action="store_const", const="false", help=argparse.SUPPRESS)
+    elif hint == bool | None:  # a switch that also takes a value: --channels-last, --channels-last auto
+        metavar = "auto" if name == "channels_last" else "true|false"
+        g.add_argument(flag, dest=dest, nargs="?", const="true", default=None, metavar=metavar, help=text)
+        g.add_argument(neg, dest=dest, action="store_const", const="false", help=argparse.SUPPRESS)
+    else:
+        metavar = "{" + ",".join(map(str, rule.choices)) + "}" if rule.choices else _metavar(hint)
+        g.add_argument(flag, dest=dest, metavar=metavar, default=None, help=text)
+
+
+def _metavar(hint) -> str:
+    """How a config key's value is written on the command line, from its type."""
+    text = str(hint)
+    return ("N,N" if "list[int]" in text else "A,B" if "list" in text else "N" if "int" in text
+            else "X" if "float" in text else "TEXT")  # fmt: skip
+
+
+def parse_set(items: list[str] | None) -> dict:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ResnetsError(f"--set takes KEY=VALUE; got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v
+    return out
+
+
+def overrides_of(args: argparse.Namespace) -> dict:
+    overrides = {k[5:]: v for k, v in vars(args).items() if k.startswith("cfg__") and v is not None}
+    return overrides | parse_set(args.set)
+
+
+def is_architecture(text: str) -> bool:
+    """A registered architecture name ("resnet50"), as opposed to weights: a file, a run folder or a registered
+    weight name ("resnet50.tv2_in1k")."""
+    from ..models import list_models
+
+    return text in list_models() and not os.path.exists(text)
+
+
+def load_for_inference(weights: str, device: str):
+    from ..distributed import pick_device
+    from ..factory import load
+
+    dev = pick_device(device)  # an unavailable device is one line, before the model is read
+    return load(weights).to(dev)
+
+
+def backend_help() -> str:
+    from ..backends import BACKENDS
+
+    return "; ".join(["auto: the fastest for the device and precision"] + [f"{b.name}: {b.doc}" for b in BACKENDS.values()])
+
+
+def say_defaults(p: argparse.ArgumentParser) -> None:
+    """Every option with a default that its help does not state gets "(default X)": one rule for every command
+    (several options lacked it while the README promised it)."""
+    for a in p._actions:
+        if not a.option_strings or a.help == argparse.SUPPRESS or a.default in (None, False, argparse.SUPPRESS):
+            continue
+        if isinstance(a, (argparse._HelpAction, argparse._VersionAction)) or "default" in (a.help or ""):
+            continue
+        shown = ",".join(map(str, a.default)) if isinstance(a.default, (list, tuple)) else a.default
+        a.help = f"{a.help} (default {shown})" if a.help else f"default {shown}"

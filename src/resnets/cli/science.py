@@ -1,0 +1,84 @@
+"""`resnets reproduce` (the paper's tables and figures) and `resnets data` (the data sets)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .options import count, parse_set
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from .. import reproduce as R
+
+    extra = parse_set(args.set)
+    out = Path(args.out)
+    if args.what == "table1":
+        r = R.table1(out)
+    else:
+        setup = R.Setup(args.dataset, args.budget, out, args.seed, args.data, args.device, not args.no_progress, extra,
+                        jobs=args.jobs)  # fmt: skip
+        if args.what == "degradation":
+            r = R.degradation(setup)
+        elif args.what == "layer-responses":
+            r = R.layer_responses(setup)
+        elif args.what == "gradient-flow":
+            r = R.gradient_flow(setup)
+        else:
+            seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+            depths = [int(x) for x in args.depths.split(",") if x.strip()]
+            r = R.cifar_table(setup, depths, seeds)
+    print(Path(r["report"]).read_text())
+    print(f"report: {r['report']}" + (f"\nfigure: {r['figure']}" if "figure" in r else ""))
+    return 0
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from ..data.registry import DATASETS
+
+    if args.list or not args.name:
+        width = max(map(len, DATASETS))
+        for name, spec in DATASETS.items():
+            size = f"{spec.native}x{spec.native}x{spec.channels}" if spec.native else "any size"
+            print(f"{name.ljust(width)}  {spec.kind:<9}  {size:<10}  {spec.doc}")
+        return 0
+    from ..data import sources
+
+    if args.name == "fashion-mnist":
+        folder = sources.fetch_fashion_mnist(download=args.download)
+        print(folder)
+    else:
+        for split in ("train", "test"):
+            sources.load_cifar(args.name, split, args.path, download=args.download)
+        print(args.path or sources.data_home())
+    return 0
+
+
+def add_commands(sub) -> None:
+    """The subcommands of the paper's experiments and the data sets."""
+    from ..config import BUDGETS
+    from ..data.registry import DATASETS
+
+    p = sub.add_parser("reproduce", help="the paper's tables and figures from real training runs",
+                       description="degradation (Figure 6), layer-responses (Figure 7), gradient-flow, table1, "
+                                   "cifar-table (Table 6). Runs are kept in OUT/runs and reused.")  # fmt: skip
+    p.add_argument("what", choices=["degradation", "layer-responses", "gradient-flow", "table1", "cifar-table"])
+    p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist (default) or cifar10")
+    p.add_argument("--data", help="the CIFAR-10 archive (cifar-10-python.tar.gz) or the folder holding it")
+    p.add_argument("--budget", default="short", help=f"{' | '.join(f'{k} ({v:,} it)' for k, v in BUDGETS.items())} | N iterations")
+    p.add_argument("--seed", type=count(0), default=0)
+    p.add_argument("--seeds", default="0", help="cifar-table: comma-separated seeds (mean +- std over them)")
+    p.add_argument("--depths", default="20,32,44,56,110", help="cifar-table: ResNet depths")
+    p.add_argument("--out", default="runs/reproduce", help="reports, figures and runs/ go here")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--jobs", type=count(1), default=1, help="runs trained at once, each in its own process (several fit "
+                   "on one GPU); a stopped command resumes unfinished runs when run again")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a training config key for every run")
+    p.set_defaults(func=_cmd_reproduce)
+
+    p = sub.add_parser("data", help="find a dataset locally, or download it (checksummed) with --download")
+    p.add_argument("name", nargs="?", choices=[n for n, s in DATASETS.items() if s.downloadable])
+    p.add_argument("--list", action="store_true", help="every dataset the training config and eval take")
+    p.add_argument("--path", help="CIFAR archive or folder holding it")
+    p.add_argument("--download", action="store_true")
+    p.set_defaults(func=_cmd_data)
