@@ -144,3 +144,14 @@ def test_the_linter_passes():
     p = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "src", "tests", "benchmarks", "hubconf.py"],
                        cwd=root, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_every_enumerated_config_key_takes_its_values_from_the_one_declaration():
+    """The allowed values of an option are declared once (resnets.choices); the config's rule is that very tuple,
+    not a copy that can drift from the module that implements the option."""
+    from resnets import choices as CH
+    from resnets import config as C
+
+    declared = {id(v) for k, v in vars(CH).items() if k.isupper()}
+    enumerated = {k: r.choices for k, r in C.RULES.items() if r.choices and k not in ("dataset",)}
+    assert enumerated and all(id(v) in declared for v in enumerated.values()), enumerated

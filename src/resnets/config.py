@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import choices as CH
 from .data.registry import DATASETS
 from .errors import ResnetsError
 
@@ -227,30 +228,30 @@ UNIT = Rule(low=0, high=1)  # [0, 1]
 
 # one rule per key of TrainConfig (a test checks that every key has one)
 RULES: dict[str, Rule] = {
-    "model": ANY, "weights": ANY, "in_chans": _ge(0, 64), "norm": Rule(choices=("batch", "group", "frozen_batch")),
-    "shortcut": Rule(choices=("A", "B", "C")), "stride_in_1x1": ANY, "zero_init_residual": ANY,
+    "model": ANY, "weights": ANY, "in_chans": _ge(0, 64), "norm": Rule(choices=CH.NORMS),
+    "shortcut": Rule(choices=CH.SHORTCUTS), "stride_in_1x1": ANY, "zero_init_residual": ANY,
     "drop_path_rate": FRACTION,
     "dataset": Rule(choices=tuple(DATASETS)),
     "data": ANY, "val_data": ANY, "download": ANY, "val_split": FRACTION, "classes": ANY, "per_class": _ge(0, COUNT),
     "balanced": ANY, "limit_train": _ge(0, COUNT), "limit_val": _ge(0, COUNT), "synthetic_samples": _ge(1, 10**6),
     "synthetic_classes": _ge(2, 100_000), "train_crop": _ge(0, SIZE), "eval_resize": _ge(0, 2 * SIZE),
     "eval_crop": _ge(0, SIZE),
-    "augment": Rule(choices=("none", "paper-cifar", "crop-flip", "paper-imagenet", "rrc", "strong")), "pad": _ge(0, SIZE),
-    "auto_augment": Rule(choices=("none", "trivial", "randaugment")), "random_erasing": UNIT, "mixup": _ge(0, 100),
-    "cutmix": _ge(0, 100), "interpolation": Rule(choices=("bilinear", "bicubic", "nearest")), "workers": _ge(0, 256),
-    "loader": Rule(choices=("auto", "host", "device")), "strict_data": ANY,
-    "strategy": Rule(choices=("full", "linear-probe", "partial", "gradual")), "unfreeze_stages": _ge(0, 16),
+    "augment": Rule(choices=CH.AUGMENTS), "pad": _ge(0, SIZE),
+    "auto_augment": Rule(choices=CH.AUTO_AUGMENTS), "random_erasing": UNIT, "mixup": _ge(0, 100),
+    "cutmix": _ge(0, 100), "interpolation": Rule(choices=CH.INTERPOLATIONS), "workers": _ge(0, 256),
+    "loader": Rule(choices=CH.LOADERS), "strict_data": ANY,
+    "strategy": Rule(choices=CH.STRATEGIES), "unfreeze_stages": _ge(0, 16),
     "unfreeze_every": _ge(1, COUNT), "layer_decay": Rule(low=0, high=1, low_open=True),
-    "bn": Rule(choices=("train", "freeze", "frozen", "group")), "early_stop": _ge(0, COUNT),
-    "optimizer": Rule(choices=("sgd", "adamw")), "lr": _gt(0, 1e6), "lr_reference_batch": _ge(0, COUNT),
+    "bn": Rule(choices=CH.BN_POLICIES), "early_stop": _ge(0, COUNT),
+    "optimizer": Rule(choices=CH.OPTIMIZERS), "lr": _gt(0, 1e6), "lr_reference_batch": _ge(0, COUNT),
     "momentum": FRACTION, "nesterov": ANY, "weight_decay": _ge(0, 10), "norm_weight_decay": _ge(0, 10),
     "label_smoothing": FRACTION, "batch_size": _ge(1, 2**20), "epochs": _ge(0, 100_000), "iterations": _ge(0, COUNT),
-    "schedule": Rule(choices=("cosine", "step", "onecycle", "plateau", "constant")), "milestones": _ge(1, COUNT),
+    "schedule": Rule(choices=CH.SCHEDULES), "milestones": _ge(1, COUNT),
     "gamma": _gt(0, 10), "plateau_patience": _ge(0, COUNT), "warmup_epochs": _ge(0, 100_000),
     "warmup_start": Rule(low=0, high=1, low_open=True), "ema": ANY, "ema_decay": UNIT, "ema_every": _ge(1, COUNT),
     "accum_steps": _ge(1, 65_536), "clip_grad": _ge(0, 1e6),
-    "amp": Rule(choices=("none", "bf16", "fp16", "auto")), "channels_last": ANY, "compile": ANY,
-    "cuda_graph": Rule(choices=("auto", "on", "off")), "sync_bn": ANY, "out": ANY, "name": ANY, "seed": _ge(0, SEED),
+    "amp": Rule(choices=CH.AMPS), "channels_last": ANY, "compile": ANY,
+    "cuda_graph": Rule(choices=CH.CUDA_GRAPHS), "sync_bn": ANY, "out": ANY, "name": ANY, "seed": _ge(0, SEED),
     "deterministic": ANY, "eval_every": _ge(1, COUNT), "curve_steps": _ge(0, COUNT), "checkpoint_steps": _ge(0, COUNT),
     "tensorboard": ANY, "device": Rule(device=True), "ten_crop": ANY, "progress": ANY,
 }  # fmt: skip

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
+from .choices import BN_POLICIES, STRATEGIES
 from .errors import ResnetsError
 from .meta import meta_of
 from .models.layers import make_norm
@@ -32,8 +33,6 @@ from .models.resnet import Backbone
 
 log = logging.getLogger("resnets")
 
-STRATEGIES = ("full", "linear-probe", "partial", "gradual")
-BN_POLICIES = ("train", "freeze", "frozen", "group")
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, FrozenBatchNorm2d)
 
 

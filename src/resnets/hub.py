@@ -86,6 +86,7 @@ def timm_config_in(folder: Path) -> dict | None:
 def check_timm_config(cfg: dict, source: str) -> None:
     """A timm config.json from elsewhere, checked against the schema of what we read from it, before anything
     is built: one WeightsError naming the key and the value, never a traceback later."""
+    from .choices import CROP_MODES, INTERPOLATIONS
     from .meta import MAX_INPUT_SIZE
     from .models.registry import MAX_CLASSES
 
@@ -124,7 +125,7 @@ def check_timm_config(cfg: dict, source: str) -> None:
     for key in ("crop_pct", "test_crop_pct"):
         if pre.get(key) is not None:
             number(f"pretrained_cfg.{key}", pre[key], 0.1, 2.0)
-    for key, choices in (("interpolation", ("bilinear", "bicubic", "nearest")), ("crop_mode", ("center", "squash"))):
+    for key, choices in (("interpolation", INTERPOLATIONS), ("crop_mode", CROP_MODES)):
         if pre.get(key) is not None and pre[key] not in choices:
             raise bad(f"pretrained_cfg.{key}", pre[key], " or ".join(choices))
     channels = (pre.get("input_size") or [3])[0]

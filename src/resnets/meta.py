@@ -11,11 +11,11 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .choices import CROP_MODES, INTERPOLATIONS
 from .errors import WeightsError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-CROP_MODES = ("center", "squash")
 # the largest crop a model is fed (resize: twice that): above any published eval size (BiT's 480, timm's 640),
 # below what makes one forward pass take gigabytes (a crop of 5000 took 23.6 GB)
 MAX_INPUT_SIZE = 1024  # the shorter side to `resize`, or both sides
@@ -59,7 +59,7 @@ class Preprocessing:
         if not isinstance(d, dict):
             raise WeightsError(f"preprocessing must be a table; got {type(d).__name__}")
         interp = d.get("interpolation", "bilinear")
-        if interp not in ("bilinear", "bicubic", "nearest"):
+        if interp not in INTERPOLATIONS:
             raise WeightsError(f"interpolation must be bilinear, bicubic or nearest; got {interp!r}")
         crop_mode = d.get("crop_mode", "center")
         if crop_mode not in CROP_MODES:

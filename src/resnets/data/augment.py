@@ -23,13 +23,14 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..choices import AUGMENTS
 from ..errors import ResnetsError
 from .batching import mix_seed, seeded_cpu_rng, to_device
 from .transforms import auto_augment_of
 
 _M32 = 0xFFFFFFFF
 # the batched path implements these augments; auto_augment (TrivialAugment, RandAugment) runs per image after it
-BATCHED_AUGMENTS = ("none", "paper-cifar", "crop-flip", "paper-imagenet", "rrc", "strong")
+BATCHED_AUGMENTS = AUGMENTS  # every one of them
 
 
 def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:

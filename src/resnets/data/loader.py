@@ -21,6 +21,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..choices import LOADERS
 from ..errors import ResnetsError
 from .augment import BatchAugment, BatchResizeCrop
 from .batching import (  # noqa: F401  (Batch, Loader, SampledLoader, to_device: re-exported)
@@ -136,7 +137,6 @@ def make_loader(dataset: Augmented, batch_sampler: Sampler, *, workers: int, str
     )
 
 
-LOADERS = ("auto", "host", "device")
 
 
 class HostLoader(SampledLoader):

@@ -10,10 +10,9 @@ from typing import Sequence
 import torch
 from torchvision.transforms import v2
 
+from ..choices import AUGMENTS, AUTO_AUGMENTS
 from ..errors import ResnetsError
 
-AUGMENTS = ("none", "paper-cifar", "paper-imagenet", "rrc", "crop-flip", "strong")
-AUTO_AUGMENTS = ("none", "trivial", "randaugment")
 
 
 def auto_augment_of(augment: str, auto_augment: str) -> str:

@@ -4,16 +4,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
+from ..choices import NORMS, SHORTCUTS
 from ..errors import OptionError, UnknownModelError
 from ..registry import Registry
 
 if TYPE_CHECKING:
     from torch import nn
-
-# the values of the architecture options (layers.py builds them); here, below it, so the catalog of models and
-# the checks of options load without torch
-NORMS = ("batch", "group", "frozen_batch")
-SHORTCUTS = ("A", "B", "C")
 
 # the most classes and input channels a model may have: far above any real one (ImageNet-21k has 21,841 classes,
 # hyperspectral inputs a few dozen bands), low enough that a number from a foreign file cannot make a model of

@@ -1,0 +1,16 @@
+"""The allowed values of every enumerated option, declared once (standard library only, on the bottom floor): the
+config's rules, the command line's choices and the modules that implement each option all read them here."""
+
+NORMS = ("batch", "group", "frozen_batch")  # models: BatchNorm, GroupNorm (32 groups), FrozenBatchNorm
+SHORTCUTS = ("A", "B", "C")  # the paper's: zero-padding, projection where the shape changes, projection everywhere
+AUGMENTS = ("none", "paper-cifar", "crop-flip", "paper-imagenet", "rrc", "strong")
+AUTO_AUGMENTS = ("none", "trivial", "randaugment")
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+CROP_MODES = ("center", "squash")  # the shorter side to `resize`, or both sides
+LOADERS = ("auto", "host", "device")
+STRATEGIES = ("full", "linear-probe", "partial", "gradual")  # fine-tuning: what trains when
+BN_POLICIES = ("train", "freeze", "frozen", "group")  # fine-tuning: what BatchNorm does
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "step", "onecycle", "plateau", "constant")
+AMPS = ("none", "bf16", "fp16", "auto")
+CUDA_GRAPHS = ("auto", "on", "off")
