@@ -211,7 +211,7 @@ def _cached_session(path: Path):
 def _cache_export(net: nn.Module, example: torch.Tensor, path: Path) -> None:
     """Export into the cache: the file stamped with its key, then its hash recorded beside it; then the cache is
     trimmed to its size limit, least recently used first."""
-    from .artifacts import atomic_path
+    from .safe_io import atomic_path
     from .export import write
 
     path.parent.mkdir(parents=True, exist_ok=True)

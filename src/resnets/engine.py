@@ -23,7 +23,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from . import artifacts, config as C, data as D, distributed, finetune, rundir, steps
+from . import artifacts, config as C, data as D, distributed, finetune, rundir, safe_io, steps
 from .data.batching import Loader, check_batch_split, mix_seed
 from .data.loader import make_eval_loader, make_train_loader
 from .data.transforms import batch_mix, normalizer
@@ -458,12 +458,12 @@ def end_epoch(run: Run, epoch: int, record: dict) -> bool:
         save_state(run, run.run_dir / "last.pt", epoch + 1, 0)
         if improved:
             artifacts.save_checkpoint(artifacts.load_checkpoint(run.run_dir / "last.pt"), run.run_dir / "best.pt")
-        with artifacts.atomic_path(run.run_dir / "metrics.jsonl") as tmp:
+        with safe_io.atomic_path(run.run_dir / "metrics.jsonl") as tmp:
             tmp.write_text("".join(json.dumps(h) + "\n" for h in run.history))
-        with artifacts.atomic_path(run.run_dir / "metrics.csv") as tmp:  # the same epochs, for a spreadsheet
+        with safe_io.atomic_path(run.run_dir / "metrics.csv") as tmp:  # the same epochs, for a spreadsheet
             _write_csv(tmp, run.history)
         if run.curve:
-            with artifacts.atomic_path(run.run_dir / "curve.jsonl") as tmp:
+            with safe_io.atomic_path(run.run_dir / "curve.jsonl") as tmp:
                 tmp.write_text("".join(json.dumps(c) + "\n" for c in run.curve))
         if run.writer is not None:
             for k, v in record.items():

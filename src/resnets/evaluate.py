@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .artifacts import atomic_path
+from .safe_io import atomic_path
 from .distributed import Context, all_reduce_sum
 
 

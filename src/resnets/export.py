@@ -19,7 +19,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from .artifacts import atomic_path
+from .safe_io import atomic_path
 from .errors import CheckFailed, ResnetsError
 from .meta import meta_of, preprocessing_for
 

@@ -273,7 +273,7 @@ def write_folder(model, out: str | os.PathLike, *, run_dir: str | os.PathLike | 
 
     from safetensors.torch import save_file
 
-    from .artifacts import atomic_path, check_output_folder
+    from .safe_io import atomic_path, check_output_folder
 
     config = timm_config(model)
     out = check_output_folder(out, force=force, what="Hub folder")

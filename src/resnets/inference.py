@@ -221,7 +221,7 @@ def save_index(path: str | os.PathLike, embeddings: torch.Tensor, files: list[st
     """An embedding index: safetensors with the matrix and, in its metadata, the file names and the model."""
     from safetensors.torch import save_file
 
-    from .artifacts import atomic_path
+    from .safe_io import atomic_path
 
     path = Path(path)
     meta = {"format": "resnets.embeddings/1", "files": json.dumps(files), "weights": str(weights), "layer": layer or ""}

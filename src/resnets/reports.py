@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .artifacts import atomic_path  # noqa: E402
+from .safe_io import atomic_path  # noqa: E402
 
 
 def save_png(fig, path: str | os.PathLike) -> None:

@@ -141,7 +141,7 @@ def trained(cfg: C.TrainConfig, on_progress=None) -> dict:
         r = train(cfg, on_progress=on_progress)
     keep = {k: r[k] for k in ("run_dir", "model_path", "top1", "top5", "n", "curve")}
     keep["params"] = sum(p.numel() for p in load(r["model_path"]).parameters())
-    from .artifacts import atomic_path
+    from .safe_io import atomic_path
 
     with atomic_path(done) as tmp:
         tmp.write_text(json.dumps(keep))

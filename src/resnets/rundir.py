@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import artifacts, config as C
+from . import artifacts, config as C, safe_io
 from .errors import ResnetsError
 
 log = logging.getLogger("resnets")
@@ -121,7 +121,7 @@ def sweep(run_dir: Path) -> list[str]:
     held, so no writer of ours is using them. Returns their names."""
     gone = []
     for p in run_dir.glob(".*.tmp*"):
-        if p.is_file() and p.name.split(".")[1] in {n.split(".")[0] for n in artifacts.RUN_FILES}:
+        if p.is_file() and p.name.split(".")[1] in {n.split(".")[0] for n in safe_io.RUN_FILES}:
             p.unlink(missing_ok=True)
             gone.append(p.name)
     return gone
@@ -180,5 +180,5 @@ def load_resume(resume: Path, overrides: dict[str, Any]) -> tuple[C.TrainConfig,
 
 def record(run_dir: Path, cfg: C.TrainConfig) -> None:
     """config.json: the resolved config (after a resume, with what the resume changed)."""
-    with artifacts.atomic_path(run_dir / "config.json") as tmp:
+    with safe_io.atomic_path(run_dir / "config.json") as tmp:
         tmp.write_text(json.dumps(cfg.to_dict(), indent=2))

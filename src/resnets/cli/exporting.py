@@ -11,7 +11,7 @@ from .options import backend_help, count, is_architecture, real
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from ..artifacts import check_output, check_output_folder
+    from ..safe_io import check_output, check_output_folder
     from ..export import FORMATS, SUFFIXES, export, export_int8
     from ..factory import load
 

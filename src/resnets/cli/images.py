@@ -43,7 +43,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
-    from ..artifacts import check_output
+    from ..safe_io import check_output
     from ..inference import embed, save_index
 
     check_output(args.out, (".safetensors",), force=args.force, what="embedding index")
@@ -82,7 +82,7 @@ def _cmd_similar(args: argparse.Namespace) -> int:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from ..artifacts import check_output
+    from ..safe_io import check_output
     from ..inference import explain
 
     check_output(args.out, (".png",), force=args.force, what="Grad-CAM picture")

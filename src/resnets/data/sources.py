@@ -48,7 +48,7 @@ def _download(url: str, dest: Path, md5: str) -> None:
     import hashlib
     import urllib.request
 
-    from ..artifacts import atomic_path
+    from ..safe_io import atomic_path
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
