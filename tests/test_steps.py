@@ -75,7 +75,7 @@ def test_more_processes_than_gpus_is_one_clear_error(monkeypatch):
 
 
 def test_auto_precision_is_bf16_only_where_the_device_computes_it():
-    from resnets.evaluate import native_bf16, resolve_amp
+    from resnets.devices import native_bf16, resolve_amp
 
     cpu = torch.device("cpu")
     assert resolve_amp("auto", cpu) == ("bf16" if native_bf16(cpu) else "none")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable
 
+from .choices import PRECISIONS
 from .errors import ResnetsError
 from .home import onnx_cache_dir  # noqa: F401  (resnets.backends.onnx_cache_dir, as before)
 
@@ -21,7 +22,6 @@ if TYPE_CHECKING:  # torch is imported where a runner is made: the command line 
     import torch
     from torch import nn
 
-PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -61,30 +61,6 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
 )}  # fmt: skip
 
 
-def check_precision(precision: str, device: torch.device) -> None:
-    """One clear error for a precision the device cannot run; a warning where it runs but slowly."""
-    import logging
-
-    import torch
-
-    from .evaluate import native_bf16
-
-    if precision not in PRECISIONS:
-        raise ResnetsError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
-    if device.type == "cpu" and precision == "fp16":
-        try:
-            ok = bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
-        except (AttributeError, RuntimeError):
-            ok = False
-        if not ok:
-            raise ResnetsError("fp16 inference needs a GPU or a CPU with fp16 units (AMX-FP16); this CPU has none: "
-                               "use --precision bf16 or fp32")  # fmt: skip
-    if device.type == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported():
-        raise ResnetsError("this GPU has no bf16 support; use --precision fp16 or fp32")
-    if device.type == "cpu" and precision == "bf16" and not native_bf16(device):
-        logging.getLogger("resnets").warning("this CPU has no bf16 units: bf16 is emulated and slower than fp32")
-
-
 def auto_backend(device: torch.device, precision: str) -> str:
     """The backend measured fastest (benchmarks/RESULTS.md): torch.compile on a GPU and for reduced precision,
     ONNX Runtime for fp32 on a CPU."""
@@ -106,14 +82,14 @@ def make_runner(
     The caller's model is never changed (a copy is converted)."""
     import torch
 
+    from .devices import check_precision
     from .meta import preprocessing_for
     from .models.resnet import PreLogits
+    from .onnx_file import OnnxModel, check_runnable
 
     if backend != "auto" and backend not in BACKENDS:
         raise ResnetsError(f"backend must be one of auto, {', '.join(BACKENDS)}; got {backend!r}")
     dev = torch.device(device) if device is not None else next(model.parameters()).device
-    from .onnx_file import OnnxModel, check_runnable
-
     if isinstance(model, OnnxModel):  # an exported file: it already is its runner
         check_runnable(backend, output, precision, dev)
         return model.eval()

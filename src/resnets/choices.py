@@ -14,3 +14,4 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "onecycle", "plateau", "constant")
 AMPS = ("none", "bf16", "fp16", "auto")
 CUDA_GRAPHS = ("auto", "on", "off")
+PRECISIONS = ("fp32", "bf16", "fp16")  # inference: eager and compile at any, ONNX Runtime at fp32

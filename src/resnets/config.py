@@ -204,7 +204,7 @@ def _check_device(value: str) -> None:
     if not isinstance(value, str):
         raise ResnetsError(f"device must be auto, cpu, cuda or cuda:N; got {value!r}")
     if value != "auto":
-        from .distributed import pick_device
+        from .devices import pick_device
 
         pick_device(value)
 

@@ -8,6 +8,8 @@ import os
 from dataclasses import dataclass
 
 import torch
+
+from .devices import pick_device  # noqa: F401  (resnets.distributed.pick_device, as before)
 import torch.distributed as dist
 
 
@@ -25,28 +27,6 @@ class Context:
     @property
     def distributed(self) -> bool:
         return self.world > 1
-
-
-def pick_device(pref: str = "auto", local_rank: int = 0) -> torch.device:
-    if pref == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    from .errors import ResnetsError
-
-    try:
-        dev = torch.device(pref)
-    except (RuntimeError, ValueError, TypeError):
-        raise ResnetsError(f"unknown device {str(pref)[:40]!r}; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ResnetsError(f"device {pref} was asked for, but no GPU is available")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ResnetsError(f"device {pref} was asked for, but this machine has {torch.cuda.device_count()} GPU(s)")
-    elif dev.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise ResnetsError("device mps was asked for, but no Apple GPU (MPS) is available here")
-    elif dev.type != "cpu":
-        raise ResnetsError(f"device {pref} is not one resnets runs on; use auto, cpu, cuda, cuda:N or mps")
-    return dev
 
 
 def setup(device: str = "auto") -> Context:

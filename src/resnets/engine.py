@@ -28,7 +28,8 @@ from .data.batching import Loader, check_batch_split, mix_seed
 from .data.loader import make_eval_loader, make_train_loader
 from .data.transforms import batch_mix, normalizer
 from .errors import ResnetsError
-from .evaluate import evaluate, native_bf16, reports_top5, resolve_amp, write_evaluation
+from .devices import native_bf16, resolve_amp
+from .evaluate import evaluate, reports_top5, write_evaluation
 from .factory import create_from_weights, create_model
 from .meta import Preprocessing
 from .state import Run  # noqa: F401  (resnets.engine.Run, as before)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable
 
@@ -11,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .safe_io import atomic_path
+from .devices import autocast, native_bf16, resolve_amp  # noqa: F401  (also resnets.evaluate's, as before)
 from .distributed import Context, all_reduce_sum
 
 
@@ -19,33 +19,6 @@ from .distributed import Context, all_reduce_sum
 def reports_top5(num_classes: int) -> bool:
     """Top-5 is shown only above 5 classes (with 5 or fewer it is 100% by definition)."""
     return num_classes > 5
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether `device` computes bf16 natively (GPUs from Ampere on; CPUs with AVX-512 or AMX, as oneDNN sees
-    them). Elsewhere bf16 is emulated and far slower than fp32 (70x for resnet20 on an AVX2-only CPU)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        try:
-            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):
-            return torch.backends.cpu.get_cpu_capability() not in ("DEFAULT", "AVX2")
-    return False
-
-
-def resolve_amp(amp: str, device: torch.device) -> str:
-    """ "auto": bf16 where the device computes it natively, else none (fp32). Other values stay as they are."""
-    if amp != "auto":
-        return amp
-    return "bf16" if native_bf16(device) else "none"
-
-
-def autocast(device: torch.device, amp: str, *, cache: bool = True):
-    """Mixed precision ("bf16", "fp16") on `device`, or nothing ("none"). cache=False inside CUDA graph captures."""
-    if amp == "none":
-        return nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16, cache_enabled=cache)
 
 
 @torch.no_grad()
@@ -140,7 +113,7 @@ def evaluate_model_file(
     file records. Writes eval.json, confusion.json and confusion.png to `out` when given."""
     from . import data as D
     from .data.loader import make_eval_loader
-    from .distributed import pick_device
+    from .devices import pick_device
     from .errors import ResnetsError
     from .factory import load
     from .meta import preprocessing_for

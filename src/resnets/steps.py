@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .errors import ResnetsError
-from .evaluate import autocast
+from .devices import autocast
 
 if TYPE_CHECKING:
     from .state import Run

@@ -11,9 +11,9 @@ from .options import backend_help, count, is_architecture, real
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from ..safe_io import check_output, check_output_folder
     from ..export import FORMATS, SUFFIXES, export, export_int8
     from ..factory import load
+    from ..safe_io import check_output, check_output_folder
 
     if args.format == "hub":  # a folder: model.safetensors, timm's config.json, a model card
         from ..hub import write_folder
@@ -65,8 +65,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
-    from ..backends import BACKENDS, auto_backend, bench, check_precision, make_runner
-    from ..distributed import pick_device
+    from ..backends import BACKENDS, auto_backend, bench, make_runner
+    from ..devices import check_precision, pick_device
     from ..export import example_inputs
     from ..factory import create_model, load
     from ..meta import preprocessing_for
@@ -127,7 +127,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def add_commands(sub) -> None:
     """The subcommands of export and bench."""
-    from ..backends import PRECISIONS
+    from ..choices import PRECISIONS
 
     p = sub.add_parser("export", help="ONNX / TorchScript / torch.export, checked against eager; int8 ONNX with an accuracy gate")
     p.add_argument("--weights", required=True)

@@ -169,7 +169,7 @@ def is_architecture(text: str) -> bool:
 
 
 def load_for_inference(weights: str, device: str):
-    from ..distributed import pick_device
+    from ..devices import pick_device
     from ..factory import load
 
     dev = pick_device(device)  # an unavailable device is one line, before the model is read

@@ -74,7 +74,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def add_commands(sub, recipe: str | None) -> None:
     """The subcommands of training, fine-tuning and evaluation."""
-    from ..backends import PRECISIONS
+    from ..choices import PRECISIONS
     from ..config import RECIPES
     from ..data.registry import DATASETS
 

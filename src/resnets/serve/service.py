@@ -53,7 +53,7 @@ class Service:
                  max_batch: int, max_wait_ms: float, decode_workers: int, limits: Limits, token: str | None,
                  calib_images: list[str] | None = None):  # fmt: skip
         from ..backends import auto_backend, make_runner
-        from ..distributed import pick_device
+        from ..devices import pick_device
         from ..meta import meta_of, preprocessing_for
 
         if max_batch < 1 or decode_workers < 1:
