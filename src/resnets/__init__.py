@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 # public name -> the module that defines it
 _EXPORTS = {
     "OptionError": "errors", "ResnetsError": "errors", "UnknownModelError": "errors", "WeightsError": "errors",
-    "ModelMeta": "meta", "Preprocessing": "meta",
+    "ModelMeta": "meta", "Preprocessing": "data.preprocessing",
     "read_weights": "artifacts", "save": "artifacts",
     "apply_state_dict": "factory", "create_model": "factory", "load": "factory",
     "list_models": "models",
@@ -27,9 +27,10 @@ assert sorted(__all__) == sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from .artifacts import read_weights, save
+    from .data.preprocessing import Preprocessing
     from .errors import OptionError, ResnetsError, UnknownModelError, WeightsError
     from .factory import apply_state_dict, create_model, load
-    from .meta import ModelMeta, Preprocessing
+    from .meta import ModelMeta
     from .models import list_models
     from .weights import WeightSpec, get_weights, list_weights
 

@@ -23,15 +23,17 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from . import artifacts, config as C, data as D, distributed, finetune, rundir, safe_io, steps
+from . import artifacts, distributed, finetune, rundir, safe_io, steps
+from . import config as C
+from . import data as D
 from .data.batching import Loader, check_batch_split, mix_seed
 from .data.loader import make_eval_loader, make_train_loader
+from .data.preprocessing import Preprocessing
 from .data.transforms import batch_mix, normalizer
-from .errors import ResnetsError
 from .devices import native_bf16, resolve_amp
+from .errors import ResnetsError
 from .evaluate import evaluate, reports_top5, write_evaluation
 from .factory import create_from_weights, create_model
-from .meta import Preprocessing
 from .state import Run  # noqa: F401  (resnets.engine.Run, as before)
 
 log = logging.getLogger("resnets")

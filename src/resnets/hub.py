@@ -87,7 +87,7 @@ def check_timm_config(cfg: dict, source: str) -> None:
     """A timm config.json from elsewhere, checked against the schema of what we read from it, before anything
     is built: one WeightsError naming the key and the value, never a traceback later."""
     from .choices import CROP_MODES, INTERPOLATIONS
-    from .meta import MAX_INPUT_SIZE
+    from .data.preprocessing import MAX_INPUT_SIZE
     from .models.registry import MAX_CLASSES
 
     def bad(key: str, value, want: str):

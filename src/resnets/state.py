@@ -10,9 +10,11 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from . import config as C, data as D, distributed, finetune, rundir
+from . import config as C
+from . import data as D
+from . import distributed, finetune, rundir
 from .data.batching import Loader
-from .meta import Preprocessing
+from .data.preprocessing import Preprocessing
 
 
 @dataclass

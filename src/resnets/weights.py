@@ -8,10 +8,11 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from .errors import WeightsError
 from .home import cache_dir, class_list, offline  # noqa: F401  (also resnets.weights' own names, as before)
-from .meta import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from .registry import Registry
+
 
 @dataclass(frozen=True)
 class WeightSpec:

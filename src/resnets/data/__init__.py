@@ -16,7 +16,8 @@ _EXPORTS = {
     "decode": "datasets", "image_folder": "datasets", "synthetic": "datasets",
     "DATASETS": "registry", "DatasetSpec": "registry", "get_dataset": "registry",
 }  # fmt: skip
-_MODULES = ("augment", "bundle", "datasets", "device", "loader", "registry", "sources", "transforms")
+_MODULES = ("augment", "batching", "bundle", "datasets", "device", "loader", "preprocessing", "registry", "sources",
+            "transforms")  # fmt: skip
 
 __all__ = [
     "BadSample", "DATASETS", "DataBundle", "DatasetSpec", "FileDataset", "TensorDataset", "build", "csv_manifest",

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ResnetsError
-from ..meta import Preprocessing
+from .preprocessing import Preprocessing
 from .datasets import synthetic
 from .registry import get_dataset
 
