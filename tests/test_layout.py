@@ -155,3 +155,35 @@ def test_every_enumerated_config_key_takes_its_values_from_the_one_declaration()
     declared = {id(v) for k, v in vars(CH).items() if k.isupper()}
     enumerated = {k: r.choices for k, r in C.RULES.items() if r.choices and k not in ("dataset",)}
     assert enumerated and all(id(v) in declared for v in enumerated.values()), enumerated
+
+
+# The floors of the house, bottom first: a module imports only from its own floor or below (with no circle, as
+# test_imports_run_one_way checks), so small facts live low and high-level modules never import each other for
+# them. "data.*" is every module of that package; a package's own name is its __init__.
+FLOORS = [
+    ["version", "errors", "registry", "choices", "home"],
+    ["safe_io", "models.registry"],
+    ["data", "data.*", "models", "models.*"],
+    ["meta", "devices", "distributed"],
+    ["keras_io", "artifacts", "hub", "weights", "export", "onnx_file", "factory", "summary", "reports", "backends"],
+    ["config", "rundir", "finetune", "evaluate", "state", "steps", "inference"],
+    ["engine", "reproduce", "serve", "serve.*"],
+    ["cli", "cli.*", "__main__", ""],
+]
+
+
+def _floor(module: str) -> int | None:
+    name = module.partition(".")[2]
+    for i, names in enumerate(FLOORS):
+        if any(n == name or (n.endswith(".*") and name.startswith(n[:-1])) for n in names):
+            return i
+    return None
+
+
+def test_every_import_runs_down_the_floors():
+    """data/ never imports the models or their metadata, the models never import data or weights, the bottom
+    floor imports nothing of ours above it, ... (issue 21's order, written down once here)."""
+    graph = _imports(SRC)
+    assert [m for m in graph if _floor(m) is None] == []  # every module has its floor
+    upward = [f"{m} -> {d}" for m, deps in sorted(graph.items()) for d in sorted(deps) if _floor(d) > _floor(m)]
+    assert upward == []

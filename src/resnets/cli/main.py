@@ -16,7 +16,7 @@ from .options import EXIT_USAGE, Parser, count, say_defaults
 
 def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
     """The command line; `recipe`: the --recipe given, whose defaults train's and finetune's help then show."""
-    from .. import __version__
+    from ..version import __version__
 
     parser = Parser(prog="resnets", description="The ResNet family: models, weights and tools.")
     parser.add_argument("--version", action="version", version=f"resnets {__version__}")

@@ -27,7 +27,7 @@ def app(model: nn.Module | str | os.PathLike, *, backend: str = "auto", precisio
 
     from fastapi import FastAPI
 
-    from .. import __version__
+    from ..version import __version__
     from ..factory import load
 
     where = "the token" if token is not None else f"${TOKEN_ENV}"
