@@ -159,7 +159,7 @@ def test_export_hub_writes_a_folder_timm_loads_with_a_model_card(tmp_path):
 @pytest.fixture
 def hub_folder(tmp_path):
     """A folder as `export --format hub` writes it (from a model, not a run: no curves)."""
-    from resnets.hub import write_folder
+    from resnets.weights.publish import write_folder
 
     model = resnets.create_model("resnet18", num_classes=3)
     return write_folder(model, tmp_path / "hubdir")
@@ -308,7 +308,7 @@ def test_push_to_a_hub_that_never_answers_gives_up_and_says_where(hub_folder, mo
     import threading
     import time
 
-    from resnets.hub import push
+    from resnets.weights.publish import push
 
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))

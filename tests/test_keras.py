@@ -14,7 +14,7 @@ h5py = pytest.importorskip("h5py")
 
 import resnets  # noqa: E402
 from resnets.errors import WeightsError  # noqa: E402
-from resnets.keras_io import layer_order  # noqa: E402
+from resnets.weights.keras import layer_order  # noqa: E402
 from resnets.weights import class_list  # noqa: E402
 
 from conftest import run_cli  # noqa: E402

@@ -165,7 +165,7 @@ FLOORS = [
     ["safe_io", "models.registry"],
     ["data", "data.*", "models", "models.*"],
     ["meta", "devices", "distributed"],
-    ["keras_io", "artifacts", "hub", "weights", "export", "onnx_file", "factory", "summary", "reports", "backends"],
+    ["weights", "weights.*", "export", "onnx_file", "factory", "summary", "reports", "backends"],
     ["config", "rundir", "finetune", "evaluate", "state", "steps", "inference"],
     ["engine", "reproduce", "serve", "serve.*"],
     ["cli", "cli.*", "__main__", ""],

@@ -41,7 +41,8 @@ def test_offline_error_says_which_file_to_put_where(offline_cache, monkeypatch):
 def _register_local(tmp_path, name, sha):
     src = tmp_path / "served" / "tiny20-abc.pth"
     spec = W.WeightSpec(name=name, url=src.as_uri(), sha256=sha, preprocessing=W.Preprocessing(36, 32))
-    W._WEIGHTS[name] = spec
+    W.unregister_weights(name)
+    W.register_weights(spec)
     return spec
 
 
@@ -52,8 +53,8 @@ def served_file(tmp_path):
     path = tmp_path / "served" / "tiny20-abc.pth"
     torch.save(model.state_dict(), path)
     yield model, path
-    for n in [n for n in W._WEIGHTS if n.startswith("resnet20.test")]:
-        del W._WEIGHTS[n]
+    for n in W.list_weights("resnet20.test*"):
+        W.unregister_weights(n)
 
 
 def test_download_checks_the_hash_and_caches(offline_cache, served_file, tmp_path):
@@ -150,7 +151,7 @@ def test_unsafe_pickle_is_refused_naming_the_code_and_never_executed(tmp_path, h
         (tmp_path / "evil.pth").write_bytes(pickle.dumps(obj, protocol=int(how[-1])))
     with pytest.raises(WeightsError, match=r"pickled code \((posix|os)\.system\), which would run on loading"):
         resnets.create_model("resnet18", weights=tmp_path / "evil.pth")
-    from resnets.artifacts import load_checkpoint
+    from resnets.weights.files import load_checkpoint
 
     with pytest.raises(WeightsError, match="pickled code"):
         load_checkpoint(tmp_path / "evil.pth")  # what --resume reads

@@ -13,7 +13,7 @@ from .version import __version__  # noqa: F401
 _EXPORTS = {
     "OptionError": "errors", "ResnetsError": "errors", "UnknownModelError": "errors", "WeightsError": "errors",
     "ModelMeta": "meta", "Preprocessing": "data.preprocessing",
-    "read_weights": "artifacts", "save": "artifacts",
+    "read_weights": "weights.files", "save": "weights.files",
     "apply_state_dict": "factory", "create_model": "factory", "load": "factory",
     "list_models": "models",
     "WeightSpec": "weights", "get_weights": "weights", "list_weights": "weights",
@@ -26,7 +26,7 @@ __all__ = [
 assert sorted(__all__) == sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from .artifacts import read_weights, save
+    from .weights.files import read_weights, save
     from .data.preprocessing import Preprocessing
     from .errors import OptionError, ResnetsError, UnknownModelError, WeightsError
     from .factory import apply_state_dict, create_model, load

@@ -23,9 +23,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from . import artifacts, distributed, finetune, rundir, safe_io, steps
 from . import config as C
 from . import data as D
+from . import distributed, finetune, rundir, safe_io, steps
 from .data.batching import Loader, check_batch_split, mix_seed
 from .data.loader import make_eval_loader, make_train_loader
 from .data.preprocessing import Preprocessing
@@ -35,6 +35,7 @@ from .errors import ResnetsError
 from .evaluate import evaluate, reports_top5, write_evaluation
 from .factory import create_from_weights, create_model
 from .state import Run  # noqa: F401  (resnets.engine.Run, as before)
+from .weights.files import load_checkpoint, save, save_checkpoint
 
 log = logging.getLogger("resnets")
 
@@ -266,7 +267,7 @@ def save_state(run: Run, path: Path, epoch: int, batch: int) -> None:
         raise TrainingError(f"the weights became non-finite at step {run.step}; stopped. {kept} (try a lower --lr, "
                             "--clip-grad, or --amp none)")  # fmt: skip
     if run.ctx.is_main:
-        artifacts.save_checkpoint(state_dict(run, epoch, batch), path)
+        save_checkpoint(state_dict(run, epoch, batch), path)
 
 
 def restore(run: Run, state: dict) -> None:
@@ -288,7 +289,7 @@ def restore(run: Run, state: dict) -> None:
     run.curve = list(state.get("curve", []))
     run.partial = state.get("partial") if run.batch else None
     if run.cfg.early_stop and (run.run_dir / "best.pt").is_file():
-        run.best_state = artifacts.load_checkpoint(run.run_dir / "best.pt")["model"]
+        run.best_state = load_checkpoint(run.run_dir / "best.pt")["model"]
     _set_rng_state(state["rng"])
     if run.ctx.is_main:
         log.warning("resuming %s at epoch %d, batch %d (step %d)", run.run_dir, run.epoch + 1, run.batch, run.step)
@@ -460,7 +461,7 @@ def end_epoch(run: Run, epoch: int, record: dict) -> bool:
     if run.ctx.is_main:
         save_state(run, run.run_dir / "last.pt", epoch + 1, 0)
         if improved:
-            artifacts.save_checkpoint(artifacts.load_checkpoint(run.run_dir / "last.pt"), run.run_dir / "best.pt")
+            save_checkpoint(load_checkpoint(run.run_dir / "last.pt"), run.run_dir / "best.pt")
         with safe_io.atomic_path(run.run_dir / "metrics.jsonl") as tmp:
             tmp.write_text("".join(json.dumps(h) + "\n" for h in run.history))
         with safe_io.atomic_path(run.run_dir / "metrics.csv") as tmp:  # the same epochs, for a spreadsheet
@@ -575,7 +576,7 @@ def finish(run: Run) -> dict:
 
         if final is not core:
             core.load_state_dict(final.state_dict())
-        artifacts.save(core, run.run_dir / "model.safetensors", extra={"val_top1": ev["top1"], "dataset": cfg.dataset})
+        save(core, run.run_dir / "model.safetensors", extra={"val_top1": ev["top1"], "dataset": cfg.dataset})
         title = f"{core.meta.architecture} on {cfg.dataset}"
         write_evaluation(run.run_dir, {k: v for k, v in result.items() if k != "history"}, classes, ev["confusion"],
                          f"{title}: top-1 {ev['top1']:.2f}%")  # fmt: skip

@@ -13,9 +13,9 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from . import hub
+from .weights import hub
 from . import weights as W
-from .artifacts import KERAS_SUFFIXES, PICKLE_SUFFIXES, read_weights
+from .weights.files import KERAS_SUFFIXES, PICKLE_SUFFIXES, read_weights
 from .errors import OptionError, WeightsError
 from .models import get_entry
 from .models.registry import check_options

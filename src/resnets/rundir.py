@@ -20,8 +20,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import artifacts, config as C, safe_io
+from . import config as C
+from . import safe_io
 from .errors import ResnetsError
+from .weights.files import load_checkpoint
 
 log = logging.getLogger("resnets")
 LOCK = ".lock"
@@ -157,7 +159,7 @@ def load_resume(resume: Path, overrides: dict[str, Any]) -> tuple[C.TrainConfig,
     cfg = C.from_dict(saved)
     state = None
     if (resume / "last.pt").is_file():
-        state = artifacts.load_checkpoint(resume / "last.pt")
+        state = load_checkpoint(resume / "last.pt")
         arch = state.get("resnets", {}).get("architecture")
         wanted = overrides.get("model", cfg.model)
         if arch != wanted:

@@ -16,7 +16,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from ..safe_io import check_output, check_output_folder
 
     if args.format == "hub":  # a folder: model.safetensors, timm's config.json, a model card
-        from ..hub import write_folder
+        from ..weights.publish import write_folder
 
         if not args.out:
             raise ResnetsError("--format hub writes a folder: name it with --out DIR")

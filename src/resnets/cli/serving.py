@@ -8,7 +8,7 @@ from .options import count, real
 
 
 def _cmd_push(args: argparse.Namespace) -> int:
-    from ..hub import push
+    from ..weights.publish import push
 
     url = push(args.folder, args.repo, private=args.private, message=args.message)
     print(f"pushed {args.folder} to {args.repo}: {url}")

@@ -1,115 +1,11 @@
-"""Published weights as data with provenance: url, sha256, classes, eval preprocessing and reported accuracy.
-
-Files are fetched into a local cache only when a registered name is asked for, and checked against their hash.
-"""
+"""The published weights we register, as data: torchvision's ImageNet weights and timm's ImageNet-1k weights for
+every architecture resnets builds (URL or Hub repo, sha256, eval preprocessing, reported top-1 and top-5)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from pathlib import Path
 
-from .data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
-from .errors import WeightsError
-from .home import cache_dir, class_list, offline  # noqa: F401  (also resnets.weights' own names, as before)
-from .registry import Registry
-
-
-@dataclass(frozen=True)
-class WeightSpec:
-    """A published checkpoint. `sha256` is the full digest or, for torchvision's files, the leading hex digits
-    that torchvision puts in the file name (the same check torch.hub does). A `url` of hf-hub:ORG/NAME is a
-    Hugging Face Hub repo in timm's layout, fetched by huggingface_hub (which checks the files against the
-    repo's hashes); its `sha256` is empty."""
-
-    name: str  # "<architecture>.<tag>", e.g. "resnet50.tv2_in1k"
-    url: str
-    sha256: str
-    preprocessing: Preprocessing
-    metrics: dict[str, float] = field(default_factory=dict)  # ImageNet-1k val, single centre crop, %
-    num_classes: int = 1000
-    classes: str = "imagenet"  # a class list shipped in resnets/assets (home.class_list)
-    source: str = ""
-    recipe: str = ""
-
-    @property
-    def architecture(self) -> str:
-        return self.name.split(".", 1)[0]
-
-    @property
-    def on_hub(self) -> bool:
-        return self.url.startswith("hf-hub:")
-
-    @property
-    def file_name(self) -> str:
-        return self.url.rsplit("/", 1)[-1]
-
-    def class_names(self) -> list[str]:
-        return class_list(self.classes)
-
-
-_WEIGHTS: Registry[WeightSpec] = Registry("weights", WeightsError, "see `resnets list --weights`")
-
-
-def register_weights(spec: WeightSpec) -> WeightSpec:
-    return _WEIGHTS.add(spec.name, spec)
-
-
-def list_weights(pattern: str = "*") -> list[str]:
-    return _WEIGHTS.names(pattern)
-
-
-def get_weights(name: str) -> WeightSpec:
-    return _WEIGHTS.find(name)
-
-
-def is_registered(name: str) -> bool:
-    return name in _WEIGHTS
-
-
-def default_weights(architecture: str) -> str | None:
-    """What `pretrained=True` means for `architecture`: its registered weights of the best ImageNet top-1 (as
-    torchvision's DEFAULT is its best), or None when it has none."""
-    names = list_weights(f"{architecture}.*")
-    return max(names, key=lambda n: get_weights(n).metrics.get("top1", 0.0)) if names else None
-
-
-def _candidates(spec: WeightSpec) -> list[Path]:
-    # torchvision/torch.hub keep the same files under <hub dir>/checkpoints: reuse them rather than download again
-    import torch.hub
-
-    return [cache_dir() / spec.file_name, Path(torch.hub.get_dir()) / "checkpoints" / spec.file_name]
-
-
-def fetch(name: str, *, download: bool = True, progress: bool = True) -> Path:
-    """Local path of registered weights, downloading them (hash-checked) if they are not cached yet.
-
-    Offline (no network, or RESNETS_OFFLINE=1, or download=False) a missing file is an error saying which file
-    to put where.
-    """
-    spec = get_weights(name)
-    if spec.on_hub:  # a Hub repo: huggingface_hub's cache and offline switches
-        from . import hub
-
-        return hub.weight_file(hub.fetch(spec.url, download=download), spec.url)
-    for path in _candidates(spec):
-        if path.is_file():
-            return path
-    dest = _candidates(spec)[0]
-    manual = f"download {spec.url} and save it as {dest}"
-    if not download or offline():
-        raise WeightsError(f"weights {name!r} are not in the cache and downloads are off; {manual}")
-    import torch.hub
-
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        # writes to a temporary file beside dest, checks the sha256 prefix, then renames
-        torch.hub.download_url_to_file(spec.url, str(dest), hash_prefix=spec.sha256, progress=progress)
-    except RuntimeError as e:  # hash mismatch: torch.hub removed the temporary file
-        raise WeightsError(f"weights {name!r} from {spec.url} failed the sha256 check ({e}); {manual}") from None
-    except OSError as e:
-        raise WeightsError(f"cannot download weights {name!r} ({e}); {manual}") from None
-    return dest
-
+from ..data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from .registry import WeightSpec, register_weights
 
 # ---- torchvision's published ImageNet weights (torchvision.models.resnet *_Weights; the file name carries the
 # first 8 hex digits of the file's sha256). Accuracies are theirs: ImageNet-1k val, resize + 224 centre crop.

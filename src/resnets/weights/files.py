@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from .errors import ResnetsError, WeightsError
-from .meta import ModelMeta, Preprocessing, meta_of
-from .safe_io import RUN_FILES, atomic_path, check_output, check_output_folder, is_run_folder  # noqa: F401  (as before)
+from ..errors import ResnetsError, WeightsError
+from ..meta import ModelMeta, Preprocessing, meta_of
+from ..safe_io import RUN_FILES, atomic_path, check_output, check_output_folder, is_run_folder  # noqa: F401  (as before)
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")  # keras.applications' ResNets (keras_io)
@@ -80,7 +80,7 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], Mode
         sd, record = _unwrap(obj, p)
         meta = ModelMeta.from_plain(record, str(p)) if record is not None else None  # a training checkpoint's
     elif suffix in KERAS_SUFFIXES:  # keras.applications.ResNet50/101/152, converted as it is read
-        from .keras_io import read_keras
+        from .keras import read_keras
 
         return read_keras(p)
     else:
