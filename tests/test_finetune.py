@@ -15,7 +15,7 @@ from torchvision.ops import FrozenBatchNorm2d
 
 import resnets
 from resnets import config as C
-from resnets import finetune as FT
+from resnets.engine import finetune as FT
 from resnets.data import sources
 from resnets.data.loader import TrainBatches
 from resnets.engine import train

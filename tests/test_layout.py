@@ -166,8 +166,8 @@ FLOORS = [
     ["data", "data.*", "models", "models.*"],
     ["meta", "devices", "distributed"],
     ["weights", "weights.*", "export", "onnx_file", "factory", "summary", "reports", "backends"],
-    ["config", "rundir", "finetune", "evaluate", "state", "steps", "inference"],
-    ["engine", "reproduce", "serve", "serve.*"],
+    ["config", "evaluate", "inference"],
+    ["engine", "engine.*", "reproduce", "serve", "serve.*"],
     ["cli", "cli.*", "__main__", ""],
 ]
 

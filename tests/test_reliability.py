@@ -71,7 +71,7 @@ def test_two_runs_cannot_share_a_folder_and_auto_names_do_not_collide(tmp_path):
         p.kill()
         p.wait()
     # two runs named automatically within the same second get two folders
-    from resnets.rundir import claim
+    from resnets.engine.rundir import claim
 
     cfg = C.resolve(overrides=dict(model="resnet20", dataset="synthetic", out=str(tmp_path / "auto")))
     (a, la, _), (b, lb, _) = claim(cfg, None), claim(cfg, None)

@@ -9,7 +9,7 @@ import torch
 import resnets
 from resnets import config as C
 from resnets.errors import ResnetsError
-from resnets.steps import graph_blockers, lr_as_float, make_optimizer, use_graph
+from resnets.engine.steps import graph_blockers, lr_as_float, make_optimizer, use_graph
 
 from conftest import needs_cuda as cuda
 
@@ -108,18 +108,19 @@ class _Stop(Exception):
 def _interrupted_then_resumed(tmp_path, monkeypatch, name, **extra):
     """Train until the first mid-epoch checkpoint is written, stop there (as a kill would), resume from it."""
     from resnets import engine
+    from resnets.engine import loop
 
-    saved = engine.save_state
+    saved = loop.save_state  # where the loop looks it up
 
     def save_then_stop(run, path, epoch, batch):
         saved(run, path, epoch, batch)
         if batch:  # a mid-epoch checkpoint
             raise _Stop
 
-    monkeypatch.setattr(engine, "save_state", save_then_stop)
+    monkeypatch.setattr(loop, "save_state", save_then_stop)
     with pytest.raises(_Stop):
         _tiny_run(tmp_path, name, checkpoint_steps=5, **extra)
-    monkeypatch.setattr(engine, "save_state", saved)
+    monkeypatch.setattr(loop, "save_state", saved)
     return engine.train(resume=tmp_path / name, overrides={"progress": False})
 
 

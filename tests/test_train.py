@@ -90,7 +90,7 @@ def test_warmup_then_cosine():
 
 
 def test_no_weight_decay_on_norms_and_biases():
-    from resnets.finetune import Plan
+    from resnets.engine.finetune import Plan
 
     m = resnets.create_model("resnet20")
     groups = Plan(m).param_groups(0.1, 2e-5, 0.0)

@@ -10,11 +10,16 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from . import config as C
-from . import data as D
-from . import distributed, finetune, rundir
-from .data.batching import Loader
-from .data.preprocessing import Preprocessing
+from .. import config as C
+from .. import data as D
+from .. import distributed
+from ..data.batching import Loader
+from ..data.preprocessing import Preprocessing
+from . import finetune, rundir
+
+
+class TrainingError(Exception):
+    """Training cannot go on (e.g. the loss became NaN); the last good checkpoint is kept."""
 
 
 @dataclass

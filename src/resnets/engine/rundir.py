@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import config as C
-from . import safe_io
-from .errors import ResnetsError
-from .weights.files import load_checkpoint
+from .. import config as C
+from .. import safe_io
+from ..errors import ResnetsError
+from ..weights.files import load_checkpoint
 
 log = logging.getLogger("resnets")
 LOCK = ".lock"

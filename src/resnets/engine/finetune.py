@@ -25,11 +25,11 @@ import torch
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
-from .choices import BN_POLICIES, STRATEGIES
-from .errors import ResnetsError
-from .meta import meta_of
-from .models.layers import make_norm
-from .models.resnet import Backbone
+from ..choices import BN_POLICIES, STRATEGIES
+from ..errors import ResnetsError
+from ..meta import meta_of
+from ..models.layers import make_norm
+from ..models.resnet import Backbone
 
 log = logging.getLogger("resnets")
 

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from .errors import ResnetsError
-from .devices import autocast
+from ..devices import autocast
+from ..errors import ResnetsError
 
 if TYPE_CHECKING:
     from .state import Run

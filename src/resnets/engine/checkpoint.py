@@ -1,0 +1,83 @@
+"""A run saved and restored whole: weights, optimizer, schedules, counters and every random state (so a resumed run
+is bit-identical), and never a checkpoint of non-finite weights."""
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+
+import torch
+
+from ..weights.files import load_checkpoint, save_checkpoint
+from . import steps
+from .state import Run, TrainingError
+
+log = logging.getLogger("resnets")
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(tuple(x if not isinstance(x, list) else tuple(x) for x in state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def state_dict(run: Run, epoch: int, batch: int) -> dict:
+    """The whole run at the start of (epoch, batch): a checkpoint from which `restore` continues exactly."""
+    core = run.core
+    return {
+        "resnets": {"architecture": core.meta.architecture, "options": core.meta.options, "class_names": run.classes,
+                    "preprocessing": run.preprocessing.to_dict()},
+        "model": core.state_dict(), "optimizer": steps.lr_as_float(run.opt.state_dict()),
+        "scheduler": run.sched.state_dict(), "plateau": run.plateau.state_dict() if run.plateau is not None else None,
+        "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else None,
+        "ema": run.ema.state_dict() if run.ema is not None else None,
+        "epoch": epoch, "batch": batch, "step": run.step, "best_top1": run.best, "history": run.history,
+        "since_best": run.since_best, "curve": run.curve, "config": run.cfg.to_dict(), "rng": rng_state(),
+        "partial": run.partial if batch else None,
+    }  # fmt: skip
+
+
+def save_state(run: Run, path: Path, epoch: int, batch: int) -> None:
+    """A checkpoint of the run, never of non-finite weights or BatchNorm statistics: a step whose loss was finite
+    can still leave them inf (a huge lr), and a checkpoint of them would replace the last good one."""
+    finite = torch.stack([torch.isfinite(t).all() for t in run.core.state_dict().values() if t.is_floating_point()]).all()
+    if not bool(finite):
+        last = run.run_dir / "last.pt"
+        kept = f"The last good checkpoint is {last}" if last.is_file() else "No checkpoint had been written yet"
+        raise TrainingError(f"the weights became non-finite at step {run.step}; stopped. {kept} (try a lower --lr, "
+                            "--clip-grad, or --amp none)")  # fmt: skip
+    if run.ctx.is_main:
+        save_checkpoint(state_dict(run, epoch, batch), path)
+
+
+def restore(run: Run, state: dict) -> None:
+    """Continue from a checkpoint of `state_dict`: weights, optimizer, schedules, counters and random state."""
+    run.core.load_state_dict(state["model"])
+    run.opt.load_state_dict(state["optimizer"])
+    if run.graph:
+        steps.lr_on_device(run.opt, run.ctx.device)
+    run.sched.load_state_dict(state["scheduler"])
+    if run.plateau is not None and state.get("plateau"):
+        run.plateau.load_state_dict(state["plateau"])
+    if state.get("scaler"):
+        run.scaler.load_state_dict(state["scaler"])
+    if run.ema is not None and state.get("ema"):
+        run.ema.load_state_dict(state["ema"])
+    run.epoch, run.batch, run.step = state["epoch"], state["batch"], state["step"]
+    run.best, run.history = state.get("best_top1", -1.0), list(state.get("history", []))
+    run.since_best = state.get("since_best", 0)
+    run.curve = list(state.get("curve", []))
+    run.partial = state.get("partial") if run.batch else None
+    if run.cfg.early_stop and (run.run_dir / "best.pt").is_file():
+        run.best_state = load_checkpoint(run.run_dir / "best.pt")["model"]
+    set_rng_state(state["rng"])
+    if run.ctx.is_main:
+        log.warning("resuming %s at epoch %d, batch %d (step %d)", run.run_dir, run.epoch + 1, run.batch, run.step)

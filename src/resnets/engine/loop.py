@@ -1,0 +1,263 @@
+"""The loop: `fit` trains a built run from where it stands to its end, one `train_one_epoch` and `end_epoch` at a
+time, then `finish` evaluates and saves it; `validate` on the run's loader."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import torch
+from torch import nn
+
+from .. import distributed, safe_io
+from ..data.batching import Loader, mix_seed
+from ..data.loader import make_eval_loader
+from ..evaluate import evaluate, reports_top5, write_evaluation
+from ..weights.files import load_checkpoint, save, save_checkpoint
+from . import steps
+from .checkpoint import save_state
+from .outputs import best_epoch, close_outputs, open_outputs, say, write_csv
+from .state import Run, TrainingError
+
+log = logging.getLogger("resnets")
+
+
+def wrap(run: Run) -> nn.Module:
+    """What trains: the core in DDP (which registers the trainable parameters once, so again whenever they
+    change) and/or torch.compile."""
+    net: nn.Module = run.core
+    if run.ctx.distributed:
+        dev = run.ctx.device
+        net = nn.parallel.DistributedDataParallel(run.core, device_ids=[dev.index] if dev.type == "cuda" else None)
+    run.net = torch.compile(net) if run.cfg.compile else net
+    run.net.train()
+    return run.net
+
+
+def validate(run: Run, model: nn.Module | None = None, loader: Loader | None = None) -> dict:
+    """top-1, top-5, loss, per-class accuracy and the confusion matrix of `model` (default: the core) on `loader`
+    (default: the validation set), at the run's precision and memory format."""
+    ev = evaluate(run.core if model is None else model, run.val_loader if loader is None else loader, run.normalize,
+                  len(run.classes), run.ctx, amp=run.amp, channels_last=run.channels_last)  # fmt: skip
+    for f in ev["bad_files"]:  # each named once in a run, not at every evaluation
+        if f["path"] not in run.warned_paths:
+            run.warned_paths.add(f["path"])
+            log.warning("skipped unreadable image %s (validation): %s", f["path"], f["error"])
+    return ev
+
+
+def _seed_step(run: Run, epoch: int, b: int) -> None:
+    """Drop-path and mixing draw from generators seeded by the step: the CPU one (MixUp/CutMix, drop-path on a
+    CPU) always, the GPU's only when stochastic depth runs there (seeding every accelerator costs far more)."""
+    seed = mix_seed(run.cfg.seed, epoch, b, run.ctx.rank)
+    torch.default_generator.manual_seed(seed)
+    if run.cfg.drop_path_rate and run.ctx.device.type == "cuda":
+        torch.cuda.manual_seed(seed)
+
+
+def _after_step(run: Run, epoch: int, b: int, window: torch.Tensor) -> None:
+    """An optimizer step was taken: the schedule, the step count, the EMA and (every curve_steps) a curve point
+    from the `window` of sums since the last one."""
+    cfg = run.cfg
+    run.sched.step()
+    run.step += 1
+    if run.ema is not None and run.step % cfg.ema_every == 0:
+        run.ema.update_parameters(run.core)
+    if cfg.curve_steps and run.step % cfg.curve_steps == 0:
+        w = distributed.all_reduce_sum(window.clone(), run.ctx)
+        ev = validate(run)
+        run.curve.append({"step": run.step, "epoch": epoch + (b + 1) / run.batches_per_epoch,
+                          "train_loss": w[0].item() / max(w[2].item(), 1),
+                          "train_err": 100 - 100 * w[1].item() / max(w[2].item(), 1),
+                          "val_err": 100 - ev["top1"], "val_loss": ev["loss"]})  # fmt: skip
+        window.zero_()
+
+
+def _show_progress(run: Run, epoch: int, b: int, sums: torch.Tensor, seen: int, t0: float, reported: float) -> float:
+    """The bar's postfix every 10 batches, the progress callback every 0.5 s (the last time it was called)."""
+    if run.bar is not None:
+        run.bar.update(1)
+        if b % 10 == 0 or b + 1 == run.batches_per_epoch:
+            n = max(sums[2].item(), 1)
+            rate = seen / max(time.perf_counter() - t0, 1e-9)
+            run.bar.set_postfix(loss=f"{sums[0].item() / n:.3f}", acc=f"{100 * sums[1].item() / n:.1f}",
+                                lr=f"{float(run.opt.param_groups[-1]['lr']):.3g}", img_s=f"{rate:.0f}")  # fmt: skip
+    if run.on_progress is not None and time.perf_counter() - reported >= 0.5:
+        reported = time.perf_counter()
+        n = max(sums[2].item(), 1)
+        run.on_progress({"step": run.step, "total_steps": run.total_steps, "epoch": epoch + 1, "loss": sums[0].item() / n,
+                         "acc": 100 * sums[1].item() / n, "img_s": seen / max(reported - t0, 1e-9)})  # fmt: skip
+    return reported
+
+
+def train_one_epoch(run: Run, epoch: int, step_fn) -> dict:
+    """Train from the run's current batch to the end of `epoch` (or of the schedule); returns the epoch's record.
+    Raises TrainingError when the loss stops being finite."""
+    cfg, ctx, dev = run.cfg, run.ctx, run.ctx.device
+    first = run.batch if epoch == run.epoch else 0
+    run.train_loader.set_epoch(epoch, first)
+    sums = torch.zeros(3, dtype=torch.float64, device=dev)  # loss * n, hits, n
+    window = torch.zeros(3, dtype=torch.float64, device=dev)  # the same since the last curve point
+    if first and run.partial is not None and ctx.rank == 0:  # resumed mid-epoch: the batches before the checkpoint
+        sums += torch.tensor(run.partial["epoch"], dtype=torch.float64, device=dev)
+        window += torch.tensor(run.partial["window"], dtype=torch.float64, device=dev)
+    run.partial = None
+    finite = torch.ones((), dtype=torch.bool, device=dev)
+    seen, t0 = 0, time.perf_counter()
+    reported = t0
+    if run.bar is not None:
+        run.bar.set_description(f"epoch {epoch + 1}/{run.epochs}")
+    for b, batch in enumerate(run.train_loader, start=first):
+        _seed_step(run, epoch, b)
+        run.skipped += len(batch.bad)
+        for path, reason in batch.bad:
+            if path not in run.warned_paths:  # once in a run, not every epoch
+                run.warned_paths.add(path)
+                log.warning("skipped unreadable image %s: %s", path, reason)
+        x = batch.images.to(dev, non_blocking=True)
+        y = batch.labels.to(dev, non_blocking=True)
+        if x.numel() == 0:
+            continue
+        x = run.normalize(x)
+        if run.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        target = y
+        if run.mix is not None:
+            x, target = run.mix(x, y)
+        sync = (b + 1) % cfg.accum_steps == 0 or b + 1 == run.batches_per_epoch
+        batch_sums = step_fn(x, target, y, sync)
+        finite &= torch.isfinite(batch_sums[0])
+        sums += batch_sums
+        window += batch_sums
+        seen += len(y) * ctx.world
+        if sync:
+            _after_step(run, epoch, b, window)
+        reported = _show_progress(run, epoch, b, sums, seen, t0, reported)
+        if b % 10 == 0 and not bool(finite):
+            break
+        if sync and cfg.checkpoint_steps and run.step % cfg.checkpoint_steps == 0 and b + 1 < run.batches_per_epoch:
+            if not bool(finite):
+                break
+            both = distributed.all_reduce_sum(torch.cat([sums, window]), ctx).tolist()
+            run.partial = {"epoch": both[:3], "window": both[3:]}
+            save_state(run, run.run_dir / "last.pt", epoch, b + 1)
+        if run.done:
+            break
+    if not bool(finite):
+        last = run.run_dir / "last.pt"
+        kept = f"The last good checkpoint is {last}" if last.is_file() else "No checkpoint had been written yet"
+        raise TrainingError(f"the loss became non-finite in epoch {epoch + 1} (step {run.step}); stopped. {kept} "
+                            "(try a lower --lr, --clip-grad, or --amp none)")  # fmt: skip
+    elapsed = time.perf_counter() - t0
+    train_sums = distributed.all_reduce_sum(sums.clone(), ctx)
+    n = max(train_sums[2].item(), 1)
+    return {"epoch": epoch + 1, "step": run.step, "lr": float(run.opt.param_groups[-1]["lr"]),
+            "train_loss": train_sums[0].item() / n, "train_acc": 100 * train_sums[1].item() / n,
+            "images_per_s": seen / max(elapsed, 1e-9), "time_s": elapsed}  # fmt: skip
+
+
+def end_epoch(run: Run, epoch: int, record: dict) -> bool:
+    """Evaluate when due, keep the history and the best weights, checkpoint and report. True: stop early."""
+    cfg = run.cfg
+    if (epoch + 1) % cfg.eval_every == 0 or run.done or epoch + 1 == run.epochs:
+        ev = validate(run)
+        record.update(val_loss=ev["loss"], val_top1=ev["top1"], val_top5=ev["top5"])
+        if run.ema is not None:
+            record["ema_val_top1"] = validate(run, run.ema.module)["top1"]
+        if run.plateau is not None:
+            run.plateau.step(ev["loss"])
+    record["skipped_images"] = run.skipped
+    run.history.append(record)
+    improved = record.get("val_top1", -1) > run.best
+    run.best = max(run.best, record.get("val_top1", -1))
+    if "val_top1" in record:
+        run.since_best = 0 if improved else run.since_best + 1
+    if cfg.early_stop and improved:
+        run.best_state = {k: v.detach().clone() for k, v in run.core.state_dict().items()}
+    if run.ctx.is_main:
+        save_state(run, run.run_dir / "last.pt", epoch + 1, 0)
+        if improved:
+            save_checkpoint(load_checkpoint(run.run_dir / "last.pt"), run.run_dir / "best.pt")
+        with safe_io.atomic_path(run.run_dir / "metrics.jsonl") as tmp:
+            tmp.write_text("".join(json.dumps(h) + "\n" for h in run.history))
+        with safe_io.atomic_path(run.run_dir / "metrics.csv") as tmp:  # the same epochs, for a spreadsheet
+            write_csv(tmp, run.history)
+        if run.curve:
+            with safe_io.atomic_path(run.run_dir / "curve.jsonl") as tmp:
+                tmp.write_text("".join(json.dumps(c) + "\n" for c in run.curve))
+        if run.writer is not None:
+            for k, v in record.items():
+                if k != "epoch":
+                    run.writer.add_scalar(k, v, epoch + 1)
+        msg = f"epoch {epoch + 1}: train loss {record['train_loss']:.4f} acc {record['train_acc']:.2f}%"
+        if "val_top1" in record:
+            msg += f", val top-1 {record['val_top1']:.2f}%"
+            msg += f" top-5 {record['val_top5']:.2f}%" if reports_top5(len(run.classes)) else ""
+        say(run, msg + f", {record['images_per_s']:.0f} img/s")
+    stop = bool(cfg.early_stop) and run.since_best >= cfg.early_stop
+    if stop:
+        say(run, f"early stop: no better val top-1 in {cfg.early_stop} evaluations; keeping epoch {best_epoch(run.history)}'s weights")
+    return stop
+
+
+def fit(run: Run) -> dict:
+    """Train the run from where it stands to its end (or an early stop), then evaluate and save it."""
+    open_outputs(run)
+    try:
+        run.plan.apply(run.epoch)
+        wrap(run)
+        step_fn = steps.make_step(run)
+        for epoch in range(run.epoch, run.epochs):
+            if run.done:
+                break
+            if run.plan.apply(epoch):  # gradual unfreezing: DDP and any captured graph must see the new set
+                wrap(run)
+                step_fn = steps.make_step(run)
+            record = train_one_epoch(run, epoch, step_fn)
+            stop = end_epoch(run, epoch, record)
+            run.epoch, run.batch = epoch + 1, 0
+            if stop:
+                break
+    finally:
+        close_outputs(run)
+    if run.best_state is not None:
+        run.core.load_state_dict(run.best_state)
+    result = finish(run)
+    result["curve"] = run.curve
+    return result
+
+
+def finish(run: Run) -> dict:
+    """Final evaluation (the EMA weights when they are better; the paper's 10 crops when asked), the
+    self-describing model file, plots and eval.json."""
+    cfg, ctx, bundle, core, classes = run.cfg, run.ctx, run.bundle, run.core, run.classes
+    ev = validate(run)
+    final, which = core, "model"
+    if run.ema is not None:
+        ev_ema = validate(run, run.ema.module)
+        if ev_ema["top1"] > ev["top1"]:
+            final, which, ev = run.ema.module, "ema", ev_ema
+    if cfg.ten_crop:
+        tc_loader = make_eval_loader(bundle.val, kind="host", device=ctx.device, batch_size=32, resize=bundle.eval_resize,
+                                     crop=bundle.eval_crop, interpolation=cfg.interpolation, ten_crop=True,
+                                     rank=ctx.rank, world=ctx.world, workers=cfg.workers)  # fmt: skip
+        ev["ten_crop"] = {k: v for k, v in validate(run, final, tc_loader).items() if k in ("top1", "top5", "n")}
+    result = {"run_dir": str(run.run_dir), "model_path": str(run.run_dir / "model.safetensors"), "weights": which,
+              "top1": ev["top1"], "top5": ev["top5"], "loss": ev["loss"], "n": ev["n"], "per_class": ev["per_class"],
+              "classes": classes, "skipped_images": run.skipped, "val_skipped_images": ev["bad_samples"],
+              "amp": run.amp, "channels_last": run.channels_last, "loader": run.train_loader.kind,
+              "cuda_graph": run.graph, "history": run.history}  # fmt: skip
+    if "ten_crop" in ev:
+        result["ten_crop"] = ev["ten_crop"]
+    if ctx.is_main:
+        from ..reports import plot_curves
+
+        if final is not core:
+            core.load_state_dict(final.state_dict())
+        save(core, run.run_dir / "model.safetensors", extra={"val_top1": ev["top1"], "dataset": cfg.dataset})
+        title = f"{core.meta.architecture} on {cfg.dataset}"
+        write_evaluation(run.run_dir, {k: v for k, v in result.items() if k != "history"}, classes, ev["confusion"],
+                         f"{title}: top-1 {ev['top1']:.2f}%")  # fmt: skip
+        if run.history:
+            plot_curves(run.history, run.run_dir / "curves.png", title)
+    return result

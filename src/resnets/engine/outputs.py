@@ -1,0 +1,56 @@
+"""What a run shows and writes as it goes: the progress bar, TensorBoard, the metrics CSV, the lines it prints."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import ResnetsError
+from .state import Run
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """One row per epoch, a column per key (those of every epoch, in first-seen order; missing cells empty)."""
+    import csv
+
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def say(run: Run, msg: str) -> None:
+    if run.bar is not None:
+        run.bar.write(msg)
+    else:
+        print(msg, flush=True)
+
+
+def open_outputs(run: Run) -> None:
+    """The TensorBoard writer and the progress bar (rank 0)."""
+    cfg = run.cfg
+    if cfg.tensorboard and run.ctx.is_main:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ResnetsError("--tensorboard needs the tensorboard package: pip install 'resnets[tensorboard]'") from None
+        run.writer = SummaryWriter(str(run.run_dir / "tensorboard"))
+    if cfg.progress and run.ctx.is_main:
+        from tqdm import tqdm
+
+        total = min(run.epochs * run.batches_per_epoch, run.total_steps * cfg.accum_steps)
+        run.bar = tqdm(total=total, initial=run.epoch * run.batches_per_epoch + run.batch, unit="batch",
+                       dynamic_ncols=True, smoothing=0.05)  # fmt: skip
+
+
+def close_outputs(run: Run) -> None:
+    if run.bar is not None:
+        run.bar.close()
+        run.bar = None
+    if run.writer is not None:
+        run.writer.close()
+        run.writer = None
+
+
+def best_epoch(history: list[dict]) -> int:
+    scored = [h for h in history if "val_top1" in h]
+    return max(scored, key=lambda h: h["val_top1"])["epoch"] if scored else 0

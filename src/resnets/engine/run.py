@@ -1,0 +1,185 @@
+"""`train(cfg)`: a run built from its config (`build_run`: data, model, optimizer, schedule, loaders, the run
+folder), restored when resumed, fitted."""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .. import config as C
+from .. import data as D
+from .. import distributed
+from ..data.batching import check_batch_split
+from ..data.loader import make_eval_loader, make_train_loader
+from ..data.preprocessing import Preprocessing
+from ..data.transforms import batch_mix, normalizer
+from ..devices import native_bf16, resolve_amp
+from ..errors import ResnetsError
+from ..factory import create_from_weights, create_model
+from . import finetune, rundir, steps
+from .checkpoint import restore
+from .loop import fit
+from .optim import make_scheduler
+from .state import Run
+
+log = logging.getLogger("resnets")
+
+
+def _model_options(cfg: C.TrainConfig) -> dict[str, Any]:
+    keys = [k for k in C.MODEL_OPTIONS if k != "in_chans"]  # the channels follow the data or the weights
+    return {k: getattr(cfg, k) for k in keys if getattr(cfg, k) is not None}
+
+
+def _data_and_model(cfg: C.TrainConfig) -> tuple[D.DataBundle, nn.Module]:
+    """The data and the model to train on it. Pretrained weights bring their architecture (when --model is not
+    given), input channels and preprocessing for image files; their head is replaced when the classes differ."""
+    options = _model_options(cfg)
+    fixed_chans = D.get_dataset(cfg.dataset).channels or cfg.in_chans or None  # in-memory data has its own
+    if fixed_chans:
+        options["in_chans"] = fixed_chans
+    if not cfg.weights:
+        bundle = D.build(cfg)
+        options.pop("in_chans", None)  # the data's
+        return bundle, create_model(cfg.model, num_classes=len(bundle.classes), in_chans=bundle.in_chans, **options)
+    model = create_from_weights(cfg.weights, cfg.model or None, **options)
+    bundle = D.build(cfg, in_chans=model.meta.in_chans, preprocessing=model.meta.preprocessing)
+    if model.num_classes != len(bundle.classes) or (model.meta.class_names and model.meta.class_names != bundle.classes):
+        log.warning("new head: %d classes (%s%s); the weights' classifier is dropped", len(bundle.classes),
+                    ", ".join(bundle.classes[:5]), ", ..." if len(bundle.classes) > 5 else "")  # fmt: skip
+        model.reset_classifier(len(bundle.classes))
+        model.meta.options["num_classes"] = len(bundle.classes)
+    return bundle, model
+
+
+def train(cfg: C.TrainConfig | None = None, *, resume: str | Path | None = None, overrides: dict[str, Any] | None = None,
+          on_progress: Callable[[dict], None] | None = None) -> dict:  # fmt: skip
+    """Train as `cfg` says (or continue the run in `resume`) and return the final metrics.
+
+    on_progress: called about twice a second (rank 0) with {"step", "total_steps", "epoch", "loss", "acc", "img_s"}.
+    Returns {"run_dir", "model_path", "top1", "top5", "history", ...}.
+    """
+    overrides = dict(overrides or {})
+    state, changed = None, {}
+    if resume is not None:
+        resume = Path(resume)
+        cfg, state, changed = rundir.load_resume(resume, overrides)
+    elif cfg is None:
+        cfg = C.resolve(overrides=overrides)
+    ctx = distributed.setup(cfg.device)
+    run = None
+    # process-wide switches build_run sets for the run, given back after it (train() is also called from Python)
+    flags = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.benchmark)  # fmt: skip
+    try:
+        run = build_run(cfg, ctx, resume, changed)
+        run.on_progress = on_progress if ctx.is_main else None
+        if state is not None:
+            restore(run, state)
+        return fit(run)
+    except BaseException as e:
+        if run is not None and run.fresh and ctx.is_main:
+            rundir.discard(run.run_dir, e)  # stopped before its first checkpoint: nothing to resume or reuse
+        raise
+    finally:
+        if run is not None and run.lock is not None:
+            run.lock.release()
+        distributed.cleanup(ctx)
+        torch.use_deterministic_algorithms(flags[0], warn_only=flags[1])
+        torch.backends.cudnn.benchmark = flags[2]
+
+
+def _claim_run_dir(cfg: C.TrainConfig, ctx: distributed.Context, resume: Path | None) -> tuple[Path, Any, bool]:
+    """Rank 0 claims the run directory (its lock, a unique name); all ranks follow. (path, lock, fresh)."""
+    decision: tuple[str, str | None, bool] = ("", None, False)
+    lock = None
+    if ctx.is_main:
+        try:
+            path, lock, fresh = rundir.claim(cfg, resume)
+            decision = (str(path), None, fresh)
+        except ResnetsError as err:
+            decision = ("", str(err), False)
+    decision = distributed.broadcast_object(decision, ctx)
+    if decision[1] is not None:
+        raise ResnetsError(decision[1])
+    return Path(decision[0]), lock, decision[2]
+
+
+def build_run(cfg: C.TrainConfig, ctx: distributed.Context, resume: Path | None = None,
+              changed: dict[str, Any] | None = None) -> Run:  # fmt: skip
+    """Data, model, optimizer, schedule and loaders from the config. Everything that can fail on bad input
+    happens before anything is written; then the run directory is claimed and its config.json written (on a
+    resume, again when the resume `changed` keys)."""
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+    torch.manual_seed(cfg.seed)
+    bundle, model = _data_and_model(cfg)
+    world, dev = ctx.world, ctx.device
+    check_batch_split(cfg.batch_size, world)
+    if cfg.weights and len(bundle.train) < cfg.batch_size:  # fine-tuning a small folder: one batch per step
+        small = max(len(bundle.train) // world * world, world)
+        log.warning("batch size %d is more than the %d training images; using %d", cfg.batch_size, len(bundle.train), small)
+        cfg = replace(cfg, batch_size=small)
+    amp = resolve_amp(cfg.amp, dev)
+    if amp == "bf16" and not native_bf16(dev):
+        log.warning("bf16 on this %s is emulated and may be far slower than fp32 (--amp auto picks for you)", dev.type)
+    graph = steps.use_graph(cfg, dev, world, amp)
+    channels_last = cfg.channels_last if cfg.channels_last is not None else dev.type in ("cuda", "cpu")
+    loader_args = dict(kind=cfg.loader, device=dev, rank=ctx.rank, world=world, workers=cfg.workers, strict=cfg.strict_data)
+    train_loader = make_train_loader(bundle.train, batch_size=cfg.batch_size, seed=cfg.seed, augment=cfg.augment,
+                                     crop=bundle.train_crop, mean=bundle.mean, pad=cfg.pad, auto_augment=cfg.auto_augment,
+                                     random_erasing=cfg.random_erasing, interpolation=cfg.interpolation,
+                                     balanced=cfg.balanced, **loader_args)  # fmt: skip
+    val_loader = make_eval_loader(bundle.val, batch_size=max(cfg.batch_size // world, 1) * 2, resize=bundle.eval_resize,
+                                  crop=bundle.eval_crop, interpolation=cfg.interpolation, **loader_args)  # fmt: skip
+    batches_per_epoch = len(bundle.train) // cfg.batch_size
+    steps_per_epoch = max(batches_per_epoch // cfg.accum_steps, 1)
+    if cfg.iterations:
+        total_steps = cfg.iterations
+        epochs = math.ceil(total_steps / steps_per_epoch)
+    else:
+        epochs, total_steps = cfg.epochs, cfg.epochs * steps_per_epoch
+    preprocessing = Preprocessing(bundle.eval_resize, bundle.eval_crop, cfg.interpolation, bundle.mean, bundle.std)
+    model.meta = model.meta.replace(class_names=list(bundle.classes), preprocessing=preprocessing)
+    plan = finetune.from_config(model, cfg)  # what trains when, and BatchNorm's policy
+    model.to(dev)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    if cfg.sync_bn and ctx.distributed:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    ema = None
+    if cfg.ema:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+    effective_batch = cfg.batch_size * cfg.accum_steps
+    peak_lr = cfg.lr * effective_batch / cfg.lr_reference_batch if cfg.lr_reference_batch else cfg.lr
+    opt = steps.make_optimizer(plan.param_groups(peak_lr, cfg.weight_decay, cfg.norm_weight_decay), cfg, dev, capturable=graph)
+    sched, plateau = make_scheduler(opt, cfg, total_steps, steps_per_epoch, peak_lr)
+    # the first write: the run directory, claimed with its lock, and config.json
+    run_dir, lock, fresh = _claim_run_dir(cfg, ctx, resume)
+    try:
+        if ctx.is_main and (resume is None or changed):
+            rundir.record(run_dir, cfg)
+    except BaseException as e:
+        if lock is not None:
+            lock.release()
+        if fresh and ctx.is_main:
+            rundir.discard(run_dir, e)
+        raise
+    distributed.barrier(ctx)
+    return Run(cfg=cfg, ctx=ctx, run_dir=run_dir, bundle=bundle, core=model, preprocessing=preprocessing, plan=plan,
+               opt=opt, sched=sched, plateau=plateau, scaler=torch.amp.GradScaler(dev.type, enabled=amp == "fp16"),
+               criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
+               mix=batch_mix(len(bundle.classes), cfg.mixup, cfg.cutmix), normalize=normalizer(bundle.mean, bundle.std),
+               train_loader=train_loader, val_loader=val_loader, ema=ema, lock=lock, fresh=fresh, amp=amp,
+               channels_last=channels_last, graph=graph,
+               batches_per_epoch=batches_per_epoch, steps_per_epoch=steps_per_epoch, epochs=epochs,
+               total_steps=total_steps)  # fmt: skip
