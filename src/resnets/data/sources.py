@@ -43,25 +43,23 @@ def data_home() -> Path:
     return Path(base) / "resnets" / "data"
 
 
-def _download(url: str, dest: Path, md5: str) -> None:
-    """Fetch url to dest through a temporary file, checking its md5; nothing is left behind on failure."""
-    import hashlib
-    import urllib.request
+def fetch_file(url: str, dest: Path, md5: str) -> None:
+    """Fetch url to dest with torchvision's downloader (redirects, retries, progress, the md5 check), into a
+    temporary folder beside dest and renamed there only when the file checks out: nothing half-written or failing
+    its checksum is left behind (torchvision's own download leaves such a file in place)."""
+    import tempfile
 
-    from ..safe_io import atomic_path
+    from torchvision.datasets.utils import download_url
 
     dest.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with atomic_path(dest) as tmp:
-            h = hashlib.md5()  # noqa: S324  (the publishers give md5 sums)
-            with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:  # noqa: S310
-                while chunk := r.read(1 << 20):
-                    h.update(chunk)
-                    f.write(chunk)
-            if h.hexdigest() != md5:
-                raise ResnetsError(f"{url} failed its checksum (md5 {h.hexdigest()}, expected {md5})")
-    except OSError as e:
-        raise ResnetsError(f"cannot download {url} ({e})") from None
+    with tempfile.TemporaryDirectory(prefix=f".{dest.name}.", dir=dest.parent) as tmp:
+        try:
+            download_url(url, tmp, dest.name, md5=md5)
+        except RuntimeError as e:  # torchvision's "File not found or corrupted": the md5 did not match
+            raise ResnetsError(f"{url} failed its checksum (expected md5 {md5}): {e}") from None
+        except OSError as e:  # no network, a refused connection, an HTTP error (urllib's)
+            raise ResnetsError(f"cannot download {url} ({e})") from None
+        os.replace(Path(tmp) / dest.name, dest)
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -104,7 +102,7 @@ def fetch_fashion_mnist(download: bool = False) -> Path:
             f"{dest}, or pass --download"
         )
     for name, md5 in FASHION_FILES.items():
-        _download(FASHION_URL + name, dest / name, md5)
+        fetch_file(FASHION_URL + name, dest / name, md5)
     return dest
 
 
@@ -153,7 +151,7 @@ def load_cifar(name: str, split: str, path: str | os.PathLike | None = None, dow
     if not archive.is_file():
         if not download:
             raise ResnetsError(f"{name} archive not found at {archive}; download {url} there, or pass --download")
-        _download(url, archive, md5)
+        fetch_file(url, archive, md5)
     try:
         with tarfile.open(archive, "r:gz") as tar:
             if name == "cifar10":
