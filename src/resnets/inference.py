@@ -105,22 +105,13 @@ def _progress(total: int, enabled: bool):
 def _in_memory(model: nn.Module, pre, images: Sequence, first: int = 0) -> torch.Tensor:
     """PIL images and image tensors (uint8 (C, H, W), or float in [0, 1]) through the preprocessing `pre`: a
     normalised batch on the model's device. `first`: the position of images[0] among all the inputs."""
-    from PIL import Image
-
-    from .data.datasets import pil_to_tensor, to_channels
+    from .data.datasets import image_tensor
 
     tf, channels = pre.transform(), len(pre.mean)
     out = []
     for i, im in enumerate(images, start=first):
-        if isinstance(im, Image.Image):
-            t = pil_to_tensor(im, channels)
-        elif isinstance(im, torch.Tensor) and im.ndim == 3 and im.shape[0] in (1, 2, 3, 4) and min(im.shape[1:]) > 0:
-            t = im if im.dtype == torch.uint8 else (im.float().clamp(0, 1) * 255).round().to(torch.uint8)
-            t = to_channels(t, channels)
-        else:
-            what = f"a tensor of shape {tuple(im.shape)}" if isinstance(im, torch.Tensor) else type(im).__name__
-            raise ResnetsError(f"input {i}: predict takes paths, PIL images or (C, H, W) image tensors of 1-4 channels; got {what}")
-        out.append(tf(t.cpu()))
+        taken = f"input {i}: predict takes paths, PIL images or (C, H, W) image tensors of 1-4 channels"
+        out.append(tf(image_tensor(im, channels, taken=taken)))
     return pre.normalizer()(torch.stack(out).to(next(model.parameters()).device))
 
 

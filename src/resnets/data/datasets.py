@@ -184,6 +184,22 @@ def pil_to_tensor(im, channels: int) -> torch.Tensor:
     return to_tensor(im.convert("RGB" if channels == 3 else "L"))
 
 
+def image_tensor(image, channels: int, *,
+                 taken: str = "a PIL image or a (C, H, W) image tensor of 1-4 channels is taken") -> torch.Tensor:  # fmt: skip
+    """An image already in memory (a PIL image, or an image tensor (C, H, W) of 1-4 channels, uint8 or float in
+    [0, 1]) as a uint8 tensor on the CPU with `channels` channels: what predict's in-memory inputs and
+    `Preprocessing.transforms()` take. Anything else is a ResnetsError: `taken` says what is, then what came."""
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        return pil_to_tensor(image, channels)
+    if isinstance(image, torch.Tensor) and image.ndim == 3 and image.shape[0] in (1, 2, 3, 4) and min(image.shape[1:]) > 0:
+        t = image if image.dtype == torch.uint8 else (image.float().clamp(0, 1) * 255).round().to(torch.uint8)
+        return to_channels(t.cpu(), channels)
+    what = f"a tensor of shape {tuple(image.shape)}" if isinstance(image, torch.Tensor) else type(image).__name__
+    raise ResnetsError(f"{taken}; got {what}")
+
+
 def decode(path: str | os.PathLike, channels: int = 3) -> torch.Tensor:
     """Decode an image file to uint8 (channels, H, W), or raise BadSample with the reason: `decode_bytes` of the
     file, which is refused unread when it is larger than any image within the pixel limit."""

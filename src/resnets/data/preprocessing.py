@@ -113,19 +113,9 @@ class _Pipeline:
         self.pre, self.resize_crop, self.normalize = pre, pre.transform(), pre.normalizer()
 
     def __call__(self, image):
-        import torch
+        from .datasets import image_tensor
 
-        from .datasets import pil_to_tensor, to_channels
-
-        channels = len(self.pre.mean)
-        if isinstance(image, torch.Tensor):
-            if image.ndim != 3:
-                raise ValueError(f"an image tensor is (C, H, W); got shape {tuple(image.shape)}")
-            t = image if image.dtype == torch.uint8 else (image.float().clamp(0, 1) * 255).round().to(torch.uint8)
-            t = to_channels(t, channels)
-        else:
-            t = pil_to_tensor(image, channels)
-        return self.normalize(self.resize_crop(t))
+        return self.normalize(self.resize_crop(image_tensor(image, len(self.pre.mean))))
 
     def __repr__(self) -> str:
         return f"transforms({self.pre.describe()})"
