@@ -147,11 +147,12 @@ def _build(name: str, options: dict[str, Any], sd: dict | None, meta: ModelMeta 
         check_options(entry, opts)
     except OptionError as e:
         raise WeightsError(f"{source}: its record is damaged ({e})") from None
-    if sd is not None and meta is not None:
-        _check_record(ResNetV2.checkpoint_filter(sd), meta, options, source)
+    if sd is not None:
+        sd = ResNetV2.checkpoint_filter(sd)  # timm's resnetv2 keys as ours, once
+        if meta is not None:
+            _check_record(sd, meta, options, source)
     opts.update(options)  # explicit options win over those recorded with the weights
     if sd is not None:
-        sd = ResNetV2.checkpoint_filter(sd)
         fc = sd.get("fc.weight")
         if "num_classes" not in opts and fc is not None and fc.ndim == 2:
             opts["num_classes"] = int(fc.shape[0])
