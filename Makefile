@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint data browser clean
+.PHONY: run test lint format data browser clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,9 +39,14 @@ browser:
 test: data browser
 	$(BIN)/python -m pytest -q
 
-# pyflakes and pycodestyle's errors over the code, the tests and the benchmarks (the suite runs the same check)
+# pyflakes and pycodestyle's errors, and the formatter's layout, over the code, the tests and the benchmarks
+# (the suite runs the same checks); `make format` lays the lines out
 lint: $(STAMP)
 	$(BIN)/python -m ruff check src tests benchmarks hubconf.py
+	$(BIN)/python -m ruff format --check src tests benchmarks hubconf.py
+
+format: $(STAMP)
+	$(BIN)/python -m ruff format src tests benchmarks hubconf.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -2,6 +2,7 @@
 
 Every registered model name is an entrypoint taking the keyword arguments of `resnets.create_model`.
 """
+
 import os
 import sys
 

@@ -15,6 +15,7 @@
     python benchmarks/inference_speed.py --device cuda --precision bf16 --batch 256 --skip int8 \
         --predict-images 10240 --predict-backend compile --runs 3 --json out.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,7 +47,9 @@ def _torchvision_peer(ref: torch.nn.Module, device: torch.device, precision: str
     fn = torch.compile(net) if compiled else net
 
     def run(t):
-        t = t.to(device, dtype=dtype if device.type == "cuda" else torch.float32).contiguous(memory_format=torch.channels_last)
+        t = t.to(device, dtype=dtype if device.type == "cuda" else torch.float32).contiguous(
+            memory_format=torch.channels_last
+        )
         with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=device.type == "cpu"):
             return fn(t)
 
@@ -61,21 +64,27 @@ def speed_case(runs: int, batch: int, seconds: float, device: torch.device, prec
     if device.type == "cpu" and precision == "fp32":
         calib = [example_inputs(ours, batch=14)]  # 14 random + 2 real photos; speed only, accuracy is case 2
         runners = {"torchvision-eager": lambda t: ref(t)}
-        for name, backend, cl in [("eager", "eager", False), ("eager-channels-last", "eager", True),
-                                  ("compile", "compile", True), ("onnxruntime", "onnxruntime", False),
-                                  ("onnxruntime-int8", "onnxruntime-int8", False)]:  # fmt: skip
+        for name, backend, cl in [
+            ("eager", "eager", False),
+            ("eager-channels-last", "eager", True),
+            ("compile", "compile", True),
+            ("onnxruntime", "onnxruntime", False),
+            ("onnxruntime-int8", "onnxruntime-int8", False),
+        ]:
             runners[name] = make_runner(ours, backend, calib=calib, channels_last=cl)
         peer = "torchvision-eager"
     else:
-        runners = {f"torchvision-eager-{precision}": _torchvision_peer(ref, device, precision, False),
-                   f"torchvision-compiled-{precision}": _torchvision_peer(ref, device, precision, True)}  # fmt: skip
+        runners = {
+            f"torchvision-eager-{precision}": _torchvision_peer(ref, device, precision, False),
+            f"torchvision-compiled-{precision}": _torchvision_peer(ref, device, precision, True),
+        }
         for backend in ("eager", "compile"):
             runners[backend] = make_runner(ours, backend, precision=precision, device=device)
         peer = f"torchvision-compiled-{precision}"
     rows = {k: [] for k in runners}
     order = list(runners)
     for r in range(runs):
-        for name in order[r % len(order):] + order[: r % len(order)]:  # each run starts with the next backend
+        for name in order[r % len(order) :] + order[: r % len(order)]:  # each run starts with the next backend
             run = runners[name]
             with torch.inference_mode():
                 res = bench(run, x, seconds=seconds, warmup=2)
@@ -84,8 +93,16 @@ def speed_case(runs: int, batch: int, seconds: float, device: torch.device, prec
     med = {k: statistics.median(v) for k, v in rows.items()}
     base = med[peer]
     best = max((k for k in med if not k.startswith("torchvision") and k != "onnxruntime-int8"), key=med.get)
-    out = {"batch": batch, "device": str(device), "precision": precision, "peer": peer, "median_images_per_s": med,
-           "fastest": best, "fastest_ratio": med[best] / base, "runs": rows}  # fmt: skip
+    out = {
+        "batch": batch,
+        "device": str(device),
+        "precision": precision,
+        "peer": peer,
+        "median_images_per_s": med,
+        "fastest": best,
+        "fastest_ratio": med[best] / base,
+        "runs": rows,
+    }
     if "onnxruntime-int8" in med:
         out["int8_ratio"] = med["onnxruntime-int8"] / base
     return out
@@ -94,14 +111,30 @@ def speed_case(runs: int, batch: int, seconds: float, device: torch.device, prec
 def int8_case(model_path: str) -> dict:
     model = resnets.load(model_path)
     with tempfile.TemporaryDirectory() as d:
-        r = export_int8(model, Path(d) / "q.onnx", calib="fashion-mnist:train", eval_data="fashion-mnist",
-                        max_drop=100, calib_images=1024)  # fmt: skip
-    print(f"fashion-mnist int8: fp32 {r['fp32_top1']:.2f}%  int8 {r['int8_top1']:.2f}%  drop {r['drop']:.2f}", flush=True)
+        r = export_int8(
+            model,
+            Path(d) / "q.onnx",
+            calib="fashion-mnist:train",
+            eval_data="fashion-mnist",
+            max_drop=100,
+            calib_images=1024,
+        )
+    print(
+        f"fashion-mnist int8: fp32 {r['fp32_top1']:.2f}%  int8 {r['int8_top1']:.2f}%  drop {r['drop']:.2f}", flush=True
+    )
     return {k: r[k] for k in ("fp32_top1", "int8_top1", "drop")}
 
 
-def predict_case(n: int, backend: str, runs: int, device: torch.device, precision: str, size: tuple[int, int],
-                 batch: int, workers: int) -> dict:  # fmt: skip
+def predict_case(
+    n: int,
+    backend: str,
+    runs: int,
+    device: torch.device,
+    precision: str,
+    size: tuple[int, int],
+    batch: int,
+    workers: int,
+) -> dict:
     """Real photos (random crops and scales of scikit-image's colour images) as JPEGs through `predict`."""
     from skimage import data as sk
     from torchvision.io import encode_jpeg
@@ -114,8 +147,17 @@ def predict_case(n: int, backend: str, runs: int, device: torch.device, precisio
     model = resnets.create_model("resnet50").eval().to(device)  # default preprocessing: 256 -> 224
     # end to end: `resnets predict` as a user runs it. The first call with a model exports it to ONNX (a few
     # seconds, cached); a repeated call finds the export in the cache. Steady state: the backend passed in.
-    out = {"images": n, "backend": backend, "precision": precision, "device": str(device), "size": size,
-           "predict_first": [], "predict_repeat": [], "predict_steady": [], "model_only": []}  # fmt: skip
+    out = {
+        "images": n,
+        "backend": backend,
+        "precision": precision,
+        "device": str(device),
+        "size": size,
+        "predict_first": [],
+        "predict_repeat": [],
+        "predict_steady": [],
+        "model_only": [],
+    }
     with tempfile.TemporaryDirectory() as d:
         for i in range(n):
             img = torch.from_numpy(photos[i % len(photos)]).permute(2, 0, 1).contiguous()
@@ -137,8 +179,11 @@ def predict_case(n: int, backend: str, runs: int, device: torch.device, precisio
             out["predict_repeat"].append(timed())
             out["predict_steady"].append(timed(runner=run))
             out["model_only"].append(bench(run, x, seconds=10, warmup=1)["images_per_s"])
-            print(f"run {r}: predict first call {out['predict_first'][-1]:.1f} img/s, repeated {out['predict_repeat'][-1]:.1f}, "
-                  f"backend passed in {out['predict_steady'][-1]:.1f}; model only {out['model_only'][-1]:.1f} img/s", flush=True)
+            print(
+                f"run {r}: predict first call {out['predict_first'][-1]:.1f} img/s, repeated {out['predict_repeat'][-1]:.1f}, "
+                f"backend passed in {out['predict_steady'][-1]:.1f}; model only {out['model_only'][-1]:.1f} img/s",
+                flush=True,
+            )
     base = statistics.median(out["model_only"])
     for k in ("first", "repeat", "steady"):
         out[f"ratio_{k}"] = statistics.median(out[f"predict_{k}"]) / base
@@ -178,8 +223,11 @@ def main() -> int:
             Path(args.json).write_text(json.dumps(result, indent=2))
 
     device = torch.device(args.device)
-    machine = (torch.cuda.get_device_name(device) if device.type == "cuda" else
-               f"{_cpu_name()}, torch threads {torch.get_num_threads()}")  # fmt: skip
+    machine = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"{_cpu_name()}, torch threads {torch.get_num_threads()}"
+    )
     result = {"machine": machine, "torch": torch.__version__, "statistic": "median", "runs": args.runs}
     if "speed" not in skip:
         result["speed"] = s = speed_case(args.runs, args.batch, args.seconds, device, args.precision)
@@ -191,12 +239,22 @@ def main() -> int:
         save()
     if "predict" not in skip:
         h, w = (int(v) for v in args.predict_size.split("x"))
-        result["predict"] = predict_case(args.predict_images, args.predict_backend, args.runs, device, args.precision,
-                                         (h, w), args.predict_batch, args.predict_workers)  # fmt: skip
+        result["predict"] = predict_case(
+            args.predict_images,
+            args.predict_backend,
+            args.runs,
+            device,
+            args.precision,
+            (h, w),
+            args.predict_batch,
+            args.predict_workers,
+        )
         p = result["predict"]
-        print(f"predict reaches {100 * p['ratio_repeat']:.0f}% of the model-only throughput on a repeated call, "
-              f"{100 * p['ratio_first']:.0f}% on the first call with a model (its ONNX export included), "
-              f"{100 * p['ratio_steady']:.0f}% with the backend passed in")
+        print(
+            f"predict reaches {100 * p['ratio_repeat']:.0f}% of the model-only throughput on a repeated call, "
+            f"{100 * p['ratio_first']:.0f}% on the first call with a model (its ONNX export included), "
+            f"{100 * p['ratio_steady']:.0f}% with the backend passed in"
+        )
         save()
     return 0
 

@@ -8,6 +8,7 @@ latency of the good requests, the status codes (5xx must be zero, every bad uplo
 resident memory after the first 10 seconds and at the end. On a GPU (--device cuda), the peer is `resnets bench`
 model-only at the same precision and batch size.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,16 @@ def _photos(folder: Path, n: int) -> list[Path]:
     from PIL import Image
     from skimage import data as sk
 
-    sources = [sk.astronaut(), sk.chelsea(), sk.coffee(), sk.rocket(), sk.cat(), sk.immunohistochemistry(),
-               sk.hubble_deep_field(), sk.camera()]  # fmt: skip
+    sources = [
+        sk.astronaut(),
+        sk.chelsea(),
+        sk.coffee(),
+        sk.rocket(),
+        sk.cat(),
+        sk.immunohistochemistry(),
+        sk.hubble_deep_field(),
+        sk.camera(),
+    ]
     sizes = [(500, 375), (375, 500), (640, 480), (400, 400), (512, 341)]
     out = []
     for i in range(n):
@@ -50,8 +59,12 @@ def _bad(folder: Path) -> list[tuple[str, bytes, str]]:
     good = (folder / "photo000.jpg").read_bytes()
     bomb = io.BytesIO()
     Image.new("RGB", (6000, 6000)).save(bomb, "PNG")  # 36 MP, over the --max-pixels given to the server
-    return [("truncated.jpg", good[: len(good) // 3], "truncated"), ("notes.txt", b"not an image at all\n" * 50, "text"),
-            ("bomb.png", bomb.getvalue(), "pixel bomb"), ("empty.jpg", b"", "empty")]  # fmt: skip
+    return [
+        ("truncated.jpg", good[: len(good) // 3], "truncated"),
+        ("notes.txt", b"not an image at all\n" * 50, "text"),
+        ("bomb.png", bomb.getvalue(), "pixel bomb"),
+        ("empty.jpg", b"", "empty"),
+    ]
 
 
 def _free_port() -> int:
@@ -67,7 +80,9 @@ def _rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def _predict_rate(weights: str, photos: list[Path], backend: str, device: str, precision: str, batch: int, repeats: int) -> float:
+def _predict_rate(
+    weights: str, photos: list[Path], backend: str, device: str, precision: str, batch: int, repeats: int
+) -> float:
     """Images per second of `resnets predict` (decoding in 2 workers, as the command does) over the photos, the
     backend made once before the clock starts (an export or compile is paid once, as a server pays it)."""
     import resnets
@@ -88,11 +103,11 @@ def _predict_rate(weights: str, photos: list[Path], backend: str, device: str, p
 
 def _bench_rate(weights: str, backend: str, device: str, precision: str, batch: int) -> float:
     """Images per second of the model alone (`resnets bench`'s measurement): one batch already on the device."""
+    import torch
+
     import resnets
     from resnets.backends import bench, make_runner
     from resnets.meta import preprocessing_for
-
-    import torch
 
     model = resnets.load(weights).to(device)
     run = make_runner(model, backend, precision=precision, device=device)
@@ -100,7 +115,9 @@ def _bench_rate(weights: str, backend: str, device: str, precision: str, batch: 
     return bench(run, torch.randn(batch, len(pre.mean), pre.crop, pre.crop, device=device))["images_per_s"]
 
 
-async def _load(url: str, clients: int, seconds: float, good: list[bytes], bad: list[tuple[str, bytes, str]], rss) -> dict:
+async def _load(
+    url: str, clients: int, seconds: float, good: list[bytes], bad: list[tuple[str, bytes, str]], rss
+) -> dict:
     import httpx
 
     stop = time.perf_counter() + seconds
@@ -136,11 +153,19 @@ async def _load(url: str, clients: int, seconds: float, good: list[bytes], bad: 
     elapsed = time.perf_counter() - t0
     lat.sort()
     q = lambda f: 1000 * lat[min(int(f * len(lat)), len(lat) - 1)] if lat else float("nan")  # noqa: E731
-    return {"clients": clients, "seconds": elapsed, "good_images": counter["images"],
-            "images_per_s": counter["images"] / elapsed, "p50_ms": q(0.50), "p95_ms": q(0.95), "p99_ms": q(0.99),
-            "status_codes": {str(k): v for k, v in sorted(codes.items())},
-            "bad_uploads": {w: {str(k): v for k, v in c.items()} for w, c in bad_codes.items()},
-            "rss_mb_after_10s": rss_at_10.get("mb"), "rss_mb_end": rss()}  # fmt: skip
+    return {
+        "clients": clients,
+        "seconds": elapsed,
+        "good_images": counter["images"],
+        "images_per_s": counter["images"] / elapsed,
+        "p50_ms": q(0.50),
+        "p95_ms": q(0.95),
+        "p99_ms": q(0.99),
+        "status_codes": {str(k): v for k, v in sorted(codes.items())},
+        "bad_uploads": {w: {str(k): v for k, v in c.items()} for w, c in bad_codes.items()},
+        "rss_mb_after_10s": rss_at_10.get("mb"),
+        "rss_mb_end": rss(),
+    }
 
 
 def main() -> int:
@@ -157,10 +182,10 @@ def main() -> int:
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
 
+    import torch
+
     import resnets
     from resnets.backends import auto_backend
-
-    import torch
 
     work = Path(tempfile.mkdtemp(prefix="resnets-serve-load-"))
     weights = args.weights
@@ -180,9 +205,30 @@ def main() -> int:
     print(f"  {peer:.1f} img/s", flush=True)
 
     port = _free_port()
-    cmd = [sys.executable, "-m", "resnets", "serve", "--weights", weights, "--port", str(port), "--backend", backend,
-           "--device", args.device, "--precision", args.precision, "--max-batch", str(args.max_batch),
-           "--max-wait-ms", str(args.max_wait_ms), "--max-pixels", "20000000", "--max-queue", "1024"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "resnets",
+        "serve",
+        "--weights",
+        weights,
+        "--port",
+        str(port),
+        "--backend",
+        backend,
+        "--device",
+        args.device,
+        "--precision",
+        args.precision,
+        "--max-batch",
+        str(args.max_batch),
+        "--max-wait-ms",
+        str(args.max_wait_ms),
+        "--max-pixels",
+        "20000000",
+        "--max-queue",
+        "1024",
+    ]
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(work / "server.log", "w"))
     import httpx
 
@@ -210,18 +256,40 @@ def main() -> int:
             r["5xx"], r["bad_not_4xx"] = fivexx, bad_not_4xx
             r["rss_growth"] = r["rss_mb_end"] / r["rss_mb_after_10s"] - 1 if r["rss_mb_after_10s"] else None
             runs.append(r)
-            print(f"  {r['images_per_s']:.1f} img/s ({100 * r['ratio_to_peer']:.0f}% of {peer_name}), p50 {r['p50_ms']:.0f} ms, "
-                  f"p95 {r['p95_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, codes {r['status_codes']}, 5xx {fivexx}, "
-                  f"bad uploads not 4xx {bad_not_4xx}, RSS {r['rss_mb_after_10s']:.0f} -> {r['rss_mb_end']:.0f} MB", flush=True)
+            print(
+                f"  {r['images_per_s']:.1f} img/s ({100 * r['ratio_to_peer']:.0f}% of {peer_name}), p50 {r['p50_ms']:.0f} ms, "
+                f"p95 {r['p95_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, codes {r['status_codes']}, 5xx {fivexx}, "
+                f"bad uploads not 4xx {bad_not_4xx}, RSS {r['rss_mb_after_10s']:.0f} -> {r['rss_mb_end']:.0f} MB",
+                flush=True,
+            )
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(60)
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())  # fmt: skip
-    result = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
-              "weights": args.weights, "backend": backend, "device": args.device, "precision": args.precision,
-              "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms, "photos": len(photos),
-              "peer": peer_name, "peer_images_per_s": peer, "runs": runs, "server_exit": server.returncode}  # fmt: skip
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    result = {
+        "date": time.strftime("%Y-%m-%d"),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "weights": args.weights,
+        "backend": backend,
+        "device": args.device,
+        "precision": args.precision,
+        "max_batch": args.max_batch,
+        "max_wait_ms": args.max_wait_ms,
+        "photos": len(photos),
+        "peer": peer_name,
+        "peer_images_per_s": peer,
+        "runs": runs,
+        "server_exit": server.returncode,
+    }
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0

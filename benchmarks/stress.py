@@ -25,6 +25,7 @@ kind against the bound the pixel limit sets.
 
 Prints one line per kill and per bad input, and a summary; --json writes the figures.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,18 +46,70 @@ import zlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""), PYTHONUNBUFFERED="1")
-RUN = ["--model", "resnet20", "--dataset", "synthetic", "--synthetic-samples", "1024", "--synthetic-classes", "4",
-       "--train-crop", "32", "--batch-size", "32", "--epochs", "3", "--workers", "0", "--no-progress", "--device",
-       "cpu", "--deterministic", "--random-erasing", "0.25", "--drop-path-rate", "0.1", "--checkpoint-steps", "2"]  # fmt: skip
-TINY = ["--model", "resnet20", "--dataset", "synthetic", "--synthetic-samples", "64", "--synthetic-classes", "2",
-        "--train-crop", "32", "--batch-size", "16", "--epochs", "1", "--workers", "0", "--no-progress", "--device", "cpu"]  # fmt: skip
+ENV = dict(
+    os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""), PYTHONUNBUFFERED="1"
+)
+RUN = [
+    "--model",
+    "resnet20",
+    "--dataset",
+    "synthetic",
+    "--synthetic-samples",
+    "1024",
+    "--synthetic-classes",
+    "4",
+    "--train-crop",
+    "32",
+    "--batch-size",
+    "32",
+    "--epochs",
+    "3",
+    "--workers",
+    "0",
+    "--no-progress",
+    "--device",
+    "cpu",
+    "--deterministic",
+    "--random-erasing",
+    "0.25",
+    "--drop-path-rate",
+    "0.1",
+    "--checkpoint-steps",
+    "2",
+]
+TINY = [
+    "--model",
+    "resnet20",
+    "--dataset",
+    "synthetic",
+    "--synthetic-samples",
+    "64",
+    "--synthetic-classes",
+    "2",
+    "--train-crop",
+    "32",
+    "--batch-size",
+    "16",
+    "--epochs",
+    "1",
+    "--workers",
+    "0",
+    "--no-progress",
+    "--device",
+    "cpu",
+]
 
 
 def resnets(*args, limit_fsize: int | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     pre = (lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit_fsize, limit_fsize))) if limit_fsize else None
-    return subprocess.run([sys.executable, "-m", "resnets", *map(str, args)], capture_output=True, text=True, env=ENV,
-                          timeout=timeout, preexec_fn=pre)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "resnets", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=timeout,
+        preexec_fn=pre,
+    )
 
 
 def weights(path: Path) -> dict:
@@ -99,8 +152,13 @@ def kills(out: Path, n: int, rng: random.Random) -> dict:
         attempts += 1
         first = not run.exists()
         cmd = ["train", *RUN, "--out", out, "--name", "killed"] if first else ["train", "--resume", run]
-        proc = subprocess.Popen([sys.executable, "-m", "resnets", *map(str, cmd)], env=ENV, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "resnets", *map(str, cmd)],
+            env=ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         kind = rng.choice(["time", "write", "after-checkpoints"])
         start = time.perf_counter()
         stale = set(os.listdir(run)) if run.is_dir() else set()  # a killed write's temporary, swept by the resume
@@ -148,10 +206,21 @@ def kills(out: Path, n: int, rng: random.Random) -> dict:
         if before is not None and (after is None or after < before):
             ok = False  # a checkpoint that was there is gone or older
         lost += not ok
-        rows.append({"kill": done, "kind": kind, "during_write": in_write, "after_s": round(time.perf_counter() - start, 2),
-                     "checkpoint_step": after, "checkpoint_ok": ok})  # fmt: skip
-        print(f"kill {done:2d}: {kind:17s} at {rows[-1]['after_s']:5.2f} s  checkpoint step {after}"
-              f"{'  (during a checkpoint write)' if in_write else ''}{'' if ok else '  CHECKPOINT LOST'}", flush=True)  # fmt: skip
+        rows.append(
+            {
+                "kill": done,
+                "kind": kind,
+                "during_write": in_write,
+                "after_s": round(time.perf_counter() - start, 2),
+                "checkpoint_step": after,
+                "checkpoint_ok": ok,
+            }
+        )
+        print(
+            f"kill {done:2d}: {kind:17s} at {rows[-1]['after_s']:5.2f} s  checkpoint step {after}"
+            f"{'  (during a checkpoint write)' if in_write else ''}{'' if ok else '  CHECKPOINT LOST'}",
+            flush=True,
+        )
     p = resnets("train", "--resume", run)  # to the end
     tracebacks += "Traceback" in p.stderr
     if p.returncode:
@@ -163,9 +232,18 @@ def kills(out: Path, n: int, rng: random.Random) -> dict:
     keys = ("epoch", "train_loss", "train_acc", "val_top1", "val_loss")
     metrics_identical = [{k: r.get(k) for k in keys} for r in ma] == [{k: r.get(k) for k in keys} for r in mb]
     leftovers = sorted(p.name for p in run.glob(".*.tmp*"))
-    return {"kills": done, "during_checkpoint_writes": during_write, "resumes": attempts, "checkpoints_lost": lost,
-            "weights_bit_identical": identical, "metrics_identical": metrics_identical, "tracebacks": tracebacks,
-            "temporaries_left": leftovers, "uninterrupted_s": round(straight_s, 1), "rows": rows}  # fmt: skip
+    return {
+        "kills": done,
+        "during_checkpoint_writes": during_write,
+        "resumes": attempts,
+        "checkpoints_lost": lost,
+        "weights_bit_identical": identical,
+        "metrics_identical": metrics_identical,
+        "tracebacks": tracebacks,
+        "temporaries_left": leftovers,
+        "uninterrupted_s": round(straight_s, 1),
+        "rows": rows,
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------- bad inputs
@@ -173,7 +251,9 @@ def png_header(path: Path, w: int, h: int) -> None:
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)) + chunk(b"IEND", b"")
+    )
 
 
 def make_inputs(d: Path) -> dict:
@@ -189,8 +269,12 @@ def make_inputs(d: Path) -> dict:
 
     torch.manual_seed(0)
     model = d / "model.safetensors"
-    R.save(R.create_model("resnet20", num_classes=3).eval(), model, class_names=["a", "b", "c"],
-           preprocessing=Preprocessing(36, 32, "bilinear", (0.5,) * 3, (0.25,) * 3).to_dict())  # fmt: skip
+    R.save(
+        R.create_model("resnet20", num_classes=3).eval(),
+        model,
+        class_names=["a", "b", "c"],
+        preprocessing=Preprocessing(36, 32, "bilinear", (0.5,) * 3, (0.25,) * 3).to_dict(),
+    )
     imgs = d / "images"
     imgs.mkdir()
     frames = [Image.new("RGB", (24, 16), c) for c in ((255, 0, 0), (0, 0, 255))]
@@ -205,30 +289,52 @@ def make_inputs(d: Path) -> dict:
     with safe_open(str(model), framework="pt") as f:
         meta, sd = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
     damaged = {
-        "no-crop": ("preprocessing", {"resize": 36}), "negative-crop": ("preprocessing", {"resize": 36, "crop": -3}),
-        "std-0": ("preprocessing", {"resize": 36, "crop": 32, "std": [0, 0, 0]}), "options-list": ("options", [1, 2]),
-        "classes-number": ("class_names", 7), "evil-classes": ("class_names", ["\x1b[31m", "../../", "x\ny"]),
-    }  # fmt: skip
+        "no-crop": ("preprocessing", {"resize": 36}),
+        "negative-crop": ("preprocessing", {"resize": 36, "crop": -3}),
+        "std-0": ("preprocessing", {"resize": 36, "crop": 32, "std": [0, 0, 0]}),
+        "options-list": ("options", [1, 2]),
+        "classes-number": ("class_names", 7),
+        "evil-classes": ("class_names", ["\x1b[31m", "../../", "x\ny"]),
+    }
     for name, (field, value) in damaged.items():
         save_file(sd, str(d / f"{name}.safetensors"), metadata={**meta, field: json.dumps(value)})
     options = json.loads(meta["options"])
-    for name, field, value in (("record-11-classes", "options", {**options, "num_classes": 11}),
-                               ("record-in-chans-100000", "options", {**options, "in_chans": 100000}),
-                               ("crop-5000", "preprocessing", {"resize": 5000, "crop": 5000})):  # fmt: skip
+    for name, field, value in (
+        ("record-11-classes", "options", {**options, "num_classes": 11}),
+        ("record-in-chans-100000", "options", {**options, "in_chans": 100000}),
+        ("crop-5000", "preprocessing", {"resize": 5000, "crop": 5000}),
+    ):
         save_file(sd, str(d / f"{name}.safetensors"), metadata={**meta, field: json.dumps(value)})
     save_file({**sd, "fc.weight": sd["fc.weight"].to(torch.int8)}, str(d / "tensor-int8.safetensors"), metadata=meta)
     # timm folders whose config.json holds a malformed value (issue 22: 13 of 33 were tracebacks)
     import timm
 
     ref = timm.create_model("resnet18", num_classes=5, pretrained=False)
-    good = {"architecture": "resnet18", "num_classes": 5, "pretrained_cfg": {"input_size": [3, 224, 224], "crop_pct": 0.9,
-            "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic"}}  # fmt: skip
-    malformed = {"pretrained_cfg-x": ("pretrained_cfg", "x"), "num_classes-abc": ("num_classes", "abc"),
-                 "num_classes-list": ("num_classes", [1]), "num_classes-1e12": ("num_classes", 1e12),
-                 "num_classes-1000000": ("num_classes", 1_000_000), "num_classes-10.7": ("num_classes", 10.7),
-                 "input_size-abc": ("pretrained_cfg.input_size", "abc"), "input_size-224": ("pretrained_cfg.input_size", 224),
-                 "crop_pct-nan": ("pretrained_cfg.crop_pct", "nan"), "mean-5": ("pretrained_cfg.mean", 5),
-                 "label_names-5": ("label_names", 5), "std-0": ("pretrained_cfg.std", [0, 0, 0])}  # fmt: skip
+    good = {
+        "architecture": "resnet18",
+        "num_classes": 5,
+        "pretrained_cfg": {
+            "input_size": [3, 224, 224],
+            "crop_pct": 0.9,
+            "mean": [0.5] * 3,
+            "std": [0.5] * 3,
+            "interpolation": "bicubic",
+        },
+    }
+    malformed = {
+        "pretrained_cfg-x": ("pretrained_cfg", "x"),
+        "num_classes-abc": ("num_classes", "abc"),
+        "num_classes-list": ("num_classes", [1]),
+        "num_classes-1e12": ("num_classes", 1e12),
+        "num_classes-1000000": ("num_classes", 1_000_000),
+        "num_classes-10.7": ("num_classes", 10.7),
+        "input_size-abc": ("pretrained_cfg.input_size", "abc"),
+        "input_size-224": ("pretrained_cfg.input_size", 224),
+        "crop_pct-nan": ("pretrained_cfg.crop_pct", "nan"),
+        "mean-5": ("pretrained_cfg.mean", 5),
+        "label_names-5": ("label_names", 5),
+        "std-0": ("pretrained_cfg.std", [0, 0, 0]),
+    }
     for name, (key, value) in malformed.items():
         folder = d / f"timm-{name}"
         folder.mkdir()
@@ -239,10 +345,16 @@ def make_inputs(d: Path) -> dict:
         (folder / "config.json").write_text(json.dumps(cfg))
     import zipfile
 
-    for name, config in (("config-list", []), ("config-str", {"config": "abc"}), ("layers-str", {"config": {"layers": "abc"}}),
-                         ("epsilon-list", {"config": {"layers": [{"class_name": "BatchNormalization",
-                                                                   "config": {"name": "bn", "epsilon": [1]}}]}}),
-                         ("config-20MB", " " * (20 << 20))):  # fmt: skip
+    for name, config in (
+        ("config-list", []),
+        ("config-str", {"config": "abc"}),
+        ("layers-str", {"config": {"layers": "abc"}}),
+        (
+            "epsilon-list",
+            {"config": {"layers": [{"class_name": "BatchNormalization", "config": {"name": "bn", "epsilon": [1]}}]}},
+        ),
+        ("config-20MB", " " * (20 << 20)),
+    ):
         with zipfile.ZipFile(d / f"keras-{name}.keras", "w", zipfile.ZIP_DEFLATED) as z:
             z.writestr("config.json", config if isinstance(config, str) else json.dumps(config))
             z.writestr("model.weights.h5", b"")
@@ -268,11 +380,24 @@ def bad_inputs(d: Path) -> list[tuple[str, list, int, Path | None]]:
     full-disk resume's config.json (it records --epochs 3 before training on)."""
     m, run, imgs, out = d / "model.safetensors", d / "runs" / "run", d / "images", d / "out"
     cases: list[tuple[str, list, int, Path | None]] = []
-    for flag, value in [("--momentum", -1), ("--label-smoothing", 5), ("--random-erasing", 2), ("--workers", -1),
-                        ("--ema-decay", 2), ("--device", "tpu"), ("--synthetic-classes", 0), ("--train-crop", -1),
-                        ("--lr", "nan"), ("--iterations", -5), ("--limit-train", -5), ("--mixup", -1),
-                        ("--weight-decay", -1), ("--clip-grad", "nan"), ("--warmup-epochs", -1),
-                        ("--checkpoint-steps", -1)]:  # fmt: skip
+    for flag, value in [
+        ("--momentum", -1),
+        ("--label-smoothing", 5),
+        ("--random-erasing", 2),
+        ("--workers", -1),
+        ("--ema-decay", 2),
+        ("--device", "tpu"),
+        ("--synthetic-classes", 0),
+        ("--train-crop", -1),
+        ("--lr", "nan"),
+        ("--iterations", -5),
+        ("--limit-train", -5),
+        ("--mixup", -1),
+        ("--weight-decay", -1),
+        ("--clip-grad", "nan"),
+        ("--warmup-epochs", -1),
+        ("--checkpoint-steps", -1),
+    ]:
         cases.append((f"train {flag} {value}", ["train", *TINY, "--out", out, flag, value], 2, out))
     cases += [
         ("resume --dataset changed", ["train", "--resume", run, "--dataset", "cifar10"], 2, None),
@@ -280,19 +405,49 @@ def bad_inputs(d: Path) -> list[tuple[str, list, int, Path | None]]:
         ("resume --optimizer changed", ["train", "--resume", run, "--optimizer", "adamw"], 2, None),
         ("train --name that is a file", ["train", *TINY, "--out", d, "--name", "a-file"], 2, None),
         ("train --out that is a file", ["train", *TINY, "--out", d / "a-file"], 2, None),
-        ("train on a binary CSV", ["train", *TINY[:2], "--dataset", "csv", "--data", d / "binary.csv", "--out", out], 2, out),
+        (
+            "train on a binary CSV",
+            ["train", *TINY[:2], "--dataset", "csv", "--data", d / "binary.csv", "--out", out],
+            2,
+            out,
+        ),
         ("eval on a malformed CIFAR archive", ["eval", "--weights", m, "--dataset", "cifar10", "--data", d], 2, None),
         ("predict a folder of hostile images", ["predict", imgs, "--weights", m, "--workers", 0], 1, None),
-        ("predict --format csv, hostile names", ["predict", imgs, "--weights", m, "--workers", 2, "--format", "csv"], 1, None),
+        (
+            "predict --format csv, hostile names",
+            ["predict", imgs, "--weights", m, "--workers", 2, "--format", "csv"],
+            1,
+            None,
+        ),
         ("predict --max-pixels 100", ["predict", imgs, "--weights", m, "--workers", 0, "--max-pixels", 100], 1, None),
-        ("explain an animated GIF", ["explain", imgs / "animated.gif", "--weights", m, "--out", d / "cam.png"], 0, None),
-        ("explain a decompression bomb", ["explain", imgs / "bomb.png", "--weights", m, "--out", d / "bomb-cam.png"], 2, d / "bomb-cam.png"),
-        ("explain --layer fc", ["explain", imgs / "portrait.jpg", "--weights", m, "--layer", "fc", "--out", d / "fc.png"], 2, d / "fc.png"),
+        (
+            "explain an animated GIF",
+            ["explain", imgs / "animated.gif", "--weights", m, "--out", d / "cam.png"],
+            0,
+            None,
+        ),
+        (
+            "explain a decompression bomb",
+            ["explain", imgs / "bomb.png", "--weights", m, "--out", d / "bomb-cam.png"],
+            2,
+            d / "bomb-cam.png",
+        ),
+        (
+            "explain --layer fc",
+            ["explain", imgs / "portrait.jpg", "--weights", m, "--layer", "fc", "--out", d / "fc.png"],
+            2,
+            d / "fc.png",
+        ),
         ("predict --top-k -3", ["predict", imgs, "--weights", m, "--top-k", -3], 2, None),
         ("predict --batch-size 0", ["predict", imgs, "--weights", m, "--batch-size", 0], 2, None),
         ("predict --workers -1", ["predict", imgs, "--weights", m, "--workers", -1], 2, None),
         ("embed --out RUN/last.pt", ["embed", imgs, "--weights", m, "--out", run / "last.pt"], 2, None),
-        ("embed --out RUN/model.safetensors --force", ["embed", imgs, "--weights", m, "--out", run / "model.safetensors", "--force"], 2, None),
+        (
+            "embed --out RUN/model.safetensors --force",
+            ["embed", imgs, "--weights", m, "--out", run / "model.safetensors", "--force"],
+            2,
+            None,
+        ),
         ("embed --out x.npy", ["embed", imgs, "--weights", m, "--out", d / "x.npy"], 2, d / "x.npy"),
         ("embed --out an existing file", ["embed", imgs, "--weights", m, "--out", m], 2, None),
         ("export --out RUN/model.safetensors", ["export", "--weights", m, "--out", run / "model.safetensors"], 2, None),
@@ -302,39 +457,85 @@ def bad_inputs(d: Path) -> list[tuple[str, list, int, Path | None]]:
         ("resume from a pickle with code", ["train", "--resume", d / "evil-run"], 2, d / "PWNED"),
         ("resume with a damaged config.json", ["train", "--resume", d / "damaged-run"], 2, None),
         ("two runs in one folder at once", ["train", *TINY, "--out", d / "runs", "--name", "busy"], 2, None),
-        ("checkpoint write past the file-size limit (a full disk)", ["train", "--resume", d / "full-disk-run", "--epochs", 3], 1, None),
-    ]  # fmt: skip
+        (
+            "checkpoint write past the file-size limit (a full disk)",
+            ["train", "--resume", d / "full-disk-run", "--epochs", 3],
+            1,
+            None,
+        ),
+    ]
     for name in ("no-crop", "negative-crop", "std-0", "options-list", "classes-number"):
-        cases.append((f"model file metadata: {name}", ["predict", imgs, "--weights", d / f"{name}.safetensors"], 2, None))
-    cases.append(("class names with escape codes", ["predict", imgs, "--weights", d / "evil-classes.safetensors", "--workers", 0], 1, None))
+        cases.append(
+            (f"model file metadata: {name}", ["predict", imgs, "--weights", d / f"{name}.safetensors"], 2, None)
+        )
+    cases.append(
+        (
+            "class names with escape codes",
+            ["predict", imgs, "--weights", d / "evil-classes.safetensors", "--workers", 0],
+            1,
+            None,
+        )
+    )
     # issue 22: values that cannot run, foreign files, folder outputs, devices
-    for flag, value in [("--epochs", "1e400"), ("--seed", "1e20"), ("--lr", "1e308"), ("--weight-decay", "1e308"),
-                        ("--gamma", "1e308"), ("--warmup-epochs", "1e308"), ("--pad", "1e9"), ("--train-crop", "1e6"),
-                        ("--synthetic-samples", "1e12"), ("--synthetic-classes", "1e9"), ("--device", "mps"),
-                        ("--mixup", "1e-320"), ("--cutmix", "1e-320"), ("--in-chans", "100000")]:  # fmt: skip
+    for flag, value in [
+        ("--epochs", "1e400"),
+        ("--seed", "1e20"),
+        ("--lr", "1e308"),
+        ("--weight-decay", "1e308"),
+        ("--gamma", "1e308"),
+        ("--warmup-epochs", "1e308"),
+        ("--pad", "1e9"),
+        ("--train-crop", "1e6"),
+        ("--synthetic-samples", "1e12"),
+        ("--synthetic-classes", "1e9"),
+        ("--device", "mps"),
+        ("--mixup", "1e-320"),
+        ("--cutmix", "1e-320"),
+        ("--in-chans", "100000"),
+    ]:
         cases.append((f"train {flag} {value}", ["train", *TINY, "--out", out, flag, value], 2, out))
     for name in sorted(p.name for p in d.glob("timm-*")):
-        cases.append((f"timm config.json: {name[5:]}", ["predict", imgs / "portrait.jpg", "--weights", d / name], 2, None))
+        cases.append(
+            (f"timm config.json: {name[5:]}", ["predict", imgs / "portrait.jpg", "--weights", d / name], 2, None)
+        )
     for name in sorted(p.name for p in d.glob("keras-*")):
         cases.append((f"Keras file: {name[6:]}", ["predict", imgs / "portrait.jpg", "--weights", d / name], 2, None))
     for name in ("record-11-classes", "record-in-chans-100000", "tensor-int8", "crop-5000"):
         cases.append((f"model file: {name}", ["predict", imgs, "--weights", d / f"{name}.safetensors"], 2, None))
     cases += [
-        ("export --format hub --out RUN --force", ["export", "--weights", m, "--format", "hub", "--out", run, "--force"], 2, None),
+        (
+            "export --format hub --out RUN --force",
+            ["export", "--weights", m, "--format", "hub", "--out", run, "--force"],
+            2,
+            None,
+        ),
         ("predict --device cuda:x", ["predict", imgs, "--weights", m, "--device", "cuda:x"], 2, None),
         ("serve --port 70000", ["serve", "--weights", m, "--port", 70000], 2, None),
         ("serve --max-upload-mb 1e308", ["serve", "--weights", m, "--max-upload-mb", "1e308"], 2, None),
         ("serve --token ''", ["serve", "--weights", m, "--token", ""], 2, None),
-        ("explain --class a Unicode digit", ["explain", imgs / "portrait.jpg", "--weights", m, "--class", "\u00b2", "--out", d / "u.png"], 2, d / "u.png"),
-        ("export: check failed (--atol 0 --rtol 0)", ["export", "--weights", m, "--fold-bn", "--atol", 0, "--rtol", 0, "--out", d / "z.onnx"], 1, d / "z.onnx"),
-    ]  # fmt: skip
+        (
+            "explain --class a Unicode digit",
+            ["explain", imgs / "portrait.jpg", "--weights", m, "--class", "\u00b2", "--out", d / "u.png"],
+            2,
+            d / "u.png",
+        ),
+        (
+            "export: check failed (--atol 0 --rtol 0)",
+            ["export", "--weights", m, "--fold-bn", "--atol", 0, "--rtol", 0, "--out", d / "z.onnx"],
+            1,
+            d / "z.onnx",
+        ),
+    ]
     return cases
 
 
 def snapshot(root: Path) -> dict[str, str]:
     """Every file under root (outside the folders commands may write to), by content hash."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name != ".lock" and not str(p.relative_to(root)).startswith(("out", "runs/busy"))}  # fmt: skip
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != ".lock" and not str(p.relative_to(root)).startswith(("out", "runs/busy"))
+    }
 
 
 def bad(d: Path) -> dict:
@@ -349,9 +550,26 @@ def bad(d: Path) -> dict:
     holder = None
     for what, argv, want, must_not_exist in bad_inputs(d):
         if what.startswith("two runs"):  # hold the folder with a long run, then try a second one
-            holder = subprocess.Popen([sys.executable, "-m", "resnets", "train", *TINY, "--synthetic-samples", "100000",
-                                       "--epochs", "50", "--out", d / "runs", "--name", "busy"], env=ENV,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+            holder = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "resnets",
+                    "train",
+                    *TINY,
+                    "--synthetic-samples",
+                    "100000",
+                    "--epochs",
+                    "50",
+                    "--out",
+                    d / "runs",
+                    "--name",
+                    "busy",
+                ],
+                env=ENV,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             lock = d / "runs" / "busy" / ".lock"
             while holder.poll() is None and not (lock.is_file() and lock.read_text()):
                 time.sleep(0.05)
@@ -366,8 +584,11 @@ def bad(d: Path) -> dict:
         changed = sorted(k for k in before if after.get(k) != before[k] and k != "full-disk-run/config.json")
         appeared = must_not_exist is not None and must_not_exist.exists()
         info = ("resnets: skipped", "resnets: resuming")  # log lines that come before the error
-        lines = [line for line in p.stderr.splitlines() if line.strip() and not line.startswith(info)
-                 and "files could not be read" not in line]  # fmt: skip
+        lines = [
+            line
+            for line in p.stderr.splitlines()
+            if line.strip() and not line.startswith(info) and "files could not be read" not in line
+        ]
         tb = "Traceback" in p.stderr
         partial = want == 1 and "files could not be read" in p.stderr  # the rest answered, the bad ones named
         one_line = want == 0 or partial or len(lines) == 1
@@ -375,9 +596,18 @@ def bad(d: Path) -> dict:
         tracebacks += tb
         wrong_code += p.returncode != want
         long_msgs += not one_line
-        rows.append({"input": what, "exit": p.returncode, "expected": want, "traceback": tb, "changed": changed,
-                     "appeared": str(must_not_exist) if appeared else None, "message": lines[-1] if lines else "",
-                     "ok": ok})  # fmt: skip
+        rows.append(
+            {
+                "input": what,
+                "exit": p.returncode,
+                "expected": want,
+                "traceback": tb,
+                "changed": changed,
+                "appeared": str(must_not_exist) if appeared else None,
+                "message": lines[-1] if lines else "",
+                "ok": ok,
+            }
+        )
         msg = (lines[-1] if lines else "").replace(str(d), "D")[:110]
         print(f"{'ok  ' if ok else 'FAIL'} {what:55s} exit {p.returncode}  {msg!r}", flush=True)
         if changed or appeared:
@@ -385,13 +615,24 @@ def bad(d: Path) -> dict:
     # output injection: a header and one line per file in the table, no raw escape code
     table = resnets("predict", made["imgs"], "--weights", d / "evil-classes.safetensors", "--workers", 0).stdout
     injection_ok = "\x1b" not in table and len(table.splitlines()) == 1 + len(list(made["imgs"].iterdir()))
-    pipe = subprocess.run(f"{sys.executable} -m resnets list | true", shell=True, capture_output=True, text=True, env=ENV)
+    pipe = subprocess.run(
+        f"{sys.executable} -m resnets list | true", shell=True, capture_output=True, text=True, env=ENV
+    )
     tracebacks += "Traceback" in pipe.stderr
-    rows.append({"input": "resnets list | true", "traceback": "Traceback" in pipe.stderr, "ok": "Traceback" not in pipe.stderr})
+    rows.append(
+        {"input": "resnets list | true", "traceback": "Traceback" in pipe.stderr, "ok": "Traceback" not in pipe.stderr}
+    )
     files_lost = sum(bool(r.get("changed")) or bool(r.get("appeared")) for r in rows)
-    return {"bad_inputs": len(rows), "passed": sum(r["ok"] for r in rows), "tracebacks": tracebacks,
-            "wrong_exit_codes": wrong_code, "messages_not_one_line": long_msgs, "files_lost_or_changed": files_lost,
-            "escape_codes_in_table": not injection_ok, "rows": rows}  # fmt: skip
+    return {
+        "bad_inputs": len(rows),
+        "passed": sum(r["ok"] for r in rows),
+        "tracebacks": tracebacks,
+        "wrong_exit_codes": wrong_code,
+        "messages_not_one_line": long_msgs,
+        "files_lost_or_changed": files_lost,
+        "escape_codes_in_table": not injection_ok,
+        "rows": rows,
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------- serve
@@ -420,21 +661,36 @@ def _uploads() -> dict[str, tuple[bytes, str]]:
 
     z = zlib.compressobj(9)
     rows = b"".join(z.compress(bytes(20001)) for _ in range(20000)) + z.flush()  # 20000 rows of zeros: ~400 KB
-    ztxt = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0))
-            + chunk(b"zTXt", b"k\x00\x01junk") + chunk(b"IDAT", rows) + chunk(b"IEND", b""))  # fmt: skip
-    header_bomb = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0)) + chunk(b"IEND", b"")
+    ztxt = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0))
+        + chunk(b"zTXt", b"k\x00\x01junk")
+        + chunk(b"IDAT", rows)
+        + chunk(b"IEND", b"")
+    )
+    header_bomb = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0))
+        + chunk(b"IEND", b"")
+    )
     photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8))
     frames = [Image.new("RGB", (64, 64), c) for c in ((200, 0, 0), (0, 0, 200))]
     jpeg = enc(photo, "JPEG")
     return {
-        "png-ztxt-20000x20000": (ztxt, "bad"), "gif-60-frames-4000x4000": (_gif_frames(60, 4000, 4000), "good"),
-        "png-header-20000x20000": (header_bomb, "bad"), "jpeg": (jpeg, "good"), "png": (enc(photo, "PNG"), "good"),
-        "gif": (enc(photo, "GIF"), "good"), "webp": (enc(photo, "WEBP"), "good"),
+        "png-ztxt-20000x20000": (ztxt, "bad"),
+        "gif-60-frames-4000x4000": (_gif_frames(60, 4000, 4000), "good"),
+        "png-header-20000x20000": (header_bomb, "bad"),
+        "jpeg": (jpeg, "good"),
+        "png": (enc(photo, "PNG"), "good"),
+        "gif": (enc(photo, "GIF"), "good"),
+        "webp": (enc(photo, "WEBP"), "good"),
         "webp-animated": (enc(frames[0], "WEBP", save_all=True, append_images=frames[1:]), "good"),
         "png-16-bit": (enc(Image.fromarray(np.full((64, 64), 40000, dtype=np.uint16)), "PNG"), "good"),
-        "text": (b"not an image at all", "bad"), "empty": (b"", "bad"), "jpeg-truncated": (jpeg[: len(jpeg) // 2], "bad"),
+        "text": (b"not an image at all", "bad"),
+        "empty": (b"", "bad"),
+        "jpeg-truncated": (jpeg[: len(jpeg) // 2], "bad"),
         "jpeg-cut-in-header": (jpeg[:40], "bad"),
-    }  # fmt: skip
+    }
 
 
 def _rss(pid: int, key: str = "VmRSS") -> int:
@@ -455,16 +711,39 @@ def serve_stress(d: Path, rounds: int = 10) -> dict:
     import resnets as R
 
     torch.manual_seed(0)
-    model = R.save(R.create_model("resnet20", num_classes=10, in_chans=1), d / "grey.safetensors",
-                   preprocessing=R.Preprocessing(32, 28, mean=(0.29,), std=(0.35,)))  # fmt: skip
+    model = R.save(
+        R.create_model("resnet20", num_classes=10, in_chans=1),
+        d / "grey.safetensors",
+        preprocessing=R.Preprocessing(32, 28, mean=(0.29,), std=(0.35,)),
+    )
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
     log = open(d / "serve.log", "w+")
-    server = subprocess.Popen([sys.executable, "-m", "resnets", "serve", "--weights", model, "--port", str(port), "--device",
-                               "cpu", "--max-batch", "16", "--max-wait-ms", "20", "--log-level", "warning"], env=ENV,
-                              stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "resnets",
+            "serve",
+            "--weights",
+            model,
+            "--port",
+            str(port),
+            "--device",
+            "cpu",
+            "--max-batch",
+            "16",
+            "--max-wait-ms",
+            "20",
+            "--log-level",
+            "warning",
+        ],
+        env=ENV,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.time() + 120
         while time.time() < deadline:
@@ -515,11 +794,22 @@ def serve_stress(d: Path, rounds: int = 10) -> dict:
             server.kill()
         log.seek(0)
         output = log.read()
-    counted_5xx = sum(float(line.split()[-1]) for line in metrics.splitlines()
-                      if line.startswith("resnets_requests_total") and 'code="5' in line)  # fmt: skip
-    return {"idle_rss_mb": round(idle / 2**20, 1), "kinds": kinds, "mixed_requests": sent, "status_5xx": fivexx,
-            "good_not_answered": unanswered, "wrong_status": wrong, "metrics_5xx": counted_5xx,
-            "tracebacks_in_log": output.count("Traceback"), "exit_code": server.returncode}  # fmt: skip
+    counted_5xx = sum(
+        float(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith("resnets_requests_total") and 'code="5' in line
+    )
+    return {
+        "idle_rss_mb": round(idle / 2**20, 1),
+        "kinds": kinds,
+        "mixed_requests": sent,
+        "status_5xx": fivexx,
+        "good_not_answered": unanswered,
+        "wrong_status": wrong,
+        "metrics_5xx": counted_5xx,
+        "tracebacks_in_log": output.count("Traceback"),
+        "exit_code": server.returncode,
+    }
 
 
 def cpu() -> str:
@@ -548,26 +838,33 @@ def main() -> None:
             (tmp / "k").mkdir()
             k = kills(tmp / "k", args.kills, random.Random(args.seed))
             results["kills"] = k
-            print(f"\n{k['kills']} kills ({k['during_checkpoint_writes']} during a checkpoint write), {k['resumes']} starts; "
-                  f"checkpoints lost {k['checkpoints_lost']}; final weights bit-identical: {k['weights_bit_identical']}; "
-                  f"metrics identical: {k['metrics_identical']}; tracebacks {k['tracebacks']}; temporaries left "
-                  f"{len(k['temporaries_left'])}\n", flush=True)  # fmt: skip
+            print(
+                f"\n{k['kills']} kills ({k['during_checkpoint_writes']} during a checkpoint write), {k['resumes']} starts; "
+                f"checkpoints lost {k['checkpoints_lost']}; final weights bit-identical: {k['weights_bit_identical']}; "
+                f"metrics identical: {k['metrics_identical']}; tracebacks {k['tracebacks']}; temporaries left "
+                f"{len(k['temporaries_left'])}\n",
+                flush=True,
+            )
         if not args.skip_bad_inputs:
             (tmp / "b").mkdir()
             b = bad(tmp / "b")
             results["bad_inputs"] = b
-            print(f"\n{b['passed']}/{b['bad_inputs']} bad inputs handled; tracebacks {b['tracebacks']}; wrong exit codes "
-                  f"{b['wrong_exit_codes']}; messages not one line {b['messages_not_one_line']}; files lost or changed "
-                  f"{b['files_lost_or_changed']}; escape codes in table output: {b['escape_codes_in_table']}")  # fmt: skip
+            print(
+                f"\n{b['passed']}/{b['bad_inputs']} bad inputs handled; tracebacks {b['tracebacks']}; wrong exit codes "
+                f"{b['wrong_exit_codes']}; messages not one line {b['messages_not_one_line']}; files lost or changed "
+                f"{b['files_lost_or_changed']}; escape codes in table output: {b['escape_codes_in_table']}"
+            )
         if not args.skip_serve:
             (tmp / "s").mkdir()
             s = serve_stress(tmp / "s")
             results["serve"] = s
             worst = max(k["peak_mb_over_before"] for k in s["kinds"].values())
-            print(f"\nserve: {len(s['kinds'])} upload kinds x 8 at once, worst peak +{worst} MB over an idle {s['idle_rss_mb']} MB; "
-                  f"{s['mixed_requests']} mixed requests: 5xx {s['status_5xx']}, good not answered {s['good_not_answered']}, "
-                  f"wrong status {s['wrong_status']}, 5xx in /metrics {s['metrics_5xx']}, tracebacks in the log "
-                  f"{s['tracebacks_in_log']}, exit {s['exit_code']}")  # fmt: skip
+            print(
+                f"\nserve: {len(s['kinds'])} upload kinds x 8 at once, worst peak +{worst} MB over an idle {s['idle_rss_mb']} MB; "
+                f"{s['mixed_requests']} mixed requests: 5xx {s['status_5xx']}, good not answered {s['good_not_answered']}, "
+                f"wrong status {s['wrong_status']}, 5xx in /metrics {s['metrics_5xx']}, tracebacks in the log "
+                f"{s['tracebacks_in_log']}, exit {s['exit_code']}"
+            )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str))
 

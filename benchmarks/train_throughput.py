@@ -22,6 +22,7 @@ Cases (each prints one line per run and the medians; --json writes them):
     python benchmarks/train_throughput.py --case resnet50-jpeg --device cuda --runs 2 --images 10240
     python benchmarks/train_throughput.py --case cifar-nets --device cuda --runs 3
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,8 +61,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def plain_loop(model: nn.Module, loader, device: torch.device, amp: str = "none", channels_last: bool = False,
-               skip: int = 0) -> float:  # fmt: skip
+def plain_loop(
+    model: nn.Module, loader, device: torch.device, amp: str = "none", channels_last: bool = False, skip: int = 0
+) -> float:
     """One epoch of the textbook loop; images/s over the batches after the first `skip` (warm-up, compilation)."""
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     model.train().to(device)
@@ -144,9 +146,13 @@ def graph_loop(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, a
 def engine_rate(overrides: dict, epochs: int = 2) -> tuple[float, dict]:
     """`resnets train` with these keys; images/s of the last epoch (the first one pays warm-up and capture)."""
     with tempfile.TemporaryDirectory() as out:
-        cfg = C.resolve(overrides=dict(overrides, out=out, name="bench", epochs=epochs, progress=False, eval_every=10**6))
+        cfg = C.resolve(
+            overrides=dict(overrides, out=out, name="bench", epochs=epochs, progress=False, eval_every=10**6)
+        )
         result = train(cfg)
-    return result["history"][-1]["images_per_s"], {k: result[k] for k in ("amp", "channels_last", "loader", "cuda_graph")}
+    return result["history"][-1]["images_per_s"], {
+        k: result[k] for k in ("amp", "channels_last", "loader", "cuda_graph")
+    }
 
 
 def _device_name(dev: torch.device) -> str:
@@ -164,13 +170,24 @@ def _device_name(dev: torch.device) -> str:
 def case_fashion_mnist(run: int, n: int, dev: torch.device) -> dict:
     cfg = C.resolve("fashion-mnist", overrides=dict(limit_train=n, limit_val=256, device=str(dev)))
     bundle = build(cfg)
-    plain_tf = v2.Compose([v2.RandomCrop(28, padding=cfg.pad), v2.RandomHorizontalFlip(),
-                           v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(bundle.mean), list(bundle.std)),
-                           v2.RandomErasing(cfg.random_erasing)])  # fmt: skip
+    plain_tf = v2.Compose(
+        [
+            v2.RandomCrop(28, padding=cfg.pad),
+            v2.RandomHorizontalFlip(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(list(bundle.mean), list(bundle.std)),
+            v2.RandomErasing(cfg.random_erasing),
+        ]
+    )
     torch.manual_seed(run)
     model = resnets.create_model(cfg.model, num_classes=len(bundle.classes), in_chans=bundle.in_chans)
-    loader = DataLoader(PlainDataset(bundle.train.images, bundle.train.labels, plain_tf), batch_size=cfg.batch_size,
-                        shuffle=True, drop_last=True, num_workers=0)  # fmt: skip
+    loader = DataLoader(
+        PlainDataset(bundle.train.images, bundle.train.labels, plain_tf),
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=0,
+    )
     row = {"plain_img_s": plain_loop(model, loader, dev, amp="fp16" if dev.type == "cuda" else "none")}
     common = {**{k: v for k, v in cfg.to_dict().items()}, "seed": run}
     row["resnets_img_s"], row["resnets"] = engine_rate(common, epochs=2 if dev.type == "cuda" else 1)
@@ -204,10 +221,24 @@ def case_resnet50_synthetic(run: int, n: int, dev: torch.device) -> dict:
     x = torch.randn(bs, 3, crop, crop, device=dev).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 1000, (bs,), device=dev)
     row = {"resident_compiled_img_s": resident_loop(_r50(dev), x, y, max(n // bs, 10), compiled=True, amp=R50["amp"])}
-    row["resnets_img_s"], row["resnets"] = engine_rate(dict(
-        model=R50["arch"], dataset="synthetic", synthetic_samples=n, synthetic_classes=1000, train_crop=crop,
-        augment="none", batch_size=bs, amp=R50["amp"], channels_last=True, compile=True, workers=8, limit_val=256,
-        device=str(dev), seed=run))  # fmt: skip
+    row["resnets_img_s"], row["resnets"] = engine_rate(
+        dict(
+            model=R50["arch"],
+            dataset="synthetic",
+            synthetic_samples=n,
+            synthetic_classes=1000,
+            train_crop=crop,
+            augment="none",
+            batch_size=bs,
+            amp=R50["amp"],
+            channels_last=True,
+            compile=True,
+            workers=8,
+            limit_val=256,
+            device=str(dev),
+            seed=run,
+        )
+    )
     row["ratio"] = row["resnets_img_s"] / row["resident_compiled_img_s"]
     return row
 
@@ -233,22 +264,55 @@ def case_resnet50_jpeg(run: int, n: int, dev: torch.device, folder: Path, worker
 
     from resnets.data.transforms import train_transform
 
-    tf = v2.Compose([train_transform("paper-imagenet", crop=R50["crop"], mean=(0.485, 0.456, 0.406)),
-                     v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])  # fmt: skip
+    tf = v2.Compose(
+        [
+            train_transform("paper-imagenet", crop=R50["crop"], mean=(0.485, 0.456, 0.406)),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        ]
+    )
     ds = ImageFolder(str(folder), transform=tf, loader=lambda p: decode_image(read_file(p), mode=ImageReadMode.RGB))
     bs, crop = R50["batch"], R50["crop"]
-    loader = DataLoader(ds, batch_size=bs, shuffle=True, drop_last=True, num_workers=workers, pin_memory=dev.type == "cuda",
-                        prefetch_factor=4 if workers else None)  # fmt: skip
+    loader = DataLoader(
+        ds,
+        batch_size=bs,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        pin_memory=dev.type == "cuda",
+        prefetch_factor=4 if workers else None,
+    )
     torch.manual_seed(run)
     model = torch.compile(_r50(dev))
     row = {"torchvision_loop_img_s": plain_loop(model, loader, dev, amp=R50["amp"], channels_last=True, skip=5)}
-    common = dict(model=R50["arch"], batch_size=bs, amp=R50["amp"], channels_last=True, compile=True, workers=workers,
-                  limit_val=256, device=str(dev), seed=run, lr=0.1)  # fmt: skip
-    row["resnets_img_s"], row["resnets"] = engine_rate(dict(common, dataset="imagefolder", data=str(folder),
-                                                            augment="paper-imagenet", train_crop=crop, eval_crop=crop,
-                                                            eval_resize=crop, val_split=0.02, loader="device"))  # fmt: skip
-    row["resnets_synthetic_img_s"], _ = engine_rate(dict(common, dataset="synthetic", synthetic_samples=n,
-                                                         synthetic_classes=1000, train_crop=crop, augment="none"))  # fmt: skip
+    common = dict(
+        model=R50["arch"],
+        batch_size=bs,
+        amp=R50["amp"],
+        channels_last=True,
+        compile=True,
+        workers=workers,
+        limit_val=256,
+        device=str(dev),
+        seed=run,
+        lr=0.1,
+    )
+    row["resnets_img_s"], row["resnets"] = engine_rate(
+        dict(
+            common,
+            dataset="imagefolder",
+            data=str(folder),
+            augment="paper-imagenet",
+            train_crop=crop,
+            eval_crop=crop,
+            eval_resize=crop,
+            val_split=0.02,
+            loader="device",
+        )
+    )
+    row["resnets_synthetic_img_s"], _ = engine_rate(
+        dict(common, dataset="synthetic", synthetic_samples=n, synthetic_classes=1000, train_crop=crop, augment="none")
+    )
     row["vs_torchvision"] = row["resnets_img_s"] / row["torchvision_loop_img_s"]
     row["vs_synthetic"] = row["resnets_img_s"] / row["resnets_synthetic_img_s"]
     return row
@@ -262,21 +326,52 @@ def case_cifar_nets(run: int, n: int, dev: torch.device, nets: list[str]) -> dic
         y = torch.randint(0, 10, (128,), device=dev)
         model = resnets.create_model(net).to(dev, memory_format=torch.channels_last)
         ceiling = graph_loop(model, x, y, 400, amp="bf16") if dev.type == "cuda" else float("nan")  # CUDA only
-        rate, info = engine_rate(dict(model=net, dataset="synthetic", synthetic_samples=n, synthetic_classes=10,
-                                      train_crop=32, augment="paper-cifar", batch_size=128, lr=0.1, momentum=0.9,
-                                      weight_decay=1e-4, schedule="step", milestones=[10**9], amp="auto",
-                                      channels_last=None, workers=0, limit_val=256, device=str(dev), seed=run))  # fmt: skip
-        row[net] = {"graph_it_s": ceiling, "resnets_it_s": rate / 128, "ratio": rate / 128 / ceiling,
-                    "minutes_per_64k": 64_000 / (rate / 128) / 60, "resnets": info}  # fmt: skip
+        rate, info = engine_rate(
+            dict(
+                model=net,
+                dataset="synthetic",
+                synthetic_samples=n,
+                synthetic_classes=10,
+                train_crop=32,
+                augment="paper-cifar",
+                batch_size=128,
+                lr=0.1,
+                momentum=0.9,
+                weight_decay=1e-4,
+                schedule="step",
+                milestones=[10**9],
+                amp="auto",
+                channels_last=None,
+                workers=0,
+                limit_val=256,
+                device=str(dev),
+                seed=run,
+            )
+        )
+        row[net] = {
+            "graph_it_s": ceiling,
+            "resnets_it_s": rate / 128,
+            "ratio": rate / 128 / ceiling,
+            "minutes_per_64k": 64_000 / (rate / 128) / 60,
+            "resnets": info,
+        }
     return row
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--case", choices=["fashion-mnist", "resnet50-synthetic", "resnet50-jpeg", "cifar-nets"],
-                    default="fashion-mnist")  # fmt: skip
-    ap.add_argument("--images", type=int, default=0, help="images per epoch (default: 15360 CPU, 60000 GPU fashion-mnist; "
-                    "25600 resnet50; 10240 JPEGs; 25600 cifar-nets)")  # fmt: skip
+    ap.add_argument(
+        "--case",
+        choices=["fashion-mnist", "resnet50-synthetic", "resnet50-jpeg", "cifar-nets"],
+        default="fashion-mnist",
+    )
+    ap.add_argument(
+        "--images",
+        type=int,
+        default=0,
+        help="images per epoch (default: 15360 CPU, 60000 GPU fashion-mnist; "
+        "25600 resnet50; 10240 JPEGs; 25600 cifar-nets)",
+    )
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--workers", type=int, default=16, help="resnet50-jpeg: loader processes for both loops")
@@ -291,8 +386,12 @@ def main() -> int:
     dev = torch.device(args.device)
     gpu = dev.type == "cuda"
     R50.update(arch=args.arch, batch=args.batch, crop=args.crop, amp=args.amp)
-    defaults = {"fashion-mnist": 60000 if gpu else 15360, "resnet50-synthetic": 25600, "resnet50-jpeg": 10240,
-                "cifar-nets": 25600}  # fmt: skip
+    defaults = {
+        "fashion-mnist": 60000 if gpu else 15360,
+        "resnet50-synthetic": 25600,
+        "resnet50-jpeg": 10240,
+        "cifar-nets": 25600,
+    }
     n = args.images or defaults[args.case]
     tmp = tempfile.TemporaryDirectory()
     folder = Path(args.jpeg_dir or tmp.name)
@@ -323,10 +422,25 @@ def main() -> int:
         return statistics.median(vals)
 
     flat = [([k], v) for k, v in rows[0].items() if isinstance(v, float)]
-    flat += [([k, k2], v2) for k, v in rows[0].items() if isinstance(v, dict) for k2, v2 in v.items() if isinstance(v2, float)]
+    flat += [
+        ([k, k2], v2)
+        for k, v in rows[0].items()
+        if isinstance(v, dict)
+        for k2, v2 in v.items()
+        if isinstance(v2, float)
+    ]
     medians = {".".join(p): med(p) for p, _ in flat}
-    summary = {"case": args.case, "images": n, "runs": args.runs, "statistic": "median", "device": _device_name(dev),
-               "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M"), "median": medians, "rows": rows}  # fmt: skip
+    summary = {
+        "case": args.case,
+        "images": n,
+        "runs": args.runs,
+        "statistic": "median",
+        "device": _device_name(dev),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "median": medians,
+        "rows": rows,
+    }
     print("medians: " + ", ".join(f"{k} {v:.2f}" for k, v in medians.items()))
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2))

@@ -12,6 +12,7 @@ Nothing is chosen on the test images: every run trains a fixed number of epochs 
 
     python benchmarks/transfer_fashion_mnist.py --out runs/transfer --json benchmarks/results/transfer_fashion_mnist.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -110,20 +111,37 @@ def main() -> int:
 
     pre_dir = out / "pretrain"
     if not (pre_dir / "model.safetensors").is_file():
-        r = train(C.resolve("fashion-mnist", overrides=dict(classes="0,1,2,3,4", epochs=args.pretrain_epochs, out=out,
-                                                            name="pretrain")))  # fmt: skip
+        r = train(
+            C.resolve(
+                "fashion-mnist",
+                overrides=dict(classes="0,1,2,3,4", epochs=args.pretrain_epochs, out=out, name="pretrain"),
+            )
+        )
         print(f"pretrained on classes 0-4: top-1 {r['top1']:.2f}% on their 5,000 test images", flush=True)
     pretrained = str(pre_dir / "model.safetensors")
     data = out / "data"
     write_folder(data)
 
     # one budget for all: epochs, batch 32, crops and flips of 28-pixel images, cosine with 1 warmup epoch
-    common = dict(data=str(data), per_class=args.per_class, epochs=args.epochs, eval_every=args.epochs, early_stop=0,
-                  augment="crop-flip", pad=2, random_erasing=0.0, workers=0, progress=False, out=str(out))  # fmt: skip
+    common = dict(
+        data=str(data),
+        per_class=args.per_class,
+        epochs=args.epochs,
+        eval_every=args.epochs,
+        early_stop=0,
+        augment="crop-flip",
+        pad=2,
+        random_erasing=0.0,
+        workers=0,
+        progress=False,
+        out=str(out),
+    )
     methods = {
         "linear probe": dict(weights=pretrained, strategy="linear-probe", lr=0.1),
         "partial (top stage)": dict(weights=pretrained, strategy="partial", unfreeze_stages=1, lr=0.05),
-        "gradual unfreezing": dict(weights=pretrained, strategy="gradual", unfreeze_every=max(args.epochs // 5, 1), lr=0.05),
+        "gradual unfreezing": dict(
+            weights=pretrained, strategy="gradual", unfreeze_every=max(args.epochs // 5, 1), lr=0.05
+        ),
         "full fine-tune": dict(weights=pretrained, strategy="full", layer_decay=0.7, lr=0.05),
         "scratch": dict(model="resnet20", in_chans=1, lr=0.1, train_crop=28, eval_crop=28, eval_resize=28),
     }
@@ -133,7 +151,11 @@ def main() -> int:
         for name, opts in methods.items():
             run = f"{name.split(' ')[0]}-seed{seed}"
             done = out / run / "eval.json"  # a finished run is reused (the script can be run again after a stop)
-            r = json.loads(done.read_text()) if done.is_file() else train(C.resolve("finetune", overrides=dict(common, seed=seed, name=run, **opts)))
+            r = (
+                json.loads(done.read_text())
+                if done.is_file()
+                else train(C.resolve("finetune", overrides=dict(common, seed=seed, name=run, **opts)))
+            )
             results[name].append(r["top1"])
             print(f"seed {seed}: {name:<20} top-1 {r['top1']:.2f}%", flush=True)
         acc = logistic_regression(pretrained, data, args.per_class, seed)
@@ -145,11 +167,18 @@ def main() -> int:
     for n, s in summary.items():
         print(f"| {n} | {s['mean']:.2f} ± {s['std']:.2f} |")
     plot(results, out / "transfer.png", args.per_class)
-    record = {"machine": f"{platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}",
-              "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "per_class": args.per_class,
-              "epochs": args.epochs, "pretrain_epochs": args.pretrain_epochs, "seeds": seeds, "results": summary,
-              "methods": methods | {"logistic regression": {"C": 0.1, "features": "pre-logits of the pretrained net"}},
-              "wall_s": time.time() - t0}  # fmt: skip
+    record = {
+        "machine": f"{platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}",
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+        "per_class": args.per_class,
+        "epochs": args.epochs,
+        "pretrain_epochs": args.pretrain_epochs,
+        "seeds": seeds,
+        "results": summary,
+        "methods": methods | {"logistic regression": {"C": 0.1, "features": "pre-logits of the pretrained net"}},
+        "wall_s": time.time() - t0,
+    }
     (out / "transfer.json").write_text(json.dumps(record, indent=2, default=str))
     if args.json:
         Path(args.json).write_text(json.dumps(record, indent=2, default=str))

@@ -64,11 +64,10 @@ def run_cli(*args) -> tuple[int, str, str]:
     variables, the console script) start one themselves."""
     import contextlib
     import io
-
-    from resnets.cli import main
-
     import os
     from unittest import mock
+
+    from resnets.cli import main
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), mock.patch.dict(os.environ):
@@ -91,16 +90,25 @@ def every_format(size=(48, 40)) -> dict[str, bytes]:
     rgb = Image.fromarray(np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8))
     frames = [Image.new("RGB", size, c) for c in ((200, 30, 30), (30, 30, 200), (30, 200, 30))]
     images = {
-        "rgb.jpg": (rgb, "JPEG", {}), "grey.jpg": (rgb.convert("L"), "JPEG", {}), "cmyk.jpg": (rgb.convert("CMYK"), "JPEG", {}),
-        "rgb.png": (rgb, "PNG", {}), "rgba.png": (rgb.convert("RGBA"), "PNG", {}), "grey.png": (rgb.convert("L"), "PNG", {}),
-        "grey-alpha.png": (rgb.convert("LA"), "PNG", {}), "palette.png": (rgb.convert("P"), "PNG", {}),
+        "rgb.jpg": (rgb, "JPEG", {}),
+        "grey.jpg": (rgb.convert("L"), "JPEG", {}),
+        "cmyk.jpg": (rgb.convert("CMYK"), "JPEG", {}),
+        "rgb.png": (rgb, "PNG", {}),
+        "rgba.png": (rgb.convert("RGBA"), "PNG", {}),
+        "grey.png": (rgb.convert("L"), "PNG", {}),
+        "grey-alpha.png": (rgb.convert("LA"), "PNG", {}),
+        "palette.png": (rgb.convert("P"), "PNG", {}),
         "deep.png": (Image.fromarray((np.asarray(rgb.convert("L"), dtype=np.uint16) * 257)), "PNG", {}),
         "anim.png": (frames[0], "PNG", {"save_all": True, "append_images": frames[1:]}),
-        "still.gif": (rgb, "GIF", {}), "anim.gif": (frames[0], "GIF", {"save_all": True, "append_images": frames[1:]}),
-        "rgb.webp": (rgb, "WEBP", {}), "rgba.webp": (rgb.convert("RGBA"), "WEBP", {"lossless": True}),
+        "still.gif": (rgb, "GIF", {}),
+        "anim.gif": (frames[0], "GIF", {"save_all": True, "append_images": frames[1:]}),
+        "rgb.webp": (rgb, "WEBP", {}),
+        "rgba.webp": (rgb.convert("RGBA"), "WEBP", {"lossless": True}),
         "anim.webp": (frames[0], "WEBP", {"save_all": True, "append_images": frames[1:]}),
-        "rgb.bmp": (rgb, "BMP", {}), "grey.tif": (rgb.convert("L"), "TIFF", {}), "rgb.tif": (rgb, "TIFF", {}),
-    }  # fmt: skip
+        "rgb.bmp": (rgb, "BMP", {}),
+        "grey.tif": (rgb.convert("L"), "TIFF", {}),
+        "rgb.tif": (rgb, "TIFF", {}),
+    }
     out = {}
     for name, (im, fmt, kw) in images.items():
         buf = io.BytesIO()

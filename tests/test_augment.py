@@ -1,14 +1,24 @@
 """The batched (device) augmentation, run on CPU tensors: determinism per (seed, epoch, index), the ranges of its
 random choices, pixel equality with torchvision's per-image ops where they are meant to be equal, and closeness
 where they are not (resizing)."""
+
 import math
 
 import pytest
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from resnets.data.augment import (BatchAugment, BatchResizeCrop, _Draws, _randint, erase, pad_crop_flip, resample,
-                                  rrc_boxes, uniform)  # fmt: skip
+from resnets.data.augment import (
+    BatchAugment,
+    BatchResizeCrop,
+    _Draws,
+    _randint,
+    erase,
+    pad_crop_flip,
+    resample,
+    rrc_boxes,
+    uniform,
+)
 from resnets.data.transforms import eval_transform
 
 
@@ -97,7 +107,11 @@ def test_random_resized_crop_boxes_keep_scale_and_ratio():
     assert area.min() < 0.1 and area.max() > 0.9  # the whole range is used
     # an image too thin for any try gives torchvision's fallback: the centred crop of the clamped ratio
     thin = rrc_boxes(_Draws(0, 0, torch.arange(50)), torch.full((50,), 10), torch.full((50,), 1000), (0.9, 1.0))
-    assert torch.all(thin[:, 2] == 10) and torch.all(thin[:, 3] == round(10 * 4 / 3)) and torch.all(thin[:, 1] == (1000 - 13) // 2)
+    assert (
+        torch.all(thin[:, 2] == 10)
+        and torch.all(thin[:, 3] == round(10 * 4 / 3))
+        and torch.all(thin[:, 1] == (1000 - 13) // 2)
+    )
 
 
 def test_resampling_an_unscaled_integer_box_is_a_plain_crop():
@@ -172,9 +186,20 @@ def test_the_engine_trains_with_either_loader_on_cpu(tmp_path):
     from resnets import config as C
     from resnets.engine import train
 
-    common = dict(dataset="synthetic", synthetic_samples=128, synthetic_classes=4, train_crop=32, augment="crop-flip",
-                  random_erasing=0.5, batch_size=32, epochs=1, progress=False, workers=0, out=str(tmp_path),
-                  lr=0.01)  # fmt: skip
+    common = dict(
+        dataset="synthetic",
+        synthetic_samples=128,
+        synthetic_classes=4,
+        train_crop=32,
+        augment="crop-flip",
+        random_erasing=0.5,
+        batch_size=32,
+        epochs=1,
+        progress=False,
+        workers=0,
+        out=str(tmp_path),
+        lr=0.01,
+    )
     dev = train(C.resolve(overrides=dict(common, name="d", loader="device")))
     host = train(C.resolve(overrides=dict(common, name="h", loader="host")))
     assert dev["loader"] == "device" and host["loader"] == "host"

@@ -1,14 +1,14 @@
 """The command line as a user meets it: real subprocesses, exit codes, one-line errors, no tracebacks."""
+
 import json
 import subprocess
 import sys
 
 import pytest
 import torch
+from conftest import run_cli
 
 import resnets
-
-from conftest import run_cli
 
 
 def run(*args):
@@ -72,7 +72,11 @@ def test_missing_corrupt_and_foreign_weights(tmp_path):
 
 
 def test_registered_weights_offline(tmp_path, monkeypatch):
-    for key, value in {"RESNETS_HOME": str(tmp_path), "TORCH_HOME": str(tmp_path / "t"), "RESNETS_OFFLINE": "1"}.items():
+    for key, value in {
+        "RESNETS_HOME": str(tmp_path),
+        "TORCH_HOME": str(tmp_path / "t"),
+        "RESNETS_OFFLINE": "1",
+    }.items():
         monkeypatch.setenv(key, value)
     code, _, err = run("summary", "resnet50", "--weights", "resnet50.tv_in1k")
     assert_one_line_error(code, err, "resnet50-0676ba61.pth", str(tmp_path))
@@ -98,11 +102,13 @@ def test_torch_hub_load_from_a_checkout():
 
 def test_help_version_and_list_answer_without_loading_torch():
     """`resnets list` took 12-16 s to print a static table: it now answers as --help does."""
-    code = ("import sys; from resnets.cli import main\n"
-            "for argv in (['--version'], ['--help'], ['train', '--help'], ['predict', '--help'], ['list'],\n"
-            "             ['list', 'resnet5*', '--json'], ['list', '--weights']):\n"
-            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
-            "print('torch' in sys.modules)")  # fmt: skip
+    code = (
+        "import sys; from resnets.cli import main\n"
+        "for argv in (['--version'], ['--help'], ['train', '--help'], ['predict', '--help'], ['list'],\n"
+        "             ['list', 'resnet5*', '--json'], ['list', '--weights']):\n"
+        "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+        "print('torch' in sys.modules)"
+    )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0 and p.stdout.strip().splitlines()[-1] == "False", p.stderr
 
@@ -162,12 +168,36 @@ def test_model_options_are_the_same_flags_in_summary_and_train():
 
 
 def test_few_classes_report_no_top5_and_bench_takes_weights_like_the_others(tmp_path):
-    code, out, err = run_cli("train", "--model", "resnet20", "--dataset", "synthetic", "--synthetic-samples", 64,
-                             "--synthetic-classes", 2, "--train-crop", 32, "--batch-size", 16, "--epochs", 1,
-                             "--workers", 0, "--no-progress", "--device", "cpu", "--out", tmp_path, "--name", "r")  # fmt: skip
+    code, out, err = run_cli(
+        "train",
+        "--model",
+        "resnet20",
+        "--dataset",
+        "synthetic",
+        "--synthetic-samples",
+        64,
+        "--synthetic-classes",
+        2,
+        "--train-crop",
+        32,
+        "--batch-size",
+        16,
+        "--epochs",
+        1,
+        "--workers",
+        0,
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--out",
+        tmp_path,
+        "--name",
+        "r",
+    )
     assert code == 0 and "top-1" in out and "top-5" not in out, err  # with 2 classes top-5 is always 100%
-    code, out, err = run_cli("bench", "--weights", tmp_path / "r", "--batch-size", "1,2", "--backend", "eager",
-                             "--seconds", 0.1, "--json")  # fmt: skip
+    code, out, err = run_cli(
+        "bench", "--weights", tmp_path / "r", "--batch-size", "1,2", "--backend", "eager", "--seconds", 0.1, "--json"
+    )
     assert code == 0, err
     r = json.loads(out)
     assert r["model"] == "resnet20" and [x["batch"] for x in r["results"]] == [1, 2]
@@ -180,15 +210,19 @@ def test_help_shows_the_defaults_that_apply_and_misspelt_flags_get_a_suggestion(
     train --recipe X --help. A misspelt option (--topk, --epohcs) got no suggestion."""
     flat = lambda text: " ".join(text.split())  # noqa: E731
     code, out, _ = run_cli("finetune", "--help")
-    assert code == 0 and "(default: 0.01;" in flat(out) and "(default: 15;" in flat(out) and "(default: 32;" in flat(out)
+    assert (
+        code == 0 and "(default: 0.01;" in flat(out) and "(default: 15;" in flat(out) and "(default: 32;" in flat(out)
+    )
     code, out, _ = run_cli("train", "--recipe", "fashion-mnist", "--help")
     assert code == 0 and "recipe fashion-mnist's" in flat(out) and "(default: 0.2;" in flat(out)
     code, out, _ = run_cli("train", "--help")
     assert code == 0 and "(default: 0.1;" in flat(out) and "(default: 10;" in flat(out)
     code, out, _ = run_cli("predict", "--help")
     assert code == 0 and "-k" in out and "(default 5)" in flat(out) and "1 when any could not be read" in flat(out)
-    for args, suggestion in ((["predict", "x.png", "--weights", "w", "--topk", "2"], "did you mean --top-k?"),
-                             (["train", "--epohcs", "1"], "did you mean --epochs")):  # fmt: skip
+    for args, suggestion in (
+        (["predict", "x.png", "--weights", "w", "--topk", "2"], "did you mean --top-k?"),
+        (["train", "--epohcs", "1"], "did you mean --epochs"),
+    ):
         code, _, err = run_cli(*args)
         assert code == 2 and suggestion in err and len(err.strip().splitlines()) == 1, err
 
@@ -201,9 +235,16 @@ def test_every_option_with_a_default_says_it():
     from resnets.cli import build_parser
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    missing = [f"{name} {a.option_strings[-1]}" for name, p in sub.choices.items() for a in p._actions
-               if a.option_strings and a.default not in (None, False, argparse.SUPPRESS) and a.help != argparse.SUPPRESS
-               and not isinstance(a, argparse._HelpAction) and "default" not in (a.help or "")]  # fmt: skip
+    missing = [
+        f"{name} {a.option_strings[-1]}"
+        for name, p in sub.choices.items()
+        for a in p._actions
+        if a.option_strings
+        and a.default not in (None, False, argparse.SUPPRESS)
+        and a.help != argparse.SUPPRESS
+        and not isinstance(a, argparse._HelpAction)
+        and "default" not in (a.help or "")
+    ]
     assert missing == []
     code, out, _ = run_cli("eval", "--help")
     assert code == 0 and "default auto" in out

@@ -1,4 +1,5 @@
 """Data: real photos in folders and CSV manifests, CIFAR archives in the official format, samplers, transforms."""
+
 import io
 import pickle
 import tarfile
@@ -9,7 +10,8 @@ import torch
 from torchvision.io import write_png
 from torchvision.transforms import v2
 
-from resnets import config as C, data as D
+from resnets import config as C
+from resnets import data as D
 from resnets.data.loader import Augmented, Collate, EvalBatches, TrainBatches, make_loader
 from resnets.data.transforms import batch_mix, eval_transform, ten_crop_transform, train_transform
 from resnets.errors import ResnetsError
@@ -44,9 +46,23 @@ def folder(tmp_path):
 
 
 def test_image_folder_skips_and_counts_a_corrupt_image(folder, tmp_path):
-    cfg = C.resolve(overrides=dict(dataset="imagefolder", data=str(folder), model="resnet18", epochs=1, batch_size=8,
-                                   train_crop=64, eval_crop=64, augment="rrc", progress=False, workers=0,
-                                   out=str(tmp_path / "runs"), name="f", lr=0.01))  # fmt: skip
+    cfg = C.resolve(
+        overrides=dict(
+            dataset="imagefolder",
+            data=str(folder),
+            model="resnet18",
+            epochs=1,
+            batch_size=8,
+            train_crop=64,
+            eval_crop=64,
+            augment="rrc",
+            progress=False,
+            workers=0,
+            out=str(tmp_path / "runs"),
+            name="f",
+            lr=0.01,
+        )
+    )
     from resnets.engine import train
 
     result = train(cfg)
@@ -61,13 +77,19 @@ def test_image_folder_skips_and_counts_a_corrupt_image(folder, tmp_path):
     batch = next(iter(loader))  # the bad sample crosses from the worker process
     assert len(batch.bad) == 1 and batch.bad[0][0].endswith("broken.jpg") and len(batch.labels) == len(ds) - 1
     assert batch.images.shape[1:] == (3, 64, 64)  # the grey PNG became 3 channels
-    strict = make_loader(Augmented(ds, eval_transform(resize=64, crop=64), 0), EvalBatches(len(ds), 64), workers=0, strict=True)
+    strict = make_loader(
+        Augmented(ds, eval_transform(resize=64, crop=64), 0), EvalBatches(len(ds), 64), workers=0, strict=True
+    )
     with pytest.raises(ResnetsError, match="broken.jpg"):
         next(iter(strict))
 
 
 def test_csv_manifest(folder):
-    rows = ["path,label"] + [f"train/people/astronaut{k}.jpg,person" for k in range(3)] + [f"train/things/rocket{k}.jpg,object" for k in range(3)]
+    rows = (
+        ["path,label"]
+        + [f"train/people/astronaut{k}.jpg,person" for k in range(3)]
+        + [f"train/things/rocket{k}.jpg,object" for k in range(3)]
+    )
     (folder / "m.csv").write_text("\n".join(rows) + "\n")
     ds = D.csv_manifest(folder / "m.csv")
     assert ds.classes == ["object", "person"] and len(ds) == 6 and ds[0][1] == 1
@@ -81,15 +103,28 @@ def _cifar_archive(path, n_per_batch=20):
     rng = np.random.default_rng(0)
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+
         def add(name, obj):
             data = pickle.dumps(obj, protocol=2)
             info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
+
         for i in range(1, 6):
-            add(f"data_batch_{i}", {b"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
-                                   b"labels": [int(x) for x in rng.integers(0, 10, n_per_batch)]})  # fmt: skip
-        add("test_batch", {b"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8), b"labels": list(range(10)) * (n_per_batch // 10)})
+            add(
+                f"data_batch_{i}",
+                {
+                    b"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
+                    b"labels": [int(x) for x in rng.integers(0, 10, n_per_batch)],
+                },
+            )
+        add(
+            "test_batch",
+            {
+                b"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
+                b"labels": list(range(10)) * (n_per_batch // 10),
+            },
+        )
         add("batches.meta", {b"label_names": [f"c{i}".encode() for i in range(10)]})
     path.write_bytes(buf.getvalue())
 
@@ -162,15 +197,16 @@ def test_collate_counts_bad_samples():
 
 
 def test_one_dataset_registry_feeds_the_config_the_cli_and_evaluation(tmp_path):
+    from conftest import run_cli
+
     from resnets.cli import build_parser
     from resnets.config import RULES
     from resnets.data.registry import DATASETS, get_dataset
 
-    from conftest import run_cli
-
     assert RULES["dataset"].choices == tuple(DATASETS)
-    eval_choices = next(a for a in build_parser()._subparsers._group_actions[0].choices["eval"]._actions
-                        if a.dest == "dataset").choices  # fmt: skip
+    eval_choices = next(
+        a for a in build_parser()._subparsers._group_actions[0].choices["eval"]._actions if a.dest == "dataset"
+    ).choices
     assert set(eval_choices) == {n for n, s in DATASETS.items() if s.kind != "synthetic"}
     code, out, _ = run_cli("data", "--list")
     assert code == 0 and [line.split()[0] for line in out.splitlines()] == list(DATASETS)

@@ -1,17 +1,15 @@
 """Export: every format reloads and matches eager PyTorch; int8 is gated on real accuracy."""
 
-
 import numpy as np
 import pytest
 import torch
+from conftest import randomize_norms, run_cli
 
 import resnets
 from resnets import config as C
 from resnets.data import sources
 from resnets.export import export, export_int8, fold_bn, load_runner
 from resnets.weights import Preprocessing
-
-from conftest import randomize_norms, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -62,31 +60,69 @@ def fmnist_model(tmp_path_factory):
     from resnets.engine import train
 
     out = tmp_path_factory.mktemp("fm")
-    r = train(C.resolve("fashion-mnist", overrides=dict(limit_train=2048, limit_val=500, epochs=2, batch_size=64,
-                                                        lr=0.05, progress=False, out=str(out), name="m")))  # fmt: skip
+    r = train(
+        C.resolve(
+            "fashion-mnist",
+            overrides=dict(
+                limit_train=2048,
+                limit_val=500,
+                epochs=2,
+                batch_size=64,
+                lr=0.05,
+                progress=False,
+                out=str(out),
+                name="m",
+            ),
+        )
+    )
     return out / "m" / "model.safetensors", r["top1"]
 
 
 def test_int8_keeps_accuracy_on_real_data_and_the_gate_refuses(fmnist_model, tmp_path):
     path, fp32_top1 = fmnist_model
     model = resnets.load(path)
-    r = export_int8(model, tmp_path / "q.onnx", calib="fashion-mnist:train", eval_data="fashion-mnist",
-                    max_drop=100, calib_images=256, eval_images=500)  # fmt: skip
+    r = export_int8(
+        model,
+        tmp_path / "q.onnx",
+        calib="fashion-mnist:train",
+        eval_data="fashion-mnist",
+        max_drop=100,
+        calib_images=256,
+        eval_images=500,
+    )
     assert r["accepted"] and (tmp_path / "q.onnx").is_file()
     assert r["fp32_top1"] > 60 and abs(r["drop"]) < 3  # 500 real test images
     fp32_bytes = sum(t.numel() * 4 for t in model.state_dict().values() if t.is_floating_point())
     assert r["bytes"] < 0.5 * fp32_bytes  # int8 weights: about a quarter of an fp32 file's
     # an impossible gate: the command refuses, exits non-zero and leaves nothing behind
-    code, _, err = run_cli("export", "--weights", path, "--precision", "int8", "--calib", "fashion-mnist:train", "--eval",
-                           "fashion-mnist", "--calib-images", 128, "--eval-images", 200, "--max-drop", -50, "--out",
-                           tmp_path / "refused.onnx")  # fmt: skip
+    code, _, err = run_cli(
+        "export",
+        "--weights",
+        path,
+        "--precision",
+        "int8",
+        "--calib",
+        "fashion-mnist:train",
+        "--eval",
+        "fashion-mnist",
+        "--calib-images",
+        128,
+        "--eval-images",
+        200,
+        "--max-drop",
+        -50,
+        "--out",
+        tmp_path / "refused.onnx",
+    )
     assert code == 1 and "refused" in err and "Traceback" not in err
     assert not (tmp_path / "refused.onnx").exists()
     assert sorted(f.name for f in tmp_path.iterdir()) == ["q.onnx"]
 
 
 def test_cli_export_prints_the_difference(r18_file, tmp_path):
-    code, out, err = run_cli("export", "--weights", r18_file, "--format", "onnx", "--fold-bn", "--out", tmp_path / "m.onnx")
+    code, out, err = run_cli(
+        "export", "--weights", r18_file, "--format", "onnx", "--fold-bn", "--out", tmp_path / "m.onnx"
+    )
     assert code == 0, err
     assert "max abs difference from eager PyTorch" in out and (tmp_path / "m.onnx").is_file()
     assert "input N x 3 x 64 x 64 float32" in out  # a dynamic batch by default, and said
@@ -104,7 +140,9 @@ def test_cli_export_prints_the_difference(r18_file, tmp_path):
     assert sess.run(None, {"input": x.numpy()})[0].shape == (5, model.num_classes)
     code, out, err = run_cli("export", "--weights", r18_file, "--out", tmp_path / "s.onnx", "--static-batch")
     assert code == 0 and "input 2 x 3 x 64 x 64" in out, err
-    code, _, err = run_cli("export", "--weights", r18_file, "--format", "exported-program", "--out", tmp_path / "m.onnx")
+    code, _, err = run_cli(
+        "export", "--weights", r18_file, "--format", "exported-program", "--out", tmp_path / "m.onnx"
+    )
     assert code == 2 and len(err.strip().splitlines()) == 1
 
 
@@ -121,7 +159,9 @@ def test_the_export_check_is_relative_to_the_logits_and_a_failure_exits_1(tmp_pa
         assert model(torch.randn(4, 3, 32, 32)).abs().max() > 50
     code, out, err = run_cli("export", "--weights", path, "--fold-bn", "--out", tmp_path / "ok.onnx")
     assert code == 0 and (tmp_path / "ok.onnx").is_file(), err
-    code, out, err = run_cli("export", "--weights", path, "--fold-bn", "--atol", 0, "--rtol", 0, "--out", tmp_path / "no.onnx")
+    code, out, err = run_cli(
+        "export", "--weights", path, "--fold-bn", "--atol", 0, "--rtol", 0, "--out", tmp_path / "no.onnx"
+    )
     assert code == 1 and "over --atol 0 + --rtol 0" in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "no.onnx").exists()
 
@@ -143,8 +183,9 @@ def test_our_onnx_files_run_in_predict_bench_and_serve(r18_file, tmp_path):
         Image.fromarray(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)).save(tmp_path / f"p{i}.png")
     answers = {}
     for w in (r18_file, tmp_path / "m.onnx"):
-        code, out, err = run_cli("predict", *[tmp_path / f"p{i}.png" for i in range(3)], "--weights", w, "--workers", 0,
-                                 "--format", "json")  # fmt: skip
+        code, out, err = run_cli(
+            "predict", *[tmp_path / f"p{i}.png" for i in range(3)], "--weights", w, "--workers", 0, "--format", "json"
+        )
         assert code == 0, err
         answers[str(w)] = json.loads(out)
     ours, onnx_rows = answers[str(r18_file)], answers[str(tmp_path / "m.onnx")]
@@ -164,11 +205,14 @@ def test_our_onnx_files_run_in_predict_bench_and_serve(r18_file, tmp_path):
     async def ask():
         async with api.router.lifespan_context(api):
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://t") as c:
-                return [await c.post(u, files={"files": ("p0.png", png)}) for u in ("/v1/predict", "/v1/embed")] + \
-                    [await c.get("/v1/model")]  # fmt: skip
+                return [await c.post(u, files={"files": ("p0.png", png)}) for u in ("/v1/predict", "/v1/embed")] + [
+                    await c.get("/v1/model")
+                ]
 
     predicted, embedded, described = asyncio.run(ask())
-    assert predicted.status_code == 200 and predicted.json()["results"][0]["top"][0]["class"] == ours[0]["top"][0]["class"]
+    assert (
+        predicted.status_code == 200 and predicted.json()["results"][0]["top"][0]["class"] == ours[0]["top"][0]["class"]
+    )
     assert embedded.status_code == 400 and "ONNX file" in embedded.json()["detail"]
     assert described.json()["backend"] == "onnxruntime"
 

@@ -3,25 +3,25 @@
 The "pretrained" networks here are made by the tests (random weights with non-trivial BatchNorm statistics, or a
 torchvision state dict), and the images are real: Fashion-MNIST written as PNG folders, and scikit-image photos.
 """
+
 import json
 import os
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import randomize_norms, run_cli
 from torch import nn
 from torchvision.io import write_png
 from torchvision.ops import FrozenBatchNorm2d
 
 import resnets
 from resnets import config as C
-from resnets.engine import finetune as FT
 from resnets.data import sources
 from resnets.data.loader import TrainBatches
+from resnets.engine import finetune as FT
 from resnets.engine import train
 from resnets.weights import Preprocessing
-
-from conftest import randomize_norms, run_cli
 
 needs_fmnist = pytest.mark.skipif(sources.find_fashion_mnist() is None, reason="Fashion-MNIST is not installed")
 NEW = ["Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]  # Fashion-MNIST classes 5-9
@@ -48,8 +48,12 @@ def pretrained(tmp_path_factory):
     torch.manual_seed(0)
     m = randomize_norms(resnets.create_model("resnet20", in_chans=1, num_classes=5), seed=1)
     path = tmp_path_factory.mktemp("pre") / "pre.safetensors"
-    resnets.save(m, path, class_names=["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat"],
-                 preprocessing=Preprocessing(28, 28, "bilinear", (0.2860,), (0.3530,)).to_dict())  # fmt: skip
+    resnets.save(
+        m,
+        path,
+        class_names=["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat"],
+        preprocessing=Preprocessing(28, 28, "bilinear", (0.2860,), (0.3530,)).to_dict(),
+    )
     return path
 
 
@@ -76,22 +80,42 @@ def _state(path):
 
 @needs_fmnist
 def test_finetune_cli_new_head_class_names_and_predict(pretrained, folder, tmp_path):
-    code, out, err = _run("finetune", "--data", folder, "--weights", pretrained, "--epochs", 2, "--out", tmp_path,
-                          "--name", "ft", "--no-progress", "--workers", 0)  # fmt: skip
+    code, out, err = _run(
+        "finetune",
+        "--data",
+        folder,
+        "--weights",
+        pretrained,
+        "--epochs",
+        2,
+        "--out",
+        tmp_path,
+        "--name",
+        "ft",
+        "--no-progress",
+        "--workers",
+        0,
+    )
     assert code == 0, err
     assert "new head: 5 classes" in err  # same count as the pretrained head, other classes: replaced
     model_path = tmp_path / "ft" / "model.safetensors"
     model = resnets.load(model_path)
-    assert model.meta.architecture == "resnet20" and model.conv1.in_channels == 1  # architecture and channels from the weights
+    assert (
+        model.meta.architecture == "resnet20" and model.conv1.in_channels == 1
+    )  # architecture and channels from the weights
     assert model.meta.class_names == sorted(NEW) and model.fc.out_features == 5
-    assert model.meta.preprocessing.mean == (0.2860,) and model.meta.preprocessing.crop == 28  # normalisation from the weights
+    assert (
+        model.meta.preprocessing.mean == (0.2860,) and model.meta.preprocessing.crop == 28
+    )  # normalisation from the weights
     ev = json.loads((tmp_path / "ft" / "eval.json").read_text())
     assert ev["n"] == 5  # no val/ folder: 10% of each class (1 of 12) held out
     history = [json.loads(line) for line in (tmp_path / "ft" / "metrics.jsonl").read_text().splitlines()]
     assert ev["top1"] == max(h["val_top1"] for h in history)  # early stopping is on: the best epoch's weights
     cfg = json.loads((tmp_path / "ft" / "config.json").read_text())
     assert cfg["strategy"] == "full" and cfg["layer_decay"] == 0.7 and cfg["model"] == ""
-    code, out, err = _run("predict", folder / "Bag" / "00.png", "--weights", model_path, "--top-k", 5, "--format", "json")
+    code, out, err = _run(
+        "predict", folder / "Bag" / "00.png", "--weights", model_path, "--top-k", 5, "--format", "json"
+    )
     assert code == 0, err
     assert {t["class"] for t in json.loads(out)[0]["top"]} == set(NEW)
 
@@ -99,14 +123,28 @@ def test_finetune_cli_new_head_class_names_and_predict(pretrained, folder, tmp_p
 @needs_fmnist
 @pytest.mark.parametrize("strategy,trained", [("linear-probe", ("fc.",)), ("partial", ("fc.", "layer3."))])
 def test_frozen_parts_keep_weights_and_statistics(pretrained, folder, tmp_path, strategy, trained):
-    cfg = C.resolve("finetune", overrides=dict(QUIET, data=folder, weights=pretrained, epochs=2, out=tmp_path, name="r",
-                                               strategy=strategy, unfreeze_stages=1, lr=0.05))  # fmt: skip
+    cfg = C.resolve(
+        "finetune",
+        overrides=dict(
+            QUIET,
+            data=folder,
+            weights=pretrained,
+            epochs=2,
+            out=tmp_path,
+            name="r",
+            strategy=strategy,
+            unfreeze_stages=1,
+            lr=0.05,
+        ),
+    )
     result = train(cfg)
     before, after = _state(pretrained), _state(result["model_path"])
     for k, v in after.items():
         if k.startswith(trained):
             if k.startswith("fc.") or k.endswith(("weight", "running_mean")):
-                assert k not in before or before[k].shape != v.shape or not torch.equal(before[k], v), f"{k} did not train"
+                assert k not in before or before[k].shape != v.shape or not torch.equal(before[k], v), (
+                    f"{k} did not train"
+                )
         else:
             assert torch.equal(before[k], v), f"{k} changed although frozen"
 
@@ -184,8 +222,22 @@ def test_class_balanced_sampling():
 @needs_fmnist
 def test_early_stopping_stops_when_validation_stops_improving(pretrained, folder, tmp_path):
     # a learning rate too small to change anything, and frozen statistics: validation cannot improve after epoch 1
-    cfg = C.resolve("finetune", overrides=dict(QUIET, data=folder, weights=pretrained, epochs=6, out=tmp_path, name="r",
-                                               lr=1e-12, bn="freeze", early_stop=2, schedule="constant", warmup_epochs=0))  # fmt: skip
+    cfg = C.resolve(
+        "finetune",
+        overrides=dict(
+            QUIET,
+            data=folder,
+            weights=pretrained,
+            epochs=6,
+            out=tmp_path,
+            name="r",
+            lr=1e-12,
+            bn="freeze",
+            early_stop=2,
+            schedule="constant",
+            warmup_epochs=0,
+        ),
+    )
     result = train(cfg)
     assert [h["epoch"] for h in result["history"]] == [1, 2, 3]
 
@@ -232,15 +284,47 @@ def test_torchvision_and_timm_state_dicts_name_their_architecture(tmp_path, phot
     assert infer_architecture(timm.create_model("resnetv2_50").state_dict()) == "resnetv2_50"
     assert infer_architecture(timm.create_model("resnet50d").state_dict()) == "resnet50d"
     # a torchvision file fine-tuned without naming its architecture
-    code, out, err = _run("finetune", "--data", photos, "--weights", tmp_path / "tv.pth", "--epochs", 1, "--train-crop", 64,
-                          "--eval-crop", 64, "--eval-resize", 72, "--out", tmp_path, "--name", "tv", "--no-progress",
-                          "--workers", 0, "--early-stop", 0)  # fmt: skip
+    code, out, err = _run(
+        "finetune",
+        "--data",
+        photos,
+        "--weights",
+        tmp_path / "tv.pth",
+        "--epochs",
+        1,
+        "--train-crop",
+        64,
+        "--eval-crop",
+        64,
+        "--eval-resize",
+        72,
+        "--out",
+        tmp_path,
+        "--name",
+        "tv",
+        "--no-progress",
+        "--workers",
+        0,
+        "--early-stop",
+        0,
+    )
     assert code == 0, err
     model = resnets.load(tmp_path / "tv" / "model.safetensors")
     assert model.meta.architecture == "resnet18" and model.meta.class_names == ["cat", "coffee"]
     # weights whose architecture is not --model
-    code, out, err = _run("finetune", "--data", photos, "--weights", tmp_path / "tv.pth", "--model", "resnet34",
-                          "--out", tmp_path, "--name", "bad")  # fmt: skip
+    code, out, err = _run(
+        "finetune",
+        "--data",
+        photos,
+        "--weights",
+        tmp_path / "tv.pth",
+        "--model",
+        "resnet34",
+        "--out",
+        tmp_path,
+        "--name",
+        "bad",
+    )
     _one_line_error(code, err, "do not fit resnet34")
     assert not (tmp_path / "bad").exists()
 
@@ -253,8 +337,28 @@ def test_registered_weights_from_the_cache_and_offline(tmp_path, photos):
     from resnets import weights as W
 
     env = dict(os.environ, RESNETS_HOME=str(tmp_path / "home"), TORCH_HOME=str(tmp_path / "t"), RESNETS_OFFLINE="1")
-    args = ("finetune", "--data", photos, "--weights", "resnet18.tv_in1k", "--epochs", 1, "--train-crop", 64,
-            "--eval-crop", 64, "--eval-resize", 72, "--out", tmp_path, "--name", "reg", "--no-progress", "--workers", 0)  # fmt: skip
+    args = (
+        "finetune",
+        "--data",
+        photos,
+        "--weights",
+        "resnet18.tv_in1k",
+        "--epochs",
+        1,
+        "--train-crop",
+        64,
+        "--eval-crop",
+        64,
+        "--eval-resize",
+        72,
+        "--out",
+        tmp_path,
+        "--name",
+        "reg",
+        "--no-progress",
+        "--workers",
+        0,
+    )
     code, _, err = _run(*args, env=env)
     _one_line_error(code, err, "resnet18-f37072fd.pth")
     assert not (tmp_path / "reg").exists()

@@ -1,12 +1,12 @@
 """hf-hub: names and timm folders, through a real huggingface_hub cache laid out on disk (no network here)."""
+
 import json
 
 import pytest
 import torch
+from conftest import randomize_norms, run_cli
 
 import resnets
-
-from conftest import randomize_norms, run_cli
 
 timm = pytest.importorskip("timm")
 SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -30,9 +30,18 @@ def _lay_out(cache, repo_id: str, model, cfg: dict):
 @pytest.fixture
 def hub_cache(tmp_path, monkeypatch):
     ref = randomize_norms(timm.create_model("resnet18", num_classes=5, pretrained=False)).eval()
-    cfg = {"architecture": "resnet18", "num_classes": 5, "label_names": LABELS,
-           "pretrained_cfg": {"input_size": [3, 224, 224], "interpolation": "bicubic", "crop_pct": 0.95,
-                              "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}  # fmt: skip
+    cfg = {
+        "architecture": "resnet18",
+        "num_classes": 5,
+        "label_names": LABELS,
+        "pretrained_cfg": {
+            "input_size": [3, 224, 224],
+            "interpolation": "bicubic",
+            "crop_pct": 0.95,
+            "mean": [0.5, 0.5, 0.5],
+            "std": [0.5, 0.5, 0.5],
+        },
+    }
     snap = _lay_out(tmp_path / "hub", "timm/resnet18.test", ref, cfg)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -50,15 +59,24 @@ def test_timm_registrations_are_timms_own_configs_and_architectures():
     from resnets.weights import get_weights, list_weights
 
     names = [n for n in list_weights() if get_weights(n).source == "timm"]
-    assert len(names) > 50 and {"resnet50.a1_in1k", "resnet50.a1h_in1k", "resnet50.b1k_in1k", "resnet50.c1_in1k",
-                                "resnet50.d_in1k", "resnet50d.ra2_in1k", "resnext50_32x4d.a1h_in1k",
-                                "wide_resnet50_2.racm_in1k", "resnetv2_50.a1h_in1k"} <= set(names)  # fmt: skip
+    assert len(names) > 50 and {
+        "resnet50.a1_in1k",
+        "resnet50.a1h_in1k",
+        "resnet50.b1k_in1k",
+        "resnet50.c1_in1k",
+        "resnet50.d_in1k",
+        "resnet50d.ra2_in1k",
+        "resnext50_32x4d.a1h_in1k",
+        "wide_resnet50_2.racm_in1k",
+        "resnetv2_50.a1h_in1k",
+    } <= set(names)
     for name in names:
         spec, cfg = get_weights(name), get_pretrained_cfg(name)
         size = (cfg.test_input_size or cfg.input_size)[-1]
         crop_pct = cfg.test_crop_pct or cfg.crop_pct
-        assert spec.preprocessing == resnets.Preprocessing(math.floor(size / crop_pct), size, cfg.interpolation,
-                                                           tuple(cfg.mean), tuple(cfg.std)), name  # fmt: skip
+        assert spec.preprocessing == resnets.Preprocessing(
+            math.floor(size / crop_pct), size, cfg.interpolation, tuple(cfg.mean), tuple(cfg.std)
+        ), name
         assert spec.url == f"hf-hub:{cfg.hf_hub_id}" and cfg.num_classes == 1000 and 60 < spec.metrics["top1"] < 90
     for arch in sorted({n.split(".")[0] for n in names}):
         with torch.device("meta"):
@@ -71,9 +89,17 @@ def test_registered_timm_weights_load_offline_from_the_hub_cache(tmp_path, monke
     from resnets.weights import class_list, get_weights
 
     ref = randomize_norms(timm.create_model("resnet18", pretrained=False)).eval()
-    cfg = {"architecture": "resnet18", "num_classes": 1000,
-           "pretrained_cfg": {"input_size": [3, 224, 224], "test_input_size": [3, 288, 288], "crop_pct": 0.95,
-                              "test_crop_pct": 1.0, "interpolation": "bicubic"}}  # fmt: skip
+    cfg = {
+        "architecture": "resnet18",
+        "num_classes": 1000,
+        "pretrained_cfg": {
+            "input_size": [3, 224, 224],
+            "test_input_size": [3, 288, 288],
+            "crop_pct": 0.95,
+            "test_crop_pct": 1.0,
+            "interpolation": "bicubic",
+        },
+    }
     _lay_out(tmp_path / "hub", "timm/resnet18.a1_in1k", ref, cfg)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -111,8 +137,9 @@ def test_hub_names_work_on_the_command_line_and_fail_in_one_line(hub_cache, tmp_
     from PIL import Image
 
     Image.new("RGB", (300, 240), (200, 10, 10)).save(tmp_path / "red.png")
-    code, out, err = run_cli("predict", tmp_path / "red.png", "--weights", "hf-hub:timm/resnet18.test", "--workers", 0,
-                             "--json")  # fmt: skip
+    code, out, err = run_cli(
+        "predict", tmp_path / "red.png", "--weights", "hf-hub:timm/resnet18.test", "--workers", 0, "--json"
+    )
     assert code == 0, err
     assert json.loads(out)[0]["top"][0]["class"] in LABELS
     code, _, err = run_cli("predict", tmp_path / "red.png", "--weights", "hf-hub:timm/nothing-here")
@@ -131,17 +158,46 @@ def test_export_hub_writes_a_folder_timm_loads_with_a_model_card(tmp_path):
             (data / split / c).mkdir(parents=True)
             for i in range(4):
                 Image.new("RGB", (40, 40), (60 * i, 200 if c == "ant" else 20, 90)).save(data / split / c / f"{i}.png")
-    code, _, err = run_cli("train", "--model", "resnet18", "--dataset", "imagefolder", "--data", data, "--epochs", 1,
-                           "--batch-size", 4, "--train-crop", 32, "--eval-resize", 36, "--eval-crop", 32, "--workers", 0,
-                           "--no-progress", "--device", "cpu", "--out", tmp_path / "runs", "--name", "r")  # fmt: skip
+    code, _, err = run_cli(
+        "train",
+        "--model",
+        "resnet18",
+        "--dataset",
+        "imagefolder",
+        "--data",
+        data,
+        "--epochs",
+        1,
+        "--batch-size",
+        4,
+        "--train-crop",
+        32,
+        "--eval-resize",
+        36,
+        "--eval-crop",
+        32,
+        "--workers",
+        0,
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--out",
+        tmp_path / "runs",
+        "--name",
+        "r",
+    )
     assert code == 0, err
-    code, out, err = run_cli("export", "--weights", tmp_path / "runs" / "r", "--format", "hub", "--out", tmp_path / "hubdir")
+    code, out, err = run_cli(
+        "export", "--weights", tmp_path / "runs" / "r", "--format", "hub", "--out", tmp_path / "hubdir"
+    )
     assert code == 0 and "local-dir:" in out, err
     folder = tmp_path / "hubdir"
     assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "curves.png", "model.safetensors"]
     assert (folder / "curves.png").read_bytes() == (tmp_path / "runs" / "r" / "curves.png").read_bytes()
     card = (folder / "README.md").read_text()
-    assert "library_name: timm" in card and "Validation top-1: " in card and "ant, bee" in card and "imagefolder" in card
+    assert (
+        "library_name: timm" in card and "Validation top-1: " in card and "ant, bee" in card and "imagefolder" in card
+    )
     assert "](curves.png)" in card and "- epochs: 1" in card and "- batch_size: 4" in card  # the run's recipe
     ours = resnets.load(tmp_path / "runs" / "r")
     theirs = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()  # timm's own route to a folder
@@ -179,18 +235,36 @@ def test_push_uploads_the_folder_with_the_token(hub_folder, monkeypatch):
             calls.append(("create_repo", repo_id, private, exist_ok))
 
         def upload_folder(self, repo_id, folder_path, commit_message):
-            calls.append(("upload_folder", repo_id, sorted(p.name for p in __import__("pathlib").Path(folder_path).iterdir()), commit_message))
-            return huggingface_hub.CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/{SHA}", commit_message=commit_message,
-                                              commit_description="", oid=SHA)  # fmt: skip
+            calls.append(
+                (
+                    "upload_folder",
+                    repo_id,
+                    sorted(p.name for p in __import__("pathlib").Path(folder_path).iterdir()),
+                    commit_message,
+                )
+            )
+            return huggingface_hub.CommitInfo(
+                commit_url=f"https://huggingface.co/{repo_id}/commit/{SHA}",
+                commit_message=commit_message,
+                commit_description="",
+                oid=SHA,
+            )
 
     monkeypatch.setattr(huggingface_hub, "HfApi", Recorder)
     monkeypatch.setenv("HF_TOKEN", "hf_test_token")
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     code, out, err = run_cli("push", hub_folder, "--repo", "me/my-resnet", "--private")
     assert code == 0, err
-    assert calls == [("token", "hf_test_token"), ("create_repo", "me/my-resnet", True, True),
-                     ("upload_folder", "me/my-resnet", ["README.md", "config.json", "model.safetensors"],
-                      "resnet18 written by resnets")]  # fmt: skip
+    assert calls == [
+        ("token", "hf_test_token"),
+        ("create_repo", "me/my-resnet", True, True),
+        (
+            "upload_folder",
+            "me/my-resnet",
+            ["README.md", "config.json", "model.safetensors"],
+            "resnet18 written by resnets",
+        ),
+    ]
     assert f"commit/{SHA}" in out
 
 
@@ -199,8 +273,11 @@ def test_push_refuses_in_one_line_before_the_network(hub_folder, tmp_path, monke
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # no stored token
     monkeypatch.delenv("HF_TOKEN", raising=False)
     (tmp_path / "plain").mkdir()
-    cases = [((tmp_path / "plain", "me/x"), "not a Hub folder"), ((hub_folder, "not-a-repo"), "hf-hub:ORG/NAME"),
-             ((hub_folder, "me/x"), "needs a Hugging Face token")]  # fmt: skip
+    cases = [
+        ((tmp_path / "plain", "me/x"), "not a Hub folder"),
+        ((hub_folder, "not-a-repo"), "hf-hub:ORG/NAME"),
+        ((hub_folder, "me/x"), "needs a Hugging Face token"),
+    ]
     for (folder, repo), words in cases:
         code, _, err = run_cli("push", folder, "--repo", repo)
         assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
@@ -222,7 +299,9 @@ def test_push_to_an_unreachable_hub_is_one_line(hub_folder, monkeypatch):
 
     monkeypatch.setattr(hc, "ENDPOINT", f"http://127.0.0.1:{port}")
     code, _, err = run_cli("push", hub_folder, "--repo", "me/x")
-    assert code == 2 and "cannot reach the Hugging Face Hub to push to me/x" in err and len(err.strip().splitlines()) == 1, err
+    assert (
+        code == 2 and "cannot reach the Hugging Face Hub to push to me/x" in err and len(err.strip().splitlines()) == 1
+    ), err
 
 
 @pytest.fixture(scope="module")
@@ -235,36 +314,48 @@ def timm_weights(tmp_path_factory):
     return path
 
 
-GOOD_CFG = {"architecture": "resnet18", "num_classes": 5, "label_names": LABELS,
-            "pretrained_cfg": {"input_size": [3, 224, 224], "interpolation": "bicubic", "crop_pct": 0.95,
-                               "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}  # fmt: skip
+GOOD_CFG = {
+    "architecture": "resnet18",
+    "num_classes": 5,
+    "label_names": LABELS,
+    "pretrained_cfg": {
+        "input_size": [3, 224, 224],
+        "interpolation": "bicubic",
+        "crop_pct": 0.95,
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.5, 0.5, 0.5],
+    },
+}
 
 
-@pytest.mark.parametrize("key, value, needle", [
-    ("pretrained_cfg", "x", "pretrained_cfg must be a table"),
-    ("num_classes", "abc", "num_classes must be a whole number"),
-    ("num_classes", [1], "num_classes must be a whole number"),
-    ("num_classes", 1e12, "num_classes must be a whole number"),
-    ("num_classes", 1_000_000, "from 0 to 100,000"),
-    ("num_classes", 10.7, "num_classes must be a whole number"),
-    ("num_classes", True, "num_classes must be a whole number"),
-    ("num_classes", 6, "config.json names 5 classes for num_classes 6"),
-    ("label_names", 5, "label_names must be a list of class names"),
-    ("label_names", ["a", 2, "c", "d", "e"], "label_names must be a list of class names"),
-    ("pretrained_cfg.input_size", "abc", "input_size must be [channels, height, width]"),
-    ("pretrained_cfg.input_size", 224, "input_size must be [channels, height, width]"),
-    ("pretrained_cfg.input_size", [3, 224, float("nan")], "input_size must be a whole number"),
-    ("pretrained_cfg.input_size", [3, 5000, 5000], "from 8 to 1,024"),
-    ("pretrained_cfg.test_input_size", [3, 224], "test_input_size must be [channels, height, width]"),
-    ("pretrained_cfg.crop_pct", "nan", "crop_pct must be a number"),
-    ("pretrained_cfg.crop_pct", 0, "crop_pct must be a number"),
-    ("pretrained_cfg.mean", 5, "mean must be a list of 3 finite numbers"),
-    ("pretrained_cfg.mean", [0.5, 0.5], "mean must be a list of 3 finite numbers"),
-    ("pretrained_cfg.std", [0, 1, 1], "std must be positive"),
-    ("pretrained_cfg.interpolation", "lanczos", "interpolation must be bilinear or bicubic or nearest"),
-    ("pretrained_cfg.crop_mode", "border", "crop_mode must be center or squash"),
-    ("pretrained_cfg.num_classes", "five", "pretrained_cfg.num_classes must be a whole number"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "key, value, needle",
+    [
+        ("pretrained_cfg", "x", "pretrained_cfg must be a table"),
+        ("num_classes", "abc", "num_classes must be a whole number"),
+        ("num_classes", [1], "num_classes must be a whole number"),
+        ("num_classes", 1e12, "num_classes must be a whole number"),
+        ("num_classes", 1_000_000, "from 0 to 100,000"),
+        ("num_classes", 10.7, "num_classes must be a whole number"),
+        ("num_classes", True, "num_classes must be a whole number"),
+        ("num_classes", 6, "config.json names 5 classes for num_classes 6"),
+        ("label_names", 5, "label_names must be a list of class names"),
+        ("label_names", ["a", 2, "c", "d", "e"], "label_names must be a list of class names"),
+        ("pretrained_cfg.input_size", "abc", "input_size must be [channels, height, width]"),
+        ("pretrained_cfg.input_size", 224, "input_size must be [channels, height, width]"),
+        ("pretrained_cfg.input_size", [3, 224, float("nan")], "input_size must be a whole number"),
+        ("pretrained_cfg.input_size", [3, 5000, 5000], "from 8 to 1,024"),
+        ("pretrained_cfg.test_input_size", [3, 224], "test_input_size must be [channels, height, width]"),
+        ("pretrained_cfg.crop_pct", "nan", "crop_pct must be a number"),
+        ("pretrained_cfg.crop_pct", 0, "crop_pct must be a number"),
+        ("pretrained_cfg.mean", 5, "mean must be a list of 3 finite numbers"),
+        ("pretrained_cfg.mean", [0.5, 0.5], "mean must be a list of 3 finite numbers"),
+        ("pretrained_cfg.std", [0, 1, 1], "std must be positive"),
+        ("pretrained_cfg.interpolation", "lanczos", "interpolation must be bilinear or bicubic or nearest"),
+        ("pretrained_cfg.crop_mode", "border", "crop_mode must be center or squash"),
+        ("pretrained_cfg.num_classes", "five", "pretrained_cfg.num_classes must be a whole number"),
+    ],
+)
 def test_a_foreign_timm_config_is_checked_before_anything_is_built(tmp_path, timm_weights, key, value, needle):
     """Each malformed value of a timm config.json (13 of 33 used to be tracebacks, 1,000,000 classes loaded at
     3 GB, 10.7 was truncated to 10) is one line naming the key, from the Python API and the command line."""

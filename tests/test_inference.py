@@ -1,16 +1,16 @@
 """Inference on real photos (scikit-image's) with models the tests make: predict, embed, similar, explain."""
+
 import json
 
 import numpy as np
 import pytest
 import torch
+from conftest import needs_cuda, run_cli
 from torchvision.io import encode_jpeg, write_png
 
 import resnets
 from resnets import inference as I
 from resnets.weights import Preprocessing
-
-from conftest import needs_cuda, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -19,8 +19,13 @@ def photos(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("photos")
     (root / "sub").mkdir()
-    imgs = {"astronaut.jpg": sk.astronaut(), "coffee.png": sk.coffee(), "sub/chelsea.jpg": sk.chelsea(),
-            "camera.png": sk.camera(), "sub/rocket.webp": sk.rocket()}  # fmt: skip
+    imgs = {
+        "astronaut.jpg": sk.astronaut(),
+        "coffee.png": sk.coffee(),
+        "sub/chelsea.jpg": sk.chelsea(),
+        "camera.png": sk.camera(),
+        "sub/rocket.webp": sk.rocket(),
+    }
     for name, arr in imgs.items():
         t = torch.from_numpy(np.ascontiguousarray(arr))
         t = t[None] if t.ndim == 2 else t.permute(2, 0, 1).contiguous()
@@ -44,8 +49,12 @@ def model_file(tmp_path_factory):
     m = resnets.create_model("resnet18", num_classes=4)
     m.eval()
     path = tmp_path_factory.mktemp("m") / "r18.safetensors"
-    resnets.save(m, path, class_names=["cat", "coffee", "person", "rocket"],
-                 preprocessing=Preprocessing(84, 72, "bilinear", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)).to_dict())  # fmt: skip
+    resnets.save(
+        m,
+        path,
+        class_names=["cat", "coffee", "person", "rocket"],
+        preprocessing=Preprocessing(84, 72, "bilinear", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)).to_dict(),
+    )
     return path
 
 
@@ -54,8 +63,15 @@ def _reference_probs(model, path):
     from PIL import Image
     from torchvision.transforms import v2
 
-    tf = v2.Compose([v2.Resize(84, antialias=True), v2.CenterCrop(72), v2.PILToTensor(),
-                     v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])  # fmt: skip
+    tf = v2.Compose(
+        [
+            v2.Resize(84, antialias=True),
+            v2.CenterCrop(72),
+            v2.PILToTensor(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        ]
+    )
     with Image.open(path) as im:
         x = tf(im.convert("RGB"))
     with torch.no_grad():
@@ -66,7 +82,14 @@ def test_predict_matches_an_independent_pipeline_and_lists_bad_files(photos, mod
     model = resnets.load(model_file)
     results = I.predict(model, [photos], top_k=3, workers=2, batch_size=2)
     by_name = {r["path"].split("/photos")[-1].split("/", 1)[-1]: r for r in results}
-    assert set(by_name) == {"astronaut.jpg", "camera.png", "coffee.png", "sub/chelsea.jpg", "sub/rocket.webp", "sub/truncated.jpg"}
+    assert set(by_name) == {
+        "astronaut.jpg",
+        "camera.png",
+        "coffee.png",
+        "sub/chelsea.jpg",
+        "sub/rocket.webp",
+        "sub/truncated.jpg",
+    }
     assert "error" in by_name["sub/truncated.jpg"]
     for name in ("coffee.png", "sub/chelsea.jpg", "camera.png"):
         top = by_name[name]["top"]
@@ -124,8 +147,16 @@ def test_cli_predict_embed_similar_explain(photos, model_file, tmp_path):
     assert code == 0, err
     hits = json.loads(out)
     assert hits[0]["path"].endswith("coffee.png") and hits[0]["similarity"] == pytest.approx(1.0, abs=1e-4)
-    code, out, err = _cli("explain", photos / "sub" / "chelsea.jpg", "--weights", model_file, "--class", "cat",
-                          "--out", tmp_path / "cam.png")  # fmt: skip
+    code, out, err = _cli(
+        "explain",
+        photos / "sub" / "chelsea.jpg",
+        "--weights",
+        model_file,
+        "--class",
+        "cat",
+        "--out",
+        tmp_path / "cam.png",
+    )
     assert code == 0, err
     from PIL import Image
 
@@ -133,15 +164,23 @@ def test_cli_predict_embed_similar_explain(photos, model_file, tmp_path):
         assert im.format == "PNG" and im.size[0] > 300
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["predict", "/nonexistent.jpg"], "no such file"),
-    (["explain", "NOTES", "--out", "x.png"], "cannot read"),
-    (["explain", "PHOTO", "--out", "/nonexistent/dir/x.png"], "does not exist"),
-    (["explain", "PHOTO", "--class", "dog", "--out", "OUT"], "unknown class"),
-    (["similar", "PHOTO", "--index", "MODEL"], "not an embedding index"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["predict", "/nonexistent.jpg"], "no such file"),
+        (["explain", "NOTES", "--out", "x.png"], "cannot read"),
+        (["explain", "PHOTO", "--out", "/nonexistent/dir/x.png"], "does not exist"),
+        (["explain", "PHOTO", "--class", "dog", "--out", "OUT"], "unknown class"),
+        (["similar", "PHOTO", "--index", "MODEL"], "not an embedding index"),
+    ],
+)
 def test_cli_bad_input(photos, model_file, tmp_path, args, needle):
-    subst = {"NOTES": photos / "notes.txt", "PHOTO": photos / "coffee.png", "MODEL": model_file, "OUT": tmp_path / "o.png"}
+    subst = {
+        "NOTES": photos / "notes.txt",
+        "PHOTO": photos / "coffee.png",
+        "MODEL": model_file,
+        "OUT": tmp_path / "o.png",
+    }
     args = [subst.get(a, a) for a in args]
     if "--weights" not in args and args[0] != "similar":
         args += ["--weights", model_file]
@@ -168,11 +207,17 @@ def test_predict_and_embed_on_onnxruntime_agree_with_eager(photos, model_file, b
 
 
 def test_bench_cli_reports_each_backend_and_batch(model_file):
-    code, out, err = _cli("bench", model_file, "--batch-sizes", "1,4", "--backend", "eager,onnxruntime",
-                          "--seconds", "0.2", "--json")  # fmt: skip
+    code, out, err = _cli(
+        "bench", model_file, "--batch-sizes", "1,4", "--backend", "eager,onnxruntime", "--seconds", "0.2", "--json"
+    )
     assert code == 0, err
     rows = json.loads(out)["results"]
-    assert [(r["backend"], r["batch"]) for r in rows] == [("eager", 1), ("eager", 4), ("onnxruntime", 1), ("onnxruntime", 4)]
+    assert [(r["backend"], r["batch"]) for r in rows] == [
+        ("eager", 1),
+        ("eager", 4),
+        ("onnxruntime", 1),
+        ("onnxruntime", 4),
+    ]
     assert all(r["images_per_s"] > 0 and r["p95_ms"] >= r["p50_ms"] > 0 for r in rows)
     code, _, err = _cli("bench", "resnet20", "--backend", "tensorrt")
     assert code == 2 and "unknown backend" in err
@@ -243,7 +288,9 @@ def test_precision_and_device_errors_are_one_line(model_file, photos):
     if not torch.cuda.is_available():
         assert code == 2 and "no GPU" in err and len(err.strip().splitlines()) == 1, err
     if not _fp16_cpu():
-        code, _, err = _cli("predict", photos / "coffee.png", "--weights", model_file, "--precision", "fp16", "--device", "cpu")
+        code, _, err = _cli(
+            "predict", photos / "coffee.png", "--weights", model_file, "--precision", "fp16", "--device", "cpu"
+        )
         assert code == 2 and "fp16" in err and len(err.strip().splitlines()) == 1, err
     code, _, err = _cli("bench", "resnet20", "--device", "cpu", "--backend", "onnxruntime", "--precision", "bf16")
     assert code == 2 and "runs on the CPU at fp32" in err, err
@@ -254,8 +301,9 @@ def test_bench_auto_and_all_backends(model_file):
 
     assert auto_backend(torch.device("cpu"), "fp32") == "onnxruntime"
     assert auto_backend(torch.device("cpu"), "bf16") == auto_backend(torch.device("cuda"), "fp32") == "compile"
-    code, out, err = _cli("bench", model_file, "--batch-sizes", "2", "--backend", "all", "--seconds", "0.1",
-                          "--device", "cpu", "--json")  # fmt: skip
+    code, out, err = _cli(
+        "bench", model_file, "--batch-sizes", "2", "--backend", "all", "--seconds", "0.1", "--device", "cpu", "--json"
+    )
     assert code == 0, err
     res = json.loads(out)
     assert [r["backend"] for r in res["results"]] == ["eager", "compile", "onnxruntime", "onnxruntime-int8"]
@@ -275,8 +323,18 @@ def test_gpu_runners_at_reduced_precision(photos, model_file, precision):
 
 
 def test_predict_prints_a_table_goes_on_past_a_missing_path_and_agrees_on_names(photos, model_file, tmp_path, caplog):
-    code, out, err = _cli("predict", photos / "coffee.png", tmp_path / "gone.jpg", photos / "sub" / "chelsea.jpg",
-                          "--weights", model_file, "--top-k", 2, "--workers", 0)  # fmt: skip
+    code, out, err = _cli(
+        "predict",
+        photos / "coffee.png",
+        tmp_path / "gone.jpg",
+        photos / "sub" / "chelsea.jpg",
+        "--weights",
+        model_file,
+        "--top-k",
+        2,
+        "--workers",
+        0,
+    )
     assert code == 1 and "1 of 3 files could not be read" in err, err
     lines = out.splitlines()
     assert lines[0].split() == ["file", "#1", "#2"] and len(lines) == 4
@@ -284,7 +342,9 @@ def test_predict_prints_a_table_goes_on_past_a_missing_path_and_agrees_on_names(
     col = lines[0].index("#1")  # the columns line up
     assert all(line[col - 2 : col] == "  " for line in (lines[1], lines[3]))
     code, out_json, _ = _cli("predict", photos / "coffee.png", "--weights", model_file, "--json", "--workers", 0)
-    code2, out_fmt, _ = _cli("predict", photos / "coffee.png", "--weights", model_file, "--format", "json", "--workers", 0)
+    code2, out_fmt, _ = _cli(
+        "predict", photos / "coffee.png", "--weights", model_file, "--format", "json", "--workers", 0
+    )
     assert code == code2 == 0 and json.loads(out_json) == json.loads(out_fmt)
     code, out, err = _cli("similar", photos / "coffee.png", "--index", tmp_path / "none.safetensors", "--top-k", 2)
     assert code == 2 and "--top-k" not in err  # the same flag name as predict's
@@ -295,9 +355,13 @@ def test_predict_prints_a_table_goes_on_past_a_missing_path_and_agrees_on_names(
 
 
 def test_explain_suggests_close_class_names(photos, model_file, tmp_path):
-    code, _, err = _cli("explain", photos / "coffee.png", "--weights", model_file, "--class", "cofee", "--out", tmp_path / "c.png")
+    code, _, err = _cli(
+        "explain", photos / "coffee.png", "--weights", model_file, "--class", "cofee", "--out", tmp_path / "c.png"
+    )
     assert code == 2 and "did you mean 'coffee'" in err and not (tmp_path / "c.png").exists()
-    code, _, err = _cli("explain", photos / "coffee.png", "--weights", model_file, "--class", 9, "--out", tmp_path / "c.png")
+    code, _, err = _cli(
+        "explain", photos / "coffee.png", "--weights", model_file, "--class", 9, "--out", tmp_path / "c.png"
+    )
     assert code == 2 and "out of range: the model has 4 classes" in err
 
 
@@ -309,7 +373,9 @@ def test_predict_takes_pil_images_and_tensors_as_well_as_paths(photos, model_fil
     by_path = I.predict(model, [photos / "coffee.png", photos / "camera.png"], workers=0, top_k=3)
     with Image.open(photos / "coffee.png") as a, Image.open(photos / "camera.png") as b:
         by_pil = I.predict(model, [a.copy(), b.copy()], top_k=3)
-    by_tensor = I.predict(model, [read_image(str(photos / "coffee.png")), read_image(str(photos / "camera.png"))], top_k=3)
+    by_tensor = I.predict(
+        model, [read_image(str(photos / "coffee.png")), read_image(str(photos / "camera.png"))], top_k=3
+    )
     for got in (by_pil, by_tensor):
         assert [r["input"] for r in got] == [0, 1]
         for r, ref in zip(got, by_path):
@@ -344,8 +410,9 @@ def test_a_backend_is_one_entry_of_the_table(model_file, monkeypatch):
 
 def test_similar_with_another_models_index_names_both(photos, model_file, tmp_path):
     """An index made by one model queried with another was a matrix-shape traceback."""
-    code, _, err = _cli("embed", photos / "coffee.png", "--weights", model_file, "--out", tmp_path / "idx.safetensors",
-                        "--workers", 0)  # fmt: skip
+    code, _, err = _cli(
+        "embed", photos / "coffee.png", "--weights", model_file, "--out", tmp_path / "idx.safetensors", "--workers", 0
+    )
     assert code == 0, err
     other = resnets.save(resnets.create_model("resnet20", num_classes=3), tmp_path / "r20.safetensors")
     code, _, err = _cli("similar", photos / "coffee.png", "--index", tmp_path / "idx.safetensors", "--weights", other)

@@ -1,5 +1,6 @@
 """Keras' ResNet50 (keras.applications, Keras 3 on its torch backend) read into our resnet50 v1: the network's
 outputs and, end to end, `resnets predict` against Keras' own load_img + preprocess_input + predict."""
+
 import json
 import os
 import re
@@ -12,12 +13,12 @@ os.environ.setdefault("KERAS_BACKEND", "torch")  # before keras is imported; tor
 keras = pytest.importorskip("keras")
 h5py = pytest.importorskip("h5py")
 
+from conftest import run_cli  # noqa: E402
+
 import resnets  # noqa: E402
 from resnets.errors import WeightsError  # noqa: E402
-from resnets.weights.keras import layer_order  # noqa: E402
 from resnets.weights import class_list  # noqa: E402
-
-from conftest import run_cli  # noqa: E402
+from resnets.weights.keras import layer_order  # noqa: E402
 
 PHOTOS = ["astronaut", "chelsea", "coffee", "rocket"]
 
@@ -29,8 +30,14 @@ def _randomise(model, seed=0):
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             g, b, m, v = layer.get_weights()
-            layer.set_weights([rng.uniform(0.5, 1.5, g.shape), rng.normal(0, 0.1, b.shape),
-                               rng.normal(0, 0.1, m.shape), rng.uniform(0.5, 2.0, v.shape)])  # fmt: skip
+            layer.set_weights(
+                [
+                    rng.uniform(0.5, 1.5, g.shape),
+                    rng.normal(0, 0.1, b.shape),
+                    rng.normal(0, 0.1, m.shape),
+                    rng.uniform(0.5, 2.0, v.shape),
+                ]
+            )
         elif isinstance(layer, keras.layers.Conv2D):
             k, b = layer.get_weights()
             layer.set_weights([k, rng.normal(0, 0.1, b.shape)])
@@ -47,7 +54,11 @@ def keras_files(tmp_path_factory):
     keras.utils.set_random_seed(0)
     model = keras.applications.ResNet50(weights=None, classifier_activation=None)
     _randomise(model)
-    files = {"keras": d / "resnet50.keras", "weights.h5": d / "resnet50.weights.h5", "legacy.h5": d / "resnet50_legacy.h5"}
+    files = {
+        "keras": d / "resnet50.keras",
+        "weights.h5": d / "resnet50.weights.h5",
+        "legacy.h5": d / "resnet50_legacy.h5",
+    }
     model.save(files["keras"])
     model.save_weights(files["weights.h5"])
     with h5py.File(files["legacy.h5"], "w") as f:  # Keras 2's layout: what ResNet50(weights="imagenet") downloads
@@ -96,7 +107,9 @@ def test_outputs_equal_keras_on_real_photos(keras_files, fmt):
 def test_predict_on_photos_gives_keras_answer(keras_files, tmp_path):
     model, files, photos = keras_files
     ref = torch.softmax(torch.from_numpy(_keras_pipeline(model, photos)), 1)
-    code, out, err = run_cli("predict", "--weights", files["keras"], *photos, "--json", "--top-k", "5", "--workers", "0")
+    code, out, err = run_cli(
+        "predict", "--weights", files["keras"], *photos, "--json", "--top-k", "5", "--workers", "0"
+    )
     assert code == 0, err
     rows = {r["path"]: r for r in json.loads(out)}
     names = class_list("imagenet")
@@ -120,7 +133,9 @@ def test_resnet101_without_top_is_a_feature_extractor(tmp_path):
 
     ref = np.asarray(model.predict(preprocess_input(pixels.copy()), verbose=0))
     with torch.no_grad():
-        feats = net(net.meta.preprocessing.normalizer()(torch.from_numpy(pixels).permute(0, 3, 1, 2).to(torch.uint8))).numpy()
+        feats = net(
+            net.meta.preprocessing.normalizer()(torch.from_numpy(pixels).permute(0, 3, 1, 2).to(torch.uint8))
+        ).numpy()
     assert feats.shape == (2, 2048) and np.abs(feats - ref).max() < 1e-4 * max(1.0, np.abs(ref).max())
 
 
@@ -158,12 +173,27 @@ def test_keras_files_from_elsewhere_are_checked_and_bounded(keras_files, tmp_pat
     cases = {
         "list.keras": (_keras_zip(tmp_path / "list.keras", []), "no model config"),
         "str.keras": (_keras_zip(tmp_path / "str.keras", {"config": "abc"}), "no model config"),
-        "layers.keras": (_keras_zip(tmp_path / "layers.keras", {"config": {"layers": "abc"}}), "'layers' is not a list"),
-        "eps.keras": (_keras_zip(tmp_path / "eps.keras", {"config": {"layers": [
-            {"class_name": "BatchNormalization", "config": {"name": "bn", "epsilon": [1]}}]}}), "epsilon is [1]"),
-        "layer.keras": (_keras_zip(tmp_path / "layer.keras", {"config": {"layers": ["x"]}}), "a layer that is not a table"),
+        "layers.keras": (
+            _keras_zip(tmp_path / "layers.keras", {"config": {"layers": "abc"}}),
+            "'layers' is not a list",
+        ),
+        "eps.keras": (
+            _keras_zip(
+                tmp_path / "eps.keras",
+                {
+                    "config": {
+                        "layers": [{"class_name": "BatchNormalization", "config": {"name": "bn", "epsilon": [1]}}]
+                    }
+                },
+            ),
+            "epsilon is [1]",
+        ),
+        "layer.keras": (
+            _keras_zip(tmp_path / "layer.keras", {"config": {"layers": ["x"]}}),
+            "a layer that is not a table",
+        ),
         "big.keras": (_keras_zip(tmp_path / "big.keras", " " * (20 << 20)), "at most 16,777,216 are read"),
-    }  # fmt: skip
+    }
     assert (tmp_path / "big.keras").stat().st_size < 100_000
     for kind, replace in (("flat", lambda a: a.reshape(-1)), ("text", lambda a: np.array([b"x"] * a.shape[-1]))):
         path = tmp_path / f"{kind}.h5"

@@ -1,8 +1,11 @@
 """How the code is held together (the team's style notes, points 14-18): imports that run one way (no circle,
 counting every import), functions that fit on a screen, the linter passing, metadata read from the one declared
 object, and no module importing another's private names."""
+
 import ast
 from pathlib import Path
+
+import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "resnets"
 OLD_METADATA = {"arch_name", "arch_options", "class_names", "preprocessing", "meta"}
@@ -18,7 +21,9 @@ def test_no_module_imports_another_modules_private_names():
     for rel, tree in _trees():
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.level > 0:
-                found += [f"{rel}: {a.name}" for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+                found += [
+                    f"{rel}: {a.name}" for a in node.names if a.name.startswith("_") and not a.name.startswith("__")
+                ]
     assert not found, found
 
 
@@ -26,9 +31,14 @@ def test_model_metadata_is_never_read_with_getattr_fallbacks():
     found = []
     for rel, tree in _trees():
         for node in ast.walk(tree):
-            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "hasattr")
-                    and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant)
-                    and node.args[1].value in OLD_METADATA):  # fmt: skip
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id in ("getattr", "hasattr")
+                and len(node.args) >= 2
+                and isinstance(node.args[1], ast.Constant)
+                and node.args[1].value in OLD_METADATA
+            ):
                 found.append(f"{rel}:{node.lineno}")
     allowed = {"meta.py"}  # meta_of: the one place a plain torch module (no .meta) is told apart
     assert [f for f in found if f.split(":")[0] not in allowed] == [], found
@@ -38,7 +48,10 @@ def _imports(src: Path) -> dict[str, set[str]]:
     """Every import between the modules under `src` (a package folder): module level, inside functions and under
     TYPE_CHECKING alike (a lazy import is still an import). {module: modules it imports}."""
     pkg = src.name
-    files = {".".join(p.relative_to(src.parent).with_suffix("").parts).removesuffix(".__init__"): p for p in src.rglob("*.py")}
+    files = {
+        ".".join(p.relative_to(src.parent).with_suffix("").parts).removesuffix(".__init__"): p
+        for p in src.rglob("*.py")
+    }
     graph: dict[str, set[str]] = {}
     for mod, path in files.items():
         here = mod if path.name == "__init__.py" else mod.rsplit(".", 1)[0]
@@ -117,10 +130,13 @@ MAX_FUNCTION_LINES = 80
 
 
 def _long_functions(src: Path) -> list[str]:
-    return [f"{path.relative_to(src)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
-            for path in sorted(src.rglob("*.py")) for node in ast.walk(ast.parse(path.read_text(), str(path)))
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
-            and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]  # fmt: skip
+    return [
+        f"{path.relative_to(src)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for path in sorted(src.rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
+    ]
 
 
 def test_no_function_is_longer_than_a_screen(tmp_path):
@@ -131,18 +147,23 @@ def test_no_function_is_longer_than_a_screen(tmp_path):
     assert _long_functions(tmp_path) == ["m.py:1 f (81 lines)"]
 
 
-def test_the_linter_passes():
-    """ruff (configured in pyproject.toml: unused and undefined names, pycodestyle's errors) over the code, the
-    tests and the benchmarks, so the check cannot drift from `make lint`."""
+@pytest.mark.parametrize("check", [["check"], ["format", "--check"]], ids=["lint", "format"])
+def test_the_linter_and_formatter_pass(check):
+    """ruff (configured in pyproject.toml) over the code, the tests and the benchmarks: its linter (unused and
+    undefined names, pycodestyle's errors) and its formatter (the layout of every line), so neither can drift
+    from `make lint`."""
     import subprocess
     import sys
 
-    import pytest
-
     pytest.importorskip("ruff")
     root = SRC.parents[1]
-    p = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "src", "tests", "benchmarks", "hubconf.py"],
-                       cwd=root, capture_output=True, text=True, timeout=120)  # fmt: skip
+    p = subprocess.run(
+        [sys.executable, "-m", "ruff", *check, "--no-cache", "src", "tests", "benchmarks", "hubconf.py"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 0, p.stdout + p.stderr
 
 

@@ -1,15 +1,15 @@
 """Registry-driven checks: every registered model builds, trains a step, gives its stage maps, resets its head,
 and survives a save -> load round trip."""
+
 import pytest
 import torch
+from conftest import randomize_norms
 from torch import nn
 
 import resnets
 from resnets.errors import OptionError, UnknownModelError
 from resnets.models import get_entry, register_model
 from resnets.models.layers import BasicBlock, Bottleneck, PadShortcut
-
-from conftest import randomize_norms
 
 ALL = resnets.list_models()
 # BiT's x2/x3 widths (200-400 M parameters) are the x1 code with wider stages: built on the meta device only
@@ -25,18 +25,47 @@ def _input(name, batch=2):
 
 def test_registry_holds_the_whole_family():
     expected = {
-        "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
-        "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2",
-        "resnet50d", "resnet101d", "resnetv2_50", "resnetv2_101", "resnetv2_152", "plain18", "plain34",
-        "resnetv2_50x1_bit", "resnetv2_50x3_bit", "resnetv2_101x1_bit", "resnetv2_101x3_bit", "resnetv2_152x2_bit",
-        "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet1202",
-        "plain20", "plain32", "plain44", "plain56", "plain110",
-    }  # fmt: skip
+        "resnet18",
+        "resnet34",
+        "resnet50",
+        "resnet101",
+        "resnet152",
+        "resnext50_32x4d",
+        "resnext101_32x8d",
+        "resnext101_64x4d",
+        "wide_resnet50_2",
+        "wide_resnet101_2",
+        "resnet50d",
+        "resnet101d",
+        "resnetv2_50",
+        "resnetv2_101",
+        "resnetv2_152",
+        "plain18",
+        "plain34",
+        "resnetv2_50x1_bit",
+        "resnetv2_50x3_bit",
+        "resnetv2_101x1_bit",
+        "resnetv2_101x3_bit",
+        "resnetv2_152x2_bit",
+        "resnet20",
+        "resnet32",
+        "resnet44",
+        "resnet56",
+        "resnet110",
+        "resnet1202",
+        "plain20",
+        "plain32",
+        "plain44",
+        "plain56",
+        "plain110",
+    }
     assert expected <= set(ALL)
     assert resnets.list_models("resnext*") == ["resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d"]
 
 
-@pytest.mark.parametrize("name, factor", [("resnetv2_50x3_bit", 3), ("resnetv2_101x3_bit", 3), ("resnetv2_152x2_bit", 2)])
+@pytest.mark.parametrize(
+    "name, factor", [("resnetv2_50x3_bit", 3), ("resnetv2_101x3_bit", 3), ("resnetv2_152x2_bit", 2)]
+)
 def test_wide_bit_nets_are_the_x1_nets_with_wider_stages(name, factor):
     x1 = name.replace(f"x{factor}_", "x1_") if "152" not in name else None
     with torch.device("meta"):
@@ -89,7 +118,9 @@ def test_forward_backward_and_stage_maps(name):
 def test_save_load_round_trip_and_reset_head(name, tmp_path):
     model = randomize_norms(resnets.create_model(name)).eval()
     x = _input(name)
-    path = resnets.save(model, tmp_path / f"{name}.safetensors", class_names=[f"c{i}" for i in range(model.num_classes)])
+    path = resnets.save(
+        model, tmp_path / f"{name}.safetensors", class_names=[f"c{i}" for i in range(model.num_classes)]
+    )
     again = resnets.load(path)
     assert not again.training
     assert type(again) is type(model) and again.meta.architecture == name
@@ -117,9 +148,15 @@ def test_unknown_model_suggests_close_names():
 
 @pytest.mark.parametrize(
     "name, option",
-    [("resnet18", {"stride_in_1x1": True}), ("plain20", {"shortcut": "B"}), ("plain34", {"zero_init_residual": True}),
-     ("resnet50d", {"shortcut": "A"}), ("resnetv2_50", {"stride_in_1x1": False}), ("resnet50", {"dropout": 0.1})],
-)  # fmt: skip
+    [
+        ("resnet18", {"stride_in_1x1": True}),
+        ("plain20", {"shortcut": "B"}),
+        ("plain34", {"zero_init_residual": True}),
+        ("resnet50d", {"shortcut": "A"}),
+        ("resnetv2_50", {"stride_in_1x1": False}),
+        ("resnet50", {"dropout": 0.1}),
+    ],
+)
 def test_an_option_a_model_cannot_take_is_an_error(name, option):
     with pytest.raises(OptionError, match="does not take option"):
         resnets.create_model(name, **option)
@@ -143,8 +180,15 @@ def test_shortcut_options_A_B_C():
     # A has no shortcut parameters: exactly the plain net's parameters (paper section 4.2)
     assert params(a) == params(resnets.create_model("plain20")) == 269_722
     assert _count(a, PadShortcut) == 2
+
     # B projects where the shape changes (2 places), C on all 9 blocks
-    projections = lambda m: sum(blk.downsample is not None and not isinstance(blk.downsample, PadShortcut) for blk in m.modules() if isinstance(blk, BasicBlock))  # noqa: E731
+    def projections(m):
+        return sum(
+            blk.downsample is not None and not isinstance(blk.downsample, PadShortcut)
+            for blk in m.modules()
+            if isinstance(blk, BasicBlock)
+        )
+
     assert projections(b) == 2 and projections(c) == 9
     assert params(a) < params(b) < params(c)
 
@@ -183,7 +227,11 @@ def test_zero_init_residual_makes_blocks_identities():
     x = torch.randn(2, 16, 8, 8)
     with torch.no_grad():
         assert torch.allclose(blk(x), torch.relu(x))
-    assert all(float(b.bn3.weight.detach().abs().sum()) == 0 for b in resnets.create_model("resnet50", zero_init_residual=True).modules() if isinstance(b, Bottleneck))
+    assert all(
+        float(b.bn3.weight.detach().abs().sum()) == 0
+        for b in resnets.create_model("resnet50", zero_init_residual=True).modules()
+        if isinstance(b, Bottleneck)
+    )
     v2 = resnets.create_model("resnetv2_50", zero_init_residual=True)
     assert float(v2.layer1[1].conv3.weight.detach().abs().sum()) == 0
 
@@ -258,8 +306,10 @@ def test_features_only_and_forward_intermediates_follow_timm(name, tmp_path):
             maps, want = f.eval()(x), ref.forward_intermediates(x, indices=list(out_indices), intermediates_only=True)
         assert len(maps) == len(want) and all(torch.allclose(a, b, atol=1e-5) for a, b in zip(maps, want)), out_indices
     if not name.startswith("resnetv2"):
-        assert resnets.create_model(name, features_only=True).feature_info.module_name() == \
-            timm.create_model(name, features_only=True, pretrained=False).feature_info.module_name()  # fmt: skip
+        assert (
+            resnets.create_model(name, features_only=True).feature_info.module_name()
+            == timm.create_model(name, features_only=True, pretrained=False).feature_info.module_name()
+        )
     with torch.no_grad():
         for kw in ({"indices": 2}, {"indices": 3, "norm": True}, {"indices": [1, -1], "stop_early": True}):
             (final, maps), (want_final, want) = ours.forward_intermediates(x, **kw), ref.forward_intermediates(x, **kw)

@@ -1,15 +1,24 @@
 """Golden comparisons against independent references: torchvision's and timm's models with the same weights."""
+
 import pytest
 import torch
 import torchvision
-
-import resnets
 from conftest import randomize_norms
 
+import resnets
+
 TORCHVISION = [
-    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
-    "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2",
-]  # fmt: skip
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "resnext50_32x4d",
+    "resnext101_32x8d",
+    "resnext101_64x4d",
+    "wide_resnet50_2",
+    "wide_resnet101_2",
+]
 
 
 @pytest.mark.parametrize("name", TORCHVISION)

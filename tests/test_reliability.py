@@ -1,5 +1,6 @@
 """Nothing lost, nothing crashes: run-directory locking, every config key checked before anything is written,
 resumes that keep their overrides, and runs that stop before their first checkpoint leave nothing behind."""
+
 import json
 import math
 import subprocess
@@ -8,14 +9,32 @@ import time
 
 import pytest
 import torch
+from conftest import run_cli
 
 from resnets import config as C
 from resnets.errors import ResnetsError
 
-from conftest import run_cli
-
-S = ["--model", "resnet20", "--dataset", "synthetic", "--synthetic-samples", "256", "--synthetic-classes", "2",
-     "--train-crop", "32", "--batch-size", "16", "--epochs", "1", "--workers", "0", "--no-progress", "--device", "cpu"]  # fmt: skip
+S = [
+    "--model",
+    "resnet20",
+    "--dataset",
+    "synthetic",
+    "--synthetic-samples",
+    "256",
+    "--synthetic-classes",
+    "2",
+    "--train-crop",
+    "32",
+    "--batch-size",
+    "16",
+    "--epochs",
+    "1",
+    "--workers",
+    "0",
+    "--no-progress",
+    "--device",
+    "cpu",
+]
 
 
 def _one_line(code, err, needle):
@@ -51,7 +70,9 @@ def test_a_value_just_outside_its_range_is_one_line_and_writes_nothing(tmp_path,
 def _slow_run(out, name) -> tuple[subprocess.Popen, list]:
     """A training run in a process of its own, returned once it holds its folder's lock (with its arguments)."""
     slow = [*S, "--synthetic-samples", "4096", "--epochs", "3", "--out", out, "--name", name]
-    p = subprocess.Popen([sys.executable, "-m", "resnets", "train", *slow], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "resnets", "train", *slow], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     lock = out / name / ".lock"
     deadline = time.time() + 120
     while time.time() < deadline and p.poll() is None and not (lock.is_file() and lock.read_text()):
@@ -101,9 +122,25 @@ def test_resume_keeps_its_overrides_and_refuses_incompatible_ones(tmp_path):
 def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_folder(tmp_path):
     from resnets.engine import TrainingError, train
 
-    cfg = C.resolve(overrides=dict(model="resnet20", dataset="synthetic", synthetic_samples=256, synthetic_classes=2,
-                                   train_crop=32, batch_size=16, epochs=1, workers=0, progress=False, device="cpu",
-                                   out=str(tmp_path), name="blowup", lr=1e6, schedule="constant", amp="none"))  # fmt: skip
+    cfg = C.resolve(
+        overrides=dict(
+            model="resnet20",
+            dataset="synthetic",
+            synthetic_samples=256,
+            synthetic_classes=2,
+            train_crop=32,
+            batch_size=16,
+            epochs=1,
+            workers=0,
+            progress=False,
+            device="cpu",
+            out=str(tmp_path),
+            name="blowup",
+            lr=1e6,
+            schedule="constant",
+            amp="none",
+        )
+    )
     with pytest.raises(TrainingError, match="No checkpoint had been written yet"):
         train(cfg)
     assert not (tmp_path / "blowup").exists()
@@ -162,19 +199,37 @@ def test_the_epochs_are_also_a_csv_and_tensorboard_scalars(tmp_path):
         assert [e.value for e in events] == pytest.approx([r[key] for r in jsonl], rel=1e-6)
 
 
-@pytest.mark.parametrize("flag, value", [
-    ("--epochs", "1e400"), ("--seed", "1e20"), ("--lr", "1e308"), ("--weight-decay", "1e308"), ("--gamma", "1e308"),
-    ("--warmup-epochs", "1e308"), ("--pad", "1e9"), ("--train-crop", "1e6"), ("--synthetic-samples", "1e12"),
-    ("--synthetic-classes", "1e9"), ("--device", "mps"), ("--device", "cuda:x"), ("--mixup", "1e-320"),
-    ("--cutmix", "1e-320"), ("--batch-size", "1e30"), ("--in-chans", "100000"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "flag, value",
+    [
+        ("--epochs", "1e400"),
+        ("--seed", "1e20"),
+        ("--lr", "1e308"),
+        ("--weight-decay", "1e308"),
+        ("--gamma", "1e308"),
+        ("--warmup-epochs", "1e308"),
+        ("--pad", "1e9"),
+        ("--train-crop", "1e6"),
+        ("--synthetic-samples", "1e12"),
+        ("--synthetic-classes", "1e9"),
+        ("--device", "mps"),
+        ("--device", "cuda:x"),
+        ("--mixup", "1e-320"),
+        ("--cutmix", "1e-320"),
+        ("--batch-size", "1e30"),
+        ("--in-chans", "100000"),
+    ],
+)
 def test_values_that_cannot_run_are_refused_before_anything_is_written(tmp_path, flag, value):
     """The values a hostile review found to be tracebacks (some after config.json was written, so the folder
     stayed and resume repeated the traceback), or to allocate tens of gigabytes."""
     if value == "mps" and torch.backends.mps.is_available():
         pytest.skip("this machine has MPS")
     code, _, err = run_cli("train", *S, "--out", tmp_path / "runs", flag, value)
-    assert code == 2 and len([line for line in err.splitlines() if line.strip()]) == 1 and "Traceback" not in err, (flag, err)
+    assert code == 2 and len([line for line in err.splitlines() if line.strip()]) == 1 and "Traceback" not in err, (
+        flag,
+        err,
+    )
     assert not (tmp_path / "runs").exists()
 
 
@@ -182,7 +237,12 @@ def test_synthetic_data_is_bounded_by_its_memory_and_inference_devices_are_check
     code, _, err = run_cli("train", *S, "--out", tmp_path, "--synthetic-samples", "1000000", "--train-crop", "512")
     _one_line(code, err, "GiB; at most 8 GiB")
     for device in ("cuda:x", "cuda:7", "tpu"):
-        if device.startswith("cuda") and torch.cuda.is_available() and device == "cuda:7" and torch.cuda.device_count() > 7:
+        if (
+            device.startswith("cuda")
+            and torch.cuda.is_available()
+            and device == "cuda:7"
+            and torch.cuda.device_count() > 7
+        ):
             continue
         code, _, err = run_cli("predict", "x.png", "--weights", "resnet18", "--device", device)
         assert code == 2 and "device" in err and len(err.strip().splitlines()) == 1, err
@@ -204,8 +264,9 @@ def test_a_run_killed_while_writing_its_first_config_is_begun_again(tmp_path):
 
 def test_a_one_cycle_run_of_four_steps_trains(tmp_path):
     """OneCycleLR divided by zero when its rise was one step (fashion-mnist's recipe over 512 images: 4 steps)."""
-    code, _, err = run_cli("train", *S, "--schedule", "onecycle", "--synthetic-samples", 64, "--out", tmp_path,
-                           "--name", "short")  # fmt: skip
+    code, _, err = run_cli(
+        "train", *S, "--schedule", "onecycle", "--synthetic-samples", 64, "--out", tmp_path, "--name", "short"
+    )
     assert code == 0, err
     assert json.loads((tmp_path / "short" / "metrics.jsonl").read_text().splitlines()[0])["epoch"] == 1
 

@@ -1,16 +1,16 @@
 """`resnets reproduce`: the runs, reports and figures, on a tiny CIFAR-10 archive in the official format (what a
 user with the archive runs) and on Fashion-MNIST; the measurements checked against direct computations."""
+
 import json
 
 import pytest
 import torch
+from conftest import run_cli
+from test_data import _cifar_archive
 
 import resnets
 from resnets import reproduce as R
 from resnets.data import sources
-
-from conftest import run_cli
-from test_data import _cifar_archive
 
 
 def _run(*args):
@@ -36,9 +36,13 @@ def test_degradation_report_figure_and_curves(cifar_runs):
         done = json.loads((out / "runs" / f"{m}-cifar10-12it-seed0" / "reproduce.json").read_text())
         assert [p["step"] for p in done["curve"]] == list(range(1, 13))  # a curve point every 12 // 12 steps
         assert result["final"][m]["test_err"] == pytest.approx(100 - done["top1"])
-        assert f"| {m} | {done['params']:,} | {done['curve'][-1]['train_err']:.2f} | {100 - done['top1']:.2f} |" in report
+        assert (
+            f"| {m} | {done['params']:,} | {done['curve'][-1]['train_err']:.2f} | {100 - done['top1']:.2f} |" in report
+        )
         cfg = json.loads((out / "runs" / f"{m}-cifar10-12it-seed0" / "config.json").read_text())
-        assert cfg["milestones"] == [6, 9] and cfg["weight_decay"] == 1e-4 and cfg["lr"] == 0.1 and cfg["batch_size"] == 32
+        assert (
+            cfg["milestones"] == [6, 9] and cfg["weight_decay"] == 1e-4 and cfg["lr"] == 0.1 and cfg["batch_size"] == 32
+        )
     # the plain and residual nets of a depth have the same parameters (option A shortcuts), as in the paper
     assert result["final"]["plain56"]["params"] == result["final"]["resnet56"]["params"] == 853_018
     verdict = "higher" if result["plain_degrades"] else "lower"
@@ -54,7 +58,9 @@ def test_runs_are_reused_not_retrained(cifar_runs):
     g = r["norms"]
     assert len(g["plain56"]["init"]) == len(g["resnet56"]["trained"]) == 55  # 1 + 54 convs, input to output
     assert all(v > 0 for v in g["plain56"]["init"])
-    assert (setup.out / "gradient_flow.png").is_file() and "| plain56 | init |" in (setup.out / "gradient_flow.md").read_text()
+    assert (setup.out / "gradient_flow.png").is_file() and "| plain56 | init |" in (
+        setup.out / "gradient_flow.md"
+    ).read_text()
 
 
 def test_layer_responses_are_the_bn_outputs(cifar_runs):
@@ -87,14 +93,31 @@ def test_cifar_table_and_table1(cifar_runs, tmp_path):
 
 @pytest.mark.skipif(sources.find_fashion_mnist() is None, reason="Fashion-MNIST is not installed")
 def test_cli_on_fashion_mnist_and_bad_input(tmp_path):
-    code, out, err = _run("reproduce", "cifar-table", "--budget", 10, "--depths", 20, "--out", tmp_path, "--no-progress",
-                          "--set", "limit_train=256", "--set", "limit_val=100", "--set", "batch_size=32")  # fmt: skip
+    code, out, err = _run(
+        "reproduce",
+        "cifar-table",
+        "--budget",
+        10,
+        "--depths",
+        20,
+        "--out",
+        tmp_path,
+        "--no-progress",
+        "--set",
+        "limit_train=256",
+        "--set",
+        "limit_val=100",
+        "--set",
+        "batch_size=32",
+    )
     assert code == 0, err
     assert "| ResNet-20 | 0.27M |" in out and (tmp_path / "cifar_table.md").is_file()
-    for args, needle in ((("degradation", "--budget", "lots"), "budget must be one of"),
-                         (("degradation", "--dataset", "mnist"), "dataset must be one of"),
-                         (("cifar-table", "--depths", "21"), "CIFAR ResNet depths"),
-                         (("degradation", "--dataset", "cifar10", "--data", tmp_path / "nope.tar.gz"), "nope.tar.gz")):  # fmt: skip
+    for args, needle in (
+        (("degradation", "--budget", "lots"), "budget must be one of"),
+        (("degradation", "--dataset", "mnist"), "dataset must be one of"),
+        (("cifar-table", "--depths", "21"), "CIFAR ResNet depths"),
+        (("degradation", "--dataset", "cifar10", "--data", tmp_path / "nope.tar.gz"), "nope.tar.gz"),
+    ):
         code, _, err = _run("reproduce", *args, "--out", tmp_path / "bad")
         assert code == 2 and "Traceback" not in err and needle in err, err
         assert len(err.strip().splitlines()) == 1
@@ -119,8 +142,25 @@ def test_jobs_run_in_parallel_resume_after_a_kill_and_reuse_finished_runs(tmp_pa
     import sys
     import time
 
-    args = ["reproduce", "cifar-table", "--depths", "20", "--seeds", "0,1", "--jobs", "2", "--budget", "16",
-            "--set", "limit_train=512", "--set", "limit_val=64", "--out", str(tmp_path), "--no-progress"]  # fmt: skip
+    args = [
+        "reproduce",
+        "cifar-table",
+        "--depths",
+        "20",
+        "--seeds",
+        "0,1",
+        "--jobs",
+        "2",
+        "--budget",
+        "16",
+        "--set",
+        "limit_train=512",
+        "--set",
+        "limit_val=64",
+        "--out",
+        str(tmp_path),
+        "--no-progress",
+    ]
     runs = tmp_path / "runs"
     names = [f"resnet20-fashion-mnist-16it-seed{s}" for s in (0, 1)]
     p = subprocess.Popen([sys.executable, "-m", "resnets", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -130,8 +170,12 @@ def test_jobs_run_in_parallel_resume_after_a_kill_and_reuse_finished_runs(tmp_pa
     assert p.poll() is None, "the command ended before any run had a checkpoint"
     p.send_signal(signal.SIGKILL)
     p.wait()
-    pids = [int(m) for n in names if (runs / f"{n}.log").is_file()
-            for m in re.findall(r"worker pid (\d+)", (runs / f"{n}.log").read_text())]  # fmt: skip
+    pids = [
+        int(m)
+        for n in names
+        if (runs / f"{n}.log").is_file()
+        for m in re.findall(r"worker pid (\d+)", (runs / f"{n}.log").read_text())
+    ]
     assert pids, "no worker started"
     deadline = time.time() + 60
     while time.time() < deadline and any(_alive(pid) for pid in pids):

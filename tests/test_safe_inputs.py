@@ -1,6 +1,7 @@
 """Hostile inputs and outputs: images that used to end a whole command (animations, 16-bit, decompression bombs,
 EXIF-rotated photos), outputs that replaced what they should not, damaged model files and ONNX caches, names with
 control characters, and environment errors. Each is one named, skipped file or one line with a non-zero exit."""
+
 import csv
 import hashlib
 import io
@@ -14,14 +15,13 @@ import zlib
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 from PIL import Image
 
 import resnets
 from resnets.data import datasets as D
 from resnets.data.datasets import BadSample, decode, read_header
 from resnets.weights import Preprocessing
-
-from conftest import run_cli
 
 CLASSES = ["red", "green", "blue"]
 
@@ -31,13 +31,16 @@ def model_file(tmp_path_factory):
     torch.manual_seed(0)
     m = resnets.create_model("resnet20", num_classes=3).eval()
     path = tmp_path_factory.mktemp("m") / "r20.safetensors"
-    resnets.save(m, path, class_names=CLASSES, preprocessing=Preprocessing(36, 32, "bilinear", (0.5,) * 3, (0.25,) * 3).to_dict())
+    resnets.save(
+        m, path, class_names=CLASSES, preprocessing=Preprocessing(36, 32, "bilinear", (0.5,) * 3, (0.25,) * 3).to_dict()
+    )
     return path
 
 
 def _png_header_only(path, width, height):
     """A PNG whose header claims width x height pixels and holds no pixel data at all: refusing it proves the
     limit is read from the header, before any decoding."""
+
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -171,7 +174,9 @@ def _gif_frames_on_a_canvas(frames: int, width: int, height: int) -> bytes:
     """An animated GIF of `frames` one-pixel frames on a width x height canvas: a few hundred bytes that a decoder
     of every frame turns into frames x width x height x 3 bytes."""
     head = b"GIF89a" + struct.pack("<HHBBB", width, height, 0x80, 0, 0) + b"\x00\x00\x00\xff\xff\xff"
-    frame = b"\x21\xf9\x04\x00\x01\x00\x00\x00" + b"\x2c" + struct.pack("<HHHHB", 0, 0, 1, 1, 0) + b"\x02\x02\x44\x01\x00"
+    frame = (
+        b"\x21\xf9\x04\x00\x01\x00\x00\x00" + b"\x2c" + struct.pack("<HHHHB", 0, 0, 1, 1, 0) + b"\x02\x02\x44\x01\x00"
+    )
     return head + frame * frames + b"\x3b"
 
 
@@ -206,9 +211,15 @@ def test_a_grey_model_predicts_and_trains_on_every_format(tmp_path):
     for name, data in {**good, **broken_headers(), "empty.png": b"", "words.jpg": b"not an image"}.items():
         (photos / name).write_bytes(data)
     model = resnets.create_model("resnet20", num_classes=3, in_chans=1)
-    weights = resnets.save(model, tmp_path / "grey.safetensors", class_names=CLASSES,
-                           preprocessing=Preprocessing(36, 32, "bilinear", (0.5,), (0.25,)).to_dict())  # fmt: skip
-    code, out, err = run_cli("predict", photos, "--weights", weights, "--workers", 0, "--format", "json", "--batch-size", 4)
+    weights = resnets.save(
+        model,
+        tmp_path / "grey.safetensors",
+        class_names=CLASSES,
+        preprocessing=Preprocessing(36, 32, "bilinear", (0.5,), (0.25,)).to_dict(),
+    )
+    code, out, err = run_cli(
+        "predict", photos, "--weights", weights, "--workers", 0, "--format", "json", "--batch-size", 4
+    )
     assert code == 1 and "Traceback" not in err, err
     rows = {r["path"].rsplit("/", 1)[-1]: r for r in json.loads(out)}
     assert len(rows) == len(good) + len(broken_headers()) + 2
@@ -223,10 +234,36 @@ def test_a_grey_model_predicts_and_trains_on_every_format(tmp_path):
             (data / split / cls).mkdir(parents=True)
             for n in names[i::2]:
                 (data / split / cls / n).write_bytes(good[n])
-    code, out, err = run_cli("train", "--model", "resnet8" if "resnet8" in resnets.list_models() else "resnet20",
-                             "--in-chans", 1, "--dataset", "imagefolder", "--data", data, "--epochs", 1,
-                             "--batch-size", 4, "--train-crop", 32, "--eval-resize", 36, "--eval-crop", 32,
-                             "--workers", 0, "--no-progress", "--device", "cpu", "--out", tmp_path / "runs", "--name", "g")  # fmt: skip
+    code, out, err = run_cli(
+        "train",
+        "--model",
+        "resnet8" if "resnet8" in resnets.list_models() else "resnet20",
+        "--in-chans",
+        1,
+        "--dataset",
+        "imagefolder",
+        "--data",
+        data,
+        "--epochs",
+        1,
+        "--batch-size",
+        4,
+        "--train-crop",
+        32,
+        "--eval-resize",
+        36,
+        "--eval-crop",
+        32,
+        "--workers",
+        0,
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--out",
+        tmp_path / "runs",
+        "--name",
+        "g",
+    )
     assert code == 0 and "Traceback" not in err and "skipped" not in err, err
 
 
@@ -251,8 +288,9 @@ def test_predict_survives_every_hostile_image_and_names_the_skipped_ones(hostile
     assert "over the limit" in rows["bomb.png"]["error"] and "1 of 6 files" in err
     assert all("top" in r for name, r in rows.items() if name != "bomb.png")
     # a lower limit from the command line: big.png is now refused too, by name
-    code, out, err = run_cli("predict", hostile_folder, "--weights", model_file, "--workers", 0, "--format", "json",
-                             "--max-pixels", 50_000)  # fmt: skip
+    code, out, err = run_cli(
+        "predict", hostile_folder, "--weights", model_file, "--workers", 0, "--format", "json", "--max-pixels", 50_000
+    )
     rows = {r["path"].rsplit("/", 1)[-1]: r for r in json.loads(out)}
     assert code == 1 and "over the limit of 50,000" in rows["big.png"]["error"] and "2 of 6 files" in err
     code, out, err = run_cli("predict", hostile_folder / "big.png", "--weights", model_file, "--workers", 0)
@@ -268,14 +306,52 @@ def test_train_on_a_folder_with_hostile_images_skips_and_names_them(hostile_fold
             shutil.copy(hostile_folder / f, data / "train" / cls / f)
             shutil.copy(hostile_folder / f, data / "val" / cls / f)
     shutil.copy(hostile_folder / "bomb.png", data / "train" / "a" / "b\x1b[2J\x07omb.png")  # escape code and bell
-    code, out, err = run_cli("train", "--model", "resnet20", "--dataset", "imagefolder", "--data", data, "--epochs", 1,
-                             "--batch-size", 2, "--train-crop", 32, "--eval-resize", 36, "--eval-crop", 32, "--workers", 0,
-                             "--no-progress", "--device", "cpu", "--out", tmp_path / "runs", "--name", "r")  # fmt: skip
+    code, out, err = run_cli(
+        "train",
+        "--model",
+        "resnet20",
+        "--dataset",
+        "imagefolder",
+        "--data",
+        data,
+        "--epochs",
+        1,
+        "--batch-size",
+        2,
+        "--train-crop",
+        32,
+        "--eval-resize",
+        36,
+        "--eval-crop",
+        32,
+        "--workers",
+        0,
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--out",
+        tmp_path / "runs",
+        "--name",
+        "r",
+    )
     assert code == 0 and "Traceback" not in err, err
-    assert "bomb.png" in err and "bomb.png (validation)" in err  # the skipped file is named, in training and in validation
+    assert (
+        "bomb.png" in err and "bomb.png (validation)" in err
+    )  # the skipped file is named, in training and in validation
     assert "\x1b" not in err and "\x07" not in err and "b\\x1b[2J\\x07omb.png" in err  # named, escaped
-    code, out, err = run_cli("eval", "--weights", tmp_path / "runs" / "r" / "model.safetensors", "--dataset", "imagefolder",
-                             "--data", data / "val", "--workers", 0, "--device", "cpu")  # fmt: skip
+    code, out, err = run_cli(
+        "eval",
+        "--weights",
+        tmp_path / "runs" / "r" / "model.safetensors",
+        "--dataset",
+        "imagefolder",
+        "--data",
+        data / "val",
+        "--workers",
+        0,
+        "--device",
+        "cpu",
+    )
     assert code == 0 and "skipped 1 unreadable images" in out and "bomb.png: " in err and "over the limit" in err, err
     assert (tmp_path / "runs" / "r" / "model.safetensors").is_file()
 
@@ -294,14 +370,20 @@ def test_outputs_never_replace_a_run_or_a_file_unasked(tmp_path, model_file, hos
     before = {p.name: p.read_bytes() for p in run.iterdir()}
     photo = hostile_folder / "big.png"
     cases = [
-        (["embed", photo, "--weights", model_file, "--out", run / "model.safetensors", "--force"], "belongs to the training run"),
+        (
+            ["embed", photo, "--weights", model_file, "--out", run / "model.safetensors", "--force"],
+            "belongs to the training run",
+        ),
         (["embed", photo, "--weights", model_file, "--out", run / "last.pt"], "is a .safetensors file"),
         (["embed", photo, "--weights", model_file, "--out", tmp_path / "x.npy"], "is a .safetensors file"),
         (["export", "--weights", model_file, "--out", run / "model.safetensors", "--force"], "is a .onnx file"),
         (["export", "--weights", model_file, "--out", tmp_path], "is a folder"),
         (["export", "--weights", model_file, "--format", "torchscript", "--out", tmp_path / "m.onnx"], "is a .pt"),
-        (["explain", photo, "--weights", model_file, "--out", run / "curves.png", "--force"], "belongs to the training run"),
-    ]  # fmt: skip
+        (
+            ["explain", photo, "--weights", model_file, "--out", run / "curves.png", "--force"],
+            "belongs to the training run",
+        ),
+    ]
     for args, needle in cases:
         code, _, err = run_cli(*args)
         assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, (args, err)
@@ -317,30 +399,33 @@ def test_outputs_never_replace_a_run_or_a_file_unasked(tmp_path, model_file, hos
     assert resnets.inference.load_index(mine)[0].shape == (1, 64)
 
 
-@pytest.mark.parametrize("field, value, needle", [
-    ("preprocessing", {"resize": 36, "mean": [0.5] * 3, "std": [0.25] * 3}, "crop must be a whole number"),
-    ("preprocessing", {"resize": 36, "crop": -32}, "crop must be a whole number"),
-    ("preprocessing", {"resize": 36, "crop": 32, "std": [0, 1, 1]}, "std must be positive"),
-    ("preprocessing", {"resize": 36, "crop": 32, "interpolation": "lanczos9"}, "interpolation must be"),
-    ("options", ["a", "list"], "options metadata should be a dict"),
-    ("class_names", 7, "class_names metadata should be a list"),
-    ("class_names", "{not json", "not valid JSON"),
-    # a record that disagrees with the file's own tensors is damage, not a reason to swap in a random classifier
-    ("options", {"num_classes": 11}, "its record says 11 classes, its classifier has 3"),
-    ("options", {"in_chans": 1}, "its record says 1 input channels, its first conv takes 3"),
-    ("class_names", ["red", "green", "blue", "pink"], "it names 4 classes for a classifier of 3"),
-    # numbers that would build a model of gigabytes, or feed it images of gigapixels
-    ("options", {"in_chans": 100000}, "its record is damaged (in_chans must be a whole number from 1 to 64"),
-    ("options", {"num_classes": 10**6}, "num_classes must be a whole number from 0 to 100,000"),
-    ("options", {"num_classes": 10.7}, "num_classes must be a whole number"),
-    ("preprocessing", {"resize": 1200, "crop": 5000}, "crop must be a whole number of pixels from 1 to 1024"),
-    ("preprocessing", {"resize": 5000, "crop": 224}, "resize must be a whole number of pixels from 1 to 2048"),
-    ("preprocessing", {"resize": 36, "crop": 32, "mean": [1e308] * 3}, "mean must be a list of finite numbers"),
-    # tensors that are not float weights would be cast silently
-    ("tensor", torch.int8, "fc.weight is int8"),
-    ("tensor", torch.bool, "fc.weight is bool"),
-    ("tensor", torch.float8_e4m3fn, "fc.weight is float8_e4m3fn"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "field, value, needle",
+    [
+        ("preprocessing", {"resize": 36, "mean": [0.5] * 3, "std": [0.25] * 3}, "crop must be a whole number"),
+        ("preprocessing", {"resize": 36, "crop": -32}, "crop must be a whole number"),
+        ("preprocessing", {"resize": 36, "crop": 32, "std": [0, 1, 1]}, "std must be positive"),
+        ("preprocessing", {"resize": 36, "crop": 32, "interpolation": "lanczos9"}, "interpolation must be"),
+        ("options", ["a", "list"], "options metadata should be a dict"),
+        ("class_names", 7, "class_names metadata should be a list"),
+        ("class_names", "{not json", "not valid JSON"),
+        # a record that disagrees with the file's own tensors is damage, not a reason to swap in a random classifier
+        ("options", {"num_classes": 11}, "its record says 11 classes, its classifier has 3"),
+        ("options", {"in_chans": 1}, "its record says 1 input channels, its first conv takes 3"),
+        ("class_names", ["red", "green", "blue", "pink"], "it names 4 classes for a classifier of 3"),
+        # numbers that would build a model of gigabytes, or feed it images of gigapixels
+        ("options", {"in_chans": 100000}, "its record is damaged (in_chans must be a whole number from 1 to 64"),
+        ("options", {"num_classes": 10**6}, "num_classes must be a whole number from 0 to 100,000"),
+        ("options", {"num_classes": 10.7}, "num_classes must be a whole number"),
+        ("preprocessing", {"resize": 1200, "crop": 5000}, "crop must be a whole number of pixels from 1 to 1024"),
+        ("preprocessing", {"resize": 5000, "crop": 224}, "resize must be a whole number of pixels from 1 to 2048"),
+        ("preprocessing", {"resize": 36, "crop": 32, "mean": [1e308] * 3}, "mean must be a list of finite numbers"),
+        # tensors that are not float weights would be cast silently
+        ("tensor", torch.int8, "fc.weight is int8"),
+        ("tensor", torch.bool, "fc.weight is bool"),
+        ("tensor", torch.float8_e4m3fn, "fc.weight is float8_e4m3fn"),
+    ],
+)
 def test_damaged_metadata_is_one_line(tmp_path, model_file, hostile_folder, field, value, needle):
     from safetensors import safe_open
     from safetensors.torch import save_file
@@ -354,7 +439,9 @@ def test_damaged_metadata_is_one_line(tmp_path, model_file, hostile_folder, fiel
     else:
         meta[field] = value if isinstance(value, str) else json.dumps(value)
     save_file(sd, str(tmp_path / "bad.safetensors"), metadata=meta)
-    code, _, err = run_cli("predict", hostile_folder / "big.png", "--weights", tmp_path / "bad.safetensors", "--workers", 0)
+    code, _, err = run_cli(
+        "predict", hostile_folder / "big.png", "--weights", tmp_path / "bad.safetensors", "--workers", 0
+    )
     assert code == 2 and needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
 
 
@@ -383,8 +470,8 @@ def test_the_onnx_cache_is_verified_and_rebuilt(tmp_path, model_file, hostile_fo
     agree(I.predict(model, [hostile_folder], workers=0, top_k=3, backend="onnxruntime"))
     # one weight damaged: the file still loads, its hash no longer matches (a truncated file fails the same check)
     data = bytearray(cached.read_bytes())
-    big = max(range(0, len(data) - 4096, 4096), key=lambda i: len(set(data[i:i + 64])))
-    data[big:big + 64] = bytes(64)
+    big = max(range(0, len(data) - 4096, 4096), key=lambda i: len(set(data[i : i + 64])))
+    data[big : big + 64] = bytes(64)
     cached.write_bytes(bytes(data))
     agree(I.predict(model, [hostile_folder], workers=0, top_k=3, backend="onnxruntime"))
     assert cached.with_suffix(".sha256").read_text().strip() == hashlib.sha256(cached.read_bytes()).hexdigest()
@@ -403,8 +490,9 @@ def test_names_with_control_characters_are_escaped_in_tables_and_exact_in_csv(tm
     assert code == 0, err
     assert "\x1b" not in out and len(out.splitlines()) == 2  # a header and one row for one file, no escape codes
     assert "\\x1b[31m" in out and "line\\nbreak" in out and "evil\\n\\x1b[31mname.png" in out
-    code, out, err = run_cli("predict", photo, "--weights", tmp_path / "evil.safetensors", "--workers", 0,
-                             "--top-k", 3, "--format", "csv")  # fmt: skip
+    code, out, err = run_cli(
+        "predict", photo, "--weights", tmp_path / "evil.safetensors", "--workers", 0, "--top-k", 3, "--format", "csv"
+    )
     rows = list(csv.DictReader(io.StringIO(out)))
     assert code == 0 and len(rows) == 3
     assert {r["path"] for r in rows} == {str(photo)} and {r["class"] for r in rows} == set(evil)
@@ -412,8 +500,23 @@ def test_names_with_control_characters_are_escaped_in_tables_and_exact_in_csv(tm
 
 def test_environment_errors_are_one_line(tmp_path, model_file, hostile_folder):
     (tmp_path / "afile").write_text("x")
-    S = ["--model", "resnet20", "--dataset", "synthetic", "--synthetic-samples", 64, "--train-crop", 32, "--epochs", 1,
-         "--workers", 0, "--no-progress", "--device", "cpu"]  # fmt: skip
+    S = [
+        "--model",
+        "resnet20",
+        "--dataset",
+        "synthetic",
+        "--synthetic-samples",
+        64,
+        "--train-crop",
+        32,
+        "--epochs",
+        1,
+        "--workers",
+        0,
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
     code, _, err = run_cli("train", *S, "--out", tmp_path, "--name", "afile")
     assert code != 0 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     code, _, err = run_cli("train", *S, "--out", tmp_path / "afile")
@@ -425,13 +528,16 @@ def test_environment_errors_are_one_line(tmp_path, model_file, hostile_folder):
     for args in (["--top-k", -3], ["--batch-size", 0], ["--workers", -1]):
         code, _, err = run_cli("predict", hostile_folder / "big.png", "--weights", model_file, *args)
         assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    code, _, err = run_cli("explain", hostile_folder / "big.png", "--weights", model_file, "--layer", "fc",
-                           "--out", tmp_path / "cam.png")  # fmt: skip
+    code, _, err = run_cli(
+        "explain", hostile_folder / "big.png", "--weights", model_file, "--layer", "fc", "--out", tmp_path / "cam.png"
+    )
     assert code == 2 and "--layer is one of" in err and not (tmp_path / "cam.png").exists(), err
 
 
 def test_a_closed_pipe_is_not_an_error():
-    p = subprocess.run(f"{sys.executable} -m resnets list | true", shell=True, capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        f"{sys.executable} -m resnets list | true", shell=True, capture_output=True, text=True, timeout=120
+    )
     assert "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr, p.stderr
 
 

@@ -1,5 +1,6 @@
 """`resnets serve`: a real uvicorn server in a subprocess, real HTTP requests (httpx), and the page in a real
 browser (Debian's chromium driven by Playwright)."""
+
 import asyncio
 import io
 import os
@@ -14,11 +15,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import randomize_norms
 
 import resnets
 from resnets.inference import embed, predict
-
-from conftest import randomize_norms
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
@@ -40,8 +40,19 @@ class Server:
     def __init__(self, weights, *args, env=None):
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "resnets", "serve", "--weights", str(weights), "--port", str(self.port),
-               "--device", "cpu", *map(str, args)]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "resnets",
+            "serve",
+            "--weights",
+            str(weights),
+            "--port",
+            str(self.port),
+            "--device",
+            "cpu",
+            *map(str, args),
+        ]
         self.log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"resnets-serve-{self.port}.log", "w+")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         deadline = time.time() + 90
@@ -81,8 +92,9 @@ def files(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("serve")
     model = randomize_norms(resnets.create_model("resnet18", num_classes=len(CLASSES))).eval()
-    weights = resnets.save(model, d / "model.safetensors", class_names=CLASSES,
-                           preprocessing=resnets.Preprocessing(72, 64))  # fmt: skip
+    weights = resnets.save(
+        model, d / "model.safetensors", class_names=CLASSES, preprocessing=resnets.Preprocessing(72, 64)
+    )
     photos = []
     for name in PHOTOS:
         Image.fromarray(getattr(sk, name)()).save(d / f"{name}.jpg", quality=92)
@@ -143,7 +155,9 @@ def test_endpoints_answer_as_predict_and_embed_do(server, files):
     page = httpx.get(server.url + "/").text
     assert "<title>resnets</title>" in page and not re.search(r"(src|href)=\"https?://", page)  # nothing fetched
     spec = httpx.get(server.url + "/openapi.json").json()
-    assert {"/v1/predict", "/v1/embed", "/v1/explain", "/v1/model", "/healthz", "/readyz", "/metrics"} <= set(spec["paths"])
+    assert {"/v1/predict", "/v1/embed", "/v1/explain", "/v1/model", "/healthz", "/readyz", "/metrics"} <= set(
+        spec["paths"]
+    )
     assert "multipart/form-data" in spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
 
 
@@ -162,8 +176,11 @@ def test_concurrent_requests_are_batched_and_answer_as_one_by_one(server, files)
 
     async def many():
         async with httpx.AsyncClient(timeout=60) as client:
-            jobs = [client.post(server.url + "/v1/predict", files={"files": (p.name, p.read_bytes())})
-                    for _ in range(6) for p in photos]  # fmt: skip
+            jobs = [
+                client.post(server.url + "/v1/predict", files={"files": (p.name, p.read_bytes())})
+                for _ in range(6)
+                for p in photos
+            ]
             return await asyncio.gather(*jobs)
 
     answers = asyncio.run(many())
@@ -178,8 +195,13 @@ def test_concurrent_requests_are_batched_and_answer_as_one_by_one(server, files)
 
     async def mixed():  # Grad-CAM's backward pass beside batches running through the same weights
         async with httpx.AsyncClient(timeout=60) as client:
-            jobs = [client.post(server.url + ("/v1/explain" if i % 3 == 0 else "/v1/predict"),
-                                files={"files": (p.name, p.read_bytes())}) for i, p in enumerate(photos * 3)]  # fmt: skip
+            jobs = [
+                client.post(
+                    server.url + ("/v1/explain" if i % 3 == 0 else "/v1/predict"),
+                    files={"files": (p.name, p.read_bytes())},
+                )
+                for i, p in enumerate(photos * 3)
+            ]
             return await asyncio.gather(*jobs)
 
     assert [a.status_code for a in asyncio.run(mixed())] == [200] * len(photos) * 3
@@ -194,13 +216,31 @@ def test_bad_uploads_token_and_queue_limit(files, tmp_path):
     bomb = tmp_path / "bomb.png"
     Image.new("RGB", (2000, 2000)).save(bomb)
     truncated = photos[0].read_bytes()[: len(photos[0].read_bytes()) // 2]
-    s = Server(weights, "--max-upload-mb", 1, "--max-pixels", 1_000_000, "--max-queue", 2, "--max-batch", 1,
-               "--max-wait-ms", 0, "--backend", "eager", "--header-timeout-s", 1, env={"RESNETS_SERVE_TOKEN": "s3cret"})  # fmt: skip
+    s = Server(
+        weights,
+        "--max-upload-mb",
+        1,
+        "--max-pixels",
+        1_000_000,
+        "--max-queue",
+        2,
+        "--max-batch",
+        1,
+        "--max-wait-ms",
+        0,
+        "--backend",
+        "eager",
+        "--header-timeout-s",
+        1,
+        env={"RESNETS_SERVE_TOKEN": "s3cret"},
+    )
     auth = {"Authorization": "Bearer s3cret"}
     try:
         form = {"files": (photos[1].name, photos[1].read_bytes())}
         assert httpx.post(s.url + "/v1/predict", files=form).status_code == 401
-        assert httpx.post(s.url + "/v1/predict", files=form, headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert (
+            httpx.post(s.url + "/v1/predict", files=form, headers={"Authorization": "Bearer wrong"}).status_code == 401
+        )
         assert httpx.get(s.url + "/v1/model").status_code == 401 and httpx.get(s.url + "/metrics").status_code == 401
         assert httpx.get(s.url + "/healthz").status_code == 200 and httpx.get(s.url + "/readyz").status_code == 200
         assert httpx.post(s.url + "/v1/predict", files=form, headers=auth).status_code == 200
@@ -272,8 +312,10 @@ def test_sigterm_finishes_the_requests_in_flight(files):
 
     async def in_flight():
         async with httpx.AsyncClient(timeout=60) as client:
-            jobs = [asyncio.create_task(client.post(s.url + "/v1/predict", files={"files": (p.name, p.read_bytes())}))
-                    for p in photos]  # fmt: skip
+            jobs = [
+                asyncio.create_task(client.post(s.url + "/v1/predict", files={"files": (p.name, p.read_bytes())}))
+                for p in photos
+            ]
             await asyncio.sleep(0.7)  # the requests are in, waiting for their batch
             s.proc.send_signal(signal.SIGTERM)
             return await asyncio.gather(*jobs)
@@ -312,8 +354,14 @@ def test_the_python_app_mounts_in_process(files):
         r = client.post("/v1/predict", files={"files": ("c.jpg", photos[1].read_bytes())})
         assert r.status_code == 200 and r.json()["results"][0]["top"][0]["class"] in CLASSES
     # a request not answered in time: one image waits for a batch to fill longer than the timeout
-    slow = app(resnets.load(weights), backend="eager", device="cpu", max_batch=64, max_wait_ms=3000,
-               limits=Limits(timeout_s=0.5))  # fmt: skip
+    slow = app(
+        resnets.load(weights),
+        backend="eager",
+        device="cpu",
+        max_batch=64,
+        max_wait_ms=3000,
+        limits=Limits(timeout_s=0.5),
+    )
     with TestClient(slow) as client:
         r = client.post("/v1/predict", files={"files": ("a.jpg", photos[0].read_bytes())})
         assert r.status_code == 504 and "not answered within 0.5 s" in r.json()["detail"]
@@ -323,7 +371,9 @@ def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.mark.skipif(_chromium() is None, reason="no chromium here (make test installs Debian's chromium where apt is available)")
+@pytest.mark.skipif(
+    _chromium() is None, reason="no chromium here (make test installs Debian's chromium where apt is available)"
+)
 def test_the_page_in_a_real_browser(server, files):
     playwright = pytest.importorskip("playwright.sync_api")
     _, photos, _ = files
@@ -332,14 +382,21 @@ def test_the_page_in_a_real_browser(server, files):
         try:
             page = browser.new_page()
             external = []
-            page.on("request", lambda req: external.append(req.url) if not req.url.startswith((server.url, "blob:", "data:")) else None)
+            page.on(
+                "request",
+                lambda req: (
+                    external.append(req.url) if not req.url.startswith((server.url, "blob:", "data:")) else None
+                ),
+            )
             page.goto(server.url + "/")
             page.wait_for_function("document.getElementById('model').textContent.includes('resnet18')")
             page.set_input_files("#files", str(photos[1]))
             page.wait_for_selector(".card[data-state='done']", timeout=60_000)
             bars = page.locator(".card .bar.top .label").all_text_contents()
             assert len(bars) == 5 and set(bars) == set(CLASSES)
-            size = page.evaluate("() => { const i = document.querySelectorAll('.card img')[1]; return [i.naturalWidth, i.naturalHeight]; }")
+            size = page.evaluate(
+                "() => { const i = document.querySelectorAll('.card img')[1]; return [i.naturalWidth, i.naturalHeight]; }"
+            )
             assert size == [64, 64]  # the Grad-CAM overlay arrived and decoded
             assert "answered in" in page.locator(".card .caption").nth(2).text_content()
             # the API's documentation renders offline: Swagger UI from the package, the spec from the server
@@ -359,8 +416,9 @@ def grey_model(tmp_path_factory):
     """A 1-channel model (as Fashion-MNIST's), one class name with control characters."""
     model = randomize_norms(resnets.create_model("resnet20", num_classes=3, in_chans=1)).eval()
     pre = resnets.Preprocessing(36, 32, mean=(0.5,), std=(0.25,))
-    return resnets.save(model, tmp_path_factory.mktemp("grey") / "grey.safetensors", class_names=GREY_CLASSES,
-                        preprocessing=pre)  # fmt: skip
+    return resnets.save(
+        model, tmp_path_factory.mktemp("grey") / "grey.safetensors", class_names=GREY_CLASSES, preprocessing=pre
+    )
 
 
 async def _in_process(api, requests):
@@ -380,8 +438,11 @@ def test_one_clients_bad_image_fails_only_its_own_request(grey_model):
     from resnets.serve import app
 
     good = every_format((64, 48))
-    bad = {**{n: (b, 422) for n, b in broken_headers().items()}, "notes.txt": (b"not an image", 415),
-           "empty.png": (b"", 400)}  # fmt: skip
+    bad = {
+        **{n: (b, 422) for n, b in broken_headers().items()},
+        "notes.txt": (b"not an image", 415),
+        "empty.png": (b"", 400),
+    }
     api = app(resnets.load(grey_model), backend="eager", device="cpu", max_batch=64, max_wait_ms=200)
     reqs = [("POST", "/v1/predict", {"files": {"files": (n, b)}}) for n, b in good.items()]
     reqs += [("POST", "/v1/predict", {"files": {"files": (n, b)}}) for n, (b, _) in bad.items()]
@@ -398,7 +459,11 @@ def test_one_clients_bad_image_fails_only_its_own_request(grey_model):
     svc = api.state.service
     healthy = svc.runner
     white = 1.5  # a white pixel normalised is (1 - 0.5) / 0.25 = 2
-    svc.runner = lambda x: (_ for _ in ()).throw(RuntimeError("poisoned")) if bool((x.flatten(1).min(1).values > white).any()) else healthy(x)
+    svc.runner = lambda x: (
+        (_ for _ in ()).throw(RuntimeError("poisoned"))
+        if bool((x.flatten(1).min(1).values > white).any())
+        else healthy(x)
+    )
     from PIL import Image
 
     def png(level):
@@ -415,7 +480,10 @@ def test_one_clients_bad_image_fails_only_its_own_request(grey_model):
     assert max(svc.metrics.batch.collect()[0].samples, key=lambda s: s.value).value >= 1
     metrics = svc.metrics.render().decode()
     assert 'resnets_requests_total{code="500",endpoint="predict"} 1.0' in metrics
-    assert 'resnets_requests_total{code="422",endpoint="predict"}' in metrics and 'resnets_errors_total{kind="internal"} 1.0' in metrics
+    assert (
+        'resnets_requests_total{code="422",endpoint="predict"}' in metrics
+        and 'resnets_errors_total{kind="internal"} 1.0' in metrics
+    )
 
 
 def test_explain_targets_and_class_names_are_safe(grey_model, tmp_path):
@@ -430,7 +498,9 @@ def test_explain_targets_and_class_names_are_safe(grey_model, tmp_path):
     Image.new("RGB", (40, 40), (90, 90, 90)).save(buf, "GIF")
     form = {"files": {"files": ("g.gif", buf.getvalue())}}
     targets = ["\u00b2", "9" * 5000, "3", "-1", "nope", "1", GREY_CLASSES[1]]
-    answers = asyncio.run(_in_process(api, [("POST", "/v1/explain", {**form, "params": {"target": t}}) for t in targets]))
+    answers = asyncio.run(
+        _in_process(api, [("POST", "/v1/explain", {**form, "params": {"target": t}}) for t in targets])
+    )
     assert [a.status_code for a in answers] == [400] * 5 + [200, 200], [a.text[:200] for a in answers]
     assert all(len(a.json()["detail"]) < 300 for a in answers[:5])
     for a in answers[5:]:
@@ -441,15 +511,17 @@ def test_explain_targets_and_class_names_are_safe(grey_model, tmp_path):
 
     (tmp_path / "g.gif").write_bytes(buf.getvalue())
     for target in ("\u00b2", "9" * 5000):  # the CLI's --class: one line, nothing written
-        code, _, err = run_cli("explain", tmp_path / "g.gif", "--weights", grey_model, "--out", tmp_path / "cam.png",
-                               "--class", target)  # fmt: skip
+        code, _, err = run_cli(
+            "explain", tmp_path / "g.gif", "--weights", grey_model, "--out", tmp_path / "cam.png", "--class", target
+        )
         assert code == 2 and len(err.strip().splitlines()) == 1 and len(err) < 400, err
         assert "unknown class" in err or "out of range" in err
     assert not (tmp_path / "cam.png").exists()
     # the class with an escape code and a newline, explained on the command line: no raw control character reaches
     # the terminal, from our output or from matplotlib's warnings about glyphs (the picture's title is escaped)
-    code, out, err = run_cli("explain", tmp_path / "g.gif", "--weights", grey_model, "--out", tmp_path / "cam.png",
-                             "--class", 1)  # fmt: skip
+    code, out, err = run_cli(
+        "explain", tmp_path / "g.gif", "--weights", grey_model, "--out", tmp_path / "cam.png", "--class", 1
+    )
     assert code == 0 and (tmp_path / "cam.png").is_file(), err
     assert not any(c in out + err for c in "\x1b\x07") and "\\x1b[2Jclass\\n" in out, (out, err)
 
@@ -463,8 +535,9 @@ def test_docs_offline_token_empty_and_settings(files, monkeypatch):
 
     weights, _, _ = files
     api = app(resnets.load(weights), backend="eager", device="cpu")
-    docs, js, spec = asyncio.run(_in_process(api, [("GET", p, {}) for p in
-                                                   ("/docs", "/docs/assets/swagger-ui-bundle.js", "/openapi.json")]))  # fmt: skip
+    docs, js, spec = asyncio.run(
+        _in_process(api, [("GET", p, {}) for p in ("/docs", "/docs/assets/swagger-ui-bundle.js", "/openapi.json")])
+    )
     assert docs.status_code == 200 and "swagger-ui-bundle.js" in docs.text and "https://" not in docs.text
     assert js.status_code == 200 and len(js.content) > 100_000 and spec.json()["paths"]["/v1/predict"]
     locked = app(resnets.load(weights), backend="eager", device="cpu", token="s3cret")
@@ -477,7 +550,14 @@ def test_docs_offline_token_empty_and_settings(files, monkeypatch):
     code, _, err = run_cli("serve", "--weights", weights, "--port", _free_port())
     assert code == 2 and "$RESNETS_SERVE_TOKEN must be" in err, err
     monkeypatch.delenv("RESNETS_SERVE_TOKEN")
-    for flag, value in (("--port", 70000), ("--port", 0), ("--max-upload-mb", "1e308"), ("--max-upload-mb", "nan"),
-                        ("--timeout-s", "inf"), ("--max-wait-ms", -1), ("--header-timeout-s", 0)):  # fmt: skip
+    for flag, value in (
+        ("--port", 70000),
+        ("--port", 0),
+        ("--max-upload-mb", "1e308"),
+        ("--max-upload-mb", "nan"),
+        ("--timeout-s", "inf"),
+        ("--max-wait-ms", -1),
+        ("--header-timeout-s", 0),
+    ):
         code, _, err = run_cli("serve", "--weights", weights, flag, value)
         assert code == 2 and flag in err and len(err.strip().splitlines()) == 1, (flag, err)

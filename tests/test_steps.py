@@ -1,17 +1,17 @@
 """The training step and its GPU-only pieces: what of them can be checked on a CPU is checked here; the CUDA graph
 itself is exercised by tests marked `cuda`, which run where a GPU is (see benchmarks/RESULTS.md)."""
+
 import copy
 from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import needs_cuda as cuda
 
 import resnets
 from resnets import config as C
-from resnets.errors import ResnetsError
 from resnets.engine.steps import graph_blockers, lr_as_float, make_optimizer, use_graph
-
-from conftest import needs_cuda as cuda
+from resnets.errors import ResnetsError
 
 
 def _groups(m, lr):
@@ -26,8 +26,17 @@ def test_capturable_optimizer_follows_the_schedule_like_the_plain_one():
     from resnets.engine import make_scheduler
 
     torch.manual_seed(0)
-    cfg = SimpleNamespace(optimizer="sgd", nesterov=True, momentum=0.9, schedule="onecycle", warmup_epochs=0,
-                          warmup_start=0.01, milestones=[], gamma=0.1, plateau_patience=3)  # fmt: skip
+    cfg = SimpleNamespace(
+        optimizer="sgd",
+        nesterov=True,
+        momentum=0.9,
+        schedule="onecycle",
+        warmup_epochs=0,
+        warmup_start=0.01,
+        milestones=[],
+        gamma=0.1,
+        plateau_patience=3,
+    )
     m1 = resnets.create_model("resnet20", in_chans=1)
     m2 = copy.deepcopy(m1)
     o1 = make_optimizer(_groups(m1, 0.01), cfg, torch.device("cpu"))
@@ -54,7 +63,9 @@ def test_capturable_optimizer_follows_the_schedule_like_the_plain_one():
 def test_graph_step_is_used_only_where_it_can_run():
     cfg = C.resolve("paper-cifar")
     assert not use_graph(cfg, torch.device("cpu"), 1, "bf16")
-    why = graph_blockers(C.resolve(overrides=dict(accum_steps=2, drop_path_rate=0.1, compile=True)), torch.device("cuda"), 2, "fp16")
+    why = graph_blockers(
+        C.resolve(overrides=dict(accum_steps=2, drop_path_rate=0.1, compile=True)), torch.device("cuda"), 2, "fp16"
+    )
     assert len(why) == 5 and any("fp16" in w for w in why) and any("DDP" in w for w in why)
     with pytest.raises(ResnetsError, match="cannot be used here: the device is not a GPU"):
         use_graph(C.resolve(overrides=dict(cuda_graph="on")), torch.device("cpu"), 1, "none")
@@ -70,7 +81,9 @@ def test_more_processes_than_gpus_is_one_clear_error(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "1")
-    with pytest.raises(ResnetsError, match="started 2 processes on this machine, which has 1 GPU: use --nproc_per_node 1"):
+    with pytest.raises(
+        ResnetsError, match="started 2 processes on this machine, which has 1 GPU: use --nproc_per_node 1"
+    ):
         distributed.setup("auto")
 
 
@@ -85,9 +98,23 @@ def test_auto_precision_is_bf16_only_where_the_device_computes_it():
 def _tiny_run(tmp_path, name, **extra):
     from resnets.engine import train
 
-    cfg = C.resolve("paper-cifar", overrides=dict(dataset="synthetic", synthetic_samples=512, synthetic_classes=10,
-                                                  train_crop=32, batch_size=32, iterations=12, milestones=[6, 9],
-                                                  curve_steps=0, progress=False, out=str(tmp_path), name=name, **extra))  # fmt: skip
+    cfg = C.resolve(
+        "paper-cifar",
+        overrides=dict(
+            dataset="synthetic",
+            synthetic_samples=512,
+            synthetic_classes=10,
+            train_crop=32,
+            batch_size=32,
+            iterations=12,
+            milestones=[6, 9],
+            curve_steps=0,
+            progress=False,
+            out=str(tmp_path),
+            name=name,
+            **extra,
+        ),
+    )
     return train(cfg)
 
 

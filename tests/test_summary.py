@@ -1,4 +1,5 @@
 """The published figures must come out of the model code: parameter counts and the paper's Table 1 FLOPs."""
+
 import json
 
 import pytest
@@ -7,12 +8,22 @@ import resnets
 from resnets.summary import format_table, summarize
 
 PARAMS = {  # torchvision's published counts and the paper's section 4.2 (1000 / 10 classes)
-    "resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032, "resnet101": 44_549_160,
-    "resnet152": 60_192_808, "resnext50_32x4d": 25_028_904, "resnext101_32x8d": 88_791_336,
-    "resnext101_64x4d": 83_455_272, "wide_resnet50_2": 68_883_240, "wide_resnet101_2": 126_886_696,
-    "resnet50d": 25_576_264, "resnetv2_50": 25_549_352,
-    "resnet20": 269_722, "resnet56": 853_018, "resnet110": 1_727_962,
-}  # fmt: skip
+    "resnet18": 11_689_512,
+    "resnet34": 21_797_672,
+    "resnet50": 25_557_032,
+    "resnet101": 44_549_160,
+    "resnet152": 60_192_808,
+    "resnext50_32x4d": 25_028_904,
+    "resnext101_32x8d": 88_791_336,
+    "resnext101_64x4d": 83_455_272,
+    "wide_resnet50_2": 68_883_240,
+    "wide_resnet101_2": 126_886_696,
+    "resnet50d": 25_576_264,
+    "resnetv2_50": 25_549_352,
+    "resnet20": 269_722,
+    "resnet56": 853_018,
+    "resnet110": 1_727_962,
+}
 
 # Table 1, multiply-adds x 1e9 (the paper's bottleneck has its stride on the first 1x1)
 PAPER_FLOPS = {"resnet18": 1.8, "resnet34": 3.6, "resnet50": 3.8, "resnet101": 7.6, "resnet152": 11.3}

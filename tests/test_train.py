@@ -1,4 +1,5 @@
 """Training on real data (a Fashion-MNIST subset): the API, the run directory, exact resumes, DDP, bad input."""
+
 import json
 import os
 import signal
@@ -8,13 +9,12 @@ import time
 
 import pytest
 import torch
+from conftest import run_cli
 
 import resnets
 from resnets import config as C
 from resnets.data import sources
 from resnets.engine import TrainingError, train
-
-from conftest import run_cli
 
 pytestmark = pytest.mark.skipif(sources.find_fashion_mnist() is None, reason="Fashion-MNIST is not installed")
 
@@ -24,8 +24,9 @@ SMALL = dict(limit_train=1024, limit_val=256, batch_size=64, epochs=2, lr=0.05, 
 def _run(*args, env=None, timeout=600):
     if env is None:
         return run_cli(*args)
-    p = subprocess.run([sys.executable, "-m", "resnets", *map(str, args)], capture_output=True, text=True,
-                       timeout=timeout, env=env)  # fmt: skip
+    p = subprocess.run(
+        [sys.executable, "-m", "resnets", *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env
+    )
     return p.returncode, p.stdout, p.stderr
 
 
@@ -40,8 +41,17 @@ def test_train_returns_metrics_and_writes_the_run_directory(tmp_path):
     cfg = C.resolve("fashion-mnist", overrides=dict(SMALL, out=tmp_path, name="run"))
     result = train(cfg)
     run = tmp_path / "run"
-    for f in ("config.json", "metrics.jsonl", "last.pt", "best.pt", "model.safetensors", "eval.json",
-              "confusion.json", "confusion.png", "curves.png"):  # fmt: skip
+    for f in (
+        "config.json",
+        "metrics.jsonl",
+        "last.pt",
+        "best.pt",
+        "model.safetensors",
+        "eval.json",
+        "confusion.json",
+        "confusion.png",
+        "curves.png",
+    ):
         assert (run / f).is_file(), f
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == [1, 2]
@@ -52,8 +62,18 @@ def test_train_returns_metrics_and_writes_the_run_directory(tmp_path):
     # the final model is self-describing: it loads alone and gives the reported accuracy through `resnets eval`
     model = resnets.load(run / "model.safetensors")
     assert model.meta.class_names[0] == "T-shirt/top" and model.conv1.in_channels == 1
-    code, out, err = _run("eval", "--weights", run / "model.safetensors", "--dataset", "fashion-mnist", "--limit", 256,
-                          "--amp", result["amp"], "--json")  # fmt: skip  (the precision training evaluated at)
+    code, out, err = _run(
+        "eval",
+        "--weights",
+        run / "model.safetensors",
+        "--dataset",
+        "fashion-mnist",
+        "--limit",
+        256,
+        "--amp",
+        result["amp"],  # the precision training evaluated at
+        "--json",
+    )
     assert code == 0, err
     assert json.loads(out)["top1"] == pytest.approx(result["top1"])
 
@@ -86,7 +106,9 @@ def test_warmup_then_cosine():
         sched.step()
         lrs.append(opt.param_groups[0]["lr"])
     assert lrs[0] == pytest.approx(0.1) and lrs[10] == pytest.approx(1.0) and lrs[100] < 1e-3
-    assert all(a <= b + 1e-12 for a, b in zip(lrs[:10], lrs[1:11])) and all(a >= b - 1e-12 for a, b in zip(lrs[10:], lrs[11:]))
+    assert all(a <= b + 1e-12 for a, b in zip(lrs[:10], lrs[1:11])) and all(
+        a >= b - 1e-12 for a, b in zip(lrs[10:], lrs[11:])
+    )
 
 
 def test_no_weight_decay_on_norms_and_biases():
@@ -109,15 +131,37 @@ def _weights(path):
 
 
 def test_resume_after_sigkill_mid_epoch_gives_exactly_the_uninterrupted_weights(tmp_path):
-    common = ["train", "--recipe", "fashion-mnist", "--limit-train", 1024, "--limit-val", 128, "--batch-size", 32,
-              "--epochs", 2, "--deterministic", "--no-progress", "--out", tmp_path, "--random-erasing", 0.5,
-              "--drop-path-rate", 0.1]  # fmt: skip
+    common = [
+        "train",
+        "--recipe",
+        "fashion-mnist",
+        "--limit-train",
+        1024,
+        "--limit-val",
+        128,
+        "--batch-size",
+        32,
+        "--epochs",
+        2,
+        "--deterministic",
+        "--no-progress",
+        "--out",
+        tmp_path,
+        "--random-erasing",
+        0.5,
+        "--drop-path-rate",
+        0.1,
+    ]
     code, _, err = _run(*common, "--name", "straight")
     assert code == 0, err
     # the same run, killed with SIGKILL after a mid-epoch checkpoint of the second epoch, then resumed
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    p = subprocess.Popen([sys.executable, "-m", "resnets", *map(str, common), "--name", "killed", "--checkpoint-steps", "4"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)  # fmt: skip
+    p = subprocess.Popen(
+        [sys.executable, "-m", "resnets", *map(str, common), "--name", "killed", "--checkpoint-steps", "4"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
     ckpt = tmp_path / "killed" / "last.pt"
     deadline = time.time() + 300
     killed_at = None
@@ -152,16 +196,59 @@ def test_ddp_on_two_processes_matches_one_process(tmp_path):
 
     A small lr and zero-initialised residual branches keep the 8 steps in a stable regime: at lr 0.2 from a random
     start, float rounding differences (kernels pick other algorithms for 32 and 64 images) grow ~100x per step."""
-    common = ["--recipe", "fashion-mnist", "--limit-train", 512, "--limit-val", 100, "--batch-size", 64,
-              "--epochs", 1, "--norm", "group", "--amp", "none", "--no-channels-last", "--deterministic",
-              "--no-progress", "--out", tmp_path, "--random-erasing", 0.5, "--lr", 0.002,
-              "--zero-init-residual", "true", "--device", "cpu"]  # fmt: skip  (gloo; a one-GPU machine has no cuda:1)
+    common = [
+        "--recipe",
+        "fashion-mnist",
+        "--limit-train",
+        512,
+        "--limit-val",
+        100,
+        "--batch-size",
+        64,
+        "--epochs",
+        1,
+        "--norm",
+        "group",
+        "--amp",
+        "none",
+        "--no-channels-last",
+        "--deterministic",
+        "--no-progress",
+        "--out",
+        tmp_path,
+        "--random-erasing",
+        0.5,
+        "--lr",
+        0.002,
+        "--zero-init-residual",
+        "true",
+        "--device",
+        "cpu",  # gloo; a one-GPU machine has no cuda:1
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     code, _, err = _run("train", *common, "--name", "one", env=env)
     assert code == 0, err
-    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-                        "-m", "resnets", "train", *map(str, common), "--name", "two"],
-                       capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29533",
+            "-m",
+            "resnets",
+            "train",
+            *map(str, common),
+            "--name",
+            "two",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     a, b = _weights(tmp_path / "one" / "model.safetensors"), _weights(tmp_path / "two" / "model.safetensors")
     diff = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
@@ -176,8 +263,20 @@ def test_ddp_on_two_processes_matches_one_process(tmp_path):
 
 
 def test_non_finite_loss_stops_with_a_clear_message_and_keeps_good_checkpoints(tmp_path):
-    cfg = C.resolve("fashion-mnist", overrides=dict(SMALL, out=tmp_path, name="nan", lr=1e6, amp="none",
-                                                    schedule="constant", checkpoint_steps=1, epochs=1, limit_train=1024))  # fmt: skip
+    cfg = C.resolve(
+        "fashion-mnist",
+        overrides=dict(
+            SMALL,
+            out=tmp_path,
+            name="nan",
+            lr=1e6,
+            amp="none",
+            schedule="constant",
+            checkpoint_steps=1,
+            epochs=1,
+            limit_train=1024,
+        ),
+    )
     with pytest.raises(TrainingError, match="non-finite"):
         train(cfg)
     last = tmp_path / "nan" / "last.pt"
@@ -187,7 +286,7 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_good_checkpoints(t
 
 
 def test_config_files_and_precedence(tmp_path):
-    (tmp_path / "c.toml").write_text('epochs = 7\nlr = 0.05\nmilestones = [10, 20]\n')
+    (tmp_path / "c.toml").write_text("epochs = 7\nlr = 0.05\nmilestones = [10, 20]\n")
     (tmp_path / "c.yaml").write_text("epochs: 9\nmixup: 0.2\n")
     cfg = C.resolve("paper-cifar", tmp_path / "c.toml", {"lr": "0.3"})
     assert (cfg.epochs, cfg.lr, cfg.milestones, cfg.weight_decay) == (7, 0.3, [10, 20], 1e-4)
@@ -196,7 +295,14 @@ def test_config_files_and_precedence(tmp_path):
     with pytest.raises(resnets.ResnetsError, match="unknown config key 'epoks'.*epochs"):
         C.resolve(None, tmp_path / "bad.toml")
     tv2 = C.resolve("tv2-imagenet", overrides={"data": "imagenet"})
-    assert (tv2.train_crop, tv2.eval_resize, tv2.label_smoothing, tv2.mixup, tv2.cutmix, tv2.ema) == (176, 232, 0.1, 0.2, 1.0, True)
+    assert (tv2.train_crop, tv2.eval_resize, tv2.label_smoothing, tv2.mixup, tv2.cutmix, tv2.ema) == (
+        176,
+        232,
+        0.1,
+        0.2,
+        1.0,
+        True,
+    )
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path):

@@ -1,4 +1,5 @@
 """Weights: registered names with provenance, local files in every layout, adaptation and clear refusals."""
+
 import hashlib
 import json
 import os
@@ -6,18 +7,28 @@ import os
 import pytest
 import torch
 import torchvision
+from conftest import randomize_norms
 
 import resnets
 from resnets import weights as W
 from resnets.errors import ResnetsError, WeightsError
-from conftest import randomize_norms
 
 
 def test_registered_weights_match_torchvisions_own_records():
     from torchvision.models import get_model_weights
 
-    for arch in ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
-                 "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2"]:  # fmt: skip
+    for arch in [
+        "resnet18",
+        "resnet34",
+        "resnet50",
+        "resnet101",
+        "resnet152",
+        "resnext50_32x4d",
+        "resnext101_32x8d",
+        "resnext101_64x4d",
+        "wide_resnet50_2",
+        "wide_resnet101_2",
+    ]:
         for tv in get_model_weights(arch):
             tag = {"IMAGENET1K_V1": "tv_in1k", "IMAGENET1K_V2": "tv2_in1k"}[tv.name]
             spec = resnets.get_weights(f"{arch}.{tag}")
@@ -98,8 +109,10 @@ def test_other_num_classes_drops_the_classifier_and_says_so(tmp_path, caplog):
     assert ours.fc.out_features == 5
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():  # the backbone is loaded all the same
-        assert torch.allclose(ours.forward_head(ours.forward_features(x), pre_logits=True),
-                              torch.flatten(ref.avgpool(torch.nn.Sequential(*list(ref.children())[:-2])(x)), 1))  # fmt: skip
+        assert torch.allclose(
+            ours.forward_head(ours.forward_features(x), pre_logits=True),
+            torch.flatten(ref.avgpool(torch.nn.Sequential(*list(ref.children())[:-2])(x)), 1),
+        )
 
 
 def test_in_chans_1_sums_conv1_over_rgb(tmp_path):
@@ -161,7 +174,9 @@ def test_unsafe_pickle_is_refused_naming_the_code_and_never_executed(tmp_path, h
         resnets.create_model("resnet18", weights=tmp_path / "cut.pth")
 
 
-@pytest.mark.parametrize("content, suffix", [(b"not a checkpoint", ".pth"), (b"\x00" * 64, ".safetensors"), (b"x", ".onnx")])
+@pytest.mark.parametrize(
+    "content, suffix", [(b"not a checkpoint", ".pth"), (b"\x00" * 64, ".safetensors"), (b"x", ".onnx")]
+)
 def test_corrupt_or_foreign_files_are_clear_errors(tmp_path, content, suffix):
     p = tmp_path / f"bad{suffix}"
     p.write_bytes(content)
@@ -188,8 +203,12 @@ def test_saved_file_is_self_describing(tmp_path):
     from safetensors import safe_open
 
     m = resnets.create_model("resnet56", num_classes=3, shortcut="B", in_chans=1)
-    resnets.save(m, tmp_path / "m.safetensors", class_names=["cat", "dog", "eel"],
-                 preprocessing={"resize": 32, "crop": 28, "mean": [0.5], "std": [0.25]})  # fmt: skip
+    resnets.save(
+        m,
+        tmp_path / "m.safetensors",
+        class_names=["cat", "dog", "eel"],
+        preprocessing={"resize": 32, "crop": 28, "mean": [0.5], "std": [0.25]},
+    )
     with safe_open(str(tmp_path / "m.safetensors"), "pt") as f:
         meta = f.metadata()
     assert meta["architecture"] == "resnet56"
@@ -247,9 +266,8 @@ def test_a_model_built_by_name_is_fed_its_default_input_and_weights_without_a_re
     """`create_model("resnet50").meta.preprocessing` was None although the README promised the architecture's
     default; `.transforms()` is one callable from a PIL image to the model's input; `pretrained=True` is the
     architecture's default weights. Weights that record nothing (a plain state dict) still say what they get."""
-    from PIL import Image
-
     from conftest import run_cli
+    from PIL import Image
 
     model = resnets.create_model("resnet18", num_classes=3)
     assert model.meta.preprocessing == resnets.Preprocessing(256, 224)
@@ -286,9 +304,8 @@ def test_imagenet_class_names_ship_with_the_package():
 def test_weights_means_the_same_in_every_command(offline_cache, served_file, tmp_path):
     """--weights takes a registered weight name, a weights file, a model file or a run folder, in predict as
     in summary and finetune; an architecture name is told apart."""
-    from PIL import Image
-
     from conftest import run_cli
+    from PIL import Image
 
     model, path = served_file
     _register_local(tmp_path, "resnet20.test_cli", hashlib.sha256(path.read_bytes()).hexdigest())
@@ -298,7 +315,9 @@ def test_weights_means_the_same_in_every_command(offline_cache, served_file, tmp
     resnets.save(model, run / "model.safetensors", preprocessing=W.Preprocessing(36, 32))
     tops = []
     for weights in ("resnet20.test_cli", path, run / "model.safetensors", run):
-        code, out, err = run_cli("predict", tmp_path / "g.png", "--weights", weights, "--workers", 0, "--format", "json")
+        code, out, err = run_cli(
+            "predict", tmp_path / "g.png", "--weights", weights, "--workers", 0, "--format", "json"
+        )
         assert code == 0, (weights, err)
         tops.append(json.loads(out)[0]["top"])
     assert all(t == tops[0] for t in tops)  # the same weights, the same answer, however named
@@ -313,16 +332,17 @@ def test_weights_means_the_same_in_every_command(offline_cache, served_file, tmp
 def test_a_1000_class_file_without_names_gets_imagenets(tmp_path):
     """A torchvision state dict records no class names: predict printed "735"; a 1000-class head is ImageNet-1k's."""
     import torchvision
-    from PIL import Image
-
     from conftest import run_cli
+    from PIL import Image
 
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "tv.pth")
     model = resnets.load(tmp_path / "tv.pth")
     names = model.meta.names(1000)
     assert names == W.class_list("imagenet") and names[0] != "0"
     Image.new("RGB", (64, 64), (10, 120, 30)).save(tmp_path / "g.png")
-    code, out, err = run_cli("predict", tmp_path / "g.png", "--weights", tmp_path / "tv.pth", "--workers", 0, "--format", "json")
+    code, out, err = run_cli(
+        "predict", tmp_path / "g.png", "--weights", tmp_path / "tv.pth", "--workers", 0, "--format", "json"
+    )
     import json
 
     top = json.loads(out)[0]["top"]

@@ -7,6 +7,7 @@ where oneDNN has fp16 units). The compiled backend works at every precision; on 
 ("reduce-overhead"), which small networks need to keep the card busy. "auto" picks the backend measured fastest
 for the device and precision: compile on a GPU or for bf16, ONNX Runtime for fp32 on a CPU.
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -21,7 +22,6 @@ from .home import onnx_cache_dir  # noqa: F401  (resnets.backends.onnx_cache_dir
 if TYPE_CHECKING:  # torch is imported where a runner is made: the command line reads the table below without it
     import torch
     from torch import nn
-
 
 
 @dataclass(frozen=True)
@@ -52,13 +52,21 @@ def _onnx_int8(net, dev, precision, channels_last, calib, size):
 
 
 # the backends by name: adding one is one entry (the command line's choices and help come from here)
-BACKENDS: dict[str, Backend] = {b.name: b for b in (
-    Backend("eager", "PyTorch as it is", _eager),
-    Backend("compile", "torch.compile (on a GPU with CUDA graphs)", _compiled),
-    Backend("onnxruntime", "ONNX Runtime, fp32, on the CPU", _onnx, devices=("cpu",), precisions=("fp32",)),
-    Backend("onnxruntime-int8", "ONNX Runtime int8, calibrated on the first images given", _onnx_int8,
-            devices=("cpu",), precisions=("fp32",)),
-)}  # fmt: skip
+BACKENDS: dict[str, Backend] = {
+    b.name: b
+    for b in (
+        Backend("eager", "PyTorch as it is", _eager),
+        Backend("compile", "torch.compile (on a GPU with CUDA graphs)", _compiled),
+        Backend("onnxruntime", "ONNX Runtime, fp32, on the CPU", _onnx, devices=("cpu",), precisions=("fp32",)),
+        Backend(
+            "onnxruntime-int8",
+            "ONNX Runtime int8, calibrated on the first images given",
+            _onnx_int8,
+            devices=("cpu",),
+            precisions=("fp32",),
+        ),
+    )
+}
 
 
 def auto_backend(device: torch.device, precision: str) -> str:
@@ -97,8 +105,10 @@ def make_runner(
     spec = BACKENDS[auto_backend(dev, precision) if backend == "auto" else backend]
     if precision not in spec.precisions or dev.type not in spec.devices:
         where = " or ".join({"cpu": "CPU", "cuda": "GPU"}[d] for d in spec.devices)
-        raise ResnetsError(f"the {spec.name} backend runs on the {where} at "
-                           f"{' or '.join(spec.precisions)}; for {precision} on {dev.type} use eager or compile")  # fmt: skip
+        raise ResnetsError(
+            f"the {spec.name} backend runs on the {where} at "
+            f"{' or '.join(spec.precisions)}; for {precision} on {dev.type} use eager or compile"
+        )
     model = model.eval()
     net = model if output == "logits" else PreLogits(model).eval()
     return spec.make(net, dev, precision, channels_last, calib, preprocessing_for(model).crop)
@@ -187,8 +197,8 @@ def _cached_session(path: Path):
 def _cache_export(net: nn.Module, example: torch.Tensor, path: Path) -> None:
     """Export into the cache: the file stamped with its key, then its hash recorded beside it; then the cache is
     trimmed to its size limit, least recently used first."""
-    from .safe_io import atomic_path
     from .export import write
+    from .safe_io import atomic_path
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write(net, example, path, "onnx", dynamic_batch=True, metadata={"resnets.cache_key": path.stem})
@@ -263,8 +273,14 @@ def _ort_runner(net: nn.Module, int8: bool, calib: Iterable[torch.Tensor] | None
     return run
 
 
-def bench(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, seconds: float = 3.0, warmup: int = 3,
-          min_iters: int = 5) -> dict:  # fmt: skip
+def bench(
+    run: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    *,
+    seconds: float = 3.0,
+    warmup: int = 3,
+    min_iters: int = 5,
+) -> dict:
     """Latencies of `run(x)`: images/s (from the median), p50 and p95 in milliseconds."""
     import time
 
@@ -282,4 +298,10 @@ def bench(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, secon
         times.append(time.perf_counter() - t0)
     t = torch.tensor(times)
     p50, p95 = float(t.quantile(0.5)), float(t.quantile(0.95))
-    return {"batch": len(x), "iters": len(times), "images_per_s": len(x) / p50, "p50_ms": 1e3 * p50, "p95_ms": 1e3 * p95}
+    return {
+        "batch": len(x),
+        "iters": len(times),
+        "images_per_s": len(x) / p50,
+        "p50_ms": 1e3 * p50,
+        "p95_ms": 1e3 * p95,
+    }

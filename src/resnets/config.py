@@ -3,6 +3,7 @@
 A config is a dataclass: unknown keys are errors, values are checked against the field's type, and every run
 saves its resolved config beside its checkpoints. Precedence: recipe < config file (TOML/YAML) < command line.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,7 +19,6 @@ from typing import Any
 from . import choices as CH
 from .data.registry import DATASETS
 from .errors import ResnetsError
-
 
 # the config keys that are architecture options (create_model's), and become the model's flags in every command
 MODEL_OPTIONS = ("in_chans", "norm", "shortcut", "stride_in_1x1", "zero_init_residual", "drop_path_rate")
@@ -40,7 +40,9 @@ class TrainConfig:
     in_chans: int = key(0, "0: the dataset's (1 for Fashion-MNIST), else the weights', else 3")
     norm: str | None = key(None, "normalisation: batch, group (GroupNorm, 32 groups) or frozen_batch")
     shortcut: str | None = key(None, "the paper's shortcut: A zero-pad, B projection where the shape changes, C all")
-    stride_in_1x1: bool | None = key(None, "the paper's v1 bottleneck: stride on the 1st 1x1 (default v1.5: on the 3x3)")
+    stride_in_1x1: bool | None = key(
+        None, "the paper's v1 bottleneck: stride on the 1st 1x1 (default v1.5: on the 3x3)"
+    )
     zero_init_residual: bool | None = key(None, "start each residual branch's last norm at zero")
     drop_path_rate: float | None = key(None, "stochastic depth: the deepest block's drop probability")
     # ---- data
@@ -112,7 +114,9 @@ class TrainConfig:
     eval_every: int = key(1, "evaluate every N epochs")
     curve_steps: int = key(0, "also every N steps: training error over those steps and validation error (curve.jsonl)")
     checkpoint_steps: int = key(0, "also checkpoint every N steps (0: each epoch only)")
-    tensorboard: bool = key(False, "also log each epoch to TensorBoard (RUN/tensorboard; pip install 'resnets[tensorboard]')")
+    tensorboard: bool = key(
+        False, "also log each epoch to TensorBoard (RUN/tensorboard; pip install 'resnets[tensorboard]')"
+    )
     device: str = key("auto", "auto | cpu | cuda | cuda:N")
     ten_crop: bool = key(False, "final evaluation with the paper's 10-crop testing")
     progress: bool = key(True, "a progress bar")
@@ -134,8 +138,10 @@ class TrainConfig:
             side = self.train_crop or 224
             size = self.synthetic_samples * max(self.in_chans, 3) * side * side
             if size > 8 << 30:
-                raise ResnetsError(f"{self.synthetic_samples:,} synthetic images of {side}x{side} take {size / 2**30:.0f} "
-                                   "GiB; at most 8 GiB: fewer --synthetic-samples or a smaller --train-crop")  # fmt: skip
+                raise ResnetsError(
+                    f"{self.synthetic_samples:,} synthetic images of {side}x{side} take {size / 2**30:.0f} "
+                    "GiB; at most 8 GiB: fewer --synthetic-samples or a smaller --train-crop"
+                )
         if not self.model and not self.weights:
             raise ResnetsError("name a --model, or give --weights to take the architecture from")
         if DATASETS[self.dataset].needs_data and not self.data:
@@ -162,6 +168,7 @@ class Rule:
     def describe(self) -> str:
         if self.choices:
             return "one of " + ", ".join(str(c) for c in self.choices)
+
         def num(v: float) -> str:
             return f"{int(v):,}" if float(v).is_integer() else f"{v:g}"
 
@@ -228,62 +235,171 @@ UNIT = Rule(low=0, high=1)  # [0, 1]
 
 # one rule per key of TrainConfig (a test checks that every key has one)
 RULES: dict[str, Rule] = {
-    "model": ANY, "weights": ANY, "in_chans": _ge(0, 64), "norm": Rule(choices=CH.NORMS),
-    "shortcut": Rule(choices=CH.SHORTCUTS), "stride_in_1x1": ANY, "zero_init_residual": ANY,
+    "model": ANY,
+    "weights": ANY,
+    "in_chans": _ge(0, 64),
+    "norm": Rule(choices=CH.NORMS),
+    "shortcut": Rule(choices=CH.SHORTCUTS),
+    "stride_in_1x1": ANY,
+    "zero_init_residual": ANY,
     "drop_path_rate": FRACTION,
     "dataset": Rule(choices=tuple(DATASETS)),
-    "data": ANY, "val_data": ANY, "download": ANY, "val_split": FRACTION, "classes": ANY, "per_class": _ge(0, COUNT),
-    "balanced": ANY, "limit_train": _ge(0, COUNT), "limit_val": _ge(0, COUNT), "synthetic_samples": _ge(1, 10**6),
-    "synthetic_classes": _ge(2, 100_000), "train_crop": _ge(0, SIZE), "eval_resize": _ge(0, 2 * SIZE),
+    "data": ANY,
+    "val_data": ANY,
+    "download": ANY,
+    "val_split": FRACTION,
+    "classes": ANY,
+    "per_class": _ge(0, COUNT),
+    "balanced": ANY,
+    "limit_train": _ge(0, COUNT),
+    "limit_val": _ge(0, COUNT),
+    "synthetic_samples": _ge(1, 10**6),
+    "synthetic_classes": _ge(2, 100_000),
+    "train_crop": _ge(0, SIZE),
+    "eval_resize": _ge(0, 2 * SIZE),
     "eval_crop": _ge(0, SIZE),
-    "augment": Rule(choices=CH.AUGMENTS), "pad": _ge(0, SIZE),
-    "auto_augment": Rule(choices=CH.AUTO_AUGMENTS), "random_erasing": UNIT, "mixup": _ge(0, 100),
-    "cutmix": _ge(0, 100), "interpolation": Rule(choices=CH.INTERPOLATIONS), "workers": _ge(0, 256),
-    "loader": Rule(choices=CH.LOADERS), "strict_data": ANY,
-    "strategy": Rule(choices=CH.STRATEGIES), "unfreeze_stages": _ge(0, 16),
-    "unfreeze_every": _ge(1, COUNT), "layer_decay": Rule(low=0, high=1, low_open=True),
-    "bn": Rule(choices=CH.BN_POLICIES), "early_stop": _ge(0, COUNT),
-    "optimizer": Rule(choices=CH.OPTIMIZERS), "lr": _gt(0, 1e6), "lr_reference_batch": _ge(0, COUNT),
-    "momentum": FRACTION, "nesterov": ANY, "weight_decay": _ge(0, 10), "norm_weight_decay": _ge(0, 10),
-    "label_smoothing": FRACTION, "batch_size": _ge(1, 2**20), "epochs": _ge(0, 100_000), "iterations": _ge(0, COUNT),
-    "schedule": Rule(choices=CH.SCHEDULES), "milestones": _ge(1, COUNT),
-    "gamma": _gt(0, 10), "plateau_patience": _ge(0, COUNT), "warmup_epochs": _ge(0, 100_000),
-    "warmup_start": Rule(low=0, high=1, low_open=True), "ema": ANY, "ema_decay": UNIT, "ema_every": _ge(1, COUNT),
-    "accum_steps": _ge(1, 65_536), "clip_grad": _ge(0, 1e6),
-    "amp": Rule(choices=CH.AMPS), "channels_last": ANY, "compile": ANY,
-    "cuda_graph": Rule(choices=CH.CUDA_GRAPHS), "sync_bn": ANY, "out": ANY, "name": ANY, "seed": _ge(0, SEED),
-    "deterministic": ANY, "eval_every": _ge(1, COUNT), "curve_steps": _ge(0, COUNT), "checkpoint_steps": _ge(0, COUNT),
-    "tensorboard": ANY, "device": Rule(device=True), "ten_crop": ANY, "progress": ANY,
-}  # fmt: skip
+    "augment": Rule(choices=CH.AUGMENTS),
+    "pad": _ge(0, SIZE),
+    "auto_augment": Rule(choices=CH.AUTO_AUGMENTS),
+    "random_erasing": UNIT,
+    "mixup": _ge(0, 100),
+    "cutmix": _ge(0, 100),
+    "interpolation": Rule(choices=CH.INTERPOLATIONS),
+    "workers": _ge(0, 256),
+    "loader": Rule(choices=CH.LOADERS),
+    "strict_data": ANY,
+    "strategy": Rule(choices=CH.STRATEGIES),
+    "unfreeze_stages": _ge(0, 16),
+    "unfreeze_every": _ge(1, COUNT),
+    "layer_decay": Rule(low=0, high=1, low_open=True),
+    "bn": Rule(choices=CH.BN_POLICIES),
+    "early_stop": _ge(0, COUNT),
+    "optimizer": Rule(choices=CH.OPTIMIZERS),
+    "lr": _gt(0, 1e6),
+    "lr_reference_batch": _ge(0, COUNT),
+    "momentum": FRACTION,
+    "nesterov": ANY,
+    "weight_decay": _ge(0, 10),
+    "norm_weight_decay": _ge(0, 10),
+    "label_smoothing": FRACTION,
+    "batch_size": _ge(1, 2**20),
+    "epochs": _ge(0, 100_000),
+    "iterations": _ge(0, COUNT),
+    "schedule": Rule(choices=CH.SCHEDULES),
+    "milestones": _ge(1, COUNT),
+    "gamma": _gt(0, 10),
+    "plateau_patience": _ge(0, COUNT),
+    "warmup_epochs": _ge(0, 100_000),
+    "warmup_start": Rule(low=0, high=1, low_open=True),
+    "ema": ANY,
+    "ema_decay": UNIT,
+    "ema_every": _ge(1, COUNT),
+    "accum_steps": _ge(1, 65_536),
+    "clip_grad": _ge(0, 1e6),
+    "amp": Rule(choices=CH.AMPS),
+    "channels_last": ANY,
+    "compile": ANY,
+    "cuda_graph": Rule(choices=CH.CUDA_GRAPHS),
+    "sync_bn": ANY,
+    "out": ANY,
+    "name": ANY,
+    "seed": _ge(0, SEED),
+    "deterministic": ANY,
+    "eval_every": _ge(1, COUNT),
+    "curve_steps": _ge(0, COUNT),
+    "checkpoint_steps": _ge(0, COUNT),
+    "tensorboard": ANY,
+    "device": Rule(device=True),
+    "ten_crop": ANY,
+    "progress": ANY,
+}
 
 
 _FASHION = dict(
-    model="resnet20", dataset="fashion-mnist", augment="crop-flip", pad=2, random_erasing=0.25,
-    lr=0.2, momentum=0.9, nesterov=True, weight_decay=5e-4, batch_size=128, epochs=5, schedule="onecycle",
-    label_smoothing=0.05, amp="auto", channels_last=None, workers=0,
+    model="resnet20",
+    dataset="fashion-mnist",
+    augment="crop-flip",
+    pad=2,
+    random_erasing=0.25,
+    lr=0.2,
+    momentum=0.9,
+    nesterov=True,
+    weight_decay=5e-4,
+    batch_size=128,
+    epochs=5,
+    schedule="onecycle",
+    label_smoothing=0.05,
+    amp="auto",
+    channels_last=None,
+    workers=0,
 )
 
 RECIPES: dict[str, dict[str, Any]] = {
     # section 3.4: SGD 0.1, momentum 0.9, wd 1e-4, batch 256, lr /10 when the error plateaus, 60e4 iterations
     # (~120 epochs of ImageNet); scale augmentation 256-480, 224 crops, flips, colour; 10-crop testing
     "paper-imagenet": dict(
-        model="resnet50", dataset="imagefolder", augment="paper-imagenet", train_crop=224, eval_resize=256,
-        eval_crop=224, lr=0.1, momentum=0.9, weight_decay=1e-4, batch_size=256, epochs=120, schedule="plateau",
-        gamma=0.1, plateau_patience=5, ten_crop=True, workers=8,
+        model="resnet50",
+        dataset="imagefolder",
+        augment="paper-imagenet",
+        train_crop=224,
+        eval_resize=256,
+        eval_crop=224,
+        lr=0.1,
+        momentum=0.9,
+        weight_decay=1e-4,
+        batch_size=256,
+        epochs=120,
+        schedule="plateau",
+        gamma=0.1,
+        plateau_patience=5,
+        ten_crop=True,
+        workers=8,
     ),
     # section 4.2: lr 0.1, /10 at 32k and 48k iterations, stop at 64k, wd 1e-4, momentum 0.9, batch 128,
     # 4-pixel padding, 32 crops, flips
     "paper-cifar": dict(
-        model="resnet20", dataset="cifar10", augment="paper-cifar", pad=4, lr=0.1, momentum=0.9, weight_decay=1e-4,
-        batch_size=128, iterations=64_000, schedule="step", milestones=[32_000, 48_000], gamma=0.1,
+        model="resnet20",
+        dataset="cifar10",
+        augment="paper-cifar",
+        pad=4,
+        lr=0.1,
+        momentum=0.9,
+        weight_decay=1e-4,
+        batch_size=128,
+        iterations=64_000,
+        schedule="step",
+        milestones=[32_000, 48_000],
+        gamma=0.1,
     ),
     # torchvision's ResNet-50 recipe for 80.858% (IMAGENET1K_V2)
     "tv2-imagenet": dict(
-        model="resnet50", dataset="imagefolder", augment="rrc", train_crop=176, eval_resize=232, eval_crop=224,
-        lr=0.5, lr_reference_batch=1024, batch_size=1024, momentum=0.9, weight_decay=2e-5, norm_weight_decay=0.0,
-        epochs=600, schedule="cosine", warmup_epochs=5, warmup_start=0.01, label_smoothing=0.1, mixup=0.2,
-        cutmix=1.0, auto_augment="trivial", random_erasing=0.1, ema=True, ema_decay=0.99998, ema_every=32,
-        amp="auto", channels_last=None, workers=8,
+        model="resnet50",
+        dataset="imagefolder",
+        augment="rrc",
+        train_crop=176,
+        eval_resize=232,
+        eval_crop=224,
+        lr=0.5,
+        lr_reference_batch=1024,
+        batch_size=1024,
+        momentum=0.9,
+        weight_decay=2e-5,
+        norm_weight_decay=0.0,
+        epochs=600,
+        schedule="cosine",
+        warmup_epochs=5,
+        warmup_start=0.01,
+        label_smoothing=0.1,
+        mixup=0.2,
+        cutmix=1.0,
+        auto_augment="trivial",
+        random_erasing=0.1,
+        ema=True,
+        ema_decay=0.99998,
+        ema_every=32,
+        amp="auto",
+        channels_last=None,
+        workers=8,
     ),
     # ours: resnet20 on Fashion-MNIST, a few minutes on a laptop CPU (amp auto: bf16 where the CPU has bf16 units,
     # twice the fp32 speed; fp32 where bf16 would be emulated; channels_last on both); one-cycle schedule, crops,
@@ -298,10 +414,26 @@ RECIPES: dict[str, dict[str, Any]] = {
     # preprocessing come from the weights, a new head, discriminative learning rates (0.7 per stage), warmup,
     # strong augmentation, 10% of each class held out when there is no val/ folder, early stopping on it
     "finetune": dict(
-        model="", dataset="imagefolder", augment="strong", random_erasing=0.25, lr=0.01, momentum=0.9,
-        nesterov=True, weight_decay=1e-4, norm_weight_decay=0.0, batch_size=32, epochs=15, schedule="cosine",
-        warmup_epochs=1, label_smoothing=0.1, strategy="full", layer_decay=0.7, early_stop=5,
-        amp="auto", channels_last=None, workers=2,
+        model="",
+        dataset="imagefolder",
+        augment="strong",
+        random_erasing=0.25,
+        lr=0.01,
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=1e-4,
+        norm_weight_decay=0.0,
+        batch_size=32,
+        epochs=15,
+        schedule="cosine",
+        warmup_epochs=1,
+        label_smoothing=0.1,
+        strategy="full",
+        layer_decay=0.7,
+        early_stop=5,
+        amp="auto",
+        channels_last=None,
+        workers=2,
     ),
 }
 
@@ -394,7 +526,9 @@ def read_file(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
-def resolve(recipe: str | None = None, file: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+def resolve(
+    recipe: str | None = None, file: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None
+) -> TrainConfig:
     """recipe defaults, then the file, then explicit overrides; validated."""
     cfg = TrainConfig()
     if recipe is not None:

@@ -1,6 +1,7 @@
 """Where and at what precision a model runs: the device asked for (checked against this machine), whether it
 computes bf16 natively, "auto" mixed precision resolved, autocast, and the precisions inference can run at.
 Training, evaluation, inference, serving and the config's device rule all read these."""
+
 from __future__ import annotations
 
 import logging
@@ -71,8 +72,10 @@ def check_precision(precision: str, device: torch.device) -> None:
         except (AttributeError, RuntimeError):
             ok = False
         if not ok:
-            raise ResnetsError("fp16 inference needs a GPU or a CPU with fp16 units (AMX-FP16); this CPU has none: "
-                               "use --precision bf16 or fp32")  # fmt: skip
+            raise ResnetsError(
+                "fp16 inference needs a GPU or a CPU with fp16 units (AMX-FP16); this CPU has none: "
+                "use --precision bf16 or fp32"
+            )
     if device.type == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported():
         raise ResnetsError("this GPU has no bf16 support; use --precision fp16 or fp32")
     if device.type == "cpu" and precision == "bf16" and not native_bf16(device):

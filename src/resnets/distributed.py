@@ -2,15 +2,16 @@
 
 torchrun --nproc_per_node N -m resnets train ...   (NCCL on GPUs, gloo on CPU)
 """
+
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 
 from .devices import pick_device  # noqa: F401  (resnets.distributed.pick_device, as before)
-import torch.distributed as dist
 
 
 @dataclass
@@ -43,8 +44,10 @@ def setup(device: str = "auto") -> Context:
             from .errors import ResnetsError
 
             per_node = os.environ.get("LOCAL_WORLD_SIZE", str(world))
-            raise ResnetsError(f"torchrun started {per_node} processes on this machine, which has {gpus} GPU"
-                               f"{'s' if gpus != 1 else ''}: use --nproc_per_node {gpus}, or --device cpu")  # fmt: skip
+            raise ResnetsError(
+                f"torchrun started {per_node} processes on this machine, which has {gpus} GPU"
+                f"{'s' if gpus != 1 else ''}: use --nproc_per_node {gpus}, or --device cpu"
+            )
         if dev.index is None:
             dev = torch.device("cuda", local)
     if dev.type == "cuda":

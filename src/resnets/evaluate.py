@@ -1,4 +1,5 @@
 """Evaluation: top-1, top-5, loss, per-class accuracy and the confusion matrix, exact across processes."""
+
 from __future__ import annotations
 
 import json
@@ -9,11 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .safe_io import atomic_path
 from .devices import autocast, native_bf16, resolve_amp  # noqa: F401  (also resnets.evaluate's, as before)
 from .distributed import Context, all_reduce_sum
-
-
+from .safe_io import atomic_path
 
 
 def reports_top5(num_classes: int) -> bool:
@@ -69,11 +68,13 @@ def evaluate(
         loss_sum += F.nll_loss(probs.clamp_min(1e-12).log(), y, reduction="sum").double()
         k = min(5, probs.shape[1])
         top = probs.topk(k, dim=1).indices
-        counts += torch.stack([
-            torch.full((), len(y), device=dev, dtype=torch.float64),
-            (top[:, 0] == y).sum().double(),
-            (top == y[:, None]).any(1).sum().double(),
-        ])  # fmt: skip
+        counts += torch.stack(
+            [
+                torch.full((), len(y), device=dev, dtype=torch.float64),
+                (top[:, 0] == y).sum().double(),
+                (top == y[:, None]).any(1).sum().double(),
+            ]
+        )
         confusion.index_put_((y, top[:, 0]), torch.ones_like(y, dtype=torch.float64), accumulate=True)
     for t in (loss_sum, counts, confusion):
         all_reduce_sum(t, ctx)
@@ -134,19 +135,39 @@ def evaluate_model_file(
     if limit:
         ds = ds.subset(list(range(min(limit, len(ds)))))
     ctx = Context(device=pick_device(device))
-    loader = make_eval_loader(ds, kind="auto", device=ctx.device, batch_size=batch_size, resize=pre.resize,
-                              crop=pre.crop, interpolation=pre.interpolation, crop_mode=pre.crop_mode, ten_crop=ten_crop, workers=workers)  # fmt: skip
+    loader = make_eval_loader(
+        ds,
+        kind="auto",
+        device=ctx.device,
+        batch_size=batch_size,
+        resize=pre.resize,
+        crop=pre.crop,
+        interpolation=pre.interpolation,
+        crop_mode=pre.crop_mode,
+        ten_crop=ten_crop,
+        workers=workers,
+    )
     model.to(ctx.device)
     if ctx.device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     amp = resolve_amp(amp, ctx.device)
-    res = evaluate(model, loader, pre.normalizer(), len(classes), ctx, amp=amp, progress=progress,
-                   channels_last=ctx.device.type == "cuda")  # fmt: skip
+    res = evaluate(
+        model,
+        loader,
+        pre.normalizer(),
+        len(classes),
+        ctx,
+        amp=amp,
+        progress=progress,
+        channels_last=ctx.device.type == "cuda",
+    )
     res.update(weights=str(weights), dataset=dataset, ten_crop=ten_crop, classes=classes, amp=amp)
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
         title = f"{meta.architecture} on {dataset}{' (10-crop)' if ten_crop else ''}: top-1 {res['top1']:.2f}%"
-        write_evaluation(Path(out), {k: v for k, v in res.items() if k != "confusion"}, classes, res["confusion"], title)
+        write_evaluation(
+            Path(out), {k: v for k, v in res.items() if k != "confusion"}, classes, res["confusion"], title
+        )
     return res
 
 
@@ -160,4 +181,3 @@ def write_evaluation(folder: Path, record: dict, classes: list[str], matrix: lis
     with atomic_path(folder / "confusion.json") as tmp:
         tmp.write_text(json.dumps({"classes": classes, "matrix": matrix}))
     plot_confusion(matrix, classes, folder / "confusion.png", title)
-

@@ -4,6 +4,7 @@ through ONNX Runtime's static quantization, refused when it costs more accuracy 
 Every written file is checked before it is kept: the exported model runs on random and real inputs and its
 largest difference from eager PyTorch is reported (fp32 must stay within 1e-4).
 """
+
 from __future__ import annotations
 
 import copy
@@ -19,9 +20,9 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from .safe_io import atomic_path
 from .errors import CheckFailed, ResnetsError
 from .meta import meta_of, preprocessing_for
+from .safe_io import atomic_path
 
 log = logging.getLogger("resnets")
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "exported-program": ".pt2"}
@@ -98,8 +99,14 @@ def load_runner(path: str | os.PathLike, fmt: str) -> Runner:
     return Runner(lambda x: mod(x).detach().float(), "exported-program")
 
 
-def write(model: nn.Module, example: torch.Tensor, path: Path, fmt: str, dynamic_batch: bool,
-          metadata: dict[str, str] | None = None) -> None:  # fmt: skip
+def write(
+    model: nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    fmt: str,
+    dynamic_batch: bool,
+    metadata: dict[str, str] | None = None,
+) -> None:
     """The one writer of exported files (atomically): `model` traced on `example` as `fmt`. metadata: ONNX
     metadata_props to record in the file."""
     batch = torch.export.Dim("batch", min=1, max=4096) if dynamic_batch else None
@@ -113,9 +120,20 @@ def write(model: nn.Module, example: torch.Tensor, path: Path, fmt: str, dynamic
 
             kwargs = {"dynamic_shapes": ({0: batch},)} if dynamic_batch else {}
             # the exporter may write weights beside the graph: export into a private folder, then save one file
-            with tempfile.TemporaryDirectory() as d, contextlib.redirect_stdout(io.StringIO()):  # it narrates its passes
-                torch.onnx.export(model, (example,), f"{d}/model.onnx", input_names=["input"], output_names=["logits"],
-                                  dynamo=True, verbose=False, **kwargs)  # fmt: skip
+            with (
+                tempfile.TemporaryDirectory() as d,
+                contextlib.redirect_stdout(io.StringIO()),
+            ):  # it narrates its passes
+                torch.onnx.export(
+                    model,
+                    (example,),
+                    f"{d}/model.onnx",
+                    input_names=["input"],
+                    output_names=["logits"],
+                    dynamo=True,
+                    verbose=False,
+                    **kwargs,
+                )
                 proto = onnx.load(f"{d}/model.onnx")
                 for k, v in (metadata or {}).items():
                     proto.metadata_props.add(key=k, value=v)
@@ -139,8 +157,16 @@ def onnx_metadata(model: nn.Module) -> dict[str, str]:
     return out
 
 
-def export(model: nn.Module, out: str | os.PathLike, fmt: str, *, dynamic_batch: bool = True, fold: bool = False,
-           atol: float = ATOL, rtol: float = RTOL) -> dict:  # fmt: skip
+def export(
+    model: nn.Module,
+    out: str | os.PathLike,
+    fmt: str,
+    *,
+    dynamic_batch: bool = True,
+    fold: bool = False,
+    atol: float = ATOL,
+    rtol: float = RTOL,
+) -> dict:
     """Write `model` as `fmt` to `out`, reload it, and compare with eager PyTorch on random inputs and real photos:
     a file whose outputs differ by more than atol + rtol * |eager| anywhere is removed and CheckFailed raised.
     dynamic_batch: any batch size at run time (else the batch is fixed at 2, the traced example's). ONNX files
@@ -176,11 +202,21 @@ def export(model: nn.Module, out: str | os.PathLike, fmt: str, *, dynamic_batch:
     excess = ((got - ref).abs() - (atol + rtol * ref.abs())).max()
     if not excess <= 0:  # NaN fails too
         out.unlink(missing_ok=True)
-        raise CheckFailed(f"the exported model differs from eager PyTorch by up to {max(diffs.values()):.2e}, over "
-                          f"--atol {atol:g} + --rtol {rtol:g} x |eager| ({float(excess):.2e} over); not written")  # fmt: skip
+        raise CheckFailed(
+            f"the exported model differs from eager PyTorch by up to {max(diffs.values()):.2e}, over "
+            f"--atol {atol:g} + --rtol {rtol:g} x |eager| ({float(excess):.2e} over); not written"
+        )
     shape = ["N" if dynamic_batch else 2, *example.shape[1:]]
-    return {"path": str(out), "format": fmt, "max_abs_diff": diffs, "dynamic_batch": dynamic_batch, "fold_bn": fold,
-            "runtime": runner.kind, "bytes": out.stat().st_size, "input_shape": shape}  # fmt: skip
+    return {
+        "path": str(out),
+        "format": fmt,
+        "max_abs_diff": diffs,
+        "dynamic_batch": dynamic_batch,
+        "fold_bn": fold,
+        "runtime": runner.kind,
+        "bytes": out.stat().st_size,
+        "input_shape": shape,
+    }
 
 
 # ---- int8 through ONNX Runtime
@@ -238,12 +274,27 @@ def quantize_int8(fp32: Path, out: Path, calib: Iterable[torch.Tensor]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-        quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)  # fmt: skip
+        quantize_static(
+            str(pre),
+            str(out),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
 
 
-def export_int8(model: nn.Module, out: str | os.PathLike, *, calib: str, eval_data: str, max_drop: float = 1.0,
-                calib_images: int = 512, eval_images: int = 0) -> dict:  # fmt: skip
+def export_int8(
+    model: nn.Module,
+    out: str | os.PathLike,
+    *,
+    calib: str,
+    eval_data: str,
+    max_drop: float = 1.0,
+    calib_images: int = 512,
+    eval_images: int = 0,
+) -> dict:
     """Static post-training quantization (QDQ, per-channel int8 weights, uint8 activations) calibrated on real
     images; top-1 of fp32 and int8 compared on `eval_data`. Over `max_drop` points: nothing written, error."""
     out = Path(out)
@@ -257,8 +308,15 @@ def export_int8(model: nn.Module, out: str | os.PathLike, *, calib: str, eval_da
         top_fp32 = ort_top1(fp32, _batches(model, eval_data, eval_images))
         top_int8 = ort_top1(q, _batches(model, eval_data, eval_images))
         drop = top_fp32 - top_int8
-        result = {"path": str(out), "format": "onnx-int8", "fp32_top1": top_fp32, "int8_top1": top_int8,
-                  "drop": drop, "max_drop": max_drop, "accepted": drop <= max_drop}  # fmt: skip
+        result = {
+            "path": str(out),
+            "format": "onnx-int8",
+            "fp32_top1": top_fp32,
+            "int8_top1": top_int8,
+            "drop": drop,
+            "max_drop": max_drop,
+            "accepted": drop <= max_drop,
+        }
         if drop > max_drop:
             return result
         with atomic_path(out) as final:

@@ -3,6 +3,7 @@
 The model code never touches files; this is where weights are found, read, adapted to the requested head and
 input channels, and checked key by key before they are loaded.
 """
+
 from __future__ import annotations
 
 import logging
@@ -13,14 +14,14 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .weights import hub
 from . import weights as W
-from .weights.files import KERAS_SUFFIXES, PICKLE_SUFFIXES, read_weights
 from .errors import OptionError, WeightsError
+from .meta import ModelMeta, Preprocessing
 from .models import get_entry
 from .models.registry import check_options
-from .meta import ModelMeta, Preprocessing
 from .models.resnet import Backbone, FeatureList, ResNetV2
+from .weights import hub
+from .weights.files import KERAS_SUFFIXES, PICKLE_SUFFIXES, read_weights
 
 log = logging.getLogger("resnets")
 
@@ -48,11 +49,18 @@ def _resolve(weights: str | os.PathLike, download: bool) -> tuple[dict[str, torc
         return sd, ModelMeta(spec.architecture, {}, spec.class_names(), spec.preprocessing, spec.name), repr(text)
     if os.path.isdir(text):
         if not os.path.isfile(os.path.join(text, "model.safetensors")):
-            hint = " (a run still training, or stopped: resume it with `resnets train --resume`)" if os.path.isfile(
-                os.path.join(text, "config.json")) else ""  # fmt: skip
+            hint = (
+                " (a run still training, or stopped: resume it with `resnets train --resume`)"
+                if os.path.isfile(os.path.join(text, "config.json"))
+                else ""
+            )
             raise WeightsError(f"{text} is a folder without a model.safetensors{hint}")
         text = os.path.join(text, "model.safetensors")
-    if not os.path.exists(text) and os.sep not in text and not text.endswith((".safetensors", *PICKLE_SUFFIXES, *KERAS_SUFFIXES)):
+    if (
+        not os.path.exists(text)
+        and os.sep not in text
+        and not text.endswith((".safetensors", *PICKLE_SUFFIXES, *KERAS_SUFFIXES))
+    ):
         if "." in text:
             import difflib
 
@@ -61,8 +69,10 @@ def _resolve(weights: str | os.PathLike, download: bool) -> tuple[dict[str, torc
             raise WeightsError(f"unknown weights {text!r}: neither a registered name nor a file; {hint}")
         get_entry(text)  # an unknown name: the error suggests close model names
         named = W.list_weights(f"{text}.*")
-        raise WeightsError(f"{text} is an architecture, not weights: give a weight name"
-                           f"{' (' + ', '.join(named) + ')' if named else ''}, a model file or a run folder")  # fmt: skip
+        raise WeightsError(
+            f"{text} is an architecture, not weights: give a weight name"
+            f"{' (' + ', '.join(named) + ')' if named else ''}, a model file or a run folder"
+        )
     sd, meta = read_weights(text)
     return sd, meta, text
 
@@ -91,9 +101,13 @@ def check_dtypes(state_dict: dict[str, torch.Tensor], source: str) -> None:
     for k, v in state_dict.items():
         if not isinstance(v, torch.Tensor):
             raise WeightsError(f"weights {source}: {k} is a {type(v).__name__}, not a tensor")
-        if v.dtype not in WEIGHT_DTYPES and not (k.endswith("num_batches_tracked") and v.dtype in (torch.int64, torch.int32)):
-            raise WeightsError(f"weights {source}: {k} is {str(v.dtype).replace('torch.', '')}, not float32/16 or "
-                               "bfloat16 (a quantised or damaged file: resnets reads float weights)")  # fmt: skip
+        if v.dtype not in WEIGHT_DTYPES and not (
+            k.endswith("num_batches_tracked") and v.dtype in (torch.int64, torch.int32)
+        ):
+            raise WeightsError(
+                f"weights {source}: {k} is {str(v.dtype).replace('torch.', '')}, not float32/16 or "
+                "bfloat16 (a quantised or damaged file: resnets reads float weights)"
+            )
 
 
 def apply_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "weights") -> None:
@@ -106,17 +120,26 @@ def apply_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], sour
     if "fc.weight" in sd:
         if "fc.weight" not in target:
             sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
-        elif sd["fc.weight"].shape != target["fc.weight"].shape and sd["fc.weight"].shape[1:] == target["fc.weight"].shape[1:]:
+        elif (
+            sd["fc.weight"].shape != target["fc.weight"].shape
+            and sd["fc.weight"].shape[1:] == target["fc.weight"].shape[1:]
+        ):
             log.warning(
                 "classifier dropped: the weights have %d classes, the model %d; fc is newly initialised",
-                sd["fc.weight"].shape[0], target["fc.weight"].shape[0],
-            )  # fmt: skip
+                sd["fc.weight"].shape[0],
+                target["fc.weight"].shape[0],
+            )
             sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
             sd.update({k: v for k, v in target.items() if k.startswith("fc.")})
     for key in _FIRST_CONVS:
         if key in sd and key in target:
             src, dst = sd[key], target[key]
-            if src.ndim == 4 and src.shape[1] != dst.shape[1] and src.shape[0] == dst.shape[0] and src.shape[2:] == dst.shape[2:]:
+            if (
+                src.ndim == 4
+                and src.shape[1] != dst.shape[1]
+                and src.shape[0] == dst.shape[0]
+                and src.shape[2:] == dst.shape[2:]
+            ):
                 log.info("%s adapted from %d to %d input channels", key, src.shape[1], dst.shape[1])
                 sd[key] = _adapt_first_conv(src, dst.shape[1])
     skip = "num_batches_tracked"
@@ -168,12 +191,13 @@ def _build(name: str, options: dict[str, Any], sd: dict | None, meta: ModelMeta 
     if classes is None and sd is not None and model.num_classes == 1000:  # a 1000-class file (torchvision's, timm's)
         classes = W.class_list("imagenet")  # that records no names: ImageNet-1k's, not the indices
     model.meta = ModelMeta(
-        name, opts,
+        name,
+        opts,
         class_names=list(classes) if classes and len(classes) == model.num_classes else None,
         preprocessing=pre.for_channels(opts.get("in_chans", 3)) if pre else None,  # grey images, RGB statistics
         source=meta.source if meta and meta.source else (source or None),
         extra=dict(meta.extra) if meta else {},
-    )  # fmt: skip
+    )
     if sd is not None:
         apply_state_dict(model, sd, source)
     return model
@@ -187,20 +211,31 @@ def _check_record(sd: dict, meta: ModelMeta, explicit: dict[str, Any], source: s
     recorded = meta.options
     if "num_classes" in recorded and "num_classes" not in explicit and fc is not None and fc.ndim == 2:
         if recorded["num_classes"] != fc.shape[0]:
-            raise WeightsError(f"{source} is damaged: its record says {recorded['num_classes']} classes, its classifier "
-                               f"has {fc.shape[0]}")  # fmt: skip
+            raise WeightsError(
+                f"{source} is damaged: its record says {recorded['num_classes']} classes, its classifier "
+                f"has {fc.shape[0]}"
+            )
     if "in_chans" in recorded and "in_chans" not in explicit and first is not None and first.ndim == 4:
         if recorded["in_chans"] != first.shape[1]:
-            raise WeightsError(f"{source} is damaged: its record says {recorded['in_chans']} input channels, its first "
-                               f"conv takes {first.shape[1]}")  # fmt: skip
+            raise WeightsError(
+                f"{source} is damaged: its record says {recorded['in_chans']} input channels, its first "
+                f"conv takes {first.shape[1]}"
+            )
     n = recorded.get("num_classes")  # (a registry's record names classes, not a count: its table is ours)
     if meta.class_names is not None and n is not None and "num_classes" not in explicit and len(meta.class_names) != n:
         raise WeightsError(f"{source} is damaged: it names {len(meta.class_names)} classes for a classifier of {n}")
 
 
-def create_model(name: str, *, weights: str | os.PathLike | None = None, pretrained: bool = False,
-                 download: bool = True, features_only: bool = False, out_indices: int | Sequence[int] | None = None,
-                 **options: Any) -> nn.Module:  # fmt: skip
+def create_model(
+    name: str,
+    *,
+    weights: str | os.PathLike | None = None,
+    pretrained: bool = False,
+    download: bool = True,
+    features_only: bool = False,
+    out_indices: int | Sequence[int] | None = None,
+    **options: Any,
+) -> nn.Module:
     """Build a registered model, optionally with weights.
 
     name: a registered architecture ("resnet50"), or "<architecture>.<tag>" of registered weights
@@ -220,8 +255,10 @@ def create_model(name: str, *, weights: str | os.PathLike | None = None, pretrai
         raise OptionError("out_indices picks the stage maps of features_only=True; pass both")
     if pretrained:
         if weights is not None or hub.is_hub(name) or "." in name:
-            raise OptionError("pretrained=True picks the architecture's default weights; it goes with a plain "
-                              "architecture name and no weights=")  # fmt: skip
+            raise OptionError(
+                "pretrained=True picks the architecture's default weights; it goes with a plain "
+                "architecture name and no weights="
+            )
         get_entry(name)
         weights = W.default_weights(name)
         if weights is None:
@@ -248,19 +285,27 @@ def infer_architecture(state_dict: dict[str, torch.Tensor]) -> str:
     `state_dict`, for weight files that do not record it (torchvision and timm state dicts)."""
     from .models import list_models
 
-    sd = {k: tuple(v.shape) for k, v in ResNetV2.checkpoint_filter(dict(state_dict)).items()
-          if not k.startswith("fc.") and not k.endswith("num_batches_tracked") and k not in _FIRST_CONVS}  # fmt: skip
+    sd = {
+        k: tuple(v.shape)
+        for k, v in ResNetV2.checkpoint_filter(dict(state_dict)).items()
+        if not k.startswith("fc.") and not k.endswith("num_batches_tracked") and k not in _FIRST_CONVS
+    }
     for name in list_models():
         with torch.device("meta"):
             model = get_entry(name).fn()
-        target = {k: tuple(v.shape) for k, v in model.state_dict().items()
-                  if not k.startswith("fc.") and not k.endswith("num_batches_tracked") and k not in _FIRST_CONVS}  # fmt: skip
+        target = {
+            k: tuple(v.shape)
+            for k, v in model.state_dict().items()
+            if not k.startswith("fc.") and not k.endswith("num_batches_tracked") and k not in _FIRST_CONVS
+        }
         if target == sd:
             return name
     raise WeightsError("cannot tell which architecture these weights are for; name it with --model")
 
 
-def create_from_weights(weights: str | os.PathLike, name: str | None = None, *, download: bool = True, **options: Any) -> nn.Module:
+def create_from_weights(
+    weights: str | os.PathLike, name: str | None = None, *, download: bool = True, **options: Any
+) -> nn.Module:
     """Build the model that `weights` are for: `name` when given (and checked against what the weights record),
     otherwise the architecture recorded in the file or registry, or inferred from the parameter shapes."""
     if name is not None:

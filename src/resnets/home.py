@@ -1,6 +1,7 @@
 """Where files live and whether to fetch them: the caches' root, the offline switch, the class-name lists shipped
 with the package. Standard library only, on the bottom floor: the weights registry, the Hub reader, the Keras
 reader and the ONNX cache all read these, and none of them imports another for them."""
+
 from __future__ import annotations
 
 import os

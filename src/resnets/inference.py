@@ -4,6 +4,7 @@ Preprocessing always comes from the model file's metadata (resize, crop, interpo
 a guess. Images are decoded in worker processes (JPEGs on the GPU when the model is there) while the model runs
 on the previous batch.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,9 @@ from typing import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from .data.datasets import IMAGE_SUFFIXES, BadSample, FileDataset, decode
+
 from .data.batching import Loader
+from .data.datasets import IMAGE_SUFFIXES, BadSample, FileDataset, decode
 from .data.loader import make_eval_loader
 from .errors import ResnetsError, printable
 from .meta import meta_of, preprocessing_for
@@ -59,36 +61,65 @@ class Batches:
             yield images, batch.labels.tolist(), batch.bad
 
 
-def batches(model: nn.Module, files: list[str], *, batch_size: int = 32, workers: int = 2,
-            device: str | torch.device | None = None, loader: str = "auto") -> Batches:  # fmt: skip
+def batches(
+    model: nn.Module,
+    files: list[str],
+    *,
+    batch_size: int = 32,
+    workers: int = 2,
+    device: str | torch.device | None = None,
+    loader: str = "auto",
+) -> Batches:
     """The files decoded, resized and centre-cropped as the model's preprocessing says, in batches on `device`
     (default: the model's). On a GPU the JPEGs are decoded there (nvJPEG); on a CPU in `workers` processes."""
     pre = preprocessing_for(model)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     ds = FileDataset([(f, i) for i, f in enumerate(files)], [], channels=len(pre.mean))
     workers = min(workers, max(len(files) // batch_size, 0)) if len(files) < 4 * batch_size else workers
-    stream = make_eval_loader(ds, kind=loader, device=device, batch_size=batch_size, resize=pre.resize, crop=pre.crop,
-                              interpolation=pre.interpolation, crop_mode=pre.crop_mode, workers=workers)  # fmt: skip
+    stream = make_eval_loader(
+        ds,
+        kind=loader,
+        device=device,
+        batch_size=batch_size,
+        resize=pre.resize,
+        crop=pre.crop,
+        interpolation=pre.interpolation,
+        crop_mode=pre.crop_mode,
+        workers=workers,
+    )
     return Batches(files, stream, pre.normalizer(), device)
 
 
 def calibration_batches(model: nn.Module, files: list[str], batch_size: int = 32) -> list[torch.Tensor]:
     """The model's inputs (normalised, on the CPU) for up to 256 of `files`, to calibrate int8 on; a warning when
     fewer than 64 images could be read."""
-    calib = [b.cpu() for b, _, _ in batches(model, files[:256], batch_size=batch_size, workers=0, device="cpu")
-             if b is not None]  # fmt: skip
+    calib = [
+        b.cpu()
+        for b, _, _ in batches(model, files[:256], batch_size=batch_size, workers=0, device="cpu")
+        if b is not None
+    ]
     n = sum(len(b) for b in calib)
     if n < 64:
         import logging
 
         logging.getLogger("resnets").warning(
             "onnxruntime-int8 calibrates on the images given: only %d here, too few for a reliable int8 model; "
-            "give more images, or make one with `resnets export --precision int8 --calib DATA --eval DATA`", n)
+            "give more images, or make one with `resnets export --precision int8 --calib DATA --eval DATA`",
+            n,
+        )
     return calib
 
 
-def _runner(model: nn.Module, backend: str, files: list[str], output: str, batch_size: int, precision: str = "fp32",
-            device: torch.device | None = None, calib: list[torch.Tensor] | None = None):  # fmt: skip
+def _runner(
+    model: nn.Module,
+    backend: str,
+    files: list[str],
+    output: str,
+    batch_size: int,
+    precision: str = "fp32",
+    device: torch.device | None = None,
+    calib: list[torch.Tensor] | None = None,
+):
     from .backends import make_runner
 
     if backend == "onnxruntime-int8" and calib is None:  # calibrate on the images themselves
@@ -129,14 +160,26 @@ def _inputs(paths) -> list:
 
 def _top(probs: torch.Tensor, k: int, names: list[str]) -> list[list[dict]]:
     p, c = probs.topk(k, dim=1)
-    return [[{"class": names[j], "index": int(j), "prob": float(q)} for q, j in zip(pr, cr)]
-            for pr, cr in zip(p.tolist(), c.tolist())]  # fmt: skip
+    return [
+        [{"class": names[j], "index": int(j), "prob": float(q)} for q, j in zip(pr, cr)]
+        for pr, cr in zip(p.tolist(), c.tolist())
+    ]
 
 
 @torch.no_grad()
-def predict(model: nn.Module, paths: Sequence, *, top_k: int = 5, batch_size: int = 32,
-            workers: int = 2, progress: bool = False, backend: str = "eager", runner=None, precision: str = "fp32",
-            loader: str = "auto") -> list[dict]:  # fmt: skip
+def predict(
+    model: nn.Module,
+    paths: Sequence,
+    *,
+    top_k: int = 5,
+    batch_size: int = 32,
+    workers: int = 2,
+    progress: bool = False,
+    backend: str = "eager",
+    runner=None,
+    precision: str = "fp32",
+    loader: str = "auto",
+) -> list[dict]:
     """[{"path", "top": [{"class", "index", "prob"}...]} or {"path", "error"}] in the order of the files.
     paths: a file or folder, or a list of them; or images already in memory (a PIL image, a (C, H, W) tensor, a
     (N, C, H, W) batch or a list of these: then each result has "input", its position, instead of "path").
@@ -156,8 +199,12 @@ def predict(model: nn.Module, paths: Sequence, *, top_k: int = 5, batch_size: in
         return results
     files = find_images(paths)
     device = getattr(runner, "device", None) or next(model.parameters()).device
-    stream = iter(batches(model, files, batch_size=batch_size, workers=workers, device=device, loader=loader))  # decoding starts now...
-    run = runner or _runner(model, backend, files, "logits", batch_size, precision, device)  # ...while an export or compile runs
+    stream = iter(
+        batches(model, files, batch_size=batch_size, workers=workers, device=device, loader=loader)
+    )  # decoding starts now...
+    run = runner or _runner(
+        model, backend, files, "logits", batch_size, precision, device
+    )  # ...while an export or compile runs
     out: list[dict | None] = [None] * len(files)
     position = {f: i for i, f in enumerate(files)}
     bar = _progress(len(files), progress)
@@ -173,9 +220,18 @@ def predict(model: nn.Module, paths: Sequence, *, top_k: int = 5, batch_size: in
 
 
 @torch.no_grad()
-def embed(model: nn.Module, paths: Sequence[str | os.PathLike], *, layer: str | None = None, batch_size: int = 32,
-          workers: int = 2, progress: bool = False, backend: str = "eager", precision: str = "fp32",
-          loader: str = "auto") -> tuple[torch.Tensor, list[str], list[dict]]:  # fmt: skip
+def embed(
+    model: nn.Module,
+    paths: Sequence[str | os.PathLike],
+    *,
+    layer: str | None = None,
+    batch_size: int = 32,
+    workers: int = 2,
+    progress: bool = False,
+    backend: str = "eager",
+    precision: str = "fp32",
+    loader: str = "auto",
+) -> tuple[torch.Tensor, list[str], list[dict]]:
     """Pooled pre-logit features (N, num_features), or with `layer` ("layer3") that stage's maps (N, C, h, w).
     Returns (embeddings, files embedded, errors)."""
     model.eval()
@@ -186,7 +242,9 @@ def embed(model: nn.Module, paths: Sequence[str | os.PathLike], *, layer: str | 
     if layer is not None and (backend != "eager" or precision != "fp32"):
         raise ResnetsError("stage maps (--layer) come from the eager backend at fp32 only")
     device = next(model.parameters()).device
-    stream = iter(batches(model, files, batch_size=batch_size, workers=workers, device=device, loader=loader))  # decoding starts now
+    stream = iter(
+        batches(model, files, batch_size=batch_size, workers=workers, device=device, loader=loader)
+    )  # decoding starts now
     run = _runner(model, backend, files, "features", batch_size, precision, device) if layer is None else None
     feats: list[torch.Tensor] = []
     kept: list[str] = []
@@ -208,7 +266,9 @@ def embed(model: nn.Module, paths: Sequence[str | os.PathLike], *, layer: str | 
     return torch.cat(feats), kept, errors
 
 
-def save_index(path: str | os.PathLike, embeddings: torch.Tensor, files: list[str], *, weights: str, layer: str | None) -> Path:
+def save_index(
+    path: str | os.PathLike, embeddings: torch.Tensor, files: list[str], *, weights: str, layer: str | None
+) -> Path:
     """An embedding index: safetensors with the matrix and, in its metadata, the file names and the model."""
     from safetensors.torch import save_file
 
@@ -246,13 +306,17 @@ def nearest(query: torch.Tensor, index: torch.Tensor, k: int = 5) -> tuple[torch
     return sims.topk(min(k, m.shape[0]), dim=1)
 
 
-def grad_cam(model: nn.Module, image: torch.Tensor, *, target: int | None = None, layer: str | None = None) -> tuple[torch.Tensor, int, float]:
+def grad_cam(
+    model: nn.Module, image: torch.Tensor, *, target: int | None = None, layer: str | None = None
+) -> tuple[torch.Tensor, int, float]:
     """Grad-CAM (Selvaraju et al.) of one normalised image (C, H, W): the class's gradient-weighted map of the last
     stage (or `layer`), ReLU'd, upsampled to H x W and scaled to [0, 1]. Returns (heatmap, class, probability)."""
     model.eval()
     layer = layer or model.stage_names[-1]
     if layer not in model.stage_names:
-        raise ResnetsError(f"Grad-CAM explains a stage's feature maps; --layer is one of {', '.join(model.stage_names)}; got {layer!r}")
+        raise ResnetsError(
+            f"Grad-CAM explains a stage's feature maps; --layer is one of {', '.join(model.stage_names)}; got {layer!r}"
+        )
     module = getattr(model, layer)
     store: dict[str, torch.Tensor] = {}
 
@@ -289,18 +353,30 @@ def class_index(target: int | str | None, names: Sequence[str]) -> int | None:
         return list(names).index(target)
     if isinstance(target, int) or (target.isascii() and target.isdigit() and len(target) <= 9):
         if not 0 <= int(target) < len(names):
-            raise ResnetsError(f"class index {target} is out of range: the model has {len(names)} classes (0..{len(names) - 1})")
+            raise ResnetsError(
+                f"class index {target} is out of range: the model has {len(names)} classes (0..{len(names) - 1})"
+            )
         return int(target)
     import difflib
 
     close = difflib.get_close_matches(target, names, n=3, cutoff=0.5)
     close += [n for n in names if target.lower() in n.lower() and n not in close][: 3 - len(close)]
-    hint = f"; did you mean {', '.join(map(repr, close))}?" if close else f" (the model's classes: {', '.join(names[:5])}{', ...' if len(names) > 5 else ''})"
+    hint = (
+        f"; did you mean {', '.join(map(repr, close))}?"
+        if close
+        else f" (the model's classes: {', '.join(names[:5])}{', ...' if len(names) > 5 else ''})"
+    )
     raise ResnetsError(f"unknown class {target[:100]!r}{hint}")
 
 
-def explain(model: nn.Module, image_path: str | os.PathLike, out: str | os.PathLike, *, target: int | str | None = None,
-            layer: str | None = None) -> dict:  # fmt: skip
+def explain(
+    model: nn.Module,
+    image_path: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    target: int | str | None = None,
+    layer: str | None = None,
+) -> dict:
     """Grad-CAM heatmap over the (resized, cropped) image, saved as a PNG beside the image itself."""
     import matplotlib
 

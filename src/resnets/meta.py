@@ -3,6 +3,7 @@ eval preprocessing, where the weights came from), set on every model the factory
 with it and read back checked. timm keeps `model.pretrained_cfg`; torchvision's weights give `.meta` and
 `.transforms()`; this is both, with `Preprocessing` (data/preprocessing.py) for how the model is fed.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -76,7 +77,9 @@ class ModelMeta:
             except ValueError:
                 raise WeightsError(f"{where}: its {key} metadata is not valid JSON (a damaged model file)") from None
             if values[key] is not None and not isinstance(values[key], kind):
-                raise WeightsError(f"{where}: its {key} metadata should be a {kind.__name__}, not {type(values[key]).__name__}")
+                raise WeightsError(
+                    f"{where}: its {key} metadata should be a {kind.__name__}, not {type(values[key]).__name__}"
+                )
         arch = raw.get("architecture")
         if not isinstance(arch, str) or not arch:
             raise WeightsError(f"{where}: its metadata names no architecture")
@@ -92,7 +95,9 @@ class ModelMeta:
                 pre = Preprocessing.from_dict(values["preprocessing"])
             except WeightsError as e:
                 raise WeightsError(f"{where}: its preprocessing metadata is damaged ({e})") from None
-        return cls(arch, dict(options), list(names) if names is not None else None, pre, where, values.get("extra") or {})
+        return cls(
+            arch, dict(options), list(names) if names is not None else None, pre, where, values.get("extra") or {}
+        )
 
     @classmethod
     def from_plain(cls, d: dict, where: str) -> "ModelMeta | None":
@@ -108,8 +113,10 @@ def meta_of(model) -> ModelMeta:
 
     meta = model.meta if hasattr(model, "meta") else None  # a plain torch module has none
     if meta is None:
-        raise ResnetsError(f"this {type(model).__name__} was not built by resnets.create_model or resnets.load, so it "
-                           "records no architecture; build it with create_model")  # fmt: skip
+        raise ResnetsError(
+            f"this {type(model).__name__} was not built by resnets.create_model or resnets.load, so it "
+            "records no architecture; build it with create_model"
+        )
     return meta
 
 
@@ -121,6 +128,10 @@ def preprocessing_for(model) -> Preprocessing:
     meta = meta_of(model)
     pre, recorded = meta.eval_preprocessing()
     if not recorded:
-        logging.getLogger("resnets").warning("%s records no preprocessing; using %s's default: %s",
-                                             meta.source or "the model", meta.architecture, pre.describe())  # fmt: skip
+        logging.getLogger("resnets").warning(
+            "%s records no preprocessing; using %s's default: %s",
+            meta.source or "the model",
+            meta.architecture,
+            pre.describe(),
+        )
     return pre

@@ -2,6 +2,7 @@
 options, class names, preprocessing) in the file's metadata, so predict, bench and serve can run the file alone,
 through ONNX Runtime, labelled and fed as the model it came from. The file gives class scores only (no pooled
 features, no gradients): embedding and Grad-CAM need the PyTorch model."""
+
 from __future__ import annotations
 
 import os
@@ -43,11 +44,13 @@ def read_onnx(path: str | os.PathLike) -> OnnxModel:
     except Exception as e:  # onnxruntime's own error types for files that are not ONNX, or broken ones
         raise WeightsError(f"cannot read {path} as ONNX ({(str(e).splitlines() or [''])[0][:160]})") from None
     props = session.get_modelmeta().custom_metadata_map
-    record = {k[len("resnets."):]: v for k, v in props.items() if k.startswith("resnets.")}
+    record = {k[len("resnets.") :]: v for k, v in props.items() if k.startswith("resnets.")}
     meta = ModelMeta.from_record(record, str(path))
     if meta is None:
-        raise WeightsError(f"{path} is an ONNX file that records no resnets model (its classes and preprocessing); "
-                           "predict, bench and serve take the ONNX files `resnets export` writes")  # fmt: skip
+        raise WeightsError(
+            f"{path} is an ONNX file that records no resnets model (its classes and preprocessing); "
+            "predict, bench and serve take the ONNX files `resnets export` writes"
+        )
     pre = meta.preprocessing
     inputs, outputs = session.get_inputs(), session.get_outputs()
     if pre is None or len(inputs) != 1 or len(outputs) != 1:
@@ -68,8 +71,12 @@ def read_onnx(path: str | os.PathLike) -> OnnxModel:
 def check_runnable(backend: str, output: str, precision: str, device: torch.device) -> None:
     """An ONNX file runs as it is: ONNX Runtime, fp32, the CPU, class scores."""
     if output != "logits":
-        raise ResnetsError("an ONNX file gives class scores only; embeddings (and Grad-CAM) need the PyTorch model "
-                           "file it was exported from")  # fmt: skip
+        raise ResnetsError(
+            "an ONNX file gives class scores only; embeddings (and Grad-CAM) need the PyTorch model "
+            "file it was exported from"
+        )
     if backend not in ("auto", "eager", "onnxruntime") or precision != "fp32" or device.type != "cpu":
-        raise ResnetsError(f"an ONNX file runs in ONNX Runtime at fp32 on the CPU; backend {backend} at {precision} on "
-                           f"{device.type} needs the PyTorch model file it was exported from")  # fmt: skip
+        raise ResnetsError(
+            f"an ONNX file runs in ONNX Runtime at fp32 on the CPU; backend {backend} at {precision} on "
+            f"{device.type} needs the PyTorch model file it was exported from"
+        )

@@ -1,5 +1,6 @@
 """One registry type for every family of named things: models, weights, datasets. Each name is registered once;
 an unknown name is one error with the closest names suggested."""
+
 from __future__ import annotations
 
 import difflib

@@ -1,4 +1,5 @@
 """Pictures a person would rather see than read: training curves and the confusion matrix."""
+
 from __future__ import annotations
 
 import os
@@ -25,18 +26,30 @@ def plot_curves(history: Sequence[dict], path: str | os.PathLike, title: str = "
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     ax1.plot(epochs, [h["train_loss"] for h in history], "--", label="train")
     if any("val_loss" in h for h in history):
-        ax1.plot([h["epoch"] for h in history if "val_loss" in h], [h["val_loss"] for h in history if "val_loss" in h], "-", label="validation")
+        ax1.plot(
+            [h["epoch"] for h in history if "val_loss" in h],
+            [h["val_loss"] for h in history if "val_loss" in h],
+            "-",
+            label="validation",
+        )
     ax1.set_xlabel("epoch"), ax1.set_ylabel("loss"), ax1.legend(), ax1.grid(alpha=0.3)
     ax2.plot(epochs, [100 - h["train_acc"] for h in history], "--", label="train")
     if any("val_top1" in h for h in history):
-        ax2.plot([h["epoch"] for h in history if "val_top1" in h], [100 - h["val_top1"] for h in history if "val_top1" in h], "-", label="validation")
+        ax2.plot(
+            [h["epoch"] for h in history if "val_top1" in h],
+            [100 - h["val_top1"] for h in history if "val_top1" in h],
+            "-",
+            label="validation",
+        )
     ax2.set_xlabel("epoch"), ax2.set_ylabel("top-1 error (%)"), ax2.legend(), ax2.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
     save_png(fig, path)
 
 
-def plot_confusion(confusion: Sequence[Sequence[int]], classes: Sequence[str], path: str | os.PathLike, title: str = "") -> None:
+def plot_confusion(
+    confusion: Sequence[Sequence[int]], classes: Sequence[str], path: str | os.PathLike, title: str = ""
+) -> None:
     """Row-normalised confusion matrix (true class down, predicted across), counts in the cells when few classes."""
     import numpy as np
 
@@ -51,8 +64,15 @@ def plot_confusion(confusion: Sequence[Sequence[int]], classes: Sequence[str], p
         for i in range(n):
             for j in range(n):
                 if cm[i, j]:
-                    ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
-                            color="white" if rows[i, j] > 0.5 else "black")  # fmt: skip
+                    ax.text(
+                        j,
+                        i,
+                        int(cm[i, j]),
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if rows[i, j] > 0.5 else "black",
+                    )
     ax.set_xlabel("predicted"), ax.set_ylabel("true")
     fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of the true class")
     ax.set_title(title or "confusion matrix")

@@ -12,6 +12,7 @@
 Each writes a markdown report and PNG figures in `out`; trained runs are kept in `out/runs/` and reused by the
 others (and by a second call) when their configuration is the same.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,18 +47,39 @@ def iterations(budget: str | int) -> int:
     return C.BUDGETS[budget]
 
 
-def run_config(model: str, dataset: str, budget: str | int, seed: int, out: Path, data: str | None = None,
-               progress: bool = True, device: str = "auto", extra: dict | None = None) -> C.TrainConfig:  # fmt: skip
+def run_config(
+    model: str,
+    dataset: str,
+    budget: str | int,
+    seed: int,
+    out: Path,
+    data: str | None = None,
+    progress: bool = True,
+    device: str = "auto",
+    extra: dict | None = None,
+) -> C.TrainConfig:
     """The paper's CIFAR set-up (section 4.2): SGD lr 0.1, momentum 0.9, wd 1e-4, batch 128, 4-pixel padding, crop,
     flip; lr /10 at 50% and 75% of the iterations (32k and 48k of 64k). ResNet-110 and deeper warm up at lr
     0.01 for the first 400 iterations, as the paper does. bf16 autocast and channels_last where they are faster."""
     n = iterations(budget)
     depth = int("".join(ch for ch in model if ch.isdigit()) or 0)
     overrides: dict[str, Any] = dict(
-        model=model, dataset=dataset, data=data, iterations=n, milestones=[n // 2, n * 3 // 4], seed=seed,
-        curve_steps=max(n // 12, 1), eval_every=10**6, amp="auto", channels_last=None, workers=0,
-        out=str(out / "runs"), name=f"{model}-{dataset}-{n}it-seed{seed}", progress=progress, device=device,
-    )  # fmt: skip
+        model=model,
+        dataset=dataset,
+        data=data,
+        iterations=n,
+        milestones=[n // 2, n * 3 // 4],
+        seed=seed,
+        curve_steps=max(n // 12, 1),
+        eval_every=10**6,
+        amp="auto",
+        channels_last=None,
+        workers=0,
+        out=str(out / "runs"),
+        name=f"{model}-{dataset}-{n}it-seed{seed}",
+        progress=progress,
+        device=device,
+    )
     if depth >= 110:
         steps_per_epoch = (60_000 if dataset == "fashion-mnist" else 50_000) // 128
         overrides.update(warmup_epochs=min(400, n // 10) / steps_per_epoch, warmup_start=0.1)
@@ -90,8 +112,9 @@ class Setup:
 
     def config(self, model: str, seed: int | None = None) -> C.TrainConfig:
         seed = self.seed if seed is None else seed
-        return run_config(model, self.dataset, self.budget, seed, self.out, self.data, self.progress, self.device,
-                          self.extra)  # fmt: skip
+        return run_config(
+            model, self.dataset, self.budget, seed, self.out, self.data, self.progress, self.device, self.extra
+        )
 
     def run(self, model: str, seed: int | None = None) -> dict:
         return self.run_all([(model, seed)])[(model, seed)]
@@ -111,7 +134,13 @@ def status(cfg: C.TrainConfig) -> str:
     run_dir = Path(cfg.out) / cfg.name
     if not (run_dir / "config.json").is_file():
         return "new"
-    ignore = ("progress", "device", "workers", "loader", "cuda_graph")  # how a run is shown or placed, not what it computes
+    ignore = (
+        "progress",
+        "device",
+        "workers",
+        "loader",
+        "cuda_graph",
+    )  # how a run is shown or placed, not what it computes
     saved = json.loads((run_dir / "config.json").read_text())
     wanted = json.loads(json.dumps(cfg.to_dict()))
     if {k: v for k, v in saved.items() if k not in ignore} != {k: v for k, v in wanted.items() if k not in ignore}:
@@ -153,7 +182,6 @@ def _worker(cfg_dict: dict, queue, threads: int, parent: int) -> None:
     when the parent is gone (the command was killed), leaving its last checkpoint for the next command."""
     import os
     import sys
-
     import threading
     import time
 
@@ -187,8 +215,18 @@ def train_parallel(configs: list[C.TrainConfig], jobs: int, progress: bool = Tru
     threads = max(1, (os.cpu_count() or 1) // jobs)
     todo, running, failed = list(configs), {}, []
     width = max(len(c.name) for c in configs)
-    bars = {c.name: tqdm(total=c.iterations, desc=c.name.ljust(width), position=i, unit="it", leave=True,
-                         disable=not progress, dynamic_ncols=True) for i, c in enumerate(configs)}  # fmt: skip
+    bars = {
+        c.name: tqdm(
+            total=c.iterations,
+            desc=c.name.ljust(width),
+            position=i,
+            unit="it",
+            leave=True,
+            disable=not progress,
+            dynamic_ncols=True,
+        )
+        for i, c in enumerate(configs)
+    }
 
     def show(name: str, p: dict) -> None:
         bar = bars[name]
@@ -234,8 +272,10 @@ def train_parallel(configs: list[C.TrainConfig], jobs: int, progress: bool = Tru
             bar.close()
     if failed:
         cfg, code = failed[0]
-        raise ResnetsError(f"run {cfg.name} failed (exit {code}); see {Path(cfg.out) / (cfg.name + '.log')}; the "
-                           "command resumes unfinished runs when it is run again")  # fmt: skip
+        raise ResnetsError(
+            f"run {cfg.name} failed (exit {code}); see {Path(cfg.out) / (cfg.name + '.log')}; the "
+            "command resumes unfinished runs when it is run again"
+        )
 
 
 # ---------------------------------------------------------------- degradation (Figure 6)
@@ -265,19 +305,25 @@ def degradation(setup: Setup) -> dict:
     axes[0].set_ylim(0, min(100, top * 1.1 + 1))
     save_png(fig, out / "degradation.png")
 
-    final = {m: {"train_err": r["curve"][-1]["train_err"], "test_err": 100 - r["top1"], "params": r["params"]}
-             for m, r in runs.items()}  # fmt: skip
+    final = {
+        m: {"train_err": r["curve"][-1]["train_err"], "test_err": 100 - r["top1"], "params": r["params"]}
+        for m, r in runs.items()
+    }
     plain_degrades = final["plain56"]["train_err"] > final["plain20"]["train_err"]
     resnet_improves = final["resnet56"]["train_err"] < final["resnet20"]["train_err"]
     n = iterations(budget)
     lines = [
-        f"# Degradation (Figure 6) on {dataset}", "",
+        f"# Degradation (Figure 6) on {dataset}",
+        "",
         f"`resnets reproduce degradation --dataset {dataset} --budget {budget}`: {n:,} iterations of batch 128 "
         f"(the paper: 64,000), lr 0.1 divided by 10 at {n // 2:,} and {n * 3 // 4:,}, weight decay 1e-4, "
-        "4-pixel padding, crops and flips; seed " + str(seed) + ".", "",
-        "![degradation](degradation.png)", "",
-        "| net | params | training error % (last window) | test error % |", "|---|---:|---:|---:|",
-    ]  # fmt: skip
+        "4-pixel padding, crops and flips; seed " + str(seed) + ".",
+        "",
+        "![degradation](degradation.png)",
+        "",
+        "| net | params | training error % (last window) | test error % |",
+        "|---|---:|---:|---:|",
+    ]
     for m in DEGRADATION_NETS:
         f = final[m]
         lines.append(f"| {m} | {f['params']:,} | {f['train_err']:.2f} | {f['test_err']:.2f} |")
@@ -285,24 +331,38 @@ def degradation(setup: Setup) -> dict:
         "",
         f"- plain-56 ends with {'higher' if plain_degrades else 'lower'} training error than plain-20 "
         f"({final['plain56']['train_err']:.2f}% vs {final['plain20']['train_err']:.2f}%): "
-        + ("the degradation problem, as in the paper." if plain_degrades else "here the paper's degradation does not show."),
+        + (
+            "the degradation problem, as in the paper."
+            if plain_degrades
+            else "here the paper's degradation does not show."
+        ),
         f"- ResNet-56 ends with {'lower' if resnet_improves else 'higher'} training error than ResNet-20 "
         f"({final['resnet56']['train_err']:.2f}% vs {final['resnet20']['train_err']:.2f}%): "
-        + ("depth helps once there are shortcuts, as in the paper." if resnet_improves
-           else "unlike the paper, the deeper ResNet has not overtaken the shallower one in this budget."),
+        + (
+            "depth helps once there are shortcuts, as in the paper."
+            if resnet_improves
+            else "unlike the paper, the deeper ResNet has not overtaken the shallower one in this budget."
+        ),
         f"- At depth 56 the shortcuts take the training error from {final['plain56']['train_err']:.2f}% (plain) to "
         f"{final['resnet56']['train_err']:.2f}% (ResNet), and the test error from {final['plain56']['test_err']:.2f}% "
         f"to {final['resnet56']['test_err']:.2f}%; at depth 20 from {final['plain20']['train_err']:.2f}% to "
         f"{final['resnet20']['train_err']:.2f}% (the paper: the gap grows with depth).",
-    ]  # fmt: skip
+    ]
     report = out / "degradation.md"
     report.write_text("\n".join(lines) + "\n")
-    return {"final": final, "plain_degrades": plain_degrades, "resnet_improves": resnet_improves,
-            "report": str(report), "figure": str(out / "degradation.png")}  # fmt: skip
+    return {
+        "final": final,
+        "plain_degrades": plain_degrades,
+        "resnet_improves": resnet_improves,
+        "report": str(report),
+        "figure": str(out / "degradation.png"),
+    }
 
 
 # ---------------------------------------------------------------- layer responses (Figure 7)
-def _eval_batch(dataset: str, data: str | None, n: int, split: str = "test", seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def _eval_batch(
+    dataset: str, data: str | None, n: int, split: str = "test", seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """`n` images of the dataset, normalised as training normalises them, and their labels."""
     from .data.registry import get_dataset
     from .data.transforms import normalizer
@@ -330,8 +390,10 @@ def response_norms(model: nn.Module) -> list[nn.Module]:
 def layer_stds(model: nn.Module, x: torch.Tensor) -> list[float]:
     """Per layer: the std of the BN output over images and positions, averaged over channels (eval mode)."""
     out: list[float] = []
-    hooks = [bn.register_forward_hook(lambda m, i, o: out.append(float(o.float().std(dim=(0, 2, 3)).mean())))
-             for bn in response_norms(model)]  # fmt: skip
+    hooks = [
+        bn.register_forward_hook(lambda m, i, o: out.append(float(o.float().std(dim=(0, 2, 3)).mean())))
+        for bn in response_norms(model)
+    ]
     try:
         model.eval()(x)
     finally:
@@ -351,7 +413,12 @@ def layer_responses(setup: Setup) -> dict:
     x, _ = _eval_batch(dataset, setup.data, 500)
     stds = {m: layer_stds(load(r["model_path"]), x) for m, r in runs.items()}
     fig, (a1, a2) = plt.subplots(2, 1, figsize=(9, 7))
-    style = {"plain20": ("tab:orange", "--"), "plain56": ("tab:red", "--"), "resnet20": ("tab:blue", "-"), "resnet56": ("tab:green", "-")}
+    style = {
+        "plain20": ("tab:orange", "--"),
+        "plain56": ("tab:red", "--"),
+        "resnet20": ("tab:blue", "-"),
+        "resnet56": ("tab:green", "-"),
+    }
     for m, s in stds.items():
         c, ls = style[m]
         a1.plot(range(1, len(s) + 1), s, ls, color=c, label=m)
@@ -365,20 +432,30 @@ def layer_responses(setup: Setup) -> dict:
     smaller = mean["resnet20"] < mean["plain20"] and mean["resnet56"] < mean["plain56"]
     deeper_smaller = mean["resnet56"] < mean["resnet20"]
     lines = [
-        f"# Layer responses (Figure 7) on {dataset}", "",
+        f"# Layer responses (Figure 7) on {dataset}",
+        "",
         f"The nets of `resnets reproduce degradation --budget {budget}`; std over 500 test images and all positions "
-        "of each channel of the BN output, averaged over channels.", "",
-        "![layer responses](layer_responses.png)", "",
-        "| net | 3x3 layers | mean std | max std |", "|---|---:|---:|---:|",
-        *[f"| {m} | {len(s)} | {mean[m]:.3f} | {max(s):.3f} |" for m, s in stds.items()], "",
+        "of each channel of the BN output, averaged over channels.",
+        "",
+        "![layer responses](layer_responses.png)",
+        "",
+        "| net | 3x3 layers | mean std | max std |",
+        "|---|---:|---:|---:|",
+        *[f"| {m} | {len(s)} | {mean[m]:.3f} | {max(s):.3f} |" for m, s in stds.items()],
+        "",
         f"- ResNets' responses are {'smaller' if smaller else 'not smaller'} than their plain counterparts' "
         f"({'as' if smaller else 'unlike'} the paper).",
         f"- The deeper ResNet's responses are {'smaller' if deeper_smaller else 'not smaller'} than the shallower one's "
         f"({'as' if deeper_smaller else 'unlike'} the paper).",
-    ]  # fmt: skip
+    ]
     (out / "layer_responses.md").write_text("\n".join(lines) + "\n")
-    return {"stds": stds, "resnets_smaller": smaller, "deeper_smaller": deeper_smaller,
-            "report": str(out / "layer_responses.md"), "figure": str(out / "layer_responses.png")}  # fmt: skip
+    return {
+        "stds": stds,
+        "resnets_smaller": smaller,
+        "deeper_smaller": deeper_smaller,
+        "report": str(out / "layer_responses.md"),
+        "figure": str(out / "layer_responses.png"),
+    }
 
 
 # ---------------------------------------------------------------- gradient flow
@@ -387,16 +464,18 @@ def conv_grad_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[
     model.train()
     model.zero_grad(set_to_none=True)
     nn.functional.cross_entropy(model(x), y).backward()
-    return [float(m.weight.grad.norm()) for name, m in model.named_modules()
-            if isinstance(m, nn.Conv2d) and "downsample" not in name]  # fmt: skip
+    return [
+        float(m.weight.grad.norm())
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Conv2d) and "downsample" not in name
+    ]
 
 
 def gradient_flow(setup: Setup) -> dict:
     import matplotlib.pyplot as plt
 
-    from .reports import save_png
-
     from .factory import create_model
+    from .reports import save_png
 
     dataset, budget, out, seed = setup.dataset, setup.budget, setup.out, setup.seed
     out.mkdir(parents=True, exist_ok=True)
@@ -423,16 +502,21 @@ def gradient_flow(setup: Setup) -> dict:
         return statistics.mean(g[:k]) / statistics.mean(g[-k:])
 
     lines = [
-        f"# Gradient flow on {dataset}", "",
+        f"# Gradient flow on {dataset}",
+        "",
         "Gradient norm of each conv layer's weights for one batch of 256 training images (cross-entropy, train-mode "
-        f"BatchNorm), at He initialisation and after the `--budget {budget}` training of the degradation runs.", "",
-        "![gradient flow](gradient_flow.png)", "",
-        "| net | when | first 10% / last 10% of layers | smallest | largest |", "|---|---|---:|---:|---:|",
-    ]  # fmt: skip
+        f"BatchNorm), at He initialisation and after the `--budget {budget}` training of the degradation runs.",
+        "",
+        "![gradient flow](gradient_flow.png)",
+        "",
+        "| net | when | first 10% / last 10% of layers | smallest | largest |",
+        "|---|---|---:|---:|---:|",
+    ]
     for m in nets:
         for when in ("init", "trained"):
             g = norms[m][when]
             lines.append(f"| {m} | {when} | {ratio(g):.3g} | {min(g):.3g} | {max(g):.3g} |")
+
     def trend(g: list[float]) -> str:
         r = ratio(g)
         if r > 10:
@@ -444,14 +528,25 @@ def gradient_flow(setup: Setup) -> dict:
     lines.append("")
     for m in nets:
         for when in ("init", "trained"):
-            lines.append(f"- {m}, {'at initialisation' if when == 'init' else 'trained'}: gradient norms {trend(norms[m][when])}.")
+            lines.append(
+                f"- {m}, {'at initialisation' if when == 'init' else 'trained'}: gradient norms {trend(norms[m][when])}."
+            )
     vanish = any(ratio(norms[m]["init"]) < 0.1 for m in nets)
-    lines += ["", ("At initialisation a net's gradients vanish towards the input here. " if vanish else
-                   "At initialisation no net's gradients vanish towards the input: with BatchNorm the plain net's "
-                   "difficulty is not vanishing gradients, as the paper argues in section 4.1. ")
-              + ("At initialisation the shortcuts keep every layer's gradient norm within a narrow band, while the "
-                 "plain net's changes geometrically with depth." if 0.1 <= ratio(norms["resnet56"]["init"]) <= 10
-                 and not 0.1 <= ratio(norms["plain56"]["init"]) <= 10 else "")]  # fmt: skip
+    lines += [
+        "",
+        (
+            "At initialisation a net's gradients vanish towards the input here. "
+            if vanish
+            else "At initialisation no net's gradients vanish towards the input: with BatchNorm the plain net's "
+            "difficulty is not vanishing gradients, as the paper argues in section 4.1. "
+        )
+        + (
+            "At initialisation the shortcuts keep every layer's gradient norm within a narrow band, while the "
+            "plain net's changes geometrically with depth."
+            if 0.1 <= ratio(norms["resnet56"]["init"]) <= 10 and not 0.1 <= ratio(norms["plain56"]["init"]) <= 10
+            else ""
+        ),
+    ]
     (out / "gradient_flow.md").write_text("\n".join(lines) + "\n")
     return {"norms": norms, "report": str(out / "gradient_flow.md"), "figure": str(out / "gradient_flow.png")}
 
@@ -463,12 +558,18 @@ def table1(out: Path) -> dict:
 
     out.mkdir(parents=True, exist_ok=True)
     depths = (18, 34, 50, 101, 152)
-    sums = {d: summarize(create_model(f"resnet{d}", **({"stride_in_1x1": True} if d >= 50 else {})), 224) for d in depths}
-    lines = ["# Table 1 from the model code", "",
-             "`resnets reproduce table1`: the stage table of each ImageNet net at 224x224 (bottlenecks with the "
-             "paper's stride on the first 1x1), as `resnets summary` prints it.", "",
-             "| layer | output | " + " | ".join(f"{d}-layer" for d in depths) + " |",
-             "|---|---|" + "---|" * len(depths)]  # fmt: skip
+    sums = {
+        d: summarize(create_model(f"resnet{d}", **({"stride_in_1x1": True} if d >= 50 else {})), 224) for d in depths
+    }
+    lines = [
+        "# Table 1 from the model code",
+        "",
+        "`resnets reproduce table1`: the stage table of each ImageNet net at 224x224 (bottlenecks with the "
+        "paper's stride on the first 1x1), as `resnets summary` prints it.",
+        "",
+        "| layer | output | " + " | ".join(f"{d}-layer" for d in depths) + " |",
+        "|---|---|" + "---|" * len(depths),
+    ]
     for i, st in enumerate(sums[18]["stages"]):
         hw = st["output"][1:] or [1, 1]
         specs = []
@@ -497,14 +598,24 @@ def cifar_table(setup: Setup, depths: list[int], seeds: list[int]) -> dict:
             r = runs[(f"resnet{d}", s)]
             errs.append(100 - r["top1"])
             params = r["params"]
-        rows[d] = {"params": params, "errors": errs, "mean": statistics.mean(errs),
-                   "std": statistics.pstdev(errs) if len(errs) > 1 else None}  # fmt: skip
+        rows[d] = {
+            "params": params,
+            "errors": errs,
+            "mean": statistics.mean(errs),
+            "std": statistics.pstdev(errs) if len(errs) > 1 else None,
+        }
     n = iterations(budget)
-    lines = [f"# Table 6 rows on {dataset}", "",
-             f"`resnets reproduce cifar-table --dataset {dataset} --budget {budget}`: {n:,} iterations (the paper: "
-             f"64,000), seeds {', '.join(map(str, seeds))}. The paper's errors are CIFAR-10's"
-             + ("" if dataset == "cifar10" else f"; on {dataset} only the trend over depth compares") + ".", "",
-             f"| net | params | test error % ({dataset}) | the paper's CIFAR-10 error % |", "|---|---:|---:|---:|"]  # fmt: skip
+    lines = [
+        f"# Table 6 rows on {dataset}",
+        "",
+        f"`resnets reproduce cifar-table --dataset {dataset} --budget {budget}`: {n:,} iterations (the paper: "
+        f"64,000), seeds {', '.join(map(str, seeds))}. The paper's errors are CIFAR-10's"
+        + ("" if dataset == "cifar10" else f"; on {dataset} only the trend over depth compares")
+        + ".",
+        "",
+        f"| net | params | test error % ({dataset}) | the paper's CIFAR-10 error % |",
+        "|---|---:|---:|---:|",
+    ]
     for d, r in rows.items():
         err = f"{r['mean']:.2f}" + (f" ± {r['std']:.2f}" if r["std"] is not None else "")
         lines.append(f"| ResNet-{d} | {r['params'] / 1e6:.2f}M | {err} | {PAPER_CIFAR10_ERROR.get(d, '')} |")

@@ -1,6 +1,7 @@
 """Writing safely: a file appears whole or not at all (a temporary beside it, fsynced, then renamed), a full disk
 is said as such, and an output is checked before anything is computed (its suffix, its folder, never a training
 run's own files, nothing replaced unasked). Above only errors.py: every module that writes uses it."""
+
 from __future__ import annotations
 
 import contextlib
@@ -67,11 +68,27 @@ def _out_of_space(tmp: Path) -> str | None:
 
 
 # what a training run keeps in its folder: never replaced by another command's output
-RUN_FILES = frozenset({"config.json", "metrics.jsonl", "metrics.csv", "curve.jsonl", "last.pt", "best.pt", "model.safetensors",
-                       "eval.json", "confusion.json", "confusion.png", "curves.png", ".lock"})  # fmt: skip
+RUN_FILES = frozenset(
+    {
+        "config.json",
+        "metrics.jsonl",
+        "metrics.csv",
+        "curve.jsonl",
+        "last.pt",
+        "best.pt",
+        "model.safetensors",
+        "eval.json",
+        "confusion.json",
+        "confusion.png",
+        "curves.png",
+        ".lock",
+    }
+)
 
 
-def check_output(path: str | os.PathLike, suffixes: tuple[str, ...], *, force: bool = False, what: str = "output") -> Path:
+def check_output(
+    path: str | os.PathLike, suffixes: tuple[str, ...], *, force: bool = False, what: str = "output"
+) -> Path:
     """An output file checked before anything is computed: its suffix, its folder, and that it replaces nothing
     a user did not ask to replace (with --force: any file but a training run's own)."""
     path = Path(path)
@@ -113,5 +130,7 @@ def check_output_folder(path: str | os.PathLike, *, force: bool = False, what: s
     if path.is_dir() and is_run_folder(path):
         raise ResnetsError(f"{path} is a training run's folder; write the {what} elsewhere")
     if path.is_dir() and any(path.iterdir()) and not force:
-        raise ResnetsError(f"{path} exists and holds files; give a new folder for the {what}, or --force to replace them")
+        raise ResnetsError(
+            f"{path} exists and holds files; give a new folder for the {what}, or --force to replace them"
+        )
     return path

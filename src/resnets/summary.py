@@ -1,6 +1,7 @@
 """The paper's Table 1 for any registered model: stage, output size, block spec x count, and the totals
 (parameters, multiply-adds, fp32 weight size). Multiply-adds count convolutions and the classifier, as the
 paper's FLOPs do (BN, ReLU, pooling and additions are left out)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -51,20 +52,38 @@ def summarize(model: nn.Module, input_size: int, in_chans: int = 3) -> dict[str,
         for h in hooks:
             h.remove()
         model.train(was_training)
-    stages = [{"name": "conv1", "module": "conv1", "output": list(shapes["conv1"][1:]), "spec": _stem_spec(model), "blocks": 1}]
+    stages = [
+        {
+            "name": "conv1",
+            "module": "conv1",
+            "output": list(shapes["conv1"][1:]),
+            "spec": _stem_spec(model),
+            "blocks": 1,
+        }
+    ]
     pool_first = not isinstance(getattr(model, "maxpool", None), (nn.Identity, type(None)))
     for i, name in enumerate(model.stage_names):
         blocks = list(getattr(model, name))
         spec = _block_spec(blocks[0])
         if i == 0 and pool_first:
             spec = "3x3 max pool, stride 2; " + spec
-        stages.append({"name": f"conv{i + 2}_x", "module": name, "output": list(shapes[name][1:]), "spec": spec, "blocks": len(blocks)})
+        stages.append(
+            {
+                "name": f"conv{i + 2}_x",
+                "module": name,
+                "output": list(shapes[name][1:]),
+                "spec": spec,
+                "blocks": len(blocks),
+            }
+        )
     fc = model.fc
     head = f"average pool, {fc.out_features}-d fc" if isinstance(fc, nn.Linear) else "average pool"
     stages.append({"name": "head", "module": "fc", "output": list(out.shape[1:]), "spec": head, "blocks": 1})
     params = sum(p.numel() for p in model.parameters())
     tensor_bytes = sum(t.numel() * 4 for k, t in model.state_dict().items() if t.is_floating_point())
-    kind = next((type(m).__name__ for m in model.modules() if isinstance(m, (BasicBlock, Bottleneck, PreActBottleneck))), "")
+    kind = next(
+        (type(m).__name__ for m in model.modules() if isinstance(m, (BasicBlock, Bottleneck, PreActBottleneck))), ""
+    )
     return {
         "model": model.meta.architecture if model.meta is not None else type(model).__name__,
         "input": [in_chans, input_size, input_size],

@@ -1,4 +1,5 @@
 """`resnets list` and `resnets summary`: the catalogue (answered without torch) and one model's Table 1."""
+
 from __future__ import annotations
 
 import argparse
@@ -17,19 +18,47 @@ def _cmd_list(args: argparse.Namespace) -> int:
         names = W.list_weights(args.pattern)
         rows = [W.get_weights(n) for n in names]
         if args.json:
-            print(json.dumps([{"name": s.name, "url": s.url, "top1": s.metrics.get("top1"), "top5": s.metrics.get("top5"),
-                               "preprocessing": s.preprocessing.to_dict(), "source": s.source} for s in rows], indent=2))  # fmt: skip
+            print(
+                json.dumps(
+                    [
+                        {
+                            "name": s.name,
+                            "url": s.url,
+                            "top1": s.metrics.get("top1"),
+                            "top5": s.metrics.get("top5"),
+                            "preprocessing": s.preprocessing.to_dict(),
+                            "source": s.source,
+                        }
+                        for s in rows
+                    ],
+                    indent=2,
+                )
+            )
         else:
             width = max((len(n) for n in names), default=4)
             print(f"{'weights'.ljust(width)}  top1    top5    eval       source")
             for s in rows:
                 pre = f"{s.preprocessing.resize}->{s.preprocessing.crop}"
-                print(f"{s.name.ljust(width)}  {s.metrics['top1']:6.3f}  {s.metrics['top5']:6.3f}  {pre:<9}  {s.source}")
+                print(
+                    f"{s.name.ljust(width)}  {s.metrics['top1']:6.3f}  {s.metrics['top5']:6.3f}  {pre:<9}  {s.source}"
+                )
         return 0
     names = list_models(args.pattern)
     if args.json:
-        print(json.dumps([{"name": n, "family": get_entry(n).family, "options": list(get_entry(n).options),
-                           "description": get_entry(n).doc} for n in names], indent=2))  # fmt: skip
+        print(
+            json.dumps(
+                [
+                    {
+                        "name": n,
+                        "family": get_entry(n).family,
+                        "options": list(get_entry(n).options),
+                        "description": get_entry(n).doc,
+                    }
+                    for n in names
+                ],
+                indent=2,
+            )
+        )
     else:
         width = max((len(n) for n in names), default=5)
         for n in names:

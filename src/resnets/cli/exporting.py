@@ -1,4 +1,5 @@
 """`resnets export` and `resnets bench`."""
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
         out = write_folder(model, args.out, run_dir=run_dir, force=args.force)
         files = "model.safetensors, config.json (timm's), README.md (model card)"
         files += ", curves.png" if (out / "curves.png").is_file() else ""
-        print(f"wrote {out}/: {files}; timm loads it with timm.create_model('local-dir:{out}', pretrained=True); "
-              f"`resnets push {out} --repo ORG/NAME` publishes it")  # fmt: skip
+        print(
+            f"wrote {out}/: {files}; timm loads it with timm.create_model('local-dir:{out}', pretrained=True); "
+            f"`resnets push {out} --repo ORG/NAME` publishes it"
+        )
         return 0
     if args.precision == "int8":
         if args.format != "onnx":
@@ -38,12 +41,23 @@ def _cmd_export(args: argparse.Namespace) -> int:
         out = args.out or str(Path(args.weights).with_suffix("")) + ".int8.onnx"
         check_output(out, (".onnx",), force=args.force, what="int8 ONNX file")
         model = load(args.weights)
-        r = export_int8(model, out, calib=args.calib, eval_data=args.eval, max_drop=args.max_drop,
-                        calib_images=args.calib_images, eval_images=args.eval_images)  # fmt: skip
-        print(f"top-1 fp32 {r['fp32_top1']:.2f}%  int8 {r['int8_top1']:.2f}%  drop {r['drop']:.2f} points (max {args.max_drop})")
+        r = export_int8(
+            model,
+            out,
+            calib=args.calib,
+            eval_data=args.eval,
+            max_drop=args.max_drop,
+            calib_images=args.calib_images,
+            eval_images=args.eval_images,
+        )
+        print(
+            f"top-1 fp32 {r['fp32_top1']:.2f}%  int8 {r['int8_top1']:.2f}%  drop {r['drop']:.2f} points (max {args.max_drop})"
+        )
         if not r["accepted"]:
-            print(f"resnets: int8 refused: the drop of {r['drop']:.2f} points exceeds --max-drop {args.max_drop}; nothing written",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"resnets: int8 refused: the drop of {r['drop']:.2f} points exceeds --max-drop {args.max_drop}; nothing written",
+                file=sys.stderr,
+            )
             return 1
         print(f"wrote {r['path']} ({r['bytes'] / 1e6:.1f} MB)")
         return 0
@@ -51,14 +65,19 @@ def _cmd_export(args: argparse.Namespace) -> int:
     out = args.out or str(base.with_suffix(FORMATS[args.format]))
     check_output(out, SUFFIXES[args.format], force=args.force, what=f"{args.format} file")
     model = load(args.weights)
-    r = export(model, out, args.format, dynamic_batch=not args.static_batch, fold=args.fold_bn, atol=args.atol,
-               rtol=args.rtol)  # fmt: skip
+    r = export(
+        model, out, args.format, dynamic_batch=not args.static_batch, fold=args.fold_bn, atol=args.atol, rtol=args.rtol
+    )
     d = r["max_abs_diff"]
-    print(f"max abs difference from eager PyTorch: {max(d.values()):.2e} (random inputs {d['random']:.2e}, real photos {d['real']:.2e})")
+    print(
+        f"max abs difference from eager PyTorch: {max(d.values()):.2e} (random inputs {d['random']:.2e}, real photos {d['real']:.2e})"
+    )
     shape = " x ".join(map(str, r["input_shape"]))
     extra = "; class names and preprocessing in its metadata" if args.format == "onnx" else ""
-    print(f"wrote {r['path']} ({r['bytes'] / 1e6:.1f} MB, {r['format']}, checked with {r['runtime']}): input "
-          f"{shape} float32, normalised{extra}")  # fmt: skip
+    print(
+        f"wrote {r['path']} ({r['bytes'] / 1e6:.1f} MB, {r['format']}, checked with {r['runtime']}): input "
+        f"{shape} float32, normalised{extra}"
+    )
     return 0
 
 
@@ -104,8 +123,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     rows = []
     calib = [example_inputs(model)] if size == pre.crop else [torch.randn(4, len(pre.mean), size, size)]
     for backend in backends:
-        run = make_runner(model, backend, calib=calib, channels_last=args.channels_last, precision=args.precision,
-                          device=dev)  # fmt: skip
+        run = make_runner(
+            model, backend, calib=calib, channels_last=args.channels_last, precision=args.precision, device=dev
+        )
         for bs in sizes:
             # model-only: the input already where the runner computes (the ONNX runners take host tensors)
             x = torch.randn(bs, len(pre.mean), size, size, device=dev if backend in ("eager", "compile") else "cpu")
@@ -113,13 +133,27 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             r.update(backend=backend, precision=args.precision, device=str(dev))
             rows.append(r)
             if not args.json:
-                print(f"{backend:<17} {args.precision} batch {bs:>4}  {r['images_per_s']:9.1f} img/s  "
-                      f"p50 {r['p50_ms']:8.2f} ms  p95 {r['p95_ms']:8.2f} ms", flush=True)  # fmt: skip
+                print(
+                    f"{backend:<17} {args.precision} batch {bs:>4}  {r['images_per_s']:9.1f} img/s  "
+                    f"p50 {r['p50_ms']:8.2f} ms  p95 {r['p95_ms']:8.2f} ms",
+                    flush=True,
+                )
     best = max(rows, key=lambda r: r["images_per_s"])
     if args.json:
         name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-        print(json.dumps({"model": model.meta.architecture, "input": size, "device": name,
-                          "threads": torch.get_num_threads(), "best": best, "results": rows}, indent=2))  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "model": model.meta.architecture,
+                    "input": size,
+                    "device": name,
+                    "threads": torch.get_num_threads(),
+                    "best": best,
+                    "results": rows,
+                },
+                indent=2,
+            )
+        )
     elif len(rows) > 1:
         print(f"fastest: {best['backend']} at batch {best['batch']} ({best['images_per_s']:.1f} img/s)")
     return 0
@@ -129,23 +163,40 @@ def add_commands(sub) -> None:
     """The subcommands of export and bench."""
     from ..choices import PRECISIONS
 
-    p = sub.add_parser("export", help="ONNX / TorchScript / torch.export, checked against eager; int8 ONNX with an accuracy gate")
+    p = sub.add_parser(
+        "export", help="ONNX / TorchScript / torch.export, checked against eager; int8 ONNX with an accuracy gate"
+    )
     p.add_argument("--weights", required=True)
-    p.add_argument("--format", choices=["onnx", "torchscript", "exported-program", "hub"], default="onnx",
-                   help="hub: a folder in timm's layout with a model card, for the Hugging Face Hub")
+    p.add_argument(
+        "--format",
+        choices=["onnx", "torchscript", "exported-program", "hub"],
+        default="onnx",
+        help="hub: a folder in timm's layout with a model card, for the Hugging Face Hub",
+    )
     p.add_argument("--out", help="output file (default: beside the weights)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
-    p.add_argument("--static-batch", action="store_true", help="fix the batch at 2 (default: any batch size at run time)")
+    p.add_argument(
+        "--static-batch", action="store_true", help="fix the batch at 2 (default: any batch size at run time)"
+    )
     p.add_argument("--dynamic-batch", action="store_true", help=argparse.SUPPRESS)  # the default now; still accepted
     p.add_argument("--fold-bn", action="store_true", help="fold BatchNorm into the preceding convolutions")
-    p.add_argument("--atol", type=real(0, 1), default=1e-4, help="the export must match eager PyTorch within atol + "
-                   "rtol x |eager| on every output (default 1e-4; exit 1 when it does not)")  # fmt: skip
+    p.add_argument(
+        "--atol",
+        type=real(0, 1),
+        default=1e-4,
+        help="the export must match eager PyTorch within atol + "
+        "rtol x |eager| on every output (default 1e-4; exit 1 when it does not)",
+    )
     p.add_argument("--rtol", type=real(0, 1), default=1e-4, help="see --atol (default 1e-4)")
     p.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
     p.add_argument("--calib", help="int8: real images to calibrate on (an image folder, or fashion-mnist:train)")
     p.add_argument("--eval", help="int8: data to compare fp32 and int8 top-1 on (an image folder, or fashion-mnist)")
-    p.add_argument("--max-drop", type=real(-100, 100), default=1.0, help="int8: refuse if top-1 drops by more "
-                   "points (default 1; negative: int8 must gain)")  # fmt: skip
+    p.add_argument(
+        "--max-drop",
+        type=real(-100, 100),
+        default=1.0,
+        help="int8: refuse if top-1 drops by more points (default 1; negative: int8 must gain)",
+    )
     p.add_argument("--calib-images", type=count(1), default=512)
     p.add_argument("--eval-images", type=count(0), default=0, help="int8: evaluate on this many images (0: all)")
     p.set_defaults(func=_cmd_export)
@@ -153,14 +204,25 @@ def add_commands(sub) -> None:
     p = sub.add_parser("bench", help="inference speed per backend and batch size: images/s, p50/p95 latency")
     p.add_argument("model", nargs="?", help="a model name (random weights), or weights as --weights takes them")
     p.add_argument("--weights", help="the same as the positional MODEL: a model file, run folder or weight name")
-    p.add_argument("--batch-size", "--batch-sizes", dest="batch_sizes", default="1,16",
-                   help="batch sizes to measure, comma-separated (default 1,16)")
+    p.add_argument(
+        "--batch-size",
+        "--batch-sizes",
+        dest="batch_sizes",
+        default="1,16",
+        help="batch sizes to measure, comma-separated (default 1,16)",
+    )
     p.add_argument("--backend", default="auto", help=f"all, or comma-separated names; {backend_help()}")
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N")
     p.add_argument("--precision", default="fp32", choices=PRECISIONS)
     p.add_argument("--input-size", type=count(8), help="default: the model's crop size")
-    p.add_argument("--seconds", type=real(0, 3600, low_open=True), default=3.0, help="time per measurement (after warm-up)")
-    p.add_argument("--channels-last", action="store_true", default=None,
-                   help="default: where it is faster (a GPU, or reduced precision)")
+    p.add_argument(
+        "--seconds", type=real(0, 3600, low_open=True), default=3.0, help="time per measurement (after warm-up)"
+    )
+    p.add_argument(
+        "--channels-last",
+        action="store_true",
+        default=None,
+        help="default: where it is faster (a GPU, or reduced precision)",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_bench)

@@ -1,4 +1,5 @@
 """`resnets predict`, `embed`, `similar` and `explain`: a model used on image files."""
+
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,16 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from ..inference import predict
 
     model = load_for_inference(args.weights, args.device)
-    results = predict(model, args.paths, top_k=args.top_k, batch_size=args.batch_size, workers=args.workers,
-                      progress=sys.stderr.isatty(), backend=args.backend, precision=args.precision)  # fmt: skip
+    results = predict(
+        model,
+        args.paths,
+        top_k=args.top_k,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        progress=sys.stderr.isatty(),
+        backend=args.backend,
+        precision=args.precision,
+    )
     if args.format == "json" or args.json:
         print(json.dumps(results, indent=2))
     elif args.format == "csv":
@@ -30,8 +39,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 w.writerow([r["path"], rank, t["class"], t["index"], f"{t['prob']:.6f}", ""])
     else:  # a table: one row per file, a column per rank ("class  prob")
         k = max((len(r.get("top", [])) for r in results), default=0)
-        rows = [[printable(r["path"])] + ([f"{printable(t['class'])} {100 * t['prob']:.1f}%" for t in r["top"]]
-                                           if "top" in r else [f"ERROR: {printable(r['error'])}"]) for r in results]  # fmt: skip
+        rows = [
+            [printable(r["path"])]
+            + (
+                [f"{printable(t['class'])} {100 * t['prob']:.1f}%" for t in r["top"]]
+                if "top" in r
+                else [f"ERROR: {printable(r['error'])}"]
+            )
+            for r in results
+        ]
         head = ["file"] + [f"#{i}" for i in range(1, k + 1)]
         widths = [max(len(row[c]) for row in [head, *rows] if c < len(row)) for c in range(len(head))]
         for row in [head, *rows]:
@@ -43,13 +59,21 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
-    from ..safe_io import check_output
     from ..inference import embed, save_index
+    from ..safe_io import check_output
 
     check_output(args.out, (".safetensors",), force=args.force, what="embedding index")
     model = load_for_inference(args.weights, args.device)
-    emb, files, errors = embed(model, args.paths, layer=args.layer, batch_size=args.batch_size, workers=args.workers,
-                               progress=sys.stderr.isatty(), backend=args.backend, precision=args.precision)  # fmt: skip
+    emb, files, errors = embed(
+        model,
+        args.paths,
+        layer=args.layer,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        progress=sys.stderr.isatty(),
+        backend=args.backend,
+        precision=args.precision,
+    )
     save_index(args.out, emb, files, weights=str(Path(args.weights).resolve()), layer=args.layer)
     for e in errors:
         print(f"{printable(e['path'])}: ERROR {printable(e['error'])}", file=sys.stderr)
@@ -69,8 +93,10 @@ def _cmd_similar(args: argparse.Namespace) -> int:
     if errors:
         raise ResnetsError(f"cannot read {args.query}: {errors[0]['error']}")
     if q.shape[1:] != index.shape[1:]:
-        raise ResnetsError(f"{args.index} holds embeddings of shape {tuple(index.shape[1:])} made by {meta['weights']}; "
-                           f"{weights} gives {tuple(q.shape[1:])}: query with the model that made the index")  # fmt: skip
+        raise ResnetsError(
+            f"{args.index} holds embeddings of shape {tuple(index.shape[1:])} made by {meta['weights']}; "
+            f"{weights} gives {tuple(q.shape[1:])}: query with the model that made the index"
+        )
     scores, idx = nearest(q, index, args.k)
     rows = [{"path": files[i], "similarity": float(s)} for s, i in zip(scores[0].tolist(), idx[0].tolist())]
     if args.json:
@@ -82,13 +108,15 @@ def _cmd_similar(args: argparse.Namespace) -> int:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from ..safe_io import check_output
     from ..inference import explain
+    from ..safe_io import check_output
 
     check_output(args.out, (".png",), force=args.force, what="Grad-CAM picture")
     model = load_for_inference(args.weights, args.device)
     r = explain(model, args.image, args.out, target=args.target, layer=args.layer)
-    print(f"{printable(r['path'])}: {printable(r['class'])} ({100 * r['prob']:.1f}%); Grad-CAM -> {printable(str(r['out']))}")
+    print(
+        f"{printable(r['path'])}: {printable(r['class'])} ({100 * r['prob']:.1f}%); Grad-CAM -> {printable(str(r['out']))}"
+    )
     return 0
 
 
@@ -99,19 +127,34 @@ def add_commands(sub) -> None:
     backends_help = backend_help()
 
     def inference_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--weights", required=True, help="a resnets model file or run folder, registered weights "
-                       "(resnets list --weights), hf-hub:ORG/NAME, or a torchvision, timm or Keras file")
+        p.add_argument(
+            "--weights",
+            required=True,
+            help="a resnets model file or run folder, registered weights "
+            "(resnets list --weights), hf-hub:ORG/NAME, or a torchvision, timm or Keras file",
+        )
         p.add_argument("--batch-size", type=count(1), default=32, help="images per model batch (default 32)")
-        p.add_argument("--workers", type=count(0), default=2, help="decoding processes (0: decode in this process; "
-                       "default 2)")  # fmt: skip
-        p.add_argument("--device", default="auto", help="auto (a GPU when there is one; the default), cpu, cuda, cuda:N")
+        p.add_argument(
+            "--workers", type=count(0), default=2, help="decoding processes (0: decode in this process; default 2)"
+        )
+        p.add_argument(
+            "--device", default="auto", help="auto (a GPU when there is one; the default), cpu, cuda, cuda:N"
+        )
         p.add_argument("--backend", default="eager", choices=["auto", *BACKENDS], help=backends_help)
-        p.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                       help="eager/compile: bf16 or fp16 weights on a GPU, bf16 autocast on a CPU")
+        p.add_argument(
+            "--precision",
+            default="fp32",
+            choices=PRECISIONS,
+            help="eager/compile: bf16 or fp16 weights on a GPU, bf16 autocast on a CPU",
+        )
 
-    p = sub.add_parser("predict", help="classify image files and folders", description="Classify image files and "
-                       "folders. Exit status: 0 when every image was classified, 1 when any could not be read (the "
-                       "results of the rest are printed all the same), 2 for bad usage.")  # fmt: skip
+    p = sub.add_parser(
+        "predict",
+        help="classify image files and folders",
+        description="Classify image files and "
+        "folders. Exit status: 0 when every image was classified, 1 when any could not be read (the "
+        "results of the rest are printed all the same), 2 for bad usage.",
+    )
     p.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
     inference_args(p)
     p.add_argument("--top-k", "-k", type=count(1), default=5, help="classes shown per image (default 5)")

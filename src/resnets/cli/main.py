@@ -1,5 +1,6 @@
 """The `resnets` command put together: the parser from each group's `add_commands`, and bad input mapped to one line
 and an exit code (2 bad usage, 1 a failed check or an environment error, 130 interrupted)."""
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,12 @@ def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
     science.add_commands(sub)
     serving.add_commands(sub)
     for name in ("predict", "embed", "similar", "explain", "eval", "train", "finetune", "export", "reproduce", "serve"):
-        sub.choices[name].add_argument("--max-pixels", type=count(1), metavar="N",
-                                       help="refuse images of more pixels, from their header (default 89,478,485)")
+        sub.choices[name].add_argument(
+            "--max-pixels",
+            type=count(1),
+            metavar="N",
+            help="refuse images of more pixels, from their header (default 89,478,485)",
+        )
     for command in sub.choices.values():
         say_defaults(command)
     return parser
@@ -51,8 +56,11 @@ class _PrintableFormatter(logging.Formatter):
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    given = [a.split("=", 1)[1] if "=" in a else argv[i + 1] if i + 1 < len(argv) else ""
-             for i, a in enumerate(argv) if a == "--recipe" or a.startswith("--recipe=")]  # fmt: skip
+    given = [
+        a.split("=", 1)[1] if "=" in a else argv[i + 1] if i + 1 < len(argv) else ""
+        for i, a in enumerate(argv)
+        if a == "--recipe" or a.startswith("--recipe=")
+    ]
     parser = build_parser(given[-1] if given else None)
     parser.command_given = next((a for a in argv if not a.startswith("-")), None)
     args = parser.parse_args(argv)

@@ -1,6 +1,7 @@
 """What every command shares: the parser (one-line usage errors, suggestions for misspelt options), bounded number
 types, the model and config flags (help from the config, defaults of the recipe in force), and the defaults said
 in every option's help."""
+
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,11 @@ class Parser(argparse.ArgumentParser):
             command = self._subcommand() or self
             known = [o for a in command._actions for o in a.option_strings if o.startswith("--")]
             for word in message[len(prefix) :].split():
-                close = difflib.get_close_matches(word.split("=")[0], known, n=2, cutoff=0.6) if word.startswith("--") else []
+                close = (
+                    difflib.get_close_matches(word.split("=")[0], known, n=2, cutoff=0.6)
+                    if word.startswith("--")
+                    else []
+                )
                 if close:
                     message += f"; did you mean {' or '.join(close)}?"
                     break
@@ -62,7 +67,9 @@ def real(low: float, high: float, *, low_open: bool = False):
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number; got {text[:40]!r}") from None
         if not math.isfinite(v) or v > high or v < low or (low_open and v == low):
-            raise argparse.ArgumentTypeError(f"must be {'over' if low_open else 'at least'} {low:g} and at most {high:g}; got {text[:40]}")
+            raise argparse.ArgumentTypeError(
+                f"must be {'over' if low_open else 'at least'} {low:g} and at most {high:g}; got {text[:40]}"
+            )
         return v
 
     parse.__name__ = "number"
@@ -76,7 +83,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     from ..config import MODEL_OPTIONS, TrainConfig
 
     g = p.add_argument_group("model options (only those the architecture takes)")
-    g.add_argument("--num-classes", type=count(0), metavar="N", help="classifier size (default: the model's, or the weights')")
+    g.add_argument(
+        "--num-classes", type=count(0), metavar="N", help="classifier size (default: the model's, or the weights')"
+    )
     for f in dataclasses.fields(TrainConfig):
         if f.name in MODEL_OPTIONS:
             _add_key(g, f, f.name)
@@ -104,7 +113,9 @@ def add_config_flags(p: argparse.ArgumentParser, recipe_help: str, recipe: str |
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key (repeatable)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     whose = f"recipe {recipe}'s" if recipe else "those without a recipe"
-    g = p.add_argument_group(f"config keys (each overrides the recipe and the config file; the defaults shown are {whose})")
+    g = p.add_argument_group(
+        f"config keys (each overrides the recipe and the config file; the defaults shown are {whose})"
+    )
     values = RECIPES.get(recipe, {}) if recipe else {}
     for f in dataclasses.fields(TrainConfig):  # the help, default and values of each key come from the config
         _add_key(g, f, f"cfg__{f.name}", values)
@@ -121,9 +132,16 @@ def _add_key(g, f, dest: str, recipe: dict | None = None) -> None:
     name, hint, rule = f.name, typing.get_type_hints(TrainConfig)[f.name], RULES[f.name]
     flag, neg = "--" + name.replace("_", "-"), "--no-" + name.replace("_", "-")
     recipe = recipe or {}
-    default = recipe[name] if name in recipe else f.default if f.default is not dataclasses.MISSING else f.default_factory()
-    shown = "the architecture's" if default is None else ",".join(map(str, default)) or "none" if isinstance(
-        default, list) else default  # fmt: skip
+    default = (
+        recipe[name] if name in recipe else f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    )
+    shown = (
+        "the architecture's"
+        if default is None
+        else ",".join(map(str, default)) or "none"
+        if isinstance(default, list)
+        else default
+    )
     limits = "" if rule.choices or rule.describe() == "any value" else f"; {rule.describe()}"
     text = (f"{f.metadata.get('help', '')} (default: {shown}{limits})").replace("%", "%%").lstrip(" (").rstrip()
     if hint is bool:
@@ -141,8 +159,17 @@ def _add_key(g, f, dest: str, recipe: dict | None = None) -> None:
 def _metavar(hint) -> str:
     """How a config key's value is written on the command line, from its type."""
     text = str(hint)
-    return ("N,N" if "list[int]" in text else "A,B" if "list" in text else "N" if "int" in text
-            else "X" if "float" in text else "TEXT")  # fmt: skip
+    return (
+        "N,N"
+        if "list[int]" in text
+        else "A,B"
+        if "list" in text
+        else "N"
+        if "int" in text
+        else "X"
+        if "float" in text
+        else "TEXT"
+    )
 
 
 def parse_set(items: list[str] | None) -> dict:
@@ -179,7 +206,9 @@ def load_for_inference(weights: str, device: str):
 def backend_help() -> str:
     from ..backends import BACKENDS
 
-    return "; ".join(["auto: the fastest for the device and precision"] + [f"{b.name}: {b.doc}" for b in BACKENDS.values()])
+    return "; ".join(
+        ["auto: the fastest for the device and precision"] + [f"{b.name}: {b.doc}" for b in BACKENDS.values()]
+    )
 
 
 def say_defaults(p: argparse.ArgumentParser) -> None:

@@ -1,4 +1,5 @@
 """`resnets reproduce` (the paper's tables and figures) and `resnets data` (the data sets)."""
+
 from __future__ import annotations
 
 import argparse
@@ -15,8 +16,17 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     if args.what == "table1":
         r = R.table1(out)
     else:
-        setup = R.Setup(args.dataset, args.budget, out, args.seed, args.data, args.device, not args.no_progress, extra,
-                        jobs=args.jobs)  # fmt: skip
+        setup = R.Setup(
+            args.dataset,
+            args.budget,
+            out,
+            args.seed,
+            args.data,
+            args.device,
+            not args.no_progress,
+            extra,
+            jobs=args.jobs,
+        )
         if args.what == "degradation":
             r = R.degradation(setup)
         elif args.what == "layer-responses":
@@ -58,20 +68,30 @@ def add_commands(sub) -> None:
     from ..config import BUDGETS
     from ..data.registry import DATASETS
 
-    p = sub.add_parser("reproduce", help="the paper's tables and figures from real training runs",
-                       description="degradation (Figure 6), layer-responses (Figure 7), gradient-flow, table1, "
-                                   "cifar-table (Table 6). Runs are kept in OUT/runs and reused.")  # fmt: skip
+    p = sub.add_parser(
+        "reproduce",
+        help="the paper's tables and figures from real training runs",
+        description="degradation (Figure 6), layer-responses (Figure 7), gradient-flow, table1, "
+        "cifar-table (Table 6). Runs are kept in OUT/runs and reused.",
+    )
     p.add_argument("what", choices=["degradation", "layer-responses", "gradient-flow", "table1", "cifar-table"])
     p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist (default) or cifar10")
     p.add_argument("--data", help="the CIFAR-10 archive (cifar-10-python.tar.gz) or the folder holding it")
-    p.add_argument("--budget", default="short", help=f"{' | '.join(f'{k} ({v:,} it)' for k, v in BUDGETS.items())} | N iterations")
+    p.add_argument(
+        "--budget", default="short", help=f"{' | '.join(f'{k} ({v:,} it)' for k, v in BUDGETS.items())} | N iterations"
+    )
     p.add_argument("--seed", type=count(0), default=0)
     p.add_argument("--seeds", default="0", help="cifar-table: comma-separated seeds (mean +- std over them)")
     p.add_argument("--depths", default="20,32,44,56,110", help="cifar-table: ResNet depths")
     p.add_argument("--out", default="runs/reproduce", help="reports, figures and runs/ go here")
     p.add_argument("--device", default="auto")
-    p.add_argument("--jobs", type=count(1), default=1, help="runs trained at once, each in its own process (several fit "
-                   "on one GPU); a stopped command resumes unfinished runs when run again")
+    p.add_argument(
+        "--jobs",
+        type=count(1),
+        default=1,
+        help="runs trained at once, each in its own process (several fit "
+        "on one GPU); a stopped command resumes unfinished runs when run again",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a training config key for every run")
     p.set_defaults(func=_cmd_reproduce)

@@ -1,4 +1,5 @@
 """`resnets serve`, `push` and `cache`."""
+
 from __future__ import annotations
 
 import argparse
@@ -19,18 +20,39 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from ..serve import Limits, app, check_listen, run
 
     check_listen(args.host, args.port)  # before the model is loaded: a busy port is one line, at once
-    limits = Limits(max_upload_mb=args.max_upload_mb, max_files=args.max_files, max_queue=args.max_queue,
-                    timeout_s=args.timeout_s, max_pixels=args.max_pixels)  # fmt: skip
-    api = app(args.weights, backend=args.backend, precision=args.precision, device=args.device,
-              max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, decode_workers=args.workers_decode, token=args.token, limits=limits,
-              calib=args.calib)  # fmt: skip
+    limits = Limits(
+        max_upload_mb=args.max_upload_mb,
+        max_files=args.max_files,
+        max_queue=args.max_queue,
+        timeout_s=args.timeout_s,
+        max_pixels=args.max_pixels,
+    )
+    api = app(
+        args.weights,
+        backend=args.backend,
+        precision=args.precision,
+        device=args.device,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        decode_workers=args.workers_decode,
+        token=args.token,
+        limits=limits,
+        calib=args.calib,
+    )
     svc = api.state.service
     where = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{args.port}"
-    print(f"serving {svc.meta.architecture} ({svc.model.num_classes} classes, {svc.backend} at {svc.precision} on "
-          f"{svc.device}) at {where}: the page at /, the API at /docs{'; a bearer token is required' if svc.token else ''}",
-          flush=True)  # fmt: skip
-    run(api, args.host, args.port, log_level="debug" if args.verbose else args.log_level,
-        header_timeout_s=args.header_timeout_s)  # fmt: skip
+    print(
+        f"serving {svc.meta.architecture} ({svc.model.num_classes} classes, {svc.backend} at {svc.precision} on "
+        f"{svc.device}) at {where}: the page at /, the API at /docs{'; a bearer token is required' if svc.token else ''}",
+        flush=True,
+    )
+    run(
+        api,
+        args.host,
+        args.port,
+        log_level="debug" if args.verbose else args.log_level,
+        header_timeout_s=args.header_timeout_s,
+    )
     return 0
 
 
@@ -55,52 +77,100 @@ def _cmd_cache(args: argparse.Namespace) -> int:
         print(f"{title}: {folder} ({len(files)} files, {size / 1e6:.1f} MB)")
         for p in files:
             print(f"  {printable(p.name)}  {p.stat().st_size / 1e6:.1f} MB")
-    print("the ONNX cache keeps the most recently used exports within $RESNETS_ONNX_CACHE_MB (default 2048 MB); "
-          "`resnets cache --clear onnx|weights|all` empties it")  # fmt: skip
+    print(
+        "the ONNX cache keeps the most recently used exports within $RESNETS_ONNX_CACHE_MB (default 2048 MB); "
+        "`resnets cache --clear onnx|weights|all` empties it"
+    )
     return 0
+
+
+def _add_serve_limits(p) -> None:
+    """serve's limits: decode threads, the token, body and queue sizes, timeouts, the log."""
+    p.add_argument("--workers-decode", type=count(1), default=4, help="threads decoding uploads")
+    p.add_argument(
+        "--token",
+        default=None,
+        help="require this bearer token (better: $RESNETS_SERVE_TOKEN, which ps "
+        "does not show); printable ASCII without spaces",
+    )
+    p.add_argument(
+        "--max-upload-mb",
+        type=real(0, 4096, low_open=True),
+        default=20.0,
+        help="a larger request body is 413 (default 20)",
+    )
+    p.add_argument("--max-files", type=count(1), default=64, help="images in one request at most")
+    p.add_argument("--max-queue", type=count(1), default=256, help="images waiting at most; then 503 with Retry-After")
+    p.add_argument(
+        "--timeout-s",
+        type=real(0, 3600, low_open=True),
+        default=30.0,
+        help="a request not answered in this time is 504 (default 30)",
+    )
+    p.add_argument(
+        "--header-timeout-s",
+        type=real(0, 600, low_open=True),
+        default=10.0,
+        help="a connection whose request headers take longer is closed (slow-header clients; default 10)",
+    )
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="the server's log; info (the default) logs each request (client, request line, status; never the token)",
+    )
 
 
 def add_commands(sub) -> None:
     """The subcommands of serving, publishing and the caches."""
     from ..backends import BACKENDS, PRECISIONS
 
-    p = sub.add_parser("serve", help="serve a model over HTTP (FastAPI on uvicorn): an API with dynamic batching, "
-                       "and a web page to try it")  # fmt: skip
-    p.add_argument("--weights", required=True, help="what the other commands take: a model file or run folder, "
-                   "registered weights, hf-hub:ORG/NAME, a torchvision, timm or Keras file")  # fmt: skip
-    p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default only this machine; 0.0.0.0 "
-                   "for every interface)")  # fmt: skip
+    p = sub.add_parser(
+        "serve",
+        help="serve a model over HTTP (FastAPI on uvicorn): an API with dynamic batching, and a web page to try it",
+    )
+    p.add_argument(
+        "--weights",
+        required=True,
+        help="what the other commands take: a model file or run folder, "
+        "registered weights, hf-hub:ORG/NAME, a torchvision, timm or Keras file",
+    )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="the address to listen on (default only this machine; 0.0.0.0 for every interface)",
+    )
     p.add_argument("--port", type=count(1, 65535), default=8000, help="the TCP port (default 8000)")
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N")
-    p.add_argument("--backend", default="auto", choices=["auto", *BACKENDS], help="as predict's; onnxruntime-int8 "
-                   "is calibrated on the images of --calib")  # fmt: skip
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", *BACKENDS],
+        help="as predict's; onnxruntime-int8 is calibrated on the images of --calib",
+    )
     p.add_argument("--calib", nargs="+", metavar="PATH", help="images (files or folders) to calibrate int8 on")
     p.add_argument("--precision", default="fp32", choices=list(PRECISIONS))
     p.add_argument("--max-batch", type=count(1), default=32, help="images per model batch at most")
-    p.add_argument("--max-wait-ms", type=real(0, 60_000), default=5.0, help="how long the first image of a batch "
-                   "waits for others (default 5)")  # fmt: skip
-    p.add_argument("--workers-decode", type=count(1), default=4, help="threads decoding uploads")
-    p.add_argument("--token", default=None, help="require this bearer token (better: $RESNETS_SERVE_TOKEN, which ps "
-                   "does not show); printable ASCII without spaces")  # fmt: skip
-    p.add_argument("--max-upload-mb", type=real(0, 4096, low_open=True), default=20.0, help="a larger request body "
-                   "is 413 (default 20)")  # fmt: skip
-    p.add_argument("--max-files", type=count(1), default=64, help="images in one request at most")
-    p.add_argument("--max-queue", type=count(1), default=256, help="images waiting at most; then 503 with Retry-After")
-    p.add_argument("--timeout-s", type=real(0, 3600, low_open=True), default=30.0, help="a request not answered in "
-                   "this time is 504 (default 30)")  # fmt: skip
-    p.add_argument("--header-timeout-s", type=real(0, 600, low_open=True), default=10.0, help="a connection whose "
-                   "request headers take longer is closed (slow-header clients; default 10)")  # fmt: skip
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
-                   help="the server's log; info (the default) logs each request (client, request line, status; "
-                   "never the token)")  # fmt: skip
+    p.add_argument(
+        "--max-wait-ms",
+        type=real(0, 60_000),
+        default=5.0,
+        help="how long the first image of a batch waits for others (default 5)",
+    )
+    _add_serve_limits(p)
     p.set_defaults(func=_cmd_serve)
     p = sub.add_parser("push", help="upload a folder written by `export --format hub` to the Hugging Face Hub")
     p.add_argument("folder", help="the folder `resnets export --format hub --out DIR` wrote")
-    p.add_argument("--repo", required=True, help="ORG/NAME on the Hub (created if missing); the token is the one "
-                   "`hf auth login` stored, or $HF_TOKEN")  # fmt: skip
+    p.add_argument(
+        "--repo",
+        required=True,
+        help="ORG/NAME on the Hub (created if missing); the token is the one `hf auth login` stored, or $HF_TOKEN",
+    )
     p.add_argument("--private", action="store_true", help="a new repo is private")
     p.add_argument("--message", help="the commit message")
     p.set_defaults(func=_cmd_push)
-    p = sub.add_parser("cache", help="the downloaded weights and cached ONNX exports: where, how large; --clear empties")
+    p = sub.add_parser(
+        "cache", help="the downloaded weights and cached ONNX exports: where, how large; --clear empties"
+    )
     p.add_argument("--clear", choices=["onnx", "weights", "all"], help="remove the ONNX exports, the weights, or both")
     p.set_defaults(func=_cmd_cache)

@@ -1,4 +1,5 @@
 """`resnets train`, `finetune` and `eval`."""
+
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,10 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     if not args.resume:
         missing = [f for f in ("data", "weights") if not overrides.get(f)]
         if missing and not args.config:
-            raise ResnetsError(f"finetune needs --{' and --'.join(missing)} (a folder of images, one subfolder per class; "
-                               "a registered weight name or a weights file)")  # fmt: skip
+            raise ResnetsError(
+                f"finetune needs --{' and --'.join(missing)} (a folder of images, one subfolder per class; "
+                "a registered weight name or a weights file)"
+            )
         args.recipe = args.recipe or "finetune"
     return _cmd_train(args, overrides)
 
@@ -52,9 +55,20 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     out = args.out or str(Path(args.weights).parent / "eval")
     amp = {"fp32": "none"}.get(args.precision, args.precision) if args.precision else args.amp
-    res = evaluate_model_file(args.weights, dataset=args.dataset, data=args.data, ten_crop=args.ten_crop,
-                              batch_size=args.batch_size, workers=args.workers, amp=amp, device=args.device,
-                              download=args.download, limit=args.limit, out=out, progress=not args.json)  # fmt: skip
+    res = evaluate_model_file(
+        args.weights,
+        dataset=args.dataset,
+        data=args.data,
+        ten_crop=args.ten_crop,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        amp=amp,
+        device=args.device,
+        download=args.download,
+        limit=args.limit,
+        out=out,
+        progress=not args.json,
+    )
     if args.json:
         print(json.dumps({k: v for k, v in res.items() if k != "confusion"}, indent=2))
         return 0
@@ -78,34 +92,49 @@ def add_commands(sub, recipe: str | None) -> None:
     from ..config import RECIPES
     from ..data.registry import DATASETS
 
-    p = sub.add_parser("train", help="train a model (recipes: " + ", ".join(RECIPES) + ")",
-                       description="Train with a named recipe, a TOML/YAML config file and any key overridden by a flag. "
-                                   "Distributed: torchrun --nproc_per_node N -m resnets train ...")  # fmt: skip
+    p = sub.add_parser(
+        "train",
+        help="train a model (recipes: " + ", ".join(RECIPES) + ")",
+        description="Train with a named recipe, a TOML/YAML config file and any key overridden by a flag. "
+        "Distributed: torchrun --nproc_per_node N -m resnets train ...",
+    )
     add_config_flags(p, f"one of {', '.join(RECIPES)}", recipe if recipe in RECIPES else None)
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("finetune", help="fine-tune pretrained weights on a folder of your images (one subfolder per class)",
-                       description="Fine-tune: `resnets finetune --data DIR --weights W`. DIR holds one subfolder per class "
-                                   "(or train/ and val/ with them; without val/, 10% of each class is held out). The "
-                                   "architecture comes from the weights unless --model names it. Strategies: full "
-                                   "(layer-wise lr, --layer-decay), linear-probe, partial --unfreeze-stages K, gradual "
-                                   "--unfreeze-every N; BatchNorm: --bn train|freeze|frozen|group. The recipe "
-                                   "'finetune' holds the defaults; every config key can be set.")  # fmt: skip
+    p = sub.add_parser(
+        "finetune",
+        help="fine-tune pretrained weights on a folder of your images (one subfolder per class)",
+        description="Fine-tune: `resnets finetune --data DIR --weights W`. DIR holds one subfolder per class "
+        "(or train/ and val/ with them; without val/, 10% of each class is held out). The "
+        "architecture comes from the weights unless --model names it. Strategies: full "
+        "(layer-wise lr, --layer-decay), linear-probe, partial --unfreeze-stages K, gradual "
+        "--unfreeze-every N; BatchNorm: --bn train|freeze|frozen|group. The recipe "
+        "'finetune' holds the defaults; every config key can be set.",
+    )
     add_config_flags(p, "start from another recipe than 'finetune'", recipe if recipe in RECIPES else "finetune")
     p.set_defaults(func=_cmd_finetune)
 
-
     p = sub.add_parser("eval", help="evaluate a saved model: top-1/top-5, per-class accuracy, confusion matrix")
     p.add_argument("--weights", required=True, help="a model file written by training (model.safetensors, best.pt)")
-    p.add_argument("--dataset", choices=[n for n, s in DATASETS.items() if s.kind != "synthetic"],
-                   help="default: imagefolder for a folder given with --data, csv for a file")
+    p.add_argument(
+        "--dataset",
+        choices=[n for n, s in DATASETS.items() if s.kind != "synthetic"],
+        help="default: imagefolder for a folder given with --data, csv for a file",
+    )
     p.add_argument("--data", help="image folder (DIR or DIR/val), CSV manifest, or dataset files")
     p.add_argument("--ten-crop", action="store_true", help="the paper's 10-crop testing")
     p.add_argument("--batch-size", type=count(1), default=256)
-    p.add_argument("--workers", type=count(0), default=2, help="decoding processes for image files (0: in this process)")
+    p.add_argument(
+        "--workers", type=count(0), default=2, help="decoding processes for image files (0: in this process)"
+    )
     p.add_argument("--precision", choices=PRECISIONS, help="autocast precision (default fp32)")
-    p.add_argument("--amp", choices=["none", "bf16", "fp16", "auto"], default="none", help="the same as --precision, "
-                   "in the training config's words (auto: bf16 where the device computes it natively)")
+    p.add_argument(
+        "--amp",
+        choices=["none", "bf16", "fp16", "auto"],
+        default="none",
+        help="the same as --precision, "
+        "in the training config's words (auto: bf16 where the device computes it natively)",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--download", action="store_true")
     p.add_argument("--limit", type=count(0), default=0, help="evaluate the first N images only")

@@ -5,24 +5,58 @@ pipelines), augment (whole batches on the device), loader (batches).
 know about them (classes, channels, crop sizes, normalisation). Names are imported on first use, so the registry
 can be read without loading torch (`resnets --help`).
 """
+
 from __future__ import annotations
 
 import importlib
 
 _EXPORTS = {
-    "DataBundle": "bundle", "build": "bundle", "per_class_subset": "bundle", "select_classes": "bundle",
+    "DataBundle": "bundle",
+    "build": "bundle",
+    "per_class_subset": "bundle",
+    "select_classes": "bundle",
     "stratified_split": "bundle",
-    "BadSample": "datasets", "FileDataset": "datasets", "TensorDataset": "datasets", "csv_manifest": "datasets",
-    "decode": "datasets", "image_folder": "datasets", "synthetic": "datasets",
-    "DATASETS": "registry", "DatasetSpec": "registry", "get_dataset": "registry",
-}  # fmt: skip
-_MODULES = ("augment", "batching", "bundle", "datasets", "device", "loader", "preprocessing", "registry", "sources",
-            "transforms")  # fmt: skip
+    "BadSample": "datasets",
+    "FileDataset": "datasets",
+    "TensorDataset": "datasets",
+    "csv_manifest": "datasets",
+    "decode": "datasets",
+    "image_folder": "datasets",
+    "synthetic": "datasets",
+    "DATASETS": "registry",
+    "DatasetSpec": "registry",
+    "get_dataset": "registry",
+}
+_MODULES = (
+    "augment",
+    "batching",
+    "bundle",
+    "datasets",
+    "device",
+    "loader",
+    "preprocessing",
+    "registry",
+    "sources",
+    "transforms",
+)
 
 __all__ = [
-    "BadSample", "DATASETS", "DataBundle", "DatasetSpec", "FileDataset", "TensorDataset", "build", "csv_manifest",
-    "decode", "get_dataset", "image_folder", "per_class_subset", "select_classes", "stratified_split", "synthetic",
-]  # fmt: skip
+    "BadSample",
+    "DATASETS",
+    "DataBundle",
+    "DatasetSpec",
+    "FileDataset",
+    "TensorDataset",
+    "build",
+    "csv_manifest",
+    "decode",
+    "get_dataset",
+    "image_folder",
+    "per_class_subset",
+    "select_classes",
+    "stratified_split",
+    "synthetic",
+]
 
 
 def __getattr__(name: str):

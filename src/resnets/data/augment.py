@@ -14,6 +14,7 @@ What is equal to the per-image pipeline, given the same drawn parameters: the pa
 area-averaging bilinear sampler, `torchvision.ops.roi_align`, in place of the antialiased resize; bilinear
 whatever `interpolation` says) and colour jitter (brightness, contrast, saturation always in that order).
 """
+
 from __future__ import annotations
 
 import math
@@ -95,8 +96,13 @@ def _first_valid(valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return valid.float().argmax(1), found
 
 
-def rrc_boxes(d: _Draws, heights: torch.Tensor, widths: torch.Tensor, scale: Sequence[float],
-              ratio: Sequence[float] = (3 / 4, 4 / 3)) -> torch.Tensor:  # fmt: skip
+def rrc_boxes(
+    d: _Draws,
+    heights: torch.Tensor,
+    widths: torch.Tensor,
+    scale: Sequence[float],
+    ratio: Sequence[float] = (3 / 4, 4 / 3),
+) -> torch.Tensor:
     """RandomResizedCrop's rule (10 tries, else the central crop of the clamped ratio), for every image at once:
     boxes (B, 4) as (top, left, height, width) in pixels."""
     h_img, w_img = heights.double(), widths.double()
@@ -116,12 +122,25 @@ def rrc_boxes(d: _Draws, heights: torch.Tensor, widths: torch.Tensor, scale: Seq
     fw = torch.where(in_ratio < ratio[0], w_img, torch.where(in_ratio > ratio[1], torch.round(h_img * ratio[1]), w_img))
     fh = torch.where(in_ratio < ratio[0], torch.round(w_img / ratio[0]), h_img)
     ftop, fleft = torch.div(h_img - fh, 2, rounding_mode="floor"), torch.div(w_img - fw, 2, rounding_mode="floor")
-    return torch.stack([torch.where(found, top, ftop), torch.where(found, left, fleft),
-                        torch.where(found, h, fh), torch.where(found, w, fw)], 1)  # fmt: skip
+    return torch.stack(
+        [
+            torch.where(found, top, ftop),
+            torch.where(found, left, fleft),
+            torch.where(found, h, fh),
+            torch.where(found, w, fw),
+        ],
+        1,
+    )
 
 
-def resize_boxes(heights: torch.Tensor, widths: torch.Tensor, short: torch.Tensor, crop: int,
-                 top_u: torch.Tensor | None = None, left_u: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+def resize_boxes(
+    heights: torch.Tensor,
+    widths: torch.Tensor,
+    short: torch.Tensor,
+    crop: int,
+    top_u: torch.Tensor | None = None,
+    left_u: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The crop of `crop` pixels from the image resized so its shorter side is `short` (v2.Resize's sizes), as a box
     (top, left, height, width) in the original image's pixels. Centred, or at the random offsets `top_u`/`left_u`."""
     h_img, w_img, s = heights.double(), widths.double(), short.double()
@@ -147,8 +166,10 @@ def resample(images: torch.Tensor | list[torch.Tensor], boxes: torch.Tensor, siz
     if isinstance(images, torch.Tensor):
         rois = torch.cat([torch.arange(len(images), device=boxes.device, dtype=torch.float32)[:, None], xyxy], 1)
         return roi_align(images.float(), rois, (size, size), spatial_scale=1.0, sampling_ratio=0, aligned=True)
-    out = [roi_align(img[None].float(), [xyxy[i : i + 1]], (size, size), spatial_scale=1.0, sampling_ratio=0, aligned=True)
-           for i, img in enumerate(images)]  # fmt: skip
+    out = [
+        roi_align(img[None].float(), [xyxy[i : i + 1]], (size, size), spatial_scale=1.0, sampling_ratio=0, aligned=True)
+        for i, img in enumerate(images)
+    ]
     return torch.cat(out)
 
 
@@ -164,13 +185,18 @@ def _sizes(images: torch.Tensor | list[torch.Tensor], device: torch.device) -> t
     return sizes[:, 0], sizes[:, 1]
 
 
-def pad_crop_flip(images: torch.Tensor, crop: int, pad: int, top_u: torch.Tensor, left_u: torch.Tensor,
-                  flip: torch.Tensor) -> torch.Tensor:  # fmt: skip
+def pad_crop_flip(
+    images: torch.Tensor, crop: int, pad: int, top_u: torch.Tensor, left_u: torch.Tensor, flip: torch.Tensor
+) -> torch.Tensor:
     """v2.RandomCrop(crop, padding=pad, pad_if_needed=True) then a horizontal flip where `flip`, for a uint8
     batch in one gather: pixel for pixel what the per-image transforms give with the same offsets."""
     b, c, h, w = images.shape
     extra_h, extra_w = max(crop - (h + 2 * pad), 0), max(crop - (w + 2 * pad), 0)
-    xp = F.pad(images, (pad + extra_w, pad + extra_w, pad + extra_h, pad + extra_h)) if pad or extra_h or extra_w else images
+    xp = (
+        F.pad(images, (pad + extra_w, pad + extra_w, pad + extra_h, pad + extra_h))
+        if pad or extra_h or extra_w
+        else images
+    )
     hp, wp = xp.shape[-2:]
     top, left = _randint(top_u, hp - crop + 1), _randint(left_u, wp - crop + 1)
     ar = torch.arange(crop, device=images.device)
@@ -180,7 +206,9 @@ def pad_crop_flip(images: torch.Tensor, crop: int, pad: int, top_u: torch.Tensor
     return xp.flatten(2).gather(2, idx[:, None, :].expand(b, c, -1)).view(b, c, crop, crop)
 
 
-def erase(images: torch.Tensor, d: _Draws, p: float, value: Sequence[int], scale=(0.02, 0.33), ratio=(0.3, 3.3)) -> torch.Tensor:
+def erase(
+    images: torch.Tensor, d: _Draws, p: float, value: Sequence[int], scale=(0.02, 0.33), ratio=(0.3, 3.3)
+) -> torch.Tensor:
     """v2.RandomErasing's rule (with probability p, up to 10 tries for a rectangle of `scale` of the area and
     log-uniform `ratio` that fits) on every image at once; erased pixels take `value` (per channel)."""
     b, c, h, w = images.shape
@@ -288,8 +316,9 @@ class BatchAugment:
         return torch.stack(out)
 
 
-def pad_crop_flip_list(images: list[torch.Tensor], crop: int, top_u: torch.Tensor, left_u: torch.Tensor,
-                       flip: torch.Tensor) -> torch.Tensor:  # fmt: skip
+def pad_crop_flip_list(
+    images: list[torch.Tensor], crop: int, top_u: torch.Tensor, left_u: torch.Tensor, flip: torch.Tensor
+) -> torch.Tensor:
     """pad_crop_flip for already padded images of different sizes (smaller ones padded up to `crop`)."""
     out = []
     for i, im in enumerate(images):
@@ -316,7 +345,11 @@ class BatchResizeCrop:
     squash: bool = False
 
     def __call__(self, images: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
-        if isinstance(images, torch.Tensor) and self.resize == self.crop and images.shape[-2:] == (self.crop, self.crop):
+        if (
+            isinstance(images, torch.Tensor)
+            and self.resize == self.crop
+            and images.shape[-2:] == (self.crop, self.crop)
+        ):
             return images
         dev = images.device if isinstance(images, torch.Tensor) else images[0].device
         heights, widths = _sizes(images, dev)

@@ -1,6 +1,7 @@
 """The pieces every loader is made of (the host one in loader.py, the device ones in device.py, the batched
 augmentation in augment.py): what a batch is, what a loader gives, the per-sample seed, and host-to-device copies.
 Below all of them, so none imports another for these."""
+
 from __future__ import annotations
 
 from contextlib import contextmanager

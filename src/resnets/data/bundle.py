@@ -1,6 +1,7 @@
 """`build(cfg)` turns a training config into the train and validation datasets and everything the engine needs to
 know about them (classes, channels, crop sizes, normalisation).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,9 +9,10 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ResnetsError
-from .preprocessing import Preprocessing
 from .datasets import synthetic
+from .preprocessing import Preprocessing
 from .registry import get_dataset
+
 
 @dataclass
 class DataBundle:
@@ -93,7 +95,9 @@ def build(cfg, in_chans: int | None = None, preprocessing=None) -> DataBundle:
         tr = select_classes(tr, cfg.classes)
         va = select_classes(va, cfg.classes) if va is not None else None
     if len(tr.classes) < 2:
-        raise ResnetsError(f"the training data has {len(tr.classes)} class ({', '.join(tr.classes)}); at least 2 are needed")
+        raise ResnetsError(
+            f"the training data has {len(tr.classes)} class ({', '.join(tr.classes)}); at least 2 are needed"
+        )
     if cfg.per_class:
         tr = tr.subset(per_class_subset(tr.targets, cfg.per_class, cfg.seed))
     if va is None or cfg.val_split > 0:
@@ -101,12 +105,16 @@ def build(cfg, in_chans: int | None = None, preprocessing=None) -> DataBundle:
         counts = torch.bincount(torch.tensor(tr.targets), minlength=len(tr.classes)).tolist()
         few = [c for c, k in zip(tr.classes, counts) if k < 2]
         if few:
-            raise ResnetsError(f"{len(tr.classes)} classes but only {len(tr)} images: class {few[0]!r} has 1 image, and each "
-                               "class needs at least 2 to hold one out for validation (or give a val/ folder)")  # fmt: skip
+            raise ResnetsError(
+                f"{len(tr.classes)} classes but only {len(tr)} images: class {few[0]!r} has 1 image, and each "
+                "class needs at least 2 to hold one out for validation (or give a val/ folder)"
+            )
         keep, held = stratified_split(tr.targets, frac, cfg.seed)
         tr, va = tr.subset(keep), tr.subset(held)
     if cfg.limit_train:
-        tr = tr.subset(torch.randperm(len(tr), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.limit_train].tolist())
+        tr = tr.subset(
+            torch.randperm(len(tr), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.limit_train].tolist()
+        )
     if cfg.limit_val:
         va = va.subset(list(range(min(cfg.limit_val, len(va)))))
     in_chans = spec.channels or (3 if spec.kind == "synthetic" else channels)
@@ -117,6 +125,7 @@ def build(cfg, in_chans: int | None = None, preprocessing=None) -> DataBundle:
     mean, std = stats.mean, stats.std
     crop = cfg.train_crop or native or (pre.crop if pre else 224)
     eval_crop = cfg.eval_crop or native or (pre.crop if pre else 224)
-    eval_resize = cfg.eval_resize or (eval_crop if native else pre.resize if pre and pre.crop == eval_crop else round(eval_crop * 256 / 224))
+    eval_resize = cfg.eval_resize or (
+        eval_crop if native else pre.resize if pre and pre.crop == eval_crop else round(eval_crop * 256 / 224)
+    )
     return DataBundle(tr, va, list(tr.classes), in_chans, crop, eval_resize, eval_crop, tuple(mean), tuple(std))
-

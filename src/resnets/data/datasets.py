@@ -7,6 +7,7 @@ uploads. Decoding errors are reported (BadSample), not fatal.
 - decode / decode_bytes: the header read first (fails closed), bounded by the pixel limit, every format to the
   model's channel count.
 """
+
 from __future__ import annotations
 
 import csv
@@ -57,9 +58,15 @@ BYTES_PER_PIXEL_BOUND = 8
 # the signatures of the formats we decode: a file that starts with one and whose header cannot be read is a
 # broken image of that format (corrupt_image), any other unreadable header is not an image at all
 _SIGNATURES = {
-    b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"GIF87a": "GIF", b"GIF89a": "GIF", b"BM": "BMP",
-    b"II*\x00": "TIFF", b"MM\x00*": "TIFF", b"RIFF": "WEBP",
-}  # fmt: skip
+    b"\xff\xd8\xff": "JPEG",
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"GIF87a": "GIF",
+    b"GIF89a": "GIF",
+    b"BM": "BMP",
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+    b"RIFF": "WEBP",
+}
 
 # the formats torchvision.io decodes (libjpeg-turbo, libpng, libwebp), each to exactly the size its header
 # states; anything else, and every GIF, is decoded by Pillow, whose first frame is the header's size: torchvision
@@ -115,8 +122,11 @@ def read_header(data: bytes, name: str, limit: int | None = None) -> Header:
         why = "" if isinstance(e, UnidentifiedImageError) else f" ({_first_line(e)})"
         raise BadSample(name, f"a broken {known} file: its header cannot be read{why}", "corrupt_image") from None
     if w * h > limit:
-        raise BadSample(name, f"{w}x{h} is {w * h:,} pixels, over the limit of {limit:,} (--max-pixels raises it)",
-                        "too_many_pixels")  # fmt: skip
+        raise BadSample(
+            name,
+            f"{w}x{h} is {w * h:,} pixels, over the limit of {limit:,} (--max-pixels raises it)",
+            "too_many_pixels",
+        )
     return Header(fmt or "", w, h, orientation if isinstance(orientation, int) else 1)
 
 
@@ -129,8 +139,12 @@ def read_image_file(path: str | os.PathLike, limit: int | None = None) -> bytes:
         if not os.path.isfile(path):
             raise BadSample(path, "not a file")
         if size > limit * BYTES_PER_PIXEL_BOUND + (1 << 20):
-            raise BadSample(path, f"{size:,} bytes is more than any image within the pixel limit of {limit:,} holds "
-                            "(--max-pixels raises it)", "too_many_pixels")  # fmt: skip
+            raise BadSample(
+                path,
+                f"{size:,} bytes is more than any image within the pixel limit of {limit:,} holds "
+                "(--max-pixels raises it)",
+                "too_many_pixels",
+            )
         with open(path, "rb") as f:
             return f.read(limit * BYTES_PER_PIXEL_BOUND + (1 << 20) + 1)
     except FileNotFoundError:
@@ -184,8 +198,9 @@ def pil_to_tensor(im, channels: int) -> torch.Tensor:
     return to_tensor(im.convert("RGB" if channels == 3 else "L"))
 
 
-def image_tensor(image, channels: int, *,
-                 taken: str = "a PIL image or a (C, H, W) image tensor of 1-4 channels is taken") -> torch.Tensor:  # fmt: skip
+def image_tensor(
+    image, channels: int, *, taken: str = "a PIL image or a (C, H, W) image tensor of 1-4 channels is taken"
+) -> torch.Tensor:
     """An image already in memory (a PIL image, or an image tensor (C, H, W) of 1-4 channels, uint8 or float in
     [0, 1]) as a uint8 tensor on the CPU with `channels` channels: what predict's in-memory inputs and
     `Preprocessing.transforms()` take. Anything else is a ResnetsError: `taken` says what is, then what came."""
@@ -193,7 +208,12 @@ def image_tensor(image, channels: int, *,
 
     if isinstance(image, Image.Image):
         return pil_to_tensor(image, channels)
-    if isinstance(image, torch.Tensor) and image.ndim == 3 and image.shape[0] in (1, 2, 3, 4) and min(image.shape[1:]) > 0:
+    if (
+        isinstance(image, torch.Tensor)
+        and image.ndim == 3
+        and image.shape[0] in (1, 2, 3, 4)
+        and min(image.shape[1:]) > 0
+    ):
         t = image if image.dtype == torch.uint8 else (image.float().clamp(0, 1) * 255).round().to(torch.uint8)
         return to_channels(t.cpu(), channels)
     what = f"a tensor of shape {tuple(image.shape)}" if isinstance(image, torch.Tensor) else type(image).__name__

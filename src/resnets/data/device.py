@@ -7,6 +7,7 @@
   `torchvision.io.decode_jpeg`). A JPEG the batch decoder refuses is decoded alone, then on the CPU; one that
   nothing can decode is skipped and counted, as the host loader does.
 """
+
 from __future__ import annotations
 
 import logging
@@ -16,13 +17,24 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import ResnetsError
-from .datasets import BadSample, FileDataset, TensorDataset, decode, decode_checked, read_header, read_image_file, read_mode
 from .batching import Batch, SampledLoader, refuse_if_strict, to_device
+from .datasets import (
+    BadSample,
+    FileDataset,
+    TensorDataset,
+    decode,
+    decode_checked,
+    read_header,
+    read_image_file,
+    read_mode,
+)
 
 log = logging.getLogger("resnets")
 
-def device_loader(dataset: Dataset, sampler: Sampler, transform, device: torch.device, *, workers: int = 0,
-                  strict: bool = False):  # fmt: skip
+
+def device_loader(
+    dataset: Dataset, sampler: Sampler, transform, device: torch.device, *, workers: int = 0, strict: bool = False
+):
     if isinstance(dataset, TensorDataset):
         return TensorLoader(dataset, sampler, transform, device)
     if isinstance(dataset, FileDataset):
@@ -114,13 +126,27 @@ class FileLoader(SampledLoader):
 
     kind = "device"
 
-    def __init__(self, dataset: FileDataset, sampler: Sampler, transform, device: torch.device, *, workers: int = 0,
-                 strict: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        dataset: FileDataset,
+        sampler: Sampler,
+        transform,
+        device: torch.device,
+        *,
+        workers: int = 0,
+        strict: bool = False,
+    ):
         self.sampler, self.transform, self.device, self.strict = sampler, transform, device, strict
         self.n, self.channels = len(dataset), dataset.channels
         self.train = hasattr(transform, "augment")
-        self.loader = DataLoader(_Encoded(dataset), batch_sampler=sampler, num_workers=workers, collate_fn=list,
-                                 persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)  # fmt: skip
+        self.loader = DataLoader(
+            _Encoded(dataset),
+            batch_sampler=sampler,
+            num_workers=workers,
+            collate_fn=list,
+            persistent_workers=workers > 0,
+            prefetch_factor=4 if workers > 0 else None,
+        )
 
     def __iter__(self) -> Iterator[Batch]:
         for items in self.loader:
@@ -130,8 +156,12 @@ class FileLoader(SampledLoader):
         bad = [(it.path, it.reason) for it in items if isinstance(it, BadSample)]
         items = [it for it in items if not isinstance(it, BadSample)]
         jpegs = [it for it in items if it[4]]
-        decoded = dict(zip((it[0] for it in jpegs), decode_jpegs([it[3] for it in jpegs], [it[2] for it in jpegs],
-                                                                 self.device, self.channels)))  # fmt: skip
+        decoded = dict(
+            zip(
+                (it[0] for it in jpegs),
+                decode_jpegs([it[3] for it in jpegs], [it[2] for it in jpegs], self.device, self.channels),
+            )
+        )
         images, keys, labels = [], [], []
         for key, label, path, data, is_jpeg in items:
             img = decoded[key] if is_jpeg else to_device(data, self.device)

@@ -13,6 +13,7 @@ the order, so a run resumed from any step sees exactly the batches the uninterru
 of loader workers. A training step's global batch is split across ranks, so N processes see the same global
 batch as one.
 """
+
 from __future__ import annotations
 
 import logging
@@ -25,7 +26,15 @@ from ..choices import LOADERS
 from ..errors import ResnetsError
 from .augment import BatchAugment, BatchResizeCrop
 from .batching import (  # noqa: F401  (Batch, Loader, SampledLoader, to_device: re-exported)
-    Batch, Loader, SampledLoader, check_batch_split, mix_seed, refuse_if_strict, seeded_cpu_rng, to_device)
+    Batch,
+    Loader,
+    SampledLoader,
+    check_batch_split,
+    mix_seed,
+    refuse_if_strict,
+    seeded_cpu_rng,
+    to_device,
+)
 from .datasets import BadSample
 from .device import device_loader
 
@@ -64,8 +73,16 @@ class TrainBatches(Sampler[list[int]]):
     `start` skips batches already trained on (resume mid-epoch). With `targets`, class-balanced: each draw picks
     an image with probability 1 / (classes x its class's size), with replacement."""
 
-    def __init__(self, n: int, global_batch: int, *, seed: int, rank: int = 0, world: int = 1,
-                 targets: Sequence[int] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        n: int,
+        global_batch: int,
+        *,
+        seed: int,
+        rank: int = 0,
+        world: int = 1,
+        targets: Sequence[int] | None = None,
+    ):
         check_batch_split(global_batch, world)
         if n < global_batch:
             raise ResnetsError(f"the training set ({n} images) is smaller than one batch ({global_batch})")
@@ -137,15 +154,14 @@ def make_loader(dataset: Augmented, batch_sampler: Sampler, *, workers: int, str
     )
 
 
-
-
 class HostLoader(SampledLoader):
     """Per-image transforms in CPU workers: torch's DataLoader over `Augmented`."""
 
     kind = "host"
 
-    def __init__(self, dataset: Dataset, transform: Callable, sampler: Sampler, *, seed: int, workers: int,
-                 strict: bool = False):  # fmt: skip
+    def __init__(
+        self, dataset: Dataset, transform: Callable, sampler: Sampler, *, seed: int, workers: int, strict: bool = False
+    ):
         self.sampler = sampler
         self.loader = make_loader(Augmented(dataset, transform, seed), sampler, workers=workers, strict=strict)
 
@@ -164,7 +180,7 @@ def _fits_on(device: torch.device, nbytes: int) -> tuple[bool, str]:
 
 
 def choose_loader(kind: str, dataset: Dataset, device: torch.device, *, augment_ok: bool = True) -> str:
-    """"host" or "device" for `kind` ("auto", "host", "device"), with one log line when "device" cannot be had."""
+    """ "host" or "device" for `kind` ("auto", "host", "device"), with one log line when "device" cannot be had."""
     from .datasets import TensorDataset
 
     if kind not in LOADERS:
@@ -182,28 +198,73 @@ def choose_loader(kind: str, dataset: Dataset, device: torch.device, *, augment_
     return "host"
 
 
-def make_train_loader(dataset: Dataset, *, kind: str, device: torch.device, batch_size: int, seed: int,
-                      augment: str, crop: int, mean: Sequence[float], pad: int = 4, auto_augment: str = "none",
-                      random_erasing: float = 0.0, interpolation: str = "bilinear", rank: int = 0, world: int = 1,
-                      balanced: bool = False, workers: int = 0, strict: bool = False) -> Loader:  # fmt: skip
+def make_train_loader(
+    dataset: Dataset,
+    *,
+    kind: str,
+    device: torch.device,
+    batch_size: int,
+    seed: int,
+    augment: str,
+    crop: int,
+    mean: Sequence[float],
+    pad: int = 4,
+    auto_augment: str = "none",
+    random_erasing: float = 0.0,
+    interpolation: str = "bilinear",
+    rank: int = 0,
+    world: int = 1,
+    balanced: bool = False,
+    workers: int = 0,
+    strict: bool = False,
+) -> Loader:
     """Training batches of `batch_size` / `world` images for this rank, augmented as `augment` says."""
     from .transforms import train_transform
 
-    sampler = TrainBatches(len(dataset), batch_size, seed=seed, rank=rank, world=world,
-                           targets=dataset.targets if balanced else None)  # fmt: skip
+    sampler = TrainBatches(
+        len(dataset), batch_size, seed=seed, rank=rank, world=world, targets=dataset.targets if balanced else None
+    )
     kind = choose_loader(kind, dataset, device)
     if kind == "host":
-        tf = train_transform(augment, crop=crop, mean=mean, auto_augment=auto_augment, random_erasing=random_erasing,
-                             interpolation=interpolation, pad=pad)  # fmt: skip
+        tf = train_transform(
+            augment,
+            crop=crop,
+            mean=mean,
+            auto_augment=auto_augment,
+            random_erasing=random_erasing,
+            interpolation=interpolation,
+            pad=pad,
+        )
         return HostLoader(dataset, tf, sampler, seed=seed, workers=workers, strict=strict)
-    aug = BatchAugment(augment, crop=crop, mean=mean, seed=seed, pad=pad, auto_augment=auto_augment,
-                       random_erasing=random_erasing, interpolation=interpolation)  # fmt: skip
+    aug = BatchAugment(
+        augment,
+        crop=crop,
+        mean=mean,
+        seed=seed,
+        pad=pad,
+        auto_augment=auto_augment,
+        random_erasing=random_erasing,
+        interpolation=interpolation,
+    )
     return device_loader(dataset, sampler, aug, device, workers=workers, strict=strict)
 
 
-def make_eval_loader(dataset: Dataset, *, kind: str, device: torch.device, batch_size: int, resize: int, crop: int,
-                     interpolation: str = "bilinear", crop_mode: str = "center", ten_crop: bool = False, rank: int = 0,
-                     world: int = 1, workers: int = 0, strict: bool = False) -> Loader:  # fmt: skip
+def make_eval_loader(
+    dataset: Dataset,
+    *,
+    kind: str,
+    device: torch.device,
+    batch_size: int,
+    resize: int,
+    crop: int,
+    interpolation: str = "bilinear",
+    crop_mode: str = "center",
+    ten_crop: bool = False,
+    rank: int = 0,
+    world: int = 1,
+    workers: int = 0,
+    strict: bool = False,
+) -> Loader:
     """Every image of `dataset` once over all ranks, resized and centre-cropped (or the paper's 10 crops, on the
     host)."""
     from .transforms import eval_transform, ten_crop_transform
@@ -214,5 +275,6 @@ def make_eval_loader(dataset: Dataset, *, kind: str, device: torch.device, batch
         make = ten_crop_transform if ten_crop else eval_transform
         tf = make(resize=resize, crop=crop, interpolation=interpolation, crop_mode=crop_mode)
         return HostLoader(dataset, tf, sampler, seed=0, workers=workers, strict=strict)
-    return device_loader(dataset, sampler, BatchResizeCrop(resize, crop, crop_mode == "squash"), device, workers=workers, strict=strict)
-
+    return device_loader(
+        dataset, sampler, BatchResizeCrop(resize, crop, crop_mode == "squash"), device, workers=workers, strict=strict
+    )

@@ -1,6 +1,7 @@
 """How a model is fed: `Preprocessing` (the eval resize, crop, interpolation and statistics, checked when read
 from a file) and its transforms. Standard library at import (torch and torchvision when a transform is made), and
 below everything that reads it: the datasets and loaders, the model metadata, the weights tables."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -39,15 +40,26 @@ class Preprocessing:
 
         def size(key: str) -> int:
             v, high = d.get(key), MAX_INPUT_SIZE * (2 if key == "resize" else 1)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v != int(v) or not 1 <= v <= high:
+            if (
+                isinstance(v, bool)
+                or not isinstance(v, (int, float))
+                or not math.isfinite(v)
+                or v != int(v)
+                or not 1 <= v <= high
+            ):
                 raise WeightsError(f"{key} must be a whole number of pixels from 1 to {high}; got {v!r}")
             return int(v)
 
         def stats(key: str, default: tuple[float, ...]) -> tuple[float, ...]:
             v = d.get(key, default)
-            if not isinstance(v, (list, tuple)) or not 1 <= len(v) <= 64 or any(
+            if (
+                not isinstance(v, (list, tuple))
+                or not 1 <= len(v) <= 64
+                or any(
                     isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or abs(x) > 1e4
-                    for x in v):  # fmt: skip
+                    for x in v
+                )
+            ):
                 raise WeightsError(f"{key} must be a list of finite numbers, one per channel; got {str(v)[:80]}")
             return tuple(float(x) for x in v)
 
@@ -64,7 +76,9 @@ class Preprocessing:
             raise WeightsError(f"mean and std must have one value per channel; got {len(mean)} and {len(std)}")
         if min(std) <= 0:
             raise WeightsError(f"std must be positive; got {list(std)}")
-        return cls(resize=size("resize"), crop=size("crop"), interpolation=interp, mean=mean, std=std, crop_mode=crop_mode)
+        return cls(
+            resize=size("resize"), crop=size("crop"), interpolation=interp, mean=mean, std=std, crop_mode=crop_mode
+        )
 
     @classmethod
     def default(cls, crop: int, in_chans: int = 3) -> "Preprocessing":
@@ -87,8 +101,9 @@ class Preprocessing:
         (torchvision.transforms.v2; normalisation is `normalizer()`, kept apart so it can run on the device)."""
         from .transforms import eval_transform
 
-        return eval_transform(resize=self.resize, crop=self.crop, interpolation=self.interpolation,
-                              crop_mode=self.crop_mode)  # fmt: skip
+        return eval_transform(
+            resize=self.resize, crop=self.crop, interpolation=self.interpolation, crop_mode=self.crop_mode
+        )
 
     def normalizer(self):
         """uint8 images -> float, scaled to [0, 1] and normalised (on the images' device)."""

@@ -2,6 +2,7 @@
 statistics. Training (`data.build`), evaluation, int8 calibration, `reproduce` and the command line's choices
 all read this one table; adding a dataset is one entry. No torch at import (the CLI's help reads it).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,8 +10,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import ResnetsError
-from .preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from ..registry import Registry
+from .preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
 
 @dataclass(frozen=True)
@@ -30,8 +31,15 @@ class DatasetSpec:
     downloadable: bool = False
     needs_data: bool = False  # --data must name the files
 
-    def load(self, split: str, data: str | None = None, download: bool = False, *, channels: int = 3,
-             classes: list[str] | None = None):  # fmt: skip
+    def load(
+        self,
+        split: str,
+        data: str | None = None,
+        download: bool = False,
+        *,
+        channels: int = 3,
+        classes: list[str] | None = None,
+    ):
         """The `split` ("train" or "test") as a dataset. For image files: "train" is DIR/train (or DIR), "test"
         the first of DIR/val, DIR/validation, DIR/test; a CSV manifest is the file itself. None: no such split
         (training then holds part of the training set out; evaluation takes the images of DIR)."""
@@ -53,9 +61,9 @@ class DatasetSpec:
         held = next((root / v for v in ("val", "validation", "test") if (root / v).is_dir()), None)
         return DS.image_folder(held, channels, classes=classes) if held is not None else None
 
-
-    def evaluation(self, data: str | None = None, download: bool = False, *, channels: int = 3,
-                   classes: list[str] | None = None):  # fmt: skip
+    def evaluation(
+        self, data: str | None = None, download: bool = False, *, channels: int = 3, classes: list[str] | None = None
+    ):
         """The images to evaluate a model on: the test split, or for image files without one, the folder's."""
         if self.kind == "synthetic":
             raise ResnetsError("synthetic data has no labels to evaluate against")
@@ -93,17 +101,56 @@ def list_datasets(kind: str | None = None) -> list[str]:
     return [n for n, s in DATASETS.items() if kind is None or s.kind == kind]
 
 
-register_dataset(DatasetSpec("fashion-mnist", "Zalando's 70k 28x28 grey clothing images, 10 classes", "tensors",
-                             channels=1, native=28, mean=(0.2860,), std=(0.3530,), tensors=_fashion_mnist,
-                             downloadable=True))  # fmt: skip
-register_dataset(DatasetSpec("cifar10", "60k 32x32 colour images, 10 classes (the paper's section 4.2)", "tensors",
-                             channels=3, native=32, mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),
-                             tensors=_cifar("cifar10"), downloadable=True))  # fmt: skip
-register_dataset(DatasetSpec("cifar100", "60k 32x32 colour images, 100 classes", "tensors", channels=3, native=32,
-                             mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762), tensors=_cifar("cifar100"),
-                             downloadable=True))  # fmt: skip
-register_dataset(DatasetSpec("imagefolder", "your images: DIR/<class>/*, or DIR/train/<class>/* and DIR/val/<class>/*",
-                             "files", needs_data=True))  # fmt: skip
-register_dataset(DatasetSpec("csv", "your images listed in a path,label CSV (--val-data: the validation CSV)", "files",
-                             needs_data=True))  # fmt: skip
+register_dataset(
+    DatasetSpec(
+        "fashion-mnist",
+        "Zalando's 70k 28x28 grey clothing images, 10 classes",
+        "tensors",
+        channels=1,
+        native=28,
+        mean=(0.2860,),
+        std=(0.3530,),
+        tensors=_fashion_mnist,
+        downloadable=True,
+    )
+)
+register_dataset(
+    DatasetSpec(
+        "cifar10",
+        "60k 32x32 colour images, 10 classes (the paper's section 4.2)",
+        "tensors",
+        channels=3,
+        native=32,
+        mean=(0.4914, 0.4822, 0.4465),
+        std=(0.2470, 0.2435, 0.2616),
+        tensors=_cifar("cifar10"),
+        downloadable=True,
+    )
+)
+register_dataset(
+    DatasetSpec(
+        "cifar100",
+        "60k 32x32 colour images, 100 classes",
+        "tensors",
+        channels=3,
+        native=32,
+        mean=(0.5071, 0.4865, 0.4409),
+        std=(0.2673, 0.2564, 0.2762),
+        tensors=_cifar("cifar100"),
+        downloadable=True,
+    )
+)
+register_dataset(
+    DatasetSpec(
+        "imagefolder",
+        "your images: DIR/<class>/*, or DIR/train/<class>/* and DIR/val/<class>/*",
+        "files",
+        needs_data=True,
+    )
+)
+register_dataset(
+    DatasetSpec(
+        "csv", "your images listed in a path,label CSV (--val-data: the validation CSV)", "files", needs_data=True
+    )
+)
 register_dataset(DatasetSpec("synthetic", "random images, for throughput runs (no learning signal)", "synthetic"))

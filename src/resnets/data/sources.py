@@ -4,6 +4,7 @@ Fashion-MNIST is looked for in $RESNETS_DATA/fashion-mnist, the user cache and D
 `dataset-fashion-mnist` package (/usr/share/datasets/fashion-mnist). CIFAR-10/100 come from the official python
 archive (a path, or downloaded when asked).
 """
+
 from __future__ import annotations
 
 import gzip
@@ -17,7 +18,18 @@ import torch
 
 from ..errors import ResnetsError
 
-FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 FASHION_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 # md5 of the official .gz files (as torchvision records them); Debian re-compresses, so local files are checked
 # by their IDX headers and sizes instead
@@ -30,8 +42,16 @@ FASHION_FILES = {
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 CIFAR = {
-    "cifar10": ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a", "cifar-10-batches-py"),
-    "cifar100": ("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85", "cifar-100-python"),
+    "cifar10": (
+        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        "c58f30108f718f92721af3b95e74349a",
+        "cifar-10-batches-py",
+    ),
+    "cifar100": (
+        "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+        "eb9058c3a382ffc7106e4002c42a8d85",
+        "cifar-100-python",
+    ),
 }
 
 
@@ -119,15 +139,25 @@ def load_fashion_mnist(split: str, root: str | os.PathLike | None = None, downlo
     labels = _read_idx(pick("labels-idx1-ubyte"))
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise ResnetsError(f"Fashion-MNIST files in {folder} do not match each other")
-    return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)), list(FASHION_CLASSES)
+    return (
+        torch.from_numpy(images.copy()).unsqueeze(1),
+        torch.from_numpy(labels.astype(np.int64)),
+        list(FASHION_CLASSES),
+    )
 
 
 class _PlainUnpickler(pickle.Unpickler):
     """CIFAR batches hold dicts of lists, bytes and numpy arrays: allow numpy's array reconstruction only."""
 
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}  # fmt: skip
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),
+    }
 
     def find_class(self, module: str, name: str):
         if (module, name) in self.ALLOWED:
@@ -155,7 +185,9 @@ def load_cifar(name: str, split: str, path: str | os.PathLike | None = None, dow
     try:
         with tarfile.open(archive, "r:gz") as tar:
             if name == "cifar10":
-                members = [f"{inner}/data_batch_{i}" for i in range(1, 6)] if split == "train" else [f"{inner}/test_batch"]
+                members = (
+                    [f"{inner}/data_batch_{i}" for i in range(1, 6)] if split == "train" else [f"{inner}/test_batch"]
+                )
                 meta, key, names_key = f"{inner}/batches.meta", b"labels", b"label_names"
             else:
                 members = [f"{inner}/{'train' if split == 'train' else 'test'}"]

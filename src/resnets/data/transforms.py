@@ -3,6 +3,7 @@
 Per-sample pipelines work on uint8 tensors (C, H, W) and return uint8: batches travel to the device as bytes
 (4x less to copy) and are converted and normalised there, a whole batch at once (`normalizer`).
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -14,12 +15,16 @@ from ..choices import AUGMENTS, AUTO_AUGMENTS
 from ..errors import ResnetsError
 
 
-
 def auto_augment_of(augment: str, auto_augment: str) -> str:
     """The automatic augmentation in force: "strong" augmentation means TrivialAugment unless one is named."""
     return "trivial" if augment == "strong" and auto_augment == "none" else auto_augment
-_INTERP = {"bilinear": v2.InterpolationMode.BILINEAR, "bicubic": v2.InterpolationMode.BICUBIC,
-           "nearest": v2.InterpolationMode.NEAREST}  # fmt: skip
+
+
+_INTERP = {
+    "bilinear": v2.InterpolationMode.BILINEAR,
+    "bicubic": v2.InterpolationMode.BICUBIC,
+    "nearest": v2.InterpolationMode.NEAREST,
+}
 
 
 class Normalizer:
@@ -36,8 +41,10 @@ class Normalizer:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.device not in self._on:
-            self._on[x.device] = (torch.tensor(self.mean, dtype=torch.float32).view(-1, 1, 1).to(x.device),
-                                  torch.tensor(self.std, dtype=torch.float32).view(-1, 1, 1).to(x.device))  # fmt: skip
+            self._on[x.device] = (
+                torch.tensor(self.mean, dtype=torch.float32).view(-1, 1, 1).to(x.device),
+                torch.tensor(self.std, dtype=torch.float32).view(-1, 1, 1).to(x.device),
+            )
         mean, std = self._on[x.device]
         x = x.to(torch.float32).mul_(1.0 / 255) if x.dtype == torch.uint8 else x.to(torch.float32)
         return x.sub(mean).div_(std)
@@ -68,13 +75,19 @@ def train_transform(
     """
     interp = _INTERP[interpolation]
     if augment == "paper-imagenet":
-        steps = [v2.RandomShortestSize(list(range(256, 481)), antialias=True), v2.RandomCrop(crop),
-                 v2.RandomHorizontalFlip(), v2.ColorJitter(0.4, 0.4, 0.4)]  # fmt: skip
+        steps = [
+            v2.RandomShortestSize(list(range(256, 481)), antialias=True),
+            v2.RandomCrop(crop),
+            v2.RandomHorizontalFlip(),
+            v2.ColorJitter(0.4, 0.4, 0.4),
+        ]
     elif augment == "rrc":
         steps = [v2.RandomResizedCrop(crop, interpolation=interp, antialias=True), v2.RandomHorizontalFlip()]
     elif augment == "strong":
-        steps = [v2.RandomResizedCrop(crop, scale=(0.25, 1.0), interpolation=interp, antialias=True),
-                 v2.RandomHorizontalFlip()]  # fmt: skip
+        steps = [
+            v2.RandomResizedCrop(crop, scale=(0.25, 1.0), interpolation=interp, antialias=True),
+            v2.RandomHorizontalFlip(),
+        ]
         auto_augment = auto_augment_of(augment, auto_augment)
     elif augment in ("paper-cifar", "crop-flip"):
         steps = [v2.RandomCrop(crop, padding=pad, pad_if_needed=True), v2.RandomHorizontalFlip()]
@@ -138,7 +151,9 @@ def _resize(resize: int, interpolation: str, crop_mode: str):
     return v2.Resize(size, interpolation=_INTERP[interpolation], antialias=True)
 
 
-def eval_transform(*, resize: int, crop: int, interpolation: str = "bilinear", crop_mode: str = "center") -> v2.Transform:
+def eval_transform(
+    *, resize: int, crop: int, interpolation: str = "bilinear", crop_mode: str = "center"
+) -> v2.Transform:
     """Resize the shorter side (or, with crop_mode "squash", both sides) to `resize`, centre-crop `crop`.
     Images already at that size (the 28/32-pixel nets) pass unchanged."""
     return v2.Compose([_resize(resize, interpolation, crop_mode), v2.CenterCrop(crop)])
@@ -154,7 +169,9 @@ class _StackedTenCrop:
         return torch.stack(self.ten(self.resize(img)))
 
 
-def ten_crop_transform(*, resize: int, crop: int, interpolation: str = "bilinear", crop_mode: str = "center") -> _StackedTenCrop:
+def ten_crop_transform(
+    *, resize: int, crop: int, interpolation: str = "bilinear", crop_mode: str = "center"
+) -> _StackedTenCrop:
     return _StackedTenCrop(_resize(resize, interpolation, crop_mode), crop)
 
 

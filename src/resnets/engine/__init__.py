@@ -13,11 +13,24 @@ The rooms: run.py (train, build_run), loop.py (fit, train_one_epoch, validate, f
 CUDA-graph steps, the optimizer), optim.py (the schedule), checkpoint.py (save and restore whole), outputs.py
 (progress, metrics files), state.py (Run, TrainingError), rundir.py (run folders and their lock), finetune.py
 (transfer learning: what trains when)."""
+
 from .checkpoint import restore, save_state
 from .loop import end_epoch, finish, fit, train_one_epoch, validate
 from .optim import make_scheduler
 from .run import build_run, train
 from .state import Run, TrainingError
 
-__all__ = ["Run", "TrainingError", "build_run", "end_epoch", "finish", "fit", "make_scheduler", "restore",
-           "save_state", "train", "train_one_epoch", "validate"]
+__all__ = [
+    "Run",
+    "TrainingError",
+    "build_run",
+    "end_epoch",
+    "finish",
+    "fit",
+    "make_scheduler",
+    "restore",
+    "save_state",
+    "train",
+    "train_one_epoch",
+    "validate",
+]

@@ -1,5 +1,6 @@
 """A run saved and restored whole: weights, optimizer, schedules, counters and every random state (so a resumed run
 is bit-identical), and never a checkpoint of non-finite weights."""
+
 from __future__ import annotations
 
 import logging
@@ -33,27 +34,44 @@ def state_dict(run: Run, epoch: int, batch: int) -> dict:
     """The whole run at the start of (epoch, batch): a checkpoint from which `restore` continues exactly."""
     core = run.core
     return {
-        "resnets": {"architecture": core.meta.architecture, "options": core.meta.options, "class_names": run.classes,
-                    "preprocessing": run.preprocessing.to_dict()},
-        "model": core.state_dict(), "optimizer": steps.lr_as_float(run.opt.state_dict()),
-        "scheduler": run.sched.state_dict(), "plateau": run.plateau.state_dict() if run.plateau is not None else None,
+        "resnets": {
+            "architecture": core.meta.architecture,
+            "options": core.meta.options,
+            "class_names": run.classes,
+            "preprocessing": run.preprocessing.to_dict(),
+        },
+        "model": core.state_dict(),
+        "optimizer": steps.lr_as_float(run.opt.state_dict()),
+        "scheduler": run.sched.state_dict(),
+        "plateau": run.plateau.state_dict() if run.plateau is not None else None,
         "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else None,
         "ema": run.ema.state_dict() if run.ema is not None else None,
-        "epoch": epoch, "batch": batch, "step": run.step, "best_top1": run.best, "history": run.history,
-        "since_best": run.since_best, "curve": run.curve, "config": run.cfg.to_dict(), "rng": rng_state(),
+        "epoch": epoch,
+        "batch": batch,
+        "step": run.step,
+        "best_top1": run.best,
+        "history": run.history,
+        "since_best": run.since_best,
+        "curve": run.curve,
+        "config": run.cfg.to_dict(),
+        "rng": rng_state(),
         "partial": run.partial if batch else None,
-    }  # fmt: skip
+    }
 
 
 def save_state(run: Run, path: Path, epoch: int, batch: int) -> None:
     """A checkpoint of the run, never of non-finite weights or BatchNorm statistics: a step whose loss was finite
     can still leave them inf (a huge lr), and a checkpoint of them would replace the last good one."""
-    finite = torch.stack([torch.isfinite(t).all() for t in run.core.state_dict().values() if t.is_floating_point()]).all()
+    finite = torch.stack(
+        [torch.isfinite(t).all() for t in run.core.state_dict().values() if t.is_floating_point()]
+    ).all()
     if not bool(finite):
         last = run.run_dir / "last.pt"
         kept = f"The last good checkpoint is {last}" if last.is_file() else "No checkpoint had been written yet"
-        raise TrainingError(f"the weights became non-finite at step {run.step}; stopped. {kept} (try a lower --lr, "
-                            "--clip-grad, or --amp none)")  # fmt: skip
+        raise TrainingError(
+            f"the weights became non-finite at step {run.step}; stopped. {kept} (try a lower --lr, "
+            "--clip-grad, or --amp none)"
+        )
     if run.ctx.is_main:
         save_checkpoint(state_dict(run, epoch, batch), path)
 

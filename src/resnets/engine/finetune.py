@@ -16,6 +16,7 @@ BatchNorm policies (`bn`)
 - "frozen": every BatchNorm becomes a FrozenBatchNorm2d (statistics and affine fixed);
 - "group": every BatchNorm becomes a GroupNorm (for tiny batches), its affine weights kept.
 """
+
 from __future__ import annotations
 
 import logging
@@ -108,7 +109,9 @@ class Plan:
         self.groups = stages(self.model)
         n_stages = len(self.groups) - 2
         if self.strategy == "partial" and not 0 <= self.unfreeze_stages <= n_stages + 1:
-            raise ResnetsError(f"--unfreeze-stages must be between 0 and {n_stages + 1} (the stages and the stem) for {meta_of(self.model).architecture}")
+            raise ResnetsError(
+                f"--unfreeze-stages must be between 0 and {n_stages + 1} (the stages and the stem) for {meta_of(self.model).architecture}"
+            )
 
     def trainable_groups(self, epoch: int) -> int:
         """How many groups, counted from the head, train in `epoch` (0-based)."""

@@ -1,5 +1,6 @@
 """The loop: `fit` trains a built run from where it stands to its end, one `train_one_epoch` and `end_epoch` at a
 time, then `finish` evaluates and saves it; `validate` on the run's loader."""
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,15 @@ def wrap(run: Run) -> nn.Module:
 def validate(run: Run, model: nn.Module | None = None, loader: Loader | None = None) -> dict:
     """top-1, top-5, loss, per-class accuracy and the confusion matrix of `model` (default: the core) on `loader`
     (default: the validation set), at the run's precision and memory format."""
-    ev = evaluate(run.core if model is None else model, run.val_loader if loader is None else loader, run.normalize,
-                  len(run.classes), run.ctx, amp=run.amp, channels_last=run.channels_last)  # fmt: skip
+    ev = evaluate(
+        run.core if model is None else model,
+        run.val_loader if loader is None else loader,
+        run.normalize,
+        len(run.classes),
+        run.ctx,
+        amp=run.amp,
+        channels_last=run.channels_last,
+    )
     for f in ev["bad_files"]:  # each named once in a run, not at every evaluation
         if f["path"] not in run.warned_paths:
             run.warned_paths.add(f["path"])
@@ -66,10 +74,16 @@ def _after_step(run: Run, epoch: int, b: int, window: torch.Tensor) -> None:
     if cfg.curve_steps and run.step % cfg.curve_steps == 0:
         w = distributed.all_reduce_sum(window.clone(), run.ctx)
         ev = validate(run)
-        run.curve.append({"step": run.step, "epoch": epoch + (b + 1) / run.batches_per_epoch,
-                          "train_loss": w[0].item() / max(w[2].item(), 1),
-                          "train_err": 100 - 100 * w[1].item() / max(w[2].item(), 1),
-                          "val_err": 100 - ev["top1"], "val_loss": ev["loss"]})  # fmt: skip
+        run.curve.append(
+            {
+                "step": run.step,
+                "epoch": epoch + (b + 1) / run.batches_per_epoch,
+                "train_loss": w[0].item() / max(w[2].item(), 1),
+                "train_err": 100 - 100 * w[1].item() / max(w[2].item(), 1),
+                "val_err": 100 - ev["top1"],
+                "val_loss": ev["loss"],
+            }
+        )
         window.zero_()
 
 
@@ -80,13 +94,25 @@ def _show_progress(run: Run, epoch: int, b: int, sums: torch.Tensor, seen: int, 
         if b % 10 == 0 or b + 1 == run.batches_per_epoch:
             n = max(sums[2].item(), 1)
             rate = seen / max(time.perf_counter() - t0, 1e-9)
-            run.bar.set_postfix(loss=f"{sums[0].item() / n:.3f}", acc=f"{100 * sums[1].item() / n:.1f}",
-                                lr=f"{float(run.opt.param_groups[-1]['lr']):.3g}", img_s=f"{rate:.0f}")  # fmt: skip
+            run.bar.set_postfix(
+                loss=f"{sums[0].item() / n:.3f}",
+                acc=f"{100 * sums[1].item() / n:.1f}",
+                lr=f"{float(run.opt.param_groups[-1]['lr']):.3g}",
+                img_s=f"{rate:.0f}",
+            )
     if run.on_progress is not None and time.perf_counter() - reported >= 0.5:
         reported = time.perf_counter()
         n = max(sums[2].item(), 1)
-        run.on_progress({"step": run.step, "total_steps": run.total_steps, "epoch": epoch + 1, "loss": sums[0].item() / n,
-                         "acc": 100 * sums[1].item() / n, "img_s": seen / max(reported - t0, 1e-9)})  # fmt: skip
+        run.on_progress(
+            {
+                "step": run.step,
+                "total_steps": run.total_steps,
+                "epoch": epoch + 1,
+                "loss": sums[0].item() / n,
+                "acc": 100 * sums[1].item() / n,
+                "img_s": seen / max(reported - t0, 1e-9),
+            }
+        )
     return reported
 
 
@@ -146,14 +172,22 @@ def train_one_epoch(run: Run, epoch: int, step_fn) -> dict:
     if not bool(finite):
         last = run.run_dir / "last.pt"
         kept = f"The last good checkpoint is {last}" if last.is_file() else "No checkpoint had been written yet"
-        raise TrainingError(f"the loss became non-finite in epoch {epoch + 1} (step {run.step}); stopped. {kept} "
-                            "(try a lower --lr, --clip-grad, or --amp none)")  # fmt: skip
+        raise TrainingError(
+            f"the loss became non-finite in epoch {epoch + 1} (step {run.step}); stopped. {kept} "
+            "(try a lower --lr, --clip-grad, or --amp none)"
+        )
     elapsed = time.perf_counter() - t0
     train_sums = distributed.all_reduce_sum(sums.clone(), ctx)
     n = max(train_sums[2].item(), 1)
-    return {"epoch": epoch + 1, "step": run.step, "lr": float(run.opt.param_groups[-1]["lr"]),
-            "train_loss": train_sums[0].item() / n, "train_acc": 100 * train_sums[1].item() / n,
-            "images_per_s": seen / max(elapsed, 1e-9), "time_s": elapsed}  # fmt: skip
+    return {
+        "epoch": epoch + 1,
+        "step": run.step,
+        "lr": float(run.opt.param_groups[-1]["lr"]),
+        "train_loss": train_sums[0].item() / n,
+        "train_acc": 100 * train_sums[1].item() / n,
+        "images_per_s": seen / max(elapsed, 1e-9),
+        "time_s": elapsed,
+    }
 
 
 def end_epoch(run: Run, epoch: int, record: dict) -> bool:
@@ -196,7 +230,10 @@ def end_epoch(run: Run, epoch: int, record: dict) -> bool:
         say(run, msg + f", {record['images_per_s']:.0f} img/s")
     stop = bool(cfg.early_stop) and run.since_best >= cfg.early_stop
     if stop:
-        say(run, f"early stop: no better val top-1 in {cfg.early_stop} evaluations; keeping epoch {best_epoch(run.history)}'s weights")
+        say(
+            run,
+            f"early stop: no better val top-1 in {cfg.early_stop} evaluations; keeping epoch {best_epoch(run.history)}'s weights",
+        )
     return stop
 
 
@@ -238,15 +275,38 @@ def finish(run: Run) -> dict:
         if ev_ema["top1"] > ev["top1"]:
             final, which, ev = run.ema.module, "ema", ev_ema
     if cfg.ten_crop:
-        tc_loader = make_eval_loader(bundle.val, kind="host", device=ctx.device, batch_size=32, resize=bundle.eval_resize,
-                                     crop=bundle.eval_crop, interpolation=cfg.interpolation, ten_crop=True,
-                                     rank=ctx.rank, world=ctx.world, workers=cfg.workers)  # fmt: skip
+        tc_loader = make_eval_loader(
+            bundle.val,
+            kind="host",
+            device=ctx.device,
+            batch_size=32,
+            resize=bundle.eval_resize,
+            crop=bundle.eval_crop,
+            interpolation=cfg.interpolation,
+            ten_crop=True,
+            rank=ctx.rank,
+            world=ctx.world,
+            workers=cfg.workers,
+        )
         ev["ten_crop"] = {k: v for k, v in validate(run, final, tc_loader).items() if k in ("top1", "top5", "n")}
-    result = {"run_dir": str(run.run_dir), "model_path": str(run.run_dir / "model.safetensors"), "weights": which,
-              "top1": ev["top1"], "top5": ev["top5"], "loss": ev["loss"], "n": ev["n"], "per_class": ev["per_class"],
-              "classes": classes, "skipped_images": run.skipped, "val_skipped_images": ev["bad_samples"],
-              "amp": run.amp, "channels_last": run.channels_last, "loader": run.train_loader.kind,
-              "cuda_graph": run.graph, "history": run.history}  # fmt: skip
+    result = {
+        "run_dir": str(run.run_dir),
+        "model_path": str(run.run_dir / "model.safetensors"),
+        "weights": which,
+        "top1": ev["top1"],
+        "top5": ev["top5"],
+        "loss": ev["loss"],
+        "n": ev["n"],
+        "per_class": ev["per_class"],
+        "classes": classes,
+        "skipped_images": run.skipped,
+        "val_skipped_images": ev["bad_samples"],
+        "amp": run.amp,
+        "channels_last": run.channels_last,
+        "loader": run.train_loader.kind,
+        "cuda_graph": run.graph,
+        "history": run.history,
+    }
     if "ten_crop" in ev:
         result["ten_crop"] = ev["ten_crop"]
     if ctx.is_main:
@@ -256,8 +316,13 @@ def finish(run: Run) -> dict:
             core.load_state_dict(final.state_dict())
         save(core, run.run_dir / "model.safetensors", extra={"val_top1": ev["top1"], "dataset": cfg.dataset})
         title = f"{core.meta.architecture} on {cfg.dataset}"
-        write_evaluation(run.run_dir, {k: v for k, v in result.items() if k != "history"}, classes, ev["confusion"],
-                         f"{title}: top-1 {ev['top1']:.2f}%")  # fmt: skip
+        write_evaluation(
+            run.run_dir,
+            {k: v for k, v in result.items() if k != "history"},
+            classes,
+            ev["confusion"],
+            f"{title}: top-1 {ev['top1']:.2f}%",
+        )
         if run.history:
             plot_curves(run.history, run.run_dir / "curves.png", title)
     return result

@@ -1,5 +1,6 @@
 """The learning-rate schedule of a run (cosine, step, one-cycle, plateau, constant, with warmup); the optimizer is
 built with the step, in steps.py."""
+
 from __future__ import annotations
 
 import torch
@@ -7,7 +8,9 @@ import torch
 from .. import config as C
 
 
-def make_scheduler(opt: torch.optim.Optimizer, cfg: C.TrainConfig, total_steps: int, steps_per_epoch: int, peak_lr: float):
+def make_scheduler(
+    opt: torch.optim.Optimizer, cfg: C.TrainConfig, total_steps: int, steps_per_epoch: int, peak_lr: float
+):
     """Per-step schedule: optional linear warmup, then cosine / step / one-cycle / constant. The plateau schedule
     (the paper's ImageNet rule) is stepped per epoch on the validation loss and returned separately."""
     from torch.optim import lr_scheduler as L

@@ -1,4 +1,5 @@
 """What a run shows and writes as it goes: the progress bar, TensorBoard, the metrics CSV, the lines it prints."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,14 +33,21 @@ def open_outputs(run: Run) -> None:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise ResnetsError("--tensorboard needs the tensorboard package: pip install 'resnets[tensorboard]'") from None
+            raise ResnetsError(
+                "--tensorboard needs the tensorboard package: pip install 'resnets[tensorboard]'"
+            ) from None
         run.writer = SummaryWriter(str(run.run_dir / "tensorboard"))
     if cfg.progress and run.ctx.is_main:
         from tqdm import tqdm
 
         total = min(run.epochs * run.batches_per_epoch, run.total_steps * cfg.accum_steps)
-        run.bar = tqdm(total=total, initial=run.epoch * run.batches_per_epoch + run.batch, unit="batch",
-                       dynamic_ncols=True, smoothing=0.05)  # fmt: skip
+        run.bar = tqdm(
+            total=total,
+            initial=run.epoch * run.batches_per_epoch + run.batch,
+            unit="batch",
+            dynamic_ncols=True,
+            smoothing=0.05,
+        )
 
 
 def close_outputs(run: Run) -> None:

@@ -1,5 +1,6 @@
 """`train(cfg)`: a run built from its config (`build_run`: data, model, optimizer, schedule, loaders, the run
 folder), restored when resumed, fitted."""
+
 from __future__ import annotations
 
 import logging
@@ -48,16 +49,27 @@ def _data_and_model(cfg: C.TrainConfig) -> tuple[D.DataBundle, nn.Module]:
         return bundle, create_model(cfg.model, num_classes=len(bundle.classes), in_chans=bundle.in_chans, **options)
     model = create_from_weights(cfg.weights, cfg.model or None, **options)
     bundle = D.build(cfg, in_chans=model.meta.in_chans, preprocessing=model.meta.preprocessing)
-    if model.num_classes != len(bundle.classes) or (model.meta.class_names and model.meta.class_names != bundle.classes):
-        log.warning("new head: %d classes (%s%s); the weights' classifier is dropped", len(bundle.classes),
-                    ", ".join(bundle.classes[:5]), ", ..." if len(bundle.classes) > 5 else "")  # fmt: skip
+    if model.num_classes != len(bundle.classes) or (
+        model.meta.class_names and model.meta.class_names != bundle.classes
+    ):
+        log.warning(
+            "new head: %d classes (%s%s); the weights' classifier is dropped",
+            len(bundle.classes),
+            ", ".join(bundle.classes[:5]),
+            ", ..." if len(bundle.classes) > 5 else "",
+        )
         model.reset_classifier(len(bundle.classes))
         model.meta.options["num_classes"] = len(bundle.classes)
     return bundle, model
 
 
-def train(cfg: C.TrainConfig | None = None, *, resume: str | Path | None = None, overrides: dict[str, Any] | None = None,
-          on_progress: Callable[[dict], None] | None = None) -> dict:  # fmt: skip
+def train(
+    cfg: C.TrainConfig | None = None,
+    *,
+    resume: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    on_progress: Callable[[dict], None] | None = None,
+) -> dict:
     """Train as `cfg` says (or continue the run in `resume`) and return the final metrics.
 
     on_progress: called about twice a second (rank 0) with {"step", "total_steps", "epoch", "loss", "acc", "img_s"}.
@@ -73,8 +85,11 @@ def train(cfg: C.TrainConfig | None = None, *, resume: str | Path | None = None,
     ctx = distributed.setup(cfg.device)
     run = None
     # process-wide switches build_run sets for the run, given back after it (train() is also called from Python)
-    flags = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-             torch.backends.cudnn.benchmark)  # fmt: skip
+    flags = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+    )
     try:
         run = build_run(cfg, ctx, resume, changed)
         run.on_progress = on_progress if ctx.is_main else None
@@ -109,8 +124,83 @@ def _claim_run_dir(cfg: C.TrainConfig, ctx: distributed.Context, resume: Path | 
     return Path(decision[0]), lock, decision[2]
 
 
-def build_run(cfg: C.TrainConfig, ctx: distributed.Context, resume: Path | None = None,
-              changed: dict[str, Any] | None = None) -> Run:  # fmt: skip
+def _loaders(cfg: C.TrainConfig, bundle: Any, ctx: distributed.Context) -> tuple[Any, Any]:
+    """The training loader (this rank's share, augmented) and the evaluation loader."""
+    world = ctx.world
+    loader_args = dict(
+        kind=cfg.loader, device=ctx.device, rank=ctx.rank, world=world, workers=cfg.workers, strict=cfg.strict_data
+    )
+    train_loader = make_train_loader(
+        bundle.train,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        augment=cfg.augment,
+        crop=bundle.train_crop,
+        mean=bundle.mean,
+        pad=cfg.pad,
+        auto_augment=cfg.auto_augment,
+        random_erasing=cfg.random_erasing,
+        interpolation=cfg.interpolation,
+        balanced=cfg.balanced,
+        **loader_args,
+    )
+    val_loader = make_eval_loader(
+        bundle.val,
+        batch_size=max(cfg.batch_size // world, 1) * 2,
+        resize=bundle.eval_resize,
+        crop=bundle.eval_crop,
+        interpolation=cfg.interpolation,
+        **loader_args,
+    )
+    return train_loader, val_loader
+
+
+def _lengths(cfg: C.TrainConfig, images: int) -> tuple[int, int, int, int]:
+    """Batches and optimizer steps per epoch, epochs and total steps (from --iterations or --epochs)."""
+    batches_per_epoch = images // cfg.batch_size
+    steps_per_epoch = max(batches_per_epoch // cfg.accum_steps, 1)
+    if cfg.iterations:
+        total_steps = cfg.iterations
+        epochs = math.ceil(total_steps / steps_per_epoch)
+    else:
+        epochs, total_steps = cfg.epochs, cfg.epochs * steps_per_epoch
+    return batches_per_epoch, steps_per_epoch, epochs, total_steps
+
+
+def _place(model: nn.Module, cfg: C.TrainConfig, ctx: distributed.Context, channels_last: bool) -> tuple[Any, Any]:
+    """The model on its device and memory format, SyncBatchNorm across ranks if asked, and its EMA copy."""
+    model.to(ctx.device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    if cfg.sync_bn and ctx.distributed:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    ema = None
+    if cfg.ema:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+    return model, ema
+
+
+def _claim_and_record(cfg: C.TrainConfig, ctx: distributed.Context, resume: Path | None, changed: Any):
+    """The first write: the run directory, claimed with its lock, and config.json (on a resume, again when
+    the resume changed keys); a failure here releases the lock and discards a folder this call made."""
+    run_dir, lock, fresh = _claim_run_dir(cfg, ctx, resume)
+    try:
+        if ctx.is_main and (resume is None or changed):
+            rundir.record(run_dir, cfg)
+    except BaseException as e:
+        if lock is not None:
+            lock.release()
+        if fresh and ctx.is_main:
+            rundir.discard(run_dir, e)
+        raise
+    return run_dir, lock, fresh
+
+
+def build_run(
+    cfg: C.TrainConfig, ctx: distributed.Context, resume: Path | None = None, changed: dict[str, Any] | None = None
+) -> Run:
     """Data, model, optimizer, schedule and loaders from the config. Everything that can fail on bad input
     happens before anything is written; then the run directory is claimed and its config.json written (on a
     resume, again when the resume `changed` keys)."""
@@ -125,61 +215,54 @@ def build_run(cfg: C.TrainConfig, ctx: distributed.Context, resume: Path | None 
     check_batch_split(cfg.batch_size, world)
     if cfg.weights and len(bundle.train) < cfg.batch_size:  # fine-tuning a small folder: one batch per step
         small = max(len(bundle.train) // world * world, world)
-        log.warning("batch size %d is more than the %d training images; using %d", cfg.batch_size, len(bundle.train), small)
+        log.warning(
+            "batch size %d is more than the %d training images; using %d", cfg.batch_size, len(bundle.train), small
+        )
         cfg = replace(cfg, batch_size=small)
     amp = resolve_amp(cfg.amp, dev)
     if amp == "bf16" and not native_bf16(dev):
         log.warning("bf16 on this %s is emulated and may be far slower than fp32 (--amp auto picks for you)", dev.type)
     graph = steps.use_graph(cfg, dev, world, amp)
     channels_last = cfg.channels_last if cfg.channels_last is not None else dev.type in ("cuda", "cpu")
-    loader_args = dict(kind=cfg.loader, device=dev, rank=ctx.rank, world=world, workers=cfg.workers, strict=cfg.strict_data)
-    train_loader = make_train_loader(bundle.train, batch_size=cfg.batch_size, seed=cfg.seed, augment=cfg.augment,
-                                     crop=bundle.train_crop, mean=bundle.mean, pad=cfg.pad, auto_augment=cfg.auto_augment,
-                                     random_erasing=cfg.random_erasing, interpolation=cfg.interpolation,
-                                     balanced=cfg.balanced, **loader_args)  # fmt: skip
-    val_loader = make_eval_loader(bundle.val, batch_size=max(cfg.batch_size // world, 1) * 2, resize=bundle.eval_resize,
-                                  crop=bundle.eval_crop, interpolation=cfg.interpolation, **loader_args)  # fmt: skip
-    batches_per_epoch = len(bundle.train) // cfg.batch_size
-    steps_per_epoch = max(batches_per_epoch // cfg.accum_steps, 1)
-    if cfg.iterations:
-        total_steps = cfg.iterations
-        epochs = math.ceil(total_steps / steps_per_epoch)
-    else:
-        epochs, total_steps = cfg.epochs, cfg.epochs * steps_per_epoch
+    train_loader, val_loader = _loaders(cfg, bundle, ctx)
+    batches_per_epoch, steps_per_epoch, epochs, total_steps = _lengths(cfg, len(bundle.train))
     preprocessing = Preprocessing(bundle.eval_resize, bundle.eval_crop, cfg.interpolation, bundle.mean, bundle.std)
     model.meta = model.meta.replace(class_names=list(bundle.classes), preprocessing=preprocessing)
     plan = finetune.from_config(model, cfg)  # what trains when, and BatchNorm's policy
-    model.to(dev)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    if cfg.sync_bn and ctx.distributed:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    ema = None
-    if cfg.ema:
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+    model, ema = _place(model, cfg, ctx, channels_last)
     effective_batch = cfg.batch_size * cfg.accum_steps
     peak_lr = cfg.lr * effective_batch / cfg.lr_reference_batch if cfg.lr_reference_batch else cfg.lr
-    opt = steps.make_optimizer(plan.param_groups(peak_lr, cfg.weight_decay, cfg.norm_weight_decay), cfg, dev, capturable=graph)
+    opt = steps.make_optimizer(
+        plan.param_groups(peak_lr, cfg.weight_decay, cfg.norm_weight_decay), cfg, dev, capturable=graph
+    )
     sched, plateau = make_scheduler(opt, cfg, total_steps, steps_per_epoch, peak_lr)
-    # the first write: the run directory, claimed with its lock, and config.json
-    run_dir, lock, fresh = _claim_run_dir(cfg, ctx, resume)
-    try:
-        if ctx.is_main and (resume is None or changed):
-            rundir.record(run_dir, cfg)
-    except BaseException as e:
-        if lock is not None:
-            lock.release()
-        if fresh and ctx.is_main:
-            rundir.discard(run_dir, e)
-        raise
+    run_dir, lock, fresh = _claim_and_record(cfg, ctx, resume, changed)
     distributed.barrier(ctx)
-    return Run(cfg=cfg, ctx=ctx, run_dir=run_dir, bundle=bundle, core=model, preprocessing=preprocessing, plan=plan,
-               opt=opt, sched=sched, plateau=plateau, scaler=torch.amp.GradScaler(dev.type, enabled=amp == "fp16"),
-               criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
-               mix=batch_mix(len(bundle.classes), cfg.mixup, cfg.cutmix), normalize=normalizer(bundle.mean, bundle.std),
-               train_loader=train_loader, val_loader=val_loader, ema=ema, lock=lock, fresh=fresh, amp=amp,
-               channels_last=channels_last, graph=graph,
-               batches_per_epoch=batches_per_epoch, steps_per_epoch=steps_per_epoch, epochs=epochs,
-               total_steps=total_steps)  # fmt: skip
+    return Run(
+        cfg=cfg,
+        ctx=ctx,
+        run_dir=run_dir,
+        bundle=bundle,
+        core=model,
+        preprocessing=preprocessing,
+        plan=plan,
+        opt=opt,
+        sched=sched,
+        plateau=plateau,
+        scaler=torch.amp.GradScaler(dev.type, enabled=amp == "fp16"),
+        criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
+        mix=batch_mix(len(bundle.classes), cfg.mixup, cfg.cutmix),
+        normalize=normalizer(bundle.mean, bundle.std),
+        train_loader=train_loader,
+        val_loader=val_loader,
+        ema=ema,
+        lock=lock,
+        fresh=fresh,
+        amp=amp,
+        channels_last=channels_last,
+        graph=graph,
+        batches_per_epoch=batches_per_epoch,
+        steps_per_epoch=steps_per_epoch,
+        epochs=epochs,
+        total_steps=total_steps,
+    )

@@ -9,6 +9,7 @@
 - A run that stops before its first checkpoint leaves nothing behind: its folder is removed. One killed before it
   (SIGKILL: no chance to clean up) is begun again by --resume, from its config.json.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,11 +29,30 @@ from ..weights.files import load_checkpoint
 log = logging.getLogger("resnets")
 LOCK = ".lock"
 # keys a resume may change: the length of the run and how, where and how visibly it runs
-RESUMABLE = frozenset({
-    "epochs", "iterations", "progress", "device", "workers", "loader", "cuda_graph", "compile", "tensorboard",
-    "checkpoint_steps", "eval_every", "curve_steps", "strict_data", "ten_crop", "data", "val_data", "download",
-    "amp", "channels_last", "early_stop",
-})  # fmt: skip
+RESUMABLE = frozenset(
+    {
+        "epochs",
+        "iterations",
+        "progress",
+        "device",
+        "workers",
+        "loader",
+        "cuda_graph",
+        "compile",
+        "tensorboard",
+        "checkpoint_steps",
+        "eval_every",
+        "curve_steps",
+        "strict_data",
+        "ten_crop",
+        "data",
+        "val_data",
+        "download",
+        "amp",
+        "channels_last",
+        "early_stop",
+    }
+)
 
 
 class RunLock:
@@ -56,8 +76,10 @@ class RunLock:
         except OSError:
             holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
             os.close(fd)
-            raise ResnetsError(f"{run_dir} is in use by a run that is still going ({holder}); wait for it to end, "
-                               "or pick another --name") from None  # fmt: skip
+            raise ResnetsError(
+                f"{run_dir} is in use by a run that is still going ({holder}); wait for it to end, "
+                "or pick another --name"
+            ) from None
         self.fd = fd
         if mark:
             self.mark()
@@ -66,7 +88,10 @@ class RunLock:
         if self.fd is not None:
             os.ftruncate(self.fd, 0)
             os.lseek(self.fd, 0, os.SEEK_SET)
-            os.write(self.fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
+            os.write(
+                self.fd,
+                f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(),
+            )
 
     def release(self) -> None:
         if self.fd is not None:
@@ -103,8 +128,9 @@ def claim(cfg: C.TrainConfig, resume: Path | None) -> tuple[Path, RunLock, bool]
         sweep(run_dir)  # a run killed while writing its first config.json left only a temporary: it never began
         if any(p.name != LOCK for p in run_dir.iterdir()):
             lock.release()
-            raise ResnetsError(f"run directory {run_dir} already holds a run; resume it with --resume {run_dir} or pick "
-                               "another --name")  # fmt: skip
+            raise ResnetsError(
+                f"run directory {run_dir} already holds a run; resume it with --resume {run_dir} or pick another --name"
+            )
         lock.mark()
         return run_dir, lock, fresh
     base = f"{cfg.model or 'model'}-{cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -136,7 +162,9 @@ def discard(run_dir: Path, why: BaseException | None = None) -> bool:
         return False
     shutil.rmtree(run_dir, ignore_errors=True)
     if isinstance(why, KeyboardInterrupt):
-        log.warning("stopped before the first checkpoint: nothing was kept (%s removed); start it again to train", run_dir)
+        log.warning(
+            "stopped before the first checkpoint: nothing was kept (%s removed); start it again to train", run_dir
+        )
     return True
 
 
@@ -148,14 +176,18 @@ def load_resume(resume: Path, overrides: dict[str, Any]) -> tuple[C.TrainConfig,
     if (resume / LOCK).is_file():  # a run still writing there is named before anything else is said
         RunLock(resume, mark=False).release()
     if not (resume / "config.json").is_file():
-        began = " (a run killed before it wrote its config: start it again with --name)" if (resume / LOCK).exists() else ""
+        began = (
+            " (a run killed before it wrote its config: start it again with --name)" if (resume / LOCK).exists() else ""
+        )
         raise ResnetsError(f"{resume} is not a run directory (no config.json){began}")
     try:
         saved = json.loads((resume / "config.json").read_text())
         if not isinstance(saved, dict):
             raise ValueError("not a table")
     except (ValueError, UnicodeDecodeError) as e:
-        raise ResnetsError(f"{resume}/config.json is damaged ({str(e).splitlines()[0][:80]}); the run cannot be resumed") from None
+        raise ResnetsError(
+            f"{resume}/config.json is damaged ({str(e).splitlines()[0][:80]}); the run cannot be resumed"
+        ) from None
     cfg = C.from_dict(saved)
     state = None
     if (resume / "last.pt").is_file():
@@ -163,7 +195,9 @@ def load_resume(resume: Path, overrides: dict[str, Any]) -> tuple[C.TrainConfig,
         arch = state.get("resnets", {}).get("architecture")
         wanted = overrides.get("model", cfg.model)
         if arch != wanted:
-            raise ResnetsError(f"the checkpoint in {resume} is a {arch} model, not {wanted}; it cannot be resumed as {wanted}")
+            raise ResnetsError(
+                f"the checkpoint in {resume} is a {arch} model, not {wanted}; it cannot be resumed as {wanted}"
+            )
     else:  # killed before its first checkpoint (a SIGKILL leaves no chance to clean up): begin it again
         log.warning("%s was stopped before its first checkpoint; training it from the beginning", resume)
     new = C.apply(C.TrainConfig(**cfg.to_dict()), overrides, "the command line").validate()
@@ -175,8 +209,10 @@ def load_resume(resume: Path, overrides: dict[str, Any]) -> tuple[C.TrainConfig,
     refused = sorted(k for k in changed if k not in RESUMABLE)
     if refused:
         k = refused[0]
-        raise ResnetsError(f"--{k.replace('_', '-')} cannot change when resuming (the run was trained with "
-                           f"{getattr(cfg, k)!r}); start a new run to change it")  # fmt: skip
+        raise ResnetsError(
+            f"--{k.replace('_', '-')} cannot change when resuming (the run was trained with "
+            f"{getattr(cfg, k)!r}); start a new run to change it"
+        )
     return new, state, changed
 
 

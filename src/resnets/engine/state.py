@@ -1,6 +1,7 @@
 """The state of one training run, as one object: what `engine.build_run` makes, the steps (`steps.py`) and the
 loop (`engine.py`) advance, and a checkpoint saves and restores whole. Its own module, below both, so the steps
 read it without importing the loop that drives them."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

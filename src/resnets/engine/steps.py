@@ -9,6 +9,7 @@
 
 Both return the batch's statistics as one float64 tensor on the device: [loss x n, top-1 hits, n].
 """
+
 from __future__ import annotations
 
 import logging
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from .state import Run
 
 log = logging.getLogger("resnets")
+
 
 def _stats(loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     n = torch.full((), len(y), dtype=torch.float64, device=y.device)
@@ -92,8 +94,9 @@ class EagerStep:
     def __init__(self, run: "Run"):
         self.run = run
 
-    def __call__(self, x: torch.Tensor, target: torch.Tensor, y: torch.Tensor, sync: bool, *,
-                 keep_grads: bool = False) -> torch.Tensor:  # fmt: skip
+    def __call__(
+        self, x: torch.Tensor, target: torch.Tensor, y: torch.Tensor, sync: bool, *, keep_grads: bool = False
+    ) -> torch.Tensor:
         """keep_grads: zero the gradients in place after the step instead of dropping them."""
         r, cfg = self.run, self.run.cfg
         net = r.net
@@ -149,8 +152,10 @@ class GraphStep:
             try:
                 self._capture(x, target, y)
             except RuntimeError as e:  # a model or op that cannot be captured: go on eagerly
-                log.warning("the training step could not be captured as a CUDA graph (%s); running it eagerly",
-                            str(e).splitlines()[0][:200])  # fmt: skip
+                log.warning(
+                    "the training step could not be captured as a CUDA graph (%s); running it eagerly",
+                    str(e).splitlines()[0][:200],
+                )
                 self.run.opt.zero_grad(set_to_none=True)
                 self.graph, self.warmup = None, 10**18
                 return self.eager(x, target, y, sync)

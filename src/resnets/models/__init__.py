@@ -1,5 +1,6 @@
 """Architectures and their registry. `zoo` registers every entrypoint on import; torch is loaded only when a
 model is built (or `ResNet` / `ResNetV2` is asked for), so the catalog answers fast."""
+
 from __future__ import annotations
 
 import importlib

@@ -2,6 +2,7 @@
 
 Parameter names follow torchvision (conv1, bn1, ..., downsample) so published checkpoints load unchanged.
 """
+
 from __future__ import annotations
 
 import torch
@@ -45,8 +46,9 @@ class StdConv2d(nn.Conv2d):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = F.batch_norm(self.weight.reshape(1, self.out_channels, -1), None, None, training=True, momentum=0.0,
-                         eps=self.eps).reshape_as(self.weight)  # fmt: skip
+        w = F.batch_norm(
+            self.weight.reshape(1, self.out_channels, -1), None, None, training=True, momentum=0.0, eps=self.eps
+        ).reshape_as(self.weight)
         return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
@@ -87,9 +89,7 @@ def make_shortcut(
     if shortcut == "B" and not changes:
         return None
     if avg_down:
-        pool = (
-            nn.AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False) if stride > 1 else nn.Identity()
-        )
+        pool = nn.AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False) if stride > 1 else nn.Identity()
         return nn.Sequential(pool, conv1x1(cin, cout), make_norm(norm, cout))
     return nn.Sequential(conv1x1(cin, cout, stride), make_norm(norm, cout))
 
@@ -119,9 +119,20 @@ class BasicBlock(_PostActivation):
 
     expansion = 1
 
-    def __init__(self, cin: int, planes: int, stride: int = 1, downsample: nn.Module | None = None, *,
-                 norm: str = "batch", residual: bool = True, drop_path: float = 0.0, groups: int = 1,
-                 width_per_group: int = 64, stride_in_1x1: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        cin: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        *,
+        norm: str = "batch",
+        residual: bool = True,
+        drop_path: float = 0.0,
+        groups: int = 1,
+        width_per_group: int = 64,
+        stride_in_1x1: bool = False,
+    ):
         super().__init__()
         if groups != 1 or width_per_group != 64:
             raise ValueError("BasicBlock only supports groups=1 and width_per_group=64")
@@ -146,9 +157,20 @@ class Bottleneck(_PostActivation):
 
     expansion = 4
 
-    def __init__(self, cin: int, planes: int, stride: int = 1, downsample: nn.Module | None = None, *,
-                 norm: str = "batch", residual: bool = True, drop_path: float = 0.0, groups: int = 1,
-                 width_per_group: int = 64, stride_in_1x1: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        cin: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        *,
+        norm: str = "batch",
+        residual: bool = True,
+        drop_path: float = 0.0,
+        groups: int = 1,
+        width_per_group: int = 64,
+        stride_in_1x1: bool = False,
+    ):
         super().__init__()
         width = int(planes * (width_per_group / 64.0)) * groups  # ResNeXt / Wide ResNet widen the 3x3 only
         s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)

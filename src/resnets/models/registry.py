@@ -1,4 +1,5 @@
 """Models by name: `register_model` entrypoints, `list_models`, and option checking."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

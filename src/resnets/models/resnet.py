@@ -1,5 +1,6 @@
 """The ResNet family: the paper's ImageNet and CIFAR nets, plain baselines, ResNeXt, Wide ResNet, ResNet-D and
 pre-activation ResNet V2. Architectures only: no I/O, no weights (see resnets.weights and the registry)."""
+
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -41,7 +42,9 @@ def take_indices(n: int, indices: int | Sequence[int] | None) -> list[int]:
         return list(range(n - indices, n))
     bad = [i for i in indices if not -n <= i < n]
     if bad or not indices:
-        raise OptionError(f"feature indices run from {-n} to {n - 1} (0: the stem, 1..{n - 1}: the stages); got {list(indices)}")
+        raise OptionError(
+            f"feature indices run from {-n} to {n - 1} (0: the stem, 1..{n - 1}: the stages); got {list(indices)}"
+        )
     return sorted({i % n for i in indices})
 
 
@@ -60,8 +63,16 @@ class Backbone(nn.Module):
     # the metadata sits above the architectures (it asks their registry for default input sizes)
     meta: Any = None
 
-    def _make_stages(self, widths: Sequence[int], layers: Sequence[int], cin: int, reduction: int,
-                     drop_path_rate: float, make_block, stem: dict) -> None:  # fmt: skip
+    def _make_stages(
+        self,
+        widths: Sequence[int],
+        layers: Sequence[int],
+        cin: int,
+        reduction: int,
+        drop_path_rate: float,
+        make_block,
+        stem: dict,
+    ) -> None:
         """layer1..layerN, `layers[i]` blocks each, the first block of every stage after the first at stride 2.
         make_block(cin, planes, stride, drop_path) -> (block, its output channels). Fills stage_names,
         feature_info (the `stem` map's first) and num_features."""
@@ -113,9 +124,16 @@ class Backbone(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
-    def forward_intermediates(self, x: torch.Tensor, indices: int | Sequence[int] | None = None, *, norm: bool = False,
-                              stop_early: bool = False, output_fmt: str = "NCHW",
-                              intermediates_only: bool = False) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:  # fmt: skip
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        *,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
         """timm's contract: the feature maps `indices` picks among `feature_info` (0: the stem before its max pool,
         stride 2 (1 for the CIFAR nets); 1..N: layer1..layerN, strides 4/8/16/32; an int k: the last k; negative
         counts from the end), as (forward_features' output, [maps]), or [maps] alone with `intermediates_only`.
@@ -192,10 +210,14 @@ class ResNet(Backbone):
             half = stem_width // 2
             # Sequential indices match timm's resnet*d keys (conv1.0, conv1.1, conv1.3, conv1.4, conv1.6)
             self.conv1 = nn.Sequential(
-                conv3x3(in_chans, half, 2), make_norm(norm, half), nn.ReLU(inplace=True),
-                conv3x3(half, half), make_norm(norm, half), nn.ReLU(inplace=True),
+                conv3x3(in_chans, half, 2),
+                make_norm(norm, half),
+                nn.ReLU(inplace=True),
+                conv3x3(half, half),
+                make_norm(norm, half),
+                nn.ReLU(inplace=True),
                 conv3x3(half, stem_width),
-            )  # fmt: skip
+            )
         elif stem == "imagenet":
             self.conv1 = nn.Conv2d(in_chans, stem_width, 7, stride=2, padding=3, bias=False)
         elif stem == "cifar":
@@ -209,8 +231,18 @@ class ResNet(Backbone):
         def make(cin: int, planes: int, s: int, rate: float) -> tuple[nn.Module, int]:
             cout = planes * block.expansion
             downsample = make_shortcut(shortcut, cin, cout, s, norm, avg_down) if residual else None
-            return block(cin, planes, s, downsample, norm=norm, residual=residual, drop_path=rate, groups=groups,
-                         width_per_group=width_per_group, stride_in_1x1=stride_in_1x1), cout  # fmt: skip
+            return block(
+                cin,
+                planes,
+                s,
+                downsample,
+                norm=norm,
+                residual=residual,
+                drop_path=rate,
+                groups=groups,
+                width_per_group=width_per_group,
+                stride_in_1x1=stride_in_1x1,
+            ), cout
 
         stem_map = {"module": "act1", "reduction": 1 if stem == "cifar" else 2}  # timm's: after the stem's ReLU
         self._make_stages(widths, layers, stem_width, 1 if stem == "cifar" else 4, drop_path_rate, make, stem_map)
@@ -323,4 +355,3 @@ class PreLogits(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
-

@@ -3,6 +3,7 @@
 The catalog (names, options, one line each) loads without torch, so `resnets list` answers as fast as `--help`:
 the entrypoints reach the builders through `_net`, which imports them when a model is first built.
 """
+
 from __future__ import annotations
 
 from .registry import BOTTLENECK, HEAD, RESIDUAL, SHORTCUT, register_model
@@ -133,6 +134,8 @@ def resnetv2_152(**kw):
 # GroupNorm, in widths x1..x4 (timm's resnetv2_*_bit)
 
 BIT = ("num_classes", "in_chans", "zero_init_residual", "drop_path_rate")
+
+
 def _bit(layers, **kw):
     return ResNetV2(layers, norm="group", bit=True, **kw)
 
@@ -183,6 +186,7 @@ def plain34(**kw):
 
 
 # ---- CIFAR nets of section 4.2: 3x3 stem, stages of 16/32/64 filters, 6n+2 layers, option A shortcuts
+
 
 def _cifar(layers, **kw):
     return ResNet(BasicBlock, layers, widths=(16, 32, 64), stem="cifar", **kw)

@@ -14,10 +14,22 @@ With a token (`token=` or $RESNETS_SERVE_TOKEN) every endpoint but the health ch
 
 The parts: limits.py (what a request may be), batcher.py (dynamic batching), service.py (the model behind
 the app), routes.py (the endpoints), app.py (the ASGI app), server.py (uvicorn)."""
+
 from .app import TOKEN_ENV, app
 from .batcher import Batcher
 from .limits import STATUS_OF_KIND, HTTPFailure, Limits
 from .server import check_listen, run
 from .service import Metrics, Service
 
-__all__ = ["STATUS_OF_KIND", "TOKEN_ENV", "Batcher", "HTTPFailure", "Limits", "Metrics", "Service", "app", "check_listen", "run"]
+__all__ = [
+    "STATUS_OF_KIND",
+    "TOKEN_ENV",
+    "Batcher",
+    "HTTPFailure",
+    "Limits",
+    "Metrics",
+    "Service",
+    "app",
+    "check_listen",
+    "run",
+]

@@ -1,5 +1,6 @@
 """`resnets.serve.app(model)`: the ASGI app (FastAPI) that puts the service and its routes together, and the
 middleware that counts every answer."""
+
 from __future__ import annotations
 
 import os
@@ -15,10 +16,19 @@ from .service import Metrics, Service
 TOKEN_ENV = "RESNETS_SERVE_TOKEN"
 
 
-def app(model: nn.Module | str | os.PathLike, *, backend: str = "auto", precision: str = "fp32",
-        device: str | torch.device | None = None, max_batch: int = 32, max_wait_ms: float = 5.0,
-        decode_workers: int = 4, token: str | None = None, limits: Limits | None = None,
-        calib: list[str] | None = None):  # fmt: skip
+def app(
+    model: nn.Module | str | os.PathLike,
+    *,
+    backend: str = "auto",
+    precision: str = "fp32",
+    device: str | torch.device | None = None,
+    max_batch: int = 32,
+    max_wait_ms: float = 5.0,
+    decode_workers: int = 4,
+    token: str | None = None,
+    limits: Limits | None = None,
+    calib: list[str] | None = None,
+):
     """The ASGI app (FastAPI) serving `model` (a model built by resnets, or whatever `--weights` takes), to run
     with uvicorn or mount in your own service. `token`: a bearer token every endpoint but /healthz, /readyz and
     the page requires (default $RESNETS_SERVE_TOKEN, if set). `calib`: image files or folders the
@@ -27,19 +37,30 @@ def app(model: nn.Module | str | os.PathLike, *, backend: str = "auto", precisio
 
     from fastapi import FastAPI
 
-    from ..version import __version__
     from ..factory import load
+    from ..version import __version__
 
     where = "the token" if token is not None else f"${TOKEN_ENV}"
     token = token if token is not None else os.environ.get(TOKEN_ENV)
     if token is not None and (not token or not all(33 <= ord(c) < 127 for c in token)):
-        raise ResnetsError(f"{where} must be printable ASCII without spaces, and not empty (an empty token would let "
-                           "an empty bearer in)")  # fmt: skip
+        raise ResnetsError(
+            f"{where} must be printable ASCII without spaces, and not empty (an empty token would let "
+            "an empty bearer in)"
+        )
     if not isinstance(model, nn.Module):
         model = load(model)
-    svc = Service(model, backend=backend, precision=precision, device=device, max_batch=max_batch,
-                  max_wait_ms=max_wait_ms, decode_workers=decode_workers, limits=limits or Limits(), token=token,
-                  calib_images=calib)  # fmt: skip
+    svc = Service(
+        model,
+        backend=backend,
+        precision=precision,
+        device=device,
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+        decode_workers=decode_workers,
+        limits=limits or Limits(),
+        token=token,
+        calib_images=calib,
+    )
 
     @asynccontextmanager
     async def lifespan(_app):
@@ -50,9 +71,16 @@ def app(model: nn.Module | str | os.PathLike, *, backend: str = "auto", precisio
     # /docs and /openapi.json are our own routes: behind the token, and Swagger UI's script served from the
     # fastapi-offline package (FastAPI's own page loads it from a CDN, and is blank offline; ReDoc, its other page,
     # fetches a logo from one even when served locally, so it is left out)
-    api = FastAPI(title="resnets", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url=None, description=f"{svc.meta.architecture} ({svc.model.num_classes} classes) served "
-                  "by resnets: classify, embed and explain images.")  # fmt: skip
+    api = FastAPI(
+        title="resnets",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        description=f"{svc.meta.architecture} ({svc.model.num_classes} classes) served "
+        "by resnets: classify, embed and explain images.",
+    )
     api.state.service = svc
     api.add_middleware(Counted, metrics=svc.metrics)
     image_routes(api, svc)
@@ -87,6 +115,15 @@ class Counted:
 
 # the label each path is counted under in resnets_requests (anything else: "other", so a scan of random paths
 # cannot grow the metrics without bound)
-ENDPOINTS = {"/v1/predict": "predict", "/v1/embed": "embed", "/v1/explain": "explain", "/v1/model": "model",
-              "/healthz": "healthz", "/readyz": "readyz", "/metrics": "metrics", "/": "page", "/docs": "docs",
-              "/openapi.json": "docs"}  # fmt: skip
+ENDPOINTS = {
+    "/v1/predict": "predict",
+    "/v1/embed": "embed",
+    "/v1/explain": "explain",
+    "/v1/model": "model",
+    "/healthz": "healthz",
+    "/readyz": "readyz",
+    "/metrics": "metrics",
+    "/": "page",
+    "/docs": "docs",
+    "/openapi.json": "docs",
+}

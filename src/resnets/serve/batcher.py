@@ -1,5 +1,6 @@
 """Dynamic batching: images from concurrent requests gathered into one model batch; a failed batch run again image by
 image, so a failure stays with the request that caused it."""
+
 from __future__ import annotations
 
 import asyncio
@@ -47,8 +48,12 @@ class Batcher:
 
     async def submit(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
         if self.pending + len(images) > self.max_queue:
-            raise HTTPFailure(503, f"the queue is full ({self.pending} images waiting, at most {self.max_queue}); "
-                              "retry shortly", {"Retry-After": "1"}, "queue_full")  # fmt: skip
+            raise HTTPFailure(
+                503,
+                f"the queue is full ({self.pending} images waiting, at most {self.max_queue}); retry shortly",
+                {"Retry-After": "1"},
+                "queue_full",
+            )
         loop = asyncio.get_running_loop()
         items = [_Item(im, loop.create_future()) for im in images]
         self.pending += len(items)

@@ -1,5 +1,6 @@
 """What a request may be and how a refusal is answered: the limits, the one-line HTTP failures, reading a bounded
 body and the images in it, header-safe text."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -57,14 +58,20 @@ async def images_of(request, body: bytes, limits: Limits) -> list[tuple[str, byt
             form = await MultiPartParser(request.headers, once(), max_files=limits.max_files, max_fields=100).parse()
         except MultiPartException as e:
             raise HTTPFailure(400, f"bad multipart form: {e.message}") from None
-        files = [(f.filename or f"file{i}", await f.read()) for i, (_, f) in enumerate(form.multi_items())
-                 if isinstance(f, UploadFile)]  # fmt: skip
+        files = [
+            (f.filename or f"file{i}", await f.read())
+            for i, (_, f) in enumerate(form.multi_items())
+            if isinstance(f, UploadFile)
+        ]
         await form.close()
     elif ctype.startswith(("image/", "application/octet-stream")) or (body and not ctype):
         files = [("body", body)]
     else:
-        raise HTTPFailure(415, f"send images as multipart/form-data files or as an image/* body, not {ctype or 'nothing'}",
-                          kind="not_an_image")  # fmt: skip
+        raise HTTPFailure(
+            415,
+            f"send images as multipart/form-data files or as an image/* body, not {ctype or 'nothing'}",
+            kind="not_an_image",
+        )
     if not files or not any(data for _, data in files):
         raise HTTPFailure(400, "no image in the request", kind="no_image")
     if len(files) > limits.max_files:

@@ -1,5 +1,6 @@
 """The endpoints, one function each, in two groups: images in (predict, embed, explain) and what is served (model,
 health, metrics, the API's documentation, the page)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -16,10 +17,20 @@ from .limits import HTTPFailure, header_safe
 from .service import Service, overlay
 
 # the request body the image endpoints document (they read it themselves, to bound it)
-_MULTIPART = {"requestBody": {"required": True, "content": {
-    "multipart/form-data": {"schema": {"type": "object", "properties": {
-        "files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}},
-    "image/*": {"schema": {"type": "string", "format": "binary"}}}}}  # fmt: skip
+_MULTIPART = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                }
+            },
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
 
 
 def image_routes(api, svc: Service) -> None:
@@ -33,8 +44,10 @@ def image_routes(api, svc: Service) -> None:
             feats = await svc.batcher.submit(images)
             probs = svc.logits(torch.stack(feats)).softmax(1)
             p, c = probs.topk(min(top_k, svc.model.num_classes), dim=1)
-            results = [{"name": n, "top": [{"class": svc.names[j], "index": j, "prob": q} for q, j in zip(pr, cr)]}
-                       for n, pr, cr in zip(names, p.tolist(), c.tolist())]  # fmt: skip
+            results = [
+                {"name": n, "top": [{"class": svc.names[j], "index": j, "prob": q} for q, j in zip(pr, cr)]}
+                for n, pr, cr in zip(names, p.tolist(), c.tolist())
+            ]
             svc.metrics.images.labels("predict").inc(len(names))
             return JSONResponse({"results": results, "time_ms": 1000 * (time.perf_counter() - t0)})
 
@@ -49,14 +62,25 @@ def image_routes(api, svc: Service) -> None:
             names, images = await svc.decoded(request)
             feats = await svc.batcher.submit(images)
             svc.metrics.images.labels("embed").inc(len(names))
-            return JSONResponse({"dim": svc.model.num_features, "time_ms": 1000 * (time.perf_counter() - t0),
-                                 "results": [{"name": n, "embedding": f.tolist()} for n, f in zip(names, feats)]})  # fmt: skip
+            return JSONResponse(
+                {
+                    "dim": svc.model.num_features,
+                    "time_ms": 1000 * (time.perf_counter() - t0),
+                    "results": [{"name": n, "embedding": f.tolist()} for n, f in zip(names, feats)],
+                }
+            )
 
         return await svc.answered("embed", work)
 
-    @api.post("/v1/explain", openapi_extra=_MULTIPART, summary="Grad-CAM: where the model looked, as a PNG overlay",
-              responses={200: {"content": {"image/png": {}}, "description": "the crop the model saw, with the heatmap"}})
-    async def explain(request: Request, target: str | None = Query(None, description="class name or index (default: the top class)")):
+    @api.post(
+        "/v1/explain",
+        openapi_extra=_MULTIPART,
+        summary="Grad-CAM: where the model looked, as a PNG overlay",
+        responses={200: {"content": {"image/png": {}}, "description": "the crop the model saw, with the heatmap"}},
+    )
+    async def explain(
+        request: Request, target: str | None = Query(None, description="class name or index (default: the top class)")
+    ):
         async def work():
             t0 = time.perf_counter()
             svc.check_token(request)
@@ -70,9 +94,16 @@ def image_routes(api, svc: Service) -> None:
                 raise HTTPFailure(400, str(e), kind="bad_request") from None
             png, cls, prob = await asyncio.get_running_loop().run_in_executor(None, overlay, svc, images[0], cls)
             svc.metrics.images.labels("explain").inc()
-            return Response(png, media_type="image/png", headers={
-                "X-Class": header_safe(svc.names[cls]), "X-Class-Index": str(cls), "X-Prob": f"{prob:.6f}",
-                "X-Time-Ms": f"{1000 * (time.perf_counter() - t0):.1f}"})  # fmt: skip
+            return Response(
+                png,
+                media_type="image/png",
+                headers={
+                    "X-Class": header_safe(svc.names[cls]),
+                    "X-Class-Index": str(cls),
+                    "X-Prob": f"{prob:.6f}",
+                    "X-Time-Ms": f"{1000 * (time.perf_counter() - t0):.1f}",
+                },
+            )
 
         return await svc.answered("explain", work)
 
@@ -113,9 +144,16 @@ def info_routes(api, svc: Service) -> None:
     async def docs(request: Request):
         from fastapi.openapi.docs import get_swagger_ui_html
 
-        return svc.guarded(request, lambda: get_swagger_ui_html(
-            openapi_url="openapi.json", title="resnets: the API", swagger_js_url="docs/assets/swagger-ui-bundle.js",
-            swagger_css_url="docs/assets/swagger-ui.css", swagger_favicon_url="docs/assets/favicon.png"))  # fmt: skip
+        return svc.guarded(
+            request,
+            lambda: get_swagger_ui_html(
+                openapi_url="openapi.json",
+                title="resnets: the API",
+                swagger_js_url="docs/assets/swagger-ui-bundle.js",
+                swagger_css_url="docs/assets/swagger-ui.css",
+                swagger_favicon_url="docs/assets/favicon.png",
+            ),
+        )
 
     api.mount("/docs/assets", _doc_assets(), name="doc-assets")
 

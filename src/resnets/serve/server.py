@@ -1,5 +1,6 @@
 """Running the app with uvicorn: the address checked first, a deadline on slow request headers, a graceful stop on
 SIGTERM."""
+
 from __future__ import annotations
 
 import asyncio
@@ -51,8 +52,15 @@ def _slow_header_guard(seconds: float):
     return Protocol
 
 
-def run(api, host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "info", graceful_s: float = 30.0,
-        header_timeout_s: float = 10.0) -> None:  # fmt: skip
+def run(
+    api,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    log_level: str = "info",
+    graceful_s: float = 30.0,
+    header_timeout_s: float = 10.0,
+) -> None:
     """Serve `api` with uvicorn until SIGINT/SIGTERM: then no new connections, and the requests in flight are
     answered (for up to `graceful_s`) before this returns. A stop asked for is a clean exit: uvicorn would
     raise the signal again after its graceful shutdown, so the process would end as killed by it. Each request
@@ -77,8 +85,15 @@ def run(api, host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "inf
                     signal.signal(sig, handler)
 
     check_listen(host, port)
-    config = uvicorn.Config(api, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=graceful_s,
-                            access_log=True, http=_slow_header_guard(header_timeout_s))  # fmt: skip
+    config = uvicorn.Config(
+        api,
+        host=host,
+        port=port,
+        log_level=log_level,
+        timeout_graceful_shutdown=graceful_s,
+        access_log=True,
+        http=_slow_header_guard(header_timeout_s),
+    )
     Server(config).run()
 
 

@@ -1,5 +1,6 @@
 """The model behind the app: its runner and batcher, the decode pool, the token, the metrics, and Grad-CAM on a copy
 of its own."""
+
 from __future__ import annotations
 
 import asyncio
@@ -31,13 +32,21 @@ class Metrics:
         from prometheus_client import CollectorRegistry, Counter, Histogram
 
         self.registry = CollectorRegistry()
-        self.requests = Counter("resnets_requests", "HTTP requests by endpoint and status code", ["endpoint", "code"],
-                                registry=self.registry)  # fmt: skip
+        self.requests = Counter(
+            "resnets_requests",
+            "HTTP requests by endpoint and status code",
+            ["endpoint", "code"],
+            registry=self.registry,
+        )
         self.errors = Counter("resnets_errors", "failed requests by kind", ["kind"], registry=self.registry)
         buckets = sorted({1, 2, 4, 8, 16, 32, 64, 128, 256, max_batch} & set(range(1, max_batch + 1)))
         self.batch = Histogram("resnets_batch_size", "images per model batch", buckets=buckets, registry=self.registry)
-        self.latency = Histogram("resnets_request_seconds", "time from a request's arrival to its answer",
-                                 ["endpoint"], registry=self.registry)  # fmt: skip
+        self.latency = Histogram(
+            "resnets_request_seconds",
+            "time from a request's arrival to its answer",
+            ["endpoint"],
+            registry=self.registry,
+        )
         self.images = Counter("resnets_images", "images answered, by endpoint", ["endpoint"], registry=self.registry)
 
     def render(self) -> bytes:
@@ -49,17 +58,31 @@ class Metrics:
 class Service:
     """The model, its runner and batcher, the decode pool and the metrics behind one app."""
 
-    def __init__(self, model: nn.Module, *, backend: str, precision: str, device: str | torch.device | None,
-                 max_batch: int, max_wait_ms: float, decode_workers: int, limits: Limits, token: str | None,
-                 calib_images: list[str] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        backend: str,
+        precision: str,
+        device: str | torch.device | None,
+        max_batch: int,
+        max_wait_ms: float,
+        decode_workers: int,
+        limits: Limits,
+        token: str | None,
+        calib_images: list[str] | None = None,
+    ):
         from ..backends import auto_backend, make_runner
         from ..devices import pick_device
         from ..meta import meta_of, preprocessing_for
 
         if max_batch < 1 or decode_workers < 1:
             raise ResnetsError("max_batch and decode_workers must be at least 1")
-        for what, value, zero_ok in (("max_wait_ms", max_wait_ms, True), ("timeout_s", limits.timeout_s, False),
-                                     ("max_upload_mb", limits.max_upload_mb, False)):  # fmt: skip
+        for what, value, zero_ok in (
+            ("max_wait_ms", max_wait_ms, True),
+            ("timeout_s", limits.timeout_s, False),
+            ("max_upload_mb", limits.max_upload_mb, False),
+        ):
             if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
                 raise ResnetsError(f"{what} must be a finite number {'>= 0' if zero_ok else '> 0'}; got {value}")
         self.device = pick_device(device) if not isinstance(device, torch.device) else device
@@ -86,8 +109,14 @@ class Service:
         # the batch gives pooled features (predict applies the classifier, embed returns them); an ONNX file gives
         # its logits, and serves predict only
         self.features = self.model.num_features is not None
-        self.runner = make_runner(self.model, self.backend, output="features" if self.features else "logits",
-                                  calib=calib, precision=precision, device=self.device)  # fmt: skip
+        self.runner = make_runner(
+            self.model,
+            self.backend,
+            output="features" if self.features else "logits",
+            calib=calib,
+            precision=precision,
+            device=self.device,
+        )
         self.metrics = Metrics(max_batch)
         self.decode_workers = decode_workers
         self.decoder: ThreadPoolExecutor | None = None  # made when the app starts
@@ -133,8 +162,11 @@ class Service:
             raise HTTPFailure(STATUS_OF_KIND.get(kind, 415), f"{name}: {e.reason}", kind=kind) from None
         image = self.transform(raw)
         if tuple(image.shape) != self.input_shape:  # checked here, so no image can break a batch it joins
-            raise HTTPFailure(422, f"{name}: the image became {tuple(image.shape)}, not the model's input "
-                              f"{self.input_shape}", kind="corrupt_image")  # fmt: skip
+            raise HTTPFailure(
+                422,
+                f"{name}: the image became {tuple(image.shape)}, not the model's input {self.input_shape}",
+                kind="corrupt_image",
+            )
         return image
 
     async def start(self) -> None:
@@ -154,8 +186,12 @@ class Service:
             return
         scheme, _, value = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), self.token.encode()):
-            raise HTTPFailure(401, "a bearer token is required (Authorization: Bearer <token>)",
-                              {"WWW-Authenticate": "Bearer"}, "unauthorized")  # fmt: skip
+            raise HTTPFailure(
+                401,
+                "a bearer token is required (Authorization: Bearer <token>)",
+                {"WWW-Authenticate": "Bearer"},
+                "unauthorized",
+            )
 
     async def decoded(self, request: Request) -> tuple[list[str], list[torch.Tensor]]:
         """The request's images, each decoded to the model's input in the decode pool (names, images); the
@@ -164,8 +200,10 @@ class Service:
         body = await read_body(request, int(self.limits.max_upload_mb * 1024 * 1024))
         files = await images_of(request, body, self.limits)
         loop = asyncio.get_running_loop()
-        results = await asyncio.gather(*(loop.run_in_executor(self.decoder, self.decode, data, name) for name, data in files),
-                                       return_exceptions=True)  # fmt: skip
+        results = await asyncio.gather(
+            *(loop.run_in_executor(self.decoder, self.decode, data, name) for name, data in files),
+            return_exceptions=True,
+        )
         for r in results:
             if isinstance(r, BaseException):
                 raise r
@@ -184,7 +222,9 @@ class Service:
             self.metrics.errors.labels("timeout").inc()
         except Exception as e:  # a fault of ours: one line to the client, the traceback in the server's log
             log.exception("%s failed", endpoint)
-            response = JSONResponse({"detail": f"internal error ({type(e).__name__}); the server's log has the details"}, 500)
+            response = JSONResponse(
+                {"detail": f"internal error ({type(e).__name__}); the server's log has the details"}, 500
+            )
             self.metrics.errors.labels("internal").inc()
         self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
         return response
@@ -200,19 +240,31 @@ class Service:
 
     def need_features(self, what: str) -> None:
         if not self.features:
-            raise HTTPFailure(400, f"{what} needs the PyTorch model; this server runs an ONNX file, which gives class "
-                              "scores only (/v1/predict)")  # fmt: skip
+            raise HTTPFailure(
+                400,
+                f"{what} needs the PyTorch model; this server runs an ONNX file, which gives class "
+                "scores only (/v1/predict)",
+            )
 
     def describe(self) -> dict[str, Any]:
         return {
-            "architecture": self.meta.architecture, "num_classes": self.model.num_classes,
-            "classes": self.names, "num_features": self.model.num_features,
-            "preprocessing": self.pre.to_dict(), "precision": self.precision, "backend": self.backend,
-            "device": str(self.device), "source": self.meta.source,
+            "architecture": self.meta.architecture,
+            "num_classes": self.model.num_classes,
+            "classes": self.names,
+            "num_features": self.model.num_features,
+            "preprocessing": self.pre.to_dict(),
+            "precision": self.precision,
+            "backend": self.backend,
+            "device": str(self.device),
+            "source": self.meta.source,
             "batching": {"max_batch": self.max_batch, "max_wait_ms": self.max_wait_ms},
-            "limits": {"max_upload_mb": self.limits.max_upload_mb, "max_files": self.limits.max_files,
-                       "max_queue": self.limits.max_queue, "timeout_s": self.limits.timeout_s},
-        }  # fmt: skip
+            "limits": {
+                "max_upload_mb": self.limits.max_upload_mb,
+                "max_files": self.limits.max_files,
+                "max_queue": self.limits.max_queue,
+                "timeout_s": self.limits.timeout_s,
+            },
+        }
 
 
 def overlay(svc: Service, image: torch.Tensor, target: int | None) -> tuple[bytes, int, float]:

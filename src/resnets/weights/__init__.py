@@ -7,6 +7,7 @@
 - hub.py: `hf-hub:` names and timm folders read (their config.json checked against a schema); publish.py: the
   Hub folder, the model card and `resnets push`.
 """
+
 from ..data.preprocessing import Preprocessing  # noqa: F401  (resnets.weights.Preprocessing, as before)
 from ..home import cache_dir, class_list, offline  # noqa: F401
 from . import published  # noqa: F401  (registers the tables)

@@ -3,6 +3,7 @@
 weights and their `ModelMeta`, so the file alone rebuilds its model: `resnets.load`), and training checkpoints.
 Writing itself (atomic, checked outputs) is safe_io's.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,8 +34,10 @@ def strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
 
 
 def _is_state_dict(obj: Any) -> bool:
-    return isinstance(obj, dict) and bool(obj) and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    return (
+        isinstance(obj, dict)
+        and bool(obj)
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
     )
 
 
@@ -84,8 +87,10 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], Mode
 
         return read_keras(p)
     else:
-        raise WeightsError(f"unsupported weights file type {suffix or '(none)'!r} for {p}; use .safetensors, .pth "
-                           "or a Keras .keras / .h5 file")
+        raise WeightsError(
+            f"unsupported weights file type {suffix or '(none)'!r} for {p}; use .safetensors, .pth "
+            "or a Keras .keras / .h5 file"
+        )
     return strip_prefixes(sd), meta
 
 
@@ -168,8 +173,10 @@ def _unreadable(path: Path, what: str) -> ResnetsError:
     """Why a pickle-based file could not be loaded with weights_only: code it would run, or damage."""
     code = pickled_code(path)
     if code:
-        return WeightsError(f"refusing to load {path}: it holds pickled code ({', '.join(code[:3])}), which would run on "
-                            "loading; only files of tensors and plain values are accepted (convert it to .safetensors)")  # fmt: skip
+        return WeightsError(
+            f"refusing to load {path}: it holds pickled code ({', '.join(code[:3])}), which would run on "
+            "loading; only files of tensors and plain values are accepted (convert it to .safetensors)"
+        )
     return WeightsError(f"cannot read {path}: not a valid {what} (corrupt or truncated)")
 
 

@@ -3,6 +3,7 @@ named, fetched with huggingface_hub into its own cache (offline mode honoured: a
 network), and timm's `config.json` (architecture, classes, `pretrained_cfg`: input size, interpolation,
 crop_pct, mean, std, label names) read as the model's metadata, so a timm model is fed as timm feeds it.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,8 @@ def is_hub(text: str) -> bool:
 
 
 def parse(text: str) -> tuple[str, str | None]:
-    """"hf-hub:ORG/NAME@REV" -> ("ORG/NAME", "REV")."""
-    repo, _, revision = text[len(PREFIX):].partition("@")
+    """ "hf-hub:ORG/NAME@REV" -> ("ORG/NAME", "REV")."""
+    repo, _, revision = text[len(PREFIX) :].partition("@")
     if repo.count("/") != 1 or not all(repo.split("/")):
         raise WeightsError(f"{text!r}: a Hub name is hf-hub:ORG/NAME[@REVISION]")
     return repo, revision or None
@@ -58,12 +59,20 @@ def fetch(text: str, *, download: bool = True) -> Path:
 
     repo, revision = parse(text)
     try:
-        return Path(snapshot_download(repo, revision=revision, local_files_only=downloads_off() or not download,
-                                      cache_dir=os.environ.get("HF_HUB_CACHE") or None,  # read now, not at import
-                                      allow_patterns=["config.json", *WEIGHT_FILES]))  # fmt: skip
+        return Path(
+            snapshot_download(
+                repo,
+                revision=revision,
+                local_files_only=downloads_off() or not download,
+                cache_dir=os.environ.get("HF_HUB_CACHE") or None,  # read now, not at import
+                allow_patterns=["config.json", *WEIGHT_FILES],
+            )
+        )
     except LocalEntryNotFoundError:
-        raise WeightsError(f"{text} is not in the Hugging Face cache and downloads are off; fetch it once online "
-                           f"(`hf download {repo}`), or unset HF_HUB_OFFLINE / RESNETS_OFFLINE") from None
+        raise WeightsError(
+            f"{text} is not in the Hugging Face cache and downloads are off; fetch it once online "
+            f"(`hf download {repo}`), or unset HF_HUB_OFFLINE / RESNETS_OFFLINE"
+        ) from None
     except (RepositoryNotFoundError, RevisionNotFoundError, HFValidationError) as e:
         raise WeightsError(f"{text}: {str(e).splitlines()[0]}") from None
     except OSError as e:  # no network
@@ -137,8 +146,14 @@ def check_timm_config(cfg: dict, source: str) -> None:
         v = pre.get(key)
         if v is None:
             continue
-        if not isinstance(v, list) or len(v) != channels or not all(
-                not isinstance(x, bool) and isinstance(x, (int, float)) and math.isfinite(x) and abs(x) <= 1e4 for x in v):  # fmt: skip
+        if (
+            not isinstance(v, list)
+            or len(v) != channels
+            or not all(
+                not isinstance(x, bool) and isinstance(x, (int, float)) and math.isfinite(x) and abs(x) <= 1e4
+                for x in v
+            )
+        ):
             raise bad(f"pretrained_cfg.{key}", v, f"a list of {channels} finite numbers (one per input channel)")
         if key == "std" and min(v) <= 0:
             raise bad("pretrained_cfg.std", v, "positive")
@@ -153,13 +168,16 @@ def timm_preprocessing(pretrained_cfg: dict) -> Preprocessing:
     a centre crop of `size`."""
     size = int((pretrained_cfg.get("test_input_size") or pretrained_cfg.get("input_size") or (3, 224, 224))[-1])
     crop_pct = float(pretrained_cfg.get("test_crop_pct") or pretrained_cfg.get("crop_pct") or 0.875)
-    return Preprocessing.from_dict({
-        "resize": math.floor(size / crop_pct), "crop": size,
-        "interpolation": pretrained_cfg.get("interpolation", "bilinear"),
-        "crop_mode": pretrained_cfg.get("crop_mode") or "center",
-        "mean": list(pretrained_cfg.get("mean", IMAGENET_MEAN)),
-        "std": list(pretrained_cfg.get("std", IMAGENET_STD)),
-    })  # fmt: skip
+    return Preprocessing.from_dict(
+        {
+            "resize": math.floor(size / crop_pct),
+            "crop": size,
+            "interpolation": pretrained_cfg.get("interpolation", "bilinear"),
+            "crop_mode": pretrained_cfg.get("crop_mode") or "center",
+            "mean": list(pretrained_cfg.get("mean", IMAGENET_MEAN)),
+            "std": list(pretrained_cfg.get("std", IMAGENET_STD)),
+        }
+    )
 
 
 def read_timm_folder(folder: Path, cfg: dict, source: str) -> tuple[dict, ModelMeta]:
@@ -180,6 +198,7 @@ def read_timm_folder(folder: Path, cfg: dict, source: str) -> tuple[dict, ModelM
     options = {"num_classes": num_classes} if num_classes is not None else {}
     if pre.get("input_size"):
         options["in_chans"] = pre["input_size"][0]
-    meta = ModelMeta(arch, options,
-                     class_names=list(names) if names else None, preprocessing=timm_preprocessing(pre), source=source)  # fmt: skip
+    meta = ModelMeta(
+        arch, options, class_names=list(names) if names else None, preprocessing=timm_preprocessing(pre), source=source
+    )
     return sd, meta

@@ -16,6 +16,7 @@ Reads the three files Keras writes: `.keras` (a zip of config.json and model.wei
 `.weights.h5` (layers named by class and order), and the legacy HDF5 weights of Keras 2 (layers by name: the
 `resnet50_weights_tf_dim_ordering_tf_kernels.h5` that `ResNet50(weights="imagenet")` downloads).
 """
+
 from __future__ import annotations
 
 import io
@@ -36,9 +37,13 @@ CAFFE_MEAN_RGB = (123.68, 116.779, 103.939)  # Keras subtracts these from B, G, 
 DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 
 PREPROCESSING = Preprocessing(
-    resize=224, crop=224, interpolation="nearest", crop_mode="squash",
-    mean=tuple(m / 255 for m in CAFFE_MEAN_RGB), std=(1 / 255,) * 3,
-)  # fmt: skip
+    resize=224,
+    crop=224,
+    interpolation="nearest",
+    crop_mode="squash",
+    mean=tuple(m / 255 for m in CAFFE_MEAN_RGB),
+    std=(1 / 255,) * 3,
+)
 
 
 def layer_order(layers: tuple[int, ...]) -> list[str]:
@@ -101,7 +106,9 @@ def _depth_of(names) -> tuple[int, ...]:
             blocks[s] = max(blocks.get(s, 0), b)
     layers = tuple(blocks.get(s, 0) for s in (2, 3, 4, 5))
     if layers not in DEPTHS.values():
-        raise WeightsError(f"these Keras weights are not a keras.applications ResNet50/101/152 (blocks per stage: {layers})")
+        raise WeightsError(
+            f"these Keras weights are not a keras.applications ResNet50/101/152 (blocks per stage: {layers})"
+        )
     return layers
 
 
@@ -157,7 +164,15 @@ _NDIMS = {"conv": (4, 1), "bn": (1, 1, 1, 1), "predictions": (2, 1)}
 def _check_arrays(arrays: dict[str, list[np.ndarray]]) -> None:
     """Every array a float array of the shape its layer's kind has (a 1-D kernel, string weights: refused)."""
     for name, ws in arrays.items():
-        kind = "predictions" if name == "predictions" else "conv" if name.endswith("_conv") else "bn" if name.endswith("_bn") else None
+        kind = (
+            "predictions"
+            if name == "predictions"
+            else "conv"
+            if name.endswith("_conv")
+            else "bn"
+            if name.endswith("_bn")
+            else None
+        )
         if kind is None:
             continue
         want = _NDIMS[kind]
@@ -165,8 +180,10 @@ def _check_arrays(arrays: dict[str, list[np.ndarray]]) -> None:
             raise WeightsError(f"Keras layer {name} has {len(ws)} weights; a {kind} layer has {len(want)}")
         for w, ndim in zip(ws, want):
             if w.dtype.kind != "f" or w.ndim != ndim or 0 in w.shape:
-                raise WeightsError(f"Keras layer {name} holds a {w.dtype} array of shape {w.shape}; a {kind} layer's "
-                                   f"weights are float arrays of {ndim} dimensions")  # fmt: skip
+                raise WeightsError(
+                    f"Keras layer {name} holds a {w.dtype} array of shape {w.shape}; a {kind} layer's "
+                    f"weights are float arrays of {ndim} dimensions"
+                )
         if len({w.shape[-1] for w in ws}) != 1:  # kernel out = bias; a BatchNorm's four vectors alike
             raise WeightsError(f"Keras layer {name}'s weights disagree in size: {[w.shape for w in ws]}")
 
@@ -190,7 +207,9 @@ def read_arrays(path: Path) -> tuple[dict[str, list[np.ndarray]], dict[str, floa
             n_conv = sum(1 for k in f["layers"] if re.fullmatch(r"conv2d(_\d+)?", k))
             depth = {53: DEPTHS[50], 104: DEPTHS[101], 155: DEPTHS[152]}.get(n_conv)
             if depth is None:
-                raise WeightsError(f"{path} holds {n_conv} conv layers; a keras.applications ResNet50/101/152 has 53/104/155")
+                raise WeightsError(
+                    f"{path} holds {n_conv} conv layers; a keras.applications ResNet50/101/152 has 53/104/155"
+                )
             convs = layer_order(depth)
             order = [(c, "Conv2D") for c in convs] + [(c[:-5] + "_bn", "BatchNormalization") for c in convs]
             if "dense" in f["layers"]:
@@ -199,7 +218,9 @@ def read_arrays(path: Path) -> tuple[dict[str, list[np.ndarray]], dict[str, floa
     except WeightsError:
         raise
     except (OSError, KeyError, ValueError, TypeError, zipfile.BadZipFile) as e:  # h5py's and zipfile's own errors
-        raise WeightsError(f"cannot read {path} as Keras weights ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        raise WeightsError(
+            f"cannot read {path} as Keras weights ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+        ) from None
 
 
 def _ours(name: str) -> str:
@@ -241,7 +262,9 @@ def convert(arrays: dict[str, list[np.ndarray]], eps: dict[str, float]) -> dict[
             raise WeightsError(f"Keras layer {name} has {len(ws)} weights; a BatchNorm with scale and centre has 4")
         gamma, beta, mean, var = (w.astype(np.float64) for w in ws)
         if name in biases and biases[name].shape != mean.shape:
-            raise WeightsError(f"Keras layer {name} has {mean.shape[0]} channels, its conv's bias {biases[name].shape[0]}")
+            raise WeightsError(
+                f"Keras layer {name} has {mean.shape[0]} channels, its conv's bias {biases[name].shape[0]}"
+            )
         mean = mean - biases.get(name, 0.0)
         var = var + (eps.get(name, KERAS_EPS) - TORCH_EPS)
         p = _ours(name)

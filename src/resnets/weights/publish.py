@@ -1,5 +1,6 @@
 """Publishing: a folder the Hugging Face Hub and timm both take (timm's parameter names and config.json, a model
 card made from the run), and `resnets push` of it, every network call with a timeout."""
+
 from __future__ import annotations
 
 import contextlib
@@ -17,8 +18,10 @@ def timm_name(model) -> str:
 
     arch = model.meta.architecture
     if get_entry(arch).family != "imagenet" or arch.startswith(("resnetv2", "plain")):
-        raise WeightsError(f"timm has no {arch}; a Hub folder in timm's layout is written for the ImageNet ResNets, "
-                           "ResNeXts, Wide ResNets and ResNet-Ds")  # fmt: skip
+        raise WeightsError(
+            f"timm has no {arch}; a Hub folder in timm's layout is written for the ImageNet ResNets, "
+            "ResNeXts, Wide ResNets and ResNet-Ds"
+        )
     return arch
 
 
@@ -32,23 +35,47 @@ def timm_config(model) -> dict:
     pre = preprocessing_for(model)
     names = model.meta.names(model.num_classes)
     return {
-        "architecture": timm_name(model), "num_classes": model.num_classes, "num_features": model.num_features,
-        "global_pool": "avg", "label_names": names,
+        "architecture": timm_name(model),
+        "num_classes": model.num_classes,
+        "num_features": model.num_features,
+        "global_pool": "avg",
+        "label_names": names,
         "pretrained_cfg": {
-            "input_size": [model.meta.in_chans, pre.crop, pre.crop], "fixed_input_size": False,
-            "interpolation": pre.interpolation, "crop_pct": pre.crop / (pre.resize + 0.01), "crop_mode": pre.crop_mode,
-            "mean": list(pre.mean), "std": list(pre.std), "num_classes": model.num_classes,
-            "first_conv": "conv1.0" if isinstance(model.conv1, nn.Sequential) else "conv1", "classifier": "fc",
+            "input_size": [model.meta.in_chans, pre.crop, pre.crop],
+            "fixed_input_size": False,
+            "interpolation": pre.interpolation,
+            "crop_pct": pre.crop / (pre.resize + 0.01),
+            "crop_mode": pre.crop_mode,
+            "mean": list(pre.mean),
+            "std": list(pre.std),
+            "num_classes": model.num_classes,
+            "first_conv": "conv1.0" if isinstance(model.conv1, nn.Sequential) else "conv1",
+            "classifier": "fc",
         },
-    }  # fmt: skip
+    }
 
 
-_RECIPE_KEYS = ("recipe", "dataset", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "schedule", "augment",
-                "label_smoothing", "mixup", "cutmix", "amp", "seed")  # fmt: skip
+_RECIPE_KEYS = (
+    "recipe",
+    "dataset",
+    "epochs",
+    "batch_size",
+    "optimizer",
+    "lr",
+    "weight_decay",
+    "schedule",
+    "augment",
+    "label_smoothing",
+    "mixup",
+    "cutmix",
+    "amp",
+    "seed",
+)
 
 
-def model_card(model, config: dict, run: dict | None = None, train_config: dict | None = None,
-               curves: bool = False) -> str:  # fmt: skip
+def model_card(
+    model, config: dict, run: dict | None = None, train_config: dict | None = None, curves: bool = False
+) -> str:
     """README.md for the Hub: what the model is, what it was trained on and how (`train_config`: the run's
     config.json), how well it did (`run`: its eval.json), its training curves (`curves`: curves.png is beside
     it), how to use it, and its limits."""
@@ -60,19 +87,31 @@ def model_card(model, config: dict, run: dict | None = None, train_config: dict 
         extra["dataset"] = train_config["dataset"]
     top1 = extra.get("top1", extra.get("val_top1"))
     lines = [
-        "---", "library_name: timm", "tags:", "- image-classification", "- timm", "- resnets", "---", "",
-        f"# {config['architecture']}: {len(config['label_names'])} classes", "",
-        f"A {config['architecture']} (He et al., \"Deep Residual Learning for Image Recognition\", 2015) written by "
-        "[resnets](https://github.com/) in timm's layout: `model.safetensors` and `config.json`.", "",
-        "## Training and results", "",
+        "---",
+        "library_name: timm",
+        "tags:",
+        "- image-classification",
+        "- timm",
+        "- resnets",
+        "---",
+        "",
+        f"# {config['architecture']}: {len(config['label_names'])} classes",
+        "",
+        f'A {config["architecture"]} (He et al., "Deep Residual Learning for Image Recognition", 2015) written by '
+        "[resnets](https://github.com/) in timm's layout: `model.safetensors` and `config.json`.",
+        "",
+        "## Training and results",
+        "",
         f"- Data: {extra.get('dataset', 'not recorded')}",
         f"- Validation top-1: {top1:.2f}%" if isinstance(top1, (int, float)) else "- Validation top-1: not recorded",
-    ]  # fmt: skip
+    ]
     if isinstance(extra.get("top5"), (int, float)) and len(config["label_names"]) > 5:
         lines.append(f"- Validation top-5: {extra['top5']:.2f}%")
     if extra.get("n"):
         lines.append(f"- Validation images: {extra['n']}")
-    lines.append(f"- Classes: {', '.join(config['label_names'][:20])}{', ...' if len(config['label_names']) > 20 else ''}")
+    lines.append(
+        f"- Classes: {', '.join(config['label_names'][:20])}{', ...' if len(config['label_names']) > 20 else ''}"
+    )
     if train_config:
         lines += ["", "Training recipe (the run's config.json):", ""]
         lines += [f"- {k}: {train_config[k]}" for k in _RECIPE_KEYS if train_config.get(k) not in (None, "")]
@@ -80,20 +119,36 @@ def model_card(model, config: dict, run: dict | None = None, train_config: dict 
         lines += ["", "![Training loss and accuracy by epoch](curves.png)"]
     lines += [
         "",
-        "## Preprocessing", "",
+        "## Preprocessing",
+        "",
         f"Resize {'both sides' if pre['crop_mode'] == 'squash' else 'the shorter side'} to "
         f"{round(pre['input_size'][-1] / pre['crop_pct'])} ({pre['interpolation']}), "
         f"centre-crop {pre['input_size'][-1]}, scale to [0, 1], normalise with mean {pre['mean']} and std {pre['std']}.",
-        "", "## Use", "", "```python", "import timm", "", 'model = timm.create_model("hf-hub:ORG/NAME", pretrained=True)',
-        "", "import resnets", "", 'model = resnets.create_model("hf-hub:ORG/NAME")  # the same weights and preprocessing',
-        "```", "", "## Intended use and limits", "",
+        "",
+        "## Use",
+        "",
+        "```python",
+        "import timm",
+        "",
+        'model = timm.create_model("hf-hub:ORG/NAME", pretrained=True)',
+        "",
+        "import resnets",
+        "",
+        'model = resnets.create_model("hf-hub:ORG/NAME")  # the same weights and preprocessing',
+        "```",
+        "",
+        "## Intended use and limits",
+        "",
         "Classifying images like those it was trained on, into the classes above. It knows no other classes and gives "
-        "one of them for any image; accuracy on other kinds of images, sizes or domains is not measured here.", "",
-    ]  # fmt: skip
+        "one of them for any image; accuracy on other kinds of images, sizes or domains is not measured here.",
+        "",
+    ]
     return "\n".join(lines)
 
 
-def write_folder(model, out: str | os.PathLike, *, run_dir: str | os.PathLike | None = None, force: bool = False) -> Path:
+def write_folder(
+    model, out: str | os.PathLike, *, run_dir: str | os.PathLike | None = None, force: bool = False
+) -> Path:
     """`out`/: model.safetensors (timm's parameter names), config.json (timm's), README.md (a model card) and,
     from a training run (`run_dir`: its eval.json, config.json and curves.png), curves.png; for `resnets push`,
     `huggingface_hub.upload_folder` or timm's `local-dir:` route."""
@@ -135,8 +190,14 @@ def write_folder(model, out: str | os.PathLike, *, run_dir: str | os.PathLike | 
 PUSH_TIMEOUT_S = 60.0
 
 
-def push(folder: str | os.PathLike, repo: str, *, private: bool = False, message: str | None = None,
-         timeout_s: float = PUSH_TIMEOUT_S) -> str:  # fmt: skip
+def push(
+    folder: str | os.PathLike,
+    repo: str,
+    *,
+    private: bool = False,
+    message: str | None = None,
+    timeout_s: float = PUSH_TIMEOUT_S,
+) -> str:
     """Upload a folder written by `write_folder` to the Hub repo `repo` (ORG/NAME; created if missing) with the
     token of `hf auth login` or $HF_TOKEN ($HF_ENDPOINT: another Hub). Returns the commit's URL. Everything that
     can be checked here is checked before the network is touched; every network call gives up after
@@ -144,8 +205,10 @@ def push(folder: str | os.PathLike, repo: str, *, private: bool = False, message
     folder = Path(folder)
     cfg = timm_config_in(folder) if folder.is_dir() else None
     if cfg is None or not any((folder / f).is_file() for f in WEIGHT_FILES):
-        raise WeightsError(f"{folder} is not a Hub folder (config.json in timm's layout and model.safetensors); "
-                           "write one with `resnets export --weights W --format hub --out DIR`")  # fmt: skip
+        raise WeightsError(
+            f"{folder} is not a Hub folder (config.json in timm's layout and model.safetensors); "
+            "write one with `resnets export --weights W --format hub --out DIR`"
+        )
     parse(PREFIX + repo)  # ORG/NAME
     if downloads_off():
         raise WeightsError("the Hub is off (HF_HUB_OFFLINE or RESNETS_OFFLINE is set); unset it to push")
@@ -161,14 +224,18 @@ def push(folder: str | os.PathLike, repo: str, *, private: bool = False, message
         with _hub_timeout(timeout_s):
             api.create_repo(repo, private=private, exist_ok=True)
             step = "uploading"
-            info = api.upload_folder(repo_id=repo, folder_path=str(folder),
-                                     commit_message=message or f"{cfg['architecture']} written by resnets")  # fmt: skip
+            info = api.upload_folder(
+                repo_id=repo,
+                folder_path=str(folder),
+                commit_message=message or f"{cfg['architecture']} written by resnets",
+            )
     except HfHubHTTPError as e:
         raise WeightsError(f"pushing to {repo} failed: {str(e).splitlines()[0]}") from None
     except Exception as e:  # no network, a refused connection: the HTTP client's own error types (httpx's)
         if "timeout" in type(e).__name__.lower():
-            raise WeightsError(f"the Hub did not answer within {timeout_s:g} s while {step} ({repo}); try again "
-                               "later") from None  # fmt: skip
+            raise WeightsError(
+                f"the Hub did not answer within {timeout_s:g} s while {step} ({repo}); try again later"
+            ) from None
         why = (str(e).splitlines() or [""])[0][:200] or type(e).__name__
         raise WeightsError(f"cannot reach the Hugging Face Hub to push to {repo} ({type(e).__name__}: {why})") from None
     return str(getattr(info, "commit_url", None) or f"https://huggingface.co/{repo}")

@@ -1,5 +1,6 @@
 """The published weights we register, as data: torchvision's ImageNet weights and timm's ImageNet-1k weights for
 every architecture resnets builds (URL or Hub repo, sha256, eval preprocessing, reported top-1 and top-5)."""
+
 from __future__ import annotations
 
 import math
@@ -33,30 +34,78 @@ _U = "https://download.pytorch.org/models/"
 _tv("resnet18.tv_in1k", _U + "resnet18-f37072fd.pth", resize=256, top1=69.758, top5=89.078, recipe=_TV_V1)
 _tv("resnet34.tv_in1k", _U + "resnet34-b627a593.pth", resize=256, top1=73.314, top5=91.42, recipe=_TV_V1)
 _tv("resnet50.tv_in1k", _U + "resnet50-0676ba61.pth", resize=256, top1=76.13, top5=92.862, recipe=_TV_V1)
-_tv("resnet50.tv2_in1k", _U + "resnet50-11ad3fa6.pth", resize=232, top1=80.858, top5=95.434,
-    recipe="https://github.com/pytorch/vision/issues/3995#issuecomment-1013906621")  # fmt: skip
+_tv(
+    "resnet50.tv2_in1k",
+    _U + "resnet50-11ad3fa6.pth",
+    resize=232,
+    top1=80.858,
+    top5=95.434,
+    recipe="https://github.com/pytorch/vision/issues/3995#issuecomment-1013906621",
+)
 _tv("resnet101.tv_in1k", _U + "resnet101-63fe2227.pth", resize=256, top1=77.374, top5=93.546, recipe=_TV_V1)
 _tv("resnet101.tv2_in1k", _U + "resnet101-cd907fc2.pth", resize=232, top1=81.886, top5=95.78, recipe=_TV_V2)
 _tv("resnet152.tv_in1k", _U + "resnet152-394f9c45.pth", resize=256, top1=78.312, top5=94.046, recipe=_TV_V1)
 _tv("resnet152.tv2_in1k", _U + "resnet152-f82ba261.pth", resize=232, top1=82.284, top5=96.002, recipe=_TV_V2)
-_tv("resnext50_32x4d.tv_in1k", _U + "resnext50_32x4d-7cdf4587.pth", resize=256, top1=77.618, top5=93.698,
-    recipe="https://github.com/pytorch/vision/tree/main/references/classification#resnext")  # fmt: skip
-_tv("resnext50_32x4d.tv2_in1k", _U + "resnext50_32x4d-1a0047aa.pth", resize=232, top1=81.198, top5=95.34,
-    recipe=_TV_V2)  # fmt: skip
-_tv("resnext101_32x8d.tv_in1k", _U + "resnext101_32x8d-8ba56ff5.pth", resize=256, top1=79.312, top5=94.526,
-    recipe="https://github.com/pytorch/vision/tree/main/references/classification#resnext")  # fmt: skip
-_tv("resnext101_32x8d.tv2_in1k", _U + "resnext101_32x8d-110c445d.pth", resize=232, top1=82.834, top5=96.228,
-    recipe="https://github.com/pytorch/vision/issues/3995#new-recipe-with-fixres")  # fmt: skip
-_tv("resnext101_64x4d.tv_in1k", _U + "resnext101_64x4d-173b62eb.pth", resize=232, top1=83.246, top5=96.454,
-    recipe="https://github.com/pytorch/vision/pull/5935")  # fmt: skip
-_tv("wide_resnet50_2.tv_in1k", _U + "wide_resnet50_2-95faca4d.pth", resize=256, top1=78.468, top5=94.086,
-    recipe="https://github.com/pytorch/vision/pull/912#issue-445437439")  # fmt: skip
-_tv("wide_resnet50_2.tv2_in1k", _U + "wide_resnet50_2-9ba9bcbe.pth", resize=232, top1=81.602, top5=95.758,
-    recipe="https://github.com/pytorch/vision/issues/3995#new-recipe-with-fixres")  # fmt: skip
-_tv("wide_resnet101_2.tv_in1k", _U + "wide_resnet101_2-32ee1156.pth", resize=256, top1=78.848, top5=94.284,
-    recipe="https://github.com/pytorch/vision/pull/912#issue-445437439")  # fmt: skip
-_tv("wide_resnet101_2.tv2_in1k", _U + "wide_resnet101_2-d733dc28.pth", resize=232, top1=82.51, top5=96.02,
-    recipe=_TV_V2)  # fmt: skip
+_tv(
+    "resnext50_32x4d.tv_in1k",
+    _U + "resnext50_32x4d-7cdf4587.pth",
+    resize=256,
+    top1=77.618,
+    top5=93.698,
+    recipe="https://github.com/pytorch/vision/tree/main/references/classification#resnext",
+)
+_tv("resnext50_32x4d.tv2_in1k", _U + "resnext50_32x4d-1a0047aa.pth", resize=232, top1=81.198, top5=95.34, recipe=_TV_V2)
+_tv(
+    "resnext101_32x8d.tv_in1k",
+    _U + "resnext101_32x8d-8ba56ff5.pth",
+    resize=256,
+    top1=79.312,
+    top5=94.526,
+    recipe="https://github.com/pytorch/vision/tree/main/references/classification#resnext",
+)
+_tv(
+    "resnext101_32x8d.tv2_in1k",
+    _U + "resnext101_32x8d-110c445d.pth",
+    resize=232,
+    top1=82.834,
+    top5=96.228,
+    recipe="https://github.com/pytorch/vision/issues/3995#new-recipe-with-fixres",
+)
+_tv(
+    "resnext101_64x4d.tv_in1k",
+    _U + "resnext101_64x4d-173b62eb.pth",
+    resize=232,
+    top1=83.246,
+    top5=96.454,
+    recipe="https://github.com/pytorch/vision/pull/5935",
+)
+_tv(
+    "wide_resnet50_2.tv_in1k",
+    _U + "wide_resnet50_2-95faca4d.pth",
+    resize=256,
+    top1=78.468,
+    top5=94.086,
+    recipe="https://github.com/pytorch/vision/pull/912#issue-445437439",
+)
+_tv(
+    "wide_resnet50_2.tv2_in1k",
+    _U + "wide_resnet50_2-9ba9bcbe.pth",
+    resize=232,
+    top1=81.602,
+    top5=95.758,
+    recipe="https://github.com/pytorch/vision/issues/3995#new-recipe-with-fixres",
+)
+_tv(
+    "wide_resnet101_2.tv_in1k",
+    _U + "wide_resnet101_2-32ee1156.pth",
+    resize=256,
+    top1=78.848,
+    top5=94.284,
+    recipe="https://github.com/pytorch/vision/pull/912#issue-445437439",
+)
+_tv(
+    "wide_resnet101_2.tv2_in1k", _U + "wide_resnet101_2-d733dc28.pth", resize=232, top1=82.51, top5=96.02, recipe=_TV_V2
+)
 
 
 # ---- timm's ImageNet-1k weights for the architectures resnets builds (torchvision's tv/tv2 weights, which timm
@@ -69,8 +118,17 @@ _tv("wide_resnet101_2.tv2_in1k", _U + "wide_resnet101_2-d733dc28.pth", resize=23
 _HALF = (0.5, 0.5, 0.5)
 
 
-def _timm(name: str, size: int, crop_pct: float, interpolation: str, top1: float, top5: float, *,
-          mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD) -> None:  # fmt: skip
+def _timm(
+    name: str,
+    size: int,
+    crop_pct: float,
+    interpolation: str,
+    top1: float,
+    top5: float,
+    *,
+    mean: tuple[float, ...] = IMAGENET_MEAN,
+    std: tuple[float, ...] = IMAGENET_STD,
+) -> None:
     register_weights(
         WeightSpec(
             name=name,

@@ -2,6 +2,7 @@
 
 Files are fetched into a local cache only when a registered name is asked for, and checked against their hash.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
