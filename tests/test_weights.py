@@ -15,6 +15,8 @@ from resnets.errors import ResnetsError, WeightsError
 
 
 def test_registered_weights_match_torchvisions_own_records():
+    """Every ImageNet weight torchvision publishes for our architectures is registered under timm's name for it,
+    with torchvision's URL, hash prefix, accuracy, eval transforms and categories (read from its records)."""
     from torchvision.models import get_model_weights
 
     for arch in [

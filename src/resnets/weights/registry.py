@@ -5,6 +5,7 @@ Files are fetched into a local cache only when a registered name is asked for, a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,27 +49,44 @@ class WeightSpec:
 
 
 _WEIGHTS: Registry[WeightSpec] = Registry("weights", WeightsError, "see `resnets list --weights`")
+_PENDING: list[Callable[[], None]] = []
+
+
+def register_later(tables: Callable[[], None]) -> None:
+    """Queue a function that registers a table, run the first time the registry is read or written: the
+    published tables read torchvision's own records, which costs torchvision's import, so nothing pays for them
+    before a weights name is looked up."""
+    _PENDING.append(tables)
+
+
+def _registry() -> Registry[WeightSpec]:
+    while _PENDING:  # taken before it runs: a table's own registrations come back here
+        tables = list(_PENDING)
+        _PENDING.clear()
+        for register in tables:
+            register()
+    return _WEIGHTS
 
 
 def register_weights(spec: WeightSpec) -> WeightSpec:
-    return _WEIGHTS.add(spec.name, spec)
+    return _registry().add(spec.name, spec)
 
 
 def unregister_weights(name: str) -> None:
     """Take a registration back (what a test or a notebook registered for a while)."""
-    _WEIGHTS.pop(name, None)
+    _registry().pop(name, None)
 
 
 def list_weights(pattern: str = "*") -> list[str]:
-    return _WEIGHTS.names(pattern)
+    return _registry().names(pattern)
 
 
 def get_weights(name: str) -> WeightSpec:
-    return _WEIGHTS.find(name)
+    return _registry().find(name)
 
 
 def is_registered(name: str) -> bool:
-    return name in _WEIGHTS
+    return name in _registry()
 
 
 def default_weights(architecture: str) -> str | None:
