@@ -1,6 +1,11 @@
+import numpy as np
 import pytest
 import torch
 from torch import nn
+from torchvision.io import encode_jpeg, write_png
+
+import resnets
+from resnets.weights import Preprocessing
 
 # tests that need a GPU: skipped without one; `pytest -m cuda` runs only them (the whole suite is slow there)
 cuda = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")]
@@ -156,3 +161,125 @@ def broken_headers() -> dict[str, bytes]:
         "jpeg-cut-in-header.jpg": jpeg.getvalue()[:40],
         "gif-cut-in-header.gif": gif.getvalue()[:9],
     }
+
+
+def one_line_error(code: int, err: str, needle: str) -> None:
+    """The command failed as bad input does: exit code 2, one line naming `needle`, no traceback."""
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "Traceback" not in err and len(lines) == 1 and needle in lines[0], err
+
+
+def saved_weights(path) -> dict:
+    """The tensors of a saved model file (safetensors), to compare two runs' weights."""
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+# a training run of a few seconds: resnet20 on 256 synthetic 32x32 images of 2 classes, one epoch, no workers
+TINY_RUN = [
+    "--model",
+    "resnet20",
+    "--dataset",
+    "synthetic",
+    "--synthetic-samples",
+    "256",
+    "--synthetic-classes",
+    "2",
+    "--train-crop",
+    "32",
+    "--batch-size",
+    "16",
+    "--epochs",
+    "1",
+    "--workers",
+    "0",
+    "--no-progress",
+    "--device",
+    "cpu",
+]
+
+# a short Fashion-MNIST run for the engine's tests (TrainConfig overrides)
+SMALL_RUN = dict(limit_train=1024, limit_val=256, batch_size=64, epochs=2, lr=0.05, progress=False, workers=0)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    from skimage import data as sk
+
+    root = tmp_path_factory.mktemp("photos")
+    (root / "sub").mkdir()
+    imgs = {
+        "astronaut.jpg": sk.astronaut(),
+        "coffee.png": sk.coffee(),
+        "sub/chelsea.jpg": sk.chelsea(),
+        "camera.png": sk.camera(),
+        "sub/rocket.webp": sk.rocket(),
+    }
+    for name, arr in imgs.items():
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+        t = t[None] if t.ndim == 2 else t.permute(2, 0, 1).contiguous()
+        if name.endswith(".jpg"):
+            (root / name).write_bytes(encode_jpeg(t).numpy().tobytes())
+        elif name.endswith(".png"):
+            write_png(t, str(root / name))
+        else:
+            from PIL import Image
+
+            Image.fromarray(arr).save(root / name)
+    (root / "notes.txt").write_text("not an image")
+    good = (root / "astronaut.jpg").read_bytes()
+    (root / "sub" / "truncated.jpg").write_bytes(good[:2000])
+    return root
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    """A resnet18 of 4 classes (cat, coffee, person, rocket) saved with its record and preprocessing."""
+    torch.manual_seed(0)
+    m = resnets.create_model("resnet18", num_classes=4)
+    m.eval()
+    path = tmp_path_factory.mktemp("m") / "r18.safetensors"
+    resnets.save(
+        m,
+        path,
+        class_names=["cat", "coffee", "person", "rocket"],
+        preprocessing=Preprocessing(84, 72, "bilinear", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)).to_dict(),
+    )
+    return path
+
+
+def cifar_archive(path, n_per_batch=20):
+    """A CIFAR-10 archive in the official format (python pickles in a .tar.gz) of random images."""
+    import io
+    import pickle
+    import tarfile
+
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+
+        def add(name, obj):
+            data = pickle.dumps(obj, protocol=2)
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+        for i in range(1, 6):
+            add(
+                f"data_batch_{i}",
+                {
+                    b"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
+                    b"labels": [int(x) for x in rng.integers(0, 10, n_per_batch)],
+                },
+            )
+        add(
+            "test_batch",
+            {
+                b"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
+                b"labels": list(range(10)) * (n_per_batch // 10),
+            },
+        )
+        add("batches.meta", {b"label_names": [f"c{i}".encode() for i in range(10)]})
+    path.write_bytes(buf.getvalue())

@@ -5,8 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import run_cli
-from test_data import _cifar_archive
+from conftest import cifar_archive, run_cli
 
 import resnets
 from resnets import reproduce as R
@@ -22,7 +21,7 @@ def cifar_runs(tmp_path_factory):
     """Degradation, layer responses and gradient flow on a 200-image CIFAR-10 archive, 12 iterations of batch 32."""
     root = tmp_path_factory.mktemp("repro")
     archive = root / "cifar-10-python.tar.gz"
-    _cifar_archive(archive, n_per_batch=40)
+    cifar_archive(archive, n_per_batch=40)
     setup = R.Setup("cifar10", 12, root / "out", data=str(archive), progress=False, extra={"batch_size": 32})
     return setup, R.degradation(setup)
 

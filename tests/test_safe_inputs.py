@@ -27,7 +27,7 @@ CLASSES = ["red", "green", "blue"]
 
 
 @pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
+def tiny_model_file(tmp_path_factory):
     torch.manual_seed(0)
     m = resnets.create_model("resnet20", num_classes=3).eval()
     path = tmp_path_factory.mktemp("m") / "r20.safetensors"
@@ -280,8 +280,10 @@ def hostile_folder(tmp_path):
     return root
 
 
-def test_predict_survives_every_hostile_image_and_names_the_skipped_ones(hostile_folder, model_file):
-    code, out, err = run_cli("predict", hostile_folder, "--weights", model_file, "--workers", 0, "--format", "json")
+def test_predict_survives_every_hostile_image_and_names_the_skipped_ones(hostile_folder, tiny_model_file):
+    code, out, err = run_cli(
+        "predict", hostile_folder, "--weights", tiny_model_file, "--workers", 0, "--format", "json"
+    )
     assert code == 1 and "Traceback" not in err, err  # 1: an input could not be read; the rest are answered
     rows = {r["path"].rsplit("/", 1)[-1]: r for r in json.loads(out)}
     assert set(rows) == {"anim.gif", "deep.png", "portrait.jpg", "bomb.png", "big.png", "evil\n\x1b[31mname.png"}
@@ -289,11 +291,20 @@ def test_predict_survives_every_hostile_image_and_names_the_skipped_ones(hostile
     assert all("top" in r for name, r in rows.items() if name != "bomb.png")
     # a lower limit from the command line: big.png is now refused too, by name
     code, out, err = run_cli(
-        "predict", hostile_folder, "--weights", model_file, "--workers", 0, "--format", "json", "--max-pixels", 50_000
+        "predict",
+        hostile_folder,
+        "--weights",
+        tiny_model_file,
+        "--workers",
+        0,
+        "--format",
+        "json",
+        "--max-pixels",
+        50_000,
     )
     rows = {r["path"].rsplit("/", 1)[-1]: r for r in json.loads(out)}
     assert code == 1 and "over the limit of 50,000" in rows["big.png"]["error"] and "2 of 6 files" in err
-    code, out, err = run_cli("predict", hostile_folder / "big.png", "--weights", model_file, "--workers", 0)
+    code, out, err = run_cli("predict", hostile_folder / "big.png", "--weights", tiny_model_file, "--workers", 0)
     assert code == 0 and "could not be read" not in err  # all read: 0
 
 
@@ -356,31 +367,31 @@ def test_train_on_a_folder_with_hostile_images_skips_and_names_them(hostile_fold
     assert (tmp_path / "runs" / "r" / "model.safetensors").is_file()
 
 
-def _run_folder(tmp_path, model_file):
+def _run_folder(tmp_path, tiny_model_file):
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text("{}")
-    shutil.copy(model_file, run / "model.safetensors")
+    shutil.copy(tiny_model_file, run / "model.safetensors")
     (run / "last.pt").write_bytes(b"a checkpoint")
     return run
 
 
-def test_outputs_never_replace_a_run_or_a_file_unasked(tmp_path, model_file, hostile_folder):
-    run = _run_folder(tmp_path, model_file)
+def test_outputs_never_replace_a_run_or_a_file_unasked(tmp_path, tiny_model_file, hostile_folder):
+    run = _run_folder(tmp_path, tiny_model_file)
     before = {p.name: p.read_bytes() for p in run.iterdir()}
     photo = hostile_folder / "big.png"
     cases = [
         (
-            ["embed", photo, "--weights", model_file, "--out", run / "model.safetensors", "--force"],
+            ["embed", photo, "--weights", tiny_model_file, "--out", run / "model.safetensors", "--force"],
             "belongs to the training run",
         ),
-        (["embed", photo, "--weights", model_file, "--out", run / "last.pt"], "is a .safetensors file"),
-        (["embed", photo, "--weights", model_file, "--out", tmp_path / "x.npy"], "is a .safetensors file"),
-        (["export", "--weights", model_file, "--out", run / "model.safetensors", "--force"], "is a .onnx file"),
-        (["export", "--weights", model_file, "--out", tmp_path], "is a folder"),
-        (["export", "--weights", model_file, "--format", "torchscript", "--out", tmp_path / "m.onnx"], "is a .pt"),
+        (["embed", photo, "--weights", tiny_model_file, "--out", run / "last.pt"], "is a .safetensors file"),
+        (["embed", photo, "--weights", tiny_model_file, "--out", tmp_path / "x.npy"], "is a .safetensors file"),
+        (["export", "--weights", tiny_model_file, "--out", run / "model.safetensors", "--force"], "is a .onnx file"),
+        (["export", "--weights", tiny_model_file, "--out", tmp_path], "is a folder"),
+        (["export", "--weights", tiny_model_file, "--format", "torchscript", "--out", tmp_path / "m.onnx"], "is a .pt"),
         (
-            ["explain", photo, "--weights", model_file, "--out", run / "curves.png", "--force"],
+            ["explain", photo, "--weights", tiny_model_file, "--out", run / "curves.png", "--force"],
             "belongs to the training run",
         ),
     ]
@@ -392,9 +403,9 @@ def test_outputs_never_replace_a_run_or_a_file_unasked(tmp_path, model_file, hos
 
     mine = tmp_path / "mine.safetensors"
     mine.write_bytes(b"something of mine")
-    code, _, err = run_cli("embed", photo, "--weights", model_file, "--out", mine)
+    code, _, err = run_cli("embed", photo, "--weights", tiny_model_file, "--out", mine)
     assert code == 2 and "exists; pass --force" in err and mine.read_bytes() == b"something of mine"
-    code, _, err = run_cli("embed", photo, "--weights", model_file, "--out", mine, "--force", "--workers", 0)
+    code, _, err = run_cli("embed", photo, "--weights", tiny_model_file, "--out", mine, "--force", "--workers", 0)
     assert code == 0, err
     assert resnets.inference.load_index(mine)[0].shape == (1, 64)
 
@@ -426,11 +437,11 @@ def test_outputs_never_replace_a_run_or_a_file_unasked(tmp_path, model_file, hos
         ("tensor", torch.float8_e4m3fn, "fc.weight is float8_e4m3fn"),
     ],
 )
-def test_damaged_metadata_is_one_line(tmp_path, model_file, hostile_folder, field, value, needle):
+def test_damaged_metadata_is_one_line(tmp_path, tiny_model_file, hostile_folder, field, value, needle):
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    with safe_open(str(model_file), framework="pt") as f:
+    with safe_open(str(tiny_model_file), framework="pt") as f:
         meta, sd = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
     if field == "tensor":
         sd["fc.weight"] = sd["fc.weight"].to(value)
@@ -445,12 +456,12 @@ def test_damaged_metadata_is_one_line(tmp_path, model_file, hostile_folder, fiel
     assert code == 2 and needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
 
 
-def test_the_onnx_cache_is_verified_and_rebuilt(tmp_path, model_file, hostile_folder):
+def test_the_onnx_cache_is_verified_and_rebuilt(tmp_path, tiny_model_file, hostile_folder):
     from resnets import inference as I
     from resnets.backends import onnx_cache_path
 
-    model = resnets.load(model_file)
-    other = resnets.load(model_file)
+    model = resnets.load(tiny_model_file)
+    other = resnets.load(tiny_model_file)
     with torch.no_grad():
         other.fc.bias.copy_(torch.tensor([10.0, 0.0, -10.0]))  # another model: always "red"
     eager = [r.get("top") for r in I.predict(model, [hostile_folder], workers=0, top_k=3)]
@@ -477,12 +488,14 @@ def test_the_onnx_cache_is_verified_and_rebuilt(tmp_path, model_file, hostile_fo
     assert cached.with_suffix(".sha256").read_text().strip() == hashlib.sha256(cached.read_bytes()).hexdigest()
 
 
-def test_names_with_control_characters_are_escaped_in_tables_and_exact_in_csv(tmp_path, model_file, hostile_folder):
+def test_names_with_control_characters_are_escaped_in_tables_and_exact_in_csv(
+    tmp_path, tiny_model_file, hostile_folder
+):
     from safetensors import safe_open
     from safetensors.torch import save_file
 
     evil = ["\x1b[31m", "../../", "line\nbreak"]
-    with safe_open(str(model_file), framework="pt") as f:
+    with safe_open(str(tiny_model_file), framework="pt") as f:
         meta, sd = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
     save_file(sd, str(tmp_path / "evil.safetensors"), metadata={**meta, "class_names": json.dumps(evil)})
     photo = next(p for p in hostile_folder.iterdir() if "evil" in p.name)
@@ -498,7 +511,7 @@ def test_names_with_control_characters_are_escaped_in_tables_and_exact_in_csv(tm
     assert {r["path"] for r in rows} == {str(photo)} and {r["class"] for r in rows} == set(evil)
 
 
-def test_environment_errors_are_one_line(tmp_path, model_file, hostile_folder):
+def test_environment_errors_are_one_line(tmp_path, tiny_model_file, hostile_folder):
     (tmp_path / "afile").write_text("x")
     S = [
         "--model",
@@ -526,10 +539,17 @@ def test_environment_errors_are_one_line(tmp_path, model_file, hostile_folder):
     code, _, err = run_cli("train", *S[:2], "--dataset", "csv", "--data", binary, *S[6:], "--out", tmp_path / "r")
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     for args in (["--top-k", -3], ["--batch-size", 0], ["--workers", -1]):
-        code, _, err = run_cli("predict", hostile_folder / "big.png", "--weights", model_file, *args)
+        code, _, err = run_cli("predict", hostile_folder / "big.png", "--weights", tiny_model_file, *args)
         assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     code, _, err = run_cli(
-        "explain", hostile_folder / "big.png", "--weights", model_file, "--layer", "fc", "--out", tmp_path / "cam.png"
+        "explain",
+        hostile_folder / "big.png",
+        "--weights",
+        tiny_model_file,
+        "--layer",
+        "fc",
+        "--out",
+        tmp_path / "cam.png",
     )
     assert code == 2 and "--layer is one of" in err and not (tmp_path / "cam.png").exists(), err
 
@@ -558,12 +578,12 @@ def test_the_gpu_file_loader_sends_only_upright_jpegs_to_the_batch_decoder(tmp_p
     assert isinstance(enc[2], BadSample) and "over the limit" in enc[2].reason
 
 
-def test_predict_takes_one_input_as_one(tmp_path, model_file):
+def test_predict_takes_one_input_as_one(tmp_path, tiny_model_file):
     """`predict(model, "photo.jpg")` used to iterate the string's characters (and reach "/", walking the whole
     filesystem): one path, PIL image or image tensor is one input; a batch tensor is its images."""
     from resnets.inference import predict
 
-    model = resnets.load(model_file)
+    model = resnets.load(tiny_model_file)
     Image.new("RGB", (40, 30), (200, 0, 0)).save(tmp_path / "red.png")
     for one in (str(tmp_path / "red.png"), tmp_path / "red.png"):
         r = predict(model, one, workers=0)
@@ -575,18 +595,18 @@ def test_predict_takes_one_input_as_one(tmp_path, model_file):
         predict(model, torch.zeros(7, 8, 8))
 
 
-def test_folder_outputs_never_replace_a_run(tmp_path, model_file):
+def test_folder_outputs_never_replace_a_run(tmp_path, tiny_model_file):
     """`export --format hub --out RUN --force` replaced a run's config.json and model.safetensors (then --resume
     failed): a run's folder is never an output folder, --force or not; another folder with files needs --force."""
-    run = _run_folder(tmp_path, model_file)
+    run = _run_folder(tmp_path, tiny_model_file)
     (run / "config.json").write_text(json.dumps({"model": "resnet20", "epochs": 1}))
     before = {p.name: p.read_bytes() for p in run.iterdir()}
     for extra in ([], ["--force"]):
-        code, _, err = run_cli("export", "--weights", model_file, "--format", "hub", "--out", run, *extra)
+        code, _, err = run_cli("export", "--weights", tiny_model_file, "--format", "hub", "--out", run, *extra)
         assert code == 2 and "is a training run's folder" in err and len(err.strip().splitlines()) == 1, err
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("mine")
-    code, _, err = run_cli("export", "--weights", model_file, "--format", "hub", "--out", mine)
+    code, _, err = run_cli("export", "--weights", tiny_model_file, "--format", "hub", "--out", mine)
     assert code == 2 and "--force" in err and (mine / "notes.txt").read_text() == "mine"

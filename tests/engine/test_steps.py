@@ -73,28 +73,6 @@ def test_graph_step_is_used_only_where_it_can_run():
     assert use_graph(C.resolve("paper-cifar"), torch.device("cuda"), 1, "bf16")
 
 
-def test_more_processes_than_gpus_is_one_clear_error(monkeypatch):
-    from resnets import distributed
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
-    monkeypatch.setenv("LOCAL_RANK", "1")
-    with pytest.raises(
-        ResnetsError, match="started 2 processes on this machine, which has 1 GPU: use --nproc_per_node 1"
-    ):
-        distributed.setup("auto")
-
-
-def test_auto_precision_is_bf16_only_where_the_device_computes_it():
-    from resnets.devices import native_bf16, resolve_amp
-
-    cpu = torch.device("cpu")
-    assert resolve_amp("auto", cpu) == ("bf16" if native_bf16(cpu) else "none")
-    assert resolve_amp("fp16", cpu) == "fp16" and resolve_amp("none", cpu) == "none"
-
-
 def _tiny_run(tmp_path, name, **extra):
     from resnets.engine import train
 

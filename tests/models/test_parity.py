@@ -33,15 +33,6 @@ def test_torchvision_state_dict_loads_unchanged_and_gives_the_same_outputs(name)
     assert diff <= 1e-5
 
 
-def test_torchvision_checkpoint_file_through_create_model(tmp_path):
-    ref = randomize_norms(torchvision.models.resnet50()).eval()
-    torch.save(ref.state_dict(), tmp_path / "tv.pth")
-    ours = resnets.create_model("resnet50", weights=tmp_path / "tv.pth").eval()
-    x = torch.randn(1, 3, 96, 96)
-    with torch.no_grad():
-        assert (ours(x) - ref(x)).abs().max().item() <= 1e-5
-
-
 @pytest.mark.parametrize("name", ["resnet50d", "resnet101d", "resnetv2_50", "resnetv2_101", "resnetv2_50x1_bit"])
 def test_timm_checkpoint_gives_timms_outputs(name, tmp_path):
     timm = pytest.importorskip("timm")

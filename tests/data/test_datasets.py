@@ -1,12 +1,9 @@
 """Data: real photos in folders and CSV manifests, CIFAR archives in the official format, samplers, transforms."""
 
-import io
-import pickle
-import tarfile
-
 import numpy as np
 import pytest
 import torch
+from conftest import cifar_archive
 from torchvision.io import write_png
 from torchvision.transforms import v2
 
@@ -99,39 +96,9 @@ def test_csv_manifest(folder):
         D.csv_manifest(folder / "bad.csv")
 
 
-def _cifar_archive(path, n_per_batch=20):
-    rng = np.random.default_rng(0)
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-
-        def add(name, obj):
-            data = pickle.dumps(obj, protocol=2)
-            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-
-        for i in range(1, 6):
-            add(
-                f"data_batch_{i}",
-                {
-                    b"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
-                    b"labels": [int(x) for x in rng.integers(0, 10, n_per_batch)],
-                },
-            )
-        add(
-            "test_batch",
-            {
-                b"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
-                b"labels": list(range(10)) * (n_per_batch // 10),
-            },
-        )
-        add("batches.meta", {b"label_names": [f"c{i}".encode() for i in range(10)]})
-    path.write_bytes(buf.getvalue())
-
-
 def test_cifar10_from_an_archive_in_the_official_format(tmp_path):
     arch = tmp_path / "cifar-10-python.tar.gz"
-    _cifar_archive(arch)
+    cifar_archive(arch)
     x, y, classes = D.sources.load_cifar("cifar10", "train", arch)
     assert x.shape == (100, 3, 32, 32) and x.dtype == torch.uint8 and len(y) == 100 and classes[3] == "c3"
     xt, yt, _ = D.sources.load_cifar("cifar10", "test", tmp_path)  # a folder holding the archive works too

@@ -93,7 +93,7 @@ def test_console_script_is_installed():
 def test_torch_hub_load_from_a_checkout():
     from pathlib import Path
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     m = torch.hub.load(str(repo), "resnet20", source="local", in_chans=1, trust_repo=True)
     assert m.meta.architecture == "resnet20" and m(torch.randn(2, 1, 28, 28)).shape == (2, 10)
     with pytest.raises(resnets.OptionError):
@@ -127,25 +127,6 @@ def test_train_help_describes_every_key_with_its_default_and_values():
     assert " V " not in out and "%%" not in out
     code, out, _ = run_cli("finetune", "--help")
     assert code == 0 and "10% of each class" in " ".join(out.split())
-
-
-def test_the_onnx_cache_is_reused_capped_listed_and_cleared(tmp_path, monkeypatch):
-    monkeypatch.setenv("RESNETS_HOME", str(tmp_path))
-    onnx = tmp_path / "onnx"
-    for _ in range(2):  # the same random weights each time: one export, reused
-        code, out, err = run_cli("bench", "resnet20", "--backend", "onnxruntime", "--batch-sizes", 1, "--seconds", 0.2)
-        assert code == 0, err
-    assert len(list(onnx.glob("*.onnx"))) == 1
-    first = next(onnx.glob("*.onnx"))
-    monkeypatch.setenv("RESNETS_ONNX_CACHE_MB", "0.5")  # room for one file of resnet32
-    code, _, err = run_cli("bench", "resnet32", "--backend", "onnxruntime", "--batch-sizes", 1, "--seconds", 0.2)
-    assert code == 0, err
-    left = list(onnx.glob("*.onnx"))
-    assert len(left) == 1 and left[0] != first and not first.with_suffix(".sha256").exists()  # the older one went
-    code, out, _ = run_cli("cache")
-    assert code == 0 and f"onnx: {onnx} (1 files" in out and left[0].name in out
-    code, out, _ = run_cli("cache", "--clear", "onnx")
-    assert code == 0 and "removed 1 ONNX exports" in out and not list(onnx.glob("*"))
 
 
 def test_model_options_are_the_same_flags_in_summary_and_train():

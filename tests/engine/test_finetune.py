@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import randomize_norms, run_cli
+from conftest import one_line_error, randomize_norms, run_cli
 from torch import nn
 from torchvision.io import write_png
 from torchvision.ops import FrozenBatchNorm2d
@@ -34,12 +34,6 @@ def _run(*args, env=None):
 
     with mock.patch.dict(os.environ, env or {}):
         return run_cli(*args)
-
-
-def _one_line_error(code, err, needle):
-    assert code == 2, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert "Traceback" not in err and len(lines) == 1 and needle in lines[0], err
 
 
 @pytest.fixture(scope="module")
@@ -325,7 +319,7 @@ def test_torchvision_and_timm_state_dicts_name_their_architecture(tmp_path, phot
         "--name",
         "bad",
     )
-    _one_line_error(code, err, "do not fit resnet34")
+    one_line_error(code, err, "do not fit resnet34")
     assert not (tmp_path / "bad").exists()
 
 
@@ -360,7 +354,7 @@ def test_registered_weights_from_the_cache_and_offline(tmp_path, photos):
         0,
     )
     code, _, err = _run(*args, env=env)
-    _one_line_error(code, err, "resnet18-f37072fd.pth")
+    one_line_error(code, err, "resnet18-f37072fd.pth")
     assert not (tmp_path / "reg").exists()
     dest = tmp_path / "home" / "weights" / Path(W.get_weights("resnet18.tv_in1k").url).name
     dest.parent.mkdir(parents=True)
@@ -374,20 +368,20 @@ def test_registered_weights_from_the_cache_and_offline(tmp_path, photos):
 
 def test_finetune_bad_input(tmp_path, photos, pretrained):
     code, _, err = _run("finetune", "--weights", pretrained)
-    _one_line_error(code, err, "finetune needs --data")
+    one_line_error(code, err, "finetune needs --data")
     one = tmp_path / "one"
     (one / "cat").mkdir(parents=True)
     (one / "cat" / "a.jpg").write_bytes((photos / "cat" / "0.jpg").read_bytes())
     code, _, err = _run("finetune", "--data", one, "--weights", pretrained, "--out", tmp_path)
-    _one_line_error(code, err, "at least 2 are needed")
+    one_line_error(code, err, "at least 2 are needed")
     (one / "empty").mkdir()
     code, _, err = _run("finetune", "--data", one, "--weights", pretrained, "--out", tmp_path)
-    _one_line_error(code, err, "has no images")
+    one_line_error(code, err, "has no images")
     (one / "empty" / "b.jpg").write_bytes((photos / "coffee" / "0.jpg").read_bytes())
     code, _, err = _run("finetune", "--data", one, "--weights", pretrained, "--out", tmp_path)  # 2 classes, 2 images
-    _one_line_error(code, err, "only 2 images")
+    one_line_error(code, err, "only 2 images")
     code, _, err = _run("finetune", "--data", photos, "--weights", pretrained, "--model", "resnet32", "--out", tmp_path)
-    _one_line_error(code, err, "are for resnet20, not resnet32")
+    one_line_error(code, err, "are for resnet20, not resnet32")
     code, _, err = _run("finetune", "--data", photos, "--weights", pretrained, "--strategy", "probe", "--out", tmp_path)
-    _one_line_error(code, err, "strategy must be one of")
+    one_line_error(code, err, "strategy must be one of")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one"]  # no run directory was started

@@ -1,0 +1,112 @@
+"""resnets.config: every key has one bounded rule, config files and flags in their order of precedence, and values that
+cannot run refused before anything is written."""
+
+import math
+
+import pytest
+import torch
+from conftest import TINY_RUN, run_cli
+
+import resnets
+from resnets import config as C
+
+
+def _one_line(code, err, needle):
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in err, err
+
+
+def _outside_cases():
+    hints = C._fields()
+    for key, rule in C.RULES.items():
+        for v in rule.outside():
+            if hints[key] in (int, int | None) and isinstance(v, float) and not math.isfinite(v):
+                v = "nan"  # an int key: not a number at all
+            yield key, v
+
+
+def test_every_config_key_has_one_rule():
+    import dataclasses
+
+    assert {f.name for f in dataclasses.fields(C.TrainConfig)} == set(C.RULES)
+
+
+@pytest.mark.parametrize("key, value", list(_outside_cases()))
+def test_a_value_just_outside_its_range_is_one_line_and_writes_nothing(tmp_path, key, value):
+    flag = "--" + key.replace("_", "-")
+    code, _, err = run_cli("train", *TINY_RUN, "--out", tmp_path / "runs", flag, value)
+    assert code == 2, f"{flag} {value!r} was accepted: {err}"
+    assert len([line for line in err.splitlines() if line.strip()]) == 1 and "Traceback" not in err, err
+    assert not (tmp_path / "runs").exists()  # not even the --out folder
+
+
+@pytest.mark.parametrize(
+    "flag, value",
+    [
+        ("--epochs", "1e400"),
+        ("--seed", "1e20"),
+        ("--lr", "1e308"),
+        ("--weight-decay", "1e308"),
+        ("--gamma", "1e308"),
+        ("--warmup-epochs", "1e308"),
+        ("--pad", "1e9"),
+        ("--train-crop", "1e6"),
+        ("--synthetic-samples", "1e12"),
+        ("--synthetic-classes", "1e9"),
+        ("--device", "mps"),
+        ("--device", "cuda:x"),
+        ("--mixup", "1e-320"),
+        ("--cutmix", "1e-320"),
+        ("--batch-size", "1e30"),
+        ("--in-chans", "100000"),
+    ],
+)
+def test_values_that_cannot_run_are_refused_before_anything_is_written(tmp_path, flag, value):
+    """The values a hostile review found to be tracebacks (some after config.json was written, so the folder
+    stayed and resume repeated the traceback), or to allocate tens of gigabytes."""
+    if value == "mps" and torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    code, _, err = run_cli("train", *TINY_RUN, "--out", tmp_path / "runs", flag, value)
+    assert code == 2 and len([line for line in err.splitlines() if line.strip()]) == 1 and "Traceback" not in err, (
+        flag,
+        err,
+    )
+    assert not (tmp_path / "runs").exists()
+
+
+def test_synthetic_data_is_bounded_by_its_memory_and_inference_devices_are_checked(tmp_path):
+    code, _, err = run_cli(
+        "train", *TINY_RUN, "--out", tmp_path, "--synthetic-samples", "1000000", "--train-crop", "512"
+    )
+    _one_line(code, err, "GiB; at most 8 GiB")
+    for device in ("cuda:x", "cuda:7", "tpu"):
+        if (
+            device.startswith("cuda")
+            and torch.cuda.is_available()
+            and device == "cuda:7"
+            and torch.cuda.device_count() > 7
+        ):
+            continue
+        code, _, err = run_cli("predict", "x.png", "--weights", "resnet18", "--device", device)
+        assert code == 2 and "device" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_config_files_and_precedence(tmp_path):
+    (tmp_path / "c.toml").write_text("epochs = 7\nlr = 0.05\nmilestones = [10, 20]\n")
+    (tmp_path / "c.yaml").write_text("epochs: 9\nmixup: 0.2\n")
+    cfg = C.resolve("paper-cifar", tmp_path / "c.toml", {"lr": "0.3"})
+    assert (cfg.epochs, cfg.lr, cfg.milestones, cfg.weight_decay) == (7, 0.3, [10, 20], 1e-4)
+    assert C.resolve(None, tmp_path / "c.yaml").mixup == 0.2
+    (tmp_path / "bad.toml").write_text("epoks = 3\n")
+    with pytest.raises(resnets.ResnetsError, match="unknown config key 'epoks'.*epochs"):
+        C.resolve(None, tmp_path / "bad.toml")
+    tv2 = C.resolve("tv2-imagenet", overrides={"data": "imagenet"})
+    assert (tv2.train_crop, tv2.eval_resize, tv2.label_smoothing, tv2.mixup, tv2.cutmix, tv2.ema) == (
+        176,
+        232,
+        0.1,
+        0.2,
+        1.0,
+        True,
+    )
