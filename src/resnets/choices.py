@@ -14,4 +14,5 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "onecycle", "plateau", "constant")
 AMPS = ("none", "bf16", "fp16", "auto")
 CUDA_GRAPHS = ("auto", "on", "off")
+TTAS = ("none", "flip")  # test-time augmentation: none, or each image averaged with its mirror
 PRECISIONS = ("fp32", "bf16", "fp16")  # inference: eager and compile at any, ONNX Runtime at fp32

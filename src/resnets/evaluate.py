@@ -31,14 +31,18 @@ def evaluate(
     amp: str = "none",
     channels_last: bool = False,
     progress: bool = False,
+    tta: str = "none",
 ) -> dict:
     """Batches of uint8 images (B, C, H, W), or (B, 10, C, H, W) for 10-crop testing (softmax averaged).
-    Unreadable images are skipped: counted over all processes (bad_samples) and named (bad_files, this process's)."""
+    Unreadable images are skipped: counted over all processes (bad_samples) and named (bad_files, this process's).
+    `tta="flip"` also scores each image averaged with its mirror image (softmax averaged), reported as "tta"
+    beside the plain scores, which stay those of the images as given."""
     was_training = model.training
     model.eval()
     dev = ctx.device
     loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
     counts = torch.zeros(3, dtype=torch.float64, device=dev)  # n, top-1 hits, top-5 hits
+    tta_counts = torch.zeros(3, dtype=torch.float64, device=dev)  # the same for the flip-averaged scores
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.float64, device=dev)  # [true, predicted]
     bad = 0
     bad_files: list[dict] = []  # this process's unreadable images, named
@@ -54,36 +58,21 @@ def evaluate(
             continue
         x = batch.images.to(dev, non_blocking=True)
         y = batch.labels.to(dev, non_blocking=True)
-        crops = x.shape[1] if x.ndim == 5 else 1
-        if crops > 1:
-            x = x.flatten(0, 1)  # (B, 10, C, H, W) -> (B*10, C, H, W)
-        x = normalize(x)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(dev, amp):
-            logits = model(x).float()
-        probs = logits.softmax(1)
-        if crops > 1:
-            probs = probs.view(-1, crops, probs.shape[-1]).mean(1)
+        probs, flip_averaged = _scores(model, x, normalize, amp=amp, channels_last=channels_last, tta=tta)
+        if flip_averaged is not None:
+            tta_counts += _hits(flip_averaged, y)
         loss_sum += F.nll_loss(probs.clamp_min(1e-12).log(), y, reduction="sum").double()
-        k = min(5, probs.shape[1])
-        top = probs.topk(k, dim=1).indices
-        counts += torch.stack(
-            [
-                torch.full((), len(y), device=dev, dtype=torch.float64),
-                (top[:, 0] == y).sum().double(),
-                (top == y[:, None]).any(1).sum().double(),
-            ]
-        )
-        confusion.index_put_((y, top[:, 0]), torch.ones_like(y, dtype=torch.float64), accumulate=True)
-    for t in (loss_sum, counts, confusion):
+        top1 = probs.argmax(1)
+        counts += _hits(probs, y)
+        confusion.index_put_((y, top1), torch.ones_like(y, dtype=torch.float64), accumulate=True)
+    for t in (loss_sum, counts, tta_counts, confusion):
         all_reduce_sum(t, ctx)
     bad_t = all_reduce_sum(torch.tensor(float(bad), device=dev), ctx)
     model.train(was_training)
     n = int(counts[0].item())
     per_class_n = confusion.sum(1)
     per_class = (confusion.diag() / per_class_n.clamp_min(1)).mul(100).tolist()
-    return {
+    scores = {
         "n": n,
         "loss": loss_sum.item() / max(n, 1),
         "top1": 100.0 * counts[1].item() / max(n, 1),
@@ -93,6 +82,47 @@ def evaluate(
         "bad_samples": int(bad_t.item()),
         "bad_files": bad_files,
     }
+    if tta == "flip":
+        scores["tta"] = {
+            "kind": "flip",
+            "top1": 100.0 * tta_counts[1].item() / max(n, 1),
+            "top5": 100.0 * tta_counts[2].item() / max(n, 1),
+            "n": n,
+        }
+    return scores
+
+
+def _scores(model, x, normalize, *, amp: str, channels_last: bool, tta: str):
+    """Softmax scores of a batch (10-crop batches averaged over their crops) and, with tta="flip", the scores of
+    each image averaged with its mirror image's (else None)."""
+    crops = x.shape[1] if x.ndim == 5 else 1
+    if crops > 1:
+        x = x.flatten(0, 1)  # (B, 10, C, H, W) -> (B*10, C, H, W)
+    elif tta == "flip":
+        x = torch.stack([x, x.flip(-1)], 1).flatten(0, 1)  # each image, then its mirror
+    x = normalize(x)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with autocast(x.device, amp):
+        probs = model(x).float().softmax(1)
+    if crops > 1:
+        return probs.view(-1, crops, probs.shape[-1]).mean(1), None
+    if tta == "flip":
+        views = probs.view(-1, 2, probs.shape[-1])
+        return views[:, 0], views.mean(1)
+    return probs, None
+
+
+def _hits(probs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(images, top-1 hits, top-5 hits) of one batch, as float64 for exact sums across processes."""
+    top = probs.topk(min(5, probs.shape[1]), dim=1).indices
+    return torch.stack(
+        [
+            torch.full((), len(y), device=y.device, dtype=torch.float64),
+            (top[:, 0] == y).sum().double(),
+            (top == y[:, None]).any(1).sum().double(),
+        ]
+    )
 
 
 def evaluate_model_file(
@@ -101,6 +131,7 @@ def evaluate_model_file(
     dataset: str | None = None,
     data: str | None = None,
     ten_crop: bool = False,
+    tta: str = "none",
     batch_size: int = 256,
     workers: int = 0,
     amp: str = "none",
@@ -160,6 +191,7 @@ def evaluate_model_file(
         amp=amp,
         progress=progress,
         channels_last=ctx.device.type == "cuda",
+        tta="none" if ten_crop else tta,  # the 10 crops hold their mirrors already
     )
     res.update(weights=str(weights), dataset=dataset, ten_crop=ten_crop, classes=classes, amp=amp)
     if out:

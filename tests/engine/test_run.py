@@ -66,6 +66,8 @@ def test_ddp_on_two_processes_matches_one_process(tmp_path):
     common = [
         "--recipe",
         "fashion-mnist",
+        "--model",
+        "resnet20",
         "--limit-train",
         512,
         "--limit-val",

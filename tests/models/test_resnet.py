@@ -11,7 +11,9 @@ from resnets.errors import OptionError, UnknownModelError
 from resnets.models import get_entry, register_model
 from resnets.models.layers import BasicBlock, Bottleneck, PadShortcut
 
-ALL = resnets.list_models()
+ALL = [
+    n for n in resnets.list_models() if get_entry(n).family != "detection"
+]  # classifiers (detectors: test_detection.py)
 # BiT's x2/x3 widths (200-400 M parameters) are the x1 code with wider stages: built on the meta device only
 WIDE = {"resnetv2_50x3_bit", "resnetv2_101x3_bit", "resnetv2_152x2_bit"}
 IMAGENET = [n for n in ALL if get_entry(n).family == "imagenet"]
@@ -47,6 +49,8 @@ def test_registry_holds_the_whole_family():
         "resnetv2_101x1_bit",
         "resnetv2_101x3_bit",
         "resnetv2_152x2_bit",
+        "resnet8",
+        "resnet14",
         "resnet20",
         "resnet32",
         "resnet44",
@@ -319,3 +323,12 @@ def test_features_only_and_forward_intermediates_follow_timm(name, tmp_path):
         resnets.create_model("resnet18", out_indices=(1,))
     with pytest.raises(resnets.OptionError, match="feature indices run from -5 to 4"):
         resnets.create_model("resnet18", features_only=True, out_indices=(5,))
+
+
+@pytest.mark.parametrize("name, n", [("resnet8", 1), ("resnet14", 2), ("resnet20", 3), ("resnet56", 9)])
+def test_the_cifar_nets_have_6n_plus_2_weighted_layers(name, n):
+    """Section 4.2: 6n 3x3 convs in three stages, the first conv and the classifier (option A adds none)."""
+    m = resnets.create_model(name)
+    layers = sum(isinstance(x, (torch.nn.Conv2d, torch.nn.Linear)) for x in m.modules())
+    assert layers == 6 * n + 2
+    assert [len(getattr(m, f"layer{i}")) for i in (1, 2, 3)] == [n, n, n]

@@ -43,6 +43,8 @@ def _cmd_train(args: argparse.Namespace, overrides: dict | None = None) -> int:
     line = f"top-1 {result['top1']:.2f}%{top5} on {result['n']} validation images"
     if "ten_crop" in result:
         line += f" (10-crop: top-1 {result['ten_crop']['top1']:.2f}%)"
+    if "tta" in result:
+        line += f" (with flip TTA: top-1 {result['tta']['top1']:.2f}%)"
     print(line)
     print(f"run directory: {result['run_dir']}")
     print(f"final model:   {result['model_path']}")
@@ -60,6 +62,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         dataset=args.dataset,
         data=args.data,
         ten_crop=args.ten_crop,
+        tta=args.tta,
         batch_size=args.batch_size,
         workers=args.workers,
         amp=amp,
@@ -75,6 +78,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     print(f"{res['weights']} on {res['dataset']} ({res['n']} images{', 10-crop' if res['ten_crop'] else ''}):")
     top5 = f"  top-5 {res['top5']:.2f}%" if reports_top5(len(res["classes"])) else ""
     print(f"top-1 {res['top1']:.2f}%{top5}  loss {res['loss']:.4f}")
+    if "tta" in res:
+        tta5 = f"  top-5 {res['tta']['top5']:.2f}%" if reports_top5(len(res["classes"])) else ""
+        print(f"with {res['tta']['kind']} TTA: top-1 {res['tta']['top1']:.2f}%{tta5}")
     width = max(len(c) for c in res["classes"])
     for c, acc in zip(res["classes"], res["per_class"]):
         print(f"  {printable(c).ljust(width)}  {acc:6.2f}%")
@@ -88,7 +94,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def add_commands(sub, recipe: str | None) -> None:
     """The subcommands of training, fine-tuning and evaluation."""
-    from ..choices import PRECISIONS
+    from ..choices import PRECISIONS, TTAS
     from ..config import RECIPES
     from ..data.registry import DATASETS
 
@@ -123,6 +129,12 @@ def add_commands(sub, recipe: str | None) -> None:
     )
     p.add_argument("--data", help="image folder (DIR or DIR/val), CSV manifest, or dataset files")
     p.add_argument("--ten-crop", action="store_true", help="the paper's 10-crop testing")
+    p.add_argument(
+        "--tta",
+        choices=TTAS,
+        default="none",
+        help="test-time augmentation, reported beside the plain scores: flip averages each image with its mirror",
+    )
     p.add_argument("--batch-size", type=count(1), default=256)
     p.add_argument(
         "--workers", type=count(0), default=2, help="decoding processes for image files (0: in this process)"

@@ -17,7 +17,7 @@ from ..evaluate import evaluate, reports_top5, write_evaluation
 from ..weights.files import load_checkpoint, save, save_checkpoint
 from . import steps
 from .checkpoint import save_state
-from .outputs import best_epoch, close_outputs, open_outputs, say, write_csv
+from .outputs import best_epoch, close_outputs, evaluated, open_outputs, say, write_csv
 from .state import Run, TrainingError
 
 log = logging.getLogger("resnets")
@@ -35,9 +35,9 @@ def wrap(run: Run) -> nn.Module:
     return run.net
 
 
-def validate(run: Run, model: nn.Module | None = None, loader: Loader | None = None) -> dict:
+def validate(run: Run, model: nn.Module | None = None, loader: Loader | None = None, tta: str = "none") -> dict:
     """top-1, top-5, loss, per-class accuracy and the confusion matrix of `model` (default: the core) on `loader`
-    (default: the validation set), at the run's precision and memory format."""
+    (default: the validation set), at the run's precision and memory format; with `tta`, those scores too."""
     ev = evaluate(
         run.core if model is None else model,
         run.val_loader if loader is None else loader,
@@ -46,6 +46,7 @@ def validate(run: Run, model: nn.Module | None = None, loader: Loader | None = N
         run.ctx,
         amp=run.amp,
         channels_last=run.channels_last,
+        tta=tta,
     )
     for f in ev["bad_files"]:  # each named once in a run, not at every evaluation
         if f["path"] not in run.warned_paths:
@@ -198,6 +199,7 @@ def end_epoch(run: Run, epoch: int, record: dict) -> bool:
         record.update(val_loss=ev["loss"], val_top1=ev["top1"], val_top5=ev["top5"])
         if run.ema is not None:
             record["ema_val_top1"] = validate(run, run.ema.module)["top1"]
+        evaluated(run, 1 + (run.ema is not None))
         if run.plateau is not None:
             run.plateau.step(ev["loss"])
     record["skipped_images"] = run.skipped
@@ -255,11 +257,11 @@ def fit(run: Run) -> dict:
             run.epoch, run.batch = epoch + 1, 0
             if stop:
                 break
+        if run.best_state is not None:
+            run.core.load_state_dict(run.best_state)
+        result = finish(run)
     finally:
         close_outputs(run)
-    if run.best_state is not None:
-        run.core.load_state_dict(run.best_state)
-    result = finish(run)
     result["curve"] = run.curve
     return result
 
@@ -274,6 +276,8 @@ def finish(run: Run) -> dict:
         ev_ema = validate(run, run.ema.module)
         if ev_ema["top1"] > ev["top1"]:
             final, which, ev = run.ema.module, "ema", ev_ema
+    if cfg.tta != "none":
+        ev["tta"] = validate(run, final, tta=cfg.tta)["tta"]
     if cfg.ten_crop:
         tc_loader = make_eval_loader(
             bundle.val,
@@ -289,6 +293,7 @@ def finish(run: Run) -> dict:
             workers=cfg.workers,
         )
         ev["ten_crop"] = {k: v for k, v in validate(run, final, tc_loader).items() if k in ("top1", "top5", "n")}
+    evaluated(run, 1 + (run.ema is not None) + 2 * (cfg.tta != "none") + 10 * cfg.ten_crop)
     result = {
         "run_dir": str(run.run_dir),
         "model_path": str(run.run_dir / "model.safetensors"),
@@ -307,8 +312,9 @@ def finish(run: Run) -> dict:
         "cuda_graph": run.graph,
         "history": run.history,
     }
-    if "ten_crop" in ev:
-        result["ten_crop"] = ev["ten_crop"]
+    for extra in ("ten_crop", "tta"):
+        if extra in ev:
+            result[extra] = ev[extra]
     if ctx.is_main:
         from ..reports import plot_curves
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ResnetsError
+from .estimate import eval_units, evaluations
 from .state import Run
 
 
@@ -40,14 +41,22 @@ def open_outputs(run: Run) -> None:
     if cfg.progress and run.ctx.is_main:
         from tqdm import tqdm
 
+        # training batches, and the evaluations in batches' worth of work, so the ETA is the whole run's
         total = min(run.epochs * run.batches_per_epoch, run.total_steps * cfg.accum_steps)
+        unit, passes = eval_units(run), evaluations(run)
         run.bar = tqdm(
-            total=total,
-            initial=run.epoch * run.batches_per_epoch + run.batch,
+            total=total + passes * unit,
+            initial=run.epoch * run.batches_per_epoch + run.batch + (passes - evaluations(run, run.epoch)) * unit,
             unit="batch",
             dynamic_ncols=True,
             smoothing=0.05,
         )
+
+
+def evaluated(run: Run, passes: int = 1) -> None:
+    """Evaluation passes done: the progress bar moves on by their work."""
+    if run.bar is not None:
+        run.bar.update(passes * eval_units(run))
 
 
 def close_outputs(run: Run) -> None:

@@ -22,7 +22,7 @@ from ..data.transforms import batch_mix, normalizer
 from ..devices import native_bf16, resolve_amp
 from ..errors import ResnetsError
 from ..factory import create_from_weights, create_model
-from . import finetune, rundir, steps
+from . import estimate, finetune, rundir, steps
 from .checkpoint import restore
 from .loop import fit
 from .optim import make_scheduler
@@ -95,6 +95,9 @@ def train(
         run.on_progress = on_progress if ctx.is_main else None
         if state is not None:
             restore(run, state)
+        if ctx.is_main and cfg.progress:  # the wait, said before it starts
+            for line in estimate.describe(run):
+                print(line, flush=True)
         return fit(run)
     except BaseException as e:
         if run is not None and run.fresh and ctx.is_main:

@@ -45,6 +45,7 @@ RESUMABLE = frozenset(
         "curve_steps",
         "strict_data",
         "ten_crop",
+        "tta",
         "data",
         "val_data",
         "download",

@@ -201,6 +201,18 @@ def _plain_kw(kw: dict) -> dict:
 
 
 @register_model(options=SHORTCUT, family="cifar")
+def resnet8(**kw):
+    """CIFAR ResNet-8 (n=1): the family's smallest, for a first result in minutes on a laptop CPU."""
+    return _cifar([1, 1, 1], **_cifar_kw(kw))
+
+
+@register_model(options=SHORTCUT, family="cifar")
+def resnet14(**kw):
+    """CIFAR ResNet-14 (n=2)."""
+    return _cifar([2, 2, 2], **_cifar_kw(kw))
+
+
+@register_model(options=SHORTCUT, family="cifar")
 def resnet20(**kw):
     """CIFAR ResNet-20 (n=3)."""
     return _cifar([3, 3, 3], **_cifar_kw(kw))
@@ -264,3 +276,4 @@ def plain56(**kw):
 def plain110(**kw):
     """CIFAR plain-110 (n=18, no shortcuts)."""
     return _cifar([18, 18, 18], residual=False, **_plain_kw(kw))
+

@@ -1,0 +1,109 @@
+"""What a run will cost before it starts: its training step timed on a copy of the model (a few steps on random
+batches of the run's shape; the run's model, optimizer and random streams untouched), the evaluations it will do,
+and the accuracy its recipe reached where the run is that recipe unchanged."""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import fields
+
+import torch
+import torch.nn.functional as F
+
+from .. import config as C
+from ..devices import autocast
+from .state import Run
+
+EVAL_COST = 1 / 3  # an evaluated image costs about a third of a trained one (forward only, no augmentation)
+MAX_PROBE_S = 20.0  # time spent timing at most: one step of a large net on a CPU is enough to say hours
+
+# keys that say where a run goes or how it is shown, not what it learns: the recipe's accuracy holds across them
+_PRESENTATION = set(
+    "out name progress workers device seed data val_data download tensorboard checkpoint_steps eval_every "
+    "curve_steps loader channels_last amp compile cuda_graph deterministic strict_data tta".split()
+)
+
+
+def step_rate(run: Run, steps: int = 3) -> tuple[float, int]:
+    """(images/s of the training step, steps timed): forward, loss, backward and an SGD step of a copy of the
+    model on random batches of the run's shape, after one untimed step; fewer steps when one is slow."""
+    cfg, dev = run.cfg, run.ctx.device
+    per_rank = cfg.batch_size // run.ctx.world
+    size = run.bundle.train_crop
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(0)
+        model = copy.deepcopy(run.core).train()
+        opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
+        x = torch.randn(per_rank, run.core.meta.in_chans, size, size, device=dev)
+        if run.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, len(run.classes), (per_rank,), device=dev)
+
+        def step() -> float:
+            t0 = time.perf_counter()
+            with autocast(dev, run.amp):
+                loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            return time.perf_counter() - t0
+
+        first = step()
+        timed = 0 if first * (steps + 1) > MAX_PROBE_S else steps
+        spent = sum(step() for _ in range(timed)) if timed else first
+    return per_rank * max(timed, 1) / spent, timed or 1
+
+
+def recipe_of(cfg: C.TrainConfig) -> str | None:
+    """The recipe this config is, apart from where it goes and how it is shown (None: none, or changed)."""
+    learns = [f.name for f in fields(C.TrainConfig) if f.name not in _PRESENTATION]
+    for name in C.RECIPE_RESULTS:
+        ref = C.resolve(name)
+        if all(getattr(cfg, k) == getattr(ref, k) for k in learns):
+            return name
+    return None
+
+
+def _minutes(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m} min {s:02d} s" if m else f"{s} s"
+
+
+def describe(run: Run) -> list[str]:
+    """The lines printed before training: the expected time on this machine and, for an unchanged recipe, the
+    expected accuracy."""
+    cfg = run.cfg
+    rate, timed = step_rate(run)
+    rate *= run.ctx.world
+    done = run.epoch * run.batches_per_epoch + run.batch
+    images = max(min(run.epochs * run.batches_per_epoch, run.total_steps * cfg.accum_steps) - done, 0)
+    images *= cfg.batch_size
+    evals = evaluations(run, from_epoch=run.epoch)
+    eval_s = evals * len(run.bundle.val) * EVAL_COST / rate
+    lines = [
+        f"expected on this machine: about {_minutes(images / rate + eval_s)} "
+        f"(training {_minutes(images / rate)} at ~{rate:,.0f} img/s from {timed} timed step{'s' * (timed > 1)}; "
+        f"{evals} evaluation{'s' * (evals > 1)} of {len(run.bundle.val):,} images ~{_minutes(eval_s)})"
+    ]
+    name = recipe_of(cfg)
+    if name is not None:
+        lines.append(f"expected top-1: {C.RECIPE_RESULTS[name]}")
+    return lines
+
+
+def evaluations(run: Run, from_epoch: int = 0) -> int:
+    """The evaluation passes over the validation set a run makes from `from_epoch` on: those at the end of each
+    `eval_every` epochs (and the last), the final one, its EMA and test-time-augmented ones."""
+    cfg = run.cfg
+    during = sum(1 for e in range(from_epoch, run.epochs) if (e + 1) % cfg.eval_every == 0 or e + 1 == run.epochs)
+    during *= 2 if run.ema is not None else 1
+    final = 1 + (run.ema is not None) + 2 * (cfg.tta != "none") + 10 * cfg.ten_crop  # a flip pass: 2 images each
+    return during + final
+
+
+def eval_units(run: Run) -> int:
+    """One evaluation pass in training batches' worth of work (the progress bar counts both)."""
+    return max(1, round(len(run.bundle.val) * EVAL_COST / run.cfg.batch_size))

@@ -1,0 +1,101 @@
+"""resnets.engine.estimate: the expected time said before a run (its step timed on a copy: the run itself is
+unchanged by it), the evaluations the progress bar counts so its ETA is the whole run's, and the expected accuracy
+of a recipe run unchanged."""
+
+import pytest
+import torch
+import tqdm
+from conftest import saved_weights
+
+from resnets import config as C
+from resnets.engine import build_run, train
+from resnets.engine.estimate import evaluations, recipe_of, step_rate
+
+TINY = dict(
+    model="resnet8",
+    dataset="synthetic",
+    synthetic_samples=96,
+    synthetic_classes=3,
+    train_crop=32,
+    batch_size=16,
+    epochs=2,
+    workers=0,
+    device="cpu",
+)
+
+
+def _cfg(tmp_path, name, **kw):
+    return C.resolve(overrides=dict(TINY, out=tmp_path, name=name, **kw))
+
+
+def test_the_timed_steps_leave_the_run_as_it_was(tmp_path, capsys):
+    """The same run with the estimate (progress on) and without it ends with bit-identical weights."""
+    train(_cfg(tmp_path, "quiet", progress=False))
+    train(_cfg(tmp_path, "shown", progress=True))
+    out = capsys.readouterr().out
+    assert "expected on this machine: about" in out and "img/s from 3 timed steps" in out
+    assert "3 evaluations of" in out  # two epochs evaluated, then the final evaluation
+    a, b = (
+        saved_weights(tmp_path / "quiet" / "model.safetensors"),
+        saved_weights(tmp_path / "shown" / "model.safetensors"),
+    )
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_step_rate_is_measured_on_a_copy(tmp_path):
+    from resnets import distributed
+
+    run = build_run(_cfg(tmp_path, "r"), distributed.Context(device=torch.device("cpu")))
+    try:
+        before = {k: v.clone() for k, v in run.core.state_dict().items()}
+        rng = torch.get_rng_state()
+        rate, timed = step_rate(run)
+        assert rate > 0 and timed == 3
+        assert torch.equal(torch.get_rng_state(), rng)
+        assert all(torch.equal(before[k], v) for k, v in run.core.state_dict().items())
+    finally:
+        run.lock.release()
+
+
+@pytest.mark.parametrize(
+    "kw, passes",
+    [
+        (dict(epochs=3), 3 + 1),
+        (dict(epochs=5, eval_every=2), 3 + 1),  # after epochs 2, 4 and the last
+        (dict(epochs=2, tta="flip"), 2 + 1 + 2),  # the flip pass scores twice the images
+        (dict(epochs=2, ema=True), 2 * 2 + 2),  # the EMA weights are evaluated beside the model's
+    ],
+)
+def test_the_evaluations_a_run_makes_are_counted(tmp_path, kw, passes):
+    from resnets import distributed
+
+    run = build_run(_cfg(tmp_path, "r", **kw), distributed.Context(device=torch.device("cpu")))
+    try:
+        assert evaluations(run) == passes
+    finally:
+        run.lock.release()
+
+
+def test_the_progress_bar_ends_at_its_total(tmp_path, monkeypatch):
+    """The bar counts training batches and evaluations in batches' worth, and the run fills it exactly: an ETA
+    from it is the whole run's, evaluations included."""
+    bars = []
+
+    class Recording(tqdm.tqdm):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            bars.append(self)
+
+    monkeypatch.setattr(tqdm, "tqdm", Recording)
+    train(_cfg(tmp_path, "bar", progress=True, tta="flip"))
+    bar = bars[0]
+    assert bar.total > 2 * (96 // 16) and bar.n == bar.total
+
+
+def test_a_recipe_run_unchanged_is_recognised_and_a_changed_one_is_not():
+    assert recipe_of(C.resolve("fashion-mnist", overrides=dict(out="/tmp/x", name="n", seed=3, workers=2))) == (
+        "fashion-mnist"
+    )
+    assert recipe_of(C.resolve("fashion-mnist", overrides=dict(epochs=50))) is None
+    assert recipe_of(C.resolve("fashion-mnist", overrides=dict(model="resnet56"))) is None
+    assert recipe_of(C.resolve("paper-cifar")) is None  # no measured result recorded for it
