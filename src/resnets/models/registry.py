@@ -23,6 +23,7 @@ HEAD = ("num_classes", "in_chans", "norm")
 RESIDUAL = HEAD + ("zero_init_residual", "drop_path_rate")
 SHORTCUT = RESIDUAL + ("shortcut",)
 BOTTLENECK = SHORTCUT + ("stride_in_1x1",)
+DETECTION = ("num_classes", "backbone", "trainable_layers", "norm")  # a backbone by name, its top layers trained
 
 
 @dataclass(frozen=True)
@@ -30,11 +31,12 @@ class ModelEntry:
     name: str
     fn: Callable[..., "nn.Module"]
     options: tuple[str, ...]
-    family: str  # "imagenet" or "cifar": decides the default input size
+    family: str  # "imagenet", "cifar" or "detection": decides the default input size
 
     @property
     def input_size(self) -> int:
-        return 32 if self.family == "cifar" else 224
+        """The classification crop (a detector resizes its images itself: the shorter side to 800)."""
+        return {"cifar": 32, "detection": 800}.get(self.family, 224)
 
     @property
     def doc(self) -> str:
@@ -80,5 +82,11 @@ def check_options(entry: ModelEntry, options: dict[str, Any]) -> None:
                 raise OptionError(f"{key} must be a whole number from {low} to {high:,}; got {value!r}")
         if key == "drop_path_rate" and not (isinstance(value, (int, float)) and 0.0 <= value < 1.0):
             raise OptionError(f"drop_path_rate must be in [0, 1), got {value!r}")
+        if key == "backbone" and (not isinstance(value, str) or get_entry(value).family != "imagenet"):
+            raise OptionError(
+                f"backbone must be an ImageNet-family model name (resnet50, resnext50_32x4d, ...); got {value!r}"
+            )
+        if key == "trainable_layers" and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 5):
+            raise OptionError(f"trainable_layers must be a whole number from 0 to 5; got {value!r}")
         if key in ("zero_init_residual", "stride_in_1x1") and not isinstance(value, bool):
             raise OptionError(f"{key} must be True or False, got {value!r}")

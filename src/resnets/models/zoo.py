@@ -6,7 +6,7 @@ the entrypoints reach the builders through `_net`, which imports them when a mod
 
 from __future__ import annotations
 
-from .registry import BOTTLENECK, HEAD, RESIDUAL, SHORTCUT, register_model
+from .registry import BOTTLENECK, DETECTION, HEAD, RESIDUAL, SHORTCUT, register_model
 
 
 def _net(kind: str, *args, block: str | None = None, **kw):
@@ -277,3 +277,47 @@ def plain110(**kw):
     """CIFAR plain-110 (n=18, no shortcuts)."""
     return _cifar([18, 18, 18], residual=False, **_plain_kw(kw))
 
+
+# ---- detection: torchvision's heads and FPN on any of the ImageNet nets above (backbone=...; models/detection.py)
+
+
+def _detector(kind: str, **kw):
+    from . import detection  # torchvision's detection models, at the first one built
+
+    return getattr(detection, kind)(**kw)
+
+
+@register_model(options=DETECTION, family="detection")
+def fasterrcnn_resnet50_fpn(**kw):
+    """Faster R-CNN with an FPN (torchvision's v1; backbone= any ImageNet-family net)."""
+    return _detector("faster_rcnn", **kw)
+
+
+@register_model(options=DETECTION, family="detection")
+def fasterrcnn_resnet50_fpn_v2(**kw):
+    """Faster R-CNN v2: BatchNorm FPN, 4-conv box head (torchvision's v2)."""
+    return _detector("faster_rcnn_v2", **kw)
+
+
+@register_model(options=DETECTION, family="detection")
+def retinanet_resnet50_fpn(**kw):
+    """RetinaNet, focal loss, P3-P7 (torchvision's v1)."""
+    return _detector("retinanet", **kw)
+
+
+@register_model(options=DETECTION, family="detection")
+def retinanet_resnet50_fpn_v2(**kw):
+    """RetinaNet v2: GroupNorm head, GIoU loss (torchvision's v2)."""
+    return _detector("retinanet_v2", **kw)
+
+
+@register_model(options=DETECTION, family="detection")
+def maskrcnn_resnet50_fpn(**kw):
+    """Mask R-CNN: boxes and instance masks (torchvision's v1)."""
+    return _detector("mask_rcnn", **kw)
+
+
+@register_model(options=DETECTION, family="detection")
+def maskrcnn_resnet50_fpn_v2(**kw):
+    """Mask R-CNN v2 (torchvision's v2)."""
+    return _detector("mask_rcnn_v2", **kw)
