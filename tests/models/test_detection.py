@@ -5,7 +5,7 @@ FPN the maps of its own forward_intermediates; trainable_layers freezes what tor
 import pytest
 import torch
 import torchvision
-from conftest import randomize_norms
+from conftest import one_line_error, randomize_norms, run_cli
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 
 import resnets
@@ -123,3 +123,9 @@ def test_bad_options_are_one_clear_error(options, needle):
     with pytest.raises(resnets.ResnetsError, match=needle):
         resnets.create_model("fasterrcnn_resnet50_fpn", **options)
     assert issubclass(OptionError, resnets.ResnetsError)
+
+
+@pytest.mark.parametrize("command", [["summary"], ["bench", "--batch-sizes", "1"]])
+def test_commands_that_take_classifiers_refuse_a_detector_in_one_line(command):
+    code, _, err = run_cli(command[0], "fasterrcnn_resnet50_fpn", *command[1:])
+    one_line_error(code, err, "fasterrcnn_resnet50_fpn is a detector")

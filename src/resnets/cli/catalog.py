@@ -7,7 +7,7 @@ import json
 import sys
 
 from ..errors import ResnetsError
-from .options import add_model_options, is_architecture, model_options
+from .options import add_model_options, check_classifier, is_architecture, model_options
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -76,6 +76,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
 
     options = model_options(args)
     if is_architecture(args.model):
+        check_classifier(args.model)
         model = create_model(args.model, weights=args.weights, **options)
     else:
         if args.weights:

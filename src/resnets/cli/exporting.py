@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ResnetsError
-from .options import backend_help, count, is_architecture, real
+from .options import backend_help, check_classifier, count, is_architecture, real
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -110,6 +110,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if not sizes or min(sizes) < 1:
         raise ResnetsError(f"--batch-sizes takes positive numbers; got {args.batch_sizes!r}")
     if is_architecture(args.model):  # random weights, the same every time (so an ONNX export is cached once)
+        check_classifier(args.model)
         with torch.random.fork_rng():
             torch.manual_seed(0)
             model = create_model(args.model)

@@ -195,6 +195,15 @@ def is_architecture(text: str) -> bool:
     return text in list_models() and not os.path.exists(text)
 
 
+def check_classifier(name: str) -> None:
+    """The commands that take a classifier refuse a detector by name in one line (their turn comes with
+    `resnets detect`)."""
+    from ..models import get_entry
+
+    if get_entry(name).family == "detection":
+        raise ResnetsError(f"{name} is a detector: this command takes classifiers (resnets list shows both)")
+
+
 def load_for_inference(weights: str, device: str):
     from ..devices import pick_device
     from ..factory import load
