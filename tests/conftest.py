@@ -163,11 +163,11 @@ def broken_headers() -> dict[str, bytes]:
     }
 
 
-def one_line_error(code: int, err: str, needle: str) -> None:
-    """The command failed as bad input does: exit code 2, one line naming `needle`, no traceback."""
+def one_line_error(code: int, err: str, *needles: str) -> None:
+    """The command failed as bad input does: exit code 2, one line naming every one of `needles`, no traceback."""
     assert code == 2, err
     lines = [line for line in err.splitlines() if line.strip()]
-    assert "Traceback" not in err and len(lines) == 1 and needle in lines[0], err
+    assert "Traceback" not in err and len(lines) == 1 and all(n in lines[0] for n in needles), err
 
 
 def saved_weights(path) -> dict:
