@@ -25,9 +25,10 @@ _PRESENTATION = set(
 )
 
 
-def step_rate(run: Run, steps: int = 3) -> tuple[float, int]:
+def step_rate(run: Run, steps: int = 5, warmup: int = 3) -> tuple[float, int]:
     """(images/s of the training step, steps timed): forward, loss, backward and an SGD step of a copy of the
-    model on random batches of the run's shape, after one untimed step; fewer steps when one is slow."""
+    model on random batches of the run's shape, timed after `warmup` untimed steps (a fresh process's first steps
+    run 10-40% slower than its epochs do); only the first step when one is slow."""
     cfg, dev = run.cfg, run.ctx.device
     per_rank = cfg.batch_size // run.ctx.world
     size = run.bundle.train_crop
@@ -52,9 +53,12 @@ def step_rate(run: Run, steps: int = 3) -> tuple[float, int]:
             return time.perf_counter() - t0
 
         first = step()
-        timed = 0 if first * (steps + 1) > MAX_PROBE_S else steps
-        spent = sum(step() for _ in range(timed)) if timed else first
-    return per_rank * max(timed, 1) / spent, timed or 1
+        if first * (warmup + steps) > MAX_PROBE_S:
+            return per_rank / first, 1
+        for _ in range(warmup - 1):
+            step()
+        spent = sum(step() for _ in range(steps))
+    return per_rank * steps / spent, steps
 
 
 def recipe_of(cfg: C.TrainConfig) -> str | None:
