@@ -31,11 +31,13 @@ def test_two_gloo_processes_sum_exactly(tmp_path):
         "t = D.all_reduce_sum(torch.tensor([float(ctx.rank + 1)], dtype=torch.float64), ctx)\n"
         "obj = D.broadcast_object({'from': ctx.rank}, ctx)\n"
         "D.barrier(ctx)\n"
-        "print(json.dumps([ctx.rank, ctx.world, t.item(), obj['from']]))\n"
+        "import pathlib, sys\n"
+        "out = pathlib.Path(sys.argv[1]) / f'rank{ctx.rank}.json'\n"  # a file each: stdout lines interleave
+        "out.write_text(json.dumps([ctx.rank, ctx.world, t.item(), obj['from']]))\n"
         "D.cleanup(ctx)\n"
     )
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29547"]
-    p = subprocess.run([*cmd, str(script)], capture_output=True, text=True, timeout=120)
+    p = subprocess.run([*cmd, str(script), str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
-    rows = sorted(json.loads(line) for line in p.stdout.splitlines() if line.startswith("["))
+    rows = sorted(json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert rows == [[0, 2, 3.0, 0], [1, 2, 3.0, 0]]
