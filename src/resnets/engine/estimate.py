@@ -102,10 +102,18 @@ def evaluations(run: Run, from_epoch: int = 0) -> int:
     """The evaluation passes over the validation set a run makes from `from_epoch` on: those at the end of each
     `eval_every` epochs (and the last), the final one, its EMA and test-time-augmented ones."""
     cfg = run.cfg
-    during = sum(1 for e in range(from_epoch, run.epochs) if (e + 1) % cfg.eval_every == 0 or e + 1 == run.epochs)
-    during *= 2 if run.ema is not None else 1
-    final = 1 + (run.ema is not None) + 2 * (cfg.tta != "none") + 10 * cfg.ten_crop  # a flip pass: 2 images each
-    return during + final
+    due = sum(1 for e in range(from_epoch, run.epochs) if (e + 1) % cfg.eval_every == 0 or e + 1 == run.epochs)
+    return due * epoch_passes(run) + final_passes(run)
+
+
+def epoch_passes(run: Run) -> int:
+    """The passes of one epoch's evaluation: the model's, and its EMA's."""
+    return 1 + (run.ema is not None)
+
+
+def final_passes(run: Run) -> int:
+    """The passes of the final evaluation: the model's, its EMA's, flip TTA's (2 images each) and 10 crops."""
+    return 1 + (run.ema is not None) + 2 * (run.cfg.tta != "none") + 10 * run.cfg.ten_crop
 
 
 def eval_units(run: Run) -> int:

@@ -17,6 +17,7 @@ from ..evaluate import evaluate, reports_top5, write_evaluation
 from ..weights.files import load_checkpoint, save, save_checkpoint
 from . import steps
 from .checkpoint import save_state
+from .estimate import epoch_passes, final_passes
 from .outputs import best_epoch, close_outputs, evaluated, open_outputs, say, write_csv
 from .state import Run, TrainingError
 
@@ -199,7 +200,7 @@ def end_epoch(run: Run, epoch: int, record: dict) -> bool:
         record.update(val_loss=ev["loss"], val_top1=ev["top1"], val_top5=ev["top5"])
         if run.ema is not None:
             record["ema_val_top1"] = validate(run, run.ema.module)["top1"]
-        evaluated(run, 1 + (run.ema is not None))
+        evaluated(run, epoch_passes(run))
         if run.plateau is not None:
             run.plateau.step(ev["loss"])
     record["skipped_images"] = run.skipped
@@ -293,7 +294,7 @@ def finish(run: Run) -> dict:
             workers=cfg.workers,
         )
         ev["ten_crop"] = {k: v for k, v in validate(run, final, tc_loader).items() if k in ("top1", "top5", "n")}
-    evaluated(run, 1 + (run.ema is not None) + 2 * (cfg.tta != "none") + 10 * cfg.ten_crop)
+    evaluated(run, final_passes(run))
     result = {
         "run_dir": str(run.run_dir),
         "model_path": str(run.run_dir / "model.safetensors"),
