@@ -143,7 +143,7 @@ def evaluate_model_file(
 ) -> dict:
     """`resnets eval`: a saved model (or checkpoint) on a dataset's evaluation split, with the preprocessing its
     file records. Writes eval.json, confusion.json and confusion.png to `out` when given."""
-    from . import data as D
+    from .data import get_dataset
     from .data.loader import make_eval_loader
     from .devices import pick_device
     from .errors import ResnetsError
@@ -160,7 +160,7 @@ def evaluate_model_file(
         dataset = "imagefolder" if data and Path(data).is_dir() else "csv" if data else None
         if dataset is None:
             raise ResnetsError("say which data to evaluate on: --dataset NAME or --data PATH")
-    ds = D.get_dataset(dataset).evaluation(data, download, channels=meta.in_chans, classes=classes)
+    ds = get_dataset(dataset).evaluation(data, download, channels=meta.in_chans, classes=classes)
     if ds.classes != classes:
         raise ResnetsError(f"the model's {len(classes)} classes do not match the dataset's {len(ds.classes)}")
     if limit:

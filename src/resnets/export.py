@@ -225,16 +225,16 @@ def export(
 def _batches(model: nn.Module, source: str, limit: int, batch: int = 32) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
     """(normalised images, labels) from "fashion-mnist", "cifar10", or an image folder (class subfolders named like
     the model's classes), through the model's preprocessing."""
-    from . import data as D
+    from .data import DATASETS, get_dataset
     from .data.loader import Augmented, EvalBatches, make_loader
 
     pre = preprocessing_for(model)
     classes = list(meta_of(model).class_names or [])
     name, _, split = source.partition(":")
-    if name in D.DATASETS and D.DATASETS[name].kind == "tensors":  # "fashion-mnist", "cifar10:train", ...
-        ds = D.get_dataset(name).load(split or "test")
+    if name in DATASETS and DATASETS[name].kind == "tensors":  # "fashion-mnist", "cifar10:train", ...
+        ds = get_dataset(name).load(split or "test")
     else:  # an image folder, its class subfolders named like the model's classes
-        ds = D.get_dataset("imagefolder").evaluation(source, channels=len(pre.mean), classes=classes or None)
+        ds = get_dataset("imagefolder").evaluation(source, channels=len(pre.mean), classes=classes or None)
     if classes and ds.classes != classes:
         raise ResnetsError(f"{source}: its classes do not match the model's")
     g = torch.Generator().manual_seed(0)

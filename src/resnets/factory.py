@@ -14,13 +14,12 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from . import weights as W
 from .errors import OptionError, WeightsError
 from .meta import ModelMeta, Preprocessing
 from .models import get_entry
 from .models.registry import check_options
 from .models.resnet import Backbone, FeatureList, ResNetV2
-from .weights import hub
+from .weights import class_list, default_weights, fetch, get_weights, hub, is_registered, list_weights
 from .weights.files import KERAS_SUFFIXES, PICKLE_SUFFIXES, read_weights
 
 log = logging.getLogger("resnets")
@@ -43,9 +42,9 @@ def _resolve(weights: str | os.PathLike, download: bool) -> tuple[dict[str, torc
     if cfg is not None:  # a timm folder on disk (a Hub download, or ours)
         sd, meta = hub.read_timm_folder(Path(text), cfg, text)
         return sd, meta, text
-    if W.is_registered(text):
-        spec = W.get_weights(text)
-        sd, _ = read_weights(W.fetch(text, download=download))  # a Hub repo's weight file for timm's
+    if is_registered(text):
+        spec = get_weights(text)
+        sd, _ = read_weights(fetch(text, download=download))  # a Hub repo's weight file for timm's
         return sd, ModelMeta(spec.architecture, {}, spec.class_names(), spec.preprocessing, spec.name), repr(text)
     if os.path.isdir(text):
         if not os.path.isfile(os.path.join(text, "model.safetensors")):
@@ -64,11 +63,11 @@ def _resolve(weights: str | os.PathLike, download: bool) -> tuple[dict[str, torc
         if "." in text:
             import difflib
 
-            close = difflib.get_close_matches(text, W.list_weights(), n=3, cutoff=0.6)
+            close = difflib.get_close_matches(text, list_weights(), n=3, cutoff=0.6)
             hint = f"did you mean {', '.join(close)}?" if close else "see `resnets list --weights`"
             raise WeightsError(f"unknown weights {text!r}: neither a registered name nor a file; {hint}")
         get_entry(text)  # an unknown name: the error suggests close model names
-        named = W.list_weights(f"{text}.*")
+        named = list_weights(f"{text}.*")
         raise WeightsError(
             f"{text} is an architecture, not weights: give a weight name"
             f"{' (' + ', '.join(named) + ')' if named else ''}, a model file or a run folder"
@@ -189,7 +188,7 @@ def _build(name: str, options: dict[str, Any], sd: dict | None, meta: ModelMeta 
     if sd is None:  # built by name: fed as its architecture is by default (the README's promise)
         pre = Preprocessing.default(entry.input_size, opts.get("in_chans", 3))
     if classes is None and sd is not None and model.num_classes == 1000:  # a 1000-class file (torchvision's, timm's)
-        classes = W.class_list("imagenet")  # that records no names: ImageNet-1k's, not the indices
+        classes = class_list("imagenet")  # that records no names: ImageNet-1k's, not the indices
     model.meta = ModelMeta(
         name,
         opts,
@@ -260,7 +259,7 @@ def create_model(
                 "architecture name and no weights="
             )
         get_entry(name)
-        weights = W.default_weights(name)
+        weights = default_weights(name)
         if weights is None:
             raise OptionError(f"{name} has no registered weights (see `resnets list --weights`); pass weights= a file")
     if hub.is_hub(name):  # the architecture comes with the weights
@@ -271,7 +270,7 @@ def create_model(
 
 
 def _create(name: str, weights: str | os.PathLike | None, download: bool, options: dict[str, Any]) -> nn.Module:
-    if weights is None and "." in name and W.is_registered(name):
+    if weights is None and "." in name and is_registered(name):
         name, weights = name.split(".", 1)[0], name
     get_entry(name)  # unknown names fail before any file is read
     if weights is None:

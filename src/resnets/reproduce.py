@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import config as C
+from .config import BUDGETS, TrainConfig, from_dict, resolve
 from .errors import ResnetsError
 from .factory import load
 
@@ -42,9 +42,9 @@ def iterations(budget: str | int) -> int:
         if n < 10:
             raise ResnetsError(f"a budget is at least 10 iterations; got {n}")
         return n
-    if budget not in C.BUDGETS:
-        raise ResnetsError(f"budget must be one of {', '.join(C.BUDGETS)} or a number of iterations; got {budget!r}")
-    return C.BUDGETS[budget]
+    if budget not in BUDGETS:
+        raise ResnetsError(f"budget must be one of {', '.join(BUDGETS)} or a number of iterations; got {budget!r}")
+    return BUDGETS[budget]
 
 
 def run_config(
@@ -57,7 +57,7 @@ def run_config(
     progress: bool = True,
     device: str = "auto",
     extra: dict | None = None,
-) -> C.TrainConfig:
+) -> TrainConfig:
     """The paper's CIFAR set-up (section 4.2): SGD lr 0.1, momentum 0.9, wd 1e-4, batch 128, 4-pixel padding, crop,
     flip; lr /10 at 50% and 75% of the iterations (32k and 48k of 64k). ResNet-110 and deeper warm up at lr
     0.01 for the first 400 iterations, as the paper does. bf16 autocast and channels_last where they are faster."""
@@ -84,7 +84,7 @@ def run_config(
         steps_per_epoch = (60_000 if dataset == "fashion-mnist" else 50_000) // 128
         overrides.update(warmup_epochs=min(400, n // 10) / steps_per_epoch, warmup_start=0.1)
     overrides.update(extra or {})  # e.g. limit_train / limit_val for a quick look
-    return C.resolve("paper-cifar", overrides=overrides)
+    return resolve("paper-cifar", overrides=overrides)
 
 
 @dataclass
@@ -110,7 +110,7 @@ class Setup:
         if self.jobs < 1:
             raise ResnetsError(f"--jobs must be at least 1; got {self.jobs}")
 
-    def config(self, model: str, seed: int | None = None) -> C.TrainConfig:
+    def config(self, model: str, seed: int | None = None) -> TrainConfig:
         seed = self.seed if seed is None else seed
         return run_config(
             model, self.dataset, self.budget, seed, self.out, self.data, self.progress, self.device, self.extra
@@ -128,7 +128,7 @@ class Setup:
         return {w: trained(c) for w, c in configs.items()}
 
 
-def status(cfg: C.TrainConfig) -> str:
+def status(cfg: TrainConfig) -> str:
     """Where the run of `cfg` stands in its folder: "done", "partial" (resumable), "new", or "other" (a run of
     another configuration under the same name)."""
     run_dir = Path(cfg.out) / cfg.name
@@ -150,7 +150,7 @@ def status(cfg: C.TrainConfig) -> str:
     return "partial" if (run_dir / "last.pt").is_file() else "new"
 
 
-def trained(cfg: C.TrainConfig, on_progress=None) -> dict:
+def trained(cfg: TrainConfig, on_progress=None) -> dict:
     """Train as `cfg` says, or reuse the finished run of the same config in its run directory, or continue an
     interrupted one from its last checkpoint."""
     from .engine import train
@@ -191,7 +191,7 @@ def _worker(cfg_dict: dict, queue, threads: int, parent: int) -> None:
         os._exit(3)
 
     threading.Thread(target=watch, daemon=True).start()
-    cfg = C.from_dict(cfg_dict)
+    cfg = from_dict(cfg_dict)
     log_path = Path(cfg.out) / f"{cfg.name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout = sys.stderr = open(log_path, "a", buffering=1)  # noqa: SIM115  (the process's own streams)
@@ -201,12 +201,12 @@ def _worker(cfg_dict: dict, queue, threads: int, parent: int) -> None:
     queue.put((cfg.name, {"done": True, "top1": result["top1"]}))
 
 
-def train_parallel(configs: list[C.TrainConfig], jobs: int, progress: bool = True) -> None:
+def train_parallel(configs: list[TrainConfig], jobs: int, progress: bool = True) -> None:
     """Train these runs, `jobs` processes at a time, with a progress line per run. Each resumes from its own
     checkpoints, so a stopped command continues where it was when run again."""
     import multiprocessing as mp
     import os
-    import queue as Q
+    from queue import Empty
 
     from tqdm import tqdm
 
@@ -248,7 +248,7 @@ def train_parallel(configs: list[C.TrainConfig], jobs: int, progress: bool = Tru
                 running[cfg.name] = (proc, cfg)
             try:
                 show(*messages.get(timeout=0.5))
-            except Q.Empty:
+            except Empty:
                 pass
             for name, (proc, cfg) in list(running.items()):
                 if not proc.is_alive():
@@ -266,7 +266,7 @@ def train_parallel(configs: list[C.TrainConfig], jobs: int, progress: bool = Tru
         while True:  # what the last workers said before they ended
             try:
                 show(*messages.get(timeout=0.1))
-            except Q.Empty:
+            except Empty:
                 break
         for bar in bars.values():
             bar.close()

@@ -11,12 +11,12 @@ from .options import add_model_options, check_classifier, is_architecture, model
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from .. import weights as W
     from ..models import get_entry, list_models
+    from ..weights import get_weights, list_weights
 
     if args.weights:
-        names = W.list_weights(args.pattern)
-        rows = [W.get_weights(n) for n in names]
+        names = list_weights(args.pattern)
+        rows = [get_weights(n) for n in names]
         if args.json:
             print(
                 json.dumps(

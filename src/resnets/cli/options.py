@@ -93,10 +93,12 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 
 def model_options(args: argparse.Namespace) -> dict:
     """The model options given on the command line, typed as the config types them."""
-    from .. import config as C
+    from .. import config
 
-    given = {k: getattr(args, k) for k in ("num_classes", *C.MODEL_OPTIONS) if getattr(args, k, None) is not None}
-    typed = C.apply(C.TrainConfig(), {k: v for k, v in given.items() if k != "num_classes"}, "the command line")
+    given = {k: getattr(args, k) for k in ("num_classes", *config.MODEL_OPTIONS) if getattr(args, k, None) is not None}
+    typed = config.apply(
+        config.TrainConfig(), {k: v for k, v in given.items() if k != "num_classes"}, "the command line"
+    )
     return {k: getattr(typed, k) if k != "num_classes" else v for k, v in given.items()}
 
 

@@ -9,14 +9,14 @@ from .options import count, parse_set
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from .. import reproduce as R
+    from .. import reproduce
 
     extra = parse_set(args.set)
     out = Path(args.out)
     if args.what == "table1":
-        r = R.table1(out)
+        r = reproduce.table1(out)
     else:
-        setup = R.Setup(
+        setup = reproduce.Setup(
             args.dataset,
             args.budget,
             out,
@@ -28,15 +28,15 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
             jobs=args.jobs,
         )
         if args.what == "degradation":
-            r = R.degradation(setup)
+            r = reproduce.degradation(setup)
         elif args.what == "layer-responses":
-            r = R.layer_responses(setup)
+            r = reproduce.layer_responses(setup)
         elif args.what == "gradient-flow":
-            r = R.gradient_flow(setup)
+            r = reproduce.gradient_flow(setup)
         else:
             seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
             depths = [int(x) for x in args.depths.split(",") if x.strip()]
-            r = R.cifar_table(setup, depths, seeds)
+            r = reproduce.cifar_table(setup, depths, seeds)
     print(Path(r["report"]).read_text())
     print(f"report: {r['report']}" + (f"\nfigure: {r['figure']}" if "figure" in r else ""))
     return 0

@@ -26,7 +26,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace, overrides: dict | None = None) -> int:
-    from .. import config as C
+    from ..config import resolve
     from ..engine import train
     from ..evaluate import reports_top5
 
@@ -36,7 +36,7 @@ def _cmd_train(args: argparse.Namespace, overrides: dict | None = None) -> int:
             raise ResnetsError("--resume continues a run with its saved config; --recipe and --config do not apply")
         result = train(resume=args.resume, overrides=overrides)
     else:
-        result = train(C.resolve(args.recipe, args.config, overrides))
+        result = train(resolve(args.recipe, args.config, overrides))
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     top5 = f"  top-5 {result['top5']:.2f}%" if reports_top5(len(result["classes"])) else ""

@@ -43,23 +43,23 @@ class DatasetSpec:
         """The `split` ("train" or "test") as a dataset. For image files: "train" is DIR/train (or DIR), "test"
         the first of DIR/val, DIR/validation, DIR/test; a CSV manifest is the file itself. None: no such split
         (training then holds part of the training set out; evaluation takes the images of DIR)."""
-        from . import datasets as DS
+        from .datasets import TensorDataset, csv_manifest, image_folder
 
         if self.tensors is not None:
-            return DS.TensorDataset(*self.tensors(split, data, download))
+            return TensorDataset(*self.tensors(split, data, download))
         if self.kind != "files":
             raise ResnetsError(f"{self.name} has no {split} split to load")
         if not data:
             raise ResnetsError(f"dataset {self.name} needs --data (the image folder or CSV manifest)")
         if self.name == "csv":
-            return DS.csv_manifest(data, channels, classes=classes)
+            return csv_manifest(data, channels, classes=classes)
         root = Path(data)
         if not root.is_dir():
             raise ResnetsError(f"data folder not found: {root}")
         if split == "train":
-            return DS.image_folder(root / "train" if (root / "train").is_dir() else root, channels, classes=classes)
+            return image_folder(root / "train" if (root / "train").is_dir() else root, channels, classes=classes)
         held = next((root / v for v in ("val", "validation", "test") if (root / v).is_dir()), None)
-        return DS.image_folder(held, channels, classes=classes) if held is not None else None
+        return image_folder(held, channels, classes=classes) if held is not None else None
 
     def evaluation(
         self, data: str | None = None, download: bool = False, *, channels: int = 3, classes: list[str] | None = None

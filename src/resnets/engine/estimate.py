@@ -11,7 +11,7 @@ from dataclasses import fields
 import torch
 import torch.nn.functional as F
 
-from .. import config as C
+from ..config import RECIPE_RESULTS, TrainConfig, resolve
 from ..devices import autocast
 from .state import Run
 
@@ -61,11 +61,11 @@ def step_rate(run: Run, steps: int = 5, warmup: int = 3) -> tuple[float, int]:
     return per_rank * steps / spent, steps
 
 
-def recipe_of(cfg: C.TrainConfig) -> str | None:
+def recipe_of(cfg: TrainConfig) -> str | None:
     """The recipe this config is, apart from where it goes and how it is shown (None: none, or changed)."""
-    learns = [f.name for f in fields(C.TrainConfig) if f.name not in _PRESENTATION]
-    for name in C.RECIPE_RESULTS:
-        ref = C.resolve(name)
+    learns = [f.name for f in fields(TrainConfig) if f.name not in _PRESENTATION]
+    for name in RECIPE_RESULTS:
+        ref = resolve(name)
         if all(getattr(cfg, k) == getattr(ref, k) for k in learns):
             return name
     return None
@@ -94,7 +94,7 @@ def describe(run: Run) -> list[str]:
     ]
     name = recipe_of(cfg)
     if name is not None:
-        lines.append(f"expected top-1: {C.RECIPE_RESULTS[name]}")
+        lines.append(f"expected top-1: {RECIPE_RESULTS[name]}")
     return lines
 
 

@@ -12,9 +12,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .. import config as C
-from .. import data as D
 from .. import distributed
+from ..config import MODEL_OPTIONS, TrainConfig, resolve
+from ..data import DataBundle, build, get_dataset
 from ..data.batching import check_batch_split
 from ..data.loader import make_eval_loader, make_train_loader
 from ..data.preprocessing import Preprocessing
@@ -31,24 +31,24 @@ from .state import Run
 log = logging.getLogger("resnets")
 
 
-def _model_options(cfg: C.TrainConfig) -> dict[str, Any]:
-    keys = [k for k in C.MODEL_OPTIONS if k != "in_chans"]  # the channels follow the data or the weights
+def _model_options(cfg: TrainConfig) -> dict[str, Any]:
+    keys = [k for k in MODEL_OPTIONS if k != "in_chans"]  # the channels follow the data or the weights
     return {k: getattr(cfg, k) for k in keys if getattr(cfg, k) is not None}
 
 
-def _data_and_model(cfg: C.TrainConfig) -> tuple[D.DataBundle, nn.Module]:
+def _data_and_model(cfg: TrainConfig) -> tuple[DataBundle, nn.Module]:
     """The data and the model to train on it. Pretrained weights bring their architecture (when --model is not
     given), input channels and preprocessing for image files; their head is replaced when the classes differ."""
     options = _model_options(cfg)
-    fixed_chans = D.get_dataset(cfg.dataset).channels or cfg.in_chans or None  # in-memory data has its own
+    fixed_chans = get_dataset(cfg.dataset).channels or cfg.in_chans or None  # in-memory data has its own
     if fixed_chans:
         options["in_chans"] = fixed_chans
     if not cfg.weights:
-        bundle = D.build(cfg)
+        bundle = build(cfg)
         options.pop("in_chans", None)  # the data's
         return bundle, create_model(cfg.model, num_classes=len(bundle.classes), in_chans=bundle.in_chans, **options)
     model = create_from_weights(cfg.weights, cfg.model or None, **options)
-    bundle = D.build(cfg, in_chans=model.meta.in_chans, preprocessing=model.meta.preprocessing)
+    bundle = build(cfg, in_chans=model.meta.in_chans, preprocessing=model.meta.preprocessing)
     if model.num_classes != len(bundle.classes) or (
         model.meta.class_names and model.meta.class_names != bundle.classes
     ):
@@ -64,7 +64,7 @@ def _data_and_model(cfg: C.TrainConfig) -> tuple[D.DataBundle, nn.Module]:
 
 
 def train(
-    cfg: C.TrainConfig | None = None,
+    cfg: TrainConfig | None = None,
     *,
     resume: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
@@ -81,7 +81,7 @@ def train(
         resume = Path(resume)
         cfg, state, changed = rundir.load_resume(resume, overrides)
     elif cfg is None:
-        cfg = C.resolve(overrides=overrides)
+        cfg = resolve(overrides=overrides)
     ctx = distributed.setup(cfg.device)
     run = None
     # process-wide switches build_run sets for the run, given back after it (train() is also called from Python)
@@ -111,7 +111,7 @@ def train(
         torch.backends.cudnn.benchmark = flags[2]
 
 
-def _claim_run_dir(cfg: C.TrainConfig, ctx: distributed.Context, resume: Path | None) -> tuple[Path, Any, bool]:
+def _claim_run_dir(cfg: TrainConfig, ctx: distributed.Context, resume: Path | None) -> tuple[Path, Any, bool]:
     """Rank 0 claims the run directory (its lock, a unique name); all ranks follow. (path, lock, fresh)."""
     decision: tuple[str, str | None, bool] = ("", None, False)
     lock = None
@@ -127,7 +127,7 @@ def _claim_run_dir(cfg: C.TrainConfig, ctx: distributed.Context, resume: Path | 
     return Path(decision[0]), lock, decision[2]
 
 
-def _loaders(cfg: C.TrainConfig, bundle: Any, ctx: distributed.Context) -> tuple[Any, Any]:
+def _loaders(cfg: TrainConfig, bundle: Any, ctx: distributed.Context) -> tuple[Any, Any]:
     """The training loader (this rank's share, augmented) and the evaluation loader."""
     world = ctx.world
     loader_args = dict(
@@ -158,7 +158,7 @@ def _loaders(cfg: C.TrainConfig, bundle: Any, ctx: distributed.Context) -> tuple
     return train_loader, val_loader
 
 
-def _lengths(cfg: C.TrainConfig, images: int) -> tuple[int, int, int, int]:
+def _lengths(cfg: TrainConfig, images: int) -> tuple[int, int, int, int]:
     """Batches and optimizer steps per epoch, epochs and total steps (from --iterations or --epochs)."""
     batches_per_epoch = images // cfg.batch_size
     steps_per_epoch = max(batches_per_epoch // cfg.accum_steps, 1)
@@ -170,7 +170,7 @@ def _lengths(cfg: C.TrainConfig, images: int) -> tuple[int, int, int, int]:
     return batches_per_epoch, steps_per_epoch, epochs, total_steps
 
 
-def _place(model: nn.Module, cfg: C.TrainConfig, ctx: distributed.Context, channels_last: bool) -> tuple[Any, Any]:
+def _place(model: nn.Module, cfg: TrainConfig, ctx: distributed.Context, channels_last: bool) -> tuple[Any, Any]:
     """The model on its device and memory format, SyncBatchNorm across ranks if asked, and its EMA copy."""
     model.to(ctx.device)
     if channels_last:
@@ -185,7 +185,7 @@ def _place(model: nn.Module, cfg: C.TrainConfig, ctx: distributed.Context, chann
     return model, ema
 
 
-def _claim_and_record(cfg: C.TrainConfig, ctx: distributed.Context, resume: Path | None, changed: Any):
+def _claim_and_record(cfg: TrainConfig, ctx: distributed.Context, resume: Path | None, changed: Any):
     """The first write: the run directory, claimed with its lock, and config.json (on a resume, again when
     the resume changed keys); a failure here releases the lock and discards a folder this call made."""
     run_dir, lock, fresh = _claim_run_dir(cfg, ctx, resume)
@@ -202,7 +202,7 @@ def _claim_and_record(cfg: C.TrainConfig, ctx: distributed.Context, resume: Path
 
 
 def build_run(
-    cfg: C.TrainConfig, ctx: distributed.Context, resume: Path | None = None, changed: dict[str, Any] | None = None
+    cfg: TrainConfig, ctx: distributed.Context, resume: Path | None = None, changed: dict[str, Any] | None = None
 ) -> Run:
     """Data, model, optimizer, schedule and loaders from the config. Everything that can fail on bad input
     happens before anything is written; then the run directory is claimed and its config.json written (on a

@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import config as C
 from .. import safe_io
+from ..config import TrainConfig, apply, from_dict
 from ..errors import ResnetsError
 from ..weights.files import load_checkpoint
 
@@ -111,7 +111,7 @@ def _mkdir(path: Path, exist_ok: bool) -> None:
         raise ResnetsError(f"cannot create {path}: {e.strerror}") from None
 
 
-def claim(cfg: C.TrainConfig, resume: Path | None) -> tuple[Path, RunLock, bool]:
+def claim(cfg: TrainConfig, resume: Path | None) -> tuple[Path, RunLock, bool]:
     """(run directory, its lock, whether this run made the folder). Refuses a folder that holds another run or
     that another process is writing."""
     if resume is not None:
@@ -169,7 +169,7 @@ def discard(run_dir: Path, why: BaseException | None = None) -> bool:
     return True
 
 
-def load_resume(resume: Path, overrides: dict[str, Any]) -> tuple[C.TrainConfig, dict | None, dict[str, Any]]:
+def load_resume(resume: Path, overrides: dict[str, Any]) -> tuple[TrainConfig, dict | None, dict[str, Any]]:
     """(the config to go on with, the checkpoint (None: there is none yet), the overrides that change it). Only
     RESUMABLE keys may change."""
     if not resume.is_dir():
@@ -189,7 +189,7 @@ def load_resume(resume: Path, overrides: dict[str, Any]) -> tuple[C.TrainConfig,
         raise ResnetsError(
             f"{resume}/config.json is damaged ({str(e).splitlines()[0][:80]}); the run cannot be resumed"
         ) from None
-    cfg = C.from_dict(saved)
+    cfg = from_dict(saved)
     state = None
     if (resume / "last.pt").is_file():
         state = load_checkpoint(resume / "last.pt")
@@ -201,7 +201,7 @@ def load_resume(resume: Path, overrides: dict[str, Any]) -> tuple[C.TrainConfig,
             )
     else:  # killed before its first checkpoint (a SIGKILL leaves no chance to clean up): begin it again
         log.warning("%s was stopped before its first checkpoint; training it from the beginning", resume)
-    new = C.apply(C.TrainConfig(**cfg.to_dict()), overrides, "the command line").validate()
+    new = apply(TrainConfig(**cfg.to_dict()), overrides, "the command line").validate()
     changed = {}
     for k in overrides:
         key = k.replace("-", "_")
@@ -217,7 +217,7 @@ def load_resume(resume: Path, overrides: dict[str, Any]) -> tuple[C.TrainConfig,
     return new, state, changed
 
 
-def record(run_dir: Path, cfg: C.TrainConfig) -> None:
+def record(run_dir: Path, cfg: TrainConfig) -> None:
     """config.json: the resolved config (after a resume, with what the resume changed)."""
     with safe_io.atomic_path(run_dir / "config.json") as tmp:
         tmp.write_text(json.dumps(cfg.to_dict(), indent=2))

@@ -1,5 +1,5 @@
 """The state of one training run, as one object: what `engine.build_run` makes, the steps (`steps.py`) and the
-loop (`engine.py`) advance, and a checkpoint saves and restores whole. Its own module, below both, so the steps
+loop (`loop.py`) advance, and a checkpoint saves and restores whole. Its own module, below both, so the steps
 read it without importing the loop that drives them."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .. import config as C
-from .. import data as D
 from .. import distributed
+from ..config import TrainConfig
+from ..data import DataBundle
 from ..data.batching import Loader
 from ..data.preprocessing import Preprocessing
 from . import finetune, rundir
@@ -28,10 +28,10 @@ class Run:
     """Everything one training run holds: built once from the config by `build_run`, advanced by
     `train_one_epoch`, saved and restored whole by `save_state` / `restore`."""
 
-    cfg: C.TrainConfig
+    cfg: TrainConfig
     ctx: distributed.Context
     run_dir: Path
-    bundle: D.DataBundle
+    bundle: DataBundle
     core: nn.Module  # the plain module: what is saved and evaluated
     preprocessing: Preprocessing
     plan: finetune.Plan

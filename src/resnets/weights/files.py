@@ -1,6 +1,6 @@
 """Weights and checkpoints, read and written: weights in any published layout (safetensors, pickles read with
-`weights_only=True` after a scan for pickled code, Keras through keras_io), self-describing model files (the
-weights and their `ModelMeta`, so the file alone rebuilds its model: `resnets.load`), and training checkpoints.
+`weights_only=True` after a scan for pickled code, Keras files through keras.py), self-describing model files
+(the weights and their `ModelMeta`, so the file alone rebuilds its model: `resnets.load`), and training checkpoints.
 Writing itself (atomic, checked outputs) is safe_io's.
 """
 
@@ -18,7 +18,7 @@ from ..meta import ModelMeta, Preprocessing, meta_of
 from ..safe_io import RUN_FILES, atomic_path, check_output, check_output_folder, is_run_folder  # noqa: F401  (as before)
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
-KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")  # keras.applications' ResNets (keras_io)
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")  # keras.applications' ResNets (weights/keras.py)
 # containers that training scripts wrap a state_dict in (torchvision references, timm, Lightning, ours)
 _WRAPPERS = ("model_ema", "state_dict_ema", "state_dict", "model", "model_state", "model_state_dict", "module")
 
