@@ -91,11 +91,3 @@ def test_csv_manifest(folder):
     (folder / "bad.csv").write_text("path,label\nx.jpg\n")
     with pytest.raises(ResnetsError, match="path,label"):
         D.csv_manifest(folder / "bad.csv")
-
-
-def test_stratified_split_holds_out_each_class():
-    targets = [0] * 50 + [1] * 30
-    keep, held = D.stratified_split(targets, 0.2, seed=1)
-    assert len(held) == 16 and sorted(keep + held) == list(range(80))
-    assert sum(targets[i] for i in held) == 6  # 20% of class 1
-    assert D.stratified_split(targets, 0.2, seed=1) == (keep, held)

@@ -119,9 +119,9 @@ def build(cfg, in_chans: int | None = None, preprocessing=None) -> DataBundle:
         va = va.subset(list(range(min(cfg.limit_val, len(va)))))
     in_chans = spec.channels or (3 if spec.kind == "synthetic" else channels)
     pre = preprocessing if not native else None
-    if pre is not None and len(pre.mean) == in_chans:
+    if pre is not None:  # the weights' statistics, made as many as the channels (averaged) if they differ
         mean, std = pre.mean, pre.std
-    stats = Preprocessing(1, 1, mean=tuple(mean), std=tuple(std)).for_channels(in_chans)  # grey files, RGB statistics
+    stats = Preprocessing(1, 1, mean=tuple(mean), std=tuple(std)).for_channels(in_chans)
     mean, std = stats.mean, stats.std
     crop = cfg.train_crop or native or (pre.crop if pre else 224)
     eval_crop = cfg.eval_crop or native or (pre.crop if pre else 224)

@@ -53,6 +53,7 @@ def state_dict(run: Run, epoch: int, batch: int) -> dict:
         "history": run.history,
         "since_best": run.since_best,
         "curve": run.curve,
+        "skipped": run.skipped,
         "config": run.cfg.to_dict(),
         "rng": rng_state(),
         "partial": run.partial if batch else None,
@@ -93,6 +94,7 @@ def restore(run: Run, state: dict) -> None:
     run.best, run.history = state.get("best_top1", -1.0), list(state.get("history", []))
     run.since_best = state.get("since_best", 0)
     run.curve = list(state.get("curve", []))
+    run.skipped = state.get("skipped", 0)  # unreadable training images met before the checkpoint
     run.partial = state.get("partial") if run.batch else None
     if run.cfg.early_stop and (run.run_dir / "best.pt").is_file():
         run.best_state = load_checkpoint(run.run_dir / "best.pt")["model"]

@@ -90,7 +90,8 @@ def _after_step(run: Run, epoch: int, b: int, window: torch.Tensor) -> None:
 
 
 def _show_progress(run: Run, epoch: int, b: int, sums: torch.Tensor, seen: int, t0: float, reported: float) -> float:
-    """The bar's postfix every 10 batches, the progress callback every 0.5 s (the last time it was called)."""
+    """The bar's postfix every 10 batches; the progress callback every 0.5 s and at the end of each epoch (so a
+    short run reports too, and the last report is the last step). Returns when the callback was last called."""
     if run.bar is not None:
         run.bar.update(1)
         if b % 10 == 0 or b + 1 == run.batches_per_epoch:
@@ -102,7 +103,8 @@ def _show_progress(run: Run, epoch: int, b: int, sums: torch.Tensor, seen: int, 
                 lr=f"{float(run.opt.param_groups[-1]['lr']):.3g}",
                 img_s=f"{rate:.0f}",
             )
-    if run.on_progress is not None and time.perf_counter() - reported >= 0.5:
+    last = b + 1 == run.batches_per_epoch or run.done
+    if run.on_progress is not None and (last or time.perf_counter() - reported >= 0.5):
         reported = time.perf_counter()
         n = max(sums[2].item(), 1)
         run.on_progress(

@@ -72,7 +72,7 @@ def train(
 ) -> dict:
     """Train as `cfg` says (or continue the run in `resume`) and return the final metrics.
 
-    on_progress: called about twice a second (rank 0) with {"step", "total_steps", "epoch", "loss", "acc", "img_s"}.
+    on_progress: called about twice a second and at the end of each epoch (rank 0) with {"step", "total_steps", "epoch", "loss", "acc", "img_s"}.
     Returns {"run_dir", "model_path", "top1", "top5", "history", ...}.
     """
     overrides = dict(overrides or {})
