@@ -250,6 +250,16 @@ def model_file(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="session")
+def r18_file(tmp_path_factory):
+    """A resnet18 with 5 named classes and non-trivial norms, its preprocessing 72 -> 64: for export's tests."""
+    torch.manual_seed(0)
+    m = randomize_norms(resnets.create_model("resnet18", num_classes=5))
+    path = tmp_path_factory.mktemp("exp") / "r18.safetensors"
+    resnets.save(m, path, class_names=list("abcde"), preprocessing=Preprocessing(72, 64).to_dict())
+    return path
+
+
 def cifar_archive(path, n_per_batch=20):
     """A CIFAR-10 archive in the official format (python pickles in a .tar.gz) of random images."""
     import io
@@ -283,3 +293,118 @@ def cifar_archive(path, n_per_batch=20):
         )
         add("batches.meta", {b"label_names": [f"c{i}".encode() for i in range(10)]})
     path.write_bytes(buf.getvalue())
+
+
+# --- serving: `resnets serve` in a subprocess, or the app in this process; shared by tests/serve and tests/cli ---
+
+SERVE_CLASSES = ["astronaut", "cat", "coffee", "rocket", "other"]
+GREY_CLASSES = ["dark", "\x1b[2Jclass\n", "light"]  # a class (folder) name with an escape code and a newline
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`resnets serve` in a subprocess on a free port, waited for until /readyz says ready."""
+
+    def __init__(self, weights, *args, env=None):
+        import os
+        import subprocess
+        import sys
+        import time
+        from pathlib import Path
+
+        import httpx
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, "-m", "resnets", "serve", "--weights", str(weights), "--port", str(self.port)]
+        cmd += ["--device", "cpu", *map(str, args)]
+        self.log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"resnets-serve-{self.port}.log", "w+")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the server exited with {self.proc.returncode}: {self.output()}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"the server did not get ready: {self.output()}")
+
+    def output(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self) -> int:
+        import signal
+        import subprocess
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+async def in_process(api, requests):
+    """Each (method, path, kwargs) sent at once to `api` running in this process (its lifespan included)."""
+    import asyncio
+
+    import httpx
+
+    async with api.router.lifespan_context(api):
+        transport = httpx.ASGITransport(app=api)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as client:
+            return await asyncio.gather(*(client.request(m, u, **kw) for m, u, kw in requests))
+
+
+@pytest.fixture(scope="session")
+def serve_files(tmp_path_factory):
+    """A small classifier with named classes, and real photos as JPEG and PNG: (weights, photos, folder)."""
+    from PIL import Image
+    from skimage import data as sk
+
+    d = tmp_path_factory.mktemp("serve")
+    model = randomize_norms(resnets.create_model("resnet18", num_classes=len(SERVE_CLASSES))).eval()
+    weights = resnets.save(
+        model, d / "model.safetensors", class_names=SERVE_CLASSES, preprocessing=Preprocessing(72, 64)
+    )
+    photos = []
+    for name in ("astronaut", "chelsea", "coffee", "rocket"):
+        Image.fromarray(getattr(sk, name)()).save(d / f"{name}.jpg", quality=92)
+        photos.append(d / f"{name}.jpg")
+    Image.fromarray(sk.coffee()).save(d / "coffee.png")
+    photos.append(d / "coffee.png")
+    return weights, photos, d
+
+
+@pytest.fixture(scope="session")
+def live_server(serve_files):
+    """One `resnets serve` for the tests that only send it good requests (started once for the session)."""
+    pytest.importorskip("httpx")
+    s = Server(serve_files[0], "--max-batch", 8, "--max-wait-ms", 40, "--backend", "eager", "--workers-decode", 2)
+    yield s
+    assert s.stop() == 0, s.output()
+
+
+@pytest.fixture(scope="session")
+def grey_model(tmp_path_factory):
+    """A 1-channel model (as Fashion-MNIST's), one class name with control characters."""
+    model = randomize_norms(resnets.create_model("resnet20", num_classes=3, in_chans=1)).eval()
+    pre = Preprocessing(36, 32, mean=(0.5,), std=(0.25,))
+    return resnets.save(
+        model, tmp_path_factory.mktemp("grey") / "grey.safetensors", class_names=GREY_CLASSES, preprocessing=pre
+    )

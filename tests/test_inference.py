@@ -1,10 +1,7 @@
 """Inference on real photos (scikit-image's) with models the tests make: predict, embed, similar, explain."""
 
-import json
-
 import pytest
 import torch
-from conftest import run_cli
 
 import resnets
 from resnets import inference as I
@@ -82,136 +79,6 @@ def test_grad_cam_matches_autograd(model_file):
     assert torch.allclose(cam, ref / ref.max(), atol=1e-5)
 
 
-def test_cli_predict_embed_similar_explain(photos, model_file, tmp_path):
-    code, out, err = run_cli("predict", photos, "--weights", model_file, "--format", "json", "--top-k", 2)
-    assert code == 1, err  # one file could not be read: the rest are answered, the exit status says so
-    rows = json.loads(out)
-    assert len(rows) == 6 and sum("error" in r for r in rows) == 1 and "1 of 6 files" in err
-    code, out, _ = run_cli("predict", photos / "coffee.png", "--weights", model_file, "--format", "csv")
-    assert code == 0 and out.splitlines()[0] == "path,rank,class,index,prob,error" and len(out.splitlines()) == 5
-    code, out, err = run_cli("embed", photos, "--weights", model_file, "--out", tmp_path / "idx.safetensors")
-    assert code == 1 and "5 embeddings of shape (512,)" in out and "1 of 6 files could not be read" in err, err
-    code, out, err = run_cli(
-        "similar", photos / "coffee.png", "--index", tmp_path / "idx.safetensors", "-k", 2, "--json"
-    )
-    assert code == 0, err
-    hits = json.loads(out)
-    assert hits[0]["path"].endswith("coffee.png") and hits[0]["similarity"] == pytest.approx(1.0, abs=1e-4)
-    code, out, err = run_cli(
-        "explain",
-        photos / "sub" / "chelsea.jpg",
-        "--weights",
-        model_file,
-        "--class",
-        "cat",
-        "--out",
-        tmp_path / "cam.png",
-    )
-    assert code == 0, err
-    from PIL import Image
-
-    with Image.open(tmp_path / "cam.png") as im:
-        assert im.format == "PNG" and im.size[0] > 300
-
-
-@pytest.mark.parametrize(
-    "args, needle",
-    [
-        (["predict", "/nonexistent.jpg"], "no such file"),
-        (["explain", "NOTES", "--out", "x.png"], "cannot read"),
-        (["explain", "PHOTO", "--out", "/nonexistent/dir/x.png"], "does not exist"),
-        (["explain", "PHOTO", "--class", "dog", "--out", "OUT"], "unknown class"),
-        (["similar", "PHOTO", "--index", "MODEL"], "not an embedding index"),
-    ],
-)
-def test_cli_bad_input(photos, model_file, tmp_path, args, needle):
-    subst = {
-        "NOTES": photos / "notes.txt",
-        "PHOTO": photos / "coffee.png",
-        "MODEL": model_file,
-        "OUT": tmp_path / "o.png",
-    }
-    args = [subst.get(a, a) for a in args]
-    if "--weights" not in args and args[0] != "similar":
-        args += ["--weights", model_file]
-    code, _, err = run_cli(*args)
-    assert code == 2 and "Traceback" not in err and needle in err and len(err.strip().splitlines()) == 1, err
-
-
-def test_bench_cli_reports_each_backend_and_batch(model_file):
-    code, out, err = run_cli(
-        "bench", model_file, "--batch-sizes", "1,4", "--backend", "eager,onnxruntime", "--seconds", "0.2", "--json"
-    )
-    assert code == 0, err
-    rows = json.loads(out)["results"]
-    assert [(r["backend"], r["batch"]) for r in rows] == [
-        ("eager", 1),
-        ("eager", 4),
-        ("onnxruntime", 1),
-        ("onnxruntime", 4),
-    ]
-    assert all(r["images_per_s"] > 0 and r["p95_ms"] >= r["p50_ms"] > 0 for r in rows)
-    code, _, err = run_cli("bench", "resnet20", "--backend", "tensorrt")
-    assert code == 2 and "unknown backend" in err
-
-
-def test_bench_auto_and_all_backends(model_file):
-    from resnets.backends import auto_backend
-
-    assert auto_backend(torch.device("cpu"), "fp32") == "onnxruntime"
-    assert auto_backend(torch.device("cpu"), "bf16") == auto_backend(torch.device("cuda"), "fp32") == "compile"
-    code, out, err = run_cli(
-        "bench", model_file, "--batch-sizes", "2", "--backend", "all", "--seconds", "0.1", "--device", "cpu", "--json"
-    )
-    assert code == 0, err
-    res = json.loads(out)
-    assert [r["backend"] for r in res["results"]] == ["eager", "compile", "onnxruntime", "onnxruntime-int8"]
-    assert res["best"]["images_per_s"] == max(r["images_per_s"] for r in res["results"])
-
-
-def test_predict_prints_a_table_goes_on_past_a_missing_path_and_agrees_on_names(photos, model_file, tmp_path, caplog):
-    code, out, err = run_cli(
-        "predict",
-        photos / "coffee.png",
-        tmp_path / "gone.jpg",
-        photos / "sub" / "chelsea.jpg",
-        "--weights",
-        model_file,
-        "--top-k",
-        2,
-        "--workers",
-        0,
-    )
-    assert code == 1 and "1 of 3 files could not be read" in err, err
-    lines = out.splitlines()
-    assert lines[0].split() == ["file", "#1", "#2"] and len(lines) == 4
-    assert lines[2].startswith(str(tmp_path / "gone.jpg")) and "ERROR: no such file" in lines[2]
-    col = lines[0].index("#1")  # the columns line up
-    assert all(line[col - 2 : col] == "  " for line in (lines[1], lines[3]))
-    code, out_json, _ = run_cli("predict", photos / "coffee.png", "--weights", model_file, "--json", "--workers", 0)
-    code2, out_fmt, _ = run_cli(
-        "predict", photos / "coffee.png", "--weights", model_file, "--format", "json", "--workers", 0
-    )
-    assert code == code2 == 0 and json.loads(out_json) == json.loads(out_fmt)
-    code, out, err = run_cli("similar", photos / "coffee.png", "--index", tmp_path / "none.safetensors", "--top-k", 2)
-    assert code == 2 and "--top-k" not in err  # the same flag name as predict's
-    model = resnets.load(model_file)
-    with caplog.at_level("WARNING", logger="resnets"):
-        I.predict(model, [photos / "coffee.png"], workers=0, backend="onnxruntime-int8")
-    assert "too few for a reliable int8 model" in caplog.text
-
-
-def test_explain_suggests_close_class_names(photos, model_file, tmp_path):
-    code, _, err = run_cli(
-        "explain", photos / "coffee.png", "--weights", model_file, "--class", "cofee", "--out", tmp_path / "c.png"
-    )
-    assert code == 2 and "did you mean 'coffee'" in err and not (tmp_path / "c.png").exists()
-    code, _, err = run_cli(
-        "explain", photos / "coffee.png", "--weights", model_file, "--class", 9, "--out", tmp_path / "c.png"
-    )
-    assert code == 2 and "out of range: the model has 4 classes" in err
-
-
 def test_predict_takes_pil_images_and_tensors_as_well_as_paths(photos, model_file):
     from PIL import Image
     from torchvision.io import read_image
@@ -232,17 +99,3 @@ def test_predict_takes_pil_images_and_tensors_as_well_as_paths(photos, model_fil
         I.predict(model, [torch.zeros(2, 2)])
     with pytest.raises(resnets.ResnetsError, match="input 1: "):  # its position among all inputs, not in its batch
         I.predict(model, [read_image(str(photos / "coffee.png")), "not an image"], batch_size=1)
-
-
-def test_similar_with_another_models_index_names_both(photos, model_file, tmp_path):
-    """An index made by one model queried with another was a matrix-shape traceback."""
-    code, _, err = run_cli(
-        "embed", photos / "coffee.png", "--weights", model_file, "--out", tmp_path / "idx.safetensors", "--workers", 0
-    )
-    assert code == 0, err
-    other = resnets.save(resnets.create_model("resnet20", num_classes=3), tmp_path / "r20.safetensors")
-    code, _, err = run_cli(
-        "similar", photos / "coffee.png", "--index", tmp_path / "idx.safetensors", "--weights", other
-    )
-    assert code == 2 and "holds embeddings of shape (512,)" in err and "gives (64,)" in err, err
-    assert str(model_file) in err and len(err.strip().splitlines()) == 1

@@ -208,3 +208,19 @@ def test_every_import_runs_down_the_floors():
     assert [m for m in graph if _floor(m) is None] == []  # every module has its floor
     upward = [f"{m} -> {d}" for m, deps in sorted(graph.items()) for d in sorted(deps) if _floor(d) > _floor(m)]
     assert upward == []
+
+
+def test_every_module_has_a_test_file_of_its_own():
+    """tests/ mirrors the package: src/resnets/<pkg>/<name>.py is tested in tests/<pkg>/test_<name>.py (or a file
+    whose name ends in _<name>.py there, where a basename would repeat: test_data_registry.py), and a top-level
+    module in tests/test_<name>.py."""
+    tests = SRC.parents[1] / "tests"
+    missing = []
+    for path in sorted(SRC.rglob("*.py")):
+        if path.name == "__init__.py":
+            continue
+        rel = path.relative_to(SRC)
+        folder = tests.joinpath(*rel.parts[:-1])
+        if not ((folder / f"test_{path.stem}.py").is_file() or any(folder.glob(f"test_*_{path.stem}.py"))):
+            missing.append(str(rel))
+    assert not missing, f"modules without a test file of their own: {', '.join(missing)}"

@@ -12,10 +12,6 @@ from resnets import reproduce as R
 from resnets.data import sources
 
 
-def _run(*args):
-    return run_cli(*args)
-
-
 @pytest.fixture(scope="module")
 def cifar_runs(tmp_path_factory):
     """Degradation, layer responses and gradient flow on a 200-image CIFAR-10 archive, 12 iterations of batch 32."""
@@ -88,38 +84,6 @@ def test_cifar_table_and_table1(cifar_runs, tmp_path):
     t = R.table1(tmp_path)
     assert t["macs"][50] / 1e9 == pytest.approx(3.8, rel=0.02) and t["macs"][152] / 1e9 == pytest.approx(11.3, rel=0.02)
     assert "conv4_x | 14x14 |" in (tmp_path / "table1.md").read_text()
-
-
-@pytest.mark.skipif(sources.find_fashion_mnist() is None, reason="Fashion-MNIST is not installed")
-def test_cli_on_fashion_mnist_and_bad_input(tmp_path):
-    code, out, err = _run(
-        "reproduce",
-        "cifar-table",
-        "--budget",
-        10,
-        "--depths",
-        20,
-        "--out",
-        tmp_path,
-        "--no-progress",
-        "--set",
-        "limit_train=256",
-        "--set",
-        "limit_val=100",
-        "--set",
-        "batch_size=32",
-    )
-    assert code == 0, err
-    assert "| ResNet-20 | 0.27M |" in out and (tmp_path / "cifar_table.md").is_file()
-    for args, needle in (
-        (("degradation", "--budget", "lots"), "budget must be one of"),
-        (("degradation", "--dataset", "mnist"), "dataset must be one of"),
-        (("cifar-table", "--depths", "21"), "CIFAR ResNet depths"),
-        (("degradation", "--dataset", "cifar10", "--data", tmp_path / "nope.tar.gz"), "nope.tar.gz"),
-    ):
-        code, _, err = _run("reproduce", *args, "--out", tmp_path / "bad")
-        assert code == 2 and "Traceback" not in err and needle in err, err
-        assert len(err.strip().splitlines()) == 1
 
 
 def _alive(pid: int) -> bool:

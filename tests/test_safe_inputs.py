@@ -561,23 +561,6 @@ def test_a_closed_pipe_is_not_an_error():
     assert "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr, p.stderr
 
 
-def test_the_gpu_file_loader_sends_only_upright_jpegs_to_the_batch_decoder(tmp_path):
-    """nvJPEG ignores EXIF orientation: a rotated JPEG is decoded (and turned upright) on the CPU instead; a bomb
-    is refused from its header in the worker."""
-    from resnets.data.device import _Encoded
-
-    _portrait_jpeg(tmp_path / "portrait.jpg")
-    Image.new("RGB", (40, 20), (9, 9, 9)).save(tmp_path / "plain.jpg")
-    _png_header_only(tmp_path / "bomb.png", 20000, 20000)
-    ds = D.FileDataset([(str(tmp_path / n), 0) for n in ("portrait.jpg", "plain.jpg", "bomb.png")], ["x"], 3)
-    enc = _Encoded(ds)
-    _, _, _, pixels, is_jpeg = enc[0]
-    assert not is_jpeg and pixels.shape == (3, 40, 20)
-    _, _, _, data, is_jpeg = enc[1]
-    assert is_jpeg and data.ndim == 1 and data[:2].tolist() == [0xFF, 0xD8]
-    assert isinstance(enc[2], BadSample) and "over the limit" in enc[2].reason
-
-
 def test_predict_takes_one_input_as_one(tmp_path, tiny_model_file):
     """`predict(model, "photo.jpg")` used to iterate the string's characters (and reach "/", walking the whole
     filesystem): one path, PIL image or image tensor is one input; a batch tensor is its images."""
@@ -610,3 +593,20 @@ def test_folder_outputs_never_replace_a_run(tmp_path, tiny_model_file):
     (mine / "notes.txt").write_text("mine")
     code, _, err = run_cli("export", "--weights", tiny_model_file, "--format", "hub", "--out", mine)
     assert code == 2 and "--force" in err and (mine / "notes.txt").read_text() == "mine"
+
+
+def test_the_gpu_file_loader_sends_only_upright_jpegs_to_the_batch_decoder(tmp_path):
+    """nvJPEG ignores EXIF orientation: a rotated JPEG is decoded (and turned upright) on the CPU instead; a bomb
+    is refused from its header in the worker."""
+    from resnets.data.device_loader import Encoded
+
+    _portrait_jpeg(tmp_path / "portrait.jpg")
+    Image.new("RGB", (40, 20), (9, 9, 9)).save(tmp_path / "plain.jpg")
+    _png_header_only(tmp_path / "bomb.png", 20000, 20000)
+    ds = D.FileDataset([(str(tmp_path / n), 0) for n in ("portrait.jpg", "plain.jpg", "bomb.png")], ["x"], 3)
+    enc = Encoded(ds)
+    _, _, _, pixels, is_jpeg = enc[0]
+    assert not is_jpeg and pixels.shape == (3, 40, 20)
+    _, _, _, data, is_jpeg = enc[1]
+    assert is_jpeg and data.ndim == 1 and data[:2].tolist() == [0xFF, 0xD8]
+    assert isinstance(enc[2], BadSample) and "over the limit" in enc[2].reason

@@ -36,7 +36,7 @@ from .batching import (  # noqa: F401  (Batch, Loader, SampledLoader, to_device:
     to_device,
 )
 from .datasets import BadSample
-from .device import device_loader
+from .device_loader import device_loader
 
 log = logging.getLogger("resnets")
 

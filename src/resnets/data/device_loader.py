@@ -69,7 +69,7 @@ class TensorLoader(SampledLoader):
             yield Batch(x, self.labels[idx], [])
 
 
-class _Encoded(Dataset):
+class Encoded(Dataset):
     """Worker side of the file loader: (key, label, path, data, is_jpeg) where data is a JPEG's bytes (1-D uint8)
     or the decoded pixels (C, H, W) of any other image; a BadSample for a file that cannot be read."""
 
@@ -140,7 +140,7 @@ class FileLoader(SampledLoader):
         self.n, self.channels = len(dataset), dataset.channels
         self.train = hasattr(transform, "augment")
         self.loader = DataLoader(
-            _Encoded(dataset),
+            Encoded(dataset),
             batch_sampler=sampler,
             num_workers=workers,
             collate_fn=list,

@@ -1,0 +1,54 @@
+"""`resnets reproduce` and `resnets data` on the command line (cli/science.py)."""
+
+import pytest
+from conftest import run_cli
+
+from resnets.data import sources
+
+
+@pytest.mark.skipif(sources.find_fashion_mnist() is None, reason="Fashion-MNIST is not installed")
+def test_cli_on_fashion_mnist_and_bad_input(tmp_path):
+    code, out, err = run_cli(
+        "reproduce",
+        "cifar-table",
+        "--budget",
+        10,
+        "--depths",
+        20,
+        "--out",
+        tmp_path,
+        "--no-progress",
+        "--set",
+        "limit_train=256",
+        "--set",
+        "limit_val=100",
+        "--set",
+        "batch_size=32",
+    )
+    assert code == 0, err
+    assert "| ResNet-20 | 0.27M |" in out and (tmp_path / "cifar_table.md").is_file()
+    for args, needle in (
+        (("degradation", "--budget", "lots"), "budget must be one of"),
+        (("degradation", "--dataset", "mnist"), "dataset must be one of"),
+        (("cifar-table", "--depths", "21"), "CIFAR ResNet depths"),
+        (("degradation", "--dataset", "cifar10", "--data", tmp_path / "nope.tar.gz"), "nope.tar.gz"),
+    ):
+        code, _, err = run_cli("reproduce", *args, "--out", tmp_path / "bad")
+        assert code == 2 and "Traceback" not in err and needle in err, err
+        assert len(err.strip().splitlines()) == 1
+
+
+def test_data_lists_finds_and_refuses_in_one_line(tmp_path, monkeypatch):
+    from resnets.data.registry import DATASETS
+
+    code, out, err = run_cli("data", "--list")
+    assert code == 0, err
+    assert [line.split()[0] for line in out.splitlines()] == list(DATASETS)
+    found = sources.find_fashion_mnist()
+    if found is not None:
+        code, out, err = run_cli("data", "fashion-mnist")
+        assert code == 0 and out.strip() == str(found), err
+    monkeypatch.setenv("RESNETS_DATA", str(tmp_path / "home"))  # an empty data home, and no download asked for
+    code, out, err = run_cli("data", "cifar10", "--path", tmp_path / "nope")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "--download" in err and out == "" and not (tmp_path / "nope").exists()

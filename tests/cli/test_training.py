@@ -1,0 +1,50 @@
+"""`resnets train`, `finetune` and `eval` on the command line (cli/training.py): bad input in one line, TTA reported
+beside the plain top-1."""
+
+import json
+
+import torch
+from conftest import TINY_RUN, one_line_error, run_cli
+
+import resnets
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path):
+    code, _, err = run_cli("train", "--dataset", "imagefolder", "--data", tmp_path / "nope")
+    one_line_error(code, err, "not found")
+    code, _, err = run_cli("train", "--recipe", "imagenet-fast")
+    one_line_error(code, err, "unknown recipe")
+    code, _, err = run_cli("train", "--set", "epoks=3")
+    one_line_error(code, err, "unknown config key")
+    (tmp_path / "imgs" / "cat").mkdir(parents=True)
+    (tmp_path / "imgs" / "dog").mkdir(parents=True)
+    code, _, err = run_cli("train", "--dataset", "imagefolder", "--data", tmp_path / "imgs")
+    one_line_error(code, err, "has no images")
+
+
+def test_eval_and_train_report_tta_beside_the_plain_top1(tmp_path):
+    code, out, err = run_cli(
+        "train", *TINY_RUN, "--model", "resnet8", "--out", tmp_path, "--name", "r", "--tta", "flip"
+    )
+    assert code == 0, err
+    assert "(with flip TTA: top-1" in out
+    saved = json.loads((tmp_path / "r" / "eval.json").read_text())
+    assert saved["tta"]["kind"] == "flip" and 0 <= saved["tta"]["top1"] <= 100 and "top1" in saved
+    folder = tmp_path / "imgs"
+    for c in ("a", "b"):
+        (folder / c).mkdir(parents=True)
+    from torchvision.io import write_png
+
+    for i in range(6):
+        write_png(torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8), str(folder / "ab"[i % 2] / f"{i}.png"))
+    model = resnets.create_model("resnet8", num_classes=2)
+    resnets.save(model, tmp_path / "m.safetensors", class_names=["a", "b"])
+    args = ("eval", "--weights", tmp_path / "m.safetensors", "--data", folder, "--workers", 0, "--json")
+    code, out, err = run_cli(*args, "--tta", "flip")
+    assert code == 0, err
+    res = json.loads(out)
+    code, out_plain, err = run_cli(*args)
+    plain = json.loads(out_plain)
+    assert res["top1"] == plain["top1"] and "tta" not in plain and res["tta"]["n"] == 6
+    code, out, err = run_cli(*args[:-1], "--tta", "flip")
+    assert code == 0 and "with flip TTA: top-1" in out, err
