@@ -62,7 +62,7 @@ class TrainConfig:
     # ---- data
     dataset: str = key("fashion-mnist", "a registered dataset (see `resnets data --list`)")
     data: str | None = key(None, "folder (imagefolder: DIR/train, DIR/val), CSV file, or archive/IDX folder")
-    val_data: str | None = key(None, "CSV of the validation images (dataset=csv)")
+    val_data: str | None = key(None, "CSV of the validation images (dataset=csv), or their shards (dataset=wds)")
     download: bool = key(False, "fetch Fashion-MNIST / CIFAR from the official site when not found locally")
     val_split: float = key(0.0, "validate on this fraction of the training set (stratified, seeded), not the test set")
     classes: list[str] = key(factory=list, help="keep only these classes (names or indices), in this order")

@@ -157,7 +157,8 @@ def evaluate_model_file(
     pre = preprocessing_for(model)
     classes = list(meta.class_names)
     if dataset is None:
-        dataset = "imagefolder" if data and Path(data).is_dir() else "csv" if data else None
+        shards = data and (str(data).endswith(".tar") or (Path(data) / "index.json").is_file())
+        dataset = "wds" if shards else "imagefolder" if data and Path(data).is_dir() else "csv" if data else None
         if dataset is None:
             raise ResnetsError("say which data to evaluate on: --dataset NAME or --data PATH")
     ds = get_dataset(dataset).evaluation(data, download, channels=meta.in_chans, classes=classes)

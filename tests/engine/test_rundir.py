@@ -1,5 +1,6 @@
 """resnets.engine.rundir: a run's folder is claimed once, named without collisions, and never left half-made."""
 
+import signal
 import subprocess
 import sys
 import time
@@ -21,7 +22,12 @@ def _slow_run(out, name) -> tuple[subprocess.Popen, list]:
     """A training run in a process of its own, returned once it holds its folder's lock (with its arguments)."""
     slow = [*TINY_RUN, "--synthetic-samples", "4096", "--epochs", "3", "--out", out, "--name", name]
     p = subprocess.Popen(
-        [sys.executable, "-m", "resnets", "train", *slow], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        [sys.executable, "-m", "resnets", "train", *slow],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        # Ctrl-C as a terminal sends it: a suite started in the background (nohup, `&` in a script) has SIGINT
+        # ignored, which its children inherit, and Python then installs no KeyboardInterrupt handler
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     lock = out / name / ".lock"
     deadline = time.time() + 120
@@ -94,11 +100,95 @@ def test_a_run_killed_while_writing_its_first_config_is_begun_again(tmp_path):
 
 
 def test_ctrl_c_before_the_first_checkpoint_says_nothing_was_kept(tmp_path):
-    import signal
-
     p, _ = _slow_run(tmp_path, "stopped")
     time.sleep(0.5)
     p.send_signal(signal.SIGINT)
     err = p.communicate(timeout=60)[1].decode()
     assert p.returncode == 130, err
     assert "nothing was kept" in err and not (tmp_path / "stopped").exists(), err
+
+
+def test_resume_auto_starts_the_run_then_continues_it_with_the_same_command(tmp_path):
+    """One command line for the first start and every restart: the run is begun when its folder is not there,
+    continued when it is; a key a resume may not change is refused in one line, and --name is needed."""
+    import json
+
+    same = [*TINY_RUN, "--out", tmp_path, "--name", "r", "--resume", "auto"]
+    code, _, err = run_cli("train", *same)
+    assert code == 0 and "resuming" not in err, err
+    epochs = lambda: [json.loads(line)["epoch"] for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    assert epochs() == [1]
+    code, _, err = run_cli("train", *same, "--epochs", 2)  # a longer run asked for: continued, not begun again
+    assert code == 0 and "resuming" in err and epochs() == [1, 2], err
+    code, _, err = run_cli("train", *same, "--epochs", 2)  # a requeue of a finished run: nothing trained again
+    assert code == 0 and epochs() == [1, 2], err
+    code, _, err = run_cli("train", *same, "--epochs", 2, "--lr", 0.5)
+    _one_line(code, err, "--lr cannot change when resuming")
+    code, _, err = run_cli("train", *TINY_RUN, "--out", tmp_path, "--resume", "auto")
+    _one_line(code, err, "--resume auto needs --name")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]
+
+
+def test_without_flock_the_lock_is_a_heartbeat_taken_over_only_from_the_dead(tmp_path, monkeypatch, caplog):
+    """A filesystem without flock (ENOLCK): a live holder is refused, on this host (its process runs) or on
+    another (its heartbeat is fresh); a holder whose process is gone, or another host's silent for STALE_S, is
+    taken over and said so; the holder's heartbeat keeps the file's time fresh, and release clears the text."""
+    import errno
+    import fcntl
+    import os
+    import socket
+
+    from resnets.engine import rundir
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    monkeypatch.setattr(rundir, "HEARTBEAT_S", 0.05)
+    lock_file = tmp_path / ".lock"
+    held = rundir.RunLock(tmp_path)
+    assert lock_file.read_text().startswith(f"pid {os.getpid()} on {socket.gethostname()}")
+    with pytest.raises(ResnetsError, match=f"in use by a run that is still going \\(pid {os.getpid()} on"):
+        rundir.RunLock(tmp_path)
+    os.utime(lock_file, (0, 0))
+    time.sleep(0.3)
+    assert time.time() - lock_file.stat().st_mtime < 5  # the heartbeat touched it again
+    held.release()
+    assert lock_file.read_text() == ""
+    rundir.RunLock(tmp_path).release()  # released: free again
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock_file.write_text(f"pid {dead.stdout.strip()} on {socket.gethostname()} since 2026-01-01 00:00:00")
+    with caplog.at_level("WARNING", logger="resnets"):
+        rundir.RunLock(tmp_path).release()
+    assert "taking over the lock of pid" in caplog.text and "its process is gone" in caplog.text
+
+    lock_file.write_text("pid 1 on another-node since 2026-01-01 00:00:00")
+    with pytest.raises(ResnetsError, match="pid 1 on another-node"):  # its heartbeat is fresh: alive
+        rundir.RunLock(tmp_path)
+    old = time.time() - rundir.STALE_S - 5
+    os.utime(lock_file, (old, old))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="resnets"):
+        taken = rundir.RunLock(tmp_path)
+    assert "no heartbeat for" in caplog.text and lock_file.read_text().startswith(f"pid {os.getpid()}")
+    taken.release()
+
+
+def test_with_flock_a_killed_holders_lock_is_free_and_a_live_one_refused(tmp_path):
+    """flock: the operating system drops a SIGKILLed holder's lock, so the next run takes it without a word; while
+    the holder lives, it is refused with its pid."""
+    from resnets.engine import rundir
+
+    code = "import sys, time; from pathlib import Path; from resnets.engine.rundir import RunLock; "
+    code += "RunLock(Path(sys.argv[1])); print('held', flush=True); time.sleep(60)"
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ResnetsError, match=f"pid {holder.pid} on"):
+            rundir.RunLock(tmp_path)
+        holder.kill()
+        holder.wait(30)
+        rundir.RunLock(tmp_path).release()
+    finally:
+        holder.kill()

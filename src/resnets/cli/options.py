@@ -113,7 +113,12 @@ def add_config_flags(p: argparse.ArgumentParser, recipe_help: str, recipe: str |
     p.add_argument("--recipe", help=recipe_help)
     p.add_argument("--config", help="a TOML or YAML file of config keys")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key (repeatable)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR|auto",
+        help="continue the run in RUN_DIR from its last checkpoint; auto: continue the run --out/--name if it is "
+        "there, else start it (the same command for every restart: torchrun --max-restarts, a SLURM requeue)",
+    )
     whose = f"recipe {recipe}'s" if recipe else "those without a recipe"
     g = p.add_argument_group(
         f"config keys (each overrides the recipe and the config file; the defaults shown are {whose})"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..errors import ResnetsError
 from .options import count, parse_set
 
 
@@ -42,8 +43,35 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_shard(args: argparse.Namespace) -> int:
+    """`resnets data shard SRC --out DIR`: an image folder (train/ and val/ inside, or one class folder each) or a
+    CSV manifest as tar shards and their index."""
+    from ..data import shards
+    from ..data.datasets import csv_manifest, image_folder
+
+    if not args.source or not args.out:
+        raise ResnetsError("data shard needs SRC (an image folder or a CSV manifest) and --out DIR")
+    src, size = Path(args.source), shards.parse_size(args.shard_size)
+    if src.is_file():
+        splits = {"train": csv_manifest(src)}
+    elif (src / "train").is_dir():
+        splits = {"train": image_folder(src / "train")}
+        held = next((src / v for v in ("val", "validation", "test") if (src / v).is_dir()), None)
+        if held is not None:
+            splits["val"] = image_folder(held, classes=splits["train"].classes)
+    else:
+        splits = {"train": image_folder(src)}
+    index = shards.write(splits, Path(args.out), shard_bytes=size, progress=not args.no_progress)
+    counts = ", ".join(f"{len(ds)} {name}" for name, ds in splits.items())
+    print(f"{counts} images in {len(list(Path(args.out).glob('*.tar')))} shards; index: {index}")
+    return 0
+
+
 def _cmd_data(args: argparse.Namespace) -> int:
     from ..data.registry import DATASETS
+
+    if args.name == "shard":
+        return _cmd_shard(args)
 
     if args.list or not args.name:
         width = max(map(len, DATASETS))
@@ -96,9 +124,18 @@ def add_commands(sub) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a training config key for every run")
     p.set_defaults(func=_cmd_reproduce)
 
-    p = sub.add_parser("data", help="find a dataset locally, or download it (checksummed) with --download")
-    p.add_argument("name", nargs="?", choices=[n for n, s in DATASETS.items() if s.downloadable])
+    p = sub.add_parser(
+        "data",
+        help="find a dataset locally, download it (checksummed) with --download, or write shards: data shard SRC",
+        description="resnets data NAME [--download]: find or fetch a dataset. resnets data shard SRC --out DIR: "
+        "an image folder or CSV manifest as WebDataset tar shards with an index (train with --dataset wds --data DIR)",
+    )
+    p.add_argument("name", nargs="?", choices=[*(n for n, s in DATASETS.items() if s.downloadable), "shard"])
+    p.add_argument("source", nargs="?", metavar="SRC", help="data shard: the image folder or CSV manifest")
     p.add_argument("--list", action="store_true", help="every dataset the training config and eval take")
     p.add_argument("--path", help="CIFAR archive or folder holding it")
     p.add_argument("--download", action="store_true")
+    p.add_argument("--out", help="data shard: the folder for the shards and index.json (new or empty)")
+    p.add_argument("--shard-size", default="512MB", help="data shard: at most this much per shard (default 512MB)")
+    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_data)

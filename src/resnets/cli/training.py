@@ -14,7 +14,7 @@ from .options import add_config_flags, count, overrides_of
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
     overrides = overrides_of(args)
-    if not args.resume:
+    if args.resume in (None, "auto"):  # a new run, or the whole command again (auto)
         missing = [f for f in ("data", "weights") if not overrides.get(f)]
         if missing and not args.config:
             raise ResnetsError(
@@ -31,7 +31,9 @@ def _cmd_train(args: argparse.Namespace, overrides: dict | None = None) -> int:
     from ..evaluate import reports_top5
 
     overrides = overrides_of(args) if overrides is None else overrides
-    if args.resume:
+    if args.resume == "auto":  # the whole command line again: continue the run if it is there, else start it
+        result = train(resolve(args.recipe, args.config, overrides), resume="auto")
+    elif args.resume:
         if args.recipe or args.config:
             raise ResnetsError("--resume continues a run with its saved config; --recipe and --config do not apply")
         result = train(resume=args.resume, overrides=overrides)

@@ -85,9 +85,9 @@ def build(cfg, in_chans: int | None = None, preprocessing=None) -> DataBundle:
         native = size = cfg.train_crop or 224
         tr = synthetic(cfg.synthetic_samples, cfg.synthetic_classes, size, seed=cfg.seed)
         va = synthetic(max(cfg.synthetic_samples // 8, 1), cfg.synthetic_classes, size, seed=cfg.seed + 1)
-    elif spec.name == "csv":  # the validation images are a second manifest
-        tr = spec.load("train", cfg.data, channels=channels)
-        va = spec.load("test", cfg.val_data, channels=channels, classes=tr.classes) if cfg.val_data else None
+    elif spec.name == "csv" or (spec.name == "wds" and cfg.val_data):  # the validation images: a second manifest
+        tr = spec.load("train", cfg.data, channels=channels)  # (or a second set of shards)
+        va = spec.load("train", cfg.val_data, channels=channels, classes=tr.classes) if cfg.val_data else None
     else:
         tr = spec.load("train", cfg.data, cfg.download, channels=channels)
         va = spec.load("test", cfg.data, cfg.download, channels=channels, classes=tr.classes)

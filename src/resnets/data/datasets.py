@@ -292,7 +292,8 @@ class TensorDataset(Dataset):
 
 
 class FileDataset(Dataset):
-    """Files with labels; decodes on access."""
+    """Images with labels, read (`read(i)`: the bytes, bounded) and decoded on access; samples are (name, label),
+    the name a file's path here (a shard's member in shards.ShardDataset)."""
 
     def __init__(self, samples: list[tuple[str, int]], classes: Sequence[str], channels: int = 3):
         self.samples, self.classes, self.channels = samples, list(classes), channels
@@ -300,9 +301,12 @@ class FileDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def read(self, i: int) -> bytes:
+        return read_image_file(self.samples[i][0])
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        path, label = self.samples[i]
-        return decode(path, self.channels), label
+        name, label = self.samples[i]
+        return decode_bytes(self.read(i), name, self.channels), label
 
     @property
     def targets(self) -> list[int]:

@@ -22,10 +22,9 @@ from .datasets import (
     BadSample,
     FileDataset,
     TensorDataset,
-    decode,
+    decode_bytes,
     decode_checked,
     read_header,
-    read_image_file,
     read_mode,
 )
 
@@ -74,15 +73,16 @@ class Encoded(Dataset):
     or the decoded pixels (C, H, W) of any other image; a BadSample for a file that cannot be read."""
 
     def __init__(self, dataset: FileDataset):
-        self.samples, self.channels = dataset.samples, dataset.channels
+        self.dataset, self.channels = dataset, dataset.channels
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.dataset)
 
     def __getitem__(self, key: int):
-        path, label = self.samples[int(key) % len(self.samples)]
+        i = int(key) % len(self.dataset)
+        path, label = self.dataset.samples[i]
         try:
-            data = read_image_file(path)
+            data = self.dataset.read(i)
             header = read_header(data, path)  # the pixel limit, before any decoding
             if header.format == "JPEG" and header.orientation == 1:  # nvJPEG ignores EXIF orientation
                 return int(key), label, path, torch.frombuffer(bytearray(data), dtype=torch.uint8), True
@@ -115,7 +115,7 @@ def decode_jpegs(datas: list[torch.Tensor], paths: list[str], device: torch.devi
         except RuntimeError:
             pass
         try:  # the CPU decoders (libjpeg-turbo, then Pillow: CMYK, odd subsampling, some progressive files)
-            images.append(decode(path, channels).to(device))
+            images.append(decode_bytes(data.numpy().tobytes(), path, channels).to(device))
         except BadSample as e:
             images.append(e)
     return images

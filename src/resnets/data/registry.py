@@ -53,6 +53,10 @@ class DatasetSpec:
             raise ResnetsError(f"dataset {self.name} needs --data (the image folder or CSV manifest)")
         if self.name == "csv":
             return csv_manifest(data, channels, classes=classes)
+        if self.name == "wds":
+            from .shards import load
+
+            return load(data, split, channels, classes)
         root = Path(data)
         if not root.is_dir():
             raise ResnetsError(f"data folder not found: {root}")
@@ -151,6 +155,14 @@ register_dataset(
 register_dataset(
     DatasetSpec(
         "csv", "your images listed in a path,label CSV (--val-data: the validation CSV)", "files", needs_data=True
+    )
+)
+register_dataset(
+    DatasetSpec(
+        "wds",
+        "WebDataset tar shards with their index (`resnets data shard` writes them): a folder, or shard files",
+        "files",
+        needs_data=True,
     )
 )
 register_dataset(DatasetSpec("synthetic", "random images, for throughput runs (no learning signal)", "synthetic"))

@@ -72,17 +72,25 @@ def train(
 ) -> dict:
     """Train as `cfg` says (or continue the run in `resume`) and return the final metrics.
 
-    on_progress: called about twice a second and at the end of each epoch (rank 0) with {"step", "total_steps", "epoch", "loss", "acc", "img_s"}.
+    resume: a run folder to continue, or "auto": continue the run in cfg.out/cfg.name if it is there, else start it
+    (one command for the first start and every restart; the config must be the run's but for RESUMABLE keys).
+    on_progress: called about twice a second and at the end of each epoch (rank 0) with {"step", "total_steps",
+    "epoch", "loss", "acc", "img_s"}.
     Returns {"run_dir", "model_path", "top1", "top5", "history", ...}.
     """
     overrides = dict(overrides or {})
-    state, changed = None, {}
+    state, changed, auto = None, {}, resume == "auto"
+    if auto:  # every process looks before joining the group, so before any of them writes
+        cfg = cfg if cfg is not None else resolve(overrides=overrides)
+        resume, overrides = rundir.existing(cfg), cfg.to_dict()
     if resume is not None:
         resume = Path(resume)
         cfg, state, changed = rundir.load_resume(resume, overrides)
     elif cfg is None:
         cfg = resolve(overrides=overrides)
     ctx = distributed.setup(cfg.device)
+    if auto:
+        _agree(resume is not None, cfg, ctx)
     run = None
     # process-wide switches build_run sets for the run, given back after it (train() is also called from Python)
     flags = (
@@ -109,6 +117,18 @@ def train(
         distributed.cleanup(ctx)
         torch.use_deterministic_algorithms(flags[0], warn_only=flags[1])
         torch.backends.cudnn.benchmark = flags[2]
+
+
+def _agree(found: bool, cfg: TrainConfig, ctx: distributed.Context) -> None:
+    """`--resume auto` under torchrun: every process must have found the run, or none (a folder one node sees and
+    another does not is not on storage they share); all of them stop together if not."""
+    if ctx.distributed:
+        seen = distributed.all_reduce_sum(torch.tensor([float(found)], device=ctx.device), ctx).item()
+        if seen not in (0, ctx.world):
+            raise ResnetsError(
+                f"{int(seen)} of {ctx.world} processes found the run in {Path(cfg.out) / cfg.name}: with --resume "
+                "auto, --out must be a folder every node shares"
+            )
 
 
 def _claim_run_dir(cfg: TrainConfig, ctx: distributed.Context, resume: Path | None) -> tuple[Path, Any, bool]:

@@ -1,22 +1,28 @@
 """The run directory: claimed by one run at a time, named uniquely, resumed with its overrides kept.
 
-- A lock (`RUN/.lock`, an advisory `flock` the operating system drops when the process ends, even by SIGKILL)
-  is held for the whole run; a second writer is refused with the holder's pid.
+- A lock (`RUN/.lock`, an advisory `flock` the operating system drops when the process ends, even by SIGKILL; on a
+  filesystem without flock, the file's text and a heartbeat) is held for the whole run; a second writer is refused
+  with the holder's pid and host, a dead holder's lock taken over.
 - A run without --name gets `<model>-<dataset>-<time>`, with `-2`, `-3`, ... when that folder is taken (claimed by
   an atomic mkdir, so two runs started in the same second get two folders).
 - A resume may change only the keys in RESUMABLE (how long, where and how it runs); what it changes is written to
   config.json, so the next resume keeps it.
 - A run that stops before its first checkpoint leaves nothing behind: its folder is removed. One killed before it
   (SIGKILL: no chance to clean up) is begun again by --resume, from its config.json.
+- `--resume auto` continues the run named by --out/--name if it is there and starts it if not, so one command line
+  serves the first start and every restart (torchrun --max-restarts, a SLURM requeue, a Kubernetes restart); the
+  command's config must be the run's, but for the keys a resume may change.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import shutil
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -56,48 +62,117 @@ RESUMABLE = frozenset(
 )
 
 
+HEARTBEAT_S = 30.0  # without flock, the holder touches the lock file this often
+STALE_S = 180.0  # ... and a holder on another host whose touch is older than this is taken for dead
+
+
 class RunLock:
-    """An exclusive advisory lock on RUN/.lock holding "pid N on HOST since TIME"; released by `release()` or
-    when the process ends in any way."""
+    """An exclusive lock on RUN/.lock, which holds "pid N on HOST since TIME"; released by `release()` or when the
+    process ends in any way.
+
+    Where the filesystem has flock (local disks, NFSv4, Lustre, GPFS), the operating system holds it and drops it
+    when the holder ends, even by SIGKILL. Where it has none (some network and FUSE mounts), the lock is the file's
+    text and a heartbeat: the holder touches the file every HEARTBEAT_S; a holder on this host whose process is
+    gone, or one on another host silent for STALE_S, is taken over (and said so); a live one never is."""
 
     def __init__(self, run_dir: Path, mark: bool = True):
         """mark: write who holds it now (else call `mark()` once the folder is known to be ours to use)."""
         self.fd: int | None = None
+        self.path = run_dir / LOCK
+        self._beat: threading.Event | None = None
         try:
             import fcntl
-        except ImportError:  # no flock on this platform: no lock
-            return
-        path = run_dir / LOCK
+        except ImportError:  # no flock on this platform: the heartbeat
+            fcntl = None
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
             raise ResnetsError(f"cannot write in {run_dir}: {e.strerror}") from None
         try:
+            if fcntl is None:
+                raise OSError(errno.ENOLCK, "no flock")
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise ResnetsError(
-                f"{run_dir} is in use by a run that is still going ({holder}); wait for it to end, "
-                "or pick another --name"
-            ) from None
+        except OSError as e:
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                os.close(fd)
+                self._refuse(_holder(self.path) or "another process")
+            self._beat = threading.Event()  # no locks on this filesystem: the text and its heartbeat are the lock
+            holder = _holder(self.path)
+            if holder and _alive(holder, self.path):
+                os.close(fd)
+                self._refuse(holder)
+            if holder:
+                log.warning(
+                    "%s: taking over the lock of %s (%s)", self.path.parent, holder, _why_dead(holder, self.path)
+                )
         self.fd = fd
         if mark:
             self.mark()
+
+    def _refuse(self, holder: str) -> None:
+        raise ResnetsError(
+            f"{self.path.parent} is in use by a run that is still going ({holder}); wait for it to end, "
+            "or pick another --name"
+        )
 
     def mark(self) -> None:
         if self.fd is not None:
             os.ftruncate(self.fd, 0)
             os.lseek(self.fd, 0, os.SEEK_SET)
-            os.write(
-                self.fd,
-                f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(),
-            )
+            os.write(self.fd, _me().encode())
+            if self._beat is not None and not self._beat.is_set():
+                threading.Thread(target=self._heartbeat, name="resnets-lock", daemon=True).start()
+
+    def _heartbeat(self) -> None:
+        while not self._beat.wait(HEARTBEAT_S):
+            try:
+                os.utime(self.fd)
+            except OSError:
+                pass
 
     def release(self) -> None:
         if self.fd is not None:
+            if self._beat is not None:  # the text is the lock: cleared, as the last thing written
+                self._beat.set()
+                os.ftruncate(self.fd, 0)
             os.close(self.fd)  # closing the descriptor drops the flock
             self.fd = None
+
+
+def _me() -> str:
+    return f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+
+
+def _holder(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace").strip()[:200]
+    except OSError:
+        return ""
+
+
+def _alive(holder: str, path: Path) -> bool:
+    """Whether the holder written in a lock file without flock is still running (unknown text: taken as alive)."""
+    import re
+
+    m = re.match(r"pid (\d+) on (\S+) since", holder)
+    if m is None:
+        return True
+    pid, host = int(m[1]), m[2]
+    if host == socket.gethostname():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # another user's process
+            return True
+        return True
+    return time.time() - path.stat().st_mtime < STALE_S
+
+
+def _why_dead(holder: str, path: Path) -> str:
+    if f" on {socket.gethostname()} " in holder:
+        return "its process is gone"
+    return f"no heartbeat for {time.time() - path.stat().st_mtime:.0f} s"
 
 
 def _mkdir(path: Path, exist_ok: bool) -> None:
@@ -167,6 +242,15 @@ def discard(run_dir: Path, why: BaseException | None = None) -> bool:
             "stopped before the first checkpoint: nothing was kept (%s removed); start it again to train", run_dir
         )
     return True
+
+
+def existing(cfg: TrainConfig) -> Path | None:
+    """`--resume auto`: the folder `out/name` when it holds a run to continue (its config.json), else None: the run
+    is started there. The same command can so be run again by a scheduler's restart, and always continues."""
+    if not cfg.name:
+        raise ResnetsError("--resume auto needs --name: the run to continue, or to start when it is not there yet")
+    run_dir = Path(cfg.out) / cfg.name
+    return run_dir if (run_dir / "config.json").is_file() else None
 
 
 def load_resume(resume: Path, overrides: dict[str, Any]) -> tuple[TrainConfig, dict | None, dict[str, Any]]:

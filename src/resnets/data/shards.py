@@ -1,0 +1,233 @@
+"""Sharded datasets: image folders written as WebDataset tar shards (webdataset's ShardWriter) with an index, and
+read back as a map-style dataset.
+
+`write(splits, out)` writes OUT/train-000000.tar, ... (and val-000000.tar, ... when there is a validation split),
+each sample `KEY.<ext>` (the image's own bytes, checked from its header first) and `KEY.cls` (the label), then
+OUT/index.json: the class names, and for each shard its size and each sample's key, label, byte offset and size.
+Any tar-reading tool (webdataset, timm's `wds/` reader, `tar -x`) reads the shards; with the index, `ShardDataset`
+reads any sample by its number, so the samplers, exact resumes, rank splits and both loaders work as they do for an
+image folder, and a cluster's shared filesystem serves a few large files instead of a million small ones.
+
+The index is untrusted input: it is bounded in size, checked against a schema and against the shard files
+(names inside the folder, offsets inside each file, labels inside the class list) before anything is read.
+Streaming shards from URLs or `pipe:` commands (object storage) is not done here yet.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tarfile
+from pathlib import Path
+from typing import Sequence
+
+from ..errors import ResnetsError
+from .datasets import BYTES_PER_PIXEL_BOUND, BadSample, FileDataset, max_pixels, read_header, read_image_file
+
+FORMAT = "resnets.shards/1"
+INDEX = "index.json"
+MAX_INDEX_BYTES = 1 << 30  # 1.28 M ImageNet images take ~60 MB
+EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tiff"}
+SPLITS = {"train": "train", "test": "val"}  # our split names -> the shards' prefixes
+
+
+class ShardDataset(FileDataset):
+    """Images inside tar shards: sample i is `where[i]` = (shard path, byte offset, size), named in errors as
+    `shard.tar/KEY.ext`. Read with one positioned read from a file kept open per process."""
+
+    def __init__(self, samples: list[tuple[str, int]], classes, channels: int, where: list[tuple[str, int, int]]):
+        super().__init__(samples, classes, channels)
+        self.where = where
+        self._open: dict[tuple[int, str], int] = {}
+
+    def read(self, i: int) -> bytes:
+        path, offset, size = self.where[i]
+        limit = max_pixels()
+        if size > limit * BYTES_PER_PIXEL_BOUND + (1 << 20):
+            raise BadSample(self.samples[i][0], f"{size:,} bytes is more than any image within the pixel limit holds")
+        key = (os.getpid(), path)  # a descriptor is not shared with loader worker processes forked later
+        try:
+            if key not in self._open:
+                self._open[key] = os.open(path, os.O_RDONLY)
+            data = os.pread(self._open[key], size, offset)
+        except OSError as e:
+            raise BadSample(self.samples[i][0], f"cannot read shard ({e.strerror or e})") from None
+        if len(data) != size:
+            raise BadSample(self.samples[i][0], "the shard is shorter than its index says", "corrupt_image")
+        return data
+
+    def __getstate__(self):  # sent to loader workers without the open descriptors
+        return {**self.__dict__, "_open": {}}
+
+    def subset(self, indices: Sequence[int]) -> "ShardDataset":
+        idx = [int(i) for i in indices]
+        return ShardDataset([self.samples[i] for i in idx], self.classes, self.channels, [self.where[i] for i in idx])
+
+    def relabel(self, mapping: dict[int, int], classes: Sequence[str]) -> "ShardDataset":
+        return ShardDataset([(p, mapping[t]) for p, t in self.samples], classes, self.channels, self.where)
+
+
+def parse_size(text: str) -> int:
+    """'512MB', '1.5 GB', '20KB', '4096' -> bytes."""
+    units = {"": 1, "B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    t = str(text).strip().upper().replace(" ", "")
+    num = t.rstrip("KMGB")
+    try:
+        value = float(num) * units[t[len(num) :]]
+    except (ValueError, KeyError):
+        raise ResnetsError(f"--shard-size {text!r}: give a size such as 512MB, 1GB or 20KB") from None
+    if not 1 << 10 <= value <= 1 << 40:
+        raise ResnetsError(f"--shard-size {text!r}: between 1KB and 1TB")
+    return int(value)
+
+
+def write(splits: dict[str, FileDataset], out: Path, *, shard_bytes: int = 512 << 20, progress: bool = True) -> Path:
+    """Every split's images into tar shards of at most `shard_bytes` in `out`, and the index; unreadable images are
+    left out and named. Written in a temporary folder inside `out`, moved into place when whole. Returns the index."""
+    from tqdm import tqdm
+    from webdataset import ShardWriter
+
+    out = Path(out)
+    if (out / INDEX).exists() or (out.is_dir() and any(out.glob("*.tar"))):
+        raise ResnetsError(f"{out} already holds shards; give an empty or new folder")
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(os.path.join(out, f".partial-{os.getpid()}"))
+    tmp.mkdir()
+    classes = next(iter(splits.values())).classes
+    index: dict = {"format": FORMAT, "classes": classes, "splits": {}}
+    try:
+        for split, ds in splits.items():
+            labels, skipped = {}, []
+            with ShardWriter(
+                str(tmp / f"{split}-%06d.tar"), maxsize=shard_bytes, maxcount=10**7, verbose=0, encoder=False
+            ) as sink:
+                for i, (path, label) in enumerate(tqdm(ds.samples, desc=f"{split} shards", disable=not progress)):
+                    try:
+                        data = read_image_file(path)
+                        header = read_header(data, path)
+                    except BadSample as e:
+                        skipped.append(f"{e.path}: {e.reason}")
+                        continue
+                    key = f"{i:09d}"
+                    labels[key] = label
+                    ext = EXTENSIONS.get(header.format, Path(path).suffix.lower().lstrip(".") or "img")
+                    sink.write({"__key__": key, ext: data, "cls": str(label).encode()})
+            for line in skipped:
+                print(f"left out {line}")
+            index["splits"][split] = [_scan(p, labels) for p in sorted(tmp.glob(f"{split}-*.tar"))]
+        for p in sorted(tmp.glob("*.tar")):
+            os.replace(p, out / p.name)
+        with open(tmp / INDEX, "w") as f:
+            json.dump(index, f)
+        os.replace(tmp / INDEX, out / INDEX)  # last: the shards are whole when the index is there
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out / INDEX
+
+
+def _scan(shard: Path, labels: dict[str, int]) -> dict:
+    """One shard's index entry: each image member's key, label, data offset and size (tarfile's own reading)."""
+    samples = []
+    with tarfile.open(shard) as tar:
+        for m in tar:
+            key, _, ext = m.name.partition(".")
+            if m.isfile() and ext != "cls" and key in labels:
+                samples.append([key, labels[key], m.offset_data, m.size, ext])
+    return {"file": shard.name, "size": shard.stat().st_size, "samples": samples}
+
+
+def read_index(folder: Path) -> dict:
+    """index.json of `folder`, checked against its schema and the shard files beside it."""
+    path = folder / INDEX
+    if not path.is_file():
+        raise ResnetsError(f"{folder} has no {INDEX} (write shards with `resnets data shard SRC --out DIR`)")
+    if path.stat().st_size > MAX_INDEX_BYTES:
+        raise ResnetsError(f"{path} is {path.stat().st_size:,} bytes, over the limit of {MAX_INDEX_BYTES:,}")
+    try:
+        index = json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ResnetsError(f"{path} is not JSON ({str(e)[:80]})") from None
+    _check(index, folder, path)
+    return index
+
+
+def _check(index, folder: Path, path: Path) -> None:
+    def bad(what: str):
+        raise ResnetsError(f"{path}: {what}; the shards cannot be read")
+
+    if not isinstance(index, dict) or index.get("format") != FORMAT:
+        bad(f"not a shard index (format {FORMAT!r} expected)")
+    classes, splits = index.get("classes"), index.get("splits")
+    if not (isinstance(classes, list) and 0 < len(classes) <= 1_000_000 and all(isinstance(c, str) for c in classes)):
+        bad("'classes' must be a list of names")
+    if not isinstance(splits, dict) or not all(isinstance(v, list) for v in splits.values()):
+        bad("'splits' must map a split name to its shards")
+    for shards in splits.values():
+        for s in shards:
+            if not isinstance(s, dict) or not isinstance(s.get("file"), str) or not isinstance(s.get("samples"), list):
+                bad("each shard needs a file name and its samples")
+            name = s["file"]
+            if Path(name).name != name or name in ("", ".", "..") or not name.endswith(".tar"):
+                bad(f"shard name {name[:80]!r} is not a .tar file in the index's folder")
+            shard = folder / name
+            if not shard.is_file() or shard.stat().st_size != s.get("size"):
+                bad(f"{name} is missing or not the size the index says")
+            for row in s["samples"]:
+                ok = isinstance(row, list) and len(row) == 5 and isinstance(row[0], str) and isinstance(row[4], str)
+                ok = ok and all(type(v) is int for v in row[1:4])
+                if not ok or not (
+                    0 <= row[1] < len(classes) and row[2] >= 0 and 0 < row[3] and row[2] + row[3] <= s["size"]
+                ):
+                    bad(f"a sample of {name} ({str(row)[:80]}) is not [key, label, offset, size, ext] inside the shard")
+
+
+def _expand(pattern: str) -> list[Path]:
+    from braceexpand import braceexpand
+
+    return [Path(p) for p in braceexpand(pattern)]
+
+
+def load(data: str, split: str, channels: int = 3, classes: Sequence[str] | None = None) -> ShardDataset | None:
+    """The `split` ("train" or "test") of the shards `data` names: a folder holding index.json (its train-* and
+    val-* shards), or shard files ('DIR/train-{000000..000127}.tar', as webdataset writes them: those shards only,
+    as the training set). None: no such split."""
+    text = str(data)
+    if text.startswith("pipe:") or "://" in text:
+        raise ResnetsError(
+            f"{text[:80]}: streaming shards from URLs or commands is not supported yet; copy them to a folder every "
+            "process can read"
+        )
+    if Path(text).is_dir():
+        folder, wanted = Path(text), None
+    else:
+        files = _expand(text)
+        folder, wanted = files[0].parent, {p.name for p in files}
+        if split != "train":
+            return None
+    index = read_index(folder)
+    if wanted is None:
+        shards = index["splits"].get(SPLITS[split])
+        if shards is None:
+            return None
+    else:
+        shards = [s for v in index["splits"].values() for s in v if s["file"] in wanted]
+        missing = wanted - {s["file"] for s in shards}
+        if missing:
+            raise ResnetsError(f"{folder / sorted(missing)[0]} is not in {folder / INDEX}")
+    names = index["classes"]
+    remap = list(range(len(names)))
+    if classes is not None:  # the training set's classes: the same names, in its order
+        unknown = sorted(set(names) - set(classes))
+        if unknown:
+            raise ResnetsError(f"{folder} has classes not in the training set: {', '.join(unknown[:5])}")
+        remap = [list(classes).index(c) for c in names]
+    samples, where = [], []
+    for s in shards:
+        shard = str(folder / s["file"])
+        for key, label, offset, size, ext in s["samples"]:
+            samples.append((f"{shard}/{key}.{ext}", remap[label]))
+            where.append((shard, offset, size))
+    if not samples:
+        raise ResnetsError(f"the shards of {text} hold no images")
+    return ShardDataset(samples, list(classes) if classes is not None else names, channels, where)

@@ -1,0 +1,164 @@
+"""Sharded datasets (data/shards.py): an image folder written as WebDataset tar shards and read back sample by
+sample, equal to the folder (and to what webdataset itself reads), training to the folder's weights; a damaged
+index or a bad request is one line."""
+
+import json
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_RUN, one_line_error, run_cli, saved_weights
+from PIL import Image
+
+from resnets.data import shards
+from resnets.data.datasets import image_folder
+from resnets.errors import ResnetsError
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """train/ and val/ of three classes, JPEG and PNG of several sizes, one unreadable file."""
+    root = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 8), ("val", 3)):
+        for c, cls in enumerate(("ant", "bee", "cow")):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n):
+                h, w = rng.integers(20, 48, 2)
+                pixels = (rng.random((h, w, 3)) * 60 + c * 80).astype(np.uint8)
+                Image.fromarray(pixels).save(root / split / cls / f"{i}.{'png' if i % 3 == 0 else 'jpg'}")
+    (root / "train" / "bee" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return root
+
+
+@pytest.fixture(scope="module")
+def sharded(folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("shards") / "s"
+    code, stdout, err = run_cli("data", "shard", folder, "--out", out, "--shard-size", "16KB", "--no-progress")
+    assert code == 0, err
+    return out, stdout
+
+
+def test_shards_hold_the_folders_images_as_webdataset_reads_them(folder, sharded):
+    out, stdout = sharded
+    assert "left out" in stdout and "broken.jpg" in stdout  # the unreadable file is named, not written
+    tars = sorted(p.name for p in out.glob("*.tar"))
+    assert len(tars) > 2 and tars[0] == "train-000000.tar" and "val-000000.tar" in tars
+    assert not list(out.glob(".partial*"))
+    index = json.loads((out / "index.json").read_text())
+    assert index["classes"] == ["ant", "bee", "cow"]
+    ref = image_folder(folder / "train")
+    ds = shards.load(str(out), "train")
+    good = [i for i, (p, _) in enumerate(ref.samples) if not p.endswith("broken.jpg")]
+    assert len(ds) == len(good) == 24 and ds.targets == [ref.targets[i] for i in good]
+    for j, i in enumerate(good):  # the same pixels, decoded from the same bytes
+        assert torch.equal(ds[j][0], ref[i][0])
+    # webdataset's own reader (an independent one) sees the same keys, bytes and labels in the shards
+    import webdataset as wds
+
+    seen = {}
+    for sample in wds.WebDataset([str(out / t) for t in tars if t.startswith("train")], shardshuffle=False):
+        ext = next(k for k in sample if k not in ("__key__", "__url__", "__local_path__", "cls"))
+        seen[sample["__key__"]] = (sample[ext], int(sample["cls"]))
+    assert len(seen) == 24
+    for j, (name, label) in enumerate(ds.samples):
+        key = name.rsplit("/", 1)[1].split(".")[0]
+        assert seen[key] == (ds.read(j), label)
+    val = shards.load(str(out), "test", classes=ref.classes)
+    assert len(val) == 9 and sorted(set(val.targets)) == [0, 1, 2]
+
+
+def test_training_from_shards_gives_the_folders_weights(folder, sharded, tmp_path):
+    """The same samples in the same order: a deterministic run on the shards ends with the folder run's weights."""
+    out, _ = sharded
+    (tmp_path / "clean").mkdir()
+    import shutil
+
+    shutil.copytree(folder, tmp_path / "clean", dirs_exist_ok=True)
+    (tmp_path / "clean" / "train" / "bee" / "broken.jpg").unlink()  # the shards left it out
+    common = [*TINY_RUN, "--model", "resnet8", "--train-crop", 32, "--eval-crop", 32, "--augment", "crop-flip"]
+    common += ["--deterministic", "--out", tmp_path / "runs", "--amp", "none"]
+    code, _, err = run_cli("train", *common, "--dataset", "imagefolder", "--data", tmp_path / "clean", "--name", "f")
+    assert code == 0, err
+    code, _, err = run_cli("train", *common, "--dataset", "wds", "--data", out, "--name", "s")
+    assert code == 0, err
+    a, b = (saved_weights(tmp_path / "runs" / n / "model.safetensors") for n in ("f", "s"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ev = [json.loads((tmp_path / "runs" / n / "eval.json").read_text()) for n in ("f", "s")]
+    assert ev[0]["n"] == ev[1]["n"] == 9 and ev[0]["top1"] == ev[1]["top1"]
+    # shard files named by a pattern: those shards, as the training set (a tenth held out for validation)
+    code, _, err = run_cli(
+        "train", *common, "--dataset", "wds", "--data", out / "train-{000000..000001}.tar", "--name", "p"
+    )
+    assert code == 0, err
+
+
+def _damaged(sharded, tmp_path, change) -> str:
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(sharded[0], out)
+    index = json.loads((out / "index.json").read_text())
+    change(index, out)
+    (out / "index.json").write_text(json.dumps(index) if not isinstance(index, bytes) else "")
+    return str(out)
+
+
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        (lambda ix, out: ix.update(format="other/1"), "not a shard index"),
+        (
+            lambda ix, out: ix["splits"]["train"][0].update(file="../../etc/x.tar"),
+            "not a .tar file in the index's folder",
+        ),
+        (lambda ix, out: ix["splits"]["train"][0]["samples"][0].__setitem__(2, 10**9), "inside the shard"),
+        (lambda ix, out: ix["splits"]["train"][0]["samples"][0].__setitem__(1, 7), "inside the shard"),
+        (lambda ix, out: ix["splits"]["train"][0].update(size=1), "not the size the index says"),
+        (lambda ix, out: ix.update(classes="ant"), "'classes' must be a list"),
+    ],
+)
+def test_a_damaged_index_is_one_line_before_anything_is_read(sharded, tmp_path, change, needle):
+    data = _damaged(sharded, tmp_path, change)
+    with pytest.raises(ResnetsError, match=needle):
+        shards.load(data, "train")
+    code, _, err = run_cli("train", *TINY_RUN, "--dataset", "wds", "--data", data, "--out", tmp_path / "runs")
+    one_line_error(code, err, needle)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_bad_requests_are_one_line_and_nothing_is_overwritten(folder, sharded, tmp_path):
+    out, _ = sharded
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in out.iterdir())
+    code, _, err = run_cli("data", "shard", folder, "--out", out, "--no-progress")
+    one_line_error(code, err, "already holds shards")
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in out.iterdir()) == before
+    code, _, err = run_cli("data", "shard", folder, "--out", tmp_path / "x", "--shard-size", "lots")
+    one_line_error(code, err, "--shard-size 'lots'")
+    code, _, err = run_cli("data", "shard", "--out", tmp_path / "x")
+    one_line_error(code, err, "data shard needs SRC")
+    for remote in ("pipe:curl -s http://x/train-{0..3}.tar", "s3://bucket/train-{0..3}.tar"):
+        with pytest.raises(ResnetsError, match="streaming shards from URLs or commands is not supported yet"):
+            shards.load(remote, "train")
+    with pytest.raises(ResnetsError, match="has no index.json"):
+        shards.load(str(tmp_path), "train")
+
+
+def test_a_truncated_shard_is_a_bad_sample_not_a_crash(sharded, tmp_path):
+    """A shard cut short after its index was written: the samples past the end are skipped and named."""
+    import shutil
+
+    from resnets.data.datasets import BadSample
+
+    out = tmp_path / "copy"
+    shutil.copytree(sharded[0], out)
+    ds = shards.load(str(out), "train")
+    shard, offset, size = ds.where[0]
+    with open(shard, "r+b") as f:
+        f.truncate(offset + size // 2)
+    with pytest.raises(BadSample, match="shorter than its index says"):
+        ds[0]
+    with tarfile.open(out / "train-000001.tar") as t:  # the others are untouched
+        assert t.getmembers()
+    assert ds[len(ds) - 1][0].shape[0] == 3
