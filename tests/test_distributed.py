@@ -83,8 +83,13 @@ def _finish(agents, logs, timeout=300) -> list[str]:
         for a in agents:
             a.wait(timeout)
     finally:
-        for a in agents:
+        import os
+        import signal
+
+        for a in agents:  # an agent still there after the timeout: it and its workers, so no worker is left behind
             if a.poll() is None:
+                for pid in _children(a.pid):
+                    os.kill(pid, signal.SIGKILL)
                 a.kill()
     outputs = []
     for log in logs:
