@@ -162,3 +162,20 @@ def test_a_truncated_shard_is_a_bad_sample_not_a_crash(sharded, tmp_path):
     with tarfile.open(out / "train-000001.tar") as t:  # the others are untouched
         assert t.getmembers()
     assert ds[len(ds) - 1][0].shape[0] == 3
+
+
+def test_a_registered_in_memory_dataset_is_sharded_losslessly(tmp_path):
+    """`resnets data shard cifar10 --path ARCHIVE`: its train and test splits as PNG members, pixel for pixel."""
+    from conftest import cifar_archive
+
+    from resnets.data.registry import get_dataset
+
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    cifar_archive(archive, n_per_batch=10)
+    code, out, err = run_cli("data", "shard", "cifar10", "--path", archive, "--out", tmp_path / "s", "--no-progress")
+    assert code == 0 and "50 train, 10 val images" in out, err
+    for split in ("train", "test"):
+        ref = get_dataset("cifar10").load(split, str(archive))
+        ds = shards.load(str(tmp_path / "s"), split)
+        assert ds.classes == ref.classes and ds.targets == ref.targets
+        assert all(torch.equal(ds[i][0], ref[i][0]) for i in range(len(ref)))

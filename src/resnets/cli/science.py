@@ -44,15 +44,20 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def _cmd_shard(args: argparse.Namespace) -> int:
-    """`resnets data shard SRC --out DIR`: an image folder (train/ and val/ inside, or one class folder each) or a
-    CSV manifest as tar shards and their index."""
+    """`resnets data shard SRC --out DIR`: an image folder (train/ and val/ inside, or one class folder each), a
+    CSV manifest or a registered in-memory dataset (fashion-mnist, cifar10, ...) as tar shards and their index."""
     from ..data import shards
     from ..data.datasets import csv_manifest, image_folder
+    from ..data.registry import DATASETS
 
     if not args.source or not args.out:
-        raise ResnetsError("data shard needs SRC (an image folder or a CSV manifest) and --out DIR")
+        raise ResnetsError("data shard needs SRC (an image folder, a CSV manifest or a dataset's name) and --out DIR")
     src, size = Path(args.source), shards.parse_size(args.shard_size)
-    if src.is_file():
+    if not src.exists() and args.source in DATASETS and DATASETS[args.source].tensors is not None:
+        spec = DATASETS[args.source]  # a registered dataset held in memory: its train and test splits
+        splits = {"train": spec.load("train", args.path, args.download)}
+        splits["val"] = spec.load("test", args.path, args.download)
+    elif src.is_file():
         splits = {"train": csv_manifest(src)}
     elif (src / "train").is_dir():
         splits = {"train": image_folder(src / "train")}
@@ -131,7 +136,12 @@ def add_commands(sub) -> None:
         "an image folder or CSV manifest as WebDataset tar shards with an index (train with --dataset wds --data DIR)",
     )
     p.add_argument("name", nargs="?", choices=[*(n for n, s in DATASETS.items() if s.downloadable), "shard"])
-    p.add_argument("source", nargs="?", metavar="SRC", help="data shard: the image folder or CSV manifest")
+    p.add_argument(
+        "source",
+        nargs="?",
+        metavar="SRC",
+        help="data shard: an image folder, a CSV manifest or a dataset (fashion-mnist)",
+    )
     p.add_argument("--list", action="store_true", help="every dataset the training config and eval take")
     p.add_argument("--path", help="CIFAR archive or folder holding it")
     p.add_argument("--download", action="store_true")

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import ResnetsError
-from .datasets import BYTES_PER_PIXEL_BOUND, BadSample, FileDataset, max_pixels, read_header, read_image_file
+from .datasets import BYTES_PER_PIXEL_BOUND, BadSample, FileDataset, TensorDataset, max_pixels, read_header
 
 FORMAT = "resnets.shards/1"
 INDEX = "index.json"
@@ -82,8 +82,8 @@ def parse_size(text: str) -> int:
     return int(value)
 
 
-def write(splits: dict[str, FileDataset], out: Path, *, shard_bytes: int = 512 << 20, progress: bool = True) -> Path:
-    """Every split's images into tar shards of at most `shard_bytes` in `out`, and the index; unreadable images are
+def write(splits: dict, out: Path, *, shard_bytes: int = 512 << 20, progress: bool = True) -> Path:
+    """Every split's images (FileDataset: files; TensorDataset: in-memory images, as PNG) into tar shards of at most `shard_bytes` in `out`, and the index; unreadable images are
     left out and named. Written in a temporary folder inside `out`, moved into place when whole. Returns the index."""
     from tqdm import tqdm
     from webdataset import ShardWriter
@@ -102,16 +102,16 @@ def write(splits: dict[str, FileDataset], out: Path, *, shard_bytes: int = 512 <
             with ShardWriter(
                 str(tmp / f"{split}-%06d.tar"), maxsize=shard_bytes, maxcount=10**7, verbose=0, encoder=False
             ) as sink:
-                for i, (path, label) in enumerate(tqdm(ds.samples, desc=f"{split} shards", disable=not progress)):
+                for i in tqdm(range(len(ds)), desc=f"{split} shards", disable=not progress):
                     try:
-                        data = read_image_file(path)
-                        header = read_header(data, path)
+                        name, label, data = _item(ds, i)
+                        header = read_header(data, name)
                     except BadSample as e:
                         skipped.append(f"{e.path}: {e.reason}")
                         continue
                     key = f"{i:09d}"
                     labels[key] = label
-                    ext = EXTENSIONS.get(header.format, Path(path).suffix.lower().lstrip(".") or "img")
+                    ext = EXTENSIONS.get(header.format, Path(name).suffix.lower().lstrip(".") or "img")
                     sink.write({"__key__": key, ext: data, "cls": str(label).encode()})
             for line in skipped:
                 print(f"left out {line}")
@@ -124,6 +124,18 @@ def write(splits: dict[str, FileDataset], out: Path, *, shard_bytes: int = 512 <
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out / INDEX
+
+
+def _item(ds, i: int) -> tuple[str, int, bytes]:
+    """(name, label, the image's bytes) of sample i: a file's own bytes, or an in-memory image (Fashion-MNIST,
+    CIFAR) encoded as PNG, losslessly."""
+    if isinstance(ds, TensorDataset):
+        from torchvision.io import encode_png
+
+        image, label = ds[i]
+        return f"{i}.png", label, encode_png(image.contiguous()).numpy().tobytes()
+    name, label = ds.samples[i]
+    return name, label, ds.read(i)
 
 
 def _scan(shard: Path, labels: dict[str, int]) -> dict:
