@@ -92,6 +92,17 @@ def test_training_from_shards_gives_the_folders_weights(folder, sharded, tmp_pat
         "train", *common, "--dataset", "wds", "--data", out / "train-{000000..000001}.tar", "--name", "p"
     )
     assert code == 0, err
+    # `resnets eval` finds the shards by their index and gives the run's own evaluation
+    code, stdout, err = run_cli("eval", "--weights", tmp_path / "runs" / "s" / "model.safetensors", "--data", out)
+    assert code == 0 and f"top-1 {ev[1]['top1']:.2f}%" in stdout, (stdout, err)
+    # the batch loader (whole batches augmented at once; JPEGs decoded in batches on a GPU) reads shards as files
+    device = [*common, "--loader", "device"]
+    code, _, err = run_cli("train", *device, "--dataset", "imagefolder", "--data", tmp_path / "clean", "--name", "fd")
+    assert code == 0, err
+    code, _, err = run_cli("train", *device, "--dataset", "wds", "--data", out, "--name", "sd")
+    assert code == 0, err
+    a, b = (saved_weights(tmp_path / "runs" / n / "model.safetensors") for n in ("fd", "sd"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def _damaged(sharded, tmp_path, change) -> str:
