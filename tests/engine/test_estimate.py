@@ -62,7 +62,8 @@ def test_the_step_rate_is_measured_on_a_copy(tmp_path):
     [
         (dict(epochs=3), 3 + 1),
         (dict(epochs=5, eval_every=2), 3 + 1),  # after epochs 2, 4 and the last
-        (dict(epochs=2, tta="flip"), 2 + 1 + 2),  # the flip pass scores twice the images
+        (dict(epochs=2, tta="flip"), 2 + 2),  # the final pass scores each image and its mirror
+        (dict(epochs=2, tta="flip", ema=True), 2 * 2 + 2 + 2),  # both weights, then the chosen ones with mirrors
         (dict(epochs=2, ema=True), 2 * 2 + 2),  # the EMA weights are evaluated beside the model's
     ],
 )

@@ -112,8 +112,10 @@ def epoch_passes(run: Run) -> int:
 
 
 def final_passes(run: Run) -> int:
-    """The passes of the final evaluation: the model's, its EMA's, flip TTA's (2 images each) and 10 crops."""
-    return 1 + (run.ema is not None) + 2 * (run.cfg.tta != "none") + 10 * run.cfg.ten_crop
+    """The passes of the final evaluation: the model's and its EMA's (each with its mirror images under flip TTA
+    when there is no EMA to choose from), else a flip TTA pass of the chosen weights, and 10 crops."""
+    ema, tta = run.ema is not None, run.cfg.tta != "none"
+    return (1 + ema) * (1 + tta) + 10 * run.cfg.ten_crop
 
 
 def eval_units(run: Run) -> int:

@@ -273,14 +273,15 @@ def finish(run: Run) -> dict:
     """Final evaluation (the EMA weights when they are better; the paper's 10 crops when asked), the
     self-describing model file, plots and eval.json."""
     cfg, ctx, bundle, core, classes = run.cfg, run.ctx, run.bundle, run.core, run.classes
-    ev = validate(run)
+    # without EMA weights to choose from, one pass gives the plain scores and the test-time-augmented ones
+    ev = validate(run, tta=cfg.tta if run.ema is None else "none")
     final, which = core, "model"
     if run.ema is not None:
         ev_ema = validate(run, run.ema.module)
         if ev_ema["top1"] > ev["top1"]:
             final, which, ev = run.ema.module, "ema", ev_ema
-    if cfg.tta != "none":
-        ev["tta"] = validate(run, final, tta=cfg.tta)["tta"]
+        if cfg.tta != "none":
+            ev["tta"] = validate(run, final, tta=cfg.tta)["tta"]
     if cfg.ten_crop:
         tc_loader = make_eval_loader(
             bundle.val,
