@@ -19,7 +19,6 @@ from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-from ..errors import OptionError
 from .registry import get_entry
 
 # what trains, from the top, as torchvision's references count it: trainable_layers=3 trains layer2..layer4
@@ -28,13 +27,8 @@ TRAINABLE_ORDER = ("layer4", "layer3", "layer2", "layer1", "conv1")
 
 def trunk(backbone: str, norm: str) -> nn.Module:
     """The classification net `backbone` without its head, to be fed to an FPN (FrozenBatchNorm by default, as
-    detection trains with the backbone's statistics fixed)."""
-    entry = get_entry(backbone)
-    if entry.family != "imagenet":
-        raise OptionError(f"backbone must be an ImageNet-family net (resnet50, resnext50_32x4d, ...); got {backbone!r}")
-    if "norm" not in entry.options:
-        raise OptionError(f"backbone {backbone!r} has a fixed norm; it cannot be a detection backbone")
-    return entry.fn(num_classes=0, norm=norm)
+    detection trains with the backbone's statistics fixed). The options were checked by registry.check_options."""
+    return get_entry(backbone).fn(num_classes=0, norm=norm)
 
 
 def fpn(
@@ -46,8 +40,6 @@ def fpn(
 ) -> BackboneWithFPN:
     """torchvision's BackboneWithFPN over our net's stages `returned` (1..4), their channels read from the net's
     own feature_info; the stages below the top `trainable_layers` frozen as torchvision's references freeze them."""
-    if isinstance(trainable_layers, bool) or not isinstance(trainable_layers, int) or not 0 <= trainable_layers <= 5:
-        raise OptionError(f"trainable_layers must be a whole number from 0 to 5; got {trainable_layers!r}")
     train = list(TRAINABLE_ORDER[:trainable_layers]) + (["bn1"] if trainable_layers == 5 else [])
     for name, p in body.named_parameters():
         if not train or not name.startswith(tuple(train)):

@@ -86,6 +86,8 @@ def check_options(entry: ModelEntry, options: dict[str, Any]) -> None:
             raise OptionError(
                 f"backbone must be an ImageNet-family model name (resnet50, resnext50_32x4d, ...); got {value!r}"
             )
+        if key == "backbone" and "norm" not in get_entry(value).options:  # detection trains with frozen statistics
+            raise OptionError(f"backbone {value!r} has a fixed norm; it cannot be a detection backbone")
         if key == "trainable_layers" and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 5):
             raise OptionError(f"trainable_layers must be a whole number from 0 to 5; got {value!r}")
         if key in ("zero_init_residual", "stride_in_1x1") and not isinstance(value, bool):
