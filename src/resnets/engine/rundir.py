@@ -98,13 +98,12 @@ class RunLock:
                 self._refuse(_holder(self.path) or "another process")
             self._beat = threading.Event()  # no locks on this filesystem: the text and its heartbeat are the lock
             holder = _holder(self.path)
-            if holder and _alive(holder, self.path):
+            why = _dead(holder, self.path) if holder else None
+            if holder and why is None:
                 os.close(fd)
                 self._refuse(holder)
             if holder:
-                log.warning(
-                    "%s: taking over the lock of %s (%s)", self.path.parent, holder, _why_dead(holder, self.path)
-                )
+                log.warning("%s: taking over the lock of %s (%s)", self.path.parent, holder, why)
         self.fd = fd
         if mark:
             self.mark()
@@ -150,29 +149,24 @@ def _holder(path: Path) -> str:
         return ""
 
 
-def _alive(holder: str, path: Path) -> bool:
-    """Whether the holder written in a lock file without flock is still running (unknown text: taken as alive)."""
+def _dead(holder: str, path: Path) -> str | None:
+    """Why the holder written in a lock file without flock is gone (its process, on this host; its heartbeat, on
+    another), or None while it runs (unknown text is taken as running)."""
     import re
 
     m = re.match(r"pid (\d+) on (\S+) since", holder)
     if m is None:
-        return True
-    pid, host = int(m[1]), m[2]
-    if host == socket.gethostname():
+        return None
+    if m[2] == socket.gethostname():
         try:
-            os.kill(pid, 0)
+            os.kill(int(m[1]), 0)
         except ProcessLookupError:
-            return False
+            return "its process is gone"
         except PermissionError:  # another user's process
-            return True
-        return True
-    return time.time() - path.stat().st_mtime < STALE_S
-
-
-def _why_dead(holder: str, path: Path) -> str:
-    if f" on {socket.gethostname()} " in holder:
-        return "its process is gone"
-    return f"no heartbeat for {time.time() - path.stat().st_mtime:.0f} s"
+            pass
+        return None
+    silent = time.time() - path.stat().st_mtime
+    return f"no heartbeat for {silent:.0f} s" if silent >= STALE_S else None
 
 
 def _mkdir(path: Path, exist_ok: bool) -> None:
