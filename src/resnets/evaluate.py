@@ -157,7 +157,9 @@ def evaluate_model_file(
     pre = preprocessing_for(model)
     classes = list(meta.class_names)
     if dataset is None:
-        shards = data and (str(data).endswith(".tar") or (Path(data) / "index.json").is_file())
+        from .data.shards import holds_shards
+
+        shards = data and holds_shards(data)
         dataset = "wds" if shards else "imagefolder" if data and Path(data).is_dir() else "csv" if data else None
         if dataset is None:
             raise ResnetsError("say which data to evaluate on: --dataset NAME or --data PATH")

@@ -47,25 +47,19 @@ def _cmd_shard(args: argparse.Namespace) -> int:
     """`resnets data shard SRC --out DIR`: an image folder (train/ and val/ inside, or one class folder each), a
     CSV manifest or a registered in-memory dataset (fashion-mnist, cifar10, ...) as tar shards and their index."""
     from ..data import shards
-    from ..data.datasets import csv_manifest, image_folder
-    from ..data.registry import DATASETS
+    from ..data.registry import DATASETS, get_dataset
 
     if not args.source or not args.out:
         raise ResnetsError("data shard needs SRC (an image folder, a CSV manifest or a dataset's name) and --out DIR")
     src, size = Path(args.source), shards.parse_size(args.shard_size)
     if not src.exists() and args.source in DATASETS and DATASETS[args.source].tensors is not None:
-        spec = DATASETS[args.source]  # a registered dataset held in memory: its train and test splits
-        splits = {"train": spec.load("train", args.path, args.download)}
-        splits["val"] = spec.load("test", args.path, args.download)
-    elif src.is_file():
-        splits = {"train": csv_manifest(src)}
-    elif (src / "train").is_dir():
-        splits = {"train": image_folder(src / "train")}
-        held = next((src / v for v in ("val", "validation", "test") if (src / v).is_dir()), None)
-        if held is not None:
-            splits["val"] = image_folder(held, classes=splits["train"].classes)
-    else:
-        splits = {"train": image_folder(src)}
+        spec, data = DATASETS[args.source], args.path  # a registered dataset held in memory
+    else:  # the splits training reads from the same files: DIR/train (or DIR) and DIR/val, or the CSV
+        spec, data = get_dataset("csv" if src.is_file() else "imagefolder"), str(src)
+    splits = {"train": spec.load("train", data, args.download)}
+    held = None if spec.name == "csv" else spec.load("test", data, args.download, classes=splits["train"].classes)
+    if held is not None:
+        splits["val"] = held
     index = shards.write(splits, Path(args.out), shard_bytes=size, progress=not args.no_progress)
     counts = ", ".join(f"{len(ds)} {name}" for name, ds in splits.items())
     print(f"{counts} images in {len(list(Path(args.out).glob('*.tar')))} shards; index: {index}")

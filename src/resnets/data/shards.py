@@ -92,7 +92,7 @@ def write(splits: dict, out: Path, *, shard_bytes: int = 512 << 20, progress: bo
     if (out / INDEX).exists() or (out.is_dir() and any(out.glob("*.tar"))):
         raise ResnetsError(f"{out} already holds shards; give an empty or new folder")
     out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(os.path.join(out, f".partial-{os.getpid()}"))
+    tmp = out / f".partial-{os.getpid()}"
     tmp.mkdir()
     classes = next(iter(splits.values())).classes
     index: dict = {"format": FORMAT, "classes": classes, "splits": {}}
@@ -192,6 +192,11 @@ def _check(index, folder: Path, path: Path) -> None:
                     0 <= row[1] < len(classes) and row[2] >= 0 and 0 < row[3] and row[2] + row[3] <= s["size"]
                 ):
                     bad(f"a sample of {name} ({str(row)[:80]}) is not [key, label, offset, size, ext] inside the shard")
+
+
+def holds_shards(data) -> bool:
+    """Whether `data` names shards: shard files (a .tar, or a pattern of them) or a folder holding the index."""
+    return str(data).endswith(".tar") or (Path(data) / INDEX).is_file()
 
 
 def _expand(pattern: str) -> list[Path]:
