@@ -82,9 +82,7 @@ def describe(run: Run) -> list[str]:
     cfg = run.cfg
     rate, timed = step_rate(run)
     rate *= run.ctx.world
-    done = run.epoch * run.batches_per_epoch + run.batch
-    images = max(min(run.epochs * run.batches_per_epoch, run.total_steps * cfg.accum_steps) - done, 0)
-    images *= cfg.batch_size
+    images = max(training_batches(run) - batches_done(run), 0) * cfg.batch_size
     evals = evaluations(run, from_epoch=run.epoch)
     eval_s = evals * len(run.bundle.val) * EVAL_COST / rate
     lines = [
@@ -104,6 +102,16 @@ def evaluations(run: Run, from_epoch: int = 0) -> int:
     cfg = run.cfg
     due = sum(1 for e in range(from_epoch, run.epochs) if (e + 1) % cfg.eval_every == 0 or e + 1 == run.epochs)
     return due * epoch_passes(run) + final_passes(run)
+
+
+def training_batches(run: Run) -> int:
+    """The training batches of the whole run (its epochs, or fewer when --iterations ends it sooner)."""
+    return min(run.epochs * run.batches_per_epoch, run.total_steps * run.cfg.accum_steps)
+
+
+def batches_done(run: Run) -> int:
+    """The training batches behind a run where it stands (a resumed one's before its checkpoint)."""
+    return run.epoch * run.batches_per_epoch + run.batch
 
 
 def epoch_passes(run: Run) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ResnetsError
-from .estimate import eval_units, evaluations
+from .estimate import batches_done, eval_units, evaluations, training_batches
 from .state import Run
 
 
@@ -42,11 +42,10 @@ def open_outputs(run: Run) -> None:
         from tqdm import tqdm
 
         # training batches, and the evaluations in batches' worth of work, so the ETA is the whole run's
-        total = min(run.epochs * run.batches_per_epoch, run.total_steps * cfg.accum_steps)
         unit, passes = eval_units(run), evaluations(run)
         run.bar = tqdm(
-            total=total + passes * unit,
-            initial=run.epoch * run.batches_per_epoch + run.batch + (passes - evaluations(run, run.epoch)) * unit,
+            total=training_batches(run) + passes * unit,
+            initial=batches_done(run) + (passes - evaluations(run, run.epoch)) * unit,
             unit="batch",
             dynamic_ncols=True,
             smoothing=0.05,
