@@ -7,6 +7,20 @@ from torchvision.io import encode_jpeg, write_png
 import resnets
 from resnets.weights import Preprocessing
 
+# the architectures torchvision builds and publishes ImageNet weights for (written out, not read from resnets)
+TORCHVISION_NETS = [
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "resnext50_32x4d",
+    "resnext101_32x8d",
+    "resnext101_64x4d",
+    "wide_resnet50_2",
+    "wide_resnet101_2",
+]
+
 # tests that need a GPU: skipped without one; `pytest -m cuda` runs only them (the whole suite is slow there)
 cuda = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")]
 

@@ -3,22 +3,11 @@
 import pytest
 import torch
 import torchvision
-from conftest import randomize_norms
+from conftest import TORCHVISION_NETS, randomize_norms
 
 import resnets
 
-TORCHVISION = [
-    "resnet18",
-    "resnet34",
-    "resnet50",
-    "resnet101",
-    "resnet152",
-    "resnext50_32x4d",
-    "resnext101_32x8d",
-    "resnext101_64x4d",
-    "wide_resnet50_2",
-    "wide_resnet101_2",
-]
+TORCHVISION = TORCHVISION_NETS
 
 
 @pytest.mark.parametrize("name", TORCHVISION)

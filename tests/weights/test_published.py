@@ -1,5 +1,7 @@
 """resnets.weights.published: torchvision's ImageNet weights registered from torchvision's own records."""
 
+from conftest import TORCHVISION_NETS
+
 import resnets
 
 
@@ -8,18 +10,7 @@ def test_registered_weights_match_torchvisions_own_records():
     with torchvision's URL, hash prefix, accuracy, eval transforms and categories (read from its records)."""
     from torchvision.models import get_model_weights
 
-    for arch in [
-        "resnet18",
-        "resnet34",
-        "resnet50",
-        "resnet101",
-        "resnet152",
-        "resnext50_32x4d",
-        "resnext101_32x8d",
-        "resnext101_64x4d",
-        "wide_resnet50_2",
-        "wide_resnet101_2",
-    ]:
+    for arch in TORCHVISION_NETS:
         for tv in get_model_weights(arch):
             tag = {"IMAGENET1K_V1": "tv_in1k", "IMAGENET1K_V2": "tv2_in1k"}[tv.name]
             spec = resnets.get_weights(f"{arch}.{tag}")
