@@ -422,3 +422,33 @@ def grey_model(tmp_path_factory):
     return resnets.save(
         model, tmp_path_factory.mktemp("grey") / "grey.safetensors", class_names=GREY_CLASSES, preprocessing=pre
     )
+
+
+# ---- detection: one small shapes set and one detector trained on it for a few steps, shared by the tests
+TINY_DETECTOR = [
+    "--model", "fasterrcnn_resnet50_fpn", "--backbone", "resnet18", "--box-batch-size-per-image", "32",
+    "--dataset", "coco", "--min-size", "64", "--max-size", "64", "--batch-size", "4", "--lr", "0.01",
+    "--workers", "0", "--no-progress",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def shapes_set(tmp_path_factory):
+    """`resnets data shapes`: 16 training and 6 validation images of 64 x 64."""
+    from resnets.data.shapes import generate
+
+    root = tmp_path_factory.mktemp("shapes") / "set"
+    generate(root, train=16, val=6, size=64, seed=0, progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_detector(shapes_set, tmp_path_factory):
+    """A run folder of the detector above, trained 2 epochs (8 steps) on the shapes set."""
+    out = tmp_path_factory.mktemp("detector-runs")
+    code, printed, err = run_cli(
+        "train", *TINY_DETECTOR, "--data", shapes_set, "--epochs", "2", "--out", out, "--name", "r"
+    )
+    assert code == 0, err
+    assert "box mAP" in printed and "on 6 validation images" in printed and f"{out / 'r'}" in printed
+    return out / "r"

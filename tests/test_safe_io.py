@@ -64,3 +64,20 @@ def test_an_output_folder_is_never_a_runs_and_not_full_unless_forced(tmp_path):
     (tmp_path / "f").write_text("")
     with pytest.raises(ResnetsError, match="is a file"):
         check_output_folder(tmp_path / "f")
+
+
+def test_atomic_dir_appears_whole_or_not_at_all(tmp_path):
+    from resnets.safe_io import atomic_dir
+
+    with atomic_dir(tmp_path / "out") as tmp:
+        (tmp / "a.txt").write_text("a")
+        assert not (tmp_path / "out").exists()
+    assert (tmp_path / "out" / "a.txt").read_text() == "a"
+    with pytest.raises(RuntimeError), atomic_dir(tmp_path / "failed") as tmp:
+        (tmp / "half.txt").write_text("half")
+        raise RuntimeError("stopped")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no folder, no temporary left
+    (tmp_path / "empty").mkdir()
+    with atomic_dir(tmp_path / "empty") as tmp:
+        (tmp / "b.txt").write_text("b")
+    assert (tmp_path / "empty" / "b.txt").is_file()

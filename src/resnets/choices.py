@@ -3,7 +3,9 @@ config's rules, the command line's choices and the modules that implement each o
 
 NORMS = ("batch", "group", "frozen_batch")  # models: BatchNorm, GroupNorm (32 groups), FrozenBatchNorm
 SHORTCUTS = ("A", "B", "C")  # the paper's: zero-padding, projection where the shape changes, projection everywhere
-AUGMENTS = ("none", "paper-cifar", "crop-flip", "paper-imagenet", "rrc", "strong")
+# classification's, then detection's (on boxes and masks: hflip, or SSD's colour, zoom-out, IoU crop and flip)
+AUGMENTS = ("none", "paper-cifar", "crop-flip", "paper-imagenet", "rrc", "strong", "hflip", "ssd")
+DETECTION_AUGMENTS = ("none", "hflip", "ssd")
 AUTO_AUGMENTS = ("none", "trivial", "randaugment")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 CROP_MODES = ("center", "squash")  # the shorter side to `resize`, or both sides

@@ -22,6 +22,7 @@ from .choices import (
     AUTO_AUGMENTS,
     BN_POLICIES,
     CUDA_GRAPHS,
+    DETECTION_AUGMENTS,
     INTERPOLATIONS,
     LOADERS,
     NORMS,
@@ -35,7 +36,19 @@ from .data.registry import DATASETS
 from .errors import ResnetsError
 
 # the config keys that are architecture options (create_model's), and become the model's flags in every command
-MODEL_OPTIONS = ("in_chans", "norm", "shortcut", "stride_in_1x1", "zero_init_residual", "drop_path_rate")
+MODEL_OPTIONS = (
+    "in_chans",
+    "norm",
+    "shortcut",
+    "stride_in_1x1",
+    "zero_init_residual",
+    "drop_path_rate",
+    "backbone",
+    "trainable_layers",
+    "min_size",
+    "max_size",
+    "box_batch_size_per_image",
+)
 
 # `resnets reproduce --budget`: iterations of batch 128 (the paper trains its CIFAR nets for 64k)
 BUDGETS = {"tiny": 200, "short": 1500, "medium": 8000, "paper": 64_000}
@@ -59,6 +72,11 @@ class TrainConfig:
     )
     zero_init_residual: bool | None = key(None, "start each residual branch's last norm at zero")
     drop_path_rate: float | None = key(None, "stochastic depth: the deepest block's drop probability")
+    backbone: str | None = key(None, "detection: the classification net under the heads (default resnet50)")
+    trainable_layers: int | None = key(None, "detection: how many of the backbone's stages train, from the top (0-5)")
+    min_size: int | None = key(None, "detection: each image's shorter side resized to this (default 800)")
+    max_size: int | None = key(None, "detection: ... and its longer side to at most this (default 1333)")
+    box_batch_size_per_image: int | None = key(None, "R-CNNs: proposals per image the box head trains on (default 512)")
     # ---- data
     dataset: str = key("fashion-mnist", "a registered dataset (see `resnets data --list`)")
     data: str | None = key(None, "folder (imagefolder: DIR/train, DIR/val), CSV file, or archive/IDX folder")
@@ -75,7 +93,10 @@ class TrainConfig:
     train_crop: int = key(0, "0: the dataset's native size (28 / 32) or 224")
     eval_resize: int = key(0, "evaluation: shorter side resized to this (0: crop / 0.875, or the weights')")
     eval_crop: int = key(0, "evaluation: centre crop (0: the training crop, or the weights')")
-    augment: str = key("paper-cifar", "none | paper-cifar | crop-flip | paper-imagenet | rrc | strong")
+    augment: str = key(
+        "paper-cifar",
+        "none | paper-cifar | crop-flip | paper-imagenet | rrc | strong; detectors: hflip (for the default) | ssd | none",
+    )
     pad: int = key(4, "padding of the paper-cifar / crop-flip random crop, pixels")
     auto_augment: str = key("none", "none | trivial | randaugment")
     random_erasing: float = key(0.0, "probability of erasing a random rectangle of each training image")
@@ -163,6 +184,7 @@ class TrainConfig:
                 )
         if not self.model and not self.weights:
             raise ResnetsError("name a --model, or give --weights to take the architecture from")
+        self._check_task()
         if DATASETS[self.dataset].needs_data and not self.data:
             raise ResnetsError(f"dataset {self.dataset} needs --data")
         if self.name and (os.sep in self.name or self.name in (".", "..")):
@@ -170,6 +192,25 @@ class TrainConfig:
         if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
             raise ResnetsError("--tensorboard needs the tensorboard package: pip install 'resnets[tensorboard]'")
         return self
+
+    def _check_task(self) -> None:
+        """A detector trains on detection data (dataset coco) with detection's augmentations; a classifier on the
+        rest."""
+        from .models import get_entry, list_models
+
+        if self.model not in list_models():
+            return  # unknown names are refused where the model is built; weights bring their own
+        detector = get_entry(self.model).family == "detection"
+        if detector and self.dataset != "coco":
+            raise ResnetsError(f"{self.model} is a detector: train it on --dataset coco (a COCO folder)")
+        if not detector and self.dataset == "coco":
+            raise ResnetsError(f"--dataset coco holds boxes: train a detector on it (not the classifier {self.model})")
+        if detector and self.augment not in (*DETECTION_AUGMENTS, TrainConfig.augment):  # the default: hflip
+            raise ResnetsError(
+                f"--augment for a detector is one of {', '.join(DETECTION_AUGMENTS)}; got {self.augment}"
+            )
+        if not detector and self.augment in DETECTION_AUGMENTS[1:]:
+            raise ResnetsError(f"--augment {self.augment} is for detectors (boxes); {self.model} is a classifier")
 
 
 @dataclass(frozen=True)
@@ -262,6 +303,11 @@ RULES: dict[str, Rule] = {
     "stride_in_1x1": ANY,
     "zero_init_residual": ANY,
     "drop_path_rate": FRACTION,
+    "backbone": ANY,  # checked by the model registry
+    "trainable_layers": _ge(0, 5),
+    "min_size": _ge(32, 8192),
+    "max_size": _ge(32, 8192),
+    "box_batch_size_per_image": _ge(1, 4096),
     "dataset": Rule(choices=tuple(DATASETS)),
     "data": ANY,
     "val_data": ANY,
@@ -470,6 +516,47 @@ RECIPES: dict[str, dict[str, Any]] = {
         early_stop=5,
         amp="auto",
         channels_last=None,
+        workers=2,
+    ),
+    # torchvision's detection reference for Faster R-CNN R50-FPN on COCO (37.0 box mAP): SGD 0.02 for 16 images,
+    # momentum 0.9, wd 1e-4, 26 epochs, lr /10 after epochs 16 and 22 (train2017's 117,266 images with boxes are
+    # 7,329 steps of 16), 1000 warmup steps from 0.001 x lr; the backbone from torchvision's ImageNet ResNet-50
+    # with frozen BatchNorm and its top 3 stages trained; horizontal flips
+    "coco-fasterrcnn": dict(
+        model="fasterrcnn_resnet50_fpn",
+        weights="resnet50.tv_in1k",
+        dataset="coco",
+        augment="hflip",
+        lr=0.02,
+        momentum=0.9,
+        weight_decay=1e-4,
+        batch_size=16,
+        epochs=26,
+        schedule="step",
+        milestones=[16 * 7329, 22 * 7329],
+        gamma=0.1,
+        warmup_epochs=1000 / 7329,
+        warmup_start=0.001,
+        amp="auto",
+        workers=8,
+    ),
+    # ours: a detector for a small COCO folder (`resnets data shapes` makes one): Faster R-CNN, flips, cosine with a
+    # warmup epoch; 10% of the images held out when there is no val/ folder; the backbone from --weights when given
+    "finetune-detection": dict(
+        model="fasterrcnn_resnet50_fpn",
+        dataset="coco",
+        augment="hflip",
+        lr=0.01,
+        momentum=0.9,
+        weight_decay=1e-4,
+        batch_size=8,
+        epochs=12,
+        schedule="cosine",
+        warmup_epochs=1,
+        warmup_start=0.001,
+        val_split=0.1,
+        eval_every=3,
+        amp="auto",
         workers=2,
     ),
 }

@@ -125,6 +125,16 @@ def _hits(probs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     )
 
 
+def _dataset_of(data: str | None) -> str:
+    """The dataset kind a --data path holds: shards, an image folder or a CSV manifest."""
+    from .data.shards import holds_shards
+    from .errors import ResnetsError
+
+    if not data:
+        raise ResnetsError("say which data to evaluate on: --dataset NAME or --data PATH")
+    return "wds" if holds_shards(data) else "imagefolder" if Path(data).is_dir() else "csv"
+
+
 def evaluate_model_file(
     weights: str,
     *,
@@ -145,24 +155,22 @@ def evaluate_model_file(
     file records. Writes eval.json, confusion.json and confusion.png to `out` when given."""
     from .data import get_dataset
     from .data.loader import make_eval_loader
+    from .detect import evaluate_file, is_detector
     from .devices import pick_device
     from .errors import ResnetsError
     from .factory import load
     from .meta import preprocessing_for
 
     model = load(weights)
+    if is_detector(model):  # boxes: COCO's mAP on a COCO folder
+        kw = dict(batch_size=min(batch_size, 8), workers=workers, amp=amp, device=device, limit=limit, out=out)
+        return evaluate_file(model, weights, data, progress=progress, **kw)
     meta = model.meta
     if not meta.class_names:
         raise ResnetsError(f"{weights} records no class names to compare with the dataset's; save it with resnets.save")
     pre = preprocessing_for(model)
     classes = list(meta.class_names)
-    if dataset is None:
-        from .data.shards import holds_shards
-
-        shards = data and holds_shards(data)
-        dataset = "wds" if shards else "imagefolder" if data and Path(data).is_dir() else "csv" if data else None
-        if dataset is None:
-            raise ResnetsError("say which data to evaluate on: --dataset NAME or --data PATH")
+    dataset = dataset or _dataset_of(data)
     ds = get_dataset(dataset).evaluation(data, download, channels=meta.in_chans, classes=classes)
     if ds.classes != classes:
         raise ResnetsError(f"the model's {len(classes)} classes do not match the dataset's {len(ds.classes)}")

@@ -187,12 +187,16 @@ def _build(name: str, options: dict[str, Any], sd: dict | None, meta: ModelMeta 
     pre = meta.preprocessing if meta else None
     if sd is None:  # built by name: fed as its architecture is by default (the README's promise)
         pre = Preprocessing.default(entry.input_size, opts.get("in_chans", 3))
-    if classes is None and sd is not None and model.num_classes == 1000:  # a 1000-class file (torchvision's, timm's)
+    detector = entry.family == "detection"
+    if detector:  # a detector resizes and normalises its images itself (min_size, max_size)
+        pre = None
+    num_classes = opts.get("num_classes", 91) if detector else model.num_classes
+    if classes is None and sd is not None and num_classes == 1000:  # a 1000-class file (torchvision's, timm's)
         classes = class_list("imagenet")  # that records no names: ImageNet-1k's, not the indices
     model.meta = ModelMeta(
         name,
         opts,
-        class_names=list(classes) if classes and len(classes) == model.num_classes else None,
+        class_names=list(classes) if classes and len(classes) == num_classes else None,
         preprocessing=pre.for_channels(opts.get("in_chans", 3)) if pre else None,  # grey images, RGB statistics
         source=meta.source if meta and meta.source else (source or None),
         extra=dict(meta.extra) if meta else {},

@@ -51,6 +51,25 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside `path` (which must not exist, or be an empty folder); on success rename it
+    to `path`, on failure remove it: a folder of outputs appears whole or not at all."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise ResnetsError(f"output directory does not exist: {path.parent}")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_UMASK)
+        if path.is_dir():
+            path.rmdir()  # empty (the caller checked): replaced by the whole folder
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def _out_of_space(tmp: Path) -> str | None:
     """Why a write into `tmp` stopped short, when it was space: a full disk or the file-size limit (ulimit -f)."""
     try:

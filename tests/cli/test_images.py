@@ -121,3 +121,38 @@ def test_similar_with_another_models_index_names_both(photos, model_file, tmp_pa
     )
     assert code == 2 and "holds embeddings of shape (512,)" in err and "gives (64,)" in err, err
     assert str(model_file) in err and len(err.strip().splitlines()) == 1
+
+
+def test_detect_prints_boxes_as_a_table_json_and_csv_and_draws_them(tiny_detector, shapes_set, tmp_path):
+    import csv
+    import io
+
+    images = shapes_set / "val" / "images"
+    code, out, err = run_cli("detect", images, "--weights", tiny_detector, "--score", "0", "--format", "json")
+    assert code == 0, err
+    rows = json.loads(out)
+    assert [r["path"] for r in rows] == sorted(str(p) for p in images.iterdir())
+    assert all({"box", "class", "score", "label"} <= set(b) for r in rows for b in r["boxes"])
+    code, out, _ = run_cli("detect", images, "--weights", tiny_detector, "--score", "0", "--format", "csv")
+    table = list(csv.reader(io.StringIO(out)))
+    assert table[0] == ["path", "class", "score", "x0", "y0", "x1", "y1", "error"]
+    assert len(table) - 1 == sum(len(r["boxes"]) for r in rows)
+    code, out, err = run_cli(
+        "detect", images / "000000.jpg", "--weights", tiny_detector, "--score", "0", "--out", tmp_path / "drawn"
+    )
+    assert code == 0 and out.startswith(str(images / "000000.jpg")) and "boxes" in out.splitlines()[0]
+    assert [p.name for p in (tmp_path / "drawn").iterdir()] == ["000000.png"]
+    from PIL import Image
+
+    assert Image.open(tmp_path / "drawn" / "000000.png").size == (64, 64)
+    # nothing written over unasked; a classifier is sent to predict; an unreadable file is exit 1, the rest printed
+    code, _, err = run_cli("detect", images / "000000.jpg", "--weights", tiny_detector, "--out", tmp_path / "drawn")
+    assert code == 2 and "--force" in err
+    (tmp_path / "bad.jpg").write_bytes(b"nope")
+    code, out, err = run_cli("detect", tmp_path / "bad.jpg", images / "000001.jpg", "--weights", tiny_detector)
+    assert code == 1 and "bad.jpg: ERROR" in out and "000001.jpg:" in out and "1 of 2 files" in err
+
+
+def test_detect_refuses_a_classifier(model_file):
+    code, _, err = run_cli("detect", __file__, "--weights", model_file)
+    assert code == 2 and "is a classifier; `resnets predict`" in err

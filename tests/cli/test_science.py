@@ -52,3 +52,18 @@ def test_data_lists_finds_and_refuses_in_one_line(tmp_path, monkeypatch):
     code, out, err = run_cli("data", "cifar10", "--path", tmp_path / "nope")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert "--download" in err and out == "" and not (tmp_path / "nope").exists()
+
+
+def test_data_shapes_writes_the_set_and_says_how_to_train_on_it(tmp_path):
+    code, out, err = run_cli(
+        "data", "shapes", "--out", tmp_path / "s", "--train", "3", "--val", "2", "--size", "48", "--no-progress"
+    )
+    assert code == 0, err
+    assert "train: 3 images" in out and "val: 2 images" in out and "--recipe finetune-detection" in out
+    assert (tmp_path / "s" / "val" / "instances.json").is_file() and len(
+        list((tmp_path / "s" / "train" / "masks").iterdir())
+    ) == 3
+    code, _, err = run_cli("data", "shapes", "--out", tmp_path / "s", "--no-progress")
+    assert code == 2 and "not an empty folder" in err
+    code, _, err = run_cli("data", "shapes", "--no-progress")
+    assert code == 2 and "--out DIR" in err

@@ -48,3 +48,16 @@ def test_eval_and_train_report_tta_beside_the_plain_top1(tmp_path):
     assert res["top1"] == plain["top1"] and "tta" not in plain and res["tta"]["n"] == 6
     code, out, err = run_cli(*args[:-1], "--tta", "flip")
     assert code == 0 and "with flip TTA: top-1" in out, err
+
+
+def test_eval_of_a_detector_reports_coco_scores(tiny_detector, shapes_set, tmp_path):
+    code, out, err = run_cli(
+        "eval", "--weights", tiny_detector / "model.safetensors", "--data", shapes_set, "--out", tmp_path / "ev"
+    )
+    assert code == 0, err
+    assert "box mAP" in out and "AP50" in out and "on 6 validation images" in out
+    saved = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    trained = json.loads((tiny_detector / "eval.json").read_text())
+    assert saved["map"] == trained["map"] and saved["map_50"] == trained["map_50"]  # the run's own final scores
+    code, _, err = run_cli("eval", "--weights", tiny_detector / "model.safetensors", "--data", tmp_path)
+    assert code == 2 and "no instances.json" in err

@@ -129,3 +129,42 @@ def test_bad_options_are_one_clear_error(options, needle):
 def test_commands_that_take_classifiers_refuse_a_detector_in_one_line(command):
     code, _, err = run_cli(command[0], "fasterrcnn_resnet50_fpn", *command[1:])
     one_line_error(code, err, "fasterrcnn_resnet50_fpn is a detector")
+
+
+def test_sizes_and_box_samples_reach_torchvisions_modules():
+    m = resnets.create_model(
+        "fasterrcnn_resnet50_fpn", backbone="resnet18", min_size=96, max_size=128, box_batch_size_per_image=32
+    )
+    assert m.transform.min_size == (96,) and m.transform.max_size == 128
+    assert m.roi_heads.fg_bg_sampler.batch_size_per_image == 32
+    r = resnets.create_model("retinanet_resnet50_fpn_v2", backbone="resnet18", min_size=64, max_size=64)
+    assert r.transform.min_size == (64,)
+    for bad in (dict(min_size=8), dict(max_size=10**6), dict(min_size=True)):
+        with pytest.raises(OptionError, match="whole number of pixels"):
+            resnets.create_model("fasterrcnn_resnet50_fpn", backbone="resnet18", **bad)
+    with pytest.raises(OptionError, match="does not take option 'box_batch_size_per_image'"):
+        resnets.create_model("retinanet_resnet50_fpn", backbone="resnet18", box_batch_size_per_image=8)
+
+
+@pytest.mark.parametrize("name", ["fasterrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2", "retinanet_resnet50_fpn"])
+def test_reset_classes_replaces_only_the_class_layers(name):
+    from resnets.models.detection import reset_classes
+
+    m = resnets.create_model(name, backbone="resnet18", num_classes=91, min_size=64, max_size=64)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    reset_classes(m, 5)
+    after = m.state_dict()
+    changed = {
+        k for k in after if k not in before or after[k].shape != before[k].shape or not torch.equal(after[k], before[k])
+    }
+    assert changed and all(("predictor" in k) or ("cls_logits" in k) for k in changed), changed
+    m.eval()
+    out = m([torch.rand(3, 64, 64)])[0]
+    assert out["labels"].numel() == 0 or int(out["labels"].max()) < 5
+    m.train()
+    target = {"boxes": torch.tensor([[4.0, 4.0, 30.0, 30.0]]), "labels": torch.tensor([4])}
+    if "mask" in name:
+        target["masks"] = torch.zeros(1, 64, 64, dtype=torch.uint8)
+        target["masks"][0, 4:30, 4:30] = 1
+    losses = m([torch.rand(3, 64, 64)], [target])
+    assert all(torch.isfinite(v) for v in losses.values())

@@ -120,6 +120,86 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _drawn_names(paths: list[str]) -> list[str]:
+    """One PNG name per image for --out: its stem, numbered where two images share one."""
+    seen: dict[str, int] = {}
+    names = []
+    for p in paths:
+        stem = Path(p).stem
+        seen[stem] = seen.get(stem, 0) + 1
+        names.append(f"{stem}.png" if seen[stem] == 1 else f"{stem}-{seen[stem]}.png")
+    return names
+
+
+def _cmd_detect(args: argparse.Namespace) -> int:
+    import csv
+
+    from ..detect import detect, drawn, is_detector
+    from ..safe_io import atomic_path, check_output_folder
+
+    if args.out:
+        check_output_folder(args.out, force=args.force, what="pictures of the boxes")
+    model = load_for_inference(args.weights, args.device)
+    if not is_detector(model):
+        raise ResnetsError(f"{args.weights} is a classifier; `resnets predict` classifies images")
+    results = detect(model, args.paths, score=args.score, batch_size=args.batch_size, precision=args.precision)
+    if args.format == "json":
+        print(json.dumps([{k: v for k, v in r.items() if k != "masks"} for r in results], indent=2))
+    elif args.format == "csv":
+        w = csv.writer(sys.stdout)
+        w.writerow(["path", "class", "score", "x0", "y0", "x1", "y1", "error"])
+        for r in results:
+            if "error" in r:
+                w.writerow([r["path"], "", "", "", "", "", "", r["error"]])
+            for b in r.get("boxes", []):
+                w.writerow([r["path"], b["class"], f"{b['score']:.4f}", *b["box"], ""])
+    else:
+        for r in results:
+            if "error" in r:
+                print(f"{printable(r['path'])}: ERROR {printable(r['error'])}")
+                continue
+            print(f"{printable(r['path'])}: {len(r['boxes'])} boxes")
+            for b in r["boxes"]:
+                x0, y0, x1, y1 = b["box"]
+                print(f"  {printable(b['class'])} {100 * b['score']:.1f}%  [{x0:.0f}, {y0:.0f}, {x1:.0f}, {y1:.0f}]")
+    if args.out:
+        from torchvision.io import write_png
+
+        out = Path(args.out)
+        out.mkdir(exist_ok=True)
+        for r, name in zip(results, _drawn_names([r["path"] for r in results])):
+            if "error" not in r:
+                with atomic_path(out / name) as tmp:
+                    write_png(drawn(r["path"], r), str(tmp))
+        print(f"pictures with the boxes drawn: {out}/", file=sys.stderr)
+    errors = sum("error" in r for r in results)
+    if errors:
+        print(f"{errors} of {len(results)} files could not be read", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def _add_detect(sub) -> None:
+    from ..backends import PRECISIONS
+
+    p = sub.add_parser(
+        "detect",
+        help="find objects in image files and folders: boxes, classes and scores (and the pictures, --out)",
+        description="Detect objects with a detector (Faster R-CNN, RetinaNet, Mask R-CNN) trained by `resnets "
+        "train` on a COCO folder. Exit status: 0 when every image was read, 1 when any could not be (the rest "
+        "are printed all the same), 2 for bad usage.",
+    )
+    p.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
+    p.add_argument("--weights", required=True, help="a detector's model file or run folder")
+    p.add_argument("--score", type=float, default=0.5, help="keep boxes scoring at least this (default 0.5)")
+    p.add_argument("--batch-size", type=count(1), default=4, help="images per model batch (default 4)")
+    p.add_argument("--device", default="auto", help="auto (a GPU when there is one; the default), cpu, cuda, cuda:N")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="bf16/fp16 autocast (default fp32)")
+    p.add_argument("--format", choices=["table", "json", "csv"], default="table", help="default table")
+    p.add_argument("--out", help="a folder for each image with its boxes drawn (PNG)")
+    p.add_argument("--force", action="store_true", help="write into --out even if it holds files")
+    p.set_defaults(func=_cmd_detect)
+
+
 def add_commands(sub) -> None:
     """The subcommands of using a model on images: predict, embed, similar, explain."""
     from ..backends import BACKENDS, PRECISIONS
@@ -161,6 +241,8 @@ def add_commands(sub) -> None:
     p.add_argument("--format", choices=["table", "json", "csv"], default="table", help="default table")
     p.add_argument("--json", action="store_true", help="the same as --format json")
     p.set_defaults(func=_cmd_predict)
+
+    _add_detect(sub)
 
     p = sub.add_parser("embed", help="pooled features (or a stage's maps) of images, saved as an index")
     p.add_argument("paths", nargs="+")

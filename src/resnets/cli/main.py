@@ -31,7 +31,19 @@ def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
     exporting.add_commands(sub)
     science.add_commands(sub)
     serving.add_commands(sub)
-    for name in ("predict", "embed", "similar", "explain", "eval", "train", "finetune", "export", "reproduce", "serve"):
+    for name in (
+        "predict",
+        "detect",
+        "embed",
+        "similar",
+        "explain",
+        "eval",
+        "train",
+        "finetune",
+        "export",
+        "reproduce",
+        "serve",
+    ):
         sub.choices[name].add_argument(
             "--max-pixels",
             type=count(1),

@@ -66,11 +66,28 @@ def _cmd_shard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_shapes(args: argparse.Namespace) -> int:
+    """`resnets data shapes --out DIR`: the generated detection and segmentation set."""
+    from ..data.shapes import generate
+
+    if not args.out:
+        raise ResnetsError("data shapes needs --out DIR (a new or empty folder)")
+    counts = generate(
+        args.out, train=args.train, val=args.val, size=args.size, seed=args.seed, progress=not args.no_progress
+    )
+    for split, c in counts.items():
+        print(f"{split}: {c['images']} images, {c['boxes']} shapes -> {Path(args.out) / split}/instances.json")
+    print(f"train a detector: resnets train --recipe finetune-detection --data {args.out}")
+    return 0
+
+
 def _cmd_data(args: argparse.Namespace) -> int:
     from ..data.registry import DATASETS
 
     if args.name == "shard":
         return _cmd_shard(args)
+    if args.name == "shapes":
+        return _cmd_shapes(args)
 
     if args.list or not args.name:
         width = max(map(len, DATASETS))
@@ -125,11 +142,14 @@ def add_commands(sub) -> None:
 
     p = sub.add_parser(
         "data",
-        help="find a dataset locally, download it (checksummed) with --download, or write shards: data shard SRC",
+        help="find a dataset locally, download it (checksummed) with --download, write shards (data shard SRC) or "
+        "make the shapes detection set (data shapes)",
         description="resnets data NAME [--download]: find or fetch a dataset. resnets data shard SRC --out DIR: "
-        "an image folder or CSV manifest as WebDataset tar shards with an index (train with --dataset wds --data DIR)",
+        "an image folder or CSV manifest as WebDataset tar shards with an index (train with --dataset wds --data "
+        "DIR). resnets data shapes --out DIR: coloured shapes on textured backgrounds in COCO's format (boxes, "
+        "polygons) with semantic masks, to train and test detectors on (--dataset coco --data DIR)",
     )
-    p.add_argument("name", nargs="?", choices=[*(n for n, s in DATASETS.items() if s.downloadable), "shard"])
+    p.add_argument("name", nargs="?", choices=[*(n for n, s in DATASETS.items() if s.downloadable), "shard", "shapes"])
     p.add_argument(
         "source",
         nargs="?",
@@ -141,5 +161,9 @@ def add_commands(sub) -> None:
     p.add_argument("--download", action="store_true")
     p.add_argument("--out", help="data shard: the folder for the shards and index.json (new or empty)")
     p.add_argument("--shard-size", default="512MB", help="data shard: at most this much per shard (default 512MB)")
+    p.add_argument("--train", type=count(1), default=400, help="data shapes: training images (default 400)")
+    p.add_argument("--val", type=count(1), default=100, help="data shapes: validation images (default 100)")
+    p.add_argument("--size", type=count(32), default=128, help="data shapes: image side, pixels (default 128)")
+    p.add_argument("--seed", type=count(0), default=0, help="data shapes: the same seed writes the same files")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_data)

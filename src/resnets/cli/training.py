@@ -12,6 +12,17 @@ from ..errors import ResnetsError, printable
 from .options import add_config_flags, count, overrides_of
 
 
+def map_line(res: dict) -> str:
+    """COCO's scores in one line (box, and mask for a mask model)."""
+    line = (
+        f"box mAP {res['map']:.2f}  AP50 {res['map_50']:.2f}  AP75 {res['map_75']:.2f}  "
+        f"(small {res['map_small']:.1f}, medium {res['map_medium']:.1f}, large {res['map_large']:.1f})"
+    )
+    if "segm" in res:
+        line += f"; mask mAP {res['segm']['map']:.2f}  AP50 {res['segm']['map_50']:.2f}"
+    return line + f" on {res['n']} validation images"
+
+
 def _cmd_finetune(args: argparse.Namespace) -> int:
     overrides = overrides_of(args)
     if args.resume in (None, "auto"):  # a new run, or the whole command again (auto)
@@ -40,6 +51,12 @@ def _cmd_train(args: argparse.Namespace, overrides: dict | None = None) -> int:
     else:
         result = train(resolve(args.recipe, args.config, overrides))
     if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    if "map" in result:  # a detector
+        print(map_line(result))
+        print(f"run directory: {result['run_dir']}")
+        print(f"final model:   {result['model_path']}")
+        print(f"scores:        {result['run_dir']}/eval.json")
         return 0
     top5 = f"  top-5 {result['top5']:.2f}%" if reports_top5(len(result["classes"])) else ""
     line = f"top-1 {result['top1']:.2f}%{top5} on {result['n']} validation images"
@@ -76,6 +93,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     )
     if args.json:
         print(json.dumps({k: v for k, v in res.items() if k != "confusion"}, indent=2))
+        return 0
+    if "map" in res:  # a detector
+        print(f"{res['weights']} on {res['data']}:")
+        print(map_line(res))
+        for c, ap in res.get("per_class", {}).items():
+            print(f"  {printable(c)}  AP {ap:6.2f}")
+        for f in res["bad_files"]:
+            print(f"skipped {printable(f['path'])}: {printable(f['error'])}", file=sys.stderr)
+        print(f"scores: {out}/eval.json")
         return 0
     print(f"{res['weights']} on {res['dataset']} ({res['n']} images{', 10-crop' if res['ten_crop'] else ''}):")
     top5 = f"  top-5 {res['top5']:.2f}%" if reports_top5(len(res["classes"])) else ""

@@ -165,4 +165,12 @@ register_dataset(
         needs_data=True,
     )
 )
+register_dataset(
+    DatasetSpec(
+        "coco",
+        "boxes (and masks) in COCO's format: DIR/train and DIR/val, each images and an instances.json",
+        "detection",
+        needs_data=True,
+    )
+)
 register_dataset(DatasetSpec("synthetic", "random images, for throughput runs (no learning signal)", "synthetic"))

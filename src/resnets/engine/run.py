@@ -22,6 +22,7 @@ from ..data.transforms import batch_mix, normalizer
 from ..devices import native_bf16, resolve_amp
 from ..errors import ResnetsError
 from ..factory import create_from_weights, create_model
+from ..models import get_entry, list_models
 from . import estimate, finetune, rundir, steps
 from .checkpoint import restore
 from .loop import fit
@@ -99,6 +100,10 @@ def train(
         torch.backends.cudnn.benchmark,
     )
     try:
+        if cfg.model in list_models() and get_entry(cfg.model).family == "detection":
+            from . import detection  # boxes, not classes: torchvision's losses, COCO's mAP
+
+            return detection.train(cfg, ctx, resume, state, changed, on_progress)
         run = build_run(cfg, ctx, resume, changed)
         run.on_progress = on_progress if ctx.is_main else None
         if state is not None:
@@ -129,22 +134,6 @@ def _agree(found: bool, cfg: TrainConfig, ctx: distributed.Context) -> None:
                 f"{int(seen)} of {ctx.world} processes found the run in {Path(cfg.out) / cfg.name}: with --resume "
                 "auto, --out must be a folder every node shares"
             )
-
-
-def _claim_run_dir(cfg: TrainConfig, ctx: distributed.Context, resume: Path | None) -> tuple[Path, Any, bool]:
-    """Rank 0 claims the run directory (its lock, a unique name); all ranks follow. (path, lock, fresh)."""
-    decision: tuple[str, str | None, bool] = ("", None, False)
-    lock = None
-    if ctx.is_main:
-        try:
-            path, lock, fresh = rundir.claim(cfg, resume)
-            decision = (str(path), None, fresh)
-        except ResnetsError as err:
-            decision = ("", str(err), False)
-    decision = distributed.broadcast_object(decision, ctx)
-    if decision[1] is not None:
-        raise ResnetsError(decision[1])
-    return Path(decision[0]), lock, decision[2]
 
 
 def _loaders(cfg: TrainConfig, bundle: Any, ctx: distributed.Context) -> tuple[Any, Any]:
@@ -205,22 +194,6 @@ def _place(model: nn.Module, cfg: TrainConfig, ctx: distributed.Context, channel
     return model, ema
 
 
-def _claim_and_record(cfg: TrainConfig, ctx: distributed.Context, resume: Path | None, changed: Any):
-    """The first write: the run directory, claimed with its lock, and config.json (on a resume, again when
-    the resume changed keys); a failure here releases the lock and discards a folder this call made."""
-    run_dir, lock, fresh = _claim_run_dir(cfg, ctx, resume)
-    try:
-        if ctx.is_main and (resume is None or changed):
-            rundir.record(run_dir, cfg)
-    except BaseException as e:
-        if lock is not None:
-            lock.release()
-        if fresh and ctx.is_main:
-            rundir.discard(run_dir, e)
-        raise
-    return run_dir, lock, fresh
-
-
 def build_run(
     cfg: TrainConfig, ctx: distributed.Context, resume: Path | None = None, changed: dict[str, Any] | None = None
 ) -> Run:
@@ -259,7 +232,7 @@ def build_run(
         plan.param_groups(peak_lr, cfg.weight_decay, cfg.norm_weight_decay), cfg, dev, capturable=graph
     )
     sched, plateau = make_scheduler(opt, cfg, total_steps, steps_per_epoch, peak_lr)
-    run_dir, lock, fresh = _claim_and_record(cfg, ctx, resume, changed)
+    run_dir, lock, fresh = rundir.claim_and_record(cfg, ctx, resume, changed)
     distributed.barrier(ctx)
     return Run(
         cfg=cfg,

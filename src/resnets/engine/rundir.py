@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import safe_io
+from .. import distributed, safe_io
 from ..config import TrainConfig, apply, from_dict
 from ..errors import ResnetsError
 from ..weights.files import load_checkpoint
@@ -299,3 +299,35 @@ def record(run_dir: Path, cfg: TrainConfig) -> None:
     """config.json: the resolved config (after a resume, with what the resume changed)."""
     with safe_io.atomic_path(run_dir / "config.json") as tmp:
         tmp.write_text(json.dumps(cfg.to_dict(), indent=2))
+
+
+def _claim_run_dir(cfg: TrainConfig, ctx: distributed.Context, resume: Path | None) -> tuple[Path, Any, bool]:
+    """Rank 0 claims the run directory (its lock, a unique name); all ranks follow. (path, lock, fresh)."""
+    decision: tuple[str, str | None, bool] = ("", None, False)
+    lock = None
+    if ctx.is_main:
+        try:
+            path, lock, fresh = claim(cfg, resume)
+            decision = (str(path), None, fresh)
+        except ResnetsError as err:
+            decision = ("", str(err), False)
+    decision = distributed.broadcast_object(decision, ctx)
+    if decision[1] is not None:
+        raise ResnetsError(decision[1])
+    return Path(decision[0]), lock, decision[2]
+
+
+def claim_and_record(cfg: TrainConfig, ctx: distributed.Context, resume: Path | None, changed: Any):
+    """The first write: the run directory, claimed with its lock, and config.json (on a resume, again when
+    the resume changed keys); a failure here releases the lock and discards a folder this call made."""
+    run_dir, lock, fresh = _claim_run_dir(cfg, ctx, resume)
+    try:
+        if ctx.is_main and (resume is None or changed):
+            record(run_dir, cfg)
+    except BaseException as e:
+        if lock is not None:
+            lock.release()
+        if fresh and ctx.is_main:
+            discard(run_dir, e)
+        raise
+    return run_dir, lock, fresh

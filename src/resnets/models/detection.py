@@ -76,26 +76,32 @@ def _v2_heads(out_channels: int, anchors: AnchorGenerator) -> dict:
 
 
 def faster_rcnn(
-    num_classes: int = 91, backbone: str = "resnet50", trainable_layers: int = 3, norm: str = "frozen_batch"
+    num_classes: int = 91, backbone: str = "resnet50", trainable_layers: int = 3, norm: str = "frozen_batch", **sizes
 ):
     """Faster R-CNN with an FPN (Ren et al. 2015; Lin et al. 2017), torchvision's v1."""
-    return FasterRCNN(fpn(trunk(backbone, norm), trainable_layers), num_classes=num_classes)
+    return FasterRCNN(fpn(trunk(backbone, norm), trainable_layers), num_classes=num_classes, **sizes)
 
 
-def faster_rcnn_v2(num_classes: int = 91, backbone: str = "resnet50", trainable_layers: int = 3, norm: str = "batch"):
+def faster_rcnn_v2(
+    num_classes: int = 91, backbone: str = "resnet50", trainable_layers: int = 3, norm: str = "batch", **sizes
+):
     """Faster R-CNN v2 ("Benchmarking Detection Transfer Learning with Vision Transformers"): BatchNorm in the FPN
     and a 4-conv box head, torchvision's v2."""
     body = fpn(trunk(backbone, norm), trainable_layers, fpn_norm=nn.BatchNorm2d)
-    return FasterRCNN(body, num_classes=num_classes, **_v2_heads(body.out_channels, _rcnn_anchors()))
+    return FasterRCNN(body, num_classes=num_classes, **sizes, **_v2_heads(body.out_channels, _rcnn_anchors()))
 
 
-def retinanet(num_classes: int = 91, backbone: str = "resnet50", trainable_layers: int = 3, norm: str = "frozen_batch"):
+def retinanet(
+    num_classes: int = 91, backbone: str = "resnet50", trainable_layers: int = 3, norm: str = "frozen_batch", **sizes
+):
     """RetinaNet (Lin et al. 2017, focal loss) on stages 2-4 with P6/P7 from P5, torchvision's v1."""
     body = fpn(trunk(backbone, norm), trainable_layers, (2, 3, 4), LastLevelP6P7(256, 256))
-    return RetinaNet(body, num_classes)
+    return RetinaNet(body, num_classes, **sizes)
 
 
-def retinanet_v2(num_classes: int = 91, backbone: str = "resnet50", trainable_layers: int = 3, norm: str = "batch"):
+def retinanet_v2(
+    num_classes: int = 91, backbone: str = "resnet50", trainable_layers: int = 3, norm: str = "batch", **sizes
+):
     """RetinaNet v2: P6 from C5, GroupNorm in the head, GIoU box loss, torchvision's v2."""
     net = trunk(backbone, norm)
     body = fpn(net, trainable_layers, (2, 3, 4), LastLevelP6P7(net.feature_info.channels(-1), 256))
@@ -104,16 +110,44 @@ def retinanet_v2(num_classes: int = 91, backbone: str = "resnet50", trainable_la
         body.out_channels, anchors.num_anchors_per_location()[0], num_classes, norm_layer=partial(nn.GroupNorm, 32)
     )
     head.regression_head._loss_type = "giou"
-    return RetinaNet(body, num_classes, anchor_generator=anchors, head=head)
+    return RetinaNet(body, num_classes, anchor_generator=anchors, head=head, **sizes)
 
 
-def mask_rcnn(num_classes: int = 91, backbone: str = "resnet50", trainable_layers: int = 3, norm: str = "frozen_batch"):
+def mask_rcnn(
+    num_classes: int = 91, backbone: str = "resnet50", trainable_layers: int = 3, norm: str = "frozen_batch", **sizes
+):
     """Mask R-CNN (He et al. 2017): Faster R-CNN with a mask head, torchvision's v1."""
-    return MaskRCNN(fpn(trunk(backbone, norm), trainable_layers), num_classes=num_classes)
+    return MaskRCNN(fpn(trunk(backbone, norm), trainable_layers), num_classes=num_classes, **sizes)
 
 
-def mask_rcnn_v2(num_classes: int = 91, backbone: str = "resnet50", trainable_layers: int = 3, norm: str = "batch"):
+def mask_rcnn_v2(
+    num_classes: int = 91, backbone: str = "resnet50", trainable_layers: int = 3, norm: str = "batch", **sizes
+):
     """Mask R-CNN v2: the v2 Faster R-CNN's FPN and heads with a BatchNorm mask head, torchvision's v2."""
     body = fpn(trunk(backbone, norm), trainable_layers, fpn_norm=nn.BatchNorm2d)
     mask_head = MaskRCNNHeads(body.out_channels, [256] * 4, 1, norm_layer=nn.BatchNorm2d)
-    return MaskRCNN(body, num_classes=num_classes, mask_head=mask_head, **_v2_heads(body.out_channels, _rcnn_anchors()))
+    return MaskRCNN(
+        body, num_classes=num_classes, mask_head=mask_head, **sizes, **_v2_heads(body.out_channels, _rcnn_anchors())
+    )
+
+
+def reset_classes(model: nn.Module, num_classes: int) -> None:
+    """New class-scoring layers for `num_classes` (the background included), as torchvision's fine-tuning tutorial
+    replaces them: the box predictor (and mask predictor) of an R-CNN, the classification head's last conv of a
+    RetinaNet. The rest, the box regression included, keeps its trained weights."""
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+    from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
+
+    if isinstance(model, RetinaNet):
+        head = model.head.classification_head
+        old = head.cls_logits
+        head.cls_logits = nn.Conv2d(old.in_channels, head.num_anchors * num_classes, 3, padding=1)
+        nn.init.normal_(head.cls_logits.weight, std=0.01)
+        nn.init.constant_(head.cls_logits.bias, old.bias.detach()[0].item())  # the prior's -log((1 - p) / p)
+        head.num_classes = num_classes
+        return
+    box = model.roi_heads.box_predictor
+    model.roi_heads.box_predictor = FastRCNNPredictor(box.cls_score.in_features, num_classes)
+    if isinstance(model, MaskRCNN):
+        mask = model.roi_heads.mask_predictor
+        model.roi_heads.mask_predictor = MaskRCNNPredictor(mask.conv5_mask.in_channels, 256, num_classes)

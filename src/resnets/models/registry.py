@@ -23,7 +23,11 @@ HEAD = ("num_classes", "in_chans", "norm")
 RESIDUAL = HEAD + ("zero_init_residual", "drop_path_rate")
 SHORTCUT = RESIDUAL + ("shortcut",)
 BOTTLENECK = SHORTCUT + ("stride_in_1x1",)
-DETECTION = ("num_classes", "backbone", "trainable_layers", "norm")  # a backbone by name, its top layers trained
+# a backbone by name, its top layers trained; the images' shorter side resized to min_size (longer at most max_size)
+DETECTION = ("num_classes", "backbone", "trainable_layers", "norm", "min_size", "max_size")
+# the R-CNNs also: how many proposals per image the box head trains on (torchvision's 512; fewer train faster)
+RCNN = DETECTION + ("box_batch_size_per_image",)
+MAX_SIDE = 8192  # the largest side a detector may resize its images to
 
 
 @dataclass(frozen=True)
@@ -90,5 +94,13 @@ def check_options(entry: ModelEntry, options: dict[str, Any]) -> None:
             raise OptionError(f"backbone {value!r} has a fixed norm; it cannot be a detection backbone")
         if key == "trainable_layers" and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 5):
             raise OptionError(f"trainable_layers must be a whole number from 0 to 5; got {value!r}")
+        if key == "box_batch_size_per_image" and (
+            isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 4096
+        ):
+            raise OptionError(f"box_batch_size_per_image must be a whole number from 1 to 4096; got {value!r}")
+        if key in ("min_size", "max_size") and (
+            isinstance(value, bool) or not isinstance(value, int) or not 32 <= value <= MAX_SIDE
+        ):
+            raise OptionError(f"{key} must be a whole number of pixels from 32 to {MAX_SIDE}; got {value!r}")
         if key in ("zero_init_residual", "stride_in_1x1") and not isinstance(value, bool):
             raise OptionError(f"{key} must be True or False, got {value!r}")

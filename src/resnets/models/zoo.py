@@ -6,7 +6,7 @@ the entrypoints reach the builders through `_net`, which imports them when a mod
 
 from __future__ import annotations
 
-from .registry import BOTTLENECK, DETECTION, HEAD, RESIDUAL, SHORTCUT, register_model
+from .registry import BOTTLENECK, DETECTION, HEAD, RCNN, RESIDUAL, SHORTCUT, register_model
 
 
 def _net(kind: str, *args, block: str | None = None, **kw):
@@ -287,13 +287,13 @@ def _detector(kind: str, **kw):
     return getattr(detection, kind)(**kw)
 
 
-@register_model(options=DETECTION, family="detection")
+@register_model(options=RCNN, family="detection")
 def fasterrcnn_resnet50_fpn(**kw):
     """Faster R-CNN with an FPN (torchvision's v1; backbone= any ImageNet-family net)."""
     return _detector("faster_rcnn", **kw)
 
 
-@register_model(options=DETECTION, family="detection")
+@register_model(options=RCNN, family="detection")
 def fasterrcnn_resnet50_fpn_v2(**kw):
     """Faster R-CNN v2: BatchNorm FPN, 4-conv box head (torchvision's v2)."""
     return _detector("faster_rcnn_v2", **kw)
@@ -311,13 +311,13 @@ def retinanet_resnet50_fpn_v2(**kw):
     return _detector("retinanet_v2", **kw)
 
 
-@register_model(options=DETECTION, family="detection")
+@register_model(options=RCNN, family="detection")
 def maskrcnn_resnet50_fpn(**kw):
     """Mask R-CNN: boxes and instance masks (torchvision's v1)."""
     return _detector("mask_rcnn", **kw)
 
 
-@register_model(options=DETECTION, family="detection")
+@register_model(options=RCNN, family="detection")
 def maskrcnn_resnet50_fpn_v2(**kw):
     """Mask R-CNN v2 (torchvision's v2)."""
     return _detector("mask_rcnn_v2", **kw)

@@ -1,0 +1,332 @@
+"""Detection data in COCO's format: a folder of images and one instances.json (`--dataset coco --data DIR`, with
+DIR/train/instances.json and DIR/val/instances.json, or DIR/instances.json alone to evaluate on). The file is
+untrusted: read within a size limit, checked against COCO's schema (a file that breaks it is refused in one line,
+before any image is read), and each annotation checked against its image: a box outside the image or of no size,
+an unknown category or image, a polygon or RLE mask that does not fit the image is named with its file and skipped
+(or, with strict data, refused). Images without boxes are kept (they teach what is not an object).
+
+Samples are the image as float [0, 1] (C, H, W) and torchvision's detection target ({"boxes" XYXY, "labels",
+"iscrowd", "image_id", and "masks" when asked}), augmented with torchvision.transforms.v2 on tv_tensors so boxes
+and masks follow the pixels. Labels run 1..K in the order of the category ids; 0 is the background."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import ResnetsError
+from .batching import mix_seed, seeded_cpu_rng
+from .datasets import BadSample, decode
+
+log = logging.getLogger("resnets")
+
+INSTANCES = "instances.json"
+MAX_JSON_BYTES = 2 << 30  # COCO's own train2017 file is 448 MB
+MAX_CATEGORIES = 10_000
+EDGE = 1.0  # a box may pass the image's edge by this many pixels (rounding) and is clipped; further is an error
+AUGMENTS = ("none", "hflip", "ssd")
+
+
+@dataclass
+class Record:
+    """One image and its usable annotations (boxes XYXY in pixels, labels 1..K, crowd flags, masks' sources)."""
+
+    path: str
+    image_id: int
+    width: int
+    height: int
+    boxes: list[list[float]] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    crowd: list[int] = field(default_factory=list)
+    segmentations: list[Any] = field(default_factory=list)
+
+
+def _refuse(path: Path, why: str) -> ResnetsError:
+    return ResnetsError(f"{path}: {why}; not a COCO instances file")
+
+
+def read_json(path: Path) -> dict:
+    """The file's JSON object, read only when it is within MAX_JSON_BYTES."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_JSON_BYTES:
+            raise _refuse(path, f"{size:,} bytes is more than the {MAX_JSON_BYTES:,} allowed")
+        data = json.loads(path.read_bytes())
+    except OSError as e:
+        raise ResnetsError(f"cannot read {path}: {e.strerror or e}") from None
+    except ValueError as e:  # not JSON, not UTF-8, nesting too deep
+        raise _refuse(path, f"not JSON ({str(e).splitlines()[0][:120]})") from None
+    if not isinstance(data, dict):
+        raise _refuse(path, "the top level is not an object")
+    return data
+
+
+def _whole(value: Any, low: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _entries(data: dict, key: str, path: Path, required: bool = True) -> list[dict]:
+    value = data.get(key, None if required else [])
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise _refuse(path, f'"{key}" must be a list of objects')
+    return value
+
+
+def _categories(data: dict, path: Path) -> tuple[list[str], dict[int, int]]:
+    """The class names in category-id order and {category id: label 1..K}."""
+    cats = _entries(data, "categories", path)
+    if not cats or len(cats) > MAX_CATEGORIES:
+        raise _refuse(path, f'"categories" must name 1 to {MAX_CATEGORIES:,} categories; it has {len(cats)}')
+    if not all(_whole(c.get("id")) and isinstance(c.get("name"), str) and c["name"].strip() for c in cats):
+        raise _refuse(path, "every category needs a whole-number id and a name")
+    ids = [c["id"] for c in cats]
+    if len(set(ids)) != len(ids):
+        raise _refuse(path, "two categories share an id")
+    ordered = sorted(cats, key=lambda c: c["id"])
+    return [c["name"] for c in ordered], {c["id"]: k + 1 for k, c in enumerate(ordered)}
+
+
+def _images(data: dict, path: Path, root: Path) -> dict[int, Record]:
+    records: dict[int, Record] = {}
+    for im in _entries(data, "images", path):
+        name, w, h = im.get("file_name"), im.get("width"), im.get("height")
+        if not (_whole(im.get("id")) and isinstance(name, str) and name and _whole(w, 1) and _whole(h, 1)):
+            raise _refuse(path, f"image entry {str(im)[:80]} needs a whole-number id, a file_name, width and height")
+        parts = Path(name).parts
+        if Path(name).is_absolute() or ".." in parts or "\\" in name:
+            raise _refuse(path, f"image {name!r} is not a path inside {root}")
+        if im["id"] in records:
+            raise _refuse(path, f"two images share the id {im['id']}")
+        where = (
+            root / name if (root / name).exists() or not (root / "images" / name).exists() else root / "images" / name
+        )
+        records[im["id"]] = Record(str(where), im["id"], w, h)
+    return records
+
+
+def _polygons_fit(seg: Any, w: int, h: int) -> str | None:
+    """Why a COCO segmentation does not fit a w x h image (None: it does)."""
+    if isinstance(seg, list):
+        for poly in seg:
+            if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2:
+                return "a polygon is not a list of at least 3 x, y points"
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in poly):
+                return "a polygon has a point that is not a number"
+            xs, ys = poly[0::2], poly[1::2]
+            if min(xs) < -EDGE or min(ys) < -EDGE or max(xs) > w + EDGE or max(ys) > h + EDGE:
+                return f"a polygon lies outside the {w}x{h} image"
+        return None
+    if isinstance(seg, dict):
+        size, counts = seg.get("size"), seg.get("counts")
+        if not (isinstance(size, list) and len(size) == 2 and all(_whole(v) for v in size)):
+            return "an RLE mask without its [height, width] size"
+        if size != [h, w]:
+            return f"the mask is {size[1]}x{size[0]}, the image {w}x{h}"
+        if not (isinstance(counts, str) or (isinstance(counts, list) and all(_whole(v) for v in counts))):
+            return "an RLE mask whose counts are neither a string nor whole numbers"
+        if isinstance(counts, list) and sum(counts) != w * h:
+            return f"an RLE mask of {sum(counts):,} pixels for a {w}x{h} image"
+        return None
+    return "a segmentation that is neither polygons nor an RLE mask"
+
+
+def _box_problem(ann: dict, rec: Record) -> str | None:
+    """Why an annotation's box cannot be used on its image (None: it can)."""
+    box = ann.get("bbox")
+    if not (isinstance(box, list) and len(box) == 4):
+        return "no bbox of 4 numbers"
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box):
+        return f"bbox {box} holds something that is not a finite number"
+    x, y, w, h = box
+    if w <= 0 or h <= 0:
+        return f"bbox {box} has a {'negative' if min(w, h) < 0 else 'zero'} size"
+    if x < -EDGE or y < -EDGE or x + w > rec.width + EDGE or y + h > rec.height + EDGE:
+        return f"bbox {box} lies outside the {rec.width}x{rec.height} image"
+    return None
+
+
+def _annotate(data: dict, path: Path, records: dict[int, Record], labels: dict[int, int], masks: bool) -> list[str]:
+    """Each annotation onto its image's record; the problems of those skipped, one line each."""
+    problems = []
+    seen: set[int] = set()
+    for ann in _entries(data, "annotations", path, required=False):
+        aid = ann.get("id", "?")
+        rec = records.get(ann.get("image_id"))
+        if rec is None:
+            problems.append(f"{path}: annotation {aid}: image id {ann.get('image_id')!r} is not in the file")
+            continue
+        where = f"{path}: annotation {aid} ({Path(rec.path).name})"
+        if _whole(aid) and aid in seen:
+            problems.append(f"{where}: a second annotation with this id")
+            continue
+        seen.add(aid)
+        why = None if ann.get("category_id") in labels else f"unknown category id {ann.get('category_id')!r}"
+        why = why or _box_problem(ann, rec)
+        crowd = ann.get("iscrowd", 0)
+        if why is None and crowd not in (0, 1):
+            why = f"iscrowd is {crowd!r}, not 0 or 1"
+        seg = ann.get("segmentation")
+        if why is None and masks:
+            why = (
+                "no segmentation (the model predicts masks)"
+                if seg is None
+                else _polygons_fit(seg, rec.width, rec.height)
+            )
+        if why is not None:
+            problems.append(f"{where}: {why}; skipped")
+            continue
+        x, y, w, h = ann["bbox"]
+        rec.boxes.append([max(x, 0.0), max(y, 0.0), min(x + w, rec.width), min(y + h, rec.height)])
+        rec.labels.append(labels[ann["category_id"]])
+        rec.crowd.append(int(crowd))
+        rec.segmentations.append(seg)
+    return problems
+
+
+def _per_box(inputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """What SanitizeBoundingBoxes drops with each box it drops: the box's label and crowd flag."""
+    target = inputs[1]
+    return target["labels"], target["iscrowd"]
+
+
+def transforms(augment: str):
+    """torchvision.transforms.v2 for training (on tv_tensors: boxes and masks move with the pixels), ending with
+    float [0, 1] images and the boxes that are left after a crop (SanitizeBoundingBoxes)."""
+    from torchvision.transforms import v2
+
+    steps = {
+        "none": [],
+        "hflip": [v2.RandomHorizontalFlip(0.5)],
+        # SSD's: colour, zoom out, IoU crop, flip (torchvision's detection reference, --data-augmentation ssd)
+        "ssd": [v2.RandomPhotometricDistort(), v2.RandomZoomOut(fill=0), v2.RandomIoUCrop(), v2.RandomHorizontalFlip()],
+    }[augment]
+    return v2.Compose([*steps, v2.ToDtype(torch.float32, scale=True), v2.SanitizeBoundingBoxes(labels_getter=_per_box)])
+
+
+class CocoDetection(Dataset):
+    """A COCO folder's images with their checked annotations. Item `epoch * len + i` is sample i augmented with
+    the RNG seeded by (seed, epoch, i), as data.loader.Augmented does for classification (the training sampler's
+    keys), so a resumed run, or one with other workers, draws the same crops and flips."""
+
+    def __init__(self, records: list[Record], classes: list[str], source: Path, masks: bool = False):
+        self.records, self.classes, self.source, self.masks = records, classes, source, masks
+        self.augment, self.seed = "none", 0
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def with_augment(self, augment: str, seed: int = 0) -> "CocoDetection":
+        other = CocoDetection(self.records, self.classes, self.source, self.masks)
+        other.augment, other.seed = augment, seed
+        return other
+
+    def _masks(self, rec: Record) -> torch.Tensor:
+        from pycocotools import mask as coco_mask
+
+        out = torch.zeros((len(rec.segmentations), rec.height, rec.width), dtype=torch.uint8)
+        for k, seg in enumerate(rec.segmentations):
+            rle = coco_mask.frPyObjects(seg, rec.height, rec.width)
+            m = coco_mask.decode(rle)
+            out[k] = torch.from_numpy(m if m.ndim == 2 else m.any(axis=2)).to(torch.uint8)
+        return out
+
+    def __getitem__(self, key: int) -> tuple[torch.Tensor, dict]:
+        from torchvision import tv_tensors
+
+        epoch, i = divmod(int(key), len(self.records))
+        rec = self.records[i]
+        img = decode(rec.path, 3)
+        if tuple(img.shape[1:]) != (rec.height, rec.width):
+            raise BadSample(
+                rec.path,
+                f"the image is {img.shape[2]}x{img.shape[1]}, {self.source.name} says {rec.width}x{rec.height}",
+            )
+        keep = [k for k, c in enumerate(rec.crowd) if not c] if self.augment != "none" else range(len(rec.crowd))
+        target: dict[str, Any] = {
+            "boxes": tv_tensors.BoundingBoxes(
+                torch.tensor([rec.boxes[k] for k in keep], dtype=torch.float32).reshape(-1, 4),
+                format="XYXY",
+                canvas_size=(rec.height, rec.width),
+            ),
+            "labels": torch.tensor([rec.labels[k] for k in keep], dtype=torch.int64),
+            "iscrowd": torch.tensor([rec.crowd[k] for k in keep], dtype=torch.int64),
+        }
+        if self.masks:
+            target["masks"] = tv_tensors.Mask(self._masks(rec)[list(keep)])
+        with seeded_cpu_rng(mix_seed(self.seed, epoch, i)):
+            img, target = transforms(self.augment)(tv_tensors.Image(img), target)
+        target = {k: v.as_subclass(torch.Tensor) for k, v in target.items()}
+        target["image_id"] = rec.image_id
+        return img.as_subclass(torch.Tensor), target
+
+
+def load(path: str | os.PathLike, *, masks: bool = False, strict: bool = False, classes: list[str] | None = None):
+    """The COCO folder (or instances file) at `path` as a CocoDetection; its annotations' problems logged, one
+    line each (strict: the first refuses the file). classes: the names the labels must follow (a validation
+    file's categories are those of training)."""
+    path = Path(path)
+    file = path / INSTANCES if path.is_dir() else path
+    if not file.is_file():
+        raise ResnetsError(f"no {INSTANCES} in {path}" if path.is_dir() else f"annotation file not found: {path}")
+    data = read_json(file)
+    names, labels = _categories(data, file)
+    if classes is not None and names != classes:
+        raise ResnetsError(
+            f"{file}: its categories ({', '.join(names[:5])}...) are not those of training ({', '.join(classes[:5])}...)"
+        )
+    records = _images(data, file, file.parent)
+    problems = _annotate(data, file, records, labels, masks)
+    if problems and strict:
+        raise ResnetsError(f"{problems[0]} (strict data is on)")
+    for p in problems[:20]:
+        log.warning("%s", p)
+    if len(problems) > 20:
+        log.warning("%s: %d more annotations skipped", file, len(problems) - 20)
+    return CocoDetection(list(records.values()), names, file, masks)
+
+
+def find(data: str | os.PathLike, split: str) -> Path | None:
+    """The instances file of `split` ("train" or "val") under the folder `data`: DIR/train/instances.json, and
+    DIR/val (or validation, test)/instances.json; DIR/instances.json is both when the folder has no splits."""
+    root = Path(data)
+    if not root.exists():
+        raise ResnetsError(f"data folder not found: {root}")
+    if root.is_file():
+        return root
+    names = ("train",) if split == "train" else ("val", "validation", "test")
+    for name in names:
+        if (root / name / INSTANCES).is_file():
+            return root / name / INSTANCES
+    return root / INSTANCES if (root / INSTANCES).is_file() else None
+
+
+def collate(items: list) -> tuple[list, list, list]:
+    """A batch as (images, targets, bad): lists, since detection images differ in size; unreadable samples
+    (BadSample, caught by the loader's dataset wrapper) go to `bad` as (path, reason)."""
+    good = [it for it in items if not isinstance(it, BadSample)]
+    bad = [(it.path, it.reason) for it in items if isinstance(it, BadSample)]
+    return [g[0] for g in good], [g[1] for g in good], bad
+
+
+class Safe(Dataset):
+    """The dataset's samples, or the BadSample of one that cannot be read (named and skipped by the caller)."""
+
+    def __init__(self, ds: CocoDetection):
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int):
+        try:
+            return self.ds[i]
+        except BadSample as e:
+            return e

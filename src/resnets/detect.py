@@ -1,0 +1,263 @@
+"""Detectors used: COCO's box and mask mAP of a model on a COCO folder (torchmetrics' MeanAveragePrecision over
+pycocotools: the reference implementation, not ours), boxes found in image files, and those boxes drawn (by
+torchvision.utils). Training (engine/detection.py), `resnets eval`, `resnets detect` and the server use these."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from .devices import autocast
+from .errors import ResnetsError
+
+log = logging.getLogger("resnets")
+
+# the scores eval.json and the command line report, as torchmetrics names them (mAP@[.5:.95], AP50, AP75, per size)
+SCORES = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_1", "mar_10", "mar_100")
+
+
+def is_detector(model: nn.Module) -> bool:
+    from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+    from torchvision.models.detection.retinanet import RetinaNet
+
+    return isinstance(model, (GeneralizedRCNN, RetinaNet))
+
+
+def has_masks(model: nn.Module) -> bool:
+    from torchvision.models.detection import MaskRCNN
+
+    return isinstance(model, MaskRCNN)
+
+
+def class_names(model: nn.Module) -> list[str]:
+    """The model's label names, index = label (0 the background); "class N" where the model has no names."""
+    from .errors import ResnetsError
+    from .meta import meta_of
+
+    try:
+        meta = meta_of(model)
+    except ResnetsError:  # a detector built by torchvision itself: COCO's 91 outputs, unnamed
+        meta = None
+    names = list(meta.class_names or []) if meta is not None else []
+    n = meta.options.get("num_classes", 91) if meta is not None else 91
+    return names if len(names) == n else ["__background__"] + [f"class {k}" for k in range(1, n)]
+
+
+def _loader(dataset, batch_size: int, workers: int, rank: int, world: int):
+    from torch.utils.data import DataLoader
+
+    from .data import coco
+    from .data.loader import EvalBatches
+
+    return DataLoader(
+        coco.Safe(dataset),
+        batch_sampler=EvalBatches(len(dataset), batch_size, rank, world),
+        num_workers=workers,
+        collate_fn=coco.collate,
+    )
+
+
+def _for_metric(out: dict, masks: bool) -> dict:
+    d = {"boxes": out["boxes"].float().cpu(), "scores": out["scores"].float().cpu(), "labels": out["labels"].cpu()}
+    if masks:
+        d["masks"] = (out["masks"][:, 0] > 0.5).cpu()
+    return d
+
+
+def _truth(t: dict, masks: bool) -> dict:
+    d = {"boxes": t["boxes"], "labels": t["labels"], "iscrowd": t["iscrowd"]}
+    if masks:
+        d["masks"] = t["masks"].bool()
+    return d
+
+
+@torch.no_grad()
+def coco_map(
+    model: nn.Module,
+    dataset,
+    device: torch.device,
+    *,
+    amp: str = "none",
+    batch_size: int = 8,
+    workers: int = 0,
+    rank: int = 0,
+    world: int = 1,
+    bar=None,
+) -> dict:
+    """COCO's scores of `model` on `dataset` (a data.coco.CocoDetection; under torchrun each rank scores its
+    share and torchmetrics gathers them): {"map", "map_50", ..., "per_class": {name: AP}, "segm": {...} for a
+    mask model, "n", "bad_samples", "bad_files"}. Scores are percentages."""
+    from torchmetrics.detection import MeanAveragePrecision
+
+    masks = has_masks(model) and dataset.masks
+    kinds = ["bbox", "segm"] if masks else ["bbox"]
+    metric = MeanAveragePrecision(iou_type=kinds, class_metrics=True, backend="pycocotools")
+    was = model.training
+    model.eval()
+    n, bad = 0, []
+    try:
+        for images, targets, skipped in _loader(dataset, batch_size, workers, rank, world):
+            bad += skipped
+            if images:
+                with autocast(device, amp):
+                    outs = model([im.to(device) for im in images])
+                metric.update([_for_metric(o, masks) for o in outs], [_truth(t, masks) for t in targets])
+                n += len(images)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        model.train(was)
+    return _scores(metric.compute(), dataset.classes, kinds) | {
+        "n": n,
+        "bad_samples": len(bad),
+        "bad_files": [{"path": p, "error": e} for p, e in bad],
+    }
+
+
+def _scores(raw: dict, classes: list[str], kinds: list[str]) -> dict:
+    """torchmetrics' dict as plain percentages (-1: no such objects, as pycocotools says), per kind."""
+
+    def pct(v: torch.Tensor) -> float:
+        v = float(v)
+        return round(100 * v, 3) if v >= 0 else -1.0
+
+    out: dict[str, Any] = {}
+    for kind in kinds:
+        prefix = f"{kind}_" if len(kinds) > 1 else ""
+        scores = {k: pct(raw[prefix + k]) for k in SCORES}
+        ids = raw.get(prefix + "classes", raw.get("classes"))
+        per = raw.get(prefix + "map_per_class")
+        if ids is not None and per is not None:
+            ids, per = ids.flatten().tolist(), per.flatten().tolist()
+            scores["per_class"] = {classes[i - 1]: pct(v) for i, v in zip(ids, per) if 0 < i <= len(classes)}
+        if kind == "bbox":
+            out.update(scores)
+        else:
+            out[kind] = scores
+    return out
+
+
+def _image_files(paths: Iterable[str]) -> list[str]:
+    from .data.datasets import IMAGE_SUFFIXES
+
+    files = []
+    for p in paths:
+        if os.path.isdir(p):
+            files += sorted(str(f) for f in Path(p).rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            files.append(p)
+    if not files:
+        raise ResnetsError("no image files found in " + ", ".join(map(str, paths)))
+    return files
+
+
+@torch.no_grad()
+def detect(
+    model: nn.Module, paths: Iterable[str], *, score: float = 0.5, batch_size: int = 4, precision: str = "fp32"
+) -> list[dict]:
+    """Boxes in each image file: [{"path", "width", "height", "boxes": [{"box": [x0, y0, x1, y1], "label",
+    "class", "score"}]}] (or {"path", "error"} for a file that cannot be read), best first, score >= `score`."""
+    from .data.datasets import BadSample, decode
+
+    names, device = class_names(model), next(model.parameters()).device
+    amp = {"fp32": "none"}.get(precision, precision)
+    files, results = _image_files(paths), []
+    model.eval()
+    for start in range(0, len(files), batch_size):
+        images, where = [], []
+        for path in files[start : start + batch_size]:
+            try:
+                images.append(decode(path, 3))
+                where.append(len(results))
+                results.append({"path": path})
+            except BadSample as e:
+                results.append({"path": path, "error": e.reason})
+        if not images:
+            continue
+        with autocast(device, amp):
+            outs = model([im.to(device).float() / 255 for im in images])
+        for k, im, out in zip(where, images, outs):
+            keep = out["scores"] >= score
+            results[k].update(width=im.shape[2], height=im.shape[1], boxes=_boxes(out, keep, names))
+            if "masks" in out:
+                results[k]["masks"] = out["masks"][keep, 0].float().cpu()
+    return results
+
+
+def _boxes(out: dict, keep: torch.Tensor, names: list[str]) -> list[dict]:
+    rows = []
+    for box, label, s in zip(out["boxes"][keep].tolist(), out["labels"][keep].tolist(), out["scores"][keep].tolist()):
+        name = names[label] if 0 <= label < len(names) else f"class {label}"
+        rows.append({"box": [round(v, 2) for v in box], "label": label, "class": name, "score": round(s, 4)})
+    return rows
+
+
+def drawn(path: str, result: dict) -> torch.Tensor:
+    """The image with its boxes (and masks) drawn and labelled: uint8 (3, H, W)."""
+    from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
+
+    from .data.datasets import decode
+
+    img = decode(path, 3)
+    boxes = result.get("boxes", [])
+    if "masks" in result and len(boxes):
+        img = draw_segmentation_masks(img, result["masks"] > 0.5, alpha=0.4)
+    if boxes:
+        img = draw_bounding_boxes(
+            img,
+            torch.tensor([b["box"] for b in boxes]),
+            labels=[f"{b['class']} {b['score']:.2f}" for b in boxes],
+            width=max(2, min(img.shape[1:]) // 200),
+            colors="yellow",
+        )
+    return img
+
+
+def evaluate_file(
+    model: nn.Module,
+    weights: str,
+    data: str | None,
+    *,
+    batch_size: int = 8,
+    workers: int = 0,
+    amp: str = "none",
+    device: str = "auto",
+    limit: int = 0,
+    out: str | None = None,
+    progress: bool = True,
+) -> dict:
+    """`resnets eval` of a detector: COCO's scores on the COCO folder `data` (its val/ split, or its own
+    instances.json), whose categories must be the model's classes. Writes eval.json to `out` when given."""
+    import json
+
+    from tqdm import tqdm
+
+    from . import safe_io
+    from .data import coco
+    from .devices import pick_device, resolve_amp
+
+    if not data:
+        raise ResnetsError("say which COCO folder to evaluate the detector on: --data DIR")
+    file = coco.find(data, "val")
+    if file is None:
+        raise ResnetsError(f"no {coco.INSTANCES} in {data}/val or {data}")
+    classes = class_names(model)[1:]
+    ds = coco.load(file, masks=has_masks(model), classes=classes)
+    if limit:
+        ds.records = ds.records[:limit]
+    dev = pick_device(device)
+    amp = resolve_amp(amp, dev)
+    model.to(dev)
+    with tqdm(total=-(-len(ds) // batch_size), unit="batch", disable=not progress, desc="eval") as bar:
+        res = coco_map(model, ds, dev, amp=amp, batch_size=batch_size, workers=workers, bar=bar)
+    res.update(weights=str(weights), dataset="coco", data=str(file), classes=classes, amp=amp)
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        with safe_io.atomic_path(Path(out) / "eval.json") as tmp:
+            tmp.write_text(json.dumps(res, indent=2))
+    return res
