@@ -4,11 +4,11 @@
 #
 #   RESNETS_DATA=$PWD/.data bash benchmarks/gpu.sh STEP [OUT_DIR]
 #
-# STEP: tests | cifar | fmnist | fmnist-recipes | schedule | r50 | jpeg | inference. Results (JSON, logs, the
+# STEP: tests | cifar | fmnist | fmnist-recipes | schedule | r50 | jpeg | inference | detection. Results (JSON, logs, the
 # wall time of whole commands) go to OUT_DIR (default $OUT, else benchmarks/results/gpu). RESNETS_DATA must
 # hold fashion-mnist/ with the four IDX files for the Fashion-MNIST steps.
 set -euo pipefail
-step=${1:?usage: gpu.sh tests|cifar|fmnist|fmnist-recipes|schedule|r50|jpeg|inference [OUT_DIR]}
+step=${1:?usage: gpu.sh tests|cifar|fmnist|fmnist-recipes|schedule|r50|jpeg|inference|detection [OUT_DIR]}
 out=${2:-${OUT:-benchmarks/results/gpu}}
 mkdir -p "$out"
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
@@ -49,6 +49,12 @@ inference) # target 3: bench at bf16 against torchvision compiled, and predict o
     --predict-images 10240 --predict-backend eager --predict-size 375x500 --predict-batch 256 --predict-workers 16 \
     --json "$out/inference_bf16.json"
   $py -m resnets bench resnet50 --device cuda --precision bf16 --batch-sizes 256 --backend all --json >"$out/bench_bf16.json" ;;
+detection) # issue 24: Faster R-CNN (resnet18 FPN) on a 4,000-image shapes set at 512 px, our engine against
+  # torchvision's reference loop; then the README's detection command as written
+  $py benchmarks/detection.py --epochs 12 --train 4000 --val 500 --size 512 --device cuda --json "$out/detection.json"
+  $py -m resnets data shapes --out "$out/shapes" --no-progress
+  timed finetune-detection $py -m resnets train --recipe finetune-detection --data "$out/shapes" --name shapes-det \
+    --out "$out/runs" --backbone resnet18 --min-size 128 --max-size 128 --box-batch-size-per-image 64 --no-progress ;;
 *)
   echo "unknown step $step" >&2
   exit 2 ;;

@@ -452,3 +452,21 @@ def tiny_detector(shapes_set, tmp_path_factory):
     assert code == 0, err
     assert "box mAP" in printed and "on 6 validation images" in printed and f"{out / 'r'}" in printed
     return out / "r"
+
+
+TINY_SEGMENTER = [
+    "--model", "deeplabv3_resnet50", "--backbone", "resnet18", "--output-stride", "16", "--dataset", "masks",
+    "--batch-size", "4", "--lr", "0.01", "--workers", "0", "--no-progress",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny_segmenter(shapes_set, tmp_path_factory):
+    """A run folder of the segmenter above, trained 2 epochs (8 steps) on the shapes set's masks."""
+    out = tmp_path_factory.mktemp("segmenter-runs")
+    code, printed, err = run_cli(
+        "train", *TINY_SEGMENTER, "--data", shapes_set, "--epochs", "2", "--out", out, "--name", "r"
+    )
+    assert code == 0, err
+    assert "mIoU" in printed and "on 6 validation images" in printed
+    return out / "r"

@@ -13,7 +13,9 @@ DECLARED = {k: v for k, v in vars(choices).items() if k.isupper()}
 def test_each_declaration_is_a_tuple_of_distinct_names(name):
     values = DECLARED[name]
     assert isinstance(values, tuple) and values and len(set(values)) == len(values)
-    assert all(isinstance(v, str) and v and v == v.strip() for v in values)
+    # names, or whole numbers where the option is one (OUTPUT_STRIDES)
+    assert all((isinstance(v, str) and v and v == v.strip()) or type(v) is int for v in values)
+    assert len({type(v) for v in values}) == 1
 
 
 def test_the_config_and_the_command_line_take_exactly_the_declared_values():

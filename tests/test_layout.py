@@ -187,7 +187,7 @@ FLOORS = [
     ["data", "data.*", "models", "models.*"],
     ["meta", "devices", "distributed"],
     ["weights", "weights.*", "export", "onnx_file", "factory", "summary", "reports", "backends"],
-    ["config", "detect", "evaluate", "inference"],
+    ["config", "detect", "segment", "evaluate", "inference"],
     ["engine", "engine.*", "reproduce", "serve", "serve.*"],
     ["cli", "cli.*", "__main__", ""],
 ]

@@ -27,7 +27,9 @@ from .choices import (
     LOADERS,
     NORMS,
     OPTIMIZERS,
+    OUTPUT_STRIDES,
     SCHEDULES,
+    SEGMENTATION_AUGMENTS,
     SHORTCUTS,
     STRATEGIES,
     TTAS,
@@ -48,6 +50,7 @@ MODEL_OPTIONS = (
     "min_size",
     "max_size",
     "box_batch_size_per_image",
+    "output_stride",
 )
 
 # `resnets reproduce --budget`: iterations of batch 128 (the paper trains its CIFAR nets for 64k)
@@ -77,6 +80,7 @@ class TrainConfig:
     min_size: int | None = key(None, "detection: each image's shorter side resized to this (default 800)")
     max_size: int | None = key(None, "detection: ... and its longer side to at most this (default 1333)")
     box_batch_size_per_image: int | None = key(None, "R-CNNs: proposals per image the box head trains on (default 512)")
+    output_stride: int | None = key(None, "ImageNet nets and segmenters: 8 or 16 dilate the last stages (32: none)")
     # ---- data
     dataset: str = key("fashion-mnist", "a registered dataset (see `resnets data --list`)")
     data: str | None = key(None, "folder (imagefolder: DIR/train, DIR/val), CSV file, or archive/IDX folder")
@@ -200,6 +204,17 @@ class TrainConfig:
 
         if self.model not in list_models():
             return  # unknown names are refused where the model is built; weights bring their own
+        family = get_entry(self.model).family
+        if family == "segmentation":
+            if self.dataset != "masks":
+                raise ResnetsError(f"{self.model} is a segmentation model: train it on --dataset masks (a mask folder)")
+            if self.augment not in (*SEGMENTATION_AUGMENTS, TrainConfig.augment):  # the default: hflip
+                raise ResnetsError(
+                    f"--augment for a segmentation model is one of {', '.join(SEGMENTATION_AUGMENTS)}; got {self.augment}"
+                )
+            return
+        if self.dataset == "masks":
+            raise ResnetsError(f"--dataset masks holds class maps: train a segmentation model on it, not {self.model}")
         detector = get_entry(self.model).family == "detection"
         if detector and self.dataset != "coco":
             raise ResnetsError(f"{self.model} is a detector: train it on --dataset coco (a COCO folder)")
@@ -209,8 +224,10 @@ class TrainConfig:
             raise ResnetsError(
                 f"--augment for a detector is one of {', '.join(DETECTION_AUGMENTS)}; got {self.augment}"
             )
-        if not detector and self.augment in DETECTION_AUGMENTS[1:]:
-            raise ResnetsError(f"--augment {self.augment} is for detectors (boxes); {self.model} is a classifier")
+        if not detector and self.augment in (*DETECTION_AUGMENTS[1:], *SEGMENTATION_AUGMENTS[1:]):
+            raise ResnetsError(
+                f"--augment {self.augment} is for detectors and segmenters; {self.model} is a classifier"
+            )
 
 
 @dataclass(frozen=True)
@@ -308,6 +325,7 @@ RULES: dict[str, Rule] = {
     "min_size": _ge(32, 8192),
     "max_size": _ge(32, 8192),
     "box_batch_size_per_image": _ge(1, 4096),
+    "output_stride": Rule(choices=OUTPUT_STRIDES),
     "dataset": Rule(choices=tuple(DATASETS)),
     "data": ANY,
     "val_data": ANY,
@@ -555,6 +573,24 @@ RECIPES: dict[str, dict[str, Any]] = {
         warmup_epochs=1,
         warmup_start=0.001,
         val_split=0.1,
+        eval_every=3,
+        amp="auto",
+        workers=2,
+    ),
+    # ours: a segmenter for a small mask folder (`resnets data shapes` makes one): DeepLabV3, flips, cosine after a
+    # warmup epoch (torchvision's reference for COCO-VOC: SGD 0.02 for 32 images, 30 epochs, random scale and crop)
+    "finetune-segmentation": dict(
+        model="deeplabv3_resnet50",
+        dataset="masks",
+        augment="hflip",
+        lr=0.01,
+        momentum=0.9,
+        weight_decay=1e-4,
+        batch_size=8,
+        epochs=12,
+        schedule="cosine",
+        warmup_epochs=1,
+        warmup_start=0.001,
         eval_every=3,
         amp="auto",
         workers=2,

@@ -142,7 +142,7 @@ def _scores(raw: dict, classes: list[str], kinds: list[str]) -> dict:
     return out
 
 
-def _image_files(paths: Iterable[str]) -> list[str]:
+def image_files(paths: Iterable[str]) -> list[str]:
     from .data.datasets import IMAGE_SUFFIXES
 
     files = []
@@ -166,7 +166,7 @@ def detect(
 
     names, device = class_names(model), next(model.parameters()).device
     amp = {"fp32": "none"}.get(precision, precision)
-    files, results = _image_files(paths), []
+    files, results = image_files(paths), []
     model.eval()
     for start in range(0, len(files), batch_size):
         images, where = [], []
@@ -189,6 +189,11 @@ def detect(
     return results
 
 
+def boxes_of(out: dict, score: float, names: list[str]) -> list[dict]:
+    """A detector's output for one image as rows {"box", "label", "class", "score"}, those scoring >= `score`."""
+    return _boxes(out, out["scores"] >= score, names)
+
+
 def _boxes(out: dict, keep: torch.Tensor, names: list[str]) -> list[dict]:
     rows = []
     for box, label, s in zip(out["boxes"][keep].tolist(), out["labels"][keep].tolist(), out["scores"][keep].tolist()):
@@ -198,12 +203,16 @@ def _boxes(out: dict, keep: torch.Tensor, names: list[str]) -> list[dict]:
 
 
 def drawn(path: str, result: dict) -> torch.Tensor:
-    """The image with its boxes (and masks) drawn and labelled: uint8 (3, H, W)."""
-    from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
-
+    """The image file with its boxes (and masks) drawn and labelled: uint8 (3, H, W)."""
     from .data.datasets import decode
 
-    img = decode(path, 3)
+    return draw(decode(path, 3), result)
+
+
+def draw(img: torch.Tensor, result: dict) -> torch.Tensor:
+    """`img` (uint8 (3, H, W)) with the boxes (and masks) of `result` drawn and labelled."""
+    from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
+
     boxes = result.get("boxes", [])
     if "masks" in result and len(boxes):
         img = draw_segmentation_masks(img, result["masks"] > 0.5, alpha=0.4)

@@ -135,6 +135,19 @@ def _dataset_of(data: str | None) -> str:
     return "wds" if holds_shards(data) else "imagefolder" if Path(data).is_dir() else "csv"
 
 
+def _dense_evaluation(model):
+    """The evaluation of a detector or a segmenter (None: a classifier)."""
+    from . import detect, segment
+
+    return (
+        detect.evaluate_file
+        if detect.is_detector(model)
+        else segment.evaluate_file
+        if segment.is_segmenter(model)
+        else None
+    )
+
+
 def evaluate_model_file(
     weights: str,
     *,
@@ -155,16 +168,16 @@ def evaluate_model_file(
     file records. Writes eval.json, confusion.json and confusion.png to `out` when given."""
     from .data import get_dataset
     from .data.loader import make_eval_loader
-    from .detect import evaluate_file, is_detector
     from .devices import pick_device
     from .errors import ResnetsError
     from .factory import load
     from .meta import preprocessing_for
 
     model = load(weights)
-    if is_detector(model):  # boxes: COCO's mAP on a COCO folder
-        kw = dict(batch_size=min(batch_size, 8), workers=workers, amp=amp, device=device, limit=limit, out=out)
-        return evaluate_file(model, weights, data, progress=progress, **kw)
+    kw = dict(batch_size=min(batch_size, 8), workers=workers, amp=amp, device=device, limit=limit, out=out)
+    dense = _dense_evaluation(model)
+    if dense is not None:  # boxes (COCO's mAP on a COCO folder) or class maps (mIoU on a mask folder)
+        return dense(model, weights, data, progress=progress, **kw)
     meta = model.meta
     if not meta.class_names:
         raise ResnetsError(f"{weights} records no class names to compare with the dataset's; save it with resnets.save")

@@ -45,7 +45,8 @@ def _resolve(weights: str | os.PathLike, download: bool) -> tuple[dict[str, torc
     if is_registered(text):
         spec = get_weights(text)
         sd, _ = read_weights(fetch(text, download=download))  # a Hub repo's weight file for timm's
-        return sd, ModelMeta(spec.architecture, {}, spec.class_names(), spec.preprocessing, spec.name), repr(text)
+        meta = ModelMeta(spec.architecture, dict(spec.options), spec.class_names(), spec.preprocessing, spec.name)
+        return sd, meta, repr(text)
     if os.path.isdir(text):
         if not os.path.isfile(os.path.join(text, "model.safetensors")):
             hint = (
@@ -187,10 +188,10 @@ def _build(name: str, options: dict[str, Any], sd: dict | None, meta: ModelMeta 
     pre = meta.preprocessing if meta else None
     if sd is None:  # built by name: fed as its architecture is by default (the README's promise)
         pre = Preprocessing.default(entry.input_size, opts.get("in_chans", 3))
-    detector = entry.family == "detection"
-    if detector:  # a detector resizes and normalises its images itself (min_size, max_size)
+    detector = entry.family in ("detection", "segmentation")  # no classifier head: num_classes is the heads'
+    if detector:  # a detector resizes and normalises its images itself (min_size, max_size); a segmenter: later
         pre = None
-    num_classes = opts.get("num_classes", 91) if detector else model.num_classes
+    num_classes = opts.get("num_classes", 91 if entry.family == "detection" else 21) if detector else model.num_classes
     if classes is None and sd is not None and num_classes == 1000:  # a 1000-class file (torchvision's, timm's)
         classes = class_list("imagenet")  # that records no names: ImageNet-1k's, not the indices
     model.meta = ModelMeta(

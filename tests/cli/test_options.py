@@ -3,6 +3,7 @@ flags with a suggestion."""
 
 import json
 
+import pytest
 from conftest import run_cli
 
 import resnets
@@ -86,3 +87,24 @@ def test_every_option_with_a_default_says_it():
     assert missing == []
     code, out, _ = run_cli("eval", "--help")
     assert code == 0 and "default auto" in out
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["predict", "IMG"],
+        ["embed", "IMG", "--out", "OUT/e.safetensors"],
+        ["explain", "IMG", "--out", "OUT/c.png"],
+        ["export", "--format", "onnx", "--out", "OUT/m.onnx"],
+    ],
+)
+def test_the_classifier_commands_send_a_detector_or_segmenter_to_its_own(
+    command, tiny_detector, tiny_segmenter, shapes_set, tmp_path
+):
+    image = str(shapes_set / "val" / "images" / "000000.jpg")
+    args = [a.replace("IMG", image).replace("OUT", str(tmp_path)) for a in command]
+    code, _, err = run_cli(*args, "--weights", tiny_detector)
+    assert code == 2 and "is a detector: this command takes classifiers (`resnets detect`" in err, err
+    code, _, err = run_cli(*args, "--weights", tiny_segmenter)
+    assert code == 2 and "is a segmentation model: this command takes classifiers (`resnets segment`)" in err, err
+    assert not any(tmp_path.iterdir())

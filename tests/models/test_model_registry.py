@@ -8,7 +8,7 @@ from resnets.errors import OptionError, UnknownModelError
 from resnets.models import get_entry, register_model
 
 ALL = [
-    n for n in resnets.list_models() if get_entry(n).family != "detection"
+    n for n in resnets.list_models() if get_entry(n).family not in ("detection", "segmentation")
 ]  # classifiers (detectors: test_detection.py)
 
 

@@ -10,8 +10,8 @@ import resnets
 from resnets.models import get_entry
 
 ALL = [
-    n for n in resnets.list_models() if get_entry(n).family != "detection"
-]  # classifiers (detectors: test_detection.py)
+    n for n in resnets.list_models() if get_entry(n).family not in ("detection", "segmentation")
+]  # classifiers (detectors: test_detection.py; segmenters: test_segmentation.py)
 # BiT's x2/x3 widths (200-400 M parameters) are the x1 code with wider stages: built on the meta device only
 WIDE = {"resnetv2_50x3_bit", "resnetv2_101x3_bit", "resnetv2_152x2_bit"}
 IMAGENET = [n for n in ALL if get_entry(n).family == "imagenet"]
@@ -133,3 +133,33 @@ def test_features_only_and_forward_intermediates_follow_timm(name, tmp_path):
         resnets.create_model("resnet18", out_indices=(1,))
     with pytest.raises(resnets.OptionError, match="feature indices run from -5 to 4"):
         resnets.create_model("resnet18", features_only=True, out_indices=(5,))
+
+
+@pytest.mark.parametrize("output_stride, dilate", [(8, [False, True, True]), (16, [False, False, True])])
+@pytest.mark.parametrize("arch", ["resnet50", "resnext50_32x4d"])
+def test_output_stride_dilates_as_torchvision_does(arch, output_stride, dilate):
+    import torchvision
+
+    torch.manual_seed(0)
+    tv = randomize_norms(getattr(torchvision.models, arch)(replace_stride_with_dilation=dilate)).eval()
+    ours = resnets.create_model(arch, output_stride=output_stride).eval()
+    ours.load_state_dict(tv.state_dict())
+    x = torch.randn(1, 3, 96, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), tv(x), rtol=0, atol=1e-4)
+        assert ours.forward_features(x).shape[-2:] == (96 // output_stride, 128 // output_stride)
+    assert ours.feature_info.reduction() == [2, 4, 8, min(16, output_stride), output_stride]
+
+
+@pytest.mark.parametrize("arch", ["resnet50d", "resnetv2_50", "resnet18"])
+def test_output_stride_dilates_as_timm_does(arch):
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    ref = randomize_norms(timm.create_model(arch, pretrained=False, output_stride=8)).eval()
+    ours = resnets.create_model(arch, output_stride=8).eval()
+    from resnets.models.resnet import ResNetV2
+
+    ours.load_state_dict(ResNetV2.checkpoint_filter(ref.state_dict()))
+    x = torch.randn(1, 3, 80, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.forward_features(x), ref.forward_features(x), rtol=0, atol=1e-4)

@@ -60,7 +60,7 @@ def test_concurrent_requests_are_batched_and_answer_as_one_by_one(live_server, s
     assert [a.status_code for a in asyncio.run(mixed())] == [200] * len(photos) * 3
 
 
-def _batched(run, images, *, max_batch=4, max_wait_s=0.05, max_queue=64, stagger=0.0):
+def _batched(run, images, *, max_batch=4, max_wait_s=0.05, max_queue=64, stagger=0.0, collate=None):
     """Submit each list of `images` as a request of its own (`stagger` s apart); the answers, and the sizes of the
     batches `run` was given."""
     from resnets.serve import Batcher
@@ -68,7 +68,7 @@ def _batched(run, images, *, max_batch=4, max_wait_s=0.05, max_queue=64, stagger
     sizes = []
 
     async def go():
-        b = Batcher(run, max_batch, max_wait_s, max_queue, observe_batch=sizes.append)
+        b = Batcher(run, max_batch, max_wait_s, max_queue, observe_batch=sizes.append, collate=collate)
         b.start()
         try:
 
@@ -129,3 +129,17 @@ def test_a_full_queue_is_503_with_retry_after():
     full = [a for a in answers if isinstance(a, HTTPFailure)]
     assert len(full) == 1 and full[0].status == 503 and full[0].headers == {"Retry-After": "1"}
     assert full[0].kind == "queue_full" and "at most 4" in full[0].detail
+
+
+def test_a_list_collate_batches_images_of_any_size():
+    """A detector's batcher (collate=list): images of different sizes share a batch; a failing one fails alone."""
+
+    def run(images):
+        if any(im.shape[1] == 13 for im in images):
+            raise ValueError("no images 13 pixels high")
+        return [torch.tensor(float(im.shape[1] * im.shape[2])) for im in images]
+
+    requests = [[torch.zeros(3, 10, 20)], [torch.zeros(3, 7, 5), torch.zeros(3, 13, 2)], [torch.zeros(3, 4, 4)]]
+    answers, sizes = _batched(run, requests, max_batch=8, max_wait_s=0.2, collate=list)
+    assert [a.item() for a in answers[0]] == [200.0] and [a.item() for a in answers[2]] == [16.0]
+    assert isinstance(answers[1], ValueError) and sizes == [4]

@@ -169,3 +169,118 @@ def test_the_page_in_a_real_browser(live_server, serve_files):
             assert external == []
         finally:
             browser.close()
+
+
+def test_a_detector_is_served_at_v1_detect(tiny_detector, shapes_set):
+    """/v1/detect answers as `detect` does (boxes, classes, scores), draws one image as a PNG, and the classifier's
+    endpoints send a client to it (and a classifier's server sends /v1/detect to /v1/predict)."""
+    from PIL import Image
+
+    from resnets.detect import detect
+    from resnets.serve import app
+
+    model = resnets.load(tiny_detector)
+    files = sorted((shapes_set / "val" / "images").iterdir())[:3]
+    want = detect(model, [str(f) for f in files], score=0.0)
+    api = app(model, max_batch=4, max_wait_ms=50, device="cpu")
+    form = [("files", (f.name, f.read_bytes())) for f in files]
+    one = {"files": (files[0].name, files[0].read_bytes())}
+    detected, drawn, two_drawn, predicted, described = asyncio.run(
+        in_process(
+            api,
+            [
+                ("POST", "/v1/detect?score=0", {"files": form}),
+                ("POST", "/v1/detect?score=0&draw=1", {"files": one}),
+                ("POST", "/v1/detect?draw=1", {"files": form[:2]}),
+                ("POST", "/v1/predict", {"files": one}),
+                ("GET", "/v1/model", {}),
+            ],
+        )
+    )
+    assert detected.status_code == 200, detected.text
+    got = detected.json()["results"]
+    assert [g["name"] for g in got] == [f.name for f in files]
+    for g, w in zip(got, want):
+        assert (g["width"], g["height"]) == (64, 64)
+        assert [b["class"] for b in g["boxes"]] == [b["class"] for b in w["boxes"]]
+        for a, b in zip(g["boxes"], w["boxes"]):
+            assert a["box"] == pytest.approx(b["box"], abs=1e-2) and a["score"] == pytest.approx(b["score"], abs=1e-4)
+    assert drawn.status_code == 200 and drawn.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(drawn.content)).size == (64, 64) and drawn.headers["x-boxes"] == str(
+        len(want[0]["boxes"])
+    )
+    assert two_drawn.status_code == 400 and "draw=1 takes one image" in two_drawn.json()["detail"]
+    assert predicted.status_code == 400 and "POST /v1/detect" in predicted.json()["detail"]
+    m = described.json()
+    assert m["task"] == "detection" and m["classes"] == ["__background__", "circle", "square", "triangle"]
+    assert m["input"] == {"min_size": [64], "max_size": 64}
+
+
+def test_a_detectors_bad_image_fails_only_its_own_request(tiny_detector, shapes_set, serve_files):
+    from resnets.serve import app
+
+    good = sorted((shapes_set / "val" / "images").iterdir())[0]
+    api = app(resnets.load(tiny_detector), max_batch=8, max_wait_ms=100, device="cpu")
+    answers = asyncio.run(
+        in_process(
+            api,
+            [
+                ("POST", "/v1/detect", {"files": {"files": ("a.jpg", good.read_bytes())}}),
+                ("POST", "/v1/detect", {"files": {"files": ("bad.gif", b"GIF89a" + b"\x00" * 10)}}),
+                ("POST", "/v1/detect", {"files": {"files": ("b.jpg", good.read_bytes())}}),
+            ],
+        )
+    )
+    assert [a.status_code for a in answers][::2] == [200, 200] and answers[1].status_code in (415, 422)
+    assert "bad.gif" in answers[1].json()["detail"]
+    classifier = app(serve_files[0], device="cpu")
+    (r,) = asyncio.run(
+        in_process(classifier, [("POST", "/v1/detect", {"files": {"files": ("a.jpg", good.read_bytes())}})])
+    )
+    assert r.status_code == 400 and "POST /v1/predict" in r.json()["detail"]
+
+
+def test_a_detector_is_served_by_pytorch_only(tiny_detector):
+    from resnets.errors import ResnetsError
+    from resnets.serve import app
+
+    with pytest.raises(ResnetsError, match="a detector is served by the eager backend"):
+        app(resnets.load(tiny_detector), backend="onnxruntime", device="cpu")
+
+
+def test_a_segmenter_is_served_at_v1_segment(tiny_segmenter, shapes_set):
+    """/v1/segment: the coloured mask or the overlay as a PNG, or JSON maps equal to `segment`'s."""
+    from PIL import Image
+
+    from resnets.segment import coloured, segment
+    from resnets.serve import app
+
+    model = resnets.load(tiny_segmenter)
+    files = sorted((shapes_set / "val" / "images").iterdir())[:2]
+    want = segment(model, [str(f) for f in files])
+    api = app(model, max_batch=4, device="cpu")
+    one = {"files": (files[0].name, files[0].read_bytes())}
+    form = [("files", (f.name, f.read_bytes())) for f in files]
+    mask, over, as_json, two_png, detected, described = asyncio.run(
+        in_process(
+            api,
+            [
+                ("POST", "/v1/segment", {"files": one}),
+                ("POST", "/v1/segment?overlay=1", {"files": one}),
+                ("POST", "/v1/segment?format=json", {"files": form}),
+                ("POST", "/v1/segment", {"files": form}),
+                ("POST", "/v1/detect", {"files": one}),
+                ("GET", "/v1/model", {}),
+            ],
+        )
+    )
+    assert mask.status_code == 200 and mask.headers["content-type"] == "image/png"
+    got = torch.from_numpy(__import__("numpy").array(Image.open(io.BytesIO(mask.content)))).permute(2, 0, 1)
+    assert torch.equal(got, coloured(want[0]["mask"], 4))
+    assert over.status_code == 200 and Image.open(io.BytesIO(over.content)).size == (64, 64)
+    rows = as_json.json()["results"]
+    assert [torch.equal(torch.tensor(r["mask"]), w["mask"]) for r, w in zip(rows, want)] == [True, True]
+    assert rows[0]["classes"] == want[0]["classes"]
+    assert two_png.status_code == 400 and "format=json" in two_png.json()["detail"]
+    assert detected.status_code == 400 and "POST /v1/segment" in detected.json()["detail"]
+    assert described.json()["task"] == "segmentation" and described.json()["classes"][0] == "background"

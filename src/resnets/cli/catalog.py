@@ -26,7 +26,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
                             "url": s.url,
                             "top1": s.metrics.get("top1"),
                             "top5": s.metrics.get("top5"),
-                            "preprocessing": s.preprocessing.to_dict(),
+                            **{k: v for k, v in s.metrics.items() if k not in ("top1", "top5")},
+                            "preprocessing": s.preprocessing.to_dict() if s.preprocessing else None,
                             "source": s.source,
                         }
                         for s in rows
@@ -38,6 +39,15 @@ def _cmd_list(args: argparse.Namespace) -> int:
             width = max((len(n) for n in names), default=4)
             print(f"{'weights'.ljust(width)}  top1    top5    eval       source")
             for s in rows:
+                if s.preprocessing is None:  # a detector (box and mask mAP) or a segmenter (mIoU) instead
+                    scores = (
+                        f"mIoU {s.metrics['miou']:.1f}, pixel acc {s.metrics['pixel_acc']:.1f}"
+                        if "miou" in s.metrics
+                        else f"box mAP {s.metrics['box_map']:.1f}"
+                        + (f", mask mAP {s.metrics['mask_map']:.1f}" if "mask_map" in s.metrics else "")
+                    )
+                    print(f"{s.name.ljust(width)}  {scores:<31}  {s.source}")
+                    continue
                 pre = f"{s.preprocessing.resize}->{s.preprocessing.crop}"
                 print(
                     f"{s.name.ljust(width)}  {s.metrics['top1']:6.3f}  {s.metrics['top5']:6.3f}  {pre:<9}  {s.source}"

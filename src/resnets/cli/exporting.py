@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ResnetsError
-from .options import backend_help, check_classifier, count, is_architecture, real
+from .options import backend_help, check_classifier, count, is_architecture, real, refuse_dense
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -23,6 +23,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
             raise ResnetsError("--format hub writes a folder: name it with --out DIR")
         check_output_folder(args.out, force=args.force, what="Hub folder")  # before the model is loaded
         model = load(args.weights)
+        refuse_dense(model, args.weights)
         where = Path(args.weights) if Path(args.weights).is_dir() else Path(args.weights).parent
         run_dir = where if (where / "eval.json").is_file() or (where / "metrics.jsonl").is_file() else None
         out = write_folder(model, args.out, run_dir=run_dir, force=args.force)
@@ -41,6 +42,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         out = args.out or str(Path(args.weights).with_suffix("")) + ".int8.onnx"
         check_output(out, (".onnx",), force=args.force, what="int8 ONNX file")
         model = load(args.weights)
+        refuse_dense(model, args.weights)
         r = export_int8(
             model,
             out,
@@ -65,6 +67,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     out = args.out or str(base.with_suffix(FORMATS[args.format]))
     check_output(out, SUFFIXES[args.format], force=args.force, what=f"{args.format} file")
     model = load(args.weights)
+    refuse_dense(model, args.weights)
     r = export(
         model, out, args.format, dynamic_batch=not args.static_batch, fold=args.fold_bn, atol=args.atol, rtol=args.rtol
     )
@@ -117,6 +120,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         model.meta.preprocessing = model.meta.eval_preprocessing()[0]  # the architecture's default input, as meant
     else:
         model = load(args.model)
+        refuse_dense(model, args.model)
     if model.num_features is None and args.backend == "all":  # an ONNX file: ONNX Runtime is what runs it
         backends = ["onnxruntime"]
     pre = preprocessing_for(model)

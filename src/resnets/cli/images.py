@@ -16,7 +16,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     from ..inference import predict
 
-    model = load_for_inference(args.weights, args.device)
+    model = load_for_inference(args.weights, args.device, classifier=True)
     results = predict(
         model,
         args.paths,
@@ -63,7 +63,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     from ..safe_io import check_output
 
     check_output(args.out, (".safetensors",), force=args.force, what="embedding index")
-    model = load_for_inference(args.weights, args.device)
+    model = load_for_inference(args.weights, args.device, classifier=True)
     emb, files, errors = embed(
         model,
         args.paths,
@@ -88,7 +88,7 @@ def _cmd_similar(args: argparse.Namespace) -> int:
 
     index, files, meta = load_index(args.index)
     weights = args.weights or meta["weights"]
-    model = load_for_inference(weights, args.device)
+    model = load_for_inference(weights, args.device, classifier=True)
     q, _, errors = embed(model, [args.query], layer=meta.get("layer") or None, workers=0)
     if errors:
         raise ResnetsError(f"cannot read {args.query}: {errors[0]['error']}")
@@ -112,7 +112,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     from ..safe_io import check_output
 
     check_output(args.out, (".png",), force=args.force, what="Grad-CAM picture")
-    model = load_for_inference(args.weights, args.device)
+    model = load_for_inference(args.weights, args.device, classifier=True)
     r = explain(model, args.image, args.out, target=args.target, layer=args.layer)
     print(
         f"{printable(r['path'])}: {printable(r['class'])} ({100 * r['prob']:.1f}%); Grad-CAM -> {printable(str(r['out']))}"
@@ -176,6 +176,68 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     if errors:
         print(f"{errors} of {len(results)} files could not be read", file=sys.stderr)
     return 1 if errors else 0
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    from ..safe_io import atomic_path, check_output_folder
+    from ..segment import class_names, coloured, is_segmenter, overlay, segment
+
+    if args.out:
+        check_output_folder(args.out, force=args.force, what="masks and overlays")
+    model = load_for_inference(args.weights, args.device)
+    if not is_segmenter(model):
+        raise ResnetsError(f"{args.weights} is not a segmentation model (FCN, DeepLabV3)")
+    results = segment(model, args.paths, size=args.size, precision=args.precision)
+    if args.format == "json":
+        print(json.dumps([{k: v for k, v in r.items() if k != "mask"} for r in results], indent=2))
+    else:
+        for r in results:
+            if "error" in r:
+                print(f"{printable(r['path'])}: ERROR {printable(r['error'])}")
+                continue
+            shares = ", ".join(
+                f"{printable(c)} {100 * v:.1f}%" for c, v in sorted(r["classes"].items(), key=lambda x: -x[1])
+            )
+            print(f"{printable(r['path'])}: {shares}")
+    if args.out:
+        from torchvision.io import write_png
+
+        from ..data.datasets import decode
+
+        out, k = Path(args.out), len(class_names(model))
+        out.mkdir(exist_ok=True)
+        for r, name in zip(results, _drawn_names([r["path"] for r in results])):
+            if "error" not in r:
+                with atomic_path(out / name.replace(".png", "-mask.png")) as tmp:
+                    write_png(coloured(r["mask"], k), str(tmp))
+                with atomic_path(out / name.replace(".png", "-overlay.png")) as tmp:
+                    write_png(overlay(decode(r["path"], 3), r["mask"], k), str(tmp))
+        print(f"masks and overlays: {out}/", file=sys.stderr)
+    errors = sum("error" in r for r in results)
+    if errors:
+        print(f"{errors} of {len(results)} files could not be read", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def _add_segment(sub) -> None:
+    from ..backends import PRECISIONS
+
+    p = sub.add_parser(
+        "segment",
+        help="the class of every pixel of image files and folders (and coloured masks and overlays, --out)",
+        description="Segment images with FCN or DeepLabV3 (torchvision's COCO-VOC weights: fcn_resnet50.tv_coco_voc, "
+        "or a model trained by `resnets train` on a mask folder). Exit status: 0 when every image was read, 1 when "
+        "any could not be, 2 for bad usage.",
+    )
+    p.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
+    p.add_argument("--weights", required=True, help="a segmentation model's file, run folder or registered name")
+    p.add_argument("--size", type=count(32), default=520, help="each image's shorter side for the model (520)")
+    p.add_argument("--device", default="auto", help="auto (a GPU when there is one; the default), cpu, cuda, cuda:N")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="bf16/fp16 autocast (default fp32)")
+    p.add_argument("--format", choices=["table", "json"], default="table", help="default table")
+    p.add_argument("--out", help="a folder for each image's coloured mask and overlay (PNG)")
+    p.add_argument("--force", action="store_true", help="write into --out even if it holds files")
+    p.set_defaults(func=_cmd_segment)
 
 
 def _add_detect(sub) -> None:
@@ -243,6 +305,7 @@ def add_commands(sub) -> None:
     p.set_defaults(func=_cmd_predict)
 
     _add_detect(sub)
+    _add_segment(sub)
 
     p = sub.add_parser("embed", help="pooled features (or a stage's maps) of images, saved as an index")
     p.add_argument("paths", nargs="+")

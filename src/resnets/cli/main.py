@@ -34,6 +34,7 @@ def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
     for name in (
         "predict",
         "detect",
+        "segment",
         "embed",
         "similar",
         "explain",

@@ -207,16 +207,34 @@ def check_classifier(name: str) -> None:
     `resnets detect`)."""
     from ..models import get_entry
 
-    if get_entry(name).family == "detection":
-        raise ResnetsError(f"{name} is a detector: this command takes classifiers (resnets list shows both)")
+    family = get_entry(name).family
+    if family in ("detection", "segmentation"):
+        what = "detector" if family == "detection" else "segmentation model"
+        raise ResnetsError(f"{name} is a {what}: this command takes classifiers (resnets list shows the families)")
 
 
-def load_for_inference(weights: str, device: str):
+def load_for_inference(weights: str, device: str, *, classifier: bool = False):
+    """The model `weights` name on `device`; classifier: refuse a detector or segmenter in one line (the commands
+    that take class scores: predict, embed, similar, explain, export, bench)."""
     from ..devices import pick_device
     from ..factory import load
 
     dev = pick_device(device)  # an unavailable device is one line, before the model is read
-    return load(weights).to(dev)
+    model = load(weights)
+    if classifier:
+        refuse_dense(model, weights)
+    return model.to(dev)
+
+
+def refuse_dense(model, weights) -> None:
+    """One line for a detector or a segmenter where a classifier is needed, naming the command that takes it."""
+    from ..detect import is_detector
+    from ..segment import is_segmenter
+
+    if is_detector(model):
+        raise ResnetsError(f"{weights} is a detector: this command takes classifiers (`resnets detect` finds objects)")
+    if is_segmenter(model):
+        raise ResnetsError(f"{weights} is a segmentation model: this command takes classifiers (`resnets segment`)")
 
 
 def backend_help() -> str:

@@ -78,6 +78,7 @@ def _cmd_shapes(args: argparse.Namespace) -> int:
     for split, c in counts.items():
         print(f"{split}: {c['images']} images, {c['boxes']} shapes -> {Path(args.out) / split}/instances.json")
     print(f"train a detector: resnets train --recipe finetune-detection --data {args.out}")
+    print(f"or a segmenter:   resnets train --recipe finetune-segmentation --data {args.out}")
     return 0
 
 

@@ -42,7 +42,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     svc = api.state.service
     where = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{args.port}"
     print(
-        f"serving {svc.meta.architecture} ({svc.model.num_classes} classes, {svc.backend} at {svc.precision} on "
+        f"serving {svc.meta.architecture} ({len(svc.names)} classes, {svc.backend} at {svc.precision} on "
         f"{svc.device}) at {where}: the page at /, the API at /docs{'; a bearer token is required' if svc.token else ''}",
         flush=True,
     )

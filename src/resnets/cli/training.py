@@ -23,6 +23,10 @@ def map_line(res: dict) -> str:
     return line + f" on {res['n']} validation images"
 
 
+def miou_line(res: dict) -> str:
+    return f"mIoU {res['miou']:.2f}  pixel accuracy {res['pixel_acc']:.2f} on {res['n']} validation images"
+
+
 def _cmd_finetune(args: argparse.Namespace) -> int:
     overrides = overrides_of(args)
     if args.resume in (None, "auto"):  # a new run, or the whole command again (auto)
@@ -52,8 +56,8 @@ def _cmd_train(args: argparse.Namespace, overrides: dict | None = None) -> int:
         result = train(resolve(args.recipe, args.config, overrides))
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
-    if "map" in result:  # a detector
-        print(map_line(result))
+    if "map" in result or "miou" in result:  # a detector or a segmenter
+        print(map_line(result) if "map" in result else miou_line(result))
         print(f"run directory: {result['run_dir']}")
         print(f"final model:   {result['model_path']}")
         print(f"scores:        {result['run_dir']}/eval.json")
@@ -94,11 +98,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({k: v for k, v in res.items() if k != "confusion"}, indent=2))
         return 0
-    if "map" in res:  # a detector
+    if "map" in res or "miou" in res:  # a detector or a segmenter
         print(f"{res['weights']} on {res['data']}:")
-        print(map_line(res))
-        for c, ap in res.get("per_class", {}).items():
-            print(f"  {printable(c)}  AP {ap:6.2f}")
+        print(map_line(res) if "map" in res else miou_line(res))
+        for c, v in res.get("per_class", {}).items():
+            print(f"  {printable(c)}  {'AP' if 'map' in res else 'IoU'} {v:6.2f}")
         for f in res["bad_files"]:
             print(f"skipped {printable(f['path'])}: {printable(f['error'])}", file=sys.stderr)
         print(f"scores: {out}/eval.json")

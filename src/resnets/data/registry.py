@@ -173,4 +173,13 @@ register_dataset(
         needs_data=True,
     )
 )
+register_dataset(
+    DatasetSpec(
+        "masks",
+        "class maps for segmentation: DIR/train and DIR/val, each images/ and masks/ (PNG, a class per pixel), "
+        "DIR/classes.txt",
+        "segmentation",
+        needs_data=True,
+    )
+)
 register_dataset(DatasetSpec("synthetic", "random images, for throughput runs (no learning signal)", "synthetic"))

@@ -1,9 +1,9 @@
-"""Training a detector (Faster R-CNN, RetinaNet, Mask R-CNN on our backbones) on a COCO folder, with the run
-folder, lock, config, checkpoints, exact resume (`--resume RUN` or `auto`), AMP, DDP under torchrun, progress and
-metrics files of classification (`train` hands a detector's config here). The losses are torchvision's; the
-evaluation is COCO's mAP (detect.coco_map). The backbone starts from any classification weights `--weights`
-takes (its architecture becomes the backbone), or the whole detector from a detector's file (new class layers
-when the classes differ)."""
+"""Training a detector (Faster R-CNN, RetinaNet, Mask R-CNN on our backbones) on a COCO folder, or a segmenter (FCN,
+DeepLabV3) on a mask folder, with the run folder, lock, config, checkpoints, exact resume (`--resume RUN` or
+`auto`), AMP, DDP under torchrun, progress and metrics files of classification (`train` hands their configs here).
+The losses are torchvision's; the scores COCO's mAP (detect.coco_map) or mIoU (segment.mask_scores). The backbone
+starts from any classification weights `--weights` takes (its architecture becomes the backbone), or the whole
+model from a file of its kind (new class layers when the classes differ). What segmenters add: segmentation.py."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from torch import nn
 from .. import distributed, safe_io
 from ..choices import DETECTION_AUGMENTS
 from ..config import MODEL_OPTIONS, TrainConfig
-from ..data import coco
+from ..data import coco, masks
 from ..data.batching import mix_seed
 from ..data.loader import TrainBatches
 from ..detect import coco_map
@@ -30,8 +30,9 @@ from ..errors import ResnetsError
 from ..factory import create_from_weights, create_model
 from ..models import get_entry
 from ..models.registry import check_options
+from ..segment import mask_scores
 from ..weights.files import load_checkpoint, save, save_checkpoint
-from . import rundir, steps
+from . import rundir, segmentation, steps
 from .checkpoint import rng_state, set_rng_state
 from .optim import make_scheduler
 from .outputs import write_csv
@@ -51,8 +52,8 @@ class DetectionRun:
     opt: torch.optim.Optimizer
     sched: Any
     scaler: torch.amp.GradScaler
-    train: coco.CocoDetection
-    val: coco.CocoDetection
+    train: Any  # coco.CocoDetection, or masks.MaskFolder for a segmenter
+    val: Any
     sampler: TrainBatches
     loader: Any
     lock: Any
@@ -75,6 +76,15 @@ class DetectionRun:
     @property
     def classes(self) -> list[str]:
         return self.train.classes
+
+    @property
+    def segmenter(self) -> bool:
+        return get_entry(self.cfg.model).family == "segmentation"
+
+    @property
+    def score(self) -> str:
+        """The score that picks best.pt: box mAP, or mIoU."""
+        return "miou" if self.segmenter else "map"
 
 
 def _split(ds: coco.CocoDetection, fraction: float, seed: int) -> tuple[coco.CocoDetection, coco.CocoDetection]:
@@ -150,16 +160,12 @@ def _model(cfg: TrainConfig, classes: list[str]) -> nn.Module:
     return model
 
 
-def _loader(run_cfg: TrainConfig, ds: coco.CocoDetection, ctx: distributed.Context) -> tuple[TrainBatches, Any]:
+def _loader(run_cfg: TrainConfig, ds, ctx: distributed.Context, collate) -> tuple[TrainBatches, Any]:
     from torch.utils.data import DataLoader
 
     sampler = TrainBatches(len(ds), run_cfg.batch_size, seed=run_cfg.seed, rank=ctx.rank, world=ctx.world)
     loader = DataLoader(
-        coco.Safe(ds),
-        batch_sampler=sampler,
-        num_workers=run_cfg.workers,
-        collate_fn=coco.collate,
-        persistent_workers=False,
+        coco.Safe(ds), batch_sampler=sampler, num_workers=run_cfg.workers, collate_fn=collate, persistent_workers=False
     )
     return sampler, loader
 
@@ -170,12 +176,17 @@ def build(cfg: TrainConfig, ctx: distributed.Context, resume: Path | None, chang
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.manual_seed(cfg.seed)
     check_options(get_entry(cfg.model), _options(cfg))  # before any file is read
-    train, val = _data(cfg, "maskrcnn" in cfg.model)
+    if get_entry(cfg.model).family == "segmentation":
+        train, val = segmentation.data(cfg)
+        model, collate = segmentation.model(cfg, train.classes, _options(cfg)), masks.collate
+    else:
+        train, val = _data(cfg, "maskrcnn" in cfg.model)
+        model, collate = _model(cfg, train.classes), coco.collate
     if len(train) < cfg.batch_size:
         raise ResnetsError(f"the training set ({len(train)} images) is smaller than one batch ({cfg.batch_size})")
-    model = _model(cfg, train.classes).to(ctx.device)
+    model = model.to(ctx.device)
     amp = resolve_amp(cfg.amp, ctx.device)
-    sampler, loader = _loader(cfg, train, ctx)
+    sampler, loader = _loader(cfg, train, ctx, collate)
     batches = len(train) // cfg.batch_size
     total = cfg.iterations or cfg.epochs * batches
     epochs = math.ceil(total / batches)
@@ -209,7 +220,7 @@ def state_dict(run: DetectionRun, epoch: int, batch: int, partial: list | None =
         "epoch": epoch,
         "batch": batch,
         "step": run.step,
-        "best_map": run.best,
+        "best_score": run.best,
         "history": run.history,
         "skipped": run.skipped,
         "partial": partial,
@@ -226,7 +237,7 @@ def restore(run: DetectionRun, state: dict) -> list | None:
     if state.get("scaler"):
         run.scaler.load_state_dict(state["scaler"])
     run.epoch, run.batch, run.step = state["epoch"], state["batch"], state["step"]
-    run.best, run.history, run.skipped = state.get("best_map", -1.0), list(state["history"]), state.get("skipped", 0)
+    run.best, run.history, run.skipped = state.get("best_score", -1.0), list(state["history"]), state.get("skipped", 0)
     set_rng_state(state["rng"])
     if run.ctx.is_main:
         log.warning("resuming %s at epoch %d, batch %d (step %d)", run.run_dir, run.epoch + 1, run.batch, run.step)
@@ -246,11 +257,13 @@ def _checkpoint(run: DetectionRun, epoch: int, batch: int, partial: list | None 
 def _step(run: DetectionRun, images: list, targets: list) -> torch.Tensor:
     """One optimizer step on a batch: torchvision's losses summed. Returns [loss x images, images]."""
     cfg, dev = run.cfg, run.ctx.device
-    images = [im.to(dev, non_blocking=True) for im in images]
-    targets = [{k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in t.items()} for t in targets]
     with autocast(dev, run.amp):
-        losses = run.net(images, targets)
-    loss = sum(losses.values())
+        if run.segmenter:
+            loss = segmentation.loss(run.net, images, targets, dev)
+        else:
+            images = [im.to(dev, non_blocking=True) for im in images]
+            targets = [{k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in t.items()} for t in targets]
+            loss = sum(run.net(images, targets).values())
     run.scaler.scale(loss).backward()
     if cfg.clip_grad > 0:
         run.scaler.unscale_(run.opt)
@@ -332,7 +345,8 @@ def train_one_epoch(run: DetectionRun, epoch: int, partial: list | None) -> dict
 
 def evaluate(run: DetectionRun) -> dict:
     cfg, ctx = run.cfg, run.ctx
-    return coco_map(
+    score = mask_scores if run.segmenter else coco_map
+    return score(
         run.core, run.val, ctx.device, amp=run.amp, batch_size=max(cfg.batch_size // ctx.world, 1), rank=ctx.rank,
         world=ctx.world, workers=min(cfg.workers, 2),
     )  # fmt: skip
@@ -342,13 +356,16 @@ def end_epoch(run: DetectionRun, epoch: int, record: dict) -> None:
     cfg = run.cfg
     if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == run.epochs or run.step >= run.total_steps:
         ev = run.last_eval = evaluate(run)
-        record.update(val_map=ev["map"], val_map_50=ev["map_50"], val_map_75=ev["map_75"])
+        if run.segmenter:
+            record.update(val_miou=ev["miou"], val_pixel_acc=ev["pixel_acc"])
+        else:
+            record.update(val_map=ev["map"], val_map_50=ev["map_50"], val_map_75=ev["map_75"])
         if "segm" in ev:
             record["val_mask_map"] = ev["segm"]["map"]
     record["skipped_images"] = run.skipped
     run.history.append(record)
-    improved = record.get("val_map", -1) > run.best
-    run.best = max(run.best, record.get("val_map", -1))
+    improved = record.get(f"val_{run.score}", -1) > run.best
+    run.best = max(run.best, record.get(f"val_{run.score}", -1))
     _checkpoint(run, epoch + 1, 0)
     if run.ctx.is_main:
         if improved:
@@ -360,6 +377,8 @@ def end_epoch(run: DetectionRun, epoch: int, record: dict) -> None:
         msg = f"epoch {epoch + 1}: train loss {record['train_loss']:.4f}"
         if "val_map" in record:
             msg += f", val mAP {record['val_map']:.2f} (AP50 {record['val_map_50']:.2f})"
+        if "val_miou" in record:
+            msg += f", val mIoU {record['val_miou']:.2f} (pixel accuracy {record['val_pixel_acc']:.2f})"
         say(run, msg + f", {record['images_per_s']:.1f} img/s")
 
 
@@ -384,7 +403,11 @@ def finish(run: DetectionRun) -> dict:
         **{k: v for k, v in ev.items() if k not in ("bad_samples", "bad_files")},
     }
     if run.ctx.is_main:
-        save(run.core, run.run_dir / "model.safetensors", extra={"val_map": ev["map"], "dataset": run.cfg.dataset})
+        save(
+            run.core,
+            run.run_dir / "model.safetensors",
+            extra={f"val_{run.score}": ev[run.score], "dataset": run.cfg.dataset},
+        )
         with safe_io.atomic_path(run.run_dir / "eval.json") as tmp:
             tmp.write_text(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
     return result

@@ -100,8 +100,8 @@ def train(
         torch.backends.cudnn.benchmark,
     )
     try:
-        if cfg.model in list_models() and get_entry(cfg.model).family == "detection":
-            from . import detection  # boxes, not classes: torchvision's losses, COCO's mAP
+        if cfg.model in list_models() and get_entry(cfg.model).family in ("detection", "segmentation"):
+            from . import detection  # boxes or class maps, not classes: torchvision's losses, COCO's mAP or mIoU
 
             return detection.train(cfg, ctx, resume, state, changed, on_progress)
         run = build_run(cfg, ctx, resume, changed)

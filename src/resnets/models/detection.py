@@ -17,6 +17,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
 from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.models.detection.rpn import RPNHead
+from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from .registry import get_entry
@@ -25,10 +26,17 @@ from .registry import get_entry
 TRAINABLE_ORDER = ("layer4", "layer3", "layer2", "layer1", "conv1")
 
 
-def trunk(backbone: str, norm: str) -> nn.Module:
+def trunk(backbone: str, norm: str, eps: float | None = None) -> nn.Module:
     """The classification net `backbone` without its head, to be fed to an FPN (FrozenBatchNorm by default, as
-    detection trains with the backbone's statistics fixed). The options were checked by registry.check_options."""
-    return get_entry(backbone).fn(num_classes=0, norm=norm)
+    detection trains with the backbone's statistics fixed); `eps`: its norms' epsilon (torchvision's v1 COCO weights
+    were trained with 0, and torchvision sets it so when it loads them). The options were checked by
+    registry.check_options."""
+    net = get_entry(backbone).fn(num_classes=0, norm=norm)
+    if eps is not None:
+        for m in net.modules():
+            if hasattr(m, "eps") and isinstance(m, (FrozenBatchNorm2d, nn.BatchNorm2d)):
+                m.eps = float(eps)
+    return net
 
 
 def fpn(
@@ -76,34 +84,54 @@ def _v2_heads(out_channels: int, anchors: AnchorGenerator) -> dict:
 
 
 def faster_rcnn(
-    num_classes: int = 91, backbone: str = "resnet50", trainable_layers: int = 3, norm: str = "frozen_batch", **sizes
+    num_classes: int = 91,
+    backbone: str = "resnet50",
+    trainable_layers: int = 3,
+    norm: str = "frozen_batch",
+    norm_eps=None,
+    **sizes,
 ):
     """Faster R-CNN with an FPN (Ren et al. 2015; Lin et al. 2017), torchvision's v1."""
-    return FasterRCNN(fpn(trunk(backbone, norm), trainable_layers), num_classes=num_classes, **sizes)
+    return FasterRCNN(fpn(trunk(backbone, norm, norm_eps), trainable_layers), num_classes=num_classes, **sizes)
 
 
 def faster_rcnn_v2(
-    num_classes: int = 91, backbone: str = "resnet50", trainable_layers: int = 3, norm: str = "batch", **sizes
+    num_classes: int = 91,
+    backbone: str = "resnet50",
+    trainable_layers: int = 3,
+    norm: str = "batch",
+    norm_eps=None,
+    **sizes,
 ):
     """Faster R-CNN v2 ("Benchmarking Detection Transfer Learning with Vision Transformers"): BatchNorm in the FPN
     and a 4-conv box head, torchvision's v2."""
-    body = fpn(trunk(backbone, norm), trainable_layers, fpn_norm=nn.BatchNorm2d)
+    body = fpn(trunk(backbone, norm, norm_eps), trainable_layers, fpn_norm=nn.BatchNorm2d)
     return FasterRCNN(body, num_classes=num_classes, **sizes, **_v2_heads(body.out_channels, _rcnn_anchors()))
 
 
 def retinanet(
-    num_classes: int = 91, backbone: str = "resnet50", trainable_layers: int = 3, norm: str = "frozen_batch", **sizes
+    num_classes: int = 91,
+    backbone: str = "resnet50",
+    trainable_layers: int = 3,
+    norm: str = "frozen_batch",
+    norm_eps=None,
+    **sizes,
 ):
     """RetinaNet (Lin et al. 2017, focal loss) on stages 2-4 with P6/P7 from P5, torchvision's v1."""
-    body = fpn(trunk(backbone, norm), trainable_layers, (2, 3, 4), LastLevelP6P7(256, 256))
+    body = fpn(trunk(backbone, norm, norm_eps), trainable_layers, (2, 3, 4), LastLevelP6P7(256, 256))
     return RetinaNet(body, num_classes, **sizes)
 
 
 def retinanet_v2(
-    num_classes: int = 91, backbone: str = "resnet50", trainable_layers: int = 3, norm: str = "batch", **sizes
+    num_classes: int = 91,
+    backbone: str = "resnet50",
+    trainable_layers: int = 3,
+    norm: str = "batch",
+    norm_eps=None,
+    **sizes,
 ):
     """RetinaNet v2: P6 from C5, GroupNorm in the head, GIoU box loss, torchvision's v2."""
-    net = trunk(backbone, norm)
+    net = trunk(backbone, norm, norm_eps)
     body = fpn(net, trainable_layers, (2, 3, 4), LastLevelP6P7(net.feature_info.channels(-1), 256))
     anchors = _retina_anchors()
     head = RetinaNetHead(
@@ -114,17 +142,27 @@ def retinanet_v2(
 
 
 def mask_rcnn(
-    num_classes: int = 91, backbone: str = "resnet50", trainable_layers: int = 3, norm: str = "frozen_batch", **sizes
+    num_classes: int = 91,
+    backbone: str = "resnet50",
+    trainable_layers: int = 3,
+    norm: str = "frozen_batch",
+    norm_eps=None,
+    **sizes,
 ):
     """Mask R-CNN (He et al. 2017): Faster R-CNN with a mask head, torchvision's v1."""
-    return MaskRCNN(fpn(trunk(backbone, norm), trainable_layers), num_classes=num_classes, **sizes)
+    return MaskRCNN(fpn(trunk(backbone, norm, norm_eps), trainable_layers), num_classes=num_classes, **sizes)
 
 
 def mask_rcnn_v2(
-    num_classes: int = 91, backbone: str = "resnet50", trainable_layers: int = 3, norm: str = "batch", **sizes
+    num_classes: int = 91,
+    backbone: str = "resnet50",
+    trainable_layers: int = 3,
+    norm: str = "batch",
+    norm_eps=None,
+    **sizes,
 ):
     """Mask R-CNN v2: the v2 Faster R-CNN's FPN and heads with a BatchNorm mask head, torchvision's v2."""
-    body = fpn(trunk(backbone, norm), trainable_layers, fpn_norm=nn.BatchNorm2d)
+    body = fpn(trunk(backbone, norm, norm_eps), trainable_layers, fpn_norm=nn.BatchNorm2d)
     mask_head = MaskRCNNHeads(body.out_channels, [256] * 4, 1, norm_layer=nn.BatchNorm2d)
     return MaskRCNN(
         body, num_classes=num_classes, mask_head=mask_head, **sizes, **_v2_heads(body.out_channels, _rcnn_anchors())

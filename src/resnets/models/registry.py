@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..choices import NORMS, SHORTCUTS
+from ..choices import NORMS, OUTPUT_STRIDES, SHORTCUTS
 from ..errors import OptionError, UnknownModelError
 from ..registry import Registry
 
@@ -23,10 +23,14 @@ HEAD = ("num_classes", "in_chans", "norm")
 RESIDUAL = HEAD + ("zero_init_residual", "drop_path_rate")
 SHORTCUT = RESIDUAL + ("shortcut",)
 BOTTLENECK = SHORTCUT + ("stride_in_1x1",)
+# the ImageNet nets also: stages past this stride dilated instead (8, 16; 32: none), for DeepLabV3 and FCN
+DILATED = ("output_stride",)
 # a backbone by name, its top layers trained; the images' shorter side resized to min_size (longer at most max_size)
-DETECTION = ("num_classes", "backbone", "trainable_layers", "norm", "min_size", "max_size")
+DETECTION = ("num_classes", "backbone", "trainable_layers", "norm", "min_size", "max_size", "norm_eps")
 # the R-CNNs also: how many proposals per image the box head trains on (torchvision's 512; fewer train faster)
 RCNN = DETECTION + ("box_batch_size_per_image",)
+# a segmenter: its backbone by name, dilated to output_stride, and an auxiliary head on layer3 (aux_loss)
+SEGMENTATION = ("num_classes", "backbone", "norm", "output_stride", "aux_loss")
 MAX_SIDE = 8192  # the largest side a detector may resize its images to
 
 
@@ -35,12 +39,12 @@ class ModelEntry:
     name: str
     fn: Callable[..., "nn.Module"]
     options: tuple[str, ...]
-    family: str  # "imagenet", "cifar" or "detection": decides the default input size
+    family: str  # "imagenet", "cifar", "detection" or "segmentation": decides the default input size
 
     @property
     def input_size(self) -> int:
         """The classification crop (a detector resizes its images itself: the shorter side to 800)."""
-        return {"cifar": 32, "detection": 800}.get(self.family, 224)
+        return {"cifar": 32, "detection": 800, "segmentation": 520}.get(self.family, 224)
 
     @property
     def doc(self) -> str:
@@ -94,6 +98,10 @@ def check_options(entry: ModelEntry, options: dict[str, Any]) -> None:
             raise OptionError(f"backbone {value!r} has a fixed norm; it cannot be a detection backbone")
         if key == "trainable_layers" and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 5):
             raise OptionError(f"trainable_layers must be a whole number from 0 to 5; got {value!r}")
+        if key == "output_stride" and (isinstance(value, bool) or value not in OUTPUT_STRIDES):
+            raise OptionError(f"output_stride must be 8, 16 or 32; got {value!r}")
+        if key == "norm_eps" and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1):
+            raise OptionError(f"norm_eps must be a number in [0, 1); got {value!r}")
         if key == "box_batch_size_per_image" and (
             isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 4096
         ):
@@ -102,5 +110,5 @@ def check_options(entry: ModelEntry, options: dict[str, Any]) -> None:
             isinstance(value, bool) or not isinstance(value, int) or not 32 <= value <= MAX_SIDE
         ):
             raise OptionError(f"{key} must be a whole number of pixels from 32 to {MAX_SIDE}; got {value!r}")
-        if key in ("zero_init_residual", "stride_in_1x1") and not isinstance(value, bool):
+        if key in ("zero_init_residual", "stride_in_1x1", "aux_loss") and not isinstance(value, bool):
             raise OptionError(f"{key} must be True or False, got {value!r}")

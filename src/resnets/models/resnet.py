@@ -93,6 +93,26 @@ class Backbone(nn.Module):
             self.feature_info.append({"module": name, "num_chs": cin, "reduction": reduction})
         self.num_features = cin
 
+    def _dilate(self, output_stride: int) -> None:
+        """Stages past `output_stride` (8 or 16; 32 leaves the net as it is) keep their resolution: their stride
+        becomes a dilation of the 3x3 convolutions, the first block of such a stage at the dilation before it and
+        the rest at the new one (torchvision's replace_stride_with_dilation, timm's output_stride), for DeepLabV3 and
+        FCN. The strided shortcut is unstrided too (ResNet-D's 2x2 average pool at stride 1 over a map padded right
+        and below, as timm's AvgPool2dSame)."""
+        from ..errors import OptionError
+
+        if output_stride not in (8, 16, 32):
+            raise OptionError(f"output_stride must be 8, 16 or 32; got {output_stride!r}")
+        reduction, dilation = self.feature_info[1]["reduction"], 1
+        for i, name in enumerate(self.stage_names[1:], start=2):
+            if reduction * 2 <= output_stride:
+                reduction *= 2
+            else:
+                previous, dilation = dilation, dilation * 2
+                for j, block in enumerate(getattr(self, name)):
+                    _dilate_block(block, previous if j == 0 else dilation, dilation, unstride=j == 0)
+            self.feature_info[i]["reduction"] = reduction
+
     def _make_head(self, num_classes: int) -> None:
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.num_classes = num_classes
@@ -176,6 +196,25 @@ class Backbone(nn.Module):
                 nn.init.zeros_(m.bias)
 
 
+def _dilate_block(block: nn.Module, first: int, dilation: int, unstride: bool) -> None:
+    """A block's first 3x3 convolution at dilation `first`, any later one at `dilation` (padded to keep the size;
+    a basic block's second conv, as timm dilates it); with `unstride`, its strided convolutions and shortcut at
+    stride 1."""
+    threes = 0
+    for m in block.modules():
+        if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3):
+            d = first if threes == 0 else dilation
+            m.dilation, m.padding = (d, d), (d, d)
+            threes += 1
+        if unstride and isinstance(m, nn.Conv2d) and m.stride != (1, 1):
+            m.stride = (1, 1)
+    down = getattr(block, "downsample", None)
+    if unstride and isinstance(down, nn.Sequential) and isinstance(down[0], nn.AvgPool2d):
+        down[0] = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.AvgPool2d(2, 1))
+    if unstride and down is not None and hasattr(down, "stride") and not isinstance(down, nn.Conv2d):
+        down.stride = 1  # option A's zero-padded identity
+
+
 class ResNet(Backbone):
     """Post-activation ResNet (the paper's), with the options of its descendants.
 
@@ -202,6 +241,7 @@ class ResNet(Backbone):
         groups: int = 1,
         width_per_group: int = 64,
         avg_down: bool = False,
+        output_stride: int = 32,
     ):
         super().__init__()
         assert len(layers) == len(widths)
@@ -246,6 +286,8 @@ class ResNet(Backbone):
 
         stem_map = {"module": "act1", "reduction": 1 if stem == "cifar" else 2}  # timm's: after the stem's ReLU
         self._make_stages(widths, layers, stem_width, 1 if stem == "cifar" else 4, drop_path_rate, make, stem_map)
+        if output_stride != 32:
+            self._dilate(output_stride)
         self._make_head(num_classes)
         self._init_weights()
         if zero_init_residual:
@@ -279,6 +321,7 @@ class ResNetV2(Backbone):
         norm: str = "batch",
         bit: bool = False,
         width_factor: int = 1,
+        output_stride: int = 32,
     ):
         super().__init__()
         widths = [w * width_factor for w in widths]
@@ -294,6 +337,8 @@ class ResNetV2(Backbone):
         self._make_stages(widths, layers, widths[0], 4, drop_path_rate, make, {"module": "conv1", "reduction": 2})
         self.norm = make_norm(norm, self.num_features)
         self.relu = nn.ReLU(inplace=True)
+        if output_stride != 32:
+            self._dilate(output_stride)
         self._make_head(num_classes)
         self._init_weights()
         if zero_init_residual:

@@ -6,7 +6,7 @@ the entrypoints reach the builders through `_net`, which imports them when a mod
 
 from __future__ import annotations
 
-from .registry import BOTTLENECK, DETECTION, HEAD, RCNN, RESIDUAL, SHORTCUT, register_model
+from .registry import BOTTLENECK, DETECTION, DILATED, HEAD, RCNN, RESIDUAL, SEGMENTATION, SHORTCUT, register_model
 
 
 def _net(kind: str, *args, block: str | None = None, **kw):
@@ -31,31 +31,31 @@ BasicBlock, Bottleneck = "BasicBlock", "Bottleneck"
 # ---- ImageNet nets of the paper's Table 1 (option B shortcuts; v1.5 bottleneck unless stride_in_1x1=True)
 
 
-@register_model(options=SHORTCUT)
+@register_model(options=SHORTCUT + DILATED)
 def resnet18(**kw):
     """ResNet-18 (Table 1)."""
     return ResNet(BasicBlock, [2, 2, 2, 2], **kw)
 
 
-@register_model(options=SHORTCUT)
+@register_model(options=SHORTCUT + DILATED)
 def resnet34(**kw):
     """ResNet-34 (Table 1)."""
     return ResNet(BasicBlock, [3, 4, 6, 3], **kw)
 
 
-@register_model(options=BOTTLENECK)
+@register_model(options=BOTTLENECK + DILATED)
 def resnet50(**kw):
     """ResNet-50 (Table 1)."""
     return ResNet(Bottleneck, [3, 4, 6, 3], **kw)
 
 
-@register_model(options=BOTTLENECK)
+@register_model(options=BOTTLENECK + DILATED)
 def resnet101(**kw):
     """ResNet-101 (Table 1)."""
     return ResNet(Bottleneck, [3, 4, 23, 3], **kw)
 
 
-@register_model(options=BOTTLENECK)
+@register_model(options=BOTTLENECK + DILATED)
 def resnet152(**kw):
     """ResNet-152 (Table 1)."""
     return ResNet(Bottleneck, [3, 8, 36, 3], **kw)
@@ -64,31 +64,31 @@ def resnet152(**kw):
 # ---- ResNeXt ("Aggregated Residual Transformations", Xie et al.) and Wide ResNet (Zagoruyko & Komodakis)
 
 
-@register_model(options=BOTTLENECK)
+@register_model(options=BOTTLENECK + DILATED)
 def resnext50_32x4d(**kw):
     """ResNeXt-50, 32 groups of width 4."""
     return ResNet(Bottleneck, [3, 4, 6, 3], groups=32, width_per_group=4, **kw)
 
 
-@register_model(options=BOTTLENECK)
+@register_model(options=BOTTLENECK + DILATED)
 def resnext101_32x8d(**kw):
     """ResNeXt-101, 32 groups of width 8."""
     return ResNet(Bottleneck, [3, 4, 23, 3], groups=32, width_per_group=8, **kw)
 
 
-@register_model(options=BOTTLENECK)
+@register_model(options=BOTTLENECK + DILATED)
 def resnext101_64x4d(**kw):
     """ResNeXt-101, 64 groups of width 4."""
     return ResNet(Bottleneck, [3, 4, 23, 3], groups=64, width_per_group=4, **kw)
 
 
-@register_model(options=BOTTLENECK)
+@register_model(options=BOTTLENECK + DILATED)
 def wide_resnet50_2(**kw):
     """Wide ResNet-50-2: bottleneck 3x3 twice as wide."""
     return ResNet(Bottleneck, [3, 4, 6, 3], width_per_group=128, **kw)
 
 
-@register_model(options=BOTTLENECK)
+@register_model(options=BOTTLENECK + DILATED)
 def wide_resnet101_2(**kw):
     """Wide ResNet-101-2: bottleneck 3x3 twice as wide."""
     return ResNet(Bottleneck, [3, 4, 23, 3], width_per_group=128, **kw)
@@ -97,13 +97,13 @@ def wide_resnet101_2(**kw):
 # ---- ResNet-D ("Bag of Tricks", He et al. 2019): deep 3x3 stem, average-pool downsampling
 
 
-@register_model(options=RESIDUAL)
+@register_model(options=RESIDUAL + DILATED)
 def resnet50d(**kw):
     """ResNet-50-D: deep stem and average-pool shortcut (timm's resnet50d)."""
     return ResNet(Bottleneck, [3, 4, 6, 3], stem="deep", avg_down=True, **kw)
 
 
-@register_model(options=RESIDUAL)
+@register_model(options=RESIDUAL + DILATED)
 def resnet101d(**kw):
     """ResNet-101-D: deep stem and average-pool shortcut (timm's resnet101d)."""
     return ResNet(Bottleneck, [3, 4, 23, 3], stem="deep", avg_down=True, **kw)
@@ -112,19 +112,19 @@ def resnet101d(**kw):
 # ---- Pre-activation ResNet V2 ("Identity Mappings in Deep Residual Networks")
 
 
-@register_model(options=RESIDUAL)
+@register_model(options=RESIDUAL + DILATED)
 def resnetv2_50(**kw):
     """Pre-activation ResNet-50 (timm's resnetv2_50)."""
     return ResNetV2([3, 4, 6, 3], **kw)
 
 
-@register_model(options=RESIDUAL)
+@register_model(options=RESIDUAL + DILATED)
 def resnetv2_101(**kw):
     """Pre-activation ResNet-101 (timm's resnetv2_101)."""
     return ResNetV2([3, 4, 23, 3], **kw)
 
 
-@register_model(options=RESIDUAL)
+@register_model(options=RESIDUAL + DILATED)
 def resnetv2_152(**kw):
     """Pre-activation ResNet-152 (timm's resnetv2_152)."""
     return ResNetV2([3, 8, 36, 3], **kw)
@@ -140,31 +140,31 @@ def _bit(layers, **kw):
     return ResNetV2(layers, norm="group", bit=True, **kw)
 
 
-@register_model(options=BIT)
+@register_model(options=BIT + DILATED)
 def resnetv2_50x1_bit(**kw):
     """BiT ResNet-50x1: weight-standardised convs, GroupNorm (timm's resnetv2_50x1_bit)."""
     return _bit([3, 4, 6, 3], width_factor=1, **kw)
 
 
-@register_model(options=BIT)
+@register_model(options=BIT + DILATED)
 def resnetv2_50x3_bit(**kw):
     """BiT ResNet-50x3 (timm's resnetv2_50x3_bit)."""
     return _bit([3, 4, 6, 3], width_factor=3, **kw)
 
 
-@register_model(options=BIT)
+@register_model(options=BIT + DILATED)
 def resnetv2_101x1_bit(**kw):
     """BiT ResNet-101x1 (timm's resnetv2_101x1_bit)."""
     return _bit([3, 4, 23, 3], width_factor=1, **kw)
 
 
-@register_model(options=BIT)
+@register_model(options=BIT + DILATED)
 def resnetv2_101x3_bit(**kw):
     """BiT ResNet-101x3 (timm's resnetv2_101x3_bit)."""
     return _bit([3, 4, 23, 3], width_factor=3, **kw)
 
 
-@register_model(options=BIT)
+@register_model(options=BIT + DILATED)
 def resnetv2_152x2_bit(**kw):
     """BiT ResNet-152x2 (timm's resnetv2_152x2_bit)."""
     return _bit([3, 8, 36, 3], width_factor=2, **kw)
@@ -321,3 +321,37 @@ def maskrcnn_resnet50_fpn(**kw):
 def maskrcnn_resnet50_fpn_v2(**kw):
     """Mask R-CNN v2 (torchvision's v2)."""
     return _detector("mask_rcnn_v2", **kw)
+
+
+# ---- segmentation: torchvision's FCN and DeepLabV3 heads on any of the ImageNet nets above, dilated
+# (backbone=..., output_stride=8 or 16; models/segmentation.py)
+
+
+def _segmenter(kind: str, default_backbone: str, **kw):
+    from . import segmentation  # torchvision's segmentation models, at the first one built
+
+    return getattr(segmentation, kind)(**{"backbone": default_backbone, **kw})
+
+
+@register_model(options=SEGMENTATION, family="segmentation")
+def fcn_resnet50(**kw):
+    """FCN on a dilated ResNet-50 (torchvision's; backbone= any ImageNet-family net)."""
+    return _segmenter("fcn", "resnet50", **kw)
+
+
+@register_model(options=SEGMENTATION, family="segmentation")
+def fcn_resnet101(**kw):
+    """FCN on a dilated ResNet-101 (torchvision's)."""
+    return _segmenter("fcn", "resnet101", **kw)
+
+
+@register_model(options=SEGMENTATION, family="segmentation")
+def deeplabv3_resnet50(**kw):
+    """DeepLabV3 (ASPP) on a dilated ResNet-50 (torchvision's)."""
+    return _segmenter("deeplabv3", "resnet50", **kw)
+
+
+@register_model(options=SEGMENTATION, family="segmentation")
+def deeplabv3_resnet101(**kw):
+    """DeepLabV3 (ASPP) on a dilated ResNet-101 (torchvision's)."""
+    return _segmenter("deeplabv3", "resnet101", **kw)

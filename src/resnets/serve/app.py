@@ -10,8 +10,8 @@ from torch import nn
 
 from ..errors import ResnetsError
 from .limits import Limits
-from .routes import image_routes, info_routes
-from .service import Metrics, Service
+from .routes import detect_routes, image_routes, info_routes, segment_routes
+from .service import DetectorService, Metrics, SegmenterService, Service
 
 TOKEN_ENV = "RESNETS_SERVE_TOKEN"
 
@@ -37,7 +37,9 @@ def app(
 
     from fastapi import FastAPI
 
+    from ..detect import is_detector
     from ..factory import load
+    from ..segment import is_segmenter
     from ..version import __version__
 
     where = "the token" if token is not None else f"${TOKEN_ENV}"
@@ -49,7 +51,8 @@ def app(
         )
     if not isinstance(model, nn.Module):
         model = load(model)
-    svc = Service(
+    kind = DetectorService if is_detector(model) else SegmenterService if is_segmenter(model) else Service
+    svc = kind(
         model,
         backend=backend,
         precision=precision,
@@ -78,12 +81,16 @@ def app(
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
-        description=f"{svc.meta.architecture} ({svc.model.num_classes} classes) served "
-        "by resnets: classify, embed and explain images.",
+        description=f"{svc.meta.architecture} ({len(svc.names)} classes) served by resnets: "
+        + {"detection": "find objects in images.", "segmentation": "the class of every pixel of images."}.get(
+            svc.task, "classify, embed and explain images."
+        ),
     )
     api.state.service = svc
     api.add_middleware(Counted, metrics=svc.metrics)
     image_routes(api, svc)
+    detect_routes(api, svc)
+    segment_routes(api, svc)
     info_routes(api, svc)
     return api
 
@@ -119,6 +126,8 @@ ENDPOINTS = {
     "/v1/predict": "predict",
     "/v1/embed": "embed",
     "/v1/explain": "explain",
+    "/v1/detect": "detect",
+    "/v1/segment": "segment",
     "/v1/model": "model",
     "/healthz": "healthz",
     "/readyz": "readyz",

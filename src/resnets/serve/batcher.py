@@ -23,8 +23,11 @@ class Batcher:
     """Images in, one row of `run`'s output each, run in batches of up to `max_batch` gathered for at most
     `max_wait_s` after the first arrives. `run` runs in one thread of its own."""
 
-    def __init__(self, run, max_batch: int, max_wait_s: float, max_queue: int, observe_batch=None):
+    def __init__(self, run, max_batch: int, max_wait_s: float, max_queue: int, observe_batch=None, collate=None):
+        """collate: the images of a batch as `run` takes them (default torch.stack; a detector takes a list of
+        images of any size)."""
         self.run, self.max_batch, self.max_wait_s, self.max_queue = run, max_batch, max_wait_s, max_queue
+        self.collate = collate or torch.stack
         self.observe_batch = observe_batch or (lambda n: None)
         self.pending = 0
         self._queue: asyncio.Queue[_Item] | None = None
@@ -89,7 +92,7 @@ class Batcher:
                 continue
             self.observe_batch(len(live))
             try:
-                out = await loop.run_in_executor(self._pool, self.run, torch.stack([it.image for it in live]))
+                out = await loop.run_in_executor(self._pool, self.run, self.collate([it.image for it in live]))
             except Exception as e:
                 if len(live) == 1:
                     _settle(live[0], error=e)
@@ -98,7 +101,7 @@ class Batcher:
                 # request) that caused it and every other request is answered as usual
                 for it in live:
                     try:
-                        row = (await loop.run_in_executor(self._pool, self.run, it.image[None]))[0]
+                        row = (await loop.run_in_executor(self._pool, self.run, self.collate([it.image])))[0]
                     except Exception as e1:
                         _settle(it, error=e1)
                     else:

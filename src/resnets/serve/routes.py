@@ -11,6 +11,7 @@ import torch
 from fastapi import Query, Request
 from fastapi.responses import JSONResponse, Response
 
+from ..detect import boxes_of, draw
 from ..errors import ResnetsError
 from ..inference import class_index
 from .limits import HTTPFailure, header_safe
@@ -40,6 +41,8 @@ def image_routes(api, svc: Service) -> None:
     async def predict(request: Request, top_k: int = Query(5, ge=1, le=1000)):
         async def work():
             t0 = time.perf_counter()
+            svc.check_token(request)
+            svc.need_task("classification", "predict")
             names, images = await svc.decoded(request)
             feats = await svc.batcher.submit(images)
             probs = svc.logits(torch.stack(feats)).softmax(1)
@@ -106,6 +109,102 @@ def image_routes(api, svc: Service) -> None:
             )
 
         return await svc.answered("explain", work)
+
+
+def detect_routes(api, svc: Service) -> None:
+    """/v1/detect: boxes, classes and scores of each image (draw=1: one image with them drawn, as a PNG)."""
+
+    @api.post(
+        "/v1/detect",
+        openapi_extra=_MULTIPART,
+        summary="Find objects: the boxes, classes and scores in each image (draw=1: a PNG with them drawn)",
+        responses={200: {"content": {"image/png": {}}, "description": "JSON results, or with draw=1 the picture"}},
+    )
+    async def detect(
+        request: Request,
+        score: float = Query(0.5, ge=0, le=1, description="keep boxes scoring at least this"),
+        draw: bool = Query(False, description="answer with the image and its boxes drawn (PNG), for one image"),
+    ):
+        async def work():
+            t0 = time.perf_counter()
+            svc.check_token(request)
+            svc.need_task("detection", "detect")
+            names, images = await svc.decoded(request)
+            if draw and len(images) != 1:
+                raise HTTPFailure(400, f"draw=1 takes one image; got {len(images)}", kind="bad_request")
+            outs = await svc.batcher.submit(images)
+            rows = [boxes_of(o, score, svc.names) for o in outs]
+            svc.metrics.images.labels("detect").inc(len(names))
+            if draw:
+                png = await asyncio.get_running_loop().run_in_executor(
+                    None, _drawn_png, images[0], outs[0], rows[0], score
+                )
+                headers = {"X-Boxes": str(len(rows[0])), "X-Time-Ms": f"{1000 * (time.perf_counter() - t0):.1f}"}
+                return Response(png, media_type="image/png", headers=headers)
+            results = [
+                {"name": n, "width": im.shape[2], "height": im.shape[1], "boxes": r}
+                for n, im, r in zip(names, images, rows)
+            ]
+            return JSONResponse({"results": results, "time_ms": 1000 * (time.perf_counter() - t0)})
+
+        return await svc.answered("detect", work)
+
+
+def segment_routes(api, svc: Service) -> None:
+    """/v1/segment: each image's class map as a PNG (one image: the coloured mask, or with overlay=1 laid over
+    the photo), or with format=json the share of each class and the map as rows of class indices."""
+
+    @api.post(
+        "/v1/segment",
+        openapi_extra=_MULTIPART,
+        summary="The class of every pixel: a coloured mask (PNG), an overlay, or JSON",
+        responses={200: {"content": {"image/png": {}}, "description": "the mask or overlay; JSON with format=json"}},
+    )
+    async def segment(
+        request: Request,
+        overlay: bool = Query(False, description="the mask laid over the photo"),
+        format: str = Query("png", pattern="^(png|json)$", description="png: the picture (one image); json"),
+    ):
+        async def work():
+            from ..segment import coloured, shares
+            from ..segment import overlay as lay
+
+            t0 = time.perf_counter()
+            svc.check_token(request)
+            svc.need_task("segmentation", "segment")
+            names, images = await svc.decoded(request)
+            if format == "png" and len(images) != 1:
+                raise HTTPFailure(
+                    400, f"a PNG answer takes one image; got {len(images)} (format=json)", kind="bad_request"
+                )
+            maps = await svc.batcher.submit(images)
+            svc.metrics.images.labels("segment").inc(len(names))
+            if format == "json":
+                results = [{"name": n, "mask": m.tolist(), **shares(m, svc.names)} for n, m in zip(names, maps)]
+                return JSONResponse(
+                    {"classes": svc.names, "results": results, "time_ms": 1000 * (time.perf_counter() - t0)}
+                )
+            k = len(svc.names)
+            picture = lay(images[0], maps[0], k) if overlay else coloured(maps[0], k)
+            png = await asyncio.get_running_loop().run_in_executor(None, _png, picture)
+            return Response(
+                png, media_type="image/png", headers={"X-Time-Ms": f"{1000 * (time.perf_counter() - t0):.1f}"}
+            )
+
+        return await svc.answered("segment", work)
+
+
+def _png(picture: torch.Tensor) -> bytes:
+    from torchvision.io import encode_png
+
+    return encode_png(picture).numpy().tobytes()
+
+
+def _drawn_png(image: torch.Tensor, out: dict, rows: list[dict], score: float) -> bytes:
+    found = {"boxes": rows}
+    if "masks" in out:
+        found["masks"] = out["masks"][out["scores"] >= score].float()
+    return _png(draw(image, found))
 
 
 def info_routes(api, svc: Service) -> None:

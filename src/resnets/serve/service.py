@@ -55,8 +55,22 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+def check_settings(max_batch: int, decode_workers: int, max_wait_ms: float, limits: Limits) -> None:
+    if max_batch < 1 or decode_workers < 1:
+        raise ResnetsError("max_batch and decode_workers must be at least 1")
+    for what, value, zero_ok in (
+        ("max_wait_ms", max_wait_ms, True),
+        ("timeout_s", limits.timeout_s, False),
+        ("max_upload_mb", limits.max_upload_mb, False),
+    ):
+        if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
+            raise ResnetsError(f"{what} must be a finite number {'>= 0' if zero_ok else '> 0'}; got {value}")
+
+
 class Service:
     """The model, its runner and batcher, the decode pool and the metrics behind one app."""
+
+    task = "classification"
 
     def __init__(
         self,
@@ -76,15 +90,7 @@ class Service:
         from ..devices import pick_device
         from ..meta import meta_of, preprocessing_for
 
-        if max_batch < 1 or decode_workers < 1:
-            raise ResnetsError("max_batch and decode_workers must be at least 1")
-        for what, value, zero_ok in (
-            ("max_wait_ms", max_wait_ms, True),
-            ("timeout_s", limits.timeout_s, False),
-            ("max_upload_mb", limits.max_upload_mb, False),
-        ):
-            if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
-                raise ResnetsError(f"{what} must be a finite number {'>= 0' if zero_ok else '> 0'}; got {value}")
+        check_settings(max_batch, decode_workers, max_wait_ms, limits)
         self.device = pick_device(device) if not isinstance(device, torch.device) else device
         self.model = model.eval().to(self.device)
         self.meta = meta_of(self.model)
@@ -238,6 +244,14 @@ class Service:
             return JSONResponse({"detail": e.detail}, e.status, headers=e.headers)
         return make()
 
+    def need_task(self, task: str, what: str) -> None:
+        """400 for an endpoint of another task (boxes from a classifier, classes from a detector)."""
+        if task != self.task:
+            where = {"detection": "POST /v1/detect", "segmentation": "POST /v1/segment"}.get(
+                self.task, "POST /v1/predict"
+            )
+            raise HTTPFailure(400, f"{what} is for a {task} model; this server runs a {self.task} model: {where}")
+
     def need_features(self, what: str) -> None:
         if not self.features:
             raise HTTPFailure(
@@ -285,3 +299,128 @@ def overlay(svc: Service, image: torch.Tensor, target: int | None) -> tuple[byte
     buf = io.BytesIO()
     Image.fromarray(blended).save(buf, format="PNG")
     return buf.getvalue(), cls, prob
+
+
+class DetectorService(Service):
+    """A detector behind the app: each image whole (the model resizes it, min_size / max_size), a list of images
+    of any size per batch, boxes out; the same decode pool, limits, token, batcher and metrics."""
+
+    task = "detection"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        backend: str,
+        precision: str,
+        device: str | torch.device | None,
+        max_batch: int,
+        max_wait_ms: float,
+        decode_workers: int,
+        limits: Limits,
+        token: str | None,
+        calib_images: list[str] | None = None,
+    ):
+        from ..detect import class_names
+        from ..devices import check_precision, pick_device
+        from ..meta import meta_of
+
+        check_settings(max_batch, decode_workers, max_wait_ms, limits)
+        if backend not in ("auto", "eager") or calib_images:
+            raise ResnetsError(f"a detector is served by the eager backend (PyTorch); got --backend {backend}")
+        self.device = pick_device(device) if not isinstance(device, torch.device) else device
+        check_precision(precision, self.device)
+        self.model = model.eval().to(self.device)
+        self.meta = meta_of(self.model)
+        self.names = class_names(self.model)
+        self.backend, self.precision, self.limits, self.token = "eager", precision, limits, token
+        self.max_batch, self.max_wait_ms = max_batch, max_wait_ms
+        self.features = False
+        self.metrics = Metrics(max_batch)
+        self.decode_workers = decode_workers
+        self.decoder = None
+        self.batcher = Batcher(
+            self._run, max_batch, max_wait_ms / 1000, limits.max_queue, self.metrics.batch.observe, list
+        )
+        self.explain_lock = threading.Lock()
+        self._explain_model = None
+        self.ready = False
+
+    def _run(self, images: list[torch.Tensor]) -> list[dict]:
+        """uint8 images (3, H, W) -> the detector's output for each, on the CPU (masks as booleans)."""
+        from ..devices import autocast
+
+        amp = {"fp32": "none"}.get(self.precision, self.precision)
+        with torch.no_grad(), autocast(self.device, amp):
+            outs = self.model([im.to(self.device).float() / 255 for im in images])
+        rows = []
+        for o in outs:
+            row = {k: o[k].float().cpu() if k != "labels" else o[k].cpu() for k in ("boxes", "labels", "scores")}
+            if "masks" in o:
+                row["masks"] = (o["masks"][:, 0] > 0.5).cpu()
+            rows.append(row)
+        return rows
+
+    def warm_up(self) -> None:
+        self._run([torch.zeros(3, 64, 64, dtype=torch.uint8)])
+        self.ready = True
+
+    def decode(self, data: bytes, name: str) -> torch.Tensor:
+        """The image decoded whole (RGB uint8), or HTTPFailure."""
+        from ..data.datasets import BadSample, decode_bytes
+
+        try:
+            return decode_bytes(data, name, 3, max_pixels=self.limits.max_pixels)
+        except BadSample as e:
+            kind = e.kind if e.kind in STATUS_OF_KIND else "not_an_image"
+            raise HTTPFailure(STATUS_OF_KIND.get(kind, 415), f"{name}: {e.reason}", kind=kind) from None
+
+    def need_features(self, what: str) -> None:
+        self.need_task("classification", what)
+
+    def describe(self) -> dict[str, Any]:
+        transform = getattr(self.model, "transform", None)  # a detector's resizing; a segmenter has none
+        return {
+            "architecture": self.meta.architecture,
+            "task": self.task,
+            "num_classes": len(self.names),
+            "classes": self.names,
+            "options": dict(self.meta.options),
+            "input": {"min_size": list(transform.min_size), "max_size": transform.max_size} if transform else {},
+            "precision": self.precision,
+            "backend": self.backend,
+            "device": str(self.device),
+            "source": self.meta.source,
+            "batching": {"max_batch": self.max_batch, "max_wait_ms": self.max_wait_ms},
+            "limits": {
+                "max_upload_mb": self.limits.max_upload_mb,
+                "max_files": self.limits.max_files,
+                "max_queue": self.limits.max_queue,
+                "timeout_s": self.limits.timeout_s,
+            },
+        }
+
+
+class SegmenterService(DetectorService):
+    """A segmenter behind the app (FCN, DeepLabV3): each image whole, its class map out (the shorter side at
+    `size` for the model, the map at the image's size)."""
+
+    task = "segmentation"
+    size = 520  # torchvision's evaluation size for these models
+
+    def __init__(self, model: nn.Module, **kw):
+        super().__init__(model, **kw)
+        from ..segment import class_names
+
+        self.names = class_names(self.model)
+
+    def _run(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
+        from ..segment import class_map
+
+        amp = {"fp32": "none"}.get(self.precision, self.precision)
+        return [class_map(self.model, im, self.size, amp) for im in images]
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d.update(task="segmentation", input={"shorter_side": self.size, "normalised": "ImageNet mean and std"})
+        return d

@@ -55,6 +55,74 @@ def _register_torchvision() -> None:
 register_later(_register_torchvision)
 
 
+# ---- torchvision's COCO detectors (COCO_V1 of each), from its own records as above: registered as <arch>.tv_coco,
+# their 91 labels (assets/coco_classes.txt), box (and mask) mAP on COCO val2017. torchvision loads its v1 files into
+# models whose FrozenBatchNorm has eps 0 (they were trained so): the same option goes with the name here.
+
+DETECTION_ARCHITECTURES = (
+    "fasterrcnn_resnet50_fpn",
+    "fasterrcnn_resnet50_fpn_v2",
+    "retinanet_resnet50_fpn",
+    "retinanet_resnet50_fpn_v2",
+    "maskrcnn_resnet50_fpn",
+    "maskrcnn_resnet50_fpn_v2",
+)
+
+
+def _register_torchvision_detection() -> None:
+    from torchvision.models import get_model_weights
+
+    for arch in DETECTION_ARCHITECTURES:
+        tv = get_model_weights(arch).COCO_V1
+        metrics = tv.meta["_metrics"]["COCO-val2017"]
+        register_weights(
+            WeightSpec(
+                name=f"{arch}.tv_coco",
+                url=tv.url,
+                sha256=tv.url.rsplit("-", 1)[-1].split(".", 1)[0],
+                preprocessing=None,
+                metrics=dict(metrics),
+                num_classes=len(tv.meta["categories"]),
+                classes="coco",
+                source="torchvision",
+                recipe=tv.meta["recipe"],
+                options={} if arch.endswith("_v2") else {"norm_eps": 0.0},
+            )
+        )
+
+
+register_later(_register_torchvision_detection)
+
+
+# ---- torchvision's segmentation models trained on COCO's images with Pascal VOC's 21 labels (COCO_WITH_VOC_LABELS_V1),
+# registered as <arch>.tv_coco_voc with their mIoU and pixel accuracy on that val2017 subset
+
+SEGMENTATION_ARCHITECTURES = ("fcn_resnet50", "fcn_resnet101", "deeplabv3_resnet50", "deeplabv3_resnet101")
+
+
+def _register_torchvision_segmentation() -> None:
+    from torchvision.models import get_model_weights
+
+    for arch in SEGMENTATION_ARCHITECTURES:
+        tv = get_model_weights(arch).COCO_WITH_VOC_LABELS_V1
+        register_weights(
+            WeightSpec(
+                name=f"{arch}.tv_coco_voc",
+                url=tv.url,
+                sha256=tv.url.rsplit("-", 1)[-1].split(".", 1)[0],
+                preprocessing=None,
+                metrics=dict(tv.meta["_metrics"]["COCO-val2017-VOC-labels"]),
+                num_classes=len(tv.meta["categories"]),
+                classes="voc",
+                source="torchvision",
+                recipe=tv.meta["recipe"],
+            )
+        )
+
+
+register_later(_register_torchvision_segmentation)
+
+
 # ---- timm's ImageNet-1k weights for the architectures resnets builds (torchvision's tv/tv2 weights, which timm
 # re-publishes, are registered above from torchvision). Fetched from the Hub (hf-hub:timm/<name>). Accuracies and
 # eval preprocessing are timm's: ImageNet-1k val at the weights' test size and crop_pct (results/results-imagenet.csv

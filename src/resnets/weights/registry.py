@@ -25,12 +25,15 @@ class WeightSpec:
     name: str  # "<architecture>.<tag>", e.g. "resnet50.tv2_in1k"
     url: str
     sha256: str
-    preprocessing: Preprocessing
-    metrics: dict[str, float] = field(default_factory=dict)  # ImageNet-1k val, single centre crop, %
+    preprocessing: Preprocessing | None  # None: a detector, which resizes and normalises its images itself
+    metrics: dict[str, float] = field(default_factory=dict)  # ImageNet-1k val, single centre crop, % (COCO box_map)
     num_classes: int = 1000
     classes: str = "imagenet"  # a class list shipped in resnets/assets (home.class_list)
     source: str = ""
     recipe: str = ""
+    options: dict = field(
+        default_factory=dict
+    )  # architecture options the file needs (torchvision's v1 COCO: norm_eps 0)
 
     @property
     def architecture(self) -> str:

@@ -1,0 +1,216 @@
+"""Segmenters used: mIoU and pixel accuracy of a model on a mask folder (torchmetrics' MulticlassJaccardIndex and
+MulticlassAccuracy: a library's, not ours), masks predicted for image files, and those masks coloured and laid over
+the photos. Training (engine/segmentation.py), `resnets eval` and `resnets segment` use these."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from .devices import autocast
+from .errors import ResnetsError
+
+
+def is_segmenter(model: nn.Module) -> bool:
+    from torchvision.models.segmentation import FCN, DeepLabV3
+
+    return isinstance(model, (FCN, DeepLabV3))
+
+
+def class_names(model: nn.Module) -> list[str]:
+    from .meta import meta_of
+
+    meta = meta_of(model)
+    n = meta.options.get("num_classes", 21)
+    names = list(meta.class_names or [])
+    return names if len(names) == n else [f"class {k}" for k in range(n)]
+
+
+def predict_masks(model: nn.Module, images: list[torch.Tensor], amp: str = "none") -> list[torch.Tensor]:
+    """Normalised images (3, H, W) of any sizes -> each one's class map (H, W), int64 on the CPU (images of one
+    size share a forward pass)."""
+    device = next(model.parameters()).device
+    out: list[torch.Tensor | None] = [None] * len(images)
+    by_shape: dict[tuple, list[int]] = {}
+    for i, im in enumerate(images):
+        by_shape.setdefault(tuple(im.shape), []).append(i)
+    with torch.no_grad(), autocast(device, amp):
+        for idx in by_shape.values():
+            logits = model(torch.stack([images[i] for i in idx]).to(device))["out"]
+            for i, m in zip(idx, logits.argmax(1).cpu()):
+                out[i] = m
+    return out
+
+
+@torch.no_grad()
+def mask_scores(
+    model: nn.Module,
+    dataset,
+    device: torch.device,
+    *,
+    amp: str = "none",
+    batch_size: int = 8,
+    workers: int = 0,
+    rank: int = 0,
+    world: int = 1,
+    bar=None,
+) -> dict:
+    """{"miou", "pixel_acc", "per_class": {name: IoU}, "n", "bad_samples", "bad_files"} of `model` on `dataset` (a
+    data.masks.MaskFolder; pixels marked 255 left out; under torchrun each rank scores its share and torchmetrics
+    gathers them). Percentages. A class absent from both the masks and the predictions does not count in the mean."""
+    from torch.utils.data import DataLoader
+    from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+
+    from .data import coco, masks
+    from .data.loader import EvalBatches
+
+    k = len(dataset.classes)
+    confusion = MulticlassConfusionMatrix(k, ignore_index=masks.IGNORE)
+    accuracy = MulticlassAccuracy(k, average="micro", ignore_index=masks.IGNORE)
+    loader = DataLoader(
+        coco.Safe(dataset),
+        batch_sampler=EvalBatches(len(dataset), batch_size, rank, world),
+        num_workers=workers,
+        collate_fn=masks.collate,
+    )
+    was = model.training
+    model.eval()
+    n, bad = 0, []
+    try:
+        for images, targets, skipped in loader:
+            bad += skipped
+            for pred, truth in zip(predict_masks(model, images, amp), targets):
+                confusion.update(pred.flatten(), truth.flatten())
+                accuracy.update(pred.flatten(), truth.flatten())
+            n += len(images)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        model.train(was)
+    cm = confusion.compute().double()
+    union = cm.sum(0) + cm.sum(1) - cm.diag()
+    iou = torch.where(union > 0, cm.diag() / union.clamp(min=1), torch.full_like(union, float("nan")))
+    present = ~iou.isnan()
+    return {
+        "miou": round(100 * iou[present].mean().item(), 3) if present.any() else 0.0,
+        "pixel_acc": round(100 * accuracy.compute().item(), 3),
+        "per_class": {c: round(100 * v, 3) for c, v, p in zip(dataset.classes, iou.tolist(), present.tolist()) if p},
+        "n": n,
+        "bad_samples": len(bad),
+        "bad_files": [{"path": p, "error": e} for p, e in bad],
+    }
+
+
+def palette(k: int) -> torch.Tensor:
+    """k distinct colours (uint8 (k, 3)), the background black, as Pascal VOC colours its masks."""
+    colours = torch.zeros(k, 3, dtype=torch.uint8)
+    for i in range(k):
+        c, j = i, 0
+        while c:
+            for ch in range(3):
+                colours[i, ch] |= ((c >> ch) & 1) << (7 - j)
+            c, j = c >> 3, j + 1
+    return colours
+
+
+def coloured(mask: torch.Tensor, k: int) -> torch.Tensor:
+    """A class map (H, W) as an RGB picture uint8 (3, H, W)."""
+    return palette(max(k, 1))[mask.clamp(0, k - 1)].permute(2, 0, 1).contiguous()
+
+
+def overlay(image: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
+    """The photo (uint8 (3, H, W)) with the non-background classes of `mask` laid over it."""
+    from torchvision.utils import draw_segmentation_masks
+
+    present = [c for c in range(1, k) if (mask == c).any()]
+    if not present:
+        return image
+    stack = torch.stack([mask == c for c in present])
+    colours = [tuple(int(v) for v in palette(k)[c]) for c in present]
+    return draw_segmentation_masks(image, stack, alpha=0.5, colors=colours)
+
+
+def segment(model: nn.Module, paths: Iterable[str], *, size: int = 520, precision: str = "fp32") -> list[dict]:
+    """Each image file's class map at its own size: [{"path", "width", "height", "mask" (H, W) int64, "classes":
+    {name: share of pixels}}] or {"path", "error"}. Each image's shorter side is resized to `size` for the model
+    (torchvision's evaluation of these models), the map brought back to the image's size."""
+    from .data.datasets import BadSample, decode
+    from .detect import image_files
+
+    names = class_names(model)
+    amp = {"fp32": "none"}.get(precision, precision)
+    model.eval()
+    results = []
+    for path in image_files(paths):
+        try:
+            img = decode(path, 3)
+        except BadSample as e:
+            results.append({"path": path, "error": e.reason})
+            continue
+        mask = class_map(model, img, size, amp)
+        results.append(
+            {"path": path, "width": img.shape[2], "height": img.shape[1], "mask": mask, **shares(mask, names)}
+        )
+    return results
+
+
+def class_map(model: nn.Module, img: torch.Tensor, size: int = 520, amp: str = "none") -> torch.Tensor:
+    """One photo (uint8 (3, H, W)) -> its class map (H, W) int64: the shorter side resized to `size`, normalised
+    with ImageNet's statistics, the logits brought back to (H, W)."""
+    import torch.nn.functional as F
+
+    from .data.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+
+    device = next(model.parameters()).device
+    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
+    h, w = img.shape[1:]
+    scale = size / min(h, w)
+    x = F.interpolate(
+        img[None].float() / 255, size=(max(1, round(h * scale)), max(1, round(w * scale))), mode="bilinear"
+    )
+    with torch.no_grad(), autocast(device, amp):
+        logits = model(((x[0] - mean) / std)[None].to(device))["out"].float()
+    return F.interpolate(logits, size=(h, w), mode="bilinear").argmax(1)[0].cpu()
+
+
+def shares(mask: torch.Tensor, names: list[str]) -> dict:
+    """{"classes": {name: share of the pixels}} of a class map (the classes present)."""
+    counts = torch.bincount(mask.flatten(), minlength=len(names)).double() / max(mask.numel(), 1)
+    return {"classes": {names[c]: round(float(v), 4) for c, v in enumerate(counts.tolist()) if v > 0}}
+
+
+def evaluate_file(model: nn.Module, weights: str, data: str | None, *, batch_size: int = 8, workers: int = 0,
+                  amp: str = "none", device: str = "auto", limit: int = 0, out: str | None = None,
+                  progress: bool = True) -> dict:  # fmt: skip
+    """`resnets eval` of a segmenter: mIoU and pixel accuracy on the mask folder `data` (its val/ split, or its
+    own images/ and masks/), whose classes.txt must list the model's classes. Writes eval.json to `out`."""
+    import json
+
+    from tqdm import tqdm
+
+    from . import safe_io
+    from .data import masks
+    from .devices import pick_device, resolve_amp
+
+    if not data:
+        raise ResnetsError("say which mask folder to evaluate the segmenter on: --data DIR")
+    classes = class_names(model)
+    ds = masks.load(data, "val", classes=classes) or masks.load(data, "train", classes=classes)
+    if ds is None:
+        raise ResnetsError(f"no val/ (or images/ and masks/) in {data}")
+    if limit:
+        ds.pairs = ds.pairs[:limit]
+    dev = pick_device(device)
+    amp = resolve_amp(amp, dev)
+    model.to(dev)
+    with tqdm(total=-(-len(ds) // batch_size), unit="batch", disable=not progress, desc="eval") as bar:
+        res = mask_scores(model, ds, dev, amp=amp, batch_size=batch_size, workers=workers, bar=bar)
+    res.update(weights=str(weights), dataset="masks", data=str(Path(data)), classes=classes, amp=amp)
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        with safe_io.atomic_path(Path(out) / "eval.json") as tmp:
+            tmp.write_text(json.dumps(res, indent=2))
+    return res
