@@ -106,3 +106,54 @@ def test_int8_keeps_accuracy_on_real_data_and_the_gate_refuses(fmnist_model, tmp
     assert code == 1 and "refused" in err and "Traceback" not in err
     assert not (tmp_path / "refused.onnx").exists()
     assert sorted(f.name for f in tmp_path.iterdir()) == ["q.onnx"]
+
+
+def test_a_detector_and_a_segmenter_export_to_onnx_and_answer_as_eager(
+    tiny_detector, tiny_segmenter, shapes_set, tmp_path
+):
+    """torchvision's ONNX path: a detector's file takes one image of any size and gives the eager model's boxes,
+    labels and scores; a segmenter's gives its logits; both carry the model record; a failed check leaves nothing."""
+    import json
+
+    import onnxruntime as ort
+
+    from resnets.data.datasets import decode
+    from resnets.factory import load
+
+    code, out, err = run_cli("export", "--weights", tiny_detector, "--format", "onnx", "--out", tmp_path / "det.onnx")
+    assert code == 0, err
+    assert "outputs boxes, labels, scores" in out
+    sess = ort.InferenceSession(str(tmp_path / "det.onnx"))
+    meta = sess.get_modelmeta().custom_metadata_map
+    assert json.loads(meta["resnets.class_names"]) == ["__background__", "circle", "square", "triangle"]
+    model = load(tiny_detector).eval()
+    img = decode(shapes_set / "val" / "images" / "000003.jpg", 3).float() / 255
+    img = torch.nn.functional.interpolate(img[None], size=(80, 100))[0]  # another size than any traced
+    boxes, labels, scores = sess.run(None, {"image": img.numpy()})
+    with torch.no_grad():
+        want = model([img])[0]
+    assert labels.tolist() == want["labels"].tolist()
+    assert abs(boxes - want["boxes"].numpy()).max() < 1e-2 and abs(scores - want["scores"].numpy()).max() < 1e-4
+    code, out, err = run_cli("export", "--weights", tiny_segmenter, "--format", "onnx", "--out", tmp_path / "seg.onnx")
+    assert code == 0, err
+    seg = load(tiny_segmenter).eval()
+    x = torch.randn(2, 3, 48, 72)
+    got = ort.InferenceSession(str(tmp_path / "seg.onnx")).run(None, {"image": x.numpy()})[0]
+    with torch.no_grad():
+        assert abs(got - seg(x)["out"].numpy()).max() < 1e-3
+    code, _, err = run_cli("export", "--weights", tiny_detector, "--format", "torchscript", "--out", tmp_path / "d.pt")
+    assert code == 2 and "exports to ONNX" in err
+
+
+def test_a_dense_export_that_differs_is_removed(tiny_segmenter, tmp_path, monkeypatch):
+    from resnets import export as ex
+    from resnets.errors import CheckFailed
+    from resnets.factory import load
+
+    def differs(*a, **k):
+        raise CheckFailed("the exported out differ")
+
+    monkeypatch.setattr(ex, "_check_dense", differs)
+    with pytest.raises(CheckFailed):
+        ex.export_dense(load(tiny_segmenter), tmp_path / "m.onnx")
+    assert not any(tmp_path.iterdir())

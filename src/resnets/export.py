@@ -323,3 +323,102 @@ def export_int8(
             final.write_bytes(q.read_bytes())
         result["bytes"] = out.stat().st_size
     return result
+
+
+# ---- detectors and segmenters: torchvision's ONNX path
+
+DENSE_OPSET = 17
+
+
+def is_dense(model: nn.Module) -> str | None:
+    """ "detection" for torchvision's detectors, "segmentation" for FCN and DeepLabV3, None for a classifier."""
+    from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+    from torchvision.models.detection.retinanet import RetinaNet
+    from torchvision.models.segmentation import FCN, DeepLabV3
+
+    return (
+        "detection"
+        if isinstance(model, (GeneralizedRCNN, RetinaNet))
+        else ("segmentation" if isinstance(model, (FCN, DeepLabV3)) else None)
+    )
+
+
+def _dense_inputs(task: str) -> list[torch.Tensor]:
+    """The two photos shipped with the package (of different sizes) and a random image, as the model takes them:
+    [0, 1] images for a detector (it normalises itself), ImageNet-normalised batches of one for a segmenter."""
+    from importlib import resources
+
+    from .data.datasets import decode
+    from .data.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+
+    images = []
+    for name in ("astronaut.jpg", "coffee.jpg"):
+        with resources.as_file(resources.files("resnets").joinpath(f"assets/{name}")) as p:
+            images.append(decode(p, 3).float() / 255)
+    images.append(torch.rand(3, 96, 128, generator=torch.Generator().manual_seed(0)))
+    if task == "detection":
+        return images
+    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
+    return [((im - mean) / std)[None] for im in images]
+
+
+def export_dense(model: nn.Module, out: str | os.PathLike, *, atol: float = 1e-3) -> dict:
+    """A detector or segmenter as ONNX through torchvision's ONNX path (the TorchScript-based exporter its own tests
+    use, opset 17): a detector takes one [0, 1] image (3, H, W) of any size and gives boxes, labels, scores (and
+    masks), its post-processing in the graph; a segmenter takes normalised (N, 3, H, W) and gives "out" logits.
+    Checked with ONNX Runtime against eager PyTorch on two photos and a random image of other sizes than the one
+    traced (the same detections, boxes within `atol` x 100 pixels, scores and logits within `atol`); a file that
+    differs is removed and CheckFailed raised."""
+    import onnx
+
+    task = is_dense(model)
+    out = Path(out)
+    if out.suffix.lower() != ".onnx":
+        raise ResnetsError(f"detectors and segmenters export to ONNX (.onnx); got {out.name}")
+    model = model.eval().cpu()
+    inputs = _dense_inputs(task)
+    det = task == "detection"
+    masks = getattr(getattr(model, "roi_heads", None), "mask_head", None) is not None  # Mask R-CNN
+    names = ["boxes", "labels", "scores"] + (["masks"] if masks else [])
+    if not det:
+        names = ["out"] + (["aux"] if model.aux_classifier is not None else [])
+    axes = {"image": {1: "height", 2: "width"}} if det else {"image": {0: "batch", 2: "height", 3: "width"}}
+    axes.update(
+        {n: {0: "detections"} for n in names} if det else {n: {0: "batch", 2: "height", 3: "width"} for n in names}
+    )
+    with atomic_path(out) as tmp, warnings.catch_warnings(), tempfile.TemporaryDirectory() as d:
+        warnings.simplefilter("ignore")
+        example = ([inputs[0]],) if det else (inputs[0],)
+        torch.onnx.export(model, example, f"{d}/m.onnx", dynamo=False, opset_version=DENSE_OPSET, input_names=["image"],
+                          output_names=names, dynamic_axes=axes)  # fmt: skip
+        proto = onnx.load(f"{d}/m.onnx")
+        for k, v in meta_of(model).to_record().items():
+            proto.metadata_props.add(key=f"resnets.{k}", value=v)
+        onnx.save_model(proto, str(tmp))
+        diff = _check_dense(tmp, model, inputs[1:], det, names, atol)
+    return {"path": str(out), "format": "onnx", "task": task, "max_abs_diff": diff, "outputs": names,
+            "bytes": out.stat().st_size, "runtime": "onnxruntime"}  # fmt: skip
+
+
+def _check_dense(path: Path, model: nn.Module, inputs: list[torch.Tensor], det: bool, names: list[str], atol: float):
+    sess = ort_session(path)
+    worst = 0.0
+    for x in inputs:
+        got = sess.run(None, {"image": x.numpy()})
+        with torch.no_grad():
+            ref = model([x])[0] if det else model(x)
+        for name, g in zip(names, got):
+            want = ref[name].float()
+            g = torch.from_numpy(g).to(want.dtype)
+            if g.shape != want.shape:
+                raise CheckFailed(
+                    f"the exported {name} have shape {tuple(g.shape)}, eager PyTorch's {tuple(want.shape)}; not written"
+                )
+            diff = float((g - want).abs().max()) if g.numel() else 0.0
+            allowed = atol * 100 if name == "boxes" else atol
+            if not diff <= allowed:
+                raise CheckFailed(
+                    f"the exported {name} differ from eager PyTorch by {diff:.2e} (over {allowed:g}); not written"
+                )
+            worst = max(worst, diff if name != "boxes" else diff / 100)
+    return worst

@@ -12,7 +12,7 @@ from .options import backend_help, check_classifier, count, is_architecture, rea
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from ..export import FORMATS, SUFFIXES, export, export_int8
+    from ..export import FORMATS, SUFFIXES, export, export_int8, is_dense
     from ..factory import load
     from ..safe_io import check_output, check_output_folder
 
@@ -67,7 +67,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     out = args.out or str(base.with_suffix(FORMATS[args.format]))
     check_output(out, SUFFIXES[args.format], force=args.force, what=f"{args.format} file")
     model = load(args.weights)
-    refuse_dense(model, args.weights)
+    if is_dense(model):  # a detector or segmenter: torchvision's ONNX path
+        return _export_dense(model, args, out)
     r = export(
         model, out, args.format, dynamic_batch=not args.static_batch, fold=args.fold_bn, atol=args.atol, rtol=args.rtol
     )
@@ -81,6 +82,22 @@ def _cmd_export(args: argparse.Namespace) -> int:
         f"wrote {r['path']} ({r['bytes'] / 1e6:.1f} MB, {r['format']}, checked with {r['runtime']}): input "
         f"{shape} float32, normalised{extra}"
     )
+    return 0
+
+
+def _export_dense(model, args: argparse.Namespace, out: str) -> int:
+    from ..export import export_dense, is_dense
+
+    if args.format != "onnx":
+        raise ResnetsError(f"a {is_dense(model)} model exports to ONNX (--format onnx); got --format {args.format}")
+    r = export_dense(model, out)
+    inputs = (
+        "one [0, 1] image (3, H, W) of any size; outputs boxes, labels, scores"
+        if r["task"] == "detection"
+        else "normalised images (N, 3, H, W); outputs the class logits"
+    )
+    print(f"max abs difference from eager PyTorch: {r['max_abs_diff']:.2e} (two photos and a random image)")
+    print(f"wrote {r['path']} ({r['bytes'] / 1e6:.1f} MB, onnx, checked with onnxruntime): input {inputs}")
     return 0
 
 
