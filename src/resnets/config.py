@@ -216,10 +216,12 @@ class TrainConfig:
         if self.dataset == "masks":
             raise ResnetsError(f"--dataset masks holds class maps: train a segmentation model on it, not {self.model}")
         detector = get_entry(self.model).family == "detection"
-        if detector and self.dataset != "coco":
-            raise ResnetsError(f"{self.model} is a detector: train it on --dataset coco (a COCO folder)")
-        if not detector and self.dataset == "coco":
-            raise ResnetsError(f"--dataset coco holds boxes: train a detector on it (not the classifier {self.model})")
+        if detector and self.dataset not in ("coco", "voc"):
+            raise ResnetsError(f"{self.model} is a detector: train it on --dataset coco (a COCO folder) or voc")
+        if not detector and self.dataset in ("coco", "voc"):
+            raise ResnetsError(
+                f"--dataset {self.dataset} holds boxes: train a detector on it (not the classifier {self.model})"
+            )
         if detector and self.augment not in (*DETECTION_AUGMENTS, TrainConfig.augment):  # the default: hflip
             raise ResnetsError(
                 f"--augment for a detector is one of {', '.join(DETECTION_AUGMENTS)}; got {self.augment}"

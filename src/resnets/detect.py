@@ -251,12 +251,19 @@ def evaluate_file(
     from .devices import pick_device, resolve_amp
 
     if not data:
-        raise ResnetsError("say which COCO folder to evaluate the detector on: --data DIR")
-    file = coco.find(data, "val")
-    if file is None:
-        raise ResnetsError(f"no {coco.INSTANCES} in {data}/val or {data}")
+        raise ResnetsError("say which COCO or VOC folder to evaluate the detector on: --data DIR")
     classes = class_names(model)[1:]
-    ds = coco.load(file, masks=has_masks(model), classes=classes)
+    if (Path(data) / "Annotations").is_dir():  # Pascal VOC's layout
+        from .data import voc
+
+        ds, file = voc.load(data, "val", classes=classes), Path(data) / "ImageSets" / "Main" / "val.txt"
+        if ds is None:
+            raise ResnetsError(f"no {file} listing the images to evaluate on")
+    else:
+        file = coco.find(data, "val")
+        if file is None:
+            raise ResnetsError(f"no {coco.INSTANCES} in {data}/val or {data}")
+        ds = coco.load(file, masks=has_masks(model), classes=classes)
     if limit:
         ds.records = ds.records[:limit]
     dev = pick_device(device)

@@ -124,6 +124,7 @@ def test_a_detectors_weights_get_new_class_layers_for_other_classes(tiny_detecto
     "args, needle",
     [
         (["--model", "resnet18", "--dataset", "coco"], "--dataset coco holds boxes: train a detector on it"),
+        (["--model", "resnet18", "--dataset", "voc"], "--dataset voc holds boxes: train a detector on it"),
         (
             ["--model", "fasterrcnn_resnet50_fpn", "--dataset", "imagefolder"],
             "is a detector: train it on --dataset coco",

@@ -175,6 +175,14 @@ register_dataset(
 )
 register_dataset(
     DatasetSpec(
+        "voc",
+        "boxes in Pascal VOC's layout: DIR/Annotations/*.xml, DIR/JPEGImages, DIR/ImageSets/Main/train.txt, val.txt",
+        "detection",
+        needs_data=True,
+    )
+)
+register_dataset(
+    DatasetSpec(
         "masks",
         "class maps for segmentation: DIR/train and DIR/val, each images/ and masks/ (PNG, a class per pixel), "
         "DIR/classes.txt",

@@ -21,7 +21,7 @@ from torch import nn
 from .. import distributed, safe_io
 from ..choices import DETECTION_AUGMENTS
 from ..config import MODEL_OPTIONS, TrainConfig
-from ..data import coco, masks
+from ..data import coco, masks, voc
 from ..data.batching import mix_seed
 from ..data.loader import TrainBatches
 from ..detect import coco_map
@@ -100,6 +100,8 @@ def _split(ds: coco.CocoDetection, fraction: float, seed: int) -> tuple[coco.Coc
 
 
 def _data(cfg: TrainConfig, masks: bool) -> tuple[coco.CocoDetection, coco.CocoDetection]:
+    if cfg.dataset == "voc":
+        return _voc(cfg, masks)
     train_file = coco.find(cfg.data, "train")
     if train_file is None:
         raise ResnetsError(
@@ -115,6 +117,25 @@ def _data(cfg: TrainConfig, masks: bool) -> tuple[coco.CocoDetection, coco.CocoD
         raise ResnetsError(
             f"no validation set: {cfg.data}/val/{coco.INSTANCES} is missing (or hold some training images out with --val-split 0.1)"
         )
+    return _limited(cfg, train, val)
+
+
+def _voc(cfg: TrainConfig, masks: bool) -> tuple[coco.CocoDetection, coco.CocoDetection]:
+    """A Pascal VOC folder's train and val splits (val: ImageSets/Main/val.txt, or --val-split of train)."""
+    if masks:
+        raise ResnetsError("Pascal VOC's XML holds boxes, not instance masks: train Mask R-CNN on a COCO folder")
+    train = voc.load(cfg.data, "train", strict=cfg.strict_data)
+    val = voc.load(cfg.val_data or cfg.data, "val", strict=cfg.strict_data, classes=train.classes)
+    if val is None:
+        if not cfg.val_split:
+            raise ResnetsError(
+                f"no {cfg.data}/ImageSets/Main/val.txt (or hold some training images out with --val-split 0.1)"
+            )
+        train, val = _split(train, cfg.val_split, cfg.seed)
+    return _limited(cfg, train, val)
+
+
+def _limited(cfg: TrainConfig, train: coco.CocoDetection, val: coco.CocoDetection):
     if cfg.limit_train:
         train.records = train.records[: cfg.limit_train]
     if cfg.limit_val:
