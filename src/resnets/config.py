@@ -427,6 +427,23 @@ _FASHION = dict(
 # the recipe before issue 23, for the long runs below that keep its regularisation
 _FASHION_R20 = dict(_FASHION, model="resnet20", epochs=5, random_erasing=0.25, tta="none")
 
+# ours, what the small-folder recipes of detectors and segmenters share: SGD 0.01 for 8 images, flips, a warmup
+# epoch then cosine, 12 epochs, scored every third
+_DENSE = dict(
+    augment="hflip",
+    lr=0.01,
+    momentum=0.9,
+    weight_decay=1e-4,
+    batch_size=8,
+    epochs=12,
+    schedule="cosine",
+    warmup_epochs=1,
+    warmup_start=0.001,
+    eval_every=3,
+    amp="auto",
+    workers=2,
+)
+
 # what a recipe reached, printed before a run of it unchanged (`resnets train` says the expected time and this);
 # measured by benchmarks/time_to_accuracy.py, see benchmarks/RESULTS.md
 RECIPE_RESULTS: dict[str, str] = {
@@ -562,41 +579,10 @@ RECIPES: dict[str, dict[str, Any]] = {
     ),
     # ours: a detector for a small COCO folder (`resnets data shapes` makes one): Faster R-CNN, flips, cosine with a
     # warmup epoch; 10% of the images held out when there is no val/ folder; the backbone from --weights when given
-    "finetune-detection": dict(
-        model="fasterrcnn_resnet50_fpn",
-        dataset="coco",
-        augment="hflip",
-        lr=0.01,
-        momentum=0.9,
-        weight_decay=1e-4,
-        batch_size=8,
-        epochs=12,
-        schedule="cosine",
-        warmup_epochs=1,
-        warmup_start=0.001,
-        val_split=0.1,
-        eval_every=3,
-        amp="auto",
-        workers=2,
-    ),
+    "finetune-detection": dict(_DENSE, model="fasterrcnn_resnet50_fpn", dataset="coco", val_split=0.1),
     # ours: a segmenter for a small mask folder (`resnets data shapes` makes one): DeepLabV3, flips, cosine after a
     # warmup epoch (torchvision's reference for COCO-VOC: SGD 0.02 for 32 images, 30 epochs, random scale and crop)
-    "finetune-segmentation": dict(
-        model="deeplabv3_resnet50",
-        dataset="masks",
-        augment="hflip",
-        lr=0.01,
-        momentum=0.9,
-        weight_decay=1e-4,
-        batch_size=8,
-        epochs=12,
-        schedule="cosine",
-        warmup_epochs=1,
-        warmup_start=0.001,
-        eval_every=3,
-        amp="auto",
-        workers=2,
-    ),
+    "finetune-segmentation": dict(_DENSE, model="deeplabv3_resnet50", dataset="masks"),
 }
 
 

@@ -48,20 +48,6 @@ def class_names(model: nn.Module) -> list[str]:
     return names if len(names) == n else ["__background__"] + [f"class {k}" for k in range(1, n)]
 
 
-def _loader(dataset, batch_size: int, workers: int, rank: int, world: int):
-    from torch.utils.data import DataLoader
-
-    from .data import coco
-    from .data.loader import EvalBatches
-
-    return DataLoader(
-        coco.Safe(dataset),
-        batch_sampler=EvalBatches(len(dataset), batch_size, rank, world),
-        num_workers=workers,
-        collate_fn=coco.collate,
-    )
-
-
 def _for_metric(out: dict, masks: bool) -> dict:
     d = {"boxes": out["boxes"].float().cpu(), "scores": out["scores"].float().cpu(), "labels": out["labels"].cpu()}
     if masks:
@@ -94,6 +80,8 @@ def coco_map(
     mask model, "n", "bad_samples", "bad_files"}. Scores are percentages."""
     from torchmetrics.detection import MeanAveragePrecision
 
+    from .data import coco
+
     masks = has_masks(model) and dataset.masks
     kinds = ["bbox", "segm"] if masks else ["bbox"]
     metric = MeanAveragePrecision(iou_type=kinds, class_metrics=True, backend="pycocotools")
@@ -101,7 +89,7 @@ def coco_map(
     model.eval()
     n, bad = 0, []
     try:
-        for images, targets, skipped in _loader(dataset, batch_size, workers, rank, world):
+        for images, targets, skipped in coco.eval_loader(dataset, batch_size, workers, rank, world):
             bad += skipped
             if images:
                 with autocast(device, amp):

@@ -61,21 +61,14 @@ def mask_scores(
     """{"miou", "pixel_acc", "per_class": {name: IoU}, "n", "bad_samples", "bad_files"} of `model` on `dataset` (a
     data.masks.MaskFolder; pixels marked 255 left out; under torchrun each rank scores its share and torchmetrics
     gathers them). Percentages. A class absent from both the masks and the predictions does not count in the mean."""
-    from torch.utils.data import DataLoader
     from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
     from .data import coco, masks
-    from .data.loader import EvalBatches
 
     k = len(dataset.classes)
     confusion = MulticlassConfusionMatrix(k, ignore_index=masks.IGNORE)
     accuracy = MulticlassAccuracy(k, average="micro", ignore_index=masks.IGNORE)
-    loader = DataLoader(
-        coco.Safe(dataset),
-        batch_sampler=EvalBatches(len(dataset), batch_size, rank, world),
-        num_workers=workers,
-        collate_fn=masks.collate,
-    )
+    loader = coco.eval_loader(dataset, batch_size, workers, rank, world, masks.collate)
     was = model.training
     model.eval()
     n, bad = 0, []

@@ -220,8 +220,6 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
 
 def _add_segment(sub) -> None:
-    from ..backends import PRECISIONS
-
     p = sub.add_parser(
         "segment",
         help="the class of every pixel of image files and folders (and coloured masks and overlays, --out)",
@@ -229,20 +227,26 @@ def _add_segment(sub) -> None:
         "or a model trained by `resnets train` on a mask folder). Exit status: 0 when every image was read, 1 when "
         "any could not be, 2 for bad usage.",
     )
-    p.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
-    p.add_argument("--weights", required=True, help="a segmentation model's file, run folder or registered name")
-    p.add_argument("--size", type=count(32), default=520, help="each image's shorter side for the model (520)")
-    p.add_argument("--device", default="auto", help="auto (a GPU when there is one; the default), cpu, cuda, cuda:N")
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="bf16/fp16 autocast (default fp32)")
-    p.add_argument("--format", choices=["table", "json"], default="table", help="default table")
-    p.add_argument("--out", help="a folder for each image's coloured mask and overlay (PNG)")
-    p.add_argument("--force", action="store_true", help="write into --out even if it holds files")
+    _dense_args(p, "a segmentation model's file, run folder or registered name", ["table", "json"],
+                "a folder for each image's coloured mask and overlay (PNG)")  # fmt: skip
+    p.add_argument("--size", type=count(32), default=520, help="each image's shorter side for the model")
     p.set_defaults(func=_cmd_segment)
 
 
-def _add_detect(sub) -> None:
+def _dense_args(p: argparse.ArgumentParser, weights: str, formats: list[str], out: str) -> None:
+    """What detect and segment share: the images, the model, the device and precision, the output."""
     from ..backends import PRECISIONS
 
+    p.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
+    p.add_argument("--weights", required=True, help=weights)
+    p.add_argument("--device", default="auto", help="auto (a GPU when there is one; the default), cpu, cuda, cuda:N")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="bf16/fp16 autocast (default fp32)")
+    p.add_argument("--format", choices=formats, default="table", help="default table")
+    p.add_argument("--out", help=out)
+    p.add_argument("--force", action="store_true", help="write into --out even if it holds files")
+
+
+def _add_detect(sub) -> None:
     p = sub.add_parser(
         "detect",
         help="find objects in image files and folders: boxes, classes and scores (and the pictures, --out)",
@@ -250,15 +254,10 @@ def _add_detect(sub) -> None:
         "train` on a COCO folder. Exit status: 0 when every image was read, 1 when any could not be (the rest "
         "are printed all the same), 2 for bad usage.",
     )
-    p.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
-    p.add_argument("--weights", required=True, help="a detector's model file or run folder")
+    _dense_args(p, "a detector's model file, run folder or registered name", ["table", "json", "csv"],
+                "a folder for each image with its boxes drawn (PNG)")  # fmt: skip
     p.add_argument("--score", type=float, default=0.5, help="keep boxes scoring at least this (default 0.5)")
     p.add_argument("--batch-size", type=count(1), default=4, help="images per model batch (default 4)")
-    p.add_argument("--device", default="auto", help="auto (a GPU when there is one; the default), cpu, cuda, cuda:N")
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="bf16/fp16 autocast (default fp32)")
-    p.add_argument("--format", choices=["table", "json", "csv"], default="table", help="default table")
-    p.add_argument("--out", help="a folder for each image with its boxes drawn (PNG)")
-    p.add_argument("--force", action="store_true", help="write into --out even if it holds files")
     p.set_defaults(func=_cmd_detect)
 
 

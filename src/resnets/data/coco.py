@@ -330,3 +330,16 @@ class Safe(Dataset):
             return self.ds[i]
         except BadSample as e:
             return e
+
+
+def eval_loader(dataset, batch_size: int, workers: int, rank: int = 0, world: int = 1, collate=collate):
+    """Every sample of a detection or segmentation set once over all ranks, in batches of lists, the unreadable
+    ones set aside by `collate` (this module's, or data.masks.collate)."""
+    from torch.utils.data import DataLoader
+
+    from .loader import EvalBatches
+
+    return DataLoader(
+        Safe(dataset), batch_sampler=EvalBatches(len(dataset), batch_size, rank, world), num_workers=workers,
+        collate_fn=collate,
+    )  # fmt: skip

@@ -260,6 +260,18 @@ class Service:
                 "scores only (/v1/predict)",
             )
 
+    def settings(self) -> dict[str, Any]:
+        """How requests are batched and bounded (in /v1/model)."""
+        return {
+            "batching": {"max_batch": self.max_batch, "max_wait_ms": self.max_wait_ms},
+            "limits": {
+                "max_upload_mb": self.limits.max_upload_mb,
+                "max_files": self.limits.max_files,
+                "max_queue": self.limits.max_queue,
+                "timeout_s": self.limits.timeout_s,
+            },
+        }
+
     def describe(self) -> dict[str, Any]:
         return {
             "architecture": self.meta.architecture,
@@ -271,13 +283,7 @@ class Service:
             "backend": self.backend,
             "device": str(self.device),
             "source": self.meta.source,
-            "batching": {"max_batch": self.max_batch, "max_wait_ms": self.max_wait_ms},
-            "limits": {
-                "max_upload_mb": self.limits.max_upload_mb,
-                "max_files": self.limits.max_files,
-                "max_queue": self.limits.max_queue,
-                "timeout_s": self.limits.timeout_s,
-            },
+            **self.settings(),
         }
 
 
@@ -391,13 +397,7 @@ class DetectorService(Service):
             "backend": self.backend,
             "device": str(self.device),
             "source": self.meta.source,
-            "batching": {"max_batch": self.max_batch, "max_wait_ms": self.max_wait_ms},
-            "limits": {
-                "max_upload_mb": self.limits.max_upload_mb,
-                "max_files": self.limits.max_files,
-                "max_queue": self.limits.max_queue,
-                "timeout_s": self.limits.timeout_s,
-            },
+            **self.settings(),
         }
 
 
