@@ -11,6 +11,14 @@ from ..errors import ResnetsError, printable
 from .options import backend_help, count, load_for_inference
 
 
+def _exit_status(results: list[dict]) -> int:
+    """1 when any file could not be read (said on stderr; the others' results are printed all the same), else 0."""
+    errors = sum("error" in r for r in results)
+    if errors:
+        print(f"{errors} of {len(results)} files could not be read", file=sys.stderr)
+    return 1 if errors else 0
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     import csv
 
@@ -52,10 +60,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         widths = [max(len(row[c]) for row in [head, *rows] if c < len(row)) for c in range(len(head))]
         for row in [head, *rows]:
             print("  ".join(cell.ljust(widths[c]) if c < len(row) - 1 else cell for c, cell in enumerate(row)))
-    errors = sum("error" in r for r in results)
-    if errors:
-        print(f"{errors} of {len(results)} files could not be read", file=sys.stderr)
-    return 1 if errors else 0
+    return _exit_status(results)
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
@@ -172,10 +177,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
                 with atomic_path(out / name) as tmp:
                     write_png(drawn(r["path"], r), str(tmp))
         print(f"pictures with the boxes drawn: {out}/", file=sys.stderr)
-    errors = sum("error" in r for r in results)
-    if errors:
-        print(f"{errors} of {len(results)} files could not be read", file=sys.stderr)
-    return 1 if errors else 0
+    return _exit_status(results)
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
@@ -213,10 +215,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
                 with atomic_path(out / name.replace(".png", "-overlay.png")) as tmp:
                     write_png(overlay(decode(r["path"], 3), r["mask"], k), str(tmp))
         print(f"masks and overlays: {out}/", file=sys.stderr)
-    errors = sum("error" in r for r in results)
-    if errors:
-        print(f"{errors} of {len(results)} files could not be read", file=sys.stderr)
-    return 1 if errors else 0
+    return _exit_status(results)
 
 
 def _add_segment(sub) -> None:
