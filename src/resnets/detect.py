@@ -85,6 +85,8 @@ def coco_map(
     masks = has_masks(model) and dataset.masks
     kinds = ["bbox", "segm"] if masks else ["bbox"]
     metric = MeanAveragePrecision(iou_type=kinds, class_metrics=True, backend="pycocotools")
+    # COCO scores the 100 best boxes of an image, as COCOeval's maxDets does; RetinaNet gives up to 300: not news
+    metric.warn_on_many_detections = False
     was = model.training
     model.eval()
     n, bad = 0, []
@@ -100,8 +102,17 @@ def coco_map(
                 bar.update(1)
     finally:
         model.train(was)
-    return _scores(metric.compute(), dataset.classes, kinds) | {
-        "n": n,
+    return _scores(metric.compute(), dataset.classes, kinds) | counted(n, bad, world)
+
+
+def counted(n: int, bad: list, world: int) -> dict:
+    """{"n", "bad_samples", "bad_files"} of an evaluation over every rank's share (one process: its own)."""
+    from .distributed import gather_objects
+
+    shares = gather_objects((n, bad), world)
+    bad = [b for _, share in shares for b in share]
+    return {
+        "n": sum(k for k, _ in shares),
         "bad_samples": len(bad),
         "bad_files": [{"path": p, "error": e} for p, e in bad],
     }

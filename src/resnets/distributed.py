@@ -71,6 +71,30 @@ def broadcast_object(obj, ctx: Context):
     return box[0]
 
 
+def average_norm_statistics(model: torch.nn.Module, ctx: Context) -> None:
+    """BatchNorm's running means and variances averaged over the ranks, in place, before an evaluation: DDP keeps
+    the parameters equal, but each rank updates its running statistics from its own batches after DDP last
+    broadcast rank 0's, so without this each rank would score its share of the validation set with statistics of
+    its own, and none of them would be the model rank 0 saves (timm's distribute_bn, its default 'reduce')."""
+    if not ctx.distributed:
+        return
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._NormBase) and m.track_running_stats and m.running_mean is not None:
+            for t in (m.running_mean, m.running_var):
+                dist.all_reduce(t, op=dist.ReduceOp.SUM)
+                t.div_(ctx.world)
+
+
+def gather_objects(obj, world: int) -> list:
+    """Every rank's `obj`, in rank order, under torchrun with `world` > 1 (else [obj]): what a rank counted on its
+    share of an evaluation (images, unreadable files) that a metric's own gathering does not carry."""
+    if world <= 1 or not dist.is_initialized():
+        return [obj]
+    shares = [None] * world
+    dist.all_gather_object(shares, obj)
+    return shares
+
+
 def barrier(ctx: Context) -> None:
     if ctx.distributed:
         dist.barrier()

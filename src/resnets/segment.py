@@ -64,6 +64,7 @@ def mask_scores(
     from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
     from .data import coco, masks
+    from .detect import counted
 
     k = len(dataset.classes)
     confusion = MulticlassConfusionMatrix(k, ignore_index=masks.IGNORE)
@@ -91,9 +92,7 @@ def mask_scores(
         "miou": round(100 * iou[present].mean().item(), 3) if present.any() else 0.0,
         "pixel_acc": round(100 * accuracy.compute().item(), 3),
         "per_class": {c: round(100 * v, 3) for c, v, p in zip(dataset.classes, iou.tolist(), present.tolist()) if p},
-        "n": n,
-        "bad_samples": len(bad),
-        "bad_files": [{"path": p, "error": e} for p, e in bad],
+        **counted(n, bad, world),
     }
 
 

@@ -367,6 +367,7 @@ def train_one_epoch(run: DetectionRun, epoch: int, partial: list | None) -> dict
 def evaluate(run: DetectionRun) -> dict:
     cfg, ctx = run.cfg, run.ctx
     score = mask_scores if run.segmenter else coco_map
+    distributed.average_norm_statistics(run.core, ctx)  # every rank scores, and rank 0 saves, the same model
     return score(
         run.core, run.val, ctx.device, amp=run.amp, batch_size=max(cfg.batch_size // ctx.world, 1), rank=ctx.rank,
         world=ctx.world, workers=min(cfg.workers, 2),

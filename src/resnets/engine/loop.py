@@ -39,8 +39,10 @@ def wrap(run: Run) -> nn.Module:
 def validate(run: Run, model: nn.Module | None = None, loader: Loader | None = None, tta: str = "none") -> dict:
     """top-1, top-5, loss, per-class accuracy and the confusion matrix of `model` (default: the core) on `loader`
     (default: the validation set), at the run's precision and memory format; with `tta`, those scores too."""
+    model = run.core if model is None else model
+    distributed.average_norm_statistics(model, run.ctx)  # every rank scores, and rank 0 saves, the same model
     ev = evaluate(
-        run.core if model is None else model,
+        model,
         run.val_loader if loader is None else loader,
         run.normalize,
         len(run.classes),
