@@ -27,6 +27,11 @@ def onnx_cache_dir() -> Path:
     return home_dir() / "onnx"
 
 
+def shard_cache_dir() -> Path:
+    """Shards streamed from URLs or commands: $RESNETS_SHARD_CACHE, else home_dir()/shards."""
+    return Path(os.environ.get("RESNETS_SHARD_CACHE") or home_dir() / "shards")
+
+
 def offline() -> bool:
     """Downloads are off: RESNETS_OFFLINE is set (to anything but 0)."""
     return os.environ.get("RESNETS_OFFLINE", "") not in ("", "0")

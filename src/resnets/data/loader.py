@@ -112,11 +112,73 @@ class TrainBatches(Sampler[list[int]]):
             yield (chunk + base).tolist()
 
 
-class EvalBatches(Sampler[list[int]]):
-    """Every index exactly once over all ranks (rank r takes r, r+world, ...): no sample counted twice or lost."""
+class ShardBatches(Sampler[list[int]]):
+    """Batches of streamed shards (`groups`: each shard's sample numbers): each epoch a seeded order of the shards,
+    each dealt in turn to the rank holding the fewest images so far, so a rank fetches only its shards; a rank's
+    images are shuffled within each run of `window` consecutive shards of its own (the shuffle buffer: `window`
+    shards fetched at a time) and served in local batches. Every rank takes the same number of batches,
+    `epoch_batches` = floor((N - (world - 1) x largest shard) / world / local batch): the images a rank holds past
+    that (at most about one shard's worth, other ones each epoch) wait for a later epoch; with one process, every
+    image but the last partial batch. `start` skips batches already trained on (resume mid-epoch)."""
 
-    def __init__(self, n: int, batch: int, rank: int = 0, world: int = 1):
-        self.indices = list(range(rank, n, world))
+    def __init__(
+        self, groups: list[list[int]], global_batch: int, *, seed: int, rank: int = 0, world: int = 1, window: int = 4
+    ):
+        check_batch_split(global_batch, world)
+        self.groups, self.global_batch, self.seed, self.rank, self.world = groups, global_batch, seed, rank, world
+        self.window, self.local = window, global_batch // world
+        self.n = sum(map(len, groups))
+        self.epoch, self.start = 0, 0
+        self.batches = epoch_batches(groups, global_batch, world)
+        if self.batches < 1:
+            raise ResnetsError(
+                f"the streamed shards ({self.n} images in {len(groups)} shards) give {world} processes less than one "
+                f"batch of {self.local} each: write smaller shards, or use a smaller --batch-size"
+            )
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __len__(self) -> int:
+        return self.batches - self.start
+
+    def mine(self) -> list[int]:
+        """This rank's images of the epoch, in the order it trains on them."""
+        g = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, 0x5A4D))
+        held = [0] * self.world
+        dealt: list[list[list[int]]] = [[] for _ in range(self.world)]
+        for k in torch.randperm(len(self.groups), generator=g).tolist():
+            r = min(range(self.world), key=lambda j: (held[j], j))
+            dealt[r].append(self.groups[k])
+            held[r] += len(self.groups[k])
+        order: list[int] = []
+        shards = dealt[self.rank]
+        for w in range(0, len(shards), self.window):
+            run = torch.tensor([i for shard in shards[w : w + self.window] for i in shard], dtype=torch.long)
+            order += run[torch.randperm(len(run), generator=g)].tolist()
+        return order
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order, base = self.mine(), self.epoch * self.n
+        for b in range(self.start, self.batches):
+            yield [i + base for i in order[b * self.local : (b + 1) * self.local]]
+
+
+def epoch_batches(groups: list[list[int]], global_batch: int, world: int) -> int:
+    """The batches each rank takes an epoch from streamed shards (see ShardBatches)."""
+    n, largest = sum(map(len, groups)), max(map(len, groups), default=0)
+    return max(n - (world - 1) * largest, 0) // world // (global_batch // world)
+
+
+class EvalBatches(Sampler[list[int]]):
+    """Every index exactly once over all ranks (rank r takes r, r+world, ...; of streamed shards, whole shards:
+    r, r+world, ... of `groups`): no sample counted twice or lost."""
+
+    def __init__(self, n: int, batch: int, rank: int = 0, world: int = 1, groups: list[list[int]] | None = None):
+        if groups is None:
+            self.indices = list(range(rank, n, world))
+        else:
+            self.indices = [i for shard in groups[rank::world] for i in shard]
         self.batch = batch
 
     def __len__(self) -> int:
@@ -198,6 +260,12 @@ def choose_loader(kind: str, dataset: Dataset, device: torch.device, *, augment_
     return "host"
 
 
+def shard_groups(dataset) -> list[list[int]] | None:
+    """Streamed shards' sample numbers, shard by shard (shards.ShardDataset.shard_groups); None for other data."""
+    groups = getattr(dataset, "shard_groups", None)
+    return groups() if groups is not None else None
+
+
 def make_train_loader(
     dataset: Dataset,
     *,
@@ -221,9 +289,14 @@ def make_train_loader(
     """Training batches of `batch_size` / `world` images for this rank, augmented as `augment` says."""
     from .transforms import train_transform
 
-    sampler = TrainBatches(
-        len(dataset), batch_size, seed=seed, rank=rank, world=world, targets=dataset.targets if balanced else None
-    )
+    groups = shard_groups(dataset)
+    if groups is not None:
+        if balanced:
+            raise ResnetsError("--balanced draws images from anywhere in the set: not with streamed shards")
+        sampler = ShardBatches(groups, batch_size, seed=seed, rank=rank, world=world)
+    else:
+        targets = dataset.targets if balanced else None
+        sampler = TrainBatches(len(dataset), batch_size, seed=seed, rank=rank, world=world, targets=targets)
     kind = choose_loader(kind, dataset, device)
     if kind == "host":
         tf = train_transform(
@@ -269,7 +342,7 @@ def make_eval_loader(
     host)."""
     from .transforms import eval_transform, ten_crop_transform
 
-    sampler = EvalBatches(len(dataset), batch_size, rank, world)
+    sampler = EvalBatches(len(dataset), batch_size, rank, world, shard_groups(dataset))
     kind = "host" if ten_crop else choose_loader(kind, dataset, device)
     if kind == "host":
         make = ten_crop_transform if ten_crop else eval_transform

@@ -160,7 +160,8 @@ register_dataset(
 register_dataset(
     DatasetSpec(
         "wds",
-        "WebDataset tar shards with their index (`resnets data shard` writes them): a folder, or shard files",
+        "WebDataset tar shards with their index (`resnets data shard` writes them): a folder, shard files, or shards "
+        "to stream (a URL or pipe: pattern)",
         "files",
         needs_data=True,
     )

@@ -10,7 +10,8 @@ image folder, and a cluster's shared filesystem serves a few large files instead
 
 The index is untrusted input: it is bounded in size, checked against a schema and against the shard files
 (names inside the folder, offsets inside each file, labels inside the class list) before anything is read.
-Streaming shards from URLs or `pipe:` commands (object storage) is not done here yet.
+Shards named by URLs or `pipe:` commands are streamed (data/remote.py): fetched whole into a local cache as a rank
+first needs them, then read the same way.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import ResnetsError
+from . import remote
 from .datasets import BYTES_PER_PIXEL_BOUND, BadSample, FileDataset, TensorDataset, max_pixels, read_header
 
 FORMAT = "resnets.shards/1"
@@ -36,10 +38,32 @@ class ShardDataset(FileDataset):
     """Images inside tar shards: sample i is `where[i]` = (shard path, byte offset, size), named in errors as
     `shard.tar/KEY.ext`. Read with one positioned read from a file kept open per process."""
 
-    def __init__(self, samples: list[tuple[str, int]], classes, channels: int, where: list[tuple[str, int, int]]):
+    def __init__(
+        self,
+        samples: list[tuple[str, int]],
+        classes,
+        channels: int,
+        where: list[tuple[str, int, int]],
+        streamed: dict[str, tuple[str, int]] | None = None,
+    ):
         super().__init__(samples, classes, channels)
         self.where = where
+        self.streamed = streamed or {}  # a streamed shard's source -> (its file name, its size in the index)
         self._open: dict[tuple[int, str], int] = {}
+        self._failed: dict[str, str] = {}
+
+    def _local(self, source: str) -> str:
+        """A shard's file here: itself, or a streamed shard's copy in the cache (fetched when first needed; a shard
+        that could not be fetched is not tried again by this process: each of its images is a named bad sample)."""
+        if source not in self.streamed:
+            return source
+        if source in self._failed:
+            raise OSError(self._failed[source])
+        try:
+            return remote.fetch(source, *self.streamed[source])
+        except OSError as e:
+            self._failed[source] = f"cannot fetch {self.streamed[source][0]}: {e.strerror or e}"
+            raise OSError(self._failed[source]) from None
 
     def read(self, i: int) -> bytes:
         path, offset, size = self.where[i]
@@ -49,7 +73,7 @@ class ShardDataset(FileDataset):
         key = (os.getpid(), path)  # a descriptor is not shared with loader worker processes forked later
         try:
             if key not in self._open:
-                self._open[key] = os.open(path, os.O_RDONLY)
+                self._open[key] = os.open(self._local(path), os.O_RDONLY)
             data = os.pread(self._open[key], size, offset)
         except OSError as e:
             raise BadSample(self.samples[i][0], f"cannot read shard ({e.strerror or e})") from None
@@ -62,10 +86,24 @@ class ShardDataset(FileDataset):
 
     def subset(self, indices: Sequence[int]) -> "ShardDataset":
         idx = [int(i) for i in indices]
-        return ShardDataset([self.samples[i] for i in idx], self.classes, self.channels, [self.where[i] for i in idx])
+        return ShardDataset(
+            [self.samples[i] for i in idx], self.classes, self.channels, [self.where[i] for i in idx], self.streamed
+        )
 
     def relabel(self, mapping: dict[int, int], classes: Sequence[str]) -> "ShardDataset":
-        return ShardDataset([(p, mapping[t]) for p, t in self.samples], classes, self.channels, self.where)
+        return ShardDataset(
+            [(p, mapping[t]) for p, t in self.samples], classes, self.channels, self.where, self.streamed
+        )
+
+    def shard_groups(self) -> list[list[int]] | None:
+        """Streamed: the sample numbers of each shard, in shard order (the samplers deal whole shards to ranks so
+        each fetches only its share); None for local shards, read in any order."""
+        if not self.streamed:
+            return None
+        groups: dict[str, list[int]] = {}
+        for i, (path, _, _) in enumerate(self.where):
+            groups.setdefault(path, []).append(i)
+        return list(groups.values())
 
 
 def parse_size(text: str) -> int:
@@ -164,7 +202,9 @@ def read_index(folder: Path) -> dict:
     return index
 
 
-def _check(index, folder: Path, path: Path) -> None:
+def _check(index, folder: Path | None, path) -> None:
+    """The index's schema; with `folder`, the shard files in it too (streamed shards are checked as fetched)."""
+
     def bad(what: str):
         raise ResnetsError(f"{path}: {what}; the shards cannot be read")
 
@@ -182,8 +222,9 @@ def _check(index, folder: Path, path: Path) -> None:
             name = s["file"]
             if Path(name).name != name or name in ("", ".", "..") or not name.endswith(".tar"):
                 bad(f"shard name {name[:80]!r} is not a .tar file in the index's folder")
-            shard = folder / name
-            if not shard.is_file() or shard.stat().st_size != s.get("size"):
+            if type(s.get("size")) is not int or s["size"] < 0:
+                bad(f"{name} has no size")
+            if folder is not None and (not (folder / name).is_file() or (folder / name).stat().st_size != s["size"]):
                 bad(f"{name} is missing or not the size the index says")
             for row in s["samples"]:
                 ok = isinstance(row, list) and len(row) == 5 and isinstance(row[0], str) and isinstance(row[4], str)
@@ -207,14 +248,14 @@ def _expand(pattern: str) -> list[Path]:
 
 def load(data: str, split: str, channels: int = 3, classes: Sequence[str] | None = None) -> ShardDataset | None:
     """The `split` ("train" or "test") of the shards `data` names: a folder holding index.json (its train-* and
-    val-* shards), or shard files ('DIR/train-{000000..000127}.tar', as webdataset writes them: those shards only,
-    as the training set). None: no such split."""
-    text = str(data)
-    if text.startswith("pipe:") or "://" in text:
-        raise ResnetsError(
-            f"{text[:80]}: streaming shards from URLs or commands is not supported yet; copy them to a folder every "
-            "process can read"
-        )
+    val-* shards), shard files ('DIR/train-{000000..000127}.tar', as webdataset writes them: those shards only, as
+    the training set), or shards to stream ('https://host/train-{000000..000127}.tar', 'pipe:CMD .../x.tar': as
+    the training set; the index read from beside them). None: no such split."""
+    text = str(data).removeprefix("file://")
+    if remote.is_remote(text):
+        if split != "train":
+            return None
+        return _streamed(text, channels, classes)
     if Path(text).is_dir():
         folder, wanted = Path(text), None
     else:
@@ -228,23 +269,50 @@ def load(data: str, split: str, channels: int = 3, classes: Sequence[str] | None
         if shards is None:
             return None
     else:
-        shards = [s for v in index["splits"].values() for s in v if s["file"] in wanted]
-        missing = wanted - {s["file"] for s in shards}
-        if missing:
-            raise ResnetsError(f"{folder / sorted(missing)[0]} is not in {folder / INDEX}")
+        shards = _named(index, wanted, folder / INDEX)
+    return _dataset(index, [(str(folder / s["file"]), s) for s in shards], text, channels, classes)
+
+
+def _named(index: dict, wanted: set[str], where) -> list[dict]:
+    """The index's entries of the shards `wanted` (file names), each in it or refused."""
+    shards = [s for v in index["splits"].values() for s in v if s["file"] in wanted]
+    missing = wanted - {s["file"] for s in shards}
+    if missing:
+        raise ResnetsError(f"{sorted(missing)[0]} is not in {where}")
+    return shards
+
+
+def _streamed(pattern: str, channels: int, classes) -> ShardDataset:
+    """Shards to stream: the index from beside the first, checked (but for the files, checked as fetched)."""
+    named = remote.sources(pattern)
+    where = remote.index_source(*named[0])
+    raw = remote.read_bounded(where, MAX_INDEX_BYTES)
+    try:
+        index = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ResnetsError(f"{where[:100]} is not JSON ({str(e)[:80]}): is it the shards' index.json?") from None
+    _check(index, None, where[:100])
+    by_name = {s["file"]: s for s in _named(index, {name for _, name in named}, where[:100])}
+    shards = [(source, by_name[name]) for source, name in named]
+    ds = _dataset(index, shards, pattern, channels, classes)
+    ds.streamed = {source: (s["file"], s["size"]) for source, s in shards}
+    return ds
+
+
+def _dataset(index: dict, shards: list[tuple[str, dict]], text: str, channels: int, classes) -> ShardDataset:
+    """The samples of `shards` ((where each is read from, its index entry)), labelled in `classes`' order."""
     names = index["classes"]
     remap = list(range(len(names)))
     if classes is not None:  # the training set's classes: the same names, in its order
         unknown = sorted(set(names) - set(classes))
         if unknown:
-            raise ResnetsError(f"{folder} has classes not in the training set: {', '.join(unknown[:5])}")
+            raise ResnetsError(f"{text[:100]} has classes not in the training set: {', '.join(unknown[:5])}")
         remap = [list(classes).index(c) for c in names]
     samples, where = [], []
-    for s in shards:
-        shard = str(folder / s["file"])
+    for shard, s in shards:
         for key, label, offset, size, ext in s["samples"]:
             samples.append((f"{shard}/{key}.{ext}", remap[label]))
             where.append((shard, offset, size))
     if not samples:
-        raise ResnetsError(f"the shards of {text} hold no images")
+        raise ResnetsError(f"the shards of {text[:100]} hold no images")
     return ShardDataset(samples, list(classes) if classes is not None else names, channels, where)

@@ -221,7 +221,8 @@ def build_run(
     graph = steps.use_graph(cfg, dev, world, amp)
     channels_last = cfg.channels_last if cfg.channels_last is not None else dev.type in ("cuda", "cpu")
     train_loader, val_loader = _loaders(cfg, bundle, ctx)
-    batches_per_epoch, steps_per_epoch, epochs, total_steps = _lengths(cfg, len(bundle.train))
+    # the images an epoch deals (streamed shards deal whole shards to each rank: fewer than the set holds)
+    batches_per_epoch, steps_per_epoch, epochs, total_steps = _lengths(cfg, len(train_loader) * cfg.batch_size)
     preprocessing = Preprocessing(bundle.eval_resize, bundle.eval_crop, cfg.interpolation, bundle.mean, bundle.std)
     model.meta = model.meta.replace(class_names=list(bundle.classes), preprocessing=preprocessing)
     plan = finetune.from_config(model, cfg)  # what trains when, and BatchNorm's policy

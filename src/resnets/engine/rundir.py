@@ -268,6 +268,13 @@ def load_resume(resume: Path, overrides: dict[str, Any]) -> tuple[TrainConfig, d
             f"{resume}/config.json is damaged ({str(e).splitlines()[0][:80]}); the run cannot be resumed"
         ) from None
     cfg = from_dict(saved)
+    for key in ("data", "val_data"):  # a shell command a file holds runs only when the command line says it again
+        value = str(getattr(cfg, key) or "")
+        if value.startswith("pipe:") and overrides.get(key) != value:
+            raise ResnetsError(
+                f"{resume}/config.json's {key} runs a command ({value[:60]}); give --{key.replace('_', '-')} again "
+                "on the command line to resume with it"
+            )
     state = None
     if (resume / "last.pt").is_file():
         state = load_checkpoint(resume / "last.pt")

@@ -1,0 +1,157 @@
+"""Shards streamed through webdataset's gopen (data/remote.py, loader.ShardBatches): `pipe:` patterns train with the
+index read from beside the shards, each shard fetched once into the cache, whole shards dealt to ranks (every rank
+the same number of batches, no image twice in an epoch), an exact mid-epoch resume, and a stream that fails or
+disagrees with its index named in one line or as bad samples."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from conftest import TINY_RUN, one_line_error, run_cli
+from test_shards import folder, sharded  # noqa: F401  (the module's shard fixtures)
+
+from resnets import engine
+from resnets.config import resolve
+from resnets.data import remote, shards
+from resnets.data.datasets import BadSample
+from resnets.data.loader import EvalBatches, ShardBatches, epoch_batches
+from resnets.errors import ResnetsError
+from resnets.factory import load
+from resnets.weights.files import load_checkpoint
+
+SIZES = [5, 7, 3, 6, 4, 8, 2]
+
+
+def _groups(sizes=SIZES):
+    starts = [sum(sizes[:k]) for k in range(len(sizes))]
+    return [list(range(s, s + n)) for s, n in zip(starts, sizes)]
+
+
+def _pattern(out, names="train-{000000..000002}"):
+    return f"pipe:cat {out}/{names}.tar"
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_shard_batches_deal_whole_shards_and_the_same_number_of_batches(world):
+    groups, n = _groups(), sum(SIZES)
+    shard_of = {i: k for k, g in enumerate(groups) for i in g}
+    local = 2
+    samplers = [ShardBatches(groups, local * world, seed=3, rank=r, world=world, window=2) for r in range(world)]
+    expected = (n - (world - 1) * max(SIZES)) // world // local
+    assert epoch_batches(groups, local * world, world) == expected
+    orders = {}
+    for epoch in (0, 1):
+        seen, touched = [], []
+        for s in samplers:
+            s.set_epoch(epoch)
+            batches = list(s)
+            assert len(batches) == len(s) == expected and all(len(b) == local for b in batches)
+            mine = [i - epoch * n for b in batches for i in b]
+            seen += mine
+            touched.append({shard_of[i] for i in s.mine()})
+            # the shuffle buffer: a rank's images come `window` (2) of its shards at a time, those mixed
+            blocks = [shard_of[i] for i in s.mine()]
+            first = sorted(set(blocks), key=blocks.index)
+            span = {k: (blocks.index(k), len(blocks) - 1 - blocks[::-1].index(k)) for k in first}
+            runs = [first[w : w + 2] for w in range(0, len(first), 2)]
+            for a, b in zip(runs, runs[1:]):
+                assert max(span[k][1] for k in a) < min(span[k][0] for k in b)
+        assert len(seen) == len(set(seen)) == expected * local * world  # no image twice in an epoch
+        for a in range(world):  # whole shards: no shard read by two ranks
+            assert all(not (touched[a] & touched[b]) for b in range(a + 1, world))
+        assert set().union(*touched) == set(range(len(groups)))  # every shard dealt
+        orders[epoch] = samplers[0].mine()
+    assert orders[0] != orders[1]  # another order every epoch
+    samplers[0].set_epoch(1)
+    whole = list(samplers[0])
+    samplers[0].set_epoch(1, start=2)
+    assert list(samplers[0]) == whole[2:]  # a resumed epoch goes on where it stopped
+    if world == 1:  # one process: every image but the last partial batch
+        assert expected * local == n - n % local
+
+
+def test_eval_batches_of_streamed_shards_score_each_image_once():
+    groups = _groups()
+    shares = [[i for b in EvalBatches(sum(SIZES), 4, r, 3, groups) for i in b] for r in range(3)]
+    assert sorted(i for s in shares for i in s) == list(range(sum(SIZES)))
+    assert shares[1] == groups[1] + groups[4]
+
+
+def test_a_pipe_pattern_trains_fetching_each_shard_once_and_resumes_exactly(sharded, tmp_path, monkeypatch):  # noqa: F811
+    out, _ = sharded
+    monkeypatch.setenv("RESNETS_SHARD_CACHE", str(tmp_path / "cache"))
+    train = sorted(p.name for p in out.glob("train-*.tar"))
+    data = _pattern(out, "train-{000000..%06d}" % (len(train) - 1))
+    ds = shards.load(data, "train")
+    local = shards.load(str(out), "train")
+    assert ds.samples and [t for _, t in ds.samples] == local.targets and ds.shard_groups() is not None
+    assert local.shard_groups() is None  # local shards are read in any order, as before
+    assert all(torch.equal(ds[i][0], local[i][0]) for i in range(0, len(ds), 5))
+    keys = dict(model="resnet8", dataset="wds", data=data, val_data=_pattern(out, "val-000000"), batch_size=6)
+    keys |= dict(train_crop=32, eval_crop=32, eval_resize=32, epochs=2, checkpoint_steps=1, deterministic=True)
+    keys |= dict(out=str(tmp_path / "runs"), name="whole", amp="none", progress=False, workers=0, device="cpu")
+    cfg = resolve(None, None, keys)
+    whole = engine.train(resolve(None, None, keys | dict(workers=2)))  # two loader workers share the cache
+    fetched = sorted(p.name.split("-", 1)[1] for p in (tmp_path / "cache").glob("*.tar"))
+    assert fetched == sorted([*train, "val-000000.tar"])  # each once, however many epochs and readers
+    assert whole["history"][-1]["step"] == 2 * epoch_batches(ds.shard_groups(), 6, 1)
+
+    class Stop(Exception):
+        pass
+
+    deal = ShardBatches.__iter__
+
+    def cut(self):  # the job is stopped in epoch 2 after its first step (a checkpoint after every step)
+        for k, batch in enumerate(deal(self)):
+            if self.epoch == 1 and k == 1:
+                raise Stop
+            yield batch
+
+    monkeypatch.setattr(ShardBatches, "__iter__", cut)
+    with pytest.raises(Stop):
+        engine.train(resolve(None, None, cfg.to_dict() | {"name": "cut"}))
+    monkeypatch.setattr(ShardBatches, "__iter__", deal)
+    state = load_checkpoint(tmp_path / "runs" / "cut" / "last.pt")
+    assert (state["epoch"], state["batch"], state["step"]) == (1, 1, 5)
+    # the saved config's pipe: command is not run from the file alone: the command line must say it again
+    code, _, err = run_cli("train", "--resume", tmp_path / "runs" / "cut")
+    one_line_error(code, err, "config.json's data runs a command", "give --data again")
+    again = engine.train(resume=tmp_path / "runs" / "cut", overrides=dict(data=data, val_data=keys["val_data"]))
+    a, b = load(whole["run_dir"]).state_dict(), load(again["run_dir"]).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_stream_that_fails_or_disagrees_with_its_index_is_named(sharded, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("RESNETS_SHARD_CACHE", str(tmp_path / "cache"))
+    copy = tmp_path / "copy"
+    shutil.copytree(sharded[0], copy)
+    # no index beside the shards, a command that fails, a scheme nothing opens: one line each, nothing written
+    for data, needle in (
+        (f"pipe:cat {tmp_path}/nowhere/train-000000.tar", "cannot read pipe:cat"),
+        ("s3x://bucket/train-{000000..000001}.tar", "cannot read s3x://bucket/index.json"),
+        (f"pipe:cat {copy}/train-000000.tar | head -c 10", "is not JSON"),
+        (f"pipe:echo {copy}", "names no .tar shard"),
+        (_pattern(copy, "other-000000"), "other-000000.tar is not in"),
+    ):
+        code, _, err = run_cli("train", *TINY_RUN, "--dataset", "wds", "--data", data, "--out", tmp_path / "r")
+        one_line_error(code, err, needle)
+        assert not (tmp_path / "r").exists()
+    # an index that is not the shards' (another format) is refused before any shard is fetched
+    index = json.loads((copy / "index.json").read_text())
+    (copy / "index.json").write_text(json.dumps(index | {"format": "other/1"}))
+    with pytest.raises(ResnetsError, match="not a shard index"):
+        shards.load(_pattern(copy), "train")
+    (copy / "index.json").write_text(json.dumps(index))
+    # a shard cut short after its index was written: its images are bad samples, named, and it is fetched once
+    (copy / "train-000001.tar").write_bytes((copy / "train-000001.tar").read_bytes()[:3000])
+    ds = shards.load(_pattern(copy), "train")
+    second = next(i for i, (path, _, _) in enumerate(ds.where) if "000001" in path)
+    for i in (second, second + 1):
+        with pytest.raises(BadSample, match="cannot fetch train-000001.tar: fetched 3,000 bytes; the index says"):
+            ds[i]
+    assert ds[0][0].shape[0] == 3  # the other shards are read
+    assert not list((tmp_path / "cache").glob("*.part"))  # nothing half-fetched left behind
+    assert remote.index_source("pipe:aws s3 cp s3://b/x/train-000007.tar -", "train-000007.tar") == (
+        "pipe:aws s3 cp s3://b/x/index.json -"
+    )
