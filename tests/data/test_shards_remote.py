@@ -155,3 +155,40 @@ def test_a_stream_that_fails_or_disagrees_with_its_index_is_named(sharded, tmp_p
     assert remote.index_source("pipe:aws s3 cp s3://b/x/train-000007.tar -", "train-000007.tar") == (
         "pipe:aws s3 cp s3://b/x/index.json -"
     )
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="webdataset fetches http:// with curl; none here")
+def test_shards_over_http_are_the_local_shards(sharded, tmp_path, monkeypatch):  # noqa: F811
+    """A web server on this machine serving the shard folder: the index and shards fetched over HTTP (webdataset's
+    curl), every image equal to the local shards'; a missing shard is a bad sample naming it."""
+    import functools
+    import http.server
+    import threading
+
+    out, _ = sharded
+    monkeypatch.setenv("RESNETS_SHARD_CACHE", str(tmp_path / "cache"))
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(Quiet, directory=str(out))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        n = len(list(out.glob("train-*.tar")))
+        ds = shards.load(f"{url}/train-{{000000..{n - 1:06d}}}.tar", "train")
+        local = shards.load(str(out), "train")
+        assert len(ds) == len(local) and all(torch.equal(ds[i][0], local[i][0]) for i in range(len(ds)))
+        assert len(list((tmp_path / "cache").glob("*.tar"))) == n
+        (tmp_path / "gone").mkdir()
+        shutil.copy(out / "index.json", tmp_path / "gone")
+        handler.keywords["directory"] = str(tmp_path / "gone")  # the index is there, the shards are not
+        shutil.rmtree(tmp_path / "cache")  # (else the copies fetched above are read)
+        missing = shards.load(f"{url}/train-000000.tar", "train")
+        with pytest.raises(BadSample, match="cannot fetch train-000000.tar"):
+            missing[0]
+    finally:
+        server.shutdown()
+        server.server_close()
