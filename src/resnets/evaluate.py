@@ -126,13 +126,17 @@ def _hits(probs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def _dataset_of(data: str | None) -> str:
-    """The dataset kind a --data path holds: shards, an image folder or a CSV manifest."""
+    """The dataset kind a --data path holds: shards, a saved Hugging Face dataset, an image folder or a CSV."""
     from .data.shards import holds_shards
     from .errors import ResnetsError
 
     if not data:
         raise ResnetsError("say which data to evaluate on: --dataset NAME or --data PATH")
-    return "wds" if holds_shards(data) else "imagefolder" if Path(data).is_dir() else "csv"
+    if holds_shards(data):
+        return "wds"
+    if any((Path(data) / f).is_file() for f in ("dataset_dict.json", "state.json")):
+        return "hf"
+    return "imagefolder" if Path(data).is_dir() else "csv"
 
 
 def _dense_evaluation(model):

@@ -37,6 +37,11 @@ def offline() -> bool:
     return os.environ.get("RESNETS_OFFLINE", "") not in ("", "0")
 
 
+def downloads_off() -> bool:
+    """Nothing is fetched from the Hugging Face Hub: ours (RESNETS_OFFLINE) or huggingface_hub's own switch is on."""
+    return offline() or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+
+
 @lru_cache(maxsize=None)
 def _class_list(name: str) -> tuple[str, ...]:
     text = resources.files("resnets").joinpath(f"assets/{name}_classes.txt").read_text(encoding="utf-8")

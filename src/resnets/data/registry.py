@@ -57,6 +57,10 @@ class DatasetSpec:
             from .shards import load
 
             return load(data, split, channels, classes)
+        if self.name == "hf":
+            from .hf import load
+
+            return load(data, split, channels, classes)
         root = Path(data)
         if not root.is_dir():
             raise ResnetsError(f"data folder not found: {root}")
@@ -162,6 +166,15 @@ register_dataset(
         "wds",
         "WebDataset tar shards with their index (`resnets data shard` writes them): a folder, shard files, or shards "
         "to stream (a URL or pipe: pattern)",
+        "files",
+        needs_data=True,
+    )
+)
+register_dataset(
+    DatasetSpec(
+        "hf",
+        "a Hugging Face image dataset: a save_to_disk folder, a folder of parquet/arrow files, or a Hub name "
+        "(its cache when offline); its Image and ClassLabel columns",
         "files",
         needs_data=True,
     )

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from ..errors import WeightsError
+from ..home import downloads_off
 from ..meta import IMAGENET_MEAN, IMAGENET_STD, ModelMeta, Preprocessing
 
 PREFIX = "hf-hub:"
@@ -37,13 +38,6 @@ def parse(text: str) -> tuple[str, str | None]:
     if repo.count("/") != 1 or not all(repo.split("/")):
         raise WeightsError(f"{text!r}: a Hub name is hf-hub:ORG/NAME[@REVISION]")
     return repo, revision or None
-
-
-def downloads_off() -> bool:
-    """Ours (RESNETS_OFFLINE) or huggingface_hub's own switch."""
-    from ..home import offline
-
-    return offline() or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
 
 
 def fetch(text: str, *, download: bool = True) -> Path:
