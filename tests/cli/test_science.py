@@ -67,3 +67,21 @@ def test_data_shapes_writes_the_set_and_says_how_to_train_on_it(tmp_path):
     assert code == 2 and "not an empty folder" in err
     code, _, err = run_cli("data", "shapes", "--no-progress")
     assert code == 2 and "--out DIR" in err
+
+
+def test_data_shapes_crops_print_a_pretraining_command_that_runs(tmp_path):
+    code, out, err = run_cli(
+        "data", "shapes", "--out", tmp_path / "s", "--train", "6", "--val", "3", "--size", "48", "--crops", "24",
+        "--no-progress",
+    )  # fmt: skip
+    assert code == 0, err
+    line = next(x for x in out.splitlines() if x.startswith("pretrain a backbone"))
+    command = line.split(": ", 1)[1].split()
+    assert command[:2] == ["resnets", "train"] and str(tmp_path / "s" / "crops") in command
+    code, printed, err = run_cli(
+        *command[1:], "--epochs", "1", "--batch-size", "8", "--workers", "0", "--no-progress", "--out", tmp_path / "r"
+    )
+    assert code == 0, err
+    assert (tmp_path / "r").is_dir() and list((tmp_path / "r").glob("*/model.safetensors"))
+    code, _, err = run_cli("data", "shapes", "--out", tmp_path / "t", "--crops", "4", "--no-progress")
+    assert code == 2 and "--crops" in err and not (tmp_path / "t").exists()

@@ -113,3 +113,18 @@ def test_what_cannot_be_read_is_one_line(hf_sets, tmp_path, monkeypatch):
     assert hf.load(str(tmp_path / "trainonly"), "test") is None  # no held-out split: none, not an error
     with pytest.raises(ResnetsError, match="classes not in the training set: cow"):
         hf.load(str(root / "saved"), "test", classes=["ant", "bee"])
+
+
+def test_a_hugging_face_dataset_is_sharded_image_for_image(hf_sets, tmp_path):
+    """`resnets data shard` takes a saved folder or hf:DIR: the stored bytes and labels, the broken row left out."""
+    from resnets.data import shards
+
+    root, _ = hf_sets
+    for src, out in ((root / "saved", tmp_path / "a"), (f"hf:{root / 'hub'}", tmp_path / "b")):
+        code, printed, err = run_cli("data", "shard", src, "--out", out, "--no-progress")
+        assert code == 0, err
+        assert "29 train, 9 val images" in printed and "#4" in printed  # the broken row named, not written
+        ref, got = hf.load(str(root / "saved"), "train"), shards.load(str(out), "train")
+        assert got.classes == CLASSES and got.targets == [t for i, t in enumerate(ref.targets) if i != 4]
+        kept = [i for i in range(len(ref)) if i != 4]
+        assert all(got.read(j) == ref.read(i) for j, i in enumerate(kept))

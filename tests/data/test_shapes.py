@@ -77,3 +77,37 @@ def test_nothing_is_written_over_and_nothing_half_written(tmp_path):
     with mock.patch("resnets.data.shapes._image", side_effect=KeyboardInterrupt), pytest.raises(KeyboardInterrupt):
         generate(tmp_path / "stopped", train=2, val=1, size=48, progress=False)
     assert not (tmp_path / "stopped").exists() and not list(tmp_path.glob(".stopped*"))
+
+
+def test_crops_are_each_shape_cut_out_under_its_class(tmp_path):
+    """--crops PX: every annotation once, under its category's folder, the square of 1.5 times its box around the
+    box's centre (kept inside the image), PX x PX; without it no crops folder."""
+    generate(tmp_path / "c", train=6, val=2, size=64, seed=3, crops=24, progress=False)
+    generate(tmp_path / "none", train=2, val=1, size=48, progress=False)
+    assert not (tmp_path / "none" / "crops").exists()
+    for split in ("train", "val"):
+        coco = json.loads((tmp_path / "c" / split / "instances.json").read_text())
+        names = {c["id"]: c["name"] for c in coco["categories"]}
+        crops = sorted((tmp_path / "c" / "crops" / split).glob("*/*.png"))
+        assert {p.name for p in (tmp_path / "c" / "crops" / split).iterdir()} <= set(CLASSES)
+        assert len(crops) == len(coco["annotations"]) > 0
+        by_id = {a["id"]: a for a in coco["annotations"]}
+        for path in crops:
+            image, ann = path.stem.split("_")
+            a = by_id[int(ann)]
+            assert a["image_id"] == int(image) + 1 and names[a["category_id"]] == path.parent.name
+            crop = Image.open(path).convert("RGB")
+            assert crop.size == (24, 24)
+            # an independent cut of the saved JPEG: the same picture but for the JPEG's loss on the background's noise
+            # (compared at 6 x 6, where the noise averages out)
+            x, y, w, h = a["bbox"]
+            side = min(round(1.5 * max(w, h)), 64)
+            left = min(max(round(x + w / 2 - side / 2), 0), 64 - side)
+            top = min(max(round(y + h / 2 - side / 2), 0), 64 - side)
+            src = Image.open(tmp_path / "c" / split / "images" / f"{image}.jpg").convert("RGB")
+            ref = src.crop((left, top, left + side, top + side))
+            small = [np.asarray(im.resize((6, 6), Image.Resampling.BOX), dtype=np.float32) for im in (crop, ref)]
+            assert np.abs(small[0] - small[1]).mean() < 6
+    with pytest.raises(ResnetsError, match="--crops"):
+        generate(tmp_path / "bad", train=1, val=1, size=48, crops=4, progress=False)
+    assert not (tmp_path / "bad").exists()

@@ -45,7 +45,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
 def _cmd_shard(args: argparse.Namespace) -> int:
     """`resnets data shard SRC --out DIR`: an image folder (train/ and val/ inside, or one class folder each), a
-    CSV manifest or a registered in-memory dataset (fashion-mnist, cifar10, ...) as tar shards and their index."""
+    CSV manifest, a registered in-memory dataset (fashion-mnist, cifar10, ...) or a Hugging Face image dataset (a
+    save_to_disk folder, or hf:DIR_OR_NAME) as tar shards and their index."""
     from ..data import shards
     from ..data.registry import DATASETS, get_dataset
 
@@ -54,6 +55,8 @@ def _cmd_shard(args: argparse.Namespace) -> int:
     src, size = Path(args.source), shards.parse_size(args.shard_size)
     if not src.exists() and args.source in DATASETS and DATASETS[args.source].tensors is not None:
         spec, data = DATASETS[args.source], args.path  # a registered dataset held in memory
+    elif args.source.startswith("hf:") or any((src / f).is_file() for f in ("dataset_dict.json", "state.json")):
+        spec, data = get_dataset("hf"), args.source.removeprefix("hf:")  # a Hugging Face dataset: folder or name
     else:  # the splits training reads from the same files: DIR/train (or DIR) and DIR/val, or the CSV
         spec, data = get_dataset("csv" if src.is_file() else "imagefolder"), str(src)
     splits = {"train": spec.load("train", data, args.download)}
@@ -61,7 +64,8 @@ def _cmd_shard(args: argparse.Namespace) -> int:
     if held is not None:
         splits["val"] = held
     index = shards.write(splits, Path(args.out), shard_bytes=size, progress=not args.no_progress)
-    counts = ", ".join(f"{len(ds)} {name}" for name, ds in splits.items())
+    written = shards.read_index(Path(args.out))["splits"]  # what was written: unreadable images left out
+    counts = ", ".join(f"{sum(len(s['samples']) for s in written.get(n, []))} {n}" for n in splits)
     print(f"{counts} images in {len(list(Path(args.out).glob('*.tar')))} shards; index: {index}")
     return 0
 
@@ -73,10 +77,22 @@ def _cmd_shapes(args: argparse.Namespace) -> int:
     if not args.out:
         raise ResnetsError("data shapes needs --out DIR (a new or empty folder)")
     counts = generate(
-        args.out, train=args.train, val=args.val, size=args.size, seed=args.seed, progress=not args.no_progress
+        args.out,
+        train=args.train,
+        val=args.val,
+        size=args.size,
+        seed=args.seed,
+        crops=args.crops,
+        progress=not args.no_progress,
     )
     for split, c in counts.items():
         print(f"{split}: {c['images']} images, {c['boxes']} shapes -> {Path(args.out) / split}/instances.json")
+    if args.crops:
+        print(
+            f"pretrain a backbone on the shapes cut out: resnets train --model resnet18 --dataset imagefolder "
+            f"--data {Path(args.out) / 'crops'} --train-crop {args.crops} --eval-resize {args.crops} "
+            f"--eval-crop {args.crops}"
+        )
     print(f"train a detector: resnets train --recipe finetune-detection --data {args.out}")
     print(f"or a segmenter:   resnets train --recipe finetune-segmentation --data {args.out}")
     return 0
@@ -155,7 +171,8 @@ def add_commands(sub) -> None:
         "source",
         nargs="?",
         metavar="SRC",
-        help="data shard: an image folder, a CSV manifest or a dataset (fashion-mnist)",
+        help="data shard: an image folder, a CSV manifest, a dataset (fashion-mnist) or a Hugging Face dataset "
+        "(hf:DIR_OR_NAME)",
     )
     p.add_argument("--list", action="store_true", help="every dataset the training config and eval take")
     p.add_argument("--path", help="CIFAR archive or folder holding it")
@@ -166,5 +183,13 @@ def add_commands(sub) -> None:
     p.add_argument("--val", type=count(1), default=100, help="data shapes: validation images (default 100)")
     p.add_argument("--size", type=count(32), default=128, help="data shapes: image side, pixels (default 128)")
     p.add_argument("--seed", type=count(0), default=0, help="data shapes: the same seed writes the same files")
+    p.add_argument(
+        "--crops",
+        type=count(0),
+        default=0,
+        metavar="PX",
+        help="data shapes: also each shape cut out at PX x PX into DIR/crops/{train,val}/CLASS/ (an image folder "
+        "to pretrain a classifier on; default 0: none)",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_data)

@@ -2,7 +2,10 @@
 backgrounds (`resnets data shapes --out DIR`). Each split is a COCO folder (images/ and instances.json with boxes,
 polygons and areas) and a semantic-segmentation folder (masks/*.png, one class index per pixel, the classes in
 DIR/classes.txt, background first), so detection, instance and semantic segmentation all train on the same images.
-Shapes do not overlap, so each polygon is its instance's whole mask and the boxes are tight around the pixels."""
+Shapes do not overlap, so each polygon is its instance's whole mask and the boxes are tight around the pixels.
+With `crops`, each shape is also cut out (a square of 1.5 times its box, resized) into DIR/crops/{train,val}/CLASS/:
+an image-folder classification set of the same shapes, to pretrain a backbone on before detection, as ImageNet
+pretrains the backbones of COCO's detectors."""
 
 from __future__ import annotations
 
@@ -68,7 +71,18 @@ def _image(rng: np.random.Generator, size: int, most: int):
     return img, instances
 
 
-def _split(out: Path, split: str, n: int, size: int, seed: int, most: int, bar) -> dict:
+def _crop(img, box: tuple[int, int, int, int], px: int):
+    """The square 1.5 times the box's longer side around its centre, kept inside the image, resized to px."""
+    from PIL import Image
+
+    x0, y0, x1, y1 = box
+    side = min(round(1.5 * max(x1 - x0, y1 - y0)), *img.size)
+    left = min(max(round((x0 + x1 - side) / 2), 0), img.size[0] - side)
+    top = min(max(round((y0 + y1 - side) / 2), 0), img.size[1] - side)
+    return img.crop((left, top, left + side, top + side)).resize((px, px), Image.Resampling.BILINEAR)
+
+
+def _split(out: Path, split: str, n: int, size: int, seed: int, most: int, crops: int, bar) -> dict:
     from PIL import Image
 
     (out / split / "images").mkdir(parents=True)
@@ -84,6 +98,10 @@ def _split(out: Path, split: str, n: int, size: int, seed: int, most: int, bar) 
             semantic[mask] = c + 1
             ys, xs = np.nonzero(mask)
             x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+            if crops:
+                folder = out / "crops" / split / CLASSES[c]  # a class no shape of the split has: no folder
+                folder.mkdir(parents=True, exist_ok=True)
+                _crop(img, (x0, y0, x1, y1), crops).save(folder / f"{name}_{len(annotations) + 1:06d}.png")
             annotations.append(
                 {
                     "id": len(annotations) + 1,
@@ -105,11 +123,20 @@ def _split(out: Path, split: str, n: int, size: int, seed: int, most: int, bar) 
 
 
 def generate(
-    out: str | Path, *, train: int = 400, val: int = 100, size: int = 128, most: int = 4, seed: int = 0, progress=True
+    out: str | Path,
+    *,
+    train: int = 400,
+    val: int = 100,
+    size: int = 128,
+    most: int = 4,
+    seed: int = 0,
+    crops: int = 0,
+    progress=True,
 ) -> dict:
     """Write the shapes set to `out` (which must not exist or be empty): DIR/{train,val}/images/*.jpg,
-    instances.json (COCO) and masks/*.png, and DIR/classes.txt. The same seed writes the same files. Returns
-    {"train": {"images", "boxes"}, "val": {...}}."""
+    instances.json (COCO) and masks/*.png, and DIR/classes.txt; with `crops` (pixels) also each shape cut out into
+    DIR/crops/{train,val}/CLASS/*.png. The same seed writes the same files. Returns {"train": {"images", "boxes"},
+    "val": {...}}."""
     from tqdm import tqdm
 
     out = Path(out)
@@ -117,12 +144,15 @@ def generate(
         raise ResnetsError(f"--size must be from 32 to 1024 pixels; got {size}")
     if train < 1 or val < 1:
         raise ResnetsError("the shapes set needs at least one training and one validation image")
+    if crops and not 8 <= crops <= 512:
+        raise ResnetsError(f"--crops must be from 8 to 512 pixels (0: none); got {crops}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ResnetsError(f"{out} exists and is not an empty folder; name a new one")
     with safe_io.atomic_dir(out) as tmp:
         with tqdm(total=train + val, unit="image", disable=not progress, desc="shapes") as bar:
             counts = {
-                split: _split(tmp, split, n, size, seed, most, bar) for split, n in (("train", train), ("val", val))
+                split: _split(tmp, split, n, size, seed, most, crops, bar)
+                for split, n in (("train", train), ("val", val))
             }
         (tmp / "classes.txt").write_text("\n".join(("background", *CLASSES)) + "\n")
     return counts
