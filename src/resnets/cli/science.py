@@ -91,7 +91,7 @@ def _cmd_shapes(args: argparse.Namespace) -> int:
         print(
             f"pretrain a backbone on the shapes cut out: resnets train --model resnet18 --dataset imagefolder "
             f"--data {Path(args.out) / 'crops'} --train-crop {args.crops} --eval-resize {args.crops} "
-            f"--eval-crop {args.crops}"
+            f"--eval-crop {args.crops} --augment none --optimizer adamw --lr 0.003 --weight-decay 0.05"
         )
     print(f"train a detector: resnets train --recipe finetune-detection --data {args.out}")
     print(f"or a segmenter:   resnets train --recipe finetune-segmentation --data {args.out}")
