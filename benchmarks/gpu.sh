@@ -41,9 +41,10 @@ schedule) # target 5: a 64,000-iteration ResNet-20 run, the paper's schedule, wh
     --curve-steps 0 --out "$out/runs" --name r20-64k --no-progress ;;
 r50) # target 2: ResNet-50 on GPU-resident synthetic data against a hand-written compiled loop
   $py benchmarks/train_throughput.py --case resnet50-synthetic --device cuda --runs 3 --json "$out/resnet50_synthetic.json" ;;
-jpeg) # target 1: ResNet-50 on 10,240 JPEGs (nvJPEG) against torchvision's ImageFolder + DataLoader(16 workers)
+jpeg) # target 1: ResNet-50 on 10,240 JPEGs (nvJPEG) against torchvision's ImageFolder + DataLoader(16 workers);
+  # issue 25: the same JPEGs also from tar shards (resnets_shards_img_s, shards_vs_folder)
   $py benchmarks/train_throughput.py --case resnet50-jpeg --device cuda --runs 2 --images 10240 --workers 16 \
-    --json "$out/resnet50_jpeg.json" ;;
+    --shards --json "$out/resnet50_jpeg.json" ;;
 inference) # target 3: bench at bf16 against torchvision compiled, and predict over 10,240 JPEGs
   $py benchmarks/inference_speed.py --device cuda --precision bf16 --batch 256 --skip int8 --runs 3 \
     --predict-images 10240 --predict-backend eager --predict-size 375x500 --predict-batch 256 --predict-workers 16 \

@@ -258,7 +258,7 @@ def make_jpegs(folder: Path, n: int, size=(375, 500), classes: int = 10) -> None
         (d / f"{i:06d}.jpg").write_bytes(encode_jpeg(crop(img), quality=90).numpy().tobytes())
 
 
-def case_resnet50_jpeg(run: int, n: int, dev: torch.device, folder: Path, workers: int) -> dict:
+def case_resnet50_jpeg(run: int, n: int, dev: torch.device, folder: Path, workers: int, shards=None) -> dict:
     from torchvision.datasets import ImageFolder
     from torchvision.io import ImageReadMode, decode_image, read_file
 
@@ -310,6 +310,21 @@ def case_resnet50_jpeg(run: int, n: int, dev: torch.device, folder: Path, worker
             loader="device",
         )
     )
+    if shards is not None:  # the same JPEGs from tar shards (issue 25): the same loader, decode and augmentation
+        row["resnets_shards_img_s"], _ = engine_rate(
+            dict(
+                common,
+                dataset="wds",
+                data=str(shards),
+                augment="paper-imagenet",
+                train_crop=crop,
+                eval_crop=crop,
+                eval_resize=crop,
+                val_split=0.02,
+                loader="device",
+            )
+        )
+        row["shards_vs_folder"] = row["resnets_shards_img_s"] / row["resnets_img_s"]
     row["resnets_synthetic_img_s"], _ = engine_rate(
         dict(common, dataset="synthetic", synthetic_samples=n, synthetic_classes=1000, train_crop=crop, augment="none")
     )
@@ -377,6 +392,9 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=16, help="resnet50-jpeg: loader processes for both loops")
     ap.add_argument("--nets", default="resnet20,resnet56,resnet110", help="cifar-nets: which nets")
     ap.add_argument("--jpeg-dir", help="resnet50-jpeg: an existing folder of JPEGs (default: made in a temp folder)")
+    ap.add_argument(
+        "--shards", action="store_true", help="resnet50-jpeg: also train from the same JPEGs written as tar shards"
+    )
     ap.add_argument("--arch", default="resnet50", help="resnet50 cases: the net (a small one for a CPU smoke run)")
     ap.add_argument("--batch", type=int, default=256, help="resnet50 cases: the batch")
     ap.add_argument("--crop", type=int, default=224, help="resnet50 cases: the crop")
@@ -399,6 +417,14 @@ def main() -> int:
         t0 = time.perf_counter()
         make_jpegs(folder, n)
         print(f"wrote {n} JPEGs in {time.perf_counter() - t0:.0f} s", flush=True)
+    shards = None
+    if args.case == "resnet50-jpeg" and args.shards:
+        from resnets.data import shards as shard_io
+        from resnets.data.datasets import image_folder
+
+        shards, t0 = Path(tmp.name) / "shards", time.perf_counter()
+        shard_io.write({"train": image_folder(folder)}, shards, progress=False)
+        print(f"wrote the JPEGs as shards in {time.perf_counter() - t0:.0f} s", flush=True)
     rows = []
     for run in range(args.runs):
         if args.case == "fashion-mnist":
@@ -406,7 +432,7 @@ def main() -> int:
         elif args.case == "resnet50-synthetic":
             row = case_resnet50_synthetic(run, n, dev)
         elif args.case == "resnet50-jpeg":
-            row = case_resnet50_jpeg(run, n, dev, folder, args.workers)
+            row = case_resnet50_jpeg(run, n, dev, folder, args.workers, shards)
         else:
             row = case_cifar_nets(run, n, dev, [s for s in args.nets.split(",") if s])
         rows.append(row)
