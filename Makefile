@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+CORE   := $(VENV)/.installed-core
 
 .PHONY: run test lint format data browser clean
 
@@ -10,13 +11,18 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# reinstalls when the project's dependencies change
+# reinstalls when the project's dependencies change: `make run` needs the package alone, `make test` its test
+# extras too (timm, Keras, scikit-learn, datasets, ... for the independent references: a longer install)
+$(CORE): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(CORE)
+
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	touch $(STAMP) $(CORE)
 
 # Fashion-MNIST: found locally, else Debian's dataset-fashion-mnist (as root with apt), else the official download
-data: $(STAMP)
+data: $(CORE)
 	@$(BIN)/resnets data fashion-mnist >/dev/null 2>&1 || \
 	{ if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    (apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
@@ -36,7 +42,7 @@ browser:
 	     (apt-get update -qq && apt-get install -y -qq chromium >/dev/null 2>&1)) || true; fi; }
 	@echo "chromium: $$(command -v chromium || echo 'not available: the browser test will be skipped')"
 
-test: data browser
+test: $(STAMP) data browser
 	$(BIN)/python -m pytest -q
 
 # pyflakes and pycodestyle's errors, and the formatter's layout, over the code, the tests and the benchmarks
