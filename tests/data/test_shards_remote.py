@@ -4,6 +4,7 @@ the same number of batches, no image twice in an epoch), an exact mid-epoch resu
 disagrees with its index named in one line or as bad samples."""
 
 import json
+import os
 import shutil
 
 import pytest
@@ -192,3 +193,30 @@ def test_shards_over_http_are_the_local_shards(sharded, tmp_path, monkeypatch): 
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_few_shards_are_held_open_and_a_removed_one_is_fetched_again(sharded, tmp_path, monkeypatch):  # noqa: F811
+    """Descriptors are closed least recently used first (so shards the cache removed free their disk), and a
+    streamed shard removed from the cache after its fetch is fetched again, not an error."""
+    out, _ = sharded
+    monkeypatch.setenv("RESNETS_SHARD_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(shards, "OPEN_SHARDS", 1)
+    ds = shards.load(_pattern(out, "train-{000000..000001}"), "train")
+    local = shards.load(str(out), "train")
+    first, second = (next(i for i, w in enumerate(ds.where) if f"00000{k}" in w[0]) for k in (0, 1))
+    for i in (first, second, first, second):
+        assert torch.equal(ds[i][0], local[i][0]) and len(ds._open) == 1
+    real = remote.fetch
+    calls = []
+
+    def removed_after_fetch(source, name, size):  # the cache's eviction between a fetch and the open
+        path = real(source, name, size)
+        calls.append(name)
+        if len(calls) == 1:
+            os.unlink(path)
+        return path
+
+    monkeypatch.setattr(remote, "fetch", removed_after_fetch)
+    shutil.rmtree(tmp_path / "cache")
+    again = shards.load(_pattern(out, "train-{000000..000001}"), "train")
+    assert torch.equal(again[first][0], local[first][0]) and calls == ["train-000000.tar"] * 2

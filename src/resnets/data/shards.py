@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import tarfile
+from collections import OrderedDict
 from pathlib import Path
 from typing import Sequence
 
@@ -29,6 +30,7 @@ from .datasets import BYTES_PER_PIXEL_BOUND, BadSample, FileDataset, TensorDatas
 
 FORMAT = "resnets.shards/1"
 INDEX = "index.json"
+OPEN_SHARDS = 32  # descriptors a process keeps open
 MAX_INDEX_BYTES = 1 << 30  # 1.28 M ImageNet images take ~60 MB
 EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tiff"}
 SPLITS = {"train": "train", "test": "val"}  # our split names -> the shards' prefixes
@@ -49,7 +51,7 @@ class ShardDataset(FileDataset):
         super().__init__(samples, classes, channels)
         self.where = where
         self.streamed = streamed or {}  # a streamed shard's source -> (its file name, its size in the index)
-        self._open: dict[tuple[int, str], int] = {}
+        self._open: OrderedDict[tuple[int, str], int] = OrderedDict()
         self._failed: dict[str, str] = {}
 
     def _local(self, source: str) -> str:
@@ -65,16 +67,32 @@ class ShardDataset(FileDataset):
             self._failed[source] = f"cannot fetch {self.streamed[source][0]}: {e.strerror or e}"
             raise OSError(self._failed[source]) from None
 
+    def _descriptor(self, path: str) -> int:
+        """An open descriptor of the shard `path`: kept per process (not shared with loader workers forked later),
+        at most OPEN_SHARDS at a time, the least recently used closed first (so the cache's removed shards free
+        their disk); a streamed shard removed from the cache between its fetch and its opening is fetched again."""
+        key = (os.getpid(), path)
+        if key in self._open:
+            self._open.move_to_end(key)
+            return self._open[key]
+        try:
+            fd = os.open(self._local(path), os.O_RDONLY)
+        except FileNotFoundError:
+            if path not in self.streamed:
+                raise
+            fd = os.open(self._local(path), os.O_RDONLY)
+        self._open[key] = fd
+        while len(self._open) > OPEN_SHARDS:
+            os.close(self._open.popitem(last=False)[1])
+        return fd
+
     def read(self, i: int) -> bytes:
         path, offset, size = self.where[i]
         limit = max_pixels()
         if size > limit * BYTES_PER_PIXEL_BOUND + (1 << 20):
             raise BadSample(self.samples[i][0], f"{size:,} bytes is more than any image within the pixel limit holds")
-        key = (os.getpid(), path)  # a descriptor is not shared with loader worker processes forked later
         try:
-            if key not in self._open:
-                self._open[key] = os.open(self._local(path), os.O_RDONLY)
-            data = os.pread(self._open[key], size, offset)
+            data = os.pread(self._descriptor(path), size, offset)
         except OSError as e:
             raise BadSample(self.samples[i][0], f"cannot read shard ({e.strerror or e})") from None
         if len(data) != size:
@@ -82,7 +100,7 @@ class ShardDataset(FileDataset):
         return data
 
     def __getstate__(self):  # sent to loader workers without the open descriptors
-        return {**self.__dict__, "_open": {}}
+        return {**self.__dict__, "_open": OrderedDict()}
 
     def subset(self, indices: Sequence[int]) -> "ShardDataset":
         idx = [int(i) for i in indices]
