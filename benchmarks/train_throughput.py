@@ -297,33 +297,18 @@ def case_resnet50_jpeg(run: int, n: int, dev: torch.device, folder: Path, worker
         seed=run,
         lr=0.1,
     )
-    row["resnets_img_s"], row["resnets"] = engine_rate(
-        dict(
-            common,
-            dataset="imagefolder",
-            data=str(folder),
-            augment="paper-imagenet",
-            train_crop=crop,
-            eval_crop=crop,
-            eval_resize=crop,
-            val_split=0.02,
-            loader="device",
-        )
+    files = dict(
+        common,
+        augment="paper-imagenet",
+        train_crop=crop,
+        eval_crop=crop,
+        eval_resize=crop,
+        val_split=0.02,
+        loader="device",
     )
+    row["resnets_img_s"], row["resnets"] = engine_rate(dict(files, dataset="imagefolder", data=str(folder)))
     if shards is not None:  # the same JPEGs from tar shards (issue 25): the same loader, decode and augmentation
-        row["resnets_shards_img_s"], _ = engine_rate(
-            dict(
-                common,
-                dataset="wds",
-                data=str(shards),
-                augment="paper-imagenet",
-                train_crop=crop,
-                eval_crop=crop,
-                eval_resize=crop,
-                val_split=0.02,
-                loader="device",
-            )
-        )
+        row["resnets_shards_img_s"], _ = engine_rate(dict(files, dataset="wds", data=str(shards)))
         row["shards_vs_folder"] = row["resnets_shards_img_s"] / row["resnets_img_s"]
     row["resnets_synthetic_img_s"], _ = engine_rate(
         dict(common, dataset="synthetic", synthetic_samples=n, synthetic_classes=1000, train_crop=crop, augment="none")

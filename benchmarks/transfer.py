@@ -134,7 +134,6 @@ def main() -> None:
     ap.add_argument("--json", default=str(RESULTS), help="where the results go")
     ap.add_argument("--plot", default=str(PLOT), help="the figure: accuracy per epoch, pretrained against random")
     args = ap.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         generate(tmp / "corpus", train=args.pretrain_images, val=100, size=64, seed=1, crops=CROP, progress=False)

@@ -319,6 +319,18 @@ class FileDataset(Dataset):
         return FileDataset([(p, mapping[t]) for p, t in self.samples], classes, self.channels)
 
 
+def label_map(names: Sequence[str], classes: Sequence[str] | None, where) -> list[int]:
+    """The label in `classes` (the training set's, in its order) of each of `names` (a split's own classes, in its
+    order); without `classes`, their own. A name the training set lacks is refused in one line naming `where`."""
+    if classes is None:
+        return list(range(len(names)))
+    unknown = sorted(set(names) - set(classes))
+    if unknown:
+        raise ResnetsError(f"{where} has classes not in the training set: {', '.join(unknown[:5])}")
+    order = {c: i for i, c in enumerate(classes)}
+    return [order[c] for c in names]
+
+
 def image_folder(root: str | os.PathLike, channels: int = 3, classes: Sequence[str] | None = None) -> FileDataset:
     """One subfolder per class (sorted names, as torchvision's ImageFolder). Images are found recursively."""
     root = Path(root)
@@ -327,10 +339,8 @@ def image_folder(root: str | os.PathLike, channels: int = 3, classes: Sequence[s
     found = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not found:
         raise ResnetsError(f"{root} has no class subfolders (expected {root}/<class>/<image>)")
+    label_map(found, classes, root)
     classes = list(classes) if classes is not None else found
-    unknown = sorted(set(found) - set(classes))
-    if unknown:
-        raise ResnetsError(f"{root} has classes not in the training set: {', '.join(unknown[:5])}")
     samples = []
     for idx, name in enumerate(classes):
         folder = root / name

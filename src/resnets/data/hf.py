@@ -16,7 +16,7 @@ from typing import Sequence
 
 from ..errors import ResnetsError
 from ..home import downloads_off
-from .datasets import BYTES_PER_PIXEL_BOUND, BadSample, FileDataset, max_pixels
+from .datasets import BYTES_PER_PIXEL_BOUND, BadSample, FileDataset, label_map, max_pixels
 
 HELD_OUT = ("validation", "valid", "val", "test")
 
@@ -123,12 +123,7 @@ def load(data: str, split: str, channels: int = 3, classes: Sequence[str] | None
     image, label = _columns(table, text)
     names = list(table.features[label].names)
     table = table.cast_column(image, datasets.Image(decode=False))
-    remap = list(range(len(names)))
-    if classes is not None:  # the training set's classes: the same names, in its order
-        unknown = sorted(set(names) - set(classes))
-        if unknown:
-            raise ResnetsError(f"{text} has classes not in the training set: {', '.join(unknown[:5])}")
-        remap = [list(classes).index(c) for c in names]
+    remap = label_map(names, classes, text)
     labels = table[label]
     samples, rows = [], []
     name = f"{text}[{table.split or split}]"

@@ -26,7 +26,15 @@ from typing import Sequence
 
 from ..errors import ResnetsError
 from . import remote
-from .datasets import BYTES_PER_PIXEL_BOUND, BadSample, FileDataset, TensorDataset, max_pixels, read_header
+from .datasets import (
+    BYTES_PER_PIXEL_BOUND,
+    BadSample,
+    FileDataset,
+    TensorDataset,
+    label_map,
+    max_pixels,
+    read_header,
+)
 
 FORMAT = "resnets.shards/1"
 INDEX = "index.json"
@@ -320,12 +328,7 @@ def _streamed(pattern: str, channels: int, classes) -> ShardDataset:
 def _dataset(index: dict, shards: list[tuple[str, dict]], text: str, channels: int, classes) -> ShardDataset:
     """The samples of `shards` ((where each is read from, its index entry)), labelled in `classes`' order."""
     names = index["classes"]
-    remap = list(range(len(names)))
-    if classes is not None:  # the training set's classes: the same names, in its order
-        unknown = sorted(set(names) - set(classes))
-        if unknown:
-            raise ResnetsError(f"{text[:100]} has classes not in the training set: {', '.join(unknown[:5])}")
-        remap = [list(classes).index(c) for c in names]
+    remap = label_map(names, classes, text[:100])
     samples, where = [], []
     for shard, s in shards:
         for key, label, offset, size, ext in s["samples"]:

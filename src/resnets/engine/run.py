@@ -167,9 +167,9 @@ def _loaders(cfg: TrainConfig, bundle: Any, ctx: distributed.Context) -> tuple[A
     return train_loader, val_loader
 
 
-def _lengths(cfg: TrainConfig, images: int) -> tuple[int, int, int, int]:
-    """Batches and optimizer steps per epoch, epochs and total steps (from --iterations or --epochs)."""
-    batches_per_epoch = images // cfg.batch_size
+def _lengths(cfg: TrainConfig, batches_per_epoch: int) -> tuple[int, int, int, int]:
+    """Batches and optimizer steps per epoch, epochs and total steps (from --iterations or --epochs), for
+    `batches_per_epoch` global batches an epoch."""
     steps_per_epoch = max(batches_per_epoch // cfg.accum_steps, 1)
     if cfg.iterations:
         total_steps = cfg.iterations
@@ -221,8 +221,8 @@ def build_run(
     graph = steps.use_graph(cfg, dev, world, amp)
     channels_last = cfg.channels_last if cfg.channels_last is not None else dev.type in ("cuda", "cpu")
     train_loader, val_loader = _loaders(cfg, bundle, ctx)
-    # the images an epoch deals (streamed shards deal whole shards to each rank: fewer than the set holds)
-    batches_per_epoch, steps_per_epoch, epochs, total_steps = _lengths(cfg, len(train_loader) * cfg.batch_size)
+    # the batches an epoch deals (streamed shards deal whole shards to each rank: fewer than the set holds)
+    batches_per_epoch, steps_per_epoch, epochs, total_steps = _lengths(cfg, len(train_loader))
     preprocessing = Preprocessing(bundle.eval_resize, bundle.eval_crop, cfg.interpolation, bundle.mean, bundle.std)
     model.meta = model.meta.replace(class_names=list(bundle.classes), preprocessing=preprocessing)
     plan = finetune.from_config(model, cfg)  # what trains when, and BatchNorm's policy
