@@ -37,6 +37,7 @@ def test_the_sbatch_script_parses_and_runs_torchrun_with_resume_auto():
     flags = {a.split("=")[0] for a in argv[: argv.index("-m")] if a.startswith("--")}
     assert LAUNCH <= flags, LAUNCH - flags
     assert argv[argv.index("--rdzv-backend") + 1] == "c10d"
+    assert re.search(r"^export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1$", text, re.M)  # as the restart test runs it
     _train_args(argv)
 
 
@@ -54,5 +55,6 @@ def test_the_pytorchjob_parses_and_runs_the_same_training_command():
     slurm = (CLUSTER / "train.sbatch").read_text()
     for flag in ("--recipe", "--model", "--name", "--checkpoint-steps"):  # the same run in both
         assert f"{flag} {k8s[k8s.index(flag) + 1]}" in slurm, flag
+    assert {"name": "TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "value": "1"} in container["env"]
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
     assert "/shared" in mounts and k8s[k8s.index("--out") + 1].startswith("/shared/")  # runs on the shared volume

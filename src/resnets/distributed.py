@@ -6,6 +6,7 @@ torchrun --nproc_per_node N -m resnets train ...   (NCCL on GPUs, gloo on CPU)
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -54,7 +55,29 @@ def setup(device: str = "auto") -> Context:
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return Context(dist.get_rank(), dist.get_world_size(), local, dev)
+    ctx = Context(dist.get_rank(), dist.get_world_size(), local, dev)
+    note = restart_hazard(os.environ)
+    if note and ctx.is_main and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) == 0:
+        print(f"resnets: note: {note}", file=sys.stderr, flush=True)
+    return ctx
+
+
+def restart_hazard(env) -> str | None:
+    """What to change when torchrun's agents on several nodes may restart their workers in place (--max-restarts)
+    while the workers share the agents' rendezvous store (torchrun's default): after a restart the agents' restart
+    counts can differ (the agent whose worker died counts one; another may restart its workers for the new
+    membership without counting), the new workers look up their peers under different keys, and the group fails
+    to form (pytorch/pytorch#135712; two agents on one host: 6 of 9 restarts failed here, with the store not
+    shared 10 of 10 re-formed). None where nothing can go wrong."""
+    agents = int(env.get("GROUP_WORLD_SIZE", "1"))
+    restarts = int(env.get("TORCHELASTIC_MAX_RESTARTS", "0"))
+    if agents > 1 and restarts > 0 and env.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        return (
+            f"torchrun may restart these {agents} nodes' workers (--max-restarts {restarts}), but a restarted group "
+            "can fail to connect while they share the agents' store: export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 "
+            "before torchrun (pytorch/pytorch#135712)"
+        )
+    return None
 
 
 def all_reduce_sum(t: torch.Tensor, ctx: Context) -> torch.Tensor:
