@@ -51,8 +51,8 @@ def test_the_run_folder_holds_what_a_classification_run_holds(tiny_detector):
 
 
 def test_a_run_stopped_mid_epoch_resumes_to_the_same_weights(shapes_set, tmp_path):
-    cfg = _cfg(shapes_set, tmp_path, epochs=2, checkpoint_steps=1, deterministic=True, augment="ssd")
-    whole = engine.train(cfg)
+    cfg = _cfg(shapes_set, tmp_path, epochs=2, deterministic=True, augment="ssd")
+    whole = engine.train(cfg)  # checkpoints at the epochs' ends only: how often does not change the weights
 
     class Stop(Exception):
         pass
@@ -61,7 +61,7 @@ def test_a_run_stopped_mid_epoch_resumes_to_the_same_weights(shapes_set, tmp_pat
         if p["step"] == 6:  # mid-epoch 2 (4 steps an epoch), after its checkpoint
             raise Stop
 
-    cut = resolve(None, None, cfg.to_dict() | {"name": "cut"})
+    cut = resolve(None, None, cfg.to_dict() | {"name": "cut", "checkpoint_steps": 2})
     with pytest.raises(Stop):
         engine.train(cut, on_progress=stop_at_step_6)
     state = load_checkpoint(tmp_path / "cut" / "last.pt")
