@@ -110,14 +110,3 @@ def test_config_files_and_precedence(tmp_path):
         1.0,
         True,
     )
-
-
-def test_progressive_resizing_fractions_fit_in_one_run_and_it_resizes_classification_batches_only():
-    from resnets.errors import ResnetsError
-
-    with pytest.raises(ResnetsError, match="their sum is at most 1; got 0.6 \\+ 0.5"):
-        C.resolve(overrides=dict(progressive_scale=0.5, progressive_delay=0.6, progressive_finetune=0.5))
-    C.resolve(overrides=dict(progressive_delay=0.6, progressive_finetune=0.5))  # scale 1: off, nothing to check
-    detector = dict(model="fasterrcnn_resnet50_fpn", dataset="coco", data="shapes", progressive_scale=0.5)
-    with pytest.raises(ResnetsError, match="fasterrcnn_resnet50_fpn is a detection model"):
-        C.resolve(overrides=detector)

@@ -104,11 +104,6 @@ class TrainConfig:
     pad: int = key(4, "padding of the paper-cifar / crop-flip random crop, pixels")
     auto_augment: str = key("none", "none | trivial | randaugment")
     random_erasing: float = key(0.0, "probability of erasing a random rectangle of each training image")
-    progressive_scale: float = key(
-        1.0, "progressive resizing: training images start at this fraction of their side (1: off)"
-    )
-    progressive_delay: float = key(0.5, "progressive resizing: the fraction of training at the starting side")
-    progressive_finetune: float = key(0.2, "progressive resizing: the last fraction of training at the full side")
     mixup: float = key(0.0, "alpha")
     cutmix: float = key(0.0, "alpha")
     interpolation: str = key("bilinear", "bilinear | bicubic | nearest, for every resize")
@@ -180,11 +175,6 @@ class TrainConfig:
             rule.check(key, getattr(self, key))
         if self.epochs < 1 and self.iterations < 1:
             raise ResnetsError("set epochs or iterations to at least 1")
-        if self.progressive_scale < 1 and self.progressive_delay + self.progressive_finetune > 1:
-            raise ResnetsError(
-                "--progressive-delay and --progressive-finetune are fractions of one run: their sum is at most 1; "
-                f"got {self.progressive_delay} + {self.progressive_finetune}"
-            )
         for k in ("mixup", "cutmix"):  # a Beta(alpha, alpha) draw underflows for a tiny alpha
             if 0 < getattr(self, k) < 0.01:
                 raise ResnetsError(f"{k} must be 0 (off) or at least 0.01; got {getattr(self, k)!r}")
@@ -215,8 +205,6 @@ class TrainConfig:
         if self.model not in list_models():
             return  # unknown names are refused where the model is built; weights bring their own
         family = get_entry(self.model).family
-        if family in ("detection", "segmentation") and self.progressive_scale < 1:
-            raise ResnetsError(f"--progressive-scale resizes classification batches; {self.model} is a {family} model")
         if family == "segmentation":
             if self.dataset != "masks":
                 raise ResnetsError(f"{self.model} is a segmentation model: train it on --dataset masks (a mask folder)")
@@ -359,9 +347,6 @@ RULES: dict[str, Rule] = {
     "pad": _ge(0, SIZE),
     "auto_augment": Rule(choices=AUTO_AUGMENTS),
     "random_erasing": UNIT,
-    "progressive_scale": Rule(low=0.25, high=1),
-    "progressive_delay": UNIT,
-    "progressive_finetune": UNIT,
     "mixup": _ge(0, 100),
     "cutmix": _ge(0, 100),
     "interpolation": Rule(choices=INTERPOLATIONS),

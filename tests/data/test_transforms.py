@@ -8,7 +8,7 @@ from torchvision.transforms import v2
 
 from resnets import data as D
 from resnets.data.loader import Augmented
-from resnets.data.transforms import ProgressiveResize, batch_mix, eval_transform, ten_crop_transform, train_transform
+from resnets.data.transforms import batch_mix, eval_transform, ten_crop_transform, train_transform
 
 
 def test_augmentation_is_a_function_of_seed_epoch_and_index():
@@ -63,21 +63,3 @@ def test_nearest_resize_is_pillows(name):
     squashed = eval_transform(resize=256, crop=224, interpolation="nearest", crop_mode="squash")(img)
     ref = np.asarray(Image.fromarray(a).resize((256, 256), Image.NEAREST))[16:240, 16:240]
     assert np.array_equal(squashed.permute(1, 2, 0).numpy(), ref)
-
-
-def test_progressive_resizing_starts_small_grows_linearly_and_ends_full():
-    """Composer's schedule: `scale` of the side for the first `delay`, a linear ramp to the full side until
-    1 - `finetune`, then full; sides in multiples of 4 pixels; the batch resized as torchvision resizes it."""
-    p = ProgressiveResize(0.5, delay=0.5, finetune=0.2)
-    sides = [p.side(32, i / 10) for i in range(10)]
-    assert sides == [16] * 6 + [20, 28, 32, 32]  # t=0.6: 1/3 up the ramp (21.3 -> 20); t=0.7: 26.7 -> 28
-    assert p.side(28, 0.0) == 16 and p.side(28, 0.99) == 28  # 14 px rounds to 16 (a multiple of 4)
-    assert p.cost(32, 10) == pytest.approx(sum((s / 32) ** 2 for s in sides) / 10)
-    assert p.cost(32, 10, start=8) == 1.0  # the last fifth: full size
-    assert ProgressiveResize(1.0, 0.5, 0.2).side(32, 0.0) == 32  # scale 1: off
-    x = torch.rand(3, 1, 32, 32)
-    small = p(x, 0.1)
-    assert small.shape == (3, 1, 16, 16)
-    ref = v2.functional.resize(x, [16, 16], interpolation=v2.InterpolationMode.BILINEAR, antialias=True)
-    assert torch.allclose(small, ref, atol=1e-6)
-    assert p(x, 0.9) is x  # full size: untouched

@@ -56,36 +56,3 @@ def test_validate_agrees_with_a_plain_forward_pass(tmp_path):
         assert sum(sum(row) for row in ev["confusion"]) == 12
     finally:
         run.lock.release()
-
-
-def test_progressive_resizing_trains_on_smaller_batches_first_and_the_estimate_counts_it(tmp_path, monkeypatch):
-    """--progressive-scale 0.5 on 16-pixel images: the steps see 8-pixel batches, then the ramp, then 16 (the
-    training step is the engine's own, wrapped to record its input); the evaluation sees full-size images; the
-    expected training time printed before the run is the full-size one times the run's share of pixels."""
-    from resnets.engine import estimate, loop
-
-    sides, made = [], loop.steps.make_step
-
-    def recording(run):
-        step = made(run)
-
-        def wrapped(x, target, y, sync):
-            sides.append(x.shape[-1])
-            return step(x, target, y, sync)
-
-        return wrapped
-
-    monkeypatch.setattr(loop.steps, "make_step", recording)
-    over = dict(TINY, epochs=2, out=tmp_path, name="p", progressive_scale=0.5, progressive_delay=0.5)
-    result = train(overrides=over)
-    assert sides == [8] * 6 + [8, 12, 12, 16, 16, 16]  # 12 steps: t = 0..5/12 at 8, the ramp to 0.8, then 16
-    assert result["history"][-1]["val_top1"] >= 0  # evaluated at the full side (a 16-pixel net sees 16)
-    cfg = resolve(overrides=dict(over, name="q"))
-    run = build_run(cfg, distributed.setup("cpu"))
-    try:
-        monkeypatch.setattr(estimate, "step_rate", lambda run: (100.0, 5))
-        line = estimate.describe(run)[0]
-        images = 2 * 96 * run.resize.cost(16, 12)  # 96 images an epoch, at 100 img/s for full-size ones
-        assert f"training {round(images / 100)} s at ~100 img/s" in line, line
-    finally:
-        run.lock.release()

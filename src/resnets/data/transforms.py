@@ -185,36 +185,3 @@ def batch_mix(num_classes: int, mixup: float, cutmix: float) -> v2.Transform | N
     if not ops:
         return None
     return ops[0] if len(ops) == 1 else v2.RandomChoice(ops)
-
-
-class ProgressiveResize:
-    """Progressive resizing (fast.ai's; the schedule of MosaicML Composer's ProgressiveResizing): the training
-    batches are resized to `scale` of their side for the first `delay` of training, grow linearly to the full side
-    until `1 - finetune`, and stay full for the rest. Sides are multiples of `increment` pixels (at least one
-    increment), so a run compiles or tunes kernels for a few shapes; the batch is resized as a whole (bilinear,
-    antialiased). A convolutional net with global pooling takes any side; the evaluation stays at the full one
-    (training smaller and testing larger is what FixRes measured to help)."""
-
-    def __init__(self, scale: float, delay: float, finetune: float, increment: int = 4):
-        self.scale, self.delay, self.finetune, self.increment = scale, delay, finetune, increment
-
-    def side(self, full: int, t: float) -> int:
-        """The side at fraction `t` (0..1) of training, for images of side `full`."""
-        ramp_end = 1 - self.finetune
-        if t >= ramp_end or self.scale >= 1:
-            return full
-        grow = 0.0 if t <= self.delay else (t - self.delay) / max(ramp_end - self.delay, 1e-9)
-        frac = self.scale + (1 - self.scale) * grow
-        return min(full, max(self.increment, int(round(full * frac / self.increment)) * self.increment))
-
-    def cost(self, full: int, steps: int, start: int = 0) -> float:
-        """Steps `start`..`steps` of a run's training: their pixels relative to those steps at the full side."""
-        left = range(start, steps)
-        return sum((self.side(full, i / steps) / full) ** 2 for i in left) / max(len(left), 1)
-
-    def __call__(self, x: torch.Tensor, t: float) -> torch.Tensor:
-        h = x.shape[-1]
-        side = self.side(h, t)
-        if side == h:
-            return x
-        return torch.nn.functional.interpolate(x, size=(side, side), mode="bilinear", antialias=True)

@@ -83,8 +83,6 @@ def describe(run: Run) -> list[str]:
     rate, timed = step_rate(run)
     rate *= run.ctx.world
     images = max(training_batches(run) - batches_done(run), 0) * cfg.batch_size
-    if run.resize is not None:  # smaller batches cost less, about as their pixels (timed at the full side)
-        images *= run.resize.cost(run.bundle.train_crop, run.total_steps, start=run.step)
     evals = evaluations(run, from_epoch=run.epoch)
     eval_s = evals * len(run.bundle.val) * EVAL_COST / rate
     lines = [

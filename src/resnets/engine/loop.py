@@ -151,8 +151,6 @@ def train_one_epoch(run: Run, epoch: int, step_fn) -> dict:
         if x.numel() == 0:
             continue
         x = run.normalize(x)
-        if run.resize is not None:
-            x = run.resize(x, run.step / max(run.total_steps, 1))
         if run.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         target = y

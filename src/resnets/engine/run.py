@@ -18,7 +18,7 @@ from ..data import DataBundle, build, get_dataset
 from ..data.batching import check_batch_split
 from ..data.loader import make_eval_loader, make_train_loader
 from ..data.preprocessing import Preprocessing
-from ..data.transforms import ProgressiveResize, batch_mix, normalizer
+from ..data.transforms import batch_mix, normalizer
 from ..devices import native_bf16, resolve_amp
 from ..errors import ResnetsError
 from ..factory import create_from_weights, create_model
@@ -249,9 +249,6 @@ def build_run(
         scaler=torch.amp.GradScaler(dev.type, enabled=amp == "fp16"),
         criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
         mix=batch_mix(len(bundle.classes), cfg.mixup, cfg.cutmix),
-        resize=ProgressiveResize(cfg.progressive_scale, cfg.progressive_delay, cfg.progressive_finetune)
-        if cfg.progressive_scale < 1
-        else None,
         normalize=normalizer(bundle.mean, bundle.std),
         train_loader=train_loader,
         val_loader=val_loader,

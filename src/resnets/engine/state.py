@@ -41,7 +41,6 @@ class Run:
     scaler: torch.amp.GradScaler
     criterion: nn.Module
     mix: Any
-    resize: Any  # progressive resizing (data.transforms.ProgressiveResize), or None
     normalize: Any
     train_loader: Loader
     val_loader: Loader

@@ -78,8 +78,6 @@ def graph_blockers(cfg, device: torch.device, world: int, amp: str) -> list[str]
         why.append("stochastic depth draws from a generator that a replay cannot reseed per step")
     if cfg.compile:
         why.append("--compile (choose one of compile and CUDA graphs)")
-    if cfg.progressive_scale < 1:
-        why.append("progressive resizing changes the batch's shape during the run")
     return why
 
 
