@@ -65,6 +65,11 @@ CANDIDATES: dict[str, list[str]] = {
     "r14-e4-noerase": [*OLD_RECIPE, "--model", "resnet14", "--epochs", "4", "--random-erasing", "0"],
     "r20-e2-noerase": [*OLD_RECIPE, "--epochs", "2", "--random-erasing", "0"],
     "recipe": [],  # the `fashion-mnist` recipe as it is now
+    # 3 epochs of the recipe with less regularisation (a short run underfits): no augmentation, crops of pad 1,
+    # label smoothing off
+    "recipe-e3-noaug": ["--epochs", "3", "--augment", "none"],
+    "recipe-e3-pad1": ["--epochs", "3", "--pad", "1"],
+    "recipe-e3-ls0": ["--epochs", "3", "--label-smoothing", "0"],
 }
 PLAIN = {"plain-r20-e3": ("resnet20", 3), "plain-r14-e4": ("resnet14", 4), "plain-r8-e6": ("resnet8", 6)}
 

@@ -95,37 +95,27 @@ def test_ddp_on_two_processes_matches_one_process(tmp_path):
         "cpu",  # gloo; a one-GPU machine has no cuda:1
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    p = subprocess.run(
+    log = open(tmp_path / "one.log", "w+")
+    one = subprocess.Popen(  # beside the two processes: three single-threaded runs on two cores, same results
         [sys.executable, "-m", "resnets", "train", *map(str, common), "--name", "one"],
-        capture_output=True,
-        text=True,
-        timeout=600,
+        stdout=log,
+        stderr=subprocess.STDOUT,
         env=env,
     )
-    code, err = p.returncode, p.stderr
-    assert code == 0, err
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            "29533",
-            "-m",
-            "resnets",
-            "train",
-            *map(str, common),
-            "--name",
-            "two",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert p.returncode == 0, p.stderr[-3000:]
+    try:
+        torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
+        p = subprocess.run(
+            [*torchrun, "-m", "resnets", "train", *map(str, common), "--name", "two"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
+        assert p.returncode == 0, p.stderr[-3000:]
+        assert one.wait(600) == 0, (tmp_path / "one.log").read_text()[-3000:]
+    finally:
+        one.kill()
+        log.close()
     a, b = saved_weights(tmp_path / "one" / "model.safetensors"), saved_weights(tmp_path / "two" / "model.safetensors")
     diff = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
     torch.manual_seed(0)  # the engine builds its model right after seeding with the run's seed (0)
