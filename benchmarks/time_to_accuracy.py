@@ -39,6 +39,9 @@ FIGURE = ROOT / "docs" / "time_to_accuracy.png"
 # name -> flags added to `resnets train --recipe fashion-mnist` (the recipe as it was before issue 23: resnet20,
 # 5 epochs, batch 128, SGD nesterov 0.2 one-cycle, wd 5e-4, label smoothing 0.05, pad-2 crop + flip + erasing 0.25)
 OLD_RECIPE = ["--model", "resnet20", "--epochs", "5", "--batch-size", "128", "--lr", "0.2", "--tta", "none"]
+OLD_RECIPE += ["--augment", "crop-flip", "--pad", "2", "--random-erasing", "0.25"]  # said: the recipe has changed
+# the recipe between (resnet14, 4 epochs, pad-2 crops and flips, flip TTA)
+R14_E4 = ["--epochs", "4", "--augment", "crop-flip", "--pad", "2"]
 CANDIDATES: dict[str, list[str]] = {
     "current": OLD_RECIPE,
     "r20-e3": [*OLD_RECIPE, "--epochs", "3"],
@@ -64,12 +67,14 @@ CANDIDATES: dict[str, list[str]] = {
     "r8-e6-noerase": [*OLD_RECIPE, "--model", "resnet8", "--epochs", "6", "--random-erasing", "0"],
     "r14-e4-noerase": [*OLD_RECIPE, "--model", "resnet14", "--epochs", "4", "--random-erasing", "0"],
     "r20-e2-noerase": [*OLD_RECIPE, "--epochs", "2", "--random-erasing", "0"],
-    "recipe": [],  # the `fashion-mnist` recipe as it is now
+    "recipe": [],  # the `fashion-mnist` recipe as it is now (= recipe-e3-noaug)
     # 3 epochs of the recipe with less regularisation (a short run underfits): no augmentation, crops of pad 1,
     # label smoothing off
     "recipe-e3-noaug": ["--epochs", "3", "--augment", "none"],
-    "recipe-e3-pad1": ["--epochs", "3", "--pad", "1"],
-    "recipe-e3-ls0": ["--epochs", "3", "--label-smoothing", "0"],
+    "recipe-e2-noaug": ["--epochs", "2", "--augment", "none"],
+    "recipe-e3-pad1": [*R14_E4, "--epochs", "3", "--pad", "1"],
+    "recipe-e3-ls0": [*R14_E4, "--epochs", "3", "--label-smoothing", "0"],
+    "r14-e4-flip": R14_E4,  # `make run`'s recipe from the first study to the second
 }
 PLAIN = {"plain-r20-e3": ("resnet20", 3), "plain-r14-e4": ("resnet14", 4), "plain-r8-e6": ("resnet8", 6)}
 
