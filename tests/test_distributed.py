@@ -79,24 +79,35 @@ def _launch(out, name, log_suffix="", share_store=False):
     return [subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env) for log in logs], logs
 
 
-def _finish(agents, logs, timeout=300) -> list[str]:
-    try:
-        for a in agents:
-            a.wait(timeout)
-    finally:
-        import os
-        import signal
+def _kill(agent) -> None:
+    """An agent and its workers SIGKILLed (workers first, so none is left behind), as when a node is lost."""
+    import os
+    import signal
 
-        for a in agents:  # an agent still there after the timeout: it and its workers, so no worker is left behind
-            if a.poll() is None:
-                for pid in _children(a.pid):
-                    os.kill(pid, signal.SIGKILL)
-                a.kill()
+    for pid in [*_children(agent.pid), agent.pid]:
+        os.kill(pid, signal.SIGKILL)
+    agent.wait(30)
+
+
+def _outputs(logs) -> list[str]:
+    """What each agent printed, its log then closed."""
     outputs = []
     for log in logs:
         log.seek(0)
         outputs.append(log.read())
         log.close()
+    return outputs
+
+
+def _finish(agents, logs, timeout=300) -> list[str]:
+    try:
+        for a in agents:
+            a.wait(timeout)
+    finally:
+        for a in agents:  # an agent still there after the timeout: it and its workers
+            if a.poll() is None:
+                _kill(a)
+    outputs = _outputs(logs)
     assert [a.returncode for a in agents] == [0, 0], outputs
     return outputs
 
@@ -133,14 +144,8 @@ def _restart_then_requeue(out, name, timeout=300) -> tuple[list[str], list[str]]
     before = _inode(last)  # the old group's workers are gone: the next checkpoint is the restarted group's
     _wait(lambda: _inode(last) not in (before, None), agents, timeout)
     for a in agents:
-        for pid in [*_children(a.pid), a.pid]:
-            os.kill(pid, signal.SIGKILL)
-        a.wait(30)
-    first = []
-    for log in logs:
-        log.seek(0)
-        first.append(log.read())
-        log.close()
+        _kill(a)
+    first = _outputs(logs)
     assert not (out / name / "model.safetensors").exists(), first  # stopped mid-run
     return first, _finish(*_launch(out, name, "-again"), timeout)
 
