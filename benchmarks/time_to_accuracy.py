@@ -269,14 +269,15 @@ def plot(records: list[dict], path: Path) -> None:
 
 def table(records: list[dict]) -> str:
     rows = [
-        "| run | seed | model | epochs | batch | training | command wall | top-1 (engine) | top-1 (independent) "
-        "| flip TTA |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| run | seed | CPU as | model | epochs | batch | training | command wall | top-1 (engine) "
+        "| top-1 (independent) | flip TTA |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         tta = f"{r['tta_top1']:.2f}%" if r.get("tta_top1") is not None else "-"
+        isa = "bf16 units" if r.get("isa") == "native" else "AVX2, fp32"
         rows.append(
-            f"| {r['name']} | {r['seed']} | {r['model']} | {r['epochs']} | {r['batch_size']} | "
+            f"| {r['name']} | {r['seed']} | {isa} | {r['model']} | {r['epochs']} | {r['batch_size']} | "
             f"{r['curve'][-1]['train_s']:.0f} s | {r['wall_s']:.0f} s | {r['final_top1']:.2f}% | "
             f"{r['independent_top1']:.2f}% | {tta} |"
         )
