@@ -34,7 +34,7 @@ def test_the_timed_steps_leave_the_run_as_it_was(tmp_path, capsys):
     train(_cfg(tmp_path, "shown", progress=True))
     out = capsys.readouterr().out
     assert "expected on this machine: about" in out and "img/s from 5 timed steps" in out
-    assert "3 evaluations of" in out  # two epochs evaluated, then the final evaluation
+    assert "2 evaluations of" in out  # two epochs evaluated, the last one also the final evaluation
     a, b = (
         saved_weights(tmp_path / "quiet" / "model.safetensors"),
         saved_weights(tmp_path / "shown" / "model.safetensors"),
@@ -60,9 +60,11 @@ def test_the_step_rate_is_measured_on_a_copy(tmp_path):
 @pytest.mark.parametrize(
     "kw, passes",
     [
-        (dict(epochs=3), 3 + 1),
-        (dict(epochs=5, eval_every=2), 3 + 1),  # after epochs 2, 4 and the last
-        (dict(epochs=2, tta="flip"), 2 + 2),  # the final pass scores each image and its mirror
+        (dict(epochs=3), 3),  # the last epoch's evaluation is the final one: the same weights
+        (dict(epochs=5, eval_every=2), 3),  # after epochs 2, 4 and the last
+        (dict(epochs=2, tta="flip"), 1 + 2),  # the last epoch's pass scores each image and its mirror
+        (dict(epochs=2.5, tta="flip"), 2 + 2),  # 3 epochs, the last cut short
+        (dict(epochs=2, early_stop=3), 2 + 1),  # the final weights may be an earlier epoch's: evaluated again
         (dict(epochs=2, tta="flip", ema=True), 2 * 2 + 2 + 2),  # both weights, then the chosen ones with mirrors
         (dict(epochs=2, ema=True), 2 * 2 + 2),  # the EMA weights are evaluated beside the model's
     ],
@@ -88,9 +90,11 @@ def test_the_progress_bar_ends_at_its_total(tmp_path, monkeypatch):
             bars.append(self)
 
     monkeypatch.setattr(tqdm, "tqdm", Recording)
-    train(_cfg(tmp_path, "bar", progress=True, tta="flip"))
+    result = train(_cfg(tmp_path, "bar", progress=True, tta="flip"))
     bar = bars[0]
     assert bar.total > 2 * (96 // 16) and bar.n == bar.total
+    # the last epoch's evaluation was the final one: the same scores, reported in both places
+    assert result["history"][-1]["val_top1"] == result["top1"] and "tta" in result
 
 
 def test_a_recipe_run_unchanged_is_recognised_and_a_changed_one_is_not():
@@ -100,3 +104,12 @@ def test_a_recipe_run_unchanged_is_recognised_and_a_changed_one_is_not():
     assert recipe_of(C.resolve("fashion-mnist", overrides=dict(epochs=50))) is None
     assert recipe_of(C.resolve("fashion-mnist", overrides=dict(model="resnet56"))) is None
     assert recipe_of(C.resolve("paper-cifar")) is None  # no measured result recorded for it
+
+
+def test_a_fraction_of_an_epoch_ends_the_last_epoch_early(tmp_path):
+    """--epochs 1.5 trains one epoch and half of the next (96 images of batch 16: 6 + 3 steps), evaluated after each,
+    and the progress bar's count of evaluations holds for it."""
+    result = train(_cfg(tmp_path, "half", epochs=1.5))
+    assert [h["epoch"] for h in result["history"]] == [1, 2]
+    assert [h["step"] for h in result["history"]] == [6, 9]
+    assert "val_top1" in result["history"][-1]

@@ -100,8 +100,16 @@ def evaluations(run: Run, from_epoch: int = 0) -> int:
     """The evaluation passes over the validation set a run makes from `from_epoch` on: those at the end of each
     `eval_every` epochs (and the last), the final one, its EMA and test-time-augmented ones."""
     cfg = run.cfg
-    due = sum(1 for e in range(from_epoch, run.epochs) if (e + 1) % cfg.eval_every == 0 or e + 1 == run.epochs)
-    return due * epoch_passes(run) + final_passes(run)
+    due = [e for e in range(from_epoch, run.epochs) if (e + 1) % cfg.eval_every == 0 or e + 1 == run.epochs]
+    passes = sum(epoch_passes(run, last=e + 1 == run.epochs) for e in due)
+    return passes + final_passes(run, reused=reuses_last(run) and from_epoch < run.epochs)
+
+
+def reuses_last(run: Run) -> bool:
+    """Whether the last epoch's evaluation serves as the final one (scoring the mirror images too under TTA): the
+    final weights are the last epoch's when there are no EMA weights to choose from and no early stopping to go
+    back to a better epoch."""
+    return run.ema is None and not run.cfg.early_stop
 
 
 def training_batches(run: Run) -> int:
@@ -114,16 +122,20 @@ def batches_done(run: Run) -> int:
     return run.epoch * run.batches_per_epoch + run.batch
 
 
-def epoch_passes(run: Run) -> int:
-    """The passes of one epoch's evaluation: the model's, and its EMA's."""
+def epoch_passes(run: Run, last: bool = False) -> int:
+    """The passes of one epoch's evaluation: the model's, and its EMA's; the last epoch's, when it is also the final
+    one, scores the mirror images too under TTA."""
+    if last and reuses_last(run):
+        return 1 + (run.cfg.tta != "none")
     return 1 + (run.ema is not None)
 
 
-def final_passes(run: Run) -> int:
+def final_passes(run: Run, reused: bool = False) -> int:
     """The passes of the final evaluation: the model's and its EMA's (each with its mirror images under flip TTA
-    when there is no EMA to choose from), else a flip TTA pass of the chosen weights, and 10 crops."""
+    when there is no EMA to choose from), else a flip TTA pass of the chosen weights, and 10 crops; with `reused`,
+    the last epoch's evaluation was the final one and only the 10 crops are left."""
     ema, tta = run.ema is not None, run.cfg.tta != "none"
-    return (1 + ema) * (1 + tta) + 10 * run.cfg.ten_crop
+    return (0 if reused else (1 + ema) * (1 + tta)) + 10 * run.cfg.ten_crop
 
 
 def eval_units(run: Run) -> int:

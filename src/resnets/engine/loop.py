@@ -17,7 +17,7 @@ from ..evaluate import evaluate, reports_top5, write_evaluation
 from ..weights.files import load_checkpoint, save, save_checkpoint
 from . import steps
 from .checkpoint import save_state
-from .estimate import epoch_passes, final_passes
+from .estimate import epoch_passes, final_passes, reuses_last
 from .outputs import best_epoch, close_outputs, evaluated, open_outputs, say, write_csv
 from .state import Run, TrainingError
 
@@ -200,11 +200,13 @@ def end_epoch(run: Run, epoch: int, record: dict) -> bool:
     """Evaluate when due, keep the history and the best weights, checkpoint and report. True: stop early."""
     cfg = run.cfg
     if (epoch + 1) % cfg.eval_every == 0 or run.done or epoch + 1 == run.epochs:
-        ev = validate(run)
+        last = (run.done or epoch + 1 == run.epochs) and reuses_last(run)  # the final evaluation too
+        ev = validate(run, tta=cfg.tta if last else "none")
+        run.last_eval = ev if last else None
         record.update(val_loss=ev["loss"], val_top1=ev["top1"], val_top5=ev["top5"])
         if run.ema is not None:
             record["ema_val_top1"] = validate(run, run.ema.module)["top1"]
-        evaluated(run, epoch_passes(run))
+        evaluated(run, epoch_passes(run, last))
         if run.plateau is not None:
             run.plateau.step(ev["loss"])
     record["skipped_images"] = run.skipped
@@ -275,8 +277,10 @@ def finish(run: Run) -> dict:
     """Final evaluation (the EMA weights when they are better; the paper's 10 crops when asked), the
     self-describing model file, plots and eval.json."""
     cfg, ctx, bundle, core, classes = run.cfg, run.ctx, run.bundle, run.core, run.classes
-    # without EMA weights to choose from, one pass gives the plain scores and the test-time-augmented ones
-    ev = validate(run, tta=cfg.tta if run.ema is None else "none")
+    # without EMA weights to choose from, one pass gives the plain scores and the test-time-augmented ones; the last
+    # epoch's evaluation was that pass when the weights are still the last epoch's
+    reused = run.last_eval is not None
+    ev = run.last_eval if reused else validate(run, tta=cfg.tta if run.ema is None else "none")
     final, which = core, "model"
     if run.ema is not None:
         ev_ema = validate(run, run.ema.module)
@@ -299,7 +303,7 @@ def finish(run: Run) -> dict:
             workers=cfg.workers,
         )
         ev["ten_crop"] = {k: v for k, v in validate(run, final, tc_loader).items() if k in ("top1", "top5", "n")}
-    evaluated(run, final_passes(run))
+    evaluated(run, final_passes(run, reused))
     result = {
         "run_dir": str(run.run_dir),
         "model_path": str(run.run_dir / "model.safetensors"),

@@ -174,8 +174,9 @@ def _lengths(cfg: TrainConfig, batches_per_epoch: int) -> tuple[int, int, int, i
     if cfg.iterations:
         total_steps = cfg.iterations
         epochs = math.ceil(total_steps / steps_per_epoch)
-    else:
-        epochs, total_steps = cfg.epochs, cfg.epochs * steps_per_epoch
+    else:  # a fraction of an epoch ends that epoch early: 2.5 epochs are 3, the last stopped halfway
+        total_steps = max(round(cfg.epochs * steps_per_epoch), 1)
+        epochs = math.ceil(total_steps / steps_per_epoch)
     return batches_per_epoch, steps_per_epoch, epochs, total_steps
 
 

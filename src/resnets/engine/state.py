@@ -69,6 +69,7 @@ class Run:
     # the last curve point: a resumed epoch reports all of its batches, not only those after the resume
     partial: dict | None = None
     warned_paths: set = field(default_factory=set)  # unreadable images already named in a warning (once a run)
+    last_eval: dict | None = None  # the last epoch's evaluation when it is also the final one (estimate.reuses_last)
     bar: Any = None
     writer: Any = None
     on_progress: Callable[[dict], None] | None = None
