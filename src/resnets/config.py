@@ -168,6 +168,11 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def run_steps(self, per_epoch: int) -> int:
+        """The steps of the whole run at `per_epoch` steps an epoch: --iterations, else --epochs of them (a fraction
+        ends the last epoch early: 2.5 epochs are 3, the last stopped halfway)."""
+        return self.iterations or max(round(self.epochs * per_epoch), 1)
+
     def validate(self) -> "TrainConfig":
         """Every key against its rule in RULES (type, range or choices), then the rules between keys. Runs before
         anything is written."""

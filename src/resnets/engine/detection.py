@@ -209,7 +209,7 @@ def build(cfg: TrainConfig, ctx: distributed.Context, resume: Path | None, chang
     amp = resolve_amp(cfg.amp, ctx.device)
     sampler, loader = _loader(cfg, train, ctx, collate)
     batches = len(train) // cfg.batch_size
-    total = cfg.iterations or max(round(cfg.epochs * batches), 1)
+    total = cfg.run_steps(batches)
     epochs = math.ceil(total / batches)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = steps.make_optimizer([{"params": params, "lr": cfg.lr, "weight_decay": cfg.weight_decay}], cfg, ctx.device)

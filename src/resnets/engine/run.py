@@ -171,13 +171,8 @@ def _lengths(cfg: TrainConfig, batches_per_epoch: int) -> tuple[int, int, int, i
     """Batches and optimizer steps per epoch, epochs and total steps (from --iterations or --epochs), for
     `batches_per_epoch` global batches an epoch."""
     steps_per_epoch = max(batches_per_epoch // cfg.accum_steps, 1)
-    if cfg.iterations:
-        total_steps = cfg.iterations
-        epochs = math.ceil(total_steps / steps_per_epoch)
-    else:  # a fraction of an epoch ends that epoch early: 2.5 epochs are 3, the last stopped halfway
-        total_steps = max(round(cfg.epochs * steps_per_epoch), 1)
-        epochs = math.ceil(total_steps / steps_per_epoch)
-    return batches_per_epoch, steps_per_epoch, epochs, total_steps
+    total_steps = cfg.run_steps(steps_per_epoch)
+    return batches_per_epoch, steps_per_epoch, math.ceil(total_steps / steps_per_epoch), total_steps
 
 
 def _place(model: nn.Module, cfg: TrainConfig, ctx: distributed.Context, channels_last: bool) -> tuple[Any, Any]:
