@@ -28,10 +28,10 @@ def keep_host_memory() -> bool:
     """Let this process keep the memory its CPU tensors free, for the next step to reuse, instead of giving it back
     to the system and faulting it in again, zeroed by the kernel, at the next allocation: glibc's malloc (through
     mallopt) takes blocks of up to 32 MiB from its heap and keeps up to 256 MiB of the heap free before trimming it.
-    Without it a training step of resnet14 at batch 128 on 2 cores takes 4,000-19,000 page faults and runs 11-23%
-    slower (benchmarks/host_memory.py); tcmalloc and jemalloc, which PyTorch's CPU launcher preloads for the same
-    reason, keep freed memory by design. Once per process; Linux with glibc only; RESNETS_KEEP_HOST_MEMORY=0
-    leaves malloc as it is. Returns whether the setting is in effect."""
+    Without it a training step of resnet14 at batch 128 on 2 cores takes 4,000-19,000 page faults; with it, none,
+    and the step runs 1.11-1.23x as fast (benchmarks/host_memory.py); tcmalloc and jemalloc, which PyTorch's CPU
+    launcher preloads for the same reason, keep freed memory by design. Once per process; Linux with glibc only;
+    RESNETS_KEEP_HOST_MEMORY=0 leaves malloc as it is. Returns whether the setting is in effect."""
     if not _host_memory:
         _host_memory.append(_set_malloc_thresholds())
     return _host_memory[0]
