@@ -11,6 +11,7 @@ import os
 import platform
 import sys
 from contextlib import nullcontext
+from functools import lru_cache
 
 import torch
 
@@ -21,9 +22,9 @@ from .errors import ResnetsError
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _HEAP_BLOCKS_UP_TO = 32 << 20  # glibc's ceiling for the mmap threshold on 64-bit systems
 _FREE_HEAP_KEPT = 256 << 20
-_host_memory: list[bool] = []  # the answer of the first call, for the later ones
 
 
+@lru_cache(maxsize=None)  # once per process: later calls return the first answer
 def keep_host_memory() -> bool:
     """Let this process keep the memory its CPU tensors free, for the next step to reuse, instead of giving it back
     to the system and faulting it in again, zeroed by the kernel, at the next allocation: glibc's malloc (through
@@ -32,12 +33,6 @@ def keep_host_memory() -> bool:
     and the step runs 1.11-1.23x as fast (benchmarks/host_memory.py); tcmalloc and jemalloc, which PyTorch's CPU
     launcher preloads for the same reason, keep freed memory by design. Once per process; Linux with glibc only;
     RESNETS_KEEP_HOST_MEMORY=0 leaves malloc as it is. Returns whether the setting is in effect."""
-    if not _host_memory:
-        _host_memory.append(_set_malloc_thresholds())
-    return _host_memory[0]
-
-
-def _set_malloc_thresholds() -> bool:
     if os.environ.get("RESNETS_KEEP_HOST_MEMORY", "1").strip().lower() in ("0", "false", "no", "off"):
         return False
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
