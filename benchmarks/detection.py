@@ -17,12 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from machine import cpu_and_threads
 
 import resnets
 from resnets.config import resolve
@@ -150,9 +150,7 @@ def main() -> None:
             {
                 "command": f"python benchmarks/detection.py --epochs {args.epochs} --train {args.train} --val {args.val} "
                 f"--size {args.size} --device {args.device}",
-                "machine": torch.cuda.get_device_name(device)
-                if device.type == "cuda"
-                else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+                "machine": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_and_threads(),
                 "date": time.strftime("%Y-%m-%d"),
                 "torch": torch.__version__,
                 "rows": rows,

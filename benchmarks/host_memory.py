@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -26,18 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-
-def cpu_name() -> str:
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or "unknown CPU"
-    pairs = (line.split(":", 1) for line in info.split("\n\n")[0].splitlines() if ":" in line)
-    fields = {k.strip(): v.strip() for k, v in pairs}
-    flags = set(fields.get("flags", "").split())
-    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    family, model = fields.get("cpu family", "?"), fields.get("model", "?")
-    return f"{fields.get('model name', '?')} (family {family} model {model}; {' '.join(isa)})"
+from machine import cpu_name
 
 
 def _measure(steps: int, fn) -> dict:

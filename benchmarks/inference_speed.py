@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import torch
 import torchvision
+from machine import cpu_and_threads
 
 import resnets
 from resnets.backends import bench, make_runner, onnx_cache_path
@@ -190,16 +190,6 @@ def predict_case(
     return out
 
 
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=3)
@@ -223,11 +213,7 @@ def main() -> int:
             Path(args.json).write_text(json.dumps(result, indent=2))
 
     device = torch.device(args.device)
-    machine = (
-        torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else f"{_cpu_name()}, torch threads {torch.get_num_threads()}"
-    )
+    machine = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_and_threads()
     result = {"machine": machine, "torch": torch.__version__, "statistic": "median", "runs": args.runs}
     if "speed" not in skip:
         result["speed"] = s = speed_case(args.runs, args.batch, args.seconds, device, args.precision)

@@ -16,7 +16,6 @@ import asyncio
 import io
 import json
 import os
-import platform
 import signal
 import socket
 import statistics
@@ -25,6 +24,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from machine import cpu_name
 
 
 def _photos(folder: Path, n: int) -> list[Path]:
@@ -265,14 +266,7 @@ def main() -> int:
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(60)
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
+    cpu = cpu_name()
     result = {
         "date": time.strftime("%Y-%m-%d"),
         "cpu": cpu,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import tempfile
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import cpu_name
 
 from resnets.data import shards
 from resnets.data.datasets import image_folder
@@ -111,10 +111,7 @@ def main() -> None:
         med = {k: statistics.median(v) for k, v in rates.items()}
         record = {
             "date": time.strftime("%Y-%m-%d %H:%M"),
-            "cpu": platform.processor() or platform.machine(),
-            "cpu_model": next(
-                (ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?"
-            ),
+            "cpu": cpu_name(),
             "torch": torch.__version__,
             "images": args.images,
             "megabytes": round(size_mb, 1),

@@ -32,7 +32,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import random
 import resource
 import shutil
@@ -44,6 +43,8 @@ import tempfile
 import time
 import zlib
 from pathlib import Path
+
+from machine import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(
@@ -812,16 +813,6 @@ def serve_stress(d: Path, rounds: int = 10) -> dict:
     }
 
 
-def cpu() -> str:
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-        name = next(line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name"))
-        flags = next(line for line in info.splitlines() if line.startswith("flags")).split()
-        return f"{name} ({'AVX-512' if 'avx512f' in flags else 'AVX2'}), {os.cpu_count()} CPUs"
-    except (OSError, StopIteration):
-        return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kills", type=int, default=20)
@@ -831,7 +822,11 @@ def main() -> None:
     ap.add_argument("--skip-serve", action="store_true")
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args()
-    results = {"machine": cpu(), "python": sys.version.split()[0], "date": time.strftime("%Y-%m-%d")}
+    results = {
+        "machine": f"{cpu_name()}, {os.cpu_count()} CPUs",
+        "python": sys.version.split()[0],
+        "date": time.strftime("%Y-%m-%d"),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if not args.skip_kills:

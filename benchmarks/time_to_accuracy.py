@@ -21,7 +21,6 @@ import argparse
 import gzip
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from machine import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "time_to_accuracy.json"
@@ -245,16 +245,6 @@ def plain_loop(arch: str, epochs: int, seed: int, batch: int = 128) -> list[dict
         spent += time.perf_counter() - t0
         curve.append({"epoch": epoch, "train_s": spent, "top1": top1(model, xt, yt, mean, std)})
     return curve
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def plot(records: list[dict], path: Path) -> None:

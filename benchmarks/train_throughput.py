@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -35,6 +34,7 @@ import time
 from pathlib import Path
 
 import torch
+from machine import cpu_and_threads
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
@@ -156,14 +156,7 @@ def engine_rate(overrides: dict, epochs: int = 2) -> tuple[float, dict]:
 
 
 def _device_name(dev: torch.device) -> str:
-    if dev.type == "cuda":
-        return torch.cuda.get_device_name(dev)
-    name = platform.processor() or platform.machine()
-    try:
-        name = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{name}, {torch.get_num_threads()} threads"
+    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_and_threads()
 
 
 # ---------------------------------------------------------------- cases

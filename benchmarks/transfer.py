@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from machine import cpu_name
 
 import resnets
 from resnets.config import resolve
@@ -153,7 +153,7 @@ def main() -> None:
                 scores = ", ".join(f"{k} {v:.2f}" for k, v in r.items() if k in ("map", "map_50", "miou"))
                 print(f"{task} from a {start} backbone: {scores} in {r['wall_s']:.0f} s")
     results["setup"] = {
-        "machine": platform.processor() or platform.machine(),
+        "machine": cpu_name(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "resnets": resnets.__version__,

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
+from machine import cpu_and_threads
 
 from resnets import config as C
 from resnets.data import sources
@@ -168,7 +168,7 @@ def main() -> int:
         print(f"| {n} | {s['mean']:.2f} ± {s['std']:.2f} |")
     plot(results, out / "transfer.png", args.per_class)
     record = {
-        "machine": f"{platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}",
+        "machine": cpu_and_threads(),
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d"),
         "per_class": args.per_class,
