@@ -38,6 +38,30 @@ def test_channels_last_runner_leaves_the_model_as_it_was():
         assert torch.allclose(run(x), model(x), atol=1e-4)
 
 
+def test_the_torch_runners_fold_batch_norm_and_answer_as_the_model(monkeypatch):
+    """eager (and compile, the same copy) run each batch norm inside its convolution: no batch norm runs, the
+    logits and the pooled features are the model's, whatever the layout."""
+    from resnets.backends import make_runner
+
+    torch.manual_seed(0)
+    model = resnets.create_model("resnet18", num_classes=3).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):  # statistics far from the identity they start at
+                m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0), m.weight.uniform_(0.5, 1.5)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        want, features = model(x), model.forward_head(model.forward_features(x), pre_logits=True)
+    calls = []
+    real = torch.nn.functional.batch_norm
+    monkeypatch.setattr(torch.nn.functional, "batch_norm", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for cl in (False, True):
+        assert torch.allclose(make_runner(model, "eager", channels_last=cl)(x), want, rtol=1e-4, atol=1e-4)
+        got = make_runner(model, "eager", output="features", channels_last=cl)(x)
+        assert torch.allclose(got, features, rtol=1e-4, atol=1e-4)
+    assert calls == []
+
+
 def test_onnx_export_is_cached_between_calls(photos, model_file, monkeypatch):
     import resnets.export as E
     from resnets.backends import onnx_cache_path

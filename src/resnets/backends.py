@@ -55,7 +55,7 @@ def _onnx_int8(net, dev, precision, channels_last, calib, size):
 BACKENDS: dict[str, Backend] = {
     b.name: b
     for b in (
-        Backend("eager", "PyTorch as it is", _eager),
+        Backend("eager", "PyTorch, each batch norm folded into its convolution", _eager),
         Backend("compile", "torch.compile (on a GPU with CUDA graphs)", _compiled),
         Backend("onnxruntime", "ONNX Runtime, fp32, on the CPU", _onnx, devices=("cpu",), precisions=("fp32",)),
         Backend(
@@ -121,17 +121,22 @@ def _torch_runner(net: nn.Module, compiled: bool, dev: torch.device, precision: 
 
     import torch
 
+    from .models.fold import folded
+
     reduced = precision != "fp32"
     cl = channels_last if channels_last is not None else dev.type == "cuda" or reduced
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     cast = reduced and dev.type == "cuda"
     params = next(net.parameters())
+    fused = folded(net)  # a copy with each batch norm in its convolution (or net itself: nothing to fold)
     if cl or cast or params.device != dev:  # a copy: the caller's model keeps its device, dtype and format
-        net = copy.deepcopy(net).to(dev)
+        net = (copy.deepcopy(net) if fused is net else fused).to(dev)
         if cast:
             net = net.to(dtype)
         if cl:
             net = net.to(memory_format=torch.channels_last)
+    else:
+        net = fused
     in_dtype = dtype if cast else torch.float32
     amp = torch.autocast("cpu", dtype=dtype) if reduced and dev.type == "cpu" else nullcontext()
     fn = net
