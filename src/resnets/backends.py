@@ -127,16 +127,14 @@ def _torch_runner(net: nn.Module, compiled: bool, dev: torch.device, precision: 
     cl = channels_last if channels_last is not None else dev.type == "cuda" or reduced
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     cast = reduced and dev.type == "cuda"
-    params = next(net.parameters())
-    fused = folded(net)  # a copy with each batch norm in its convolution (or net itself: nothing to fold)
-    if cl or cast or params.device != dev:  # a copy: the caller's model keeps its device, dtype and format
-        net = (copy.deepcopy(net) if fused is net else fused).to(dev)
+    params, given = next(net.parameters()), net
+    net = folded(net)  # a copy with each batch norm in its convolution (or the net given: nothing to fold)
+    if cl or cast or params.device != dev:  # converted as a copy: the caller's model keeps its device, dtype, format
+        net = (copy.deepcopy(net) if net is given else net).to(dev)
         if cast:
             net = net.to(dtype)
         if cl:
             net = net.to(memory_format=torch.channels_last)
-    else:
-        net = fused
     in_dtype = dtype if cast else torch.float32
     amp = torch.autocast("cpu", dtype=dtype) if reduced and dev.type == "cpu" else nullcontext()
     fn = net
