@@ -7,7 +7,7 @@ from conftest import run_cli
 import resnets
 from resnets import config as C
 from resnets.data import sources
-from resnets.export import export, export_int8, fold_bn, load_runner
+from resnets.export import export, export_int8, load_runner
 
 
 @pytest.mark.parametrize("fmt, suffix", [("onnx", ".onnx"), ("torchscript", ".pt"), ("exported-program", ".pt2")])
@@ -24,13 +24,21 @@ def test_export_formats_match_eager(r18_file, tmp_path, fmt, suffix, dynamic):
                 assert (runner.run(x) - model(x)).abs().max() <= 1e-4
 
 
-def test_fold_bn_keeps_the_function_and_removes_the_norms(r18_file):
+def test_fold_bn_exports_the_folded_net_and_says_whether_it_was(r18_file, tmp_path, monkeypatch):
+    """--fold-bn hands the writer a net without batch norms (resnets.models.fold), checked against the model
+    like any export; the record says it was folded only where it was."""
+    import resnets.export as E
+
+    written = []
+    real = E.write
+    monkeypatch.setattr(E, "write", lambda net, *a: written.append(net) or real(net, *a))
     model = resnets.load(r18_file)
-    folded = fold_bn(model)
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
-    x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        assert (folded(x) - model(x)).abs().max() <= 1e-4
+    r = export(model, tmp_path / "f.onnx", "onnx", fold=True)
+    assert r["fold_bn"] is True and max(r["max_abs_diff"].values()) <= 1e-3
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in written[-1].modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the model as it was
+    r = export(model, tmp_path / "p.onnx", "onnx")
+    assert r["fold_bn"] is False and written[-1] is model
 
 
 def test_export_refuses_bad_output_paths(r18_file, tmp_path):
