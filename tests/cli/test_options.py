@@ -118,3 +118,16 @@ def test_the_classifier_commands_send_a_detector_or_segmenter_to_its_own(
     )
     assert code == 2 and wanted in err, err
     assert not any(tmp_path.iterdir())
+
+
+def test_a_file_made_from_weights_goes_into_the_run_folder_beside_the_file_or_here(tmp_path):
+    from resnets.cli.options import output_beside
+
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "model.safetensors").write_bytes(b"x")
+    assert output_beside(str(run), ".onnx") == str(run / "model.onnx")
+    assert output_beside(str(run), ".int8.onnx") == str(run / "model.int8.onnx")  # was r.int8.onnx, beside r/
+    assert output_beside(str(run / "model.safetensors"), ".pt") == str(run / "model.pt")
+    assert output_beside("resnet50.tv_in1k", ".onnx") == "resnet50.tv_in1k.onnx"  # was resnet50.onnx
+    assert output_beside("hf-hub:timm/resnet18.a1_in1k@main", ".onnx") == "resnet18.a1_in1k.onnx"

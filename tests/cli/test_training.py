@@ -22,6 +22,37 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
     one_line_error(code, err, "has no images")
 
 
+def _two_class_folder(folder):
+    """Six random 32 x 32 PNGs in two class folders, a and b."""
+    from torchvision.io import write_png
+
+    for c in ("a", "b"):
+        (folder / c).mkdir(parents=True)
+    for i in range(6):
+        write_png(torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8), str(folder / "ab"[i % 2] / f"{i}.png"))
+    return folder
+
+
+def test_eval_writes_into_the_run_folder_given_beside_a_file_and_for_a_name_nowhere(tmp_path):
+    """Two run folders side by side each keep their own evaluation (not one eval/ beside both); a model file's
+    goes beside it; a registered or Hub name has no folder of the user's to write in."""
+    from resnets.cli.training import eval_folder
+
+    folder = _two_class_folder(tmp_path / "imgs")
+    runs = tmp_path / "runs"
+    for name in ("r1", "r2"):
+        (runs / name).mkdir(parents=True)
+        resnets.save(
+            resnets.create_model("resnet8", num_classes=2), runs / name / "model.safetensors", class_names=["a", "b"]
+        )
+    for weights in (runs / "r1", runs / "r2" / "model.safetensors"):
+        code, out, err = run_cli("eval", "--weights", weights, "--data", folder, "--workers", 0)
+        assert code == 0, err
+    assert (runs / "r1" / "eval" / "eval.json").is_file() and (runs / "r2" / "eval" / "eval.json").is_file()
+    assert not (runs / "eval").exists() and f"{runs / 'r2' / 'eval'}/confusion.png" in out
+    assert eval_folder("resnet50.tv_in1k") is None and eval_folder("hf-hub:someone/resnet-x") is None
+
+
 def test_eval_and_train_report_tta_beside_the_plain_top1(tmp_path):
     code, out, err = run_cli(
         "train", *TINY_RUN, "--model", "resnet8", "--out", tmp_path, "--name", "r", "--tta", "flip"
@@ -30,13 +61,7 @@ def test_eval_and_train_report_tta_beside_the_plain_top1(tmp_path):
     assert "(with flip TTA: top-1" in out
     saved = json.loads((tmp_path / "r" / "eval.json").read_text())
     assert saved["tta"]["kind"] == "flip" and 0 <= saved["tta"]["top1"] <= 100 and "top1" in saved
-    folder = tmp_path / "imgs"
-    for c in ("a", "b"):
-        (folder / c).mkdir(parents=True)
-    from torchvision.io import write_png
-
-    for i in range(6):
-        write_png(torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8), str(folder / "ab"[i % 2] / f"{i}.png"))
+    folder = _two_class_folder(tmp_path / "imgs")
     model = resnets.create_model("resnet8", num_classes=2)
     resnets.save(model, tmp_path / "m.safetensors", class_names=["a", "b"])
     args = ("eval", "--weights", tmp_path / "m.safetensors", "--data", folder, "--workers", 0, "--json")

@@ -133,6 +133,17 @@ def test_a_cached_hub_repo_loads_offline_with_timms_preprocessing(hub_cache):
     assert resnets.load(snap).meta.preprocessing.resize == 235  # the folder itself, as timm writes it
 
 
+def test_an_export_of_a_hub_name_lands_in_the_working_directory_named_after_it(hub_cache, tmp_path, monkeypatch):
+    """Without --out, a file made from a Hub name has no folder of the user's to go beside: it is written here
+    (it was refused as "output directory does not exist: hf-hub:timm")."""
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    code, _, err = run_cli("export", "--weights", f"hf-hub:timm/resnet18.test@{SHA}", "--format", "onnx")
+    assert code == 0, err
+    assert sorted(f.name for f in here.iterdir()) == ["resnet18.test.onnx"]
+
+
 def test_hub_names_work_on_the_command_line_and_fail_in_one_line(hub_cache, tmp_path):
     from PIL import Image
 

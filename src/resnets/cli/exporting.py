@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ResnetsError
-from .options import backend_help, check_classifier, count, is_architecture, real, refuse_dense
+from .options import backend_help, check_classifier, count, is_architecture, output_beside, real, refuse_dense
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -39,7 +39,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
             raise ResnetsError("int8 export is ONNX (run by ONNX Runtime); use --format onnx")
         if not args.calib or not args.eval:
             raise ResnetsError("int8 needs --calib DATA (real images to calibrate on) and --eval DATA (to check top-1)")
-        out = args.out or str(Path(args.weights).with_suffix("")) + ".int8.onnx"
+        out = args.out or output_beside(args.weights, ".int8.onnx")
         check_output(out, (".onnx",), force=args.force, what="int8 ONNX file")
         model = load(args.weights)
         refuse_dense(model, args.weights)
@@ -63,8 +63,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
             return 1
         print(f"wrote {r['path']} ({r['bytes'] / 1e6:.1f} MB)")
         return 0
-    base = Path(args.weights) / "model" if Path(args.weights).is_dir() else Path(args.weights)
-    out = args.out or str(base.with_suffix(FORMATS[args.format]))
+    out = args.out or output_beside(args.weights, FORMATS[args.format])
     check_output(out, SUFFIXES[args.format], force=args.force, what=f"{args.format} file")
     model = load(args.weights)
     if is_dense(model):  # a detector or segmenter: torchvision's ONNX path

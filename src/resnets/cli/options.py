@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+from pathlib import Path
 
 from ..errors import ResnetsError
 
@@ -200,6 +202,19 @@ def is_architecture(text: str) -> bool:
     from ..models import list_models
 
     return text in list_models() and not os.path.exists(text)
+
+
+def output_beside(weights: str, suffix: str) -> str:
+    """Where a file a command makes from --weights goes without --out: inside a run (or model) folder
+    (DIR/model<suffix>), beside a model file (its name, `suffix` for its own), and for a registered or Hub name in
+    the working directory, named after it (resnet50.tv_in1k<suffix>; NAME<suffix> for hf-hub:ORG/NAME@REV)."""
+    path = Path(weights)
+    if path.is_dir():
+        return str(path / f"model{suffix}")
+    if path.is_file():
+        return str(path.with_suffix("")) + suffix
+    name = weights.removeprefix("hf-hub:").split("@")[0].rstrip("/").rpartition("/")[2]
+    return re.sub(r"[^\w.-]", "_", name or "model") + suffix
 
 
 def check_classifier(name: str) -> None:

@@ -75,10 +75,20 @@ def _cmd_train(args: argparse.Namespace, overrides: dict | None = None) -> int:
     return 0
 
 
+def eval_folder(weights: str) -> str | None:
+    """Where `resnets eval` writes without --out: into a run (or model) folder given, beside a model file given;
+    nowhere for a registered or Hub name (no folder of the user's: not the working directory, not a cache)."""
+    path = Path(weights)
+    if path.is_dir():
+        return str(path / "eval")
+    return str(path.parent / "eval") if path.is_file() else None
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from ..evaluate import evaluate_model_file, reports_top5
 
-    out = args.out or str(Path(args.weights).parent / "eval")
+    out = args.out or eval_folder(args.weights)
+    kept = f"scores: {out}/eval.json" if out else "scores not written (--out FOLDER keeps them)"
     amp = {"fp32": "none"}.get(args.precision, args.precision) if args.precision else args.amp
     res = evaluate_model_file(
         args.weights,
@@ -105,7 +115,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             print(f"  {printable(c)}  {'AP' if 'map' in res else 'IoU'} {v:6.2f}")
         for f in res["bad_files"]:
             print(f"skipped {printable(f['path'])}: {printable(f['error'])}", file=sys.stderr)
-        print(f"scores: {out}/eval.json")
+        print(kept)
         return 0
     print(f"{res['weights']} on {res['dataset']} ({res['n']} images{', 10-crop' if res['ten_crop'] else ''}):")
     top5 = f"  top-5 {res['top5']:.2f}%" if reports_top5(len(res["classes"])) else ""
@@ -120,7 +130,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         for f in res.get("bad_files", []):
             print(f"skipped {printable(f['path'])}: {printable(f['error'])}", file=sys.stderr)
         print(f"skipped {res['bad_samples']} unreadable images")
-    print(f"confusion matrix: {out}/confusion.png, {out}/confusion.json")
+    print(f"confusion matrix: {out}/confusion.png, {out}/confusion.json" if out else kept)
     return 0
 
 
@@ -153,7 +163,9 @@ def add_commands(sub, recipe: str | None) -> None:
     p.set_defaults(func=_cmd_finetune)
 
     p = sub.add_parser("eval", help="evaluate a saved model: top-1/top-5, per-class accuracy, confusion matrix")
-    p.add_argument("--weights", required=True, help="a model file written by training (model.safetensors, best.pt)")
+    p.add_argument(
+        "--weights", required=True, help="a model file (model.safetensors, a checkpoint), run folder or registered name"
+    )
     p.add_argument(
         "--dataset",
         choices=[n for n, s in DATASETS.items() if s.kind != "synthetic"],
@@ -182,6 +194,10 @@ def add_commands(sub, recipe: str | None) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--download", action="store_true")
     p.add_argument("--limit", type=count(0), default=0, help="evaluate the first N images only")
-    p.add_argument("--out", help="folder for eval.json and the confusion matrix (default: beside the weights)")
+    p.add_argument(
+        "--out",
+        help="folder for eval.json and the confusion matrix (default: eval/ in the run folder or beside the model "
+        "file; for a registered name, none)",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_eval)
