@@ -194,7 +194,11 @@ def add_commands(sub) -> None:
         default="onnx",
         help="hub: a folder in timm's layout with a model card, for the Hugging Face Hub",
     )
-    p.add_argument("--out", help="output file (default: beside the weights)")
+    p.add_argument(
+        "--out",
+        help="output file (default: model.EXT in a run folder given, beside a model file, in the working directory "
+        "for a registered or Hub name)",
+    )
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument(
         "--static-batch", action="store_true", help="fix the batch at 2 (default: any batch size at run time)"
