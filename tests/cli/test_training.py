@@ -36,7 +36,7 @@ def _two_class_folder(folder):
 def test_eval_writes_into_the_run_folder_given_beside_a_file_and_for_a_name_nowhere(tmp_path):
     """Two run folders side by side each keep their own evaluation (not one eval/ beside both); a model file's
     goes beside it; a registered or Hub name has no folder of the user's to write in."""
-    from resnets.cli.training import eval_folder
+    from resnets.cli.options import folder_beside
 
     folder = _two_class_folder(tmp_path / "imgs")
     runs = tmp_path / "runs"
@@ -50,7 +50,9 @@ def test_eval_writes_into_the_run_folder_given_beside_a_file_and_for_a_name_nowh
         assert code == 0, err
     assert (runs / "r1" / "eval" / "eval.json").is_file() and (runs / "r2" / "eval" / "eval.json").is_file()
     assert not (runs / "eval").exists() and f"{runs / 'r2' / 'eval'}/confusion.png" in out
-    assert eval_folder("resnet50.tv_in1k") is None and eval_folder("hf-hub:someone/resnet-x") is None
+    assert (
+        folder_beside("resnet50.tv_in1k", "eval") is None and folder_beside("hf-hub:someone/resnet-x", "eval") is None
+    )
 
 
 def test_eval_and_train_report_tta_beside_the_plain_top1(tmp_path):

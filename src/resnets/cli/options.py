@@ -217,6 +217,16 @@ def output_beside(weights: str, suffix: str) -> str:
     return re.sub(r"[^\w.-]", "_", name or "model") + suffix
 
 
+def folder_beside(weights: str, name: str) -> str | None:
+    """Where a command's folder of results (`resnets eval`'s eval/) goes without --out: into a run (or model)
+    folder given, beside a model file; for a registered or Hub name nowhere (None: results that are printed too are
+    not written into the working directory or a cache)."""
+    path = Path(weights)
+    if path.is_dir():
+        return str(path / name)
+    return str(path.parent / name) if path.is_file() else None
+
+
 def check_classifier(name: str) -> None:
     """The commands that take a classifier refuse a detector by name in one line (their turn comes with
     `resnets detect`)."""

@@ -6,10 +6,9 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 
 from ..errors import ResnetsError, printable
-from .options import add_config_flags, count, overrides_of
+from .options import add_config_flags, count, folder_beside, overrides_of
 
 
 def map_line(res: dict) -> str:
@@ -75,19 +74,10 @@ def _cmd_train(args: argparse.Namespace, overrides: dict | None = None) -> int:
     return 0
 
 
-def eval_folder(weights: str) -> str | None:
-    """Where `resnets eval` writes without --out: into a run (or model) folder given, beside a model file given;
-    nowhere for a registered or Hub name (no folder of the user's: not the working directory, not a cache)."""
-    path = Path(weights)
-    if path.is_dir():
-        return str(path / "eval")
-    return str(path.parent / "eval") if path.is_file() else None
-
-
 def _cmd_eval(args: argparse.Namespace) -> int:
     from ..evaluate import evaluate_model_file, reports_top5
 
-    out = args.out or eval_folder(args.weights)
+    out = args.out or folder_beside(args.weights, "eval")
     kept = f"scores: {out}/eval.json" if out else "scores not written (--out FOLDER keeps them)"
     amp = {"fp32": "none"}.get(args.precision, args.precision) if args.precision else args.amp
     res = evaluate_model_file(
