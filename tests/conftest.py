@@ -50,6 +50,14 @@ def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
+def count_batch_norms(monkeypatch) -> list:
+    """A list that gains an entry each time a batch norm runs (F.batch_norm, which every BatchNorm layer calls)."""
+    calls = []
+    real = nn.functional.batch_norm
+    monkeypatch.setattr(nn.functional, "batch_norm", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _private_home(tmp_path_factory):
     """Caches the tests write (ONNX exports, weights) go to a temporary home, never the user's."""

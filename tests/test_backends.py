@@ -3,7 +3,7 @@ fp32 does and leaves the model as it was."""
 
 import pytest
 import torch
-from conftest import needs_cuda, run_cli
+from conftest import count_batch_norms, needs_cuda, randomize_norms, run_cli
 
 import resnets
 from resnets import inference as I
@@ -44,17 +44,11 @@ def test_the_torch_runners_fold_batch_norm_and_answer_as_the_model(monkeypatch):
     from resnets.backends import make_runner
 
     torch.manual_seed(0)
-    model = resnets.create_model("resnet18", num_classes=3).eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):  # statistics far from the identity they start at
-                m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0), m.weight.uniform_(0.5, 1.5)
+    model = randomize_norms(resnets.create_model("resnet18", num_classes=3)).eval()  # not the identity they start as
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         want, features = model(x), model.forward_head(model.forward_features(x), pre_logits=True)
-    calls = []
-    real = torch.nn.functional.batch_norm
-    monkeypatch.setattr(torch.nn.functional, "batch_norm", lambda *a, **k: calls.append(1) or real(*a, **k))
+    calls = count_batch_norms(monkeypatch)
     for cl in (False, True):
         assert torch.allclose(make_runner(model, "eager", channels_last=cl)(x), want, rtol=1e-4, atol=1e-4)
         got = make_runner(model, "eager", output="features", channels_last=cl)(x)

@@ -4,6 +4,7 @@ batch norm, keeps the model's layout, leaves the model as it was, and is not mad
 
 import pytest
 import torch
+from conftest import count_batch_norms, randomize_norms
 from torch import nn
 
 import resnets
@@ -12,24 +13,9 @@ from resnets.models.fold import folded
 
 
 def _with_statistics(name: str, **kw) -> nn.Module:
-    """A model whose norms hold statistics and affine weights far from their initial identity, in eval mode."""
+    """A model whose norms hold statistics and affine weights away from their initial identity, in eval mode."""
     torch.manual_seed(0)
-    model = resnets.create_model(name, num_classes=7, **kw)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
-    return model.eval()
-
-
-def _batch_norm_calls(monkeypatch) -> list:
-    calls = []
-    real = nn.functional.batch_norm
-    monkeypatch.setattr(nn.functional, "batch_norm", lambda *a, **k: calls.append(1) or real(*a, **k))
-    return calls
+    return randomize_norms(resnets.create_model(name, num_classes=7, **kw)).eval()
 
 
 # one of each kind of block: basic, bottleneck, grouped, ResNet-D's pooled shortcut, pre-activation (V2), the
@@ -45,7 +31,7 @@ def test_the_folded_copy_computes_the_same_without_batch_norm(name, size, monkey
     with torch.no_grad():
         want = model(x)
         fast = folded(model)
-        calls = _batch_norm_calls(monkeypatch)
+        calls = count_batch_norms(monkeypatch)
         got = fast(x)
     assert fast is not model
     scale = want.abs().max()
@@ -105,7 +91,7 @@ def test_evaluation_runs_the_folded_model_and_scores_the_same(monkeypatch):
     with torch.no_grad():
         want = model.eval()(images.float() / 255).argmax(1)
     model.train()
-    calls = _batch_norm_calls(monkeypatch)
+    calls = count_batch_norms(monkeypatch)
     ev = evaluate(model, batches, lambda t: t.float() / 255, 7, Context(device=torch.device("cpu")))
     assert calls == []  # no batch norm ran
     assert model.training  # given back in the mode it came in
