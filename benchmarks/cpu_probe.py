@@ -12,10 +12,12 @@ Both run as glibc's malloc comes (no `resnets.devices.keep_host_memory`, which t
 
 The reference is read from the stored results (the step from results/train_fashion_mnist_cpu_2threads.json, the
 forward from results/inference_cpu_avx2.json: both an AMD EPYC Zen 3 with AVX2 only, 2 threads, 2026-11-23), and
-the `fashion-mnist` recipe's whole-command times under the AVX2 limit from results/time_to_accuracy.json are
-carried over with the step's factor.
+the `fashion-mnist` recipe's whole-command times on this CPU under this ISA from results/time_to_accuracy.json are
+carried over with the step's factor. Run on a Zen 3 itself, it says how far one machine of the same model is from
+another (results/cpu_probe_native_zen3.json: 0.84x and 0.72x, a week apart).
 
     python benchmarks/cpu_probe.py --isa avx2 --runs 5 --json benchmarks/results/cpu_probe_avx2.json
+    python benchmarks/cpu_probe.py --isa native --runs 5 --json benchmarks/results/cpu_probe_native_zen3.json
 """
 
 from __future__ import annotations
@@ -80,10 +82,11 @@ def reference() -> dict:
     }
 
 
-def recipe_walls(isa: str) -> list[float]:
-    """The whole `resnets train --recipe fashion-mnist` command's seconds in the time-to-accuracy study's runs."""
+def recipe_walls(isa: str, cpu: str) -> list[float]:
+    """The whole `resnets train --recipe fashion-mnist` command's seconds in the time-to-accuracy study's runs on
+    this CPU under this ISA (the study holds runs of several CPUs)."""
     records = json.loads((RESULTS / "time_to_accuracy.json").read_text())
-    return [r["wall_s"] for r in records if r["name"] == "recipe" and r.get("isa") == isa]
+    return [r["wall_s"] for r in records if r["name"] == "recipe" and r.get("isa") == isa and r.get("cpu") == cpu]
 
 
 def main() -> None:
@@ -121,7 +124,7 @@ def main() -> None:
             f"{name:<5} {med:7.1f} img/s here, {ref[name]['img_s']:7.1f} there: the reference takes "
             f"{out[name]['factor']:.2f}x the time"
         )
-    walls = recipe_walls(args.isa)
+    walls = recipe_walls(args.isa, cpu_name())
     if walls:
         f = out["step"]["factor"]
         out["recipe_command_s"] = {"here": walls, "carried_to_reference": [w * f for w in walls]}

@@ -5,7 +5,9 @@ engine run is then evaluated again, independently of resnets' data path (the idx
 model's recorded normalisation, a plain forward).
 
 `--isa avx2` runs every job as an AVX2-only CPU would (oneDNN and ATen limited to AVX2: ONEDNN_MAX_CPU_ISA=AVX2,
-ATEN_CPU_CAPABILITY=avx2, fp32), the CPUs most laptops have; `--isa native` lets bf16 units work (`--amp auto`).
+ATEN_CPU_CAPABILITY=avx2, fp32), the CPUs most laptops have; `--isa native` lets bf16 units work (`--amp auto`)
+where the CPU has them. Each record names the CPU it ran on and the precision it trained in (what the engine chose,
+read from the run); a run replaces only the record of the same name, seed, ISA and CPU.
 
     python benchmarks/time_to_accuracy.py --isa avx2 --runs current r8-e4 plain-r20-e3 --seeds 0
     python benchmarks/time_to_accuracy.py --isa avx2 --runs r8-e4 --seeds 1 --append
@@ -174,6 +176,7 @@ def engine_run(name: str, flags: list[str], seed: int, isa: str, work: Path) -> 
         "curve": curve,
         "final_top1": ev.get("top1"),
         "tta_top1": (ev.get("tta") or {}).get("top1"),
+        "precision": "fp32" if ev.get("amp") in (None, "none") else ev["amp"],  # what --amp auto chose here
         "independent_top1": subprocess_independent(run / "model.safetensors", isa),
         "wall_s": wall,
     }
@@ -207,6 +210,7 @@ def plain_run(name: str, arch: str, epochs: int, seed: int, isa: str) -> dict:
         "curve": curve,
         "final_top1": curve[-1]["top1"],
         "tta_top1": None,
+        "precision": "fp32",
         "independent_top1": curve[-1]["top1"],
         "wall_s": time.perf_counter() - t0,
     }
@@ -253,13 +257,16 @@ def plot(records: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(10, 6.5))
+    fig, ax = plt.subplots(figsize=(14, 7))
     colours = plt.get_cmap("tab20").colors
+    several = len({r.get("cpu") for r in records}) > 1
     for i, r in enumerate(records):
         xs = [0] + [c["train_s"] / 60 for c in r["curve"]]
         ys = [10.0] + [c["top1"] for c in r["curve"]]
-        style = "--" if r["kind"] == "plain" else ":" if r.get("isa") == "native" else "-"
-        where = ", bf16 units" if r.get("isa") == "native" else ""
+        style = (
+            "--" if r["kind"] == "plain" else ":" if precision(r) == "bf16" else "-." if r["isa"] == "native" else "-"
+        )
+        where = f", {ran_as(r)}" if several else ", bf16 units" if precision(r) == "bf16" else ""
         marker = "os^"[i // 20 % 3]  # past 20 runs the colours repeat: the marker tells them apart
         ax.plot(
             xs, ys, style, color=colours[i % 20], marker=marker, ms=3, label=f"{r['name']} (seed {r['seed']}{where})"
@@ -268,33 +275,52 @@ def plot(records: list[dict], path: Path) -> None:
     ax.set_ylim(84, 93.2)  # where the recipes part; every run starts lower
     ax.set_xlabel("minutes of training")
     ax.set_ylabel("top-1 on the 10,000 test images (%)")
+    cpus = "; ".join(sorted({r.get("cpu", "?") for r in records}))
     ax.set_title(
-        f"Fashion-MNIST on 2 threads of an {records[0].get('cpu', '')} (solid: AVX2 only, fp32; dotted: bf16 units; "
-        "dashed: the plain loop)",
+        f"Fashion-MNIST on 2 threads of {cpus}\n(solid: fp32 under the AVX2 limit; dash-dot: fp32 on the CPU as it "
+        "is; dotted: bf16 units; dashed: the plain loop)",
         fontsize=9,
     )
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, ncol=1 if len(records) <= 44 else 2, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(alpha=0.3)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
+def precision(r: dict) -> str:
+    # records from before "precision" was kept: native runs were all on a CPU with bf16 units (--amp auto -> bf16)
+    return r.get("precision") or ("bf16" if r.get("isa") == "native" else "fp32")
+
+
+def ran_as(r: dict) -> str:
+    """e.g. "25/1, fp32": the CPU's family/model (where the name has them), the AVX2 limit if set, the precision."""
+    cpu = r.get("cpu", "")
+    fm = cpu.split("(family ", 1)[1].split(";")[0].replace(" model ", "/") if "(family " in cpu else cpu
+    limit = ", AVX2 limit" if r.get("isa") == "avx2" else ""
+    return f"{fm}{limit}, {precision(r)}"
+
+
 def table(records: list[dict]) -> str:
     rows = [
-        "| run | seed | CPU as | model | epochs | batch | training | command wall | top-1 (engine) "
+        "| run | seed | CPU family/model, as | model | epochs | batch | training | command wall | top-1 (engine) "
         "| top-1 (independent) | flip TTA |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         tta = f"{r['tta_top1']:.2f}%" if r.get("tta_top1") is not None else "-"
-        isa = "bf16 units" if r.get("isa") == "native" else "AVX2, fp32"
         rows.append(
-            f"| {r['name']} | {r['seed']} | {isa} | {r['model']} | {r['epochs']:g} | {r['batch_size']} | "
+            f"| {r['name']} | {r['seed']} | {ran_as(r)} | {r['model']} | {r['epochs']:g} | {r['batch_size']} | "
             f"{r['curve'][-1]['train_s']:.0f} s | {r['wall_s']:.0f} s | {r['final_top1']:.2f}% | "
             f"{r['independent_top1']:.2f}% | {tta} |"
         )
     return "\n".join(rows)
+
+
+def merged(records: list[dict], rec: dict) -> list[dict]:
+    """The records with rec added, replacing only a run of the same name, seed and ISA on the same CPU."""
+    same = ("name", "seed", "isa", "cpu")
+    return [r for r in records if any(r.get(k) != rec[k] for k in same)] + [rec]
 
 
 def main() -> int:
@@ -314,8 +340,7 @@ def main() -> int:
                 else:
                     rec = engine_run(name, CANDIDATES[name], seed, args.isa, Path(tmp))
                 rec.update(isa=args.isa, cpu=cpu_name(), threads=2, date=time.strftime("%Y-%m-%d %H:%M"))
-                records = [r for r in records if not (r["name"] == name and r["seed"] == seed and r["isa"] == args.isa)]
-                records.append(rec)
+                records = merged(records, rec)
                 c = rec["curve"][-1]
                 print(
                     f"{name} seed {seed}: {c['top1']:.2f}% after {c['train_s']:.0f} s of training "
