@@ -176,11 +176,13 @@ def test_two_agents_train_as_one_process_and_a_worker_killed_then_the_job_requeu
     tmp_path,
 ):
     """On WebDataset shards: (a) two torchrun agents (two nodes' worth) on the same global batches train the weights
-    one process trains (to 1e-5: kernels for 32 and 64 images round differently); (b) in a run of the same job, one
-    worker SIGKILLed after a checkpoint: torchrun restarts the group in place (--max-restarts 1) and --resume auto
-    continues; later the whole job killed (every agent and worker) and started again with the same command, as a
-    requeue does: it continues again, and ends with exactly the weights of the uninterrupted job. The uninterrupted
-    job runs on torchrun's shared store, and rank 0 says what to set for restarts (restart_hazard)."""
+    one process trains (to 2e-4: kernels for 32 and 64 images round differently, up to 2.8e-5 measured with AVX2
+    kernels, 1e-5 with AVX-512; a rank that trained on its own 32 images, unaveraged, ends 2.8e-2 away); (b) in a
+    run of the same job, one worker SIGKILLed after a checkpoint: torchrun restarts the group in place
+    (--max-restarts 1) and --resume auto continues; later the whole job killed (every agent and worker) and started
+    again with the same command, as a requeue does: it continues again, and ends with exactly the weights of the
+    uninterrupted job. The uninterrupted job runs on torchrun's shared store, and rank 0 says what to set for restarts
+    (restart_hazard)."""
     import subprocess
     import sys
 
@@ -202,7 +204,7 @@ def test_two_agents_train_as_one_process_and_a_worker_killed_then_the_job_requeu
     assert "resuming" in "".join(restarted), restarted  # torchrun's new group continued the run
     assert "resuming" in "".join(requeued), requeued  # and so did the requeued job
     a, b, c = (saved_weights(tmp_path / n / "model.safetensors") for n in ("one", "two", "killed"))
-    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 2e-4
     assert all(torch.equal(b[k], c[k]) for k in b), "the restarted run ended with other weights"
     history = [json.loads(line) for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == [1, 2]
