@@ -42,8 +42,10 @@ browser:
 	     (apt-get update -qq && apt-get install -y -qq chromium >/dev/null 2>&1)) || true; fi; }
 	@echo "chromium: $$(command -v chromium || echo 'not available: the browser test will be skipped')"
 
+# the suite on every core (pytest-xdist, a worker per core, each on its share of the threads: tests/conftest.py);
+# `.venv/bin/python -m pytest` alone runs it in one process
 test: $(STAMP) data browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto
 
 # pyflakes and pycodestyle's errors, and the formatter's layout, over the code, the tests and the benchmarks
 # (the suite runs the same checks); `make format` lays the lines out

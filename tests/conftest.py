@@ -1,3 +1,12 @@
+import os
+
+# `make test` runs a pytest-xdist worker per core: each computes on its share of the cores (two workers of two
+# threads on two cores would oversubscribe them, OpenMP's spinning threads waiting on each other); set before torch
+# and numpy start their thread pools, and inherited by the commands the tests run. OMP_NUM_THREADS given wins.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT") and "OMP_NUM_THREADS" not in os.environ:
+    _cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    os.environ["OMP_NUM_THREADS"] = str(max(1, _cpus // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 import numpy as np
 import pytest
 import torch
@@ -61,7 +70,6 @@ def count_batch_norms(monkeypatch) -> list:
 @pytest.fixture(autouse=True, scope="session")
 def _private_home(tmp_path_factory):
     """Caches the tests write (ONNX exports, weights) go to a temporary home, never the user's."""
-    import os
 
     old = os.environ.get("RESNETS_HOME")
     os.environ["RESNETS_HOME"] = str(tmp_path_factory.mktemp("resnets-home"))
@@ -91,7 +99,6 @@ def run_cli(*args) -> tuple[int, str, str]:
     variables, the console script) start one themselves."""
     import contextlib
     import io
-    import os
     from unittest import mock
 
     from resnets.cli import main
@@ -335,7 +342,6 @@ class Server:
     """`resnets serve` in a subprocess on a free port, waited for until /readyz says ready."""
 
     def __init__(self, weights, *args, env=None):
-        import os
         import subprocess
         import sys
         import time
