@@ -70,7 +70,6 @@ def count_batch_norms(monkeypatch) -> list:
 @pytest.fixture(autouse=True, scope="session")
 def _private_home(tmp_path_factory):
     """Caches the tests write (ONNX exports, weights) go to a temporary home, never the user's."""
-
     old = os.environ.get("RESNETS_HOME")
     os.environ["RESNETS_HOME"] = str(tmp_path_factory.mktemp("resnets-home"))
     yield
