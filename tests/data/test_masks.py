@@ -59,6 +59,7 @@ def test_flips_and_scale_crops_move_the_mask_with_the_pixels(shapes_set):
         (lambda p: Image.new("RGB", (64, 64)).save(p), "one channel of class indices; this one is RGB"),
         (lambda p: Image.fromarray(np.full((64, 64), 7, np.uint8)).save(p), "pixel value 7 is not a class"),
         (lambda p: Image.new("L", (64, 64)).save(p, format="JPEG"), "a mask is a PNG; this is JPEG"),
+        (lambda p: p.write_bytes(p.read_bytes()[:-40]), "a broken PNG ("),  # an OSError escaped
     ],
 )
 def test_a_bad_mask_is_a_named_bad_sample(folder, break_it, needle):

@@ -4,6 +4,8 @@ difficult objects kept as crowd boxes; and a detector trains and is scored on th
 
 import json
 import shutil
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -85,7 +87,10 @@ def test_each_bad_object_is_named_and_skipped_or_refused_when_strict(voc_set, tm
         ("<root/>", "not VOC's <annotation>"),
         ("<annotation><filename>a.jpg</filename></annotation>", "no <size> with a whole width and height"),
         (_xml("../../etc/passwd", 64, 64, []), "is not a file name inside JPEGImages/"),
-        ('<!DOCTYPE a [<!ENTITY e SYSTEM "file:///etc/passwd">]><annotation>&e;</annotation>', "not XML"),
+        ('<!DOCTYPE a [<!ENTITY e SYSTEM "file:///etc/passwd">]><annotation>&e;</annotation>', "a DTD"),
+        ("<!DOCTYPE annotation><annotation/>", "a DTD"),  # refused where the DTD starts, entities or none
+        ("<annotation>&e;</annotation>", "not XML"),  # an entity no DTD declares
+        ("<annotation>" + "<a>" * 50_000 + "</a>" * 50_000 + "</annotation>", "nested deeper than 64"),
     ],
 )
 def test_a_file_that_is_not_a_voc_annotation_is_refused_in_one_line(voc_set, tmp_path, text, needle):
@@ -95,6 +100,44 @@ def test_a_file_that_is_not_a_voc_annotation_is_refused_in_one_line(voc_set, tmp
     with pytest.raises(ResnetsError, match=needle) as e:
         voc.load(root, "val", classes=["circle", "square", "triangle"])
     assert "\n" not in str(e.value)
+
+
+def _laughs(levels: int, fanout: int) -> str:
+    """An annotation whose <filename> expands to fanout**levels 'lol's from a few hundred bytes of entities."""
+    ents = "".join(
+        f'<!ENTITY l{k} "{(f"&l{k - 1};" if k else "lol") * (fanout if k else 1)}">' for k in range(levels + 1)
+    )
+    return f"<!DOCTYPE annotation [{ents}]>" + _xml(f"&l{levels};", 64, 64, [])
+
+
+@pytest.mark.parametrize("levels, fanout", [(9, 10), (3, 10)], ids=["billion-laughs", "a-thousand-laughs"])
+def test_entity_expansion_is_refused_in_one_line_before_it_expands(voc_set, tmp_path, levels, fanout):
+    """Billion laughs (1e9 'lol's from 1 KB): expat's own guard trips only past 8 MB of expansion, so a file that
+    multiplies itself less (the thousand) was parsed before; the DTD is refused where it starts, either way."""
+    root = tmp_path / "VOC"
+    shutil.copytree(voc_set, root)
+    (root / "Annotations" / "val0002.xml").write_text(_laughs(levels, fanout))
+    start = time.perf_counter()
+    with pytest.raises(ResnetsError) as e:
+        voc.load(root, "val", classes=["circle", "square", "triangle"])
+    assert time.perf_counter() - start < 1 and "\n" not in str(e.value)
+    assert str(e.value).endswith(
+        "val0002.xml: a DTD (<!DOCTYPE ...>), which could declare entities; VOC's XML has none, refused"
+    )
+
+
+def test_an_image_with_more_objects_than_the_cap_is_named_and_skipped(voc_set, tmp_path, monkeypatch, caplog):
+    root = tmp_path / "VOC"
+    shutil.copytree(voc_set, root)
+    xml = root / "Annotations" / "val0001.xml"
+    xml.write_text(_xml("val0001.jpg", 64, 64, [("square", 0, (2, 2, 12, 12))] * 3))
+    monkeypatch.setenv("RESNETS_MAX_OBJECTS", "2")
+    with caplog.at_level("WARNING", logger="resnets"):
+        ds = voc.load(root, "val", classes=["circle", "square", "triangle"])
+    assert f"{xml}: 3 objects, more than the 2 an image may have (RESNETS_MAX_OBJECTS raises it)" in caplog.text
+    assert "val0001.jpg" not in [Path(r.path).name for r in ds.records] and all(len(r.boxes) <= 2 for r in ds.records)
+    with pytest.raises(ResnetsError, match="3 objects.*strict data is on"):
+        voc.load(root, "val", strict=True, classes=["circle", "square", "triangle"])
 
 
 def test_difficult_objects_missing_files_and_ids(voc_set, tmp_path, monkeypatch, caplog):
@@ -108,6 +151,13 @@ def test_difficult_objects_missing_files_and_ids(voc_set, tmp_path, monkeypatch,
     monkeypatch.setattr(voc, "MAX_XML_BYTES", 10)
     with pytest.raises(ResnetsError, match="more than the 10 a VOC annotation may have"):
         voc.load(root, "val", classes=["circle"])
+    monkeypatch.setattr(voc, "MAX_LIST_BYTES", 1000)  # train.txt is 160 bytes
+    (root / "classes.txt").write_text("circle\n" * 300)
+    with pytest.raises(ResnetsError, match="classes.txt is larger than 1,000 bytes"):
+        voc.load(root, "train")
+    (root / "ImageSets" / "Main" / "train.txt").write_text("train0000\n" * 101)
+    with pytest.raises(ResnetsError, match="train.txt is larger than 1,000 bytes"):
+        voc.load(root, "train")
     (root / "ImageSets" / "Main" / "val.txt").write_text("../escape\n")
     with pytest.raises(ResnetsError, match="is not an image id"):
         voc.load(root, "val", classes=["circle"])

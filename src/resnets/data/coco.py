@@ -7,7 +7,22 @@ an unknown category or image, a polygon or RLE mask that does not fit the image 
 
 Samples are the image as float [0, 1] (C, H, W) and torchvision's detection target ({"boxes" XYXY, "labels",
 "iscrowd", "image_id", and "masks" when asked}), augmented with torchvision.transforms.v2 on tv_tensors so boxes
-and masks follow the pixels. Labels run 1..K in the order of the category ids; 0 is the background."""
+and masks follow the pixels. Labels run 1..K in the order of the category ids; 0 is the background.
+
+What a file or a sample may cost is bounded; each limit is stated here and set by an environment variable (which
+the loader's workers see too):
+- the file: at most RESNETS_MAX_ANNOTATION_MB (default 512; COCO's train2017 is 448 MB, LVIS's 1.1 GB needs it
+  raised), UTF-8, brackets nested at most MAX_JSON_DEPTH deep (COCO's nest 5), counted before json.loads, which
+  recurses once a level;
+- an image: at most RESNETS_MAX_OBJECTS objects (default 1,000; COCO's most crowded image has 93, torchvision's
+  detectors keep 100 detections) and, with masks, at most RESNETS_MAX_MASK_MB (default 256) of them, one uint8
+  byte a pixel an object. An image over either is named and skipped whole at load (refused with strict data):
+  dropping some of its objects would train and score on an image with annotations missing. The same check makes
+  a sample over them a BadSample, never a larger tensor; so does rasterising its polygons when pycocotools would
+  need more than the mask budget for it (POLYGON_BYTES a point of each boundary, upsampled 5x).
+An object's polygons are merged into one RLE before decoding (one H x W mask, however many polygons); compressed
+RLE (a string of counts, as crowd annotations may have) is read at load as pycocotools reads it, so a broken one
+is a named annotation, not a mask of whatever memory followed it."""
 
 from __future__ import annotations
 
@@ -15,10 +30,12 @@ import json
 import logging
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -29,10 +46,20 @@ from .datasets import BadSample, decode
 log = logging.getLogger("resnets")
 
 INSTANCES = "instances.json"
-MAX_JSON_BYTES = 2 << 30  # COCO's own train2017 file is 448 MB
 MAX_CATEGORIES = 10_000
 EDGE = 1.0  # a box may pass the image's edge by this many pixels (rounding) and is clipped; further is an error
 AUGMENTS = ("none", "hflip", "ssd")
+
+# the limits of the module docstring: (environment variable, default)
+ANNOTATION_MB = ("RESNETS_MAX_ANNOTATION_MB", 512)
+OBJECTS = ("RESNETS_MAX_OBJECTS", 1000)
+MASK_MB = ("RESNETS_MAX_MASK_MB", 256)
+MAX_JSON_DEPTH = 64  # COCO's own files nest 5 deep: {"annotations": [{"segmentation": [[x, y, ...]]}]}
+POLYGON_BYTES = 16  # what pycocotools' rleFrPoly allocates per boundary point (two ints, then two uints)
+
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'[]{}"')
+_STEP = np.zeros(256, np.int64)
+_STEP[list(b"[{")], _STEP[list(b"]}")] = 1, -1
 
 
 @dataclass
@@ -49,20 +76,57 @@ class Record:
     segmentations: list[Any] = field(default_factory=list)
 
 
+def limit(setting: tuple[str, int]) -> float:
+    """The limit in force: its environment variable when set (a positive number), else its default."""
+    name, default = setting
+    raw = os.environ.get(name, "").strip()
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        value = -1
+    if not value > 0 or math.isinf(value):
+        raise ResnetsError(f"{name}={raw!r}: a positive number, or unset for the default of {default:,}")
+    return value
+
+
 def _refuse(path: Path, why: str) -> ResnetsError:
     return ResnetsError(f"{path}: {why}; not a COCO instances file")
 
 
+def json_depth(text: bytes, stop: int = MAX_JSON_DEPTH) -> int:
+    """How deep the brackets of the UTF-8 JSON `text` nest outside its strings (counting stops past `stop`), in
+    passes of C code: about 0.25 s for a 55 MB COCO file, whose json.loads takes 2.3 s."""
+    text = re.sub(rb"\\.", b"", text, flags=re.S)  # escapes out first: an escaped quote does not end a string
+    text = re.sub(rb'"[^"]*"', b"", text.translate(None, _NOT_STRUCTURE))  # brackets left, those of strings gone
+    steps = _STEP[np.frombuffer(text, np.uint8)]
+    level = deepest = 0
+    for start in range(0, len(steps), 1 << 24):
+        run = np.cumsum(steps[start : start + (1 << 24)]) + level
+        deepest, level = max(deepest, int(run.max())), int(run[-1])
+        if deepest > stop:
+            break
+    return deepest
+
+
 def read_json(path: Path) -> dict:
-    """The file's JSON object, read only when it is within MAX_JSON_BYTES."""
+    """The file's JSON object, parsed only when it is within the size limit, UTF-8 and nested at most
+    MAX_JSON_DEPTH deep."""
+    cap = int(limit(ANNOTATION_MB) * 2**20)
     try:
         size = path.stat().st_size
-        if size > MAX_JSON_BYTES:
-            raise _refuse(path, f"{size:,} bytes is more than the {MAX_JSON_BYTES:,} allowed")
-        data = json.loads(path.read_bytes())
+        if size > cap:
+            raise _refuse(path, f"{size:,} bytes is more than the {cap:,} allowed ({ANNOTATION_MB[0]} raises it)")
+        raw = path.read_bytes()
     except OSError as e:
         raise ResnetsError(f"cannot read {path}: {e.strerror or e}") from None
-    except ValueError as e:  # not JSON, not UTF-8, nesting too deep
+    if json.detect_encoding(raw) not in ("utf-8", "utf-8-sig"):
+        raise _refuse(path, f"{json.detect_encoding(raw).upper()} text; JSON files are UTF-8")
+    depth = json_depth(raw)
+    if depth > MAX_JSON_DEPTH:
+        raise _refuse(path, f"brackets nested deeper than {MAX_JSON_DEPTH} (COCO's nest 5)")
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as e:  # not JSON, not UTF-8, a number of over 4,300 digits
         raise _refuse(path, f"not JSON ({str(e).splitlines()[0][:120]})") from None
     if not isinstance(data, dict):
         raise _refuse(path, "the top level is not an object")
@@ -71,6 +135,19 @@ def read_json(path: Path) -> dict:
 
 def _whole(value: Any, low: int = 0) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _number(value: Any) -> bool:
+    """A finite JSON number that a float holds (an int of 400 digits is not: float() would overflow)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return math.isfinite(value) if isinstance(value, float) else abs(value) < 2**63
+
+
+def _shown(value: Any) -> str:
+    """A value as a problem line quotes it: its repr, cut to 60 characters."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _entries(data: dict, key: str, path: Path, required: bool = True) -> list[dict]:
@@ -99,26 +176,53 @@ def _images(data: dict, path: Path, root: Path) -> dict[int, Record]:
     for im in _entries(data, "images", path):
         name, w, h = im.get("file_name"), im.get("width"), im.get("height")
         if not (_whole(im.get("id")) and isinstance(name, str) and name and _whole(w, 1) and _whole(h, 1)):
-            raise _refuse(path, f"image entry {str(im)[:80]} needs a whole-number id, a file_name, width and height")
+            raise _refuse(path, f"image entry {_shown(im)} needs a whole-number id, a file_name, width and height")
         parts = Path(name).parts
-        if Path(name).is_absolute() or ".." in parts or "\\" in name:
-            raise _refuse(path, f"image {name!r} is not a path inside {root}")
+        if Path(name).is_absolute() or ".." in parts or "\\" in name or "\0" in name or len(name) > 1024:
+            raise _refuse(path, f"image {_shown(name)} is not a path inside {root}")
         if im["id"] in records:
             raise _refuse(path, f"two images share the id {im['id']}")
-        where = (
-            root / name if (root / name).exists() or not (root / "images" / name).exists() else root / "images" / name
-        )
-        records[im["id"]] = Record(str(where), im["id"], w, h)
+        try:
+            inside = (root / name).exists() or not (root / "images" / name).exists()
+        except OSError as e:  # a name longer than a file name may be
+            raise _refuse(path, f"image {_shown(name)}: {e.strerror}") from None
+        records[im["id"]] = Record(str(root / name if inside else root / "images" / name), im["id"], w, h)
     return records
+
+
+def rle_counts(text: str) -> list[int] | None:
+    """The run lengths of COCO's compressed RLE string (pycocotools' rleFrString, read here so that a broken string
+    is named at load: pycocotools decodes one that sums short into a mask of whatever memory followed), or None
+    when `text` is not one: 6 bits a character from '0', 5 of value and one saying 'more', the last of a run's
+    characters giving its sign; each run after the second stored as the difference from the run two before."""
+    counts: list[int] = []
+    value = shift = 0
+    for char in text:
+        c = ord(char) - 48
+        if not 0 <= c < 64 or shift > 30:
+            return None
+        value |= (c & 0x1F) << shift
+        shift += 5
+        if c & 0x20:
+            continue
+        if c & 0x10:
+            value |= -1 << shift
+        counts.append(value + (counts[-2] if len(counts) > 2 else 0))
+        if counts[-1] < 0:
+            return None
+        value = shift = 0
+    return counts if shift == 0 else None
 
 
 def _polygons_fit(seg: Any, w: int, h: int) -> str | None:
     """Why a COCO segmentation does not fit a w x h image (None: it does)."""
     if isinstance(seg, list):
+        if not seg:
+            return "an empty list of polygons"
         for poly in seg:
             if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2:
                 return "a polygon is not a list of at least 3 x, y points"
-            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in poly):
+            if not all(_number(v) for v in poly):
                 return "a polygon has a point that is not a number"
             xs, ys = poly[0::2], poly[1::2]
             if min(xs) < -EDGE or min(ys) < -EDGE or max(xs) > w + EDGE or max(ys) > h + EDGE:
@@ -130,9 +234,13 @@ def _polygons_fit(seg: Any, w: int, h: int) -> str | None:
             return "an RLE mask without its [height, width] size"
         if size != [h, w]:
             return f"the mask is {size[1]}x{size[0]}, the image {w}x{h}"
-        if not (isinstance(counts, str) or (isinstance(counts, list) and all(_whole(v) for v in counts))):
+        if isinstance(counts, str):
+            counts = rle_counts(counts)
+            if counts is None:
+                return "a compressed RLE mask whose counts string is not COCO's run-length code"
+        if not (isinstance(counts, list) and all(_whole(v) for v in counts)):
             return "an RLE mask whose counts are neither a string nor whole numbers"
-        if isinstance(counts, list) and sum(counts) != w * h:
+        if sum(counts) != w * h:
             return f"an RLE mask of {sum(counts):,} pixels for a {w}x{h} image"
         return None
     return "a segmentation that is neither polygons nor an RLE mask"
@@ -143,8 +251,8 @@ def _box_problem(ann: dict, rec: Record) -> str | None:
     box = ann.get("bbox")
     if not (isinstance(box, list) and len(box) == 4):
         return "no bbox of 4 numbers"
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box):
-        return f"bbox {box} holds something that is not a finite number"
+    if not all(_number(v) for v in box):
+        return f"bbox {_shown(box)} holds something that is not a finite number"
     x, y, w, h = box
     if w <= 0 or h <= 0:
         return f"bbox {box} has a {'negative' if min(w, h) < 0 else 'zero'} size"
@@ -153,42 +261,98 @@ def _box_problem(ann: dict, rec: Record) -> str | None:
     return None
 
 
+def _problem(ann: dict, rec: Record, labels: dict[int, int], masks: bool) -> str | None:
+    """Why an annotation cannot be used on its image (None: it can)."""
+    cat, crowd, seg = ann.get("category_id"), ann.get("iscrowd", 0), ann.get("segmentation")
+    if not (_whole(cat) and cat in labels):
+        return f"unknown category id {_shown(cat)}"
+    why = _box_problem(ann, rec)
+    if why is None and crowd not in (0, 1):  # (false and true too)
+        why = f"iscrowd is {_shown(crowd)}, not 0 or 1"
+    if why is None and masks:
+        why = "no segmentation (the model predicts masks)" if seg is None else _polygons_fit(seg, rec.width, rec.height)
+    return why
+
+
 def _annotate(data: dict, path: Path, records: dict[int, Record], labels: dict[int, int], masks: bool) -> list[str]:
     """Each annotation onto its image's record; the problems of those skipped, one line each."""
     problems = []
     seen: set[int] = set()
     for ann in _entries(data, "annotations", path, required=False):
-        aid = ann.get("id", "?")
-        rec = records.get(ann.get("image_id"))
+        aid, image = ann.get("id"), ann.get("image_id")
+        name = "?" if aid is None else _shown(aid)
+        rec = records.get(image) if _whole(image) else None
         if rec is None:
-            problems.append(f"{path}: annotation {aid}: image id {ann.get('image_id')!r} is not in the file")
+            problems.append(f"{path}: annotation {name}: image id {_shown(image)} is not in the file")
             continue
-        where = f"{path}: annotation {aid} ({Path(rec.path).name})"
-        if _whole(aid) and aid in seen:
-            problems.append(f"{where}: a second annotation with this id")
-            continue
-        seen.add(aid)
-        why = None if ann.get("category_id") in labels else f"unknown category id {ann.get('category_id')!r}"
-        why = why or _box_problem(ann, rec)
-        crowd = ann.get("iscrowd", 0)
-        if why is None and crowd not in (0, 1):
-            why = f"iscrowd is {crowd!r}, not 0 or 1"
-        seg = ann.get("segmentation")
-        if why is None and masks:
-            why = (
-                "no segmentation (the model predicts masks)"
-                if seg is None
-                else _polygons_fit(seg, rec.width, rec.height)
-            )
+        where = f"{path}: annotation {name} ({Path(rec.path).name})"
+        why = None if aid is None or _whole(aid) else "its id is not a whole number"
+        why = why or ("a second annotation with this id" if aid in seen else _problem(ann, rec, labels, masks))
         if why is not None:
             problems.append(f"{where}: {why}; skipped")
             continue
+        if aid is not None:
+            seen.add(aid)
+        seg, crowd = ann.get("segmentation"), ann.get("iscrowd", 0)
         x, y, w, h = ann["bbox"]
         rec.boxes.append([max(x, 0.0), max(y, 0.0), min(x + w, rec.width), min(y + h, rec.height)])
         rec.labels.append(labels[ann["category_id"]])
         rec.crowd.append(int(crowd))
         rec.segmentations.append(seg)
     return problems
+
+
+def over_limits(rec: Record, masks: bool) -> str | None:
+    """Why the image holds more than a sample may (None: it does not): more objects than RESNETS_MAX_OBJECTS, or
+    with masks, more mask bytes (one uint8 byte a pixel an object) than RESNETS_MAX_MASK_MB."""
+    n, cap = len(rec.boxes), int(limit(OBJECTS))
+    if n > cap:
+        return f"{n:,} objects, more than the {cap:,} an image may have ({OBJECTS[0]} raises it)"
+    need, budget = n * rec.width * rec.height, limit(MASK_MB) * 2**20
+    if masks and need > budget:
+        return (
+            f"{n:,} masks of {rec.width}x{rec.height} take {need / 2**20:,.0f} MB, more than the "
+            f"{budget / 2**20:,.0f} MB allowed ({MASK_MB[0]} raises it)"
+        )
+    return None
+
+
+def skip_crowded(records: dict[int, Record], file: Path, masks: bool) -> list[str]:
+    """The images over the limits of a sample taken out of `records`; their problems, one line each."""
+    problems = []
+    for image_id, rec in list(records.items()):
+        why = over_limits(rec, masks)
+        if why is not None:
+            problems.append(f"{file}: image {Path(rec.path).name}: {why}; image skipped")
+            del records[image_id]
+    return problems
+
+
+def polygon_bytes(seg: Any) -> int:
+    """What pycocotools allocates to rasterise a segmentation's polygons (checked by _polygons_fit): POLYGON_BYTES
+    per point of each boundary upsampled 5x (a 0.5 MB polygon zigzagging across a 2000 x 2000 image took 2 GB).
+    0 for an RLE."""
+    if not isinstance(seg, list):
+        return 0
+    points = 0
+    for poly in seg:
+        xy = np.rint(5 * np.asarray(poly, np.float64).reshape(-1, 2))
+        points += int(np.abs(xy - np.roll(xy, -1, axis=0)).max(axis=1).sum()) + len(xy)
+    return POLYGON_BYTES * points
+
+
+def object_mask(seg: Any, height: int, width: int) -> np.ndarray:
+    """One object's (H, W) uint8 mask: its polygons merged into one RLE before decoding (so a thousand polygons
+    cost one mask), or its RLE, uncompressed (counts a list) or compressed (a string)."""
+    from pycocotools import mask as coco_mask
+
+    if isinstance(seg, list):
+        rle = coco_mask.merge(coco_mask.frPyObjects(seg, height, width))
+    elif isinstance(seg["counts"], list):
+        rle = coco_mask.frPyObjects(seg, height, width)
+    else:
+        rle = {"size": [height, width], "counts": seg["counts"].encode("ascii")}
+    return coco_mask.decode(rle)
 
 
 def _per_box(inputs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -199,7 +363,8 @@ def _per_box(inputs) -> tuple[torch.Tensor, torch.Tensor]:
 
 def transforms(augment: str):
     """torchvision.transforms.v2 for training (on tv_tensors: boxes and masks move with the pixels), ending with
-    float [0, 1] images and the boxes that are left after a crop (SanitizeBoundingBoxes)."""
+    float [0, 1] images and the boxes that are left after a crop (SanitizeBoundingBoxes). ssd's zoom-out puts the
+    image on a canvas up to 4x a side (masks too: up to 16x the mask budget) before its crop."""
     from torchvision.transforms import v2
 
     steps = {
@@ -228,14 +393,26 @@ class CocoDetection(Dataset):
         other.augment, other.seed = augment, seed
         return other
 
-    def _masks(self, rec: Record) -> torch.Tensor:
-        from pycocotools import mask as coco_mask
-
-        out = torch.zeros((len(rec.segmentations), rec.height, rec.width), dtype=torch.uint8)
-        for k, seg in enumerate(rec.segmentations):
-            rle = coco_mask.frPyObjects(seg, rec.height, rec.width)
-            m = coco_mask.decode(rle)
-            out[k] = torch.from_numpy(m if m.ndim == 2 else m.any(axis=2)).to(torch.uint8)
+    def _masks(self, rec: Record, keep: list[int]) -> torch.Tensor:
+        """The (N, H, W) uint8 masks of the objects `keep`; a BadSample when rasterising their polygons would take
+        more than the mask budget, or when pycocotools refuses one."""
+        budget = limit(MASK_MB) * 2**20
+        need = sum(polygon_bytes(rec.segmentations[k]) for k in keep)
+        if need > budget:
+            raise BadSample(
+                rec.path,
+                f"rasterising its polygons takes {need / 2**20:,.0f} MB, more than the {budget / 2**20:,.0f} MB "
+                f"allowed ({MASK_MB[0]} raises it)",
+                "unreadable",
+            )
+        out = torch.zeros((len(keep), rec.height, rec.width), dtype=torch.uint8)
+        for j, k in enumerate(keep):
+            try:
+                out[j] = torch.from_numpy(object_mask(rec.segmentations[k], rec.height, rec.width))
+            except (ValueError, TypeError, IndexError, KeyError, AttributeError) as e:  # pycocotools' many
+                raise BadSample(
+                    rec.path, f"object {k + 1}'s mask cannot be decoded ({_shown(str(e))})", "corrupt_image"
+                ) from None
         return out
 
     def __getitem__(self, key: int) -> tuple[torch.Tensor, dict]:
@@ -243,13 +420,16 @@ class CocoDetection(Dataset):
 
         epoch, i = divmod(int(key), len(self.records))
         rec = self.records[i]
+        crowded = over_limits(rec, self.masks)  # load skips these; records made elsewhere meet the same bound here
+        if crowded is not None:
+            raise BadSample(rec.path, crowded, "unreadable")
         img = decode(rec.path, 3)
         if tuple(img.shape[1:]) != (rec.height, rec.width):
             raise BadSample(
                 rec.path,
                 f"the image is {img.shape[2]}x{img.shape[1]}, {self.source.name} says {rec.width}x{rec.height}",
             )
-        keep = [k for k, c in enumerate(rec.crowd) if not c] if self.augment != "none" else range(len(rec.crowd))
+        keep = [k for k, c in enumerate(rec.crowd) if not c or self.augment == "none"]
         target: dict[str, Any] = {
             "boxes": tv_tensors.BoundingBoxes(
                 torch.tensor([rec.boxes[k] for k in keep], dtype=torch.float32).reshape(-1, 4),
@@ -260,7 +440,7 @@ class CocoDetection(Dataset):
             "iscrowd": torch.tensor([rec.crowd[k] for k in keep], dtype=torch.int64),
         }
         if self.masks:
-            target["masks"] = tv_tensors.Mask(self._masks(rec)[list(keep)])
+            target["masks"] = tv_tensors.Mask(self._masks(rec, keep))
         with seeded_cpu_rng(mix_seed(self.seed, epoch, i)):
             img, target = transforms(self.augment)(tv_tensors.Image(img), target)
         target = {k: v.as_subclass(torch.Tensor) for k, v in target.items()}
@@ -284,12 +464,13 @@ def load(path: str | os.PathLike, *, masks: bool = False, strict: bool = False, 
         )
     records = _images(data, file, file.parent)
     problems = _annotate(data, file, records, labels, masks)
+    problems += skip_crowded(records, file, masks)
     if problems and strict:
         raise ResnetsError(f"{problems[0]} (strict data is on)")
     for p in problems[:20]:
         log.warning("%s", p)
     if len(problems) > 20:
-        log.warning("%s: %d more annotations skipped", file, len(problems) - 20)
+        log.warning("%s: %d more annotations (or images) skipped", file, len(problems) - 20)
     return CocoDetection(list(records.values()), names, file, masks)
 
 

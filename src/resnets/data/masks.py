@@ -76,10 +76,14 @@ def read_mask(path: str, classes: int, size: tuple[int, int], image: str) -> tor
     header = read_header(data, path)
     if header.format != "PNG":
         raise BadSample(path, f"a mask is a PNG; this is {header.format or 'not an image'}", "not_an_image")
-    with Image.open(io.BytesIO(data)) as im:
-        if im.mode not in ("L", "P", "I;16", "I"):
-            raise BadSample(path, f"a mask has one channel of class indices; this one is {im.mode}", "corrupt_image")
-        m = np.asarray(im).astype(np.int64)
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            mode = im.mode
+            m = np.asarray(im) if mode in ("L", "P", "I;16", "I") else None
+    except Exception as e:  # Pillow raises many types for broken data (OSError for a truncated PNG)
+        raise BadSample(path, f"a broken PNG ({str(e).splitlines()[0][:120]})", "corrupt_image") from None
+    if m is None:
+        raise BadSample(path, f"a mask has one channel of class indices; this one is {mode}", "corrupt_image")
     if m.shape != size:
         raise BadSample(
             path, f"the mask is {m.shape[1]}x{m.shape[0]}, its image {Path(image).name} {size[1]}x{size[0]}"
@@ -87,7 +91,7 @@ def read_mask(path: str, classes: int, size: tuple[int, int], image: str) -> tor
     bad = (m >= classes) & (m != IGNORE)
     if bad.any():
         raise BadSample(path, f"pixel value {int(m[bad][0])} is not a class ({classes} in {CLASSES_FILE}; 255: ignore)")
-    return torch.from_numpy(m)
+    return torch.from_numpy(m.astype(np.int64))  # int64 after the checks: 8 bytes a pixel, once
 
 
 def transforms(augment: str, crop: int):

@@ -3,10 +3,12 @@ its size and each object's name, bndbox and difficult flag), DIR/JPEGImages/<id>
 split in DIR/ImageSets/Main/train.txt and val.txt (VOC2007/VOC2012 as published, and what LabelImg-style tools
 write). Read into the same records as COCO's (data/coco.py), so training, evaluation and detection are the same.
 
-Every file is untrusted: an XML file is read within a size limit and parsed by Python's expat-based parser (no
-external entities, entity expansion bounded); a file that is not VOC's XML is refused in one line; each bad object
-(no name, a box outside the image or of no size, a class not among classes.txt's) is named with its file and
-skipped, or refused with strict data. Difficult objects are kept as COCO's crowd boxes: left out of training and
+Every file is untrusted: an XML file is read within a size limit (MAX_XML_BYTES) and parsed by expat with no
+DTD allowed, as defusedxml's forbid_dtd does (so no entity is declared or expanded: no billion laughs, no external
+file), elements nested at most MAX_XML_DEPTH deep; a file that is not VOC's XML is refused in one line; each bad
+object (no name, a box outside the image or of no size, a class not among classes.txt's) is named with its file and
+skipped, or refused with strict data; an image with more objects than RESNETS_MAX_OBJECTS (data/coco.py) is named
+and skipped. Difficult objects are kept as COCO's crowd boxes: left out of training and
 ignored by the scores, as VOC's own evaluation ignores them. Classes: DIR/classes.txt when there (one name per
 line, no background), else the names found in the training split, sorted."""
 
@@ -16,14 +18,46 @@ import logging
 import os
 from pathlib import Path
 from xml.etree import ElementTree
+from xml.parsers import expat
 
 from ..errors import ResnetsError
-from .coco import EDGE, CocoDetection, Record
+from .coco import EDGE, CocoDetection, Record, over_limits
 
 log = logging.getLogger("resnets")
 
 MAX_XML_BYTES = 1 << 20  # a VOC annotation is a few KB
+MAX_XML_DEPTH = 64  # VOC's nest 4 deep: <annotation><object><bndbox><xmin>
+MAX_LIST_BYTES = 64 << 20  # an image-id or class list
 SPLITS = {"train": ("train",), "val": ("val", "test")}
+
+
+def parse_xml(data: bytes, path: Path) -> ElementTree.Element:
+    """The element tree of `data`, built by expat with a DTD refused where it starts (before any entity in it is
+    declared) and elements nested at most MAX_XML_DEPTH deep; ResnetsError (one line) for anything else."""
+    builder, parser, depth = ElementTree.TreeBuilder(), expat.ParserCreate(), 0
+
+    def start(tag: str, attrs: dict) -> None:
+        nonlocal depth
+        depth += 1
+        if depth > MAX_XML_DEPTH:
+            raise ResnetsError(f"{path}: elements nested deeper than {MAX_XML_DEPTH} (VOC's nest 4); refused")
+        builder.start(tag, attrs)
+
+    def end(tag: str) -> None:
+        nonlocal depth
+        depth -= 1
+        builder.end(tag)
+
+    def dtd(*_) -> None:
+        raise ResnetsError(f"{path}: a DTD (<!DOCTYPE ...>), which could declare entities; VOC's XML has none, refused")
+
+    parser.StartDoctypeDeclHandler = parser.EntityDeclHandler = dtd
+    parser.StartElementHandler, parser.EndElementHandler, parser.CharacterDataHandler = start, end, builder.data
+    try:
+        parser.Parse(data, True)
+    except expat.ExpatError as e:
+        raise ResnetsError(f"{path}: not XML ({e})") from None
+    return builder.close()
 
 
 def _read_xml(path: Path) -> ElementTree.Element:
@@ -31,11 +65,10 @@ def _read_xml(path: Path) -> ElementTree.Element:
         size = path.stat().st_size
         if size > MAX_XML_BYTES:
             raise ResnetsError(f"{path}: {size:,} bytes is more than the {MAX_XML_BYTES:,} a VOC annotation may have")
-        root = ElementTree.fromstring(path.read_bytes())
+        data = path.read_bytes()
     except OSError as e:
         raise ResnetsError(f"cannot read {path}: {e.strerror or e}") from None
-    except ElementTree.ParseError as e:
-        raise ResnetsError(f"{path}: not XML ({e})") from None
+    root = parse_xml(data, path)
     if root.tag != "annotation":
         raise ResnetsError(f"{path}: the root element is <{root.tag}>, not VOC's <annotation>")
     return root
@@ -91,8 +124,8 @@ def _ids(root: Path, split: str) -> list[str] | None:
     file = next((main / f"{n}.txt" for n in SPLITS[split] if (main / f"{n}.txt").is_file()), None)
     if file is None:
         return None
-    if file.stat().st_size > 64 << 20:
-        raise ResnetsError(f"{file} is larger than 64 MB; not a list of image ids")
+    if file.stat().st_size > MAX_LIST_BYTES:
+        raise ResnetsError(f"{file} is larger than {MAX_LIST_BYTES:,} bytes; not a list of image ids")
     ids = [line.split()[0] for line in file.read_text(encoding="utf-8", errors="replace").splitlines() if line.split()]
     bad = [i for i in ids if "/" in i or "\\" in i or i in (".", "..")]
     if bad:
@@ -103,6 +136,8 @@ def _ids(root: Path, split: str) -> list[str] | None:
 def _classes(root: Path, ids: list[str]) -> list[str]:
     listed = root / "classes.txt"
     if listed.is_file():
+        if listed.stat().st_size > MAX_LIST_BYTES:
+            raise ResnetsError(f"{listed} is larger than {MAX_LIST_BYTES:,} bytes; not a list of class names")
         names = [n.strip() for n in listed.read_text(encoding="utf-8").splitlines() if n.strip()]
         if not names or len(set(names)) != len(names):
             raise ResnetsError(f"{listed}: class names, one per line, each once")
@@ -145,6 +180,10 @@ def load(data: str | os.PathLike, split: str, *, strict: bool = False, classes: 
             raise ResnetsError(f"{xml}: <filename> {name!r} is not a file name inside JPEGImages/")
         rec = Record(str(root / "JPEGImages" / name), len(records) + 1, w, h)
         problems += _objects(tree, xml, rec, labels)
+        crowded = over_limits(rec, False)
+        if crowded is not None:
+            problems.append(f"{xml}: {crowded}; image skipped")
+            continue
         records.append(rec)
     if problems and strict:
         raise ResnetsError(f"{problems[0]} (strict data is on)")
