@@ -110,3 +110,69 @@ def test_config_files_and_precedence(tmp_path):
         1.0,
         True,
     )
+
+
+def _config_file(path, values: dict):
+    """`values` written as the file's format says (.toml, .yaml or .json), each string as JSON writes it (a valid
+    TOML and YAML string too)."""
+    import json
+
+    if path.suffix == ".json":
+        path.write_text(json.dumps(values))
+    else:
+        sep = " = " if path.suffix == ".toml" else ": "
+        path.write_text("".join(f"{k}{sep}{json.dumps(v)}\n" for k, v in values.items()))
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".toml", ".yaml", ".json"])
+@pytest.mark.parametrize(
+    "key, value, what",
+    [
+        ("data", "pipe:touch {marker}; cat shard-000000.tar", "runs a command"),
+        ("val_data", "pipe:touch {marker}; cat val-000000.tar", "runs a command"),
+        ("data", "https://127.0.0.1:9/train-{{000000..000003}}.tar", "fetches a URL"),
+        ("weights", "http://127.0.0.1:9/model.safetensors", "fetches a URL"),
+        ("out", "{tmp}/elsewhere", "writes outside the working folder"),
+        ("out", "../elsewhere", "writes outside the working folder"),
+    ],
+)
+def test_a_config_file_never_runs_fetches_or_writes_outside(tmp_path, monkeypatch, suffix, key, value, what):
+    """Issue 36: `dataset = "wds"` with `data = "pipe:touch pwned; ..."` in a --config file ran the command. A value
+    that runs a command, fetches a URL or writes outside the working folder is taken only from the command line:
+    from a file it is one line, and nothing ran (no marker file) nor was written."""
+    monkeypatch.chdir(tmp_path)
+    marker = tmp_path / "PWNED"
+    value = value.format(marker=marker, tmp=tmp_path)
+    path = _config_file(tmp_path / f"evil{suffix}", {"dataset": "wds", key: value})
+    out = [] if key == "out" else ["--out", tmp_path / "runs"]
+    code, _, err = run_cli("train", "--config", path, "--model", "resnet20", "--epochs", "1", *out)
+    _one_line(code, err, f"evil{suffix}'s {key} {what}")
+    assert f"give --{key.replace('_', '-')} there" in err
+    assert not marker.exists() and not (tmp_path / "runs").exists() and not (tmp_path / "elsewhere").exists()
+    # the same value on the command line is the user's own: taken
+    said = {"dataset": "wds", "data": "pipe:cat x.tar", key: value}
+    cfg = C.resolve(None, None, said)
+    assert getattr(cfg, key) == value and not marker.exists()  # (resolving runs nothing)
+    # ... and a command line that gives the key replaces the file's value, which is then never used
+    assert getattr(C.resolve(None, path, said), key) == value
+
+
+def test_a_recipe_is_held_to_the_rule_and_plain_values_from_files_are_taken(tmp_path, monkeypatch):
+    monkeypatch.setitem(C.RECIPES, "evil", dict(dataset="wds", data=f"pipe:touch {tmp_path}/PWNED; cat a.tar"))
+    with pytest.raises(resnets.ResnetsError, match="recipe evil's data runs a command"):
+        C.resolve("evil")
+    assert not (tmp_path / "PWNED").exists()
+    assert C.resolve("evil", overrides={"data": str(tmp_path / "shards")}).data == str(tmp_path / "shards")
+    # local paths, relative run folders, file:// and registered or Hub weight names are what files are for
+    path = _config_file(
+        tmp_path / "ok.toml",
+        {"dataset": "wds", "data": "file:///data/train-000000.tar", "out": "runs/exp1", "weights": "resnet18.tv_in1k"},
+    )
+    cfg = C.resolve(None, path)
+    assert (cfg.data, cfg.out, cfg.weights) == ("file:///data/train-000000.tar", "runs/exp1", "resnet18.tv_in1k")
+    assert [C.reaches(k, v) for k, v in (("out", "/tmp/x"), ("out", "a/../../b"), ("data", "/abs/dir"))] == [
+        "writes outside the working folder",
+        "writes outside the working folder",
+        None,
+    ]

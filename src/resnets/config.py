@@ -2,6 +2,8 @@
 
 A config is a dataclass: unknown keys are errors, values are checked against the field's type, and every run
 saves its resolved config beside its checkpoints. Precedence: recipe < config file (TOML/YAML) < command line.
+A value that runs a command (`pipe:`), fetches a URL or writes outside the working folder is taken only from the
+command line: a config file, a recipe or a run's config.json naming one is refused (`only_from_command_line`).
 """
 
 from __future__ import annotations
@@ -34,8 +36,9 @@ from .choices import (
     STRATEGIES,
     TTAS,
 )
+from .data import remote
 from .data.registry import DATASETS
-from .errors import ResnetsError
+from .errors import ResnetsError, printable
 
 # the config keys that are architecture options (create_model's), and become the model's flags in every command
 MODEL_OPTIONS = (
@@ -691,17 +694,50 @@ def read_file(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
+def reaches(key: str, value: Any) -> str | None:
+    """What a config value does beyond reading this machine's files and writing its run, or None: "runs a command"
+    (pipe:), "fetches a URL" (any scheme://, but file://; data/remote.py's rule), or, for `out`, "writes outside the
+    working folder" (an absolute path, or one that climbs out with ..)."""
+    if not isinstance(value, str):
+        return None
+    if key == "out" and (Path(value).is_absolute() or ".." in Path(value).parts):
+        return "writes outside the working folder"
+    return remote.reaches(value)
+
+
+def only_from_command_line(values: dict[str, Any], source: str, said: Any) -> None:
+    """The rule for every source of config values but the command line (a recipe, a --config file, a run's
+    config.json): a value that runs a command, fetches a URL or writes outside the working folder (`reaches`) is
+    taken only from the command line. A key the command line gives (`said`: its keys) replaces the value of
+    `source`, which is then never used; any other such value is refused in one line, before anything runs."""
+    given = {k.replace("-", "_") for k in said}
+    for key, value in values.items():
+        k = key.replace("-", "_")
+        for v in value if isinstance(value, list) else [value]:
+            what = reaches(k, v)
+            if what is not None and k not in given:
+                raise ResnetsError(
+                    f"{source}'s {k} {what} ({printable(str(v))[:60]}); that is taken only from the command line: "
+                    f"give --{k.replace('_', '-')} there to use it"
+                )
+
+
 def resolve(
     recipe: str | None = None, file: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None
 ) -> TrainConfig:
-    """recipe defaults, then the file, then explicit overrides; validated."""
+    """recipe defaults, then the file, then explicit overrides (the command line); validated. A command, a URL or
+    a folder outside the working one comes only from the overrides (`only_from_command_line`)."""
     cfg = TrainConfig()
+    said = overrides or {}
     if recipe is not None:
         if recipe not in RECIPES:
             raise ResnetsError(f"unknown recipe {recipe!r} (choose from {', '.join(RECIPES)})")
+        only_from_command_line(RECIPES[recipe], f"recipe {recipe}", said)
         apply(cfg, RECIPES[recipe], f"recipe {recipe}")
     if file is not None:
-        apply(cfg, read_file(file), str(file))
+        values = read_file(file)
+        only_from_command_line(values, str(file), said)
+        apply(cfg, values, str(file))
     if overrides:
         apply(cfg, overrides, "the command line")
     return cfg.validate()

@@ -120,10 +120,13 @@ def _damaged(sharded, tmp_path, change) -> str:
     "change, needle",
     [
         (lambda ix, out: ix.update(format="other/1"), "not a shard index"),
+        (lambda ix, out: ix["splits"]["train"][0].update(file="../../etc/x.tar"), "is not a plain file name"),
+        # what an index names is never run nor fetched: a command or a URL for a name is refused, nothing runs
         (
-            lambda ix, out: ix["splits"]["train"][0].update(file="../../etc/x.tar"),
-            "not a .tar file in the index's folder",
+            lambda ix, out: ix["splits"]["train"][0].update(file=f"pipe:touch {out}/PWNED; cat train-000000.tar"),
+            "is not a plain file name",
         ),
+        (lambda ix, out: ix["splits"]["train"][0].update(file="https://127.0.0.1:9/x.tar"), "is not a plain file name"),
         (lambda ix, out: ix["splits"]["train"][0]["samples"][0].__setitem__(2, 10**9), "inside the shard"),
         (lambda ix, out: ix["splits"]["train"][0]["samples"][0].__setitem__(1, 7), "inside the shard"),
         (lambda ix, out: ix["splits"]["train"][0].update(size=1), "not the size the index says"),
@@ -136,7 +139,7 @@ def test_a_damaged_index_is_one_line_before_anything_is_read(sharded, tmp_path, 
         shards.load(data, "train")
     code, _, err = run_cli("train", *TINY_RUN, "--dataset", "wds", "--data", data, "--out", tmp_path / "runs")
     one_line_error(code, err, needle)
-    assert not (tmp_path / "runs").exists()
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "copy" / "PWNED").exists()
 
 
 def test_bad_requests_are_one_line_and_nothing_is_overwritten(folder, sharded, tmp_path):

@@ -1,11 +1,13 @@
-"""Shards streamed through webdataset's gopen (data/remote.py, loader.ShardBatches): `pipe:` patterns train with the
-index read from beside the shards, each shard fetched once into the cache, whole shards dealt to ranks (every rank
-the same number of batches, no image twice in an epoch), an exact mid-epoch resume, and a stream that fails or
-disagrees with its index named in one line or as bad samples."""
+"""Shards streamed (data/remote.py, loader.ShardBatches): `pipe:` patterns train with the index read from beside the
+shards, each shard fetched once into the cache, whole shards dealt to ranks (every rank the same number of batches,
+no image twice in an epoch), an exact mid-epoch resume, and a stream that fails or disagrees with its index named in
+one line or as bad samples. Every fetch bounded (issue 36): a server or command that lies about a shard's size, goes
+quiet, or is stopped by a signal leaves the cache as it was, and says so in one line within the timeout."""
 
 import json
 import os
 import shutil
+import time
 
 import pytest
 import torch
@@ -117,7 +119,7 @@ def test_a_pipe_pattern_trains_fetching_each_shard_once_and_resumes_exactly(shar
     assert (state["epoch"], state["batch"], state["step"]) == (1, 1, 5)
     # the saved config's pipe: command is not run from the file alone: the command line must say it again
     code, _, err = run_cli("train", "--resume", tmp_path / "runs" / "cut")
-    one_line_error(code, err, "config.json's data runs a command", "give --data again")
+    one_line_error(code, err, "config.json's data runs a command", "only from the command line: give --data")
     again = engine.train(resume=tmp_path / "runs" / "cut", overrides=dict(data=data, val_data=keys["val_data"]))
     a, b = load(whole["run_dir"]).state_dict(), load(again["run_dir"]).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -143,6 +145,16 @@ def test_a_stream_that_fails_or_disagrees_with_its_index_is_named(sharded, tmp_p
     (copy / "index.json").write_text(json.dumps(index | {"format": "other/1"}))
     with pytest.raises(ResnetsError, match="not a shard index"):
         shards.load(_pattern(copy), "train")
+    # an index never says what is run or fetched: a command or a URL for a shard's name is refused, nothing runs
+    for name in (f"pipe:touch {tmp_path}/PWNED; cat train-000000.tar", "https://127.0.0.1:9/train-000000.tar"):
+        evil = json.loads(json.dumps(index))
+        evil["splits"]["train"][0]["file"] = name
+        (copy / "index.json").write_text(json.dumps(evil))
+        code, _, err = run_cli(
+            "train", *TINY_RUN, "--dataset", "wds", "--data", _pattern(copy), "--out", tmp_path / "r"
+        )
+        one_line_error(code, err, "index.json: shard name", "is not a plain file name")
+        assert not (tmp_path / "PWNED").exists() and not (tmp_path / "r").exists()
     (copy / "index.json").write_text(json.dumps(index))
     # a shard cut short after its index was written: its images are bad samples, named, and it is fetched once
     (copy / "train-000001.tar").write_bytes((copy / "train-000001.tar").read_bytes()[:3000])
@@ -158,10 +170,9 @@ def test_a_stream_that_fails_or_disagrees_with_its_index_is_named(sharded, tmp_p
     )
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="webdataset fetches http:// with curl; none here")
 def test_shards_over_http_are_the_local_shards(sharded, tmp_path, monkeypatch):  # noqa: F811
-    """A web server on this machine serving the shard folder: the index and shards fetched over HTTP (webdataset's
-    curl), every image equal to the local shards'; a missing shard is a bad sample naming it."""
+    """A web server on this machine serving the shard folder: the index and shards fetched over HTTP (urllib),
+    every image equal to the local shards'; a missing shard is a bad sample naming it."""
     import functools
     import http.server
     import threading
@@ -220,3 +231,228 @@ def test_few_shards_are_held_open_and_a_removed_one_is_fetched_again(sharded, tm
     shutil.rmtree(tmp_path / "cache")
     again = shards.load(_pattern(out, "train-{000000..000001}"), "train")
     assert torch.equal(again[first][0], local[first][0]) and calls == ["train-000000.tar"] * 2
+
+
+class _Server:
+    """A web server on 127.0.0.1 in a thread for the tests below: `routes` maps a path to bytes (served whole) or to
+    a behaviour ("zeros": zeros without end and no length, "huge": a length of 10^12 then zeros, "quiet": the
+    headers then nothing, "slow": 1 KB every 50 ms); `hits` counts each path's requests. Every loop ends within 10 s
+    or when the server stops."""
+
+    def __init__(self, routes: dict):
+        import http.server
+        import threading
+        from collections import Counter
+
+        self.routes, self.hits, self.stop = routes, Counter(), threading.Event()
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                outer.hits[self.path] += 1
+                body = outer.routes.get(self.path)
+                if body is None:
+                    return self.send_error(404)
+                self.send_response(200)
+                if isinstance(body, bytes) or body == "huge":
+                    self.send_header("Content-Length", str(len(body) if isinstance(body, bytes) else 10**12))
+                self.end_headers()
+                if isinstance(body, bytes):
+                    return self.wfile.write(body)
+                self.wfile.flush()
+                chunk, pause = (b"\0" * 1024, 0.05) if body == "slow" else (b"\0" * (1 << 16), 0)
+                deadline = time.monotonic() + 10
+                try:
+                    while time.monotonic() < deadline and not outer.stop.wait(pause if body != "quiet" else 0.05):
+                        if body != "quiet":
+                            self.wfile.write(chunk)
+                except OSError:  # the client went away
+                    pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _cache(tmp_path) -> list:
+    return sorted(p.name.split("-", 1)[1] for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock"))
+
+
+def test_a_server_that_lies_about_a_shards_size_is_refused_and_the_cache_kept(sharded, tmp_path, monkeypatch):  # noqa: F811
+    """Issue 36: an index saying a shard is 10^12 bytes, served zeros without end, with a 10 MB cache: refused before
+    any byte is asked for (at load, and by fetch itself), the good shard already cached not evicted, no .part, the
+    cache within its bound. A server announcing another length is refused before its body; one sending more than
+    the index says is cut at one byte past it."""
+    out, _ = sharded
+    monkeypatch.setenv("RESNETS_SHARD_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("RESNETS_SHARD_CACHE_GB", "0.01")
+    good = (out / "train-000000.tar").read_bytes()
+    index = json.loads((out / "index.json").read_text())
+    lying = json.loads(json.dumps(index))
+    lying["splits"]["train"][0]["size"] = 10**12
+    routes = {"/good/train-000000.tar": good, "/lying/index.json": json.dumps(lying).encode()}
+    routes |= {"/lying/train-000000.tar": "zeros", "/zeros/train-000000.tar": "zeros", "/huge/train-000000.tar": "huge"}
+    with _Server(routes) as server:
+        kept = remote.fetch(f"{server.url}/good/train-000000.tar", "train-000000.tar", len(good))
+        t0 = time.monotonic()
+        with pytest.raises(
+            ResnetsError, match="the index says 1,000,000,000,000 bytes; the cache holds at most 10,000"
+        ):
+            shards.load(f"{server.url}/lying/train-000000.tar", "train")
+        code, _, err = run_cli("train", *TINY_RUN, "--dataset", "wds", "--data", f"{server.url}/lying/train-000000.tar")
+        one_line_error(code, err, "train-000000.tar in http://127.0.0.1", "the cache holds at most 10,000,000")
+        with pytest.raises(OSError, match=r"the index says 1,000,000,000,000 bytes; .*; not fetched \(http://127"):
+            remote.fetch(f"{server.url}/lying/train-000000.tar", "train-000000.tar", 10**12)
+        assert server.hits["/lying/train-000000.tar"] == 0 and time.monotonic() - t0 < 10
+        with pytest.raises(OSError, match="the server says 1,000,000,000,000 bytes; the index says 2,000,000"):
+            remote.fetch(f"{server.url}/huge/train-000000.tar", "train-000000.tar", 2_000_000)
+        with pytest.raises(OSError, match=r"fetched 2,000,001\+ bytes; the index says 2,000,000 \(http://127"):
+            remote.fetch(f"{server.url}/zeros/train-000000.tar", "train-000000.tar", 2_000_000)
+    assert _cache(tmp_path) == ["train-000000.tar"] and open(kept, "rb").read() == good  # kept; nothing half-made
+    assert sum(p.stat().st_size for p in (tmp_path / "cache").iterdir()) <= 10**7
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of the group `pgid` runs (zombies aside), from /proc."""
+    from pathlib import Path
+
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            return True
+    return False
+
+
+def _gone(pgid: int) -> bool:
+    deadline = time.monotonic() + 5
+    while _group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not _group_alive(pgid)
+
+
+def test_a_source_that_goes_quiet_is_one_line_within_the_timeout(tmp_path, monkeypatch):
+    """Issue 36: a server that sends its headers and then nothing hung the run without a word. Now the index and a
+    shard fail within RESNETS_FETCH_TIMEOUT (1 s here) in one line naming the source; so do a server that never
+    answers and a command that writes nothing, which is killed with everything it started."""
+    import socket
+
+    monkeypatch.setenv("RESNETS_SHARD_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("RESNETS_FETCH_TIMEOUT", "1")
+    mute = socket.create_server(("127.0.0.1", 0))  # listens, never answers
+    routes = {"/q/index.json": "quiet", "/q/train-000000.tar": "quiet"}
+    pid = tmp_path / "pid"
+    with _Server(routes) as server, mute:
+        for source, read in (
+            (f"{server.url}/q/train-000000.tar", lambda s: shards.load(s, "train")),
+            (f"http://127.0.0.1:{mute.getsockname()[1]}/train-000000.tar", lambda s: shards.load(s, "train")),
+            (f"pipe:echo $$ > {pid}; sleep 30; cat train-000000.tar", lambda s: shards.load(s, "train")),
+            (f"{server.url}/q/train-000000.tar", lambda s: remote.fetch(s, "train-000000.tar", 10240)),
+            (f"pipe:echo $$ > {pid}; sleep 30; cat train-000000.tar", lambda s: remote.fetch(s, "train-000000.tar", 9)),
+        ):
+            t0 = time.monotonic()
+            with pytest.raises((ResnetsError, OSError)) as e:
+                read(source)
+            assert 0.9 < time.monotonic() - t0 < 4, source
+            what = str(e.value)
+            assert "no data for 1 s" in what and source.split("/t")[0][:60] in what and "\n" not in what, what
+            if source.startswith("pipe:"):
+                assert _gone(int(pid.read_text())), "the command's processes were left running"
+        code, _, err = run_cli("train", *TINY_RUN, "--dataset", "wds", "--data", f"{server.url}/q/train-000000.tar")
+        one_line_error(code, err, f"cannot read {server.url}/q/index.json: no data for 1 s")
+    assert not list((tmp_path / "cache").glob("*.part"))
+    # another scheme goes through webdataset's gopen (gsutil, curl): its process is watched and killed the same way
+    from webdataset.gopen import Pipe, gopen_schemes
+
+    slow = ["sh", "-c", f"echo $$ > {pid}; exec sleep 30"]
+    monkeypatch.setitem(gopen_schemes, "slowx", lambda url, mode, bufsize: Pipe(slow, mode=mode))
+    t0 = time.monotonic()
+    with pytest.raises(ResnetsError, match="cannot read slowx://host/index.json: no data for 1 s"):
+        remote.read_bounded("slowx://host/index.json", 100)
+    assert time.monotonic() - t0 < 5
+    with pytest.raises(ProcessLookupError):  # killed, and reaped
+        os.kill(int(pid.read_text()), 0)
+    monkeypatch.setenv("RESNETS_FETCH_TIMEOUT", "soon")
+    with pytest.raises(ResnetsError, match="RESNETS_FETCH_TIMEOUT='soon': give seconds"):
+        remote.read_bounded("pipe:true", 10)
+
+
+def test_a_part_left_by_a_dead_process_is_removed_by_the_next_fetch(sharded, tmp_path, monkeypatch):  # noqa: F811
+    """A fetch killed by SIGKILL (nothing of it can clean up) leaves its .part; the next fetch on the machine removes
+    the .part files of processes that are gone, and only those: not a live one's, nor another machine's."""
+    import socket
+    import subprocess
+
+    out, _ = sharded
+    monkeypatch.setenv("RESNETS_SHARD_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    host = socket.gethostname()
+    left = {
+        "dead": f"abc-train-000001.tar.{dead.pid}@{host}.part",
+        "old": f"abc-train-000002.tar.{dead.pid}.part",  # written before the host was in the name
+        "live": f"abc-train-000003.tar.{os.getpid()}@{host}.part",
+        "other": f"abc-train-000004.tar.{dead.pid}@not-{host}.part",
+    }
+    for name in left.values():
+        (tmp_path / "cache" / name).write_bytes(b"\0" * 100)
+    remote.fetch(_pattern(out, "train-000000"), "train-000000.tar", (out / "train-000000.tar").stat().st_size)
+    assert sorted(p.name for p in (tmp_path / "cache").glob("*.part")) == sorted([left["live"], left["other"]])
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("kind", ["http", "pipe"])
+def test_a_fetch_stopped_by_a_signal_leaves_no_part(tmp_path, sig, kind):
+    """A process stopped by SIGTERM (a scheduler's preemption) or SIGINT while it downloads a shard leaves no .part
+    and no command running, and ends by the signal as it would have (SIGTERM: killed by it; SIGINT:
+    KeyboardInterrupt); the handlers are the old ones again once a fetch ends."""
+    import signal
+    import subprocess
+    import sys
+
+    cache, pid = tmp_path / "cache", tmp_path / "pid"
+    stream = "for i in $(seq 200); do head -c 1024 /dev/zero; sleep 0.05; done"  # 10 s at most
+    code = (
+        "import signal, sys; from resnets.data import remote\n"
+        "before = signal.getsignal(signal.SIGTERM)\n"
+        "remote.read_bounded('pipe:true', 10)\n"
+        "assert signal.getsignal(signal.SIGTERM) is before\n"
+        "remote.fetch(sys.argv[1], 'train-000000.tar', 10**7)\n"
+    )
+    with _Server({"/slow/train-000000.tar": "slow"}) as server:
+        source = f"{server.url}/slow/train-000000.tar" if kind == "http" else f"pipe:echo $$ > {pid}; {stream}"
+        p = subprocess.Popen(
+            [sys.executable, "-c", code, source],
+            env={**os.environ, "RESNETS_SHARD_CACHE": str(cache)},
+            stderr=subprocess.PIPE,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # (as in test_rundir: not inherited)
+        )
+        deadline = time.monotonic() + 30
+        while not list(cache.glob("*.part")) and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert p.poll() is None, p.stderr.read().decode()
+        time.sleep(0.3)  # some of it written
+        assert list(cache.glob("*.part"))[0].stat().st_size > 0
+        p.send_signal(getattr(signal, sig))
+        err = p.communicate(timeout=30)[1].decode()
+    assert not list(cache.glob("*.part")) and not list(cache.glob("*.tar")), err
+    if sig == "SIGTERM":
+        assert p.returncode == -signal.SIGTERM, err
+    else:
+        assert "KeyboardInterrupt" in err, err
+    if kind == "pipe":
+        assert _gone(int(pid.read_text())), "the command's processes were left running"

@@ -192,3 +192,34 @@ def test_with_flock_a_killed_holders_lock_is_free_and_a_live_one_refused(tmp_pat
         rundir.RunLock(tmp_path).release()
     finally:
         holder.kill()
+
+
+@pytest.mark.parametrize(
+    "key, value, what",
+    [
+        ("data", "pipe:touch {marker}; cat train-000000.tar", "runs a command"),
+        ("val_data", "pipe:touch {marker}; cat val-000000.tar", "runs a command"),
+        ("data", "https://127.0.0.1:9/train-{{000000..000003}}.tar", "fetches a URL"),
+    ],
+)
+def test_a_run_folders_config_never_runs_or_fetches_on_resume(tmp_path, key, value, what):
+    """Issue 36: a run's config.json is a file like any other: a command or a URL in it is used on --resume only
+    when the command line gives it again; else one line, and nothing ran (no marker file). Its `out` is not used
+    (the run folder is the one resumed), so an absolute one is no reason to refuse."""
+    import json
+
+    from resnets.engine.rundir import load_resume
+
+    marker = tmp_path / "PWNED"
+    value = value.format(marker=marker)
+    run = tmp_path / "runs" / "r"
+    run.mkdir(parents=True)
+    saved = C.resolve(overrides=dict(model="resnet20", dataset="wds", data="shards", out=str(tmp_path / "runs")))
+    (run / "config.json").write_text(json.dumps(saved.to_dict() | {key: value}))
+    code, _, err = run_cli("train", "--resume", run)
+    _one_line(code, err, f"config.json's {key} {what}")
+    assert f"give --{key.replace('_', '-')} there" in err and not marker.exists()
+    assert sorted(p.name for p in run.iterdir()) == ["config.json"]  # nothing written either
+    # given again on the command line: resumed with it (nothing is run by reading the config)
+    cfg, state, _ = load_resume(run, {key: value})
+    assert getattr(cfg, key) == value and state is None and not marker.exists()

@@ -1,6 +1,5 @@
-"""Shards streamed from wherever webdataset's gopen reaches: URLs (https://, http://, gs://, hf://, ...; webdataset
-opens them with curl or gsutil) and `pipe:` commands that write a shard to stdout ('pipe:aws s3 cp
-s3://bucket/train-000000.tar -', 'pipe:cat /nfs/train-000000.tar'): the object stores of clusters.
+"""Shards streamed from URLs (https://, http://, gs://, hf://, ...) and `pipe:` commands that write a shard to stdout
+('pipe:aws s3 cp s3://bucket/train-000000.tar -', 'pipe:cat /nfs/train-000000.tar'): the object stores of clusters.
 
 A streamed source is a shard pattern ('https://host/imagenet/train-{000000..001023}.tar'); the shards' index.json is
 read from the same place (the last NAME.tar of the first source replaced by index.json) and checked as a local
@@ -10,28 +9,95 @@ RESNETS_SHARD_CACHE_GB, default 50, the least recently used shards removed first
 and loader workers share one copy; then its images are read by offset as from a local shard. The training sampler
 (loader.ShardBatches) gives each rank whole shards, a few at a time, so a rank fetches only its share of each epoch.
 
-The pattern is the user's own command line: the index never names what is run or fetched (its shard names must be
-among the pattern's), and `pipe:` commands run in a shell as given, as webdataset runs them."""
+The pattern is the user's own command line (config.only_from_command_line refuses a command or a URL that a file
+names): the index never names what is run or fetched (its shard names are plain names, and must be among the
+pattern's). How each source is read:
+
+- http:// and https:// here, with urllib; `pipe:` commands in a shell, in a session of their own (so the command and
+  everything it starts can be killed together); other schemes with webdataset's gopen (gsutil, curl, ...), its
+  process watched the same way.
+- Every read is bounded in time: a connection, and each read after it, waits at most RESNETS_FETCH_TIMEOUT seconds
+  (default 60) for data; then the command is killed and the fetch fails in one line naming the source ("no data for
+  60 s"). A command that fails is named with its exit status and the last line it wrote to stderr.
+- Every read is bounded in size: never more than the index says a shard holds (one byte more says it lied; a server
+  announcing another length is refused before its body is read), nor more than MAX_INDEX_BYTES of an index. A shard
+  that cannot fit in the cache's bound is refused before anything is fetched or removed ("the index says N bytes;
+  the cache holds at most M"); the cache makes room only for a shard that fits.
+- A shard is written to a `.part` file (NAME.PID@HOST.part) that is removed however the fetch ends: an error, a
+  timeout, or SIGTERM / SIGINT (in the main thread the handlers are ours while the shard downloads, the old ones
+  again after; the signal then does what it did before). The `.part` of a process that is gone (SIGKILL, a power
+  cut) is removed by the next fetch on the machine.
+"""
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import math
 import os
 import re
+import select
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
 from pathlib import Path
 
-from ..errors import ResnetsError
+from ..errors import ResnetsError, printable
 from ..home import shard_cache_dir
 
 REMOTE = re.compile(r"^(pipe:|[a-z][a-z0-9+.-]*://)", re.IGNORECASE)
 SHARD = re.compile(r"([^/\s'\"?#]+\.tar)(?![^\s'\"?#])")
+PART = re.compile(r"\.(\d+)(?:@(.+))?\.part$")  # NAME.PID@HOST.part (NAME.PID.part: written before the host was)
 CHUNK = 1 << 20
+TIMEOUT_S = 60.0  # RESNETS_FETCH_TIMEOUT's default
+CACHE_GB = 50.0  # RESNETS_SHARD_CACHE_GB's default
 
 
 def is_remote(text: str) -> bool:
     """Whether `text` names shards to stream (a URL or a pipe: command), not local files."""
     return bool(REMOTE.match(str(text))) and not str(text).startswith("file://")
+
+
+def reaches(text: str) -> str | None:
+    """What reading `text` does beyond this machine's files: "runs a command" (pipe:), "fetches a URL" (any
+    scheme://, but file://), or None."""
+    if not isinstance(text, str) or not is_remote(text):
+        return None
+    return "runs a command" if text.startswith("pipe:") else "fetches a URL"
+
+
+def fetch_timeout() -> float:
+    """RESNETS_FETCH_TIMEOUT: the seconds a connection, or a read, waits for data."""
+    return _positive("RESNETS_FETCH_TIMEOUT", TIMEOUT_S, "seconds, such as 60")
+
+
+def cache_bound() -> int:
+    """RESNETS_SHARD_CACHE_GB in bytes: the most the shard cache holds."""
+    return int(_positive("RESNETS_SHARD_CACHE_GB", CACHE_GB, "gigabytes, such as 50 or 0.5") * 1e9)
+
+
+def _positive(name: str, default: float, what: str) -> float:
+    text = os.environ.get(name) or str(default)
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (0 < value < math.inf):
+        raise ResnetsError(f"{name}={printable(text)[:40]!r}: give {what}")
+    return value
+
+
+def too_large(size: int) -> str | None:
+    """Why a shard of `size` bytes (the index's word) is not fetched, or None: it cannot fit in the cache."""
+    bound = cache_bound()
+    return (
+        f"the index says {size:,} bytes; the cache holds at most {bound:,} (RESNETS_SHARD_CACHE_GB)"
+        if size > bound
+        else None
+    )
 
 
 def sources(pattern: str) -> list[tuple[str, str]]:
@@ -42,7 +108,7 @@ def sources(pattern: str) -> list[tuple[str, str]]:
     for source in braceexpand(pattern):
         names = SHARD.findall(source)
         if not names:
-            raise ResnetsError(f"{source[:100]}: names no .tar shard (streamed data is a pattern of shards)")
+            raise ResnetsError(f"{_shown(source)}: names no .tar shard (streamed data is a pattern of shards)")
         out.append((source, names[-1]))
     return out
 
@@ -53,26 +119,108 @@ def index_source(source: str, name: str) -> str:
     return source[:at] + "index.json" + source[at + len(name) :]
 
 
+def _shown(source: str) -> str:
+    return printable(source)[:100]
+
+
+def _said(e: BaseException, timeout: float) -> str:
+    """What went wrong, in one line."""
+    if isinstance(e, urllib.error.HTTPError):
+        return f"HTTP {e.code} {printable(str(e.reason))[:80]}"
+    if isinstance(e, urllib.error.URLError):  # what the connection met: refused, no such host, a timeout
+        e = e.reason if isinstance(e.reason, BaseException) else OSError(str(e.reason))
+    if isinstance(e, TimeoutError):
+        return f"no data for {timeout:g} s"
+    text = str(e).strip()
+    return printable(text.splitlines()[0] if text else type(e).__name__)[:160]
+
+
 def read_bounded(source: str, limit: int) -> bytes:
     """At most `limit` bytes from `source` (more is refused before it is all read)."""
-    from webdataset import gopen
-
+    timeout = fetch_timeout()
+    data = bytearray()
     try:
-        with gopen(source, "rb") as f:
-            data = f.read(limit + 1)
-            if len(data) > limit:
-                raise ResnetsError(f"{source[:100]} is over the limit of {limit:,} bytes")
+        with _Guard(None) as guard:
+            stream = guard.stream = _open(source, timeout)
+            if stream.length is not None and stream.length > limit:
+                raise ResnetsError(f"{_shown(source)} is {stream.length:,} bytes, over the limit of {limit:,}")
+            while len(data) <= limit and (chunk := stream.read(min(CHUNK, limit + 1 - len(data)))):
+                data += chunk
     except ResnetsError:
         raise
-    except Exception as e:  # curl, a command's exit status, a missing scheme: one line naming the source
-        raise ResnetsError(f"cannot read {source[:100]}: {str(e).splitlines()[0][:160] if str(e) else e!r}") from None
-    return data
+    except Exception as e:  # a timeout, a command's exit status, a missing scheme: one line naming the source
+        raise ResnetsError(f"cannot read {_shown(source)}: {_said(e, timeout)}") from None
+    if len(data) > limit:
+        raise ResnetsError(f"{_shown(source)} is over the limit of {limit:,} bytes")
+    return bytes(data)
+
+
+def fetch(source: str, name: str, size: int) -> str:
+    """The local copy of the shard `source` (fetched once per machine, under a lock; the index's `size` checked):
+    its path. Raises OSError naming what went wrong and the source (a shard that cannot fit in the cache, a short or
+    long shard, a failed command or download, no data for RESNETS_FETCH_TIMEOUT seconds)."""
+    folder = shard_cache_dir()
+    path = folder / f"{hashlib.sha256(source.encode()).hexdigest()[:16]}-{name}"
+    if path.is_file() and path.stat().st_size == size:
+        os.utime(path)
+        return str(path)
+    why = too_large(size)
+    if why is not None:  # before anything is fetched, or removed to make room
+        raise OSError(f"{why}; not fetched ({_shown(source)})")
+    timeout = fetch_timeout()
+    folder.mkdir(parents=True, exist_ok=True)
+    sweep(folder)
+    with open(f"{path}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one fetch per machine; the others wait for it and reuse the file
+        if path.is_file() and path.stat().st_size == size:
+            return str(path)
+        _evict(folder, path, size)
+        part = path.with_name(f"{path.name}.{os.getpid()}@{socket.gethostname()}.part")
+        try:
+            with _Guard(part) as guard:
+                stream = guard.stream = _open(source, timeout)
+                if stream.length is not None and stream.length != size:
+                    raise OSError(f"the server says {stream.length:,} bytes; the index says {size:,}")
+                got = 0
+                with open(part, "wb") as out:
+                    while got <= size and (chunk := stream.read(min(CHUNK, size + 1 - got))):
+                        out.write(chunk)
+                        got += len(chunk)
+                if got != size:
+                    raise OSError(f"fetched {got:,}{'+' if got > size else ''} bytes; the index says {size:,}")
+                os.replace(part, path)
+        except Exception as e:  # (the guard removed the .part)
+            raise OSError(f"{_said(e, timeout)} ({_shown(source)})") from None
+    return str(path)
+
+
+def sweep(folder: Path) -> list[str]:
+    """Remove the `.part` files of fetches on this machine whose process is gone (killed by SIGKILL, or a power cut:
+    nothing of theirs could clean up). Returns their names."""
+    host, gone = socket.gethostname(), []
+    for p in folder.glob("*.part"):
+        m = PART.search(p.name)
+        if m and m[2] in (None, host) and not _alive(int(m[1])):
+            p.unlink(missing_ok=True)
+            gone.append(p.name)
+    return gone
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        pass
+    return True
 
 
 def _evict(folder: Path, keep: Path, incoming: int) -> None:
-    """Remove the least recently used shards until `incoming` more bytes fit in the cache's bound (a reader that
-    has a removed shard open keeps reading it: the file goes when its last descriptor closes)."""
-    bound = float(os.environ.get("RESNETS_SHARD_CACHE_GB") or 50) * 1e9
+    """Remove the least recently used shards until `incoming` more bytes (at most the bound: too_large is asked
+    first) fit in the cache's bound (a reader that has a removed shard open keeps reading it: the file goes when its
+    last descriptor closes)."""
+    bound = cache_bound()
     shards = sorted((p for p in folder.glob("*.tar") if p != keep), key=lambda p: p.stat().st_mtime)
     total = sum(p.stat().st_size for p in shards) + incoming
     for p in shards:
@@ -82,37 +230,168 @@ def _evict(folder: Path, keep: Path, incoming: int) -> None:
         p.unlink(missing_ok=True)
 
 
-def fetch(source: str, name: str, size: int) -> str:
-    """The local copy of the shard `source` (fetched once per machine, under a lock; the index's `size` checked):
-    its path. Raises OSError naming what went wrong (a short or long shard, a failed command or download)."""
+def _open(source: str, timeout: float):
+    """A stream of `source` whose reads wait at most `timeout` s for data: read(n) gives up to n bytes (b"" at the
+    end), close() ends it (a command is killed); `length` is what an HTTP server announces (else None)."""
+    if source.startswith("pipe:"):
+        proc = subprocess.Popen(
+            source[len("pipe:") :],
+            shell=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # its own process group: the command and what it starts are killed together
+        )
+        return _Process(proc, timeout, group=True)
+    if source.split(":", 1)[0].lower() in ("http", "https"):
+        return _Http(source, timeout)
     from webdataset import gopen
 
-    folder = shard_cache_dir()
-    path = folder / f"{hashlib.sha256(source.encode()).hexdigest()[:16]}-{name}"
-    if path.is_file() and path.stat().st_size == size:
-        os.utime(path)
-        return str(path)
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(f"{path}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one fetch per machine; the others wait for it and reuse the file
-        if path.is_file() and path.stat().st_size == size:
-            return str(path)
-        _evict(folder, path, size)
-        part = path.with_name(f"{path.name}.{os.getpid()}.part")
-        got = 0
+    stream = gopen(source, "rb")  # gsutil, curl (hf://), ...: a webdataset Pipe, its process watched here
+    return _Process(stream.proc, timeout, group=False, owner=stream)
+
+
+class _Http:
+    """An HTTP(S) response read with urllib: the connection and every read wait at most `timeout` s."""
+
+    def __init__(self, source: str, timeout: float):
+        import urllib.request
+
+        from ..version import __version__
+
+        request = urllib.request.Request(source, headers={"User-Agent": f"resnets/{__version__}"})
+        self.timeout = timeout
+        self.response = urllib.request.urlopen(request, timeout=timeout)
+        length = self.response.headers.get("Content-Length", "")
+        self.length = int(length) if length.strip().isdigit() else None
+
+    def read(self, n: int) -> bytes:
+        return self.response.read1(n)  # one receive: the timeout is the time without data
+
+    def close(self) -> None:
+        self.response.close()
+
+    def abort(self) -> None:  # the process is ending: its socket closes with it
+        pass
+
+
+class _Process:
+    """A command's stdout read with a deadline: no data for `timeout` s and the command is killed (its whole
+    process group: `group`) and the read fails. At the end of its output its exit status is checked; its stderr's
+    last lines are kept to say why it failed."""
+
+    def __init__(self, proc: subprocess.Popen, timeout: float, group: bool, owner: object = None):
+        self.proc, self.timeout, self.group, self.length = proc, timeout, group, None
+        self.owner = owner  # (webdataset's Pipe closes the process's stdout when it is collected: kept while read)
+        self.out = proc.stdout.fileno()
+        self.err, self.done = b"", False
+        self.poll = select.poll()  # (not select.select: a training process may hold descriptors past 1024)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                self.poll.register(stream.fileno(), select.POLLIN)
+
+    def read(self, n: int) -> bytes:
+        if self.done:
+            return b""
+        deadline = time.monotonic() + self.timeout
+        while (left := deadline - time.monotonic()) > 0:
+            for fd, _ in self.poll.poll(math.ceil(left * 1000)):
+                data = os.read(fd, n if fd == self.out else 4096)
+                if fd != self.out:  # stderr: its last lines kept
+                    self.err = (self.err + data)[-4096:]
+                    if not data:
+                        self.poll.unregister(fd)
+                elif data:
+                    return data
+                else:
+                    self.poll.unregister(fd)
+                    self.done = True
+                    self._ended()
+                    return b""
+        self.kill()
+        raise TimeoutError
+
+    def _ended(self) -> None:
+        """The command closed its output: it must exit, with status 0."""
         try:
-            with gopen(source, "rb") as stream, open(part, "wb") as out:
-                while got <= size and (chunk := stream.read(min(CHUNK, size + 1 - got))):
-                    out.write(chunk)
-                    got += len(chunk)
-        except OSError:
-            part.unlink(missing_ok=True)
-            raise
-        except Exception as e:  # webdataset's Pipe raises on a command's exit status
-            part.unlink(missing_ok=True)
-            raise OSError(str(e).splitlines()[0][:160] if str(e) else repr(e)) from None
-        if got != size:
-            part.unlink(missing_ok=True)
-            raise OSError(f"fetched {got:,}{'+' if got > size else ''} bytes; the index says {size:,}")
-        os.replace(part, path)
-    return str(path)
+            status = self.proc.wait(self.timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise OSError(f"the command closed its output and ran on for {self.timeout:g} s") from None
+        if status == 0:
+            return
+        if self.proc.stderr is not None:
+            os.set_blocking(self.proc.stderr.fileno(), False)
+            try:
+                self.err += os.read(self.proc.stderr.fileno(), 4096)
+            except OSError:
+                pass
+        lines = [line for line in self.err.decode(errors="replace").splitlines() if line.strip()]
+        try:
+            how = f"killed by {signal.Signals(-status).name}" if status < 0 else f"exit status {status}"
+        except ValueError:
+            how = f"killed by signal {-status}"
+        raise OSError(f"the command failed ({how}){': ' + lines[-1].strip() if lines else ''}")
+
+    def abort(self) -> None:
+        """SIGKILL to the command (its group), nothing waited for: safe in a signal handler."""
+        try:
+            if self.group:  # (the shell may be gone and the commands it started still there)
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            elif self.proc.returncode is None:
+                os.kill(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def kill(self) -> None:
+        self.abort()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:  # (a process stuck in the kernel: it goes when it can)
+            pass
+
+    def close(self) -> None:
+        self.kill()
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+class _Guard:
+    """Around a download: its stream closed (a command killed) and its `.part` removed however the block ends. An
+    exception does it on the way out; SIGTERM and SIGINT (caught in the main thread only, while the block runs) do
+    it before the signal does what it did before: the old handler is called (Python's for SIGINT raises
+    KeyboardInterrupt, and the block ends by it), or, where the default was to end the process, it ends so."""
+
+    def __init__(self, part: Path | None):
+        self.part, self.stream, self.old = part, None, {}
+
+    def __enter__(self) -> "_Guard":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                old = signal.getsignal(sig)
+                if old not in (signal.SIG_IGN, None):  # (None: a handler not set from Python: left alone)
+                    self.old[sig] = signal.signal(sig, self._signal)
+        return self
+
+    def _signal(self, signum: int, frame) -> None:
+        old = self.old[signum]
+        if callable(old):
+            old(signum, frame)  # it raises (KeyboardInterrupt, SystemExit): __exit__ cleans up; or the block goes on
+            return
+        if self.stream is not None:  # (no closing nor waiting here: the interrupted read may hold the stream)
+            self.stream.abort()
+        if self.part is not None:
+            self.part.unlink(missing_ok=True)
+        signal.signal(signum, signal.SIG_DFL)  # the default: the process ends by the signal, as it would have
+        os.kill(os.getpid(), signum)
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if self.stream is not None:
+                self.stream.close()
+            if self.part is not None:
+                self.part.unlink(missing_ok=True)
+        finally:
+            for sig, old in self.old.items():
+                signal.signal(sig, old)

@@ -9,7 +9,8 @@ reads any sample by its number, so the samplers, exact resumes, rank splits and 
 image folder, and a cluster's shared filesystem serves a few large files instead of a million small ones.
 
 The index is untrusted input: it is bounded in size, checked against a schema and against the shard files
-(names inside the folder, offsets inside each file, labels inside the class list) before anything is read.
+(plain names inside the folder, never a path, URL or command; offsets inside each file, labels inside the class
+list) before anything is read.
 Shards named by URLs or `pipe:` commands are streamed (data/remote.py): fetched whole into a local cache as a rank
 first needs them, then read the same way.
 """
@@ -18,13 +19,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tarfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import ResnetsError
+from ..errors import ResnetsError, printable
 from . import remote
 from .datasets import (
     BYTES_PER_PIXEL_BOUND,
@@ -42,6 +44,7 @@ OPEN_SHARDS = 32  # descriptors a process keeps open
 MAX_INDEX_BYTES = 1 << 30  # 1.28 M ImageNet images take ~60 MB
 EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tiff"}
 SPLITS = {"train": "train", "test": "val"}  # our split names -> the shards' prefixes
+PLAIN_NAME = re.compile(r"\w[\w.+-]{0,250}\.tar")  # a shard's name in an index (webdataset writes train-000000.tar)
 
 
 class ShardDataset(FileDataset):
@@ -246,8 +249,10 @@ def _check(index, folder: Path | None, path) -> None:
             if not isinstance(s, dict) or not isinstance(s.get("file"), str) or not isinstance(s.get("samples"), list):
                 bad("each shard needs a file name and its samples")
             name = s["file"]
-            if Path(name).name != name or name in ("", ".", "..") or not name.endswith(".tar"):
-                bad(f"shard name {name[:80]!r} is not a .tar file in the index's folder")
+            if not PLAIN_NAME.fullmatch(name):  # never a path, a URL or a command: the index names, it never points
+                bad(
+                    f"shard name {printable(name)[:80]!r} is not a plain file name (NAME.tar: letters, digits, . _ + -)"
+                )
             if type(s.get("size")) is not int or s["size"] < 0:
                 bad(f"{name} has no size")
             if folder is not None and (not (folder / name).is_file() or (folder / name).stat().st_size != s["size"]):
@@ -320,6 +325,10 @@ def _streamed(pattern: str, channels: int, classes) -> ShardDataset:
     _check(index, None, where[:100])
     by_name = {s["file"]: s for s in _named(index, {name for _, name in named}, where[:100])}
     shards = [(source, by_name[name]) for source, name in named]
+    for _, s in shards:  # a shard that cannot fit in the cache is refused now, before anything is fetched
+        why = remote.too_large(s["size"])
+        if why is not None:
+            raise ResnetsError(f"{s['file']} in {printable(where)[:100]}: {why}")
     ds = _dataset(index, shards, pattern, channels, classes)
     ds.streamed = {source: (s["file"], s["size"]) for source, s in shards}
     return ds

@@ -6,7 +6,8 @@
 - A run without --name gets `<model>-<dataset>-<time>`, with `-2`, `-3`, ... when that folder is taken (claimed by
   an atomic mkdir, so two runs started in the same second get two folders).
 - A resume may change only the keys in RESUMABLE (how long, where and how it runs); what it changes is written to
-  config.json, so the next resume keeps it.
+  config.json, so the next resume keeps it. A command or a URL in config.json (a `pipe:` or https:// --data) is
+  used only when the command line gives it again (config.only_from_command_line).
 - A run that stops before its first checkpoint leaves nothing behind: its folder is removed. One killed before it
   (SIGKILL: no chance to clean up) is begun again by --resume, from its config.json.
 - `--resume auto` continues the run named by --out/--name if it is there and starts it if not, so one command line
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import distributed, safe_io
-from ..config import TrainConfig, apply, from_dict
+from ..config import TrainConfig, apply, from_dict, only_from_command_line
 from ..errors import ResnetsError
 from ..weights.files import load_checkpoint
 
@@ -267,14 +268,10 @@ def load_resume(resume: Path, overrides: dict[str, Any]) -> tuple[TrainConfig, d
         raise ResnetsError(
             f"{resume}/config.json is damaged ({str(e).splitlines()[0][:80]}); the run cannot be resumed"
         ) from None
+    # a command or a URL the file holds is used only when the command line says it (again); its `out` is not used:
+    # the run folder is `resume`
+    only_from_command_line({k: v for k, v in saved.items() if k != "out"}, f"{resume}/config.json", overrides)
     cfg = from_dict(saved)
-    for key in ("data", "val_data"):  # a shell command a file holds runs only when the command line says it again
-        value = str(getattr(cfg, key) or "")
-        if value.startswith("pipe:") and overrides.get(key) != value:
-            raise ResnetsError(
-                f"{resume}/config.json's {key} runs a command ({value[:60]}); give --{key.replace('_', '-')} again "
-                "on the command line to resume with it"
-            )
     state = None
     if (resume / "last.pt").is_file():
         state = load_checkpoint(resume / "last.pt")
