@@ -483,3 +483,109 @@ def tiny_segmenter(shapes_set, tmp_path_factory):
     assert code == 0, err
     assert "mIoU" in printed and "on 6 validation images" in printed
     return out / "r"
+
+
+def tiff_pages(*pages: tuple[int, int, int, int]) -> bytes:
+    """A little-endian grey TIFF of uncompressed pages, each (width, height, bits per sample, sample format: 1
+    unsigned, 2 signed, 3 float), holding one strip of at most 4 KB of zeros: a page's header may claim far more
+    pixels than the file holds."""
+    import struct
+
+    out = bytearray(b"II*\x00" + struct.pack("<I", 8))
+    for n, (width, height, bits, fmt) in enumerate(pages):
+        data = bytes(min(4096 if n == 0 else 16, width * height * bits // 8))
+        entries = [
+            (256, 4, width),
+            (257, 4, height),
+            (258, 3, bits),
+            (259, 3, 1),
+            (262, 3, 1),
+            (273, 4, 0),  # the strip's offset, set below
+            (277, 3, 1),
+            (278, 4, height),
+            (279, 4, len(data)),
+            (339, 3, fmt),
+        ]
+        ifd_at = len(out)
+        data_at = ifd_at + 2 + 12 * len(entries) + 4
+        out += struct.pack("<H", len(entries))
+        for tag, kind, value in entries:
+            value = data_at if tag == 273 else value
+            out += struct.pack("<HHI", tag, kind, 1) + (
+                struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value)
+            )
+        out += struct.pack("<I", 0 if n == len(pages) - 1 else data_at + len(data))
+        out += data
+    return bytes(out)
+
+
+def hostile_images() -> dict[str, tuple[str, bytes]]:
+    """Images made to cost far more memory than their bytes, by class: (class, file bytes) by file name. The classes
+    (issue 36): over the pixel limit by their header ("dimensions"), under it but over the budget in bytes
+    ("bytes per sample": 16-bit, int32, float), a small image wrapping a huge one ("container"), many frames or
+    pages ("frames"), and formats not read at all ("disallowed"). Each one a few KB; none may cost more than the
+    decoder's caps."""
+    import io
+    import struct
+
+    from PIL import Image
+
+    def saved(im, fmt, **kw) -> bytes:
+        buf = io.BytesIO()
+        im.save(buf, fmt, **kw)
+        return buf.getvalue()
+
+    small = Image.new("RGB", (64, 48), (9, 99, 199))
+    jpeg = saved(small, "JPEG")
+    sof = jpeg.index(b"\xff\xc0")
+    bmp, gif = saved(small, "BMP"), saved(small, "GIF")
+    webp = saved(small, "WEBP", lossless=True)
+    vp8l = webp.index(b"VP8L") + 9
+    bits = int.from_bytes(webp[vp8l : vp8l + 4], "little") & ~0xFFFFFFF | (16000 - 1) | (16000 - 1) << 14
+    huge_png = png_claiming(25000, 25000)
+    ico = struct.pack("<HHH", 0, 1, 1) + struct.pack("<BBBBHHII", 16, 16, 0, 0, 1, 32, len(huge_png), 22) + huge_png
+    icns_body = b"ic10" + struct.pack(">I", 8 + len(huge_png)) + huge_png
+    frames = [Image.new("RGB", (2500, 2500), (i * 20, 0, 0)) for i in range(12)]  # 25 MB a frame decoded
+    grey = [f.convert("L") for f in frames]
+    return {
+        "dims.jpg": ("dimensions", jpeg[: sof + 5] + struct.pack(">HH", 60000, 60000) + jpeg[sof + 9 :]),
+        "dims.png": ("dimensions", png_claiming(30000, 30000)),
+        "dims.webp": ("dimensions", webp[:vp8l] + bits.to_bytes(4, "little") + webp[vp8l + 4 :]),
+        "dims.bmp": ("dimensions", bmp[:18] + struct.pack("<ii", 30000, 30000) + bmp[26:]),
+        "dims.gif": ("dimensions", gif[:6] + struct.pack("<HH", 65535, 65535) + gif[10:]),
+        "dims.tif": ("dimensions", tiff_pages((30000, 30000, 8, 1))),
+        "rgba16.png": ("bytes per sample", _png16_claiming(7000, 7000)),
+        "int32.tif": ("bytes per sample", tiff_pages((9000, 9000, 32, 2))),
+        "float.tif": ("bytes per sample", tiff_pages((9000, 9000, 32, 3))),
+        "icon.jpg": ("container", ico),  # named as a JPEG: the signature decides
+        "apple.tif": ("container", b"icns" + struct.pack(">I", 8 + len(icns_body)) + icns_body),
+        "pages.tif": ("container", tiff_pages((64, 48, 8, 1), *[(30000, 30000, 8, 1)] * 200)),
+        "frames.gif": ("frames", _gif_frames_on_a_canvas(2000, 4000, 4000)),
+        "frames.webp": ("frames", saved(frames[0], "WEBP", save_all=True, append_images=frames[1:], lossless=True)),
+        "frames.png": ("frames", saved(grey[0], "PNG", save_all=True, append_images=grey[1:], compress_level=1)),
+        "qoi.jpg": ("disallowed", b"qoif" + struct.pack(">II", 30000, 30000) + b"\x04\x00" + bytes(64)),
+        "dds.png": ("disallowed", b"DDS " + bytes(124)),
+        "avif.webp": ("disallowed", struct.pack(">I", 24) + b"ftypavif" + bytes(12)),
+        "sgi.bmp": ("disallowed", b"\x01\xda\x00\x01\x00\x03" + struct.pack(">HHH", 30000, 30000, 3) + bytes(500)),
+    }
+
+
+def _png16_claiming(width: int, height: int) -> bytes:
+    """A 16-bit RGBA PNG header claiming width x height (8 bytes a pixel), with a few bytes of pixel data."""
+    import struct
+    import zlib
+
+    ihdr = png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, 6, 0, 0, 0))
+    return b"\x89PNG\r\n\x1a\n" + ihdr + png_chunk(b"IDAT", zlib.compress(bytes(64))) + png_chunk(b"IEND", b"")
+
+
+def _gif_frames_on_a_canvas(frames: int, width: int, height: int) -> bytes:
+    """An animated GIF of `frames` one-pixel frames on a width x height canvas: a few KB that a decoder of every
+    frame turns into frames x width x height x 3 bytes."""
+    import struct
+
+    head = b"GIF89a" + struct.pack("<HHBBB", width, height, 0x80, 0, 0) + b"\x00\x00\x00\xff\xff\xff"
+    frame = (
+        b"\x21\xf9\x04\x00\x01\x00\x00\x00" + b"\x2c" + struct.pack("<HHHHB", 0, 0, 1, 1, 0) + b"\x02\x02\x44\x01\x00"
+    )
+    return head + frame * frames + b"\x3b"

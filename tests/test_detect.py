@@ -106,3 +106,92 @@ def test_class_names_fall_back_to_numbers():
     m = Replay([])
     assert detect.class_names(m)[:3] == ["__background__", "class 1", "class 2"]
     assert json.dumps(detect.SCORES)
+
+
+def _iou(a, b) -> float:
+    from torchvision.ops import box_iou
+
+    return float(box_iou(torch.tensor([a], dtype=torch.float64), torch.tensor([b], dtype=torch.float64))[0, 0])
+
+
+class Brightest(nn.Module):
+    """A 'detector' with torchvision's own transform (each image resized to min_size / max_size, boxes brought
+    back to the image given): one box around the pixels brighter than half."""
+
+    def __init__(self, min_size: int, max_size: int):
+        super().__init__()
+        from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+        self.transform = GeneralizedRCNNTransform(min_size, max_size, [0.0] * 3, [1.0] * 3)
+        self.w = nn.Parameter(torch.zeros(1))
+        self.seen = []
+
+    def forward(self, images):
+        sizes = [tuple(im.shape[-2:]) for im in images]
+        self.seen += [(im.dtype, tuple(im.shape)) for im in images]
+        batch, _ = self.transform(images)
+        outs = []
+        for t, (h, w) in zip(batch.tensors, batch.image_sizes):
+            ys, xs = torch.nonzero(t[0, :h, :w] > 0.5, as_tuple=True)
+            box = torch.tensor([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], dtype=torch.float32)
+            outs.append({"boxes": box, "labels": torch.tensor([1]), "scores": torch.tensor([1.0])})
+        return self.transform.postprocess(outs, batch.image_sizes, sizes)
+
+
+@pytest.fixture(scope="module")
+def big_photo(tmp_path_factory):
+    """A 3000 x 2000 JPEG: a white rectangle at (600, 400, 2400, 1600) on grey."""
+    from PIL import Image, ImageDraw
+
+    im = Image.new("RGB", (3000, 2000), (60, 60, 60))
+    ImageDraw.Draw(im).rectangle((600, 400, 2399, 1599), fill=(250, 250, 250))
+    path = tmp_path_factory.mktemp("big") / "big.jpg"
+    im.save(path, quality=90)
+    return path
+
+
+def test_a_large_photo_is_seen_at_the_models_size_and_answered_in_its_own_coordinates(big_photo, monkeypatch):
+    """A 3000 x 2000 JPEG reaches a detector of 200 / 300 as uint8 resized to 300 x 200 (never a float image of its
+    full size): its box, in the full image's coordinates, is where the rectangle is, as the exact path (decoded at
+    full size) and the old one (the whole image as float into the model) find it; drawn, the picture is the model's
+    size with the box scaled to it."""
+    from resnets.data.datasets import decode
+
+    truth = [600, 400, 2400, 1600]
+    model = Brightest(200, 300)
+    got = detect.detect(model, [str(big_photo)], score=0.0)[0]
+    assert model.seen == [(torch.float32, (3, 200, 300))]  # what the model's transform would resize it to
+    assert (got["width"], got["height"]) == (3000, 2000) and _iou(got["boxes"][0]["box"], truth) > 0.97, got
+    monkeypatch.setenv("RESNETS_EXACT_DECODE", "1")
+    exact = detect.detect(model, [str(big_photo)], score=0.0)[0]
+    with torch.no_grad():
+        old = model([decode(big_photo, 3).float() / 255])[0]
+    assert _iou(got["boxes"][0]["box"], exact["boxes"][0]["box"]) > 0.97
+    assert _iou(got["boxes"][0]["box"], old["boxes"][0].tolist()) > 0.97
+    monkeypatch.delenv("RESNETS_EXACT_DECODE")
+    picture = detect.drawn(str(big_photo), got, (200, 300))
+    plain = detect.drawn(str(big_photo), {"boxes": []}, (200, 300))
+    assert picture.shape == (3, 200, 300)
+    changed = (picture != plain).any(0)
+    assert changed[40, 70:170].all() and changed[60:150, 60].all() and not changed[100:150, 100:150].any()
+
+
+def test_a_trained_detector_answers_a_large_photo_as_the_exact_path_does(tiny_detector, big_photo, monkeypatch):
+    """The tests' small detector (min_size 64) on the 3000 x 2000 JPEG: decoded at 1/8 and reduced, or decoded
+    whole ($RESNETS_EXACT_DECODE), it finds the same top boxes, in the full image's coordinates."""
+    from resnets.factory import load
+
+    model = load(tiny_detector).eval()
+    got = detect.detect(model, [str(big_photo)], score=0.0)[0]
+    monkeypatch.setenv("RESNETS_EXACT_DECODE", "1")
+    exact = detect.detect(model, [str(big_photo)], score=0.0)[0]
+    assert (got["width"], got["height"]) == (3000, 2000) and got["boxes"]
+    assert all(
+        0 <= b["box"][0] <= b["box"][2] <= 3000 and 0 <= b["box"][1] <= b["box"][3] <= 2000 for b in got["boxes"]
+    )
+    assert max(b["box"][2] for b in got["boxes"]) > 64 * 4  # the full image's coordinates, not the model's
+    # its top boxes: those of the first three scoring above the many it ties at its floor (trained 8 steps, it scores
+    # most boxes alike; which of those come first is a tie), each one of the exact path's top five
+    floor = got["boxes"][min(19, len(got["boxes"]) - 1)]["score"]
+    for b in [b for b in got["boxes"][:3] if b["score"] > floor] or got["boxes"][:1]:
+        assert any(b["class"] == e["class"] and _iou(b["box"], e["box"]) > 0.9 for e in exact["boxes"][:5]), b

@@ -48,7 +48,22 @@ def test_predict_matches_an_independent_pipeline_and_lists_bad_files(photos, mod
         assert top[0]["class"] == ["cat", "coffee", "person", "rocket"][top[0]["index"]]
 
 
-def test_embed_index_and_similar(photos, model_file, tmp_path):
+def test_the_decode_at_the_models_size_agrees_with_the_full_size_decode(photos, model_file, monkeypatch):
+    """The photos (400-600 px) are more than twice this model's resize (84): decoded halved, then resized as the
+    full-size decode is. The same top class and embeddings within a few percent of the exact path's."""
+    model = resnets.load(model_file)
+    fast, files, _ = I.embed(model, [photos], workers=0)
+    monkeypatch.setenv("RESNETS_EXACT_DECODE", "1")
+    exact, same, _ = I.embed(model, [photos], workers=0)
+    assert files == same and not torch.equal(fast, exact)  # not the same computation ...
+    assert torch.nn.functional.cosine_similarity(fast, exact).min() > 0.99  # ... to within a few percent
+    top_exact = [r["top"][0]["index"] for r in I.predict(model, files, workers=0)]
+    monkeypatch.delenv("RESNETS_EXACT_DECODE")
+    assert [r["top"][0]["index"] for r in I.predict(model, files, workers=0)] == top_exact
+
+
+def test_embed_index_and_similar(photos, model_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("RESNETS_EXACT_DECODE", "1")  # the full-size decode, as the reference below
     model = resnets.load(model_file)
     emb, files, errors = I.embed(model, [photos], workers=0)
     assert emb.shape == (5, 512) and len(files) == 5 and len(errors) == 1
@@ -79,8 +94,10 @@ def test_grad_cam_matches_autograd(model_file):
     assert torch.allclose(cam, ref / ref.max(), atol=1e-5)
 
 
-def test_predict_takes_pil_images_and_tensors_as_well_as_paths(photos, model_file):
+def test_predict_takes_pil_images_and_tensors_as_well_as_paths(photos, model_file, monkeypatch):
     from PIL import Image
+
+    monkeypatch.setenv("RESNETS_EXACT_DECODE", "1")  # files decoded at full size, as the images in memory are
     from torchvision.io import read_image
 
     model = resnets.load(model_file)

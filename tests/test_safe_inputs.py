@@ -6,6 +6,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 import shutil
 import struct
 import subprocess
@@ -15,7 +16,7 @@ import zlib
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import _gif_frames_on_a_canvas, run_cli
 from PIL import Image
 
 import resnets
@@ -91,8 +92,11 @@ def test_animation_16_bit_and_exif_orientation_decode(tmp_path):
 
 def test_the_pixel_limit_is_read_from_the_header(tmp_path, monkeypatch):
     _png_header_only(tmp_path / "bomb.png", 20000, 20000)
-    with pytest.raises(BadSample, match="20000x20000 is 400,000,000 pixels, over the limit"):
+    with pytest.raises(BadSample, match="400,000,000 pixels, over the limit"):
         decode(tmp_path / "bomb.png")
+    _png_header_only(tmp_path / "under-twice.png", 10000, 10000)  # between our limit and Pillow's error at twice it
+    with pytest.raises(BadSample, match="10000x10000 is 100,000,000 pixels, over the limit"):
+        decode(tmp_path / "under-twice.png")
     Image.new("RGB", (300, 200)).save(tmp_path / "big.png")
     assert decode(tmp_path / "big.png").shape == (3, 200, 300)
     monkeypatch.setenv("RESNETS_MAX_PIXELS", "50000")
@@ -167,37 +171,34 @@ def test_a_header_that_cannot_be_read_is_never_decoded(tmp_path):
             assert "object at 0x" not in e.value.reason
     with pytest.raises(BadSample) as e:
         decode_bytes(b"%PDF-1.4 not an image", "doc.pdf")
+    assert e.value.kind == "unsupported_format" and "a PDF file" in e.value.reason
+    with pytest.raises(BadSample) as e:
+        decode_bytes(b"plain text, no image at all", "notes.txt")
     assert e.value.kind == "not_an_image" and "object at 0x" not in e.value.reason
-
-
-def _gif_frames_on_a_canvas(frames: int, width: int, height: int) -> bytes:
-    """An animated GIF of `frames` one-pixel frames on a width x height canvas: a few hundred bytes that a decoder
-    of every frame turns into frames x width x height x 3 bytes."""
-    head = b"GIF89a" + struct.pack("<HHBBB", width, height, 0x80, 0, 0) + b"\x00\x00\x00\xff\xff\xff"
-    frame = (
-        b"\x21\xf9\x04\x00\x01\x00\x00\x00" + b"\x2c" + struct.pack("<HHHHB", 0, 0, 1, 1, 0) + b"\x02\x02\x44\x01\x00"
-    )
-    return head + frame * frames + b"\x3b"
 
 
 def test_an_animation_costs_one_frame_of_memory(tmp_path):
     """A GIF of 40 frames on a 3000x3000 canvas (under the pixel limit) is decoded as its first frame: ~27 MB,
-    not 40 x 27 MB. Measured in a process of its own (the peak resident memory before and after)."""
+    not 40 x 27 MB. Measured in a process of its own (the peak resident memory before and after) and in its
+    decoder (the sandbox's worker, a child process: its peak once it has exited)."""
     gif = tmp_path / "frames.gif"
     gif.write_bytes(_gif_frames_on_a_canvas(40, 3000, 3000))
     assert gif.stat().st_size < 1000
     code = (
         "import resource, sys, torch, torchvision.io, PIL.Image\n"
         "from resnets.data.datasets import decode\n"
+        "from resnets.data.sandbox import pool\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "x = decode(sys.argv[1])\n"
         "grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before\n"
-        "print(tuple(x.shape), grew // 1024)\n"
+        "print(tuple(x.shape), grew // 1024, pool().peak_mb)\n"
     )
     out = subprocess.run([sys.executable, "-c", code, str(gif)], capture_output=True, text=True, timeout=120)
-    shape, grew_mb = out.stdout.rsplit(")", 1)
-    assert shape + ")" == "(3, 3000, 3000)", out.stderr
-    assert int(grew_mb) < 200, f"decoding grew the process by {grew_mb} MB"
+    line = out.stdout.strip()
+    assert line.startswith("(3, 3000, 3000)"), out.stderr
+    grew_mb, decoder_mb = map(int, line.rsplit(")", 1)[1].split())
+    assert grew_mb < 200, f"decoding grew the process by {grew_mb} MB"
+    assert 0 < decoder_mb < 200, f"the decoder peaked at {decoder_mb} MB"
 
 
 def test_a_grey_model_predicts_and_trains_on_every_format(tmp_path):
@@ -610,3 +611,116 @@ def test_the_gpu_file_loader_sends_only_upright_jpegs_to_the_batch_decoder(tmp_p
     _, _, _, data, is_jpeg = enc[1]
     assert is_jpeg and data.ndim == 1 and data[:2].tolist() == [0xFF, 0xD8]
     assert isinstance(enc[2], BadSample) and "over the limit" in enc[2].reason
+
+
+@pytest.fixture(scope="module")
+def hostile_set(tmp_path_factory):
+    """Every class of hostile image (conftest.hostile_images), a 9000x9000 16-bit PNG that is within the budget
+    (162 MB of samples from a few hundred KB), and one small good photo, in a folder."""
+    from conftest import hostile_images
+
+    root = tmp_path_factory.mktemp("hostile")
+    images = hostile_images()
+    for name, (_, data) in images.items():
+        (root / name).write_bytes(data)
+    Image.fromarray(np.zeros((9000, 9000), dtype=np.uint16)).save(root / "deep-9000.png", compress_level=1)
+    Image.new("RGB", (64, 48), (200, 20, 20)).save(root / "good.png")
+    return root, {name: kind for name, (kind, _) in images.items()}
+
+
+def _peak_mb(*args) -> tuple[int, str, str, int]:
+    """`resnets ARGS` in a process of its own: (exit code, stdout, stderr, the peak resident memory in MB of the
+    largest process it ran: the command itself (its decoders, children started from it, are counted by Linux with
+    the command's memory at their start, so their own peaks are measured apart: `Pool.peak_mb`))."""
+    code = (
+        "import resource, subprocess, sys\n"
+        "p = subprocess.run([sys.executable, '-m', 'resnets', *sys.argv[1:]], capture_output=True, text=True)\n"
+        "sys.stdout.write(p.stdout); sys.stderr.write(p.stderr)\n"
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024, file=sys.stderr)\n"
+        "sys.exit(p.returncode)\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=300)
+    err, _, peak = p.stderr.rstrip().rpartition("\n")
+    return p.returncode, p.stdout, err, int(peak)
+
+
+def test_every_class_of_hostile_image_costs_at_most_400_mb_through_the_cli(hostile_set, tiny_model_file):
+    """For every allowed format a bomb by dimensions, by bytes per sample (where a format has deep samples), one
+    wrapped in a container, one of many frames or pages; formats not read: each answered in one line (a refusal
+    or the first frame's classes), no traceback, and the largest process at most 400 MB above a run on one small
+    image (on main before the sandbox: 3.18 GB for the ICO alone)."""
+    root, kinds = hostile_set
+    code, out, err, small = _peak_mb("predict", root / "good.png", "--weights", tiny_model_file, "--format", "json")
+    assert code == 0, err
+    code, out, err, peak = _peak_mb("predict", root, "--weights", tiny_model_file, "--format", "json")
+    assert code == 1 and "Traceback" not in err, err
+    rows = {r["path"].rsplit("/", 1)[-1]: r for r in json.loads(out)}
+    assert set(rows) == {*kinds, "deep-9000.png", "good.png"}
+    for name, kind in kinds.items():
+        if kind == "frames" or name == "pages.tif":  # the first frame or page, a good image
+            assert "top" in rows[name], rows[name]
+        else:
+            assert "\n" not in rows[name]["error"] and len(rows[name]["error"]) < 200, rows[name]
+    assert all(kinds[n] != "disallowed" or "the formats read are" in rows[n]["error"] for n in kinds)
+    assert "top" in rows["deep-9000.png"] and "top" in rows["good.png"]
+    assert peak - small <= 400, f"{peak} MB against {small} MB for one small image"
+
+
+def test_every_class_of_hostile_image_costs_its_decoder_at_most_400_mb(hostile_set, monkeypatch):
+    """The same files through the sandbox's decoder as predict sends them (at the tiny model's size): the peak
+    resident memory any decoder reported, at most 400 MB above its peak for the small image; 16-bit at 9000x9000
+    among them."""
+    from resnets.data import sandbox
+
+    root, kinds = hostile_set
+    pool = sandbox.Pool(1)
+    monkeypatch.setattr(sandbox, "_POOL", pool)
+    try:
+        D.decode(root / "good.png", 3, size=36)
+        small = pool.peak_mb
+        for name in [*kinds, "deep-9000.png"]:
+            try:
+                D.decode(root / name, 3, size=36)
+            except BadSample:
+                pass
+        assert 0 < small and pool.peak_mb - small <= 400, f"{pool.peak_mb} MB against {small} MB"
+    finally:
+        pool.close()
+
+
+def test_every_class_of_hostile_image_is_answered_by_the_server_in_one_line(hostile_set, serve_files):
+    """The same files uploaded to a real `resnets serve`: 413, 415 or 422 with a one-line detail for each refusal,
+    200 for the first frames, the server and its decoders' memory at most 400 MB above what it held before, and a
+    good image still answered after them all."""
+    import httpx
+    from conftest import Server
+
+    root, kinds = hostile_set
+    s = Server(serve_files[0], "--backend", "eager", "--workers-decode", 2)
+    try:
+
+        def resident_mb() -> int:
+            pids = [s.proc.pid]
+            for task in os.listdir(f"/proc/{s.proc.pid}/task"):
+                pids += map(int, open(f"/proc/{s.proc.pid}/task/{task}/children").read().split())
+            total = 0
+            for pid in pids:
+                status = open(f"/proc/{pid}/status").read()
+                total += int(status.split("VmHWM:")[1].split()[0]) // 1024
+            return total
+
+        httpx.post(s.url + "/v1/predict", files={"files": ("good.png", (root / "good.png").read_bytes())}, timeout=60)
+        before = resident_mb()
+        for name in [*kinds, "deep-9000.png"]:
+            r = httpx.post(s.url + "/v1/predict", files={"files": (name, (root / name).read_bytes())}, timeout=60)
+            if kinds.get(name) == "frames" or name in ("pages.tif", "deep-9000.png"):
+                assert r.status_code == 200, (name, r.text)
+            else:
+                assert r.status_code in (413, 415, 422), (name, r.status_code, r.text)
+                detail = r.json()["detail"]
+                assert "\n" not in detail and name in detail, detail
+        assert resident_mb() - before <= 400
+        r = httpx.post(s.url + "/v1/predict", files={"files": ("good.png", (root / "good.png").read_bytes())})
+        assert r.status_code == 200
+    finally:
+        assert s.stop() == 0, s.output()

@@ -76,3 +76,26 @@ def test_colours_and_overlays():
     over = segment.overlay(img, mask, 3)
     assert not torch.equal(over[:, 2:4, 2:4], img[:, 2:4, 2:4]) and torch.equal(over[:, 5:, 5:], img[:, 5:, 5:])
     assert segment.coloured(mask, 3)[:, 2, 2].tolist() == [128, 0, 0]
+
+
+def test_a_large_photo_is_segmented_at_the_models_size(tiny_segmenter, shapes_set, tmp_path, monkeypatch):
+    """A 3000 x 2000 JPEG is fed at the model's size (decoded small, resized in uint8) and its map kept at that
+    size, with the photo's own width and height: nearly the map of the exact path (decoded whole); the overlay is
+    drawn at the map's size. A panorama's longer side is at most twice `size`."""
+    from PIL import Image
+
+    from resnets.factory import load
+
+    model = load(tiny_segmenter)
+    shape = Image.open(sorted((shapes_set / "val" / "images").iterdir())[0]).convert("RGB")
+    big = tmp_path / "big.jpg"
+    shape.resize((3000, 2000), Image.BICUBIC).save(big, quality=92)
+    (r,) = segment.segment(model, [str(big)], size=64)
+    assert (r["width"], r["height"]) == (3000, 2000) and r["mask"].shape == (64, 96)
+    assert abs(sum(r["classes"].values()) - 1) < 1e-3
+    assert segment.overlaid(str(big), r, 4).shape == (3, 64, 96)
+    monkeypatch.setenv("RESNETS_EXACT_DECODE", "1")
+    (exact,) = segment.segment(model, [str(big)], size=64)
+    assert (r["mask"] == exact["mask"]).float().mean() > 0.95
+    assert segment.input_size(2000, 200, 64) == (13, 128) and segment.input_size(64, 64, 64) == (64, 64)
+    assert segment.overlay(torch.zeros(3, 128, 192, dtype=torch.uint8), r["mask"], 4).shape == (3, 128, 192)

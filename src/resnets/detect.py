@@ -5,6 +5,7 @@ torchvision.utils). Training (engine/detection.py), `resnets eval`, `resnets det
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any, Iterable
@@ -155,34 +156,91 @@ def image_files(paths: Iterable[str]) -> list[str]:
     return files
 
 
+# a detector's (min_size, max_size) when none is known: torchvision's defaults
+DEFAULT_INPUT = (800, 1333)
+
+
+def input_size(model: nn.Module) -> tuple[int, int]:
+    """(min_size, max_size) a detector resizes each image to at evaluation (its GeneralizedRCNNTransform's)."""
+    t = model.transform
+    return int(t.min_size[-1]), int(t.max_size)
+
+
+def scaled_size(width: int, height: int, min_size: int, max_size: int) -> tuple[int, int]:
+    """(height, width) torchvision's detector transform resizes an image of `width` x `height` to: the shorter side
+    to `min_size` unless the longer would pass `max_size`, each side rounded down (interpolate's sizes)."""
+    scale = min(min_size / min(width, height), max_size / max(width, height))
+    return max(1, math.floor(height * scale)), max(1, math.floor(width * scale))
+
+
+def shrunk(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """`img` (uint8 (C, H, W)) resized down to `size` (height, width) in uint8 with antialiasing, when it is larger;
+    an image already within `size` unchanged (the model's own transform enlarges it, as before)."""
+    from torchvision.transforms.v2.functional import resize
+
+    if img.shape[1] <= size[0] and img.shape[2] <= size[1]:
+        return img
+    return resize(img, list(size), antialias=True)
+
+
+def model_input(
+    data: bytes, name: str, min_size: int, max_size: int, *, max_pixels: int | None = None
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """An image file's bytes as what a detector of (`min_size`, `max_size`) is fed, and its full (width, height):
+    decoded no larger than twice what the model needs (datasets.decode_sized; `max_pixels` its pixel limit),
+    brought in uint8 to the size the model's transform would resize it to, so no float copy of a large photo is
+    ever made. BadSample if unreadable."""
+    from .data.datasets import decode_sized
+
+    img, (w, h) = decode_sized(data, name, 3, max_pixels=max_pixels, size=(min_size, max_size))
+    return shrunk(img, scaled_size(w, h, min_size, max_size)), (w, h)
+
+
+def to_full(out: dict, fed: tuple[int, int], full: tuple[int, int]) -> dict:
+    """A detector's output on an image fed at `fed` (height, width) with its boxes in the coordinates of the full
+    image (`full`: width, height); masks stay at the size fed."""
+    sx, sy = full[0] / fed[1], full[1] / fed[0]
+    if (sx, sy) == (1.0, 1.0):
+        return out
+    scale = torch.tensor([sx, sy, sx, sy], dtype=out["boxes"].dtype, device=out["boxes"].device)
+    return {**out, "boxes": out["boxes"] * scale}
+
+
 @torch.no_grad()
 def detect(
     model: nn.Module, paths: Iterable[str], *, score: float = 0.5, batch_size: int = 4, precision: str = "fp32"
 ) -> list[dict]:
     """Boxes in each image file: [{"path", "width", "height", "boxes": [{"box": [x0, y0, x1, y1], "label",
-    "class", "score"}]}] (or {"path", "error"} for a file that cannot be read), best first, score >= `score`."""
-    from .data.datasets import BadSample, decode
+    "class", "score"}]}] (or {"path", "error"} for a file that cannot be read), best first, score >= `score`.
+    Each image is decoded and resized in uint8 to the size the model sees (`model_input`); boxes, width and height
+    are the full image's. Mask R-CNN's "masks" (N, h, w) are at the size the model saw (`draw` scales them)."""
+    from .data.datasets import BadSample, read_image_file
 
     names, device = class_names(model), next(model.parameters()).device
     amp = {"fp32": "none"}.get(precision, precision)
     files, results = image_files(paths), []
+    size = input_size(model)
     model.eval()
     for start in range(0, len(files), batch_size):
-        images, where = [], []
+        images, fulls, where = [], [], []
         for path in files[start : start + batch_size]:
             try:
-                images.append(decode(path, 3))
-                where.append(len(results))
-                results.append({"path": path})
+                img, full = model_input(read_image_file(path), path, *size)
             except BadSample as e:
                 results.append({"path": path, "error": e.reason})
+                continue
+            images.append(img)
+            fulls.append(full)
+            where.append(len(results))
+            results.append({"path": path})
         if not images:
             continue
         with autocast(device, amp):
             outs = model([im.to(device).float() / 255 for im in images])
-        for k, im, out in zip(where, images, outs):
+        for k, im, full, out in zip(where, images, fulls, outs):
+            out = to_full(out, tuple(im.shape[1:]), full)
             keep = out["scores"] >= score
-            results[k].update(width=im.shape[2], height=im.shape[1], boxes=_boxes(out, keep, names))
+            results[k].update(width=full[0], height=full[1], boxes=_boxes(out, keep, names))
             if "masks" in out:
                 results[k]["masks"] = out["masks"][keep, 0].float().cpu()
     return results
@@ -201,24 +259,34 @@ def _boxes(out: dict, keep: torch.Tensor, names: list[str]) -> list[dict]:
     return rows
 
 
-def drawn(path: str, result: dict) -> torch.Tensor:
-    """The image file with its boxes (and masks) drawn and labelled: uint8 (3, H, W)."""
-    from .data.datasets import decode
+def drawn(path: str, result: dict, size: tuple[int, int] = DEFAULT_INPUT) -> torch.Tensor:
+    """The image file as a detector of `size` (min_size, max_size: `input_size(model)`) sees it, with the boxes
+    (and masks) of `result` (detect's, in the full image's coordinates) drawn and labelled: uint8 (3, h, w). A
+    large photo is drawn at the model's size, never decoded whole."""
+    from .data.datasets import read_image_file
 
-    return draw(decode(path, 3), result)
+    return draw(model_input(read_image_file(path), path, *size)[0], result)
 
 
 def draw(img: torch.Tensor, result: dict) -> torch.Tensor:
-    """`img` (uint8 (3, H, W)) with the boxes (and masks) of `result` drawn and labelled."""
+    """`img` (uint8 (3, h, w)) with the boxes (and masks) of `result` drawn and labelled. Boxes are scaled from the
+    result's "width" x "height" (the full image) to `img`, masks (nearest) to its size."""
+    import torch.nn.functional as F
     from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
+    h, w = img.shape[1:]
     boxes = result.get("boxes", [])
     if "masks" in result and len(boxes):
-        img = draw_segmentation_masks(img, result["masks"] > 0.5, alpha=0.4)
+        masks = result["masks"]
+        if tuple(masks.shape[1:]) != (h, w):
+            masks = F.interpolate(masks[None].float(), size=(h, w), mode="nearest-exact")[0]
+        img = draw_segmentation_masks(img, masks > 0.5, alpha=0.4)
     if boxes:
+        xy = torch.tensor([b["box"] for b in boxes], dtype=torch.float64)
+        sx, sy = w / result.get("width", w), h / result.get("height", h)
         img = draw_bounding_boxes(
             img,
-            torch.tensor([b["box"] for b in boxes]),
+            xy * torch.tensor([sx, sy, sx, sy], dtype=torch.float64),
             labels=[f"{b['class']} {b['score']:.2f}" for b in boxes],
             width=max(2, min(img.shape[1:]) // 200),
             colors="yellow",

@@ -397,7 +397,7 @@ def explain(
     if not Path(path).is_file():
         raise ResnetsError(f"no such file: {path}")
     try:
-        raw = decode(path, len(pre.mean))
+        raw = decode(path, len(pre.mean), size=pre.resize)
     except BadSample as e:
         raise ResnetsError(f"cannot read {path}: {e.reason}") from None
     shown = pre.transform()(raw)

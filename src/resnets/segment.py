@@ -114,9 +114,11 @@ def coloured(mask: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def overlay(image: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
-    """The photo (uint8 (3, H, W)) with the non-background classes of `mask` laid over it."""
+    """The photo (uint8 (3, H, W)) with the non-background classes of `mask` laid over it (the mask brought to the
+    photo's size, nearest, when it is another: a large photo's map is kept at the model's size)."""
     from torchvision.utils import draw_segmentation_masks
 
+    mask = at_size(mask, tuple(image.shape[1:]))
     present = [c for c in range(1, k) if (mask == c).any()]
     if not present:
         return image
@@ -125,11 +127,43 @@ def overlay(image: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
     return draw_segmentation_masks(image, stack, alpha=0.5, colors=colours)
 
 
+def at_size(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A class map (H, W) at `size` (height, width), nearest: for drawing it over a picture of another size."""
+    import torch.nn.functional as F
+
+    if tuple(mask.shape) == tuple(size):
+        return mask
+    return F.interpolate(mask[None, None].to(torch.uint8), size=size, mode="nearest-exact")[0, 0].to(mask.dtype)
+
+
+def input_size(width: int, height: int, size: int = 520) -> tuple[int, int]:
+    """(height, width) a photo of `width` x `height` is fed to a segmenter at: the shorter side at `size`
+    (torchvision's evaluation of these models: 520), the longer at most twice that (a panorama is not fed
+    520 x 10,000)."""
+    scale = min(size / min(width, height), 2 * size / max(width, height))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def model_input(
+    data: bytes, name: str, size: int = 520, *, max_pixels: int | None = None
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """An image file's bytes as what `class_map` takes, and the image's full (width, height): decoded no larger
+    than twice what the model needs (datasets.decode_sized; `max_pixels` its pixel limit) and, when larger than the
+    model's input (`input_size`), resized down to it in uint8; a smaller image as it is. BadSample if unreadable."""
+    from .data.datasets import decode_sized
+    from .detect import shrunk
+
+    img, (w, h) = decode_sized(data, name, 3, max_pixels=max_pixels, size=(size, 2 * size))
+    return shrunk(img, input_size(w, h, size)), (w, h)
+
+
 def segment(model: nn.Module, paths: Iterable[str], *, size: int = 520, precision: str = "fp32") -> list[dict]:
-    """Each image file's class map at its own size: [{"path", "width", "height", "mask" (H, W) int64, "classes":
-    {name: share of pixels}}] or {"path", "error"}. Each image's shorter side is resized to `size` for the model
-    (torchvision's evaluation of these models), the map brought back to the image's size."""
-    from .data.datasets import BadSample, decode
+    """Each image file's class map: [{"path", "width", "height", "mask" (h, w) int64, "classes": {name: share of
+    pixels}}] or {"path", "error"}. Each image is fed to the model at `input_size` (the shorter side at `size`,
+    torchvision's evaluation of these models); the map is at the image's own size (width x height) when it is no
+    larger than that, else at the size the model saw (`overlay` and `at_size` bring it to a picture's size): a large
+    photo never becomes a float tensor, or a map, of its full size."""
+    from .data.datasets import BadSample, read_image_file
     from .detect import image_files
 
     names = class_names(model)
@@ -138,20 +172,32 @@ def segment(model: nn.Module, paths: Iterable[str], *, size: int = 520, precisio
     results = []
     for path in image_files(paths):
         try:
-            img = decode(path, 3)
+            img, (w, h) = model_input(read_image_file(path), path, size)
         except BadSample as e:
             results.append({"path": path, "error": e.reason})
             continue
         mask = class_map(model, img, size, amp)
-        results.append(
-            {"path": path, "width": img.shape[2], "height": img.shape[1], "mask": mask, **shares(mask, names)}
-        )
+        results.append({"path": path, "width": w, "height": h, "mask": mask, **shares(mask, names)})
     return results
 
 
+def overlaid(path: str, result: dict, k: int) -> torch.Tensor:
+    """The image file at the size of its map in `result` (segment's), the map laid over it: what `resnets segment
+    --out` writes, without decoding a large photo whole."""
+    from .data.datasets import decode_sized, read_image_file
+    from .detect import shrunk
+
+    mask = result["mask"]
+    short, long = sorted(mask.shape)
+    img, _ = decode_sized(read_image_file(path), path, 3, size=(short, long))
+    img = shrunk(img, tuple(mask.shape))
+    return overlay(img, mask, k)
+
+
 def class_map(model: nn.Module, img: torch.Tensor, size: int = 520, amp: str = "none") -> torch.Tensor:
-    """One photo (uint8 (3, H, W)) -> its class map (H, W) int64: the shorter side resized to `size`, normalised
-    with ImageNet's statistics, the logits brought back to (H, W)."""
+    """One photo (uint8 (3, H, W)) -> its class map (H, W) int64: resized to `input_size` (a photo already that size,
+    as `model_input` gives, is not resized), normalised with ImageNet's statistics, the logits brought back to
+    (H, W)."""
     import torch.nn.functional as F
 
     from .data.preprocessing import IMAGENET_MEAN, IMAGENET_STD
@@ -159,13 +205,15 @@ def class_map(model: nn.Module, img: torch.Tensor, size: int = 520, amp: str = "
     device = next(model.parameters()).device
     mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
     h, w = img.shape[1:]
-    scale = size / min(h, w)
-    x = F.interpolate(
-        img[None].float() / 255, size=(max(1, round(h * scale)), max(1, round(w * scale))), mode="bilinear"
-    )
+    fed = input_size(w, h, size)
+    x = img[None].float() / 255
+    if fed != (h, w):
+        x = F.interpolate(x, size=fed, mode="bilinear")
     with torch.no_grad(), autocast(device, amp):
         logits = model(((x[0] - mean) / std)[None].to(device))["out"].float()
-    return F.interpolate(logits, size=(h, w), mode="bilinear").argmax(1)[0].cpu()
+    if fed != (h, w):
+        logits = F.interpolate(logits, size=(h, w), mode="bilinear")
+    return logits.argmax(1)[0].cpu()
 
 
 def shares(mask: torch.Tensor, names: list[str]) -> dict:

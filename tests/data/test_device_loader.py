@@ -55,6 +55,8 @@ def test_jpegs_the_batch_decoder_refuses_are_decoded_on_the_cpu(files, monkeypat
     device decoder still refuses goes to the CPU decoders. Simulated here by a decoder that refuses two files."""
     from torchvision import io
 
+    from resnets.data import device_loader
+
     real = io.decode_jpeg
     jpegs = sorted(p for p, _ in files.samples if p.rsplit("/", 1)[-1].startswith("p") and p.endswith(".jpg"))
     refused = {open(p, "rb").read() for p in jpegs[:2]}
@@ -68,6 +70,7 @@ def test_jpegs_the_batch_decoder_refuses_are_decoded_on_the_cpu(files, monkeypat
             raise RuntimeError("nvjpeg: unsupported JPEG")
         return real(data, **kw)
 
+    monkeypatch.setattr(device_loader, "jpegs_on_device", lambda device: True)  # as on a GPU
     monkeypatch.setattr(io, "decode_jpeg", picky)
     (batch,) = _eval(files, "device", workers=0)
     monkeypatch.setattr(io, "decode_jpeg", real)

@@ -143,3 +143,34 @@ def test_a_list_collate_batches_images_of_any_size():
     answers, sizes = _batched(run, requests, max_batch=8, max_wait_s=0.2, collate=list)
     assert [a.item() for a in answers[0]] == [200.0] and [a.item() for a in answers[2]] == [16.0]
     assert isinstance(answers[1], ValueError) and sizes == [4]
+
+
+def test_an_image_the_queue_would_make_late_is_503_and_never_run():
+    """Five one-image requests with 0.85 s to go, on a model taking 0.2 s an image (measured): those the queue
+    leaves time for run; the others are answered 503 with Retry-After when their turn comes, never run."""
+    import time
+
+    from resnets.serve import Batcher, HTTPFailure
+
+    runs = []
+
+    def run(x):
+        runs.append(len(x))
+        time.sleep(0.2)
+        return x.flatten(1)
+
+    async def go():
+        b = Batcher(run, 1, 0.0, 64)
+        b.start()
+        b.measured(1, 0.2)  # an image of one pixel takes 0.2 s
+        try:
+            deadline = asyncio.get_running_loop().time() + 0.85
+            jobs = [b.submit([torch.zeros(1, 1, 1)], deadline=deadline) for _ in range(5)]
+            return await asyncio.gather(*jobs, return_exceptions=True)
+        finally:
+            await b.stop()
+
+    answers = asyncio.run(go())
+    late = [a for a in answers if isinstance(a, HTTPFailure)]
+    assert runs == [1, 1, 1] and len(late) == 2, answers
+    assert all(a.status == 503 and a.kind == "overloaded" and int(a.headers["Retry-After"]) >= 1 for a in late)

@@ -139,7 +139,7 @@ def _drawn_names(paths: list[str]) -> list[str]:
 def _cmd_detect(args: argparse.Namespace) -> int:
     import csv
 
-    from ..detect import detect, drawn, is_detector
+    from ..detect import detect, drawn, input_size, is_detector
     from ..safe_io import atomic_path, check_output_folder
 
     if args.out:
@@ -175,14 +175,14 @@ def _cmd_detect(args: argparse.Namespace) -> int:
         for r, name in zip(results, _drawn_names([r["path"] for r in results])):
             if "error" not in r:
                 with atomic_path(out / name) as tmp:
-                    write_png(drawn(r["path"], r), str(tmp))
+                    write_png(drawn(r["path"], r, input_size(model)), str(tmp))
         print(f"pictures with the boxes drawn: {out}/", file=sys.stderr)
     return _exit_status(results)
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
     from ..safe_io import atomic_path, check_output_folder
-    from ..segment import class_names, coloured, is_segmenter, overlay, segment
+    from ..segment import class_names, coloured, is_segmenter, overlaid, segment
 
     if args.out:
         check_output_folder(args.out, force=args.force, what="masks and overlays")
@@ -204,8 +204,6 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     if args.out:
         from torchvision.io import write_png
 
-        from ..data.datasets import decode
-
         out, k = Path(args.out), len(class_names(model))
         out.mkdir(exist_ok=True)
         for r, name in zip(results, _drawn_names([r["path"] for r in results])):
@@ -213,7 +211,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
                 with atomic_path(out / name.replace(".png", "-mask.png")) as tmp:
                     write_png(coloured(r["mask"], k), str(tmp))
                 with atomic_path(out / name.replace(".png", "-overlay.png")) as tmp:
-                    write_png(overlay(decode(r["path"], 3), r["mask"], k), str(tmp))
+                    write_png(overlaid(r["path"], r, k), str(tmp))
         print(f"masks and overlays: {out}/", file=sys.stderr)
     return _exit_status(results)
 
@@ -275,7 +273,11 @@ def add_commands(sub) -> None:
         )
         p.add_argument("--batch-size", type=count(1), default=32, help="images per model batch (default 32)")
         p.add_argument(
-            "--workers", type=count(0), default=2, help="decoding processes (0: decode in this process; default 2)"
+            "--workers",
+            type=count(0),
+            default=2,
+            help="loader processes (0: none; every image is decoded in the sandbox's capped processes, one per core, "
+            "either way; default 2)",
         )
         p.add_argument(
             "--device", default="auto", help="auto (a GPU when there is one; the default), cpu, cuda, cuda:N"

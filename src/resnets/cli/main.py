@@ -49,7 +49,14 @@ def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
             "--max-pixels",
             type=count(1),
             metavar="N",
-            help="refuse images of more pixels, from their header (default 89,478,485)",
+            help="refuse images of more pixels, from their header (default 89,478,485; the decode budget is 3 "
+            "bytes a pixel of it: width x height x channels x bytes per sample)",
+        )
+        sub.choices[name].add_argument(
+            "--exact-decode",
+            action="store_true",
+            help="decode every image at full size (default: an image over twice the model's input is decoded "
+            "smaller, a JPEG by DCT scaling: faster, nearly the same result); for bit-exact reproduction",
         )
     for command in sub.choices.values():
         say_defaults(command)
@@ -86,6 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.setLevel(logging.INFO if args.verbose else logging.WARNING)
     if getattr(args, "max_pixels", None):  # the environment carries it to the loader workers
         os.environ["RESNETS_MAX_PIXELS"] = str(args.max_pixels)
+    if getattr(args, "exact_decode", False):
+        os.environ["RESNETS_EXACT_DECODE"] = "1"
     try:
         return args.func(args)
     except CheckFailed as e:  # it ran and did not pass: 1, like a failed test

@@ -26,6 +26,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_queue=args.max_queue,
         timeout_s=args.timeout_s,
         max_pixels=args.max_pixels,
+        max_pixels_in_flight=args.max_pixels_in_flight,
     )
     api = app(
         args.weights,
@@ -102,10 +103,18 @@ def _add_serve_limits(p) -> None:
     p.add_argument("--max-files", type=count(1), default=64, help="images in one request at most")
     p.add_argument("--max-queue", type=count(1), default=256, help="images waiting at most; then 503 with Retry-After")
     p.add_argument(
+        "--max-pixels-in-flight",
+        type=count(1),
+        default=64_000_000,
+        help="pixels the requests in flight may hold decoded (each image counted from its header, as decoded for "
+        "the model); a request past it is 503 with Retry-After (default 64,000,000)",
+    )
+    p.add_argument(
         "--timeout-s",
         type=real(0, 3600, low_open=True),
         default=30.0,
-        help="a request not answered in this time is 504 (default 30)",
+        help="a request not answered in this time: 503 with Retry-After if it was still waiting (one the queue "
+        "would make late is refused so at once), 504 if the model was running it (default 30)",
     )
     p.add_argument(
         "--header-timeout-s",

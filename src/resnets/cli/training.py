@@ -171,7 +171,11 @@ def add_commands(sub, recipe: str | None) -> None:
     )
     p.add_argument("--batch-size", type=count(1), default=256)
     p.add_argument(
-        "--workers", type=count(0), default=2, help="decoding processes for image files (0: in this process)"
+        "--workers",
+        type=count(0),
+        default=2,
+        help="loader processes for image files (0: none; the images are decoded in the sandbox's capped processes "
+        "either way)",
     )
     p.add_argument("--precision", choices=PRECISIONS, help="autocast precision (default fp32)")
     p.add_argument(

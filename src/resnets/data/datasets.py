@@ -4,14 +4,14 @@ uploads. Decoding errors are reported (BadSample), not fatal.
 - TensorDataset: images already in memory (Fashion-MNIST, CIFAR, synthetic).
 - FileDataset: image files with labels, decoded on access; made by `image_folder` (ImageNet layout, one
   subfolder per class) and `csv_manifest` (`path,label` rows, the label a class name or an index).
-- decode / decode_bytes: the header read first (fails closed), bounded by the pixel limit, every format to the
-  model's channel count.
+- decode / decode_bytes: every image decoded in the sandbox (data/sandbox.py: capped worker processes), its
+  format allowed by signature, its header read first (fails closed) and bounded by the pixel limit and the budget
+  in bytes, decoded no larger than the consumer needs, every format to the model's channel count.
 """
 
 from __future__ import annotations
 
 import csv
-import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,37 +41,28 @@ class BadSample(Exception):
 BAD_KINDS = (
     "unreadable",  # no such file, not a file, a read error; or an image the transform cannot take (too small)
     "empty",  # no bytes at all
-    "too_many_pixels",  # over the pixel limit, from the header (a decompression bomb)
+    "too_many_pixels",  # over the pixel limit or the decode budget in bytes, or the decoder's memory cap
     "not_an_image",  # no decoder knows its format
-    "corrupt_image",  # a known format whose data is broken (a truncated JPEG or PNG)
+    "unsupported_format",  # an image of a format not read (ICO, ICNS, AVIF, ...): refused before any decoder runs
+    "corrupt_image",  # a known format whose data is broken (a truncated JPEG or PNG), or a decoder that crashed
+    "too_slow",  # its decoder overran the time cap
 )
 
 
 # images larger than this many pixels are refused from their header, before any decoding (decompression
 # bombs: a 1 MB PNG can hold 20000 x 20000 pixels); RESNETS_MAX_PIXELS (or --max-pixels) sets it. Pillow's own
-# default limit.
+# default limit. The decode budget in bytes is 3 bytes a pixel of it (8-bit RGB): width x height x channels x
+# bytes per sample, so a 16-bit RGBA image gets a third of the pixels.
 DEFAULT_MAX_PIXELS = 89_478_485
+BYTES_PER_PIXEL_BUDGET = 3
 
 # the most bytes a file may have per pixel of the limit before it is refused unread: 16-bit RGBA stored raw is 8
 BYTES_PER_PIXEL_BOUND = 8
 
-# the signatures of the formats we decode: a file that starts with one and whose header cannot be read is a
-# broken image of that format (corrupt_image), any other unreadable header is not an image at all
-_SIGNATURES = {
-    b"\xff\xd8\xff": "JPEG",
-    b"\x89PNG\r\n\x1a\n": "PNG",
-    b"GIF87a": "GIF",
-    b"GIF89a": "GIF",
-    b"BM": "BMP",
-    b"II*\x00": "TIFF",
-    b"MM\x00*": "TIFF",
-    b"RIFF": "WEBP",
-}
-
-# the formats torchvision.io decodes (libjpeg-turbo, libpng, libwebp), each to exactly the size its header
-# states; anything else, and every GIF, is decoded by Pillow, whose first frame is the header's size: torchvision
-# decodes every frame of a GIF at the canvas size (60 frames x the limit)
-_TORCHVISION_FORMATS = ("JPEG", "MPO", "PNG", "WEBP")
+# how much larger than what the consumer needs an image is decoded (a JPEG by DCT scaling, anything else reduced by
+# a whole factor right after decoding), as Pillow's thumbnail's reducing_gap: the resize that follows still
+# averages at least two pixels per output pixel. RESNETS_EXACT_DECODE=1 (--exact-decode) decodes at full size.
+DECODE_GAP = 2.0
 
 
 def max_pixels() -> int:
@@ -83,51 +74,38 @@ def max_pixels() -> int:
         return DEFAULT_MAX_PIXELS
 
 
+def exact_decode() -> bool:
+    """Whether images are decoded at full size whatever the consumer needs ($RESNETS_EXACT_DECODE, --exact-decode):
+    for bit-exact reproduction of a full-size pipeline."""
+    return os.environ.get("RESNETS_EXACT_DECODE", "") not in ("", "0")
+
+
 @dataclass(frozen=True)
 class Header:
     """What an image's header says, read before any pixel is decoded."""
 
-    format: str  # Pillow's name: JPEG, PNG, GIF, WEBP, BMP, TIFF, ...
+    format: str  # JPEG, PNG, GIF, WEBP, BMP, TIFF (by signature; the allow-list)
     width: int
     height: int
     orientation: int  # EXIF orientation: 1 is upright (or unknown)
 
 
-def _signature(data: bytes) -> str | None:
-    for magic, fmt in _SIGNATURES.items():
-        if data.startswith(magic) and (fmt != "WEBP" or data[8:12] == b"WEBP"):
-            return fmt
-    return None
-
-
 def read_header(data: bytes, name: str, limit: int | None = None) -> Header:
-    """The header of the image in `data` (Pillow reads the header only), refused if it is over the pixel limit
-    (`limit`, default the process's). Fails closed: an image whose size cannot be read from its header is never
-    decoded (a PNG with a broken ancillary chunk before its pixels would otherwise reach libpng unchecked)."""
-    from PIL import Image, UnidentifiedImageError
+    """The header of the image in `data`, read by the plugin of its format only (the format known by its signature
+    and allowed), refused if it is over the pixel limit (`limit`, default the process's) or the decode budget in
+    bytes. Fails closed: an image whose size cannot be read from its header is never decoded. Reading a header of
+    an allowed format decodes no pixels (ICO and ICNS, whose plugins do, are refused by signature first)."""
+    from .decoder import Refused, check_bytes, open_header, orientation
 
     limit = max_pixels() if limit is None else limit
-    if not data:
-        raise BadSample(name, "empty file", "empty")
-    Image.MAX_IMAGE_PIXELS = None  # our limit, not Pillow's warning and error at 1x and 2x its own
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            (w, h), fmt = im.size, im.format
-            # JPEG, TIFF and WebP read EXIF with the header; a PNG's getexif() would decode the whole image
-            orientation = im.getexif().get(0x0112, 1) if fmt in ("JPEG", "MPO", "TIFF", "WEBP") else 1
-    except Exception as e:  # Pillow raises many types for foreign or broken headers
-        known = _signature(data)
-        if known is None:
-            raise BadSample(name, "not an image (no decoder knows its format)", "not_an_image") from None
-        why = "" if isinstance(e, UnidentifiedImageError) else f" ({_first_line(e)})"
-        raise BadSample(name, f"a broken {known} file: its header cannot be read{why}", "corrupt_image") from None
-    if w * h > limit:
-        raise BadSample(
-            name,
-            f"{w}x{h} is {w * h:,} pixels, over the limit of {limit:,} (--max-pixels raises it)",
-            "too_many_pixels",
-        )
-    return Header(fmt or "", w, h, orientation if isinstance(orientation, int) else 1)
+        im, fmt = open_header(data, limit)
+        with im:
+            check_bytes(im, limit * BYTES_PER_PIXEL_BUDGET)
+            (w, h), orient = im.size, orientation(im, fmt)
+    except Refused as e:
+        raise BadSample(name, e.reason, e.kind) from None
+    return Header(fmt, w, h, orient)
 
 
 def read_image_file(path: str | os.PathLike, limit: int | None = None) -> bytes:
@@ -153,19 +131,10 @@ def read_image_file(path: str | os.PathLike, limit: int | None = None) -> bytes:
         raise BadSample(path, f"cannot read file ({e.strerror or e})") from None
 
 
-def _first_line(e: Exception) -> str:
-    """The first line of a decoder's message, without the repr of our own buffer (`<_io.BytesIO object at 0x..>`)."""
-    import re
-
-    text = re.sub(r"<[^<>]* object at 0x[0-9a-fA-F]+>", "the data", str(e)).strip()
-    return text.splitlines()[0][:120] if text else type(e).__name__
-
-
 def to_channels(img: torch.Tensor, channels: int) -> torch.Tensor:
     """An image tensor (C, H, W), or (frames, C, H, W), as uint8 with `channels` channels (1 or 3), whatever it
     came as: the first frame; 16-bit and float scaled; alpha dropped; colour to grey by luma (as Pillow's "L"),
-    grey to colour by repetition. Every decoder's output goes through here, so every format gives the model's
-    channel count (torchvision returns 3 channels for GIF and WebP even when asked for grey)."""
+    grey to colour by repetition."""
     from torchvision.transforms.v2.functional import rgb_to_grayscale, to_dtype
 
     if img.ndim == 4:  # (frames, C, H, W): an animation
@@ -182,20 +151,14 @@ def to_channels(img: torch.Tensor, channels: int) -> torch.Tensor:
 
 
 def pil_to_tensor(im, channels: int) -> torch.Tensor:
-    """A Pillow image (its current frame, EXIF orientation applied) as uint8 (channels, H, W), whatever its mode."""
-    import numpy as np
+    """A Pillow image (its current frame, EXIF orientation applied) as uint8 (channels, H, W), whatever its mode
+    (16-bit, int32 and float scaled band by band, as the decoder does: no full-size float copy)."""
     from PIL import ImageOps
-
-    im = ImageOps.exif_transpose(im)
-    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):  # 16/32-bit grey: scale, do not clip
-        a = np.asarray(im, dtype=np.float64)
-        a = np.clip(a * (255.0 / (65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0)), 0, 255)
-        return to_channels(torch.from_numpy(a.round().astype(np.uint8))[None], channels)
-    if im.mode == "F":
-        return to_channels(torch.from_numpy(np.clip(np.asarray(im), 0, 255).round().astype(np.uint8))[None], channels)
     from torchvision.transforms.v2.functional import pil_to_tensor as to_tensor
 
-    return to_tensor(im.convert("RGB" if channels == 3 else "L"))
+    from .decoder import to_mode
+
+    return to_tensor(to_mode(ImageOps.exif_transpose(im), channels))
 
 
 def image_tensor(
@@ -220,22 +183,74 @@ def image_tensor(
     raise ResnetsError(f"{taken}; got {what}")
 
 
-def decode(path: str | os.PathLike, channels: int = 3) -> torch.Tensor:
+def decode(
+    path: str | os.PathLike, channels: int = 3, *, size: int | tuple[int, int | None] | None = None
+) -> torch.Tensor:
     """Decode an image file to uint8 (channels, H, W), or raise BadSample with the reason: `decode_bytes` of the
     file, which is refused unread when it is larger than any image within the pixel limit."""
     path = os.fspath(path)
-    return decode_bytes(read_image_file(path), path, channels)
+    return decode_bytes(read_image_file(path), path, channels, size=size)
 
 
-def decode_bytes(data: bytes, name: str, channels: int = 3, *, max_pixels: int | None = None) -> torch.Tensor:
+def decode_bytes(
+    data: bytes,
+    name: str,
+    channels: int = 3,
+    *,
+    max_pixels: int | None = None,
+    size: int | tuple[int, int | None] | None = None,
+) -> torch.Tensor:
     """An image in memory (a file's bytes, an upload) as uint8 (channels, H, W), or BadSample with the reason;
-    `name` labels it in errors. Its header is read first and an image over the pixel limit (`max_pixels`,
-    default the process's), or whose header cannot be read, is refused before any decoding. torchvision.io
-    decodes JPEG, PNG and WebP, Pillow everything else (GIF, BMP, TIFF, animated WebP). Grey, palette and alpha
-    images are converted to the model's `channels`, 16-bit ones scaled, an animation gives its first frame only,
-    EXIF orientation is applied (a portrait photo stands upright)."""
-    header = read_header(data, name, max_pixels)
-    return decode_checked(data, header, name, channels)
+    `name` labels it in errors. Decoded in the sandbox (data/sandbox.py: a worker process under a memory and a time
+    cap, Pillow only): its format allowed by signature, its header read and checked against the pixel limit
+    (`max_pixels`, default the process's) and the budget in bytes before any pixel is decoded. Grey, palette and
+    alpha images are converted to the model's `channels`, 16-bit ones scaled, an animation gives its first frame,
+    EXIF orientation is applied (a portrait photo stands upright).
+
+    `size`: what the consumer resizes the image to, the shorter side (int), or (shorter side, longest side at most)
+    as a detector's min_size/max_size; an image more than twice that is decoded smaller (a JPEG by DCT scaling,
+    others reduced by a whole factor), never below twice it. None, or $RESNETS_EXACT_DECODE: full size."""
+    return decode_sized(data, name, channels, max_pixels=max_pixels, size=size)[0]
+
+
+def decode_sized(
+    data: bytes,
+    name: str,
+    channels: int = 3,
+    *,
+    max_pixels: int | None = None,
+    size: int | tuple[int, int | None] | None = None,
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """decode_bytes, and the image's full (width, height), upright: what coordinates on the decoded image, which may
+    be smaller, are scaled back to."""
+    from .sandbox import Failed, pool
+
+    limit = globals()["max_pixels"]() if max_pixels is None else max_pixels
+    short, long = (size, None) if isinstance(size, int) or size is None else size
+    if not data:
+        raise BadSample(name, "empty file", "empty")
+    req = {
+        "channels": channels,
+        "max_pixels": limit,
+        "max_bytes": limit * BYTES_PER_PIXEL_BUDGET,
+        "short": short,
+        "long": long,
+        "gap": DECODE_GAP,
+        "exact": exact_decode(),
+    }
+    try:
+        reply, pixels = pool().decode(req, data)
+    except Failed as e:
+        raise BadSample(name, e.reason, e.kind) from None
+    if not reply.get("ok"):
+        kind = reply.get("kind") if reply.get("kind") in BAD_KINDS else "corrupt_image"
+        raise BadSample(name, str(reply.get("reason", "cannot decode image"))[:200], kind)
+    h, w, c = reply["shape"]
+    if len(pixels) != h * w * c or c != channels:
+        raise BadSample(name, "the decoder sent back a malformed image", "corrupt_image")
+    image = torch.frombuffer(pixels, dtype=torch.uint8).view(h, w, c).permute(2, 0, 1).contiguous()
+    full_w, full_h = reply.get("size") or (w, h)
+    return image, (int(full_w), int(full_h))
 
 
 def read_mode(channels: int):
@@ -243,27 +258,6 @@ def read_mode(channels: int):
     from torchvision.io import ImageReadMode
 
     return ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY
-
-
-def decode_checked(data: bytes, header: Header, name: str, channels: int) -> torch.Tensor:
-    """`data`, whose `header` was read (and checked against the pixel limit) by read_header, decoded."""
-    if header.format in _TORCHVISION_FORMATS:
-        from torchvision.io import decode_image
-
-        try:
-            raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-            mode = read_mode(3 if header.format == "WEBP" else channels)  # libwebp decodes colour only
-            return to_channels(decode_image(raw, mode=mode, apply_exif_orientation=True), channels)
-        except RuntimeError:  # animated WebP, CMYK or odd JPEGs: Pillow's turn
-            pass
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()  # the first frame only, at the header's size
-            return pil_to_tensor(im, channels)
-    except Exception as e:  # a known format whose data is broken
-        raise BadSample(name, f"cannot decode image ({_first_line(e)})", "corrupt_image") from None
 
 
 class TensorDataset(Dataset):
@@ -293,7 +287,10 @@ class TensorDataset(Dataset):
 
 class FileDataset(Dataset):
     """Images with labels, read (`read(i)`: the bytes, bounded) and decoded on access; samples are (name, label),
-    the name a file's path here (a shard's member in shards.ShardDataset)."""
+    the name a file's path here (a shard's member in shards.ShardDataset). `size` is what the loader's transform
+    resizes to (decode_bytes' `size`: set by the loaders), None for full size."""
+
+    size: int | tuple[int, int | None] | None = None
 
     def __init__(self, samples: list[tuple[str, int]], classes: Sequence[str], channels: int = 3):
         self.samples, self.classes, self.channels = samples, list(classes), channels
@@ -306,7 +303,7 @@ class FileDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         name, label = self.samples[i]
-        return decode_bytes(self.read(i), name, self.channels), label
+        return decode_bytes(self.read(i), name, self.channels, size=self.size), label
 
     @property
     def targets(self) -> list[int]:

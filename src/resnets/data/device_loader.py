@@ -2,9 +2,9 @@
 
 - In-memory datasets (Fashion-MNIST, CIFAR, synthetic) are copied to the device once; a batch is a gather of
   its indices and one batched augmentation.
-- Image files are read by CPU worker processes, which send a JPEG's bytes as they are and decode anything else
-  (PNG, WebP, ...) themselves; the JPEGs of a batch are decoded together on the device (nvJPEG on a GPU, through
-  `torchvision.io.decode_jpeg`). A JPEG the batch decoder refuses is decoded alone, then on the CPU; one that
+- Image files are read by CPU worker processes, which decode them in the sandbox (datasets.decode_bytes); for a
+  GPU they send a JPEG's bytes as they are (its header checked) and the JPEGs of a batch are decoded together there
+  (nvJPEG, through `torchvision.io.decode_jpeg`). A JPEG the batch decoder refuses is decoded alone, then on the CPU; one that
   nothing can decode is skipped and counted, as the host loader does.
 """
 
@@ -23,7 +23,6 @@ from .datasets import (
     FileDataset,
     TensorDataset,
     decode_bytes,
-    decode_checked,
     read_header,
     read_mode,
 )
@@ -68,12 +67,17 @@ class TensorLoader(SampledLoader):
             yield Batch(x, self.labels[idx], [])
 
 
+def jpegs_on_device(device: torch.device) -> bool:
+    """Whether JPEGs go to the device as bytes (nvJPEG on a GPU); on a CPU every image is decoded in the sandbox."""
+    return device.type == "cuda"
+
+
 class Encoded(Dataset):
     """Worker side of the file loader: (key, label, path, data, is_jpeg) where data is a JPEG's bytes (1-D uint8)
     or the decoded pixels (C, H, W) of any other image; a BadSample for a file that cannot be read."""
 
-    def __init__(self, dataset: FileDataset):
-        self.dataset, self.channels = dataset, dataset.channels
+    def __init__(self, dataset: FileDataset, jpeg_bytes: bool = True):
+        self.dataset, self.channels, self.jpeg_bytes = dataset, dataset.channels, jpeg_bytes
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -83,10 +87,12 @@ class Encoded(Dataset):
         path, label = self.dataset.samples[i]
         try:
             data = self.dataset.read(i)
-            header = read_header(data, path)  # the pixel limit, before any decoding
-            if header.format == "JPEG" and header.orientation == 1:  # nvJPEG ignores EXIF orientation
-                return int(key), label, path, torch.frombuffer(bytearray(data), dtype=torch.uint8), True
-            return int(key), label, path, decode_checked(data, header, path, self.channels), False
+            if self.jpeg_bytes:  # nvJPEG: the header checked here (format, pixels, bytes), the pixels on the GPU
+                header = read_header(data, path)
+                if header.format == "JPEG" and header.orientation == 1:  # nvJPEG ignores EXIF orientation
+                    return int(key), label, path, torch.frombuffer(bytearray(data), dtype=torch.uint8), True
+            size = self.dataset.size
+            return int(key), label, path, decode_bytes(data, path, self.channels, size=size), False
         except BadSample as e:
             return e
 
@@ -140,7 +146,7 @@ class FileLoader(SampledLoader):
         self.n, self.channels = len(dataset), dataset.channels
         self.train = hasattr(transform, "augment")
         self.loader = DataLoader(
-            Encoded(dataset),
+            Encoded(dataset, jpeg_bytes=jpegs_on_device(device)),
             batch_sampler=sampler,
             num_workers=workers,
             collate_fn=list,

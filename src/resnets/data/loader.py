@@ -260,6 +260,26 @@ def choose_loader(kind: str, dataset: Dataset, device: torch.device, *, augment_
     return "host"
 
 
+# what the training transforms resize the shorter side to (datasets.decode_bytes' `size`): the paper's scale
+# augmentation up to 480, RandomResizedCrop the crop (its smallest crops are upsampled from at least twice it); the
+# padded random crops take the image as it is (None: full size)
+TRAIN_DECODE = {"paper-imagenet": 480, "paper-cifar": None, "crop-flip": None}
+
+
+def decoded_at(dataset: Dataset, size) -> Dataset:
+    """`dataset`, when it decodes files, as a copy that decodes them no larger than `size` needs (datasets.decode_bytes'
+    `size`: a JPEG by DCT scaling, anything else reduced by a whole factor, never below twice that)."""
+    import copy
+
+    from .datasets import FileDataset
+
+    if not isinstance(dataset, FileDataset):
+        return dataset
+    dataset = copy.copy(dataset)
+    dataset.size = size
+    return dataset
+
+
 def shard_groups(dataset) -> list[list[int]] | None:
     """Streamed shards' sample numbers, shard by shard (shards.ShardDataset.shard_groups); None for other data."""
     groups = getattr(dataset, "shard_groups", None)
@@ -298,6 +318,7 @@ def make_train_loader(
         targets = dataset.targets if balanced else None
         sampler = TrainBatches(len(dataset), batch_size, seed=seed, rank=rank, world=world, targets=targets)
     kind = choose_loader(kind, dataset, device)
+    dataset = decoded_at(dataset, TRAIN_DECODE.get(augment, crop))
     if kind == "host":
         tf = train_transform(
             augment,
@@ -344,6 +365,7 @@ def make_eval_loader(
 
     sampler = EvalBatches(len(dataset), batch_size, rank, world, shard_groups(dataset))
     kind = "host" if ten_crop else choose_loader(kind, dataset, device)
+    dataset = decoded_at(dataset, resize)
     if kind == "host":
         make = ten_crop_transform if ten_crop else eval_transform
         tf = make(resize=resize, crop=crop, interpolation=interpolation, crop_mode=crop_mode)

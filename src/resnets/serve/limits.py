@@ -13,6 +13,11 @@ class Limits:
     max_queue: int = 256  # images decoded and waiting for the model
     timeout_s: float = 30.0  # from the request's arrival to its answer
     max_pixels: int | None = None  # None: the process's limit (--max-pixels, $RESNETS_MAX_PIXELS)
+    # pixels the requests in flight may hold decoded (each image counted from its header, as the decoder reduces it
+    # for the model, or the model's input if larger); a request that would pass it is 503 with Retry-After, one
+    # alone over it 413. 64 MP is 192 MB of uint8 RGB: sized for a 2-core machine with a few GB (a 9000 x 9000 JPEG
+    # for a detector of 800 / 1333 counts 5 MP, decoded at 1/4)
+    max_pixels_in_flight: int = 64_000_000
 
 
 class HTTPFailure(Exception):
@@ -23,8 +28,17 @@ class HTTPFailure(Exception):
         self.status, self.detail, self.headers, self.kind = status, detail, headers or {}, kind
 
 
-# how the server answers an image it cannot use, by BadSample.kind
-STATUS_OF_KIND = {"too_many_pixels": 413, "corrupt_image": 422, "empty": 400}  # else 415: not an image
+# how the server answers an image it cannot use, by BadSample.kind: a format not read is 415 like a non-image; one
+# whose decoder overran its time cap is 422, as a broken one (the image is the problem, not the server's load)
+STATUS_OF_KIND = {
+    "too_many_pixels": 413,
+    "corrupt_image": 422,
+    "too_slow": 422,
+    "empty": 400,
+    "unreadable": 422,
+    "not_an_image": 415,
+    "unsupported_format": 415,
+}
 
 
 async def read_body(request, limit: int) -> bytes:

@@ -11,7 +11,7 @@ import torch
 from fastapi import Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from ..detect import boxes_of, draw
+from ..detect import boxes_of, draw, to_full
 from ..errors import ResnetsError
 from ..inference import class_index
 from .limits import HTTPFailure, header_safe
@@ -39,12 +39,12 @@ def image_routes(api, svc: Service) -> None:
 
     @api.post("/v1/predict", openapi_extra=_MULTIPART, summary="Classify images: the top-k classes of each")
     async def predict(request: Request, top_k: int = Query(5, ge=1, le=1000)):
-        async def work():
+        async def work(job):
             t0 = time.perf_counter()
             svc.check_token(request)
             svc.need_task("classification", "predict")
-            names, images = await svc.decoded(request)
-            feats = await svc.batcher.submit(images)
+            names, images, _ = await svc.decoded(request, job)
+            feats = await svc.infer(images, job)
             probs = svc.logits(torch.stack(feats)).softmax(1)
             p, c = probs.topk(min(top_k, svc.model.num_classes), dim=1)
             results = [
@@ -54,16 +54,16 @@ def image_routes(api, svc: Service) -> None:
             svc.metrics.images.labels("predict").inc(len(names))
             return JSONResponse({"results": results, "time_ms": 1000 * (time.perf_counter() - t0)})
 
-        return await svc.answered("predict", work)
+        return await svc.answered("predict", request, work)
 
     @api.post("/v1/embed", openapi_extra=_MULTIPART, summary="The pooled features (pre-logits) of each image")
     async def embed(request: Request):
-        async def work():
+        async def work(job):
             t0 = time.perf_counter()
             svc.check_token(request)
             svc.need_features("embed")
-            names, images = await svc.decoded(request)
-            feats = await svc.batcher.submit(images)
+            names, images, _ = await svc.decoded(request, job)
+            feats = await svc.infer(images, job)
             svc.metrics.images.labels("embed").inc(len(names))
             return JSONResponse(
                 {
@@ -73,7 +73,7 @@ def image_routes(api, svc: Service) -> None:
                 }
             )
 
-        return await svc.answered("embed", work)
+        return await svc.answered("embed", request, work)
 
     @api.post(
         "/v1/explain",
@@ -84,17 +84,18 @@ def image_routes(api, svc: Service) -> None:
     async def explain(
         request: Request, target: str | None = Query(None, description="class name or index (default: the top class)")
     ):
-        async def work():
+        async def work(job):
             t0 = time.perf_counter()
             svc.check_token(request)
             svc.need_features("explain (Grad-CAM)")
-            names, images = await svc.decoded(request)
+            names, images, _ = await svc.decoded(request, job)
             if len(images) != 1:
                 raise HTTPFailure(400, f"explain takes one image; got {len(images)}")
             try:
                 cls = class_index(target, svc.names)
             except ResnetsError as e:
                 raise HTTPFailure(400, str(e), kind="bad_request") from None
+            job.started = True  # Grad-CAM runs outside the batcher: a request past the limit now is 504
             png, cls, prob = await asyncio.get_running_loop().run_in_executor(None, overlay, svc, images[0], cls)
             svc.metrics.images.labels("explain").inc()
             return Response(
@@ -108,11 +109,12 @@ def image_routes(api, svc: Service) -> None:
                 },
             )
 
-        return await svc.answered("explain", work)
+        return await svc.answered("explain", request, work)
 
 
 def detect_routes(api, svc: Service) -> None:
-    """/v1/detect: boxes, classes and scores of each image (draw=1: one image with them drawn, as a PNG)."""
+    """/v1/detect: boxes, classes and scores of each image, in its own coordinates (draw=1: one image with them
+    drawn, as a PNG at the size the model saw)."""
 
     @api.post(
         "/v1/detect",
@@ -125,34 +127,35 @@ def detect_routes(api, svc: Service) -> None:
         score: float = Query(0.5, ge=0, le=1, description="keep boxes scoring at least this"),
         draw: bool = Query(False, description="answer with the image and its boxes drawn (PNG), for one image"),
     ):
-        async def work():
+        async def work(job):
             t0 = time.perf_counter()
             svc.check_token(request)
             svc.need_task("detection", "detect")
-            names, images = await svc.decoded(request)
+            names, images, sizes = await svc.decoded(request, job)
             if draw and len(images) != 1:
                 raise HTTPFailure(400, f"draw=1 takes one image; got {len(images)}", kind="bad_request")
-            outs = await svc.batcher.submit(images)
+            outs = [
+                to_full(o, tuple(im.shape[1:]), full)
+                for o, im, full in zip(await svc.infer(images, job), images, sizes)
+            ]
             rows = [boxes_of(o, score, svc.names) for o in outs]
             svc.metrics.images.labels("detect").inc(len(names))
-            if draw:
+            if draw:  # the picture the model saw (a large photo at the model's size), the boxes scaled to it
                 png = await asyncio.get_running_loop().run_in_executor(
-                    None, _drawn_png, images[0], outs[0], rows[0], score
+                    None, _drawn_png, images[0], outs[0], rows[0], score, sizes[0]
                 )
                 headers = {"X-Boxes": str(len(rows[0])), "X-Time-Ms": f"{1000 * (time.perf_counter() - t0):.1f}"}
                 return Response(png, media_type="image/png", headers=headers)
-            results = [
-                {"name": n, "width": im.shape[2], "height": im.shape[1], "boxes": r}
-                for n, im, r in zip(names, images, rows)
-            ]
+            results = [{"name": n, "width": w, "height": h, "boxes": r} for n, (w, h), r in zip(names, sizes, rows)]
             return JSONResponse({"results": results, "time_ms": 1000 * (time.perf_counter() - t0)})
 
-        return await svc.answered("detect", work)
+        return await svc.answered("detect", request, work)
 
 
 def segment_routes(api, svc: Service) -> None:
     """/v1/segment: each image's class map as a PNG (one image: the coloured mask, or with overlay=1 laid over
-    the photo), or with format=json the share of each class and the map as rows of class indices."""
+    the photo), or with format=json the share of each class and the map as rows of class indices. The map is at
+    the size the model saw (the image's own when it is no larger; width and height are always the image's)."""
 
     @api.post(
         "/v1/segment",
@@ -165,22 +168,25 @@ def segment_routes(api, svc: Service) -> None:
         overlay: bool = Query(False, description="the mask laid over the photo"),
         format: str = Query("png", pattern="^(png|json)$", description="png: the picture (one image); json"),
     ):
-        async def work():
+        async def work(job):
             from ..segment import coloured, shares
             from ..segment import overlay as lay
 
             t0 = time.perf_counter()
             svc.check_token(request)
             svc.need_task("segmentation", "segment")
-            names, images = await svc.decoded(request)
+            names, images, sizes = await svc.decoded(request, job)
             if format == "png" and len(images) != 1:
                 raise HTTPFailure(
                     400, f"a PNG answer takes one image; got {len(images)} (format=json)", kind="bad_request"
                 )
-            maps = await svc.batcher.submit(images)
+            maps = await svc.infer(images, job)
             svc.metrics.images.labels("segment").inc(len(names))
             if format == "json":
-                results = [{"name": n, "mask": m.tolist(), **shares(m, svc.names)} for n, m in zip(names, maps)]
+                results = [
+                    {"name": n, "width": w, "height": h, "mask": m.tolist(), **shares(m, svc.names)}
+                    for n, (w, h), m in zip(names, sizes, maps)
+                ]
                 return JSONResponse(
                     {"classes": svc.names, "results": results, "time_ms": 1000 * (time.perf_counter() - t0)}
                 )
@@ -191,7 +197,7 @@ def segment_routes(api, svc: Service) -> None:
                 png, media_type="image/png", headers={"X-Time-Ms": f"{1000 * (time.perf_counter() - t0):.1f}"}
             )
 
-        return await svc.answered("segment", work)
+        return await svc.answered("segment", request, work)
 
 
 def _png(picture: torch.Tensor) -> bytes:
@@ -200,8 +206,8 @@ def _png(picture: torch.Tensor) -> bytes:
     return encode_png(picture).numpy().tobytes()
 
 
-def _drawn_png(image: torch.Tensor, out: dict, rows: list[dict], score: float) -> bytes:
-    found = {"boxes": rows}
+def _drawn_png(image: torch.Tensor, out: dict, rows: list[dict], score: float, full: tuple[int, int]) -> bytes:
+    found = {"boxes": rows, "width": full[0], "height": full[1]}
     if "masks" in out:
         found["masks"] = out["masks"][out["scores"] >= score].float()
     return _png(draw(image, found))
@@ -213,11 +219,11 @@ def info_routes(api, svc: Service) -> None:
 
     @api.get("/v1/model", summary="What is served: architecture, classes, preprocessing, precision, backend, device")
     async def describe(request: Request):
-        async def work():
+        async def work(job):
             svc.check_token(request)
             return JSONResponse(svc.describe())
 
-        return await svc.answered("model", work)
+        return await svc.answered("model", request, work)
 
     @api.get("/healthz", summary="The process is up")
     async def healthz():

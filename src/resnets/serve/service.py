@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, Response
 from torch import nn
 
 from ..errors import ResnetsError
+from .admission import Admission, Job, decoded_pixels
 from .batcher import Batcher
 from .limits import STATUS_OF_KIND, HTTPFailure, Limits, images_of, read_body
 
@@ -58,6 +59,8 @@ class Metrics:
 def check_settings(max_batch: int, decode_workers: int, max_wait_ms: float, limits: Limits) -> None:
     if max_batch < 1 or decode_workers < 1:
         raise ResnetsError("max_batch and decode_workers must be at least 1")
+    if limits.max_pixels_in_flight < 1:
+        raise ResnetsError(f"max_pixels_in_flight must be at least 1; got {limits.max_pixels_in_flight}")
     for what, value, zero_ok in (
         ("max_wait_ms", max_wait_ms, True),
         ("timeout_s", limits.timeout_s, False),
@@ -127,6 +130,7 @@ class Service:
         self.decode_workers = decode_workers
         self.decoder: ThreadPoolExecutor | None = None  # made when the app starts
         self.batcher = Batcher(self._run, max_batch, max_wait_ms / 1000, limits.max_queue, self.metrics.batch.observe)
+        self.admission = Admission(limits.max_pixels_in_flight, self.batcher)
         self.explain_lock = threading.Lock()
         self._explain_model: nn.Module | None = None
         self.ready = False
@@ -154,18 +158,34 @@ class Service:
             return fc(features.to(next(fc.parameters()).device)).float().cpu() if self.model.num_classes else features
 
     def warm_up(self) -> None:
-        self._run(torch.zeros(1, *self.input_shape, dtype=torch.uint8))
+        """Two runs of one image; the second (past any one-time setup) is the batcher's first estimate of time."""
+        image = torch.zeros(*self.input_shape, dtype=torch.uint8)
+        for _ in range(2):
+            start = time.perf_counter()
+            self.batcher.run(self.batcher.collate([image]))
+        self.batcher.measured(self.batcher.cost(image), time.perf_counter() - start)
         self.ready = True
 
-    def decode(self, data: bytes, name: str) -> torch.Tensor:
-        """The model's input (the image decoded, resized and cropped: uint8), or HTTPFailure."""
-        from ..data.datasets import BadSample, decode_bytes
+    def decode_size(self) -> int | tuple[int, int]:
+        """What the model resizes an image to (datasets.decode_sized's `size`): it is decoded no larger than
+        twice that."""
+        return self.pre.resize
+
+    def model_pixels(self, width: int, height: int) -> int:
+        """The pixels the model works on for an image of `width` x `height` (the crop)."""
+        return self.input_shape[1] * self.input_shape[2]
+
+    def decode(self, data: bytes, name: str) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The model's input (the image decoded no larger than the model needs, resized and cropped: uint8) and
+        the image's full (width, height), or HTTPFailure."""
+        from ..data.datasets import BadSample, decode_sized
 
         try:
-            raw = decode_bytes(data, name, len(self.pre.mean), max_pixels=self.limits.max_pixels)
+            raw, full = decode_sized(
+                data, name, len(self.pre.mean), max_pixels=self.limits.max_pixels, size=self.decode_size()
+            )
         except BadSample as e:
-            kind = e.kind if e.kind in STATUS_OF_KIND else "not_an_image"
-            raise HTTPFailure(STATUS_OF_KIND.get(kind, 415), f"{name}: {e.reason}", kind=kind) from None
+            raise refusal(e, name) from None
         image = self.transform(raw)
         if tuple(image.shape) != self.input_shape:  # checked here, so no image can break a batch it joins
             raise HTTPFailure(
@@ -173,7 +193,7 @@ class Service:
                 f"{name}: the image became {tuple(image.shape)}, not the model's input {self.input_shape}",
                 kind="corrupt_image",
             )
-        return image
+        return image, full
 
     async def start(self) -> None:
         """When the app starts (each time: an app can be started, stopped and started again)."""
@@ -199,39 +219,98 @@ class Service:
                 "unauthorized",
             )
 
-    async def decoded(self, request: Request) -> tuple[list[str], list[torch.Tensor]]:
-        """The request's images, each decoded to the model's input in the decode pool (names, images); the
-        first bad one's HTTPFailure."""
+    def admit(self, job: Job, files: list[tuple[str, bytes]]) -> list[int]:
+        """Each image's header read (format, size, the pixel limit: nothing decoded) and `job` admitted for what its
+        images will hold (Admission); the header pixels of each, or HTTPFailure (the first bad image's, 413, 503)."""
+        from ..data.datasets import BadSample, read_header
+
+        held, work, header_pixels = 0, 0, []
+        for name, data in files:
+            try:
+                h = read_header(data, name, self.limits.max_pixels)
+            except BadSample as e:
+                raise refusal(e, name) from None
+            model = self.model_pixels(h.width, h.height)
+            held += max(decoded_pixels(h.width, h.height, h.format, self.decode_size()), model)
+            work += model
+            header_pixels.append(h.width * h.height)
+        decode_s = self.admission.decode_estimate(header_pixels, self.decode_workers)
+        self.admission.admit(job, held, work, decode_s)
+        return header_pixels
+
+    def _timed_decode(self, data: bytes, name: str):
+        start = time.perf_counter()
+        return self.decode(data, name), time.perf_counter() - start
+
+    async def decoded(self, request: Request, job: Job) -> tuple[list[str], list[torch.Tensor], list[tuple[int, int]]]:
+        """The request's images, admitted (`admit`), each decoded to the model's input in the decode pool: (names,
+        images, each one's full (width, height)); the first bad one's HTTPFailure."""
         self.check_token(request)
         body = await read_body(request, int(self.limits.max_upload_mb * 1024 * 1024))
+        job.body_read.set()
         files = await images_of(request, body, self.limits)
+        header_pixels = self.admit(job, files)
         loop = asyncio.get_running_loop()
         results = await asyncio.gather(
-            *(loop.run_in_executor(self.decoder, self.decode, data, name) for name, data in files),
+            *(loop.run_in_executor(self.decoder, self._timed_decode, data, name) for name, data in files),
             return_exceptions=True,
         )
         for r in results:
             if isinstance(r, BaseException):
                 raise r
-        return [n for n, _ in files], results
+        for pixels, (_, seconds) in zip(header_pixels, results):
+            self.admission.decoded(pixels, seconds)
+        return [n for n, _ in files], [im for (im, _), _ in results], [full for (_, full), _ in results]
 
-    async def answered(self, endpoint: str, work) -> Response:
-        """`work()`'s response within the time limit; a failure as its status and a one-line detail."""
+    async def infer(self, images: list[torch.Tensor], job: Job) -> list:
+        """The batcher's row for each image of `job` (decoded): 503 at once for an image the queue would make
+        late."""
+        self.admission.queued(job)
+        return await self.batcher.submit(images, deadline=job.deadline, job=job)
+
+    async def answered(self, endpoint: str, request: Request, work) -> Response:
+        """`work(job)`'s response within the time limit; a failure as its status and a one-line detail. A request
+        whose client goes away is cancelled (its images leave the queue); one not answered in time is 504 if the
+        model was working on it, else 503 with Retry-After (it waited behind others: the server is busy)."""
+        loop = asyncio.get_running_loop()
         start = time.perf_counter()
+        job = Job(deadline=loop.time() + self.limits.timeout_s, body_read=asyncio.Event())
+        task = asyncio.ensure_future(work(job))
+        watcher = asyncio.ensure_future(_client_gone(request, job))
         try:
-            response = await asyncio.wait_for(work(), self.limits.timeout_s)
+            done, _ = await asyncio.wait(
+                {task, watcher}, timeout=self.limits.timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
+            if task not in done:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                if watcher in done:
+                    raise _Gone
+                if job.started:
+                    raise TimeoutError
+                raise self.batcher.busy(why=f"this request was not answered within {self.limits.timeout_s:g} s")
+            response = task.result()
         except HTTPFailure as e:
             response = JSONResponse({"detail": e.detail}, e.status, headers=e.headers)
             self.metrics.errors.labels(e.kind).inc()
+        except _Gone:
+            response = Response(status_code=499)  # nobody reads it: the client closed the connection
+            self.metrics.errors.labels("client_gone").inc()
         except (asyncio.TimeoutError, TimeoutError):
             response = JSONResponse({"detail": f"not answered within {self.limits.timeout_s:g} s; retry later"}, 504)
             self.metrics.errors.labels("timeout").inc()
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
         except Exception as e:  # a fault of ours: one line to the client, the traceback in the server's log
             log.exception("%s failed", endpoint)
             response = JSONResponse(
                 {"detail": f"internal error ({type(e).__name__}); the server's log has the details"}, 500
             )
             self.metrics.errors.labels("internal").inc()
+        finally:
+            watcher.cancel()
+            self.admission.release(job)
         self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
         return response
 
@@ -268,6 +347,7 @@ class Service:
                 "max_upload_mb": self.limits.max_upload_mb,
                 "max_files": self.limits.max_files,
                 "max_queue": self.limits.max_queue,
+                "max_pixels_in_flight": self.limits.max_pixels_in_flight,
                 "timeout_s": self.limits.timeout_s,
             },
         }
@@ -308,8 +388,10 @@ def overlay(svc: Service, image: torch.Tensor, target: int | None) -> tuple[byte
 
 
 class DetectorService(Service):
-    """A detector behind the app: each image whole (the model resizes it, min_size / max_size), a list of images
-    of any size per batch, boxes out; the same decode pool, limits, token, batcher and metrics."""
+    """A detector behind the app: each image decoded no larger than twice the model's input and brought in uint8 to
+    the size the model's transform resizes it to (min_size / max_size: no float copy of a large photo), a list of
+    images of any size per batch, boxes out in the full image's coordinates; the same decode pool, limits, token,
+    batcher and metrics."""
 
     task = "detection"
 
@@ -327,7 +409,6 @@ class DetectorService(Service):
         token: str | None,
         calib_images: list[str] | None = None,
     ):
-        from ..detect import class_names
         from ..devices import check_precision, pick_device
         from ..meta import meta_of
 
@@ -338,7 +419,7 @@ class DetectorService(Service):
         check_precision(precision, self.device)
         self.model = model.eval().to(self.device)
         self.meta = meta_of(self.model)
-        self.names = class_names(self.model)
+        self.names = self.class_names()
         self.backend, self.precision, self.limits, self.token = "eager", precision, limits, token
         self.max_batch, self.max_wait_ms = max_batch, max_wait_ms
         self.features = False
@@ -346,14 +427,27 @@ class DetectorService(Service):
         self.decode_workers = decode_workers
         self.decoder = None
         self.batcher = Batcher(
-            self._run, max_batch, max_wait_ms / 1000, limits.max_queue, self.metrics.batch.observe, list
+            self._run,
+            max_batch,
+            max_wait_ms / 1000,
+            limits.max_queue,
+            self.metrics.batch.observe,
+            list,
+            cost=lambda im: self.model_pixels(im.shape[-1], im.shape[-2]),
         )
+        self.admission = Admission(limits.max_pixels_in_flight, self.batcher)
         self.explain_lock = threading.Lock()
         self._explain_model = None
         self.ready = False
 
+    def class_names(self) -> list[str]:
+        from ..detect import class_names
+
+        return class_names(self.model)
+
     def _run(self, images: list[torch.Tensor]) -> list[dict]:
-        """uint8 images (3, H, W) -> the detector's output for each, on the CPU (masks as booleans)."""
+        """uint8 images (3, H, W) -> the detector's output for each, on the CPU (masks as booleans), in the
+        coordinates of the image given."""
         from ..devices import autocast
 
         amp = {"fp32": "none"}.get(self.precision, self.precision)
@@ -368,31 +462,52 @@ class DetectorService(Service):
         return rows
 
     def warm_up(self) -> None:
-        self._run([torch.zeros(3, 64, 64, dtype=torch.uint8)])
+        """Two runs of a small image (the model enlarges it to its min_size); the second is the first estimate."""
+        image = torch.zeros(3, 64, 64, dtype=torch.uint8)
+        for _ in range(2):
+            start = time.perf_counter()
+            self.batcher.run(self.batcher.collate([image]))
+        self.batcher.measured(self.batcher.cost(image), time.perf_counter() - start)
         self.ready = True
 
-    def decode(self, data: bytes, name: str) -> torch.Tensor:
-        """The image decoded whole (RGB uint8), or HTTPFailure."""
-        from ..data.datasets import BadSample, decode_bytes
+    def decode_size(self) -> tuple[int, int]:
+        from ..detect import input_size
+
+        return input_size(self.model)
+
+    def model_pixels(self, width: int, height: int) -> int:
+        from ..detect import scaled_size
+
+        h, w = scaled_size(width, height, *self.decode_size())
+        return h * w
+
+    def decode(self, data: bytes, name: str) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The image as the model takes it (RGB uint8, decoded and resized no larger than the model's input:
+        detect.model_input) and its full (width, height), or HTTPFailure."""
+        from ..data.datasets import BadSample
+        from ..detect import model_input
 
         try:
-            return decode_bytes(data, name, 3, max_pixels=self.limits.max_pixels)
+            return model_input(data, name, *self.decode_size(), max_pixels=self.limits.max_pixels)
         except BadSample as e:
-            kind = e.kind if e.kind in STATUS_OF_KIND else "not_an_image"
-            raise HTTPFailure(STATUS_OF_KIND.get(kind, 415), f"{name}: {e.reason}", kind=kind) from None
+            raise refusal(e, name) from None
 
     def need_features(self, what: str) -> None:
         self.need_task("classification", what)
 
+    def input(self) -> dict[str, Any]:
+        """What each image is resized to for the model (in /v1/model)."""
+        t = self.model.transform
+        return {"min_size": list(t.min_size), "max_size": t.max_size}
+
     def describe(self) -> dict[str, Any]:
-        transform = getattr(self.model, "transform", None)  # a detector's resizing; a segmenter has none
         return {
             "architecture": self.meta.architecture,
             "task": self.task,
             "num_classes": len(self.names),
             "classes": self.names,
             "options": dict(self.meta.options),
-            "input": {"min_size": list(transform.min_size), "max_size": transform.max_size} if transform else {},
+            "input": self.input(),
             "precision": self.precision,
             "backend": self.backend,
             "device": str(self.device),
@@ -402,17 +517,17 @@ class DetectorService(Service):
 
 
 class SegmenterService(DetectorService):
-    """A segmenter behind the app (FCN, DeepLabV3): each image whole, its class map out (the shorter side at
-    `size` for the model, the map at the image's size)."""
+    """A segmenter behind the app (FCN, DeepLabV3): each image decoded no larger than twice the model's input and
+    brought in uint8 to it (segment.model_input: the shorter side at `size`, the longer at most twice that), its
+    class map out at that size (the image's own when it is smaller)."""
 
     task = "segmentation"
     size = 520  # torchvision's evaluation size for these models
 
-    def __init__(self, model: nn.Module, **kw):
-        super().__init__(model, **kw)
+    def class_names(self) -> list[str]:
         from ..segment import class_names
 
-        self.names = class_names(self.model)
+        return class_names(self.model)
 
     def _run(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
         from ..segment import class_map
@@ -420,7 +535,46 @@ class SegmenterService(DetectorService):
         amp = {"fp32": "none"}.get(self.precision, self.precision)
         return [class_map(self.model, im, self.size, amp) for im in images]
 
+    def decode_size(self) -> tuple[int, int]:
+        return self.size, 2 * self.size
+
+    def model_pixels(self, width: int, height: int) -> int:
+        from ..segment import input_size
+
+        h, w = input_size(width, height, self.size)
+        return h * w
+
+    def decode(self, data: bytes, name: str) -> tuple[torch.Tensor, tuple[int, int]]:
+        from ..data.datasets import BadSample
+        from ..segment import model_input
+
+        try:
+            return model_input(data, name, self.size, max_pixels=self.limits.max_pixels)
+        except BadSample as e:
+            raise refusal(e, name) from None
+
+    def input(self) -> dict[str, Any]:
+        return {"shorter_side": self.size, "longer_side_at_most": 2 * self.size, "normalised": "ImageNet mean and std"}
+
     def describe(self) -> dict[str, Any]:
-        d = super().describe()
-        d.update(task="segmentation", input={"shorter_side": self.size, "normalised": "ImageNet mean and std"})
-        return d
+        return {**super().describe(), "task": "segmentation"}
+
+
+def refusal(e, name: str) -> HTTPFailure:
+    """An image the decoder refused (datasets.BadSample) as the request's answer: its status by its kind."""
+    kind = e.kind if e.kind in STATUS_OF_KIND else "not_an_image"
+    return HTTPFailure(STATUS_OF_KIND[kind], f"{name}: {e.reason}", kind=kind)
+
+
+class _Gone(Exception):
+    """The client closed the connection before its answer."""
+
+
+async def _client_gone(request: Request, job: Job) -> None:
+    """Returns when the client of `request` has disconnected (watched once its body has been read: the ASGI
+    server's next message is then http.disconnect, or nothing until the answer is sent)."""
+    await job.body_read.wait()
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return

@@ -1,0 +1,184 @@
+"""`resnets predict` on a folder of 12-MP phone-sized JPEGs against torchvision's standard pipeline, as whole
+processes on the same files, and how much the decode at the model's size changes the answers (issue 36).
+
+Speed: each command is run as a fresh process (imports, model load, decode, resize, forward, output), alternating,
+`--runs` times; the statistic is the median wall time. The peer is the pipeline of torchvision's ImageNet
+reference and its docs: PIL decode, Resize(256), CenterCrop(224), ToTensor, Normalize, resnet50 eager, batch 16, in
+a DataLoader with the same number of worker processes. Ours is `resnets predict DIR --weights W --batch-size 16`
+with the same resnet50 (its weights saved with the same preprocessing), default options; `--exact-decode` beside it
+shows what the DCT-scaled decode is worth on its own.
+
+Agreement: a resnet14 trained here on Fashion-MNIST (`--run RUN_DIR`, e.g. the run `make run` leaves; without one,
+a one-epoch run is trained first) classifies the 10,000 test images saved as 1024x1024 JPEGs (upscaled, quality
+90), decoded at full size (`--exact-decode`) and at the model's size (the default): top-1 agreement between the
+two and each one's accuracy.
+
+    python benchmarks/decode_speed.py --runs 3 --json benchmarks/results/decode_speed.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from machine import cpu_and_threads
+
+PEER = r"""
+import sys, torch, torchvision
+from pathlib import Path
+from PIL import Image
+from torchvision import transforms as T
+torch.set_num_threads(int(sys.argv[3]))
+tf = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+class Files(torch.utils.data.Dataset):
+    def __init__(self, root): self.files = sorted(Path(root).glob("*.jpg"))
+    def __len__(self): return len(self.files)
+    def __getitem__(self, i):
+        with Image.open(self.files[i]) as im: return tf(im.convert("RGB"))
+model = torchvision.models.resnet50()
+model.load_state_dict(torch.load(sys.argv[2], weights_only=True))
+model.eval()
+loader = torch.utils.data.DataLoader(Files(sys.argv[1]), batch_size=16, num_workers=2)
+with torch.no_grad():
+    top = [model(x).argmax(1) for x in loader]
+print(len(torch.cat(top)))
+"""
+
+
+def phone_photos(folder: Path, n: int) -> None:
+    """`n` 4032x3024 JPEGs (quality 90) from scikit-image's photos, upscaled with noise added so that the files
+    hold the detail (and the size, 2-4 MB) of a phone's picture."""
+    import numpy as np
+    from PIL import Image
+    from skimage import data as sk
+
+    rng = np.random.default_rng(0)
+    sources = ["astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry"]
+    for i in range(n):
+        im = Image.fromarray(getattr(sk, sources[i % len(sources)])()).convert("RGB").resize((4032, 3024))
+        a = np.asarray(im, dtype=np.int16) + rng.integers(-12, 13, (3024, 4032, 3), dtype=np.int16)
+        Image.fromarray(a.clip(0, 255).astype(np.uint8)).save(folder / f"photo-{i:03d}.jpg", quality=90)
+
+
+def timed(cmd: list[str], env: dict) -> float:
+    t = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if p.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd[:4])} failed: {p.stderr[-2000:]}")
+    return time.perf_counter() - t
+
+
+def speed(runs: int, n: int, threads: int) -> dict:
+    import torch
+    import torchvision
+
+    import resnets
+    from resnets.data.preprocessing import Preprocessing
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "photos").mkdir()
+        phone_photos(tmp / "photos", n)
+        torch.manual_seed(0)
+        net = torchvision.models.resnet50().eval()
+        torch.save(net.state_dict(), tmp / "tv.pt")
+        ours = resnets.create_model("resnet50").eval()
+        ours.load_state_dict(net.state_dict())
+        resnets.save(ours, tmp / "r50.safetensors", preprocessing=Preprocessing(256, 224).to_dict())
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        predict = [sys.executable, "-m", "resnets", "predict", str(tmp / "photos"), "--weights"]
+        predict += [str(tmp / "r50.safetensors"), "--batch-size", "16", "--format", "csv"]
+        cmds = {
+            "torchvision": [sys.executable, "-c", PEER, str(tmp / "photos"), str(tmp / "tv.pt"), str(threads)],
+            "resnets predict": predict,
+            "resnets predict --exact-decode": [*predict, "--exact-decode"],
+        }
+        times: dict[str, list[float]] = {k: [] for k in cmds}
+        for _ in range(runs):
+            for name, cmd in cmds.items():
+                times[name].append(timed(cmd, env))
+                print(f"{name}: {times[name][-1]:.1f} s", flush=True)
+        size = sum(p.stat().st_size for p in (tmp / "photos").iterdir()) / n / 1e6
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "images": n,
+        "mean_file_mb": round(size, 2),
+        "runs": times,
+        "median_s": med,
+        "speedup_vs_torchvision": round(med["torchvision"] / med["resnets predict"], 2),
+        "speedup_exact_vs_torchvision": round(med["torchvision"] / med["resnets predict --exact-decode"], 2),
+    }
+
+
+def agreement(run: str | None, limit: int) -> dict:
+    import numpy as np
+    from PIL import Image
+
+    from resnets.data.sources import load_fashion_mnist
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if run is None:
+            subprocess.run(
+                [sys.executable, "-m", "resnets", "train", "--recipe", "fashion-mnist", "--epochs", "1"]
+                + ["--out", str(tmp / "runs"), "--name", "fm"],
+                check=True,
+            )
+            run = str(tmp / "runs" / "fm")
+        images, labels, _ = load_fashion_mnist("test")
+        images, labels = images[:limit, 0].numpy(), labels[:limit].numpy()
+        (tmp / "test").mkdir()
+        for i, a in enumerate(images):
+            Image.fromarray(np.asarray(a)).resize((1024, 1024), Image.BICUBIC).save(
+                tmp / "test" / f"{i:05d}.jpg", quality=90
+            )
+        out = {}
+        for mode, extra in (("exact", ["--exact-decode"]), ("fast", [])):
+            p = subprocess.run(
+                [sys.executable, "-m", "resnets", "predict", str(tmp / "test"), "--weights", run, "--format", "json"]
+                + ["--top-k", "1", *extra],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            rows = sorted(json.loads(p.stdout), key=lambda r: r["path"])
+            out[mode] = [r["top"][0]["index"] for r in rows]
+        exact, fast = np.array(out["exact"]), np.array(out["fast"])
+        return {
+            "images": len(labels),
+            "top1_agreement": float((exact == fast).mean()),
+            "accuracy_exact": float((exact == np.asarray(labels)).mean()),
+            "accuracy_fast": float((fast == np.asarray(labels)).mean()),
+        }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--images", type=int, default=48, help="12-MP photos in the folder")
+    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--run", help="a Fashion-MNIST run folder (trained here) for the agreement; default: train one")
+    ap.add_argument("--agreement-images", type=int, default=10000)
+    ap.add_argument("--skip", default="", help="speed or agreement")
+    ap.add_argument("--json", help="write the results here")
+    args = ap.parse_args()
+    out = {"machine": cpu_and_threads(), "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv)}
+    if "speed" not in args.skip:
+        out["speed"] = speed(args.runs, args.images, args.threads)
+        print(json.dumps(out["speed"]["median_s"]), "speed-up", out["speed"]["speedup_vs_torchvision"])
+    if "agreement" not in args.skip:
+        out["agreement"] = agreement(args.run, args.agreement_images)
+        print(json.dumps(out["agreement"]))
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
