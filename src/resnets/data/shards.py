@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import ResnetsError, printable
-from . import remote
+from . import jsonfile, remote
 from .datasets import (
     BYTES_PER_PIXEL_BOUND,
     BadSample,
@@ -41,7 +41,7 @@ from .datasets import (
 FORMAT = "resnets.shards/1"
 INDEX = "index.json"
 OPEN_SHARDS = 32  # descriptors a process keeps open
-MAX_INDEX_BYTES = 1 << 30  # 1.28 M ImageNet images take ~60 MB
+MAX_INDEX_BYTES = 256 << 20  # 1.28 M ImageNet images take ~60 MB
 EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tiff"}
 SPLITS = {"train": "train", "test": "val"}  # our split names -> the shards' prefixes
 PLAIN_NAME = re.compile(r"\w[\w.+-]{0,250}\.tar")  # a shard's name in an index (webdataset writes train-000000.tar)
@@ -223,10 +223,7 @@ def read_index(folder: Path) -> dict:
         raise ResnetsError(f"{folder} has no {INDEX} (write shards with `resnets data shard SRC --out DIR`)")
     if path.stat().st_size > MAX_INDEX_BYTES:
         raise ResnetsError(f"{path} is {path.stat().st_size:,} bytes, over the limit of {MAX_INDEX_BYTES:,}")
-    try:
-        index = json.loads(path.read_bytes())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ResnetsError(f"{path} is not JSON ({str(e)[:80]})") from None
+    index = jsonfile.loads(path.read_bytes(), str(path), what="an index nests 4 deep")
     _check(index, folder, path)
     return index
 
@@ -319,9 +316,9 @@ def _streamed(pattern: str, channels: int, classes) -> ShardDataset:
     where = remote.index_source(*named[0])
     raw = remote.read_bounded(where, MAX_INDEX_BYTES)
     try:
-        index = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ResnetsError(f"{where[:100]} is not JSON ({str(e)[:80]}): is it the shards' index.json?") from None
+        index = jsonfile.loads(raw, where[:100], what="an index nests 4 deep")
+    except ResnetsError as e:
+        raise ResnetsError(f"{e}: is it the shards' index.json?") from None
     _check(index, None, where[:100])
     by_name = {s["file"]: s for s in _named(index, {name for _, name in named}, where[:100])}
     shards = [(source, by_name[name]) for source, name in named]
