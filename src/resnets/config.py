@@ -696,12 +696,18 @@ def read_file(path: str | os.PathLike) -> dict[str, Any]:
 
 def reaches(key: str, value: Any) -> str | None:
     """What a config value does beyond reading this machine's files and writing its run, or None: "runs a command"
-    (pipe:), "fetches a URL" (any scheme://, but file://; data/remote.py's rule), or, for `out`, "writes outside the
-    working folder" (an absolute path, or one that climbs out with ..)."""
+    (pipe:), "fetches a URL" (any scheme://, but file://; data/remote.py's rule), "fetches from the Hugging Face
+    Hub" (hf-hub:ORG/NAME weights), or, for `out`, "writes outside the working folder" (an absolute path, one that
+    climbs out with .., or one whose symbolic links lead out)."""
     if not isinstance(value, str):
         return None
-    if key == "out" and (Path(value).is_absolute() or ".." in Path(value).parts):
-        return "writes outside the working folder"
+    if key == "out":
+        here = Path.cwd().resolve()
+        path = Path(value)
+        if path.is_absolute() or ".." in path.parts or not (here / path).resolve().is_relative_to(here):
+            return "writes outside the working folder"
+    if value.lower().startswith("hf-hub:"):
+        return "fetches from the Hugging Face Hub"
     return remote.reaches(value)
 
 

@@ -146,3 +146,13 @@ def test_the_size_counted_before_decoding_is_the_size_decoded(fmt, size):
     for short, long in ((224, None), (36, None), (800, 1333), (256, 512)):
         _, (h, w, _), _ = D.decode(data, {**REQ, "short": short, "long": long})
         assert D.decoded_size(*size, fmt, short, long, 2.0) == (w, h), (short, long)
+
+
+def test_a_turned_tiff_gives_its_full_size_upright_as_a_jpeg_does():
+    """Pillow reports a TIFF's size already turned by its EXIF orientation; a JPEG's as stored."""
+    im = Image.new("RGB", (300, 200), (10, 20, 30))
+    for fmt in ("TIFF", "JPEG"):
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        _, (h, w, _), info = D.decode(_saved(im, fmt, exif=exif), REQ)
+        assert (w, h) == (200, 300) and info["size"] == [200, 300], fmt

@@ -44,6 +44,7 @@ def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
         "export",
         "reproduce",
         "serve",
+        "data",
     ):
         sub.choices[name].add_argument(
             "--max-pixels",

@@ -56,8 +56,11 @@ BAD_KINDS = (
 DEFAULT_MAX_PIXELS = 89_478_485
 BYTES_PER_PIXEL_BUDGET = 3
 
-# the most bytes a file may have per pixel of the limit before it is refused unread: 16-bit RGBA stored raw is 8
-BYTES_PER_PIXEL_BOUND = 8
+# the most bytes a file may have per pixel of the limit before it is refused unread: the decode budget's (an image
+# stored raw within the budget is no larger; anything past that is not pixels the decoder may keep)
+BYTES_PER_PIXEL_BOUND = BYTES_PER_PIXEL_BUDGET
+# seconds a header may take to read (the time cap, at most): markers and tables, no pixels
+HEADER_TIMEOUT = 5.0
 
 # how much larger than what the consumer needs an image is decoded (a JPEG by DCT scaling, anything else reduced by
 # a whole factor right after decoding), as Pillow's thumbnail's reducing_gap: the resize that follows still
@@ -91,21 +94,24 @@ class Header:
 
 
 def read_header(data: bytes, name: str, limit: int | None = None) -> Header:
-    """The header of the image in `data`, read by the plugin of its format only (the format known by its signature
-    and allowed), refused if it is over the pixel limit (`limit`, default the process's) or the decode budget in
-    bytes. Fails closed: an image whose size cannot be read from its header is never decoded. Reading a header of
-    an allowed format decodes no pixels (ICO and ICNS, whose plugins do, are refused by signature first)."""
-    from .decoder import Refused, check_bytes, open_header, orientation
+    """The header of the image in `data`, read in the sandbox (a TIFF's tables or a JPEG's markers can cost memory
+    and time before a single pixel) by the plugin of its format only (the format known by its signature and
+    allowed), refused if it is over the pixel limit (`limit`, default the process's) or the decode budget in bytes.
+    Fails closed: an image whose size cannot be read from its header is never decoded."""
+    from .sandbox import Failed, decode_timeout, pool
 
     limit = max_pixels() if limit is None else limit
+    if not data:
+        raise BadSample(name, "empty file", "empty")
+    req = {"op": "header", "max_pixels": limit, "max_bytes": limit * BYTES_PER_PIXEL_BUDGET}
     try:
-        im, fmt = open_header(data, limit)
-        with im:
-            check_bytes(im, limit * BYTES_PER_PIXEL_BUDGET)
-            (w, h), orient = im.size, orientation(im, fmt)
-    except Refused as e:
+        reply, _ = pool().decode(req, data, timeout=min(HEADER_TIMEOUT, decode_timeout()))
+    except Failed as e:
         raise BadSample(name, e.reason, e.kind) from None
-    return Header(fmt, w, h, orient)
+    if not reply.get("ok"):
+        kind = reply.get("kind") if reply.get("kind") in BAD_KINDS else "corrupt_image"
+        raise BadSample(name, str(reply.get("reason", "cannot read its header"))[:200], kind)
+    return Header(str(reply["format"]), int(reply["width"]), int(reply["height"]), int(reply["orientation"]))
 
 
 def read_image_file(path: str | os.PathLike, limit: int | None = None) -> bytes:

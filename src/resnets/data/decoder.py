@@ -52,7 +52,6 @@ _SIGNATURES = (
 # formats refused by name, so the one line says what the file is
 _OTHERS = (
     (b"\x00\x00\x01\x00", "an ICO icon"),
-    (b"\x00\x00\x02\x00", "a CUR cursor"),
     (b"icns", "an ICNS icon"),
     (b"qoif", "a QOI image"),
     (b"DDS ", "a DDS texture"),
@@ -134,7 +133,7 @@ def open_header(data: bytes, max_pixels: int):
         what = f"{int(n.group(1)):,} pixels" if n else "the image"
         raise Refused("too_many_pixels", f"{what}, over the limit of {max_pixels:,} (--max-pixels raises it)") from None
     except MemoryError:
-        raise Refused("too_many_pixels", "its header alone is over the decoder's memory cap") from None
+        raise Refused("too_many_pixels", f"{MEMORY_CAP}: its header alone needed more") from None
     except Exception as e:  # Pillow raises many types for broken headers
         raise Refused("corrupt_image", f"a broken {fmt} file: its header cannot be read ({first_line(e)})") from None
     if w * h > max_pixels or w <= 0 or h <= 0:
@@ -217,23 +216,36 @@ def decoded_size(width: int, height: int, fmt: str, short: int | None, long: int
     return math.ceil(width / factor), math.ceil(height / factor)
 
 
-def memory_needed(im, channels: int, factor: int, orient: int = 1) -> int:
+def memory_needed(im, channels: int, factor: int, orient: int = 1, full: tuple[int, int] | None = None) -> int:
     """Bytes the decode of `im` (after draft) may hold at once, step by step as `decode` goes: the decoded image,
-    its 8-bit or colour copy at full size where one is made, the reduced or converted image, the upright copy and
-    the pixels sent back; the most of any two steps' images alive together."""
+    its 8-bit or colour copy at full size where one is made, the premultiplied copy Pillow's reduce makes of an
+    image with alpha, the reduced or converted image, the upright copy and the pixels sent back; and what the
+    decoders keep beside the image: a progressive JPEG's coefficients at its stored size (`full`: libjpeg keeps
+    them whatever the DCT scaling), a compressed TIFF's strip or tile buffer (counted as a second image)."""
     w, h = im.size
     n, mode = w * h, im.mode
     held = n * _MEMORY_PER_PIXEL.get(mode, 4)
     eight = n + 512 * w * 16 if _deep(mode) or mode == "1" else 0  # an L copy, made 512 rows at a time
     colour = 4 if channels == 3 else 1
     if factor > 1:
-        full = n * colour if mode == "P" else 0
+        full_copy = n * colour if mode == "P" else n * 4 if mode in ("RGBA", "LA", "PA", "La", "RGBa") else 0
         m = n // (factor * factor) + w + h
         after = m * (4 + colour + 4 + channels)  # reduced, converted, upright, sent
     else:
-        full = 0
+        full_copy = 0
         after = n * (colour + (colour if orient != 1 else 0) + channels)
-    return held + eight + full + after + SLACK
+    beside = 0
+    if im.format in ("JPEG", "MPO") and (im.info.get("progressive") or im.info.get("progression")):
+        fw, fh = full or im.size
+        beside = fw * fh * 2 * max(3, len(im.getbands()))  # 16-bit coefficients of every component
+    elif im.format == "TIFF" and im.info.get("compression", "raw") != "raw":
+        beside = declared_bytes(im)
+    return held + eight + full_copy + after + beside + SLACK
+
+
+HEADER_MEMORY = (
+    192 << 20
+)  # what a header may take beyond twice the file's bytes (tag tables, an animated WebP's canvases)
 
 
 def _scaled_rows(im, fn):
@@ -302,21 +314,25 @@ def decode(data: bytes, req: dict, *, capped: bool = False):
     from PIL import ImageOps
 
     channels = int(req.get("channels", 3))
-    im, fmt = open_header(data, int(req["max_pixels"]))
-    full = im.size
-    check_bytes(im, int(req["max_bytes"]))
-    short, long = (None, None) if req.get("exact") else (req.get("short"), req.get("long"))
-    gap = float(req.get("gap", 2.0))
-    orient = orientation(im, fmt)  # a quarter turn swaps the sides: their min and max stay
-    factor = reduction(full, short, long, gap)
-    if factor > 1 and fmt == "JPEG" and im.mode in ("RGB", "L", "YCbCr"):
-        want = (math.ceil(full[0] / factor), math.ceil(full[1] / factor))
-        im.draft("RGB" if channels == 3 else "L", want)  # libjpeg's DCT scaling: 1/2, 1/4 or 1/8, at least `want`
-        factor = reduction(im.size, short, long, gap)
     base = address_space() if capped else None
-    if base is not None:
-        _set_address_space(base + memory_needed(im, channels, factor, orient))
+    if base is not None:  # a header's tables (a TIFF's strip offsets, ...) within bounds too
+        _set_address_space(base + HEADER_MEMORY + 2 * len(data))
     try:
+        im, fmt = open_header(data, int(req["max_pixels"]))
+        full = im.size
+        check_bytes(im, int(req["max_bytes"]))
+        orient = orientation(im, fmt)  # a quarter turn swaps the sides: their min and max stay
+        if req.get("op") == "header":
+            return b"", (0, 0, 0), {"format": fmt, "width": full[0], "height": full[1], "orientation": orient}
+        short, long = (None, None) if req.get("exact") else (req.get("short"), req.get("long"))
+        gap = float(req.get("gap", 2.0))
+        factor = reduction(full, short, long, gap)
+        if factor > 1 and fmt == "JPEG" and im.mode in ("RGB", "L", "YCbCr"):
+            want = (math.ceil(full[0] / factor), math.ceil(full[1] / factor))
+            im.draft("RGB" if channels == 3 else "L", want)  # libjpeg's DCT scaling: 1/2, 1/4 or 1/8, at least `want`
+            factor = reduction(im.size, short, long, gap)
+        if base is not None:  # from what the header holds now (bounded above): an animated WebP's decoder, ...
+            _set_address_space(max(base, address_space() or base) + memory_needed(im, channels, factor, orient, full))
         im.load()  # the first frame only
         if factor > 1:
             if _deep(im.mode) or im.mode == "1":
@@ -338,7 +354,8 @@ def decode(data: bytes, req: dict, *, capped: bool = False):
         if base is not None:
             _set_address_space(None)
     w, h = im.size
-    upright = full[::-1] if orient in (5, 6, 7, 8) else full  # the full size as the decoded image stands
+    # the full size as the decoded image stands (Pillow already reports a turned TIFF's size upright)
+    upright = full if orient not in (5, 6, 7, 8) or (w >= h) == (full[0] >= full[1]) else full[::-1]
     return pixels, (h, w, channels), {"format": fmt, "size": list(upright)}
 
 
@@ -382,7 +399,7 @@ def serve(stdin=None, stdout=None) -> None:
         except MemoryError:
             reply, fresh = {"ok": False, "kind": "too_many_pixels", "reason": MEMORY_CAP}, False
         del data
-        reply["peak_mb"] = peak_mb()
+        reply["peak_mb"], reply["exit"] = peak_mb(), not fresh  # a worker that hit its cap is not used again
         head = json.dumps(reply).encode()
         stdout.write(struct.pack("<I", len(head)) + head + struct.pack("<Q", len(pixels)))
         stdout.write(pixels)

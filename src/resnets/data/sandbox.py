@@ -22,14 +22,24 @@ import threading
 import time
 from pathlib import Path
 
+from ..errors import ResnetsError
+
 DEFAULT_TIMEOUT = 20.0
 
 
 def decode_timeout() -> float:
-    try:
-        return max(0.1, float(os.environ.get("RESNETS_DECODE_TIMEOUT", DEFAULT_TIMEOUT)))
-    except ValueError:
+    """$RESNETS_DECODE_TIMEOUT in seconds (default 20); a value that is not a number of seconds from 0.1 to 3600
+    is refused in one line."""
+    text = os.environ.get("RESNETS_DECODE_TIMEOUT", "")
+    if not text:
         return DEFAULT_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.1 <= value <= 3600:
+        raise ResnetsError(f"RESNETS_DECODE_TIMEOUT={text[:20]!r}: give seconds from 0.1 to 3600")
+    return value
 
 
 class Failed(Exception):
@@ -65,7 +75,7 @@ class Worker:
 
     def call(self, req: dict, data: bytes, timeout: float) -> tuple[dict, bytearray]:
         head = json.dumps(req).encode()
-        deadline = time.monotonic() + timeout
+        self.timeout, deadline = timeout, time.monotonic() + timeout
         try:
             self.proc.stdin.write(struct.pack("<I", len(head)) + head + struct.pack("<Q", len(data)))
             self.proc.stdin.write(data)
@@ -84,7 +94,9 @@ class Worker:
         while got < n:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([fd], [], [], left)[0]:
-                raise Failed("too_slow", "decoding took longer than the time cap ($RESNETS_DECODE_TIMEOUT)")
+                raise Failed(
+                    "too_slow", f"decoding took longer than the time cap of {self.timeout:g} s (RESNETS_DECODE_TIMEOUT)"
+                )
             k = os.readv(fd, [view[got : min(n, got + (1 << 22))]])
             if not k:
                 raise Failed("corrupt_image", self._death())
@@ -163,7 +175,7 @@ class Pool:
         try:
             reply, pixels = worker.call(req, data, decode_timeout() if timeout is None else timeout)
             self.peak_mb = max(self.peak_mb, int(reply.get("peak_mb") or 0))
-            keep = worker.alive()
+            keep = worker.alive() and not reply.get("exit")  # it exits after a cap: never handed out again
             return reply, pixels
         finally:
             self._give_back(worker, keep)

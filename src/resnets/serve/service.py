@@ -219,17 +219,31 @@ class Service:
                 "unauthorized",
             )
 
-    def admit(self, job: Job, files: list[tuple[str, bytes]]) -> list[int]:
-        """Each image's header read (format, size, the pixel limit: nothing decoded) and `job` admitted for what its
-        images will hold (Admission); the header pixels of each, or HTTPFailure (the first bad image's, 413, 503)."""
+    async def headers(self, files: list[tuple[str, bytes]]) -> list:
+        """Each image's header (format, size, the pixel limit: nothing decoded), read in the sandbox from the decode
+        threads, never on the event loop (a header's tables can take seconds); the first bad image's HTTPFailure."""
         from ..data.datasets import BadSample, read_header
 
+        loop = asyncio.get_running_loop()
+        found = await asyncio.gather(
+            *(
+                loop.run_in_executor(self.decoder, read_header, data, name, self.limits.max_pixels)
+                for name, data in files
+            ),
+            return_exceptions=True,
+        )
+        for (name, _), h in zip(files, found):
+            if isinstance(h, BadSample):
+                raise refusal(h, name) from None
+            if isinstance(h, BaseException):
+                raise h
+        return found
+
+    def admit(self, job: Job, headers: list) -> list[int]:
+        """`job` admitted for what its images (`headers`) will hold (Admission); the header pixels of each, or
+        HTTPFailure (413, 503)."""
         held, work, header_pixels = 0, 0, []
-        for name, data in files:
-            try:
-                h = read_header(data, name, self.limits.max_pixels)
-            except BadSample as e:
-                raise refusal(e, name) from None
+        for h in headers:
             model = self.model_pixels(h.width, h.height)
             held += max(decoded_pixels(h.width, h.height, h.format, self.decode_size()), model)
             work += model
@@ -249,7 +263,7 @@ class Service:
         body = await read_body(request, int(self.limits.max_upload_mb * 1024 * 1024))
         job.body_read.set()
         files = await images_of(request, body, self.limits)
-        header_pixels = self.admit(job, files)
+        header_pixels = self.admit(job, await self.headers(files))
         loop = asyncio.get_running_loop()
         results = await asyncio.gather(
             *(loop.run_in_executor(self.decoder, self._timed_decode, data, name) for name, data in files),
