@@ -108,6 +108,9 @@ def read_json(path: Path) -> dict:
     depth = json_depth(raw)
     if depth > MAX_JSON_DEPTH:
         raise _refuse(path, f"brackets nested deeper than {MAX_JSON_DEPTH} (COCO's nest 5)")
+    cost, bound = jsonfile.python_bytes(raw), jsonfile.RATIO * len(raw) + jsonfile.SLACK
+    if cost > bound:
+        raise _refuse(path, f"about {cost:,} bytes once parsed, over {bound:,} ({jsonfile.RATIO}x the file)")
     try:
         data = json.loads(raw)
     except (ValueError, RecursionError) as e:  # not JSON, not UTF-8, a number of over 4,300 digits

@@ -259,6 +259,31 @@ def decode_sized(
     return image, (int(full_w), int(full_h))
 
 
+def decode_labels(data: bytes, name: str, *, max_pixels: int | None = None):
+    """A mask (a one-channel PNG of class indices: L, P, 16- or 32-bit) decoded in the sandbox, its values as
+    stored, at full size: a numpy array (H, W) of uint8, uint16 or int32; or BadSample."""
+    import numpy as np
+
+    from .sandbox import Failed, pool
+
+    limit = globals()["max_pixels"]() if max_pixels is None else max_pixels
+    if not data:
+        raise BadSample(name, "empty file", "empty")
+    req = {"op": "labels", "max_pixels": limit, "max_bytes": limit * BYTES_PER_PIXEL_BUDGET}
+    try:
+        reply, pixels = pool().decode(req, data)
+    except Failed as e:
+        raise BadSample(name, e.reason, e.kind) from None
+    if not reply.get("ok"):
+        kind = reply.get("kind") if reply.get("kind") in BAD_KINDS else "corrupt_image"
+        raise BadSample(name, str(reply.get("reason", "cannot decode the mask"))[:200], kind)
+    h, w, _ = reply["shape"]
+    dtype = np.dtype(str(reply.get("dtype"))).newbyteorder("<")
+    if dtype.name not in ("uint8", "uint16", "int32") or len(pixels) != h * w * dtype.itemsize:
+        raise BadSample(name, "the decoder sent back a malformed mask", "corrupt_image")
+    return np.frombuffer(pixels, dtype).reshape(h, w)
+
+
 def read_mode(channels: int):
     """torchvision.io's decoding mode for a model of `channels` input channels (RGB or grey)."""
     from torchvision.io import ImageReadMode

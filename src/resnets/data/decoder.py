@@ -324,6 +324,8 @@ def decode(data: bytes, req: dict, *, capped: bool = False):
         orient = orientation(im, fmt)  # a quarter turn swaps the sides: their min and max stay
         if req.get("op") == "header":
             return b"", (0, 0, 0), {"format": fmt, "width": full[0], "height": full[1], "orientation": orient}
+        if req.get("op") == "labels":  # a mask: its values as stored (class indices), full size, no conversion
+            return _labels(im, base)
         short, long = (None, None) if req.get("exact") else (req.get("short"), req.get("long"))
         gap = float(req.get("gap", 2.0))
         factor = reduction(full, short, long, gap)
@@ -357,6 +359,20 @@ def decode(data: bytes, req: dict, *, capped: bool = False):
     # the full size as the decoded image stands (Pillow already reports a turned TIFF's size upright)
     upright = full if orient not in (5, 6, 7, 8) or (w >= h) == (full[0] >= full[1]) else full[::-1]
     return pixels, (h, w, channels), {"format": fmt, "size": list(upright)}
+
+
+_LABEL_DTYPES = {"L": "uint8", "P": "uint8", "I;16": "uint16", "I": "int32"}
+
+
+def _labels(im, base: int | None):
+    """A one-channel image's values as stored: (bytes, (h, w, 1), {"dtype"}), or Refused for other modes."""
+    if im.mode not in _LABEL_DTYPES:
+        raise Refused("corrupt_image", f"a mask has one channel of class indices; this one is {im.mode}")
+    w, h = im.size
+    if base is not None:
+        _set_address_space(max(base, address_space() or base) + 2 * declared_bytes(im) + SLACK)
+    im.load()
+    return im.tobytes(), (h, w, 1), {"format": im.format, "size": [w, h], "dtype": _LABEL_DTYPES[im.mode]}
 
 
 def peak_mb() -> int | None:

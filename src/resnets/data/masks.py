@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from ..errors import ResnetsError
 from .batching import mix_seed, seeded_cpu_rng
-from .datasets import IMAGE_SUFFIXES, BadSample, decode, read_header, read_image_file
+from .datasets import IMAGE_SUFFIXES, BadSample, decode, decode_labels, read_header, read_image_file
 from .preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger("resnets")
@@ -66,24 +66,19 @@ def _pairs(split: Path, strict: bool) -> list[tuple[str, str]]:
 
 
 def read_mask(path: str, classes: int, size: tuple[int, int], image: str) -> torch.Tensor:
-    """The mask at `path` as int64 (H, W), checked against its image's (H, W) and the classes."""
-    import io
-
+    """The mask at `path` as int64 (H, W), checked against its image's (H, W) and the classes; decoded in the
+    sandbox (datasets.decode_labels), as every image is."""
     import numpy as np
-    from PIL import Image
 
     data = read_image_file(path)
     header = read_header(data, path)
     if header.format != "PNG":
         raise BadSample(path, f"a mask is a PNG; this is {header.format or 'not an image'}", "not_an_image")
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            mode = im.mode
-            m = np.asarray(im) if mode in ("L", "P", "I;16", "I") else None
-    except Exception as e:  # Pillow raises many types for broken data (OSError for a truncated PNG)
-        raise BadSample(path, f"a broken PNG ({str(e).splitlines()[0][:120]})", "corrupt_image") from None
-    if m is None:
-        raise BadSample(path, f"a mask has one channel of class indices; this one is {mode}", "corrupt_image")
+        m = decode_labels(data, path)
+    except BadSample as e:
+        reason = e.reason if "class indices" in e.reason or "cap" in e.reason else f"a broken PNG ({e.reason})"
+        raise BadSample(path, reason, e.kind) from None
     if m.shape != size:
         raise BadSample(
             path, f"the mask is {m.shape[1]}x{m.shape[0]}, its image {Path(image).name} {size[1]}x{size[0]}"
