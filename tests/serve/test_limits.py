@@ -160,7 +160,10 @@ def test_images_of_a_form_a_raw_body_and_what_is_neither():
         (b"", {"content-type": "image/png"}, 400, "no image in the request"),
     ]
     many = httpx.Request("POST", "http://x/", files=[("files", (f"{i}.png", b"A")) for i in range(3)])
-    cases.append((many.read(), dict(many.headers), 400, "bad multipart form"))  # starlette's own max_files
+    # starlette's own max_files, answered as the README says: 413, naming the option
+    cases.append((many.read(), dict(many.headers), 413, "more than 2 images in one request \\(--max-files\\)"))
+    broken = b"--xyz\r\nContent-Disposition: form-data\r\n\r\nA"
+    cases.append((broken, {"content-type": "multipart/form-data; boundary=xyz"}, 400, "bad multipart form"))
     for body, headers, status, words in cases:
         with pytest.raises(HTTPFailure, match=words) as e:
             asyncio.run(images_of(_Request(body, headers), body, Limits(max_files=2)))

@@ -93,24 +93,32 @@ class Header:
     orientation: int  # EXIF orientation: 1 is upright (or unknown)
 
 
+def _ask(req: dict, data: bytes, name: str, timeout: float | None = None) -> tuple[dict, bytearray]:
+    """The sandbox's answer to `req` about the image `data` (named `name`): (reply, pixels), or its BadSample."""
+    from .sandbox import Failed, pool
+
+    if not data:
+        raise BadSample(name, "empty file", "empty")
+    try:
+        reply, pixels = pool().decode(req, data, timeout=timeout)
+    except Failed as e:
+        raise BadSample(name, e.reason, e.kind) from None
+    if not reply.get("ok"):
+        kind = reply.get("kind") if reply.get("kind") in BAD_KINDS else "corrupt_image"
+        raise BadSample(name, str(reply.get("reason", "cannot decode image"))[:200], kind)
+    return reply, pixels
+
+
 def read_header(data: bytes, name: str, limit: int | None = None) -> Header:
     """The header of the image in `data`, read in the sandbox (a TIFF's tables or a JPEG's markers can cost memory
     and time before a single pixel) by the plugin of its format only (the format known by its signature and
     allowed), refused if it is over the pixel limit (`limit`, default the process's) or the decode budget in bytes.
     Fails closed: an image whose size cannot be read from its header is never decoded."""
-    from .sandbox import Failed, decode_timeout, pool
+    from .sandbox import decode_timeout
 
     limit = max_pixels() if limit is None else limit
-    if not data:
-        raise BadSample(name, "empty file", "empty")
     req = {"op": "header", "max_pixels": limit, "max_bytes": limit * BYTES_PER_PIXEL_BUDGET}
-    try:
-        reply, _ = pool().decode(req, data, timeout=min(HEADER_TIMEOUT, decode_timeout()))
-    except Failed as e:
-        raise BadSample(name, e.reason, e.kind) from None
-    if not reply.get("ok"):
-        kind = reply.get("kind") if reply.get("kind") in BAD_KINDS else "corrupt_image"
-        raise BadSample(name, str(reply.get("reason", "cannot read its header"))[:200], kind)
+    reply, _ = _ask(req, data, name, timeout=min(HEADER_TIMEOUT, decode_timeout()))
     return Header(str(reply["format"]), int(reply["width"]), int(reply["height"]), int(reply["orientation"]))
 
 
@@ -229,12 +237,8 @@ def decode_sized(
 ) -> tuple[torch.Tensor, tuple[int, int]]:
     """decode_bytes, and the image's full (width, height), upright: what coordinates on the decoded image, which may
     be smaller, are scaled back to."""
-    from .sandbox import Failed, pool
-
     limit = globals()["max_pixels"]() if max_pixels is None else max_pixels
     short, long = (size, None) if isinstance(size, int) or size is None else size
-    if not data:
-        raise BadSample(name, "empty file", "empty")
     req = {
         "channels": channels,
         "max_pixels": limit,
@@ -244,13 +248,7 @@ def decode_sized(
         "gap": DECODE_GAP,
         "exact": exact_decode(),
     }
-    try:
-        reply, pixels = pool().decode(req, data)
-    except Failed as e:
-        raise BadSample(name, e.reason, e.kind) from None
-    if not reply.get("ok"):
-        kind = reply.get("kind") if reply.get("kind") in BAD_KINDS else "corrupt_image"
-        raise BadSample(name, str(reply.get("reason", "cannot decode image"))[:200], kind)
+    reply, pixels = _ask(req, data, name)
     h, w, c = reply["shape"]
     if len(pixels) != h * w * c or c != channels:
         raise BadSample(name, "the decoder sent back a malformed image", "corrupt_image")
@@ -264,19 +262,9 @@ def decode_labels(data: bytes, name: str, *, max_pixels: int | None = None):
     stored, at full size: a numpy array (H, W) of uint8, uint16 or int32; or BadSample."""
     import numpy as np
 
-    from .sandbox import Failed, pool
-
     limit = globals()["max_pixels"]() if max_pixels is None else max_pixels
-    if not data:
-        raise BadSample(name, "empty file", "empty")
     req = {"op": "labels", "max_pixels": limit, "max_bytes": limit * BYTES_PER_PIXEL_BUDGET}
-    try:
-        reply, pixels = pool().decode(req, data)
-    except Failed as e:
-        raise BadSample(name, e.reason, e.kind) from None
-    if not reply.get("ok"):
-        kind = reply.get("kind") if reply.get("kind") in BAD_KINDS else "corrupt_image"
-        raise BadSample(name, str(reply.get("reason", "cannot decode the mask"))[:200], kind)
+    reply, pixels = _ask(req, data, name)
     h, w, _ = reply["shape"]
     dtype = np.dtype(str(reply.get("dtype"))).newbyteorder("<")
     if dtype.name not in ("uint8", "uint16", "int32") or len(pixels) != h * w * dtype.itemsize:

@@ -71,6 +71,10 @@ async def images_of(request, body: bytes, limits: Limits) -> list[tuple[str, byt
         try:
             form = await MultiPartParser(request.headers, once(), max_files=limits.max_files, max_fields=100).parse()
         except MultiPartException as e:
+            if "Too many files" in e.message:  # the limit the README and --max-files name: 413, in our words
+                raise HTTPFailure(
+                    413, f"more than {limits.max_files} images in one request (--max-files)", kind="too_large"
+                ) from None
             raise HTTPFailure(400, f"bad multipart form: {e.message}") from None
         files = [
             (f.filename or f"file{i}", await f.read())
