@@ -116,3 +116,13 @@ def test_predict_takes_pil_images_and_tensors_as_well_as_paths(photos, model_fil
         I.predict(model, [torch.zeros(2, 2)])
     with pytest.raises(resnets.ResnetsError, match="input 1: "):  # its position among all inputs, not in its batch
         I.predict(model, [read_image(str(photos / "coffee.png")), "not an image"], batch_size=1)
+
+
+def test_embed_of_nothing_readable_says_why(model_file, tmp_path):
+    """When no image can be read the one line names the first one and its reason (it once said only that none
+    could), as predict's rows do."""
+    (tmp_path / "icon.jpg").write_bytes(b"\x00\x00\x01\x00" + bytes(60))
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(resnets.ResnetsError) as e:
+        I.embed(resnets.load(model_file), [tmp_path / "icon.jpg", tmp_path / "empty.png"], workers=0)
+    assert "icon.jpg: an ICO icon" in str(e.value) and "(and 1 more)" in str(e.value) and "\n" not in str(e.value)

@@ -262,7 +262,9 @@ def embed(
         bar.update(len(idx) + len(bad))
     bar.close()
     if not feats:
-        raise ResnetsError("no image could be read")
+        first = f"{printable(errors[0]['path'])}: {errors[0]['error']}" if errors else ""
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ResnetsError(f"no image could be read: {first}{more}" if first else "no image could be read")
     return torch.cat(feats), kept, errors
 
 
