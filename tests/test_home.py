@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from resnets import home
 
 
@@ -41,3 +43,22 @@ def test_it_imports_no_torch():
         [sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": src}, timeout=60
     )
     assert p.stdout.strip() == "False", p.stderr
+
+
+def test_a_number_from_the_environment_is_checked_as_an_option_is(monkeypatch):
+    from resnets.errors import ResnetsError
+    from resnets.home import setting
+
+    monkeypatch.delenv("RESNETS_X", raising=False)
+    assert setting("RESNETS_X", 20.0, "give seconds") == 20.0
+    monkeypatch.setenv("RESNETS_X", " 2.5 ")
+    assert setting("RESNETS_X", 20.0, "give seconds") == 2.5
+    for bad in ("abc", "0", "-1", "inf", "nan", "5000"):
+        monkeypatch.setenv("RESNETS_X", bad)
+        with pytest.raises(ResnetsError, match=f"^RESNETS_X='{bad}': give seconds from 0.1 to 3600$"):
+            setting("RESNETS_X", 20.0, "give seconds from 0.1 to 3600", low=0.1, high=3600, low_ok=True)
+    monkeypatch.setenv("RESNETS_X", "0.1")
+    assert setting("RESNETS_X", 20.0, "give seconds", low=0.1, low_ok=True) == 0.1
+    monkeypatch.setenv("RESNETS_X", "\x1b[2J")
+    with pytest.raises(ResnetsError, match=r"RESNETS_X='\\\\x1b\[2J'"):  # escaped: one line, no terminal tricks
+        setting("RESNETS_X", 1.0, "give a number")

@@ -1,13 +1,17 @@
 """Where files live and whether to fetch them: the caches' root, the offline switch, the class-name lists shipped
-with the package. Standard library only, on the bottom floor: the weights registry, the Hub reader, the Keras
-reader and the ONNX cache all read these, and none of them imports another for them."""
+with the package, the numbers set by environment variables (`setting`). Standard library only, on the bottom floor:
+the weights registry, the Hub reader, the Keras reader, the ONNX cache and the data readers' limits all read these,
+and none of them imports another for them."""
 
 from __future__ import annotations
 
+import math
 import os
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+
+from .errors import ResnetsError, printable
 
 
 def home_dir() -> Path:
@@ -30,6 +34,24 @@ def onnx_cache_dir() -> Path:
 def shard_cache_dir() -> Path:
     """Shards streamed from URLs or commands: $RESNETS_SHARD_CACHE, else home_dir()/shards."""
     return Path(os.environ.get("RESNETS_SHARD_CACHE") or home_dir() / "shards")
+
+
+def setting(
+    name: str, default: float, what: str, *, low: float = 0.0, high: float = math.inf, low_ok: bool = False
+) -> float:
+    """The number the environment variable `name` sets (`default` when it is unset or empty), refused in one line
+    saying `what` to give when it is not a finite number above `low` (or equal to it, with `low_ok`) and at most
+    `high`: a limit from the environment is checked as an option is."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not ((low <= value if low_ok else low < value) and value <= high and math.isfinite(value)):
+        raise ResnetsError(f"{name}={printable(text)[:40]!r}: {what}")
+    return value
 
 
 def offline() -> bool:

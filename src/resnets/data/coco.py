@@ -39,6 +39,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import ResnetsError
+from ..home import setting
 from . import jsonfile
 from .batching import mix_seed, seeded_cpu_rng
 from .datasets import BadSample, decode
@@ -72,17 +73,10 @@ class Record:
     segmentations: list[Any] = field(default_factory=list)
 
 
-def limit(setting: tuple[str, int]) -> float:
+def limit(named: tuple[str, int]) -> float:
     """The limit in force: its environment variable when set (a positive number), else its default."""
-    name, default = setting
-    raw = os.environ.get(name, "").strip()
-    try:
-        value = float(raw) if raw else default
-    except ValueError:
-        value = -1
-    if not value > 0 or math.isinf(value):
-        raise ResnetsError(f"{name}={raw!r}: a positive number, or unset for the default of {default:,}")
-    return value
+    name, default = named
+    return setting(name, default, f"a positive number, or unset for the default of {default:,}")
 
 
 def _refuse(path: Path, why: str) -> ResnetsError:

@@ -46,7 +46,7 @@ import urllib.error
 from pathlib import Path
 
 from ..errors import ResnetsError, printable
-from ..home import shard_cache_dir
+from ..home import setting, shard_cache_dir
 
 REMOTE = re.compile(r"^(pipe:|[a-z][a-z0-9+.-]*://)", re.IGNORECASE)
 SHARD = re.compile(r"([^/\s'\"?#]+\.tar)(?![^\s'\"?#])")
@@ -71,23 +71,12 @@ def reaches(text: str) -> str | None:
 
 def fetch_timeout() -> float:
     """RESNETS_FETCH_TIMEOUT: the seconds a connection, or a read, waits for data."""
-    return _positive("RESNETS_FETCH_TIMEOUT", TIMEOUT_S, "seconds, such as 60")
+    return setting("RESNETS_FETCH_TIMEOUT", TIMEOUT_S, "give seconds, such as 60")
 
 
 def cache_bound() -> int:
     """RESNETS_SHARD_CACHE_GB in bytes: the most the shard cache holds."""
-    return int(_positive("RESNETS_SHARD_CACHE_GB", CACHE_GB, "gigabytes, such as 50 or 0.5") * 1e9)
-
-
-def _positive(name: str, default: float, what: str) -> float:
-    text = os.environ.get(name) or str(default)
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (0 < value < math.inf):
-        raise ResnetsError(f"{name}={printable(text)[:40]!r}: give {what}")
-    return value
+    return int(setting("RESNETS_SHARD_CACHE_GB", CACHE_GB, "give gigabytes, such as 50 or 0.5") * 1e9)
 
 
 def too_large(size: int) -> str | None:

@@ -15,6 +15,7 @@ import atexit
 import json
 import os
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -22,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-from ..errors import ResnetsError
+from ..home import setting
 
 DEFAULT_TIMEOUT = 20.0
 
@@ -30,16 +31,9 @@ DEFAULT_TIMEOUT = 20.0
 def decode_timeout() -> float:
     """$RESNETS_DECODE_TIMEOUT in seconds (default 20); a value that is not a number of seconds from 0.1 to 3600
     is refused in one line."""
-    text = os.environ.get("RESNETS_DECODE_TIMEOUT", "")
-    if not text:
-        return DEFAULT_TIMEOUT
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0.1 <= value <= 3600:
-        raise ResnetsError(f"RESNETS_DECODE_TIMEOUT={text[:20]!r}: give seconds from 0.1 to 3600")
-    return value
+    return setting(
+        "RESNETS_DECODE_TIMEOUT", DEFAULT_TIMEOUT, "give seconds from 0.1 to 3600", low=0.1, high=3600, low_ok=True
+    )
 
 
 class Failed(Exception):
@@ -109,8 +103,6 @@ class Worker:
         except subprocess.TimeoutExpired:
             return "the decoder stopped answering"
         if code < 0:
-            import signal
-
             name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
             return f"the decoder was stopped by {name} (a cap, or a crash in the image's decoder)"
         return f"the decoder exited ({code})"
