@@ -52,7 +52,7 @@ BAD_KINDS = (
 # images larger than this many pixels are refused from their header, before any decoding (decompression
 # bombs: a 1 MB PNG can hold 20000 x 20000 pixels); RESNETS_MAX_PIXELS (or --max-pixels) sets it. Pillow's own
 # default limit. The decode budget in bytes is 3 bytes a pixel of it (8-bit RGB): width x height x channels x
-# bytes per sample, so a 16-bit RGBA image gets a third of the pixels.
+# bytes per sample, so a 16-bit RGBA image (8 bytes a pixel) gets 3/8 of the pixels.
 DEFAULT_MAX_PIXELS = 89_478_485
 BYTES_PER_PIXEL_BUDGET = 3
 
@@ -93,12 +93,15 @@ class Header:
     orientation: int  # EXIF orientation: 1 is upright (or unknown)
 
 
-def _ask(req: dict, data: bytes, name: str, timeout: float | None = None) -> tuple[dict, bytearray]:
-    """The sandbox's answer to `req` about the image `data` (named `name`): (reply, pixels), or its BadSample."""
+def _ask(req: dict, data: bytes, name: str, limit: int | None, timeout: float | None = None) -> tuple[dict, bytearray]:
+    """The sandbox's answer to `req` about the image `data` (named `name`), under the pixel limit `limit` (default
+    the process's) and its budget in bytes: (reply, pixels), or its BadSample."""
     from .sandbox import Failed, pool
 
     if not data:
         raise BadSample(name, "empty file", "empty")
+    limit = max_pixels() if limit is None else limit
+    req = {**req, "max_pixels": limit, "max_bytes": limit * BYTES_PER_PIXEL_BUDGET}
     try:
         reply, pixels = pool().decode(req, data, timeout=timeout)
     except Failed as e:
@@ -116,9 +119,7 @@ def read_header(data: bytes, name: str, limit: int | None = None) -> Header:
     Fails closed: an image whose size cannot be read from its header is never decoded."""
     from .sandbox import decode_timeout
 
-    limit = max_pixels() if limit is None else limit
-    req = {"op": "header", "max_pixels": limit, "max_bytes": limit * BYTES_PER_PIXEL_BUDGET}
-    reply, _ = _ask(req, data, name, timeout=min(HEADER_TIMEOUT, decode_timeout()))
+    reply, _ = _ask({"op": "header"}, data, name, limit, timeout=min(HEADER_TIMEOUT, decode_timeout()))
     return Header(str(reply["format"]), int(reply["width"]), int(reply["height"]), int(reply["orientation"]))
 
 
@@ -237,18 +238,9 @@ def decode_sized(
 ) -> tuple[torch.Tensor, tuple[int, int]]:
     """decode_bytes, and the image's full (width, height), upright: what coordinates on the decoded image, which may
     be smaller, are scaled back to."""
-    limit = globals()["max_pixels"]() if max_pixels is None else max_pixels
     short, long = (size, None) if isinstance(size, int) or size is None else size
-    req = {
-        "channels": channels,
-        "max_pixels": limit,
-        "max_bytes": limit * BYTES_PER_PIXEL_BUDGET,
-        "short": short,
-        "long": long,
-        "gap": DECODE_GAP,
-        "exact": exact_decode(),
-    }
-    reply, pixels = _ask(req, data, name)
+    req = {"channels": channels, "short": short, "long": long, "gap": DECODE_GAP, "exact": exact_decode()}
+    reply, pixels = _ask(req, data, name, max_pixels)
     h, w, c = reply["shape"]
     if len(pixels) != h * w * c or c != channels:
         raise BadSample(name, "the decoder sent back a malformed image", "corrupt_image")
@@ -262,9 +254,7 @@ def decode_labels(data: bytes, name: str, *, max_pixels: int | None = None):
     stored, at full size: a numpy array (H, W) of uint8, uint16 or int32; or BadSample."""
     import numpy as np
 
-    limit = globals()["max_pixels"]() if max_pixels is None else max_pixels
-    req = {"op": "labels", "max_pixels": limit, "max_bytes": limit * BYTES_PER_PIXEL_BUDGET}
-    reply, pixels = _ask(req, data, name)
+    reply, pixels = _ask({"op": "labels"}, data, name, max_pixels)
     h, w, _ = reply["shape"]
     dtype = np.dtype(str(reply.get("dtype"))).newbyteorder("<")
     if dtype.name not in ("uint8", "uint16", "int32") or len(pixels) != h * w * dtype.itemsize:

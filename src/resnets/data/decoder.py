@@ -26,6 +26,7 @@ import io
 import json
 import math
 import os
+import re
 import struct
 import sys
 import warnings
@@ -70,6 +71,8 @@ _BYTES_PER_SAMPLE = {"I": 4, "F": 4, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N":
 _MEMORY_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2, "I;16S": 2}
 SLACK = 48 << 20  # address space above the decode's own needs (the decoders' tables and buffers)
 MEMORY_CAP = "over the decoder's memory cap"
+# what a header may take beyond twice the file's bytes (a TIFF's tag tables, an animated WebP's canvases)
+HEADER_MEMORY = 192 << 20
 
 
 class Refused(Exception):
@@ -108,8 +111,6 @@ def check_format(data: bytes) -> str:
 
 def first_line(e: BaseException) -> str:
     """The first line of a decoder's message, without the repr of our own buffer (`<_io.BytesIO object at 0x..>`)."""
-    import re
-
     text = re.sub(r"<[^<>]* object at 0x[0-9a-fA-F]+>", "the data", str(e)).strip()
     return text.splitlines()[0][:120] if text else type(e).__name__
 
@@ -127,8 +128,6 @@ def open_header(data: bytes, max_pixels: int):
             im = Image.open(io.BytesIO(data), formats=ALLOWED[fmt])
             w, h = im.size
     except Image.DecompressionBombError as e:
-        import re
-
         n = re.search(r"\((\d+) pixels\)", str(e))
         what = f"{int(n.group(1)):,} pixels" if n else "the image"
         raise Refused("too_many_pixels", f"{what}, over the limit of {max_pixels:,} (--max-pixels raises it)") from None
@@ -241,11 +240,6 @@ def memory_needed(im, channels: int, factor: int, orient: int = 1, full: tuple[i
     elif im.format == "TIFF" and im.info.get("compression", "raw") != "raw":
         beside = declared_bytes(im)
     return held + eight + full_copy + after + beside + SLACK
-
-
-HEADER_MEMORY = (
-    192 << 20
-)  # what a header may take beyond twice the file's bytes (tag tables, an animated WebP's canvases)
 
 
 def _scaled_rows(im, fn):

@@ -26,6 +26,7 @@ from .datasets import (
     read_header,
     read_mode,
 )
+from .decoder import signature
 
 log = logging.getLogger("resnets")
 
@@ -87,9 +88,8 @@ class Encoded(Dataset):
         path, label = self.dataset.samples[i]
         try:
             data = self.dataset.read(i)
-            if self.jpeg_bytes:  # nvJPEG: the header checked here (format, pixels, bytes), the pixels on the GPU
-                header = read_header(data, path)
-                if header.format == "JPEG" and header.orientation == 1:  # nvJPEG ignores EXIF orientation
+            if self.jpeg_bytes and signature(data) == "JPEG":  # nvJPEG: the header checked here, the pixels there
+                if read_header(data, path).orientation == 1:  # nvJPEG ignores EXIF orientation
                     return int(key), label, path, torch.frombuffer(bytearray(data), dtype=torch.uint8), True
             size = self.dataset.size
             return int(key), label, path, decode_bytes(data, path, self.channels, size=size), False

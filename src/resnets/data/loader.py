@@ -16,6 +16,7 @@ batch as one.
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Callable, Iterator, Sequence
 
@@ -35,7 +36,7 @@ from .batching import (  # noqa: F401  (Batch, Loader, SampledLoader, to_device:
     seeded_cpu_rng,
     to_device,
 )
-from .datasets import BadSample
+from .datasets import BadSample, FileDataset
 from .device_loader import device_loader
 
 log = logging.getLogger("resnets")
@@ -269,10 +270,6 @@ TRAIN_DECODE = {"paper-imagenet": 480, "paper-cifar": None, "crop-flip": None}
 def decoded_at(dataset: Dataset, size) -> Dataset:
     """`dataset`, when it decodes files, as a copy that decodes them no larger than `size` needs (datasets.decode_bytes'
     `size`: a JPEG by DCT scaling, anything else reduced by a whole factor, never below twice that)."""
-    import copy
-
-    from .datasets import FileDataset
-
     if not isinstance(dataset, FileDataset):
         return dataset
     dataset = copy.copy(dataset)

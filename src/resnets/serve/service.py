@@ -157,9 +157,13 @@ class Service:
         with torch.no_grad():
             return fc(features.to(next(fc.parameters()).device)).float().cpu() if self.model.num_classes else features
 
+    def warm_image(self) -> torch.Tensor:
+        """What the model is warmed up on: one input of its shape."""
+        return torch.zeros(*self.input_shape, dtype=torch.uint8)
+
     def warm_up(self) -> None:
         """Two runs of one image; the second (past any one-time setup) is the batcher's first estimate of time."""
-        image = torch.zeros(*self.input_shape, dtype=torch.uint8)
+        image = self.warm_image()
         for _ in range(2):
             start = time.perf_counter()
             self.batcher.run(self.batcher.collate([image]))
@@ -475,14 +479,9 @@ class DetectorService(Service):
             rows.append(row)
         return rows
 
-    def warm_up(self) -> None:
-        """Two runs of a small image (the model enlarges it to its min_size); the second is the first estimate."""
-        image = torch.zeros(3, 64, 64, dtype=torch.uint8)
-        for _ in range(2):
-            start = time.perf_counter()
-            self.batcher.run(self.batcher.collate([image]))
-        self.batcher.measured(self.batcher.cost(image), time.perf_counter() - start)
-        self.ready = True
+    def warm_image(self) -> torch.Tensor:
+        """A small image: the model enlarges it to its min_size."""
+        return torch.zeros(3, 64, 64, dtype=torch.uint8)
 
     def decode_size(self) -> tuple[int, int]:
         from ..detect import input_size
