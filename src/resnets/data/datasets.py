@@ -21,6 +21,8 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import ResnetsError
+from .decoder import to_mode
+from .sandbox import Failed, decode_timeout, pool
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
@@ -96,8 +98,6 @@ class Header:
 def _ask(req: dict, data: bytes, name: str, limit: int | None, timeout: float | None = None) -> tuple[dict, bytearray]:
     """The sandbox's answer to `req` about the image `data` (named `name`), under the pixel limit `limit` (default
     the process's) and its budget in bytes: (reply, pixels), or its BadSample."""
-    from .sandbox import Failed, pool
-
     if not data:
         raise BadSample(name, "empty file", "empty")
     limit = max_pixels() if limit is None else limit
@@ -117,8 +117,6 @@ def read_header(data: bytes, name: str, limit: int | None = None) -> Header:
     and time before a single pixel) by the plugin of its format only (the format known by its signature and
     allowed), refused if it is over the pixel limit (`limit`, default the process's) or the decode budget in bytes.
     Fails closed: an image whose size cannot be read from its header is never decoded."""
-    from .sandbox import decode_timeout
-
     reply, _ = _ask({"op": "header"}, data, name, limit, timeout=min(HEADER_TIMEOUT, decode_timeout()))
     return Header(str(reply["format"]), int(reply["width"]), int(reply["height"]), int(reply["orientation"]))
 
@@ -170,8 +168,6 @@ def pil_to_tensor(im, channels: int) -> torch.Tensor:
     (16-bit, int32 and float scaled band by band, as the decoder does: no full-size float copy)."""
     from PIL import ImageOps
     from torchvision.transforms.v2.functional import pil_to_tensor as to_tensor
-
-    from .decoder import to_mode
 
     return to_tensor(to_mode(ImageOps.exif_transpose(im), channels))
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from ..data.datasets import DECODE_GAP, exact_decode
+from ..data.decoder import decoded_size
 from .batcher import MARGIN, SMOOTHING, Batcher
 from .limits import HTTPFailure
 
@@ -27,9 +29,6 @@ class Job:
 def decoded_pixels(width: int, height: int, fmt: str, size: int | tuple[int, int | None] | None) -> int:
     """The pixels an image of `width` x `height` has once decoded for a consumer of `size` (datasets.decode_sized's
     `size`), as data/decoder.py's decoded_size says, for counting before decoding."""
-    from ..data.datasets import DECODE_GAP, exact_decode
-    from ..data.decoder import decoded_size
-
     short, long = (size, None) if isinstance(size, int) or size is None else size
     if exact_decode() or not short:
         return width * height
