@@ -1,5 +1,9 @@
 """resnets.config: every key has one bounded rule, config files and flags in their order of precedence, and values that
-cannot run refused before anything is written."""
+cannot run refused before anything is written.
+
+The rules are tested through the command line's own parser and `config.resolve` (what `resnets train` runs before it
+writes anything), a few milliseconds a case; a few cases of each kind also go through the whole `resnets train`
+command (exit code 2, one line, no folder), which costs a parser build and imports per call."""
 
 import math
 
@@ -26,6 +30,29 @@ def _outside_cases():
             yield key, v
 
 
+@pytest.fixture(scope="module")
+def train_parser():
+    """`resnets`'s parser, built once (each build reads every config key's rule and help)."""
+    from resnets.cli import build_parser
+
+    return build_parser()
+
+
+def _refused_as_train_would(parser, tmp_path, flag, value) -> resnets.ResnetsError:
+    """`resnets train TINY_RUN --out DIR FLAG VALUE` up to the point where it writes anything: parsed by the
+    command line's parser (the value reaches the config as the text typed), then resolved as `resnets train` resolves
+    it. Returns the error it must raise (a ResnetsError: the command prints it as one line and exits 2)."""
+    from resnets.cli.options import overrides_of
+
+    args = parser.parse_args(["train", *map(str, TINY_RUN), "--out", str(tmp_path / "runs"), flag, str(value)])
+    overrides = overrides_of(args)
+    assert overrides[flag[2:].replace("-", "_")] == str(value)  # the flag is the config key's, its value the text
+    with pytest.raises(resnets.ResnetsError) as e:
+        C.resolve(args.recipe, args.config, overrides)
+    assert not (tmp_path / "runs").exists()  # not even the --out folder
+    return e.value
+
+
 def test_every_config_key_has_one_rule():
     import dataclasses
 
@@ -33,45 +60,59 @@ def test_every_config_key_has_one_rule():
 
 
 @pytest.mark.parametrize("key, value", list(_outside_cases()))
-def test_a_value_just_outside_its_range_is_one_line_and_writes_nothing(tmp_path, key, value):
+def test_a_value_just_outside_its_range_is_one_line_and_writes_nothing(train_parser, tmp_path, key, value):
     flag = "--" + key.replace("_", "-")
-    code, _, err = run_cli("train", *TINY_RUN, "--out", tmp_path / "runs", flag, value)
-    assert code == 2, f"{flag} {value!r} was accepted: {err}"
-    assert len([line for line in err.splitlines() if line.strip()]) == 1 and "Traceback" not in err, err
-    assert not (tmp_path / "runs").exists()  # not even the --out folder
+    error = _refused_as_train_would(train_parser, tmp_path, flag, value)
+    assert str(error).strip(), f"{flag} {value!r}: an empty message"
+
+
+# the values a hostile review found to be tracebacks (some after config.json was written, so the folder stayed and
+# resume repeated the traceback), or to allocate tens of gigabytes
+CANNOT_RUN = [
+    ("--epochs", "1e400"),
+    ("--seed", "1e20"),
+    ("--lr", "1e308"),
+    ("--weight-decay", "1e308"),
+    ("--gamma", "1e308"),
+    ("--warmup-epochs", "1e308"),
+    ("--pad", "1e9"),
+    ("--train-crop", "1e6"),
+    ("--synthetic-samples", "1e12"),
+    ("--synthetic-classes", "1e9"),
+    ("--device", "mps"),
+    ("--device", "cuda:x"),
+    ("--mixup", "1e-320"),
+    ("--cutmix", "1e-320"),
+    ("--batch-size", "1e30"),
+    ("--in-chans", "100000"),
+]
+
+
+@pytest.mark.parametrize("flag, value", CANNOT_RUN)
+def test_values_that_cannot_run_are_refused_before_anything_is_written(train_parser, tmp_path, flag, value):
+    if value == "mps" and torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    _refused_as_train_would(train_parser, tmp_path, flag, value)
 
 
 @pytest.mark.parametrize(
     "flag, value",
     [
-        ("--epochs", "1e400"),
-        ("--seed", "1e20"),
-        ("--lr", "1e308"),
-        ("--weight-decay", "1e308"),
-        ("--gamma", "1e308"),
-        ("--warmup-epochs", "1e308"),
-        ("--pad", "1e9"),
-        ("--train-crop", "1e6"),
-        ("--synthetic-samples", "1e12"),
-        ("--synthetic-classes", "1e9"),
-        ("--device", "mps"),
-        ("--device", "cuda:x"),
-        ("--mixup", "1e-320"),
-        ("--cutmix", "1e-320"),
-        ("--batch-size", "1e30"),
-        ("--in-chans", "100000"),
+        ("--epochs", "-1"),  # an int below its range
+        ("--lr", "nan"),  # a float that is not finite
+        ("--batch-size", "nan"),  # an int key given a value that is no whole number
+        ("--optimizer", "not-a-choice"),  # a choice
+        ("--milestones", "0"),  # a list's item
+        ("--device", "cuda:x"),  # a device this machine lacks
+        ("--epochs", "1e400"),  # an overflow
+        ("--synthetic-samples", "1e12"),  # tens of gigabytes
     ],
 )
-def test_values_that_cannot_run_are_refused_before_anything_is_written(tmp_path, flag, value):
-    """The values a hostile review found to be tracebacks (some after config.json was written, so the folder
-    stayed and resume repeated the traceback), or to allocate tens of gigabytes."""
-    if value == "mps" and torch.backends.mps.is_available():
-        pytest.skip("this machine has MPS")
+def test_the_train_command_refuses_in_one_line_and_writes_nothing(tmp_path, flag, value):
+    """The whole command, for a few cases of each kind above: exit code 2, one line, no traceback, no folder."""
     code, _, err = run_cli("train", *TINY_RUN, "--out", tmp_path / "runs", flag, value)
-    assert code == 2 and len([line for line in err.splitlines() if line.strip()]) == 1 and "Traceback" not in err, (
-        flag,
-        err,
-    )
+    assert code == 2, f"{flag} {value!r} was accepted: {err}"
+    assert len([line for line in err.splitlines() if line.strip()]) == 1 and "Traceback" not in err, err
     assert not (tmp_path / "runs").exists()
 
 
@@ -137,18 +178,29 @@ def _config_file(path, values: dict):
         ("out", "../elsewhere", "writes outside the working folder"),
     ],
 )
-def test_a_config_file_never_runs_fetches_or_writes_outside(tmp_path, monkeypatch, suffix, key, value, what):
+def test_a_config_file_never_runs_fetches_or_writes_outside(
+    train_parser, tmp_path, monkeypatch, suffix, key, value, what
+):
     """Issue 36: `dataset = "wds"` with `data = "pipe:touch pwned; ..."` in a --config file ran the command. A value
     that runs a command, fetches a URL or writes outside the working folder is taken only from the command line:
-    from a file it is one line, and nothing ran (no marker file) nor was written."""
+    from a file it is one line, and nothing ran (no marker file) nor was written. Resolved as `resnets train`
+    resolves it for every format; the whole command run for the TOML file of each case."""
+    from resnets.cli.options import overrides_of
+
     monkeypatch.chdir(tmp_path)
     marker = tmp_path / "PWNED"
     value = value.format(marker=marker, tmp=tmp_path)
     path = _config_file(tmp_path / f"evil{suffix}", {"dataset": "wds", key: value})
     out = [] if key == "out" else ["--out", tmp_path / "runs"]
-    code, _, err = run_cli("train", "--config", path, "--model", "resnet20", "--epochs", "1", *out)
-    _one_line(code, err, f"evil{suffix}'s {key} {what}")
-    assert f"give --{key.replace('_', '-')} there" in err
+    argv = ["train", "--config", path, "--model", "resnet20", "--epochs", "1", *out]
+    args = train_parser.parse_args([str(a) for a in argv])
+    with pytest.raises(resnets.ResnetsError) as e:
+        C.resolve(args.recipe, args.config, overrides_of(args))
+    assert f"evil{suffix}'s {key} {what}" in str(e.value) and f"give --{key.replace('_', '-')} there" in str(e.value)
+    if suffix == ".toml":
+        code, _, err = run_cli(*argv)
+        _one_line(code, err, f"evil{suffix}'s {key} {what}")
+        assert f"give --{key.replace('_', '-')} there" in err
     assert not marker.exists() and not (tmp_path / "runs").exists() and not (tmp_path / "elsewhere").exists()
     # the same value on the command line is the user's own: taken
     said = {"dataset": "wds", "data": "pipe:cat x.tar", key: value}
