@@ -72,6 +72,61 @@ def test_the_scores_are_pycocotools_own(shapes_set, tmp_path):
         assert ours[k] == pytest.approx(100 * ev.stats[stat], abs=1e-3), k
 
 
+def _sized_set(root):
+    """Two 240 x 240 images whose objects' COCO areas put them in another size range than their boxes do (a disc
+    fills ~79% of its box): 40 x 40 boxes of area 900 (small; medium by the box), 100 x 100 ones of area 7,850
+    (medium; large by the box), and some whose area agrees with their box."""
+    from torchvision.io import write_png
+
+    (root / "images").mkdir(parents=True)
+    boxes = [
+        [[10, 10, 40, 40, 900], [60, 10, 40, 40, 1600], [10, 120, 100, 100, 7850]],
+        [[20, 20, 100, 100, 10000], [140, 140, 40, 40, 900], [140, 20, 20, 20, 400], [130, 80, 60, 50, 2300]],
+    ]
+    images, anns = [], []
+    for i, objects in enumerate(boxes):
+        write_png(torch.zeros(3, 240, 240, dtype=torch.uint8), str(root / "images" / f"{i}.png"))
+        images.append({"id": i + 1, "file_name": f"{i}.png", "width": 240, "height": 240})
+        for j, (x, y, w, h, area) in enumerate(objects):
+            anns.append(
+                {"id": len(anns) + 1, "image_id": i + 1, "category_id": 1 + j % 2, "bbox": [x, y, w, h],
+                 "area": area, "iscrowd": 0}
+            )  # fmt: skip
+    categories = [{"id": 1, "name": "disc"}, {"id": 2, "name": "square"}]
+    (root / "instances.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": categories}))
+    return root
+
+
+def test_the_size_split_scores_are_cocoevals_with_the_files_areas(tmp_path):
+    """map_small/medium/large size each object by its annotation's area, as COCOeval does (once they sized it by its
+    box: 0.500 against COCOeval's 0.650 on a set like this)."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    ds = coco.load(_sized_set(tmp_path / "sized"))
+    g = torch.Generator().manual_seed(1)
+    answers = []
+    for i in range(len(ds)):
+        t = ds[i][1]
+        n = len(t["boxes"])
+        found = t["boxes"] + torch.randn(n, 4, generator=g) * 4  # some kept at IoU .5 only, some at .75
+        extra = torch.tensor([[150.0, 150.0, 190.0, 190.0], [0.0, 0.0, 60.0, 60.0]])
+        labels = torch.cat([t["labels"], torch.tensor([1, 2])])
+        answers.append({"boxes": torch.cat([found, extra]), "labels": labels, "scores": torch.rand(n + 2, generator=g)})
+    ours = detect.coco_map(Replay(answers), ds, torch.device("cpu"), batch_size=2)
+    gt = COCO(str(tmp_path / "sized" / "instances.json"))
+    dets = [
+        {"image_id": rec.image_id, "category_id": int(c), "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(s)}
+        for rec, a in zip(ds.records, answers)
+        for (x0, y0, x1, y1), c, s in zip(a["boxes"].tolist(), a["labels"], a["scores"])
+    ]
+    ev = COCOeval(gt, gt.loadRes(dets), "bbox")
+    ev.evaluate(), ev.accumulate(), ev.summarize()
+    for k, stat in [("map", 0), ("map_small", 3), ("map_medium", 4), ("map_large", 5), ("mar_100", 8)]:
+        assert ours[k] == pytest.approx(100 * ev.stats[stat], abs=1e-3), k
+    assert len({ours["map_small"], ours["map_medium"], ours["map_large"]}) == 3  # each range holds objects
+
+
 def test_detect_finds_boxes_in_files_and_names_the_unreadable(tiny_detector, shapes_set, tmp_path):
     from resnets.factory import load
 

@@ -1,6 +1,6 @@
 """Detectors used: COCO's box and mask mAP of a model on a COCO folder (torchmetrics' MeanAveragePrecision over
 pycocotools: the reference implementation, not ours), boxes found in image files, and those boxes drawn (by
-torchvision.utils). Training (engine/detection.py), `resnets eval`, `resnets detect` and the server use these."""
+torchvision.utils). Training (tasks/detection.py), `resnets eval`, `resnets detect` and the server use these."""
 
 from __future__ import annotations
 
@@ -56,11 +56,43 @@ def _for_metric(out: dict, masks: bool) -> dict:
     return d
 
 
-def _truth(t: dict, masks: bool) -> dict:
+def _truth(t: dict, masks: bool, areas: dict[int, list[float]]) -> dict:
+    """A sample's target as torchmetrics takes it, with COCO's "area" of each object where the file gives it (the
+    size ranges of map_small/medium/large go by it, as COCOeval's do; without it torchmetrics takes the box's)."""
     d = {"boxes": t["boxes"], "labels": t["labels"], "iscrowd": t["iscrowd"]}
+    area = areas.get(t.get("image_id"))
+    if area is not None and len(area) == len(t["boxes"]):
+        d["area"] = torch.tensor(area, dtype=torch.float32)
     if masks:
         d["masks"] = t["masks"].bool()
     return d
+
+
+def _areas(dataset) -> dict[int, list[float]]:
+    """COCO's area of each object of each image (image id -> one per box, in the record's order), read from the
+    annotation file of a COCO set (a VOC set has none: {}). An annotation is found by its box as the loader clips
+    it; one without an area gets its box's, as pycocotools gives a detection."""
+    from .data import coco
+
+    if not dataset.source.is_file():
+        return {}
+    by_box: dict[tuple, list[float]] = {}
+    records = {rec.image_id: rec for rec in dataset.records}
+    for ann in coco.read_json(dataset.source).get("annotations", []):
+        rec, box = records.get(ann.get("image_id")), ann.get("bbox")
+        if rec is None or not isinstance(box, list) or len(box) != 4:
+            continue
+        x, y, w, h = box
+        clipped = (rec.image_id, max(x, 0.0), max(y, 0.0), min(x + w, rec.width), min(y + h, rec.height))
+        area = ann.get("area")
+        by_box.setdefault(clipped, []).append(float(area) if isinstance(area, (int, float)) else float(w * h))
+    out = {}
+    for rec in dataset.records:
+        found = [by_box.get((rec.image_id, *b), []) for b in rec.boxes]
+        out[rec.image_id] = [
+            f.pop(0) if f else (b[2] - b[0]) * (b[3] - b[1]) for f, b in zip(found, rec.boxes)
+        ]  # (a box met twice in one image takes the file's areas in order)
+    return out
 
 
 @torch.no_grad()
@@ -84,6 +116,7 @@ def coco_map(
     from .data import coco
 
     masks = has_masks(model) and dataset.masks
+    areas = _areas(dataset)
     kinds = ["bbox", "segm"] if masks else ["bbox"]
     metric = MeanAveragePrecision(iou_type=kinds, class_metrics=True, backend="pycocotools")
     # COCO scores the 100 best boxes of an image, as COCOeval's maxDets does; RetinaNet gives up to 300: not news
@@ -97,7 +130,7 @@ def coco_map(
             if images:
                 with autocast(device, amp):
                     outs = model([im.to(device) for im in images])
-                metric.update([_for_metric(o, masks) for o in outs], [_truth(t, masks) for t in targets])
+                metric.update([_for_metric(o, masks) for o in outs], [_truth(t, masks, areas) for t in targets])
                 n += len(images)
             if bar is not None:
                 bar.update(1)

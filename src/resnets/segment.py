@@ -1,6 +1,6 @@
 """Segmenters used: mIoU and pixel accuracy of a model on a mask folder (torchmetrics' MulticlassJaccardIndex and
 MulticlassAccuracy: a library's, not ours), masks predicted for image files, and those masks coloured and laid over
-the photos. Training (engine/segmentation.py), `resnets eval` and `resnets segment` use these."""
+the photos. Training (tasks/segmentation.py), `resnets eval` and `resnets segment` use these."""
 
 from __future__ import annotations
 

@@ -168,3 +168,13 @@ def test_a_run_killed_before_its_first_checkpoint_is_begun_again_by_resume(tmp_p
 
     a, b = load(first), load((run / "model.safetensors").read_bytes())
     assert all(torch.equal(a[k], b[k]) for k in a)  # the same seed: the same run
+
+
+def test_a_dense_checkpoint_from_before_one_engine_reads_as_the_loops_sums():
+    """Detection runs once kept [loss x n, n] mid-epoch under "best_score"; the one loop keeps [loss x n, hits, n]
+    (a resume of such a file was checked to give the uninterrupted run's weights bit for bit)."""
+    from resnets.engine.checkpoint import _partial
+
+    assert _partial([12.5, 8.0]) == {"epoch": [12.5, 0.0, 8.0], "window": [0.0, 0.0, 0.0]}
+    new = {"epoch": [1.0, 2.0, 3.0], "window": [0.0, 0.0, 0.0]}
+    assert _partial(new) is new and _partial(None) is None

@@ -56,3 +56,14 @@ def test_validate_agrees_with_a_plain_forward_pass(tmp_path):
         assert sum(sum(row) for row in ev["confusion"]) == 12
     finally:
         run.lock.release()
+
+
+def test_accumulation_gives_every_epoch_its_full_count_of_steps(tmp_path):
+    """7 batches an epoch with --accum-steps 2: each epoch ends on a step (3 full windows and the last batch), so
+    every epoch takes 4 optimizer steps; the total once was 3 x 3, and the third epoch stopped after one."""
+    seen = []
+    overrides = dict(TINY, synthetic_samples=112, epochs=3, accum_steps=2, out=tmp_path, name="a")
+    train(overrides=overrides, on_progress=seen.append)
+    history = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history] == [4, 8, 12]
+    assert seen[-1]["total_steps"] == 12

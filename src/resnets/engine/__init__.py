@@ -9,10 +9,15 @@ graph).
 Run directory: config.json (resolved), metrics.jsonl and metrics.csv (one line per epoch), last.pt / best.pt (full
 checkpoints), model.safetensors (self-describing final model), eval.json, confusion.json/png, curves.png.
 
+One trainer for every task: what differs between classification, detection and segmentation (the data, the model
+for its classes, the batch, the named losses, the scores and how they are shown) is the task's (tasks/), which the
+run holds; resumes, EMA, accumulation, DDP, progress, the expected time and the run folder serve them all.
+
 The rooms: run.py (train, build_run), loop.py (fit, train_one_epoch, validate, finish), steps.py (the eager and
 CUDA-graph steps, the optimizer), optim.py (the schedule), checkpoint.py (save and restore whole), outputs.py
 (progress, metrics files), state.py (Run, TrainingError), rundir.py (run folders and their lock), finetune.py
-(transfer learning: what trains when)."""
+(transfer learning: what trains when), estimate.py (the expected time); detection.py and segmentation.py keep the
+names that were there before the tasks had rooms of their own."""
 
 from .checkpoint import restore, save_state
 from .loop import end_epoch, finish, fit, train_one_epoch, validate

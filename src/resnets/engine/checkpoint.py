@@ -33,13 +33,12 @@ def set_rng_state(state: dict) -> None:
 def state_dict(run: Run, epoch: int, batch: int) -> dict:
     """The whole run at the start of (epoch, batch): a checkpoint from which `restore` continues exactly."""
     core = run.core
+    record = {"architecture": core.meta.architecture, "options": core.meta.options}
+    record["class_names"] = core.meta.class_names  # a detector's with its background
+    if run.preprocessing is not None:  # (a detector's transform is its own)
+        record["preprocessing"] = run.preprocessing.to_dict()
     return {
-        "resnets": {
-            "architecture": core.meta.architecture,
-            "options": core.meta.options,
-            "class_names": run.classes,
-            "preprocessing": run.preprocessing.to_dict(),
-        },
+        "resnets": record,
         "model": core.state_dict(),
         "optimizer": steps.lr_as_float(run.opt.state_dict()),
         "scheduler": run.sched.state_dict(),
@@ -49,7 +48,7 @@ def state_dict(run: Run, epoch: int, batch: int) -> dict:
         "epoch": epoch,
         "batch": batch,
         "step": run.step,
-        "best_top1": run.best,
+        run.task.best_key: run.best,
         "history": run.history,
         "since_best": run.since_best,
         "curve": run.curve,
@@ -60,6 +59,13 @@ def state_dict(run: Run, epoch: int, batch: int) -> dict:
     }
 
 
+def stopped(run: Run, what: str) -> TrainingError:
+    """The error that stops a run whose loss or weights stopped being finite, naming the checkpoint it leaves."""
+    last = run.run_dir / "last.pt"
+    kept = f"The last good checkpoint is {last}" if last.is_file() else "No checkpoint had been written yet"
+    return TrainingError(f"{what}; stopped. {kept} (try a lower --lr, --clip-grad, or --amp none)")
+
+
 def save_state(run: Run, path: Path, epoch: int, batch: int) -> None:
     """A checkpoint of the run, never of non-finite weights or BatchNorm statistics: a step whose loss was finite
     can still leave them inf (a huge lr), and a checkpoint of them would replace the last good one."""
@@ -67,12 +73,7 @@ def save_state(run: Run, path: Path, epoch: int, batch: int) -> None:
         [torch.isfinite(t).all() for t in run.core.state_dict().values() if t.is_floating_point()]
     ).all()
     if not bool(finite):
-        last = run.run_dir / "last.pt"
-        kept = f"The last good checkpoint is {last}" if last.is_file() else "No checkpoint had been written yet"
-        raise TrainingError(
-            f"the weights became non-finite at step {run.step}; stopped. {kept} (try a lower --lr, "
-            "--clip-grad, or --amp none)"
-        )
+        raise stopped(run, f"the weights became non-finite at step {run.step}")
     if run.ctx.is_main:
         save_checkpoint(state_dict(run, epoch, batch), path)
 
@@ -91,13 +92,23 @@ def restore(run: Run, state: dict) -> None:
     if run.ema is not None and state.get("ema"):
         run.ema.load_state_dict(state["ema"])
     run.epoch, run.batch, run.step = state["epoch"], state["batch"], state["step"]
-    run.best, run.history = state.get("best_top1", -1.0), list(state.get("history", []))
+    run.best = state.get("best_top1", state.get("best_score", -1.0))  # a classifier's key, a dense run's
+    run.history = list(state.get("history", []))
     run.since_best = state.get("since_best", 0)
     run.curve = list(state.get("curve", []))
     run.skipped = state.get("skipped", 0)  # unreadable training images met before the checkpoint
-    run.partial = state.get("partial") if run.batch else None
+    run.partial = _partial(state.get("partial")) if run.batch else None
     if run.cfg.early_stop and (run.run_dir / "best.pt").is_file():
         run.best_state = load_checkpoint(run.run_dir / "best.pt")["model"]
     set_rng_state(state["rng"])
     if run.ctx.is_main:
         log.warning("resuming %s at epoch %d, batch %d (step %d)", run.run_dir, run.epoch + 1, run.batch, run.step)
+
+
+def _partial(sums: dict | list | None) -> dict | None:
+    """A mid-epoch checkpoint's running sums as the loop keeps them: {"epoch": [loss x n, hits, n], "window": the
+    same since the last curve point}; a dense run's checkpoint from before one engine held [loss x n, n]."""
+    if isinstance(sums, list):
+        loss_n, n = sums
+        return {"epoch": [loss_n, 0.0, n], "window": [0.0, 0.0, 0.0]}
+    return sums

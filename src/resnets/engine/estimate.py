@@ -9,7 +9,6 @@ import time
 from dataclasses import fields
 
 import torch
-import torch.nn.functional as F
 
 from ..config import RECIPE_RESULTS, TrainConfig, resolve
 from ..devices import autocast
@@ -26,25 +25,21 @@ _PRESENTATION = set(
 
 
 def step_rate(run: Run, steps: int = 5, warmup: int = 3) -> tuple[float, int]:
-    """(images/s of the training step, steps timed): forward, loss, backward and an SGD step of a copy of the
-    model on random batches of the run's shape, timed after `warmup` untimed steps (a fresh process's first steps
-    run 10-40% slower than its epochs do); only the first step when one is slow."""
+    """(images/s of the training step, steps timed): forward, the task's loss, backward and an SGD step of a copy
+    of the model on random batches of the run's shape (the task's `probe`), timed after `warmup` untimed steps (a
+    fresh process's first steps run 10-40% slower than its epochs do); only the first step when one is slow."""
     cfg, dev = run.cfg, run.ctx.device
     per_rank = cfg.batch_size // run.ctx.world
-    size = run.bundle.train_crop
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(0)
         model = copy.deepcopy(run.core).train()
         opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
-        x = torch.randn(per_rank, run.core.meta.in_chans, size, size, device=dev)
-        if run.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        y = torch.randint(0, len(run.classes), (per_rank,), device=dev)
+        x, target, y = run.task.probe(run, per_rank)
 
         def step() -> float:
             t0 = time.perf_counter()
             with autocast(dev, run.amp):
-                loss = F.cross_entropy(model(x), y)
+                loss = sum(run.task.forward(run, model, x, target, y)[0].values())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -77,17 +72,19 @@ def _minutes(seconds: float) -> str:
 
 
 def describe(run: Run) -> list[str]:
-    """The lines printed before training: the expected time on this machine and, for an unchanged recipe, the
-    expected accuracy."""
+    """The lines printed before training: the task's header, the expected time on this machine and, for an
+    unchanged recipe, the expected accuracy."""
     cfg = run.cfg
     rate, timed = step_rate(run)
     rate *= run.ctx.world
     images = max(training_batches(run) - batches_done(run), 0) * cfg.batch_size
     evals = evaluations(run, from_epoch=run.epoch)
     eval_s = evals * len(run.bundle.val) * EVAL_COST / rate
-    lines = [
+    header = run.task.header(run)  # what trains on what
+    lines = [header] if header else []
+    lines += [
         f"expected on this machine: about {_minutes(images / rate + eval_s)} "
-        f"(training {_minutes(images / rate)} at ~{rate:,.0f} img/s from {timed} timed step{'s' * (timed > 1)}; "
+        f"(training {_minutes(images / rate)} at ~{rate:,.{1 if rate < 10 else 0}f} img/s from {timed} timed step{'s' * (timed > 1)}; "
         f"{evals} evaluation{'s' * (evals > 1)} of {len(run.bundle.val):,} images ~{_minutes(eval_s)})"
     ]
     name = recipe_of(cfg)
@@ -114,7 +111,9 @@ def reuses_last(run: Run) -> bool:
 
 def training_batches(run: Run) -> int:
     """The training batches of the whole run (its epochs, or fewer when --iterations ends it sooner)."""
-    return min(run.epochs * run.batches_per_epoch, run.total_steps * run.cfg.accum_steps)
+    # an epoch's last step may take fewer than accum_steps batches (its window ends with the epoch)
+    epochs, steps = divmod(run.total_steps, run.steps_per_epoch)
+    return epochs * run.batches_per_epoch + min(steps * run.cfg.accum_steps, run.batches_per_epoch)
 
 
 def batches_done(run: Run) -> int:

@@ -168,3 +168,23 @@ class Plan:
 def from_config(model: nn.Module, cfg) -> Plan:
     convert_norms(model, cfg.bn)
     return Plan(model, cfg.strategy, cfg.unfreeze_stages, cfg.unfreeze_every, cfg.layer_decay, cfg.bn)
+
+
+class Whole:
+    """The plan of a model that does not train by stages (a detector, a segmenter): what its builder left
+    trainable trains, as one parameter group, from the first epoch to the last."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def apply(self, epoch: int) -> bool:
+        return False
+
+    def param_groups(self, lr: float, weight_decay: float, norm_weight_decay: float | None) -> list[dict]:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        return [{"params": params, "lr": lr, "weight_decay": weight_decay}]
+
+
+def plan_for(model: nn.Module, cfg, by_stages: bool) -> Plan | Whole:
+    """The config's plan for a model that trains `by_stages`, else the whole model's."""
+    return from_config(model, cfg) if by_stages else Whole(model)

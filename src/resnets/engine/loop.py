@@ -1,5 +1,6 @@
 """The loop: `fit` trains a built run from where it stands to its end, one `train_one_epoch` and `end_epoch` at a
-time, then `finish` evaluates and saves it; `validate` on the run's loader."""
+time, then `finish` evaluates and saves it; `validate` on the run's loader. One loop for every task: the run's task
+(tasks/) turns each loader batch into the step's inputs, and brings the losses, the scores and how they are shown."""
 
 from __future__ import annotations
 
@@ -12,14 +13,12 @@ from torch import nn
 
 from .. import distributed, safe_io
 from ..data.batching import Loader, mix_seed
-from ..data.loader import make_eval_loader
-from ..evaluate import evaluate, reports_top5, write_evaluation
 from ..weights.files import load_checkpoint, save, save_checkpoint
 from . import steps
-from .checkpoint import save_state
+from .checkpoint import save_state, stopped
 from .estimate import epoch_passes, final_passes, reuses_last
 from .outputs import best_epoch, close_outputs, evaluated, open_outputs, say, write_csv
-from .state import Run, TrainingError
+from .state import Run
 
 log = logging.getLogger("resnets")
 
@@ -37,20 +36,12 @@ def wrap(run: Run) -> nn.Module:
 
 
 def validate(run: Run, model: nn.Module | None = None, loader: Loader | None = None, tta: str = "none") -> dict:
-    """top-1, top-5, loss, per-class accuracy and the confusion matrix of `model` (default: the core) on `loader`
-    (default: the validation set), at the run's precision and memory format; with `tta`, those scores too."""
+    """The task's scores of `model` (default: the core) on `loader` (default: the validation set), at the run's
+    precision and memory format (a classifier's: top-1, top-5, loss, per-class accuracy, the confusion matrix; with
+    `tta`, those scores too)."""
     model = run.core if model is None else model
     distributed.average_norm_statistics(model, run.ctx)  # every rank scores, and rank 0 saves, the same model
-    ev = evaluate(
-        model,
-        run.val_loader if loader is None else loader,
-        run.normalize,
-        len(run.classes),
-        run.ctx,
-        amp=run.amp,
-        channels_last=run.channels_last,
-        tta=tta,
-    )
+    ev = run.task.evaluate(run, model, loader, tta)
     for f in ev["bad_files"]:  # each named once in a run, not at every evaluation
         if f["path"] not in run.warned_paths:
             run.warned_paths.add(f["path"])
@@ -59,11 +50,12 @@ def validate(run: Run, model: nn.Module | None = None, loader: Loader | None = N
 
 
 def _seed_step(run: Run, epoch: int, b: int) -> None:
-    """Drop-path and mixing draw from generators seeded by the step: the CPU one (MixUp/CutMix, drop-path on a
-    CPU) always, the GPU's only when stochastic depth runs there (seeding every accelerator costs far more)."""
+    """Drop-path, mixing and a detector's box sampling draw from generators seeded by the step: the CPU one
+    (MixUp/CutMix, drop-path on a CPU) always, the GPU's only when the step draws there (stochastic depth, a task
+    that samples on the device: seeding every accelerator costs far more)."""
     seed = mix_seed(run.cfg.seed, epoch, b, run.ctx.rank)
     torch.default_generator.manual_seed(seed)
-    if run.cfg.drop_path_rate and run.ctx.device.type == "cuda":
+    if (run.cfg.drop_path_rate or run.task.seeds_device) and run.ctx.device.type == "cuda":
         torch.cuda.manual_seed(seed)
 
 
@@ -75,50 +67,44 @@ def _after_step(run: Run, epoch: int, b: int, window: torch.Tensor) -> None:
     run.step += 1
     if run.ema is not None and run.step % cfg.ema_every == 0:
         run.ema.update_parameters(run.core)
-    if cfg.curve_steps and run.step % cfg.curve_steps == 0:
+    if cfg.curve_steps and run.step % cfg.curve_steps == 0 and run.task.accuracy:  # (an error curve: top-1's)
         w = distributed.all_reduce_sum(window.clone(), run.ctx)
-        ev = validate(run)
         run.curve.append(
             {
                 "step": run.step,
                 "epoch": epoch + (b + 1) / run.batches_per_epoch,
                 "train_loss": w[0].item() / max(w[2].item(), 1),
                 "train_err": 100 - 100 * w[1].item() / max(w[2].item(), 1),
-                "val_err": 100 - ev["top1"],
-                "val_loss": ev["loss"],
+                **run.task.curve_point(validate(run)),
             }
         )
         window.zero_()
 
 
-def _show_progress(run: Run, epoch: int, b: int, sums: torch.Tensor, seen: int, t0: float, reported: float) -> float:
-    """The bar's postfix every 10 batches; the progress callback every 0.5 s and at the end of each epoch (so a
-    short run reports too, and the last report is the last step). Returns when the callback was last called."""
+def _show_progress(
+    run: Run, epoch: int, b: int, sums: torch.Tensor, seen: int, t0: float, reported: float, now: bool = False
+) -> float:
+    """The bar's postfix every 10 batches; the progress callback every 0.5 s, at the end of each epoch (so a short
+    run reports too, and the last report is the last step) and when `now` (a checkpoint was written). Returns when
+    the callback was last called."""
     if run.bar is not None:
         run.bar.update(1)
         if b % 10 == 0 or b + 1 == run.batches_per_epoch:
             n = max(sums[2].item(), 1)
             rate = seen / max(time.perf_counter() - t0, 1e-9)
+            acc = {"acc": f"{100 * sums[1].item() / n:.1f}"} if run.task.accuracy else {}
             run.bar.set_postfix(
-                loss=f"{sums[0].item() / n:.3f}",
-                acc=f"{100 * sums[1].item() / n:.1f}",
-                lr=f"{float(run.opt.param_groups[-1]['lr']):.3g}",
-                img_s=f"{rate:.0f}",
-            )
-    last = b + 1 == run.batches_per_epoch or run.done
+                loss=f"{sums[0].item() / n:.3f}", **acc, lr=f"{float(run.opt.param_groups[-1]['lr']):.3g}",
+                img_s=f"{rate:.0f}" if rate >= 100 else f"{rate:.1f}",
+            )  # fmt: skip
+    last = b + 1 == run.batches_per_epoch or run.done or now
     if run.on_progress is not None and (last or time.perf_counter() - reported >= 0.5):
         reported = time.perf_counter()
         n = max(sums[2].item(), 1)
-        run.on_progress(
-            {
-                "step": run.step,
-                "total_steps": run.total_steps,
-                "epoch": epoch + 1,
-                "loss": sums[0].item() / n,
-                "acc": 100 * sums[1].item() / n,
-                "img_s": seen / max(reported - t0, 1e-9),
-            }
-        )
+        report = {"step": run.step, "total_steps": run.total_steps, "epoch": epoch + 1, "loss": sums[0].item() / n}
+        if run.task.accuracy:
+            report["acc"] = 100 * sums[1].item() / n
+        run.on_progress(report | {"img_s": seen / max(reported - t0, 1e-9)})
     return reported
 
 
@@ -139,81 +125,67 @@ def train_one_epoch(run: Run, epoch: int, step_fn) -> dict:
     reported = t0
     if run.bar is not None:
         run.bar.set_description(f"epoch {epoch + 1}/{run.epochs}")
-    for b, batch in enumerate(run.train_loader, start=first):
+    for b, raw in enumerate(run.train_loader, start=first):
         _seed_step(run, epoch, b)
+        batch = run.task.batch(run, raw)
         run.skipped += len(batch.bad)
         for path, reason in batch.bad:
             if path not in run.warned_paths:  # once in a run, not every epoch
                 run.warned_paths.add(path)
                 log.warning("skipped unreadable image %s: %s", path, reason)
-        x = batch.images.to(dev, non_blocking=True)
-        y = batch.labels.to(dev, non_blocking=True)
-        if x.numel() == 0:
+        if batch.n == 0:
             continue
-        x = run.normalize(x)
-        if run.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        target = y
-        if run.mix is not None:
-            x, target = run.mix(x, y)
         sync = (b + 1) % cfg.accum_steps == 0 or b + 1 == run.batches_per_epoch
-        batch_sums = step_fn(x, target, y, sync)
+        batch_sums = step_fn(batch.inputs, batch.targets, batch.labels, sync)
         finite &= torch.isfinite(batch_sums[0])
         sums += batch_sums
         window += batch_sums
-        seen += len(y) * ctx.world
+        seen += batch.n * ctx.world
         if sync:
             _after_step(run, epoch, b, window)
-        reported = _show_progress(run, epoch, b, sums, seen, t0, reported)
         if b % 10 == 0 and not bool(finite):
             break
-        if sync and cfg.checkpoint_steps and run.step % cfg.checkpoint_steps == 0 and b + 1 < run.batches_per_epoch:
+        saved = sync and cfg.checkpoint_steps and run.step % cfg.checkpoint_steps == 0
+        if saved and b + 1 < run.batches_per_epoch:
             if not bool(finite):
                 break
             both = distributed.all_reduce_sum(torch.cat([sums, window]), ctx).tolist()
             run.partial = {"epoch": both[:3], "window": both[3:]}
             save_state(run, run.run_dir / "last.pt", epoch, b + 1)
+        # reported after the checkpoint (a caller that stops the run on a report loses no step) and at each one
+        reported = _show_progress(run, epoch, b, sums, seen, t0, reported, bool(saved))
         if run.done:
             break
     if not bool(finite):
-        last = run.run_dir / "last.pt"
-        kept = f"The last good checkpoint is {last}" if last.is_file() else "No checkpoint had been written yet"
-        raise TrainingError(
-            f"the loss became non-finite in epoch {epoch + 1} (step {run.step}); stopped. {kept} "
-            "(try a lower --lr, --clip-grad, or --amp none)"
-        )
+        raise stopped(run, f"the loss became non-finite in epoch {epoch + 1} (step {run.step})")
     elapsed = time.perf_counter() - t0
     train_sums = distributed.all_reduce_sum(sums.clone(), ctx)
     n = max(train_sums[2].item(), 1)
-    return {
-        "epoch": epoch + 1,
-        "step": run.step,
-        "lr": float(run.opt.param_groups[-1]["lr"]),
-        "train_loss": train_sums[0].item() / n,
-        "train_acc": 100 * train_sums[1].item() / n,
-        "images_per_s": seen / max(elapsed, 1e-9),
-        "time_s": elapsed,
-    }
+    record = {"epoch": epoch + 1, "step": run.step, "lr": float(run.opt.param_groups[-1]["lr"])}
+    record["train_loss"] = train_sums[0].item() / n
+    if run.task.accuracy:
+        record["train_acc"] = 100 * train_sums[1].item() / n
+    return record | {"images_per_s": seen / max(elapsed, 1e-9), "time_s": elapsed}
 
 
 def end_epoch(run: Run, epoch: int, record: dict) -> bool:
     """Evaluate when due, keep the history and the best weights, checkpoint and report. True: stop early."""
-    cfg = run.cfg
+    cfg, score = run.cfg, run.task.score
     if (epoch + 1) % cfg.eval_every == 0 or run.done or epoch + 1 == run.epochs:
         last = (run.done or epoch + 1 == run.epochs) and reuses_last(run)  # the final evaluation too
         ev = validate(run, tta=cfg.tta if last else "none")
         run.last_eval = ev if last else None
-        record.update(val_loss=ev["loss"], val_top1=ev["top1"], val_top5=ev["top5"])
+        record.update(run.task.record(ev))
         if run.ema is not None:
-            record["ema_val_top1"] = validate(run, run.ema.module)["top1"]
+            record[f"ema_val_{score}"] = validate(run, run.ema.module)[score]
         evaluated(run, epoch_passes(run, last))
-        if run.plateau is not None:
+        if run.plateau is not None and "loss" in ev:  # (a task without a validation loss has no plateau to see)
             run.plateau.step(ev["loss"])
     record["skipped_images"] = run.skipped
     run.history.append(record)
-    improved = record.get("val_top1", -1) > run.best
-    run.best = max(run.best, record.get("val_top1", -1))
-    if "val_top1" in record:
+    improved = record.get(f"val_{score}", -1) > run.best
+    run.best = max(run.best, record.get(f"val_{score}", -1))
+    if f"val_{score}" in record:
         run.since_best = 0 if improved else run.since_best + 1
     if cfg.early_stop and improved:
         run.best_state = {k: v.detach().clone() for k, v in run.core.state_dict().items()}
@@ -232,16 +204,13 @@ def end_epoch(run: Run, epoch: int, record: dict) -> bool:
             for k, v in record.items():
                 if k != "epoch":
                     run.writer.add_scalar(k, v, epoch + 1)
-        msg = f"epoch {epoch + 1}: train loss {record['train_loss']:.4f} acc {record['train_acc']:.2f}%"
-        if "val_top1" in record:
-            msg += f", val top-1 {record['val_top1']:.2f}%"
-            msg += f" top-5 {record['val_top5']:.2f}%" if reports_top5(len(run.classes)) else ""
-        say(run, msg + f", {record['images_per_s']:.0f} img/s")
+        say(run, run.task.epoch_line(run, record))
     stop = bool(cfg.early_stop) and run.since_best >= cfg.early_stop
     if stop:
         say(
             run,
-            f"early stop: no better val top-1 in {cfg.early_stop} evaluations; keeping epoch {best_epoch(run.history)}'s weights",
+            f"early stop: no better {run.task.score_title} in {cfg.early_stop} evaluations; keeping epoch "
+            f"{best_epoch(run.history, f'val_{score}')}'s weights",
         )
     return stop
 
@@ -274,9 +243,9 @@ def fit(run: Run) -> dict:
 
 
 def finish(run: Run) -> dict:
-    """Final evaluation (the EMA weights when they are better; the paper's 10 crops when asked), the
-    self-describing model file, plots and eval.json."""
-    cfg, ctx, bundle, core, classes = run.cfg, run.ctx, run.bundle, run.core, run.classes
+    """Final evaluation (the EMA weights when they score better; the task's extras: a classifier's 10 crops), the
+    self-describing model file and the task's report (eval.json; a classifier's confusion matrix and curves)."""
+    cfg, core, score = run.cfg, run.core, run.task.score
     # without EMA weights to choose from, one pass gives the plain scores and the test-time-augmented ones; the last
     # epoch's evaluation was that pass when the weights are still the last epoch's
     reused = run.last_eval is not None
@@ -284,61 +253,24 @@ def finish(run: Run) -> dict:
     final, which = core, "model"
     if run.ema is not None:
         ev_ema = validate(run, run.ema.module)
-        if ev_ema["top1"] > ev["top1"]:
+        if ev_ema[score] > ev[score]:
             final, which, ev = run.ema.module, "ema", ev_ema
-        if cfg.tta != "none":
-            ev["tta"] = validate(run, final, tta=cfg.tta)["tta"]
-    if cfg.ten_crop:
-        tc_loader = make_eval_loader(
-            bundle.val,
-            kind="host",
-            device=ctx.device,
-            batch_size=32,
-            resize=bundle.eval_resize,
-            crop=bundle.eval_crop,
-            interpolation=cfg.interpolation,
-            ten_crop=True,
-            rank=ctx.rank,
-            world=ctx.world,
-            workers=cfg.workers,
-        )
-        ev["ten_crop"] = {k: v for k, v in validate(run, final, tc_loader).items() if k in ("top1", "top5", "n")}
+    ev = run.task.final_scores(run, validate, final, ev)
     evaluated(run, final_passes(run, reused))
     result = {
         "run_dir": str(run.run_dir),
         "model_path": str(run.run_dir / "model.safetensors"),
         "weights": which,
-        "top1": ev["top1"],
-        "top5": ev["top5"],
-        "loss": ev["loss"],
-        "n": ev["n"],
-        "per_class": ev["per_class"],
-        "classes": classes,
+        **run.task.result(run, ev),
+        "classes": run.classes,
         "skipped_images": run.skipped,
         "val_skipped_images": ev["bad_samples"],
         "amp": run.amp,
-        "channels_last": run.channels_last,
-        "loader": run.train_loader.kind,
-        "cuda_graph": run.graph,
         "history": run.history,
     }
-    for extra in ("ten_crop", "tta"):
-        if extra in ev:
-            result[extra] = ev[extra]
-    if ctx.is_main:
-        from ..reports import plot_curves
-
+    if run.ctx.is_main:
         if final is not core:
             core.load_state_dict(final.state_dict())
-        save(core, run.run_dir / "model.safetensors", extra={"val_top1": ev["top1"], "dataset": cfg.dataset})
-        title = f"{core.meta.architecture} on {cfg.dataset}"
-        write_evaluation(
-            run.run_dir,
-            {k: v for k, v in result.items() if k != "history"},
-            classes,
-            ev["confusion"],
-            f"{title}: top-1 {ev['top1']:.2f}%",
-        )
-        if run.history:
-            plot_curves(run.history, run.run_dir / "curves.png", title)
+        save(core, run.run_dir / "model.safetensors", extra={f"val_{score}": ev[score], "dataset": cfg.dataset})
+        run.task.write(run, result, ev)
     return result

@@ -67,6 +67,7 @@ def close_outputs(run: Run) -> None:
         run.writer = None
 
 
-def best_epoch(history: list[dict]) -> int:
-    scored = [h for h in history if "val_top1" in h]
-    return max(scored, key=lambda h: h["val_top1"])["epoch"] if scored else 0
+def best_epoch(history: list[dict], key: str = "val_top1") -> int:
+    """The epoch whose `key` (the score that picks best.pt) was highest (0: none was scored)."""
+    scored = [h for h in history if key in h]
+    return max(scored, key=lambda h: h[key])["epoch"] if scored else 0

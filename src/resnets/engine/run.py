@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
@@ -13,16 +14,11 @@ import torch
 from torch import nn
 
 from .. import distributed
-from ..config import MODEL_OPTIONS, TrainConfig, resolve
-from ..data import DataBundle, build, get_dataset
+from ..config import TrainConfig, resolve
 from ..data.batching import check_batch_split
-from ..data.loader import make_eval_loader, make_train_loader
-from ..data.preprocessing import Preprocessing
-from ..data.transforms import batch_mix, normalizer
 from ..devices import native_bf16, resolve_amp
 from ..errors import ResnetsError
-from ..factory import create_from_weights, create_model
-from ..models import get_entry, list_models
+from ..tasks import task_of
 from . import estimate, finetune, rundir, steps
 from .checkpoint import restore
 from .loop import fit
@@ -30,38 +26,6 @@ from .optim import make_scheduler
 from .state import Run
 
 log = logging.getLogger("resnets")
-
-
-def _model_options(cfg: TrainConfig) -> dict[str, Any]:
-    keys = [k for k in MODEL_OPTIONS if k != "in_chans"]  # the channels follow the data or the weights
-    return {k: getattr(cfg, k) for k in keys if getattr(cfg, k) is not None}
-
-
-def _data_and_model(cfg: TrainConfig) -> tuple[DataBundle, nn.Module]:
-    """The data and the model to train on it. Pretrained weights bring their architecture (when --model is not
-    given), input channels and preprocessing for image files; their head is replaced when the classes differ."""
-    options = _model_options(cfg)
-    fixed_chans = get_dataset(cfg.dataset).channels or cfg.in_chans or None  # in-memory data has its own
-    if fixed_chans:
-        options["in_chans"] = fixed_chans
-    if not cfg.weights:
-        bundle = build(cfg)
-        options.pop("in_chans", None)  # the data's
-        return bundle, create_model(cfg.model, num_classes=len(bundle.classes), in_chans=bundle.in_chans, **options)
-    model = create_from_weights(cfg.weights, cfg.model or None, **options)
-    bundle = build(cfg, in_chans=model.meta.in_chans, preprocessing=model.meta.preprocessing)
-    if model.num_classes != len(bundle.classes) or (
-        model.meta.class_names and model.meta.class_names != bundle.classes
-    ):
-        log.warning(
-            "new head: %d classes (%s%s); the weights' classifier is dropped",
-            len(bundle.classes),
-            ", ".join(bundle.classes[:5]),
-            ", ..." if len(bundle.classes) > 5 else "",
-        )
-        model.reset_classifier(len(bundle.classes))
-        model.meta.options["num_classes"] = len(bundle.classes)
-    return bundle, model
 
 
 def train(
@@ -99,16 +63,13 @@ def train(
         torch.is_deterministic_algorithms_warn_only_enabled(),
         torch.backends.cudnn.benchmark,
     )
+    decoding = _decoding(cfg)
     try:
-        if cfg.model in list_models() and get_entry(cfg.model).family in ("detection", "segmentation"):
-            from . import detection  # boxes or class maps, not classes: torchvision's losses, COCO's mAP or mIoU
-
-            return detection.train(cfg, ctx, resume, state, changed, on_progress)
         run = build_run(cfg, ctx, resume, changed)
         run.on_progress = on_progress if ctx.is_main else None
         if state is not None:
             restore(run, state)
-        if ctx.is_main and cfg.progress:  # the wait, said before it starts
+        if ctx.is_main and cfg.progress:  # what trains, and the wait, said before it starts
             for line in estimate.describe(run):
                 print(line, flush=True)
         return fit(run)
@@ -117,6 +78,7 @@ def train(
             rundir.discard(run.run_dir, e)  # stopped before its first checkpoint: nothing to resume or reuse
         raise
     finally:
+        decoding()
         if run is not None and run.lock is not None:
             run.lock.release()
         distributed.cleanup(ctx)
@@ -136,41 +98,12 @@ def _agree(found: bool, cfg: TrainConfig, ctx: distributed.Context) -> None:
             )
 
 
-def _loaders(cfg: TrainConfig, bundle: Any, ctx: distributed.Context) -> tuple[Any, Any]:
-    """The training loader (this rank's share, augmented) and the evaluation loader."""
-    world = ctx.world
-    loader_args = dict(
-        kind=cfg.loader, device=ctx.device, rank=ctx.rank, world=world, workers=cfg.workers, strict=cfg.strict_data
-    )
-    train_loader = make_train_loader(
-        bundle.train,
-        batch_size=cfg.batch_size,
-        seed=cfg.seed,
-        augment=cfg.augment,
-        crop=bundle.train_crop,
-        mean=bundle.mean,
-        pad=cfg.pad,
-        auto_augment=cfg.auto_augment,
-        random_erasing=cfg.random_erasing,
-        interpolation=cfg.interpolation,
-        balanced=cfg.balanced,
-        **loader_args,
-    )
-    val_loader = make_eval_loader(
-        bundle.val,
-        batch_size=max(cfg.batch_size // world, 1) * 2,
-        resize=bundle.eval_resize,
-        crop=bundle.eval_crop,
-        interpolation=cfg.interpolation,
-        **loader_args,
-    )
-    return train_loader, val_loader
-
-
 def _lengths(cfg: TrainConfig, batches_per_epoch: int) -> tuple[int, int, int, int]:
     """Batches and optimizer steps per epoch, epochs and total steps (from --iterations or --epochs), for
     `batches_per_epoch` global batches an epoch."""
-    steps_per_epoch = max(batches_per_epoch // cfg.accum_steps, 1)
+    # the loop steps after every accum_steps batches and after an epoch's last one (a shorter window): 7 batches
+    # accumulated by 2 are 4 steps (counting 3 left the last epoch one step)
+    steps_per_epoch = math.ceil(batches_per_epoch / cfg.accum_steps)
     total_steps = cfg.run_steps(steps_per_epoch)
     return batches_per_epoch, steps_per_epoch, math.ceil(total_steps / steps_per_epoch), total_steps
 
@@ -190,19 +123,44 @@ def _place(model: nn.Module, cfg: TrainConfig, ctx: distributed.Context, channel
     return model, ema
 
 
+def _decoding(cfg: TrainConfig) -> Callable[[], None]:
+    """The run's decoding settings (max_pixels, exact_decode: in its config.json, so a resume decodes as the run
+    did) set for this process and the loader workers it starts, through the environment that data/images.py
+    reads; returns what gives the process its own settings back."""
+    wanted = {
+        "RESNETS_MAX_PIXELS": str(cfg.max_pixels) if cfg.max_pixels else None,
+        "RESNETS_EXACT_DECODE": "1" if cfg.exact_decode else None,
+    }
+    before = {k: os.environ.get(k) for k in wanted}
+    for k, v in wanted.items():
+        if v is not None:
+            os.environ[k] = v
+
+    def restore() -> None:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+    return restore
+
+
 def build_run(
     cfg: TrainConfig, ctx: distributed.Context, resume: Path | None = None, changed: dict[str, Any] | None = None
 ) -> Run:
     """Data, model, optimizer, schedule and loaders from the config. Everything that can fail on bad input
     happens before anything is written; then the run directory is claimed and its config.json written (on a
-    resume, again when the resume `changed` keys)."""
+    resume, again when the resume `changed` keys). The task (tasks/: by the config's model) brings the data, the
+    model for its classes, the loaders and the step's loss."""
+    task = task_of(cfg)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
-    else:
-        torch.backends.cudnn.benchmark = True
+    else:  # (images of many sizes would have every new size timed)
+        torch.backends.cudnn.benchmark = task.fixed_shapes
     torch.manual_seed(cfg.seed)
-    bundle, model = _data_and_model(cfg)
+    bundle, model = task.data_and_model(cfg, ctx)
     world, dev = ctx.world, ctx.device
     check_batch_split(cfg.batch_size, world)
     if cfg.weights and len(bundle.train) < cfg.batch_size:  # fine-tuning a small folder: one batch per step
@@ -214,14 +172,13 @@ def build_run(
     amp = resolve_amp(cfg.amp, dev)
     if amp == "bf16" and not native_bf16(dev):
         log.warning("bf16 on this %s is emulated and may be far slower than fp32 (--amp auto picks for you)", dev.type)
-    graph = steps.use_graph(cfg, dev, world, amp)
+    graph = task.fixed_shapes and steps.use_graph(cfg, dev, world, amp)
     channels_last = cfg.channels_last if cfg.channels_last is not None else dev.type in ("cuda", "cpu")
-    train_loader, val_loader = _loaders(cfg, bundle, ctx)
+    channels_last = channels_last and task.channels_last
+    train_loader, val_loader = task.loaders(cfg, bundle, ctx)
     # the batches an epoch deals (streamed shards deal whole shards to each rank: fewer than the set holds)
     batches_per_epoch, steps_per_epoch, epochs, total_steps = _lengths(cfg, len(train_loader))
-    preprocessing = Preprocessing(bundle.eval_resize, bundle.eval_crop, cfg.interpolation, bundle.mean, bundle.std)
-    model.meta = model.meta.replace(class_names=list(bundle.classes), preprocessing=preprocessing)
-    plan = finetune.from_config(model, cfg)  # what trains when, and BatchNorm's policy
+    plan = finetune.plan_for(model, cfg, task.stages)  # what trains when, and BatchNorm's policy
     model, ema = _place(model, cfg, ctx, channels_last)
     effective_batch = cfg.batch_size * cfg.accum_steps
     peak_lr = cfg.lr * effective_batch / cfg.lr_reference_batch if cfg.lr_reference_batch else cfg.lr
@@ -229,23 +186,25 @@ def build_run(
         plan.param_groups(peak_lr, cfg.weight_decay, cfg.norm_weight_decay), cfg, dev, capturable=graph
     )
     sched, plateau = make_scheduler(opt, cfg, total_steps, steps_per_epoch, peak_lr)
+    criterion, mix, normalize = task.parts(cfg, bundle)
     run_dir, lock, fresh = rundir.claim_and_record(cfg, ctx, resume, changed)
     distributed.barrier(ctx)
     return Run(
         cfg=cfg,
         ctx=ctx,
+        task=task,
         run_dir=run_dir,
         bundle=bundle,
         core=model,
-        preprocessing=preprocessing,
+        preprocessing=model.meta.preprocessing,
         plan=plan,
         opt=opt,
         sched=sched,
         plateau=plateau,
         scaler=torch.amp.GradScaler(dev.type, enabled=amp == "fp16"),
-        criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
-        mix=batch_mix(len(bundle.classes), cfg.mixup, cfg.cutmix),
-        normalize=normalizer(bundle.mean, bundle.std),
+        criterion=criterion,
+        mix=mix,
+        normalize=normalize,
         train_loader=train_loader,
         val_loader=val_loader,
         ema=ema,

@@ -13,9 +13,9 @@ from torch import nn
 
 from .. import distributed
 from ..config import TrainConfig
-from ..data import DataBundle
 from ..data.batching import Loader
 from ..data.preprocessing import Preprocessing
+from ..tasks import Task
 from . import finetune, rundir
 
 
@@ -30,20 +30,21 @@ class Run:
 
     cfg: TrainConfig
     ctx: distributed.Context
+    task: Task  # what is trained: its data, batches, losses and scores (tasks/)
     run_dir: Path
-    bundle: DataBundle
+    bundle: Any  # the data: a DataBundle, or a dense task's Sets (.train, .val, .classes)
     core: nn.Module  # the plain module: what is saved and evaluated
-    preprocessing: Preprocessing
+    preprocessing: Preprocessing | None  # None: the model feeds itself (a detector's transform)
     plan: finetune.Plan
     opt: torch.optim.Optimizer
     sched: Any
     plateau: Any
     scaler: torch.amp.GradScaler
-    criterion: nn.Module
+    criterion: nn.Module | None  # the task's loss module, mixing and normalisation (None: the model's own)
     mix: Any
     normalize: Any
     train_loader: Loader
-    val_loader: Loader
+    val_loader: Loader | None  # None: the task evaluates on the validation set itself
     ema: nn.Module | None
     lock: rundir.RunLock | None  # held by rank 0 for the whole run
     fresh: bool  # this run made its folder (removed again if it stops before its first checkpoint)
@@ -65,7 +66,7 @@ class Run:
     history: list = field(default_factory=list)
     curve: list = field(default_factory=list)  # every curve_steps steps: the paper's Figure 6 points
     skipped: int = 0
-    # the epoch's running sums (loss * n, hits, n; over all processes) at a mid-epoch checkpoint, and those since
+    # the epoch's running sums (loss * n, top-1 hits, n; over all processes) at a mid-epoch checkpoint, and those since
     # the last curve point: a resumed epoch reports all of its batches, not only those after the resume
     partial: dict | None = None
     warned_paths: set = field(default_factory=set)  # unreadable images already named in a warning (once a run)

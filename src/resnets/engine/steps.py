@@ -7,7 +7,8 @@
   all at once. It needs static shapes and no host synchronisation inside the step, so it is used where those hold
   (one process, no accumulation, no fp16 scaler, no stochastic depth) and the eager step elsewhere.
 
-Both return the batch's statistics as one float64 tensor on the device: [loss x n, top-1 hits, n].
+The loss is the task's (tasks/: its named losses, summed). Both return the batch's statistics as one float64
+tensor on the device: [loss x n, top-1 hits (0 where the task counts none), n].
 """
 
 from __future__ import annotations
@@ -28,9 +29,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("resnets")
 
 
-def _stats(loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    n = torch.full((), len(y), dtype=torch.float64, device=y.device)
-    return torch.stack([loss.detach().double() * n, (logits.detach().argmax(1) == y).sum().double(), n])
+def _stats(loss: torch.Tensor, hits: torch.Tensor, n: int) -> torch.Tensor:
+    count = torch.full((), n, dtype=torch.float64, device=loss.device)
+    return torch.stack([loss.detach().double() * count, hits.to(loss.device).double(), count])
+
+
+def _loss(run: "Run", net: nn.Module, x, target, y) -> tuple[torch.Tensor, torch.Tensor]:
+    """The task's named losses summed, and the batch's top-1 hits."""
+    named, hits = run.task.forward(run, net, x, target, y)
+    return sum(named.values()), hits
 
 
 def make_optimizer(groups: list[dict], cfg, device: torch.device, *, capturable: bool = False) -> torch.optim.Optimizer:
@@ -103,8 +110,7 @@ class EagerStep:
         no_sync = net.no_sync() if r.ctx.distributed and not sync and hasattr(net, "no_sync") else nullcontext()
         with no_sync:
             with autocast(r.ctx.device, r.amp):
-                logits = net(x)
-                loss = r.criterion(logits.float(), target)
+                loss, hits = _loss(r, net, x, target, y)
             r.scaler.scale(loss / cfg.accum_steps).backward()
         if sync:
             if cfg.clip_grad > 0:
@@ -113,7 +119,7 @@ class EagerStep:
             r.scaler.step(r.opt)
             r.scaler.update()
             r.opt.zero_grad(set_to_none=not keep_grads)
-        return _stats(loss, logits, y)
+        return _stats(loss, hits, len(x))
 
 
 class GraphStep:
@@ -131,13 +137,12 @@ class GraphStep:
     def _body(self, x: torch.Tensor, target: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         r = self.run
         with autocast(r.ctx.device, r.amp, cache=False):  # autocast's weight cache must not outlive a capture
-            logits = r.net(x)
-            loss = r.criterion(logits.float(), target)
+            loss, hits = _loss(r, r.net, x, target, y)
         loss.backward()
         if r.cfg.clip_grad > 0:
             nn.utils.clip_grad_norm_(r.core.parameters(), r.cfg.clip_grad, foreach=True)
         r.opt.step()
-        return _stats(loss, logits, y)
+        return _stats(loss, hits, len(x))
 
     def __call__(self, x: torch.Tensor, target: torch.Tensor, y: torch.Tensor, sync: bool) -> torch.Tensor:
         if self.graph is None and self.calls < self.warmup:

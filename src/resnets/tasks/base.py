@@ -1,0 +1,236 @@
+"""The task's hooks (`Task`), the batch the step takes (`Batch`), and the table of tasks by model family that
+`register` fills (the rooms beside this module register themselves; tasks/__init__.py reads the table)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..config import MODEL_OPTIONS
+from ..data import coco
+from ..data.loader import TrainBatches
+from ..errors import ResnetsError
+from ..safe_io import atomic_path
+
+
+@dataclass
+class Batch:
+    """One training batch as the task's step takes it: `inputs` and `targets` for the model (a tensor, or lists of
+    images and their targets), `labels` the classes top-1 is counted against (None: no accuracy), `n` images, and
+    the unreadable files set aside ([(path, reason)])."""
+
+    inputs: Any
+    targets: Any
+    labels: torch.Tensor | None
+    n: int
+    bad: list
+
+
+class Task:
+    """The hooks the engine calls; each room overrides them. Class attributes say what the task reports."""
+
+    name = ""
+    families: tuple[str, ...] = ()
+    score = ""  # the evaluation's key that picks best.pt ("top1", "map", "miou")
+    score_title = ""  # how it is shown ("val top-1")
+    best_key = "best_score"  # the checkpoint's key for the best score so far (kept as each task's files had it)
+    accuracy = False  # the training step counts top-1 hits (train_acc)
+    stages = False  # the model trains by stages (engine/finetune.py's strategies)
+    seeds_device = True  # the step draws random numbers on the device (seeded per step, as on the CPU)
+    channels_last = False  # the model may take its input channels-last (where the config leaves it to the device)
+    fixed_shapes = False  # every batch has one shape (cuDNN's timed algorithms and a CUDA graph pay off)
+
+    def data_and_model(self, cfg, ctx) -> tuple[Any, nn.Module]:
+        """The data (`.train`, `.val`, `.classes`) and the model for its classes."""
+        raise NotImplementedError
+
+    def parts(self, cfg, data) -> tuple[Any, Any, Any]:
+        """(the loss module, the batch mixing, the normalisation) the step uses; None where the model holds them."""
+        return None, None, None
+
+    def loaders(self, cfg, data, ctx) -> tuple[Any, Any]:
+        """The training loader (with `set_epoch(epoch, first)`, `kind`, a length in batches) and the evaluation one."""
+        raise NotImplementedError
+
+    def batch(self, run, raw) -> Batch:
+        """A loader's batch as the step takes it, on the run's device."""
+        raise NotImplementedError
+
+    def forward(self, run, net: nn.Module, inputs, targets, labels) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The named losses of a batch and its top-1 hits (a 0-d tensor; 0 where the task counts none)."""
+        raise NotImplementedError
+
+    def probe(self, run, n: int) -> tuple[Any, Any, Any]:
+        """(inputs, targets, labels) of `n` random images of the run's shape, for timing the step before training."""
+        raise NotImplementedError
+
+    def evaluate(self, run, model: nn.Module, loader=None, tta: str = "none") -> dict:
+        """The scores of `model` on the validation set (`loader`: another evaluation loader)."""
+        raise NotImplementedError
+
+    def final_scores(self, run, validate, final: nn.Module, ev: dict) -> dict:
+        """The final evaluation `ev` of the weights kept (`final`) with the task's extras (`validate(run, model,
+        loader, tta)` scores another way)."""
+        return ev
+
+    def curve_point(self, ev: dict) -> dict:
+        """The validation side of a --curve-steps point of the paper's Figure 6 (a task that counts top-1 hits)."""
+        raise NotImplementedError
+
+    def record(self, ev: dict) -> dict:
+        """The epoch record's validation keys from an evaluation."""
+        raise NotImplementedError
+
+    def epoch_line(self, run, record: dict) -> str:
+        """The line printed at the end of an epoch."""
+        raise NotImplementedError
+
+    def result(self, run, ev: dict) -> dict:
+        """The task's part of the run's result (and of eval.json)."""
+        raise NotImplementedError
+
+    def write(self, run, result: dict, ev: dict) -> None:
+        """The task's files in the run folder beside model.safetensors (eval.json, pictures)."""
+        raise NotImplementedError
+
+    def owns(self, model: nn.Module) -> bool:
+        """Whether a model that records no architecture (torchvision's own) is this task's, by its kind."""
+        return False
+
+    def header(self, run) -> str | None:
+        """The line printed before training: what trains on what (None: nothing before the expected time)."""
+        return None
+
+
+TASKS: dict[str, Task] = {}  # model family -> its task
+
+
+def register(task: Task) -> Task:
+    """`task` for each of its families; a family claimed twice is an error."""
+    for family in task.families:
+        if family in TASKS:
+            raise ResnetsError(f"the {family} family is already {TASKS[family].name}'s")
+        TASKS[family] = task
+    return task
+
+
+@dataclass
+class Sets:
+    """A dense task's data: its training and validation sets and their classes (background not counted)."""
+
+    train: Any
+    val: Any
+    classes: list[str]
+
+    @classmethod
+    def checked(cls, cfg, train, val) -> "Sets":
+        if len(train) < cfg.batch_size:
+            raise ResnetsError(f"the training set ({len(train)} images) is smaller than one batch ({cfg.batch_size})")
+        return cls(train, val, train.classes)
+
+
+class ListLoader:
+    """A dense task's training batches: (images, targets, unreadable) lists, this rank's share of each global batch,
+    dealt in the seeded order classification's loaders deal (data.loader.TrainBatches)."""
+
+    kind = "host"
+
+    def __init__(self, dataset, cfg, ctx, collate):
+        self.batches = len(dataset) // cfg.batch_size
+        self.sampler = TrainBatches(len(dataset), cfg.batch_size, seed=cfg.seed, rank=ctx.rank, world=ctx.world)
+        self.loader = DataLoader(
+            coco.Safe(dataset), batch_sampler=self.sampler, num_workers=cfg.workers, collate_fn=collate,
+            persistent_workers=False,
+        )  # fmt: skip
+
+    def set_epoch(self, epoch: int, first: int = 0) -> None:
+        self.sampler.set_epoch(epoch, first)
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def __iter__(self):
+        return iter(self.loader)
+
+
+def model_options(cfg) -> dict[str, Any]:
+    """The config's model options that are set (the input channels follow the data or the weights)."""
+    return {k: getattr(cfg, k) for k in MODEL_OPTIONS if k != "in_chans" and getattr(cfg, k) is not None}
+
+
+def shown_name(architecture: str, options: dict[str, Any]) -> str:
+    """An architecture's name as printed: with its backbone when that is not the one the name says
+    (fasterrcnn_resnet50_fpn built on a resnet18 is "fasterrcnn_resnet50_fpn (backbone resnet18)")."""
+    backbone = options.get("backbone")
+    if backbone is None or f"_{backbone}_" in f"_{architecture}_":  # the name says its default backbone
+        return architecture
+    return f"{architecture} (backbone {backbone})"
+
+
+def class_count(n: int, background: bool) -> str:
+    """`n` classes as printed, saying where the background is: a class beside them ("3 classes + background", a
+    detector's 4 outputs) or one of them ("4 classes, background counted", a segmenter's 4 outputs)."""
+    return f"{n} class{'es' * (n != 1)}" + (" + background" if background else ", background counted")
+
+
+def say(run, msg: str) -> None:
+    """A line printed under the progress bar (or plainly without one)."""
+    if run.bar is not None:
+        run.bar.write(msg)
+    else:
+        print(msg, flush=True)
+
+
+class Dense(Task):
+    """What detection and segmentation share: lists of images of any size and their targets, the scores of a
+    library's metric on the validation set itself, eval.json as the run's report."""
+
+    background = True  # a background class beside the data's (label 0)
+    collate: Any = None  # the loader's collate function: (images, targets, unreadable)
+    scores: Any = None  # the scores of a model on a set: (model, dataset, device, amp=, batch_size=, ...) -> dict
+
+    def loaders(self, cfg, sets: Sets, ctx) -> tuple[ListLoader, None]:
+        return ListLoader(sets.train, cfg, ctx, self.collate), None  # evaluation reads the set itself
+
+    def batch(self, run, raw) -> Batch:
+        images, targets, bad = raw
+        if bad and run.cfg.strict_data:
+            raise ResnetsError(f"unreadable image {bad[0][0]}: {bad[0][1]} (strict data is on)")
+        return Batch(images, targets, None, len(images), bad)
+
+    def evaluate(self, run, model: nn.Module, loader=None, tta: str = "none") -> dict:
+        cfg, ctx = run.cfg, run.ctx
+        return self.scores(
+            model, run.bundle.val, ctx.device, amp=run.amp, batch_size=max(cfg.batch_size // ctx.world, 1),
+            rank=ctx.rank, world=ctx.world, workers=min(cfg.workers, 2),
+        )  # fmt: skip
+
+    def epoch_line(self, run, record: dict) -> str:
+        msg = f"epoch {record['epoch']}: train loss {record['train_loss']:.4f}"
+        if f"val_{self.score}" in record:
+            msg += ", " + self.scores_line(record)
+        return msg + f", {record['images_per_s']:.1f} img/s"
+
+    def scores_line(self, record: dict) -> str:
+        """The epoch line's validation scores, from a record that has them."""
+        raise NotImplementedError
+
+    def result(self, run, ev: dict) -> dict:
+        return {k: v for k, v in ev.items() if k not in ("bad_samples", "bad_files")}
+
+    def write(self, run, result: dict, ev: dict) -> None:
+        with atomic_path(run.run_dir / "eval.json") as tmp:
+            tmp.write_text(json.dumps({k: v for k, v in result.items() if k not in ("history", "curve")}, indent=2))
+
+    def header(self, run) -> str:
+        cfg, meta = run.cfg, run.core.meta
+        return (
+            f"{shown_name(meta.architecture, meta.options)} on {len(run.bundle.train)} images "
+            f"({class_count(len(run.classes), self.background)}, {len(run.bundle.val)} to validate): "
+            f"{run.total_steps} steps of {cfg.batch_size}, {run.amp if run.amp != 'none' else 'fp32'}"
+        )
