@@ -43,3 +43,19 @@ def test_serve_refuses_an_empty_token_and_settings_out_of_range(serve_files, mon
     ):
         code, _, err = run_cli("serve", "--weights", weights, flag, value)
         assert code == 2 and flag in err and len(err.strip().splitlines()) == 1, (flag, err)
+
+
+def test_cache_lists_and_clears_each_cache(tmp_path, monkeypatch):
+    """`resnets cache` lists the weights, the ONNX exports and `similar`'s search indexes ($RESNETS_HOME/faiss);
+    `--clear faiss` removes only the indexes, `--clear all` everything."""
+    monkeypatch.setenv("RESNETS_HOME", str(tmp_path / "home"))
+    faiss = tmp_path / "home" / "faiss"
+    faiss.mkdir(parents=True)
+    (faiss / "k.faiss").write_bytes(b"x" * 2000)
+    (faiss / "k.sha256").write_text("0\n")
+    code, out, _ = run_cli("cache")
+    assert code == 0 and f"faiss: {faiss} (2 files" in out and "k.faiss" in out
+    code, out, _ = run_cli("cache", "--clear", "faiss")
+    assert code == 0 and "removed 2 search index files" in out and not list(faiss.iterdir())
+    code, out, _ = run_cli("cache", "--clear", "all")
+    assert code == 0 and "removed 0 ONNX exports" in out

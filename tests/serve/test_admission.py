@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import Server
+from conftest import Server, in_process
 
 import resnets
 
@@ -278,3 +278,120 @@ def test_pixels_are_counted_as_the_decoder_will_reduce_them_and_bounded():
     assert alone.status == 413 and "--max-pixels-in-flight" in alone.detail
     assert full.status == 503 and full.headers["Retry-After"] == "1" and "pixels in flight" in full.detail
     assert held == 600
+
+
+def _slow_cam(monkeypatch, seconds: float) -> list[int]:
+    """Grad-CAM made slow (`seconds` a call); the number of calls that ran."""
+    import resnets.inference
+
+    calls, cam = [], resnets.inference.grad_cam
+
+    def slow(*args, **kw):
+        calls.append(1)
+        time.sleep(seconds)
+        return cam(*args, **kw)
+
+    monkeypatch.setattr(resnets.inference, "grad_cam", slow)
+    return calls
+
+
+def test_explain_is_admitted_by_its_own_queue_never_504(serve_files, monkeypatch):
+    """/v1/explain runs in a bounded lane under the same admission: after one Grad-CAM timed at 0.4 s, ten at once
+    with a 2 s limit are 200 for those the lane leaves time for and 503 with Retry-After at once for the rest; none
+    504 (it ran outside admission, in a thread each, and answered 504s under load)."""
+    from resnets.serve import Limits, app
+
+    weights, photos, _ = serve_files
+    calls = _slow_cam(monkeypatch, 0.4)
+    api = app(resnets.load(weights), backend="eager", device="cpu", limits=Limits(timeout_s=2.0))
+    upload = photos[0].read_bytes()
+
+    async def go():
+        async with api.router.lifespan_context(api):
+            transport = httpx.ASGITransport(app=api)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as client:
+                first = await client.post("/v1/explain", files={"files": ("a.jpg", upload)})
+
+                async def one(i):
+                    t0 = time.perf_counter()
+                    r = await client.post("/v1/explain", files={"files": (f"{i}.jpg", upload)})
+                    return r.status_code, time.perf_counter() - t0, dict(r.headers)
+
+                return first, await asyncio.gather(*(one(i) for i in range(10)))
+
+    first, answers = asyncio.run(go())
+    assert first.status_code == 200, first.text
+    codes = [a[0] for a in answers]
+    assert set(codes) <= {200, 503} and 503 in codes and 200 in codes, codes
+    refused = [t for code, t, _ in answers if code == 503]
+    assert max(refused) < 1.0, refused
+    assert all(int(h["retry-after"]) >= 1 for code, _, h in answers if code == 503)
+    assert len(calls) == 1 + codes.count(200)  # no refused image ran
+    assert api.state.service.admission.held == 0 and api.state.service.lane.pending == 0
+
+
+def test_a_request_that_could_never_be_taken_on_is_413_at_once(serve_files):
+    """More images than --max-queue, more pixels than --max-pixels-in-flight, or several images whose own work
+    outlasts --timeout-s: 413 at once naming the flag, never decoded (they were 503 'retry', after up to the time
+    limit, every time)."""
+    from resnets.serve import Limits, app
+
+    weights, photos, _ = serve_files
+    model = resnets.load(weights)
+    three = [("files", (f"{i}.jpg", photos[0].read_bytes())) for i in range(3)]
+    cases = [
+        (Limits(max_queue=2), "--max-queue"),
+        (Limits(max_pixels_in_flight=3 * 64 * 64 - 1), "--max-pixels-in-flight"),
+    ]
+    for limits, flag in cases:
+        api = app(model, backend="eager", device="cpu", limits=limits)
+        t0 = time.perf_counter()
+        (r,) = asyncio.run(in_process(api, [("POST", "/v1/predict", {"files": three})]))
+        assert r.status_code == 413 and flag in r.json()["detail"], r.text
+        assert time.perf_counter() - t0 < 10 and api.state.service.admission.decode_s_per_pixel is None  # undecoded
+
+    # a model taking 0.5 s an image (timed on one request), eight images with a 2 s limit: they never fit
+    api = app(model, backend="eager", device="cpu", max_batch=8, limits=Limits(timeout_s=2.0))
+    runs = _slow(api.state.service, 0.5)
+    eight = [("files", (f"{i}.jpg", photos[0].read_bytes())) for i in range(8)]
+
+    async def go():
+        async with api.router.lifespan_context(api):
+            transport = httpx.ASGITransport(app=api)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as client:
+                one = await client.post("/v1/predict", files=eight[:1])
+                t0 = time.perf_counter()
+                many = await client.post("/v1/predict", files=eight)
+                return one, many, time.perf_counter() - t0
+
+    one, many, seconds = asyncio.run(go())
+    assert one.status_code == 200 and many.status_code == 413, many.text
+    assert "--timeout-s" in many.json()["detail"] and seconds < 1.5, seconds
+    assert runs[2:] == [1]  # (two warm-up runs) the eight never ran
+
+
+def test_exact_decode_grows_the_budget_to_one_whole_image(serve_files, monkeypatch, caplog):
+    """Under --exact-decode an image is held whole: the budget grows to one image at --max-pixels (the server says
+    so in one line) rather than refusing every image over --max-pixels-in-flight."""
+    from PIL import Image
+
+    from resnets.serve import Limits, app
+    from resnets.serve.admission import pixel_budget
+
+    limits = Limits(max_pixels=400 * 300, max_pixels_in_flight=50_000)
+    assert pixel_budget(limits) == 50_000
+    monkeypatch.setenv("RESNETS_EXACT_DECODE", "1")
+    assert pixel_budget(limits) == 400 * 300 and pixel_budget(Limits(max_pixels=1000)) == 64_000_000
+    buf = io.BytesIO()
+    Image.new("RGB", (400, 300), (120, 80, 40)).save(buf, "PNG")
+    with caplog.at_level("WARNING", logger="resnets"):
+        api = app(resnets.load(serve_files[0]), backend="eager", device="cpu", limits=limits)
+    said = [r.getMessage() for r in caplog.records if "--exact-decode" in r.getMessage()]
+    assert len(said) == 1 and "120,000" in said[0] and "\n" not in said[0], said
+    r, described = asyncio.run(
+        in_process(
+            api, [("POST", "/v1/predict", {"files": {"files": ("p.png", buf.getvalue())}}), ("GET", "/v1/model", {})]
+        )
+    )
+    assert r.status_code == 200, r.text
+    assert described.json()["limits"]["max_pixels_in_flight"] == 120_000

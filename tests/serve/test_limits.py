@@ -176,3 +176,126 @@ def test_header_safe_escapes_control_and_non_ascii_text():
     assert header_safe("cat") == "cat"
     assert header_safe("a\nb\x1b[2J") == "a\\nb\\x1b[2J"
     assert header_safe("caf\u00e9") == "caf\\xe9" and all(32 <= ord(c) < 127 for c in header_safe("\u2603\r"))
+
+
+class _Dripping(_Request):
+    """A client that sends its body a byte every `every` seconds, never finishing."""
+
+    def __init__(self, every: float):
+        super().__init__(b"", {"content-type": "image/png"})
+        self.every = every
+
+    async def stream(self):
+        while True:
+            await asyncio.sleep(self.every)
+            self.streamed += 1
+            yield b"x"
+
+
+def test_a_body_that_drips_in_is_408_at_its_deadline():
+    """A total deadline on the body, not one between reads: a byte every 50 ms is cut off at 0.5 s with 408, what
+    came held in one buffer no longer than the limit."""
+    from resnets.serve import HTTPFailure
+    from resnets.serve.limits import read_body
+
+    drip = _Dripping(0.05)
+    start = time.perf_counter()
+    with pytest.raises(HTTPFailure) as e:
+        asyncio.run(read_body(drip, 5000, 0.5))
+    assert 0.4 < time.perf_counter() - start < 1.5 and 5 <= drip.streamed <= 12
+    assert e.value.status == 408 and e.value.kind == "slow_upload" and e.value.headers == {"Connection": "close"}
+    assert "did not arrive within 0.5 s" in e.value.detail and "\n" not in e.value.detail
+    body = asyncio.run(read_body(_Request(b"y" * 3000, {}), 3000, 5.0))
+    assert body == b"y" * 3000 and len(body) == 3000
+
+
+async def _drip_into(api, path: str, every: float) -> tuple[int, dict, float]:
+    """A POST straight through ASGI whose body comes a byte every `every` seconds and never ends: (status, the JSON
+    answer, seconds to it)."""
+    sent = []
+
+    async def receive():
+        await asyncio.sleep(every)
+        return {"type": "http.request", "body": b"x", "more_body": True}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"image/jpeg"), (b"content-length", b"100000")],
+        "client": ("127.0.0.1", 1),
+        "server": ("test", 80),
+    }
+    async with api.router.lifespan_context(api):
+        start = time.perf_counter()
+        await api(scope, receive, send)
+        seconds = time.perf_counter() - start
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    import json
+
+    return status, json.loads(body), seconds
+
+
+def test_a_stalled_upload_is_408_not_held_until_the_time_limit(serve_files):
+    """A client dripping its body (a byte every 0.1 s) is answered 408 at the body's deadline (body_timeout_s), and
+    at the latest at the request's time limit: not 503 after it (issue 36: 40 such clients held 700 MB for 30 s and
+    got 503s). Nothing of it stays admitted."""
+    import resnets
+    from resnets.serve import Limits, app
+
+    weights = resnets.load(serve_files[0])
+    for limits, within in ((Limits(body_timeout_s=0.5), (0.4, 2.0)), (Limits(timeout_s=1.0), (0.9, 2.5))):
+        api = app(weights, backend="eager", device="cpu", limits=limits)
+        status, answer, seconds = asyncio.run(_drip_into(api, "/v1/predict", 0.1))
+        assert status == 408 and "did not arrive within" in answer["detail"], (status, answer)
+        assert within[0] < seconds < within[1], seconds
+        svc = api.state.service
+        assert (
+            svc.admission.held == 0 and 'resnets_errors_total{kind="slow_upload"} 1.0' in svc.metrics.render().decode()
+        )
+
+
+def test_a_real_server_answers_a_dripping_body_408_and_closes(live_server):
+    """Through uvicorn: headers in time, then the body a byte every 0.5 s; the answer is 408 (one JSON line) at the
+    body's deadline (10 s by default) and the connection is closed, the server going on."""
+    with socket.create_connection(("127.0.0.1", live_server.port), timeout=20) as s:
+        s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 100000\r\n\r\n")
+        start, got = time.time(), b""
+        s.settimeout(0.5)
+        while time.time() - start < 15 and b"\r\n\r\n" not in got:
+            try:
+                s.sendall(b"x")
+            except OSError:
+                break
+            try:
+                chunk = s.recv(4096)
+            except socket.timeout:
+                continue
+            if not chunk:
+                break
+            got += chunk
+        seconds = time.time() - start
+        head, _, body = got.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408"), got
+        assert 9 < seconds < 13, seconds
+        s.settimeout(5)
+        rest, closed = body, False
+        try:
+            while chunk := s.recv(4096):
+                rest += chunk
+            closed = True
+        except OSError:
+            pass
+        assert b"did not arrive within 10 s" in rest and rest.count(b"\n") == 0, rest
+        assert closed and b"connection: close" in head.lower(), head
+    assert httpx.get(live_server.url + "/healthz").status_code == 200

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from ..backends import BACKENDS, PRECISIONS, onnx_cache, trim_onnx_cache
 from ..errors import printable
+from ..home import cache_dir, home_dir, onnx_cache_dir
 from .options import count, real
+
+# what loads torch is imported inside the commands that use it: `resnets --help` answers without torch
 
 
 def _cmd_push(args: argparse.Namespace) -> int:
@@ -43,7 +47,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     svc = api.state.service
     where = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{args.port}"
     print(
-        f"serving {svc.meta.architecture} ({len(svc.names)} classes, {svc.backend} at {svc.precision} on "
+        f"serving {svc.shown()[:-1]}, {svc.backend} at {svc.precision} on "
         f"{svc.device}) at {where}: the page at /, the API at /docs{'; a bearer token is required' if svc.token else ''}",
         flush=True,
     )
@@ -58,29 +62,30 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_cache(args: argparse.Namespace) -> int:
-    from ..backends import onnx_cache, trim_onnx_cache
-    from ..home import cache_dir, onnx_cache_dir
+    def files(folder, pattern="*"):
+        return sorted(p for p in folder.glob(pattern) if p.is_file()) if folder.is_dir() else []
 
-    weights = sorted(p for p in cache_dir().glob("*") if p.is_file()) if cache_dir().is_dir() else []
+    faiss_dir = home_dir() / "faiss"  # `similar`'s approximate indexes (inference.index_for)
+    weights, faiss = files(cache_dir()), files(faiss_dir)
     if args.clear in ("onnx", "all"):
         gone = trim_onnx_cache(0)
         print(f"removed {len(gone)} ONNX exports")
-    if args.clear in ("weights", "all"):
-        for p in weights:
-            p.unlink(missing_ok=True)
-        print(f"removed {len(weights)} weight files")
-        weights = []
+    for title, found in (("weights", weights), ("faiss", faiss)):
+        if args.clear in (title, "all"):
+            for p in found:
+                p.unlink(missing_ok=True)
+            print(f"removed {len(found)} {'weight' if title == 'weights' else 'search index'} files")
     if args.clear:
         return 0
-    for title, files in (("weights", weights), ("onnx", onnx_cache())):
-        folder = cache_dir() if title == "weights" else onnx_cache_dir()
-        size = sum(p.stat().st_size for p in files)
-        print(f"{title}: {folder} ({len(files)} files, {size / 1e6:.1f} MB)")
-        for p in files:
+    folders = {"weights": cache_dir(), "onnx": onnx_cache_dir(), "faiss": faiss_dir}
+    for title, found in (("weights", weights), ("onnx", onnx_cache()), ("faiss", faiss)):
+        size = sum(p.stat().st_size for p in found)
+        print(f"{title}: {folders[title]} ({len(found)} files, {size / 1e6:.1f} MB)")
+        for p in found:
             print(f"  {printable(p.name)}  {p.stat().st_size / 1e6:.1f} MB")
     print(
         "the ONNX cache keeps the most recently used exports within $RESNETS_ONNX_CACHE_MB (default 2048 MB); "
-        "`resnets cache --clear onnx|weights|all` empties it"
+        "`resnets cache --clear onnx|weights|faiss|all` empties it"
     )
     return 0
 
@@ -132,8 +137,6 @@ def _add_serve_limits(p) -> None:
 
 def add_commands(sub) -> None:
     """The subcommands of serving, publishing and the caches."""
-    from ..backends import BACKENDS, PRECISIONS
-
     p = sub.add_parser(
         "serve",
         help="serve a model over HTTP (FastAPI on uvicorn): an API with dynamic batching, and a web page to try it",
@@ -179,7 +182,13 @@ def add_commands(sub) -> None:
     p.add_argument("--message", help="the commit message")
     p.set_defaults(func=_cmd_push)
     p = sub.add_parser(
-        "cache", help="the downloaded weights and cached ONNX exports: where, how large; --clear empties"
+        "cache",
+        help="the downloaded weights, cached ONNX exports and similar's search indexes: where, how large; "
+        "--clear empties",
     )
-    p.add_argument("--clear", choices=["onnx", "weights", "all"], help="remove the ONNX exports, the weights, or both")
+    p.add_argument(
+        "--clear",
+        choices=["onnx", "weights", "faiss", "all"],
+        help="remove the ONNX exports, the weights, the search indexes, or all",
+    )
     p.set_defaults(func=_cmd_cache)

@@ -8,12 +8,13 @@ import os
 import torch
 from torch import nn
 
-from ..errors import ResnetsError
-from .limits import Limits
-from .routes import detect_routes, image_routes, info_routes, segment_routes
-from .service import DetectorService, Metrics, SegmenterService, Service
+from .auth import TOKEN_ENV, BearerToken
+from .limits import HTTPFailure, Limits
+from .routes import detect_routes, doc_assets, image_routes, info_routes, open_routes, segment_routes
+from .service import Metrics
+from .tasks import service_for
 
-TOKEN_ENV = "RESNETS_SERVE_TOKEN"
+__all__ = ["TOKEN_ENV", "app"]
 
 
 def app(
@@ -35,24 +36,15 @@ def app(
     onnxruntime-int8 backend is calibrated on (up to 256 images)."""
     from contextlib import asynccontextmanager
 
-    from fastapi import FastAPI
+    from fastapi import Depends, FastAPI
 
-    from ..detect import is_detector
     from ..factory import load
-    from ..segment import is_segmenter
     from ..version import __version__
 
-    where = "the token" if token is not None else f"${TOKEN_ENV}"
-    token = token if token is not None else os.environ.get(TOKEN_ENV)
-    if token is not None and (not token or not all(33 <= ord(c) < 127 for c in token)):
-        raise ResnetsError(
-            f"{where} must be printable ASCII without spaces, and not empty (an empty token would let "
-            "an empty bearer in)"
-        )
+    auth = BearerToken(token)
     if not isinstance(model, nn.Module):
         model = load(model)
-    kind = DetectorService if is_detector(model) else SegmenterService if is_segmenter(model) else Service
-    svc = kind(
+    svc = service_for(model)(
         model,
         backend=backend,
         precision=precision,
@@ -61,7 +53,7 @@ def app(
         max_wait_ms=max_wait_ms,
         decode_workers=decode_workers,
         limits=limits or Limits(),
-        token=token,
+        token=auth.token,
         calib_images=calib,
     )
 
@@ -81,17 +73,22 @@ def app(
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
-        description=f"{svc.meta.architecture} ({len(svc.names)} classes) served by resnets: "
+        description=f"{svc.shown()} served by resnets: "
         + {"detection": "find objects in images.", "segmentation": "the class of every pixel of images."}.get(
             svc.task, "classify, embed and explain images."
         ),
     )
     api.state.service = svc
     api.add_middleware(Counted, metrics=svc.metrics)
-    image_routes(api, svc)
-    detect_routes(api, svc)
-    segment_routes(api, svc)
-    info_routes(api, svc)
+
+    async def refused(_request, e: HTTPFailure):  # a dependency's refusal (the token's 401): one JSON line, counted
+        return svc.failed(e)
+
+    api.add_exception_handler(HTTPFailure, refused)
+    for routes in (image_routes, detect_routes, segment_routes, info_routes):
+        api.include_router(routes(svc), dependencies=[Depends(auth)])
+    api.include_router(open_routes(svc))
+    api.mount("/docs/assets", doc_assets(), name="doc-assets")
     return api
 
 

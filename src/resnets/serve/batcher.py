@@ -1,12 +1,15 @@
 """Dynamic batching: images from concurrent requests gathered into one model batch; a failed batch run again image by
 image, so a failure stays with the request that caused it. The batcher times its batches (seconds per model pixel),
 so it can say how long the work queued takes (`wait_s`, what admission reads) and never starts an image that would
-be answered after its request's deadline because of the queue ahead of it: that image is answered 503 at once."""
+be answered after its request's deadline because of the queue ahead of it: that image is answered 503 at once.
+Work that cannot be batched (Grad-CAM's backward pass) runs in a Lane: one at a time in a thread of its own, queued
+and timed the same way."""
 
 from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
@@ -29,7 +32,115 @@ class _Item:
         self.pixels, self.job = pixels, job
 
 
-class Batcher:
+def busy(wait_s: float, why: str) -> HTTPFailure:
+    """The 503 of a request the work ahead of it (`wait_s` seconds) leaves no room: Retry-After is when that work
+    should be done."""
+    wait = max(1, math.ceil(wait_s))
+    return HTTPFailure(
+        503,
+        f"the server is busy: {why} (about {wait} s of work ahead of it); retry later",
+        {"Retry-After": str(wait)},
+        "overloaded",
+    )
+
+
+def queue_full(pending: int, max_queue: int) -> HTTPFailure:
+    return HTTPFailure(
+        503,
+        f"the queue is full ({pending} images waiting, at most {max_queue}); retry shortly",
+        {"Retry-After": "1"},
+        "queue_full",
+    )
+
+
+class Timed:
+    """A queue of model work that measures itself: seconds per model pixel, and so how long the work queued in it
+    takes (`wait_s`)."""
+
+    seconds_per_pixel: float | None = None  # measured (warm-up, then every run)
+
+    def measured(self, pixels: int, seconds: float) -> None:
+        """A run of `pixels` model pixels took `seconds`: the estimate rises to it at once (an estimate too low
+        starts work that ends past its deadline), and falls towards it smoothly."""
+        if pixels > 0 and seconds > 0:
+            self.seconds_per_pixel = slower(self.seconds_per_pixel, seconds / pixels)
+
+    def estimate(self, pixels: int) -> float:
+        """Seconds the model takes for `pixels` model pixels (0 before anything was measured)."""
+        return (self.seconds_per_pixel or 0.0) * pixels
+
+    def wait_s(self, pixels: int = 0) -> float:
+        raise NotImplementedError
+
+    def busy(self, ahead_s: float | None = None, why: str = "this request would not be answered in time"):
+        """The 503 of a request the work ahead of it (`ahead_s` seconds, default what is queued) leaves no room."""
+        return busy(self.wait_s() if ahead_s is None else ahead_s, why)
+
+
+class Lane(Timed):
+    """Work that runs one image at a time (Grad-CAM: a backward pass per image) in a thread of its own, in arrival
+    order: a bounded executor (at most `max_queue` jobs waiting; the rest 503), timed per model pixel so admission
+    can refuse at once a request the lane would answer late. A job the queue made late by the time its turn comes
+    is answered 503 without being run. Times are time.monotonic(), the clock of asyncio's loops."""
+
+    def __init__(self, max_queue: int, name: str = "resnets-lane"):
+        self.max_queue, self.name = max_queue, name
+        self.pending = 0  # jobs waiting or running
+        self.queued_pixels = 0  # their model pixels
+        self._started: float | None = None  # when the job running began
+        self._pool: ThreadPoolExecutor | None = None
+
+    def start(self) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix=self.name)
+        self.pending = self.queued_pixels = 0
+
+    async def stop(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def wait_s(self, pixels: int = 0) -> float:
+        """Seconds until the jobs in the lane and `pixels` more model pixels are done."""
+        started = self._started
+        running_for = time.monotonic() - started if started is not None else 0.0
+        return max(0.0, self.estimate(self.queued_pixels + pixels) - running_for)
+
+    async def submit(self, fn, pixels: int, *, deadline: float | None = None, job=None):
+        """`fn()` run in the lane (`pixels`: the model pixels it works on); `job.started` is set when it starts."""
+        if self.pending >= self.max_queue:
+            raise queue_full(self.pending, self.max_queue)
+        loop = asyncio.get_running_loop()
+        self.pending += 1
+        self.queued_pixels += pixels
+        future = self._pool.submit(self._call, fn, pixels, time.monotonic(), deadline, job)
+        future.add_done_callback(lambda _: _soon(loop, self._left, pixels))  # run, failed or cancelled unstarted
+        return await asyncio.wrap_future(future)  # cancelled (the request is gone): a job not started never runs
+
+    def _call(self, fn, pixels: int, arrived: float, deadline: float | None, job):
+        start = time.monotonic()
+        own = MARGIN * self.estimate(pixels)
+        if deadline is not None and start + own > deadline and arrived + own <= deadline:  # late because of the queue
+            raise self.busy(self.estimate(self.queued_pixels))
+        if job is not None:
+            job.started = True
+        self._started = start
+        try:
+            return fn()
+        finally:
+            self._started = None
+            self.measured(pixels, time.monotonic() - start)
+
+    def _left(self, pixels: int) -> None:
+        self.pending -= 1
+        self.queued_pixels -= pixels
+
+
+def _soon(loop, fn, *args) -> None:
+    try:
+        loop.call_soon_threadsafe(fn, *args)
+    except RuntimeError:  # the loop is closed (the app stopped): nothing is counted any more
+        pass
+
+
+class Batcher(Timed):
     """Images in, one row of `run`'s output each, run in batches of up to `max_batch` gathered for at most
     `max_wait_s` after the first arrives (less when its deadline is near). `run` runs in one thread of its own."""
 
@@ -43,7 +154,6 @@ class Batcher:
         self.collate = collate or torch.stack
         self.cost = cost or (lambda im: im.shape[-1] * im.shape[-2])
         self.observe_batch = observe_batch or (lambda n: None)
-        self.seconds_per_pixel: float | None = None  # measured (warm-up, then every batch)
         self.pending = 0  # images waiting
         self.queued_pixels = 0  # their model pixels
         self.batches = 0  # batches run (a failed batch's images run again alone count as one)
@@ -70,16 +180,6 @@ class Batcher:
                 pass
         self._pool.shutdown(wait=True)
 
-    def measured(self, pixels: int, seconds: float) -> None:
-        """A run of `pixels` model pixels took `seconds`: the estimate rises to it at once (an estimate too low
-        starts batches that end past their deadlines), and falls towards it smoothly."""
-        if pixels > 0 and seconds > 0:
-            self.seconds_per_pixel = slower(self.seconds_per_pixel, seconds / pixels)
-
-    def estimate(self, pixels: int) -> float:
-        """Seconds the model takes for `pixels` model pixels (0 before anything was measured)."""
-        return (self.seconds_per_pixel or 0.0) * pixels
-
     def wait_s(self, pixels: int = 0) -> float:
         """Seconds until the images queued now, the batch running and `pixels` more model pixels are done."""
         now = asyncio.get_running_loop().time()
@@ -89,12 +189,7 @@ class Batcher:
         """Each image's row of `run`'s output. `deadline` (loop time): an image that the queue ahead would make miss
         it is answered 503 instead of being run; `job.started` is set when one of them goes into a batch."""
         if self.pending + len(images) > self.max_queue:
-            raise HTTPFailure(
-                503,
-                f"the queue is full ({self.pending} images waiting, at most {self.max_queue}); retry shortly",
-                {"Retry-After": "1"},
-                "queue_full",
-            )
+            raise queue_full(self.pending, self.max_queue)
         loop = asyncio.get_running_loop()
         now = loop.time()
         items = [_Item(im, loop.create_future(), now, deadline, int(self.cost(im)), job) for im in images]
@@ -123,19 +218,6 @@ class Batcher:
         self._queue.remove(item)
         self.pending -= 1
         self.queued_pixels -= item.pixels
-
-    def busy(
-        self, ahead_s: float | None = None, why: str = "this request would not be answered in time"
-    ) -> HTTPFailure:
-        """The 503 of a request the work ahead of it (`ahead_s` seconds, default what is queued) leaves no room:
-        Retry-After is when that work should be done."""
-        wait = max(1, math.ceil(self.wait_s() if ahead_s is None else ahead_s))
-        return HTTPFailure(
-            503,
-            f"the server is busy: {why} (about {wait} s of work ahead of it); retry later",
-            {"Retry-After": str(wait)},
-            "overloaded",
-        )
 
     def _batch(self, now: float) -> list[_Item]:
         """The next batch from the head of the queue: up to max_batch images, each of which (and every one

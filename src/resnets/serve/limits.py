@@ -1,8 +1,9 @@
 """What a request may be and how a refusal is answered: the limits, the one-line HTTP failures, reading a bounded
-body and the images in it, header-safe text."""
+body (in bytes and in time) and the images in it, header-safe text."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 
@@ -16,8 +17,12 @@ class Limits:
     # pixels the requests in flight may hold decoded (each image counted from its header, as the decoder reduces it
     # for the model, or the model's input if larger); a request that would pass it is 503 with Retry-After, one
     # alone over it 413. 64 MP is 192 MB of uint8 RGB: sized for a 2-core machine with a few GB (a 9000 x 9000 JPEG
-    # for a detector of 800 / 1333 counts 5 MP, decoded at 1/4)
+    # for a detector of 800 / 1333 counts 5 MP, decoded at 1/4). Under --exact-decode (images held whole) it grows to
+    # one image at max_pixels (admission.pixel_budget), so no image within the pixel limit is refused for it alone
     max_pixels_in_flight: int = 64_000_000
+    # seconds a request's whole body may take to arrive (at most timeout_s); a slower one, a client that stalls or
+    # sends a byte a second, is 408 and its connection closed: its bytes are not held for the whole time limit
+    body_timeout_s: float = 10.0
 
 
 class HTTPFailure(Exception):
@@ -41,19 +46,38 @@ STATUS_OF_KIND = {
 }
 
 
-async def read_body(request, limit: int) -> bytes:
+async def read_body(request, limit: int, timeout_s: float | None = None) -> bytearray:
     """The request's body, refused with 413 as soon as it is longer than `limit` bytes (by its Content-Length, or
-    while it streams in)."""
+    while it streams in: no more than `limit` bytes are ever held, in one buffer), and with 408 when the whole of it
+    has not arrived `timeout_s` seconds after reading began (a deadline on the total, so a client sending a byte a
+    second is cut off like one that stalls)."""
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise HTTPFailure(413, f"the upload is {int(length):,} bytes, over the limit of {limit:,}", kind="too_large")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise HTTPFailure(413, f"the upload is over the limit of {limit:,} bytes", kind="too_large")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    body = bytearray()
+
+    async def read() -> None:
+        async for chunk in request.stream():
+            if len(body) + len(chunk) > limit:
+                raise HTTPFailure(413, f"the upload is over the limit of {limit:,} bytes", kind="too_large")
+            body.extend(chunk)
+
+    try:
+        await asyncio.wait_for(read(), timeout_s)
+    except (asyncio.TimeoutError, TimeoutError):
+        raise slow_body(timeout_s, len(body)) from None
+    return body
+
+
+def slow_body(seconds: float, received: int | None = None) -> HTTPFailure:
+    """The 408 of a request whose body did not arrive within `seconds` (its connection is closed after it)."""
+    got = f" ({received:,} bytes came)" if received is not None else ""
+    return HTTPFailure(
+        408,
+        f"the request body did not arrive within {seconds:g} s{got}; send it faster, or smaller",
+        {"Connection": "close"},
+        "slow_upload",
+    )
 
 
 async def images_of(request, body: bytes, limits: Limits) -> list[tuple[str, bytes]]:

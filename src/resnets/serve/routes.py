@@ -1,5 +1,6 @@
-"""The endpoints, one function each, in two groups: images in (predict, embed, explain) and what is served (model,
-health, metrics, the API's documentation, the page)."""
+"""The endpoints, one function each, in routers by what they serve: images in (predict, embed, explain; detect;
+segment), what is served (the model, metrics, the API's documentation), each behind the token (the app puts the
+token's dependency on these routers), and what is open (health, readiness, the page)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,15 @@ import time
 from importlib import resources
 
 import torch
-from fastapi import Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from ..detect import boxes_of, draw, to_full
 from ..errors import ResnetsError
-from ..inference import class_index
+from ..inference import class_index, top_classes
 from .limits import HTTPFailure, header_safe
-from .service import Service, overlay
+from .service import Service
+from .tasks import SCORE_THRESHOLD
 
 # the request body the image endpoints document (they read it themselves, to bound it)
 _MULTIPART = {
@@ -34,23 +36,20 @@ _MULTIPART = {
 }
 
 
-def image_routes(api, svc: Service) -> None:
-    """/v1/predict, /v1/embed, /v1/explain: images in, through the batcher (or Grad-CAM)."""
+def image_routes(svc: Service) -> APIRouter:
+    """/v1/predict, /v1/embed, /v1/explain: images in, through the batcher (or Grad-CAM's lane)."""
+    api = APIRouter()
 
     @api.post("/v1/predict", openapi_extra=_MULTIPART, summary="Classify images: the top-k classes of each")
     async def predict(request: Request, top_k: int = Query(5, ge=1, le=1000)):
         async def work(job):
             t0 = time.perf_counter()
-            svc.check_token(request)
             svc.need_task("classification", "predict")
             names, images, _ = await svc.decoded(request, job)
             feats = await svc.infer(images, job)
             probs = svc.logits(torch.stack(feats)).softmax(1)
-            p, c = probs.topk(min(top_k, svc.model.num_classes), dim=1)
-            results = [
-                {"name": n, "top": [{"class": svc.names[j], "index": j, "prob": q} for q, j in zip(pr, cr)]}
-                for n, pr, cr in zip(names, p.tolist(), c.tolist())
-            ]
+            tops = top_classes(probs, min(top_k, svc.model.num_classes), svc.names)
+            results = [{"name": n, "top": top} for n, top in zip(names, tops)]
             svc.metrics.images.labels("predict").inc(len(names))
             return JSONResponse({"results": results, "time_ms": 1000 * (time.perf_counter() - t0)})
 
@@ -60,7 +59,6 @@ def image_routes(api, svc: Service) -> None:
     async def embed(request: Request):
         async def work(job):
             t0 = time.perf_counter()
-            svc.check_token(request)
             svc.need_features("embed")
             names, images, _ = await svc.decoded(request, job)
             feats = await svc.infer(images, job)
@@ -86,17 +84,15 @@ def image_routes(api, svc: Service) -> None:
     ):
         async def work(job):
             t0 = time.perf_counter()
-            svc.check_token(request)
             svc.need_features("explain (Grad-CAM)")
-            names, images, _ = await svc.decoded(request, job)
+            names, images, _ = await svc.decoded(request, job, lane=svc.lane)
             if len(images) != 1:
                 raise HTTPFailure(400, f"explain takes one image; got {len(images)}")
             try:
                 cls = class_index(target, svc.names)
             except ResnetsError as e:
                 raise HTTPFailure(400, str(e), kind="bad_request") from None
-            job.started = True  # Grad-CAM runs outside the batcher: a request past the limit now is 504
-            png, cls, prob = await asyncio.get_running_loop().run_in_executor(None, overlay, svc, images[0], cls)
+            png, cls, prob = await svc.explain(images[0], cls, job)
             svc.metrics.images.labels("explain").inc()
             return Response(
                 png,
@@ -111,10 +107,13 @@ def image_routes(api, svc: Service) -> None:
 
         return await svc.answered("explain", request, work)
 
+    return api
 
-def detect_routes(api, svc: Service) -> None:
+
+def detect_routes(svc: Service) -> APIRouter:
     """/v1/detect: boxes, classes and scores of each image, in its own coordinates (draw=1: one image with them
     drawn, as a PNG at the size the model saw)."""
+    api = APIRouter()
 
     @api.post(
         "/v1/detect",
@@ -124,12 +123,11 @@ def detect_routes(api, svc: Service) -> None:
     )
     async def detect(
         request: Request,
-        score: float = Query(0.5, ge=0, le=1, description="keep boxes scoring at least this"),
+        score: float = Query(SCORE_THRESHOLD, ge=0, le=1, description="keep boxes scoring at least this"),
         draw: bool = Query(False, description="answer with the image and its boxes drawn (PNG), for one image"),
     ):
         async def work(job):
             t0 = time.perf_counter()
-            svc.check_token(request)
             svc.need_task("detection", "detect")
             names, images, sizes = await svc.decoded(request, job)
             if draw and len(images) != 1:
@@ -151,11 +149,14 @@ def detect_routes(api, svc: Service) -> None:
 
         return await svc.answered("detect", request, work)
 
+    return api
 
-def segment_routes(api, svc: Service) -> None:
+
+def segment_routes(svc: Service) -> APIRouter:
     """/v1/segment: each image's class map as a PNG (one image: the coloured mask, or with overlay=1 laid over
     the photo), or with format=json the share of each class and the map as rows of class indices. The map is at
     the size the model saw (the image's own when it is no larger; width and height are always the image's)."""
+    api = APIRouter()
 
     @api.post(
         "/v1/segment",
@@ -173,7 +174,6 @@ def segment_routes(api, svc: Service) -> None:
             from ..segment import overlay as lay
 
             t0 = time.perf_counter()
-            svc.check_token(request)
             svc.need_task("segmentation", "segment")
             names, images, sizes = await svc.decoded(request, job)
             if format == "png" and len(images) != 1:
@@ -199,6 +199,8 @@ def segment_routes(api, svc: Service) -> None:
 
         return await svc.answered("segment", request, work)
 
+    return api
+
 
 def _png(picture: torch.Tensor) -> bytes:
     from torchvision.io import encode_png
@@ -213,17 +215,46 @@ def _drawn_png(image: torch.Tensor, out: dict, rows: list[dict], score: float, f
     return _png(draw(image, found))
 
 
-def info_routes(api, svc: Service) -> None:
-    """What is served, whether it is up, its metrics, the API's documentation and the page."""
-    from fastapi.responses import HTMLResponse, PlainTextResponse
+def info_routes(svc: Service) -> APIRouter:
+    """What is served, its metrics and the API's documentation."""
+    from fastapi.responses import PlainTextResponse
+
+    api = APIRouter()
 
     @api.get("/v1/model", summary="What is served: architecture, classes, preprocessing, precision, backend, device")
-    async def describe(request: Request):
-        async def work(job):
-            svc.check_token(request)
-            return JSONResponse(svc.describe())
+    async def describe():
+        return JSONResponse(svc.describe())
 
-        return await svc.answered("model", request, work)
+    @api.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+    async def metrics():
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return Response(svc.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @api.get("/openapi.json", include_in_schema=False)
+    async def openapi(request: Request):
+        return JSONResponse(request.app.openapi())
+
+    @api.get("/docs", include_in_schema=False)
+    async def docs():
+        from fastapi.openapi.docs import get_swagger_ui_html
+
+        return get_swagger_ui_html(
+            openapi_url="openapi.json",
+            title="resnets: the API",
+            swagger_js_url="docs/assets/swagger-ui-bundle.js",
+            swagger_css_url="docs/assets/swagger-ui.css",
+            swagger_favicon_url="docs/assets/favicon.png",
+        )
+
+    return api
+
+
+def open_routes(svc: Service) -> APIRouter:
+    """What needs no token: whether the process is up, whether it takes requests, the page."""
+    from fastapi.responses import HTMLResponse
+
+    api = APIRouter()
 
     @api.get("/healthz", summary="The process is up")
     async def healthz():
@@ -235,39 +266,14 @@ def info_routes(api, svc: Service) -> None:
             return JSONResponse({"status": "starting or stopping"}, 503)
         return {"status": "ready"}
 
-    @api.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
-    async def metrics(request: Request):
-        from prometheus_client import CONTENT_TYPE_LATEST
-
-        return svc.guarded(request, lambda: Response(svc.metrics.render(), media_type=CONTENT_TYPE_LATEST))
-
-    @api.get("/openapi.json", include_in_schema=False)
-    async def openapi(request: Request):
-        return svc.guarded(request, lambda: JSONResponse(api.openapi()))
-
-    @api.get("/docs", include_in_schema=False)
-    async def docs(request: Request):
-        from fastapi.openapi.docs import get_swagger_ui_html
-
-        return svc.guarded(
-            request,
-            lambda: get_swagger_ui_html(
-                openapi_url="openapi.json",
-                title="resnets: the API",
-                swagger_js_url="docs/assets/swagger-ui-bundle.js",
-                swagger_css_url="docs/assets/swagger-ui.css",
-                swagger_favicon_url="docs/assets/favicon.png",
-            ),
-        )
-
-    api.mount("/docs/assets", _doc_assets(), name="doc-assets")
-
     @api.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page():
         return HTMLResponse(_page())
 
+    return api
 
-def _doc_assets():
+
+def doc_assets():
     """Swagger UI's script and style as the fastapi-offline package ships them (nothing fetched from a CDN)."""
     from fastapi.staticfiles import StaticFiles
 

@@ -1,14 +1,13 @@
-"""The model behind the app: its runner and batcher, the decode pool, the token, the metrics, and Grad-CAM on a copy
-of its own."""
+"""The model behind the app: what every task shares (the device, the batcher and admission, the decode pool, the
+metrics, a request's way from its body to its answer) in one Service, with the hooks each task fills in (tasks.py):
+its class names, how an upload is decoded (`decode`), how images make a batch (`collate`), how a batch is run and
+its output made one row per image (`forward`, `rows`), and what /v1/model says of it (`model_info`)."""
 
 from __future__ import annotations
 
 import asyncio
-import hmac
-import io
 import logging
 import math
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -18,10 +17,13 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from torch import nn
 
+from ..devices import pick_device
 from ..errors import ResnetsError
-from .admission import Admission, Job, decoded_pixels
-from .batcher import Batcher
-from .limits import STATUS_OF_KIND, HTTPFailure, Limits, images_of, read_body
+from ..meta import meta_of
+from ..tasks.base import shown_name
+from .admission import Admission, Job, decoded_pixels, pixel_budget
+from .batcher import Batcher, Lane
+from .limits import STATUS_OF_KIND, HTTPFailure, Limits, images_of, read_body, slow_body
 
 log = logging.getLogger("resnets")
 
@@ -65,15 +67,17 @@ def check_settings(max_batch: int, decode_workers: int, max_wait_ms: float, limi
         ("max_wait_ms", max_wait_ms, True),
         ("timeout_s", limits.timeout_s, False),
         ("max_upload_mb", limits.max_upload_mb, False),
+        ("body_timeout_s", limits.body_timeout_s, False),
     ):
         if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
             raise ResnetsError(f"{what} must be a finite number {'>= 0' if zero_ok else '> 0'}; got {value}")
 
 
 class Service:
-    """The model, its runner and batcher, the decode pool and the metrics behind one app."""
+    """The model behind one app, its batcher, admission, decode pool and metrics; a task's subclass (tasks.py) fills
+    in the hooks below the line marked so, and calls this __init__ first."""
 
-    task = "classification"
+    task = ""  # "classification", "detection", "segmentation": each task's subclass says
 
     def __init__(
         self,
@@ -87,79 +91,114 @@ class Service:
         decode_workers: int,
         limits: Limits,
         token: str | None,
-        calib_images: list[str] | None = None,
     ):
-        from ..backends import auto_backend, make_runner
-        from ..devices import pick_device
-        from ..meta import meta_of, preprocessing_for
-
         check_settings(max_batch, decode_workers, max_wait_ms, limits)
         self.device = pick_device(device) if not isinstance(device, torch.device) else device
         self.model = model.eval().to(self.device)
         self.meta = meta_of(self.model)
-        self.pre = preprocessing_for(self.model)
-        self.names = self.meta.names(self.model.num_classes)
-        self.backend = auto_backend(self.device, precision) if backend == "auto" else backend
-        if self.model.num_features is None and backend in ("auto", "eager"):  # an ONNX file runs as it is
-            self.backend = "onnxruntime"
-        self.precision, self.limits, self.token = precision, limits, token
+        self.names = self.class_names()
+        self.backend, self.precision, self.limits, self.token = backend, precision, limits, token
         self.max_batch, self.max_wait_ms = max_batch, max_wait_ms
-        self.transform, self.normalize = self.pre.transform(), self.pre.normalizer()
-        self.input_shape = (len(self.pre.mean), self.pre.crop, self.pre.crop)  # (C, H, W) of one uint8 image
-        calib = None
-        if self.backend == "onnxruntime-int8":  # static quantisation: calibrated on real images before serving
-            if not calib_images:
-                raise ResnetsError("the onnxruntime-int8 backend calibrates on real images: give them with --calib DIR")
-            from ..inference import calibration_batches, find_images
-
-            calib = calibration_batches(self.model, find_images(calib_images))
-            if not calib:
-                raise ResnetsError("no calibration image could be read")
-        # the batch gives pooled features (predict applies the classifier, embed returns them); an ONNX file gives
-        # its logits, and serves predict only
-        self.features = self.model.num_features is not None
-        self.runner = make_runner(
-            self.model,
-            self.backend,
-            output="features" if self.features else "logits",
-            calib=calib,
-            precision=precision,
-            device=self.device,
-        )
+        self.features = False  # whether the batch gives pooled features (embed, explain: a classifier's)
         self.metrics = Metrics(max_batch)
         self.decode_workers = decode_workers
         self.decoder: ThreadPoolExecutor | None = None  # made when the app starts
-        self.batcher = Batcher(self._run, max_batch, max_wait_ms / 1000, limits.max_queue, self.metrics.batch.observe)
-        self.admission = Admission(limits.max_pixels_in_flight, self.batcher)
-        self.explain_lock = threading.Lock()
-        self._explain_model: nn.Module | None = None
+        self.batcher = Batcher(
+            self.run,
+            max_batch,
+            max_wait_ms / 1000,
+            limits.max_queue,
+            self.metrics.batch.observe,
+            self.collate,
+            self.cost,
+        )
+        budget = pixel_budget(limits)
+        if budget > limits.max_pixels_in_flight:
+            log.warning(
+                "--exact-decode holds each image whole: the pixels in flight may reach %s (one image at --max-pixels), "
+                "past --max-pixels-in-flight %s",
+                f"{budget:,}",
+                f"{limits.max_pixels_in_flight:,}",
+            )
+        self.admission = Admission(budget, self.batcher)
         self.ready = False
 
-    def explainer(self) -> nn.Module:
-        """Grad-CAM's own copy of the model (made on first use): its hook and backward pass must not touch the
-        module the batches run through at the same time (the eager runner shares it)."""
-        if self._explain_model is None:
-            import copy
+    # ---- the hooks of a task
 
-            self._explain_model = copy.deepcopy(self.model).float().eval()
-        return self._explain_model
+    def class_names(self) -> list[str]:
+        raise NotImplementedError
 
-    def _run(self, images: torch.Tensor) -> torch.Tensor:
-        """A uint8 batch (B, C, crop, crop) -> pooled features (B, num_features), float32 on the CPU."""
-        with torch.no_grad():
-            x = self.normalize(images.to(self.device, non_blocking=True))
-            return self.runner(x).float().cpu()
+    def decode(self, data: bytes, name: str) -> tuple[torch.Tensor, tuple[int, int]]:
+        """An upload as the model's input (uint8, decoded no larger than the model needs) and the image's full
+        (width, height), or HTTPFailure."""
+        raise NotImplementedError
 
-    def logits(self, features: torch.Tensor) -> torch.Tensor:
-        if not self.features:  # the runner's rows are logits already
-            return features
-        fc = self.model.get_classifier()
-        with torch.no_grad():
-            return fc(features.to(next(fc.parameters()).device)).float().cpu() if self.model.num_classes else features
+    def decode_size(self) -> int | tuple[int, int]:
+        """What the model resizes an image to (datasets.decode_sized's `size`): it is decoded no larger than
+        twice that."""
+        raise NotImplementedError
+
+    def model_pixels(self, width: int, height: int) -> int:
+        """The pixels the model works on for an image of `width` x `height`."""
+        raise NotImplementedError
+
+    def collate(self, images: list[torch.Tensor]):
+        """The images of a batch as `forward` takes them: a list, of any sizes (a classifier stacks its crops)."""
+        return list(images)
+
+    def cost(self, image: torch.Tensor) -> int:
+        """The model pixels of a decoded image (what the batcher times its batches by)."""
+        return self.model_pixels(image.shape[-1], image.shape[-2])
+
+    def forward(self, batch):
+        """The model's raw output on a batch (`collate`'s)."""
+        raise NotImplementedError
+
+    def rows(self, out) -> list:
+        """`forward`'s output as one row per image, on the CPU: what the batcher hands back."""
+        return list(out)
 
     def warm_image(self) -> torch.Tensor:
-        """What the model is warmed up on: one input of its shape."""
-        return torch.zeros(*self.input_shape, dtype=torch.uint8)
+        """What the model is warmed up on: a small image (a detector or segmenter enlarges it to its input)."""
+        return torch.zeros(3, 64, 64, dtype=torch.uint8)
+
+    def classes_counted(self) -> str:
+        """The class count as said to people, saying where a background class is (tasks.base.class_count)."""
+        return f"{len(self.names)} classes"
+
+    def shown(self) -> str:
+        """The model as the banner, the API's description, /v1/model's "name" and the page say it: its
+        architecture with its backbone where that is not the one the name says, and its classes."""
+        return f"{shown_name(self.meta.architecture, self.meta.options)} ({self.classes_counted()})"
+
+    def model_info(self) -> dict[str, Any]:
+        """What /v1/model says of the model beyond its architecture (a dense task's: task, classes, input)."""
+        return {
+            "task": self.task,
+            "num_classes": len(self.names),
+            "classes": self.names,
+            "options": dict(self.meta.options),
+            "input": self.input(),
+        }
+
+    def input(self) -> dict[str, Any]:
+        """What each image is resized to for the model (in /v1/model)."""
+        raise NotImplementedError
+
+    def need_features(self, what: str) -> None:
+        """400 for an endpoint that needs a classifier's pooled features (embed, explain)."""
+        self.need_task("classification", what)
+
+    # ---- what every task shares
+
+    @property
+    def amp(self) -> str:
+        return {"fp32": "none"}.get(self.precision, self.precision)
+
+    def run(self, batch) -> list:
+        """A batch (`collate`'s) -> one row per image (the batcher's `run`, in its thread)."""
+        with torch.no_grad():
+            return self.rows(self.forward(batch))
 
     def warm_up(self) -> None:
         """Two runs of one image; the second (past any one-time setup) is the batcher's first estimate of time."""
@@ -169,35 +208,6 @@ class Service:
             self.batcher.run(self.batcher.collate([image]))
         self.batcher.measured(self.batcher.cost(image), time.perf_counter() - start)
         self.ready = True
-
-    def decode_size(self) -> int | tuple[int, int]:
-        """What the model resizes an image to (datasets.decode_sized's `size`): it is decoded no larger than
-        twice that."""
-        return self.pre.resize
-
-    def model_pixels(self, width: int, height: int) -> int:
-        """The pixels the model works on for an image of `width` x `height` (the crop)."""
-        return self.input_shape[1] * self.input_shape[2]
-
-    def decode(self, data: bytes, name: str) -> tuple[torch.Tensor, tuple[int, int]]:
-        """The model's input (the image decoded no larger than the model needs, resized and cropped: uint8) and
-        the image's full (width, height), or HTTPFailure."""
-        from ..data.datasets import BadSample, decode_sized
-
-        try:
-            raw, full = decode_sized(
-                data, name, len(self.pre.mean), max_pixels=self.limits.max_pixels, size=self.decode_size()
-            )
-        except BadSample as e:
-            raise refusal(e, name) from None
-        image = self.transform(raw)
-        if tuple(image.shape) != self.input_shape:  # checked here, so no image can break a batch it joins
-            raise HTTPFailure(
-                422,
-                f"{name}: the image became {tuple(image.shape)}, not the model's input {self.input_shape}",
-                kind="corrupt_image",
-            )
-        return image, full
 
     async def start(self) -> None:
         """When the app starts (each time: an app can be started, stopped and started again)."""
@@ -209,19 +219,6 @@ class Service:
         self.ready = False
         await self.batcher.stop()
         self.decoder.shutdown(wait=False, cancel_futures=True)
-
-    def check_token(self, request: Request) -> None:
-        """401 unless the request carries the bearer token (when one is set), compared in constant time."""
-        if self.token is None:
-            return
-        scheme, _, value = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), self.token.encode()):
-            raise HTTPFailure(
-                401,
-                "a bearer token is required (Authorization: Bearer <token>)",
-                {"WWW-Authenticate": "Bearer"},
-                "unauthorized",
-            )
 
     async def headers(self, files: list[tuple[str, bytes]]) -> list:
         """Each image's header (format, size, the pixel limit: nothing decoded), read in the sandbox from the decode
@@ -243,9 +240,9 @@ class Service:
                 raise h
         return found
 
-    def admit(self, job: Job, headers: list) -> list[int]:
-        """`job` admitted for what its images (`headers`) will hold (Admission); the header pixels of each, or
-        HTTPFailure (413, 503)."""
+    def admit(self, job: Job, headers: list, lane: Lane | None = None) -> list[int]:
+        """`job` admitted for what its images (`headers`) will hold (Admission), for the batcher or `lane`; the
+        header pixels of each, or HTTPFailure (413, 503)."""
         held, work, header_pixels = 0, 0, []
         for h in headers:
             model = self.model_pixels(h.width, h.height)
@@ -253,21 +250,32 @@ class Service:
             work += model
             header_pixels.append(h.width * h.height)
         decode_s = self.admission.decode_estimate(header_pixels, self.decode_workers)
-        self.admission.admit(job, held, work, decode_s)
+        self.admission.admit(job, held, work, decode_s, lane, len(headers))
         return header_pixels
 
     def _timed_decode(self, data: bytes, name: str):
         start = time.perf_counter()
         return self.decode(data, name), time.perf_counter() - start
 
-    async def decoded(self, request: Request, job: Job) -> tuple[list[str], list[torch.Tensor], list[tuple[int, int]]]:
-        """The request's images, admitted (`admit`), each decoded to the model's input in the decode pool: (names,
-        images, each one's full (width, height)); the first bad one's HTTPFailure."""
-        self.check_token(request)
-        body = await read_body(request, int(self.limits.max_upload_mb * 1024 * 1024))
+    async def body(self, request: Request, job: Job) -> bytearray:
+        """The request's body, bounded in bytes (--max-upload-mb) and in time (Limits.body_timeout_s, and never past
+        the request's own deadline): 413, 408."""
+        left = job.deadline - asyncio.get_running_loop().time()
+        seconds = max(0.0, min(self.limits.body_timeout_s, left))
+        body = await read_body(request, int(self.limits.max_upload_mb * 1024 * 1024), seconds)
         job.body_read.set()
-        files = await images_of(request, body, self.limits)
-        header_pixels = self.admit(job, await self.headers(files))
+        return body
+
+    async def decoded(
+        self, request: Request, job: Job, lane: Lane | None = None
+    ) -> tuple[list[str], list[torch.Tensor], list[tuple[int, int]]]:
+        """The request's images, admitted (`admit`; for `lane` when they run there), each decoded to the model's
+        input in the decode pool: (names, images, each one's full (width, height)); the first bad one's
+        HTTPFailure."""
+        files = await images_of(request, await self.body(request, job), self.limits)
+        if lane is None:
+            self.admission.check_count(len(files))
+        header_pixels = self.admit(job, await self.headers(files), lane)
         loop = asyncio.get_running_loop()
         results = await asyncio.gather(
             *(loop.run_in_executor(self.decoder, self._timed_decode, data, name) for name, data in files),
@@ -288,8 +296,9 @@ class Service:
 
     async def answered(self, endpoint: str, request: Request, work) -> Response:
         """`work(job)`'s response within the time limit; a failure as its status and a one-line detail. A request
-        whose client goes away is cancelled (its images leave the queue); one not answered in time is 504 if the
-        model was working on it, else 503 with Retry-After (it waited behind others: the server is busy)."""
+        whose client goes away is cancelled (its images leave the queue); one whose body has not arrived by then is
+        408; one not answered in time is 504 if the model was working on it, else 503 with Retry-After (it waited
+        behind others: the server is busy)."""
         loop = asyncio.get_running_loop()
         start = time.perf_counter()
         job = Job(deadline=loop.time() + self.limits.timeout_s, body_read=asyncio.Event())
@@ -304,13 +313,14 @@ class Service:
                 await asyncio.gather(task, return_exceptions=True)
                 if watcher in done:
                     raise _Gone
+                if not job.body_read.is_set():
+                    raise slow_body(self.limits.timeout_s)
                 if job.started:
                     raise TimeoutError
                 raise self.batcher.busy(why=f"this request was not answered within {self.limits.timeout_s:g} s")
             response = task.result()
         except HTTPFailure as e:
-            response = JSONResponse({"detail": e.detail}, e.status, headers=e.headers)
-            self.metrics.errors.labels(e.kind).inc()
+            response = self.failed(e)
         except _Gone:
             response = Response(status_code=499)  # nobody reads it: the client closed the connection
             self.metrics.errors.labels("client_gone").inc()
@@ -332,14 +342,10 @@ class Service:
         self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
         return response
 
-    def guarded(self, request: Request, make) -> Response:
-        """`make()` behind the token (for endpoints without a time limit of their own)."""
-        try:
-            self.check_token(request)
-        except HTTPFailure as e:
-            self.metrics.errors.labels(e.kind).inc()
-            return JSONResponse({"detail": e.detail}, e.status, headers=e.headers)
-        return make()
+    def failed(self, e: HTTPFailure) -> Response:
+        """A refusal as its answer (one JSON line, its headers), counted by kind."""
+        self.metrics.errors.labels(e.kind).inc()
+        return JSONResponse({"detail": e.detail}, e.status, headers=e.headers)
 
     def need_task(self, task: str, what: str) -> None:
         """400 for an endpoint of another task (boxes from a classifier, classes from a detector)."""
@@ -349,14 +355,6 @@ class Service:
             )
             raise HTTPFailure(400, f"{what} is for a {task} model; this server runs a {self.task} model: {where}")
 
-    def need_features(self, what: str) -> None:
-        if not self.features:
-            raise HTTPFailure(
-                400,
-                f"{what} needs the PyTorch model; this server runs an ONNX file, which gives class "
-                "scores only (/v1/predict)",
-            )
-
     def settings(self) -> dict[str, Any]:
         """How requests are batched and bounded (in /v1/model)."""
         return {
@@ -365,212 +363,23 @@ class Service:
                 "max_upload_mb": self.limits.max_upload_mb,
                 "max_files": self.limits.max_files,
                 "max_queue": self.limits.max_queue,
-                "max_pixels_in_flight": self.limits.max_pixels_in_flight,
+                "max_pixels_in_flight": self.admission.max_pixels,
                 "timeout_s": self.limits.timeout_s,
             },
         }
 
     def describe(self) -> dict[str, Any]:
+        """What /v1/model answers."""
         return {
             "architecture": self.meta.architecture,
-            "num_classes": self.model.num_classes,
-            "classes": self.names,
-            "num_features": self.model.num_features,
-            "preprocessing": self.pre.to_dict(),
+            "name": self.shown(),
+            **self.model_info(),
             "precision": self.precision,
             "backend": self.backend,
             "device": str(self.device),
             "source": self.meta.source,
             **self.settings(),
         }
-
-
-def overlay(svc: Service, image: torch.Tensor, target: int | None) -> tuple[bytes, int, float]:
-    """Grad-CAM over the crop the model saw, as PNG bytes (the photo, with the heatmap blended in)."""
-    import numpy as np
-    from matplotlib import colormaps
-    from PIL import Image
-
-    from ..inference import grad_cam
-
-    with svc.explain_lock:  # one backward pass at a time, on a copy of the model of its own
-        x = svc.normalize(image.to(svc.device))
-        cam, cls, prob = grad_cam(svc.explainer(), x, target=target)
-    rgb = image.permute(1, 2, 0).numpy()
-    rgb = np.repeat(rgb, 3, axis=2) if rgb.shape[2] == 1 else rgb
-    heat = colormaps["jet"](cam.cpu().numpy())[..., :3] * 255
-    blended = (0.55 * rgb + 0.45 * heat).round().clip(0, 255).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(blended).save(buf, format="PNG")
-    return buf.getvalue(), cls, prob
-
-
-class DetectorService(Service):
-    """A detector behind the app: each image decoded no larger than twice the model's input and brought in uint8 to
-    the size the model's transform resizes it to (min_size / max_size: no float copy of a large photo), a list of
-    images of any size per batch, boxes out in the full image's coordinates; the same decode pool, limits, token,
-    batcher and metrics."""
-
-    task = "detection"
-
-    def __init__(
-        self,
-        model: nn.Module,
-        *,
-        backend: str,
-        precision: str,
-        device: str | torch.device | None,
-        max_batch: int,
-        max_wait_ms: float,
-        decode_workers: int,
-        limits: Limits,
-        token: str | None,
-        calib_images: list[str] | None = None,
-    ):
-        from ..devices import check_precision, pick_device
-        from ..meta import meta_of
-
-        check_settings(max_batch, decode_workers, max_wait_ms, limits)
-        if backend not in ("auto", "eager") or calib_images:
-            raise ResnetsError(f"a detector is served by the eager backend (PyTorch); got --backend {backend}")
-        self.device = pick_device(device) if not isinstance(device, torch.device) else device
-        check_precision(precision, self.device)
-        self.model = model.eval().to(self.device)
-        self.meta = meta_of(self.model)
-        self.names = self.class_names()
-        self.backend, self.precision, self.limits, self.token = "eager", precision, limits, token
-        self.max_batch, self.max_wait_ms = max_batch, max_wait_ms
-        self.features = False
-        self.metrics = Metrics(max_batch)
-        self.decode_workers = decode_workers
-        self.decoder = None
-        self.batcher = Batcher(
-            self._run,
-            max_batch,
-            max_wait_ms / 1000,
-            limits.max_queue,
-            self.metrics.batch.observe,
-            list,
-            cost=lambda im: self.model_pixels(im.shape[-1], im.shape[-2]),
-        )
-        self.admission = Admission(limits.max_pixels_in_flight, self.batcher)
-        self.explain_lock = threading.Lock()
-        self._explain_model = None
-        self.ready = False
-
-    def class_names(self) -> list[str]:
-        from ..detect import class_names
-
-        return class_names(self.model)
-
-    def _run(self, images: list[torch.Tensor]) -> list[dict]:
-        """uint8 images (3, H, W) -> the detector's output for each, on the CPU (masks as booleans), in the
-        coordinates of the image given."""
-        from ..devices import autocast
-
-        amp = {"fp32": "none"}.get(self.precision, self.precision)
-        with torch.no_grad(), autocast(self.device, amp):
-            outs = self.model([im.to(self.device).float() / 255 for im in images])
-        rows = []
-        for o in outs:
-            row = {k: o[k].float().cpu() if k != "labels" else o[k].cpu() for k in ("boxes", "labels", "scores")}
-            if "masks" in o:
-                row["masks"] = (o["masks"][:, 0] > 0.5).cpu()
-            rows.append(row)
-        return rows
-
-    def warm_image(self) -> torch.Tensor:
-        """A small image: the model enlarges it to its min_size."""
-        return torch.zeros(3, 64, 64, dtype=torch.uint8)
-
-    def decode_size(self) -> tuple[int, int]:
-        from ..detect import input_size
-
-        return input_size(self.model)
-
-    def model_pixels(self, width: int, height: int) -> int:
-        from ..detect import scaled_size
-
-        h, w = scaled_size(width, height, *self.decode_size())
-        return h * w
-
-    def decode(self, data: bytes, name: str) -> tuple[torch.Tensor, tuple[int, int]]:
-        """The image as the model takes it (RGB uint8, decoded and resized no larger than the model's input:
-        detect.model_input) and its full (width, height), or HTTPFailure."""
-        from ..data.datasets import BadSample
-        from ..detect import model_input
-
-        try:
-            return model_input(data, name, *self.decode_size(), max_pixels=self.limits.max_pixels)
-        except BadSample as e:
-            raise refusal(e, name) from None
-
-    def need_features(self, what: str) -> None:
-        self.need_task("classification", what)
-
-    def input(self) -> dict[str, Any]:
-        """What each image is resized to for the model (in /v1/model)."""
-        t = self.model.transform
-        return {"min_size": list(t.min_size), "max_size": t.max_size}
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "architecture": self.meta.architecture,
-            "task": self.task,
-            "num_classes": len(self.names),
-            "classes": self.names,
-            "options": dict(self.meta.options),
-            "input": self.input(),
-            "precision": self.precision,
-            "backend": self.backend,
-            "device": str(self.device),
-            "source": self.meta.source,
-            **self.settings(),
-        }
-
-
-class SegmenterService(DetectorService):
-    """A segmenter behind the app (FCN, DeepLabV3): each image decoded no larger than twice the model's input and
-    brought in uint8 to it (segment.model_input: the shorter side at `size`, the longer at most twice that), its
-    class map out at that size (the image's own when it is smaller)."""
-
-    task = "segmentation"
-    size = 520  # torchvision's evaluation size for these models
-
-    def class_names(self) -> list[str]:
-        from ..segment import class_names
-
-        return class_names(self.model)
-
-    def _run(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
-        from ..segment import class_map
-
-        amp = {"fp32": "none"}.get(self.precision, self.precision)
-        return [class_map(self.model, im, self.size, amp) for im in images]
-
-    def decode_size(self) -> tuple[int, int]:
-        return self.size, 2 * self.size
-
-    def model_pixels(self, width: int, height: int) -> int:
-        from ..segment import input_size
-
-        h, w = input_size(width, height, self.size)
-        return h * w
-
-    def decode(self, data: bytes, name: str) -> tuple[torch.Tensor, tuple[int, int]]:
-        from ..data.datasets import BadSample
-        from ..segment import model_input
-
-        try:
-            return model_input(data, name, self.size, max_pixels=self.limits.max_pixels)
-        except BadSample as e:
-            raise refusal(e, name) from None
-
-    def input(self) -> dict[str, Any]:
-        return {"shorter_side": self.size, "longer_side_at_most": 2 * self.size, "normalised": "ImageNet mean and std"}
-
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "task": "segmentation"}
 
 
 def refusal(e, name: str) -> HTTPFailure:
