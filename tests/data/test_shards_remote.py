@@ -236,8 +236,9 @@ def test_few_shards_are_held_open_and_a_removed_one_is_fetched_again(sharded, tm
 class _Server:
     """A web server on 127.0.0.1 in a thread for the tests below: `routes` maps a path to bytes (served whole) or to
     a behaviour ("zeros": zeros without end and no length, "huge": a length of 10^12 then zeros, "quiet": the
-    headers then nothing, "slow": 1 KB every 50 ms); `hits` counts each path's requests. Every loop ends within 10 s
-    or when the server stops."""
+    headers then nothing, "slow": 1 KB every 50 ms, "drip": the headers then a byte every 200 ms, "drip-head": a
+    header's bytes one every 200 ms, "redirect:URL": a 302 to URL); `hits` counts each path's requests. Every loop
+    ends within 10 s or when the server stops."""
 
     def __init__(self, routes: dict):
         import http.server
@@ -256,14 +257,23 @@ class _Server:
                 body = outer.routes.get(self.path)
                 if body is None:
                     return self.send_error(404)
-                self.send_response(200)
-                if isinstance(body, bytes) or body == "huge":
-                    self.send_header("Content-Length", str(len(body) if isinstance(body, bytes) else 10**12))
-                self.end_headers()
+                if isinstance(body, str) and body.startswith("redirect:"):
+                    self.send_response(302)
+                    self.send_header("Location", body[len("redirect:") :])
+                    self.send_header("Content-Length", "0")
+                    return self.end_headers()
+                if body == "drip-head":  # the status line, then a header that never ends
+                    self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Drip: ")
+                else:
+                    self.send_response(200)
+                    if isinstance(body, bytes) or body == "huge":
+                        self.send_header("Content-Length", str(len(body) if isinstance(body, bytes) else 10**12))
+                    self.end_headers()
                 if isinstance(body, bytes):
                     return self.wfile.write(body)
                 self.wfile.flush()
-                chunk, pause = (b"\0" * 1024, 0.05) if body == "slow" else (b"\0" * (1 << 16), 0)
+                paced = {"slow": (b"\0" * 1024, 0.05), "drip": (b"x", 0.2), "drip-head": (b"x", 0.2)}
+                chunk, pause = paced.get(body, (b"\0" * (1 << 16), 0))
                 deadline = time.monotonic() + 10
                 try:
                     while time.monotonic() < deadline and not outer.stop.wait(pause if body != "quiet" else 0.05):
@@ -388,6 +398,121 @@ def test_a_source_that_goes_quiet_is_one_line_within_the_timeout(tmp_path, monke
     monkeypatch.setenv("RESNETS_FETCH_TIMEOUT", "soon")
     with pytest.raises(ResnetsError, match="RESNETS_FETCH_TIMEOUT='soon': give seconds"):
         remote.read_bounded("pipe:true", 10)
+
+
+def test_a_source_that_drips_is_cut_at_its_whole_deadline(tmp_path, monkeypatch):
+    """A server or command that sends a byte every 200 ms is never idle for RESNETS_FETCH_TIMEOUT (1 s here), and
+    fetched a shard for as long as it dripped. Now a whole fetch of N bytes ends within RESNETS_FETCH_TIMEOUT +
+    N / RESNETS_FETCH_MIN_RATE (10,240 bytes at 5 KB/s: 3.0 s), the headers too (a header that never ends), in one
+    line naming the source; nothing half-fetched is left and the command is killed."""
+    monkeypatch.setenv("RESNETS_SHARD_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("RESNETS_FETCH_TIMEOUT", "1")
+    monkeypatch.setenv("RESNETS_FETCH_MIN_RATE", "0.005")
+    assert remote.fetch_deadline(10240) == pytest.approx(3.048)
+    pid = tmp_path / "pid"
+    routes = {"/d/train-000000.tar": "drip", "/h/train-000000.tar": "drip-head", "/d/index.json": "drip"}
+    with _Server(routes) as server:
+        for source, read in (
+            (f"{server.url}/d/train-000000.tar", lambda s: remote.fetch(s, "train-000000.tar", 10240)),
+            (f"{server.url}/h/train-000000.tar", lambda s: remote.fetch(s, "train-000000.tar", 10240)),
+            (f"pipe:echo $$ > {pid}; while :; do printf x; sleep 0.2; done", lambda s: remote.fetch(s, "x.tar", 10240)),
+            (f"{server.url}/d/index.json", lambda s: remote.read_bounded(s, 10240)),
+        ):
+            t0 = time.monotonic()
+            with pytest.raises((ResnetsError, OSError)) as e:
+                read(source)
+            took, what = time.monotonic() - t0, str(e.value)
+            assert 2.9 < took < 5, (source, took, what)
+            assert "not fetched within 3.0 s (RESNETS_FETCH_MIN_RATE: at least 0.005 MB/s)" in what, what
+            assert source[:40] in what and "\n" not in what, what
+            if source.startswith("pipe:"):
+                assert _gone(int(pid.read_text())), "the command's processes were left running"
+    assert not list((tmp_path / "cache").glob("*.part")) and not list((tmp_path / "cache").glob("*.tar"))
+    monkeypatch.setenv("RESNETS_FETCH_MIN_RATE", "0")
+    with pytest.raises(ResnetsError, match="RESNETS_FETCH_MIN_RATE='0': give megabytes a second"):
+        remote.read_bounded("pipe:true", 10)
+
+
+def test_a_redirect_is_followed_only_to_http_or_https(tmp_path, monkeypatch):
+    """urllib followed a redirect from http:// to ftp://; now a redirect to any scheme but http and https is refused
+    in one line naming the source, and the place it names is never contacted. One to http:// is still followed."""
+    import socket
+
+    monkeypatch.setenv("RESNETS_SHARD_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("RESNETS_FETCH_TIMEOUT", "1")
+    good = b"a shard" * 100
+    target = socket.create_server(("127.0.0.1", 0))  # where the ftp:// redirect leads: counts connections
+    ftp = f"ftp://127.0.0.1:{target.getsockname()[1]}/train-000000.tar"
+    secret = tmp_path / "secret.tar"
+    secret.write_bytes(good)
+    routes = {"/good/train-000000.tar": good, "/ftp/train-000000.tar": f"redirect:{ftp}"}
+    routes |= {"/file/train-000000.tar": f"redirect:file://{secret}", "/data/train-000000.tar": "redirect:data:,x"}
+    with _Server(routes) as server, target:
+        server.routes["/http/train-000000.tar"] = f"redirect:{server.url}/good/train-000000.tar"
+        for where in ("ftp", "file", "data"):
+            source = f"{server.url}/{where}/train-000000.tar"
+            with pytest.raises(OSError) as e:
+                remote.fetch(source, "train-000000.tar", len(good))
+            what = str(e.value)
+            assert "redirect" in what.lower() and source in what and "\n" not in what, what
+            with pytest.raises(ResnetsError, match=f"(?i)cannot read {source}: .*redirect"):
+                remote.read_bounded(source, 10**6)
+        assert "a redirect is followed only to http:// or https://" in str(
+            pytest.raises(OSError, remote.fetch, f"{server.url}/ftp/train-000000.tar", "train-000000.tar", 700).value
+        )
+        target.setblocking(False)
+        with pytest.raises(BlockingIOError):  # nobody connected to the ftp:// address
+            target.accept()
+        path = remote.fetch(f"{server.url}/http/train-000000.tar", "train-000000.tar", len(good))
+        assert open(path, "rb").read() == good and server.hits["/good/train-000000.tar"] == 1
+    assert _cache(tmp_path) == ["train-000000.tar"]
+
+
+def test_a_fetch_leaves_no_lock_and_two_never_fetch_one_shard_at_once(sharded, tmp_path, monkeypatch):  # noqa: F811
+    """The shard's .lock was left in the cache after every fetch. Now its holder removes it before letting go, and
+    a fetch removes the ones nobody holds (a killed process's), not a held one; still one fetch of a shard at a time
+    on the machine: a fetch that waited on a removed lock file takes the new one, so a process that comes later
+    never runs beside it (three fetches of a failing source, the last while the second runs), and readers that
+    wait for a good fetch reuse its file."""
+    import fcntl
+    import threading
+
+    out, _ = sharded
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("RESNETS_SHARD_CACHE", str(cache))
+    shard = out / "train-000000.tar"
+    remote.fetch(_pattern(out, "train-000000"), "train-000000.tar", shard.stat().st_size)
+    assert not list(cache.glob("*.lock"))
+    (cache / "abc-train-000001.tar.lock").write_text("")  # a killed process's
+    held = open(cache / "abc-train-000002.tar.lock", "a")  # noqa: SIM115  (a live fetch's)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    try:
+        remote.fetch(_pattern(out, "train-000001"), "train-000001.tar", (out / "train-000001.tar").stat().st_size)
+        assert [p.name for p in cache.glob("*.lock")] == ["abc-train-000002.tar.lock"]
+    finally:
+        held.close()
+    log, busy = tmp_path / "log", tmp_path / "busy"
+
+    def fetching(source, size, results):
+        try:
+            results.append(remote.fetch(source, "train-000003.tar", size))
+        except OSError as e:
+            results.append(str(e))
+
+    failing = f"pipe:mkdir {busy} || echo overlap >> {log}; echo run >> {log}; sleep 1; rmdir {busy}; exit 3"
+    good = f"pipe:echo run >> {log}; sleep 0.4; cat {shard} # train-000003.tar"
+    for source, starts, runs in ((failing, (0, 0.3, 1.5), 3), (good, (0, 0.1, 0.2), 1)):
+        log.write_text("")
+        results, threads = [], []
+        for start in starts:
+            time.sleep(start - (starts[len(threads) - 1] if threads else 0))
+            threads.append(threading.Thread(target=fetching, args=(source, shard.stat().st_size, results)))
+            threads[-1].start()
+        for t in threads:
+            t.join(30)
+        assert log.read_text().split() == ["run"] * runs, results  # one at a time (no "overlap"); once if it works
+        assert len(results) == 3 and not list(cache.glob("*.lock")), results
+    assert len(set(results)) == 1 and open(results[0], "rb").read() == shard.read_bytes()
 
 
 def test_a_part_left_by_a_dead_process_is_removed_by_the_next_fetch(sharded, tmp_path, monkeypatch):  # noqa: F811

@@ -11,7 +11,8 @@ What a worker does with each image, in this order:
    lies ends in MemoryError, not in gigabytes;
 4. the decode at the size the consumer needs: a JPEG larger than `gap` times that size is decoded with libjpeg's
    DCT scaling (Pillow's `draft`, as `Image.thumbnail` does), any other format is reduced by a whole factor right
-   after decoding (`Image.reduce`); `exact` decodes at full size. The first frame only; EXIF orientation applied;
+   after decoding (`Image.reduce`), converted and reduced a band of rows at a time (`reduced`: no converted copy at
+   full size); `exact` decodes at full size. The first frame only; EXIF orientation applied;
 5. the pixels as uint8 RGB or L with no float64 copy (16-bit, int32 and float images are scaled band by band).
 
 The protocol on stdin/stdout: a request is a 4-byte length, that many bytes of JSON, an 8-byte length and the
@@ -217,21 +218,22 @@ def decoded_size(width: int, height: int, fmt: str, short: int | None, long: int
 
 def memory_needed(im, channels: int, factor: int, orient: int = 1, full: tuple[int, int] | None = None) -> int:
     """Bytes the decode of `im` (after draft) may hold at once, step by step as `decode` goes: the decoded image,
-    its 8-bit or colour copy at full size where one is made, the premultiplied copy Pillow's reduce makes of an
-    image with alpha, the reduced or converted image, the upright copy and the pixels sent back; and what the
-    decoders keep beside the image: a progressive JPEG's coefficients at its stored size (`full`: libjpeg keeps
-    them whatever the DCT scaling), a compressed TIFF's strip or tile buffer (counted as a second image)."""
+    its 8-bit or colour copy at full size where one is made (unreduced), or one band of rows cut, made 8-bit,
+    converted and reduced (`reduced`), the reduced or converted image, the upright copy and the pixels sent back;
+    and what the decoders keep beside the image: a progressive JPEG's coefficients at its stored size (`full`:
+    libjpeg keeps them whatever the DCT scaling), a compressed TIFF's strip or tile buffer (counted as a second
+    image)."""
     w, h = im.size
     n, mode = w * h, im.mode
     held = n * _MEMORY_PER_PIXEL.get(mode, 4)
-    eight = n + 512 * w * 16 if _deep(mode) or mode == "1" else 0  # an L copy, made 512 rows at a time
     colour = 4 if channels == 3 else 1
     if factor > 1:
-        full_copy = n * colour if mode == "P" else n * 4 if mode in ("RGBA", "LA", "PA", "La", "RGBa") else 0
+        # a band: cut (4 bytes a pixel at most), numpy's copies of a deep one (16), converted (4), reduce's own (4)
+        eight = _band_rows(factor) * w * 28
         m = n // (factor * factor) + w + h
         after = m * (4 + colour + 4 + channels)  # reduced, converted, upright, sent
     else:
-        full_copy = 0
+        eight = n + 512 * w * 16 if _deep(mode) or mode == "1" else 0  # an L copy, made 512 rows at a time
         after = n * (colour + (colour if orient != 1 else 0) + channels)
     beside = 0
     if im.format in ("JPEG", "MPO") and (im.info.get("progressive") or im.info.get("progression")):
@@ -239,7 +241,7 @@ def memory_needed(im, channels: int, factor: int, orient: int = 1, full: tuple[i
         beside = fw * fh * 2 * max(3, len(im.getbands()))  # 16-bit coefficients of every component
     elif im.format == "TIFF" and im.info.get("compression", "raw") != "raw":
         beside = declared_bytes(im)
-    return held + eight + full_copy + after + beside + SLACK
+    return held + eight + after + beside + SLACK
 
 
 def _scaled_rows(im, fn):
@@ -256,29 +258,70 @@ def _scaled_rows(im, fn):
     return Image.frombuffer("L", (w, h), out, "raw", "L", 0, 1)
 
 
-def to_8bit(im):
-    """A 16-bit, int32 or float image as 8-bit grey ("L"), as before: 16-bit scaled by 255/65535, int32 too when it
-    holds values above 255 (else taken as is), float clipped to [0, 255]; rounded."""
+def _eight_bit(im):
+    """How a 16-bit, int32 or float image becomes 8-bit, as before: a numpy band -> uint8 band function, chosen
+    from the whole image (16-bit scaled by 255/65535, int32 too when it holds values above 255, else taken as is,
+    float clipped to [0, 255]; rounded)."""
     import numpy as np
 
+    def scaled(b):  # (b * 255 + 32767) // 65535, in place: one copy of the band
+        b *= 255
+        b += 32767
+        b //= 65535
+        return b
+
     if im.mode.startswith("I;16"):
-        return _scaled_rows(im, lambda a: (a.astype(np.uint32) * 255 + 32767) // 65535)
+        return lambda a: scaled(a.astype(np.uint32))
     if im.mode == "I":
         lo, hi = im.getextrema()
         if hi > 255:
-            return _scaled_rows(im, lambda a: (np.clip(a, 0, 65535).astype(np.int64) * 255 + 32767) // 65535)
-        return _scaled_rows(im, lambda a: np.clip(a, 0, 255))
-    return _scaled_rows(im, lambda a: np.clip(np.nan_to_num(a, nan=0.0), 0, 255).round())
+            return lambda a: scaled(np.clip(a, 0, 65535).astype(np.int64))
+        return lambda a: np.clip(a, 0, 255)
+    return lambda a: np.clip(np.nan_to_num(a, nan=0.0), 0, 255).round()
 
 
-def to_mode(im, channels: int):
-    """`im` as "RGB" (channels 3) or "L" (1): alpha dropped, palettes expanded, CMYK converted, deep images scaled."""
-    if im.mode in ("I", "F") or im.mode.startswith("I;16"):
-        im = to_8bit(im)
+def to_8bit(im):
+    """A 16-bit, int32 or float image as 8-bit grey ("L") (`_eight_bit`'s scaling)."""
+    return _scaled_rows(im, _eight_bit(im))
+
+
+def to_mode(im, channels: int, eight=None):
+    """`im` as "RGB" (channels 3) or "L" (1): alpha dropped, palettes expanded, CMYK converted, deep images scaled
+    (by `eight`, when a band of an image is given: the whole image's scaling)."""
+    if _deep(im.mode):
+        im = _scaled_rows(im, eight) if eight is not None else to_8bit(im)
     if im.mode == "1":
         im = im.convert("L")
     want = "RGB" if channels == 3 else "L"
     return im if im.mode == want else im.convert(want)
+
+
+def _band_rows(factor: int) -> int:
+    """The rows of a band `reduced` converts at once: about 512, a whole number of `factor`s."""
+    return max(1, 512 // factor) * factor
+
+
+def reduced(im, channels: int, factor: int):
+    """`im` as to_mode gives it, reduced by the whole `factor` (Pillow's box average, `Image.reduce`), a band of
+    rows at a time: the full-size image is never converted whole (a palette or 1-bit image of 9459x9459 made an RGB
+    copy of 358 MB; one with alpha, reduce's premultiplied copy as large). Bands are whole numbers of `factor`
+    rows, so every box averages the pixels it would in the whole image."""
+    from PIL import Image
+
+    w, h = im.size
+    rows = _band_rows(factor)
+    eight = _eight_bit(im) if _deep(im.mode) else None
+    # reduced in the smallest mode that gives the same result: grey stays grey (1, 16-bit, LA: made L first)
+    grey = channels == 1 or im.mode in ("1", "LA", "La") or eight is not None
+    out = Image.new("RGB" if channels == 3 else "L", (math.ceil(w / factor), math.ceil(h / factor)))
+    for top in range(0, h, rows):
+        box = (0, top, w, min(h, top + rows))
+        if im.mode in ("L", "RGB"):
+            band = im.reduce(factor, box)  # no copy of the band
+        else:
+            band = to_mode(im.crop(box), 1 if grey else 3, eight).reduce(factor)
+        out.paste(to_mode(band, channels), (0, top // factor))
+    return out
 
 
 def _set_address_space(limit: int | None) -> None:
@@ -330,13 +373,7 @@ def decode(data: bytes, req: dict, *, capped: bool = False):
         if base is not None:  # from what the header holds now (bounded above): an animated WebP's decoder, ...
             _set_address_space(max(base, address_space() or base) + memory_needed(im, channels, factor, orient, full))
         im.load()  # the first frame only
-        if factor > 1:
-            if _deep(im.mode) or im.mode == "1":
-                im = to_8bit(im) if im.mode != "1" else im.convert("L")  # 8-bit grey first: reduce takes it
-            elif im.mode == "P":
-                im = im.convert("RGB" if channels == 3 else "L")
-            im = im.reduce(factor)
-        im = to_mode(im, channels)
+        im = reduced(im, channels, factor) if factor > 1 else to_mode(im, channels)
         if orient != 1:
             im = ImageOps.exif_transpose(im)
         pixels = im.tobytes()

@@ -16,6 +16,7 @@ from typing import Sequence
 
 from ..errors import ResnetsError
 from ..home import downloads_off
+from . import remote
 from .datasets import BYTES_PER_PIXEL_BOUND, BadSample, FileDataset, label_map, max_pixels
 
 HELD_OUT = ("validation", "valid", "val", "test")
@@ -71,7 +72,7 @@ def _open(data: str):
             return datasets.load_from_disk(str(path))
         if path.is_dir():
             return datasets.load_dataset(str(path))
-        if path.exists() or data.count("/") != 1 or data.startswith((".", "/")):
+        if not remote.hub_dataset(data):
             raise ResnetsError(
                 f"{data}: not a saved dataset, a folder of parquet/arrow files or a Hub name (user/name)"
             )

@@ -19,6 +19,12 @@ pattern's). How each source is read:
 - Every read is bounded in time: a connection, and each read after it, waits at most RESNETS_FETCH_TIMEOUT seconds
   (default 60) for data; then the command is killed and the fetch fails in one line naming the source ("no data for
   60 s"). A command that fails is named with its exit status and the last line it wrote to stderr.
+- Every fetch is bounded in time as a whole: N bytes (a shard's size by the index, the most an index may be) must
+  come within RESNETS_FETCH_TIMEOUT + N / RESNETS_FETCH_MIN_RATE seconds (megabytes a second, default 0.1: a 1 GB
+  shard within 2 h 48 min), the headers included, so a server or command that sends a byte now and then, never
+  idle long enough for the first bound, is cut there ("not fetched within N s").
+- A redirect is followed only to http:// or https://: one to ftp://, file://, data: or any other scheme is refused
+  in one line, before anything is asked of the place it names.
 - Every read is bounded in size: never more than the index says a shard holds (one byte more says it lied; a server
   announcing another length is refused before its body is read), nor more than MAX_INDEX_BYTES of an index. A shard
   that cannot fit in the cache's bound is refused before anything is fetched or removed ("the index says N bytes;
@@ -26,13 +32,17 @@ pattern's). How each source is read:
 - A shard is written to a `.part` file (NAME.PID@HOST.part) that is removed however the fetch ends: an error, a
   timeout, or SIGTERM / SIGINT (in the main thread the handlers are ours while the shard downloads, the old ones
   again after; the signal then does what it did before). The `.part` of a process that is gone (SIGKILL, a power
-  cut) is removed by the next fetch on the machine.
+  cut) is removed by the next fetch on the machine. The shard's `.lock` file goes too: its holder removes it before
+  letting go (a process that waited on the removed file locks the one made afresh), and the next fetch removes the
+  ones nobody holds (left by a process that was killed).
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
+import http.client
 import math
 import os
 import re
@@ -43,6 +53,8 @@ import subprocess
 import threading
 import time
 import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 from ..errors import ResnetsError, printable
@@ -53,6 +65,7 @@ SHARD = re.compile(r"([^/\s'\"?#]+\.tar)(?![^\s'\"?#])")
 PART = re.compile(r"\.(\d+)(?:@(.+))?\.part$")  # NAME.PID@HOST.part (NAME.PID.part: written before the host was)
 CHUNK = 1 << 20
 TIMEOUT_S = 60.0  # RESNETS_FETCH_TIMEOUT's default
+MIN_RATE_MB_S = 0.1  # RESNETS_FETCH_MIN_RATE's default
 CACHE_GB = 50.0  # RESNETS_SHARD_CACHE_GB's default
 
 
@@ -69,9 +82,27 @@ def reaches(text: str) -> str | None:
     return "runs a command" if text.startswith("pipe:") else "fetches a URL"
 
 
+def hub_dataset(text: str) -> bool:
+    """Whether `text`, as the data of dataset hf, names a dataset on the Hugging Face Hub ('user/name': fetched
+    from the Hub unless downloads are off), not a local folder."""
+    return not Path(text).exists() and text.count("/") == 1 and not text.startswith((".", "/"))
+
+
 def fetch_timeout() -> float:
     """RESNETS_FETCH_TIMEOUT: the seconds a connection, or a read, waits for data."""
     return setting("RESNETS_FETCH_TIMEOUT", TIMEOUT_S, "give seconds, such as 60")
+
+
+def fetch_min_rate() -> float:
+    """RESNETS_FETCH_MIN_RATE: the slowest a fetch may go on average, in megabytes (10^6 bytes) a second, after the
+    first RESNETS_FETCH_TIMEOUT seconds: a fetch of N bytes has fetch_deadline(N) seconds in all."""
+    return setting("RESNETS_FETCH_MIN_RATE", MIN_RATE_MB_S, "give megabytes a second, such as 0.1")
+
+
+def fetch_deadline(size: int) -> float:
+    """The seconds a whole fetch of `size` bytes may take (its connection and headers included):
+    RESNETS_FETCH_TIMEOUT + size / RESNETS_FETCH_MIN_RATE."""
+    return fetch_timeout() + size / (fetch_min_rate() * 1e6)
 
 
 def cache_bound() -> int:
@@ -126,11 +157,11 @@ def _said(e: BaseException, timeout: float) -> str:
 
 def read_bounded(source: str, limit: int) -> bytes:
     """At most `limit` bytes from `source` (more is refused before it is all read)."""
-    timeout = fetch_timeout()
+    timeout, total = fetch_timeout(), fetch_deadline(limit)
     data = bytearray()
     try:
         with _Guard(None) as guard:
-            stream = guard.stream = _open(source, timeout)
+            stream = guard.stream = _open(source, timeout, total)
             if stream.length is not None and stream.length > limit:
                 raise ResnetsError(f"{_shown(source)} is {stream.length:,} bytes, over the limit of {limit:,}")
             while len(data) <= limit and (chunk := stream.read(min(CHUNK, limit + 1 - len(data)))):
@@ -147,7 +178,8 @@ def read_bounded(source: str, limit: int) -> bytes:
 def fetch(source: str, name: str, size: int) -> str:
     """The local copy of the shard `source` (fetched once per machine, under a lock; the index's `size` checked):
     its path. Raises OSError naming what went wrong and the source (a shard that cannot fit in the cache, a short or
-    long shard, a failed command or download, no data for RESNETS_FETCH_TIMEOUT seconds)."""
+    long shard, a failed command or download, no data for RESNETS_FETCH_TIMEOUT seconds, not all of it within
+    fetch_deadline(size))."""
     folder = shard_cache_dir()
     path = folder / f"{hashlib.sha256(source.encode()).hexdigest()[:16]}-{name}"
     if path.is_file() and path.stat().st_size == size:
@@ -156,18 +188,17 @@ def fetch(source: str, name: str, size: int) -> str:
     why = too_large(size)
     if why is not None:  # before anything is fetched, or removed to make room
         raise OSError(f"{why}; not fetched ({_shown(source)})")
-    timeout = fetch_timeout()
+    timeout, total = fetch_timeout(), fetch_deadline(size)
     folder.mkdir(parents=True, exist_ok=True)
     sweep(folder)
-    with open(f"{path}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one fetch per machine; the others wait for it and reuse the file
+    with _locked(Path(f"{path}.lock")):  # one fetch per machine; the others wait for it and reuse the file
         if path.is_file() and path.stat().st_size == size:
             return str(path)
         _evict(folder, path, size)
         part = path.with_name(f"{path.name}.{os.getpid()}@{socket.gethostname()}.part")
         try:
             with _Guard(part) as guard:
-                stream = guard.stream = _open(source, timeout)
+                stream = guard.stream = _open(source, timeout, total)
                 if stream.length is not None and stream.length != size:
                     raise OSError(f"the server says {stream.length:,} bytes; the index says {size:,}")
                 got = 0
@@ -185,14 +216,57 @@ def fetch(source: str, name: str, size: int) -> str:
 
 def sweep(folder: Path) -> list[str]:
     """Remove the `.part` files of fetches on this machine whose process is gone (killed by SIGKILL, or a power cut:
-    nothing of theirs could clean up). Returns their names."""
+    nothing of theirs could clean up), and the `.lock` files nobody holds (taken, without waiting, to be removed).
+    Returns their names."""
     host, gone = socket.gethostname(), []
     for p in folder.glob("*.part"):
         m = PART.search(p.name)
         if m and m[2] in (None, host) and not _alive(int(m[1])):
             p.unlink(missing_ok=True)
             gone.append(p.name)
+    for p in folder.glob("*.lock"):
+        try:
+            with open(p, "rb") as f:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if _same_file(f, p):
+                    p.unlink()
+                    gone.append(p.name)
+        except OSError:  # held (a fetch runs), or gone already
+            pass
     return gone
+
+
+def _same_file(f, path: Path) -> bool:
+    """Whether the open file `f` is the one at `path` now (not one removed from there)."""
+    try:
+        a, b = os.fstat(f.fileno()), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """The lock file `path` held (flock) while the block runs, and removed before it is let go. A process that
+    waited on it then holds a removed file: it finds that so and locks the file at `path` (made afresh), so two
+    processes never hold the lock of one shard at once, and none is left behind."""
+    while True:
+        f = open(path, "a")  # noqa: SIM115  (closed below, or on the way out)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            if _same_file(f, path):
+                break
+        except BaseException:
+            f.close()
+            raise
+        f.close()
+    try:
+        yield
+    finally:
+        try:
+            path.unlink(missing_ok=True)  # (while held: nobody else removes or replaces it meanwhile)
+        finally:
+            f.close()
 
 
 def _alive(pid: int) -> bool:
@@ -219,9 +293,11 @@ def _evict(folder: Path, keep: Path, incoming: int) -> None:
         p.unlink(missing_ok=True)
 
 
-def _open(source: str, timeout: float):
-    """A stream of `source` whose reads wait at most `timeout` s for data: read(n) gives up to n bytes (b"" at the
-    end), close() ends it (a command is killed); `length` is what an HTTP server announces (else None)."""
+def _open(source: str, timeout: float, total: float):
+    """A stream of `source` whose reads wait at most `timeout` s for data, and that ends, all of it, within `total`
+    s from now: read(n) gives up to n bytes (b"" at the end), close() ends it (a command is killed); `length` is
+    what an HTTP server announces (else None)."""
+    clock = _Clock(total)
     if source.startswith("pipe:"):
         proc = subprocess.Popen(
             source[len("pipe:") :],
@@ -231,49 +307,166 @@ def _open(source: str, timeout: float):
             stderr=subprocess.PIPE,
             start_new_session=True,  # its own process group: the command and what it starts are killed together
         )
-        return _Process(proc, timeout, group=True)
+        return _Process(proc, timeout, clock, group=True)
     if source.split(":", 1)[0].lower() in ("http", "https"):
-        return _Http(source, timeout)
+        return _Http(source, timeout, clock)
     from webdataset import gopen
 
     stream = gopen(source, "rb")  # gsutil, curl (hf://), ...: a webdataset Pipe, its process watched here
-    return _Process(stream.proc, timeout, group=False, owner=stream)
+    return _Process(stream.proc, timeout, clock, group=False, owner=stream)
+
+
+class TooSlow(Exception):
+    """A fetch that ran past its whole deadline (fetch_deadline)."""
+
+
+class _Clock:
+    """A fetch's whole deadline: `total` seconds from its start."""
+
+    def __init__(self, total: float):
+        self.total, self.end = total, time.monotonic() + total
+
+    def left(self) -> float:
+        return self.end - time.monotonic()
+
+    def late(self) -> TooSlow:
+        return TooSlow(
+            f"not fetched within {self.total:,.1f} s (RESNETS_FETCH_MIN_RATE: at least {fetch_min_rate():g} MB/s)"
+        )
 
 
 class _Http:
-    """An HTTP(S) response read with urllib: the connection and every read wait at most `timeout` s."""
+    """An HTTP(S) response read with urllib: the connection and every read wait at most `timeout` s, and the whole
+    of it ends by `clock`: then its sockets are shut (from a timer thread), which ends a read or a header that
+    waits, and the fetch fails TooSlow. Redirects only to http:// and https://."""
 
-    def __init__(self, source: str, timeout: float):
-        import urllib.request
-
+    def __init__(self, source: str, timeout: float, clock: "_Clock"):
         from ..version import __version__
 
         request = urllib.request.Request(source, headers={"User-Agent": f"resnets/{__version__}"})
-        self.timeout = timeout
-        self.response = urllib.request.urlopen(request, timeout=timeout)
+        self.timeout, self.clock, self.sockets, self.expired = timeout, clock, [], False
+        self.timer = threading.Timer(max(clock.left(), 0.0), self._expire)
+        self.timer.daemon = True
+        self.timer.start()
+        opener = urllib.request.build_opener(_Redirects(), _HttpHandler(self), _HttpsHandler(self))
+        try:
+            self.response = opener.open(request, timeout=timeout)
+        except BaseException:
+            self.timer.cancel()
+            if self.expired:
+                raise clock.late() from None
+            raise
         length = self.response.headers.get("Content-Length", "")
         self.length = int(length) if length.strip().isdigit() else None
 
+    def opened(self, sock: socket.socket) -> None:
+        """A connection of this fetch (a redirect makes another): shut at the deadline, or now if that has passed."""
+        self.sockets.append(sock)
+        if self.expired:
+            self._shut(sock)
+
+    def _expire(self) -> None:
+        self.expired = True
+        for sock in list(self.sockets):
+            self._shut(sock)
+
+    @staticmethod
+    def _shut(sock: socket.socket) -> None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)  # a receive waiting on it returns now
+        except OSError:
+            pass
+
     def read(self, n: int) -> bytes:
-        return self.response.read1(n)  # one receive: the timeout is the time without data
+        try:
+            data = self.response.read1(n)  # one receive: the timeout is the time without data
+        except Exception:
+            if self.expired:
+                raise self.clock.late() from None
+            raise
+        if self.expired:
+            raise self.clock.late()
+        return data
 
     def close(self) -> None:
+        self.timer.cancel()
         self.response.close()
 
     def abort(self) -> None:  # the process is ending: its socket closes with it
         pass
 
 
-class _Process:
-    """A command's stdout read with a deadline: no data for `timeout` s and the command is killed (its whole
-    process group: `group`) and the read fails. At the end of its output its exit status is checked; its stderr's
-    last lines are kept to say why it failed."""
+class _Watched(http.client.HTTPConnection):
+    """A connection whose socket its fetch (`watch`, an _Http) shuts at the deadline; the TCP connection is made
+    within the timeout, and an HTTPS connection's handshake comes after this (see _WatchedTLS)."""
 
-    def __init__(self, proc: subprocess.Popen, timeout: float, group: bool, owner: object = None):
-        self.proc, self.timeout, self.group, self.length = proc, timeout, group, None
+    watch: _Http
+
+    def connect(self) -> None:
+        super().connect()
+        self.watch.opened(self.sock)
+
+
+class _WatchedTLS(http.client.HTTPSConnection, _Watched):
+    """HTTPS: HTTPSConnection.connect calls _Watched's (the plain socket) and then wraps it in TLS, whose socket is
+    the one watched after (the handshake between is bounded by the timeout of each read only)."""
+
+    def connect(self) -> None:
+        super().connect()
+        self.watch.opened(self.sock)
+
+
+def _connection(cls: type, watch: _Http):
+    def make(host: str, **kw) -> http.client.HTTPConnection:
+        conn = cls(host, **kw)
+        conn.watch = watch
+        return conn
+
+    return make
+
+
+class _HttpHandler(urllib.request.HTTPHandler):
+    def __init__(self, watch: _Http):
+        super().__init__()
+        self.watch = watch
+
+    def http_open(self, req):
+        return self.do_open(_connection(_Watched, self.watch), req)
+
+
+class _HttpsHandler(urllib.request.HTTPSHandler):
+    def __init__(self, watch: _Http):
+        super().__init__()
+        self.watch = watch
+
+    def https_open(self, req):
+        return self.do_open(_connection(_WatchedTLS, self.watch), req)
+
+
+class _Redirects(urllib.request.HTTPRedirectHandler):
+    """Redirects followed only to http:// and https:// (urllib's own would follow one to ftp://)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        scheme = urllib.parse.urlsplit(newurl).scheme.lower()
+        if scheme not in ("http", "https"):
+            fp.close()
+            raise OSError(
+                f"redirected (HTTP {code}) to {printable(newurl)[:60]}: a redirect is followed only to http:// or "
+                "https://"
+            )
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+class _Process:
+    """A command's stdout read with a deadline: no data for `timeout` s, or past the whole fetch's `clock`, and the
+    command is killed (its whole process group: `group`) and the read fails. At the end of its output its exit
+    status is checked; its stderr's last lines are kept to say why it failed."""
+
+    def __init__(self, proc: subprocess.Popen, timeout: float, clock: _Clock, group: bool, owner: object = None):
+        self.proc, self.timeout, self.clock, self.group, self.length = proc, timeout, clock, group, None
         self.owner = owner  # (webdataset's Pipe closes the process's stdout when it is collected: kept while read)
         self.out = proc.stdout.fileno()
-        self.err, self.done = b"", False
+        self.err, self.done, self.got = b"", False, 0
         self.poll = select.poll()  # (not select.select: a training process may hold descriptors past 1024)
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
@@ -282,7 +475,8 @@ class _Process:
     def read(self, n: int) -> bytes:
         if self.done:
             return b""
-        deadline = time.monotonic() + self.timeout
+        idle = time.monotonic() + self.timeout
+        deadline = min(idle, self.clock.end)
         while (left := deadline - time.monotonic()) > 0:
             for fd, _ in self.poll.poll(math.ceil(left * 1000)):
                 data = os.read(fd, n if fd == self.out else 4096)
@@ -291,6 +485,7 @@ class _Process:
                     if not data:
                         self.poll.unregister(fd)
                 elif data:
+                    self.got += len(data)
                     return data
                 else:
                     self.poll.unregister(fd)
@@ -298,7 +493,8 @@ class _Process:
                     self._ended()
                     return b""
         self.kill()
-        raise TimeoutError
+        late = self.clock.end < idle and self.got > 0  # (a command that never wrote: no data, as the timeout says)
+        raise self.clock.late() if late else TimeoutError
 
     def _ended(self) -> None:
         """The command closed its output: it must exit, with status 0."""
