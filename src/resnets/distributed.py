@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from .devices import pick_device  # noqa: F401  (resnets.distributed.pick_device, as before)
+from .errors import ResnetsError
 
 
 @dataclass
@@ -42,8 +43,6 @@ def setup(device: str = "auto") -> Context:
     if dev.type == "cuda":
         gpus = torch.cuda.device_count()
         if local >= gpus:
-            from .errors import ResnetsError
-
             per_node = os.environ.get("LOCAL_WORLD_SIZE", str(world))
             raise ResnetsError(
                 f"torchrun started {per_node} processes on this machine, which has {gpus} GPU"

@@ -9,9 +9,17 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
-from .devices import autocast, native_bf16, resolve_amp  # noqa: F401  (also resnets.evaluate's, as before)
+from . import detect, segment
+from .data import get_dataset
+from .data.loader import make_eval_loader
+from .data.shards import holds_shards
+from .devices import autocast, native_bf16, pick_device, resolve_amp  # noqa: F401  (also resnets.evaluate's, as before)
 from .distributed import Context, all_reduce_sum
+from .errors import ResnetsError
+from .factory import load
+from .meta import preprocessing_for
 from .models.fold import folded
 from .safe_io import atomic_path
 
@@ -51,8 +59,6 @@ def evaluate(
     bad_files: list[dict] = []  # this process's unreadable images, named
     it = loader
     if progress and ctx.is_main:
-        from tqdm import tqdm
-
         it = tqdm(loader, desc="eval", leave=False, dynamic_ncols=True)
     for batch in it:
         bad += len(batch.bad)
@@ -130,9 +136,6 @@ def _hits(probs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def _dataset_of(data: str | None) -> str:
     """The dataset kind a --data path holds: shards, a saved Hugging Face dataset, an image folder or a CSV."""
-    from .data.shards import holds_shards
-    from .errors import ResnetsError
-
     if not data:
         raise ResnetsError("say which data to evaluate on: --dataset NAME or --data PATH")
     if holds_shards(data):
@@ -144,8 +147,6 @@ def _dataset_of(data: str | None) -> str:
 
 def _dense_evaluation(model):
     """The evaluation of a detector or a segmenter (None: a classifier)."""
-    from . import detect, segment
-
     return (
         detect.evaluate_file
         if detect.is_detector(model)
@@ -173,13 +174,6 @@ def evaluate_model_file(
 ) -> dict:
     """`resnets eval`: a saved model (or checkpoint) on a dataset's evaluation split, with the preprocessing its
     file records. Writes eval.json, confusion.json and confusion.png to `out` when given."""
-    from .data import get_dataset
-    from .data.loader import make_eval_loader
-    from .devices import pick_device
-    from .errors import ResnetsError
-    from .factory import load
-    from .meta import preprocessing_for
-
     model = load(weights)
     kw = dict(batch_size=min(batch_size, 8), workers=workers, amp=amp, device=device, limit=limit, out=out)
     dense = _dense_evaluation(model)
@@ -237,7 +231,7 @@ def evaluate_model_file(
 def write_evaluation(folder: Path, record: dict, classes: list[str], matrix: list, title: str) -> None:
     """An evaluation's files in `folder`, each written atomically: eval.json (`record`), confusion.json (the
     matrix with its class names) and confusion.png (`title` above it). The training run's and `resnets eval`'s."""
-    from .reports import plot_confusion
+    from .reports import plot_confusion  # matplotlib, only where a figure is drawn
 
     with atomic_path(folder / "eval.json") as tmp:
         tmp.write_text(json.dumps(record, indent=2))

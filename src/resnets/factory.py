@@ -6,6 +6,7 @@ input channels, and checked key by key before they are loaded.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 from pathlib import Path
@@ -16,9 +17,10 @@ from torch import nn
 
 from .errors import OptionError, WeightsError
 from .meta import ModelMeta, Preprocessing
-from .models import get_entry
+from .models import get_entry, list_models
 from .models.registry import check_options
 from .models.resnet import Backbone, FeatureList, ResNetV2
+from .onnx_file import read_onnx
 from .weights import class_list, default_weights, fetch, get_weights, hub, is_registered, list_weights
 from .weights.files import KERAS_SUFFIXES, PICKLE_SUFFIXES, read_weights
 
@@ -62,8 +64,6 @@ def _resolve(weights: str | os.PathLike, download: bool) -> tuple[dict[str, torc
         and not text.endswith((".safetensors", *PICKLE_SUFFIXES, *KERAS_SUFFIXES))
     ):
         if "." in text:
-            import difflib
-
             close = difflib.get_close_matches(text, list_weights(), n=3, cutoff=0.6)
             hint = f"did you mean {', '.join(close)}?" if close else "see `resnets list --weights`"
             raise WeightsError(f"unknown weights {text!r}: neither a registered name nor a file; {hint}")
@@ -287,8 +287,6 @@ def _create(name: str, weights: str | os.PathLike | None, download: bool, option
 def infer_architecture(state_dict: dict[str, torch.Tensor]) -> str:
     """The registered architecture whose parameter names and shapes (head and input channels aside) are those of
     `state_dict`, for weight files that do not record it (torchvision and timm state dicts)."""
-    from .models import list_models
-
     sd = {
         k: tuple(v.shape)
         for k, v in ResNetV2.checkpoint_filter(dict(state_dict)).items()
@@ -326,8 +324,6 @@ def load(weights: str | os.PathLike, **options: Any) -> nn.Module:
     torchvision or timm (its architecture recognised from the parameter shapes), or an ONNX file `resnets export`
     wrote (run by ONNX Runtime: class scores only). What `--weights` takes."""
     if os.fspath(weights).lower().endswith(".onnx"):
-        from .onnx_file import read_onnx
-
         if options:
             raise OptionError("an ONNX file is a finished model: it takes no options")
         return read_onnx(weights).eval()

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 from .choices import CROP_MODES  # noqa: F401  (resnets.meta.CROP_MODES, as before)
 from .data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, MAX_INPUT_SIZE, Preprocessing  # noqa: F401
-from .errors import WeightsError
+from .errors import ResnetsError, WeightsError
+from .models.registry import get_entry
 
 FORMAT = "resnets.model/1"  # the safetensors metadata "format" value of a self-describing resnets model file
 
@@ -43,8 +45,6 @@ class ModelMeta:
         one, else the architecture's default input size with the ImageNet statistics."""
         if self.preprocessing is not None:
             return self.preprocessing, True
-        from .models.registry import get_entry
-
         return Preprocessing.default(get_entry(self.architecture).input_size, self.in_chans), False
 
     def replace(self, **changes: Any) -> "ModelMeta":
@@ -109,8 +109,6 @@ class ModelMeta:
 
 def meta_of(model) -> ModelMeta:
     """`model.meta`, or one clear error for a model not built by resnets.create_model / load."""
-    from .errors import ResnetsError
-
     meta = model.meta if hasattr(model, "meta") else None  # a plain torch module has none
     if meta is None:
         raise ResnetsError(
@@ -123,8 +121,6 @@ def meta_of(model) -> ModelMeta:
 def preprocessing_for(model) -> Preprocessing:
     """The preprocessing to feed `model` with: what its weights record, else its architecture's default input
     size with the ImageNet statistics (said in the log)."""
-    import logging
-
     meta = meta_of(model)
     pre, recorded = meta.eval_preprocessing()
     if not recorded:

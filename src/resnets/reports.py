@@ -6,6 +6,7 @@ import os
 from typing import Sequence
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -51,8 +52,6 @@ def plot_confusion(
     confusion: Sequence[Sequence[int]], classes: Sequence[str], path: str | os.PathLike, title: str = ""
 ) -> None:
     """Row-normalised confusion matrix (true class down, predicted across), counts in the cells when few classes."""
-    import numpy as np
-
     cm = np.asarray(confusion, dtype=float)
     rows = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     n = len(classes)

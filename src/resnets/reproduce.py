@@ -17,19 +17,35 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing as mp
+import os
+import shutil
 import statistics
+import sys
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from queue import Empty
 from typing import Any
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from .config import BUDGETS, TrainConfig, from_dict, resolve
+from .data.registry import get_dataset
+from .data.transforms import normalizer
+from .engine import train
 from .errors import ResnetsError
-from .factory import load
+from .factory import create_model, load
+from .models.layers import BasicBlock
+from .safe_io import atomic_path
+from .summary import summarize
 
 log = logging.getLogger("resnets")
+# matplotlib (through reports) is imported by the functions that draw: every spawned training worker imports
+# this module
 
 PAPER_CIFAR10_ERROR = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.93}  # Table 6
 PAPER_GFLOPS = {18: 1.8, 34: 3.6, 50: 3.8, 101: 7.6, 152: 11.3}  # Table 1, multiply-adds x 10^9
@@ -153,8 +169,6 @@ def status(cfg: TrainConfig) -> str:
 def trained(cfg: TrainConfig, on_progress=None) -> dict:
     """Train as `cfg` says, or reuse the finished run of the same config in its run directory, or continue an
     interrupted one from its last checkpoint."""
-    from .engine import train
-
     run_dir = Path(cfg.out) / cfg.name
     done = run_dir / "reproduce.json"
     state = status(cfg)
@@ -164,14 +178,10 @@ def trained(cfg: TrainConfig, on_progress=None) -> dict:
         r = train(resume=run_dir, overrides={"progress": cfg.progress}, on_progress=on_progress)
     else:
         if run_dir.exists():
-            import shutil
-
             shutil.rmtree(run_dir)  # a different run of ours under the same name, or one that never saved: start again
         r = train(cfg, on_progress=on_progress)
     keep = {k: r[k] for k in ("run_dir", "model_path", "top1", "top5", "n", "curve")}
     keep["params"] = sum(p.numel() for p in load(r["model_path"]).parameters())
-    from .safe_io import atomic_path
-
     with atomic_path(done) as tmp:
         tmp.write_text(json.dumps(keep))
     return keep
@@ -180,10 +190,6 @@ def trained(cfg: TrainConfig, on_progress=None) -> dict:
 def _worker(cfg_dict: dict, queue, threads: int, parent: int) -> None:
     """One run in its own process (spawned): its output to OUT/runs/NAME.log, its progress to the parent. It stops
     when the parent is gone (the command was killed), leaving its last checkpoint for the next command."""
-    import os
-    import sys
-    import threading
-    import time
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -204,12 +210,6 @@ def _worker(cfg_dict: dict, queue, threads: int, parent: int) -> None:
 def train_parallel(configs: list[TrainConfig], jobs: int, progress: bool = True) -> None:
     """Train these runs, `jobs` processes at a time, with a progress line per run. Each resumes from its own
     checkpoints, so a stopped command continues where it was when run again."""
-    import multiprocessing as mp
-    import os
-    from queue import Empty
-
-    from tqdm import tqdm
-
     ctx = mp.get_context("spawn")  # CUDA cannot be forked
     messages = ctx.Queue()
     threads = max(1, (os.cpu_count() or 1) // jobs)
@@ -364,9 +364,6 @@ def _eval_batch(
     dataset: str, data: str | None, n: int, split: str = "test", seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`n` images of the dataset, normalised as training normalises them, and their labels."""
-    from .data.registry import get_dataset
-    from .data.transforms import normalizer
-
     spec = get_dataset(dataset)
     images, labels, _ = spec.tensors(split, data, False)
     idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n]
@@ -375,8 +372,6 @@ def _eval_batch(
 
 def response_norms(model: nn.Module) -> list[nn.Module]:
     """The BatchNorm after every 3x3 conv, input to output: the stem's, then each block's bn1 and bn2."""
-    from .models.layers import BasicBlock
-
     norms = [model.bn1]
     for name in model.stage_names:
         for block in getattr(model, name):
@@ -474,7 +469,6 @@ def conv_grad_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[
 def gradient_flow(setup: Setup) -> dict:
     import matplotlib.pyplot as plt
 
-    from .factory import create_model
     from .reports import save_png
 
     dataset, budget, out, seed = setup.dataset, setup.budget, setup.out, setup.seed
@@ -553,9 +547,6 @@ def gradient_flow(setup: Setup) -> dict:
 
 # ---------------------------------------------------------------- Table 1 and Table 6
 def table1(out: Path) -> dict:
-    from .factory import create_model
-    from .summary import summarize
-
     out.mkdir(parents=True, exist_ok=True)
     depths = (18, 34, 50, 101, 152)
     sums = {

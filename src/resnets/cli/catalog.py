@@ -7,13 +7,14 @@ import json
 import sys
 
 from ..errors import ResnetsError
+from ..models import get_entry, list_models
+from ..weights import get_weights, list_weights
 from .options import add_model_options, check_classifier, is_architecture, model_options
+
+# what loads torch is imported inside the commands that use it: `resnets --help` answers without torch
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from ..models import get_entry, list_models
-    from ..weights import get_weights, list_weights
-
     if args.weights:
         names = list_weights(args.pattern)
         rows = [get_weights(n) for n in names]
@@ -81,7 +82,6 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _cmd_summary(args: argparse.Namespace) -> int:
     from ..factory import create_model, load
-    from ..models import get_entry
     from ..summary import format_table, summarize
 
     options = model_options(args)

@@ -7,14 +7,19 @@ import json
 import sys
 from pathlib import Path
 
+from ..backends import BACKENDS, auto_backend, bench, make_runner
+from ..choices import PRECISIONS
 from ..errors import ResnetsError
+from ..meta import preprocessing_for
+from ..safe_io import check_output, check_output_folder
 from .options import backend_help, check_classifier, count, is_architecture, output_beside, real, refuse_dense
+
+# what loads torch is imported inside the commands that use it: `resnets --help` answers without torch
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from ..export import FORMATS, SUFFIXES, export, export_int8, is_dense
     from ..factory import load
-    from ..safe_io import check_output, check_output_folder
 
     if args.format == "hub":  # a folder: model.safetensors, timm's config.json, a model card
         from ..weights.publish import write_folder
@@ -103,11 +108,9 @@ def _export_dense(model, args: argparse.Namespace, out: str) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
-    from ..backends import BACKENDS, auto_backend, bench, make_runner
     from ..devices import check_precision, pick_device
     from ..export import example_inputs
     from ..factory import create_model, load
-    from ..meta import preprocessing_for
 
     dev = pick_device(args.device)
     check_precision(args.precision, dev)
@@ -182,8 +185,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def add_commands(sub) -> None:
     """The subcommands of export and bench."""
-    from ..choices import PRECISIONS
-
     p = sub.add_parser(
         "export", help="ONNX / TorchScript / torch.export, checked against eager; int8 ONNX with an accuracy gate"
     )

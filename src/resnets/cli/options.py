@@ -5,11 +5,21 @@ in every option's help."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import difflib
+import math
 import os
 import re
+import typing
 from pathlib import Path
 
+from .. import config
+from ..backends import BACKENDS
+from ..config import MODEL_OPTIONS, RECIPES, RULES, TrainConfig
 from ..errors import ResnetsError
+from ..models import get_entry, list_models
+
+# what loads torch is imported inside the commands that use it: `resnets --help` answers without torch
 
 EXIT_USAGE = 2
 
@@ -21,8 +31,6 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str):
         prefix = "unrecognized arguments: "
         if message.startswith(prefix):
-            import difflib
-
             command = self._subcommand() or self
             known = [o for a in command._actions for o in a.option_strings if o.startswith("--")]
             for word in message[len(prefix) :].split():
@@ -61,7 +69,6 @@ def count(low: int, high: int = 2**31 - 1):
 
 def real(low: float, high: float, *, low_open: bool = False):
     """An argparse type: a finite number in [low, high], or (low, high] with `low_open`."""
-    import math
 
     def parse(text: str) -> float:
         try:
@@ -80,10 +87,6 @@ def real(low: float, high: float, *, low_open: bool = False):
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
     """The architecture options, as the training config declares them (the same flags, help and values)."""
-    import dataclasses
-
-    from ..config import MODEL_OPTIONS, TrainConfig
-
     g = p.add_argument_group("model options (only those the architecture takes)")
     g.add_argument(
         "--num-classes", type=count(0), metavar="N", help="classifier size (default: the model's, or the weights')"
@@ -95,8 +98,6 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 
 def model_options(args: argparse.Namespace) -> dict:
     """The model options given on the command line, typed as the config types them."""
-    from .. import config
-
     given = {k: getattr(args, k) for k in ("num_classes", *config.MODEL_OPTIONS) if getattr(args, k, None) is not None}
     typed = config.apply(
         config.TrainConfig(), {k: v for k, v in given.items() if k != "num_classes"}, "the command line"
@@ -108,10 +109,6 @@ def add_config_flags(p: argparse.ArgumentParser, recipe_help: str, recipe: str |
     """--recipe, --config, --set, --resume, and every TrainConfig field as a flag: --batch-size 64,
     --deterministic / --no-deterministic, --milestones 1,2. The defaults shown are `recipe`'s (None: the plain
     config's): those that apply to the command as typed."""
-    import dataclasses
-
-    from ..config import RECIPES, TrainConfig
-
     p.add_argument("--recipe", help=recipe_help)
     p.add_argument("--config", help="a TOML or YAML file of config keys")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key (repeatable)")
@@ -133,11 +130,6 @@ def add_config_flags(p: argparse.ArgumentParser, recipe_help: str, recipe: str |
 def _add_key(g, f, dest: str, recipe: dict | None = None) -> None:
     """A config key (a TrainConfig field) as a flag: its help, default and values from the config. Values stay
     text; the config types and checks them."""
-    import dataclasses
-    import typing
-
-    from ..config import RULES, TrainConfig
-
     name, hint, rule = f.name, typing.get_type_hints(TrainConfig)[f.name], RULES[f.name]
     flag, neg = "--" + name.replace("_", "-"), "--no-" + name.replace("_", "-")
     recipe = recipe or {}
@@ -199,8 +191,6 @@ def overrides_of(args: argparse.Namespace) -> dict:
 def is_architecture(text: str) -> bool:
     """A registered architecture name ("resnet50"), as opposed to weights: a file, a run folder or a registered
     weight name ("resnet50.tv2_in1k")."""
-    from ..models import list_models
-
     return text in list_models() and not os.path.exists(text)
 
 
@@ -230,8 +220,6 @@ def folder_beside(weights: str, name: str) -> str | None:
 def check_classifier(name: str) -> None:
     """The commands that take a classifier refuse a detector by name in one line (their turn comes with
     `resnets detect`)."""
-    from ..models import get_entry
-
     family = get_entry(name).family
     if family in ("detection", "segmentation"):
         what = "detector" if family == "detection" else "segmentation model"
@@ -263,8 +251,6 @@ def refuse_dense(model, weights) -> None:
 
 
 def backend_help() -> str:
-    from ..backends import BACKENDS
-
     return "; ".join(
         ["auto: the fastest for the device and precision"] + [f"{b.name}: {b.doc}" for b in BACKENDS.values()]
     )

@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..config import BUDGETS
+from ..data.registry import DATASETS, get_dataset
 from ..errors import ResnetsError
 from .options import count, parse_set
+
+# what loads torch is imported inside the commands that use it: `resnets --help` answers without torch
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
@@ -48,7 +52,6 @@ def _cmd_shard(args: argparse.Namespace) -> int:
     CSV manifest, a registered in-memory dataset (fashion-mnist, cifar10, ...) or a Hugging Face image dataset (a
     save_to_disk folder, or hf:DIR_OR_NAME) as tar shards and their index."""
     from ..data import shards
-    from ..data.registry import DATASETS, get_dataset
 
     if not args.source or not args.out:
         raise ResnetsError("data shard needs SRC (an image folder, a CSV manifest or a dataset's name) and --out DIR")
@@ -99,8 +102,6 @@ def _cmd_shapes(args: argparse.Namespace) -> int:
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
-    from ..data.registry import DATASETS
-
     if args.name == "shard":
         return _cmd_shard(args)
     if args.name == "shapes":
@@ -126,9 +127,6 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 def add_commands(sub) -> None:
     """The subcommands of the paper's experiments and the data sets."""
-    from ..config import BUDGETS
-    from ..data.registry import DATASETS
-
     p = sub.add_parser(
         "reproduce",
         help="the paper's tables and figures from real training runs",

@@ -7,8 +7,13 @@ import json
 import os
 import sys
 
+from ..choices import PRECISIONS, TTAS
+from ..config import RECIPES, resolve
+from ..data.registry import DATASETS
 from ..errors import ResnetsError, printable
 from .options import add_config_flags, count, folder_beside, overrides_of
+
+# what loads torch is imported inside the commands that use it: `resnets --help` answers without torch
 
 
 def map_line(res: dict) -> str:
@@ -40,7 +45,6 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace, overrides: dict | None = None) -> int:
-    from ..config import resolve
     from ..engine import train
     from ..evaluate import reports_top5
 
@@ -126,10 +130,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def add_commands(sub, recipe: str | None) -> None:
     """The subcommands of training, fine-tuning and evaluation."""
-    from ..choices import PRECISIONS, TTAS
-    from ..config import RECIPES
-    from ..data.registry import DATASETS
-
     p = sub.add_parser(
         "train",
         help="train a model (recipes: " + ", ".join(RECIPES) + ")",

@@ -32,7 +32,7 @@ _MODULES = (
     "batching",
     "bundle",
     "datasets",
-    "device",
+    "device_loader",
     "loader",
     "preprocessing",
     "registry",

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from ..choices import AUGMENTS
 from ..errors import ResnetsError
 from .batching import mix_seed, seeded_cpu_rng, to_device
-from .transforms import auto_augment_of
+from .transforms import auto_augment_of, auto_augment_transform
 
 _M32 = 0xFFFFFFFF
 # the batched path implements these augments; auto_augment (TrivialAugment, RandAugment) runs per image after it
@@ -268,8 +268,6 @@ class BatchAugment:
         self.auto_augment = auto_augment_of(self.augment, self.auto_augment)
         self._per_image = None
         if self.auto_augment != "none":
-            from .transforms import auto_augment_transform
-
             self._per_image = auto_augment_transform(self.auto_augment, self.interpolation)
 
     def __call__(self, images: torch.Tensor | list[torch.Tensor], index: torch.Tensor, epoch: int) -> torch.Tensor:

@@ -36,8 +36,9 @@ from .batching import (  # noqa: F401  (Batch, Loader, SampledLoader, to_device:
     seeded_cpu_rng,
     to_device,
 )
-from .datasets import BadSample, FileDataset
+from .datasets import BadSample, FileDataset, TensorDataset
 from .device_loader import device_loader
+from .transforms import eval_transform, ten_crop_transform, train_transform
 
 log = logging.getLogger("resnets")
 
@@ -244,8 +245,6 @@ def _fits_on(device: torch.device, nbytes: int) -> tuple[bool, str]:
 
 def choose_loader(kind: str, dataset: Dataset, device: torch.device, *, augment_ok: bool = True) -> str:
     """ "host" or "device" for `kind` ("auto", "host", "device"), with one log line when "device" cannot be had."""
-    from .datasets import TensorDataset
-
     if kind not in LOADERS:
         raise ResnetsError(f"loader must be one of {', '.join(LOADERS)}; got {kind!r}")
     if kind == "host":
@@ -304,8 +303,6 @@ def make_train_loader(
     strict: bool = False,
 ) -> Loader:
     """Training batches of `batch_size` / `world` images for this rank, augmented as `augment` says."""
-    from .transforms import train_transform
-
     groups = shard_groups(dataset)
     if groups is not None:
         if balanced:
@@ -358,8 +355,6 @@ def make_eval_loader(
 ) -> Loader:
     """Every image of `dataset` once over all ranks, resized and centre-cropped (or the paper's 10 crops, on the
     host)."""
-    from .transforms import eval_transform, ten_crop_transform
-
     sampler = EvalBatches(len(dataset), batch_size, rank, world, shard_groups(dataset))
     kind = "host" if ten_crop else choose_loader(kind, dataset, device)
     dataset = decoded_at(dataset, resize)

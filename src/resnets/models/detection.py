@@ -13,8 +13,8 @@ from torch import nn
 from torchvision.models.detection import FasterRCNN, MaskRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
-from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead
-from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
+from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import FrozenBatchNorm2d
@@ -173,9 +173,6 @@ def reset_classes(model: nn.Module, num_classes: int) -> None:
     """New class-scoring layers for `num_classes` (the background included), as torchvision's fine-tuning tutorial
     replaces them: the box predictor (and mask predictor) of an R-CNN, the classification head's last conv of a
     RetinaNet. The rest, the box regression included, keeps its trained weights."""
-    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
-    from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
-
     if isinstance(model, RetinaNet):
         head = model.head.classification_head
         old = head.cls_logits

@@ -10,6 +10,7 @@ import logging
 
 import torch
 from torch import nn
+from torch.fx.experimental.optimization import fuse
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,6 @@ def folded(model: nn.Module) -> nn.Module:
         return model
     if not any(type(m) in FOLDABLE and m.track_running_stats for m in model.modules()):
         return model
-    from torch.fx.experimental.optimization import fuse
-
     try:
         with torch.no_grad():
             out = fuse(model)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import FrozenBatchNorm2d, StochasticDepth
 
 from ..choices import NORMS, SHORTCUTS  # noqa: F401  (the allowed values, declared once)
 
@@ -17,6 +16,8 @@ def make_norm(kind: str, channels: int) -> nn.Module:
     if kind == "batch":
         return nn.BatchNorm2d(channels)
     if kind == "frozen_batch":
+        from torchvision.ops import FrozenBatchNorm2d  # torchvision.ops loads torch._dynamo: 1-2 s, ~150 MB
+
         return FrozenBatchNorm2d(channels)
     if kind == "group":
         # 32 groups as in "Group Normalization" (Wu & He); fewer when the width is small (CIFAR nets: 16 channels)
@@ -95,7 +96,11 @@ def make_shortcut(
 
 
 def _drop_path(rate: float) -> nn.Module:
-    return StochasticDepth(rate, "row") if rate > 0 else nn.Identity()
+    if rate <= 0:
+        return nn.Identity()
+    from torchvision.ops import StochasticDepth  # only for the nets that drop paths (see make_norm)
+
+    return StochasticDepth(rate, "row")
 
 
 class _PostActivation(nn.Module):

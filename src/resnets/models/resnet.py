@@ -8,6 +8,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from ..errors import OptionError
 from .layers import BasicBlock, Bottleneck, PreActBottleneck, conv3x3, make_conv, make_norm, make_shortcut
 
 
@@ -32,8 +33,6 @@ class FeatureInfo(list):
 def take_indices(n: int, indices: int | Sequence[int] | None) -> list[int]:
     """timm's feature indices among `n` maps: None all, an int k the last k, a sequence those (negative counts
     from the end); sorted, each once."""
-    from ..errors import OptionError
-
     if indices is None:
         return list(range(n))
     if isinstance(indices, int):
@@ -99,8 +98,6 @@ class Backbone(nn.Module):
         the rest at the new one (torchvision's replace_stride_with_dilation, timm's output_stride), for DeepLabV3 and
         FCN. The strided shortcut is unstrided too (ResNet-D's 2x2 average pool at stride 1 over a map padded right
         and below, as timm's AvgPool2dSame)."""
-        from ..errors import OptionError
-
         if output_stride not in (8, 16, 32):
             raise OptionError(f"output_stride must be 8, 16 or 32; got {output_stride!r}")
         reduction, dilation = self.feature_info[1]["reduction"], 1
@@ -159,8 +156,6 @@ class Backbone(nn.Module):
         counts from the end), as (forward_features' output, [maps]), or [maps] alone with `intermediates_only`.
         The last stage's map is taken before a pre-activation net's final norm unless `norm`; `stop_early` ends
         the pass at the last map taken (the first output is then that map)."""
-        from ..errors import OptionError
-
         if output_fmt != "NCHW":
             raise OptionError(f"output_fmt is NCHW (ResNets have no NHWC features); got {output_fmt!r}")
         n = len(self.feature_info)

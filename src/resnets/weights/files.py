@@ -7,15 +7,20 @@ Writing itself (atomic, checked outputs) is safe_io's.
 from __future__ import annotations
 
 import os
+import pickletools
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
+import safetensors.torch
 import torch
+from safetensors import safe_open
 
 from ..errors import ResnetsError, WeightsError
 from ..meta import ModelMeta, Preprocessing, meta_of
 from ..safe_io import RUN_FILES, atomic_path, check_output, check_output_folder, is_run_folder  # noqa: F401  (as before)
+from .keras import read_keras
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")  # keras.applications' ResNets (weights/keras.py)
@@ -62,8 +67,6 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], Mode
         raise WeightsError(f"not a weights file: {p}")
     suffix = p.suffix.lower()
     if suffix == ".safetensors":
-        from safetensors import safe_open
-
         try:
             with safe_open(str(p), framework="pt", device="cpu") as f:
                 raw = f.metadata()
@@ -83,8 +86,6 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], Mode
         sd, record = _unwrap(obj, p)
         meta = ModelMeta.from_plain(record, str(p)) if record is not None else None  # a training checkpoint's
     elif suffix in KERAS_SUFFIXES:  # keras.applications.ResNet50/101/152, converted as it is read
-        from .keras import read_keras
-
         return read_keras(p)
     else:
         raise WeightsError(
@@ -109,8 +110,6 @@ def save(
 ) -> Path:
     """Save a model made by `resnets.create_model` as a self-describing .safetensors file (atomically): its
     weights and its `model.meta`. class_names, preprocessing and extra replace the model's own in the file."""
-    from safetensors.torch import save_file
-
     meta = meta_of(model)
     path = Path(path)
     if path.suffix.lower() != ".safetensors":
@@ -124,7 +123,7 @@ def save(
         meta = meta.replace(extra=dict(extra))
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta.to_record())
+        safetensors.torch.save_file(tensors, str(tmp), metadata=meta.to_record())
     return path
 
 
@@ -143,9 +142,6 @@ _TORCH_REFS = ("torch.", "collections.OrderedDict", "builtins.set", "builtins.fr
 def pickled_code(path: Path) -> list[str]:
     """The functions and classes a pickle (a raw one, or the data.pkl of a torch.save zip) would call on loading,
     other than torch's own tensor rebuilders: read from its opcodes with pickletools, which runs nothing."""
-    import pickletools
-    import zipfile
-
     try:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as z:

@@ -11,9 +11,14 @@ import math
 import os
 from pathlib import Path
 
+from ..choices import CROP_MODES, INTERPOLATIONS
+from ..data.preprocessing import MAX_INPUT_SIZE
 from ..errors import WeightsError
 from ..home import downloads_off
 from ..meta import IMAGENET_MEAN, IMAGENET_STD, ModelMeta, Preprocessing
+from ..models import list_models
+from ..models.registry import MAX_CLASSES
+from .files import read_weights
 
 PREFIX = "hf-hub:"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
@@ -93,9 +98,6 @@ def timm_config_in(folder: Path) -> dict | None:
 def check_timm_config(cfg: dict, source: str) -> None:
     """A timm config.json from elsewhere, checked against the schema of what we read from it, before anything
     is built: one WeightsError naming the key and the value, never a traceback later."""
-    from ..choices import CROP_MODES, INTERPOLATIONS
-    from ..data.preprocessing import MAX_INPUT_SIZE
-    from ..models.registry import MAX_CLASSES
 
     def bad(key: str, value, want: str):
         return WeightsError(f"{source}: config.json's {key} must be {want}; got {json.dumps(value)[:80]}")
@@ -177,9 +179,6 @@ def timm_preprocessing(pretrained_cfg: dict) -> Preprocessing:
 def read_timm_folder(folder: Path, cfg: dict, source: str) -> tuple[dict, ModelMeta]:
     """(state_dict, metadata) of a folder in timm's layout (what timm's push_to_hf_hub writes), `cfg` its
     config.json."""
-    from ..models import list_models
-    from .files import read_weights
-
     check_timm_config(cfg, source)
     weights = weight_file(folder, source)
     arch = cfg["architecture"]

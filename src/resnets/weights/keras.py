@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ..errors import WeightsError
+from ..home import class_list
 from ..meta import ModelMeta, Preprocessing
 
 KERAS_EPS = 1.001e-5  # keras.applications.resnet's BatchNormalization epsilon
@@ -277,8 +278,6 @@ def convert(arrays: dict[str, list[np.ndarray]], eps: dict[str, float]) -> dict[
 def read_keras(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelMeta]:
     """(state_dict, metadata) of a Keras ResNet50/101/152 file: our resnet50/101/152 with stride_in_1x1=True,
     Keras' caffe preprocessing, and the ImageNet class names when it has the 1000-class head."""
-    from ..home import class_list
-
     path = Path(path)
     arrays, eps = read_arrays(path)
     _check_arrays(arrays)

@@ -6,16 +6,21 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 from pathlib import Path
 
+from safetensors.torch import save_file
+from torch import nn
+
 from ..errors import WeightsError
+from ..meta import preprocessing_for
+from ..models import get_entry
+from ..safe_io import atomic_path, check_output_folder
 from .hub import PREFIX, WEIGHT_FILES, downloads_off, parse, timm_config_in
 
 
 def timm_name(model) -> str:
     """The timm architecture a model of ours is (the same parameter names), or a WeightsError saying why not."""
-    from ..models import get_entry
-
     arch = model.meta.architecture
     if get_entry(arch).family != "imagenet" or arch.startswith(("resnetv2", "plain")):
         raise WeightsError(
@@ -28,10 +33,6 @@ def timm_name(model) -> str:
 def timm_config(model) -> dict:
     """timm's config.json for `model`: its architecture, head, label names and eval transform (pretrained_cfg).
     crop_pct is set so that timm's floor(crop / crop_pct) gives exactly our resize."""
-    from torch import nn
-
-    from ..meta import preprocessing_for
-
     pre = preprocessing_for(model)
     names = model.meta.names(model.num_classes)
     return {
@@ -152,12 +153,6 @@ def write_folder(
     """`out`/: model.safetensors (timm's parameter names), config.json (timm's), README.md (a model card) and,
     from a training run (`run_dir`: its eval.json, config.json and curves.png), curves.png; for `resnets push`,
     `huggingface_hub.upload_folder` or timm's `local-dir:` route."""
-    import shutil
-
-    from safetensors.torch import save_file
-
-    from ..safe_io import atomic_path, check_output_folder
-
     config = timm_config(model)
     out = check_output_folder(out, force=force, what="Hub folder")
 

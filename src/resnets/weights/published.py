@@ -9,6 +9,9 @@ import math
 from ..data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from .registry import WeightSpec, register_later, register_weights
 
+# torchvision is imported by the registering functions (at the first weights name looked up): `resnets list`
+# reads the models without it
+
 # ---- torchvision's published ImageNet weights, read from torchvision's own records (get_model_weights: URL,
 # accuracies, recipe, eval transforms; the file name carries the first 8 hex digits of the file's sha256). Its
 # IMAGENET1K_V1 weights are registered as <arch>.tv_in1k, IMAGENET1K_V2 as <arch>.tv2_in1k (timm's names for them).

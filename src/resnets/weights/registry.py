@@ -14,6 +14,9 @@ from ..errors import WeightsError
 from ..home import cache_dir, class_list, offline
 from ..registry import Registry
 
+# torch (torch.hub's folder, its downloader) and hub.py (which reads weights files with torch) are imported by the
+# functions that fetch: `resnets list` imports this package and answers without loading torch
+
 
 @dataclass(frozen=True)
 class WeightSpec:
