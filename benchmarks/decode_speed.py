@@ -94,40 +94,71 @@ def speed(runs: int, n: int, threads: int) -> dict:
         ours = resnets.create_model("resnet50").eval()
         ours.load_state_dict(net.state_dict())
         resnets.save(ours, tmp / "r50.safetensors", preprocessing=Preprocessing(256, 224).to_dict())
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "RESNETS_HOME": str(tmp / "home")}
         predict = [sys.executable, "-m", "resnets", "predict", str(tmp / "photos"), "--weights"]
         predict += [str(tmp / "r50.safetensors"), "--batch-size", "16", "--format", "csv"]
         peer = [sys.executable, "-c", PEER, str(tmp / "photos"), str(tmp / "tv.pt"), str(threads)]
         cmds = {
             "torchvision": peer,
+            # the default: ONNX Runtime on the export cached by the first run (timed below), no torch in the process
             "resnets predict": predict,
             "resnets predict --exact-decode": [*predict, "--exact-decode"],
+            "resnets predict --backend eager": [*predict, "--backend", "eager"],
         }
         # the same commands on one photo: what a process costs before its images (imports, model, workers)
-        cmds.update(
-            {f"{k} (1 image)": [a.replace(str(tmp / "photos"), str(tmp / "one")) for a in v] for k, v in cmds.items()}
-        )
+        one = {k: [a.replace(str(tmp / "photos"), str(tmp / "one")) for a in v] for k, v in cmds.items()}
+        cmds.update({f"{k} (1 image)": v for k, v in one.items()})
+        first = [*one["resnets predict"], "--backend", "onnxruntime"]  # a fresh cache: the export, once per model
         times: dict[str, list[float]] = {k: [] for k in cmds}
-        for _ in range(runs):
+        times["first run, exporting (1 image)"] = []
+        for i in range(runs):
+            env["RESNETS_HOME"] = str(tmp / f"home-{i}")
+            times["first run, exporting (1 image)"].append(timed(first, env))
             for name, cmd in cmds.items():
                 times[name].append(timed(cmd, env))
                 print(f"{name}: {times[name][-1]:.1f} s", flush=True)
         size = sum(p.stat().st_size for p in (tmp / "photos").iterdir()) / n / 1e6
+        memory = {k: peak_mb(v, env) for k, v in one.items()}
     med = {k: statistics.median(v) for k, v in times.items()}
-    per = {
-        k: (med[k] - med[f"{k} (1 image)"]) / (n - 1)
-        for k in ("torchvision", "resnets predict", "resnets predict --exact-decode")
-    }
+    ours = [k for k in cmds if not k.endswith("(1 image)")]
+    per = {k: (med[k] - med[f"{k} (1 image)"]) / (n - 1) for k in ours}
     return {
         "images": n,
         "mean_file_mb": round(size, 2),
         "runs": times,
         "median_s": med,
         "seconds_per_image_after_start": per,
-        "speedup_vs_torchvision": round(med["torchvision"] / med["resnets predict"], 2),
-        "speedup_exact_vs_torchvision": round(med["torchvision"] / med["resnets predict --exact-decode"], 2),
-        "speedup_per_image_vs_torchvision": round(per["torchvision"] / per["resnets predict"], 2),
+        "speedup_vs_torchvision": {k: round(med["torchvision"] / med[k], 2) for k in ours},
+        "speedup_per_image_vs_torchvision": {k: round(per["torchvision"] / per[k], 2) for k in ours},
+        "peak_rss_mb_one_image": memory,
     }
+
+
+def peak_mb(cmd: list[str], env: dict) -> float:
+    """The peak resident memory of the command's own process (VmHWM, read as it exits; getrusage would count the
+    parent's pages from before the exec), decoder workers and loader processes not included."""
+    wrapped = [cmd[0], "-c", HWM, *cmd[1:]]
+    p = subprocess.run(wrapped, capture_output=True, text=True, env=env)
+    if p.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd[:4])} failed: {p.stderr[-2000:]}")
+    return float(p.stderr.strip().splitlines()[-1].split()[-1])
+
+
+# runs `python -m resnets ...` or `python -c CODE ...` as given, then prints the process's VmHWM in MB on stderr
+HWM = """
+import atexit, runpy, sys
+def hwm():
+    kb = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
+    sys.stderr.write(f"\\npeak_mb {kb / 1024:.0f}\\n")
+atexit.register(hwm)
+args = sys.argv[1:]
+if args[0] == "-m":
+    sys.argv = [args[1], *args[2:]]
+    runpy.run_module(args[1], run_name="__main__", alter_sys=True)
+else:
+    code, sys.argv = args[1], ["-c", *args[2:]]
+    exec(compile(code, "<peer>", "exec"), {"__name__": "__main__"})
+"""
 
 
 def agreement(run: str | None, limit: int) -> dict:
@@ -153,20 +184,25 @@ def agreement(run: str | None, limit: int) -> dict:
                 tmp / "test" / f"{i:05d}.jpg", quality=90
             )
         out = {}
-        for mode, extra in (("exact", ["--exact-decode"]), ("fast", [])):
+        modes = {"exact": ["--exact-decode"], "fast": [], "onnxruntime": []}
+        for mode, extra in modes.items():
+            backend = "onnxruntime" if mode == "onnxruntime" else "eager"  # ONNX Runtime: the default's runtime
             p = subprocess.run(
                 [sys.executable, "-m", "resnets", "predict", str(tmp / "test"), "--weights", run, "--format", "json"]
-                + ["--top-k", "1", *extra],
+                + ["--top-k", "1", "--backend", backend, *extra],
                 capture_output=True,
                 text=True,
                 check=True,
+                env={**os.environ, "RESNETS_HOME": str(tmp / "home")},
             )
             rows = sorted(json.loads(p.stdout), key=lambda r: r["path"])
             out[mode] = [r["top"][0]["index"] for r in rows]
-        exact, fast = np.array(out["exact"]), np.array(out["fast"])
+        exact, fast, ort = np.array(out["exact"]), np.array(out["fast"]), np.array(out["onnxruntime"])
         return {
             "images": len(labels),
             "top1_agreement": float((exact == fast).mean()),
+            "top1_agreement_onnxruntime_vs_pytorch": float((ort == fast).mean()),
+            "accuracy_onnxruntime": float((ort == np.asarray(labels)).mean()),
             "accuracy_exact": float((exact == np.asarray(labels)).mean()),
             "accuracy_fast": float((fast == np.asarray(labels)).mean()),
         }

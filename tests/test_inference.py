@@ -126,3 +126,70 @@ def test_embed_of_nothing_readable_says_why(model_file, tmp_path):
     with pytest.raises(resnets.ResnetsError) as e:
         I.embed(resnets.load(model_file), [tmp_path / "icon.jpg", tmp_path / "empty.png"], workers=0)
     assert "icon.jpg: an ICO icon" in str(e.value) and "(and 1 more)" in str(e.value) and "\n" not in str(e.value)
+
+
+def _clustered(n: int, d: int, clusters: int, seed: int) -> torch.Tensor:
+    """n rows drawn around `clusters` random centres (a centre's rows nearer each other than any other's)."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(clusters, d, generator=g)
+    return centres[torch.randint(0, clusters, (n,), generator=g)] + 0.8 * torch.randn(n, d, generator=g)
+
+
+@pytest.mark.parametrize("shape", [(2000, 96), (300, 8, 3, 3)], ids=["vectors", "maps"])
+def test_exact_faiss_search_returns_what_brute_force_returns(shape):
+    """Issue 40: FAISS's exact index (inner product of L2-normalised float32 rows) against the matmul and topk
+    that `nearest` was: the same neighbours in the same order, scores to 1e-6 (random rows: no ties)."""
+    rows, queries = torch.randn(*shape), torch.randn(50, *shape[1:])
+    qn, rn = torch.nn.functional.normalize(queries.flatten(1)), torch.nn.functional.normalize(rows.flatten(1))
+    want_scores, want_idx = (qn @ rn.T).topk(10, dim=1)
+    scores, idx = I.nearest(queries, rows, k=10)
+    assert idx.dtype == torch.int64 and scores.dtype == torch.float32
+    assert torch.equal(idx, want_idx) and torch.allclose(scores, want_scores, atol=1e-6, rtol=0)
+    scores, idx = I.nearest(queries[:2], rows[:7], k=10)  # k past the rows: all of them, best first
+    assert idx.shape == (2, 7) and torch.equal(idx, (qn[:2] @ rn[:7].T).topk(7, dim=1).indices)
+
+
+def test_approximate_search_finds_nine_of_ten_nearest_on_clustered_rows(monkeypatch):
+    """With the threshold lowered, auto picks the IVF index; its recall@10 against the exact index, on queries
+    drawn like the rows but not among them, is at least 0.9."""
+    import faiss
+
+    rows = _clustered(4100, 256, clusters=40, seed=0)
+    queries = _clustered(4200, 256, clusters=40, seed=0)[4100:]  # the same centres, rows not indexed
+    assert I.search_kind("auto", 4100) == "exact"
+    monkeypatch.setattr(I, "APPROX_ABOVE", 4000)
+    assert I.search_kind("auto", 4000) == "exact" and I.search_kind("auto", 4001) == "approx"
+    approx = I.search_index(rows, "auto")
+    assert isinstance(approx, faiss.IndexIVFFlat) and approx.nlist == I.ivf_lists(4100)[0] == 105
+    _, found = I.neighbours(approx, queries, k=10)
+    _, truth = I.nearest(queries, rows, k=10)
+    recall = sum(len(set(f) & set(t)) for f, t in zip(found.tolist(), truth.tolist())) / truth.numel()
+    assert recall >= 0.9, recall
+    with pytest.raises(resnets.ResnetsError, match="search is one of auto, exact, approx"):
+        I.search_kind("fast", 10)
+
+
+def test_the_approximate_index_is_cached_by_hash_and_read_only_when_its_sha256_matches(tmp_path, monkeypatch):
+    """Built once into $RESNETS_HOME/faiss, named by the embedding file's sha256; read back only when its bytes
+    match the sha256 written beside it (faiss.read_index is not safe on other bytes), else built again."""
+    import faiss
+
+    monkeypatch.setenv("RESNETS_HOME", str(tmp_path / "home"))
+    rows = _clustered(500, 32, clusters=5, seed=1)
+    I.save_index(tmp_path / "idx.safetensors", rows, [f"{i}.jpg" for i in range(500)], weights="w", layer=None)
+    said: list[str] = []
+    first = I.index_for(tmp_path / "idx.safetensors", rows, "approx", said=said.append)
+    (cached,) = (tmp_path / "home" / "faiss").glob("*.faiss")
+    assert len(said) == 1 and str(cached) in said[0] and cached.with_suffix(".sha256").is_file()
+    reads = []
+    real_read = faiss.read_index
+    monkeypatch.setattr(faiss, "read_index", lambda p: reads.append(p) or real_read(p))
+    again = I.index_for(tmp_path / "idx.safetensors", rows, "approx", said=said.append)
+    assert len(said) == 1 and reads == [str(cached)]  # read, not built
+    assert torch.equal(I.neighbours(first, rows[:5], 3)[1], I.neighbours(again, rows[:5], 3)[1])
+    cached.write_bytes(b"not what we wrote" + cached.read_bytes())
+    I.index_for(tmp_path / "idx.safetensors", rows, "approx", said=said.append)
+    assert len(said) == 2 and reads == [str(cached)]  # never handed to FAISS: built again and rewritten
+    I.save_index(tmp_path / "idx.safetensors", rows[:400], [f"{i}.jpg" for i in range(400)], weights="w", layer=None)
+    I.index_for(tmp_path / "idx.safetensors", rows[:400], "approx", said=said.append)
+    assert len(said) == 3  # other bytes, another cache entry

@@ -29,7 +29,9 @@ def test_our_onnx_files_run_in_predict_bench_and_serve(r18_file, tmp_path):
     ours, onnx_rows = answers[str(r18_file)], answers[str(tmp_path / "m.onnx")]
     for a, b in zip(ours, onnx_rows):
         assert [t["class"] for t in a["top"]] == [t["class"] for t in b["top"]]
-        assert all(abs(x["prob"] - y["prob"]) < 1e-4 for x, y in zip(a["top"], b["top"]))
+        # the ONNX file runs without torch (onnx_predict.py): resized by Pillow, which differs from torchvision's
+        # tensor resize by one grey level on some pixels (on these noise images 8% of them)
+        assert all(abs(x["prob"] - y["prob"]) < 2e-3 for x, y in zip(a["top"], b["top"]))
     code, out, err = run_cli("bench", "--weights", tmp_path / "m.onnx", "--seconds", 0.1, "--batch-size", 2)
     assert code == 0 and "onnxruntime" in out, err
     code, _, err = run_cli("bench", "--weights", tmp_path / "m.onnx", "--backend", "compile", "--seconds", 0.1)

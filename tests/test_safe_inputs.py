@@ -724,3 +724,89 @@ def test_every_class_of_hostile_image_is_answered_by_the_server_in_one_line(host
         assert r.status_code == 200
     finally:
         assert s.stop() == 0, s.output()
+
+
+@pytest.mark.parametrize("suffix", [".toml", ".json"])
+def test_a_hub_dataset_name_is_taken_only_from_the_command_line(tmp_path, monkeypatch, suffix):
+    """`dataset = "hf"` with a Hub name (`data = "user/name"`) in a --config file or a run's config.json fetched the
+    dataset from the Hub: a value that reaches the network comes from the command line only, as a pipe: command or
+    a URL does. From a file it is one line and nothing is opened; on the command line, or naming a local folder,
+    it is taken."""
+    from resnets import config as C
+    from resnets.data import hf
+
+    monkeypatch.chdir(tmp_path)
+    opened = []
+    monkeypatch.setattr(hf, "load", lambda data, *a, **kw: opened.append(data))
+    path = tmp_path / f"evil{suffix}"
+    values = {"dataset": "hf", "data": "someone/their-data"}
+    path.write_text(
+        json.dumps(values) if suffix == ".json" else "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
+    )
+    code, _, err = run_cli("train", "--config", path, "--model", "resnet20", "--epochs", "1", "--out", "runs")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert f"evil{suffix}'s data fetches from the Hugging Face Hub (someone/their-data)" in lines[0], err
+    assert "give --data there" in lines[0] and opened == [] and not (tmp_path / "runs").exists()
+    # the dataset named on the command line, the Hub name in the file: the same
+    (tmp_path / "data.toml").write_text('data = "someone/their-data"\n')
+    with pytest.raises(resnets.ResnetsError, match="data.toml's data fetches from the Hugging Face Hub"):
+        C.resolve(None, tmp_path / "data.toml", {"dataset": "hf"})
+    # a run's config.json (read by --resume) is held to the same rule
+    with pytest.raises(resnets.ResnetsError, match="config.json's data fetches from the Hugging Face Hub"):
+        C.only_from_command_line(values | {"model": "resnet20"}, "runs/x/config.json", {"epochs": 2})
+    # the user's own command line, a file whose dataset is another, a local folder: taken
+    assert C.resolve(None, path, {"data": "someone/their-data"}).data == "someone/their-data"
+    assert C.resolve(None, tmp_path / "data.toml", {"dataset": "imagefolder"}).data == "someone/their-data"
+    (tmp_path / "someone" / "their-data").mkdir(parents=True)
+    assert C.resolve(None, path).data == "someone/their-data"
+    assert opened == []
+
+
+def test_a_photo_folder_without_a_recipe_trains_on_random_resized_crops(tmp_path):
+    """`resnets train --dataset imagefolder --data DIR` took the CIFAR default (paper-cifar: a padded random crop of
+    the photo at full size, a 224 patch of a 4000x3000 photo). Image files whose augment neither a recipe, a file
+    nor the command line says now train with rrc; tensors and detectors keep theirs, and an augment said is kept."""
+    from resnets import config as C
+
+    for dataset in ("imagefolder", "csv", "wds", "hf"):
+        assert C.resolve(None, None, {"dataset": dataset, "data": "photos"}).augment == "rrc", dataset
+    assert C.resolve(None, None, {"dataset": "cifar10"}).augment == "paper-cifar"
+    said = {"dataset": "imagefolder", "data": "photos"}
+    assert C.resolve(None, None, said | {"augment": "crop-flip"}).augment == "crop-flip"
+    (tmp_path / "c.toml").write_text('augment = "none"\n')
+    assert C.resolve(None, tmp_path / "c.toml", said).augment == "none"
+    assert C.resolve("paper-imagenet", None, said).augment == "paper-imagenet"
+    assert C.resolve("finetune", None, said | {"weights": "resnet18.tv_in1k"}).augment == "strong"
+    coco = C.resolve(None, None, {"model": "fasterrcnn_resnet50_fpn", "dataset": "coco", "data": "boxes"})
+    assert coco.augment == C.TrainConfig.augment  # (a detector's default: hflip)
+
+
+def test_a_runs_decoding_limits_are_its_config_kept_in_config_json(tmp_path, monkeypatch):
+    """`train --max-pixels N --exact-decode`: config keys, written to the run's config.json (so a resume or a
+    re-evaluation decodes as the run did), in force for the run's loaders (an image over N pixels is a named bad
+    sample) and given back after it."""
+    import json
+
+    from PIL import Image
+
+    monkeypatch.delenv("RESNETS_MAX_PIXELS", raising=False)
+    monkeypatch.delenv("RESNETS_EXACT_DECODE", raising=False)
+    data = tmp_path / "data"
+    for split in ("train", "val"):
+        for cls, colour in (("a", (200, 0, 0)), ("b", (0, 0, 200))):
+            (data / split / cls).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (40, 40), colour).save(data / split / cls / f"{i}.png")
+    Image.new("RGB", (120, 100), (9, 9, 9)).save(data / "train" / "a" / "large.png")  # 12,000 pixels
+    args = ["--model", "resnet20", "--dataset", "imagefolder", "--data", data, "--epochs", 1, "--batch-size", 2]
+    args += ["--train-crop", 32, "--eval-resize", 36, "--eval-crop", 32, "--workers", 0, "--no-progress"]
+    code, _, err = run_cli(
+        "train", *args, "--max-pixels", 5000, "--exact-decode", "--out", tmp_path / "runs", "--name", "r"
+    )
+    assert code == 0 and "large.png" in err and "pixel" in err, err
+    saved = json.loads((tmp_path / "runs" / "r" / "config.json").read_text())
+    assert saved["max_pixels"] == 5000 and saved["exact_decode"] is True
+    assert "RESNETS_MAX_PIXELS" not in os.environ and "RESNETS_EXACT_DECODE" not in os.environ
+    code, _, err = run_cli("train", *args, "--out", tmp_path / "runs", "--name", "s")
+    assert code == 0 and "large.png" not in err, err  # the default limit takes it

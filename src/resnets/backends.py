@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Callable, Iterable
 from .choices import PRECISIONS
 from .errors import ResnetsError
 from .home import onnx_cache_dir  # noqa: F401  (resnets.backends.onnx_cache_dir, as before)
+from .onnx_predict import digest as _digest
 
 if TYPE_CHECKING:  # torch is imported where a runner is made: the command line reads the table below without it
     import torch
@@ -172,16 +173,6 @@ def onnx_cache_path(net: nn.Module, example: torch.Tensor) -> Path:
     return onnx_cache_dir() / f"{h.hexdigest()[:32]}.onnx"
 
 
-def _digest(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _cached_session(path: Path):
     """An ONNX Runtime session of the cached export at `path`, or None when there is none or it cannot be trusted:
     its bytes differ from the hash recorded beside it when it was written (truncated, damaged, replaced), or it
@@ -275,6 +266,35 @@ def _ort_runner(net: nn.Module, int8: bool, calib: Iterable[torch.Tensor] | None
     run = ort_run(sess or ort_session(path))
     run._tmp = tmp  # keeps the folder (and the file ORT mapped) alive as long as the runner
     return run
+
+
+def export_for_file(model: nn.Module, weights) -> Path | None:
+    """The verified ONNX export of the model file `weights` names (a run folder's model.safetensors), written into
+    the cache under its file's key, so that `resnets predict` classifies with it, and every later run without
+    torch (onnx_predict.py). None where it cannot be had: not a local file, a cache that cannot be written, an
+    exporter that fails or a file that fails its check against eager PyTorch (one warning; the caller then runs
+    the model in PyTorch)."""
+    import logging
+
+    from .export import export
+    from .onnx_predict import digest, export_path, model_file
+    from .safe_io import atomic_path
+
+    file = model_file(weights)
+    if file is None or file.suffix.lower() == ".onnx":
+        return None
+    path = export_path(file)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        export(model, path, "onnx", fold=True, stamp={"resnets.cache_key": path.stem})
+        with atomic_path(path.with_suffix(".sha256")) as tmp:
+            tmp.write_text(digest(path) + "\n")
+    except Exception as e:  # noqa: BLE001  (the exporter's own errors too: PyTorch runs the model instead)
+        path.unlink(missing_ok=True)
+        logging.getLogger("resnets").warning("no ONNX export of %s (%s): running it in PyTorch", weights, e)
+        return None
+    trim_onnx_cache(keep=path)
+    return path
 
 
 def bench(

@@ -102,7 +102,8 @@ class TrainConfig:
     eval_crop: int = key(0, "evaluation: centre crop (0: the training crop, or the weights')")
     augment: str = key(
         "paper-cifar",
-        "none | paper-cifar | crop-flip | paper-imagenet | rrc | strong; detectors: hflip (for the default) | ssd | none",
+        "none | paper-cifar | crop-flip | paper-imagenet | rrc | strong; image files (imagefolder, csv, wds, hf): rrc "
+        "for the default; detectors: hflip (for the default) | ssd | none",
     )
     pad: int = key(4, "padding of the paper-cifar / crop-flip random crop, pixels")
     auto_augment: str = key("none", "none | trivial | randaugment")
@@ -113,6 +114,16 @@ class TrainConfig:
     workers: int = key(2, "data loading processes (0: in the training process)")
     loader: str = key("auto", "auto | host (per-image, CPU workers) | device (whole batches on the training device)")
     strict_data: bool = key(False, "an unreadable image stops the run instead of being skipped")
+    max_pixels: int = key(
+        0,
+        "refuse images of more pixels, from their header (0: the default, 89,478,485; the decode budget is 3 bytes "
+        "a pixel of it: width x height x channels x bytes per sample)",
+    )
+    exact_decode: bool = key(
+        False,
+        "decode every image at full size (default: an image over twice what the transforms need is decoded "
+        "smaller, a JPEG by DCT scaling); for bit-exact reproduction",
+    )
     # ---- transfer learning (resnets.finetune)
     strategy: str = key("full", "full | linear-probe | partial | gradual")
     unfreeze_stages: int = key(0, "partial: how many stages below the head train")
@@ -361,6 +372,8 @@ RULES: dict[str, Rule] = {
     "workers": _ge(0, 256),
     "loader": Rule(choices=LOADERS),
     "strict_data": ANY,
+    "max_pixels": _ge(0, 2**40),
+    "exact_decode": ANY,
     "strategy": Rule(choices=STRATEGIES),
     "unfreeze_stages": _ge(0, 16),
     "unfreeze_every": _ge(1, COUNT),
@@ -694,11 +707,12 @@ def read_file(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
-def reaches(key: str, value: Any) -> str | None:
+def reaches(key: str, value: Any, dataset: str | None = None) -> str | None:
     """What a config value does beyond reading this machine's files and writing its run, or None: "runs a command"
     (pipe:), "fetches a URL" (any scheme://, but file://; data/remote.py's rule), "fetches from the Hugging Face
-    Hub" (hf-hub:ORG/NAME weights), or, for `out`, "writes outside the working folder" (an absolute path, one that
-    climbs out with .., or one whose symbolic links lead out)."""
+    Hub" (hf-hub:ORG/NAME weights, or the data of `dataset` hf that is a Hub name, not a local folder), or, for
+    `out`, "writes outside the working folder" (an absolute path, one that climbs out with .., or one whose
+    symbolic links lead out)."""
     if not isinstance(value, str):
         return None
     if key == "out":
@@ -706,7 +720,7 @@ def reaches(key: str, value: Any) -> str | None:
         path = Path(value)
         if path.is_absolute() or ".." in path.parts or not (here / path).resolve().is_relative_to(here):
             return "writes outside the working folder"
-    if value.lower().startswith("hf-hub:"):
+    if value.lower().startswith("hf-hub:") or (key == "data" and dataset == "hf" and remote.hub_dataset(value)):
         return "fetches from the Hugging Face Hub"
     return remote.reaches(value)
 
@@ -717,10 +731,11 @@ def only_from_command_line(values: dict[str, Any], source: str, said: Any) -> No
     taken only from the command line. A key the command line gives (`said`: its keys) replaces the value of
     `source`, which is then never used; any other such value is refused in one line, before anything runs."""
     given = {k.replace("-", "_") for k in said}
+    dataset = said.get("dataset") if isinstance(said, dict) and "dataset" in said else values.get("dataset")
     for key, value in values.items():
         k = key.replace("-", "_")
         for v in value if isinstance(value, list) else [value]:
-            what = reaches(k, v)
+            what = reaches(k, v, dataset)
             if what is not None and k not in given:
                 raise ResnetsError(
                     f"{source}'s {k} {what} ({printable(str(v))[:60]}); that is taken only from the command line: "
@@ -732,7 +747,8 @@ def resolve(
     recipe: str | None = None, file: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None
 ) -> TrainConfig:
     """recipe defaults, then the file, then explicit overrides (the command line); validated. A command, a URL or
-    a folder outside the working one comes only from the overrides (`only_from_command_line`)."""
+    a folder outside the working one comes only from the overrides (`only_from_command_line`). Image files
+    (imagefolder, csv, wds, hf) whose augment none of them says train with rrc."""
     cfg = TrainConfig()
     said = overrides or {}
     if recipe is not None:
@@ -740,12 +756,15 @@ def resolve(
             raise ResnetsError(f"unknown recipe {recipe!r} (choose from {', '.join(RECIPES)})")
         only_from_command_line(RECIPES[recipe], f"recipe {recipe}", said)
         apply(cfg, RECIPES[recipe], f"recipe {recipe}")
+    values = read_file(file) if file is not None else {}
     if file is not None:
-        values = read_file(file)
         only_from_command_line(values, str(file), said)
         apply(cfg, values, str(file))
     if overrides:
         apply(cfg, overrides, "the command line")
+    unsaid = not any("augment" in layer for layer in (RECIPES.get(recipe or "", {}), values, said))
+    if unsaid and cfg.dataset in DATASETS and DATASETS[cfg.dataset].kind == "files":
+        cfg.augment = "rrc"  # photos of any size: a random resized crop, not paper-cifar's padded crop of the whole
     return cfg.validate()
 
 

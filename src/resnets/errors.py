@@ -10,6 +10,11 @@ class CheckFailed(ResnetsError):
     the CLI says so in one line and exits with code 1, not the 2 of bad usage."""
 
 
+class Unreadable(CheckFailed):
+    """An image that could not be read (explain's, similar's query): one line and exit code 1, as `predict` exits
+    when any of its images could not be read; 2 stays for bad usage."""
+
+
 class UnknownModelError(ResnetsError, KeyError):
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""

@@ -7,24 +7,33 @@ largest difference from eager PyTorch is reported (fp32 must stay within 1e-4).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
 import tempfile
 import warnings
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
 from torch import nn
 
+from .data import DATASETS, get_dataset
+from .data.datasets import decode
+from .data.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from .errors import CheckFailed, ResnetsError
 from .meta import meta_of, preprocessing_for
 from .models.fold import folded
+from .onnx_predict import session as ort_session  # noqa: F401  (resnets.export.ort_session, as before)
 from .safe_io import atomic_path
 
 log = logging.getLogger("resnets")
+# onnx (1.5 s to import) and onnxruntime are imported in the functions that use them: the factory imports this
+# module (through onnx_file) for every model it loads
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "exported-program": ".pt2"}
 SUFFIXES = {"onnx": (".onnx",), "torchscript": (".pt", ".pth", ".ts"), "exported-program": (".pt2",)}
 # an export agrees with eager PyTorch when |exported - eager| <= ATOL + RTOL * |eager| everywhere (the form of
@@ -37,10 +46,6 @@ def example_inputs(model: nn.Module, batch: int = 2) -> torch.Tensor:
     pre = preprocessing_for(model)
     c = len(pre.mean)
     x = torch.randn(batch, c, pre.crop, pre.crop)
-    from importlib import resources
-
-    from .data.datasets import decode
-
     tf, norm = pre.transform(), pre.normalizer()
     real = []
     for name in ("astronaut.jpg", "coffee.jpg"):
@@ -55,18 +60,6 @@ class Runner:
 
     run: Callable[[torch.Tensor], torch.Tensor]
     kind: str
-
-
-def ort_session(path: str | os.PathLike, threads: int = 0):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    # no busy-waiting between runs: spinning threads would take the CPU from image decoding (predict) and from
-    # whatever runs next
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def ort_run(sess) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -105,9 +98,6 @@ def write(
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if fmt == "onnx":
-            import contextlib
-            import io
-
             import onnx
 
             kwargs = {"dynamic_shapes": ({0: batch},)} if dynamic_batch else {}
@@ -158,11 +148,12 @@ def export(
     fold: bool = False,
     atol: float = ATOL,
     rtol: float = RTOL,
+    stamp: dict[str, str] | None = None,
 ) -> dict:
     """Write `model` as `fmt` to `out`, reload it, and compare with eager PyTorch on random inputs and real photos:
     a file whose outputs differ by more than atol + rtol * |eager| anywhere is removed and CheckFailed raised.
     dynamic_batch: any batch size at run time (else the batch is fixed at 2, the traced example's). ONNX files
-    carry the model's metadata (`onnx_metadata`)."""
+    carry the model's metadata (`onnx_metadata`), and `stamp`'s keys beside it (a cache's key)."""
     if fmt not in FORMATS:
         raise ResnetsError(f"format must be one of {', '.join(FORMATS)}; got {fmt!r}")
     out = Path(out)
@@ -171,7 +162,7 @@ def export(
     if out.suffix.lower() not in SUFFIXES[fmt]:
         raise ResnetsError(f"a {fmt} file ends in {' or '.join(SUFFIXES[fmt])}; got {out.name}")
     model = model.eval().cpu()
-    metadata = onnx_metadata(model) if fmt == "onnx" else None
+    metadata = {**onnx_metadata(model), **(stamp or {})} if fmt == "onnx" else None
     net = folded(model) if fold else model  # the model itself where there is nothing it can fold
     x = example_inputs(model)
     with torch.no_grad():
@@ -217,7 +208,8 @@ def export(
 def _batches(model: nn.Module, source: str, limit: int, batch: int = 32) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
     """(normalised images, labels) from "fashion-mnist", "cifar10", or an image folder (class subfolders named like
     the model's classes), through the model's preprocessing."""
-    from .data import DATASETS, get_dataset
+    # the loader imports torchvision's transforms (and torch._dynamo with them, 1-2 s): the factory imports this
+    # module for every model it loads, so it is loaded here, where calibration needs it
     from .data.loader import Augmented, EvalBatches, make_loader
 
     pre = preprocessing_for(model)
@@ -324,6 +316,7 @@ DENSE_OPSET = 17
 
 def is_dense(model: nn.Module) -> str | None:
     """ "detection" for torchvision's detectors, "segmentation" for FCN and DeepLabV3, None for a classifier."""
+    # torchvision's detection models (30 ms) only for a model that may be one: every load imports this module
     from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
     from torchvision.models.detection.retinanet import RetinaNet
     from torchvision.models.segmentation import FCN, DeepLabV3
@@ -338,11 +331,6 @@ def is_dense(model: nn.Module) -> str | None:
 def _dense_inputs(task: str) -> list[torch.Tensor]:
     """The two photos shipped with the package (of different sizes) and a random image, as the model takes them:
     [0, 1] images for a detector (it normalises itself), ImageNet-normalised batches of one for a segmenter."""
-    from importlib import resources
-
-    from .data.datasets import decode
-    from .data.preprocessing import IMAGENET_MEAN, IMAGENET_STD
-
     images = []
     for name in ("astronaut.jpg", "coffee.jpg"):
         with resources.as_file(resources.files("resnets").joinpath(f"assets/{name}")) as p:

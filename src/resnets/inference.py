@@ -8,6 +8,7 @@ on the previous batch.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,26 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data.batching import Loader
-from .data.datasets import IMAGE_SUFFIXES, BadSample, FileDataset, decode
+from .data.datasets import BadSample, FileDataset, decode
 from .data.loader import make_eval_loader
-from .errors import ResnetsError, printable
+from .errors import ResnetsError, Unreadable, printable
 from .meta import meta_of, preprocessing_for
-
-
-def find_images(paths: Sequence[str | os.PathLike]) -> list[str]:
-    """Files as given, and image files in folders (recursively, sorted). A missing path is kept, to be reported
-    with the unreadable files while the rest go on; only when nothing given exists is it an error."""
-    found: list[str] = []
-    if paths and not any(Path(p).exists() for p in paths):
-        raise ResnetsError(f"no such file or folder: {paths[0]}")
-    for p in map(Path, paths):
-        if p.is_dir():
-            found += sorted(str(f) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-        else:
-            found.append(str(p))
-    if not found:
-        raise ResnetsError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, paths))}")
-    return found
+from .onnx_predict import find_images
 
 
 @dataclass
@@ -158,7 +144,8 @@ def _inputs(paths) -> list:
     return list(paths)
 
 
-def _top(probs: torch.Tensor, k: int, names: list[str]) -> list[list[dict]]:
+def top_classes(probs: torch.Tensor, k: int, names: list[str]) -> list[list[dict]]:
+    """Each row of class probabilities as its `k` best: [{"class", "index", "prob"}...], best first."""
     p, c = probs.topk(k, dim=1)
     return [
         [{"class": names[j], "index": int(j), "prob": float(q)} for q, j in zip(pr, cr)]
@@ -195,7 +182,9 @@ def predict(
         for start in range(0, len(paths), batch_size):
             x = _in_memory(model, pre, paths[start : start + batch_size], start)
             run = run or _runner(model, backend, [], "logits", batch_size, precision, x.device, calib=[x.cpu()])
-            results += [{"input": start + i, "top": t} for i, t in enumerate(_top(run(x).float().softmax(1), k, names))]
+            results += [
+                {"input": start + i, "top": t} for i, t in enumerate(top_classes(run(x).float().softmax(1), k, names))
+            ]
         return results
     files = find_images(paths)
     device = getattr(runner, "device", None) or next(model.parameters()).device
@@ -212,7 +201,7 @@ def predict(
         for path, reason in bad:
             out[position[path]] = {"path": path, "error": reason}
         if images is not None:
-            for i, top in zip(idx, _top(run(images).float().softmax(1), k, names)):
+            for i, top in zip(idx, top_classes(run(images).float().softmax(1), k, names)):
                 out[i] = {"path": files[i], "top": top}
         bar.update(len(idx) + len(bad))
     bar.close()
@@ -264,7 +253,7 @@ def embed(
     if not feats:
         first = f"{printable(errors[0]['path'])}: {errors[0]['error']}" if errors else ""
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise ResnetsError(f"no image could be read: {first}{more}" if first else "no image could be read")
+        raise Unreadable(f"no image could be read: {first}{more}" if first else "no image could be read")
     return torch.cat(feats), kept, errors
 
 
@@ -300,12 +289,152 @@ def load_index(path: str | os.PathLike) -> tuple[torch.Tensor, list[str], dict]:
     return emb, json.loads(meta["files"]), meta
 
 
-def nearest(query: torch.Tensor, index: torch.Tensor, k: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cosine similarity of each query row to every index row: (scores, indices) of the k best, best first."""
-    q = F.normalize(query.flatten(1).float(), dim=1)
-    m = F.normalize(index.flatten(1).float(), dim=1)
-    sims = q @ m.T  # (queries, index)
-    return sims.topk(min(k, m.shape[0]), dim=1)
+# ---- nearest neighbours (`resnets similar`): FAISS over the rows, exactly or approximately
+
+# `--search auto` compares a query with every row up to this many rows and searches an IVF index above: exact search
+# costs one pass over the rows per query (at 100,000 rows of 2048 floats, 0.8 GB; benchmarks/RESULTS.md, issue 40)
+APPROX_ABOVE = 100_000
+SEARCHES = ("auto", "exact", "approx")
+_ADDED_AT_ONCE = 1 << 16  # rows normalised and added to an index at a time: 0.5 GB of 2048-d rows
+# the cached IVF index's format and build rule: a change of either must change this, so old caches are not read
+IVF_FORMAT = "resnets.ivf/1"
+
+
+def search_kind(search: str, n: int) -> str:
+    """What `search` (auto, exact or approx) means for an index of `n` rows: "exact" or "approx"."""
+    if search not in SEARCHES:
+        raise ResnetsError(f"search is one of {', '.join(SEARCHES)}; got {search!r}")
+    if search == "auto":
+        return "approx" if n > APPROX_ABOVE else "exact"
+    return search
+
+
+def _unit_rows(x: torch.Tensor):
+    """The rows flattened and scaled to unit length (as brute force did), as a new float32 numpy array: cosine
+    similarity is then FAISS's inner product. (N, ...) -> (N, D)"""
+    return F.normalize(x.detach().flatten(1).float().cpu(), dim=1).numpy()
+
+
+def ivf_lists(n: int) -> tuple[int, int]:
+    """(k-means lists, lists a query scans) of the approximate index of `n` rows: about 2 sqrt(n) lists of at
+    least 39 rows each (k-means' own minimum), and 1/32 of them scanned, at least 8: recall@10 of 0.9 and more
+    on clustered rows (tests/test_inference.py; benchmarks/similar_speed.py measures it at scale)."""
+    lists = max(1, min(round(2 * math.sqrt(n)), n // 39))
+    return lists, min(lists, max(8, math.ceil(lists / 32)))
+
+
+def search_index(embeddings: torch.Tensor, search: str = "exact"):
+    """A FAISS index of the rows of `embeddings` (N, ...) for cosine similarity. exact: IndexFlatIP over the
+    L2-normalised float32 rows, which compares a query with every row. approx (or auto above APPROX_ABOVE rows):
+    IndexIVFFlat, the rows split into `ivf_lists` k-means lists, a query compared with the rows of its nearest
+    lists only. IVF rather than HNSW: its build is one k-means on a sample and one matrix product, where HNSW's
+    graph of 2048-d rows is built at ~800 rows/s on two cores (20 minutes and more for a million). The index
+    holds its own copy of the rows (N x D float32), added a block at a time: no second copy of all of them."""
+    import faiss
+    import numpy as np
+
+    n, d = embeddings.shape[0], embeddings[0].numel()
+    if search_kind(search, n) == "exact":
+        index = faiss.IndexFlatIP(d)
+        # its rows (float32, as get_xb reads them) sized once and filled a block at a time: added block by block,
+        # the buffer regrows and is copied (twice the rows' bytes at the peak: a million 2048-d rows ran out of 24 GB)
+        index.codes.resize(n * d * 4)
+        rows = faiss.rev_swig_ptr(index.codes.data(), n * d * 4).view(np.float32).reshape(n, d)
+        for start in range(0, n, _ADDED_AT_ONCE):
+            rows[start : start + _ADDED_AT_ONCE] = _unit_rows(embeddings[start : start + _ADDED_AT_ONCE])
+        index.ntotal = n
+        return index
+    lists, scanned = ivf_lists(n)
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, lists, faiss.METRIC_INNER_PRODUCT)
+    # 10 rounds of spherical k-means (unit centroids, as the rows) on a seeded sample of 64 rows a list
+    index.cp.niter, index.cp.spherical, index.cp.seed = 10, True, 0
+    index.cp.max_points_per_centroid, index.cp.min_points_per_centroid = 64, 1
+    sample = torch.randperm(n, generator=torch.Generator().manual_seed(0))[: 64 * lists].sort().values
+    index.train(_unit_rows(embeddings[sample]))
+    index.nprobe = scanned
+    for start in range(0, n, _ADDED_AT_ONCE):
+        index.add(_unit_rows(embeddings[start : start + _ADDED_AT_ONCE]))
+    return index
+
+
+def neighbours(index, query: torch.Tensor, k: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scores, indices) of each query row's k nearest rows in a `search_index`, best first: float32 and int64
+    tensors (queries, min(k, rows)). Where an approximate index finds fewer than k rows, the index is -1."""
+    q = _unit_rows(query)
+    if q.shape[1] != index.d:
+        raise ResnetsError(f"queries of {q.shape[1]} numbers for an index of rows of {index.d}")
+    scores, idx = index.search(q, min(k, index.ntotal))
+    return torch.from_numpy(scores), torch.from_numpy(idx)
+
+
+def nearest(
+    query: torch.Tensor, index: torch.Tensor, k: int = 5, *, search: str = "exact"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine similarity of each query row to every index row: (scores, indices) of the k best, best first.
+    search: exact (the default: every row compared, the same neighbours as a matmul and topk), approx or auto
+    (`search_index`)."""
+    return neighbours(search_index(index, search), query, k)
+
+
+def index_for(path: str | os.PathLike, embeddings: torch.Tensor, search: str = "auto", *, said=None):
+    """The FAISS index `resnets similar` searches the embedding index file `path` (whose rows are `embeddings`)
+    with. Exact: built now (a copy of the rows). Approximate: read from $RESNETS_HOME/faiss, or built and written
+    there (atomically, named by the sha256 of the file's bytes and the build rule). FAISS reads no file of which
+    a sha256 written beside it by us does not match (faiss.read_index is not safe on bytes from elsewhere); one
+    that does not match, or holds other rows, is built again. `said(text)`: told when a build starts."""
+    n, d = embeddings.shape[0], embeddings[0].numel()
+    if search_kind(search, n) == "exact":
+        return search_index(embeddings, "exact")
+    cache = _ivf_cache_path(Path(path), n)
+    index = _read_ivf(cache, n, d)
+    if index is None:
+        if said is not None:
+            said(f"building the approximate search index of {n:,} rows (cached for later queries: {cache})")
+        index = search_index(embeddings, "approx")
+        _write_ivf(index, cache)
+    return index
+
+
+def _ivf_cache_path(file: Path, n: int) -> Path:
+    import hashlib
+
+    from .home import home_dir
+    from .onnx_predict import digest
+
+    key = hashlib.sha256(f"{digest(file)}|{IVF_FORMAT}|{ivf_lists(n)}".encode()).hexdigest()[:32]
+    return home_dir() / "faiss" / f"{key}.faiss"
+
+
+def _read_ivf(path: Path, n: int, d: int):
+    """The cached index at `path` when its bytes match the sha256 recorded beside it and it holds n rows of d
+    numbers compared by inner product; else None."""
+    import faiss
+
+    from .onnx_predict import digest
+
+    try:
+        if not path.is_file() or path.with_suffix(".sha256").read_text().strip() != digest(path):
+            return None
+    except OSError:
+        return None
+    index = faiss.read_index(str(path))
+    if index.ntotal != n or index.d != d or index.metric_type != faiss.METRIC_INNER_PRODUCT:
+        return None
+    return index
+
+
+def _write_ivf(index, path: Path) -> None:
+    """The index at `path`, then its sha256 beside it, each written whole or not at all."""
+    import faiss
+
+    from .onnx_predict import digest
+    from .safe_io import atomic_path
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        faiss.write_index(index, str(tmp))
+    with atomic_path(path.with_suffix(".sha256")) as tmp:
+        tmp.write_text(digest(path) + "\n")
 
 
 def grad_cam(
@@ -401,7 +530,7 @@ def explain(
     try:
         raw = decode(path, len(pre.mean), size=pre.resize)
     except BadSample as e:
-        raise ResnetsError(f"cannot read {path}: {e.reason}") from None
+        raise Unreadable(f"cannot read {path}: {e.reason}") from None
     shown = pre.transform()(raw)
     device = next(model.parameters()).device
     x = pre.normalizer()(shown.to(device))

@@ -25,6 +25,8 @@ def test_cli_predict_embed_similar_explain(photos, model_file, tmp_path):
     assert code == 0, err
     hits = json.loads(out)
     assert hits[0]["path"].endswith("coffee.png") and hits[0]["similarity"] == pytest.approx(1.0, abs=1e-4)
+    code, _, err = run_cli("similar", photos / "notes.txt", "--index", tmp_path / "idx.safetensors")
+    assert code == 1 and "no image could be read" in err and len(err.strip().splitlines()) == 1, err  # not misuse
     code, out, err = run_cli(
         "explain",
         photos / "sub" / "chelsea.jpg",
@@ -43,16 +45,17 @@ def test_cli_predict_embed_similar_explain(photos, model_file, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "args, needle",
+    "args, needle, status",
     [
-        (["predict", "/nonexistent.jpg"], "no such file"),
-        (["explain", "NOTES", "--out", "x.png"], "cannot read"),
-        (["explain", "PHOTO", "--out", "/nonexistent/dir/x.png"], "does not exist"),
-        (["explain", "PHOTO", "--class", "dog", "--out", "OUT"], "unknown class"),
-        (["similar", "PHOTO", "--index", "MODEL"], "not an embedding index"),
+        (["predict", "/nonexistent.jpg"], "no such file", 2),
+        # an image that cannot be read: 1, as predict's exit status says of its images (2 is bad usage)
+        (["explain", "NOTES", "--out", "x.png"], "cannot read", 1),
+        (["explain", "PHOTO", "--out", "/nonexistent/dir/x.png"], "does not exist", 2),
+        (["explain", "PHOTO", "--class", "dog", "--out", "OUT"], "unknown class", 2),
+        (["similar", "PHOTO", "--index", "MODEL"], "not an embedding index", 2),
     ],
 )
-def test_cli_bad_input(photos, model_file, tmp_path, args, needle):
+def test_cli_bad_input(photos, model_file, tmp_path, args, needle, status):
     subst = {
         "NOTES": photos / "notes.txt",
         "PHOTO": photos / "coffee.png",
@@ -63,7 +66,7 @@ def test_cli_bad_input(photos, model_file, tmp_path, args, needle):
     if "--weights" not in args and args[0] != "similar":
         args += ["--weights", model_file]
     code, _, err = run_cli(*args)
-    assert code == 2 and "Traceback" not in err and needle in err and len(err.strip().splitlines()) == 1, err
+    assert code == status and "Traceback" not in err and needle in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_predict_prints_a_table_goes_on_past_a_missing_path_and_agrees_on_names(photos, model_file, tmp_path, caplog):
@@ -156,3 +159,43 @@ def test_detect_prints_boxes_as_a_table_json_and_csv_and_draws_them(tiny_detecto
 def test_detect_refuses_a_classifier(model_file):
     code, _, err = run_cli("detect", __file__, "--weights", model_file)
     assert code == 2 and "is a classifier; `resnets predict`" in err
+
+
+def test_similar_searches_exactly_or_approximately_and_embed_builds_the_approximate_index(
+    photos, model_file, tmp_path, monkeypatch
+):
+    """Issue 40: `similar --search approx` on a small index gives the neighbours exact search gives; above
+    APPROX_ABOVE (lowered here) `embed` builds the approximate index once, and `similar` (auto) reads it."""
+    monkeypatch.setenv("RESNETS_HOME", str(tmp_path / "home"))
+    index = tmp_path / "idx.safetensors"
+    code, _, err = run_cli("embed", photos, "--weights", model_file, "--out", index, "--workers", 0)
+    assert code == 1 and "approximate" not in err, err  # 5 rows: nothing to build
+    hits = {}
+    for search in ("exact", "approx"):
+        code, out, err = run_cli(
+            "similar", photos / "coffee.png", "--index", index, "-k", 3, "--json", "--search", search
+        )
+        assert code == 0, err
+        hits[search] = json.loads(out)
+    assert [h["path"] for h in hits["approx"]] == [h["path"] for h in hits["exact"]]
+    assert hits["approx"][0]["path"].endswith("coffee.png")
+    assert [h["similarity"] for h in hits["approx"]] == pytest.approx(
+        [h["similarity"] for h in hits["exact"]], abs=1e-6
+    )
+    monkeypatch.setattr(I, "APPROX_ABOVE", 4)
+    code, _, err = run_cli("embed", photos, "--weights", model_file, "--out", index, "--workers", 0, "--force")
+    assert code == 1 and "building the approximate search index of 5 rows" in err, err
+    code, out, err = run_cli("similar", photos / "coffee.png", "--index", index, "-k", 3, "--json")
+    assert code == 0 and "building" not in err, err
+    assert [h["path"] for h in json.loads(out)] == [h["path"] for h in hits["approx"]]
+    code, _, err = run_cli("similar", photos / "coffee.png", "--index", index, "--search", "fast")
+    assert code == 2 and "invalid choice" in err
+
+
+def test_similars_search_choices_and_help_say_what_the_library_does():
+    """The parser names the choices and the threshold without importing torch: they must be the library's."""
+    from resnets.cli.main import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.choices and "similar" in a.choices).choices["similar"]
+    search = next(a for a in sub._actions if a.dest == "search")
+    assert tuple(search.choices) == I.SEARCHES and f"{I.APPROX_ABOVE:,} vectors" in search.help

@@ -7,8 +7,14 @@ import json
 import sys
 from pathlib import Path
 
-from ..errors import ResnetsError, printable
+from ..errors import ResnetsError, Unreadable, printable
 from .options import backend_help, count, load_for_inference
+
+
+def _bar(total: int, shown: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="img", disable=not shown, leave=False)
 
 
 def _exit_status(results: list[dict]) -> int:
@@ -19,22 +25,58 @@ def _exit_status(results: list[dict]) -> int:
     return 1 if errors else 0
 
 
+def _maybe_gpu() -> bool:
+    """Whether this machine may have a GPU PyTorch would use (asked without importing torch: NVIDIA's and AMD's
+    device files); where it may, torch decides."""
+    return Path("/proc/driver/nvidia/gpus").is_dir() or Path("/dev/nvidia0").exists() or Path("/dev/kfd").exists()
+
+
+def _onnx_for(args: argparse.Namespace, export: bool):
+    """The ONNX file `predict` classifies with, without PyTorch, or None: on a CPU at fp32, with the auto or
+    onnxruntime backend, the file given, or the cached export of the model file given (`export`: made now, with
+    torch, when there is none)."""
+    from ..onnx_predict import cached
+
+    cpu = args.device == "cpu" or (args.device == "auto" and not _maybe_gpu())
+    if args.backend not in ("auto", "onnxruntime") or args.precision != "fp32" or not cpu:
+        return None
+    if str(args.weights).lower().endswith(".onnx"):
+        return args.weights if Path(args.weights).is_file() else None  # missing: said by the loader, in one line
+    return cached(args.weights) or (export and _export_now(args))
+
+
+def _export_now(args: argparse.Namespace):
+    from ..backends import export_for_file
+
+    model = load_for_inference(args.weights, "cpu", classifier=True)
+    print(f"exporting {args.weights} to ONNX once (later runs start without PyTorch)", file=sys.stderr)
+    return export_for_file(model, args.weights)
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     import csv
 
-    from ..inference import predict
+    from ..onnx_predict import classify, find_images
 
-    model = load_for_inference(args.weights, args.device, classifier=True)
-    results = predict(
-        model,
-        args.paths,
-        top_k=args.top_k,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        progress=sys.stderr.isatty(),
-        backend=args.backend,
-        precision=args.precision,
-    )
+    onnx = _onnx_for(args, export=args.backend == "onnxruntime")
+    if onnx:  # ONNX Runtime alone: numpy, Pillow and onnxruntime in this process
+        files = find_images(args.paths)
+        with _bar(len(files), sys.stderr.isatty()) as bar:
+            results = classify(onnx, files, top_k=args.top_k, batch_size=args.batch_size, progress=bar.update)
+    else:
+        from ..inference import predict
+
+        model = load_for_inference(args.weights, args.device, classifier=True)
+        results = predict(
+            model,
+            args.paths,
+            top_k=args.top_k,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            progress=sys.stderr.isatty(),
+            backend="eager" if args.backend == "auto" else args.backend,
+            precision=args.precision,
+        )
     if args.format == "json" or args.json:
         print(json.dumps(results, indent=2))
     elif args.format == "csv":
@@ -64,7 +106,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
-    from ..inference import embed, save_index
+    from ..inference import embed, index_for, save_index, search_kind
     from ..safe_io import check_output
 
     check_output(args.out, (".safetensors",), force=args.force, what="embedding index")
@@ -80,6 +122,8 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         precision=args.precision,
     )
     save_index(args.out, emb, files, weights=str(Path(args.weights).resolve()), layer=args.layer)
+    if search_kind("auto", len(emb)) == "approx":  # what `similar` will search: built now, once
+        index_for(args.out, emb, "auto", said=lambda text: print(text, file=sys.stderr))
     for e in errors:
         print(f"{printable(e['path'])}: ERROR {printable(e['error'])}", file=sys.stderr)
     print(f"{len(files)} embeddings of shape {tuple(emb.shape[1:])} -> {args.out}")
@@ -89,21 +133,22 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
 
 def _cmd_similar(args: argparse.Namespace) -> int:
-    from ..inference import embed, load_index, nearest
+    from ..inference import embed, index_for, load_index, neighbours
 
     index, files, meta = load_index(args.index)
     weights = args.weights or meta["weights"]
     model = load_for_inference(weights, args.device, classifier=True)
     q, _, errors = embed(model, [args.query], layer=meta.get("layer") or None, workers=0)
     if errors:
-        raise ResnetsError(f"cannot read {args.query}: {errors[0]['error']}")
+        raise Unreadable(f"cannot read {args.query}: {errors[0]['error']}")
     if q.shape[1:] != index.shape[1:]:
         raise ResnetsError(
             f"{args.index} holds embeddings of shape {tuple(index.shape[1:])} made by {meta['weights']}; "
             f"{weights} gives {tuple(q.shape[1:])}: query with the model that made the index"
         )
-    scores, idx = nearest(q, index, args.k)
-    rows = [{"path": files[i], "similarity": float(s)} for s, i in zip(scores[0].tolist(), idx[0].tolist())]
+    searched = index_for(args.index, index, args.search, said=lambda text: print(text, file=sys.stderr))
+    scores, idx = neighbours(searched, q, args.k)
+    rows = [{"path": files[i], "similarity": s} for s, i in zip(scores[0].tolist(), idx[0].tolist()) if i >= 0]
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -258,13 +303,41 @@ def _add_detect(sub) -> None:
     p.set_defaults(func=_cmd_detect)
 
 
+def _add_similar(sub) -> None:
+    p = sub.add_parser("similar", help="nearest neighbours of an image in an embedding index (cosine)")
+    p.add_argument("query")
+    p.add_argument("--index", required=True)
+    p.add_argument("--top-k", "-k", dest="k", type=count(1), default=5, help="how many neighbours")
+    p.add_argument("--weights", help="default: the model the index was made with")
+    p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--search",
+        choices=["auto", "exact", "approx"],  # resnets.inference.SEARCHES (not imported here: it imports torch)
+        default="auto",
+        help="exact: the query compared with every vector; approx: a FAISS IVF index, built once and cached in "
+        "$RESNETS_HOME/faiss; auto (the default): exact up to 100,000 vectors, approx above",
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_similar)
+
+
+def _predict_backend_help(backends_help: str) -> str:
+    return (
+        "auto (the default): on a CPU at fp32, ONNX Runtime with no PyTorch in the process when the model has an "
+        "export (an .onnx file `resnets export` wrote, or the cached export that a first `--backend onnxruntime` "
+        "run of the same model file made), else eager. "
+        + backends_help.split("; ", 1)[1]
+        + "; onnxruntime with a model file: exported once into the cache, then as auto"
+    )
+
+
 def add_commands(sub) -> None:
     """The subcommands of using a model on images: predict, embed, similar, explain."""
     from ..backends import BACKENDS, PRECISIONS
 
     backends_help = backend_help()
 
-    def inference_args(p: argparse.ArgumentParser) -> None:
+    def inference_args(p: argparse.ArgumentParser, backend: tuple[str, str] = ("eager", backends_help)) -> None:
         p.add_argument(
             "--weights",
             required=True,
@@ -282,7 +355,7 @@ def add_commands(sub) -> None:
         p.add_argument(
             "--device", default="auto", help="auto (a GPU when there is one; the default), cpu, cuda, cuda:N"
         )
-        p.add_argument("--backend", default="eager", choices=["auto", *BACKENDS], help=backends_help)
+        p.add_argument("--backend", default=backend[0], choices=["auto", *BACKENDS], help=backend[1])
         p.add_argument(
             "--precision",
             default="fp32",
@@ -298,7 +371,7 @@ def add_commands(sub) -> None:
         "results of the rest are printed all the same), 2 for bad usage.",
     )
     p.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
-    inference_args(p)
+    inference_args(p, ("auto", _predict_backend_help(backends_help)))
     p.add_argument("--top-k", "-k", type=count(1), default=5, help="classes shown per image (default 5)")
     p.add_argument("--format", choices=["table", "json", "csv"], default="table", help="default table")
     p.add_argument("--json", action="store_true", help="the same as --format json")
@@ -315,14 +388,7 @@ def add_commands(sub) -> None:
     p.add_argument("--layer", help="a stage (layer1..layer4) instead of the pooled pre-logit features")
     p.set_defaults(func=_cmd_embed)
 
-    p = sub.add_parser("similar", help="nearest neighbours of an image in an embedding index (cosine)")
-    p.add_argument("query")
-    p.add_argument("--index", required=True)
-    p.add_argument("--top-k", "-k", dest="k", type=count(1), default=5, help="how many neighbours")
-    p.add_argument("--weights", help="default: the model the index was made with")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_cmd_similar)
+    _add_similar(sub)
 
     p = sub.add_parser("explain", help="Grad-CAM heatmap of what the model looks at, as a PNG")
     p.add_argument("image")

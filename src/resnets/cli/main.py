@@ -11,14 +11,15 @@ import warnings
 from typing import Sequence
 
 from ..errors import CheckFailed, ResnetsError, printable
+from ..version import __version__
 from . import catalog, exporting, images, science, serving, training
 from .options import EXIT_USAGE, Parser, count, say_defaults
+
+# what loads torch is imported inside the commands that use it: `resnets --help` answers without torch
 
 
 def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
     """The command line; `recipe`: the --recipe given, whose defaults train's and finetune's help then show."""
-    from ..version import __version__
-
     parser = Parser(prog="resnets", description="The ResNet family: models, weights and tools.")
     parser.add_argument("--version", action="version", version=f"resnets {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
@@ -38,9 +39,7 @@ def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
         "embed",
         "similar",
         "explain",
-        "eval",
-        "train",
-        "finetune",
+        "eval",  # train and finetune take them as config keys (max_pixels, exact_decode: kept in config.json)
         "export",
         "reproduce",
         "serve",

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -21,127 +20,26 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import ResnetsError
+from . import images
 from .decoder import to_mode
-from .sandbox import Failed, decode_timeout, pool
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-
-
-class BadSample(Exception):
-    """An image that cannot be used; the loader skips and counts it (or stops, with strict data). `kind` says
-    why, for callers that answer differently (a server's status codes): one of BAD_KINDS."""
-
-    def __init__(self, path: str, reason: str, kind: str = "unreadable"):
-        assert kind in BAD_KINDS, kind
-        super().__init__(f"{path}: {reason}")
-        self.path, self.reason, self.kind = path, reason, kind
-
-    def __reduce__(self):  # crosses from loader worker processes
-        return (BadSample, (self.path, self.reason, self.kind))
-
-
-BAD_KINDS = (
-    "unreadable",  # no such file, not a file, a read error; or an image the transform cannot take (too small)
-    "empty",  # no bytes at all
-    "too_many_pixels",  # over the pixel limit or the decode budget in bytes, or the decoder's memory cap
-    "not_an_image",  # no decoder knows its format
-    "unsupported_format",  # an image of a format not read (ICO, ICNS, AVIF, ...): refused before any decoder runs
-    "corrupt_image",  # a known format whose data is broken (a truncated JPEG or PNG), or a decoder that crashed
-    "too_slow",  # its decoder overran the time cap
+from .images import (  # noqa: F401  (resnets.data.datasets' names, as before)
+    BAD_KINDS,
+    BYTES_PER_PIXEL_BOUND,
+    BYTES_PER_PIXEL_BUDGET,
+    DECODE_GAP,
+    DEFAULT_MAX_PIXELS,
+    HEADER_TIMEOUT,
+    IMAGE_SUFFIXES,
+    BadSample,
+    Header,
+    decode_array,
+    decode_labels,
+    exact_decode,
+    read_header,
+    read_image_file,
 )
 
-
-# images larger than this many pixels are refused from their header, before any decoding (decompression
-# bombs: a 1 MB PNG can hold 20000 x 20000 pixels); RESNETS_MAX_PIXELS (or --max-pixels) sets it. Pillow's own
-# default limit. The decode budget in bytes is 3 bytes a pixel of it (8-bit RGB): width x height x channels x
-# bytes per sample, so a 16-bit RGBA image (8 bytes a pixel) gets 3/8 of the pixels.
-DEFAULT_MAX_PIXELS = 89_478_485
-BYTES_PER_PIXEL_BUDGET = 3
-
-# the most bytes a file may have per pixel of the limit before it is refused unread: the decode budget's (an image
-# stored raw within the budget is no larger; anything past that is not pixels the decoder may keep)
-BYTES_PER_PIXEL_BOUND = BYTES_PER_PIXEL_BUDGET
-# seconds a header may take to read (the time cap, at most): markers and tables, no pixels
-HEADER_TIMEOUT = 5.0
-
-# how much larger than what the consumer needs an image is decoded (a JPEG by DCT scaling, anything else reduced by
-# a whole factor right after decoding), as Pillow's thumbnail's reducing_gap: the resize that follows still
-# averages at least two pixels per output pixel. RESNETS_EXACT_DECODE=1 (--exact-decode) decodes at full size.
-DECODE_GAP = 2.0
-
-
-def max_pixels() -> int:
-    """The pixel limit in force: $RESNETS_MAX_PIXELS (set by --max-pixels, and seen by loader workers), else the
-    default."""
-    try:
-        return int(os.environ.get("RESNETS_MAX_PIXELS", DEFAULT_MAX_PIXELS))
-    except ValueError:
-        return DEFAULT_MAX_PIXELS
-
-
-def exact_decode() -> bool:
-    """Whether images are decoded at full size whatever the consumer needs ($RESNETS_EXACT_DECODE, --exact-decode):
-    for bit-exact reproduction of a full-size pipeline."""
-    return os.environ.get("RESNETS_EXACT_DECODE", "") not in ("", "0")
-
-
-@dataclass(frozen=True)
-class Header:
-    """What an image's header says, read before any pixel is decoded."""
-
-    format: str  # JPEG, PNG, GIF, WEBP, BMP, TIFF (by signature; the allow-list)
-    width: int
-    height: int
-    orientation: int  # EXIF orientation: 1 is upright (or unknown)
-
-
-def _ask(req: dict, data: bytes, name: str, limit: int | None, timeout: float | None = None) -> tuple[dict, bytearray]:
-    """The sandbox's answer to `req` about the image `data` (named `name`), under the pixel limit `limit` (default
-    the process's) and its budget in bytes: (reply, pixels), or its BadSample."""
-    if not data:
-        raise BadSample(name, "empty file", "empty")
-    limit = max_pixels() if limit is None else limit
-    req = {**req, "max_pixels": limit, "max_bytes": limit * BYTES_PER_PIXEL_BUDGET}
-    try:
-        reply, pixels = pool().decode(req, data, timeout=timeout)
-    except Failed as e:
-        raise BadSample(name, e.reason, e.kind) from None
-    if not reply.get("ok"):
-        kind = reply.get("kind") if reply.get("kind") in BAD_KINDS else "corrupt_image"
-        raise BadSample(name, str(reply.get("reason", "cannot decode image"))[:200], kind)
-    return reply, pixels
-
-
-def read_header(data: bytes, name: str, limit: int | None = None) -> Header:
-    """The header of the image in `data`, read in the sandbox (a TIFF's tables or a JPEG's markers can cost memory
-    and time before a single pixel) by the plugin of its format only (the format known by its signature and
-    allowed), refused if it is over the pixel limit (`limit`, default the process's) or the decode budget in bytes.
-    Fails closed: an image whose size cannot be read from its header is never decoded."""
-    reply, _ = _ask({"op": "header"}, data, name, limit, timeout=min(HEADER_TIMEOUT, decode_timeout()))
-    return Header(str(reply["format"]), int(reply["width"]), int(reply["height"]), int(reply["orientation"]))
-
-
-def read_image_file(path: str | os.PathLike, limit: int | None = None) -> bytes:
-    """A file's bytes, refused unread when it is larger than any image within the pixel limit can be."""
-    path = os.fspath(path)
-    limit = max_pixels() if limit is None else limit
-    try:
-        size = os.stat(path).st_size
-        if not os.path.isfile(path):
-            raise BadSample(path, "not a file")
-        if size > limit * BYTES_PER_PIXEL_BOUND + (1 << 20):
-            raise BadSample(
-                path,
-                f"{size:,} bytes is more than any image within the pixel limit of {limit:,} holds "
-                "(--max-pixels raises it)",
-                "too_many_pixels",
-            )
-        with open(path, "rb") as f:
-            return f.read(limit * BYTES_PER_PIXEL_BOUND + (1 << 20) + 1)
-    except FileNotFoundError:
-        raise BadSample(path, "no such file") from None
-    except OSError as e:
-        raise BadSample(path, f"cannot read file ({e.strerror or e})") from None
+max_pixels = images.max_pixels  # resnets.data.datasets.max_pixels, as before (parameters shadow it below)
 
 
 def to_channels(img: torch.Tensor, channels: int) -> torch.Tensor:
@@ -234,28 +132,9 @@ def decode_sized(
 ) -> tuple[torch.Tensor, tuple[int, int]]:
     """decode_bytes, and the image's full (width, height), upright: what coordinates on the decoded image, which may
     be smaller, are scaled back to."""
-    short, long = (size, None) if isinstance(size, int) or size is None else size
-    req = {"channels": channels, "short": short, "long": long, "gap": DECODE_GAP, "exact": exact_decode()}
-    reply, pixels = _ask(req, data, name, max_pixels)
-    h, w, c = reply["shape"]
-    if len(pixels) != h * w * c or c != channels:
-        raise BadSample(name, "the decoder sent back a malformed image", "corrupt_image")
-    image = torch.frombuffer(pixels, dtype=torch.uint8).view(h, w, c).permute(2, 0, 1).contiguous()
-    full_w, full_h = reply.get("size") or (w, h)
-    return image, (int(full_w), int(full_h))
-
-
-def decode_labels(data: bytes, name: str, *, max_pixels: int | None = None):
-    """A mask (a one-channel PNG of class indices: L, P, 16- or 32-bit) decoded in the sandbox, its values as
-    stored, at full size: a numpy array (H, W) of uint8, uint16 or int32; or BadSample."""
-    import numpy as np
-
-    reply, pixels = _ask({"op": "labels"}, data, name, max_pixels)
-    h, w, _ = reply["shape"]
-    dtype = np.dtype(str(reply.get("dtype"))).newbyteorder("<")
-    if dtype.name not in ("uint8", "uint16", "int32") or len(pixels) != h * w * dtype.itemsize:
-        raise BadSample(name, "the decoder sent back a malformed mask", "corrupt_image")
-    return np.frombuffer(pixels, dtype).reshape(h, w)
+    array, full = decode_array(data, name, channels, max_pixels=max_pixels, size=size)
+    # the pixels as the decoder sent them, (H, W, C) -> (C, H, W): one copy, no conversion
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous(), full
 
 
 def read_mode(channels: int):
