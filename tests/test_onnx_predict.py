@@ -166,3 +166,60 @@ def test_the_cache_keyed_by_the_model_file(r18_file, tmp_path, photos, monkeypat
     other = tmp_path / "other.safetensors"
     other.write_bytes(r18_file.read_bytes() + b" ")  # another file's bytes: another key
     assert cached(other) is None
+
+
+def test_the_cache_key_counts_a_folders_config_json(r18_file, tmp_path):
+    """A folder's class names and preprocessing may come from its config.json (timm's, the Hub's): the key of its
+    cached export counts that file too, so an edited config.json is never answered with the old export."""
+    from resnets.onnx_predict import cache_key, model_files
+
+    folder = tmp_path / "hub"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(r18_file.read_bytes())
+    alone = cache_key(model_files(folder))
+    (folder / "config.json").write_text('{"label_names": ["a", "b"]}')
+    first = cache_key(model_files(folder))
+    (folder / "config.json").write_text('{"label_names": ["b", "a"]}')
+    assert len({alone, first, cache_key(model_files(folder))}) == 3
+
+
+def test_a_graph_that_answers_other_than_its_record_is_one_line(exported, tmp_path, photos):
+    """An ONNX file whose graph returns another shape than it declares (and its record says), or not finite
+    scores: one line naming the file (exit 2), or that image's error; never a traceback."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    record = onnx.load(str(exported)).metadata_props
+    flat = helper.make_graph(
+        [helper.make_node("Flatten", ["input"], ["logits"])],
+        "liar",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 64, 64])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])],
+    )
+    nan = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["input"], ["m"], axes=[2, 3], keepdims=0),
+            helper.make_node("Div", ["m", "zero"], ["q"]),
+            helper.make_node("Sub", ["q", "q"], ["r"]),  # inf - inf: NaN
+            helper.make_node("Concat", ["r", "r"], ["c"], axis=1),
+            helper.make_node("Slice", ["c", "s", "e", "a"], ["logits"]),
+        ],
+        "nan",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 64, 64])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])],
+        initializer=[
+            helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
+            helper.make_tensor("s", TensorProto.INT64, [1], [0]),
+            helper.make_tensor("e", TensorProto.INT64, [1], [5]),
+            helper.make_tensor("a", TensorProto.INT64, [1], [1]),
+        ],
+    )
+    for name, graph in (("liar", flat), ("nan", nan)):
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        model.ir_version = 8
+        model.metadata_props.extend(record)
+        onnx.save(model, str(tmp_path / f"{name}.onnx"))
+    code, _, err = run_cli("predict", photos / "coffee.png", "--weights", tmp_path / "liar.onnx")
+    assert code == 2 and "liar.onnx: its output is [1, 12288]" in err and "Traceback" not in err, err
+    code, out, err = run_cli("predict", photos / "coffee.png", "--weights", tmp_path / "nan.onnx", "--json")
+    assert code == 1 and "not finite" in json.loads(out)[0]["error"], err

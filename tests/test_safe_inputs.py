@@ -810,3 +810,34 @@ def test_a_runs_decoding_limits_are_its_config_kept_in_config_json(tmp_path, mon
     assert "RESNETS_MAX_PIXELS" not in os.environ and "RESNETS_EXACT_DECODE" not in os.environ
     code, _, err = run_cli("train", *args, "--out", tmp_path / "runs", "--name", "s")
     assert code == 0 and "large.png" not in err, err  # the default limit takes it
+
+
+def test_a_sliver_is_refused_before_its_resize_grows_it(serve_files, tmp_path):
+    """A 1 x 4000 PNG holds 4,000 pixels, but resized to a classifier's shorter side it would be a million pixels
+    long (a 1 x 100,000 one took 21 GB): refused from its header, by every path that resizes a shorter side
+    (predict through PyTorch and through ONNX Runtime, the server's 413), while a 1:32 panorama is classified."""
+    import asyncio
+    from pathlib import Path
+
+    from conftest import in_process
+    from PIL import Image
+
+    from resnets.serve import app
+
+    weights, photos, _ = serve_files
+    thin, wide = tmp_path / "thin.png", tmp_path / "wide.png"
+    Image.new("RGB", (4000, 1), (90, 90, 90)).save(thin)
+    Image.new("RGB", (640, 20), (90, 90, 90)).save(wide)
+    onnx = tmp_path / "m.onnx"
+    assert run_cli("export", "--weights", weights, "--out", onnx)[0] == 0
+    for w, backend in ((weights, "eager"), (onnx, "auto")):
+        code, out, err = run_cli("predict", thin, wide, photos[0], "--weights", w, "--backend", backend, "--json")
+        rows = {Path(r["path"]).name: r for r in json.loads(out)}
+        assert code == 1 and "thinner than 1:64" in rows["thin.png"]["error"], (backend, err)
+        assert "top" in rows["wide.png"] and "top" in rows[photos[0].name], backend
+    (r,) = asyncio.run(
+        in_process(
+            app(weights, device="cpu"), [("POST", "/v1/predict", {"files": {"files": ("t.png", thin.read_bytes())}})]
+        )
+    )
+    assert r.status_code == 413 and "thinner" in r.json()["detail"], r.text

@@ -268,25 +268,28 @@ def _ort_runner(net: nn.Module, int8: bool, calib: Iterable[torch.Tensor] | None
     return run
 
 
-def export_for_file(model: nn.Module, weights) -> Path | None:
-    """The verified ONNX export of the model file `weights` names (a run folder's model.safetensors), written into
-    the cache under its file's key, so that `resnets predict` classifies with it, and every later run without
-    torch (onnx_predict.py). None where it cannot be had: not a local file, a cache that cannot be written, an
-    exporter that fails or a file that fails its check against eager PyTorch (one warning; the caller then runs
-    the model in PyTorch)."""
+def export_for_file(model: nn.Module, weights, path: Path | None = None) -> Path | None:
+    """The verified ONNX export of the model `weights` names (a model file, or a folder's model.safetensors and
+    config.json), written into the cache under its files' key, so that `resnets predict` classifies with it, and
+    every later run without torch (onnx_predict.py). `path`: the key taken before the model was loaded; when the
+    files' bytes differ now (replaced meanwhile), nothing is cached. None where it cannot be had: not local files,
+    a cache that cannot be written, an exporter that fails or a file that fails its check against eager PyTorch
+    (one warning; the caller then runs the model in PyTorch)."""
     import logging
 
     from .export import export
-    from .onnx_predict import digest, export_path, model_file
+    from .onnx_predict import digest, export_path, model_files
     from .safe_io import atomic_path
 
-    file = model_file(weights)
-    if file is None or file.suffix.lower() == ".onnx":
+    files = model_files(weights)
+    if files is None or files[0].suffix.lower() == ".onnx":
         return None
-    path = export_path(file)
+    path = path or export_path(files)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         export(model, path, "onnx", fold=True, stamp={"resnets.cache_key": path.stem})
+        if export_path(files) != path:  # the files changed while the model was read: their key is not its
+            raise ResnetsError(f"{weights} changed while it was read")
         with atomic_path(path.with_suffix(".sha256")) as tmp:
             tmp.write_text(digest(path) + "\n")
     except Exception as e:  # noqa: BLE001  (the exporter's own errors too: PyTorch runs the model instead)

@@ -74,7 +74,7 @@ class ModelMeta:
                 continue
             try:
                 values[key] = json.loads(raw[key])
-            except ValueError:
+            except (ValueError, RecursionError):  # not JSON, or nested past the parser (a hostile file)
                 raise WeightsError(f"{where}: its {key} metadata is not valid JSON (a damaged model file)") from None
             if values[key] is not None and not isinstance(values[key], kind):
                 raise WeightsError(

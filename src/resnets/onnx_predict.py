@@ -88,35 +88,41 @@ def digest(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def model_file(weights: str | os.PathLike) -> Path | None:
-    """The local file `--weights` names (a run folder's model.safetensors), or None for anything else (a registered
-    name, hf-hub:, a missing path): only a file's bytes can key the cache."""
+def model_files(weights: str | os.PathLike) -> list[Path] | None:
+    """The local files `--weights` names that the loader reads: a model file, or a folder's model.safetensors and
+    its config.json (a run's; or timm's and the Hub's, whose class names and preprocessing the loader takes from
+    it); None for anything else (a registered name, hf-hub:, a missing path): only files' bytes can key the
+    cache."""
     p = Path(weights)
     if p.is_dir():
-        p = p / "model.safetensors"
-    return p if p.is_file() else None
+        if not (p / "model.safetensors").is_file():
+            return None
+        return [p / "model.safetensors"] + ([p / "config.json"] if (p / "config.json").is_file() else [])
+    return [p] if p.is_file() else None
 
 
-def cache_key(file: Path) -> str:
-    """The name of `file`'s export in the cache: its bytes' hash and this version of resnets (whose export and
-    preprocessing record it holds)."""
-    h = hashlib.sha256(f"{digest(file)}|{__version__}".encode())
+def cache_key(files: list[Path]) -> str:
+    """The name of the export of the model that `files` make, in the cache: their names and bytes' hashes, and
+    this version of resnets (whose export and preprocessing record it holds)."""
+    h = hashlib.sha256(__version__.encode())
+    for f in files:
+        h.update(f"|{f.name}|{digest(f)}".encode())
     return FILE_PREFIX + h.hexdigest()[:32]
 
 
-def export_path(file: Path) -> Path:
-    """Where the verified ONNX export of the model file `file` is cached."""
-    return onnx_cache_dir() / f"{cache_key(file)}.onnx"
+def export_path(files: list[Path]) -> Path:
+    """Where the verified ONNX export of the model that `files` make is cached."""
+    return onnx_cache_dir() / f"{cache_key(files)}.onnx"
 
 
 def cached(weights: str | os.PathLike) -> Path | None:
     """The cached export of the model file `weights` names, when there is one that can be trusted (its bytes match
     the hash recorded beside it when it was written, and its stamp names its key), touched as recently used; else
     None."""
-    file = model_file(weights)
-    if file is None or file.suffix.lower() == ".onnx":
+    files = model_files(weights)
+    if files is None or files[0].suffix.lower() == ".onnx":
         return None
-    path = export_path(file)
+    path = export_path(files)
     try:
         if not path.is_file() or path.with_suffix(".sha256").read_text().strip() != digest(path):
             return None
@@ -177,11 +183,26 @@ def _centre_crop(x, crop: int):
 def _softmax_top(logits, k: int, names: list[str]) -> list[list[dict]]:
     import numpy as np
 
-    z = logits.astype(np.float64)
+    z = np.nan_to_num(logits.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)  # those rows are errors
     p = np.exp(z - z.max(1, keepdims=True))
     p /= p.sum(1, keepdims=True)
     order = np.argsort(-p, axis=1, kind="stable")[:, :k]
     return [[{"class": names[j], "index": int(j), "prob": float(row[j])} for j in idx] for row, idx in zip(p, order)]
+
+
+NOT_FINITE = "the model gave scores that are not finite numbers (NaN or infinity) for this image"
+
+
+def _run(sess, name: str, x, n: int, path):
+    """The session's logits for the batch `x`, checked to be what the file's record promised ((batch, n)): a graph
+    that fails or answers another shape is one ResnetsError naming the file, not a traceback."""
+    try:
+        logits = sess.run(None, {name: x})[0]
+    except Exception as e:  # onnxruntime's own error types: a graph that fails on real input, or asks too much
+        raise ResnetsError(f"{path}: ONNX Runtime failed on it ({(str(e).splitlines() or [''])[0][:160]})") from None
+    if logits.shape != (len(x), n):
+        raise ResnetsError(f"{path}: its output is {list(logits.shape)} for {len(x)} images of a {n}-class model")
+    return logits
 
 
 def _load(file: str, pre: Preprocessing, channels: int):
@@ -234,9 +255,10 @@ def classify(
 
     def flush():
         if batch:
-            logits = sess.run(None, {name: np.stack([x for _, x in batch])})[0]
-            for (i, _), top in zip(batch, _softmax_top(logits, k, names)):
-                out[i] = {"path": files[i], "top": top}
+            logits = _run(sess, name, np.stack([x for _, x in batch]), n, onnx)
+            for (i, _), row, top in zip(batch, logits, _softmax_top(logits, k, names)):
+                finite = bool(np.isfinite(row).all())
+                out[i] = {"path": files[i], "top": top} if finite else {"path": files[i], "error": NOT_FINITE}
             if progress:
                 progress(len(batch))
             batch.clear()

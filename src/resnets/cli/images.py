@@ -47,10 +47,13 @@ def _onnx_for(args: argparse.Namespace, export: bool):
 
 def _export_now(args: argparse.Namespace):
     from ..backends import export_for_file
+    from ..onnx_predict import export_path, model_files
 
+    files = model_files(args.weights)
+    key = export_path(files) if files else None  # from the bytes before they are read: checked again after
     model = load_for_inference(args.weights, "cpu", classifier=True)
     print(f"exporting {args.weights} to ONNX once (later runs start without PyTorch)", file=sys.stderr)
-    return export_for_file(model, args.weights)
+    return export_for_file(model, args.weights, key)
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:

@@ -346,7 +346,8 @@ def address_space() -> int | None:
 
 def decode(data: bytes, req: dict, *, capped: bool = False):
     """The image in `data` as (pixels: bytes, (h, w, c), info), or Refused. `req`: channels (1 or 3), max_pixels,
-    max_bytes, short / long (the consumer's resize; None: full size), gap, exact. With `capped` the address space
+    max_bytes, short / long (the consumer's resize; None: full size), gap, exact, max_aspect (with a shorter side
+    to resize to and no longest side: the thinnest image taken, its long side over its short one). With `capped` the address space
     is limited to the decode's needs while it runs."""
     from PIL import ImageOps
 
@@ -363,6 +364,14 @@ def decode(data: bytes, req: dict, *, capped: bool = False):
             return b"", (0, 0, 0), {"format": fmt, "width": full[0], "height": full[1], "orientation": orient}
         if req.get("op") == "labels":  # a mask: its values as stored (class indices), full size, no conversion
             return _labels(im, base)
+        thin = req.get("max_aspect")  # resized to a shorter side, a sliver would grow without bound: refused
+        if thin and req.get("short") and req.get("long") is None and max(full) > thin * max(min(full), 1):
+            side = req["short"] * max(full) // max(min(full), 1)
+            raise Refused(
+                "too_many_pixels",
+                f"{full[0]}x{full[1]} is thinner than 1:{thin:g}: its shorter side resized to {req['short']} would "
+                f"make it {side:,} pixels long",
+            )
         short, long = (None, None) if req.get("exact") else (req.get("short"), req.get("long"))
         gap = float(req.get("gap", 2.0))
         factor = reduction(full, short, long, gap)

@@ -59,6 +59,11 @@ HEADER_TIMEOUT = 5.0
 # averages at least two pixels per output pixel. RESNETS_EXACT_DECODE=1 (--exact-decode) decodes at full size.
 DECODE_GAP = 2.0
 
+# the thinnest image decoded for a consumer that resizes its shorter side (a classifier's resize): a 1 x 100,000
+# sliver holds few pixels, but resized to 256 it would be 25.6 million pixels long (20 GB of floats, outside any
+# cap). 1:64 keeps panoramas; refused from the header, before any pixel is decoded
+MAX_ASPECT = 64
+
 
 def max_pixels() -> int:
     """The pixel limit in force: $RESNETS_MAX_PIXELS (set by --max-pixels, and seen by loader workers), else the
@@ -147,7 +152,7 @@ def decode_array(
     image is decoded no larger than twice that)."""
     short, long = (size, None) if isinstance(size, int) or size is None else size
     req = {"channels": channels, "short": short, "long": long, "gap": DECODE_GAP, "exact": exact_decode()}
-    reply, pixels = _ask(req, data, name, max_pixels)
+    reply, pixels = _ask({**req, "max_aspect": MAX_ASPECT}, data, name, max_pixels)
     h, w, c = reply["shape"]
     if len(pixels) != h * w * c or c != channels:
         raise BadSample(name, "the decoder sent back a malformed image", "corrupt_image")
