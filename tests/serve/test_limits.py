@@ -299,3 +299,161 @@ def test_a_real_server_answers_a_dripping_body_408_and_closes(live_server):
         assert b"did not arrive within 10 s" in rest and rest.count(b"\n") == 0, rest
         assert closed and b"connection: close" in head.lower(), head
     assert httpx.get(live_server.url + "/healthz").status_code == 200
+
+
+def test_a_body_takes_its_bytes_from_the_upload_budget_before_it_is_read():
+    """What a Content-Length declares is taken before a byte is read, a chunked body's bytes as they come: past the
+    budget is 503 with Retry-After at once (nothing read), alone over the whole of it 413 naming the flag; a share
+    given back leaves the budget as it was."""
+    from resnets.serve import HTTPFailure
+    from resnets.serve.limits import UploadBudget, read_body
+
+    budget = UploadBudget(10_000)
+    first = budget.upload()
+    assert (
+        asyncio.run(read_body(_Request(b"x" * 6000, {"content-length": "6000"}), 20_000, upload=first)) == b"x" * 6000
+    )
+    assert budget.held == first.bytes == 6000
+    told = _Request(b"x" * 5000, {"content-length": "5000"})
+    with pytest.raises(HTTPFailure, match="6,000 bytes of uploads in flight") as e:
+        asyncio.run(read_body(told, 20_000, upload=budget.upload()))
+    assert e.value.status == 503 and e.value.kind == "uploads_full" and told.streamed == 0
+    assert e.value.headers == {"Retry-After": "1", "Connection": "close"} and budget.held == 6000
+    with budget.upload() as chunked:  # no length given: taken chunk by chunk, refused at the one that passes
+        untold = _Request(b"x" * 9000, {})
+        with pytest.raises(HTTPFailure) as e:
+            asyncio.run(read_body(untold, 20_000, upload=chunked))
+        assert e.value.status == 503 and untold.streamed == 5000 and chunked.bytes == 4000
+    assert budget.held == 6000
+    with pytest.raises(HTTPFailure, match=r"over the 10,000 .* \(--max-upload-mb-in-flight\)") as e:
+        asyncio.run(read_body(_Request(b"", {"content-length": "12000"}), 20_000, upload=budget.upload()))
+    assert e.value.status == 413 and budget.held == 6000
+    first.release()
+    assert budget.held == 0
+
+
+async def _stall(api, length: int, sent: int) -> tuple[int, dict, dict, float]:
+    """A POST straight through ASGI declaring a body of `length` bytes that sends `sent` of them and stalls:
+    (status, headers, the JSON answer, seconds to it)."""
+    import json
+
+    messages, chunks = [], [{"type": "http.request", "body": b"x" * sent, "more_body": True}]
+
+    async def receive():
+        if chunks:
+            return chunks.pop()
+        await asyncio.sleep(3600)
+
+    async def send(message):
+        messages.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/predict",
+        "raw_path": b"/v1/predict",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"image/jpeg"), (b"content-length", str(length).encode())],
+        "client": ("127.0.0.1", 1),
+        "server": ("test", 80),
+    }
+    start = time.perf_counter()
+    await api(scope, receive, send)
+    seconds = time.perf_counter() - start
+    head = next(m for m in messages if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
+    return head["status"], {k.decode(): v.decode() for k, v in head["headers"]}, json.loads(body), seconds
+
+
+def test_stalled_uploads_past_the_byte_budget_are_503_at_once_and_the_budget_comes_back(serve_files):
+    """Six clients each declaring 100,000 bytes, sending 60,000 and stalling, against a budget of 256,000 bytes:
+    the two that fit are read (and 408 at the body's deadline), the four past it 503 with Retry-After at once,
+    counted; afterwards nothing is held and an ordinary request is answered. One alone over the budget is 413."""
+    import resnets
+    from resnets.serve import Limits, app
+    from resnets.serve.limits import MB
+
+    weights, photos, _ = serve_files
+    limits = Limits(max_upload_mb=1, max_upload_mb_in_flight=256_000 / MB, body_timeout_s=1.0)
+    api = app(resnets.load(weights), backend="eager", device="cpu", limits=limits)
+    svc = api.state.service
+    photo = min(photos, key=lambda p: p.stat().st_size)
+
+    async def go():
+        async with api.router.lifespan_context(api):
+            stalled = [asyncio.ensure_future(_stall(api, 100_000, 60_000)) for _ in range(6)]
+            await asyncio.sleep(0.3)
+            held = svc.uploads.held
+            answers = await asyncio.gather(*stalled)
+            after = svc.uploads.held
+            alone = await _stall(api, 300_000, 0)
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://t") as client:
+                ok = await client.post("/v1/predict", files={"files": (photo.name, photo.read_bytes())})
+            return held, answers, after, alone, ok
+
+    held, answers, after, alone, ok = asyncio.run(go())
+    assert held == 200_000 and after == 0 and svc.uploads.held == 0
+    busy = [a for a in answers if a[0] == 503]
+    slow = [a for a in answers if a[0] == 408]
+    assert len(busy) == 4 and len(slow) == 2, [a[:3] for a in answers]
+    for _, headers, answer, seconds in busy:
+        assert seconds < 0.3 and headers["retry-after"] == "1" and headers["connection"] == "close"
+        assert "uploads in flight" in answer["detail"] and "\n" not in answer["detail"]
+    assert all(0.9 < seconds < 2.0 for *_, seconds in slow), slow
+    assert alone[0] == 413 and "--max-upload-mb-in-flight" in alone[2]["detail"]
+    assert ok.status_code == 200, ok.text
+    metrics = svc.metrics.render().decode()
+    assert 'resnets_errors_total{kind="uploads_full"} 4.0' in metrics
+    assert 'resnets_errors_total{kind="slow_upload"} 2.0' in metrics
+    assert 'resnets_requests_total{code="503",endpoint="predict"} 4.0' in metrics
+    assert svc.describe()["limits"]["max_upload_mb_in_flight"] == 256_000 / MB
+
+
+def test_a_real_server_refuses_uploads_past_its_byte_budget_at_once(serve_files):
+    """Through uvicorn, --max-upload-mb-in-flight 0.25 (262,144 bytes): six connections each declaring 100,000
+    bytes, sending 60,000 and stalling. The two first read get 408 at the body's deadline (--timeout-s 2 bounds it),
+    the four after them 503 with Retry-After at once and their connections closed; then an ordinary request is
+    answered, the budget given back."""
+    weights, photos, _ = serve_files
+    s = Server(weights, "--max-upload-mb-in-flight", 0.25, "--timeout-s", 2, "--backend", "eager")
+    head = b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 100000\r\n\r\n"
+
+    def answer(conn: socket.socket) -> tuple[bytes, float]:
+        """The status line of what comes back, once the server closes the connection, and when it closed."""
+        got = b""
+        try:
+            while chunk := conn.recv(65536):
+                got += chunk
+        except OSError:
+            pass
+        return got, time.time()
+
+    try:
+        conns = []
+        for i in range(6):
+            conn = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+            conn.sendall(head + b"x" * 60_000)
+            conns.append(conn)
+            if i == 1:
+                time.sleep(0.5)  # the first two are being read before the others arrive
+        start = time.time()
+        answers = [answer(c) for c in reversed(conns)][::-1]
+        for c in conns:
+            c.close()
+        statuses = [got.split(b" ", 2)[1] for got, _ in answers]
+        assert statuses == [b"408"] * 2 + [b"503"] * 4, answers
+        for got, when in answers[2:]:
+            assert when - start < 1.0 and b"retry-after: 1" in got.lower() and b"uploads in flight" in got, got
+        assert all(1.0 < when - start < 4.0 for _, when in answers[:2]), [when - start for _, when in answers]
+        ok = httpx.post(s.url + "/v1/predict", files={"files": (photos[0].name, photos[0].read_bytes())}, timeout=30)
+        assert ok.status_code == 200, ok.text
+        metrics = httpx.get(s.url + "/metrics").text
+        assert 'resnets_errors_total{kind="uploads_full"} 4.0' in metrics
+        assert httpx.get(s.url + "/v1/model").json()["limits"]["max_upload_mb_in_flight"] == 0.25
+    finally:
+        assert s.stop() == 0
+    assert "Traceback" not in s.output()

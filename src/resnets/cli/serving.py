@@ -26,6 +26,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     check_listen(args.host, args.port)  # before the model is loaded: a busy port is one line, at once
     limits = Limits(
         max_upload_mb=args.max_upload_mb,
+        max_upload_mb_in_flight=args.max_upload_mb_in_flight,
         max_files=args.max_files,
         max_queue=args.max_queue,
         timeout_s=args.timeout_s,
@@ -104,6 +105,14 @@ def _add_serve_limits(p) -> None:
         type=real(0, 4096, low_open=True),
         default=20.0,
         help="a larger request body is 413 (default 20)",
+    )
+    p.add_argument(
+        "--max-upload-mb-in-flight",
+        type=real(0, 65536, low_open=True),
+        default=None,
+        help="MB of request bodies all requests together may hold while they arrive and are decoded (counted from "
+        "each one's Content-Length before it is read); a request past it is 503 with Retry-After at once, one alone "
+        "over it 413 (default 256, or 4 x --max-upload-mb if that is more)",
     )
     p.add_argument("--max-files", type=count(1), default=64, help="images in one request at most")
     p.add_argument("--max-queue", type=count(1), default=256, help="images waiting at most; then 503 with Retry-After")

@@ -1,10 +1,13 @@
 """What a request may be and how a refusal is answered: the limits, the one-line HTTP failures, reading a bounded
-body (in bytes and in time) and the images in it, header-safe text."""
+body (in bytes, in time, and within the bytes all bodies in flight may hold) and the images in it, header-safe
+text."""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+
+MB = 1024 * 1024  # bytes in the MB of --max-upload-mb and --max-upload-mb-in-flight
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,17 @@ class Limits:
     # seconds a request's whole body may take to arrive (at most timeout_s); a slower one, a client that stalls or
     # sends a byte a second, is 408 and its connection closed: its bytes are not held for the whole time limit
     body_timeout_s: float = 10.0
+    # MB of request bodies all requests together may hold, from the moment one is read (its Content-Length, taken
+    # before a byte is read; a chunked one's bytes as they arrive) until its images are decoded; a request that would
+    # pass it is 503 with Retry-After at once, one alone over it 413. Without it 80 clients stalling 19 MB into
+    # 20 MB bodies held 2.9 GB, and pixel admission starts only once a body has arrived. None: 256 MB, or four
+    # bodies at max_upload_mb if that is more (so raising --max-upload-mb alone never makes a body unservable)
+    max_upload_mb_in_flight: float | None = None
+
+    def upload_budget(self) -> int:
+        """max_upload_mb_in_flight in bytes (its default when None)."""
+        mb = self.max_upload_mb_in_flight
+        return int((max(256.0, 4 * self.max_upload_mb) if mb is None else mb) * MB)
 
 
 class HTTPFailure(Exception):
@@ -46,20 +60,82 @@ STATUS_OF_KIND = {
 }
 
 
-async def read_body(request, limit: int, timeout_s: float | None = None) -> bytearray:
+class UploadBudget:
+    """The bytes of request bodies one app holds (Limits.max_upload_mb_in_flight), shared by all its requests; each
+    holds its share through an Upload. One event loop uses it: no lock."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.held = 0  # bytes taken by the bodies being read or decoded
+
+    def upload(self) -> Upload:
+        """One request's share, empty until its body is read; given back when the `with` block ends."""
+        return Upload(self)
+
+
+class Upload:
+    """One request's share of an UploadBudget: it grows to what the body declares or has sent, and is given back
+    whole on `release` (or leaving its `with` block: the body decoded, refused, timed out or cancelled)."""
+
+    def __init__(self, budget: UploadBudget):
+        self.budget, self.bytes = budget, 0
+
+    def grow(self, size: int) -> None:
+        """Hold `size` bytes in all (nothing to do if this share holds that many): 413 when `size` alone is over the
+        whole budget, 503 with Retry-After at once when the other bodies in flight leave no room. The 503 closes the
+        connection: the rest of the body is not read."""
+        more, budget = size - self.bytes, self.budget
+        if more <= 0:
+            return
+        if size > budget.max_bytes:
+            raise HTTPFailure(
+                413,
+                f"the upload is {size:,} bytes, over the {budget.max_bytes:,} that all uploads in flight may hold "
+                "(--max-upload-mb-in-flight)",
+                kind="too_large",
+            )
+        if budget.held + more > budget.max_bytes:
+            raise HTTPFailure(
+                503,
+                f"the server is busy: {budget.held:,} bytes of uploads in flight, and this one's {size:,} would pass "
+                f"the budget of {budget.max_bytes:,}; retry shortly",
+                {"Retry-After": "1", "Connection": "close"},
+                "uploads_full",
+            )
+        budget.held += more
+        self.bytes = size
+
+    def release(self) -> None:
+        self.budget.held -= self.bytes
+        self.bytes = 0
+
+    def __enter__(self) -> Upload:
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.release()
+
+
+async def read_body(request, limit: int, timeout_s: float | None = None, upload: Upload | None = None) -> bytearray:
     """The request's body, refused with 413 as soon as it is longer than `limit` bytes (by its Content-Length, or
     while it streams in: no more than `limit` bytes are ever held, in one buffer), and with 408 when the whole of it
     has not arrived `timeout_s` seconds after reading began (a deadline on the total, so a client sending a byte a
-    second is cut off like one that stalls)."""
+    second is cut off like one that stalls). With `upload`, its bytes are taken from the app's budget first: what
+    the Content-Length declares before a byte is read, else each chunk as it arrives (Upload.grow: 503, 413); the
+    caller gives them back."""
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise HTTPFailure(413, f"the upload is {int(length):,} bytes, over the limit of {limit:,}", kind="too_large")
+    if upload is not None and length is not None and length.isdigit():
+        upload.grow(int(length))
     body = bytearray()
 
     async def read() -> None:
         async for chunk in request.stream():
             if len(body) + len(chunk) > limit:
                 raise HTTPFailure(413, f"the upload is over the limit of {limit:,} bytes", kind="too_large")
+            if upload is not None:
+                upload.grow(len(body) + len(chunk))
             body.extend(chunk)
 
     try:

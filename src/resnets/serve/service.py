@@ -23,7 +23,7 @@ from ..meta import meta_of
 from ..tasks.base import shown_name
 from .admission import Admission, Job, decoded_pixels, pixel_budget
 from .batcher import Batcher, Lane
-from .limits import STATUS_OF_KIND, HTTPFailure, Limits, images_of, read_body, slow_body
+from .limits import MB, STATUS_OF_KIND, HTTPFailure, Limits, Upload, UploadBudget, images_of, read_body, slow_body
 
 log = logging.getLogger("resnets")
 
@@ -68,7 +68,10 @@ def check_settings(max_batch: int, decode_workers: int, max_wait_ms: float, limi
         ("timeout_s", limits.timeout_s, False),
         ("max_upload_mb", limits.max_upload_mb, False),
         ("body_timeout_s", limits.body_timeout_s, False),
+        ("max_upload_mb_in_flight", limits.max_upload_mb_in_flight, False),
     ):
+        if value is None:  # a default
+            continue
         if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
             raise ResnetsError(f"{what} must be a finite number {'>= 0' if zero_ok else '> 0'}; got {value}")
 
@@ -121,6 +124,13 @@ class Service:
                 f"{limits.max_pixels_in_flight:,}",
             )
         self.admission = Admission(budget, self.batcher)
+        self.uploads = UploadBudget(limits.upload_budget())  # the bytes of the bodies being read or decoded
+        if self.uploads.max_bytes < limits.max_upload_mb * MB:
+            log.warning(
+                "--max-upload-mb-in-flight %g is below --max-upload-mb %g: a body between the two is refused (413)",
+                self.uploads.max_bytes / MB,
+                limits.max_upload_mb,
+            )
         self.ready = False
 
     # ---- the hooks of a task
@@ -257,12 +267,13 @@ class Service:
         start = time.perf_counter()
         return self.decode(data, name), time.perf_counter() - start
 
-    async def body(self, request: Request, job: Job) -> bytearray:
-        """The request's body, bounded in bytes (--max-upload-mb) and in time (Limits.body_timeout_s, and never past
-        the request's own deadline): 413, 408."""
+    async def body(self, request: Request, job: Job, upload: Upload) -> bytearray:
+        """The request's body, bounded in bytes (--max-upload-mb), in time (Limits.body_timeout_s, and never past
+        the request's own deadline) and by the bytes of the bodies in flight (--max-upload-mb-in-flight, held in
+        `upload`): 413, 408, 503."""
         left = job.deadline - asyncio.get_running_loop().time()
         seconds = max(0.0, min(self.limits.body_timeout_s, left))
-        body = await read_body(request, int(self.limits.max_upload_mb * 1024 * 1024), seconds)
+        body = await read_body(request, int(self.limits.max_upload_mb * MB), seconds, upload)
         job.body_read.set()
         return body
 
@@ -271,16 +282,17 @@ class Service:
     ) -> tuple[list[str], list[torch.Tensor], list[tuple[int, int]]]:
         """The request's images, admitted (`admit`; for `lane` when they run there), each decoded to the model's
         input in the decode pool: (names, images, each one's full (width, height)); the first bad one's
-        HTTPFailure."""
-        files = await images_of(request, await self.body(request, job), self.limits)
-        if lane is None:
-            self.admission.check_count(len(files))
-        header_pixels = self.admit(job, await self.headers(files), lane)
-        loop = asyncio.get_running_loop()
-        results = await asyncio.gather(
-            *(loop.run_in_executor(self.decoder, self._timed_decode, data, name) for name, data in files),
-            return_exceptions=True,
-        )
+        HTTPFailure. The body's bytes count in the upload budget until its images are decoded (or it fails)."""
+        with self.uploads.upload() as upload:
+            files = await images_of(request, await self.body(request, job, upload), self.limits)
+            if lane is None:
+                self.admission.check_count(len(files))
+            header_pixels = self.admit(job, await self.headers(files), lane)
+            loop = asyncio.get_running_loop()
+            results = await asyncio.gather(
+                *(loop.run_in_executor(self.decoder, self._timed_decode, data, name) for name, data in files),
+                return_exceptions=True,
+            )
         for r in results:
             if isinstance(r, BaseException):
                 raise r
@@ -361,6 +373,7 @@ class Service:
             "batching": {"max_batch": self.max_batch, "max_wait_ms": self.max_wait_ms},
             "limits": {
                 "max_upload_mb": self.limits.max_upload_mb,
+                "max_upload_mb_in_flight": self.uploads.max_bytes / MB,
                 "max_files": self.limits.max_files,
                 "max_queue": self.limits.max_queue,
                 "max_pixels_in_flight": self.admission.max_pixels,
