@@ -223,3 +223,17 @@ def test_a_graph_that_answers_other_than_its_record_is_one_line(exported, tmp_pa
     assert code == 2 and "liar.onnx: its output is [1, 12288]" in err and "Traceback" not in err, err
     code, out, err = run_cli("predict", photos / "coffee.png", "--weights", tmp_path / "nan.onnx", "--json")
     assert code == 1 and "not finite" in json.loads(out)[0]["error"], err
+
+
+def test_a_dense_models_onnx_export_is_named_for_what_it_is(exported, tmp_path):
+    """A detector's or segmenter's ONNX export (for the user's own stack) is not "not a resnets export": the line
+    says what it is and which command runs the model file instead."""
+    import onnx
+
+    proto = onnx.load(str(exported))
+    for prop in proto.metadata_props:
+        if prop.key == "resnets.architecture":
+            prop.value = "deeplabv3_resnet50"
+    onnx.save(proto, str(tmp_path / "seg.onnx"))
+    with pytest.raises(WeightsError, match="export of a segmentation model .* `resnets segment`"):
+        open_onnx(tmp_path / "seg.onnx")

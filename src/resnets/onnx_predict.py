@@ -20,9 +20,10 @@ from typing import Callable, Iterator, Sequence
 
 from .data.images import IMAGE_SUFFIXES, BadSample, decode_array, read_image_file
 from .data.preprocessing import Preprocessing
-from .errors import ResnetsError, WeightsError
+from .errors import ResnetsError, UnknownModelError, WeightsError
 from .home import onnx_cache_dir
 from .meta import ModelMeta
+from .models.registry import get_entry
 from .version import __version__
 
 FILE_PREFIX = "file-"  # cached exports keyed by the bytes of the model file they were made from
@@ -59,6 +60,13 @@ def open_onnx(path: str | os.PathLike):
             f"{path} is an ONNX file that records no resnets model (its classes and preprocessing); "
             "predict, bench and serve take the ONNX files `resnets export` writes"
         )
+    family = _family(meta.architecture)
+    if family in ("detection", "segmentation"):
+        command = "detect" if family == "detection" else "segment"
+        raise WeightsError(
+            f"{path} is the ONNX export of a {family} model ({meta.architecture}), for ONNX Runtime or Triton in "
+            f"your own stack; `resnets {command}` and `resnets serve` run the model file it was exported from"
+        )
     pre = meta.preprocessing
     inputs, outputs = sess.get_inputs(), sess.get_outputs()
     if pre is None or len(inputs) != 1 or len(outputs) != 1:
@@ -74,6 +82,14 @@ def open_onnx(path: str | os.PathLike):
     if meta.class_names is not None and len(meta.class_names) != n:
         raise WeightsError(f"{path} is damaged: it names {len(meta.class_names)} classes for a classifier of {n}")
     return sess, meta.replace(source=str(path)), n
+
+
+def _family(architecture: str) -> str | None:
+    """The model family an architecture's name is registered under (None: a name not registered here)."""
+    try:
+        return get_entry(architecture).family
+    except UnknownModelError:
+        return None
 
 
 # ---- the cache of exports keyed by model file

@@ -31,14 +31,19 @@ def _maybe_gpu() -> bool:
     return Path("/proc/driver/nvidia/gpus").is_dir() or Path("/dev/nvidia0").exists() or Path("/dev/kfd").exists()
 
 
+def _on_cpu_fp32(args: argparse.Namespace) -> bool:
+    """Whether `predict` runs on the CPU at fp32 (where ONNX Runtime is the fastest runtime, benchmarks/)."""
+    cpu = args.device == "cpu" or (args.device == "auto" and not _maybe_gpu())
+    return cpu and args.precision == "fp32"
+
+
 def _onnx_for(args: argparse.Namespace, export: bool):
     """The ONNX file `predict` classifies with, without PyTorch, or None: on a CPU at fp32, with the auto or
     onnxruntime backend, the file given, or the cached export of the model file given (`export`: made now, with
     torch, when there is none)."""
     from ..onnx_predict import cached
 
-    cpu = args.device == "cpu" or (args.device == "auto" and not _maybe_gpu())
-    if args.backend not in ("auto", "onnxruntime") or args.precision != "fp32" or not cpu:
+    if args.backend not in ("auto", "onnxruntime") or not _on_cpu_fp32(args):
         return None
     if str(args.weights).lower().endswith(".onnx"):
         return args.weights if Path(args.weights).is_file() else None  # missing: said by the loader, in one line
@@ -68,8 +73,16 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             results = classify(onnx, files, top_k=args.top_k, batch_size=args.batch_size, progress=bar.update)
     else:
         from ..inference import predict
+        from ..onnx_predict import model_files
 
         model = load_for_inference(args.weights, args.device, classifier=True)
+        hint = args.backend == "auto" and _on_cpu_fp32(args) and model_files(args.weights)
+        if hint and sys.stderr.isatty():  # a person at a terminal (scripts keep their one line of errors)
+            print(
+                "resnets: running PyTorch; `--backend onnxruntime` once exports this model (10-30 s), and later "
+                "runs classify with ONNX Runtime, without PyTorch (about 1 s to start)",
+                file=sys.stderr,
+            )
         results = predict(
             model,
             args.paths,
