@@ -237,3 +237,10 @@ def test_a_dense_models_onnx_export_is_named_for_what_it_is(exported, tmp_path):
     onnx.save(proto, str(tmp_path / "seg.onnx"))
     with pytest.raises(WeightsError, match="export of a segmentation model .* `resnets segment`"):
         open_onnx(tmp_path / "seg.onnx")
+
+
+def test_a_cached_export_must_carry_its_own_key(exported, photos):
+    """A file in the cache under another model's name (copied there with its hash file, say) is refused in one
+    line, not answered with another model's classes."""
+    with pytest.raises(WeightsError, match="not the export its name says"):
+        classify(exported, [str(photos / "coffee.png")], stamp="file-0123")

@@ -70,7 +70,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if onnx:  # ONNX Runtime alone: numpy, Pillow and onnxruntime in this process
         files = find_images(args.paths)
         with _bar(len(files), sys.stderr.isatty()) as bar:
-            results = classify(onnx, files, top_k=args.top_k, batch_size=args.batch_size, progress=bar.update)
+            stamp = None if str(onnx).lower() == str(args.weights).lower() else Path(onnx).stem  # the cache's
+            results = classify(
+                onnx, files, top_k=args.top_k, batch_size=args.batch_size, progress=bar.update, stamp=stamp
+            )
     else:
         from ..inference import predict
         from ..onnx_predict import model_files
