@@ -3,10 +3,12 @@ config's rules, the command line's choices and the modules that implement each o
 
 NORMS = ("batch", "group", "frozen_batch")  # models: BatchNorm, GroupNorm (32 groups), FrozenBatchNorm
 SHORTCUTS = ("A", "B", "C")  # the paper's: zero-padding, projection where the shape changes, projection everywhere
-# classification's, then detection's (on boxes and masks: hflip, or SSD's colour, zoom-out, IoU crop and flip)
-AUGMENTS = ("none", "paper-cifar", "crop-flip", "paper-imagenet", "rrc", "strong", "hflip", "ssd", "scale")
+# each task's --augment values: a classifier's; a detector's (on boxes and masks: hflip, or SSD's colour, zoom-out,
+# IoU crop and flip); a segmenter's (scale: random 0.5-2x, flip, a --train-crop crop). AUGMENTS: all of them
+CLASSIFICATION_AUGMENTS = ("none", "paper-cifar", "crop-flip", "paper-imagenet", "rrc", "strong")
 DETECTION_AUGMENTS = ("none", "hflip", "ssd")
-SEGMENTATION_AUGMENTS = ("none", "hflip", "scale")  # scale: random 0.5-2x, flip, a --train-crop crop
+SEGMENTATION_AUGMENTS = ("none", "hflip", "scale")
+AUGMENTS = tuple(dict.fromkeys(CLASSIFICATION_AUGMENTS + DETECTION_AUGMENTS + SEGMENTATION_AUGMENTS))
 OUTPUT_STRIDES = (8, 16, 32)  # ImageNet nets: the last stages dilated past this stride (32: none)
 AUTO_AUGMENTS = ("none", "trivial", "randaugment")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")

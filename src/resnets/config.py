@@ -16,7 +16,7 @@ import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from .choices import (
     AMPS,
@@ -24,14 +24,12 @@ from .choices import (
     AUTO_AUGMENTS,
     BN_POLICIES,
     CUDA_GRAPHS,
-    DETECTION_AUGMENTS,
     INTERPOLATIONS,
     LOADERS,
     NORMS,
     OPTIMIZERS,
     OUTPUT_STRIDES,
     SCHEDULES,
-    SEGMENTATION_AUGMENTS,
     SHORTCUTS,
     STRATEGIES,
     TTAS,
@@ -39,6 +37,7 @@ from .choices import (
 from .data import remote
 from .data.registry import DATASETS
 from .errors import ResnetsError, printable
+from .models.registry import TASK_TRAITS, get_entry, list_models
 
 # the config keys that are architecture options (create_model's), and become the model's flags in every command
 MODEL_OPTIONS = (
@@ -58,197 +57,6 @@ MODEL_OPTIONS = (
 
 # `resnets reproduce --budget`: iterations of batch 128 (the paper trains its CIFAR nets for 64k)
 BUDGETS = {"tiny": 200, "short": 1500, "medium": 8000, "paper": 64_000}
-
-
-def key(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = dataclasses.MISSING) -> Any:
-    """A config key: its default and the one line `--help` shows for it."""
-    return field(default=default, default_factory=factory, metadata={"help": help})
-
-
-@dataclass
-class TrainConfig:
-    # ---- model
-    model: str = key("resnet20", 'architecture (see `resnets list`); "": the one the weights are for')
-    weights: str | None = key(None, "registered name or file to start from (its head is replaced for new classes)")
-    in_chans: int = key(0, "0: the dataset's (1 for Fashion-MNIST), else the weights', else 3")
-    norm: str | None = key(None, "normalisation: batch, group (GroupNorm, 32 groups) or frozen_batch")
-    shortcut: str | None = key(None, "the paper's shortcut: A zero-pad, B projection where the shape changes, C all")
-    stride_in_1x1: bool | None = key(
-        None, "the paper's v1 bottleneck: stride on the 1st 1x1 (default v1.5: on the 3x3)"
-    )
-    zero_init_residual: bool | None = key(None, "start each residual branch's last norm at zero")
-    drop_path_rate: float | None = key(None, "stochastic depth: the deepest block's drop probability")
-    backbone: str | None = key(None, "detection: the classification net under the heads (default resnet50)")
-    trainable_layers: int | None = key(None, "detection: how many of the backbone's stages train, from the top (0-5)")
-    min_size: int | None = key(None, "detection: each image's shorter side resized to this (default 800)")
-    max_size: int | None = key(None, "detection: ... and its longer side to at most this (default 1333)")
-    box_batch_size_per_image: int | None = key(None, "R-CNNs: proposals per image the box head trains on (default 512)")
-    output_stride: int | None = key(None, "ImageNet nets and segmenters: 8 or 16 dilate the last stages (32: none)")
-    # ---- data
-    dataset: str = key("fashion-mnist", "a registered dataset (see `resnets data --list`)")
-    data: str | None = key(None, "folder (imagefolder: DIR/train, DIR/val), CSV file, or archive/IDX folder")
-    val_data: str | None = key(None, "CSV of the validation images (dataset=csv), or their shards (dataset=wds)")
-    download: bool = key(False, "fetch Fashion-MNIST / CIFAR from the official site when not found locally")
-    val_split: float = key(0.0, "validate on this fraction of the training set (stratified, seeded), not the test set")
-    classes: list[str] = key(factory=list, help="keep only these classes (names or indices), in this order")
-    per_class: int = key(0, "keep at most N training images per class (seeded choice; 0: all)")
-    balanced: bool = key(False, "class-balanced sampling (each class equally likely per draw)")
-    limit_train: int = key(0, "use only the first N training images (0: all); for smoke runs")
-    limit_val: int = key(0, "use only the first N validation images (0: all)")
-    synthetic_samples: int = key(4096, "dataset=synthetic: how many random images")
-    synthetic_classes: int = key(1000, "dataset=synthetic: how many classes")
-    train_crop: int = key(0, "0: the dataset's native size (28 / 32) or 224")
-    eval_resize: int = key(0, "evaluation: shorter side resized to this (0: crop / 0.875, or the weights')")
-    eval_crop: int = key(0, "evaluation: centre crop (0: the training crop, or the weights')")
-    augment: str = key(
-        "paper-cifar",
-        "none | paper-cifar | crop-flip | paper-imagenet | rrc | strong; image files (imagefolder, csv, wds, hf): rrc "
-        "for the default; detectors: hflip (for the default) | ssd | none",
-    )
-    pad: int = key(4, "padding of the paper-cifar / crop-flip random crop, pixels")
-    auto_augment: str = key("none", "none | trivial | randaugment")
-    random_erasing: float = key(0.0, "probability of erasing a random rectangle of each training image")
-    mixup: float = key(0.0, "alpha")
-    cutmix: float = key(0.0, "alpha")
-    interpolation: str = key("bilinear", "bilinear | bicubic | nearest, for every resize")
-    workers: int = key(2, "data loading processes (0: in the training process)")
-    loader: str = key("auto", "auto | host (per-image, CPU workers) | device (whole batches on the training device)")
-    strict_data: bool = key(False, "an unreadable image stops the run instead of being skipped")
-    max_pixels: int = key(
-        0,
-        "refuse images of more pixels, from their header (0: the default, 89,478,485; the decode budget is 3 bytes "
-        "a pixel of it: width x height x channels x bytes per sample)",
-    )
-    exact_decode: bool = key(
-        False,
-        "decode every image at full size (default: an image over twice what the transforms need is decoded "
-        "smaller, a JPEG by DCT scaling); for bit-exact reproduction",
-    )
-    # ---- transfer learning (resnets.finetune)
-    strategy: str = key("full", "full | linear-probe | partial | gradual")
-    unfreeze_stages: int = key(0, "partial: how many stages below the head train")
-    unfreeze_every: int = key(1, "gradual: epochs between unfreezing the next stage down")
-    layer_decay: float = key(1.0, "each stage's lr is this times the lr of the stage above it (1: one lr)")
-    bn: str = key("train", "train | freeze (keep statistics) | frozen (FrozenBatchNorm) | group (GroupNorm)")
-    early_stop: int = key(0, "stop after N evaluations without a better val top-1, keep the best weights (0: off)")
-    # ---- optimisation
-    optimizer: str = key("sgd", "sgd | adamw")
-    lr: float = key(0.1, "peak learning rate (per lr_reference_batch images when that is set)")
-    lr_reference_batch: int = key(0, ">0: lr is per this many images and scales with the global batch")
-    momentum: float = key(0.9, "SGD momentum")
-    nesterov: bool = key(False, "Nesterov momentum")
-    weight_decay: float = key(1e-4, "L2 penalty (decoupled for adamw)")
-    norm_weight_decay: float | None = key(None, "for norm weights and biases; None: weight_decay")
-    label_smoothing: float = key(0.0, "cross-entropy label smoothing")
-    batch_size: int = key(128, "global, over all processes")
-    epochs: float = key(10, "passes over the training set (fractions allowed: 2.5 ends halfway through the third)")
-    iterations: int = key(0, ">0: train this many steps instead of `epochs` (the paper's CIFAR schedule)")
-    schedule: str = key("cosine", "cosine | step | onecycle | plateau | constant")
-    milestones: list[int] = key(factory=list, help="step schedule: steps at which lr *= gamma")
-    gamma: float = key(0.1, "step and plateau schedules: the lr factor")
-    plateau_patience: int = key(3, "plateau schedule: epochs without a better val loss before lr *= gamma")
-    warmup_epochs: float = key(0.0, "linear warmup from warmup_start * lr, epochs (fractions allowed)")
-    warmup_start: float = key(0.01, "warmup starts at this fraction of lr")
-    ema: bool = key(False, "keep an exponential moving average of the weights and evaluate it too")
-    ema_decay: float = key(0.9999, "EMA decay per update")
-    ema_every: int = key(1, "update the EMA every N steps")
-    accum_steps: int = key(1, "gradient accumulation")
-    clip_grad: float = key(0.0, "max gradient norm (0: off)")
-    amp: str = key("none", "none | bf16 | fp16 | auto (bf16 where the device computes it natively, else none)")
-    channels_last: bool | None = key(False, "None: on a GPU and a CPU (oneDNN's layout: faster on both)")
-    compile: bool = key(False, "torch.compile the model")
-    cuda_graph: str = key("auto", "auto | on | off: the whole training step as one CUDA graph where it can be")
-    sync_bn: bool = key(False, "distributed: BatchNorm statistics over all processes")
-    # ---- run
-    out: str = key("runs", "folder that holds the run folders")
-    name: str = key("", "run folder name (default: <model>-<dataset>-<time>)")
-    seed: int = key(0, "seed of every random choice")
-    deterministic: bool = key(False, "bit-exact resumes: deterministic kernels, every random choice seeded per step")
-    eval_every: int = key(1, "evaluate every N epochs")
-    curve_steps: int = key(0, "also every N steps: training error over those steps and validation error (curve.jsonl)")
-    checkpoint_steps: int = key(0, "also checkpoint every N steps (0: each epoch only)")
-    tensorboard: bool = key(
-        False, "also log each epoch to TensorBoard (RUN/tensorboard; pip install 'resnets[tensorboard]')"
-    )
-    device: str = key("auto", "auto | cpu | cuda | cuda:N")
-    ten_crop: bool = key(False, "final evaluation with the paper's 10-crop testing")
-    tta: str = key(
-        "none",
-        "final evaluation also with test-time augmentation (flip: each image averaged with its "
-        "mirror), reported beside the plain top-1",
-    )
-    progress: bool = key(True, "a progress bar")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def run_steps(self, per_epoch: int) -> int:
-        """The steps of the whole run at `per_epoch` steps an epoch: --iterations, else --epochs of them (a fraction
-        ends the last epoch early: 2.5 epochs are 3, the last stopped halfway)."""
-        return self.iterations or max(round(self.epochs * per_epoch), 1)
-
-    def validate(self) -> "TrainConfig":
-        """Every key against its rule in RULES (type, range or choices), then the rules between keys. Runs before
-        anything is written."""
-        for key, rule in RULES.items():
-            rule.check(key, getattr(self, key))
-        if self.epochs <= 0 and self.iterations < 1:
-            raise ResnetsError("set epochs above 0 or iterations to at least 1")
-        for k in ("mixup", "cutmix"):  # a Beta(alpha, alpha) draw underflows for a tiny alpha
-            if 0 < getattr(self, k) < 0.01:
-                raise ResnetsError(f"{k} must be 0 (off) or at least 0.01; got {getattr(self, k)!r}")
-        if self.dataset == "synthetic":  # held in memory, uint8
-            side = self.train_crop or 224
-            size = self.synthetic_samples * max(self.in_chans, 3) * side * side
-            if size > 8 << 30:
-                raise ResnetsError(
-                    f"{self.synthetic_samples:,} synthetic images of {side}x{side} take {size / 2**30:.0f} "
-                    "GiB; at most 8 GiB: fewer --synthetic-samples or a smaller --train-crop"
-                )
-        if not self.model and not self.weights:
-            raise ResnetsError("name a --model, or give --weights to take the architecture from")
-        self._check_task()
-        if DATASETS[self.dataset].needs_data and not self.data:
-            raise ResnetsError(f"dataset {self.dataset} needs --data")
-        if self.name and (os.sep in self.name or self.name in (".", "..")):
-            raise ResnetsError(f"--name is a folder name inside --out, not a path; got {self.name!r}")
-        if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
-            raise ResnetsError("--tensorboard needs the tensorboard package: pip install 'resnets[tensorboard]'")
-        return self
-
-    def _check_task(self) -> None:
-        """A detector trains on detection data (dataset coco) with detection's augmentations; a classifier on the
-        rest."""
-        from .models import get_entry, list_models
-
-        if self.model not in list_models():
-            return  # unknown names are refused where the model is built; weights bring their own
-        family = get_entry(self.model).family
-        if family == "segmentation":
-            if self.dataset != "masks":
-                raise ResnetsError(f"{self.model} is a segmentation model: train it on --dataset masks (a mask folder)")
-            if self.augment not in (*SEGMENTATION_AUGMENTS, TrainConfig.augment):  # the default: hflip
-                raise ResnetsError(
-                    f"--augment for a segmentation model is one of {', '.join(SEGMENTATION_AUGMENTS)}; got {self.augment}"
-                )
-            return
-        if self.dataset == "masks":
-            raise ResnetsError(f"--dataset masks holds class maps: train a segmentation model on it, not {self.model}")
-        detector = get_entry(self.model).family == "detection"
-        if detector and self.dataset not in ("coco", "voc"):
-            raise ResnetsError(f"{self.model} is a detector: train it on --dataset coco (a COCO folder) or voc")
-        if not detector and self.dataset in ("coco", "voc"):
-            raise ResnetsError(
-                f"--dataset {self.dataset} holds boxes: train a detector on it (not the classifier {self.model})"
-            )
-        if detector and self.augment not in (*DETECTION_AUGMENTS, TrainConfig.augment):  # the default: hflip
-            raise ResnetsError(
-                f"--augment for a detector is one of {', '.join(DETECTION_AUGMENTS)}; got {self.augment}"
-            )
-        if not detector and self.augment in (*DETECTION_AUGMENTS[1:], *SEGMENTATION_AUGMENTS[1:]):
-            raise ResnetsError(
-                f"--augment {self.augment} is for detectors and segmenters; {self.model} is a classifier"
-            )
 
 
 @dataclass(frozen=True)
@@ -331,95 +139,300 @@ ANY = Rule()
 FRACTION = Rule(low=0, high=1, high_open=True)  # [0, 1)
 UNIT = Rule(low=0, high=1)  # [0, 1]
 
-# one rule per key of TrainConfig (a test checks that every key has one)
-RULES: dict[str, Rule] = {
-    "model": ANY,
-    "weights": ANY,
-    "in_chans": _ge(0, 64),
-    "norm": Rule(choices=NORMS),
-    "shortcut": Rule(choices=SHORTCUTS),
-    "stride_in_1x1": ANY,
-    "zero_init_residual": ANY,
-    "drop_path_rate": FRACTION,
-    "backbone": ANY,  # checked by the model registry
-    "trainable_layers": _ge(0, 5),
-    "min_size": _ge(32, 8192),
-    "max_size": _ge(32, 8192),
-    "box_batch_size_per_image": _ge(1, 4096),
-    "output_stride": Rule(choices=OUTPUT_STRIDES),
-    "dataset": Rule(choices=tuple(DATASETS)),
-    "data": ANY,
-    "val_data": ANY,
-    "download": ANY,
-    "val_split": FRACTION,
-    "classes": ANY,
-    "per_class": _ge(0, COUNT),
-    "balanced": ANY,
-    "limit_train": _ge(0, COUNT),
-    "limit_val": _ge(0, COUNT),
-    "synthetic_samples": _ge(1, 10**6),
-    "synthetic_classes": _ge(2, 100_000),
-    "train_crop": _ge(0, SIZE),
-    "eval_resize": _ge(0, 2 * SIZE),
-    "eval_crop": _ge(0, SIZE),
-    "augment": Rule(choices=AUGMENTS),
-    "pad": _ge(0, SIZE),
-    "auto_augment": Rule(choices=AUTO_AUGMENTS),
-    "random_erasing": UNIT,
-    "mixup": _ge(0, 100),
-    "cutmix": _ge(0, 100),
-    "interpolation": Rule(choices=INTERPOLATIONS),
-    "workers": _ge(0, 256),
-    "loader": Rule(choices=LOADERS),
-    "strict_data": ANY,
-    "max_pixels": _ge(0, 2**40),
-    "exact_decode": ANY,
-    "strategy": Rule(choices=STRATEGIES),
-    "unfreeze_stages": _ge(0, 16),
-    "unfreeze_every": _ge(1, COUNT),
-    "layer_decay": Rule(low=0, high=1, low_open=True),
-    "bn": Rule(choices=BN_POLICIES),
-    "early_stop": _ge(0, COUNT),
-    "optimizer": Rule(choices=OPTIMIZERS),
-    "lr": _gt(0, 1e6),
-    "lr_reference_batch": _ge(0, COUNT),
-    "momentum": FRACTION,
-    "nesterov": ANY,
-    "weight_decay": _ge(0, 10),
-    "norm_weight_decay": _ge(0, 10),
-    "label_smoothing": FRACTION,
-    "batch_size": _ge(1, 2**20),
-    "epochs": _ge(0, 100_000),
-    "iterations": _ge(0, COUNT),
-    "schedule": Rule(choices=SCHEDULES),
-    "milestones": _ge(1, COUNT),
-    "gamma": _gt(0, 10),
-    "plateau_patience": _ge(0, COUNT),
-    "warmup_epochs": _ge(0, 100_000),
-    "warmup_start": Rule(low=0, high=1, low_open=True),
-    "ema": ANY,
-    "ema_decay": UNIT,
-    "ema_every": _ge(1, COUNT),
-    "accum_steps": _ge(1, 65_536),
-    "clip_grad": _ge(0, 1e6),
-    "amp": Rule(choices=AMPS),
-    "channels_last": ANY,
-    "compile": ANY,
-    "cuda_graph": Rule(choices=CUDA_GRAPHS),
-    "sync_bn": ANY,
-    "out": ANY,
-    "name": ANY,
-    "seed": _ge(0, SEED),
-    "deterministic": ANY,
-    "eval_every": _ge(1, COUNT),
-    "curve_steps": _ge(0, COUNT),
-    "checkpoint_steps": _ge(0, COUNT),
-    "tensorboard": ANY,
-    "device": Rule(device=True),
-    "ten_crop": ANY,
-    "tta": Rule(choices=TTAS),
-    "progress": ANY,
-}
+
+def key(
+    default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = dataclasses.MISSING, rule: Rule = ANY
+) -> Any:
+    """A config key: its default, the one line `--help` shows for it, and the values it takes beyond its type."""
+    return field(default=default, default_factory=factory, metadata={"help": help, "rule": rule})
+
+
+@dataclass
+class ModelKeys:
+    """Model: the architecture and its options (--model's; a model takes only those it has)."""
+
+    SECTION: ClassVar[str] = "model"
+    model: str = key("resnet20", 'architecture (see `resnets list`); "": the one the weights are for')
+    weights: str | None = key(None, "registered name or file to start from (its head is replaced for new classes)")
+    in_chans: int = key(0, "0: the dataset's (1 for Fashion-MNIST), else the weights', else 3", rule=_ge(0, 64))
+    norm: str | None = key(
+        None, "normalisation: batch, group (GroupNorm, 32 groups) or frozen_batch", rule=Rule(choices=NORMS)
+    )
+    shortcut: str | None = key(
+        None,
+        "the paper's shortcut: A zero-pad, B projection where the shape changes, C all",
+        rule=Rule(choices=SHORTCUTS),
+    )
+    stride_in_1x1: bool | None = key(
+        None, "the paper's v1 bottleneck: stride on the 1st 1x1 (default v1.5: on the 3x3)"
+    )
+    zero_init_residual: bool | None = key(None, "start each residual branch's last norm at zero")
+    drop_path_rate: float | None = key(None, "stochastic depth: the deepest block's drop probability", rule=FRACTION)
+    output_stride: int | None = key(
+        None,
+        "ImageNet nets and segmenters: 8 or 16 dilate the last stages (32: none)",
+        rule=Rule(choices=OUTPUT_STRIDES),
+    )
+
+
+@dataclass
+class DataKeys:
+    """Data: what trains and validates, and how images are read."""
+
+    SECTION: ClassVar[str] = "data"
+    dataset: str = key(
+        "fashion-mnist", "a registered dataset (see `resnets data --list`)", rule=Rule(choices=tuple(DATASETS))
+    )
+    data: str | None = key(None, "folder (imagefolder: DIR/train, DIR/val), CSV file, or archive/IDX folder")
+    val_data: str | None = key(None, "CSV of the validation images (dataset=csv), or their shards (dataset=wds)")
+    download: bool = key(False, "fetch Fashion-MNIST / CIFAR from the official site when not found locally")
+    val_split: float = key(
+        0.0, "validate on this fraction of the training set (stratified, seeded), not the test set", rule=FRACTION
+    )
+    classes: list[str] = key(factory=list, help="keep only these classes (names or indices), in this order")
+    per_class: int = key(0, "keep at most N training images per class (seeded choice; 0: all)", rule=_ge(0, COUNT))
+    balanced: bool = key(False, "class-balanced sampling (each class equally likely per draw)")
+    limit_train: int = key(0, "use only the first N training images (0: all); for smoke runs", rule=_ge(0, COUNT))
+    limit_val: int = key(0, "use only the first N validation images (0: all)", rule=_ge(0, COUNT))
+    synthetic_samples: int = key(4096, "dataset=synthetic: how many random images", rule=_ge(1, 10**6))
+    synthetic_classes: int = key(1000, "dataset=synthetic: how many classes", rule=_ge(2, 100_000))
+    train_crop: int = key(0, "0: the dataset's native size (28 / 32) or 224", rule=_ge(0, SIZE))
+    augment: str = key(
+        "paper-cifar",
+        "none | paper-cifar | crop-flip | paper-imagenet | rrc | strong; image files (imagefolder, csv, wds, hf): rrc "
+        "for the default; detectors: hflip (for the default) | ssd | none; segmenters: hflip (for the default) | scale | "
+        "none",
+        rule=Rule(choices=AUGMENTS),
+    )
+    interpolation: str = key(
+        "bilinear", "bilinear | bicubic | nearest, for every resize", rule=Rule(choices=INTERPOLATIONS)
+    )
+    workers: int = key(2, "data loading processes (0: in the training process)", rule=_ge(0, 256))
+    loader: str = key(
+        "auto",
+        "auto | host (per-image, CPU workers) | device (whole batches on the training device)",
+        rule=Rule(choices=LOADERS),
+    )
+    strict_data: bool = key(False, "an unreadable image stops the run instead of being skipped")
+    max_pixels: int = key(
+        0,
+        "refuse images of more pixels, from their header (0: the default, 89,478,485; the decode budget is 3 bytes "
+        "a pixel of it: width x height x channels x bytes per sample)",
+        rule=_ge(0, 2**40),
+    )
+    exact_decode: bool = key(
+        False,
+        "decode every image at full size (default: an image over twice what the transforms need is decoded "
+        "smaller, a JPEG by DCT scaling); for bit-exact reproduction",
+    )
+
+
+@dataclass
+class DenseKeys:
+    """Detection and segmentation: the options of a detector's or a segmenter's model (a classifier takes none of
+    them; the model registry checks each against the architecture)."""
+
+    SECTION: ClassVar[str] = "detection and segmentation"
+    backbone: str | None = key(None, "detection: the classification net under the heads (default resnet50)")
+    trainable_layers: int | None = key(
+        None, "detection: how many of the backbone's stages train, from the top (0-5)", rule=_ge(0, 5)
+    )
+    min_size: int | None = key(
+        None, "detection: each image's shorter side resized to this (default 800)", rule=_ge(32, 8192)
+    )
+    max_size: int | None = key(
+        None, "detection: ... and its longer side to at most this (default 1333)", rule=_ge(32, 8192)
+    )
+    box_batch_size_per_image: int | None = key(
+        None, "R-CNNs: proposals per image the box head trains on (default 512)", rule=_ge(1, 4096)
+    )
+
+
+@dataclass
+class ClassificationKeys:
+    """Classification: a classifier's crops, augmentation beyond --augment, loss and final evaluation."""
+
+    SECTION: ClassVar[str] = "classification"
+    eval_resize: int = key(
+        0, "evaluation: shorter side resized to this (0: crop / 0.875, or the weights')", rule=_ge(0, 2 * SIZE)
+    )
+    eval_crop: int = key(0, "evaluation: centre crop (0: the training crop, or the weights')", rule=_ge(0, SIZE))
+    pad: int = key(4, "padding of the paper-cifar / crop-flip random crop, pixels", rule=_ge(0, SIZE))
+    auto_augment: str = key("none", "none | trivial | randaugment", rule=Rule(choices=AUTO_AUGMENTS))
+    random_erasing: float = key(0.0, "probability of erasing a random rectangle of each training image", rule=UNIT)
+    mixup: float = key(0.0, "alpha", rule=_ge(0, 100))
+    cutmix: float = key(0.0, "alpha", rule=_ge(0, 100))
+    label_smoothing: float = key(0.0, "cross-entropy label smoothing", rule=FRACTION)
+    ten_crop: bool = key(False, "final evaluation with the paper's 10-crop testing")
+    tta: str = key(
+        "none",
+        "final evaluation also with test-time augmentation (flip: each image averaged with its "
+        "mirror), reported beside the plain top-1",
+        rule=Rule(choices=TTAS),
+    )
+
+
+@dataclass
+class FinetuneKeys:
+    """Transfer learning: resnets finetune: what trains when, and when to stop."""
+
+    SECTION: ClassVar[str] = "transfer learning"
+    strategy: str = key("full", "full | linear-probe | partial | gradual", rule=Rule(choices=STRATEGIES))
+    unfreeze_stages: int = key(0, "partial: how many stages below the head train", rule=_ge(0, 16))
+    unfreeze_every: int = key(1, "gradual: epochs between unfreezing the next stage down", rule=_ge(1, COUNT))
+    layer_decay: float = key(
+        1.0,
+        "each stage's lr is this times the lr of the stage above it (1: one lr)",
+        rule=Rule(low=0, high=1, low_open=True),
+    )
+    bn: str = key(
+        "train",
+        "train | freeze (keep statistics) | frozen (FrozenBatchNorm) | group (GroupNorm)",
+        rule=Rule(choices=BN_POLICIES),
+    )
+    early_stop: int = key(
+        0, "stop after N evaluations without a better val top-1, keep the best weights (0: off)", rule=_ge(0, COUNT)
+    )
+
+
+@dataclass
+class OptimKeys:
+    """Optimisation: the optimizer, the schedule and the numerics, every task's."""
+
+    SECTION: ClassVar[str] = "optimisation"
+    optimizer: str = key("sgd", "sgd | adamw", rule=Rule(choices=OPTIMIZERS))
+    lr: float = key(0.1, "peak learning rate (per lr_reference_batch images when that is set)", rule=_gt(0, 1e6))
+    lr_reference_batch: int = key(
+        0, ">0: lr is per this many images and scales with the global batch", rule=_ge(0, COUNT)
+    )
+    momentum: float = key(0.9, "SGD momentum", rule=FRACTION)
+    nesterov: bool = key(False, "Nesterov momentum")
+    weight_decay: float = key(1e-4, "L2 penalty (decoupled for adamw)", rule=_ge(0, 10))
+    norm_weight_decay: float | None = key(None, "for norm weights and biases; None: weight_decay", rule=_ge(0, 10))
+    batch_size: int = key(128, "global, over all processes", rule=_ge(1, 2**20))
+    epochs: float = key(
+        10, "passes over the training set (fractions allowed: 2.5 ends halfway through the third)", rule=_ge(0, 100_000)
+    )
+    iterations: int = key(
+        0, ">0: train this many steps instead of `epochs` (the paper's CIFAR schedule)", rule=_ge(0, COUNT)
+    )
+    schedule: str = key("cosine", "cosine | step | onecycle | plateau | constant", rule=Rule(choices=SCHEDULES))
+    milestones: list[int] = key(factory=list, help="step schedule: steps at which lr *= gamma", rule=_ge(1, COUNT))
+    gamma: float = key(0.1, "step and plateau schedules: the lr factor", rule=_gt(0, 10))
+    plateau_patience: int = key(
+        3, "plateau schedule: epochs without a better val loss before lr *= gamma", rule=_ge(0, COUNT)
+    )
+    warmup_epochs: float = key(
+        0.0, "linear warmup from warmup_start * lr, epochs (fractions allowed)", rule=_ge(0, 100_000)
+    )
+    warmup_start: float = key(0.01, "warmup starts at this fraction of lr", rule=Rule(low=0, high=1, low_open=True))
+    ema: bool = key(False, "keep an exponential moving average of the weights and evaluate it too")
+    ema_decay: float = key(0.9999, "EMA decay per update", rule=UNIT)
+    ema_every: int = key(1, "update the EMA every N steps", rule=_ge(1, COUNT))
+    accum_steps: int = key(1, "gradient accumulation", rule=_ge(1, 65_536))
+    clip_grad: float = key(0.0, "max gradient norm (0: off)", rule=_ge(0, 1e6))
+    amp: str = key(
+        "none",
+        "none | bf16 | fp16 | auto (bf16 where the device computes it natively, else none)",
+        rule=Rule(choices=AMPS),
+    )
+    channels_last: bool | None = key(False, "None: on a GPU and a CPU (oneDNN's layout: faster on both)")
+    compile: bool = key(False, "torch.compile the model")
+    cuda_graph: str = key(
+        "auto",
+        "auto | on | off: the whole training step as one CUDA graph where it can be",
+        rule=Rule(choices=CUDA_GRAPHS),
+    )
+    sync_bn: bool = key(False, "distributed: BatchNorm statistics over all processes")
+
+
+@dataclass
+class RunKeys:
+    """Run: where the run is written, its seed, checkpoints, logs and device."""
+
+    SECTION: ClassVar[str] = "run"
+    out: str = key("runs", "folder that holds the run folders")
+    name: str = key("", "run folder name (default: <model>-<dataset>-<time>)")
+    seed: int = key(0, "seed of every random choice", rule=_ge(0, SEED))
+    deterministic: bool = key(False, "bit-exact resumes: deterministic kernels, every random choice seeded per step")
+    eval_every: int = key(1, "evaluate every N epochs", rule=_ge(1, COUNT))
+    curve_steps: int = key(
+        0, "also every N steps: training error over those steps and validation error (curve.jsonl)", rule=_ge(0, COUNT)
+    )
+    checkpoint_steps: int = key(0, "also checkpoint every N steps (0: each epoch only)", rule=_ge(0, COUNT))
+    tensorboard: bool = key(
+        False, "also log each epoch to TensorBoard (RUN/tensorboard; pip install 'resnets[tensorboard]')"
+    )
+    device: str = key("auto", "auto | cpu | cuda | cuda:N", rule=Rule(device=True))
+    progress: bool = key(True, "a progress bar")
+
+
+@dataclass
+class TrainConfig(RunKeys, OptimKeys, FinetuneKeys, ClassificationKeys, DenseKeys, DataKeys, ModelKeys):
+    """A run's whole config: every section's keys, flat (config files, config.json and the flags name them
+    without their section). Each key's rule (Rule) is written beside it; `validate` checks them, then the rules
+    between keys."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def run_steps(self, per_epoch: int) -> int:
+        """The steps of the whole run at `per_epoch` steps an epoch: --iterations, else --epochs of them (a fraction
+        ends the last epoch early: 2.5 epochs are 3, the last stopped halfway)."""
+        return self.iterations or max(round(self.epochs * per_epoch), 1)
+
+    def validate(self) -> "TrainConfig":
+        """Every key against its rule in RULES (type, range or choices), then the rules between keys. Runs before
+        anything is written."""
+        for key, rule in RULES.items():
+            rule.check(key, getattr(self, key))
+        if self.epochs <= 0 and self.iterations < 1:
+            raise ResnetsError("set epochs above 0 or iterations to at least 1")
+        for k in ("mixup", "cutmix"):  # a Beta(alpha, alpha) draw underflows for a tiny alpha
+            if 0 < getattr(self, k) < 0.01:
+                raise ResnetsError(f"{k} must be 0 (off) or at least 0.01; got {getattr(self, k)!r}")
+        if DATASETS[self.dataset].kind == "synthetic":  # held in memory, uint8
+            side = self.train_crop or 224
+            size = self.synthetic_samples * max(self.in_chans, 3) * side * side
+            if size > 8 << 30:
+                raise ResnetsError(
+                    f"{self.synthetic_samples:,} synthetic images of {side}x{side} take {size / 2**30:.0f} "
+                    "GiB; at most 8 GiB: fewer --synthetic-samples or a smaller --train-crop"
+                )
+        if not self.model and not self.weights:
+            raise ResnetsError("name a --model, or give --weights to take the architecture from")
+        self._check_task()
+        if DATASETS[self.dataset].needs_data and not self.data:
+            raise ResnetsError(f"dataset {self.dataset} needs --data")
+        if self.name and (os.sep in self.name or self.name in (".", "..")):
+            raise ResnetsError(f"--name is a folder name inside --out, not a path; got {self.name!r}")
+        if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
+            raise ResnetsError("--tensorboard needs the tensorboard package: pip install 'resnets[tensorboard]'")
+        return self
+
+    def _check_task(self) -> None:
+        """A model trains on its task's datasets (a detector on boxes, a segmenter on class maps, a classifier on
+        labels) with its task's augmentations (models.registry.TASK_TRAITS; the default --augment is each task's
+        own)."""
+        if self.model not in list_models():
+            return  # unknown names are refused where the model is built; weights bring their own
+        task = get_entry(self.model).task
+        data = TASK_TRAITS[DATASETS[self.dataset].task]
+        if data is not task:
+            theirs = [d for d, spec in DATASETS.items() if spec.task == task.name]
+            named = " or ".join(", ".join(theirs).rsplit(", ", 1))
+            where = f"train it on --dataset {named}" if theirs else f"no registered dataset holds {task.holds}"
+            raise ResnetsError(
+                f"{self.model} is a {task.noun}: {where} (--dataset {self.dataset} holds {data.holds}: train a "
+                f"{data.noun} on it)"
+            )
+        if self.augment not in (*task.augments, TrainConfig.augment):
+            raise ResnetsError(f"--augment for a {task.noun} is one of {', '.join(task.augments)}; got {self.augment}")
+
+
+# every key's rule, from beside the key (the command line's flags and the tests read it here)
+RULES: dict[str, Rule] = {f.name: f.metadata["rule"] for f in dataclasses.fields(TrainConfig)}
+SECTIONS = (ModelKeys, DataKeys, DenseKeys, ClassificationKeys, FinetuneKeys, OptimKeys, RunKeys)
 
 
 # `make run`'s recipe, the fastest to 92% top-1 of benchmarks/time_to_accuracy.py's study on a 2-core CPU

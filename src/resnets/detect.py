@@ -15,6 +15,7 @@ from torch import nn
 
 from .devices import autocast
 from .errors import ResnetsError
+from .meta import meta_of, traits_of
 
 log = logging.getLogger("resnets")
 
@@ -23,10 +24,7 @@ SCORES = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "ma
 
 
 def is_detector(model: nn.Module) -> bool:
-    from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
-    from torchvision.models.detection.retinanet import RetinaNet
-
-    return isinstance(model, (GeneralizedRCNN, RetinaNet))
+    return traits_of(model).name == "detection"
 
 
 def has_masks(model: nn.Module) -> bool:
@@ -38,7 +36,6 @@ def has_masks(model: nn.Module) -> bool:
 def class_names(model: nn.Module) -> list[str]:
     """The model's label names, index = label (0 the background); "class N" where the model has no names."""
     from .errors import ResnetsError
-    from .meta import meta_of
 
     try:
         meta = meta_of(model)

@@ -19,7 +19,7 @@ from .devices import autocast, native_bf16, pick_device, resolve_amp  # noqa: F4
 from .distributed import Context, all_reduce_sum
 from .errors import ResnetsError
 from .factory import load
-from .meta import preprocessing_for
+from .meta import preprocessing_for, traits_of
 from .models.fold import folded
 from .safe_io import atomic_path
 
@@ -145,15 +145,13 @@ def _dataset_of(data: str | None) -> str:
     return "imagefolder" if Path(data).is_dir() else "csv"
 
 
+# `resnets eval` of a dense task's model file, by task (a classifier's is below)
+DENSE_EVALUATIONS = {"detection": detect.evaluate_file, "segmentation": segment.evaluate_file}
+
+
 def _dense_evaluation(model):
     """The evaluation of a detector or a segmenter (None: a classifier)."""
-    return (
-        detect.evaluate_file
-        if detect.is_detector(model)
-        else segment.evaluate_file
-        if segment.is_segmenter(model)
-        else None
-    )
+    return DENSE_EVALUATIONS.get(traits_of(model).name)
 
 
 def evaluate_model_file(

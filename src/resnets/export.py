@@ -26,7 +26,7 @@ from .data import DATASETS, get_dataset
 from .data.datasets import decode
 from .data.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from .errors import CheckFailed, ResnetsError
-from .meta import meta_of, preprocessing_for
+from .meta import meta_of, preprocessing_for, traits_of
 from .models.fold import folded
 from .onnx_predict import session as ort_session  # noqa: F401  (resnets.export.ort_session, as before)
 from .safe_io import atomic_path
@@ -315,17 +315,10 @@ DENSE_OPSET = 17
 
 
 def is_dense(model: nn.Module) -> str | None:
-    """ "detection" for torchvision's detectors, "segmentation" for FCN and DeepLabV3, None for a classifier."""
-    # torchvision's detection models (30 ms) only for a model that may be one: every load imports this module
-    from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
-    from torchvision.models.detection.retinanet import RetinaNet
-    from torchvision.models.segmentation import FCN, DeepLabV3
-
-    return (
-        "detection"
-        if isinstance(model, (GeneralizedRCNN, RetinaNet))
-        else ("segmentation" if isinstance(model, (FCN, DeepLabV3)) else None)
-    )
+    """The task of a dense model ("detection": torchvision's detectors, "segmentation": FCN and DeepLabV3), None
+    for a classifier."""
+    task = traits_of(model)
+    return task.name if task.dense else None
 
 
 def _dense_inputs(task: str) -> list[torch.Tensor]:
@@ -376,8 +369,13 @@ def export_dense(model: nn.Module, out: str | os.PathLike, *, atol: float = 1e-3
             proto.metadata_props.add(key=f"resnets.{k}", value=v)
         onnx.save_model(proto, str(tmp))
         diff = _check_dense(tmp, model, inputs[1:], det, names, atol)
+    said = (
+        f"one [0, 1] image (3, H, W) of any size; outputs {', '.join(names)}"
+        if det
+        else f"normalised images (N, 3, H, W); outputs the class logits ({', '.join(names)})"
+    )
     return {"path": str(out), "format": "onnx", "task": task, "max_abs_diff": diff, "outputs": names,
-            "bytes": out.stat().st_size, "runtime": "onnxruntime"}  # fmt: skip
+            "input": said, "bytes": out.stat().st_size, "runtime": "onnxruntime"}  # fmt: skip
 
 
 def _check_dense(path: Path, model: nn.Module, inputs: list[torch.Tensor], det: bool, names: list[str], atol: float):

@@ -188,10 +188,10 @@ def _build(name: str, options: dict[str, Any], sd: dict | None, meta: ModelMeta 
     pre = meta.preprocessing if meta else None
     if sd is None:  # built by name: fed as its architecture is by default (the README's promise)
         pre = Preprocessing.default(entry.input_size, opts.get("in_chans", 3))
-    detector = entry.family in ("detection", "segmentation")  # no classifier head: num_classes is the heads'
-    if detector:  # a detector resizes and normalises its images itself (min_size, max_size); a segmenter: later
-        pre = None
-    num_classes = opts.get("num_classes", 91 if entry.family == "detection" else 21) if detector else model.num_classes
+    task = entry.task
+    if task.dense:  # a detector resizes and normalises its images itself (min_size, max_size); a segmenter: later
+        pre = None  # and no classifier head: num_classes is the heads'
+    num_classes = opts.get("num_classes", task.default_classes) if task.dense else model.num_classes
     if classes is None and sd is not None and num_classes == 1000:  # a 1000-class file (torchvision's, timm's)
         classes = class_list("imagenet")  # that records no names: ImageNet-1k's, not the indices
     model.meta = ModelMeta(

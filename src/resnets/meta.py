@@ -15,7 +15,7 @@ from typing import Any
 from .choices import CROP_MODES  # noqa: F401  (resnets.meta.CROP_MODES, as before)
 from .data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, MAX_INPUT_SIZE, Preprocessing  # noqa: F401
 from .errors import ResnetsError, WeightsError
-from .models.registry import get_entry
+from .models.registry import TASK_TRAITS, TaskTraits, get_entry, list_models
 
 FORMAT = "resnets.model/1"  # the safetensors metadata "format" value of a self-describing resnets model file
 
@@ -116,6 +116,16 @@ def meta_of(model) -> ModelMeta:
             "records no architecture; build it with create_model"
         )
     return meta
+
+
+def traits_of(model) -> TaskTraits:
+    """The task `model` is for (models.registry.TASK_TRAITS): its recorded architecture's, else, for a model built
+    elsewhere (torchvision's own), its class: a task's `kinds`, else a classifier."""
+    meta = getattr(model, "meta", None)
+    if isinstance(meta, ModelMeta) and meta.architecture in list_models():
+        return get_entry(meta.architecture).task
+    kinds = {f"{c.__module__}.{c.__qualname__}" for c in type(model).__mro__}
+    return next((t for t in TASK_TRAITS.values() if kinds & set(t.kinds)), TASK_TRAITS["classification"])
 
 
 def preprocessing_for(model) -> Preprocessing:

@@ -23,7 +23,7 @@ from .data.preprocessing import Preprocessing
 from .errors import ResnetsError, UnknownModelError, WeightsError
 from .home import onnx_cache_dir
 from .meta import ModelMeta
-from .models.registry import get_entry
+from .models.registry import TaskTraits, get_entry
 from .version import __version__
 
 FILE_PREFIX = "file-"  # cached exports keyed by the bytes of the model file they were made from
@@ -60,12 +60,11 @@ def open_onnx(path: str | os.PathLike):
             f"{path} is an ONNX file that records no resnets model (its classes and preprocessing); "
             "predict, bench and serve take the ONNX files `resnets export` writes"
         )
-    family = _family(meta.architecture)
-    if family in ("detection", "segmentation"):
-        command = "detect" if family == "detection" else "segment"
+    task = _task(meta.architecture)
+    if task is not None and task.dense:
         raise WeightsError(
-            f"{path} is the ONNX export of a {family} model ({meta.architecture}), for ONNX Runtime or Triton in "
-            f"your own stack; `resnets {command}` and `resnets serve` run the model file it was exported from"
+            f"{path} is the ONNX export of a {task.name} model ({meta.architecture}), for ONNX Runtime or Triton in "
+            f"your own stack; `resnets {task.command}` and `resnets serve` run the model file it was exported from"
         )
     pre = meta.preprocessing
     inputs, outputs = sess.get_inputs(), sess.get_outputs()
@@ -84,10 +83,10 @@ def open_onnx(path: str | os.PathLike):
     return sess, meta.replace(source=str(path)), n
 
 
-def _family(architecture: str) -> str | None:
-    """The model family an architecture's name is registered under (None: a name not registered here)."""
+def _task(architecture: str) -> TaskTraits | None:
+    """The task of an architecture's name (None: a name not registered here)."""
     try:
-        return get_entry(architecture).family
+        return get_entry(architecture).task
     except UnknownModelError:
         return None
 

@@ -12,17 +12,14 @@ from torch import nn
 
 from .devices import autocast
 from .errors import ResnetsError
+from .meta import meta_of, traits_of
 
 
 def is_segmenter(model: nn.Module) -> bool:
-    from torchvision.models.segmentation import FCN, DeepLabV3
-
-    return isinstance(model, (FCN, DeepLabV3))
+    return traits_of(model).name == "segmentation"
 
 
 def class_names(model: nn.Module) -> list[str]:
-    from .meta import meta_of
-
     meta = meta_of(model)
     n = meta.options.get("num_classes", 21)
     names = list(meta.class_names or [])

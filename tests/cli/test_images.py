@@ -158,7 +158,7 @@ def test_detect_prints_boxes_as_a_table_json_and_csv_and_draws_them(tiny_detecto
 
 def test_detect_refuses_a_classifier(model_file):
     code, _, err = run_cli("detect", __file__, "--weights", model_file)
-    assert code == 2 and "is a classifier; `resnets predict`" in err
+    assert code == 2 and "is a classifier: this command takes detectors (`resnets predict` runs it)" in err
 
 
 def test_similar_searches_exactly_or_approximately_and_embed_builds_the_approximate_index(

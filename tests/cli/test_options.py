@@ -107,14 +107,14 @@ def test_the_classifier_commands_send_a_detector_or_segmenter_to_its_own(
     wanted = (
         "exports to ONNX (--format onnx)"
         if command[0] == "export"
-        else "is a detector: this command takes classifiers (`resnets detect`"
+        else "is a detector: this command takes classifiers (`resnets detect` runs it)"
     )
     assert code == 2 and wanted in err, err
     code, _, err = run_cli(*args, "--weights", tiny_segmenter)
     wanted = (
         "exports to ONNX"
         if command[0] == "export"
-        else "is a segmentation model: this command takes classifiers (`resnets segment`)"
+        else "is a segmentation model: this command takes classifiers (`resnets segment` runs it)"
     )
     assert code == 2 and wanted in err, err
     assert not any(tmp_path.iterdir())

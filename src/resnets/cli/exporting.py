@@ -95,13 +95,8 @@ def _export_dense(model, args: argparse.Namespace, out: str) -> int:
     if args.format != "onnx":
         raise ResnetsError(f"a {is_dense(model)} model exports to ONNX (--format onnx); got --format {args.format}")
     r = export_dense(model, out)
-    inputs = (
-        "one [0, 1] image (3, H, W) of any size; outputs boxes, labels, scores"
-        if r["task"] == "detection"
-        else "normalised images (N, 3, H, W); outputs the class logits"
-    )
     print(f"max abs difference from eager PyTorch: {r['max_abs_diff']:.2e} (two photos and a random image)")
-    print(f"wrote {r['path']} ({r['bytes'] / 1e6:.1f} MB, onnx, checked with onnxruntime): input {inputs}")
+    print(f"wrote {r['path']} ({r['bytes'] / 1e6:.1f} MB, onnx, checked with onnxruntime): input {r['input']}")
     return 0
 
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ResnetsError, Unreadable, printable
-from .options import backend_help, count, load_for_inference
+from .options import backend_help, count, load_for_inference, require_task
 
 
 def _bar(total: int, shown: bool):
@@ -203,14 +203,13 @@ def _drawn_names(paths: list[str]) -> list[str]:
 def _cmd_detect(args: argparse.Namespace) -> int:
     import csv
 
-    from ..detect import detect, drawn, input_size, is_detector
+    from ..detect import detect, drawn, input_size
     from ..safe_io import atomic_path, check_output_folder
 
     if args.out:
         check_output_folder(args.out, force=args.force, what="pictures of the boxes")
     model = load_for_inference(args.weights, args.device)
-    if not is_detector(model):
-        raise ResnetsError(f"{args.weights} is a classifier; `resnets predict` classifies images")
+    require_task(model, args.weights, "detection")
     results = detect(model, args.paths, score=args.score, batch_size=args.batch_size, precision=args.precision)
     if args.format == "json":
         print(json.dumps([{k: v for k, v in r.items() if k != "masks"} for r in results], indent=2))
@@ -246,13 +245,12 @@ def _cmd_detect(args: argparse.Namespace) -> int:
 
 def _cmd_segment(args: argparse.Namespace) -> int:
     from ..safe_io import atomic_path, check_output_folder
-    from ..segment import class_names, coloured, is_segmenter, overlaid, segment
+    from ..segment import class_names, coloured, overlaid, segment
 
     if args.out:
         check_output_folder(args.out, force=args.force, what="masks and overlays")
     model = load_for_inference(args.weights, args.device)
-    if not is_segmenter(model):
-        raise ResnetsError(f"{args.weights} is not a segmentation model (FCN, DeepLabV3)")
+    require_task(model, args.weights, "segmentation")
     results = segment(model, args.paths, size=args.size, precision=args.precision)
     if args.format == "json":
         print(json.dumps([{k: v for k, v in r.items() if k != "mask"} for r in results], indent=2))

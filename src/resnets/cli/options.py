@@ -17,7 +17,9 @@ from .. import config
 from ..backends import BACKENDS
 from ..config import MODEL_OPTIONS, RECIPES, RULES, TrainConfig
 from ..errors import ResnetsError
+from ..meta import traits_of
 from ..models import get_entry, list_models
+from ..models.registry import TASK_TRAITS
 
 # what loads torch is imported inside the commands that use it: `resnets --help` answers without torch
 
@@ -119,12 +121,14 @@ def add_config_flags(p: argparse.ArgumentParser, recipe_help: str, recipe: str |
         "there, else start it (the same command for every restart: torchrun --max-restarts, a SLURM requeue)",
     )
     whose = f"recipe {recipe}'s" if recipe else "those without a recipe"
-    g = p.add_argument_group(
-        f"config keys (each overrides the recipe and the config file; the defaults shown are {whose})"
-    )
     values = RECIPES.get(recipe, {}) if recipe else {}
-    for f in dataclasses.fields(TrainConfig):  # the help, default and values of each key come from the config
-        _add_key(g, f, f"cfg__{f.name}", values)
+    for i, section in enumerate(config.SECTIONS):  # a group a section; each key's help, default, values from it
+        g = p.add_argument_group(
+            f"config keys: {section.SECTION}",
+            f"each overrides the recipe and the config file; the defaults shown are {whose}" if i == 0 else None,
+        )
+        for f in dataclasses.fields(section):
+            _add_key(g, f, f"cfg__{f.name}", values)
 
 
 def _add_key(g, f, dest: str, recipe: dict | None = None) -> None:
@@ -220,10 +224,9 @@ def folder_beside(weights: str, name: str) -> str | None:
 def check_classifier(name: str) -> None:
     """The commands that take a classifier refuse a detector by name in one line (their turn comes with
     `resnets detect`)."""
-    family = get_entry(name).family
-    if family in ("detection", "segmentation"):
-        what = "detector" if family == "detection" else "segmentation model"
-        raise ResnetsError(f"{name} is a {what}: this command takes classifiers (resnets list shows the families)")
+    task = get_entry(name).task
+    if task is not TASK_TRAITS["classification"]:
+        raise ResnetsError(f"{name} is a {task.noun}: this command takes classifiers (resnets list shows the families)")
 
 
 def load_for_inference(weights: str, device: str, *, classifier: bool = False):
@@ -241,13 +244,16 @@ def load_for_inference(weights: str, device: str, *, classifier: bool = False):
 
 def refuse_dense(model, weights) -> None:
     """One line for a detector or a segmenter where a classifier is needed, naming the command that takes it."""
-    from ..detect import is_detector
-    from ..segment import is_segmenter
+    require_task(model, weights, "classification")
 
-    if is_detector(model):
-        raise ResnetsError(f"{weights} is a detector: this command takes classifiers (`resnets detect` finds objects)")
-    if is_segmenter(model):
-        raise ResnetsError(f"{weights} is a segmentation model: this command takes classifiers (`resnets segment`)")
+
+def require_task(model, weights, task: str) -> None:
+    """One line when `model` is not for `task` (a command's kind of model), naming the command that runs it."""
+    have, want = traits_of(model), TASK_TRAITS[task]
+    if have is not want:
+        raise ResnetsError(
+            f"{weights} is a {have.noun}: this command takes {want.noun}s (`resnets {have.command}` runs it)"
+        )
 
 
 def backend_help() -> str:

@@ -30,6 +30,7 @@ class DatasetSpec:
     tensors: Callable[[str, Any, bool], tuple] | None = None
     downloadable: bool = False
     needs_data: bool = False  # --data must name the files
+    task: str = "classification"  # the task whose models train on it (models.registry.TASK_TRAITS)
 
     def load(
         self,
@@ -185,6 +186,7 @@ register_dataset(
         "boxes (and masks) in COCO's format: DIR/train and DIR/val, each images and an instances.json",
         "detection",
         needs_data=True,
+        task="detection",
     )
 )
 register_dataset(
@@ -193,6 +195,7 @@ register_dataset(
         "boxes in Pascal VOC's layout: DIR/Annotations/*.xml, DIR/JPEGImages, DIR/ImageSets/Main/train.txt, val.txt",
         "detection",
         needs_data=True,
+        task="detection",
     )
 )
 register_dataset(
@@ -202,6 +205,7 @@ register_dataset(
         "DIR/classes.txt",
         "segmentation",
         needs_data=True,
+        task="segmentation",
     )
 )
 register_dataset(DatasetSpec("synthetic", "random images, for throughput runs (no learning signal)", "synthetic"))

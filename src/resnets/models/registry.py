@@ -5,7 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..choices import NORMS, OUTPUT_STRIDES, SHORTCUTS
+from ..choices import (
+    CLASSIFICATION_AUGMENTS,
+    DETECTION_AUGMENTS,
+    NORMS,
+    OUTPUT_STRIDES,
+    SEGMENTATION_AUGMENTS,
+    SHORTCUTS,
+)
 from ..errors import OptionError, UnknownModelError
 from ..registry import Registry
 
@@ -35,16 +42,97 @@ MAX_SIDE = 8192  # the largest side a detector may resize its images to
 
 
 @dataclass(frozen=True)
+class TaskTraits:
+    """What a task is, as every floor needs to know it (the floors below tasks/ read it here; a task's room there
+    holds its behaviour and reads its traits): the model families it covers, what its model is called and the
+    command that runs one on images, what its datasets hold, its --augment values, the class count of a model made
+    without one, and whether it is dense: a model that takes images of any size, resizes and normalises them
+    itself (no preprocessing recorded) and answers per box or per pixel (ONNX by torchvision's path, served eagerly)."""
+
+    name: str
+    families: tuple[str, ...]
+    noun: str  # "a detector"
+    command: str  # `resnets predict`, `resnets detect`: runs its model on images
+    holds: str  # what its datasets hold: "labels", "boxes"
+    augments: tuple[str, ...]
+    default_classes: int = 0  # a model made without num_classes: the architecture's own (0), else this
+    dense: bool = False
+    input_size: int = 224  # the side it is fed by default (a family's own where TaskTraits.sizes says)
+    sizes: tuple[tuple[str, int], ...] = ()  # (family, its input side) where a family differs
+    kinds: tuple[str, ...] = ()  # the classes (module.name) of its models built elsewhere: torchvision's own
+
+
+# every task by name: the one table of "which task is this?" below tasks/ (tasks/ registers a room for each)
+TASK_TRAITS: dict[str, TaskTraits] = {
+    t.name: t
+    for t in (
+        TaskTraits(
+            "classification",
+            ("imagenet", "cifar"),
+            "classifier",
+            "predict",
+            "labels",
+            CLASSIFICATION_AUGMENTS,
+            sizes=(("cifar", 32),),
+        ),
+        TaskTraits(
+            "detection",
+            ("detection",),
+            "detector",
+            "detect",
+            "boxes",
+            DETECTION_AUGMENTS,
+            91,
+            True,
+            800,
+            kinds=(
+                "torchvision.models.detection.generalized_rcnn.GeneralizedRCNN",
+                "torchvision.models.detection.retinanet.RetinaNet",
+            ),
+        ),
+        TaskTraits(
+            "segmentation",
+            ("segmentation",),
+            "segmentation model",
+            "segment",
+            "class maps",
+            SEGMENTATION_AUGMENTS,
+            21,
+            True,
+            520,
+            kinds=("torchvision.models.segmentation.fcn.FCN", "torchvision.models.segmentation.deeplabv3.DeepLabV3"),
+        ),
+    )  # fmt: skip
+}
+_TASK_OF_FAMILY = {f: t for t in TASK_TRAITS.values() for f in t.families}
+
+
+def add_task(traits: TaskTraits) -> TaskTraits:
+    """A new task's traits (its room in tasks/ registers its behaviour); a name or a family taken is an error."""
+    taken = [f for f in traits.families if f in _TASK_OF_FAMILY]
+    if traits.name in TASK_TRAITS or taken:
+        raise ValueError(f"task {traits.name!r} or its families {taken} are already registered")
+    TASK_TRAITS[traits.name] = traits
+    _TASK_OF_FAMILY.update({f: traits for f in traits.families})
+    return traits
+
+
+@dataclass(frozen=True)
 class ModelEntry:
     name: str
     fn: Callable[..., "nn.Module"]
     options: tuple[str, ...]
-    family: str  # "imagenet", "cifar", "detection" or "segmentation": decides the default input size
+    family: str  # "imagenet", "cifar", "detection" or "segmentation": its task and its default input size
+
+    @property
+    def task(self) -> TaskTraits:
+        """The task its family is for."""
+        return _TASK_OF_FAMILY[self.family]
 
     @property
     def input_size(self) -> int:
         """The classification crop (a detector resizes its images itself: the shorter side to 800)."""
-        return {"cifar": 32, "detection": 800, "segmentation": 520}.get(self.family, 224)
+        return dict(self.task.sizes).get(self.family, self.task.input_size)
 
     @property
     def doc(self) -> str:
@@ -56,6 +144,9 @@ _MODELS: Registry[ModelEntry] = Registry("model", UnknownModelError, "see `resne
 
 def register_model(*, options: tuple[str, ...], family: str = "imagenet"):
     """Register an entrypoint under its function name with the user options it takes."""
+
+    if family not in _TASK_OF_FAMILY:
+        raise ValueError(f"family {family!r} belongs to no task (models.registry.TASK_TRAITS)")
 
     def deco(fn: Callable[..., "nn.Module"]) -> Callable[..., "nn.Module"]:
         _MODELS.add(fn.__name__, ModelEntry(fn.__name__, fn, options, family))

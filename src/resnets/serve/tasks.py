@@ -16,7 +16,7 @@ from .. import detect, segment
 from ..data.datasets import BadSample, decode_sized
 from ..devices import autocast, check_precision
 from ..errors import ResnetsError
-from ..meta import preprocessing_for
+from ..meta import preprocessing_for, traits_of
 from ..tasks.base import class_count
 from .admission import Job
 from .batcher import Lane
@@ -282,8 +282,10 @@ def eager_only(what: str, backend: str, calib_images) -> None:
         raise ResnetsError(f"{what} is served by the eager backend (PyTorch); got --backend {backend}")
 
 
+SERVICES = (ClassifierService, DetectorService, SegmenterService)  # one a task, by its `task`
+
+
 def service_for(model: nn.Module) -> type[Service]:
     """The Service of the model's task."""
-    if detect.is_detector(model):
-        return DetectorService
-    return SegmenterService if segment.is_segmenter(model) else ClassifierService
+    task = traits_of(model).name
+    return next(s for s in SERVICES if s.task == task)

@@ -15,6 +15,7 @@ from ..config import MODEL_OPTIONS
 from ..data import coco
 from ..data.loader import TrainBatches
 from ..errors import ResnetsError
+from ..models.registry import TASK_TRAITS, TaskTraits
 from ..safe_io import atomic_path
 
 
@@ -32,10 +33,10 @@ class Batch:
 
 
 class Task:
-    """The hooks the engine calls; each room overrides them. Class attributes say what the task reports."""
+    """The hooks the engine calls; each room overrides them. `traits` (models.registry.TASK_TRAITS) say what the
+    task is to every floor; class attributes say what it reports."""
 
-    name = ""
-    families: tuple[str, ...] = ()
+    traits: TaskTraits
     score = ""  # the evaluation's key that picks best.pt ("top1", "map", "miou")
     score_title = ""  # how it is shown ("val top-1")
     best_key = "best_score"  # the checkpoint's key for the best score so far (kept as each task's files had it)
@@ -98,24 +99,26 @@ class Task:
         """The task's files in the run folder beside model.safetensors (eval.json, pictures)."""
         raise NotImplementedError
 
-    def owns(self, model: nn.Module) -> bool:
-        """Whether a model that records no architecture (torchvision's own) is this task's, by its kind."""
-        return False
-
     def header(self, run) -> str | None:
         """The line printed before training: what trains on what (None: nothing before the expected time)."""
         return None
 
+    @property
+    def name(self) -> str:
+        return self.traits.name
 
-TASKS: dict[str, Task] = {}  # model family -> its task
+
+TASKS: dict[str, Task] = {}  # task name -> its room
 
 
 def register(task: Task) -> Task:
-    """`task` for each of its families; a family claimed twice is an error."""
-    for family in task.families:
-        if family in TASKS:
-            raise ResnetsError(f"the {family} family is already {TASKS[family].name}'s")
-        TASKS[family] = task
+    """The room of a task whose traits are registered (models.registry.TASK_TRAITS, add_task); a task given two
+    rooms is an error."""
+    if TASK_TRAITS.get(task.name) is not task.traits:
+        raise ResnetsError(f"task {task.name!r} has no traits in models.registry.TASK_TRAITS (add_task)")
+    if task.name in TASKS:
+        raise ResnetsError(f"the {task.name} task already has its room ({type(TASKS[task.name]).__name__})")
+    TASKS[task.name] = task
     return task
 
 

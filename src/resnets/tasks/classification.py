@@ -18,6 +18,7 @@ from ..data.preprocessing import Preprocessing
 from ..data.transforms import batch_mix, normalizer
 from ..evaluate import evaluate, reports_top5, write_evaluation
 from ..factory import create_from_weights, create_model
+from ..models.registry import TASK_TRAITS
 from ..reports import plot_curves
 from .base import Batch, Task, model_options, register
 
@@ -52,8 +53,7 @@ def data_and_model(cfg: TrainConfig) -> tuple[DataBundle, nn.Module]:
 
 
 class Classification(Task):
-    name = "classification"
-    families = ("imagenet", "cifar")
+    traits = TASK_TRAITS["classification"]
     score = "top1"
     score_title = "val top-1"
     best_key = "best_top1"

@@ -15,12 +15,13 @@ from ..choices import DETECTION_AUGMENTS
 from ..config import TrainConfig
 from ..data import coco, voc
 from ..data.batching import mix_seed
-from ..detect import coco_map, is_detector
+from ..detect import coco_map
 from ..errors import ResnetsError
 from ..factory import create_from_weights, create_model
+from ..meta import traits_of
 from ..models import get_entry
 from ..models.detection import reset_classes
-from ..models.registry import check_options
+from ..models.registry import TASK_TRAITS, check_options
 from .base import Batch, Dense, Sets, model_options, register
 
 log = logging.getLogger("resnets")
@@ -95,7 +96,7 @@ def model(cfg: TrainConfig, classes: list[str]) -> nn.Module:
         net = create_model(cfg.model, num_classes=n, **options)
     else:
         source = create_from_weights(cfg.weights)
-        if is_detector(source):
+        if traits_of(source) is TASK_TRAITS["detection"]:
             net = create_from_weights(cfg.weights, cfg.model or None, **options)
             if net.meta.options.get("num_classes") != n or (net.meta.class_names or [])[1:] != classes:
                 log.warning("new class layers: %d classes (%s)", len(classes), ", ".join(classes[:5]))
@@ -116,8 +117,7 @@ def model(cfg: TrainConfig, classes: list[str]) -> nn.Module:
 
 
 class Detection(Dense):
-    name = "detection"
-    families = ("detection",)
+    traits = TASK_TRAITS["detection"]
     score = "map"
     score_title = "val mAP"
     background = True  # label 0 is the background: the model's classes are the data's + 1
@@ -159,9 +159,6 @@ class Detection(Dense):
 
     def scores_line(self, record: dict) -> str:
         return f"val mAP {record['val_map']:.2f} (AP50 {record['val_map_50']:.2f})"
-
-    def owns(self, model: nn.Module) -> bool:
-        return is_detector(model)
 
 
 register(Detection())

@@ -17,9 +17,10 @@ from ..config import TrainConfig
 from ..data import masks
 from ..errors import ResnetsError
 from ..factory import create_from_weights, create_model
+from ..meta import traits_of
 from ..models import get_entry
-from ..models.registry import check_options
-from ..segment import is_segmenter, mask_scores
+from ..models.registry import TASK_TRAITS, check_options
+from ..segment import mask_scores
 from .base import Dense, Sets, model_options, register
 
 log = logging.getLogger("resnets")
@@ -50,7 +51,7 @@ def model(cfg: TrainConfig, classes: list[str], options: dict[str, Any]) -> nn.M
         net = create_model(cfg.model, num_classes=n, **options)
     else:
         source = create_from_weights(cfg.weights)
-        if is_segmenter(source):
+        if traits_of(source) is TASK_TRAITS["segmentation"]:
             net = create_from_weights(cfg.weights, cfg.model or None, **options)
             if net.meta.options.get("num_classes", 21) != n or (net.meta.class_names or []) != classes:
                 log.warning("new classifier: %d classes (%s)", n, ", ".join(classes[:5]))
@@ -94,8 +95,7 @@ def losses(net: nn.Module, images: list[torch.Tensor], targets: list[torch.Tenso
 
 
 class Segmentation(Dense):
-    name = "segmentation"
-    families = ("segmentation",)
+    traits = TASK_TRAITS["segmentation"]
     score = "miou"
     score_title = "val mIoU"
     background = False  # the background is one of the classes
@@ -122,9 +122,6 @@ class Segmentation(Dense):
 
     def scores_line(self, record: dict) -> str:
         return f"val mIoU {record['val_miou']:.2f} (pixel accuracy {record['val_pixel_acc']:.2f})"
-
-    def owns(self, model: nn.Module) -> bool:
-        return is_segmenter(model)
 
 
 register(Segmentation())
