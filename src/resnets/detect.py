@@ -13,7 +13,11 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from .devices import autocast
+from . import safe_io
+from .data import coco, voc
+from .data.datasets import IMAGE_SUFFIXES, BadSample, decode_sized, read_image_file
+from .devices import autocast, pick_device, resolve_amp
+from .distributed import gather_objects
 from .errors import ResnetsError
 from .meta import meta_of, traits_of
 
@@ -35,8 +39,6 @@ def has_masks(model: nn.Module) -> bool:
 
 def class_names(model: nn.Module) -> list[str]:
     """The model's label names, index = label (0 the background); "class N" where the model has no names."""
-    from .errors import ResnetsError
-
     try:
         meta = meta_of(model)
     except ResnetsError:  # a detector built by torchvision itself: COCO's 91 outputs, unnamed
@@ -69,8 +71,6 @@ def _areas(dataset) -> dict[int, list[float]]:
     """COCO's area of each object of each image (image id -> one per box, in the record's order), read from the
     annotation file of a COCO set (a VOC set has none: {}). An annotation is found by its box as the loader clips
     it; one without an area gets its box's, as pycocotools gives a detection."""
-    from .data import coco
-
     if not dataset.source.is_file():
         return {}
     by_box: dict[tuple, list[float]] = {}
@@ -110,8 +110,6 @@ def coco_map(
     mask model, "n", "bad_samples", "bad_files"}. Scores are percentages."""
     from torchmetrics.detection import MeanAveragePrecision
 
-    from .data import coco
-
     masks = has_masks(model) and dataset.masks
     areas = _areas(dataset)
     kinds = ["bbox", "segm"] if masks else ["bbox"]
@@ -138,8 +136,6 @@ def coco_map(
 
 def counted(n: int, bad: list, world: int) -> dict:
     """{"n", "bad_samples", "bad_files"} of an evaluation over every rank's share (one process: its own)."""
-    from .distributed import gather_objects
-
     shares = gather_objects((n, bad), world)
     bad = [b for _, share in shares for b in share]
     return {
@@ -173,8 +169,6 @@ def _scores(raw: dict, classes: list[str], kinds: list[str]) -> dict:
 
 
 def image_files(paths: Iterable[str]) -> list[str]:
-    from .data.datasets import IMAGE_SUFFIXES
-
     files = []
     for p in paths:
         if os.path.isdir(p):
@@ -220,8 +214,6 @@ def model_input(
     decoded no larger than twice what the model needs (datasets.decode_sized; `max_pixels` its pixel limit),
     brought in uint8 to the size the model's transform would resize it to, so no float copy of a large photo is
     ever made. BadSample if unreadable."""
-    from .data.datasets import decode_sized
-
     img, (w, h) = decode_sized(data, name, 3, max_pixels=max_pixels, size=(min_size, max_size))
     return shrunk(img, scaled_size(w, h, min_size, max_size)), (w, h)
 
@@ -244,8 +236,6 @@ def detect(
     "class", "score"}]}] (or {"path", "error"} for a file that cannot be read), best first, score >= `score`.
     Each image is decoded and resized in uint8 to the size the model sees (`model_input`); boxes, width and height
     are the full image's. Mask R-CNN's "masks" (N, h, w) are at the size the model saw (`draw` scales them)."""
-    from .data.datasets import BadSample, read_image_file
-
     names, device = class_names(model), next(model.parameters()).device
     amp = {"fp32": "none"}.get(precision, precision)
     files, results = image_files(paths), []
@@ -293,8 +283,6 @@ def drawn(path: str, result: dict, size: tuple[int, int] = DEFAULT_INPUT) -> tor
     """The image file as a detector of `size` (min_size, max_size: `input_size(model)`) sees it, with the boxes
     (and masks) of `result` (detect's, in the full image's coordinates) drawn and labelled: uint8 (3, h, w). A
     large photo is drawn at the model's size, never decoded whole."""
-    from .data.datasets import read_image_file
-
     return draw(model_input(read_image_file(path), path, *size)[0], result)
 
 
@@ -343,16 +331,10 @@ def evaluate_file(
 
     from tqdm import tqdm
 
-    from . import safe_io
-    from .data import coco
-    from .devices import pick_device, resolve_amp
-
     if not data:
         raise ResnetsError("say which COCO or VOC folder to evaluate the detector on: --data DIR")
     classes = class_names(model)[1:]
     if (Path(data) / "Annotations").is_dir():  # Pascal VOC's layout
-        from .data import voc
-
         ds, file = voc.load(data, "val", classes=classes), Path(data) / "ImageSets" / "Main" / "val.txt"
         if ds is None:
             raise ResnetsError(f"no {file} listing the images to evaluate on")

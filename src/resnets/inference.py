@@ -19,11 +19,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data.batching import Loader
-from .data.datasets import BadSample, FileDataset, decode
+from .data.datasets import BadSample, FileDataset, decode, image_tensor
 from .data.loader import make_eval_loader
 from .errors import ResnetsError, Unreadable, printable
+from .home import home_dir
 from .meta import meta_of, preprocessing_for
-from .onnx_predict import find_images
+from .onnx_predict import digest, find_images
+from .safe_io import atomic_path
 
 
 @dataclass
@@ -122,8 +124,6 @@ def _progress(total: int, enabled: bool):
 def _in_memory(model: nn.Module, pre, images: Sequence, first: int = 0) -> torch.Tensor:
     """PIL images and image tensors (uint8 (C, H, W), or float in [0, 1]) through the preprocessing `pre`: a
     normalised batch on the model's device. `first`: the position of images[0] among all the inputs."""
-    from .data.datasets import image_tensor
-
     tf, channels = pre.transform(), len(pre.mean)
     out = []
     for i, im in enumerate(images, start=first):
@@ -263,8 +263,6 @@ def save_index(
     """An embedding index: safetensors with the matrix and, in its metadata, the file names and the model."""
     from safetensors.torch import save_file
 
-    from .safe_io import atomic_path
-
     path = Path(path)
     meta = {"format": "resnets.embeddings/1", "files": json.dumps(files), "weights": str(weights), "layer": layer or ""}
     with atomic_path(path) as tmp:
@@ -398,9 +396,6 @@ def index_for(path: str | os.PathLike, embeddings: torch.Tensor, search: str = "
 def _ivf_cache_path(file: Path, n: int) -> Path:
     import hashlib
 
-    from .home import home_dir
-    from .onnx_predict import digest
-
     key = hashlib.sha256(f"{digest(file)}|{IVF_FORMAT}|{ivf_lists(n)}".encode()).hexdigest()[:32]
     return home_dir() / "faiss" / f"{key}.faiss"
 
@@ -409,8 +404,6 @@ def _read_ivf(path: Path, n: int, d: int):
     """The cached index at `path` when its bytes match the sha256 recorded beside it and it holds n rows of d
     numbers compared by inner product; else None."""
     import faiss
-
-    from .onnx_predict import digest
 
     try:
         if not path.is_file() or path.with_suffix(".sha256").read_text().strip() != digest(path):
@@ -426,9 +419,6 @@ def _read_ivf(path: Path, n: int, d: int):
 def _write_ivf(index, path: Path) -> None:
     """The index at `path`, then its sha256 beside it, each written whole or not at all."""
     import faiss
-
-    from .onnx_predict import digest
-    from .safe_io import atomic_path
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:

@@ -10,7 +10,12 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from .devices import autocast
+from . import safe_io
+from .data import coco, masks
+from .data.datasets import BadSample, decode_sized, read_image_file
+from .data.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+from .detect import counted, image_files, shrunk
+from .devices import autocast, pick_device, resolve_amp
 from .errors import ResnetsError
 from .meta import meta_of, traits_of
 
@@ -59,9 +64,6 @@ def mask_scores(
     data.masks.MaskFolder; pixels marked 255 left out; under torchrun each rank scores its share and torchmetrics
     gathers them). Percentages. A class absent from both the masks and the predictions does not count in the mean."""
     from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
-
-    from .data import coco, masks
-    from .detect import counted
 
     k = len(dataset.classes)
     confusion = MulticlassConfusionMatrix(k, ignore_index=masks.IGNORE)
@@ -147,9 +149,6 @@ def model_input(
     """An image file's bytes as what `class_map` takes, and the image's full (width, height): decoded no larger
     than twice what the model needs (datasets.decode_sized; `max_pixels` its pixel limit) and, when larger than the
     model's input (`input_size`), resized down to it in uint8; a smaller image as it is. BadSample if unreadable."""
-    from .data.datasets import decode_sized
-    from .detect import shrunk
-
     img, (w, h) = decode_sized(data, name, 3, max_pixels=max_pixels, size=(size, 2 * size))
     return shrunk(img, input_size(w, h, size)), (w, h)
 
@@ -160,9 +159,6 @@ def segment(model: nn.Module, paths: Iterable[str], *, size: int = 520, precisio
     torchvision's evaluation of these models); the map is at the image's own size (width x height) when it is no
     larger than that, else at the size the model saw (`overlay` and `at_size` bring it to a picture's size): a large
     photo never becomes a float tensor, or a map, of its full size."""
-    from .data.datasets import BadSample, read_image_file
-    from .detect import image_files
-
     names = class_names(model)
     amp = {"fp32": "none"}.get(precision, precision)
     model.eval()
@@ -181,9 +177,6 @@ def segment(model: nn.Module, paths: Iterable[str], *, size: int = 520, precisio
 def overlaid(path: str, result: dict, k: int) -> torch.Tensor:
     """The image file at the size of its map in `result` (segment's), the map laid over it: what `resnets segment
     --out` writes, without decoding a large photo whole."""
-    from .data.datasets import decode_sized, read_image_file
-    from .detect import shrunk
-
     mask = result["mask"]
     short, long = sorted(mask.shape)
     img, _ = decode_sized(read_image_file(path), path, 3, size=(short, long))
@@ -196,8 +189,6 @@ def class_map(model: nn.Module, img: torch.Tensor, size: int = 520, amp: str = "
     as `model_input` gives, is not resized), normalised with ImageNet's statistics, the logits brought back to
     (H, W)."""
     import torch.nn.functional as F
-
-    from .data.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
     device = next(model.parameters()).device
     mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
@@ -227,10 +218,6 @@ def evaluate_file(model: nn.Module, weights: str, data: str | None, *, batch_siz
     import json
 
     from tqdm import tqdm
-
-    from . import safe_io
-    from .data import masks
-    from .devices import pick_device, resolve_amp
 
     if not data:
         raise ResnetsError("say which mask folder to evaluate the segmenter on: --data DIR")

@@ -59,6 +59,7 @@ from pathlib import Path
 
 from ..errors import ResnetsError, printable
 from ..home import setting, shard_cache_dir
+from ..version import __version__
 
 REMOTE = re.compile(r"^(pipe:|[a-z][a-z0-9+.-]*://)", re.IGNORECASE)
 SHARD = re.compile(r"([^/\s'\"?#]+\.tar)(?![^\s'\"?#])")
@@ -341,8 +342,6 @@ class _Http:
     waits, and the fetch fails TooSlow. Redirects only to http:// and https://."""
 
     def __init__(self, source: str, timeout: float, clock: "_Clock"):
-        from ..version import __version__
-
         request = urllib.request.Request(source, headers={"User-Agent": f"resnets/{__version__}"})
         self.timeout, self.clock, self.sockets, self.expired = timeout, clock, [], False
         self.timer = threading.Timer(max(clock.left(), 0.0), self._expire)

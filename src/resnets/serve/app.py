@@ -8,6 +8,8 @@ import os
 import torch
 from torch import nn
 
+from ..factory import load
+from ..version import __version__
 from .auth import TOKEN_ENV, BearerToken
 from .limits import HTTPFailure, Limits
 from .routes import detect_routes, doc_assets, image_routes, info_routes, open_routes, segment_routes
@@ -37,9 +39,6 @@ def app(
     from contextlib import asynccontextmanager
 
     from fastapi import Depends, FastAPI
-
-    from ..factory import load
-    from ..version import __version__
 
     auth = BearerToken(token)
     if not isinstance(model, nn.Module):

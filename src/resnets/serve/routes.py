@@ -15,6 +15,8 @@ from fastapi.responses import JSONResponse, Response
 from ..detect import boxes_of, draw, to_full
 from ..errors import ResnetsError
 from ..inference import class_index, top_classes
+from ..segment import coloured, shares
+from ..segment import overlay as lay
 from .limits import HTTPFailure, header_safe
 from .service import Service
 from .tasks import SCORE_THRESHOLD
@@ -170,9 +172,6 @@ def segment_routes(svc: Service) -> APIRouter:
         format: str = Query("png", pattern="^(png|json)$", description="png: the picture (one image); json"),
     ):
         async def work(job):
-            from ..segment import coloured, shares
-            from ..segment import overlay as lay
-
             t0 = time.perf_counter()
             svc.need_task("segmentation", "segment")
             names, images, sizes = await svc.decoded(request, job)

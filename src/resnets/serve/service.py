@@ -17,6 +17,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from torch import nn
 
+from ..data.datasets import BadSample, read_header
 from ..devices import pick_device
 from ..errors import ResnetsError
 from ..meta import meta_of
@@ -233,8 +234,6 @@ class Service:
     async def headers(self, files: list[tuple[str, bytes]]) -> list:
         """Each image's header (format, size, the pixel limit: nothing decoded), read in the sandbox from the decode
         threads, never on the event loop (a header's tables can take seconds); the first bad image's HTTPFailure."""
-        from ..data.datasets import BadSample, read_header
-
         loop = asyncio.get_running_loop()
         found = await asyncio.gather(
             *(
