@@ -1,18 +1,27 @@
-"""docs/cluster/: the SLURM script and the Kubernetes PyTorchJob parse, and the command they run is a valid
-`resnets train` command with the launcher flags the multi-agent test (test_distributed.py) runs."""
+"""docs/cluster/ and the Dockerfile (issue 39): the SLURM script, the Kubeflow TrainJob and the plain Kubernetes Job
+parse, run a valid `resnets train` command (our own parser) that continues one named run, and stop the way a
+scheduler does: the script's USR1 trap is run offline against stand-ins for srun, torchrun and scontrol."""
 
+import os
 import re
 import shlex
+import signal
+import stat
 import subprocess
+import time
 from pathlib import Path
 
 import yaml
 
 from resnets.cli.main import build_parser
 
-CLUSTER = Path(__file__).resolve().parents[1] / "docs" / "cluster"
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER = ROOT / "docs" / "cluster"
 # what the multi-agent test gives torchrun, and what a job that restarts must give it
 LAUNCH = {"--rdzv-backend", "--rdzv-endpoint", "--rdzv-id", "--max-restarts", "--nnodes", "--nproc-per-node"}
+# sbatch's options (its man page): a misspelt directive is a comment to SLURM, and silently not applied
+SBATCH = {"--job-name", "--nodes", "--ntasks-per-node", "--gpus-per-node", "--cpus-per-task", "--time", "--requeue",
+          "--signal", "--open-mode", "--output", "--partition", "--account", "--mem"}  # fmt: skip
 
 
 def _train_args(argv: list[str]) -> list[str]:
@@ -25,36 +34,124 @@ def _train_args(argv: list[str]) -> list[str]:
     return args
 
 
-def test_the_sbatch_script_parses_and_runs_torchrun_with_resume_auto():
+def _sbatch_command(env: dict) -> list[str]:
+    text = (CLUSTER / "train.sbatch").read_text()
+    command = re.search(r"^srun .*?torchrun(.*?) &$", text, re.M | re.S)[1].replace("\\\n", " ")
+    return shlex.split(re.sub(r"\$\{?(\w+)\}?", lambda m: env.get(m[1], m[0]), command))
+
+
+def test_the_sbatch_script_parses_follows_the_allocation_and_signals_ahead_of_the_time_limit():
     script = CLUSTER / "train.sbatch"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     text = script.read_text()
-    directives = re.findall(r"^#SBATCH (\S+)", text, re.M)
-    assert "--requeue" in directives and "--ntasks-per-node=1" in directives  # one agent per node, requeued
-    command = re.search(r"^srun .*?torchrun(.*?)(?:\n\n|\Z)", text, re.M | re.S)[1].replace("\\\n", " ")
-    env = {"SLURM_NNODES": "4", "HEAD": "node1", "SLURM_JOB_ID": "42", "SHARED": "/shared"}
-    argv = shlex.split(re.sub(r"\$\{?(\w+)\}?", lambda m: env.get(m[1], m[0]), command))
+    directives = dict(re.findall(r"^#SBATCH (--[\w-]+)=?(\S*)", text, re.M))
+    assert set(directives) <= SBATCH, set(directives) - SBATCH
+    assert "--requeue" in directives and directives["--ntasks-per-node"] == "1"  # one agent per node, requeued
+    assert re.fullmatch(r"B:USR1@\d+", directives["--signal"])  # to the script, minutes before --time
+    argv = _sbatch_command({"SLURM_NNODES": "4", "HEAD": "node1", "SLURM_JOB_ID": "42", "SHARED": "/s", "NPROC": "8"})
     flags = {a.split("=")[0] for a in argv[: argv.index("-m")] if a.startswith("--")}
     assert LAUNCH <= flags, LAUNCH - flags
     assert argv[argv.index("--rdzv-backend") + 1] == "c10d"
+    assert re.search(r"^NPROC=\$\{SLURM_GPUS_ON_NODE", text, re.M)  # processes per node from the allocation
+    assert re.search(r"^source \"\$VENV/bin/activate\"$", text, re.M)  # an environment, not a bare torchrun
     assert re.search(r"^export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1$", text, re.M)  # as the restart test runs it
+    assert "NCCL_SOCKET_IFNAME" in text
     _train_args(argv)
 
 
-def test_the_pytorchjob_parses_and_runs_the_same_training_command():
-    job = yaml.safe_load((CLUSTER / "pytorchjob.yaml").read_text())
-    assert job["kind"] == "PyTorchJob" and job["apiVersion"] == "kubeflow.org/v1"
-    policy = job["spec"]["elasticPolicy"]
-    assert policy["rdzvBackend"] == "c10d" and policy["maxRestarts"] >= 1  # torchrun's rendezvous, via PET_*
-    worker = job["spec"]["pytorchReplicaSpecs"]["Worker"]
-    assert worker["restartPolicy"] == "OnFailure"
-    container = worker["template"]["spec"]["containers"][0]
-    argv = [str(a) for a in container["command"]]
-    assert argv[0] == "torchrun"
+def _stand_in(folder: Path, name: str, body: str) -> None:
+    path = folder / name
+    path.write_text("#!/bin/bash\n" + body)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+
+
+def test_the_sbatch_scripts_usr1_stops_the_run_with_sigterm_and_requeues_the_job(tmp_path):
+    """The script as SLURM runs it, with srun, torchrun and scontrol stood in for: USR1 (what --signal sends) makes
+    it SIGTERM the training (our run's checkpoint signal) and wait for it, then `scontrol requeue` its job."""
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    log = tmp_path / "log"
+    _stand_in(bin_, "srun", 'shift; exec "$@"\n')  # --kill-on-bad-exit=0 torchrun ...
+    _stand_in(bin_, "torchrun", f'echo "torchrun $*" >> {log}\ntrap \'echo TERM >> {log}; kill $!; exit 143\' TERM\n'
+              "sleep 60 & wait\n")  # fmt: skip
+    _stand_in(bin_, "scontrol", f'[ "$1" = show ] && echo node1 || echo "scontrol $*" >> {log}\n')
+    venv = tmp_path / "venv" / "bin"
+    venv.mkdir(parents=True)
+    (venv / "activate").write_text("")
+    env = dict(os.environ, PATH=f"{bin_}:{os.environ['PATH']}", VENV=str(venv.parent), SHARED=str(tmp_path),
+               SLURM_JOB_ID="42", SLURM_JOB_NODELIST="node1", SLURM_NNODES="1", SLURM_GPUS_ON_NODE="2")  # fmt: skip
+    p = subprocess.Popen(["bash", str(CLUSTER / "train.sbatch")], env=env, stdout=subprocess.PIPE, text=True)
+    deadline = time.time() + 20
+    while time.time() < deadline and not (log.exists() and "torchrun" in log.read_text()):
+        time.sleep(0.05)
+    time.sleep(0.2)  # the trap is set before torchrun starts; the stand-in's own trap just after it does
+    p.send_signal(signal.SIGUSR1)
+    out, _ = p.communicate(timeout=20)
+    lines = log.read_text().splitlines()
+    assert lines[0].startswith("torchrun --nnodes 1 --nproc-per-node 2 ") and lines[1:] == [
+        "TERM",
+        "scontrol requeue 42",
+    ]
+    assert "checkpointing, then requeueing job 42" in out
+
+
+def _container_command(doc: dict) -> tuple[list[str], dict]:
+    if doc["kind"] == "TrainJob":
+        trainer = doc["spec"]["trainer"]
+        return [str(a) for a in trainer["command"]], trainer
+    container = doc["spec"]["template"]["spec"]["containers"][0]
+    return [str(a) for a in container["command"]], container
+
+
+def test_the_trainjob_runs_the_sbatch_scripts_training_on_the_torch_runtime():
+    job = yaml.safe_load((CLUSTER / "trainjob.yaml").read_text())
+    assert job["apiVersion"] == "trainer.kubeflow.org/v1alpha1" and job["kind"] == "TrainJob"
+    assert job["spec"]["runtimeRef"]["name"] == "torch-distributed"  # torchrun's rendezvous from PET_* variables
+    argv, trainer = _container_command(job)
+    assert argv[:2] == ["torchrun", "-m"]
     k8s = _train_args(argv)
-    slurm = (CLUSTER / "train.sbatch").read_text()
-    for flag in ("--recipe", "--model", "--name", "--checkpoint-steps"):  # the same run in both
+    slurm = " ".join(_sbatch_command({}))
+    for flag in ("--recipe", "--model", "--name", "--checkpoint-steps", "--resume"):  # the same run in both
         assert f"{flag} {k8s[k8s.index(flag) + 1]}" in slurm, flag
-    assert {"name": "TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "value": "1"} in container["env"]
-    mounts = {m["mountPath"] for m in container["volumeMounts"]}
-    assert "/shared" in mounts and k8s[k8s.index("--out") + 1].startswith("/shared/")  # runs on the shared volume
+    assert {"name": "TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "value": "1"} in trainer["env"]
+    override = job["spec"]["podTemplateOverrides"][0]
+    assert override["targetJobs"] == [{"name": "node"}]
+    mounts = {m["mountPath"] for m in override["spec"]["containers"][0]["volumeMounts"]}
+    assert {"/shared", "/dev/shm"} <= mounts and k8s[k8s.index("--out") + 1].startswith("/shared/")
+
+
+def test_the_plain_job_meets_at_pod_zero_and_does_not_count_a_preemption_as_a_failure():
+    service, job = yaml.safe_load_all((CLUSTER / "job.yaml").read_text())
+    assert service["kind"] == "Service" and service["spec"]["clusterIP"] == "None"
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed" and spec["completions"] == spec["parallelism"]
+    pod = spec["template"]["spec"]
+    assert pod["subdomain"] == service["metadata"]["name"] and pod["restartPolicy"] == "Never"
+    assert pod["terminationGracePeriodSeconds"] >= 60  # the step in flight and the checkpoint, before SIGKILL
+    argv, container = _container_command(job)
+    name = job["metadata"]["name"]
+    assert argv[argv.index("--rdzv-endpoint") + 1] == f"{name}-0.{service['metadata']['name']}:29500"
+    assert argv[argv.index("--nnodes") + 1] == str(spec["completions"])
+    flags = {a for a in argv[: argv.index("-m")] if a.startswith("--")}
+    assert LAUNCH <= flags, LAUNCH - flags
+    _train_args(argv)
+    rules = spec["podFailurePolicy"]["rules"]
+    assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]} in rules
+    codes = next(r["onExitCodes"] for r in rules if "onExitCodes" in r)
+    assert codes["containerName"] == container["name"] and set(codes["values"]) == {
+        128 + signal.SIGTERM,
+        128 + signal.SIGUSR1,
+    }
+
+
+def test_the_manifests_name_the_image_the_dockerfile_builds():
+    docker = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^ARG BASE=python:\S+$", docker, re.M) and re.search(r"^FROM \$\{BASE\}$", docker, re.M)
+    built = set(re.findall(r"docker build .*?-t (\S+) \.", docker))
+    assert len(built) == 2 and any("pytorch/pytorch:" in line for line in docker.splitlines() if "BASE=" in line)
+    for name in ("trainjob.yaml", "job.yaml"):
+        for doc in yaml.safe_load_all((CLUSTER / name).read_text()):
+            if doc["kind"] in ("TrainJob", "Job"):
+                _, where = _container_command(doc)
+                assert where["image"] in built, (name, where["image"])
+    assert "USER resnets" in docker and "pip install --no-cache-dir ." in docker

@@ -60,7 +60,7 @@ def _children(pid: int) -> list[int]:
     return [int(c) for c in path.read_text().split()] if path.exists() else []
 
 
-def _launch(out, name, log_suffix="", share_store=False):
+def _launch(out, name, log_suffix="", share_store=False, max_restarts=1):
     """Two `torchrun --nnodes 2` agents on a fresh c10d rendezvous, each with one worker running `resnets train ...
     --resume auto --name NAME` on the shards; the workers on a store of their own, as docs/cluster.md says, unless
     `share_store` (torchrun's default)."""
@@ -72,7 +72,16 @@ def _launch(out, name, log_suffix="", share_store=False):
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1"]
     cmd += ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id", name]
-    cmd += ["--max-restarts", "1", "--monitor-interval", "0.5", "-m", "resnets", "train", *map(str, ELASTIC)]
+    cmd += [
+        "--max-restarts",
+        str(max_restarts),
+        "--monitor-interval",
+        "0.5",
+        "-m",
+        "resnets",
+        "train",
+        *map(str, ELASTIC),
+    ]
     cmd += ["--out", str(out), "--name", name, "--data", str(out / "shards")]
     env = dict(os.environ, OMP_NUM_THREADS="1", TORCH_DISABLE_SHARE_RDZV_TCP_STORE="0" if share_store else "1")
     logs = [open(out / f"{name}-agent{i}{log_suffix}.log", "w+") for i in range(2)]
@@ -150,6 +159,26 @@ def _restart_then_requeue(out, name, timeout=300) -> tuple[list[str], list[str]]
     return first, _finish(*_launch(out, name, "-again"), timeout)
 
 
+def _sigterm_then_requeue(out, name, timeout=300) -> tuple[list[str], list[str]]:
+    """(c) Once the run has a checkpoint, one worker SIGTERMed (a scheduler's stop reaching one node first), with no
+    restart in place: both workers stop at the same step, rank 0 checkpoints, the job ends; then the same command
+    again, as a requeue. The outputs of the two starts."""
+    import os
+    import signal
+
+    agents, logs = _launch(out, name, max_restarts=0)
+    last = out / name / "last.pt"
+    _wait(last.exists, agents, timeout)
+    before = _inode(last)
+    os.kill(_children(agents[1].pid)[0], signal.SIGTERM)
+    for a in agents:
+        a.wait(timeout)
+    first = _outputs(logs)
+    assert [a.returncode for a in agents] != [0, 0] and _inode(last) != before, first  # a checkpoint at the stop
+    assert not (out / name / "model.safetensors").exists(), first
+    return first, _finish(*_launch(out, name, "-again"), timeout)
+
+
 def _shards(out, n=640):
     """Images of 4 classes (coloured noise, 32 to 48 pixels a side) as tar shards of ~40 KB, with a val split."""
     import numpy as np
@@ -181,7 +210,8 @@ def test_two_agents_train_as_one_process_and_a_worker_killed_then_the_job_requeu
     run of the same job, one worker SIGKILLed after a checkpoint: torchrun restarts the group in place
     (--max-restarts 1) and --resume auto continues; later the whole job killed (every agent and worker) and started
     again with the same command, as a requeue does: it continues again, and ends with exactly the weights of the
-    uninterrupted job. The uninterrupted job runs on torchrun's shared store, and rank 0 says what to set for restarts
+    uninterrupted job; (c) one worker SIGTERMed, no restart in place: the job checkpoints and ends, and started again
+    it ends with those weights too. The uninterrupted job runs on torchrun's shared store, and rank 0 says what to set for restarts
     (restart_hazard)."""
     import subprocess
     import sys
@@ -203,9 +233,12 @@ def test_two_agents_train_as_one_process_and_a_worker_killed_then_the_job_requeu
     restarted, requeued = _restart_then_requeue(tmp_path, "killed")
     assert "resuming" in "".join(restarted), restarted  # torchrun's new group continued the run
     assert "resuming" in "".join(requeued), requeued  # and so did the requeued job
-    a, b, c = (saved_weights(tmp_path / n / "model.safetensors") for n in ("one", "two", "killed"))
+    stopped, again = _sigterm_then_requeue(tmp_path, "termed")
+    assert "stopped by SIGTERM at step" in "".join(stopped) and "resuming" in "".join(again), stopped
+    a, b, c, d = (saved_weights(tmp_path / n / "model.safetensors") for n in ("one", "two", "killed", "termed"))
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 2e-4
     assert all(torch.equal(b[k], c[k]) for k in b), "the restarted run ended with other weights"
+    assert all(torch.equal(b[k], d[k]) for k in b), "the run stopped by SIGTERM ended with other weights"
     history = [json.loads(line) for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == [1, 2]
 

@@ -28,6 +28,16 @@ class WeightsError(ResnetsError, ValueError):
     """A weights file that is missing, unreadable, unsafe or of another architecture."""
 
 
+class Stopped(BaseException):
+    """A run stopped by a signal a scheduler sends (SIGTERM, SIGUSR1; engine/preemption.py): like Ctrl-C's
+    KeyboardInterrupt, not an Exception, so no handler of bad samples takes it for one. The CLI says its message in
+    one line and exits with 128 + `signum`."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
+
+
 def printable(text: str) -> str:
     """Control characters (newlines, escape codes, bells) shown as escapes: one line, no terminal tricks. For any
     text that reaches a terminal and came from elsewhere (file and class names, decoders' messages)."""

@@ -10,7 +10,7 @@ import sys
 import warnings
 from typing import Sequence
 
-from ..errors import CheckFailed, ResnetsError, printable
+from ..errors import CheckFailed, ResnetsError, Stopped, printable
 from ..version import __version__
 from . import catalog, exporting, images, science, serving, training
 from .options import EXIT_USAGE, Parser, count, say_defaults
@@ -116,6 +116,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("resnets: interrupted", file=sys.stderr)
         return 130
+    except Stopped as e:  # SIGTERM or SIGUSR1 from a scheduler: 143 or 138, as the signal itself would end it
+        if os.environ.get("RANK", "0") == "0":  # under torchrun: one line for the job
+            print(f"resnets: {e}", file=sys.stderr)
+        return 128 + e.signum
     except Exception as e:
         from ..engine import TrainingError
 

@@ -4,6 +4,7 @@ know about them (classes, channels, crop sizes, normalisation).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -12,6 +13,8 @@ from ..errors import ResnetsError
 from .datasets import synthetic
 from .preprocessing import Preprocessing
 from .registry import get_dataset
+
+log = logging.getLogger("resnets")
 
 
 @dataclass
@@ -111,6 +114,12 @@ def build(cfg, in_chans: int | None = None, preprocessing=None) -> DataBundle:
             )
         keep, held = stratified_split(tr.targets, frac, cfg.seed)
         tr, va = tr.subset(keep), tr.subset(held)
+        if not cfg.val_split:  # said, not silent: where the validation images come from
+            log.warning(
+                "%s has no validation split: validating on %d training images held out (%g%% of each class, "
+                "seeded; --val-split sets the fraction, --val-data names a validation set)",
+                cfg.data or cfg.dataset, len(va), 100 * frac,
+            )  # fmt: skip
     if cfg.limit_train:
         tr = tr.subset(
             torch.randperm(len(tr), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.limit_train].tolist()

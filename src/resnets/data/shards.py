@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import tarfile
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Sequence
@@ -144,21 +145,116 @@ def parse_size(text: str) -> int:
         value = float(num) * units[t[len(num) :]]
     except (ValueError, KeyError):
         raise ResnetsError(f"--shard-size {text!r}: give a size such as 512MB, 1GB or 20KB") from None
-    if not 1 << 10 <= value <= 1 << 40:
-        raise ResnetsError(f"--shard-size {text!r}: between 1KB and 1TB")
+    if not RECORD <= value <= 1 << 40:
+        raise ResnetsError(f"--shard-size {text!r}: between 10KB (the smallest tar file) and 1TB")
     return int(value)
 
 
+RECORD = tarfile.RECORDSIZE  # 10,240 bytes: a tar file written as a stream is padded to a multiple of it
+
+
+def tar_bytes(sizes: list[int]) -> int:
+    """The bytes members of these sizes take in a tar file (USTAR, short names): a 512-byte header each, the data
+    padded to 512."""
+    return sum(512 + -(-n // 512) * 512 for n in sizes)
+
+
+def closed_bytes(members: int) -> int:
+    """The size of a tar file once closed, whose members take `members` bytes: two empty blocks end it, and the
+    stream is padded to a whole record."""
+    return -(-(members + 1024) // RECORD) * RECORD
+
+
+class ShardSink:
+    """Tar shards `pattern % n` of at most `limit` bytes each as written (tar_bytes, closed_bytes: the sizes are
+    counted, not estimated from the payload; webdataset's ShardWriter counts only the payload and went 40-45% over
+    with small images). A sample that is bigger than `limit` alone gets a shard of its own (`oversized` lists them).
+    A full disk names the shard being written."""
+
+    def __init__(self, pattern: str, limit: int):
+        self.pattern, self.limit = pattern, limit
+        self.n, self.used, self.writer, self.file = 0, 0, None, None
+        self.mtime = int(time.time())
+        self.path = ""
+        self.oversized: list[str] = []
+
+    def write(self, sample: dict) -> None:
+        size = tar_bytes([len(v) for k, v in sample.items() if k != "__key__"])
+        if self.writer is not None and closed_bytes(self.used + size) > self.limit:
+            self.close()
+        if self.writer is None:
+            self._open()
+        if closed_bytes(size) > self.limit:
+            self.oversized.append(f"{sample['__key__']} ({closed_bytes(size):,} bytes in {Path(self.path).name})")
+        self._guard(self.writer.write, sample)
+        self.used += size
+
+    def _open(self) -> None:
+        from webdataset import TarWriter
+
+        self.path = self.pattern % self.n
+        self.n += 1
+        self.file = self._guard(open, self.path, "wb")
+        # a whole-second mtime: tarfile writes a fractional one (webdataset's default) as a PAX header of 1 KB more
+        # before every member, which the count above would miss
+        self.writer, self.used = TarWriter(self.file, encoder=False, mtime=self.mtime), 0
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self._guard(self.writer.close)
+            self._guard(self.file.close)
+            self.writer = self.file = None
+
+    def _guard(self, fn, *args):
+        try:
+            return fn(*args)
+        except OSError as e:
+            if e.filename is None and self.path:  # a full disk, a quota: say where
+                raise OSError(e.errno, e.strerror, self.path) from None
+            raise
+
+    def __enter__(self) -> "ShardSink":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def sweep_partials(out: Path) -> list[str]:
+    """Remove the temporary folders (`.partial-PID`) that killed `resnets data shard` runs left in `out`: those
+    whose process is gone."""
+    gone = []
+    for p in out.glob(".partial-*"):
+        pid = p.name.rpartition("-")[2]
+        if p.is_dir() and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+            gone.append(p.name)
+    return gone
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def write(splits: dict, out: Path, *, shard_bytes: int = 512 << 20, progress: bool = True) -> Path:
-    """Every split's images (FileDataset: files; TensorDataset: in-memory images, as PNG) into tar shards of at most `shard_bytes` in `out`, and the index; unreadable images are
-    left out and named. Written in a temporary folder inside `out`, moved into place when whole. Returns the index."""
+    """Every split's images (FileDataset: files; TensorDataset: in-memory images, as PNG) into tar shards of at most
+    `shard_bytes` in `out` (a single image larger than that: a shard of its own, said in a line), and the index;
+    unreadable images are left out and named. Written in a temporary folder inside `out` (one a killed run left is
+    removed), moved into place when whole. Returns the index."""
     from tqdm import tqdm
-    from webdataset import ShardWriter
 
     out = Path(out)
     if (out / INDEX).exists() or (out.is_dir() and any(out.glob("*.tar"))):
         raise ResnetsError(f"{out} already holds shards; give an empty or new folder")
     out.mkdir(parents=True, exist_ok=True)
+    for name in sweep_partials(out):
+        print(f"removed {out / name}, left by a stopped run")
     tmp = out / f".partial-{os.getpid()}"
     tmp.mkdir()
     classes = next(iter(splits.values())).classes
@@ -166,9 +262,7 @@ def write(splits: dict, out: Path, *, shard_bytes: int = 512 << 20, progress: bo
     try:
         for split, ds in splits.items():
             labels, skipped = {}, []
-            with ShardWriter(
-                str(tmp / f"{split}-%06d.tar"), maxsize=shard_bytes, maxcount=10**7, verbose=0, encoder=False
-            ) as sink:
+            with ShardSink(str(tmp / f"{split}-%06d.tar"), shard_bytes) as sink:
                 for i in tqdm(range(len(ds)), desc=f"{split} shards", disable=not progress):
                     try:
                         name, label, data = _item(ds, i)
@@ -182,6 +276,8 @@ def write(splits: dict, out: Path, *, shard_bytes: int = 512 << 20, progress: bo
                     sink.write({"__key__": key, ext: data, "cls": str(label).encode()})
             for line in skipped:
                 print(f"left out {line}")
+            for line in sink.oversized:
+                print(f"larger than --shard-size alone, a shard of its own: {line}")
             index["splits"][split] = [_scan(p, labels) for p in sorted(tmp.glob(f"{split}-*.tar"))]
         for p in sorted(tmp.glob("*.tar")):
             os.replace(p, out / p.name)

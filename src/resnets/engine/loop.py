@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import time
 
 import torch
@@ -13,6 +14,7 @@ from torch import nn
 
 from .. import distributed, safe_io
 from ..data.batching import Loader, mix_seed
+from ..errors import Stopped
 from ..weights.files import load_checkpoint, save, save_checkpoint
 from . import steps
 from .checkpoint import save_state, stopped
@@ -123,6 +125,8 @@ def train_one_epoch(run: Run, epoch: int, step_fn) -> dict:
     finite = torch.ones((), dtype=torch.bool, device=dev)
     seen, t0 = 0, time.perf_counter()
     reported = t0
+    if run.preemption is not None:  # from here a signal is a checkpoint at the next optimizer step, not a stop
+        run.preemption.eager = False
     if run.bar is not None:
         run.bar.set_description(f"epoch {epoch + 1}/{run.epochs}")
     for b, raw in enumerate(run.train_loader, start=first):
@@ -154,6 +158,13 @@ def train_one_epoch(run: Run, epoch: int, step_fn) -> dict:
             save_state(run, run.run_dir / "last.pt", epoch, b + 1)
         # reported after the checkpoint (a caller that stops the run on a report loses no step) and at each one
         reported = _show_progress(run, epoch, b, sums, seen, t0, reported, bool(saved))
+        if sync and b + 1 < run.batches_per_epoch and not run.done and _stop_asked(run):
+            if not bool(finite):
+                break
+            both = distributed.all_reduce_sum(torch.cat([sums, window]), ctx).tolist()
+            run.partial = {"epoch": both[:3], "window": both[3:]}
+            save_state(run, run.run_dir / "last.pt", epoch, b + 1)
+            raise _stopped(run, f"in epoch {epoch + 1}")
         if run.done:
             break
     if not bool(finite):
@@ -215,6 +226,22 @@ def end_epoch(run: Run, epoch: int, record: dict) -> bool:
     return stop
 
 
+def _stop_asked(run: Run) -> int | None:
+    """The signal the run stops for (every rank agreeing), or None."""
+    return run.preemption.asked(run.ctx) if run.preemption is not None else None
+
+
+def _stopped(run: Run, where: str) -> Stopped:
+    """The stop after the checkpoint a signal asked for: one line naming it and how the run continues."""
+    signum = run.preemption.signum or int(signal.SIGTERM)
+    return Stopped(
+        signum,
+        f"stopped by {signal.Signals(signum).name} at step {run.step} of {run.total_steps} ({where}): "
+        f"checkpoint {run.run_dir / 'last.pt'}; the same command with --resume auto (or --resume {run.run_dir}) "
+        "continues it",
+    )
+
+
 def fit(run: Run) -> dict:
     """Train the run from where it stands to its end (or an early stop), then evaluate and save it."""
     open_outputs(run)
@@ -233,6 +260,8 @@ def fit(run: Run) -> dict:
             run.epoch, run.batch = epoch + 1, 0
             if stop:
                 break
+            if not run.done and epoch + 1 < run.epochs and _stop_asked(run):  # the epoch's checkpoint is written
+                raise _stopped(run, f"after epoch {epoch + 1}")
         if run.best_state is not None:
             run.core.load_state_dict(run.best_state)
         result = finish(run)

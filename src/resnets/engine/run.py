@@ -23,6 +23,7 @@ from . import estimate, finetune, rundir, steps
 from .checkpoint import restore
 from .loop import fit
 from .optim import make_scheduler
+from .preemption import Preemption
 from .state import Run
 
 log = logging.getLogger("resnets")
@@ -64,9 +65,11 @@ def train(
         torch.backends.cudnn.benchmark,
     )
     decoding = _decoding(cfg)
+    preemption = Preemption().install()  # SIGTERM and SIGUSR1: before the first step a stop, then a checkpoint
     try:
         run = build_run(cfg, ctx, resume, changed)
         run.on_progress = on_progress if ctx.is_main else None
+        run.preemption = preemption
         if state is not None:
             restore(run, state)
         if ctx.is_main and cfg.progress:  # what trains, and the wait, said before it starts
@@ -78,6 +81,7 @@ def train(
             rundir.discard(run.run_dir, e)  # stopped before its first checkpoint: nothing to resume or reuse
         raise
     finally:
+        preemption.restore()
         decoding()
         if run is not None and run.lock is not None:
             run.lock.release()
@@ -188,7 +192,14 @@ def build_run(
     sched, plateau = make_scheduler(opt, cfg, total_steps, steps_per_epoch, peak_lr)
     criterion, mix, normalize = task.parts(cfg, bundle)
     run_dir, lock, fresh = rundir.claim_and_record(cfg, ctx, resume, changed)
-    distributed.barrier(ctx)
+    try:
+        distributed.barrier(ctx)
+    except BaseException as e:  # a stop (Ctrl-C, SIGTERM) while the others catch up: as claim_and_record's own
+        if lock is not None:
+            lock.release()
+        if fresh and ctx.is_main:
+            rundir.discard(run_dir, e)
+        raise
     return Run(
         cfg=cfg,
         ctx=ctx,

@@ -30,7 +30,7 @@ from typing import Any
 
 from .. import distributed, safe_io
 from ..config import TrainConfig, apply, from_dict, only_from_command_line
-from ..errors import ResnetsError
+from ..errors import ResnetsError, Stopped
 from ..weights.files import load_checkpoint
 
 log = logging.getLogger("resnets")
@@ -232,7 +232,7 @@ def discard(run_dir: Path, why: BaseException | None = None) -> bool:
     if (run_dir / "last.pt").exists():
         return False
     shutil.rmtree(run_dir, ignore_errors=True)
-    if isinstance(why, KeyboardInterrupt):
+    if isinstance(why, (KeyboardInterrupt, Stopped)):
         log.warning(
             "stopped before the first checkpoint: nothing was kept (%s removed); start it again to train", run_dir
         )

@@ -74,6 +74,7 @@ class Run:
     bar: Any = None
     writer: Any = None
     on_progress: Callable[[dict], None] | None = None
+    preemption: Any = None  # the run's SIGTERM / SIGUSR1 handlers (preemption.Preemption; None: not handled)
 
     @property
     def classes(self) -> list[str]:

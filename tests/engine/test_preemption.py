@@ -1,0 +1,135 @@
+"""resnets.engine.preemption (issue 39): SIGTERM or SIGUSR1 mid-run writes a checkpoint at the next optimizer step and
+exits 128 + the signal, and the same command with --resume auto ends with exactly the uninterrupted run's weights
+(a classifier, a detector); a signal before the first step leaves nothing, and the same command starts again."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import TINY_DETECTOR, TINY_RUN, run_cli, saved_weights
+
+from resnets import engine
+from resnets.config import resolve
+from resnets.engine import loop, preemption
+from resnets.errors import Stopped
+from resnets.factory import load
+from resnets.weights.files import load_checkpoint
+
+RUN = [a for a in TINY_RUN if a not in ("--epochs", "1", "--no-progress")] + ["--epochs", "3", "--deterministic"]
+
+
+def _signal_at_step(monkeypatch, step: int, signum=signal.SIGTERM) -> None:
+    """The process signals itself once, right after optimizer step `step` (a scheduler's SIGTERM at that moment)."""
+    after = loop._after_step
+
+    def _after(run, *a):
+        after(run, *a)
+        if run.step == step:
+            os.kill(os.getpid(), signum)
+
+    monkeypatch.setattr(loop, "_after_step", _after)
+
+
+def test_sigterm_mid_epoch_checkpoints_and_resume_auto_gives_the_uninterrupted_weights(tmp_path, monkeypatch):
+    args = [*RUN, "--no-progress", "--out", tmp_path]
+    code, _, err = run_cli("train", *args, "--name", "whole")
+    assert code == 0, err
+    _signal_at_step(monkeypatch, 21)  # 16 steps an epoch: the 5th of the second
+    code, _, err = run_cli("train", *args, "--name", "cut", "--resume", "auto")
+    assert code == 143 and err.count("\n") == 1, err
+    assert "stopped by SIGTERM at step 21 of 48 (in epoch 2)" in err and "--resume auto" in err
+    state = load_checkpoint(tmp_path / "cut" / "last.pt")
+    assert (state["epoch"], state["batch"], state["step"]) == (1, 5, 21)
+    assert not (tmp_path / "cut" / "model.safetensors").exists()
+    monkeypatch.undo()
+    code, _, err = run_cli("train", *args, "--name", "cut", "--resume", "auto")
+    assert code == 0, err
+    a, b = (
+        saved_weights(tmp_path / "whole" / "model.safetensors"),
+        saved_weights(tmp_path / "cut" / "model.safetensors"),
+    )
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers given back after the run
+
+
+def test_a_signal_at_the_end_of_an_epoch_stops_after_its_checkpoint(tmp_path, monkeypatch):
+    _signal_at_step(monkeypatch, 16, signal.SIGUSR1)  # the last step of epoch 1: SLURM's warning before --time
+    code, _, err = run_cli("train", *RUN, "--no-progress", "--out", tmp_path, "--name", "r")
+    assert code == 138 and "stopped by SIGUSR1 at step 16 of 48 (after epoch 1)" in err, err
+    state = load_checkpoint(tmp_path / "r" / "last.pt")
+    assert (state["epoch"], state["batch"], state["step"]) == (1, 0, 16) and len(state["history"]) == 1
+
+
+def test_a_signal_before_the_first_step_leaves_nothing_and_the_same_command_starts(tmp_path, monkeypatch):
+    opened = loop.open_outputs
+
+    def signalled(run):  # the run folder is made, no step taken (a scheduler's stop while the data loads)
+        opened(run)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(loop, "open_outputs", signalled)
+    args = ["train", *RUN, "--no-progress", "--out", tmp_path, "--name", "early", "--resume", "auto", "--epochs", "1"]
+    code, _, err = run_cli(*args)
+    assert code == 143 and "stopped by SIGTERM before the first step" in err, err
+    assert "nothing was kept" in err and not (tmp_path / "early").exists()
+    monkeypatch.undo()
+    code, _, err = run_cli(*args)
+    assert code == 0 and (tmp_path / "early" / "model.safetensors").is_file(), err
+
+
+def test_a_detector_stopped_by_sigterm_resumes_to_the_same_weights(shapes_set, tmp_path, monkeypatch):
+    keys = dict(zip((k[2:].replace("-", "_") for k in TINY_DETECTOR[::2]), TINY_DETECTOR[1::2]))
+    keys.pop("no_progress", None)
+    over = keys | dict(data=str(shapes_set), out=str(tmp_path), progress=False, epochs=2, deterministic=True)
+    whole = engine.train(resolve(None, None, over))
+    _signal_at_step(monkeypatch, 6)  # 4 steps an epoch: mid-epoch 2
+    with pytest.raises(Stopped, match="at step 6 of 8 .in epoch 2."):
+        engine.train(resolve(None, None, over | {"name": "cut"}))
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["step"] == 6
+    monkeypatch.undo()
+    again = engine.train(resume=tmp_path / "cut")
+    a, b = load(whole["run_dir"]).state_dict(), load(again["run_dir"]).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigterm_to_the_whole_process_group_as_a_scheduler_sends_it(tmp_path):
+    """A real signal from outside, to the run and its data-loading workers at once (as `scancel` and a pod's
+    eviction send it): the workers leave the decision to the run, which checkpoints and exits 143."""
+    args = [*map(str, RUN), "--workers", "2", "--epochs", "4", "--checkpoint-steps", "2", "--out", str(tmp_path)]
+    p = subprocess.Popen(
+        [sys.executable, "-m", "resnets", "train", *args, "--name", "r"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+    deadline = time.time() + 60
+    while time.time() < deadline and p.poll() is None and not (tmp_path / "r" / "last.pt").exists():
+        time.sleep(0.02)
+    os.killpg(p.pid, signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
+    lines = [line for line in err.decode().replace("\r", "\n").splitlines() if line.startswith("resnets:")]
+    assert p.returncode == 143 and lines and "stopped by SIGTERM at step" in lines[-1], err.decode()[-2000:]
+    step = load_checkpoint(tmp_path / "r" / "last.pt")["step"]
+    assert 2 <= step < 64
+    code, _, err = run_cli("train", *args, "--name", "r", "--resume", "auto", "--no-progress")
+    assert code == 0, err
+    code, _, err = run_cli("train", *args, "--name", "whole", "--no-progress")
+    assert code == 0, err
+    a, b = saved_weights(tmp_path / "whole" / "model.safetensors"), saved_weights(tmp_path / "r" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_worker_process_leaves_the_decision_to_the_run(monkeypatch):
+    stop = preemption.Preemption()
+    monkeypatch.setattr(stop, "pid", os.getpid() + 1)  # as a forked data-loading worker sees it
+    stop._handle(signal.SIGTERM, None)
+    assert stop.signum is None
+    stop.pid = os.getpid()
+    with pytest.raises(Stopped) as e:
+        stop._handle(signal.SIGUSR1, None)
+    assert e.value.signum == signal.SIGUSR1 and stop.signum == signal.SIGUSR1
