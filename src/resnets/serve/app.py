@@ -72,10 +72,7 @@ def app(
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
-        description=f"{svc.shown()} served by resnets: "
-        + {"detection": "find objects in images.", "segmentation": "the class of every pixel of images."}.get(
-            svc.task, "classify, embed and explain images."
-        ),
+        description=f"{svc.shown()} served by resnets: {svc.purpose}",
     )
     api.state.service = svc
     api.add_middleware(Counted, metrics=svc.metrics)

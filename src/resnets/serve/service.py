@@ -82,6 +82,8 @@ class Service:
     in the hooks below the line marked so, and calls this __init__ first."""
 
     task = ""  # "classification", "detection", "segmentation": each task's subclass says
+    route = ""  # the endpoint that answers for its task ("POST /v1/predict")
+    purpose = ""  # what the served model does, for the API's description
 
     def __init__(
         self,
@@ -361,10 +363,7 @@ class Service:
     def need_task(self, task: str, what: str) -> None:
         """400 for an endpoint of another task (boxes from a classifier, classes from a detector)."""
         if task != self.task:
-            where = {"detection": "POST /v1/detect", "segmentation": "POST /v1/segment"}.get(
-                self.task, "POST /v1/predict"
-            )
-            raise HTTPFailure(400, f"{what} is for a {task} model; this server runs a {self.task} model: {where}")
+            raise HTTPFailure(400, f"{what} is for a {task} model; this server runs a {self.task} model: {self.route}")
 
     def settings(self) -> dict[str, Any]:
         """How requests are batched and bounded (in /v1/model)."""

@@ -39,6 +39,7 @@ class ClassifierService(Service):
     time on a copy of the model in a lane of its own, under the same admission."""
 
     task = "classification"
+    route, purpose = "POST /v1/predict", "classify, embed and explain images."
 
     def __init__(self, model: nn.Module, *, backend: str, precision: str, calib_images=None, **settings):
         from ..backends import auto_backend, make_runner
@@ -190,6 +191,7 @@ class DetectorService(Service):
     size per batch, run eagerly; boxes, labels, scores (and masks over MASK_THRESHOLD) out per image."""
 
     task = "detection"
+    route, purpose = "POST /v1/detect", "find objects in images."
 
     def __init__(self, model: nn.Module, *, backend: str, precision: str, calib_images=None, **settings):
         eager_only("a detector", backend, calib_images)
@@ -243,6 +245,7 @@ class SegmenterService(Service):
     that size (the image's own when it is smaller)."""
 
     task = "segmentation"
+    route, purpose = "POST /v1/segment", "the class of every pixel of images."
     size = 520  # torchvision's evaluation size for these models
 
     def __init__(self, model: nn.Module, *, backend: str, precision: str, calib_images=None, **settings):
