@@ -27,6 +27,11 @@ _EXPORTS = {
     "WeightSpec": "weights",
     "get_weights": "weights",
     "list_weights": "weights",
+    "predict": "inference",
+    "embed": "inference",
+    "explain": "inference",
+    "grad_cam": "inference",
+    "train": "engine",
 }
 
 __all__ = [
@@ -39,19 +44,30 @@ __all__ = [
     "WeightsError",
     "apply_state_dict",
     "create_model",
+    "embed",
+    "explain",
     "get_weights",
+    "grad_cam",
     "list_models",
     "list_weights",
     "load",
+    "predict",
     "read_weights",
     "save",
+    "train",
 ]
 assert sorted(__all__) == sorted(_EXPORTS)
+# resnets.detect(model, paths) and resnets.segment(...): the modules detect.py and segment.py, callable as their
+# function of the same name (a package attribute cannot be both the submodule and a function)
+CALLABLE_MODULES = ("detect", "segment")
+__all__ += list(CALLABLE_MODULES)
 
 if TYPE_CHECKING:
     from .data.preprocessing import Preprocessing
+    from .engine import train
     from .errors import OptionError, ResnetsError, UnknownModelError, WeightsError
     from .factory import apply_state_dict, create_model, load
+    from .inference import embed, explain, grad_cam, predict
     from .meta import ModelMeta
     from .models import list_models
     from .weights import WeightSpec, get_weights, list_weights
@@ -59,6 +75,8 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str):
+    if name in CALLABLE_MODULES:
+        return importlib.import_module(f".{name}", __name__)
     if name in _EXPORTS:
         value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
         globals()[name] = value  # once
@@ -67,4 +85,5 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+    """The API only (not this module's own imports: importlib, TYPE_CHECKING, annotations)."""
+    return sorted({*_EXPORTS, *CALLABLE_MODULES, "__version__"})

@@ -199,9 +199,9 @@ class DataKeys:
     train_crop: int = key(0, "0: the dataset's native size (28 / 32) or 224", rule=_ge(0, SIZE))
     augment: str = key(
         "paper-cifar",
-        "none | paper-cifar | crop-flip | paper-imagenet | rrc | strong; image files (imagefolder, csv, wds, hf): rrc "
-        "for the default; detectors: hflip (for the default) | ssd | none; segmenters: hflip (for the default) | scale | "
-        "none",
+        "a classifier's: none | paper-cifar | crop-flip | paper-imagenet | rrc | strong (rrc on image files: "
+        "imagefolder, csv, wds, hf, unless said); a detector's: hflip | ssd | none; a segmenter's: hflip | scale | none "
+        "(hflip unless said)",
         rule=Rule(choices=AUGMENTS),
     )
     interpolation: str = key(
@@ -308,7 +308,7 @@ class OptimKeys:
     momentum: float = key(0.9, "SGD momentum", rule=FRACTION)
     nesterov: bool = key(False, "Nesterov momentum")
     weight_decay: float = key(1e-4, "L2 penalty (decoupled for adamw)", rule=_ge(0, 10))
-    norm_weight_decay: float | None = key(None, "for norm weights and biases; None: weight_decay", rule=_ge(0, 10))
+    norm_weight_decay: float | None = key(None, "for norm weights and biases (unset: weight_decay)", rule=_ge(0, 10))
     batch_size: int = key(128, "global, over all processes", rule=_ge(1, 2**20))
     epochs: float = key(
         10, "passes over the training set (fractions allowed: 2.5 ends halfway through the third)", rule=_ge(0, 100_000)
@@ -336,7 +336,7 @@ class OptimKeys:
         "none | bf16 | fp16 | auto (bf16 where the device computes it natively, else none)",
         rule=Rule(choices=AMPS),
     )
-    channels_last: bool | None = key(False, "None: on a GPU and a CPU (oneDNN's layout: faster on both)")
+    channels_last: bool | None = key(False, "on, off, or auto: on a GPU and a CPU (oneDNN's layout: faster on both)")
     compile: bool = key(False, "torch.compile the model")
     cuda_graph: str = key(
         "auto",
@@ -779,6 +779,28 @@ def resolve(
     if unsaid and cfg.dataset in DATASETS and DATASETS[cfg.dataset].kind == "files":
         cfg.augment = "rrc"  # photos of any size: a random resized crop, not paper-cifar's padded crop of the whole
     return cfg.validate()
+
+
+def to_toml(cfg: TrainConfig) -> str:
+    """`cfg` as a TOML config file, section by section, that `--config` reads back to the same config (an unset key
+    is written "none", which every optional key reads as unset)."""
+
+    def value(v: Any) -> str:
+        if v is None:
+            return '"none"'
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return json.dumps(v, ensure_ascii=False)  # a TOML basic string: JSON's escapes are TOML's
+
+    lines = ["# a resolved `resnets train` config (recipe < file < flags); `--config FILE` reads it back"]
+    for section in SECTIONS:
+        lines.append(f"\n# ---- {section.SECTION}")
+        lines += [f"{f.name} = {value(getattr(cfg, f.name))}" for f in dataclasses.fields(section)]
+    return "\n".join(lines) + "\n"
 
 
 def from_dict(values: dict[str, Any]) -> TrainConfig:

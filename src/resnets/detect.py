@@ -7,6 +7,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
+import types
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -356,3 +358,13 @@ def evaluate_file(
         with safe_io.atomic_path(Path(out) / "eval.json") as tmp:
             tmp.write_text(json.dumps(res, indent=2))
     return res
+
+
+class _Callable(types.ModuleType):
+    """This module, callable as its detect(): `resnets.detect(model, paths)`, as the package's other functions."""
+
+    def __call__(self, *args, **kwargs):
+        return detect(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _Callable

@@ -4,6 +4,8 @@ the photos. Training (tasks/segmentation.py), `resnets eval` and `resnets segmen
 
 from __future__ import annotations
 
+import sys
+import types
 from pathlib import Path
 from typing import Iterable
 
@@ -238,3 +240,13 @@ def evaluate_file(model: nn.Module, weights: str, data: str | None, *, batch_siz
         with safe_io.atomic_path(Path(out) / "eval.json") as tmp:
             tmp.write_text(json.dumps(res, indent=2))
     return res
+
+
+class _Callable(types.ModuleType):
+    """This module, callable as its segment(): `resnets.segment(model, paths)`, as the package's other functions."""
+
+    def __call__(self, *args, **kwargs):
+        return segment(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _Callable

@@ -92,3 +92,44 @@ def test_few_classes_report_no_top5_and_bench_takes_weights_like_the_others(tmp_
     assert r["model"] == "resnet20" and [x["batch"] for x in r["results"]] == [1, 2]
     code, _, err = run_cli("bench", "resnet20", "--weights", tmp_path / "r")
     assert code == 2 and "one model" in err
+
+
+@pytest.mark.parametrize("recipe", [None, "fashion-mnist", "finetune", "finetune-detection"])
+def test_every_options_help_says_what_it_is_and_one_default_at_most(recipe):
+    """Issue 38: no option of any command without a help, none that states two defaults or an empty one
+    ("(default: the architecture's)" beside "(default resnet50)"), for the plain config and for recipes."""
+    import argparse
+
+    from resnets.cli.main import build_parser
+
+    for name, command in build_parser(recipe).commands.items():
+        for a in command._actions:
+            if isinstance(a, argparse._HelpAction) or a.help == argparse.SUPPRESS:
+                continue
+            text = a.help or ""
+            where = (recipe, name, a.option_strings or a.dest, text)
+            assert text and not text.startswith("default"), where
+            assert text.lower().count("default") <= 1 and "(default: )" not in text and "None" not in text, where
+
+
+def test_abbreviations_are_refused_and_typos_get_a_suggestion_whatever_error_comes_first():
+    code, _, err = run_cli("train", "--epoch", "1")  # once taken for --epochs
+    assert code == 2 and "unrecognized arguments: --epoch 1; did you mean --epochs" in err
+    assert "see `resnets train --help`" in err
+    code, _, err = run_cli("predict", "x.jpg", "--weigths", "m.safetensors")  # argparse says --weights is missing
+    assert code == 2 and "did you mean --weights (not --weigths)?" in err and err.count("\n") == 1
+    code, _, err = run_cli("export", "--weights", "m.safetensors", "--forma", "onnx")
+    assert code == 2 and "did you mean --format" in err
+
+
+def test_print_config_prints_the_resolved_config_that_config_reads_back(tmp_path):
+    from resnets.config import resolve
+
+    code, out, err = run_cli("train", "--recipe", "fashion-mnist", "--epochs", "3", "--set", "lr=0.3", "--print-config")
+    assert code == 0 and 'model = "resnet14"' in out and "epochs = 3.0" in out and "lr = 0.3" in out, err
+    assert "# ---- detection and segmentation" in out and not (tmp_path / "runs").exists()
+    (tmp_path / "resolved.toml").write_text(out)
+    want = resolve("fashion-mnist", None, {"epochs": 3, "lr": 0.3})
+    assert resolve(None, tmp_path / "resolved.toml", {}) == want  # every key, channels_last's auto among them
+    code, out, _ = run_cli("finetune", "--data", "photos", "--weights", "resnet18", "--print-config")
+    assert code == 0 and 'strategy = "full"' in out and 'model = ""' in out

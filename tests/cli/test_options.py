@@ -59,7 +59,7 @@ def test_help_shows_the_defaults_that_apply_and_misspelt_flags_get_a_suggestion(
     code, out, _ = run_cli("predict", "--help")
     assert code == 0 and "-k" in out and "(default 5)" in flat(out) and "1 when any could not be read" in flat(out)
     for args, suggestion in (
-        (["predict", "x.png", "--weights", "w", "--topk", "2"], "did you mean --top-k?"),
+        (["predict", "x.png", "--weights", "w", "--topk", "2"], "did you mean --top-k (not --topk)?"),
         (["train", "--epohcs", "1"], "did you mean --epochs"),
     ):
         code, _, err = run_cli(*args)

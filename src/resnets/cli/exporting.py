@@ -218,8 +218,14 @@ def add_commands(sub) -> None:
         default=1.0,
         help="int8: refuse if top-1 drops by more points (default 1; negative: int8 must gain)",
     )
-    p.add_argument("--calib-images", type=count(1), default=512)
-    p.add_argument("--eval-images", type=count(0), default=0, help="int8: evaluate on this many images (0: all)")
+    p.add_argument(
+        "--calib-images", type=count(1), default=512, metavar="N",
+        help="int8: calibrate the activation ranges on this many images of --calib",
+    )  # fmt: skip
+    p.add_argument(
+        "--eval-images", type=count(0), default=0, metavar="N",
+        help="int8: evaluate the accuracy gate on this many images of --eval (0: all)",
+    )  # fmt: skip
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("bench", help="inference speed per backend and batch size: images/s, p50/p95 latency")

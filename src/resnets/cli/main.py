@@ -13,7 +13,7 @@ from typing import Sequence
 from ..errors import CheckFailed, ResnetsError, Stopped, printable
 from ..version import __version__
 from . import catalog, exporting, images, science, serving, training
-from .options import EXIT_USAGE, Parser, count, say_defaults
+from .options import EXIT_USAGE, Parser, count, fill_help, say_defaults
 
 # what loads torch is imported inside the commands that use it: `resnets --help` answers without torch
 
@@ -59,7 +59,9 @@ def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
             "smaller, a JPEG by DCT scaling: faster, nearly the same result); for bit-exact reproduction",
         )
     for command in sub.choices.values():
+        fill_help(command)
         say_defaults(command)
+    parser.commands = sub.choices
     return parser
 
 
@@ -83,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     parser = build_parser(given[-1] if given else None)
     parser.command_given = next((a for a in argv if not a.startswith("-")), None)
+    for p in (parser, *parser.commands.values()):  # a misspelt option gets a suggestion, whatever error comes first
+        p.argv_given = argv
     args = parser.parse_args(argv)
     # the package's logger writes to the stderr of this call (main may run more than once in a process)
     handler = logging.StreamHandler(sys.stderr)

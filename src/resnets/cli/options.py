@@ -27,24 +27,25 @@ EXIT_USAGE = 2
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, with a usage error as one line (like every other bad input) and exit code 2, and a misspelt
-    option answered with the closest options of the command it was given to."""
+    """argparse, with a usage error as one line (like every other bad input) and exit code 2, a misspelt option
+    answered with the closest options of the command it was given to (also where the error argparse gives first is
+    a required option missing: `--weigths m`), and no abbreviations (`--epoch 1` is not taken for `--epochs`)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
-        prefix = "unrecognized arguments: "
-        if message.startswith(prefix):
-            command = self._subcommand() or self
-            known = [o for a in command._actions for o in a.option_strings if o.startswith("--")]
-            for word in message[len(prefix) :].split():
-                close = (
-                    difflib.get_close_matches(word.split("=")[0], known, n=2, cutoff=0.6)
-                    if word.startswith("--")
-                    else []
-                )
+        command = self._subcommand() or self
+        known = [o for a in command._actions for o in a.option_strings if o.startswith("--")]
+        for word in getattr(self, "argv_given", None) or message.split():
+            name = word.split("=")[0]
+            if name.startswith("--") and name not in known:
+                close = difflib.get_close_matches(name, known, n=2, cutoff=0.6)
                 if close:
-                    message += f"; did you mean {' or '.join(close)}?"
+                    message += f"; did you mean {' or '.join(close)} (not {name})?"
                     break
-        self.exit(EXIT_USAGE, f"resnets: error: {message} (see `{self.prog} --help`)\n")
+        self.exit(EXIT_USAGE, f"resnets: error: {message} (see `{command.prog} --help`)\n")
 
     def _subcommand(self) -> "argparse.ArgumentParser | None":
         """The parser of the command named on the command line being parsed (set by `main`), if any."""
@@ -115,6 +116,12 @@ def add_config_flags(p: argparse.ArgumentParser, recipe_help: str, recipe: str |
     p.add_argument("--config", help="a TOML or YAML file of config keys")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key (repeatable)")
     p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config (the recipe, then --config, then the flags) as a TOML file that --config "
+        "reads back, and exit without training",
+    )
+    p.add_argument(
         "--resume",
         metavar="RUN_DIR|auto",
         help="continue the run in RUN_DIR from its last checkpoint; auto: continue the run --out/--name if it is "
@@ -140,15 +147,22 @@ def _add_key(g, f, dest: str, recipe: dict | None = None) -> None:
     default = (
         recipe[name] if name in recipe else f.default if f.default is not dataclasses.MISSING else f.default_factory()
     )
+    help_ = f.metadata.get("help", "")
     shown = (
-        "the architecture's"
+        ("auto" if "auto:" in help_ else "the architecture's" if name in MODEL_OPTIONS else "unset")
         if default is None
         else ",".join(map(str, default)) or "none"
         if isinstance(default, list)
-        else default
+        else ("on" if default else "off")
+        if isinstance(default, bool)
+        else (default if default != "" else '""')
     )
-    limits = "" if rule.choices or rule.describe() == "any value" else f"; {rule.describe()}"
-    text = (f"{f.metadata.get('help', '')} (default: {shown}{limits})").replace("%", "%%").lstrip(" (").rstrip()
+    # a help that says its default itself ("(default 512)", "unset: weight_decay", "default: <model>-...") is not
+    # told another one; the recipe's value is, when it differs
+    says = "default" in help_.lower() or (default is None and "unset:" in help_) or default == ""
+    limits = [] if rule.choices or rule.describe() == "any value" else [rule.describe()]
+    notes = ([] if says and name not in recipe else [f"default: {shown}"]) + limits
+    text = (help_ + (f" ({'; '.join(notes)})" if notes else "")).replace("%", "%%").strip()
     if hint is bool:
         g.add_argument(flag, dest=dest, action="store_const", const="true", default=None, help=text)
         g.add_argument(neg, dest=dest, action="store_const", const="false", help=argparse.SUPPRESS)
@@ -260,6 +274,39 @@ def backend_help() -> str:
     return "; ".join(
         ["auto: the fastest for the device and precision"] + [f"{b.name}: {b.doc}" for b in BACKENDS.values()]
     )
+
+
+# what the options many commands share mean, said once (an option declared without a help, or with only its
+# default, gets its line from here)
+SHARED_HELP = {
+    "json": "print the result as JSON",
+    "device": "auto | cpu | cuda | cuda:N",
+    "download": "fetch the dataset from its official site when it is not found locally (hash-checked)",
+    "no_progress": "no progress bar",
+    "precision": "the numbers the model computes in (fp32; bf16, fp16 on a device that has them)",
+    "format": "how results are printed: table, json or csv",
+    "batch_size": "images a forward pass takes at once",
+    "dataset": "a registered dataset (resnets data --list)",
+    "weights": "a model file, a run folder or a registered weights name",
+    "paths": "image files or folders",
+    "query": "an image file: its nearest neighbours in the index",
+    "image": "an image file",
+    "index": "the index `resnets embed --out` wrote",
+    "what": "what to reproduce (see the choices)",
+    "name": "the dataset (see the choices)",
+    "seed": "seed of every random choice",
+    "input_size": "the input's side in pixels",
+    "channels_last": "channels-last memory format: on or off",
+}
+
+
+def fill_help(p: argparse.ArgumentParser) -> None:
+    """Every option and argument of `p` says what it is: one without a help of its own takes SHARED_HELP's line."""
+    for a in p._actions:
+        if isinstance(a, (argparse._HelpAction, argparse._VersionAction)) or a.help == argparse.SUPPRESS:
+            continue
+        if (not a.help or a.help.startswith("default")) and a.dest in SHARED_HELP:
+            a.help = SHARED_HELP[a.dest] + (f" ({a.help})" if a.help else "")
 
 
 def say_defaults(p: argparse.ArgumentParser) -> None:

@@ -6,9 +6,10 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from ..choices import PRECISIONS, TTAS
-from ..config import RECIPES, resolve
+from ..config import RECIPES, resolve, to_toml
 from ..data.registry import DATASETS
 from ..errors import ResnetsError, printable
 from .options import add_config_flags, count, folder_beside, overrides_of
@@ -49,6 +50,15 @@ def _cmd_train(args: argparse.Namespace, overrides: dict | None = None) -> int:
     from ..evaluate import reports_top5
 
     overrides = overrides_of(args) if overrides is None else overrides
+    if args.print_config:  # what would run, and nothing else
+        if args.resume and args.resume != "auto":
+            from ..engine.rundir import load_resume
+
+            cfg = load_resume(Path(args.resume), overrides)[0]
+        else:
+            cfg = resolve(args.recipe, args.config, overrides)
+        print(to_toml(cfg), end="")
+        return 0
     if args.resume == "auto":  # the whole command line again: continue the run if it is there, else start it
         result = train(resolve(args.recipe, args.config, overrides), resume="auto")
     elif args.resume:

@@ -111,10 +111,13 @@ class Preprocessing:
 
         return normalizer(self.mean, self.std)
 
-    def transforms(self):
+    def transforms(self, train: bool = False, augment: str = "rrc"):
         """One callable from an image (a PIL image, or a uint8 / [0, 1] float tensor (C, H, W)) to the model's
-        normalised input (C, crop, crop), as torchvision's `weights.transforms()`: `model(pre.transforms()(im)[None])`."""
-        return _Pipeline(self)
+        normalised input (C, crop, crop), as torchvision's `weights.transforms()`: `model(pre.transforms()(im)[None])`.
+        train: the training transform instead, as timm's `create_transform(is_training=True)`: `augment` (rrc:
+        RandomResizedCrop and flips; strong, paper-imagenet, crop-flip, none: resnets train's) to the crop, then
+        the same normalisation."""
+        return _Pipeline(self, augment if train else None)
 
     def describe(self) -> str:
         size = f"resize {self.resize}x{self.resize} (squash)" if self.crop_mode == "squash" else f"resize {self.resize}"
@@ -124,8 +127,15 @@ class Preprocessing:
 class _Pipeline:
     """Preprocessing.transforms(): decode-free, on the CPU."""
 
-    def __init__(self, pre: Preprocessing):
-        self.pre, self.resize_crop, self.normalize = pre, pre.transform(), pre.normalizer()
+    def __init__(self, pre: Preprocessing, augment: str | None = None):
+        from .transforms import train_transform
+
+        self.pre, self.normalize, self.augment = pre, pre.normalizer(), augment
+        self.resize_crop = (
+            pre.transform()
+            if augment is None
+            else train_transform(augment, crop=pre.crop, mean=pre.mean, interpolation=pre.interpolation)
+        )
 
     def __call__(self, image):
         from .datasets import image_tensor
@@ -133,4 +143,5 @@ class _Pipeline:
         return self.normalize(self.resize_crop(image_tensor(image, len(self.pre.mean))))
 
     def __repr__(self) -> str:
-        return f"transforms({self.pre.describe()})"
+        train = f", train: {self.augment}" if self.augment else ""
+        return f"transforms({self.pre.describe()}{train})"
