@@ -6,8 +6,9 @@
 #     docker build --build-arg BASE=pytorch/pytorch:2.9.1-cuda12.8-cudnn9-runtime -t registry.example.com/resnets:cuda .
 #
 # then `docker push` the tag to a registry the cluster pulls from (registry.example.com stands for yours; the
-# manifests say :cuda). For SLURM with pyxis/enroot: `enroot import dockerd://registry.example.com/resnets:cuda`
-# writes the .sqsh that `srun --container-image` takes.
+# manifests say :cuda). For SLURM with pyxis/enroot:
+#   enroot import -o resnets-cuda.sqsh docker://registry.example.com#resnets:cuda
+# writes the squashfs file that `srun --container-image` takes.
 ARG BASE=python:3.12-slim
 FROM ${BASE}
 
@@ -18,7 +19,9 @@ RUN python -c "import torch" 2>/dev/null \
 WORKDIR /opt/resnets
 COPY pyproject.toml README.md ./
 COPY src ./src
-RUN pip install --no-cache-dir . && python -c "import resnets, torch; print('resnets', resnets.__version__, 'torch', torch.__version__)"
+# [tensorboard]: the manifests train with --tensorboard
+RUN pip install --no-cache-dir ".[tensorboard]" \
+    && python -c "import resnets, tensorboard, torch; print('resnets', resnets.__version__, 'torch', torch.__version__)"
 
 # a user of its own, not root; runs and caches go to the volume mounted at /shared (RESNETS_HOME below)
 RUN useradd --create-home --uid 1000 resnets

@@ -428,6 +428,11 @@ class TrainConfig(RunKeys, OptimKeys, FinetuneKeys, ClassificationKeys, DenseKey
             )
         if self.augment not in (*task.augments, TrainConfig.augment):
             raise ResnetsError(f"--augment for a {task.noun} is one of {', '.join(task.augments)}; got {self.augment}")
+        if task.dense:  # a classifier's keys (mixup, label smoothing, 10 crops, ...) would be kept and not applied
+            said = [f.name for f in dataclasses.fields(ClassificationKeys) if getattr(self, f.name) != f.default]
+            if said:
+                flags = ", ".join("--" + k.replace("_", "-") for k in said)
+                raise ResnetsError(f"{flags}: a classifier's option; {self.model} is a {task.noun}")
 
 
 # every key's rule, from beside the key (the command line's flags and the tests read it here)

@@ -131,6 +131,10 @@ def test_a_detectors_weights_get_new_class_layers_for_other_classes(tiny_detecto
         ),
         (["--model", "fasterrcnn_resnet50_fpn", "--dataset", "coco", "--augment", "rrc"], "--augment for a detector"),
         (
+            ["--model", "fasterrcnn_resnet50_fpn", "--dataset", "coco", "--mixup", "0.2", "--tta", "flip"],
+            "--mixup, --tta: a classifier's option; fasterrcnn_resnet50_fpn is a detector",
+        ),
+        (
             ["--model", "retinanet_resnet50_fpn", "--dataset", "coco", "--box-batch-size-per-image", "8"],
             "does not take option 'box_batch_size_per_image'",
         ),

@@ -162,6 +162,8 @@ def _add_key(g, f, dest: str, recipe: dict | None = None) -> None:
     says = "default" in help_.lower() or (default is None and "unset:" in help_) or default == ""
     limits = [] if rule.choices or rule.describe() == "any value" else [rule.describe()]
     notes = ([] if says and name not in recipe else [f"default: {shown}"]) + limits
+    if hint is bool and default:  # the switch that turns it off is not listed on its own
+        notes.append(f"{neg} turns it off")
     text = (help_ + (f" ({'; '.join(notes)})" if notes else "")).replace("%", "%%").strip()
     if hint is bool:
         g.add_argument(flag, dest=dest, action="store_const", const="true", default=None, help=text)
