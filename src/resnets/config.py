@@ -401,7 +401,7 @@ class TrainConfig(RunKeys, OptimKeys, FinetuneKeys, ClassificationKeys, DenseKey
                 )
         if not self.model and not self.weights:
             raise ResnetsError("name a --model, or give --weights to take the architecture from")
-        self._check_task()
+        self.check_task()
         if DATASETS[self.dataset].needs_data and not self.data:
             raise ResnetsError(f"dataset {self.dataset} needs --data")
         if self.name and (os.sep in self.name or self.name in (".", "..")):
@@ -410,20 +410,21 @@ class TrainConfig(RunKeys, OptimKeys, FinetuneKeys, ClassificationKeys, DenseKey
             raise ResnetsError("--tensorboard needs the tensorboard package: pip install 'resnets[tensorboard]'")
         return self
 
-    def _check_task(self) -> None:
+    def check_task(self, model: str | None = None) -> None:
         """A model trains on its task's datasets (a detector on boxes, a segmenter on class maps, a classifier on
         labels) with its task's augmentations (models.registry.TASK_TRAITS; the default --augment is each task's
-        own)."""
-        if self.model not in list_models():
+        own). `model`: the architecture when --model leaves it to the weights (read from them by the engine)."""
+        model = model or self.model
+        if model not in list_models():
             return  # unknown names are refused where the model is built; weights bring their own
-        task = get_entry(self.model).task
+        task = get_entry(model).task
         data = TASK_TRAITS[DATASETS[self.dataset].task]
         if data is not task:
             theirs = [d for d, spec in DATASETS.items() if spec.task == task.name]
             named = " or ".join(", ".join(theirs).rsplit(", ", 1))
             where = f"train it on --dataset {named}" if theirs else f"no registered dataset holds {task.holds}"
             raise ResnetsError(
-                f"{self.model} is a {task.noun}: {where} (--dataset {self.dataset} holds {data.holds}: train a "
+                f"{model} is a {task.noun}: {where} (--dataset {self.dataset} holds {data.holds}: train a "
                 f"{data.noun} on it)"
             )
         if self.augment not in (*task.augments, TrainConfig.augment):
@@ -432,7 +433,7 @@ class TrainConfig(RunKeys, OptimKeys, FinetuneKeys, ClassificationKeys, DenseKey
             said = [f.name for f in dataclasses.fields(ClassificationKeys) if getattr(self, f.name) != f.default]
             if said:
                 flags = ", ".join("--" + k.replace("_", "-") for k in said)
-                raise ResnetsError(f"{flags}: a classifier's option; {self.model} is a {task.noun}")
+                raise ResnetsError(f"{flags}: a classifier's option; {model} is a {task.noun}")
 
 
 # every key's rule, from beside the key (the command line's flags and the tests read it here)

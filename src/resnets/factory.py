@@ -318,6 +318,12 @@ def create_from_weights(
     return _build(name, options, sd, meta, source)
 
 
+def architecture_of(weights: str | os.PathLike) -> str:
+    """The architecture `weights` are for: recorded in the file or the registry, or inferred from the shapes."""
+    sd, meta, _ = _resolve(weights, True)
+    return meta.architecture if meta else infer_architecture(sd)
+
+
 def load(weights: str | os.PathLike, **options: Any) -> nn.Module:
     """The model `weights` describe, in eval mode: a self-describing model file (see `resnets.save`), a run
     directory (its model.safetensors), a registered weight name ("resnet50.tv2_in1k"), or a weights file of

@@ -3,6 +3,7 @@ sample, equal to the folder (and to what webdataset itself reads), training to t
 index or a bad request is one line."""
 
 import json
+import os
 import shutil
 import tarfile
 
@@ -223,6 +224,7 @@ def test_a_shard_run_says_an_image_over_the_size_and_sweeps_a_killed_runs_leftov
     out = tmp_path / "s"
     (out / ".partial-999999999").mkdir(parents=True)  # a killed run's, its process long gone
     (out / ".partial-999999999" / "train-000000.tar").write_bytes(b"half")
+    (out / f".partial-{os.getpid()}").mkdir()  # a run killed before under this pid (a container's restart)
     big = tmp_path / "big"
     shutil.copytree(folder, big)
     Image.fromarray((np.random.default_rng(1).random((160, 160, 3)) * 255).astype(np.uint8)).save(
@@ -230,7 +232,7 @@ def test_a_shard_run_says_an_image_over_the_size_and_sweeps_a_killed_runs_leftov
     )  # ~77 KB of noise: more than a 40 KB shard
     code, stdout, err = run_cli("data", "shard", big, "--out", out, "--shard-size", "40KB", "--no-progress")
     assert code == 0, err
-    assert "removed" in stdout and ".partial-999999999" in stdout and not (out / ".partial-999999999").exists()
+    assert "removed" in stdout and ".partial-999999999" in stdout and not list(out.glob(".partial-*"))
     assert "larger than --shard-size alone, a shard of its own:" in stdout
     sizes = [p.stat().st_size for p in out.glob("*.tar")]
     assert sum(s > 40 << 10 for s in sizes) == 1
@@ -249,3 +251,18 @@ def test_a_full_disk_while_sharding_names_the_file(folder, tmp_path, monkeypatch
     assert code == 1 and err.count("\n") == 1, err
     assert "No space left on device" in err and "train-000000.tar" in err
     assert not list((tmp_path / "s").glob(".partial*"))  # nothing half-written left
+
+
+def test_a_full_disk_at_the_index_leaves_the_folder_as_it_was(folder, tmp_path, monkeypatch):
+    import errno
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shards.json, "dump", full)
+    code, _, err = run_cli("data", "shard", folder, "--out", tmp_path / "s", "--no-progress")
+    assert code == 1 and "No space left on device" in err and "index.json" in err, err
+    assert list((tmp_path / "s").iterdir()) == []  # no shard without its index: the same command can run again
+    monkeypatch.undo()
+    code, _, err = run_cli("data", "shard", folder, "--out", tmp_path / "s", "--no-progress")
+    assert code == 0 and (tmp_path / "s" / "index.json").is_file(), err

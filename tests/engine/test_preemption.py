@@ -2,6 +2,7 @@
 exits 128 + the signal, and the same command with --resume auto ends with exactly the uninterrupted run's weights
 (a classifier, a detector); a signal before the first step leaves nothing, and the same command starts again."""
 
+import json
 import os
 import signal
 import subprocess
@@ -56,12 +57,30 @@ def test_sigterm_mid_epoch_checkpoints_and_resume_auto_gives_the_uninterrupted_w
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers given back after the run
 
 
-def test_a_signal_at_the_end_of_an_epoch_stops_after_its_checkpoint(tmp_path, monkeypatch):
+def test_a_signal_at_an_epochs_last_step_stops_before_its_evaluation(tmp_path, monkeypatch):
+    """A stop must fit in a scheduler's grace period: the epoch's evaluation (minutes on ImageNet) is left to the
+    resumed run, which then writes the same history as the uninterrupted one."""
+    args = [*RUN, "--no-progress", "--out", tmp_path]
     _signal_at_step(monkeypatch, 16, signal.SIGUSR1)  # the last step of epoch 1: SLURM's warning before --time
-    code, _, err = run_cli("train", *RUN, "--no-progress", "--out", tmp_path, "--name", "r")
-    assert code == 138 and "stopped by SIGUSR1 at step 16 of 48 (after epoch 1)" in err, err
+    evaluated = []
+    monkeypatch.setattr(loop, "evaluated", lambda run, passes=1: evaluated.append(passes))
+    code, _, err = run_cli("train", *args, "--name", "r", "--resume", "auto")
+    assert code == 138 and "stopped by SIGUSR1 at step 16 of 48 (in epoch 1)" in err, err
     state = load_checkpoint(tmp_path / "r" / "last.pt")
-    assert (state["epoch"], state["batch"], state["step"]) == (1, 0, 16) and len(state["history"]) == 1
+    assert (state["epoch"], state["batch"], state["step"]) == (0, 16, 16) and state["history"] == []
+    assert evaluated == []  # no evaluation ran before the stop
+    monkeypatch.undo()
+    code, _, err = run_cli("train", *args, "--name", "r", "--resume", "auto")
+    assert code == 0, err
+    code, _, err = run_cli("train", *args, "--name", "whole")
+    assert code == 0, err
+    a, b = saved_weights(tmp_path / "whole" / "model.safetensors"), saved_weights(tmp_path / "r" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    lines = [(tmp_path / n / "metrics.jsonl").read_text().splitlines() for n in ("whole", "r")]
+    strip = [
+        [{k: v for k, v in json.loads(x).items() if k not in ("images_per_s", "time_s")} for x in n] for n in lines
+    ]
+    assert strip[0] == strip[1]  # the stopped epoch's loss, accuracy and evaluation as the uninterrupted run's
 
 
 def test_a_signal_before_the_first_step_leaves_nothing_and_the_same_command_starts(tmp_path, monkeypatch):
@@ -96,10 +115,29 @@ def test_a_detector_stopped_by_sigterm_resumes_to_the_same_weights(shapes_set, t
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _image_folder(root):
+    """train/ and val/ of two classes of small PNGs: read through the loader's workers and the decoders."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 96), ("val", 16)):
+        for c in ("a", "b"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):
+                pixels = (rng.random((40, 48, 3)) * 120 + (100 if c == "b" else 0)).astype(np.uint8)
+                Image.fromarray(pixels).save(root / split / c / f"{i}.png")
+    return root
+
+
 def test_sigterm_to_the_whole_process_group_as_a_scheduler_sends_it(tmp_path):
-    """A real signal from outside, to the run and its data-loading workers at once (as `scancel` and a pod's
-    eviction send it): the workers leave the decision to the run, which checkpoints and exits 143."""
-    args = [*map(str, RUN), "--workers", "2", "--epochs", "4", "--checkpoint-steps", "2", "--out", str(tmp_path)]
+    """A real signal from outside, to the run, its loader workers and its image decoders at once (as `scancel`
+    and a preemption send it): the workers and decoders leave the decision to the run (they once died of it: the
+    run failed, or trained on without an image), which checkpoints and exits 143; resumed, the same weights."""
+    data = _image_folder(tmp_path / "images")
+    args = ["--model", "resnet8", "--dataset", "imagefolder", "--data", str(data), "--train-crop", "32",
+            "--batch-size", "16", "--epochs", "3", "--device", "cpu", "--deterministic", "--workers", "2",
+            "--checkpoint-steps", "2", "--out", str(tmp_path), "--no-progress"]  # fmt: skip
     p = subprocess.Popen(
         [sys.executable, "-m", "resnets", "train", *args, "--name", "r"],
         stdout=subprocess.DEVNULL,
@@ -107,18 +145,17 @@ def test_sigterm_to_the_whole_process_group_as_a_scheduler_sends_it(tmp_path):
         start_new_session=True,
         env=dict(os.environ, PYTHONUNBUFFERED="1"),
     )
-    deadline = time.time() + 60
+    deadline = time.time() + 90
     while time.time() < deadline and p.poll() is None and not (tmp_path / "r" / "last.pt").exists():
         time.sleep(0.02)
     os.killpg(p.pid, signal.SIGTERM)
-    _, err = p.communicate(timeout=60)
-    lines = [line for line in err.decode().replace("\r", "\n").splitlines() if line.startswith("resnets:")]
-    assert p.returncode == 143 and lines and "stopped by SIGTERM at step" in lines[-1], err.decode()[-2000:]
-    step = load_checkpoint(tmp_path / "r" / "last.pt")["step"]
-    assert 2 <= step < 64
-    code, _, err = run_cli("train", *args, "--name", "r", "--resume", "auto", "--no-progress")
-    assert code == 0, err
-    code, _, err = run_cli("train", *args, "--name", "whole", "--no-progress")
+    _, err = p.communicate(timeout=90)
+    text = err.decode()
+    assert p.returncode == 143 and text.count("\n") == 1 and "stopped by SIGTERM at step" in text, text[-2000:]
+    assert 2 <= load_checkpoint(tmp_path / "r" / "last.pt")["step"] < 36
+    code, _, err = run_cli("train", *args, "--name", "r", "--resume", "auto")
+    assert code == 0 and "skipped" not in err, err
+    code, _, err = run_cli("train", *args, "--name", "whole")
     assert code == 0, err
     a, b = saved_weights(tmp_path / "whole" / "model.safetensors"), saved_weights(tmp_path / "r" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)

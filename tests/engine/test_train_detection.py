@@ -161,3 +161,12 @@ def test_a_folder_without_validation_images_holds_some_out(shapes_set, tmp_path)
     assert (len(train), len(val)) == (12, 4)
     assert not {r.image_id for r in train.records} & {r.image_id for r in val.records}
     assert isinstance(train, coco.CocoDetection) and train.augment == "hflip"  # the config's default for detectors
+
+
+def test_a_model_taken_from_detector_weights_is_checked_as_a_detector(tiny_detector, tmp_path):
+    """--model "" (the weights say which): the task check the config could not make is made once the weights are
+    read, in one line, before anything is written (was a traceback, or a classifier's run on a detector)."""
+    weights = tiny_detector / "model.safetensors"
+    code, _, err = run_cli("train", "--model=", "--weights", weights, "--dataset", "synthetic", "--out", tmp_path)
+    assert code == 2 and "fasterrcnn_resnet50_fpn is a detector: train it on --dataset coco or voc" in err, err
+    assert err.count("\n") == 1 and not any(tmp_path.iterdir())

@@ -4,6 +4,7 @@ Below all of them, so none imports another for these."""
 
 from __future__ import annotations
 
+import signal
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Protocol, Sequence
@@ -12,6 +13,18 @@ import torch
 from torch.utils.data import Sampler
 
 from ..errors import ResnetsError
+
+STOPS = (signal.SIGTERM, signal.SIGUSR1)  # a scheduler's stop (engine/preemption.py)
+
+
+def leave_stops_to_the_run(_worker: int = 0) -> None:
+    """A loader worker's `worker_init_fn`: SIGTERM and SIGUSR1 ignored. A scheduler signals every process of a job
+    (`scancel`, a preemption): the run decides, finishing its step and checkpointing (engine/preemption.py), and its
+    workers end with their loader. PyTorch's own handler in a worker ended it at once on a signal that did not come
+    from the run, and the run then failed ("DataLoader worker is killed by signal: Terminated") without its
+    checkpoint. (The run itself stops a worker by its loader's shutdown, or with SIGKILL.)"""
+    for s in STOPS:
+        signal.signal(s, signal.SIG_IGN)
 
 
 def to_device(values: Sequence | torch.Tensor, device: torch.device, dtype: torch.dtype = torch.long) -> torch.Tensor:

@@ -41,7 +41,7 @@ from torch.utils.data import Dataset
 from ..errors import ResnetsError
 from ..home import setting
 from . import jsonfile
-from .batching import mix_seed, seeded_cpu_rng
+from .batching import leave_stops_to_the_run, mix_seed, seeded_cpu_rng
 from .datasets import BadSample, decode
 
 log = logging.getLogger("resnets")
@@ -503,5 +503,5 @@ def eval_loader(dataset, batch_size: int, workers: int, rank: int = 0, world: in
 
     return DataLoader(
         Safe(dataset), batch_sampler=EvalBatches(len(dataset), batch_size, rank, world), num_workers=workers,
-        collate_fn=collate,
+        collate_fn=collate, worker_init_fn=leave_stops_to_the_run,
     )  # fmt: skip

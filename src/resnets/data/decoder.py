@@ -28,6 +28,7 @@ import json
 import math
 import os
 import re
+import signal
 import struct
 import sys
 import warnings
@@ -475,6 +476,10 @@ def _limit_process() -> None:
 if __name__ == "__main__":
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = "1"
+    # a scheduler's stop signals every process of a job: the process that started this one decides (a training run
+    # finishes its step, images and all); it stops a decoder with SIGKILL, and one whose parent is gone meets EOF
+    for s in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(s, signal.SIG_IGN)
     _limit_process()
     import numpy  # noqa: F401  (loaded before any cap: the libraries are not an image's memory)
     from PIL import Image

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import ResnetsError
-from .batching import Batch, SampledLoader, refuse_if_strict, to_device
+from .batching import Batch, SampledLoader, leave_stops_to_the_run, refuse_if_strict, to_device
 from .datasets import (
     BadSample,
     FileDataset,
@@ -150,6 +150,7 @@ class FileLoader(SampledLoader):
             batch_sampler=sampler,
             num_workers=workers,
             collate_fn=list,
+            worker_init_fn=leave_stops_to_the_run,
             persistent_workers=workers > 0,
             prefetch_factor=4 if workers > 0 else None,
         )

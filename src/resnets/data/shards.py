@@ -138,9 +138,10 @@ class ShardDataset(FileDataset):
 
 def parse_size(text: str) -> int:
     """'512MB', '1.5 GB', '20KB', '4096' -> bytes."""
-    units = {"": 1, "B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    units = {"": 1, "B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}
+    units |= {k[0]: v for k, v in units.items() if len(k) == 2}
     t = str(text).strip().upper().replace(" ", "")
-    num = t.rstrip("KMGB")
+    num = t.rstrip("KMGTB")
     try:
         value = float(num) * units[t[len(num) :]]
     except (ValueError, KeyError):
@@ -226,7 +227,8 @@ def sweep_partials(out: Path) -> list[str]:
     gone = []
     for p in out.glob(".partial-*"):
         pid = p.name.rpartition("-")[2]
-        if p.is_dir() and pid.isdigit() and not _alive(int(pid)):
+        # this process's own pid: a run killed before it under the same pid (a container's restart: pid 1 again)
+        if p.is_dir() and pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid))):
             shutil.rmtree(p, ignore_errors=True)
             gone.append(p.name)
     return gone
@@ -279,10 +281,13 @@ def write(splits: dict, out: Path, *, shard_bytes: int = 512 << 20, progress: bo
             for line in sink.oversized:
                 print(f"larger than --shard-size alone, a shard of its own: {line}")
             index["splits"][split] = [_scan(p, labels) for p in sorted(tmp.glob(f"{split}-*.tar"))]
+        try:  # the index written before anything is moved: a full disk here leaves `out` as it was
+            with open(tmp / INDEX, "w") as f:
+                json.dump(index, f)
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, str(tmp / INDEX)) from None
         for p in sorted(tmp.glob("*.tar")):
             os.replace(p, out / p.name)
-        with open(tmp / INDEX, "w") as f:
-            json.dump(index, f)
         os.replace(tmp / INDEX, out / INDEX)  # last: the shards are whole when the index is there
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -158,7 +158,9 @@ def train_one_epoch(run: Run, epoch: int, step_fn) -> dict:
             save_state(run, run.run_dir / "last.pt", epoch, b + 1)
         # reported after the checkpoint (a caller that stops the run on a report loses no step) and at each one
         reported = _show_progress(run, epoch, b, sums, seen, t0, reported, bool(saved))
-        if sync and b + 1 < run.batches_per_epoch and not run.done and _stop_asked(run):
+        # a stop asked for: checkpointed here, at the epoch's last step too (its evaluation, which can take long, is
+        # the resumed run's first work)
+        if sync and not run.done and _stop_asked(run):
             if not bool(finite):
                 break
             both = distributed.all_reduce_sum(torch.cat([sums, window]), ctx).tolist()

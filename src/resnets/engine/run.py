@@ -18,6 +18,7 @@ from ..config import TrainConfig, resolve
 from ..data.batching import check_batch_split
 from ..devices import native_bf16, resolve_amp
 from ..errors import ResnetsError
+from ..factory import architecture_of
 from ..tasks import task_of
 from . import estimate, finetune, rundir, steps
 from .checkpoint import restore
@@ -150,6 +151,21 @@ def _decoding(cfg: TrainConfig) -> Callable[[], None]:
     return restore
 
 
+def _claimed(cfg: TrainConfig, ctx: distributed.Context, resume: Path | None, changed: Any):
+    """The run folder claimed and recorded, every process past it; a stop (Ctrl-C, SIGTERM) while the others catch
+    up gives the folder back as a failed claim does."""
+    run_dir, lock, fresh = rundir.claim_and_record(cfg, ctx, resume, changed)
+    try:
+        distributed.barrier(ctx)
+    except BaseException as e:
+        if lock is not None:
+            lock.release()
+        if fresh and ctx.is_main:
+            rundir.discard(run_dir, e)
+        raise
+    return run_dir, lock, fresh
+
+
 def build_run(
     cfg: TrainConfig, ctx: distributed.Context, resume: Path | None = None, changed: dict[str, Any] | None = None
 ) -> Run:
@@ -157,7 +173,10 @@ def build_run(
     happens before anything is written; then the run directory is claimed and its config.json written (on a
     resume, again when the resume `changed` keys). The task (tasks/: by the config's model) brings the data, the
     model for its classes, the loaders and the step's loss."""
-    task = task_of(cfg)
+    named = cfg.model or architecture_of(cfg.weights)  # --model "": the weights say which, and so which task
+    if not cfg.model:
+        cfg.check_task(named)  # the config's own check could not: one line before anything is read or written
+    task = task_of(named)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
@@ -191,15 +210,7 @@ def build_run(
     )
     sched, plateau = make_scheduler(opt, cfg, total_steps, steps_per_epoch, peak_lr)
     criterion, mix, normalize = task.parts(cfg, bundle)
-    run_dir, lock, fresh = rundir.claim_and_record(cfg, ctx, resume, changed)
-    try:
-        distributed.barrier(ctx)
-    except BaseException as e:  # a stop (Ctrl-C, SIGTERM) while the others catch up: as claim_and_record's own
-        if lock is not None:
-            lock.release()
-        if fresh and ctx.is_main:
-            rundir.discard(run_dir, e)
-        raise
+    run_dir, lock, fresh = _claimed(cfg, ctx, resume, changed)
     return Run(
         cfg=cfg,
         ctx=ctx,

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from ..config import MODEL_OPTIONS
 from ..data import coco
+from ..data.batching import leave_stops_to_the_run
 from ..data.loader import TrainBatches
 from ..errors import ResnetsError
 from ..models.registry import TASK_TRAITS, TaskTraits
@@ -148,7 +149,7 @@ class ListLoader:
         self.sampler = TrainBatches(len(dataset), cfg.batch_size, seed=cfg.seed, rank=ctx.rank, world=ctx.world)
         self.loader = DataLoader(
             coco.Safe(dataset), batch_sampler=self.sampler, num_workers=cfg.workers, collate_fn=collate,
-            persistent_workers=False,
+            persistent_workers=False, worker_init_fn=leave_stops_to_the_run,
         )  # fmt: skip
 
     def set_epoch(self, epoch: int, first: int = 0) -> None:
