@@ -91,7 +91,8 @@ def test_a_cpu_training_step_reuses_the_memory_it_freed():
         kept, per_step = out.stdout.split()
         return kept, float(per_step)
 
-    kept, with_it = faults("1")
+    (kept, with_it), (_, again) = faults("1"), faults("1")
+    with_it = min(with_it, again)  # the quieter of two: a busy machine (the suite's other workers) adds odd faults
     left, without = faults("0")
     assert (kept, left) == ("True", "False")
     assert without > 1000, without  # the step's blocks come back from the system each time
