@@ -88,3 +88,12 @@ def test_eval_of_a_detector_reports_coco_scores(tiny_detector, shapes_set, tmp_p
     assert saved["map"] == trained["map"] and saved["map_50"] == trained["map_50"]  # the run's own final scores
     code, _, err = run_cli("eval", "--weights", tiny_detector / "model.safetensors", "--data", tmp_path)
     assert code == 2 and "no instances.json" in err
+
+
+def test_cocos_no_objects_score_is_said_as_such():
+    """COCO's -1 (no object of that size in the set) is "n/a", not a negative score (issue 38)."""
+    from resnets.cli.training import map_line
+
+    res = {"map": 41.0, "map_50": 70.0, "map_75": 40.0, "map_small": -1.0, "map_medium": 30.0, "map_large": 50.0}
+    line = map_line(res | {"n": 6})
+    assert "small n/a, medium 30.0, large 50.0" in line and "-1" not in line

@@ -4,6 +4,7 @@ exits 128 + the signal, and the same command with --resume auto ends with exactl
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -170,3 +171,37 @@ def test_a_worker_process_leaves_the_decision_to_the_run(monkeypatch):
     with pytest.raises(Stopped) as e:
         stop._handle(signal.SIGUSR1, None)
     assert e.value.signum == signal.SIGUSR1 and stop.signum == signal.SIGUSR1
+
+
+def test_resume_auto_after_the_end_says_the_run_is_finished_and_rewrites_nothing(tmp_path):
+    """A requeue or a rerun after the run ended: the same command says so and changes nothing (it re-evaluated and
+    rewrote the model before)."""
+    args = ["train", *RUN, "--no-progress", "--out", tmp_path, "--name", "r", "--resume", "auto", "--epochs", "1"]
+    code, first, err = run_cli(*args)
+    assert code == 0, err
+    model = tmp_path / "r" / "model.safetensors"
+    stamp = (model.stat().st_mtime_ns, model.read_bytes())
+    code, again, err = run_cli(*args)
+    assert code == 0 and "is finished (step 16 of 16): nothing to train" in again, (again, err)
+    assert (model.stat().st_mtime_ns, model.read_bytes()) == stamp
+    top1 = [line for line in first.splitlines() if line.startswith("top-1")]
+    assert top1 and top1[0] in again  # the run's own result, as it was printed
+
+
+def test_validation_held_out_of_the_training_images_is_said_recorded_and_resumable(tmp_path):
+    """Images with no validation split: a tenth of each class is held out, said in a line and recorded in
+    config.json (val_split 0.1; it said 0.0), and the same command still continues the run (the default means what
+    the run resolved)."""
+    data = _image_folder(tmp_path / "images")
+    shutil.rmtree(data / "val")
+    args = ["train", "--model", "resnet8", "--dataset", "imagefolder", "--data", data, "--train-crop", "32",
+            "--batch-size", "16", "--device", "cpu", "--workers", "0", "--out", tmp_path, "--name", "r",
+            "--resume", "auto", "--no-progress"]  # fmt: skip
+    code, _, err = run_cli(*args, "--epochs", "1")
+    assert code == 0 and "has no validation split: validating on 20 training images held out (10% of each" in err, err
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["val_split"] == 0.1
+    code, _, err = run_cli(*args, "--epochs", "2")  # the same command, one more epoch
+    assert code == 0 and "resuming" in err, err
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["val_split"] == 0.1
+    code, _, err = run_cli(*args, "--epochs", "2", "--val-split", "0.2")  # another fraction is another run
+    assert code == 2 and "--val-split cannot change when resuming" in err

@@ -153,7 +153,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             rows.append(r)
             if not args.json:
                 print(
-                    f"{backend:<17} {args.precision} batch {bs:>4}  {r['images_per_s']:9.1f} img/s  "
+                    f"{backend:<17} {'int8' if backend.endswith('int8') else args.precision} batch {bs:>4}  {r['images_per_s']:9.1f} img/s  "
                     f"p50 {r['p50_ms']:8.2f} ms  p95 {r['p95_ms']:8.2f} ms",
                     flush=True,
                 )

@@ -17,11 +17,17 @@ from .options import add_config_flags, count, folder_beside, overrides_of
 # what loads torch is imported inside the commands that use it: `resnets --help` answers without torch
 
 
+def _score(v: float, digits: int) -> str:
+    """A COCO score as printed: COCO's -1 (no objects of that kind in the set) as "n/a", not a negative score."""
+    return "n/a" if v < 0 else f"{v:.{digits}f}"
+
+
 def map_line(res: dict) -> str:
     """COCO's scores in one line (box, and mask for a mask model)."""
     line = (
         f"box mAP {res['map']:.2f}  AP50 {res['map_50']:.2f}  AP75 {res['map_75']:.2f}  "
-        f"(small {res['map_small']:.1f}, medium {res['map_medium']:.1f}, large {res['map_large']:.1f})"
+        f"(small {_score(res['map_small'], 1)}, medium {_score(res['map_medium'], 1)}, "
+        f"large {_score(res['map_large'], 1)})"
     )
     if "segm" in res:
         line += f"; mask mAP {res['segm']['map']:.2f}  AP50 {res['segm']['map_50']:.2f}"

@@ -28,6 +28,7 @@ class DataBundle:
     eval_crop: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    held_out: float = 0.0  # the fraction of each class held out to validate on, where the data had no validation set
 
 
 def _by_class(targets: list[int]) -> list[list[int]]:
@@ -103,8 +104,10 @@ def build(cfg, in_chans: int | None = None, preprocessing=None) -> DataBundle:
         )
     if cfg.per_class:
         tr = tr.subset(per_class_subset(tr.targets, cfg.per_class, cfg.seed))
+    held_out = 0.0
     if va is None or cfg.val_split > 0:
         frac = cfg.val_split or 0.1
+        held_out = frac if not cfg.val_split else 0.0
         counts = torch.bincount(torch.tensor(tr.targets), minlength=len(tr.classes)).tolist()
         few = [c for c, k in zip(tr.classes, counts) if k < 2]
         if few:
@@ -137,4 +140,6 @@ def build(cfg, in_chans: int | None = None, preprocessing=None) -> DataBundle:
     eval_resize = cfg.eval_resize or (
         eval_crop if native else pre.resize if pre and pre.crop == eval_crop else round(eval_crop * 256 / 224)
     )
-    return DataBundle(tr, va, list(tr.classes), in_chans, crop, eval_resize, eval_crop, tuple(mean), tuple(std))
+    return DataBundle(
+        tr, va, list(tr.classes), in_chans, crop, eval_resize, eval_crop, tuple(mean), tuple(std), held_out
+    )

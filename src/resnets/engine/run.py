@@ -3,6 +3,7 @@ folder), restored when resumed, fitted."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -73,6 +74,9 @@ def train(
         run.preemption = preemption
         if state is not None:
             restore(run, state)
+            done = _finished(run)
+            if done is not None:  # `--resume auto` again after the end (a requeue, a rerun): nothing to do
+                return done
         if ctx.is_main and cfg.progress:  # what trains, and the wait, said before it starts
             for line in estimate.describe(run):
                 print(line, flush=True)
@@ -89,6 +93,21 @@ def train(
         distributed.cleanup(ctx)
         torch.use_deterministic_algorithms(flags[0], warn_only=flags[1])
         torch.backends.cudnn.benchmark = flags[2]
+
+
+def _finished(run: Run) -> dict | None:
+    """The result of a run found at its end with its model and scores written (eval.json), as written: nothing is
+    trained, evaluated or rewritten. None: there is work left (more steps, or the final evaluation and model)."""
+    scores = run.run_dir / "eval.json"
+    if not (run.done and scores.is_file() and (run.run_dir / "model.safetensors").is_file()):
+        return None
+    if run.ctx.is_main:
+        print(
+            f"{run.run_dir} is finished (step {run.step} of {run.total_steps}): nothing to train; its model is "
+            f"{run.run_dir / 'model.safetensors'} (more --epochs continue it)",
+            flush=True,
+        )
+    return json.loads(scores.read_text()) | {"history": run.history, "curve": run.curve}
 
 
 def _agree(found: bool, cfg: TrainConfig, ctx: distributed.Context) -> None:
@@ -184,6 +203,8 @@ def build_run(
         torch.backends.cudnn.benchmark = task.fixed_shapes
     torch.manual_seed(cfg.seed)
     bundle, model = task.data_and_model(cfg, ctx)
+    if getattr(bundle, "held_out", 0) and not cfg.val_split:  # config.json says where validation images come from
+        cfg = replace(cfg, val_split=bundle.held_out)
     world, dev = ctx.world, ctx.device
     check_batch_split(cfg.batch_size, world)
     if cfg.weights and len(bundle.train) < cfg.batch_size:  # fine-tuning a small folder: one batch per step

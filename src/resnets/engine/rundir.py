@@ -36,6 +36,11 @@ from ..weights.files import load_checkpoint
 log = logging.getLogger("resnets")
 LOCK = ".lock"
 # keys a resume may change: the length of the run and how, where and how visibly it runs
+# keys whose default is resolved when a run starts and recorded resolved in config.json: the default on a resume's
+# command line (the same command again) means what the run resolved. val_split 0: hold out 10% of each class when the
+# data has no validation set (the run records 0.1)
+RESOLVED = {"val_split": 0.0}
+
 RESUMABLE = frozenset(
     {
         "epochs",
@@ -287,6 +292,8 @@ def load_resume(resume: Path, overrides: dict[str, Any]) -> tuple[TrainConfig, d
     changed = {}
     for k in overrides:
         key = k.replace("-", "_")
+        if key in RESOLVED and getattr(new, key) == RESOLVED[key]:  # the default, which the run resolved and recorded
+            setattr(new, key, getattr(cfg, key))
         if getattr(new, key) != getattr(cfg, key):
             changed[key] = getattr(new, key)
     refused = sorted(k for k in changed if k not in RESUMABLE)
