@@ -160,7 +160,9 @@ def _add_key(g, f, dest: str, recipe: dict | None = None) -> None:
     # a help that says its default itself ("(default 512)", "unset: weight_decay", "default: <model>-...") is not
     # told another one; the recipe's value is, when it differs
     says = "default" in help_.lower() or (default is None and "unset:" in help_) or default == ""
-    limits = [] if rule.choices or rule.describe() == "any value" else [rule.describe()]
+    # the bound every count has (2**31 - 1) is no news in a help line; a value past it is still refused, by name
+    said_rule = dataclasses.replace(rule, high=None) if rule.high in (config.COUNT, config.SEED) else rule
+    limits = [] if rule.choices or said_rule.describe() == "any value" else [said_rule.describe()]
     notes = ([] if says and name not in recipe else [f"default: {shown}"]) + limits
     if hint is bool and default:  # the switch that turns it off is not listed on its own
         notes.append(f"{neg} turns it off")
