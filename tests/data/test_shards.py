@@ -266,3 +266,21 @@ def test_a_full_disk_at_the_index_leaves_the_folder_as_it_was(folder, tmp_path, 
     monkeypatch.undo()
     code, _, err = run_cli("data", "shard", folder, "--out", tmp_path / "s", "--no-progress")
     assert code == 0 and (tmp_path / "s" / "index.json").is_file(), err
+
+
+def test_a_second_shard_run_into_the_same_folder_is_refused(folder, tmp_path):
+    """Two runs into one folder once both said they wrote 25 shards, one index naming 3 and 22 left orphaned."""
+    import fcntl
+
+    out = tmp_path / "s"
+    out.mkdir()
+    fd = os.open(out, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as the first run holds it
+    try:
+        code, _, err = run_cli("data", "shard", folder, "--out", out, "--no-progress")
+    finally:
+        os.close(fd)
+    assert code == 2 and "another `resnets data shard` is writing into" in err and err.count("\n") == 1
+    assert list(out.iterdir()) == []
+    code, _, err = run_cli("data", "shard", folder, "--out", out, "--no-progress")
+    assert code == 0, err

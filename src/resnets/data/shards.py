@@ -17,6 +17,7 @@ first needs them, then read the same way.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -24,6 +25,7 @@ import shutil
 import tarfile
 import time
 from collections import OrderedDict
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
@@ -248,13 +250,37 @@ def write(splits: dict, out: Path, *, shard_bytes: int = 512 << 20, progress: bo
     """Every split's images (FileDataset: files; TensorDataset: in-memory images, as PNG) into tar shards of at most
     `shard_bytes` in `out` (a single image larger than that: a shard of its own, said in a line), and the index;
     unreadable images are left out and named. Written in a temporary folder inside `out` (one a killed run left is
-    removed), moved into place when whole. Returns the index."""
-    from tqdm import tqdm
-
+    removed), moved into place when whole; one run at a time in a folder. Returns the index."""
     out = Path(out)
     if (out / INDEX).exists() or (out.is_dir() and any(out.glob("*.tar"))):
         raise ResnetsError(f"{out} already holds shards; give an empty or new folder")
     out.mkdir(parents=True, exist_ok=True)
+    with _only_writer(out):
+        return _write(splits, out, shard_bytes, progress)
+
+
+@contextmanager
+def _only_writer(out: Path):
+    """`out` locked for this run (an advisory lock on the folder itself, dropped when the process ends, however):
+    a second `data shard` into it is refused, where the two once mixed their shards under one index."""
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ResnetsError(
+                f"another `resnets data shard` is writing into {out}; wait for it, or give another --out"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _write(splits: dict, out: Path, shard_bytes: int, progress: bool) -> Path:
+    from tqdm import tqdm
+
+    if (out / INDEX).exists() or any(out.glob("*.tar")):  # written while this run waited for the folder
+        raise ResnetsError(f"{out} already holds shards; give an empty or new folder")
     for name in sweep_partials(out):
         print(f"removed {out / name}, left by a stopped run")
     tmp = out / f".partial-{os.getpid()}"
