@@ -69,6 +69,7 @@ def test_the_site_builds_strictly_and_a_broken_link_fails_it(tmp_path):
     shutil.copytree(ROOT / "docs", copy / "docs")
     for name in ("mkdocs.yml", "README.md"):
         shutil.copy(ROOT / name, copy / name)
+    shutil.copytree(ROOT / "src", copy / "src", ignore=shutil.ignore_patterns("__pycache__"))
     (copy / "benchmarks").mkdir()
     shutil.copy(ROOT / "benchmarks" / "RESULTS.md", copy / "benchmarks" / "RESULTS.md")
     env = {"NO_MKDOCS_2_WARNING": "1", "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin"}
@@ -78,6 +79,8 @@ def test_the_site_builds_strictly_and_a_broken_link_fails_it(tmp_path):
     reference = (tmp_path / "site" / "reference" / "index.html").read_text()
     assert "resnets train" in reference and "--print-config" in reference  # the help, from the parser
     assert "Decoding at the model" in (tmp_path / "site" / "benchmarks" / "index.html").read_text()
+    api = (tmp_path / "site" / "api" / "index.html").read_text()  # the API from the docstrings
+    assert all(name in api for name in ("create_model", "predict", "top_k", "transforms", "train"))
     (copy / "docs" / "use.md").write_text((copy / "docs" / "use.md").read_text() + "\n\nSee [this](nope.md).\n")
     done = subprocess.run(build, cwd=copy, capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode != 0 and "nope.md" in done.stderr
