@@ -45,3 +45,17 @@ def test_flip_tta_is_the_mirror_averaged_softmax_and_leaves_the_plain_scores(mod
     assert (plain["top1"], plain["top5"]) == pytest.approx(_reference(model, x, y, flip=False))
     assert (both["tta"]["top1"], both["tta"]["top5"]) == pytest.approx(_reference(model, x, y, flip=True))
     assert both["tta"]["kind"] == "flip" and both["tta"]["n"] == 50
+
+
+def test_a_detectors_file_evaluation_is_its_tasks():
+    """`resnets eval` asks the model's task (tasks.task_of(model).evaluate_file); the classifier's evaluation
+    refuses a detector in one line rather than keeping a table of the other tasks' (issue 37)."""
+    from resnets.errors import ResnetsError
+    from resnets.evaluate import evaluate_model_file
+    from resnets.factory import create_model
+    from resnets.tasks import task_of
+
+    detector = create_model("fasterrcnn_resnet50_fpn", backbone="resnet18", num_classes=3)
+    with pytest.raises(ResnetsError, match="d.safetensors is a detector: `resnets eval` scores it"):
+        evaluate_model_file("d.safetensors", model=detector)
+    assert task_of(detector).name == "detection" and task_of(detector).file_scores.__module__ == "resnets.detect"

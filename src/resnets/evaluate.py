@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from . import detect, segment
 from .data import get_dataset
 from .data.loader import make_eval_loader
 from .data.shards import holds_shards
@@ -145,15 +144,6 @@ def _dataset_of(data: str | None) -> str:
     return "imagefolder" if Path(data).is_dir() else "csv"
 
 
-# `resnets eval` of a dense task's model file, by task (a classifier's is below)
-DENSE_EVALUATIONS = {"detection": detect.evaluate_file, "segmentation": segment.evaluate_file}
-
-
-def _dense_evaluation(model):
-    """The evaluation of a detector or a segmenter (None: a classifier)."""
-    return DENSE_EVALUATIONS.get(traits_of(model).name)
-
-
 def evaluate_model_file(
     weights: str,
     *,
@@ -169,14 +159,15 @@ def evaluate_model_file(
     limit: int = 0,
     out: str | None = None,
     progress: bool = True,
+    model=None,
 ) -> dict:
-    """`resnets eval`: a saved model (or checkpoint) on a dataset's evaluation split, with the preprocessing its
-    file records. Writes eval.json, confusion.json and confusion.png to `out` when given."""
-    model = load(weights)
-    kw = dict(batch_size=min(batch_size, 8), workers=workers, amp=amp, device=device, limit=limit, out=out)
-    dense = _dense_evaluation(model)
-    if dense is not None:  # boxes (COCO's mAP on a COCO folder) or class maps (mIoU on a mask folder)
-        return dense(model, weights, data, progress=progress, **kw)
+    """`resnets eval` of a classifier: a saved model (or checkpoint; `model`: it, loaded already) on a dataset's
+    evaluation split, with the preprocessing its file records. Writes eval.json, confusion.json and confusion.png
+    to `out` when given. A detector's or a segmenter's is its task's (`tasks.task_of(model).evaluate_file`)."""
+    model = load(weights) if model is None else model
+    task = traits_of(model)
+    if task.dense:
+        raise ResnetsError(f"{weights} is a {task.noun}: `resnets eval` scores it (tasks.task_of(model).evaluate_file)")
     meta = model.meta
     if not meta.class_names:
         raise ResnetsError(f"{weights} records no class names to compare with the dataset's; save it with resnets.save")

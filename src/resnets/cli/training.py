@@ -95,15 +95,19 @@ def _cmd_train(args: argparse.Namespace, overrides: dict | None = None) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from ..evaluate import evaluate_model_file, reports_top5
+    from ..evaluate import reports_top5
+    from ..factory import load
+    from ..tasks import task_of
 
     out = args.out or folder_beside(args.weights, "eval")
     kept = f"scores: {out}/eval.json" if out else "scores not written (--out FOLDER keeps them)"
     amp = {"fp32": "none"}.get(args.precision, args.precision) if args.precision else args.amp
-    res = evaluate_model_file(
+    model = load(args.weights)
+    res = task_of(model).evaluate_file(
+        model,
         args.weights,
+        args.data,
         dataset=args.dataset,
-        data=args.data,
         ten_crop=args.ten_crop,
         tta=args.tta,
         batch_size=args.batch_size,

@@ -104,6 +104,11 @@ class Task:
         """The line printed before training: what trains on what (None: nothing before the expected time)."""
         return None
 
+    def evaluate_file(self, model: nn.Module, weights: str, data: str | None, **options) -> dict:
+        """`resnets eval` of a saved model of this task on `data` (options: eval's dataset, ten_crop, tta, batch_size,
+        workers, amp, device, download, limit, out, progress)."""
+        raise NotImplementedError
+
     @property
     def name(self) -> str:
         return self.traits.name
@@ -197,6 +202,12 @@ class Dense(Task):
     background = True  # a background class beside the data's (label 0)
     collate: Any = None  # the loader's collate function: (images, targets, unreadable)
     scores: Any = None  # the scores of a model on a set: (model, dataset, device, amp=, batch_size=, ...) -> dict
+    file_scores: Any = None  # `resnets eval` of a model file: (model, weights, data, batch_size=, ...) -> dict
+
+    def evaluate_file(self, model: nn.Module, weights: str, data: str | None, **options) -> dict:
+        keep = ("workers", "amp", "device", "limit", "out", "progress")  # (no dataset name, 10 crops or TTA here)
+        batch = min(options.get("batch_size", 8), 8)  # images of any size: a few at a time
+        return self.file_scores(model, weights, data, batch_size=batch, **{k: options[k] for k in keep if k in options})
 
     def loaders(self, cfg, sets: Sets, ctx) -> tuple[ListLoader, None]:
         return ListLoader(sets.train, cfg, ctx, self.collate), None  # evaluation reads the set itself

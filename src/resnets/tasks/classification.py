@@ -16,7 +16,7 @@ from ..data import DataBundle, build, get_dataset
 from ..data.loader import make_eval_loader, make_train_loader
 from ..data.preprocessing import Preprocessing
 from ..data.transforms import batch_mix, normalizer
-from ..evaluate import evaluate, reports_top5, write_evaluation
+from ..evaluate import evaluate, evaluate_model_file, reports_top5, write_evaluation
 from ..factory import create_from_weights, create_model
 from ..models.registry import TASK_TRAITS
 from ..reports import plot_curves
@@ -54,6 +54,10 @@ def data_and_model(cfg: TrainConfig) -> tuple[DataBundle, nn.Module]:
 
 class Classification(Task):
     traits = TASK_TRAITS["classification"]
+
+    def evaluate_file(self, model: nn.Module, weights: str, data: str | None, **options) -> dict:
+        return evaluate_model_file(weights, data=data, model=model, **options)
+
     score = "top1"
     score_title = "val top-1"
     best_key = "best_top1"

@@ -16,6 +16,7 @@ from ..config import TrainConfig
 from ..data import coco, voc
 from ..data.batching import mix_seed
 from ..detect import coco_map
+from ..detect import evaluate_file as detect_evaluate_file
 from ..errors import ResnetsError
 from ..factory import create_from_weights, create_model
 from ..meta import traits_of
@@ -122,6 +123,7 @@ class Detection(Dense):
     score_title = "val mAP"
     background = True  # label 0 is the background: the model's classes are the data's + 1
     scores = staticmethod(coco_map)
+    file_scores = staticmethod(detect_evaluate_file)
     collate = staticmethod(coco.collate)
 
     def data_and_model(self, cfg: TrainConfig, ctx) -> tuple[Sets, nn.Module]:

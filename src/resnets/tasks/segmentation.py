@@ -20,6 +20,7 @@ from ..factory import create_from_weights, create_model
 from ..meta import traits_of
 from ..models import get_entry
 from ..models.registry import TASK_TRAITS, check_options
+from ..segment import evaluate_file as segment_evaluate_file
 from ..segment import mask_scores
 from .base import Dense, Sets, model_options, register
 
@@ -100,6 +101,7 @@ class Segmentation(Dense):
     score_title = "val mIoU"
     background = False  # the background is one of the classes
     scores = staticmethod(mask_scores)
+    file_scores = staticmethod(segment_evaluate_file)
     collate = staticmethod(masks.collate)
 
     def data_and_model(self, cfg: TrainConfig, ctx) -> tuple[Sets, nn.Module]:
