@@ -368,7 +368,9 @@ def test_registered_weights_from_the_cache_and_offline(tmp_path, photos):
 
 def test_finetune_bad_input(tmp_path, photos, pretrained):
     code, _, err = _run("finetune", "--weights", pretrained)
-    one_line_error(code, err, "finetune needs --data")
+    one_line_error(code, err, "finetune needs --data (--data: a folder of images, one subfolder per class)")
+    code, _, err = _run("finetune", "--data", tmp_path)  # each missing flag described as itself
+    one_line_error(code, err, "finetune needs --weights (--weights: a registered weights name or file)")
     one = tmp_path / "one"
     (one / "cat").mkdir(parents=True)
     (one / "cat" / "a.jpg").write_bytes((photos / "cat" / "0.jpg").read_bytes())

@@ -153,6 +153,7 @@ def test_the_page_in_a_real_browser(live_server, serve_files):
             )
             page.goto(live_server.url + "/")
             page.wait_for_function("document.getElementById('model').textContent.includes('resnet18')")
+            assert not page.locator("#score-row").is_visible()  # a classifier's page has no box score
             page.set_input_files("#files", str(photos[1]))
             page.wait_for_selector(".card[data-state='done']", timeout=60_000)
             bars = page.locator(".card .bar.top .label").all_text_contents()
@@ -284,3 +285,34 @@ def test_a_segmenter_is_served_at_v1_segment(tiny_segmenter, shapes_set):
     assert two_png.status_code == 400 and "format=json" in two_png.json()["detail"]
     assert detected.status_code == 400 and "POST /v1/segment" in detected.json()["detail"]
     assert described.json()["task"] == "segmentation" and described.json()["classes"][0] == "background"
+
+
+def test_the_pages_detection_score_control_in_a_real_browser(tiny_detector, shapes_set):
+    """A detector's page has a score control (it was fixed at 0.5 while the API takes ?score=): set to 0 it lists
+    the boxes /v1/detect gives at score 0, and says the score it used."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    import httpx
+    from conftest import Server
+
+    image = sorted((shapes_set / "val" / "images").glob("*.jpg"))[0]
+    s = Server(tiny_detector, "--max-batch", 2, "--max-wait-ms", 10)
+    try:
+        want = httpx.post(s.url + "/v1/detect?score=0", files={"files": (image.name, image.read_bytes())}, timeout=60)
+        boxes = len(want.json()["results"][0]["boxes"])
+        assert boxes > 0  # at score 0 the tiny detector finds some: the page must list them, not its 0.5's
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+            try:
+                page = browser.new_page()
+                page.goto(s.url + "/")
+                page.wait_for_function("document.getElementById('model').textContent.includes('fasterrcnn')")
+                assert page.locator("#score-row").is_visible()
+                page.fill("#score", "0")
+                page.set_input_files("#files", str(image))
+                page.wait_for_selector(".card[data-state='done']", timeout=60_000)
+                assert page.locator(".card .bar.top").count() == boxes
+                assert "score 0 or more" in page.locator(".card .caption").first.text_content()
+            finally:
+                browser.close()
+    finally:
+        assert s.stop() == 0, s.output()

@@ -41,12 +41,11 @@ def miou_line(res: dict) -> str:
 def _cmd_finetune(args: argparse.Namespace) -> int:
     overrides = overrides_of(args)
     if args.resume in (None, "auto"):  # a new run, or the whole command again (auto)
-        missing = [f for f in ("data", "weights") if not overrides.get(f)]
+        what = {"data": "a folder of images, one subfolder per class", "weights": "a registered weights name or file"}
+        missing = [f for f in what if not overrides.get(f)]
         if missing and not args.config:
-            raise ResnetsError(
-                f"finetune needs --{' and --'.join(missing)} (a folder of images, one subfolder per class; "
-                "a registered weight name or a weights file)"
-            )
+            said = "; ".join(f"--{f}: {what[f]}" for f in missing)
+            raise ResnetsError(f"finetune needs --{' and --'.join(missing)} ({said})")
         args.recipe = args.recipe or "finetune"
     return _cmd_train(args, overrides)
 
