@@ -81,3 +81,15 @@ def test_atomic_dir_appears_whole_or_not_at_all(tmp_path):
     with atomic_dir(tmp_path / "empty") as tmp:
         (tmp / "b.txt").write_text("b")
     assert (tmp_path / "empty" / "b.txt").is_file()
+
+
+def test_process_alive_tells_a_running_process_from_a_gone_one():
+    """The one liveness check behind every stale lock and temporary (shard cache, shard writer, run folder)."""
+    import os
+    import subprocess
+    import sys
+
+    from resnets.safe_io import process_alive
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    assert process_alive(os.getpid()) and not process_alive(int(done.stdout))  # reaped: its pid is free

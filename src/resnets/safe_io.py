@@ -16,6 +16,18 @@ from typing import Iterator
 from .errors import ResnetsError
 
 
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this host (another user's counts as running): what decides that a lock or a
+    temporary left under its pid is stale."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        pass
+    return True
+
+
 def _current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

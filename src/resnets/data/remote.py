@@ -59,6 +59,7 @@ from pathlib import Path
 
 from ..errors import ResnetsError, printable
 from ..home import setting, shard_cache_dir
+from ..safe_io import process_alive
 from ..version import __version__
 
 REMOTE = re.compile(r"^(pipe:|[a-z][a-z0-9+.-]*://)", re.IGNORECASE)
@@ -222,7 +223,7 @@ def sweep(folder: Path) -> list[str]:
     host, gone = socket.gethostname(), []
     for p in folder.glob("*.part"):
         m = PART.search(p.name)
-        if m and m[2] in (None, host) and not _alive(int(m[1])):
+        if m and m[2] in (None, host) and not process_alive(int(m[1])):
             p.unlink(missing_ok=True)
             gone.append(p.name)
     for p in folder.glob("*.lock"):
@@ -268,16 +269,6 @@ def _locked(path: Path):
             path.unlink(missing_ok=True)  # (while held: nobody else removes or replaces it meanwhile)
         finally:
             f.close()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's
-        pass
-    return True
 
 
 def _evict(folder: Path, keep: Path, incoming: int) -> None:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import ResnetsError, printable
+from ..safe_io import process_alive
 from . import jsonfile, remote
 from .datasets import (
     BYTES_PER_PIXEL_BOUND,
@@ -230,20 +231,10 @@ def sweep_partials(out: Path) -> list[str]:
     for p in out.glob(".partial-*"):
         pid = p.name.rpartition("-")[2]
         # this process's own pid: a run killed before it under the same pid (a container's restart: pid 1 again)
-        if p.is_dir() and pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid))):
+        if p.is_dir() and pid.isdigit() and (int(pid) == os.getpid() or not process_alive(int(pid))):
             shutil.rmtree(p, ignore_errors=True)
             gone.append(p.name)
     return gone
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def write(splits: dict, out: Path, *, shard_bytes: int = 512 << 20, progress: bool = True) -> Path:

@@ -170,21 +170,6 @@ def _decoding(cfg: TrainConfig) -> Callable[[], None]:
     return restore
 
 
-def _claimed(cfg: TrainConfig, ctx: distributed.Context, resume: Path | None, changed: Any):
-    """The run folder claimed and recorded, every process past it; a stop (Ctrl-C, SIGTERM) while the others catch
-    up gives the folder back as a failed claim does."""
-    run_dir, lock, fresh = rundir.claim_and_record(cfg, ctx, resume, changed)
-    try:
-        distributed.barrier(ctx)
-    except BaseException as e:
-        if lock is not None:
-            lock.release()
-        if fresh and ctx.is_main:
-            rundir.discard(run_dir, e)
-        raise
-    return run_dir, lock, fresh
-
-
 def build_run(
     cfg: TrainConfig, ctx: distributed.Context, resume: Path | None = None, changed: dict[str, Any] | None = None
 ) -> Run:
@@ -231,7 +216,7 @@ def build_run(
     )
     sched, plateau = make_scheduler(opt, cfg, total_steps, steps_per_epoch, peak_lr)
     criterion, mix, normalize = task.parts(cfg, bundle)
-    run_dir, lock, fresh = _claimed(cfg, ctx, resume, changed)
+    run_dir, lock, fresh = rundir.claim_and_record(cfg, ctx, resume, changed)
     return Run(
         cfg=cfg,
         ctx=ctx,

@@ -164,13 +164,7 @@ def _dead(holder: str, path: Path) -> str | None:
     if m is None:
         return None
     if m[2] == socket.gethostname():
-        try:
-            os.kill(int(m[1]), 0)
-        except ProcessLookupError:
-            return "its process is gone"
-        except PermissionError:  # another user's process
-            pass
-        return None
+        return None if safe_io.process_alive(int(m[1])) else "its process is gone"
     silent = time.time() - path.stat().st_mtime
     return f"no heartbeat for {silent:.0f} s" if silent >= STALE_S else None
 
@@ -330,11 +324,13 @@ def _claim_run_dir(cfg: TrainConfig, ctx: distributed.Context, resume: Path | No
 
 def claim_and_record(cfg: TrainConfig, ctx: distributed.Context, resume: Path | None, changed: Any):
     """The first write: the run directory, claimed with its lock, and config.json (on a resume, again when
-    the resume changed keys); a failure here releases the lock and discards a folder this call made."""
+    the resume changed keys), every process past it; a failure here (or a stop, Ctrl-C or SIGTERM, while the others
+    catch up) releases the lock and discards a folder this call made."""
     run_dir, lock, fresh = _claim_run_dir(cfg, ctx, resume)
     try:
         if ctx.is_main and (resume is None or changed):
             record(run_dir, cfg)
+        distributed.barrier(ctx)
     except BaseException as e:
         if lock is not None:
             lock.release()
