@@ -149,8 +149,13 @@ def train_one_epoch(run: Run, epoch: int, step_fn) -> dict:
             _after_step(run, epoch, b, window)
         if b % 10 == 0 and not bool(finite):
             break
-        saved = sync and cfg.checkpoint_steps and run.step % cfg.checkpoint_steps == 0
-        if saved and b + 1 < run.batches_per_epoch:
+        # a mid-epoch checkpoint: every checkpoint_steps, and where a stop is asked for (at the epoch's last step
+        # too: its evaluation, which can take long, is then the resumed run's first work)
+        signum = _stop_asked(run) if sync and not run.done else None
+        saved = signum or (
+            sync and cfg.checkpoint_steps and run.step % cfg.checkpoint_steps == 0 and b + 1 < run.batches_per_epoch
+        )
+        if saved:
             if not bool(finite):
                 break
             both = distributed.all_reduce_sum(torch.cat([sums, window]), ctx).tolist()
@@ -158,15 +163,8 @@ def train_one_epoch(run: Run, epoch: int, step_fn) -> dict:
             save_state(run, run.run_dir / "last.pt", epoch, b + 1)
         # reported after the checkpoint (a caller that stops the run on a report loses no step) and at each one
         reported = _show_progress(run, epoch, b, sums, seen, t0, reported, bool(saved))
-        # a stop asked for: checkpointed here, at the epoch's last step too (its evaluation, which can take long, is
-        # the resumed run's first work)
-        if sync and not run.done and _stop_asked(run):
-            if not bool(finite):
-                break
-            both = distributed.all_reduce_sum(torch.cat([sums, window]), ctx).tolist()
-            run.partial = {"epoch": both[:3], "window": both[3:]}
-            save_state(run, run.run_dir / "last.pt", epoch, b + 1)
-            raise _stopped(run, f"in epoch {epoch + 1}")
+        if signum:
+            raise _stopped(run, signum, f"in epoch {epoch + 1}")
         if run.done:
             break
     if not bool(finite):
@@ -233,9 +231,8 @@ def _stop_asked(run: Run) -> int | None:
     return run.preemption.asked(run.ctx) if run.preemption is not None else None
 
 
-def _stopped(run: Run, where: str) -> Stopped:
+def _stopped(run: Run, signum: int, where: str) -> Stopped:
     """The stop after the checkpoint a signal asked for: one line naming it and how the run continues."""
-    signum = run.preemption.signum or int(signal.SIGTERM)
     return Stopped(
         signum,
         f"stopped by {signal.Signals(signum).name} at step {run.step} of {run.total_steps} ({where}): "
@@ -262,8 +259,9 @@ def fit(run: Run) -> dict:
             run.epoch, run.batch = epoch + 1, 0
             if stop:
                 break
-            if not run.done and epoch + 1 < run.epochs and _stop_asked(run):  # the epoch's checkpoint is written
-                raise _stopped(run, f"after epoch {epoch + 1}")
+            signum = _stop_asked(run) if not run.done and epoch + 1 < run.epochs else None
+            if signum:  # (the epoch's checkpoint is written)
+                raise _stopped(run, signum, f"after epoch {epoch + 1}")
         if run.best_state is not None:
             run.core.load_state_dict(run.best_state)
         result = finish(run)

@@ -15,9 +15,8 @@ import threading
 import torch
 
 from .. import distributed
+from ..data.batching import STOPS as SIGNALS  # the signals the loader's workers leave to the run
 from ..errors import Stopped
-
-SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 class Preemption:
