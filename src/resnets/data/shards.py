@@ -243,8 +243,6 @@ def write(splits: dict, out: Path, *, shard_bytes: int = 512 << 20, progress: bo
     unreadable images are left out and named. Written in a temporary folder inside `out` (one a killed run left is
     removed), moved into place when whole; one run at a time in a folder. Returns the index."""
     out = Path(out)
-    if (out / INDEX).exists() or (out.is_dir() and any(out.glob("*.tar"))):
-        raise ResnetsError(f"{out} already holds shards; give an empty or new folder")
     out.mkdir(parents=True, exist_ok=True)
     with _only_writer(out):
         return _write(splits, out, shard_bytes, progress)
@@ -270,7 +268,7 @@ def _only_writer(out: Path):
 def _write(splits: dict, out: Path, shard_bytes: int, progress: bool) -> Path:
     from tqdm import tqdm
 
-    if (out / INDEX).exists() or any(out.glob("*.tar")):  # written while this run waited for the folder
+    if (out / INDEX).exists() or any(out.glob("*.tar")):  # (checked with the folder held: none is being written)
         raise ResnetsError(f"{out} already holds shards; give an empty or new folder")
     for name in sweep_partials(out):
         print(f"removed {out / name}, left by a stopped run")
