@@ -415,10 +415,12 @@ class TrainConfig(RunKeys, OptimKeys, FinetuneKeys, ClassificationKeys, DenseKey
         labels) with its task's augmentations (models.registry.TASK_TRAITS; the default --augment is each task's
         own). `model`: the architecture when --model leaves it to the weights (read from them by the engine)."""
         model = model or self.model
+        data = TASK_TRAITS[DATASETS[self.dataset].task]
+        if self.augment == TrainConfig.augment and data.augment:  # the config's default where no one said one (a
+            self.augment = data.augment  # config made in Python, or recorded before resolve said the task's own)
         if model not in list_models():
             return  # unknown names are refused where the model is built; weights bring their own
         task = get_entry(model).task
-        data = TASK_TRAITS[DATASETS[self.dataset].task]
         if data is not task:
             theirs = [d for d, spec in DATASETS.items() if spec.task == task.name]
             named = " or ".join(", ".join(theirs).rsplit(", ", 1))
@@ -427,7 +429,7 @@ class TrainConfig(RunKeys, OptimKeys, FinetuneKeys, ClassificationKeys, DenseKey
                 f"{model} is a {task.noun}: {where} (--dataset {self.dataset} holds {data.holds}: train a "
                 f"{data.noun} on it)"
             )
-        if self.augment not in (*task.augments, TrainConfig.augment):
+        if self.augment not in task.augments:
             raise ResnetsError(f"--augment for a {task.noun} is one of {', '.join(task.augments)}; got {self.augment}")
         if task.dense:  # a classifier's keys (mixup, label smoothing, 10 crops, ...) would be kept and not applied
             said = [f.name for f in dataclasses.fields(ClassificationKeys) if getattr(self, f.name) != f.default]
@@ -781,10 +783,23 @@ def resolve(
         apply(cfg, values, str(file))
     if overrides:
         apply(cfg, overrides, "the command line")
-    unsaid = not any("augment" in layer for layer in (RECIPES.get(recipe or "", {}), values, said))
-    if unsaid and cfg.dataset in DATASETS and DATASETS[cfg.dataset].kind == "files":
-        cfg.augment = "rrc"  # photos of any size: a random resized crop, not paper-cifar's padded crop of the whole
+    _augment_for_task(cfg, any("augment" in layer for layer in (RECIPES.get(recipe or "", {}), values, said)))
     return cfg.validate()
+
+
+def _augment_for_task(cfg: TrainConfig, said: bool) -> None:
+    """An --augment that was said is one of its dataset's task's (a detector's paper-cifar was taken as the
+    default and trained with flips); unsaid, it is the task's own (check_task: a detector's and a segmenter's
+    flips), or for a classifier on image files rrc (photos of any size: a random resized crop, not paper-cifar's
+    padded crop of the whole)."""
+    if cfg.dataset not in DATASETS:
+        return  # refused by validate
+    spec = DATASETS[cfg.dataset]
+    task = TASK_TRAITS[spec.task]
+    if said and cfg.augment not in task.augments:
+        raise ResnetsError(f"--augment for a {task.noun} is one of {', '.join(task.augments)}; got {cfg.augment}")
+    if not said and spec.kind == "files":
+        cfg.augment = "rrc"
 
 
 def to_toml(cfg: TrainConfig) -> str:

@@ -321,70 +321,75 @@ def is_dense(model: nn.Module) -> str | None:
     return task.name if task.dense else None
 
 
-def _dense_inputs(task: str) -> list[torch.Tensor]:
-    """The two photos shipped with the package (of different sizes) and a random image, as the model takes them:
-    [0, 1] images for a detector (it normalises itself), ImageNet-normalised batches of one for a segmenter."""
+def _dense_inputs(images_in: bool) -> list[torch.Tensor]:
+    """The two photos shipped with the package (of different sizes) and a random image, as the model is called
+    (models.registry.TaskTraits.calling): [0, 1] images for a model that takes a list of images (a detector
+    normalises itself), ImageNet-normalised batches of one for a model that takes a batch (a segmenter)."""
     images = []
     for name in ("astronaut.jpg", "coffee.jpg"):
         with resources.as_file(resources.files("resnets").joinpath(f"assets/{name}")) as p:
             images.append(decode(p, 3).float() / 255)
     images.append(torch.rand(3, 96, 128, generator=torch.Generator().manual_seed(0)))
-    if task == "detection":
+    if images_in:
         return images
     mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
     return [((im - mean) / std)[None] for im in images]
 
 
+def _dense_call(model: nn.Module, x: torch.Tensor, images_in: bool) -> dict[str, torch.Tensor]:
+    """The model's outputs by name for one input of `_dense_inputs`, eagerly."""
+    with torch.no_grad():
+        return model([x])[0] if images_in else model(x)
+
+
 def export_dense(model: nn.Module, out: str | os.PathLike, *, atol: float = 1e-3) -> dict:
     """A detector or segmenter as ONNX through torchvision's ONNX path (the TorchScript-based exporter its own tests
-    use, opset 17): a detector takes one [0, 1] image (3, H, W) of any size and gives boxes, labels, scores (and
-    masks), its post-processing in the graph; a segmenter takes normalised (N, 3, H, W) and gives "out" logits.
-    Checked with ONNX Runtime against eager PyTorch on two photos and a random image of other sizes than the one
-    traced (the same detections, boxes within `atol` x 100 pixels, scores and logits within `atol`); a file that
-    differs is removed and CheckFailed raised."""
+    use, opset 17), its inputs and outputs as its task calls its model (models.registry.TaskTraits.calling): a
+    model of images (a detector) takes one [0, 1] image (3, H, W) of any size and gives its outputs per detection
+    (boxes, labels, scores, and masks), its post-processing in the graph; a model of batches (a segmenter) takes
+    normalised (N, 3, H, W) and gives its outputs per pixel ("out" logits, and "aux"). The outputs are named as
+    the model names them. Checked with ONNX Runtime against eager PyTorch on two photos and a random image of other
+    sizes than the one traced (the same detections, boxes within `atol` x 100 pixels, scores and logits within
+    `atol`); a file that differs is removed and CheckFailed raised."""
     import onnx
 
-    task = is_dense(model)
+    task = traits_of(model)
     out = Path(out)
     if out.suffix.lower() != ".onnx":
         raise ResnetsError(f"detectors and segmenters export to ONNX (.onnx); got {out.name}")
     model = model.eval().cpu()
-    inputs = _dense_inputs(task)
-    det = task == "detection"
-    masks = getattr(getattr(model, "roi_heads", None), "mask_head", None) is not None  # Mask R-CNN
-    names = ["boxes", "labels", "scores"] + (["masks"] if masks else [])
-    if not det:
-        names = ["out"] + (["aux"] if model.aux_classifier is not None else [])
-    axes = {"image": {1: "height", 2: "width"}} if det else {"image": {0: "batch", 2: "height", 3: "width"}}
-    axes.update(
-        {n: {0: "detections"} for n in names} if det else {n: {0: "batch", 2: "height", 3: "width"} for n in names}
-    )
+    images_in = task.calling == "images"
+    inputs = _dense_inputs(images_in)
+    names = list(_dense_call(model, inputs[0], images_in))  # boxes, labels, scores (masks) or out (aux)
+    per = {0: "detections"} if images_in else {0: "batch", 2: "height", 3: "width"}
+    axes = {"image": {1: "height", 2: "width"} if images_in else {0: "batch", 2: "height", 3: "width"}}
+    axes.update({n: per for n in names})
     with atomic_path(out) as tmp, warnings.catch_warnings(), tempfile.TemporaryDirectory() as d:
         warnings.simplefilter("ignore")
-        example = ([inputs[0]],) if det else (inputs[0],)
+        example = ([inputs[0]],) if images_in else (inputs[0],)
         torch.onnx.export(model, example, f"{d}/m.onnx", dynamo=False, opset_version=DENSE_OPSET, input_names=["image"],
                           output_names=names, dynamic_axes=axes)  # fmt: skip
         proto = onnx.load(f"{d}/m.onnx")
         for k, v in meta_of(model).to_record().items():
             proto.metadata_props.add(key=f"resnets.{k}", value=v)
         onnx.save_model(proto, str(tmp))
-        diff = _check_dense(tmp, model, inputs[1:], det, names, atol)
+        diff = _check_dense(tmp, model, inputs[1:], images_in, names, atol)
     said = (
         f"one [0, 1] image (3, H, W) of any size; outputs {', '.join(names)}"
-        if det
-        else f"normalised images (N, 3, H, W); outputs the class logits ({', '.join(names)})"
+        if images_in
+        else f"normalised images (N, 3, H, W); outputs {', '.join(names)}"
     )
-    return {"path": str(out), "format": "onnx", "task": task, "max_abs_diff": diff, "outputs": names,
+    return {"path": str(out), "format": "onnx", "task": task.name, "max_abs_diff": diff, "outputs": names,
             "input": said, "bytes": out.stat().st_size, "runtime": "onnxruntime"}  # fmt: skip
 
 
-def _check_dense(path: Path, model: nn.Module, inputs: list[torch.Tensor], det: bool, names: list[str], atol: float):
+def _check_dense(path: Path, model: nn.Module, inputs: list[torch.Tensor], images_in: bool, names: list[str],
+                 atol: float):  # fmt: skip
     sess = ort_session(path)
     worst = 0.0
     for x in inputs:
         got = sess.run(None, {"image": x.numpy()})
-        with torch.no_grad():
-            ref = model([x])[0] if det else model(x)
+        ref = _dense_call(model, x, images_in)
         for name, g in zip(names, got):
             want = ref[name].float()
             g = torch.from_numpy(g).to(want.dtype)

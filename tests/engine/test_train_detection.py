@@ -9,7 +9,7 @@ import torch
 from conftest import TINY_DETECTOR, run_cli
 
 from resnets import engine
-from resnets.config import resolve
+from resnets.config import from_dict, resolve
 from resnets.data import coco
 from resnets.engine import detection
 from resnets.errors import ResnetsError
@@ -130,6 +130,10 @@ def test_a_detectors_weights_get_new_class_layers_for_other_classes(tiny_detecto
             "is a detector: train it on --dataset coco",
         ),
         (["--model", "fasterrcnn_resnet50_fpn", "--dataset", "coco", "--augment", "rrc"], "--augment for a detector"),
+        (  # the config's own default, said: was taken as unsaid and trained with flips
+            ["--model", "fasterrcnn_resnet50_fpn", "--dataset", "coco", "--augment", "paper-cifar"],
+            "--augment for a detector is one of none, hflip, ssd; got paper-cifar",
+        ),
         (
             ["--model", "fasterrcnn_resnet50_fpn", "--dataset", "coco", "--mixup", "0.2", "--tta", "flip"],
             "--mixup, --tta: a classifier's option; fasterrcnn_resnet50_fpn is a detector",
@@ -161,6 +165,18 @@ def test_a_folder_without_validation_images_holds_some_out(shapes_set, tmp_path)
     assert (len(train), len(val)) == (12, 4)
     assert not {r.image_id for r in train.records} & {r.image_id for r in val.records}
     assert isinstance(train, coco.CocoDetection) and train.augment == "hflip"  # the config's default for detectors
+
+
+def test_a_detectors_config_says_the_augmentation_it_trains_with(shapes_set, tmp_path):
+    """Unsaid, --augment is the task's own in the resolved config (and so in config.json and --print-config), not
+    the classifier's paper-cifar that the detector's data quietly replaced; a config made in Python or recorded
+    before says the same."""
+    cfg = resolve(None, None, {"model": "fasterrcnn_resnet50_fpn", "dataset": "coco", "data": str(shapes_set)})
+    assert cfg.augment == "hflip"
+    assert from_dict(cfg.to_dict() | {"augment": "paper-cifar"}).augment == "hflip"  # a record from before
+    code, out, err = run_cli("train", "--model", "fasterrcnn_resnet50_fpn", "--dataset", "coco", "--data", shapes_set,
+                             "--print-config")  # fmt: skip
+    assert code == 0 and 'augment = "hflip"' in out, err
 
 
 def test_a_model_taken_from_detector_weights_is_checked_as_a_detector(tiny_detector, tmp_path):

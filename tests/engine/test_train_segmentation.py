@@ -71,6 +71,7 @@ def test_the_backbone_from_classification_weights_and_new_classifiers(shapes_set
         (["--model", "deeplabv3_resnet50", "--dataset", "coco"], "train it on --dataset masks"),
         (["--model", "resnet18", "--dataset", "masks"], "--dataset masks holds class maps"),
         (["--model", "fcn_resnet50", "--dataset", "masks", "--augment", "ssd"], "--augment for a segmentation model"),
+        (["--model", "fcn_resnet50", "--dataset", "masks", "--augment", "paper-cifar"], "got paper-cifar"),
         (
             ["--model", "fcn_resnet50", "--dataset", "masks", "--output-stride", "4"],
             "output_stride must be one of 8, 16, 32",

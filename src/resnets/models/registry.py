@@ -60,6 +60,10 @@ class TaskTraits:
     input_size: int = 224  # the side it is fed by default (a family's own where TaskTraits.sizes says)
     sizes: tuple[tuple[str, int], ...] = ()  # (family, its input side) where a family differs
     kinds: tuple[str, ...] = ()  # the classes (module.name) of its models built elsewhere: torchvision's own
+    augment: str = ""  # its --augment when none is said ("": the config's own default)
+    # how its model is called: "batch", a normalised (N, C, H, W) tensor in; "images", a list of [0, 1] (C, H, W)
+    # images of any sizes in, one dict of outputs per image out (torchvision's detectors)
+    calling: str = "batch"
 
 
 # every task by name: the one table of "which task is this?" below tasks/ (tasks/ registers a room for each)
@@ -89,6 +93,8 @@ TASK_TRAITS: dict[str, TaskTraits] = {
                 "torchvision.models.detection.generalized_rcnn.GeneralizedRCNN",
                 "torchvision.models.detection.retinanet.RetinaNet",
             ),
+            augment="hflip",
+            calling="images",
         ),
         TaskTraits(
             "segmentation",
@@ -101,6 +107,7 @@ TASK_TRAITS: dict[str, TaskTraits] = {
             True,
             520,
             kinds=("torchvision.models.segmentation.fcn.FCN", "torchvision.models.segmentation.deeplabv3.DeepLabV3"),
+            augment="hflip",
         ),
     )  # fmt: skip
 }

@@ -11,7 +11,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..choices import DETECTION_AUGMENTS
 from ..config import TrainConfig
 from ..data import coco, voc
 from ..data.batching import mix_seed
@@ -82,8 +81,7 @@ def _limited(cfg: TrainConfig, train: coco.CocoDetection, val: coco.CocoDetectio
         train.records = train.records[: cfg.limit_train]
     if cfg.limit_val:
         val.records = val.records[: cfg.limit_val]
-    augment = cfg.augment if cfg.augment in DETECTION_AUGMENTS else "hflip"  # the config's default: flips
-    return train.with_augment(augment, cfg.seed), val
+    return train.with_augment(cfg.augment, cfg.seed), val
 
 
 def model(cfg: TrainConfig, classes: list[str]) -> nn.Module:

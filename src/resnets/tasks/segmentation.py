@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..choices import SEGMENTATION_AUGMENTS
 from ..config import TrainConfig
 from ..data import masks
 from ..errors import ResnetsError
@@ -40,8 +39,7 @@ def data(cfg: TrainConfig) -> tuple[masks.MaskFolder, masks.MaskFolder]:
         train.pairs = train.pairs[: cfg.limit_train]
     if cfg.limit_val:
         val.pairs = val.pairs[: cfg.limit_val]
-    augment = cfg.augment if cfg.augment in SEGMENTATION_AUGMENTS else "hflip"  # the config's default: flips
-    return train.with_augment(augment, cfg.train_crop or 480, cfg.seed), val
+    return train.with_augment(cfg.augment, cfg.train_crop or 480, cfg.seed), val
 
 
 def model(cfg: TrainConfig, classes: list[str], options: dict[str, Any]) -> nn.Module:
