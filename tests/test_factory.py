@@ -90,6 +90,30 @@ def test_load_takes_what_weights_takes(tmp_path):
     assert resnets.load(tmp_path / "plain.pth").meta.source == str(tmp_path / "plain.pth")
 
 
+def test_architecture_of_reads_a_model_files_header_not_its_tensors(tmp_path, monkeypatch):
+    """--model "" asks the weights which architecture (and so which task) before the model is built from them: a
+    model file or run folder answers from its header (the weights were read twice, 0.1-0.3 s of a ResNet-50's
+    start), a registered name from the registry; a file without a record is read and its shapes say."""
+    from resnets import factory
+
+    model = resnets.create_model("resnet20", num_classes=10)
+    resnets.save(model, tmp_path / "m.safetensors")
+    (tmp_path / "run").mkdir()
+    resnets.save(model, tmp_path / "run" / "model.safetensors")
+    torch.save(model.state_dict(), tmp_path / "plain.pth")
+    reads = []
+    real = factory.read_weights
+    monkeypatch.setattr(factory, "read_weights", lambda p: reads.append(p) or real(p))
+    assert factory.architecture_of(tmp_path / "m.safetensors") == "resnet20"
+    assert factory.architecture_of(tmp_path / "run") == "resnet20"
+    assert factory.architecture_of("resnet50.tv_in1k") == "resnet50"  # not fetched
+    assert reads == []
+    assert factory.architecture_of(tmp_path / "plain.pth") == "resnet20" and len(reads) == 1
+    (tmp_path / "bad.safetensors").write_bytes(b"not a file")
+    with pytest.raises(WeightsError, match="not a valid safetensors file"):  # the full read says why
+        factory.architecture_of(tmp_path / "bad.safetensors")
+
+
 def test_a_1000_class_file_without_names_gets_imagenets(tmp_path):
     """A torchvision state dict records no class names: predict printed "735"; a 1000-class head is ImageNet-1k's."""
     import torchvision

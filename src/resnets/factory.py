@@ -22,7 +22,7 @@ from .models.registry import check_options
 from .models.resnet import Backbone, FeatureList, ResNetV2
 from .onnx_file import read_onnx
 from .weights import class_list, default_weights, fetch, get_weights, hub, is_registered, list_weights
-from .weights.files import KERAS_SUFFIXES, PICKLE_SUFFIXES, read_weights
+from .weights.files import KERAS_SUFFIXES, PICKLE_SUFFIXES, read_weights, record_of
 
 log = logging.getLogger("resnets")
 
@@ -319,7 +319,17 @@ def create_from_weights(
 
 
 def architecture_of(weights: str | os.PathLike) -> str:
-    """The architecture `weights` are for: recorded in the file or the registry, or inferred from the shapes."""
+    """The architecture `weights` are for: said by the registry, or recorded in a model file's header (its tensors
+    not read: `--model ""` reads the weights once, to build the model), or in another file's record, or inferred
+    from the shapes."""
+    text = os.fspath(weights)
+    if is_registered(text):
+        return get_weights(text).architecture
+    if os.path.isdir(text) and hub.timm_config_in(Path(text)) is None:
+        text = os.path.join(text, "model.safetensors")  # a run folder's model file
+    meta = record_of(text) if text.lower().endswith(".safetensors") and os.path.isfile(text) else None
+    if meta is not None:
+        return meta.architecture
     sd, meta, _ = _resolve(weights, True)
     return meta.architecture if meta else infer_architecture(sd)
 

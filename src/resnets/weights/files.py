@@ -95,6 +95,17 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], Mode
     return strip_prefixes(sd), meta
 
 
+def record_of(path: str | os.PathLike) -> ModelMeta | None:
+    """The record a safetensors model file carries, read from its header alone (its tensors are not read); None
+    for a file with none or one that cannot be read (read_weights says why)."""
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            raw = f.metadata()
+        return ModelMeta.from_record(raw, str(path)) if raw else None
+    except Exception:  # safetensors' own error types for foreign files; a record that does not check
+        return None
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip() or type(e).__name__
     return text.splitlines()[0][:200]
