@@ -58,4 +58,7 @@ def test_a_detectors_file_evaluation_is_its_tasks():
     detector = create_model("fasterrcnn_resnet50_fpn", backbone="resnet18", num_classes=3)
     with pytest.raises(ResnetsError, match="d.safetensors is a detector: `resnets eval` scores it"):
         evaluate_model_file("d.safetensors", model=detector)
-    assert task_of(detector).name == "detection" and task_of(detector).file_scores.__module__ == "resnets.detect"
+    room = task_of(detector)
+    assert room.name == "detection" and type(room).eval_set.__module__ == "resnets.tasks.detection"
+    with pytest.raises(ResnetsError, match="say which COCO or VOC folder to evaluate the detector on"):
+        room.evaluate_file(detector, "d.safetensors", None)

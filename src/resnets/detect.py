@@ -15,10 +15,9 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from . import safe_io
-from .data import coco, voc
+from .data import coco
 from .data.datasets import IMAGE_SUFFIXES, BadSample, decode_sized, read_image_file
-from .devices import autocast, pick_device, resolve_amp
+from .devices import autocast
 from .distributed import gather_objects
 from .errors import ResnetsError
 from .meta import meta_of, traits_of
@@ -312,52 +311,6 @@ def draw(img: torch.Tensor, result: dict) -> torch.Tensor:
             colors="yellow",
         )
     return img
-
-
-def evaluate_file(
-    model: nn.Module,
-    weights: str,
-    data: str | None,
-    *,
-    batch_size: int = 8,
-    workers: int = 0,
-    amp: str = "none",
-    device: str = "auto",
-    limit: int = 0,
-    out: str | None = None,
-    progress: bool = True,
-) -> dict:
-    """`resnets eval` of a detector: COCO's scores on the COCO folder `data` (its val/ split, or its own
-    instances.json), whose categories must be the model's classes. Writes eval.json to `out` when given."""
-    import json
-
-    from tqdm import tqdm
-
-    if not data:
-        raise ResnetsError("say which COCO or VOC folder to evaluate the detector on: --data DIR")
-    classes = class_names(model)[1:]
-    if (Path(data) / "Annotations").is_dir():  # Pascal VOC's layout
-        ds, file = voc.load(data, "val", classes=classes), Path(data) / "ImageSets" / "Main" / "val.txt"
-        if ds is None:
-            raise ResnetsError(f"no {file} listing the images to evaluate on")
-    else:
-        file = coco.find(data, "val")
-        if file is None:
-            raise ResnetsError(f"no {coco.INSTANCES} in {data}/val or {data}")
-        ds = coco.load(file, masks=has_masks(model), classes=classes)
-    if limit:
-        ds.records = ds.records[:limit]
-    dev = pick_device(device)
-    amp = resolve_amp(amp, dev)
-    model.to(dev)
-    with tqdm(total=-(-len(ds) // batch_size), unit="batch", disable=not progress, desc="eval") as bar:
-        res = coco_map(model, ds, dev, amp=amp, batch_size=batch_size, workers=workers, bar=bar)
-    res.update(weights=str(weights), dataset="coco", data=str(file), classes=classes, amp=amp)
-    if out:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        with safe_io.atomic_path(Path(out) / "eval.json") as tmp:
-            tmp.write_text(json.dumps(res, indent=2))
-    return res
 
 
 class _Callable(types.ModuleType):

@@ -6,19 +6,16 @@ from __future__ import annotations
 
 import sys
 import types
-from pathlib import Path
 from typing import Iterable
 
 import torch
 from torch import nn
 
-from . import safe_io
 from .data import coco, masks
 from .data.datasets import BadSample, decode_sized, read_image_file
 from .data.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from .detect import counted, image_files, shrunk
-from .devices import autocast, pick_device, resolve_amp
-from .errors import ResnetsError
+from .devices import autocast
 from .meta import meta_of, traits_of
 
 
@@ -210,36 +207,6 @@ def shares(mask: torch.Tensor, names: list[str]) -> dict:
     """{"classes": {name: share of the pixels}} of a class map (the classes present)."""
     counts = torch.bincount(mask.flatten(), minlength=len(names)).double() / max(mask.numel(), 1)
     return {"classes": {names[c]: round(float(v), 4) for c, v in enumerate(counts.tolist()) if v > 0}}
-
-
-def evaluate_file(model: nn.Module, weights: str, data: str | None, *, batch_size: int = 8, workers: int = 0,
-                  amp: str = "none", device: str = "auto", limit: int = 0, out: str | None = None,
-                  progress: bool = True) -> dict:  # fmt: skip
-    """`resnets eval` of a segmenter: mIoU and pixel accuracy on the mask folder `data` (its val/ split, or its
-    own images/ and masks/), whose classes.txt must list the model's classes. Writes eval.json to `out`."""
-    import json
-
-    from tqdm import tqdm
-
-    if not data:
-        raise ResnetsError("say which mask folder to evaluate the segmenter on: --data DIR")
-    classes = class_names(model)
-    ds = masks.load(data, "val", classes=classes) or masks.load(data, "train", classes=classes)
-    if ds is None:
-        raise ResnetsError(f"no val/ (or images/ and masks/) in {data}")
-    if limit:
-        ds.pairs = ds.pairs[:limit]
-    dev = pick_device(device)
-    amp = resolve_amp(amp, dev)
-    model.to(dev)
-    with tqdm(total=-(-len(ds) // batch_size), unit="batch", disable=not progress, desc="eval") as bar:
-        res = mask_scores(model, ds, dev, amp=amp, batch_size=batch_size, workers=workers, bar=bar)
-    res.update(weights=str(weights), dataset="masks", data=str(Path(data)), classes=classes, amp=amp)
-    if out:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        with safe_io.atomic_path(Path(out) / "eval.json") as tmp:
-            tmp.write_text(json.dumps(res, indent=2))
-    return res
 
 
 class _Callable(types.ModuleType):

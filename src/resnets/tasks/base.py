@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from ..config import MODEL_OPTIONS
 from ..data import coco
 from ..data.batching import leave_stops_to_the_run
 from ..data.loader import TrainBatches
+from ..devices import pick_device, resolve_amp
 from ..errors import ResnetsError
 from ..models.registry import TASK_TRAITS, TaskTraits
 from ..safe_io import atomic_path
@@ -202,12 +205,34 @@ class Dense(Task):
     background = True  # a background class beside the data's (label 0)
     collate: Any = None  # the loader's collate function: (images, targets, unreadable)
     scores: Any = None  # the scores of a model on a set: (model, dataset, device, amp=, batch_size=, ...) -> dict
-    file_scores: Any = None  # `resnets eval` of a model file: (model, weights, data, batch_size=, ...) -> dict
+
+    eval_data = "folder"  # what `resnets eval --data` names: "COCO or VOC folder"
+
+    def eval_set(self, model: nn.Module, data: str, limit: int) -> tuple[Any, dict]:
+        """`resnets eval`'s set in the folder `data` for `model` (its classes must be the model's): (the dataset,
+        at most `limit` images when set; what eval.json says of it: dataset, data, classes)."""
+        raise NotImplementedError
 
     def evaluate_file(self, model: nn.Module, weights: str, data: str | None, **options) -> dict:
-        keep = ("workers", "amp", "device", "limit", "out", "progress")  # (no dataset name, 10 crops or TTA here)
+        """The scores of training's evaluation (`scores`) on the room's set in `data` (eval_set), written to
+        options' out/eval.json when given (no dataset name, 10 crops or TTA here)."""
+        if not data:
+            raise ResnetsError(f"say which {self.eval_data} to evaluate the {self.traits.noun} on: --data DIR")
+        ds, said = self.eval_set(model, data, options.get("limit", 0))
+        dev = pick_device(options.get("device", "auto"))
+        amp = resolve_amp(options.get("amp", "none"), dev)
         batch = min(options.get("batch_size", 8), 8)  # images of any size: a few at a time
-        return self.file_scores(model, weights, data, batch_size=batch, **{k: options[k] for k in keep if k in options})
+        model.to(dev)
+        with tqdm(
+            total=-(-len(ds) // batch), unit="batch", disable=not options.get("progress", True), desc="eval"
+        ) as bar:
+            res = self.scores(model, ds, dev, amp=amp, batch_size=batch, workers=options.get("workers", 0), bar=bar)
+        res.update(weights=str(weights), **said, amp=amp)
+        if options.get("out"):
+            Path(options["out"]).mkdir(parents=True, exist_ok=True)
+            with atomic_path(Path(options["out"]) / "eval.json") as tmp:
+                tmp.write_text(json.dumps(res, indent=2))
+        return res
 
     def loaders(self, cfg, sets: Sets, ctx) -> tuple[ListLoader, None]:
         return ListLoader(sets.train, cfg, ctx, self.collate), None  # evaluation reads the set itself

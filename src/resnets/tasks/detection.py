@@ -6,6 +6,7 @@ classification weights), torchvision's losses by name, and COCO's mAP (detect.co
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -14,8 +15,7 @@ from torch import nn
 from ..config import TrainConfig
 from ..data import coco, voc
 from ..data.batching import mix_seed
-from ..detect import coco_map
-from ..detect import evaluate_file as detect_evaluate_file
+from ..detect import class_names, coco_map, has_masks
 from ..errors import ResnetsError
 from ..factory import create_from_weights, create_model
 from ..meta import traits_of
@@ -121,13 +121,29 @@ class Detection(Dense):
     score_title = "val mAP"
     background = True  # label 0 is the background: the model's classes are the data's + 1
     scores = staticmethod(coco_map)
-    file_scores = staticmethod(detect_evaluate_file)
+    eval_data = "COCO or VOC folder"
     collate = staticmethod(coco.collate)
 
     def data_and_model(self, cfg: TrainConfig, ctx) -> tuple[Sets, nn.Module]:
         check_options(get_entry(cfg.model), model_options(cfg))  # before any file is read
         train, val = data(cfg, "maskrcnn" in cfg.model)
         return Sets.checked(cfg, train, val), model(cfg, train.classes)
+
+    def eval_set(self, model: nn.Module, data: str, limit: int) -> tuple[coco.CocoDetection, dict]:
+        """COCO's val/ split (or the folder's own instances.json), or Pascal VOC's val.txt."""
+        classes = class_names(model)[1:]
+        if (Path(data) / "Annotations").is_dir():  # Pascal VOC's layout
+            ds, file = voc.load(data, "val", classes=classes), Path(data) / "ImageSets" / "Main" / "val.txt"
+            if ds is None:
+                raise ResnetsError(f"no {file} listing the images to evaluate on")
+        else:
+            file = coco.find(data, "val")
+            if file is None:
+                raise ResnetsError(f"no {coco.INSTANCES} in {data}/val or {data}")
+            ds = coco.load(file, masks=has_masks(model), classes=classes)
+        if limit:
+            ds.records = ds.records[:limit]
+        return ds, {"dataset": "coco", "data": str(file), "classes": classes}
 
     def batch(self, run, raw) -> Batch:
         b = super().batch(run, raw)

@@ -6,6 +6,7 @@ pixels marked 255 left out), and mIoU and pixel accuracy (segment.mask_scores) a
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,8 +20,7 @@ from ..factory import create_from_weights, create_model
 from ..meta import traits_of
 from ..models import get_entry
 from ..models.registry import TASK_TRAITS, check_options
-from ..segment import evaluate_file as segment_evaluate_file
-from ..segment import mask_scores
+from ..segment import class_names, mask_scores
 from .base import Dense, Sets, model_options, register
 
 log = logging.getLogger("resnets")
@@ -99,8 +99,18 @@ class Segmentation(Dense):
     score_title = "val mIoU"
     background = False  # the background is one of the classes
     scores = staticmethod(mask_scores)
-    file_scores = staticmethod(segment_evaluate_file)
     collate = staticmethod(masks.collate)
+    eval_data = "mask folder"
+
+    def eval_set(self, model: nn.Module, data: str, limit: int) -> tuple[masks.MaskFolder, dict]:
+        """The mask folder's val/ split, or its own images/ and masks/."""
+        classes = class_names(model)
+        ds = masks.load(data, "val", classes=classes) or masks.load(data, "train", classes=classes)
+        if ds is None:
+            raise ResnetsError(f"no val/ (or images/ and masks/) in {data}")
+        if limit:
+            ds.pairs = ds.pairs[:limit]
+        return ds, {"dataset": "masks", "data": str(Path(data)), "classes": classes}
 
     def data_and_model(self, cfg: TrainConfig, ctx) -> tuple[Sets, nn.Module]:
         options = model_options(cfg)
