@@ -92,7 +92,7 @@ def test_eval_of_a_detector_reports_coco_scores(tiny_detector, shapes_set, tmp_p
 
 def test_cocos_no_objects_score_is_said_as_such():
     """COCO's -1 (no object of that size in the set) is "n/a", not a negative score (issue 38)."""
-    from resnets.cli.training import map_line
+    from resnets.tasks.detection import map_line
 
     res = {"map": 41.0, "map_50": 70.0, "map_75": 40.0, "map_small": -1.0, "map_medium": 30.0, "map_large": 50.0}
     line = map_line(res | {"n": 6})

@@ -11,31 +11,10 @@ from pathlib import Path
 from ..choices import PRECISIONS, TTAS
 from ..config import RECIPES, resolve, to_toml
 from ..data.registry import DATASETS
-from ..errors import ResnetsError, printable
+from ..errors import ResnetsError
 from .options import add_config_flags, count, folder_beside, overrides_of
 
 # what loads torch is imported inside the commands that use it: `resnets --help` answers without torch
-
-
-def _score(v: float, digits: int) -> str:
-    """A COCO score as printed: COCO's -1 (no objects of that kind in the set) as "n/a", not a negative score."""
-    return "n/a" if v < 0 else f"{v:.{digits}f}"
-
-
-def map_line(res: dict) -> str:
-    """COCO's scores in one line (box, and mask for a mask model)."""
-    line = (
-        f"box mAP {res['map']:.2f}  AP50 {res['map_50']:.2f}  AP75 {res['map_75']:.2f}  "
-        f"(small {_score(res['map_small'], 1)}, medium {_score(res['map_medium'], 1)}, "
-        f"large {_score(res['map_large'], 1)})"
-    )
-    if "segm" in res:
-        line += f"; mask mAP {res['segm']['map']:.2f}  AP50 {res['segm']['map_50']:.2f}"
-    return line + f" on {res['n']} validation images"
-
-
-def miou_line(res: dict) -> str:
-    return f"mIoU {res['miou']:.2f}  pixel accuracy {res['pixel_acc']:.2f} on {res['n']} validation images"
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
@@ -52,7 +31,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace, overrides: dict | None = None) -> int:
     from ..engine import train
-    from ..evaluate import reports_top5
+    from ..tasks import TASKS
 
     overrides = overrides_of(args) if overrides is None else overrides
     if args.print_config:  # what would run, and nothing else
@@ -74,27 +53,11 @@ def _cmd_train(args: argparse.Namespace, overrides: dict | None = None) -> int:
         result = train(resolve(args.recipe, args.config, overrides))
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
-    if "map" in result or "miou" in result:  # a detector or a segmenter
-        print(map_line(result) if "map" in result else miou_line(result))
-        print(f"run directory: {result['run_dir']}")
-        print(f"final model:   {result['model_path']}")
-        print(f"scores:        {result['run_dir']}/eval.json")
-        return 0
-    top5 = f"  top-5 {result['top5']:.2f}%" if reports_top5(len(result["classes"])) else ""
-    line = f"top-1 {result['top1']:.2f}%{top5} on {result['n']} validation images"
-    if "ten_crop" in result:
-        line += f" (10-crop: top-1 {result['ten_crop']['top1']:.2f}%)"
-    if "tta" in result:
-        line += f" (with flip TTA: top-1 {result['tta']['top1']:.2f}%)"
-    print(line)
-    print(f"run directory: {result['run_dir']}")
-    print(f"final model:   {result['model_path']}")
-    print(f"plots:         {result['run_dir']}/curves.png, {result['run_dir']}/confusion.png")
+    print("\n".join(TASKS[result["task"]].trained_lines(result)))
     return 0
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from ..evaluate import reports_top5
     from ..factory import load
     from ..tasks import task_of
 
@@ -102,7 +65,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     kept = f"scores: {out}/eval.json" if out else "scores not written (--out FOLDER keeps them)"
     amp = {"fp32": "none"}.get(args.precision, args.precision) if args.precision else args.amp
     model = load(args.weights)
-    res = task_of(model).evaluate_file(
+    room = task_of(model)
+    res = room.evaluate_file(
         model,
         args.weights,
         args.data,
@@ -121,29 +85,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({k: v for k, v in res.items() if k != "confusion"}, indent=2))
         return 0
-    if "map" in res or "miou" in res:  # a detector or a segmenter
-        print(f"{res['weights']} on {res['data']}:")
-        print(map_line(res) if "map" in res else miou_line(res))
-        for c, v in res.get("per_class", {}).items():
-            print(f"  {printable(c)}  {'AP' if 'map' in res else 'IoU'} {v:6.2f}")
-        for f in res["bad_files"]:
-            print(f"skipped {printable(f['path'])}: {printable(f['error'])}", file=sys.stderr)
-        print(kept)
-        return 0
-    print(f"{res['weights']} on {res['dataset']} ({res['n']} images{', 10-crop' if res['ten_crop'] else ''}):")
-    top5 = f"  top-5 {res['top5']:.2f}%" if reports_top5(len(res["classes"])) else ""
-    print(f"top-1 {res['top1']:.2f}%{top5}  loss {res['loss']:.4f}")
-    if "tta" in res:
-        tta5 = f"  top-5 {res['tta']['top5']:.2f}%" if reports_top5(len(res["classes"])) else ""
-        print(f"with {res['tta']['kind']} TTA: top-1 {res['tta']['top1']:.2f}%{tta5}")
-    width = max(len(c) for c in res["classes"])
-    for c, acc in zip(res["classes"], res["per_class"]):
-        print(f"  {printable(c).ljust(width)}  {acc:6.2f}%")
-    if res["bad_samples"]:
-        for f in res.get("bad_files", []):
-            print(f"skipped {printable(f['path'])}: {printable(f['error'])}", file=sys.stderr)
-        print(f"skipped {res['bad_samples']} unreadable images")
-    print(f"confusion matrix: {out}/confusion.png, {out}/confusion.json" if out else kept)
+    lines, errors = room.eval_lines(res, out, kept)
+    for line in errors:
+        print(line, file=sys.stderr)
+    print("\n".join(lines))
     return 0
 
 

@@ -289,6 +289,7 @@ def finish(run: Run) -> dict:
     result = {
         "run_dir": str(run.run_dir),
         "model_path": str(run.run_dir / "model.safetensors"),
+        "task": run.task.name,
         "weights": which,
         **run.task.result(run, ev),
         "classes": run.classes,

@@ -107,7 +107,7 @@ def _finished(run: Run) -> dict | None:
             f"{run.run_dir / 'model.safetensors'} (more --epochs continue it)",
             flush=True,
         )
-    return json.loads(scores.read_text()) | {"history": run.history, "curve": run.curve}
+    return json.loads(scores.read_text()) | {"task": run.task.name, "history": run.history, "curve": run.curve}
 
 
 def _agree(found: bool, cfg: TrainConfig, ctx: distributed.Context) -> None:

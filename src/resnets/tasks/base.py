@@ -18,7 +18,7 @@ from ..data import coco
 from ..data.batching import leave_stops_to_the_run
 from ..data.loader import TrainBatches
 from ..devices import pick_device, resolve_amp
-from ..errors import ResnetsError
+from ..errors import ResnetsError, printable
 from ..models.registry import TASK_TRAITS, TaskTraits
 from ..safe_io import atomic_path
 
@@ -110,6 +110,16 @@ class Task:
     def evaluate_file(self, model: nn.Module, weights: str, data: str | None, **options) -> dict:
         """`resnets eval` of a saved model of this task on `data` (options: eval's dataset, ten_crop, tta, batch_size,
         workers, amp, device, download, limit, out, progress)."""
+        raise NotImplementedError
+
+    def trained_lines(self, result: dict) -> list[str]:
+        """What `resnets train` prints at the end of a run (`result`: the engine's): its scores, the run folder,
+        the model, the files to look at."""
+        raise NotImplementedError
+
+    def eval_lines(self, res: dict, out: str | None, kept: str) -> tuple[list[str], list[str]]:
+        """What `resnets eval` prints of `res` (evaluate_file's): (lines for stdout, lines for stderr). `out`: the
+        folder the scores went to (None: none); `kept`: the line that says so."""
         raise NotImplementedError
 
     @property
@@ -259,6 +269,22 @@ class Dense(Task):
     def scores_line(self, record: dict) -> str:
         """The epoch line's validation scores, from a record that has them."""
         raise NotImplementedError
+
+    per_class_score = "score"  # what eval's per-class lines show: "AP", "IoU"
+
+    def score_line(self, res: dict) -> str:
+        """The final scores of a run or of `resnets eval`, in one line."""
+        raise NotImplementedError
+
+    def trained_lines(self, result: dict) -> list[str]:
+        d = result["run_dir"]
+        return [self.score_line(result), f"run directory: {d}", f"final model:   {result['model_path']}",
+                f"scores:        {d}/eval.json"]  # fmt: skip
+
+    def eval_lines(self, res: dict, out: str | None, kept: str) -> tuple[list[str], list[str]]:
+        lines = [f"{res['weights']} on {res['data']}:", self.score_line(res)]
+        lines += [f"  {printable(c)}  {self.per_class_score} {v:6.2f}" for c, v in res.get("per_class", {}).items()]
+        return lines + [kept], [f"skipped {printable(f['path'])}: {printable(f['error'])}" for f in res["bad_files"]]
 
     def result(self, run, ev: dict) -> dict:
         return {k: v for k, v in ev.items() if k not in ("bad_samples", "bad_files")}

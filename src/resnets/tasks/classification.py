@@ -16,6 +16,7 @@ from ..data import DataBundle, build, get_dataset
 from ..data.loader import make_eval_loader, make_train_loader
 from ..data.preprocessing import Preprocessing
 from ..data.transforms import batch_mix, normalizer
+from ..errors import printable
 from ..evaluate import evaluate, evaluate_model_file, reports_top5, write_evaluation
 from ..factory import create_from_weights, create_model
 from ..models.registry import TASK_TRAITS
@@ -196,6 +197,34 @@ class Classification(Task):
         )
         if run.history:
             plot_curves(run.history, run.run_dir / "curves.png", title)
+
+    def trained_lines(self, result: dict) -> list[str]:
+        top5 = f"  top-5 {result['top5']:.2f}%" if reports_top5(len(result["classes"])) else ""
+        line = f"top-1 {result['top1']:.2f}%{top5} on {result['n']} validation images"
+        if "ten_crop" in result:
+            line += f" (10-crop: top-1 {result['ten_crop']['top1']:.2f}%)"
+        if "tta" in result:
+            line += f" (with flip TTA: top-1 {result['tta']['top1']:.2f}%)"
+        d = result["run_dir"]
+        return [line, f"run directory: {d}", f"final model:   {result['model_path']}",
+                f"plots:         {d}/curves.png, {d}/confusion.png"]  # fmt: skip
+
+    def eval_lines(self, res: dict, out: str | None, kept: str) -> tuple[list[str], list[str]]:
+        five = reports_top5(len(res["classes"]))
+        lines = [
+            f"{res['weights']} on {res['dataset']} ({res['n']} images{', 10-crop' if res['ten_crop'] else ''}):",
+            f"top-1 {res['top1']:.2f}%" + (f"  top-5 {res['top5']:.2f}%" if five else "") + f"  loss {res['loss']:.4f}",
+        ]
+        if "tta" in res:
+            tta5 = f"  top-5 {res['tta']['top5']:.2f}%" if five else ""
+            lines.append(f"with {res['tta']['kind']} TTA: top-1 {res['tta']['top1']:.2f}%{tta5}")
+        width = max(len(c) for c in res["classes"])
+        lines += [f"  {printable(c).ljust(width)}  {acc:6.2f}%" for c, acc in zip(res["classes"], res["per_class"])]
+        errors = [f"skipped {printable(f['path'])}: {printable(f['error'])}" for f in res.get("bad_files", [])]
+        if res["bad_samples"]:
+            lines.append(f"skipped {res['bad_samples']} unreadable images")
+        lines.append(f"confusion matrix: {out}/confusion.png, {out}/confusion.json" if out else kept)
+        return lines, errors
 
     def curve_point(self, ev: dict) -> dict:
         """A point of the paper's Figure 6 from an evaluation (the training side is the loop's)."""

@@ -27,6 +27,23 @@ from .base import Batch, Dense, Sets, model_options, register
 log = logging.getLogger("resnets")
 
 
+def _score(v: float, digits: int) -> str:
+    """A COCO score as printed: COCO's -1 (no objects of that kind in the set) as "n/a", not a negative score."""
+    return "n/a" if v < 0 else f"{v:.{digits}f}"
+
+
+def map_line(res: dict) -> str:
+    """COCO's scores in one line (box, and mask for a mask model)."""
+    line = (
+        f"box mAP {res['map']:.2f}  AP50 {res['map_50']:.2f}  AP75 {res['map_75']:.2f}  "
+        f"(small {_score(res['map_small'], 1)}, medium {_score(res['map_medium'], 1)}, "
+        f"large {_score(res['map_large'], 1)})"
+    )
+    if "segm" in res:
+        line += f"; mask mAP {res['segm']['map']:.2f}  AP50 {res['segm']['map_50']:.2f}"
+    return line + f" on {res['n']} validation images"
+
+
 def _split(ds: coco.CocoDetection, fraction: float, seed: int) -> tuple[coco.CocoDetection, coco.CocoDetection]:
     """A seeded share of the images held out for validation (a folder without val/)."""
     g = torch.Generator().manual_seed(mix_seed(seed, 0x5EED))
@@ -175,6 +192,11 @@ class Detection(Dense):
 
     def scores_line(self, record: dict) -> str:
         return f"val mAP {record['val_map']:.2f} (AP50 {record['val_map_50']:.2f})"
+
+    per_class_score = "AP"
+
+    def score_line(self, res: dict) -> str:
+        return map_line(res)
 
 
 register(Detection())

@@ -133,5 +133,10 @@ class Segmentation(Dense):
     def scores_line(self, record: dict) -> str:
         return f"val mIoU {record['val_miou']:.2f} (pixel accuracy {record['val_pixel_acc']:.2f})"
 
+    per_class_score = "IoU"
+
+    def score_line(self, res: dict) -> str:
+        return f"mIoU {res['miou']:.2f}  pixel accuracy {res['pixel_acc']:.2f} on {res['n']} validation images"
+
 
 register(Segmentation())
