@@ -17,6 +17,9 @@ def test_list_models_and_weights():
     assert [m["name"] for m in json.loads(out)] == ["resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d"]
     code, out, _ = run_cli("list", "--weights")
     assert code == 0 and "resnet50.tv2_in1k" in out and "80.858" in out
+    rows = {line.split()[0]: line for line in out.splitlines()[1:]}  # dense weights: the scores their task publishes
+    assert "box mAP 37.9, mask mAP 34.6" in rows["maskrcnn_resnet50_fpn.tv_coco"]
+    assert "mIoU 66.4, pixel acc 92.4" in rows["deeplabv3_resnet50.tv_coco_voc"]
 
 
 def test_summary_text_and_json():

@@ -40,13 +40,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
             width = max((len(n) for n in names), default=4)
             print(f"{'weights'.ljust(width)}  top1    top5    eval       source")
             for s in rows:
-                if s.preprocessing is None:  # a detector (box and mask mAP) or a segmenter (mIoU) instead
-                    scores = (
-                        f"mIoU {s.metrics['miou']:.1f}, pixel acc {s.metrics['pixel_acc']:.1f}"
-                        if "miou" in s.metrics
-                        else f"box mAP {s.metrics['box_map']:.1f}"
-                        + (f", mask mAP {s.metrics['mask_map']:.1f}" if "mask_map" in s.metrics else "")
-                    )
+                task = get_entry(s.architecture).task
+                if task.dense:  # a detector's box (and mask) mAP, a segmenter's mIoU: the scores its task publishes
+                    scores = ", ".join(f"{say} {s.metrics[k]:.1f}" for k, say in task.published if k in s.metrics)
                     print(f"{s.name.ljust(width)}  {scores:<31}  {s.source}")
                     continue
                 pre = f"{s.preprocessing.resize}->{s.preprocessing.crop}"

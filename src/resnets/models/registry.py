@@ -64,6 +64,8 @@ class TaskTraits:
     # how its model is called: "batch", a normalised (N, C, H, W) tensor in; "images", a list of [0, 1] (C, H, W)
     # images of any sizes in, one dict of outputs per image out (torchvision's detectors)
     calling: str = "batch"
+    # the scores published weights of a dense task record (WeightSpec.metrics' key, as `resnets list` names it)
+    published: tuple[tuple[str, str], ...] = ()
 
 
 # every task by name: the one table of "which task is this?" below tasks/ (tasks/ registers a room for each)
@@ -95,6 +97,7 @@ TASK_TRAITS: dict[str, TaskTraits] = {
             ),
             augment="hflip",
             calling="images",
+            published=(("box_map", "box mAP"), ("mask_map", "mask mAP")),
         ),
         TaskTraits(
             "segmentation",
@@ -108,6 +111,7 @@ TASK_TRAITS: dict[str, TaskTraits] = {
             520,
             kinds=("torchvision.models.segmentation.fcn.FCN", "torchvision.models.segmentation.deeplabv3.DeepLabV3"),
             augment="hflip",
+            published=(("miou", "mIoU"), ("pixel_acc", "pixel acc")),
         ),
     )  # fmt: skip
 }
