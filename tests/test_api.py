@@ -20,7 +20,13 @@ def test_predict_embed_and_explain_at_the_top_level(photos, tmp_path):
     path = photos / "coffee.png"  # lossless: a file and its pixels in memory are the same input
     by_file = resnets.predict(model, [str(path)], top_k=2)
     by_image = resnets.predict(model, [Image.open(path).convert("RGB")], top_k=2)
-    assert by_file[0]["path"] == str(path) and by_image[0]["input"] == 0
+    assert set(by_file[0]) == set(by_image[0]) == {"input", "path", "top"}  # one shape for files and images
+    assert (by_file[0]["input"], by_file[0]["path"]) == (0, str(path)) and (
+        by_image[0]["input"],
+        by_image[0]["path"],
+    ) == (0, None)
+    bad = resnets.predict(model, [str(path), str(tmp_path / "missing.jpg")])
+    assert [r["input"] for r in bad] == [0, 1] and set(bad[1]) == {"input", "path", "error"}
     assert [c["index"] for c in by_file[0]["top"]] == [c["index"] for c in by_image[0]["top"]]
     assert abs(by_file[0]["top"][0]["prob"] - by_image[0]["top"][0]["prob"]) < 1e-5
     features, files, bad = resnets.embed(model, [str(path), str(photos / "astronaut.jpg")])

@@ -167,9 +167,10 @@ def predict(
     precision: str = "fp32",
     loader: str = "auto",
 ) -> list[dict]:
-    """[{"path", "top": [{"class", "index", "prob"}...]} or {"path", "error"}] in the order of the files.
-    paths: a file or folder, or a list of them; or images already in memory (a PIL image, a (C, H, W) tensor, a
-    (N, C, H, W) batch or a list of these: then each result has "input", its position, instead of "path").
+    """[{"input", "path", "top": [{"class", "index", "prob"}...]} or {"input", "path", "error"}] in the order of
+    the images: "input" is each one's position (a folder's files in sorted order), "path" its file (None for an
+    image given in memory). paths: a file or folder, or a list of them; or images already in memory (a PIL image,
+    a (C, H, W) tensor, a (N, C, H, W) batch or a list of these).
     backend: auto, eager, compile, onnxruntime, or onnxruntime-int8 (calibrated on the first images given).
     precision: fp32, bf16 or fp16 (eager and compile). runner: one made before by
     `resnets.backends.make_runner(model, backend)`, to reuse across calls (an ONNX export or compilation is then
@@ -183,7 +184,8 @@ def predict(
             x = _in_memory(model, pre, paths[start : start + batch_size], start)
             run = run or _runner(model, backend, [], "logits", batch_size, precision, x.device, calib=[x.cpu()])
             results += [
-                {"input": start + i, "top": t} for i, t in enumerate(top_classes(run(x).float().softmax(1), k, names))
+                {"input": start + i, "path": None, "top": t}
+                for i, t in enumerate(top_classes(run(x).float().softmax(1), k, names))
             ]
         return results
     files = find_images(paths)
@@ -199,10 +201,10 @@ def predict(
     bar = _progress(len(files), progress)
     for images, idx, bad in stream:
         for path, reason in bad:
-            out[position[path]] = {"path": path, "error": reason}
+            out[position[path]] = {"input": position[path], "path": path, "error": reason}
         if images is not None:
             for i, top in zip(idx, top_classes(run(images).float().softmax(1), k, names)):
-                out[i] = {"path": files[i], "top": top}
+                out[i] = {"input": i, "path": files[i], "top": top}
         bar.update(len(idx) + len(bad))
     bar.close()
     return [o for o in out if o is not None]

@@ -252,7 +252,8 @@ def classify(
     progress: Callable[[int], None] | None = None,
     stamp: str | None = None,
 ) -> list[dict]:
-    """[{"path", "top": [{"class", "index", "prob"}...]} or {"path", "error"}] for `files` (paths, in order), by
+    """[{"input", "path", "top": [{"class", "index", "prob"}...]} or {"input", "path", "error"}] for `files` (paths,
+    in order; "input" a file's position, as inference.predict answers), by
     the ONNX file `onnx` (`resnets export`'s, or the cache's). workers: decoding threads (default: the sandbox's
     worker count). progress: called with the number of files done after each batch. stamp: the cache key the
     file must carry (a cached export: one that is not its own is refused in one line)."""
@@ -274,7 +275,7 @@ def classify(
             logits = _run(sess, name, np.stack([x for _, x in batch]), n, onnx)
             for (i, _), row, top in zip(batch, logits, _softmax_top(logits, k, names)):
                 finite = bool(np.isfinite(row).all())
-                out[i] = {"path": files[i], "top": top} if finite else {"path": files[i], "error": NOT_FINITE}
+                out[i] = {"input": i, "path": files[i]} | ({"top": top} if finite else {"error": NOT_FINITE})
             if progress:
                 progress(len(batch))
             batch.clear()
@@ -282,7 +283,7 @@ def classify(
     out = [None] * len(files)  # type: ignore[list-item]
     for i, x in _stream(files, pre, len(pre.mean), workers, ahead=batch_size + 2 * workers):
         if isinstance(x, BadSample):
-            out[i] = {"path": files[i], "error": x.reason}
+            out[i] = {"input": i, "path": files[i], "error": x.reason}
             if progress:
                 progress(1)
             continue
