@@ -120,3 +120,38 @@ def test_a_fraction_of_an_epoch_ends_the_last_epoch_early(tmp_path):
     assert [h["epoch"] for h in result["history"]] == [1, 2]
     assert [h["step"] for h in result["history"]] == [6, 9]
     assert "val_top1" in result["history"][-1]
+
+
+def test_a_run_on_image_files_counts_the_loaders_decoding(tmp_path, monkeypatch):
+    """Fine-tuning a folder of photos on a CPU: the loader's decoding shares the cores with the step, so the
+    expected rate is the step's slowed by it (the estimate said the step's rate alone: a fine-tune took 1.5x its
+    expected time); the timing draws nothing the run draws (its items are seeded by index)."""
+    import numpy as np
+    from PIL import Image
+
+    from resnets import distributed
+    from resnets.engine import estimate
+
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (tmp_path / "photos" / c).mkdir(parents=True)
+        for i in range(12):
+            Image.fromarray(rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)).save(
+                tmp_path / "photos" / c / f"{i}.jpg"
+            )
+    cfg = C.resolve(overrides=dict(model="resnet8", dataset="imagefolder", data=str(tmp_path / "photos"), out=tmp_path,
+                                   name="ft", train_crop=32, batch_size=8, epochs=1, workers=2, device="cpu"))  # fmt: skip
+    run = build_run(cfg, distributed.Context(device=torch.device("cpu")))
+    try:
+        first = next(iter(run.train_loader))
+        per_image = estimate.loader_seconds(run)
+        assert per_image > 0
+        monkeypatch.setattr(estimate, "step_rate", lambda run: (100.0, 5))
+        monkeypatch.setattr(estimate, "loader_seconds", lambda run: 0.01)
+        monkeypatch.setattr(estimate.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+        rate, timed, said = estimate.training_rate(run)
+        assert (timed, said) == (5, 0.01) and rate == pytest.approx(1 / (1 / 100 + 0.01 / 2))
+        again = next(iter(run.train_loader))
+        assert torch.equal(first.images, again.images) and torch.equal(first.labels, again.labels)  # nothing drawn
+    finally:
+        run.lock.release()

@@ -5,12 +5,14 @@ and the accuracy its recipe reached where the run is that recipe unchanged."""
 from __future__ import annotations
 
 import copy
+import os
 import time
 from dataclasses import fields
 
 import torch
 
 from ..config import RECIPE_RESULTS, TrainConfig, resolve
+from ..data.loader import Augmented
 from ..devices import autocast
 from .state import Run
 
@@ -56,6 +58,38 @@ def step_rate(run: Run, steps: int = 5, warmup: int = 3) -> tuple[float, int]:
     return per_rank * steps / spent, steps
 
 
+def loader_seconds(run: Run, samples: int = 4) -> float:
+    """Seconds the loader's work on one training image takes (read, decode, augment: the host loader's item, which
+    its worker processes make), timed on a few of the run's own images after one untimed (the decoder's start);
+    items are seeded by their index, so nothing the run draws moves. 0: a loader that does not make images one at
+    a time (data held in memory or augmented on the device, a dense task's lists)."""
+    items = getattr(getattr(run.train_loader, "loader", None), "dataset", None)
+    if not isinstance(items, Augmented) or len(items) == 0:
+        return 0.0
+    picks = [i * len(items) // (samples + 1) for i in range(samples + 1)]
+    items[picks[0]]
+    t0 = time.perf_counter()
+    for i in picks[1:]:
+        items[i]
+    return (time.perf_counter() - t0) / samples
+
+
+def training_rate(run: Run) -> tuple[float, int, float]:
+    """(images/s of the run's training, steps timed, the loader's seconds an image): the step's rate (step_rate)
+    slowed by the loader's work where it competes: on a CPU its workers take the cores the step runs on (their
+    times add, shared by the cores); on a GPU it keeps up or sets the pace (its workers in parallel)."""
+    rate, timed = step_rate(run)
+    per_image = loader_seconds(run)
+    if per_image:
+        workers = max(run.cfg.workers, 1)
+        if run.ctx.device.type == "cpu":
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            rate = 1 / (1 / rate + per_image / min(workers, cores))
+        else:
+            rate = min(rate, workers / per_image)
+    return rate, timed, per_image
+
+
 def recipe_of(cfg: TrainConfig) -> str | None:
     """The recipe this config is, apart from where it goes and how it is shown (None: none, or changed)."""
     learns = [f.name for f in fields(TrainConfig) if f.name not in _PRESENTATION]
@@ -75,7 +109,7 @@ def describe(run: Run) -> list[str]:
     """The lines printed before training: the task's header, the expected time on this machine and, for an
     unchanged recipe, the expected accuracy."""
     cfg = run.cfg
-    rate, timed = step_rate(run)
+    rate, timed, per_image = training_rate(run)
     rate *= run.ctx.world
     images = max(training_batches(run) - batches_done(run), 0) * cfg.batch_size
     evals = evaluations(run, from_epoch=run.epoch)
@@ -84,7 +118,8 @@ def describe(run: Run) -> list[str]:
     lines = [header] if header else []
     lines += [
         f"expected on this machine: about {_minutes(images / rate + eval_s)} "
-        f"(training {_minutes(images / rate)} at ~{rate:,.{1 if rate < 10 else 0}f} img/s from {timed} timed step{'s' * (timed > 1)}; "
+        f"(training {_minutes(images / rate)} at ~{rate:,.{1 if rate < 10 else 0}f} img/s from {timed} timed step{'s' * (timed > 1)}"
+        f"{f' and {1000 * per_image:.0f} ms of decoding an image' if per_image else ''}; "
         f"{evals} evaluation{'s' * (evals > 1)} of {len(run.bundle.val):,} images ~{_minutes(eval_s)})"
     ]
     name = recipe_of(cfg)
