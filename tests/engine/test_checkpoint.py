@@ -178,3 +178,22 @@ def test_a_dense_checkpoint_from_before_one_engine_reads_as_the_loops_sums():
     assert _partial([12.5, 8.0]) == {"epoch": [12.5, 0.0, 8.0], "window": [0.0, 0.0, 0.0]}
     new = {"epoch": [1.0, 2.0, 3.0], "window": [0.0, 0.0, 0.0]}
     assert _partial(new) is new and _partial(None) is None
+
+
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
+def test_a_resume_for_more_epochs_follows_the_longer_schedule(tmp_path, schedule):
+    """`--resume RUN --epochs 3` on a finished 1-epoch run: from the checkpoint's step on, the schedule is the
+    3-epoch run's (the saved one-cycle ended at the old last step and failed on the next, 'Tried to step 17 times';
+    the saved cosine rose again, back to the peak at twice the old length), so epochs 2 and 3 end at the learning
+    rates of a run planned for 3 epochs from the start."""
+    args = ("train", *TINY_RUN, "--synthetic-samples", 64, "--schedule", schedule, "--out", tmp_path)
+    assert run_cli(*args, "--name", "short", "--epochs", "1")[0] == 0
+    code, _, err = run_cli("train", "--resume", tmp_path / "short", "--epochs", "3", "--no-progress")
+    assert code == 0, err
+    assert run_cli(*args, "--name", "planned", "--epochs", "3")[0] == 0
+
+    def lrs(name):
+        return [json.loads(line)["lr"] for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+
+    assert len(lrs("short")) == 3 and lrs("short")[1:] == pytest.approx(lrs("planned")[1:])
+    assert lrs("planned")[1] > 1e-3  # mid-schedule: a rate that tells the two schedules apart

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import random
+import warnings
 from pathlib import Path
 
 import torch
@@ -79,12 +80,26 @@ def save_state(run: Run, path: Path, epoch: int, batch: int) -> None:
 
 
 def restore(run: Run, state: dict) -> None:
-    """Continue from a checkpoint of `state_dict`: weights, optimizer, schedules, counters and random state."""
+    """Continue from a checkpoint of `state_dict`: weights, optimizer, schedules, counters and random state. A
+    resume that changed the run's length (--epochs, --iterations: the checkpoint's config says another) takes the
+    new length's schedule at the checkpoint's step (the saved one ends where the old run ended: one-cycle failed
+    past it, cosine rose again)."""
     run.core.load_state_dict(state["model"])
-    run.opt.load_state_dict(state["optimizer"])
+    saved = state.get("config", {})
+    if any(k in saved and saved[k] != getattr(run.cfg, k) for k in ("epochs", "iterations")):
+        with warnings.catch_warnings():  # ("lr_scheduler.step() before optimizer.step()": none is due here)
+            warnings.simplefilter("ignore")
+            for _ in range(state["step"]):  # from the fresh schedule's start (cosine's steps are relative)
+                run.sched.step()
+        scheduled = [{k: g[k] for k in ("lr", "momentum", "betas") if k in g} for g in run.opt.param_groups]
+        run.opt.load_state_dict(state["optimizer"])
+        for group, values in zip(run.opt.param_groups, scheduled):
+            group.update(values)  # the new schedule's, not the saved run's last
+    else:
+        run.opt.load_state_dict(state["optimizer"])
+        run.sched.load_state_dict(state["scheduler"])
     if run.graph:
         steps.lr_on_device(run.opt, run.ctx.device)
-    run.sched.load_state_dict(state["scheduler"])
     if run.plateau is not None and state.get("plateau"):
         run.plateau.load_state_dict(state["plateau"])
     if state.get("scaler"):
