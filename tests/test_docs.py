@@ -1,9 +1,10 @@
 """The README and the documentation site (issue 38): the README short, its first command on the first screen; the
 site builds with `mkdocs build --strict` (a broken link fails it); every `resnets` command in a code block of the
-README and the guides parses with the command's own parser (a renamed flag fails the suite: planted below); the
-README's Python runs."""
+README and the guides parses with the command's own parser (a renamed flag fails the suite: planted below);
+tests/test_examples.py runs them, and the pages' Python."""
 
 import contextlib
+import functools
 import io
 import re
 import shlex
@@ -30,6 +31,11 @@ def commands(text: str):
                 yield found.group(1)
 
 
+@functools.cache
+def parser():
+    return build_parser()  # (one for every line: building it takes a fifth of a second)
+
+
 def refused(command: str) -> str | None:
     """Why the parser refuses a command line (None: it parses)."""
     argv = shlex.split(command, comments=True)
@@ -38,7 +44,7 @@ def refused(command: str) -> str | None:
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            build_parser().parse_args(argv)
+            parser().parse_args(argv)
     except SystemExit as e:
         return err.getvalue().strip() if e.code else None
     return None
@@ -84,24 +90,6 @@ def test_the_site_builds_strictly_and_a_broken_link_fails_it(tmp_path):
     (copy / "docs" / "use.md").write_text((copy / "docs" / "use.md").read_text() + "\n\nSee [this](nope.md).\n")
     done = subprocess.run(build, cwd=copy, capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode != 0 and "nope.md" in done.stderr
-
-
-def test_the_readmes_python_runs(photos, tmp_path, monkeypatch):
-    """As written, with the published weights stood in for by a model built by name (nothing downloads here)."""
-    import resnets
-
-    (tmp_path / "photos").mkdir()
-    for p in ("coffee.png", "astronaut.jpg"):
-        shutil.copy(photos / p, tmp_path / "photos" / p)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(resnets, "load", lambda name: resnets.create_model(name.split(".")[0]).eval())
-    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
-    assert blocks
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        for block in blocks:
-            exec(compile(block, "README.md", "exec"), {})
-    assert out.getvalue().count("photos/") == 2  # a line for each photo
 
 
 @pytest.mark.parametrize("page", [p for p in PAGES if p.name != "README.md"], ids=lambda p: p.name)
