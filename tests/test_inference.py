@@ -193,3 +193,27 @@ def test_the_approximate_index_is_cached_by_hash_and_read_only_when_its_sha256_m
     I.save_index(tmp_path / "idx.safetensors", rows[:400], [f"{i}.jpg" for i in range(400)], weights="w", layer=None)
     I.index_for(tmp_path / "idx.safetensors", rows[:400], "approx", said=said.append)
     assert len(said) == 3  # other bytes, another cache entry
+
+
+def test_predict_answers_every_input_once_and_non_finite_scores_as_errors(tmp_path):
+    """One result per input in order, a file given twice (or a folder and one of its files) answered twice (an
+    unreadable one given twice kept only its last place); a model whose scores are NaN answers that image's error,
+    as the ONNX Runtime path does (its NaN probabilities were not even valid JSON)."""
+    from PIL import Image
+
+    import resnets
+
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "a.png")
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    model = resnets.create_model("resnet8", num_classes=3).eval()
+    files = [str(tmp_path / n) for n in ("bad.png", "bad.png", "a.png")]
+    got = resnets.predict(model, files)
+    assert [(r["input"], r["path"], "error" in r) for r in got] == [
+        (0, files[0], True),
+        (1, files[1], True),
+        (2, files[2], False),
+    ]
+    with torch.no_grad():
+        model.fc.bias.fill_(float("nan"))
+    for answer in (resnets.predict(model, [files[2]]), resnets.predict(model, [torch.rand(3, 32, 32)])):
+        assert "not finite" in answer[0]["error"] and "top" not in answer[0]

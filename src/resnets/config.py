@@ -794,12 +794,18 @@ def _augment_for_task(cfg: TrainConfig, said: bool) -> None:
     padded crop of the whole)."""
     if cfg.dataset not in DATASETS:
         return  # refused by validate
-    spec = DATASETS[cfg.dataset]
-    task = TASK_TRAITS[spec.task]
-    if said and cfg.augment not in task.augments:
-        raise ResnetsError(f"--augment for a {task.noun} is one of {', '.join(task.augments)}; got {cfg.augment}")
-    if not said and spec.kind == "files":
+    if said:
+        refuse_foreign_augment(cfg)
+    elif DATASETS[cfg.dataset].kind == "files":
         cfg.augment = "rrc"
+
+
+def refuse_foreign_augment(cfg: TrainConfig) -> None:
+    """An --augment said for a run must be one of its dataset's task's (check_task takes the config's default,
+    unsaid, as the task's own)."""
+    task = TASK_TRAITS[DATASETS[cfg.dataset].task] if cfg.dataset in DATASETS else None
+    if task is not None and cfg.augment not in task.augments:
+        raise ResnetsError(f"--augment for a {task.noun} is one of {', '.join(task.augments)}; got {cfg.augment}")
 
 
 def to_toml(cfg: TrainConfig) -> str:

@@ -24,7 +24,7 @@ from .data.loader import make_eval_loader
 from .errors import ResnetsError, Unreadable, printable
 from .home import home_dir
 from .meta import meta_of, preprocessing_for
-from .onnx_predict import digest, find_images
+from .onnx_predict import NOT_FINITE, digest, find_images
 from .safe_io import atomic_path
 
 
@@ -183,10 +183,7 @@ def predict(
         for start in range(0, len(paths), batch_size):
             x = _in_memory(model, pre, paths[start : start + batch_size], start)
             run = run or _runner(model, backend, [], "logits", batch_size, precision, x.device, calib=[x.cpu()])
-            results += [
-                {"input": start + i, "path": None, "top": t}
-                for i, t in enumerate(top_classes(run(x).float().softmax(1), k, names))
-            ]
+            results += [{"input": start + i, "path": None} | r for i, r in enumerate(_answers(run(x), k, names))]
         return results
     files = find_images(paths)
     device = getattr(runner, "device", None) or next(model.parameters()).device
@@ -197,17 +194,28 @@ def predict(
         model, backend, files, "logits", batch_size, precision, device
     )  # ...while an export or compile runs
     out: list[dict | None] = [None] * len(files)
-    position = {f: i for i, f in enumerate(files)}
+    positions: dict[str, list[int]] = {}  # a file given twice has two places
+    for i, f in enumerate(files):
+        positions.setdefault(f, []).append(i)
     bar = _progress(len(files), progress)
     for images, idx, bad in stream:
         for path, reason in bad:
-            out[position[path]] = {"input": position[path], "path": path, "error": reason}
+            i = next(i for i in positions[path] if out[i] is None)
+            out[i] = {"input": i, "path": path, "error": reason}
         if images is not None:
-            for i, top in zip(idx, top_classes(run(images).float().softmax(1), k, names)):
-                out[i] = {"input": i, "path": files[i], "top": top}
+            for i, answer in zip(idx, _answers(run(images), k, names)):
+                out[i] = {"input": i, "path": files[i]} | answer
         bar.update(len(idx) + len(bad))
     bar.close()
     return [o for o in out if o is not None]
+
+
+def _answers(logits: torch.Tensor, k: int, names: list[str]) -> list[dict]:
+    """{"top": ...} for each row of logits, or {"error": ...} for a row that is not finite (as ONNX Runtime's path
+    answers: NaN is not a probability, nor valid JSON)."""
+    finite = torch.isfinite(logits).all(1).tolist()
+    tops = top_classes(torch.nan_to_num(logits.float()).softmax(1), k, names)
+    return [{"top": t} if ok else {"error": NOT_FINITE} for t, ok in zip(tops, finite)]
 
 
 @torch.no_grad()

@@ -179,6 +179,13 @@ def test_a_detectors_config_says_the_augmentation_it_trains_with(shapes_set, tmp
     assert code == 0 and 'augment = "hflip"' in out, err
 
 
+def test_a_resume_refuses_a_classifiers_augmentation_too(tiny_detector):
+    """`--resume RUN --augment paper-cifar` on a detector's run: refused as on a new run (it was read as the default
+    and the run went on with flips)."""
+    code, _, err = run_cli("train", "--resume", tiny_detector, "--augment", "paper-cifar", "--print-config")
+    assert code == 2 and "--augment for a detector is one of none, hflip, ssd; got paper-cifar" in err, err
+
+
 def test_a_model_taken_from_detector_weights_is_checked_as_a_detector(tiny_detector, tmp_path):
     """--model "" (the weights say which): the task check the config could not make is made once the weights are
     read, in one line, before anything is written (was a traceback, or a classifier's run on a detector)."""

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import distributed, safe_io
-from ..config import TrainConfig, apply, from_dict, only_from_command_line
+from ..config import TrainConfig, apply, from_dict, only_from_command_line, refuse_foreign_augment
 from ..errors import ResnetsError, Stopped
 from ..weights.files import load_checkpoint
 
@@ -282,7 +282,10 @@ def load_resume(resume: Path, overrides: dict[str, Any]) -> tuple[TrainConfig, d
             )
     else:  # killed before its first checkpoint (a SIGKILL leaves no chance to clean up): begin it again
         log.warning("%s was stopped before its first checkpoint; training it from the beginning", resume)
-    new = apply(TrainConfig(**cfg.to_dict()), overrides, "the command line").validate()
+    new = apply(TrainConfig(**cfg.to_dict()), overrides, "the command line")
+    if "augment" in overrides:  # said again: a detector's paper-cifar is refused, not read as the default
+        refuse_foreign_augment(new)
+    new = new.validate()
     changed = {}
     for k in overrides:
         key = k.replace("-", "_")
