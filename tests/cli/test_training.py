@@ -3,6 +3,7 @@ beside the plain top-1."""
 
 import json
 
+import pytest
 import torch
 from conftest import TINY_RUN, one_line_error, run_cli
 
@@ -88,6 +89,35 @@ def test_eval_of_a_detector_reports_coco_scores(tiny_detector, shapes_set, tmp_p
     assert saved["map"] == trained["map"] and saved["map_50"] == trained["map_50"]  # the run's own final scores
     code, _, err = run_cli("eval", "--weights", tiny_detector / "model.safetensors", "--data", tmp_path)
     assert code == 2 and "no instances.json" in err
+    assert saved["task"] == "detection"  # eval.json names its task, as a run's does
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--dataset", "masks"], "--dataset masks is not a detector's (coco, voc: the folder says which)"),
+        (["--ten-crop"], "--ten-crop and --tta are a classifier's"),
+        (["--tta", "flip"], "--ten-crop and --tta are a classifier's"),
+        (["--out", "afile"], "--out afile is a file"),
+    ],
+)
+def test_eval_of_a_detector_refuses_what_does_not_apply_before_evaluating(tiny_detector, shapes_set, tmp_path,
+                                                                            monkeypatch, extra, needle):  # fmt: skip
+    """Options a detector's evaluation would ignore, and an --out it could not write, are one line before any
+    image is scored (they were ignored, or found after the whole evaluation with exit code 1)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("mine")
+    code, out, err = run_cli("eval", "--weights", tiny_detector, "--data", shapes_set, *extra)
+    assert code == 2 and needle in err and "box mAP" not in out, err
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
+def test_eval_of_a_detector_on_no_images_is_one_line(tiny_detector, shapes_set, tmp_path):
+    empty = json.loads((shapes_set / "val" / "instances.json").read_text()) | {"images": [], "annotations": []}
+    (tmp_path / "val").mkdir()
+    (tmp_path / "val" / "instances.json").write_text(json.dumps(empty))
+    code, out, err = run_cli("eval", "--weights", tiny_detector, "--data", tmp_path)
+    assert code == 2 and "no images to evaluate the detector on" in err and "-1" not in out, err
 
 
 def test_cocos_no_objects_score_is_said_as_such():

@@ -106,7 +106,9 @@ def test_finetune_cli_new_head_class_names_and_predict(pretrained, folder, tmp_p
     history = [json.loads(line) for line in (tmp_path / "ft" / "metrics.jsonl").read_text().splitlines()]
     assert ev["top1"] == max(h["val_top1"] for h in history)  # early stopping is on: the best epoch's weights
     cfg = json.loads((tmp_path / "ft" / "config.json").read_text())
-    assert cfg["strategy"] == "full" and cfg["layer_decay"] == 0.7 and cfg["model"] == ""
+    assert (
+        cfg["strategy"] == "full" and cfg["layer_decay"] == 0.7 and cfg["model"] == "resnet20"
+    )  # the weights' architecture, resolved
     code, out, err = _run(
         "predict", folder / "Bag" / "00.png", "--weights", model_path, "--top-k", 5, "--format", "json"
     )

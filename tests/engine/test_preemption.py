@@ -186,6 +186,11 @@ def test_resume_auto_after_the_end_says_the_run_is_finished_and_rewrites_nothing
     assert (model.stat().st_mtime_ns, model.read_bytes()) == stamp
     top1 = [line for line in first.splitlines() if line.startswith("top-1")]
     assert top1 and top1[0] in again  # the run's own result, as it was printed
+    for damaged in ("garbage", "[1, 2]", "{}"):  # its scores evaluated and written again (were tracebacks)
+        (tmp_path / "r" / "eval.json").write_text(damaged)
+        code, out, err = run_cli(*args)
+        assert code == 0 and top1[0] in out and "Traceback" not in err, (out, err)
+        assert json.loads((tmp_path / "r" / "eval.json").read_text())["top1"] > 0
 
 
 def test_validation_held_out_of_the_training_images_is_said_recorded_and_resumable(tmp_path):

@@ -193,3 +193,21 @@ def test_a_model_taken_from_detector_weights_is_checked_as_a_detector(tiny_detec
     code, _, err = run_cli("train", "--model=", "--weights", weights, "--dataset", "synthetic", "--out", tmp_path)
     assert code == 2 and "fasterrcnn_resnet50_fpn is a detector: train it on --dataset coco or voc" in err, err
     assert err.count("\n") == 1 and not any(tmp_path.iterdir())
+
+
+def test_a_detector_trains_from_weights_that_name_it_and_resumes(tiny_detector, shapes_set, tmp_path):
+    """--model "" on a detector's weights trains that detector (it was 'unknown model'); the run records the
+    architecture it resolved, and the same command with --resume auto and more epochs continues it (a --model ""
+    run could not be resumed: 'is a ... model, not ')."""
+    args = ["train", "--model=", "--weights", tiny_detector, "--dataset", "coco", "--data", shapes_set, "--min-size",
+            "64", "--max-size", "64", "--batch-size", "4", "--workers", "0", "--no-progress", "--out", tmp_path,
+            "--name", "again", "--resume", "auto"]  # fmt: skip
+    code, _, err = run_cli(*args, "--epochs", "1")
+    assert code == 0, err
+    assert json.loads((tmp_path / "again" / "config.json").read_text())["model"] == "fasterrcnn_resnet50_fpn"
+    code, _, err = run_cli(*args, "--epochs", "2")
+    assert code == 0 and "resuming" in err, err
+    assert [json.loads(line)["epoch"] for line in (tmp_path / "again" / "metrics.jsonl").read_text().splitlines()] == [
+        1,
+        2,
+    ]

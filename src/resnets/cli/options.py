@@ -323,3 +323,14 @@ def say_defaults(p: argparse.ArgumentParser) -> None:
             continue
         shown = ",".join(map(str, a.default)) if isinstance(a.default, (list, tuple)) else a.default
         a.help = f"{a.help} (default {shown})" if a.help else f"default {shown}"
+
+
+def writable_folder(path: str | os.PathLike, flag: str) -> None:
+    """A folder a command will write into, checked before its work: not a file, and made (or its nearest existing
+    folder) writable; nothing is created here."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ResnetsError(f"{flag} {path} is a file; it names the folder to write into")
+    near = next(a for a in (p, *p.parents) if a.exists())
+    if not near.is_dir() or not os.access(near, os.W_OK | os.X_OK):
+        raise ResnetsError(f"{flag} {path}: {near} is not a folder this user can write into")

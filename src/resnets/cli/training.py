@@ -12,7 +12,7 @@ from ..choices import PRECISIONS, TTAS
 from ..config import RECIPES, resolve, to_toml
 from ..data.registry import DATASETS
 from ..errors import ResnetsError
-from .options import add_config_flags, count, folder_beside, overrides_of
+from .options import add_config_flags, count, folder_beside, overrides_of, writable_folder
 
 # what loads torch is imported inside the commands that use it: `resnets --help` answers without torch
 
@@ -62,6 +62,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from ..tasks import task_of
 
     out = args.out or folder_beside(args.weights, "eval")
+    if out:  # before the evaluation (it was found unwritable after it)
+        writable_folder(out, "--out")
     kept = f"scores: {out}/eval.json" if out else "scores not written (--out FOLDER keeps them)"
     amp = {"fp32": "none"}.get(args.precision, args.precision) if args.precision else args.amp
     model = load(args.weights)

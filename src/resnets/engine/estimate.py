@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import os
+import statistics
 import time
 from dataclasses import fields
 
@@ -60,7 +61,7 @@ def step_rate(run: Run, steps: int = 5, warmup: int = 3) -> tuple[float, int]:
 
 def loader_seconds(run: Run, samples: int = 4) -> float:
     """Seconds the loader's work on one training image takes (read, decode, augment: the host loader's item, which
-    its worker processes make), timed on a few of the run's own images after one untimed (the decoder's start);
+    its worker processes make), the median of a few of the run's own images after one untimed (the decoder's start);
     items are seeded by their index, so nothing the run draws moves. 0: a loader that does not make images one at
     a time (data held in memory or augmented on the device, a dense task's lists)."""
     items = getattr(getattr(run.train_loader, "loader", None), "dataset", None)
@@ -68,10 +69,12 @@ def loader_seconds(run: Run, samples: int = 4) -> float:
         return 0.0
     picks = [i * len(items) // (samples + 1) for i in range(samples + 1)]
     items[picks[0]]
-    t0 = time.perf_counter()
+    times = []
     for i in picks[1:]:
+        t0 = time.perf_counter()
         items[i]
-    return (time.perf_counter() - t0) / samples
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)  # (one huge photo among the few does not speak for the folder)
 
 
 def training_rate(run: Run) -> tuple[float, int, float]:

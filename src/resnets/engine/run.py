@@ -101,13 +101,19 @@ def _finished(run: Run) -> dict | None:
     scores = run.run_dir / "eval.json"
     if not (run.done and scores.is_file() and (run.run_dir / "model.safetensors").is_file()):
         return None
+    try:
+        saved = json.loads(scores.read_text())
+    except (ValueError, UnicodeDecodeError):
+        saved = None
+    if not isinstance(saved, dict) or not {"classes", "n", run.task.score} <= saved.keys():
+        return None  # damaged: the final evaluation is made and written again
     if run.ctx.is_main:
         print(
             f"{run.run_dir} is finished (step {run.step} of {run.total_steps}): nothing to train; its model is "
             f"{run.run_dir / 'model.safetensors'} (more --epochs continue it)",
             flush=True,
         )
-    return json.loads(scores.read_text()) | {"task": run.task.name, "history": run.history, "curve": run.curve}
+    return saved | {"task": run.task.name, "history": run.history, "curve": run.curve}
 
 
 def _agree(found: bool, cfg: TrainConfig, ctx: distributed.Context) -> None:
@@ -180,6 +186,7 @@ def build_run(
     named = cfg.model or architecture_of(cfg.weights)  # --model "": the weights say which, and so which task
     if not cfg.model:
         cfg.check_task(named)  # the config's own check could not: one line before anything is read or written
+        cfg = replace(cfg, model=named)  # what every task builds, config.json records and a resume checks
     task = task_of(named)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)

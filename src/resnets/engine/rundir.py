@@ -38,8 +38,8 @@ LOCK = ".lock"
 # keys a resume may change: the length of the run and how, where and how visibly it runs
 # keys whose default is resolved when a run starts and recorded resolved in config.json: the default on a resume's
 # command line (the same command again) means what the run resolved. val_split 0: hold out 10% of each class when the
-# data has no validation set (the run records 0.1)
-RESOLVED = {"val_split": 0.0}
+# data has no validation set (the run records 0.1); model "": the architecture the weights are for
+RESOLVED = {"val_split": 0.0, "model": ""}
 
 RESUMABLE = frozenset(
     {
@@ -275,8 +275,8 @@ def load_resume(resume: Path, overrides: dict[str, Any]) -> tuple[TrainConfig, d
     if (resume / "last.pt").is_file():
         state = load_checkpoint(resume / "last.pt")
         arch = state.get("resnets", {}).get("architecture")
-        wanted = overrides.get("model", cfg.model)
-        if arch != wanted:
+        wanted = overrides.get("model") or cfg.model  # "": the weights' (recorded as the run resolved it, or not)
+        if wanted and arch != wanted:
             raise ResnetsError(
                 f"the checkpoint in {resume} is a {arch} model, not {wanted}; it cannot be resumed as {wanted}"
             )

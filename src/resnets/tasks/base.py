@@ -17,8 +17,9 @@ from ..config import MODEL_OPTIONS
 from ..data import coco
 from ..data.batching import leave_stops_to_the_run
 from ..data.loader import TrainBatches
+from ..data.registry import DATASETS
 from ..devices import pick_device, resolve_amp
-from ..errors import ResnetsError, printable
+from ..errors import ResnetsError, Unreadable, printable
 from ..models.registry import TASK_TRAITS, TaskTraits
 from ..safe_io import atomic_path
 
@@ -226,9 +227,18 @@ class Dense(Task):
     def evaluate_file(self, model: nn.Module, weights: str, data: str | None, **options) -> dict:
         """The scores of training's evaluation (`scores`) on the room's set in `data` (eval_set), written to
         options' out/eval.json when given (no dataset name, 10 crops or TTA here)."""
+        noun = self.traits.noun
         if not data:
-            raise ResnetsError(f"say which {self.eval_data} to evaluate the {self.traits.noun} on: --data DIR")
+            raise ResnetsError(f"say which {self.eval_data} to evaluate the {noun} on: --data DIR")
+        dataset = options.get("dataset")
+        if dataset and DATASETS[dataset].task != self.name:
+            theirs = ", ".join(d for d, spec in DATASETS.items() if spec.task == self.name)
+            raise ResnetsError(f"--dataset {dataset} is not a {noun}'s ({theirs}: the folder says which)")
+        if options.get("ten_crop") or options.get("tta", "none") != "none":
+            raise ResnetsError(f"--ten-crop and --tta are a classifier's; a {noun} is scored on each image as it is")
         ds, said = self.eval_set(model, data, options.get("limit", 0))
+        if len(ds) == 0:
+            raise ResnetsError(f"no images to evaluate the {noun} on in {data}")
         dev = pick_device(options.get("device", "auto"))
         amp = resolve_amp(options.get("amp", "none"), dev)
         batch = min(options.get("batch_size", 8), 8)  # images of any size: a few at a time
@@ -237,7 +247,10 @@ class Dense(Task):
             total=-(-len(ds) // batch), unit="batch", disable=not options.get("progress", True), desc="eval"
         ) as bar:
             res = self.scores(model, ds, dev, amp=amp, batch_size=batch, workers=options.get("workers", 0), bar=bar)
-        res.update(weights=str(weights), **said, amp=amp)
+        if res["n"] == 0:
+            first = res["bad_files"][0] if res.get("bad_files") else {"path": data, "error": "unreadable"}
+            raise Unreadable(f"none of the {len(ds)} images could be read (the first: {first['path']}: {first['error']})")
+        res.update(task=self.name, weights=str(weights), **said, amp=amp)
         if options.get("out"):
             Path(options["out"]).mkdir(parents=True, exist_ok=True)
             with atomic_path(Path(options["out"]) / "eval.json") as tmp:

@@ -57,7 +57,7 @@ class Classification(Task):
     traits = TASK_TRAITS["classification"]
 
     def evaluate_file(self, model: nn.Module, weights: str, data: str | None, **options) -> dict:
-        return evaluate_model_file(weights, data=data, model=model, **options)
+        return {"task": self.name} | evaluate_model_file(weights, data=data, model=model, **options)
 
     score = "top1"
     score_title = "val top-1"

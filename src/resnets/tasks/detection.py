@@ -35,12 +35,12 @@ def _score(v: float, digits: int) -> str:
 def map_line(res: dict) -> str:
     """COCO's scores in one line (box, and mask for a mask model)."""
     line = (
-        f"box mAP {res['map']:.2f}  AP50 {res['map_50']:.2f}  AP75 {res['map_75']:.2f}  "
+        f"box mAP {_score(res['map'], 2)}  AP50 {_score(res['map_50'], 2)}  AP75 {_score(res['map_75'], 2)}  "
         f"(small {_score(res['map_small'], 1)}, medium {_score(res['map_medium'], 1)}, "
         f"large {_score(res['map_large'], 1)})"
     )
     if "segm" in res:
-        line += f"; mask mAP {res['segm']['map']:.2f}  AP50 {res['segm']['map_50']:.2f}"
+        line += f"; mask mAP {_score(res['segm']['map'], 2)}  AP50 {_score(res['segm']['map_50'], 2)}"
     return line + f" on {res['n']} validation images"
 
 
