@@ -249,7 +249,9 @@ class Dense(Task):
             res = self.scores(model, ds, dev, amp=amp, batch_size=batch, workers=options.get("workers", 0), bar=bar)
         if res["n"] == 0:
             first = res["bad_files"][0] if res.get("bad_files") else {"path": data, "error": "unreadable"}
-            raise Unreadable(f"none of the {len(ds)} images could be read (the first: {first['path']}: {first['error']})")
+            raise Unreadable(
+                f"none of the {len(ds)} images could be read (the first: {first['path']}: {first['error']})"
+            )
         res.update(task=self.name, weights=str(weights), **said, amp=amp)
         if options.get("out"):
             Path(options["out"]).mkdir(parents=True, exist_ok=True)
