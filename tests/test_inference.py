@@ -217,3 +217,19 @@ def test_predict_answers_every_input_once_and_non_finite_scores_as_errors(tmp_pa
         model.fc.bias.fill_(float("nan"))
     for answer in (resnets.predict(model, [files[2]]), resnets.predict(model, [torch.rand(3, 32, 32)])):
         assert "not finite" in answer[0]["error"] and "top" not in answer[0]
+
+
+def test_predict_of_nothing_or_an_empty_image_is_one_error():
+    """An empty image (0 pixels wide) and no images at all are one ResnetsError naming them (a ZeroDivisionError
+    from the resize; 'no images (...) in ' naming nothing)."""
+    from PIL import Image
+
+    import resnets
+    from resnets.errors import ResnetsError
+
+    model = resnets.create_model("resnet8", num_classes=3).eval()
+    with pytest.raises(ResnetsError, match="input 0 is an empty image"):
+        resnets.predict(model, Image.new("RGB", (0, 5)))
+    for nothing in ([], torch.zeros(0, 3, 8, 8)):
+        with pytest.raises(ResnetsError, match="predict was given no images"):
+            resnets.predict(model, nothing)

@@ -128,7 +128,10 @@ def _in_memory(model: nn.Module, pre, images: Sequence, first: int = 0) -> torch
     out = []
     for i, im in enumerate(images, start=first):
         taken = f"input {i}: predict takes paths, PIL images or (C, H, W) image tensors of 1-4 channels"
-        out.append(tf(image_tensor(im, channels, taken=taken)))
+        x = image_tensor(im, channels, taken=taken)
+        if 0 in x.shape[-2:]:
+            raise ResnetsError(f"input {i} is an empty image ({x.shape[-1]}x{x.shape[-2]} pixels)")
+        out.append(tf(x))
     return pre.normalizer()(torch.stack(out).to(next(model.parameters()).device))
 
 
@@ -177,6 +180,8 @@ def predict(
     paid once). Images are decoded on the model's device when it is a GPU."""
     model.eval()
     paths = _inputs(paths)
+    if not paths:
+        raise ResnetsError("predict was given no images (paths, folders, PIL images or image tensors)")
     names, k = meta_of(model).names(model.num_classes), min(top_k, model.num_classes)
     if paths and not all(isinstance(p, (str, os.PathLike)) for p in paths):  # images in memory
         pre, run, results = preprocessing_for(model), runner, []
