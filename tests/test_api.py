@@ -2,6 +2,7 @@
 `detect`, `segment` and `train` beside `create_model` and `load`; `dir(resnets)` the API only; a model's training
 transform beside its evaluation one."""
 
+import pytest
 import torch
 from PIL import Image
 
@@ -33,6 +34,10 @@ def test_predict_embed_and_explain_at_the_top_level(photos, tmp_path):
     assert features.shape == (2, model.num_features) and not bad
     out = resnets.explain(model, path, tmp_path / "cam.png")
     assert (tmp_path / "cam.png").is_file() and "class" in out
+    alone = resnets.explain(model, path)  # the heatmap without a picture (out was required)
+    assert alone["out"] is None and torch.equal(alone["heatmap"], out["heatmap"])
+    with pytest.raises(resnets.errors.ResnetsError, match="is a folder; explain takes one image file"):
+        resnets.explain(model, photos)
 
 
 def test_detect_and_segment_are_callable_modules(photos):

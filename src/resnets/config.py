@@ -187,7 +187,10 @@ class DataKeys:
     val_data: str | None = key(None, "CSV of the validation images (dataset=csv), or their shards (dataset=wds)")
     download: bool = key(False, "fetch Fashion-MNIST / CIFAR from the official site when not found locally")
     val_split: float = key(
-        0.0, "validate on this fraction of the training set (stratified, seeded), not the test set", rule=FRACTION
+        0.0,
+        "validate on this fraction of the training set (stratified, seeded), not the test set; 0: the data's own "
+        "validation set, or a tenth of each class where it has none (the run records 0.1)",
+        rule=FRACTION,
     )
     classes: list[str] = key(factory=list, help="keep only these classes (names or indices), in this order")
     per_class: int = key(0, "keep at most N training images per class (seeded choice; 0: all)", rule=_ge(0, COUNT))

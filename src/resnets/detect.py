@@ -234,7 +234,8 @@ def detect(
     model: nn.Module, paths: Iterable[str], *, score: float = 0.5, batch_size: int = 4, precision: str = "fp32"
 ) -> list[dict]:
     """Boxes in each image file: [{"path", "width", "height", "boxes": [{"box": [x0, y0, x1, y1], "label",
-    "class", "score"}]}] (or {"path", "error"} for a file that cannot be read), best first, score >= `score`.
+    "class", "score"}], "below_score": how many more scored under `score`}] (or {"path", "error"} for a file that
+    cannot be read), best first, score >= `score`.
     Each image is decoded and resized in uint8 to the size the model sees (`model_input`); boxes, width and height
     are the full image's. Mask R-CNN's "masks" (N, h, w) are at the size the model saw (`draw` scales them)."""
     names, device = class_names(model), next(model.parameters()).device
@@ -262,6 +263,7 @@ def detect(
             out = to_full(out, tuple(im.shape[1:]), full)
             keep = out["scores"] >= score
             results[k].update(width=full[0], height=full[1], boxes=_boxes(out, keep, names))
+            results[k]["below_score"] = int((~keep).sum())  # found, but scoring under `score`
             if "masks" in out:
                 results[k]["masks"] = out["masks"][keep, 0].float().cpu()
     return results

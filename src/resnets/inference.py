@@ -508,28 +508,25 @@ def class_index(target: int | str | None, names: Sequence[str]) -> int | None:
 def explain(
     model: nn.Module,
     image_path: str | os.PathLike,
-    out: str | os.PathLike,
+    out: str | os.PathLike | None = None,
     *,
     target: int | str | None = None,
     layer: str | None = None,
 ) -> dict:
-    """Grad-CAM heatmap over the (resized, cropped) image, saved as a PNG beside the image itself."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .reports import save_png
-
+    """The Grad-CAM heatmap ("heatmap": (h, w) in [0, 1] over the resized, cropped image) of one image file and
+    the class it explains; with `out`, the image and the heatmap laid over it saved there as a PNG."""
     pre = preprocessing_for(model)
-    out = Path(out)
-    if out.suffix.lower() != ".png":
-        raise ResnetsError(f"the output is a PNG; got {out.name}")
-    if not out.parent.is_dir():
-        raise ResnetsError(f"output directory does not exist: {out.parent}")
+    if out is not None:
+        out = Path(out)
+        if out.suffix.lower() != ".png":
+            raise ResnetsError(f"the output is a PNG; got {out.name}")
+        if not out.parent.is_dir():
+            raise ResnetsError(f"output directory does not exist: {out.parent}")
     names = meta_of(model).names(model.num_classes)
     target = class_index(target, names)
     path = str(image_path)
+    if Path(path).is_dir():
+        raise ResnetsError(f"{path} is a folder; explain takes one image file (a loop over the files explains each)")
     if not Path(path).is_file():
         raise ResnetsError(f"no such file: {path}")
     try:
@@ -540,14 +537,29 @@ def explain(
     device = next(model.parameters()).device
     x = pre.normalizer()(shown.to(device))
     cam, cls, prob = grad_cam(model, x, target=target, layer=layer)
+    found = {"path": path, "class": names[cls], "index": cls, "prob": prob, "heatmap": cam.cpu()}
+    if out is None:
+        return found | {"out": None}
+    _save_overlay(shown, cam, f"Grad-CAM: {printable(names[cls])} ({100 * prob:.1f}%)", out)
+    return found | {"out": str(out)}
+
+
+def _save_overlay(shown: torch.Tensor, cam: torch.Tensor, title: str, out: Path) -> None:
+    """The image and the heatmap over it, side by side, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .reports import save_png
+
     img = shown.permute(1, 2, 0).cpu().numpy()
     fig, axes = plt.subplots(1, 2, figsize=(8, 4.4))
     axes[0].imshow(img.squeeze(), cmap="gray" if img.shape[-1] == 1 else None)
     axes[0].set_title("input")
     axes[1].imshow(img.squeeze(), cmap="gray" if img.shape[-1] == 1 else None)
     axes[1].imshow(cam.cpu().numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
-    axes[1].set_title(f"Grad-CAM: {printable(names[cls])} ({100 * prob:.1f}%)")
+    axes[1].set_title(title)
     for a in axes:
         a.axis("off")
     save_png(fig, out)
-    return {"path": path, "class": names[cls], "index": cls, "prob": prob, "out": str(out), "heatmap": cam.cpu()}

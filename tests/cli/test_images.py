@@ -145,6 +145,9 @@ def test_detect_prints_boxes_as_a_table_json_and_csv_and_draws_them(tiny_detecto
     )
     assert code == 0 and out.startswith(str(images / "000000.jpg")) and "boxes" in out.splitlines()[0]
     assert [p.name for p in (tmp_path / "drawn").iterdir()] == ["000000.png"]
+    n = int(out.split(": ")[1].split()[0])
+    code, out, err = run_cli("detect", images / "000000.jpg", "--weights", tiny_detector, "--score", "1.01")
+    assert code == 0 and f": 0 boxes ({n} more under --score 1.01)" in out, out  # why none were kept
     from PIL import Image
 
     assert Image.open(tmp_path / "drawn" / "000000.png").size == (64, 64)

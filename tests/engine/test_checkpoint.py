@@ -113,6 +113,15 @@ def test_resume_refuses_another_architecture_and_overwrites_nothing(tmp_path):
     one_line_error(code, err, "not resnet32")
     code, _, err = run_cli("train", "--recipe", "fashion-mnist", "--out", tmp_path, "--name", "r")
     one_line_error(code, err, "already holds a run")
+    from PIL import Image
+
+    for c in ("a", "b"):  # a folder without val/: its held-out line came first, then the refusal
+        (tmp_path / "photos" / c).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (40, 30), (60 * i, 10, 10)).save(tmp_path / "photos" / c / f"{i}.png")
+    code, _, err = run_cli("train", "--model", "resnet8", "--dataset", "imagefolder", "--data", tmp_path / "photos",
+                           "--out", tmp_path, "--name", "r")  # fmt: skip
+    one_line_error(code, err, "already holds a run")
     assert {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()} == before
 
 

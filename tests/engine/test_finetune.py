@@ -236,6 +236,18 @@ def test_early_stopping_stops_when_validation_stops_improving(pretrained, folder
     )
     result = train(cfg)
     assert [h["epoch"] for h in result["history"]] == [1, 2, 3]
+    assert result["kept_epoch"] == 1 and json.loads((tmp_path / "r" / "eval.json").read_text())["kept_epoch"] == 1
+
+
+def test_the_epoch_whose_weights_are_kept_is_said(pretrained, folder, tmp_path, capsys):
+    """A run that ends at its last epoch with an earlier epoch's weights (later ones tied or worse: a 5-image
+    validation set ties easily) says so, in the epoch lines and the result's line; eval.json records it."""
+    overrides = dict(data=folder, weights=pretrained, epochs=3, out=tmp_path, name="t", lr=1e-12, bn="freeze",
+                     early_stop=5, schedule="constant", warmup_epochs=0, workers=0, device="cpu")  # fmt: skip
+    code, out, err = run_cli("finetune", *[f"--{k.replace('_', '-')}={v}" for k, v in overrides.items()])
+    assert code == 0, err
+    assert "keeping epoch 1's weights: later epochs did not beat its val top-1" in out + err
+    assert "(the weights of epoch 1 of 3)" in out
 
 
 @needs_fmnist

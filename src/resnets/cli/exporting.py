@@ -209,7 +209,12 @@ def add_commands(sub) -> None:
         "rtol x |eager| on every output (default 1e-4; exit 1 when it does not)",
     )
     p.add_argument("--rtol", type=real(0, 1), default=1e-4, help="see --atol (default 1e-4)")
-    p.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "int8"],
+        default="fp32",
+        help="fp32 as trained, or int8: quantised with --calib images, and kept only when --eval loses at most --max-drop",
+    )
     p.add_argument("--calib", help="int8: real images to calibrate on (an image folder, or fashion-mnist:train)")
     p.add_argument("--eval", help="int8: data to compare fp32 and int8 top-1 on (an image folder, or fashion-mnist)")
     p.add_argument(

@@ -226,7 +226,8 @@ def _cmd_detect(args: argparse.Namespace) -> int:
             if "error" in r:
                 print(f"{printable(r['path'])}: ERROR {printable(r['error'])}")
                 continue
-            print(f"{printable(r['path'])}: {len(r['boxes'])} boxes")
+            below = f" ({r['below_score']} more under --score {args.score:g})" if r.get("below_score") else ""
+            print(f"{printable(r['path'])}: {len(r['boxes'])} boxes{below}")
             for b in r["boxes"]:
                 x0, y0, x1, y1 = b["box"]
                 print(f"  {printable(b['class'])} {100 * b['score']:.1f}%  [{x0:.0f}, {y0:.0f}, {x1:.0f}, {y1:.0f}]")

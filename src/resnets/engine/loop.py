@@ -226,6 +226,20 @@ def end_epoch(run: Run, epoch: int, record: dict) -> bool:
     return stop
 
 
+def _kept(run: Run, said: bool) -> int:
+    """The epoch whose weights early stopping keeps, said when it is not the last (and the stop did not say it):
+    with few validation images, epochs tie and the first of them is kept."""
+    score = run.task.score
+    kept = best_epoch(run.history, f"val_{score}")
+    if kept != len(run.history) and not said and run.ctx.is_main:
+        few = len(run.bundle.val)
+        hint = (
+            f" ({few} validation images: ties are likely; a val/ folder or --val-split gives more)" if few < 20 else ""
+        )
+        say(run, f"keeping epoch {kept}'s weights: later epochs did not beat its {run.task.score_title}{hint}")
+    return kept
+
+
 def _stop_asked(run: Run) -> int | None:
     """The signal the run stops for (every rank agreeing), or None."""
     return run.preemption.asked(run.ctx) if run.preemption is not None else None
@@ -248,6 +262,7 @@ def fit(run: Run) -> dict:
         run.plan.apply(run.epoch)
         wrap(run)
         step_fn = steps.make_step(run)
+        stop = False
         for epoch in range(run.epoch, run.epochs):
             if run.done:
                 break
@@ -262,16 +277,18 @@ def fit(run: Run) -> dict:
             signum = _stop_asked(run) if not run.done and epoch + 1 < run.epochs else None
             if signum:  # (the epoch's checkpoint is written)
                 raise _stopped(run, signum, f"after epoch {epoch + 1}")
+        kept = len(run.history)
         if run.best_state is not None:
             run.core.load_state_dict(run.best_state)
-        result = finish(run)
+            kept = _kept(run, said=stop)
+        result = finish(run, kept)
     finally:
         close_outputs(run)
     result["curve"] = run.curve
     return result
 
 
-def finish(run: Run) -> dict:
+def finish(run: Run, kept: int | None = None) -> dict:
     """Final evaluation (the EMA weights when they score better; the task's extras: a classifier's 10 crops), the
     self-describing model file and the task's report (eval.json; a classifier's confusion matrix and curves)."""
     cfg, core, score = run.cfg, run.core, run.task.score
@@ -291,6 +308,7 @@ def finish(run: Run) -> dict:
         "model_path": str(run.run_dir / "model.safetensors"),
         "task": run.task.name,
         "weights": which,
+        "kept_epoch": kept if kept is not None else len(run.history),  # early stopping's choice, or the last
         **run.task.result(run, ev),
         "classes": run.classes,
         "skipped_images": run.skipped,

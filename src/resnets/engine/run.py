@@ -183,6 +183,7 @@ def build_run(
     happens before anything is written; then the run directory is claimed and its config.json written (on a
     resume, again when the resume `changed` keys). The task (tasks/: by the config's model) brings the data, the
     model for its classes, the loaders and the step's loss."""
+    rundir.check_name_free(cfg, resume)
     named = cfg.model or architecture_of(cfg.weights)  # --model "": the weights say which, and so which task
     if not cfg.model:
         cfg.check_task(named)  # the config's own check could not: one line before anything is read or written

@@ -180,6 +180,16 @@ def _mkdir(path: Path, exist_ok: bool) -> None:
         raise ResnetsError(f"cannot create {path}: {e.strerror}") from None
 
 
+def check_name_free(cfg: TrainConfig, resume: Path | None) -> None:
+    """A new run's --name that holds another run, refused before the data and the model are read (claim refuses
+    it again, under the lock; this says it before the run's first lines)."""
+    run_dir = Path(cfg.out) / cfg.name if cfg.name else None
+    if resume is None and run_dir is not None and run_dir.is_dir() and (run_dir / "config.json").exists():
+        raise ResnetsError(
+            f"run directory {run_dir} already holds a run; resume it with --resume {run_dir} or pick another --name"
+        )
+
+
 def claim(cfg: TrainConfig, resume: Path | None) -> tuple[Path, RunLock, bool]:
     """(run directory, its lock, whether this run made the folder). Refuses a folder that holds another run or
     that another process is writing."""

@@ -298,7 +298,9 @@ class Dense(Task):
 
     def eval_lines(self, res: dict, out: str | None, kept: str) -> tuple[list[str], list[str]]:
         lines = [f"{res['weights']} on {res['data']}:", self.score_line(res)]
-        lines += [f"  {printable(c)}  {self.per_class_score} {v:6.2f}" for c, v in res.get("per_class", {}).items()]
+        lines += [f"  {printable(c)}  {self.per_class_score} {v:6.2f}" if v >= 0 else  # COCO's -1: none in the set
+                  f"  {printable(c)}  {self.per_class_score}    n/a (none in the set)"
+                  for c, v in res.get("per_class", {}).items()]  # fmt: skip
         return lines + [kept], [f"skipped {printable(f['path'])}: {printable(f['error'])}" for f in res["bad_files"]]
 
     def result(self, run, ev: dict) -> dict:

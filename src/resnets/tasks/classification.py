@@ -205,6 +205,8 @@ class Classification(Task):
             line += f" (10-crop: top-1 {result['ten_crop']['top1']:.2f}%)"
         if "tta" in result:
             line += f" (with flip TTA: top-1 {result['tta']['top1']:.2f}%)"
+        if result.get("kept_epoch", len(result["history"])) < len(result["history"]):
+            line += f" (the weights of epoch {result['kept_epoch']} of {len(result['history'])})"
         d = result["run_dir"]
         return [line, f"run directory: {d}", f"final model:   {result['model_path']}",
                 f"plots:         {d}/curves.png, {d}/confusion.png"]  # fmt: skip
