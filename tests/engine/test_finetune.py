@@ -401,3 +401,30 @@ def test_finetune_bad_input(tmp_path, photos, pretrained):
     code, _, err = _run("finetune", "--data", photos, "--weights", pretrained, "--strategy", "probe", "--out", tmp_path)
     one_line_error(code, err, "strategy must be one of")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one"]  # no run directory was started
+
+
+def test_a_run_begun_with_relative_paths_resumes_from_another_folder(pretrained, folder, tmp_path, monkeypatch):
+    """`finetune --data photos --weights pre.safetensors` from the folder holding them records absolute paths, so
+    `--resume RUN` from elsewhere (a cluster job's working folder) reads the same files ('weights file not found');
+    the same command again with --resume auto, from where it began, still continues it (the relative paths name
+    the recorded files)."""
+    import shutil
+
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(pretrained, work / "pre.safetensors")
+    shutil.copytree(folder, work / "photos")
+    monkeypatch.chdir(work)
+    args = ["finetune", "--data", "photos", "--weights", "pre.safetensors", "--name", "ft", "--workers", "0",
+            "--no-progress", "--resume", "auto"]  # fmt: skip
+    code, _, err = run_cli(*args, "--epochs", "1")
+    assert code == 0, err
+    saved = json.loads((work / "runs" / "ft" / "config.json").read_text())
+    assert (saved["weights"], saved["data"]) == (str(work / "pre.safetensors"), str(work / "photos"))
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli("finetune", "--resume", work / "runs" / "ft", "--epochs", "2", "--no-progress")
+    assert code == 0, err
+    monkeypatch.chdir(work)
+    code, _, err = run_cli(*args, "--epochs", "3")
+    assert code == 0 and "resuming" in err, err
+    assert len((work / "runs" / "ft" / "metrics.jsonl").read_text().splitlines()) == 3

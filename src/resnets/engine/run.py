@@ -184,6 +184,8 @@ def build_run(
     resume, again when the resume `changed` keys). The task (tasks/: by the config's model) brings the data, the
     model for its classes, the loaders and the step's loss."""
     rundir.check_name_free(cfg, resume)
+    if resume is None:  # recorded as absolute paths: a resume from another folder reads the same files
+        cfg = replace(cfg, **rundir.absolute_paths(cfg))
     named = cfg.model or architecture_of(cfg.weights)  # --model "": the weights say which, and so which task
     if not cfg.model:
         cfg.check_task(named)  # the config's own check could not: one line before anything is read or written

@@ -180,11 +180,30 @@ def _mkdir(path: Path, exist_ok: bool) -> None:
         raise ResnetsError(f"cannot create {path}: {e.strerror}") from None
 
 
+PATH_KEYS = ("weights", "data", "val_data")  # keys that may name local files or folders
+
+
+def absolute_paths(cfg: TrainConfig) -> dict[str, str]:
+    """The path keys that name an existing local file or folder, made absolute (a registered name, a Hub name, a
+    URL or a pipe: are kept as they are)."""
+    return {k: os.path.abspath(v) for k in PATH_KEYS if (v := getattr(cfg, k)) and os.path.exists(v)}
+
+
+def _same_place(a: Any, b: Any) -> bool:
+    """Two values of a path key that name the same existing file or folder (relative from here, absolute)."""
+    try:
+        return bool(a and b) and os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def check_name_free(cfg: TrainConfig, resume: Path | None) -> None:
     """A new run's --name that holds another run, refused before the data and the model are read (claim refuses
-    it again, under the lock; this says it before the run's first lines)."""
+    it again, under the lock, and names a run still writing there; this says it before the run's first lines)."""
     run_dir = Path(cfg.out) / cfg.name if cfg.name else None
-    if resume is None and run_dir is not None and run_dir.is_dir() and (run_dir / "config.json").exists():
+    if resume is None and run_dir is not None and (run_dir / "config.json").exists():
+        if (run_dir / LOCK).is_file():  # a run still writing there is named first
+            RunLock(run_dir, mark=False).release()
         raise ResnetsError(
             f"run directory {run_dir} already holds a run; resume it with --resume {run_dir} or pick another --name"
         )
@@ -300,6 +319,8 @@ def load_resume(resume: Path, overrides: dict[str, Any]) -> tuple[TrainConfig, d
     for k in overrides:
         key = k.replace("-", "_")
         if key in RESOLVED and getattr(new, key) == RESOLVED[key]:  # the default, which the run resolved and recorded
+            setattr(new, key, getattr(cfg, key))
+        if key in PATH_KEYS and _same_place(getattr(new, key), getattr(cfg, key)):  # the recorded path, said again
             setattr(new, key, getattr(cfg, key))
         if getattr(new, key) != getattr(cfg, key):
             changed[key] = getattr(new, key)
