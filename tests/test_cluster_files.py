@@ -156,3 +156,39 @@ def test_the_manifests_name_the_image_the_dockerfile_builds():
     assert "USER resnets" in docker and 'pip install --no-cache-dir ".[tensorboard]"' in docker  # --tensorboard runs
     sbatch = (CLUSTER / "train.sbatch").read_text()
     assert "--tensorboard" in sbatch and "'resnets[tensorboard]'" in sbatch  # the venv it sources has it too
+
+
+def test_the_serving_manifest_runs_a_valid_server_that_its_probes_service_and_autoscaler_reach():
+    """docs/cluster/serve.yaml (issue 40): the Deployment's command is a `resnets serve` our parser takes, listening
+    beyond the pod on the port its probes, the Service and the container name; the probes ask endpoints the server
+    has (/readyz: ready to take requests, /healthz: up); the token comes from a Secret, not the command line; the
+    autoscaler scales this Deployment within bounds."""
+    from resnets.serve.routes import open_routes
+
+    docs = {d["kind"]: d for d in yaml.safe_load_all((CLUSTER / "serve.yaml").read_text())}
+    assert set(docs) == {"Deployment", "Service", "HorizontalPodAutoscaler"}
+    deployment, service, hpa = docs["Deployment"], docs["Service"], docs["HorizontalPodAutoscaler"]
+    pod = deployment["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    argv = container["command"]
+    assert argv[:2] == ["resnets", "serve"] and "--token" not in argv
+    ns = build_parser().parse_args(argv[1:])
+    assert ns.host == "0.0.0.0" and ns.weights.startswith("/models/")  # reachable from the Service; the volume
+    (port,) = container["ports"]
+    assert port["containerPort"] == ns.port
+    paths = {r.path for r in open_routes(None).routes}
+    for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz"), ("startupProbe", "/healthz")):
+        got = container[probe]["httpGet"]
+        assert got["path"] == path and path in paths and got["port"] in (port["name"], ns.port)
+    env = {e["name"]: e for e in container["env"]}
+    assert env["RESNETS_SERVE_TOKEN"]["valueFrom"]["secretKeyRef"]["key"] == "token"
+    labels = pod["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert service["spec"]["ports"][0]["targetPort"] in (port["name"], ns.port)
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
+    assert 1 <= hpa["spec"]["minReplicas"] <= deployment["spec"]["replicas"] <= hpa["spec"]["maxReplicas"]
+    assert (
+        "resources" in container and container["resources"]["requests"]["cpu"] == env["RESNETS_DECODE_WORKERS"]["value"]
+    )
