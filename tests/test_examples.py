@@ -14,6 +14,7 @@ import io
 import re
 import shlex
 import shutil
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +27,14 @@ import resnets
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 STAND_INS = {"resnet50.tv2_in1k": "stand-in.safetensors", "~/cifar-10-python.tar.gz": "cifar-10-python.tar.gz"}
-BLOCK = re.compile(r"(?:<!-- example: (?P<marker>.*?) -->\n)?```(?P<lang>[a-z]*)\n(?P<body>.*?)```", re.S)
+BLOCK = re.compile(r"(?:<!-- example: (?P<marker>.*?) -->\n[ \t]*)?```(?P<lang>[a-z]*)\n(?P<body>.*?)```", re.S)
 
 
 def blocks(text: str):
     """(marker, language, lines) of a page's code blocks; a command's continuation lines joined."""
     for m in BLOCK.finditer(text):
-        yield m["marker"] or "", m["lang"], m["body"].replace("\\\n", " ").splitlines()
+        body = textwrap.dedent(m["body"])  # (a block inside a list item is indented)
+        yield m["marker"] or "", m["lang"], body.replace("\\\n", " ").splitlines()
 
 
 def rule_for(marker: str, argv: list[str]) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 from ..backends import BACKENDS, PRECISIONS, onnx_cache, trim_onnx_cache
 from ..errors import printable
@@ -44,6 +45,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         token=args.token,
         limits=limits,
         calib=args.calib,
+        model_name=args.model_name,
     )
     svc = api.state.service
     where = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{args.port}"
@@ -144,6 +146,13 @@ def _add_serve_limits(p) -> None:
     )
 
 
+def _model_name(text: str) -> str:
+    """A name a URL path carries as it is: letters, digits, '.', '_', '-'."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", text):
+        raise argparse.ArgumentTypeError(f"letters, digits, '.', '_' and '-' (at most 100); got {text[:40]!r}")
+    return text
+
+
 def add_commands(sub) -> None:
     """The subcommands of serving, publishing and the caches."""
     p = sub.add_parser(
@@ -170,6 +179,11 @@ def add_commands(sub) -> None:
         help="as predict's; onnxruntime-int8 is calibrated on the images of --calib",
     )
     p.add_argument("--calib", nargs="+", metavar="PATH", help="images (files or folders) to calibrate int8 on")
+    p.add_argument(
+        "--model-name",
+        type=_model_name,
+        help="the model's name in the Open Inference Protocol's paths, /v2/models/NAME (default: its architecture)",
+    )
     p.add_argument("--precision", default="fp32", choices=list(PRECISIONS))
     p.add_argument("--max-batch", type=count(1), default=32, help="images per model batch at most")
     p.add_argument(

@@ -12,6 +12,7 @@ from ..factory import load
 from ..version import __version__
 from .auth import TOKEN_ENV, BearerToken
 from .limits import HTTPFailure, Limits
+from .oip import health_routes, oip_routes
 from .routes import detect_routes, doc_assets, image_routes, info_routes, open_routes, segment_routes
 from .service import Metrics
 from .tasks import service_for
@@ -31,11 +32,13 @@ def app(
     token: str | None = None,
     limits: Limits | None = None,
     calib: list[str] | None = None,
+    model_name: str | None = None,
 ):
     """The ASGI app (FastAPI) serving `model` (a model built by resnets, or whatever `--weights` takes), to run
     with uvicorn or mount in your own service. `token`: a bearer token every endpoint but /healthz, /readyz and
     the page requires (default $RESNETS_SERVE_TOKEN, if set). `calib`: image files or folders the
-    onnxruntime-int8 backend is calibrated on (up to 256 images)."""
+    onnxruntime-int8 backend is calibrated on (up to 256 images). `model_name`: the model's name in the Open Inference
+    Protocol's paths (/v2/models/NAME; default: its architecture)."""
     from contextlib import asynccontextmanager
 
     from fastapi import Depends, FastAPI
@@ -83,7 +86,9 @@ def app(
     api.add_exception_handler(HTTPFailure, refused)
     for routes in (image_routes, detect_routes, segment_routes, info_routes):
         api.include_router(routes(svc), dependencies=[Depends(auth)])
+    api.include_router(oip_routes(svc, model_name or svc.meta.architecture), dependencies=[Depends(auth)])
     api.include_router(open_routes(svc))
+    api.include_router(health_routes(svc))
     api.mount("/docs/assets", doc_assets(), name="doc-assets")
     return api
 
@@ -109,7 +114,7 @@ class Counted:
             await self.app(scope, receive, sending)
         finally:
             path = scope.get("path", "")
-            endpoint = ENDPOINTS.get(path, "docs" if path.startswith("/docs/") else "other")
+            endpoint = ENDPOINTS.get(path) or _v2_model(path) or ("docs" if path.startswith("/docs/") else "other")
             self.metrics.requests.labels(endpoint, str(status[0])).inc()
 
 
@@ -128,4 +133,14 @@ ENDPOINTS = {
     "/": "page",
     "/docs": "docs",
     "/openapi.json": "docs",
+    "/v2": "v2",
+    "/v2/health/live": "v2_live",
+    "/v2/health/ready": "v2_ready",
 }
+
+
+def _v2_model(path: str) -> str | None:
+    """The label of an Open Inference Protocol model path (its name is the client's: not a label of its own)."""
+    if not path.startswith("/v2/models/"):
+        return None
+    return {"infer": "v2_infer", "ready": "v2_model_ready"}.get(path.rsplit("/", 1)[-1], "v2_model")

@@ -279,13 +279,15 @@ class Service:
         return body
 
     async def decoded(
-        self, request: Request, job: Job, lane: Lane | None = None
+        self, request: Request, job: Job, lane: Lane | None = None, parse=images_of
     ) -> tuple[list[str], list[torch.Tensor], list[tuple[int, int]]]:
         """The request's images, admitted (`admit`; for `lane` when they run there), each decoded to the model's
         input in the decode pool: (names, images, each one's full (width, height)); the first bad one's
-        HTTPFailure. The body's bytes count in the upload budget until its images are decoded (or it fails)."""
+        HTTPFailure. The body's bytes count in the upload budget until its images are decoded (or it fails).
+        `parse(request, body, limits)`: the (name, bytes) of each image in the body (a form or an image; the Open
+        Inference Protocol's tensors)."""
         with self.uploads.upload() as upload:
-            files = await images_of(request, await self.body(request, job, upload), self.limits)
+            files = await parse(request, await self.body(request, job, upload), self.limits)
             if lane is None:
                 self.admission.check_count(len(files))
             header_pixels = self.admit(job, await self.headers(files), lane)

@@ -1,0 +1,268 @@
+"""The Open Inference Protocol (KServe v2, Triton's HTTP API) beside our own API, for a classifier: the clients of
+KServe and Triton (tritonclient) call `resnets serve` as they call those servers. Images go in as the BYTES input
+"image" (encoded files: JPEG, PNG, ...), one element an image, decoded through the same sandbox, admission, batcher
+and limits as /v1/predict; out come "logits" and "probabilities" (FP32, one row an image), and Triton's
+classification extension (an output asked with parameters {"classification": k}: "score:index:label" strings).
+Requests and answers in JSON, or with the binary-data extension (a JSON header of Inference-Header-Content-Length
+bytes, then the tensors' bytes); a BYTES element in binary is a 4-byte little-endian length and its bytes, in JSON a
+base64 string.
+
+Not here yet: inputs as typed tensors (already preprocessed), detectors' and segmenters' outputs, the model
+repository and model-control extensions."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import struct
+import time
+
+import numpy as np
+import torch
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from ..data import jsonfile
+from ..errors import ResnetsError
+from ..version import __version__
+from .limits import HTTPFailure, Limits
+from .service import Service
+
+HEADER = "Inference-Header-Content-Length"
+INPUT = "image"
+OUTPUTS = ("logits", "probabilities")
+DEPTH = 8  # nesting of a request's JSON (objects, lists): what the protocol needs, and no more
+
+
+def _refused(detail: str) -> HTTPFailure:
+    return HTTPFailure(400, detail)
+
+
+def _json(raw: bytes) -> dict:
+    """The request's JSON object through the bounded reader (UTF-8, nesting depth, memory once parsed)."""
+    try:
+        doc = jsonfile.loads(raw, "the request's JSON", max_depth=DEPTH)
+    except ResnetsError as e:
+        raise _refused(str(e)) from None
+    if not isinstance(doc, dict):
+        raise _refused("the request's JSON is not an object")
+    return doc
+
+
+def _split_bytes(blob: bytes, n: int) -> list[bytes]:
+    """`n` elements of a BYTES tensor in binary: each a 4-byte little-endian length, then that many bytes."""
+    out, at = [], 0
+    for _ in range(n):
+        if at + 4 > len(blob):
+            raise _refused("the BYTES tensor's binary data ends inside an element's length")
+        (size,) = struct.unpack_from("<I", blob, at)
+        at += 4
+        if at + size > len(blob):
+            raise _refused("the BYTES tensor's binary data ends inside an element")
+        out.append(blob[at : at + size])
+        at += size
+    if at != len(blob):
+        raise _refused(f"the BYTES tensor holds {len(blob) - at} bytes past its {n} elements")
+    return out
+
+
+def request_of(request: Request, body: bytes) -> tuple[dict, bytes]:
+    """(the JSON header, the binary data after it) of an infer request."""
+    size = request.headers.get(HEADER)
+    if size is None:
+        return _json(body), b""
+    if not size.isdigit() or int(size) > len(body):
+        raise _refused(f"{HEADER} is {size[:20]!r} for a body of {len(body)} bytes")
+    return _json(body[: int(size)]), body[int(size) :]
+
+
+def images_in(doc: dict, binary: bytes, limits: Limits) -> list[tuple[str, bytes]]:
+    """(name, bytes) of each image of the request's "image" input."""
+    inputs = doc.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise _refused(f'give one input, "{INPUT}": the encoded images (BYTES, one element an image)')
+    spec = inputs[0]
+    name, kind, shape = spec.get("name"), spec.get("datatype"), spec.get("shape")
+    if name != INPUT or kind != "BYTES":
+        raise _refused(f'the input is "{INPUT}", BYTES (encoded image files); got {str(name)[:40]!r}, {str(kind)[:10]}')
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape) or len(shape) not in (1, 2):
+        raise _refused(f'"{INPUT}" has shape [N] or [N, 1]; got {str(shape)[:40]}')
+    if len(shape) == 2 and shape[1] != 1:
+        raise _refused(f'"{INPUT}" has shape [N] or [N, 1]; got {shape}')
+    n = shape[0]
+    if n == 0:
+        raise _refused(f'"{INPUT}" holds no images (shape {shape})')
+    if n > limits.max_files:
+        raise HTTPFailure(413, f"more than {limits.max_files} images in one request (--max-files)", kind="too_large")
+    params = spec.get("parameters") or {}
+    if "binary_data_size" in params:
+        size = params["binary_data_size"]
+        if not isinstance(size, int) or size != len(binary):
+            raise _refused(f'"{INPUT}"\'s binary_data_size is {str(size)[:20]}; {len(binary)} bytes follow the header')
+        files = _split_bytes(binary, n)
+    else:
+        data = spec.get("data")
+        if isinstance(data, list) and len(data) == n and all(isinstance(d, list) and len(d) == 1 for d in data):
+            data = [d[0] for d in data]  # [N, 1] nested
+        if not isinstance(data, list) or len(data) != n or not all(isinstance(d, str) for d in data):
+            raise _refused(f'"{INPUT}"\'s data: {n} base64 strings in JSON, or the binary-data extension')
+        try:
+            files = [base64.b64decode(d, validate=True) for d in data]
+        except binascii.Error:
+            raise _refused(f'"{INPUT}"\'s data in JSON is base64 (the binary-data extension takes raw bytes)') from None
+    return [(f"{INPUT}[{i}]", f) for i, f in enumerate(files)]
+
+
+def _asked(doc: dict, names: list[str]) -> list[tuple[str, bool, int]]:
+    """(output, in binary, classification's k or 0) of each output the request asks for (default: both, in JSON or
+    as the request's binary_data_output parameter says)."""
+    default_binary = bool((doc.get("parameters") or {}).get("binary_data_output", False))
+    asked = doc.get("outputs")
+    if asked is None:
+        return [(o, default_binary, 0) for o in OUTPUTS]
+    if not isinstance(asked, list) or not all(isinstance(o, dict) for o in asked):
+        raise _refused('"outputs" is a list of {"name": ..., "parameters": {...}}')
+    out = []
+    for o in asked:
+        params = o.get("parameters") or {}
+        k = params.get("classification", 0)
+        if o.get("name") not in OUTPUTS:
+            raise _refused(f"unknown output {str(o.get('name'))[:40]!r}; this model gives {', '.join(OUTPUTS)}")
+        if not isinstance(k, int) or not 0 <= k <= len(names):
+            raise _refused(f"classification is a count of classes from 0 to {len(names)}; got {str(k)[:20]}")
+        out.append((o["name"], bool(params.get("binary_data", default_binary)), k))
+    return out
+
+
+def _bytes_tensor(items: list[bytes]) -> bytes:
+    return b"".join(struct.pack("<I", len(b)) + b for b in items)
+
+
+def answer(svc: Service, doc: dict, logits: torch.Tensor, model: str) -> Response:
+    """The infer response: each asked output in JSON or binary (then the JSON header's length in HEADER)."""
+    probs = logits.float().softmax(1)
+    tensors = {"logits": logits.float().numpy(), "probabilities": probs.numpy()}
+    outputs, blobs = [], []
+    for name, binary, k in _asked(doc, svc.names):
+        if k:
+            p, c = probs.topk(k, dim=1)
+            rows = [
+                [f"{q:.6f}:{j}:{svc.names[j]}".encode() for q, j in zip(pr, cr)]
+                for pr, cr in zip(p.tolist(), c.tolist())
+            ]
+            spec = {"name": name, "datatype": "BYTES", "shape": [len(rows), k]}
+            flat = [e for row in rows for e in row]
+            data, blob = [e.decode() for e in flat], _bytes_tensor(flat)
+        else:
+            array = np.ascontiguousarray(tensors[name], dtype="<f4")
+            spec = {"name": name, "datatype": "FP32", "shape": list(array.shape)}
+            data, blob = array.ravel().tolist(), array.tobytes()
+        if binary:
+            spec["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            spec["data"] = data
+        outputs.append(spec)
+    head = {"model_name": model, "model_version": "1", "outputs": outputs}
+    if "id" in doc:
+        head["id"] = doc["id"]
+    if not blobs:
+        return JSONResponse(head)
+    header = json.dumps(head).encode()
+    return Response(header + b"".join(blobs), media_type="application/octet-stream", headers={HEADER: str(len(header))})
+
+
+def metadata(svc: Service, model: str) -> dict:
+    """The model's metadata: its one input and its outputs, with their types and shapes (-1: any count)."""
+    n = len(svc.names)
+    return {
+        "name": model,
+        "versions": ["1"],
+        "platform": "pytorch",
+        "inputs": [{"name": INPUT, "datatype": "BYTES", "shape": [-1]}],
+        "outputs": [{"name": o, "datatype": "FP32", "shape": [-1, n]} for o in OUTPUTS],
+    }
+
+
+def oip_routes(svc: Service, model: str) -> APIRouter:
+    """/v2 (the server), /v2/models/MODEL[/versions/1] (metadata, readiness, infer): behind the token."""
+    api = APIRouter()
+
+    def known(name: str, version: str | None = None) -> None:
+        if name != model or version not in (None, "1"):
+            raise HTTPFailure(
+                404,
+                f"unknown model {name[:60]!r}{'' if version is None else f' version {version[:20]}'}; this server serves {model!r} (version 1)",
+                kind="not_found",
+            )
+
+    @api.get("/v2", summary="The Open Inference Protocol's server metadata")
+    async def server():
+        return {"name": "resnets", "version": __version__, "extensions": ["binary_tensor_data", "classification"]}
+
+    @api.get("/v2/models/{name}", summary="The model's metadata (Open Inference Protocol)")
+    @api.get("/v2/models/{name}/versions/{version}", include_in_schema=False)
+    async def model_metadata(name: str, version: str | None = None):
+        try:
+            known(name, version)
+        except HTTPFailure as e:
+            return JSONResponse({"error": e.detail}, e.status)
+        return metadata(svc, model)
+
+    @api.get("/v2/models/{name}/ready", summary="Whether the model takes requests (Open Inference Protocol)")
+    @api.get("/v2/models/{name}/versions/{version}/ready", include_in_schema=False)
+    async def model_ready(name: str, version: str | None = None):
+        try:
+            known(name, version)
+        except HTTPFailure as e:
+            return JSONResponse({"error": e.detail}, e.status)
+        return Response(status_code=200 if svc.ready else 503)
+
+    @api.post("/v2/models/{name}/infer", summary="Classify images (Open Inference Protocol: JSON or binary tensors)")
+    @api.post("/v2/models/{name}/versions/{version}/infer", include_in_schema=False)
+    async def infer(name: str, request: Request, version: str | None = None):
+        async def work(job):
+            known(name, version)
+            svc.need_task("classification", "the Open Inference Protocol's infer")
+            parsed: dict = {}
+
+            async def files(request, body, limits):
+                parsed["doc"], binary = request_of(request, body)
+                _asked(parsed["doc"], svc.names)  # a bad output asked is refused before any image is decoded
+                return images_in(parsed["doc"], binary, limits)
+
+            t0 = time.perf_counter()
+            names, images, _ = await svc.decoded(request, job, parse=files)
+            feats = await svc.infer(images, job)
+            svc.metrics.images.labels("v2_infer").inc(len(names))
+            response = answer(svc, parsed["doc"], svc.logits(torch.stack(feats)), model)
+            response.headers["X-Time-Ms"] = f"{1000 * (time.perf_counter() - t0):.1f}"
+            return response
+
+        response = await svc.answered("v2_infer", request, work)
+        if response.status_code >= 400 and response.media_type == "application/json":  # the protocol's {"error"}
+            detail = json.loads(response.body).get("detail", "")
+            return JSONResponse(
+                {"error": detail},
+                response.status_code,
+                headers={k: v for k, v in response.headers.items() if k.lower() == "retry-after"},
+            )
+        return response
+
+    return api
+
+
+def health_routes(svc: Service) -> APIRouter:
+    """/v2/health/live and /v2/health/ready: open, as /healthz and /readyz are (a load balancer's probes)."""
+    api = APIRouter()
+
+    @api.get("/v2/health/live", summary="The process is up (Open Inference Protocol)")
+    async def live():
+        return Response(status_code=200)
+
+    @api.get("/v2/health/ready", summary="The model is loaded and warmed up (Open Inference Protocol)")
+    async def ready():
+        return Response(status_code=200 if svc.ready else 503)
+
+    return api

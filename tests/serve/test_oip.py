@@ -1,0 +1,145 @@
+"""The Open Inference Protocol (serve/oip.py, issue 40) called by NVIDIA's own client, tritonclient[http], against a
+real `resnets serve` on 127.0.0.1: health, readiness, the model's metadata, and infer with the binary-data extension
+and in JSON, answering what /v1/predict answers for the same images; bad requests one JSON error each."""
+
+import base64
+import json
+
+import numpy as np
+import pytest
+from conftest import Server
+
+httpx = pytest.importorskip("httpx")
+triton = pytest.importorskip("tritonclient.http")
+
+
+def _client(server):
+    return triton.InferenceServerClient(url=f"127.0.0.1:{server.port}", network_timeout=60)
+
+
+def _predicted(server, photos):
+    answer = httpx.post(
+        server.url + "/v1/predict?top_k=3", files=[("files", (p.name, p.read_bytes())) for p in photos], timeout=60
+    )
+    assert answer.status_code == 200, answer.text
+    return answer.json()["results"]
+
+
+def test_tritonclient_sees_a_live_ready_model_and_its_metadata(live_server):
+    client = _client(live_server)
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("resnet18")
+    meta = client.get_model_metadata("resnet18")
+    assert meta["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": [-1]}]
+    assert {o["name"]: o["shape"] for o in meta["outputs"]} == {"logits": [-1, 5], "probabilities": [-1, 5]}
+    assert client.get_server_metadata()["name"] == "resnets"
+    assert not client.is_model_ready("another")
+
+
+def test_tritonclient_infers_in_binary_and_json_as_v1_predict_does(live_server, serve_files):
+    _, photos, _ = serve_files
+    photos = photos[:3]
+    client = _client(live_server)
+    image = triton.InferInput("image", [len(photos)], "BYTES")
+    image.set_data_from_numpy(np.array([p.read_bytes() for p in photos], dtype=np.object_), binary_data=True)
+    asked = [
+        triton.InferRequestedOutput("probabilities", binary_data=True),
+        triton.InferRequestedOutput("logits", binary_data=False),
+    ]
+    result = client.infer("resnet18", [image], outputs=asked)
+    probs, logits = result.as_numpy("probabilities"), result.as_numpy("logits")
+    assert probs.shape == logits.shape == (3, 5) and probs.dtype == np.float32
+    assert np.allclose(probs.sum(1), 1, atol=1e-5)
+    expected = _predicted(live_server, photos)
+    for row, want in zip(probs, expected):
+        assert int(row.argmax()) == want["top"][0]["index"]
+        assert [round(float(row[t["index"]]), 4) for t in want["top"]] == [round(t["prob"], 4) for t in want["top"]]
+    # Triton's classification extension: "score:index:label", best first
+    ranked = client.infer("resnet18", [image], outputs=[triton.InferRequestedOutput("probabilities", class_count=2)])
+    top = ranked.as_numpy("probabilities")
+    assert top.shape == (3, 2)
+    first = top[0][0].decode() if isinstance(top[0][0], bytes) else top[0][0]
+    score, index, label = first.split(":", 2)
+    assert (int(index), label) == (expected[0]["top"][0]["index"], expected[0]["top"][0]["class"])
+    assert abs(float(score) - expected[0]["top"][0]["prob"]) < 1e-4
+    # the same request in JSON, the images as base64 strings (the protocol's JSON has no raw bytes)
+    body = {
+        "id": "r1",
+        "inputs": [
+            {
+                "name": "image",
+                "datatype": "BYTES",
+                "shape": [1],
+                "data": [base64.b64encode(photos[0].read_bytes()).decode()],
+            }
+        ],
+        "outputs": [{"name": "probabilities"}],
+    }
+    answer = httpx.post(live_server.url + "/v2/models/resnet18/infer", json=body, timeout=60)
+    assert answer.status_code == 200, answer.text
+    out = answer.json()
+    assert out["id"] == "r1" and out["model_name"] == "resnet18"
+    (spec,) = out["outputs"]
+    assert spec["datatype"] == "FP32" and spec["shape"] == [1, 5]
+    assert np.allclose(spec["data"], probs[0], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "body, headers, status, needle",
+    [
+        (json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1.0]}]}), {}, 400, "BYTES"),
+        (
+            json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["%%%"]}]}),
+            {},
+            400,
+            "base64",
+        ),
+        (
+            json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["aGVsbG8="]}]}),
+            {},
+            415,
+            "",
+        ),
+        ("[" * 5000, {}, 400, "nested"),
+        (
+            json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [0], "data": []}]}),
+            {},
+            400,
+            "no images",
+        ),
+        ("{}", {"Inference-Header-Content-Length": "999"}, 400, "Inference-Header-Content-Length"),
+        (json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1000]}]}), {}, 413, "--max-files"),
+        (
+            json.dumps(
+                {
+                    "inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["aGVsbG8="]}],
+                    "outputs": [{"name": "boxes"}],
+                }
+            ),  # fmt: skip
+            {},
+            400,
+            "unknown output",
+        ),
+    ],
+)
+def test_bad_infer_requests_are_one_json_error_each(live_server, body, headers, status, needle):
+    answer = httpx.post(
+        live_server.url + "/v2/models/resnet18/infer",
+        content=body,
+        headers={"content-type": "application/json", **headers},
+        timeout=60,
+    )
+    assert answer.status_code == status and needle in answer.json()["error"], answer.text
+    assert httpx.get(live_server.url + "/v2/models/other").status_code == 404
+
+
+def test_the_protocol_is_behind_the_token_and_its_health_is_not(serve_files):
+    server = Server(serve_files[0], "--backend", "eager", "--model-name", "pets", env={"RESNETS_SERVE_TOKEN": "s3cret"})
+    try:
+        assert httpx.get(server.url + "/v2/health/ready").status_code == 200
+        assert httpx.get(server.url + "/v2/models/pets").status_code == 401
+        auth = {"Authorization": "Bearer s3cret"}
+        assert httpx.get(server.url + "/v2/models/pets", headers=auth).json()["name"] == "pets"
+        client = triton.InferenceServerClient(url=f"127.0.0.1:{server.port}")
+        assert client.is_model_ready("pets", headers=auth)
+    finally:
+        assert server.stop() == 0, server.output()
