@@ -11,6 +11,7 @@ from conftest import Server
 
 httpx = pytest.importorskip("httpx")
 triton = pytest.importorskip("tritonclient.http")
+triton_utils = pytest.importorskip("tritonclient.utils")
 
 
 def _client(server):
@@ -61,6 +62,10 @@ def test_tritonclient_infers_in_binary_and_json_as_v1_predict_does(live_server, 
     score, index, label = first.split(":", 2)
     assert (int(index), label) == (expected[0]["top"][0]["index"], expected[0]["top"][0]["class"])
     assert abs(float(score) - expected[0]["top"][0]["prob"]) < 1e-4
+    by_logit = client.infer("resnet18", [image], outputs=[triton.InferRequestedOutput("logits", class_count=1)])
+    first = by_logit.as_numpy("logits")[0][0]
+    value = float((first.decode() if isinstance(first, bytes) else first).split(":")[0])
+    assert abs(value - float(logits[0].max())) < 1e-4  # the asked output's own values: a logit, not a probability
     # the same request in JSON, the images as base64 strings (the protocol's JSON has no raw bytes)
     body = {
         "id": "r1",
@@ -81,6 +86,9 @@ def test_tritonclient_infers_in_binary_and_json_as_v1_predict_does(live_server, 
     (spec,) = out["outputs"]
     assert spec["datatype"] == "FP32" and spec["shape"] == [1, 5]
     assert np.allclose(spec["data"], probs[0], atol=1e-5)
+
+
+ONE = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["aGVsbG8="]}]}
 
 
 @pytest.mark.parametrize(
@@ -107,6 +115,26 @@ def test_tritonclient_infers_in_binary_and_json_as_v1_predict_does(live_server, 
             "no images",
         ),
         ("{}", {"Inference-Header-Content-Length": "999"}, 400, "Inference-Header-Content-Length"),
+        ("{}", {"Inference-Header-Content-Length": "9" * 5000}, 400, "Inference-Header-Content-Length"),
+        (json.dumps({**ONE, "outputs": [{"name": "logits"}] * 3}), {}, 400, "asked twice"),  # (a 98 MB answer)
+        (json.dumps({**ONE, "parameters": [1]}), {}, 400, '"parameters" is an object'),
+        (json.dumps({"inputs": [{**ONE["inputs"][0], "parameters": 5}]}), {}, 400, '"parameters" is an object'),
+        (
+            json.dumps({**ONE, "outputs": [{"name": "logits", "parameters": {"classification": True}}]}),
+            {},
+            400,
+            "classification",
+        ),
+        (
+            json.dumps({**ONE, "outputs": [{"name": "logits", "parameters": {"binary_data": "false"}}]}),
+            {},
+            400,
+            "true or false",
+        ),
+        (json.dumps({"inputs": [{**ONE["inputs"][0], "data": ["aGVsbG8\u00e9"]}]}), {}, 400, "base64"),
+        (json.dumps({"inputs": [{**ONE["inputs"][0], "shape": [True]}]}), {}, 400, "shape"),
+        (json.dumps({**ONE, "id": 7}), {}, 400, '"id" is a string'),
+        (json.dumps({**ONE, "junk": [0.5] * 200_000}), {}, 400, "far more values"),
         (json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1000]}]}), {}, 413, "--max-files"),
         (
             json.dumps(
@@ -141,5 +169,20 @@ def test_the_protocol_is_behind_the_token_and_its_health_is_not(serve_files):
         assert httpx.get(server.url + "/v2/models/pets", headers=auth).json()["name"] == "pets"
         client = triton.InferenceServerClient(url=f"127.0.0.1:{server.port}")
         assert client.is_model_ready("pets", headers=auth)
+        with pytest.raises(triton_utils.InferenceServerException, match="bearer token"):  # the protocol's {"error"}
+            client.get_model_metadata("pets")
+        assert httpx.get(server.url + "/v2/models/pets/config", headers=auth).json()["error"] == "Not Found"
+    finally:
+        assert server.stop() == 0, server.output()
+
+
+def test_a_detector_offers_no_model_in_the_protocol(tiny_detector):
+    """Its outputs are not the protocol's here yet: no /v2/models (it claimed a classifier's logits, then refused
+    to infer); its health answers."""
+    server = Server(tiny_detector)
+    try:
+        assert httpx.get(server.url + "/v2/health/ready").status_code == 200
+        answer = httpx.get(server.url + "/v2/models/fasterrcnn_resnet50_fpn")
+        assert answer.status_code == 404 and "error" in answer.json()
     finally:
         assert server.stop() == 0, server.output()

@@ -6,13 +6,16 @@ from __future__ import annotations
 import os
 
 import torch
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from torch import nn
 
 from ..factory import load
 from ..version import __version__
 from .auth import TOKEN_ENV, BearerToken
 from .limits import HTTPFailure, Limits
-from .oip import health_routes, oip_routes
+from .oip import as_v2_error, health_routes, oip_routes
 from .routes import detect_routes, doc_assets, image_routes, info_routes, open_routes, segment_routes
 from .service import Metrics
 from .tasks import service_for
@@ -80,13 +83,21 @@ def app(
     api.state.service = svc
     api.add_middleware(Counted, metrics=svc.metrics)
 
-    async def refused(_request, e: HTTPFailure):  # a dependency's refusal (the token's 401): one JSON line, counted
-        return svc.failed(e)
+    async def refused(request, e: HTTPFailure):  # a dependency's refusal (the token's 401): one JSON line, counted
+        answer = svc.failed(e)
+        return as_v2_error(answer) if request.url.path.startswith("/v2") else answer
+
+    async def not_routed(request, e: StarletteHTTPException):  # 404, 405: the protocol's {"error"} under /v2
+        if request.url.path.startswith("/v2"):
+            return JSONResponse({"error": str(e.detail)}, e.status_code, headers=getattr(e, "headers", None))
+        return await http_exception_handler(request, e)
 
     api.add_exception_handler(HTTPFailure, refused)
+    api.add_exception_handler(StarletteHTTPException, not_routed)
     for routes in (image_routes, detect_routes, segment_routes, info_routes):
         api.include_router(routes(svc), dependencies=[Depends(auth)])
-    api.include_router(oip_routes(svc, model_name or svc.meta.architecture), dependencies=[Depends(auth)])
+    if svc.task == "classification":  # (a detector's and a segmenter's outputs are not in the protocol here yet)
+        api.include_router(oip_routes(svc, model_name or svc.meta.architecture), dependencies=[Depends(auth)])
     api.include_router(open_routes(svc))
     api.include_router(health_routes(svc))
     api.mount("/docs/assets", doc_assets(), name="doc-assets")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import struct
 import time
 
@@ -35,12 +36,21 @@ OUTPUTS = ("logits", "probabilities")
 DEPTH = 8  # nesting of a request's JSON (objects, lists): what the protocol needs, and no more
 
 
+def as_v2_error(answer: Response) -> JSONResponse:
+    """Our one-line refusal {"detail"} as the protocol's {"error"}, its headers kept (Retry-After, Connection)."""
+    kept = {k: v for k, v in answer.headers.items() if k.lower() not in ("content-length", "content-type")}
+    return JSONResponse({"error": json.loads(answer.body).get("detail", "")}, answer.status_code, headers=kept)
+
+
 def _refused(detail: str) -> HTTPFailure:
     return HTTPFailure(400, detail)
 
 
 def _json(raw: bytes) -> dict:
-    """The request's JSON object through the bounded reader (UTF-8, nesting depth, memory once parsed)."""
+    """The request's JSON object through the bounded reader (UTF-8, nesting depth), and at most about twice its
+    bytes once parsed: a request of images is a few base64 strings, not millions of values."""
+    if jsonfile.python_bytes(raw) > 2 * len(raw) + (1 << 20):
+        raise _refused("the request's JSON holds far more values than images need (base64 strings, a few fields)")
     try:
         doc = jsonfile.loads(raw, "the request's JSON", max_depth=DEPTH)
     except ResnetsError as e:
@@ -72,7 +82,7 @@ def request_of(request: Request, body: bytes) -> tuple[dict, bytes]:
     size = request.headers.get(HEADER)
     if size is None:
         return _json(body), b""
-    if not size.isdigit() or int(size) > len(body):
+    if not re.fullmatch(r"[0-9]{1,12}", size) or int(size) > len(body):
         raise _refused(f"{HEADER} is {size[:20]!r} for a body of {len(body)} bytes")
     return _json(body[: int(size)]), body[int(size) :]
 
@@ -86,7 +96,7 @@ def images_in(doc: dict, binary: bytes, limits: Limits) -> list[tuple[str, bytes
     name, kind, shape = spec.get("name"), spec.get("datatype"), spec.get("shape")
     if name != INPUT or kind != "BYTES":
         raise _refused(f'the input is "{INPUT}", BYTES (encoded image files); got {str(name)[:40]!r}, {str(kind)[:10]}')
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape) or len(shape) not in (1, 2):
+    if not isinstance(shape, list) or not all(_count(d) for d in shape) or len(shape) not in (1, 2):
         raise _refused(f'"{INPUT}" has shape [N] or [N, 1]; got {str(shape)[:40]}')
     if len(shape) == 2 and shape[1] != 1:
         raise _refused(f'"{INPUT}" has shape [N] or [N, 1]; got {shape}')
@@ -95,10 +105,10 @@ def images_in(doc: dict, binary: bytes, limits: Limits) -> list[tuple[str, bytes
         raise _refused(f'"{INPUT}" holds no images (shape {shape})')
     if n > limits.max_files:
         raise HTTPFailure(413, f"more than {limits.max_files} images in one request (--max-files)", kind="too_large")
-    params = spec.get("parameters") or {}
+    params = _params(spec)
     if "binary_data_size" in params:
         size = params["binary_data_size"]
-        if not isinstance(size, int) or size != len(binary):
+        if not _count(size) or size != len(binary):
             raise _refused(f'"{INPUT}"\'s binary_data_size is {str(size)[:20]}; {len(binary)} bytes follow the header')
         files = _split_bytes(binary, n)
     else:
@@ -109,15 +119,39 @@ def images_in(doc: dict, binary: bytes, limits: Limits) -> list[tuple[str, bytes
             raise _refused(f'"{INPUT}"\'s data: {n} base64 strings in JSON, or the binary-data extension')
         try:
             files = [base64.b64decode(d, validate=True) for d in data]
-        except binascii.Error:
+        except (binascii.Error, ValueError):  # (a non-ASCII character is a ValueError)
             raise _refused(f'"{INPUT}"\'s data in JSON is base64 (the binary-data extension takes raw bytes)') from None
     return [(f"{INPUT}[{i}]", f) for i, f in enumerate(files)]
 
 
+def _count(v) -> bool:
+    """A whole number >= 0 (not a bool, which Python counts as an int)."""
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _params(spec: dict) -> dict:
+    """A request's, an input's or an output's "parameters": an object, or none."""
+    params = spec.get("parameters")
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise _refused('"parameters" is an object ({"name": value, ...})')
+    return params
+
+
+def _flag(params: dict, key: str, default: bool) -> bool:
+    value = params.get(key, default)
+    if not isinstance(value, bool):
+        raise _refused(f'"{key}" is true or false; got {str(value)[:20]}')
+    return value
+
+
 def _asked(doc: dict, names: list[str]) -> list[tuple[str, bool, int]]:
-    """(output, in binary, classification's k or 0) of each output the request asks for (default: both, in JSON or
-    as the request's binary_data_output parameter says)."""
-    default_binary = bool((doc.get("parameters") or {}).get("binary_data_output", False))
+    """(output, in binary, classification's k or 0) of each output the request asks for, each at most once
+    (default: both, in JSON or as the request's binary_data_output parameter says)."""
+    if "id" in doc and not isinstance(doc["id"], str):
+        raise _refused('"id" is a string')
+    default_binary = _flag(_params(doc), "binary_data_output", False)
     asked = doc.get("outputs")
     if asked is None:
         return [(o, default_binary, 0) for o in OUTPUTS]
@@ -125,13 +159,15 @@ def _asked(doc: dict, names: list[str]) -> list[tuple[str, bool, int]]:
         raise _refused('"outputs" is a list of {"name": ..., "parameters": {...}}')
     out = []
     for o in asked:
-        params = o.get("parameters") or {}
+        params = _params(o)
         k = params.get("classification", 0)
         if o.get("name") not in OUTPUTS:
             raise _refused(f"unknown output {str(o.get('name'))[:40]!r}; this model gives {', '.join(OUTPUTS)}")
-        if not isinstance(k, int) or not 0 <= k <= len(names):
+        if any(o["name"] == seen for seen, _, _ in out):
+            raise _refused(f"output {o['name']!r} asked twice")
+        if not _count(k) or k > len(names):
             raise _refused(f"classification is a count of classes from 0 to {len(names)}; got {str(k)[:20]}")
-        out.append((o["name"], bool(params.get("binary_data", default_binary)), k))
+        out.append((o["name"], _flag(params, "binary_data", default_binary), k))
     return out
 
 
@@ -145,8 +181,8 @@ def answer(svc: Service, doc: dict, logits: torch.Tensor, model: str) -> Respons
     tensors = {"logits": logits.float().numpy(), "probabilities": probs.numpy()}
     outputs, blobs = [], []
     for name, binary, k in _asked(doc, svc.names):
-        if k:
-            p, c = probs.topk(k, dim=1)
+        if k:  # the asked output's own values, best first
+            p, c = torch.from_numpy(tensors[name]).topk(k, dim=1)
             rows = [
                 [f"{q:.6f}:{j}:{svc.names[j]}".encode() for q, j in zip(pr, cr)]
                 for pr, cr in zip(p.tolist(), c.tolist())
@@ -242,12 +278,7 @@ def oip_routes(svc: Service, model: str) -> APIRouter:
 
         response = await svc.answered("v2_infer", request, work)
         if response.status_code >= 400 and response.media_type == "application/json":  # the protocol's {"error"}
-            detail = json.loads(response.body).get("detail", "")
-            return JSONResponse(
-                {"error": detail},
-                response.status_code,
-                headers={k: v for k, v in response.headers.items() if k.lower() == "retry-after"},
-            )
+            return as_v2_error(response)
         return response
 
     return api
