@@ -20,13 +20,14 @@ def test_the_token_is_wanted_by_every_route_but_health_and_the_page(serve_files)
     api = app(resnets.load(serve_files[0]), backend="eager", device="cpu", token="s3cret")
     documented = [(m.upper(), p) for p, ops in api.openapi()["paths"].items() for m in ops]
     routes = documented + [("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/")]  # (not in the API's schema)
-    assert len(routes) == 12, routes
+    assert len(routes) == 18 and sum(p.startswith("/v2") for _, p in routes) == 6, routes  # (the OIP's too)
     answers = asyncio.run(in_process(api, [(m, p, {}) for m, p in routes]))
     opened = {p for (_, p), a in zip(routes, answers) if a.status_code != 401}
-    assert opened == {"/healthz", "/readyz", "/"}, opened
+    assert opened == {"/healthz", "/readyz", "/", "/v2/health/live", "/v2/health/ready"}, opened
     for (_, path), a in zip(routes, answers):
-        if path not in opened:
-            assert a.json() == {"detail": "a bearer token is required (Authorization: Bearer <token>)"}
+        if path not in opened:  # (the Open Inference Protocol says its errors as {"error"})
+            key = "error" if path.startswith("/v2") else "detail"
+            assert a.json() == {key: "a bearer token is required (Authorization: Bearer <token>)"}
             assert a.headers["www-authenticate"] == "Bearer"
     good = {"headers": {"Authorization": "Bearer s3cret"}}
     model, metrics = asyncio.run(in_process(api, [("GET", "/v1/model", good), ("GET", "/metrics", good)]))
