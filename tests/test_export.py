@@ -165,3 +165,42 @@ def test_a_dense_export_that_differs_is_removed(tiny_segmenter, tmp_path, monkey
     with pytest.raises(CheckFailed):
         ex.export_dense(load(tiny_segmenter), tmp_path / "m.onnx")
     assert not any(tmp_path.iterdir())
+
+
+def test_a_triton_model_repository_parses_with_tritons_own_config_and_runs(tmp_path):
+    """`export --format triton --out REPO`: REPO/NAME/1/model.onnx, config.pbtxt as Triton's own ModelConfig
+    protobuf (shipped in tritonclient) reads it, labels.txt and preprocessing.json beside; the file runs a batch in
+    ONNX Runtime as the eager model does; a name already in the repository is refused before anything is written."""
+    import json
+
+    import numpy as np
+    import onnxruntime as ort
+    from google.protobuf import text_format
+
+    import resnets
+
+    model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
+    model = resnets.create_model("resnet8", num_classes=3).eval()
+    resnets.save(model, tmp_path / "pets.safetensors", class_names=["cat", "dog", "fox"])
+    code, out, err = run_cli("export", "--weights", tmp_path / "pets.safetensors", "--format", "triton",
+                             "--out", tmp_path / "repo", "--max-batch", 8)  # fmt: skip
+    assert code == 0 and "tritonserver --model-repository" in out, err
+    folder = tmp_path / "repo" / "pets"
+    assert sorted(p.name for p in folder.iterdir()) == ["1", "config.pbtxt", "labels.txt", "preprocessing.json"]
+    config = text_format.Parse((folder / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert (config.name, config.platform, config.max_batch_size) == ("pets", "onnxruntime_onnx", 8)
+    assert config.HasField("dynamic_batching")
+    pre = json.loads((folder / "preprocessing.json").read_text())
+    (inp,), (outp,) = config.input, config.output
+    assert list(inp.dims) == [3, pre["crop"], pre["crop"]] and inp.data_type == model_config_pb2.TYPE_FP32
+    assert list(outp.dims) == [3] and outp.label_filename == "labels.txt"
+    assert (folder / "labels.txt").read_text().split() == ["cat", "dog", "fox"]
+    sess = ort.InferenceSession(str(folder / "1" / "model.onnx"))
+    assert [i.name for i in sess.get_inputs()] == [inp.name] and [o.name for o in sess.get_outputs()] == [outp.name]
+    x = torch.randn(5, 3, pre["crop"], pre["crop"])
+    with torch.no_grad():
+        want = model(x).numpy()
+    assert np.abs(sess.run(None, {inp.name: x.numpy()})[0] - want).max() < 1e-4
+    code, _, err = run_cli("export", "--weights", tmp_path / "pets.safetensors", "--format", "triton",
+                           "--out", tmp_path / "repo")  # fmt: skip
+    assert code == 2 and "exists" in err and not list((tmp_path / "repo").glob(".pets.*"))

@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import os
+import re
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -200,6 +201,51 @@ def export(
         "bytes": out.stat().st_size,
         "input_shape": shape,
     }
+
+
+# ---- a Triton model repository
+
+
+def triton_config(name: str, channels: int, crop: int, classes: int, max_batch: int) -> str:
+    """config.pbtxt of a classifier's ONNX file in a Triton model repository: ONNX Runtime's platform, batched up to
+    `max_batch` by Triton's dynamic batcher, the normalised (channels, crop, crop) input, the logits out with
+    labels.txt beside (Triton's classification extension names the classes from it)."""
+    return (
+        f'name: "{name}"\n'
+        'platform: "onnxruntime_onnx"\n'
+        f"max_batch_size: {max_batch}\n"
+        f'input [\n  {{\n    name: "input"\n    data_type: TYPE_FP32\n    dims: [ {channels}, {crop}, {crop} ]\n  }}\n]\n'
+        f'output [\n  {{\n    name: "logits"\n    data_type: TYPE_FP32\n    dims: [ {classes} ]\n'
+        '    label_filename: "labels.txt"\n  }\n]\n'
+        "dynamic_batching { }\n"
+    )
+
+
+def export_triton(model: nn.Module, repo: str | os.PathLike, name: str, *, max_batch: int = 32) -> dict:
+    """A Triton model repository for a classifier: REPO/NAME/1/model.onnx (checked against eager PyTorch as
+    `export` checks), REPO/NAME/config.pbtxt, labels.txt (a class a line) and preprocessing.json (what an image is
+    made into before the input: resize, crop, mean, std) beside it; written in a temporary folder and moved into
+    place whole."""
+    pre = meta_of(model).preprocessing
+    if pre is None:
+        raise ResnetsError("the model records no preprocessing (size, mean, std): a Triton client could not feed it")
+    repo, n = Path(repo), model.num_classes
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name):
+        raise ResnetsError(f"a model's name in Triton is letters, digits, '.', '_' and '-'; got {name[:40]!r}")
+    final = repo / name
+    if final.exists():
+        raise ResnetsError(f"{final} exists: give another --name, or remove it")
+    repo.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=repo, prefix=f".{name}.") as tmp:
+        folder = Path(tmp) / name
+        (folder / "1").mkdir(parents=True)
+        r = export(model, folder / "1" / "model.onnx", "onnx")
+        (folder / "config.pbtxt").write_text(triton_config(name, len(pre.mean), pre.crop, n, max_batch))
+        (folder / "labels.txt").write_text("".join(f"{c}\n" for c in meta_of(model).names(n)))
+        (folder / "preprocessing.json").write_text(json.dumps(pre.to_dict(), indent=2))
+        folder.rename(final)
+    return {"path": str(final), "max_abs_diff": r["max_abs_diff"], "input": [len(pre.mean), pre.crop, pre.crop],
+            "classes": n, "max_batch": max_batch}  # fmt: skip
 
 
 # ---- int8 through ONNX Runtime

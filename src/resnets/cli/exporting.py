@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -39,6 +40,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
             f"`resnets push {out} --repo ORG/NAME` publishes it"
         )
         return 0
+    if args.format == "triton":
+        return _export_triton(args)
     if args.precision == "int8":
         if args.format != "onnx":
             raise ResnetsError("int8 export is ONNX (run by ONNX Runtime); use --format onnx")
@@ -85,6 +88,31 @@ def _cmd_export(args: argparse.Namespace) -> int:
     print(
         f"wrote {r['path']} ({r['bytes'] / 1e6:.1f} MB, {r['format']}, checked with {r['runtime']}): input "
         f"{shape} float32, normalised{extra}"
+    )
+    return 0
+
+
+def _export_triton(args: argparse.Namespace) -> int:
+    """A classifier as a model of a Triton model repository (export.export_triton)."""
+    from ..export import export_triton
+    from ..factory import load
+
+    if not args.out:
+        raise ResnetsError("--format triton writes into a model repository: name its folder with --out REPO")
+    weights = Path(args.weights)
+    name = args.model_name or (weights.name if weights.is_dir() else weights.stem if weights.suffix else str(weights))
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", name).lstrip("._-") or "model"
+    if (Path(args.out) / name).exists():  # before the model is loaded
+        raise ResnetsError(f"{Path(args.out) / name} exists: give another --model-name, or remove it")
+    model = load(args.weights)
+    refuse_dense(model, args.weights)
+    r = export_triton(model, args.out, name, max_batch=args.max_batch)
+    d = r["max_abs_diff"]
+    print(f"max abs difference from eager PyTorch: {max(d.values()):.2e}")
+    print(
+        f"wrote {r['path']}/: 1/model.onnx, config.pbtxt (onnxruntime_onnx, max_batch_size {r['max_batch']}, "
+        f"dynamic batching, input {' x '.join(map(str, r['input']))} float32 normalised, {r['classes']} logits), "
+        f"labels.txt, preprocessing.json; tritonserver --model-repository {args.out} serves it"
     )
     return 0
 
@@ -178,18 +206,29 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _target_options(p) -> None:
+    """export's --format and the options of its folder formats."""
+    p.add_argument(
+        "--format",
+        choices=["onnx", "torchscript", "exported-program", "hub", "triton"],
+        default="onnx",
+        help="hub: a folder in timm's layout with a model card, for the Hugging Face Hub; triton: a model in a "
+        "Triton model repository (--out REPO: REPO/NAME/1/model.onnx, config.pbtxt, labels.txt)",
+    )
+    p.add_argument(
+        "--model-name",
+        help="triton: the model's name in the repository (default: the run folder's or model file's name)",
+    )
+    p.add_argument("--max-batch", type=count(1), default=32, help="triton: max_batch_size, Triton batching up to it")
+
+
 def add_commands(sub) -> None:
     """The subcommands of export and bench."""
     p = sub.add_parser(
         "export", help="ONNX / TorchScript / torch.export, checked against eager; int8 ONNX with an accuracy gate"
     )
     p.add_argument("--weights", required=True)
-    p.add_argument(
-        "--format",
-        choices=["onnx", "torchscript", "exported-program", "hub"],
-        default="onnx",
-        help="hub: a folder in timm's layout with a model card, for the Hugging Face Hub",
-    )
+    _target_options(p)
     p.add_argument(
         "--out",
         help="output file (default: model.EXT in a run folder given, beside a model file, in the working directory "
