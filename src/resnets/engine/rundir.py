@@ -197,16 +197,25 @@ def _same_place(a: Any, b: Any) -> bool:
         return False
 
 
+def _name_the_writer(run_dir: Path) -> None:
+    """A run still writing in `run_dir` named in one line (RunLock's refusal), before anything else is said."""
+    if (run_dir / LOCK).is_file():
+        RunLock(run_dir, mark=False).release()
+
+
+def _holds_a_run(run_dir: Path) -> ResnetsError:
+    return ResnetsError(
+        f"run directory {run_dir} already holds a run; resume it with --resume {run_dir} or pick another --name"
+    )
+
+
 def check_name_free(cfg: TrainConfig, resume: Path | None) -> None:
     """A new run's --name that holds another run, refused before the data and the model are read (claim refuses
-    it again, under the lock, and names a run still writing there; this says it before the run's first lines)."""
+    it again, under the lock; this says it before the run's first lines), a run still writing there named first."""
     run_dir = Path(cfg.out) / cfg.name if cfg.name else None
     if resume is None and run_dir is not None and (run_dir / "config.json").exists():
-        if (run_dir / LOCK).is_file():  # a run still writing there is named first
-            RunLock(run_dir, mark=False).release()
-        raise ResnetsError(
-            f"run directory {run_dir} already holds a run; resume it with --resume {run_dir} or pick another --name"
-        )
+        _name_the_writer(run_dir)
+        raise _holds_a_run(run_dir)
 
 
 def claim(cfg: TrainConfig, resume: Path | None) -> tuple[Path, RunLock, bool]:
@@ -227,9 +236,7 @@ def claim(cfg: TrainConfig, resume: Path | None) -> tuple[Path, RunLock, bool]:
         sweep(run_dir)  # a run killed while writing its first config.json left only a temporary: it never began
         if any(p.name != LOCK for p in run_dir.iterdir()):
             lock.release()
-            raise ResnetsError(
-                f"run directory {run_dir} already holds a run; resume it with --resume {run_dir} or pick another --name"
-            )
+            raise _holds_a_run(run_dir)
         lock.mark()
         return run_dir, lock, fresh
     base = f"{cfg.model or 'model'}-{cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -281,8 +288,7 @@ def load_resume(resume: Path, overrides: dict[str, Any]) -> tuple[TrainConfig, d
     RESUMABLE keys may change."""
     if not resume.is_dir():
         raise ResnetsError(f"{resume} is not a run directory")
-    if (resume / LOCK).is_file():  # a run still writing there is named before anything else is said
-        RunLock(resume, mark=False).release()
+    _name_the_writer(resume)
     if not (resume / "config.json").is_file():
         began = (
             " (a run killed before it wrote its config: start it again with --name)" if (resume / LOCK).exists() else ""
