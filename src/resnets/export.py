@@ -30,7 +30,7 @@ from .errors import CheckFailed, ResnetsError
 from .meta import meta_of, preprocessing_for, traits_of
 from .models.fold import folded
 from .onnx_predict import session as ort_session  # noqa: F401  (resnets.export.ort_session, as before)
-from .safe_io import atomic_path
+from .safe_io import MODEL_NAME, atomic_path
 
 log = logging.getLogger("resnets")
 # onnx (1.5 s to import) and onnxruntime are imported in the functions that use them: the factory imports this
@@ -230,11 +230,11 @@ def export_triton(model: nn.Module, repo: str | os.PathLike, name: str, *, max_b
     if pre is None:
         raise ResnetsError("the model records no preprocessing (size, mean, std): a Triton client could not feed it")
     repo, n = Path(repo), model.num_classes
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name):
+    if not re.fullmatch(MODEL_NAME, name):
         raise ResnetsError(f"a model's name in Triton is letters, digits, '.', '_' and '-'; got {name[:40]!r}")
     final = repo / name
     if final.exists():
-        raise ResnetsError(f"{final} exists: give another --name, or remove it")
+        raise ResnetsError(f"{final} exists: give another --model-name, or remove it")
     repo.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=repo, prefix=f".{name}.") as tmp:
         folder = Path(tmp) / name

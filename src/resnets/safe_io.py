@@ -15,6 +15,9 @@ from typing import Iterator
 
 from .errors import ResnetsError
 
+# a served or exported model's name, as a URL path (/v2/models/NAME) and a folder (a Triton repository's) carry it
+MODEL_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
+
 
 def process_alive(pid: int) -> bool:
     """Whether process `pid` runs on this host (another user's counts as running): what decides that a lock or a

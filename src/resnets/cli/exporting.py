@@ -13,7 +13,16 @@ from ..choices import PRECISIONS
 from ..errors import ResnetsError
 from ..meta import preprocessing_for
 from ..safe_io import check_output, check_output_folder
-from .options import backend_help, check_classifier, count, is_architecture, output_beside, real, refuse_dense
+from .options import (
+    backend_help,
+    check_classifier,
+    count,
+    is_architecture,
+    model_name,
+    output_beside,
+    real,
+    refuse_dense,
+)
 
 # what loads torch is imported inside the commands that use it: `resnets --help` answers without torch
 
@@ -217,6 +226,7 @@ def _target_options(p) -> None:
     )
     p.add_argument(
         "--model-name",
+        type=model_name,
         help="triton: the model's name in the repository (default: the run folder's or model file's name)",
     )
     p.add_argument("--max-batch", type=count(1), default=32, help="triton: max_batch_size, Triton batching up to it")

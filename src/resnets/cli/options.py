@@ -20,6 +20,7 @@ from ..errors import ResnetsError
 from ..meta import traits_of
 from ..models import get_entry, list_models
 from ..models.registry import TASK_TRAITS
+from ..safe_io import MODEL_NAME
 
 # what loads torch is imported inside the commands that use it: `resnets --help` answers without torch
 
@@ -323,6 +324,13 @@ def say_defaults(p: argparse.ArgumentParser) -> None:
             continue
         shown = ",".join(map(str, a.default)) if isinstance(a.default, (list, tuple)) else a.default
         a.help = f"{a.help} (default {shown})" if a.help else f"default {shown}"
+
+
+def model_name(text: str) -> str:
+    """--model-name: a name a URL path and a folder carry as it is (choices.MODEL_NAME)."""
+    if not re.fullmatch(MODEL_NAME, text):
+        raise argparse.ArgumentTypeError(f"letters, digits, '.', '_' and '-' (at most 100); got {text[:40]!r}")
+    return text
 
 
 def writable_folder(path: str | os.PathLike, flag: str) -> None:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import re
 
 from ..backends import BACKENDS, PRECISIONS, onnx_cache, trim_onnx_cache
 from ..errors import printable
 from ..home import cache_dir, home_dir, onnx_cache_dir
-from .options import count, real
+from .options import count, model_name, real
 
 # what loads torch is imported inside the commands that use it: `resnets --help` answers without torch
 
@@ -146,13 +145,6 @@ def _add_serve_limits(p) -> None:
     )
 
 
-def _model_name(text: str) -> str:
-    """A name a URL path carries as it is: letters, digits, '.', '_', '-'."""
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", text):
-        raise argparse.ArgumentTypeError(f"letters, digits, '.', '_' and '-' (at most 100); got {text[:40]!r}")
-    return text
-
-
 def add_commands(sub) -> None:
     """The subcommands of serving, publishing and the caches."""
     p = sub.add_parser(
@@ -181,7 +173,7 @@ def add_commands(sub) -> None:
     p.add_argument("--calib", nargs="+", metavar="PATH", help="images (files or folders) to calibrate int8 on")
     p.add_argument(
         "--model-name",
-        type=_model_name,
+        type=model_name,
         help="the model's name in the Open Inference Protocol's paths, /v2/models/NAME (default: its architecture)",
     )
     p.add_argument("--precision", default="fp32", choices=list(PRECISIONS))
