@@ -175,12 +175,13 @@ def _bytes_tensor(items: list[bytes]) -> bytes:
     return b"".join(struct.pack("<I", len(b)) + b for b in items)
 
 
-def answer(svc: Service, doc: dict, logits: torch.Tensor, model: str) -> Response:
-    """The infer response: each asked output in JSON or binary (then the JSON header's length in HEADER)."""
+def answer(svc: Service, doc: dict, asked: list[tuple[str, bool, int]], logits: torch.Tensor, model: str) -> Response:
+    """The infer response to `doc`: each output `asked` (_asked) in JSON or binary (then the JSON header's length
+    in HEADER)."""
     probs = logits.float().softmax(1)
     tensors = {"logits": logits.float().numpy(), "probabilities": probs.numpy()}
     outputs, blobs = [], []
-    for name, binary, k in _asked(doc, svc.names):
+    for name, binary, k in asked:
         if k:  # the asked output's own values, best first
             p, c = torch.from_numpy(tensors[name]).topk(k, dim=1)
             rows = [
@@ -253,20 +254,19 @@ def oip_routes(svc: Service, model: str) -> APIRouter:
     @api.post("/v2/models/{name}/versions/{version}/infer", include_in_schema=False)
     async def infer(name: str, request: Request, version: str | None = None):
         async def work(job):
-            known(name, version)
-            svc.need_task("classification", "the Open Inference Protocol's infer")
+            known(name, version)  # (the router is mounted for a classifier only)
             parsed: dict = {}
 
             async def files(request, body, limits):
                 parsed["doc"], binary = request_of(request, body)
-                _asked(parsed["doc"], svc.names)  # a bad output asked is refused before any image is decoded
+                parsed["asked"] = _asked(parsed["doc"], svc.names)  # a bad one refused before any image is decoded
                 return images_in(parsed["doc"], binary, limits)
 
             t0 = time.perf_counter()
             names, images, _ = await svc.decoded(request, job, parse=files)
             feats = await svc.infer(images, job)
             svc.metrics.images.labels("v2_infer").inc(len(names))
-            response = answer(svc, parsed["doc"], svc.logits(torch.stack(feats)), model)
+            response = answer(svc, parsed["doc"], parsed["asked"], svc.logits(torch.stack(feats)), model)
             response.headers["X-Time-Ms"] = f"{1000 * (time.perf_counter() - t0):.1f}"
             return response
 
