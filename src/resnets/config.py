@@ -432,8 +432,7 @@ class TrainConfig(RunKeys, OptimKeys, FinetuneKeys, ClassificationKeys, DenseKey
                 f"{model} is a {task.noun}: {where} (--dataset {self.dataset} holds {data.holds}: train a "
                 f"{data.noun} on it)"
             )
-        if self.augment not in task.augments:
-            raise ResnetsError(f"--augment for a {task.noun} is one of {', '.join(task.augments)}; got {self.augment}")
+        refuse_foreign_augment(self)  # (the model's task is its data's, checked above)
         if task.dense:  # a classifier's keys (mixup, label smoothing, 10 crops, ...) would be kept and not applied
             said = [f.name for f in dataclasses.fields(ClassificationKeys) if getattr(self, f.name) != f.default]
             if said:
