@@ -114,8 +114,18 @@ class Task:
         raise NotImplementedError
 
     def trained_lines(self, result: dict) -> list[str]:
-        """What `resnets train` prints at the end of a run (`result`: the engine's): its scores, the run folder,
-        the model, the files to look at."""
+        """What `resnets train` prints at the end of a run (`result`: the engine's): its scores (run_line), the
+        run folder, the model, the files to look at (files_line)."""
+        d = result["run_dir"]
+        return [self.run_line(result), f"run directory: {d}", f"final model:   {result['model_path']}",
+                self.files_line(d)]  # fmt: skip
+
+    def run_line(self, result: dict) -> str:
+        """A finished run's scores, in one line."""
+        raise NotImplementedError
+
+    def files_line(self, run_dir: str) -> str:
+        """The files of a finished run to look at, in one line."""
         raise NotImplementedError
 
     def eval_lines(self, res: dict, out: str | None, kept: str) -> tuple[list[str], list[str]]:
@@ -291,10 +301,11 @@ class Dense(Task):
         """The final scores of a run or of `resnets eval`, in one line."""
         raise NotImplementedError
 
-    def trained_lines(self, result: dict) -> list[str]:
-        d = result["run_dir"]
-        return [self.score_line(result), f"run directory: {d}", f"final model:   {result['model_path']}",
-                f"scores:        {d}/eval.json"]  # fmt: skip
+    def run_line(self, result: dict) -> str:
+        return self.score_line(result)
+
+    def files_line(self, run_dir: str) -> str:
+        return f"scores:        {run_dir}/eval.json"
 
     def eval_lines(self, res: dict, out: str | None, kept: str) -> tuple[list[str], list[str]]:
         lines = [f"{res['weights']} on {res['data']}:", self.score_line(res)]

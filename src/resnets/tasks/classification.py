@@ -198,7 +198,7 @@ class Classification(Task):
         if run.history:
             plot_curves(run.history, run.run_dir / "curves.png", title)
 
-    def trained_lines(self, result: dict) -> list[str]:
+    def run_line(self, result: dict) -> str:
         top5 = f"  top-5 {result['top5']:.2f}%" if reports_top5(len(result["classes"])) else ""
         line = f"top-1 {result['top1']:.2f}%{top5} on {result['n']} validation images"
         if "ten_crop" in result:
@@ -207,9 +207,10 @@ class Classification(Task):
             line += f" (with flip TTA: top-1 {result['tta']['top1']:.2f}%)"
         if result.get("kept_epoch", len(result["history"])) < len(result["history"]):
             line += f" (the weights of epoch {result['kept_epoch']} of {len(result['history'])})"
-        d = result["run_dir"]
-        return [line, f"run directory: {d}", f"final model:   {result['model_path']}",
-                f"plots:         {d}/curves.png, {d}/confusion.png"]  # fmt: skip
+        return line
+
+    def files_line(self, run_dir: str) -> str:
+        return f"plots:         {run_dir}/curves.png, {run_dir}/confusion.png"
 
     def eval_lines(self, res: dict, out: str | None, kept: str) -> tuple[list[str], list[str]]:
         five = reports_top5(len(res["classes"]))
