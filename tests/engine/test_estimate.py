@@ -148,7 +148,7 @@ def test_a_run_on_image_files_counts_the_loaders_decoding(tmp_path, monkeypatch)
         assert per_image > 0
         monkeypatch.setattr(estimate, "step_rate", lambda run: (100.0, 5))
         monkeypatch.setattr(estimate, "loader_seconds", lambda run: 0.01)
-        monkeypatch.setattr(estimate.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+        monkeypatch.setattr(estimate, "usable_cores", lambda: 2)
         rate, timed, said = estimate.training_rate(run)
         assert (timed, said) == (5, 0.01) and rate == pytest.approx(1 / (1 / 100 + 0.01 / 2))
         again = next(iter(run.train_loader))

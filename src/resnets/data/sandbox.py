@@ -197,6 +197,11 @@ def workers_default() -> int:
 
         if get_worker_info() is not None:
             return 1
+    return usable_cores()
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity: a container's or taskset's share, not the machine's)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 

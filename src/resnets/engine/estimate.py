@@ -5,7 +5,6 @@ and the accuracy its recipe reached where the run is that recipe unchanged."""
 from __future__ import annotations
 
 import copy
-import os
 import statistics
 import time
 from dataclasses import fields
@@ -14,6 +13,7 @@ import torch
 
 from ..config import RECIPE_RESULTS, TrainConfig, resolve
 from ..data.loader import Augmented
+from ..data.sandbox import usable_cores
 from ..devices import autocast
 from .state import Run
 
@@ -86,8 +86,7 @@ def training_rate(run: Run) -> tuple[float, int, float]:
     if per_image:
         workers = max(run.cfg.workers, 1)
         if run.ctx.device.type == "cpu":
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-            rate = 1 / (1 / rate + per_image / min(workers, cores))
+            rate = 1 / (1 / rate + per_image / min(workers, usable_cores()))
         else:
             rate = min(rate, workers / per_image)
     return rate, timed, per_image
