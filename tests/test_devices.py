@@ -64,16 +64,26 @@ torch.manual_seed(0)
 model = resnets.create_model("resnet14", num_classes=10, in_chans=1)
 opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 def step():
     torch.nn.functional.cross_entropy(model(x), y).backward()
     opt.step()
     opt.zero_grad()
+def blocks():  # 40 blocks of 4 MiB written, then all freed at once
+    held = [torch.ones(1 << 20) for _ in range(40)]
+    del held
 for _ in range(3):
     step()
-r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(8):
+per_step = []
+for _ in range(9):
+    r0 = faults()
     step()
-print(keep_host_memory(), (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0) / 8)
+    per_step.append(faults() - r0)
+blocks()
+r0 = faults()
+blocks()
+print(keep_host_memory(), sorted(per_step)[4], faults() - r0)  # the median step: an odd step's faults aside
 """
 
 
@@ -81,20 +91,21 @@ print(keep_host_memory(), (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - 
     not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's"
 )
 def test_a_cpu_training_step_reuses_the_memory_it_freed():
-    """A fresh process that picks its device keeps the memory its tensors free: a training step of resnet14 takes
-    a small part of the page faults it takes with glibc's malloc as it comes (RESNETS_KEEP_HOST_MEMORY=0), which
-    gives the steps' blocks back to the system and faults them in again, thousands of pages a step."""
+    """A fresh process that picks its device keeps the memory its tensors free: its training steps of resnet14
+    fault in no new pages (median step), and 160 MiB freed at once is there for the next 160 MiB (measured: 0-5,120
+    of its 40,960 pages faulted in again). glibc's malloc as it comes (RESNETS_KEEP_HOST_MEMORY=0) moves its
+    thresholds with what was freed before: here it gave back 29,700-36,000 of those pages in 8 of 8 runs, and its
+    steps took 8,500-13,600 faults each, yet after three more rounds of blocks it kept them all; so the process
+    without the setting is shown (in the message), not held to a number."""
 
-    def faults(keep: str) -> tuple[str, float]:
+    def faults(keep: str) -> tuple[str, int, int]:
         env = dict(os.environ, RESNETS_KEEP_HOST_MEMORY=keep, OMP_NUM_THREADS="1")
         out = subprocess.run([sys.executable, "-c", _STEP_FAULTS], env=env, capture_output=True, text=True, check=True)
-        kept, per_step = out.stdout.split()
-        return kept, float(per_step)
+        kept, per_step, freed = out.stdout.split()
+        return kept, int(per_step), int(freed)
 
-    (kept, with_it), (_, again) = faults("1"), faults("1")
-    with_it = min(with_it, again)  # the quieter of two: a busy machine (the suite's other workers) adds odd faults
-    left, without = faults("0")
+    kept, step, freed = faults("1")
+    left, step_as_it_comes, freed_as_it_comes = faults("0")
+    seen = f"kept: {step} a step, {freed} again; as it comes: {step_as_it_comes} a step, {freed_as_it_comes} again"
     assert (kept, left) == ("True", "False")
-    assert without > 1000, without  # the step's blocks come back from the system each time
-    # kept: 0-600 a step here (the odd block still comes from the system), against 6,000-12,000 without
-    assert with_it < without / 5, (with_it, without)
+    assert step < 100 and freed < 10_000, seen

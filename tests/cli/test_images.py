@@ -8,6 +8,7 @@ from conftest import run_cli
 
 import resnets
 from resnets import inference as I
+from resnets.onnx_predict import digest
 
 
 def test_cli_predict_embed_similar_explain(photos, model_file, tmp_path):
@@ -186,6 +187,13 @@ def test_similar_searches_exactly_or_approximately_and_embed_builds_the_approxim
         [h["similarity"] for h in hits["exact"]], abs=1e-6
     )
     monkeypatch.setattr(I, "APPROX_ABOVE", 4)
+    # the approximate index `similar --search approx` built is kept under RESNETS_HOME, named by the index file's
+    # sha256: the same bytes written again (safetensors orders the metadata as it likes: now and then) reuse it
+    # and embed builds nothing; an empty home makes it build
+    written = digest(index)
+    code, _, err = run_cli("embed", photos, "--weights", model_file, "--out", index, "--workers", 0, "--force")
+    assert code == 1 and ("building" not in err) == (digest(index) == written), err
+    monkeypatch.setenv("RESNETS_HOME", str(tmp_path / "home2"))
     code, _, err = run_cli("embed", photos, "--weights", model_file, "--out", index, "--workers", 0, "--force")
     assert code == 1 and "building the approximate search index of 5 rows" in err, err
     code, out, err = run_cli("similar", photos / "coffee.png", "--index", index, "-k", 3, "--json")
