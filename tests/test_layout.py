@@ -281,7 +281,7 @@ FLOORS = [
     ["models", "models.*"],
     ["meta", "devices", "distributed", "onnx_predict"],
     ["weights", "weights.*", "export", "onnx_file", "factory", "summary", "reports", "backends"],
-    ["config", "detect", "segment", "evaluate", "inference"],
+    ["config", "detect", "segment", "evaluate", "inference", "collection"],
     ["tasks", "tasks.*"],
     ["engine", "engine.*", "reproduce", "serve", "serve.*"],
     ["cli", "cli.*", "__main__", ""],

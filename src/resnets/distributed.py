@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -32,9 +33,11 @@ class Context:
         return self.world > 1
 
 
-def setup(device: str = "auto") -> Context:
+def setup(device: str = "auto", *, collectives: str | None = None, timeout_s: float | None = 1800.0) -> Context:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1), else a single-process context.
-    Each process of a machine takes its own GPU (cuda:LOCAL_RANK); more processes than GPUs is an error."""
+    Each process of a machine takes its own GPU (cuda:LOCAL_RANK); more processes than GPUs is an error.
+    collectives: the group's backend (default NCCL on GPUs, gloo on CPUs); timeout_s: how long a collective
+    waits for the slowest rank (None: as long as it takes, for ranks whose shares of work differ)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     dev = pick_device(device, local)
@@ -53,7 +56,9 @@ def setup(device: str = "auto") -> Context:
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        backend = collectives or ("nccl" if dev.type == "cuda" else "gloo")
+        wait = timedelta(days=365) if timeout_s is None else timedelta(seconds=timeout_s)
+        dist.init_process_group(backend, timeout=wait)
     ctx = Context(dist.get_rank(), dist.get_world_size(), local, dev)
     note = restart_hazard(os.environ)
     if note and ctx.is_main and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) == 0:

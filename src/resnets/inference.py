@@ -51,18 +51,22 @@ class Batches:
 
 def batches(
     model: nn.Module,
-    files: list[str],
+    files: list[str] | FileDataset,
     *,
     batch_size: int = 32,
     workers: int = 2,
     device: str | torch.device | None = None,
     loader: str = "auto",
 ) -> Batches:
-    """The files decoded, resized and centre-cropped as the model's preprocessing says, in batches on `device`
-    (default: the model's). On a GPU the JPEGs are decoded there (nvJPEG); on a CPU in `workers` processes."""
+    """The files (or the images of a dataset: a shard's, shards.ShardDataset) decoded, resized and centre-cropped
+    as the model's preprocessing says, in batches on `device` (default: the model's). On a GPU the JPEGs are
+    decoded there (nvJPEG); on a CPU in `workers` processes."""
     pre = preprocessing_for(model)
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    ds = FileDataset([(f, i) for i, f in enumerate(files)], [], channels=len(pre.mean))
+    if isinstance(files, FileDataset):
+        ds, files = files.numbered(len(pre.mean)), [name for name, _ in files.samples]
+    else:
+        ds = FileDataset([(f, i) for i, f in enumerate(files)], [], channels=len(pre.mean))
     workers = min(workers, max(len(files) // batch_size, 0)) if len(files) < 4 * batch_size else workers
     stream = make_eval_loader(
         ds,
@@ -78,13 +82,12 @@ def batches(
     return Batches(files, stream, pre.normalizer(), device)
 
 
-def calibration_batches(model: nn.Module, files: list[str], batch_size: int = 32) -> list[torch.Tensor]:
-    """The model's inputs (normalised, on the CPU) for up to 256 of `files`, to calibrate int8 on; a warning when
-    fewer than 64 images could be read."""
+def calibration_batches(model: nn.Module, files: list[str] | FileDataset, batch_size: int = 32) -> list[torch.Tensor]:
+    """The model's inputs (normalised, on the CPU) for up to 256 of `files` (or a dataset's images), to calibrate
+    int8 on; a warning when fewer than 64 images could be read."""
+    first = files.subset(range(min(256, len(files)))) if isinstance(files, FileDataset) else files[:256]
     calib = [
-        b.cpu()
-        for b, _, _ in batches(model, files[:256], batch_size=batch_size, workers=0, device="cpu")
-        if b is not None
+        b.cpu() for b, _, _ in batches(model, first, batch_size=batch_size, workers=0, device="cpu") if b is not None
     ]
     n = sum(len(b) for b in calib)
     if n < 64:
@@ -98,16 +101,18 @@ def calibration_batches(model: nn.Module, files: list[str], batch_size: int = 32
     return calib
 
 
-def _runner(
+def runner_for(
     model: nn.Module,
     backend: str,
-    files: list[str],
+    files: list[str] | FileDataset,
     output: str,
     batch_size: int,
     precision: str = "fp32",
     device: torch.device | None = None,
     calib: list[torch.Tensor] | None = None,
 ):
+    """`backends.make_runner`'s runner of `model` for `backend` (`output`: logits or features); onnxruntime-int8
+    is calibrated on the first of `files` (or a dataset's images)."""
     from .backends import make_runner
 
     if backend == "onnxruntime-int8" and calib is None:  # calibrate on the images themselves
@@ -133,6 +138,14 @@ def _in_memory(model: nn.Module, pre, images: Sequence, first: int = 0) -> torch
             raise ResnetsError(f"input {i} is an empty image ({x.shape[-1]}x{x.shape[-2]} pixels)")
         out.append(tf(x))
     return pre.normalizer()(torch.stack(out).to(next(model.parameters()).device))
+
+
+def _images(paths) -> tuple[list[str], list[str] | FileDataset]:
+    """(the names, what `batches` reads) of image files and folders, or of a dataset's images (a shard's)."""
+    if isinstance(paths, FileDataset):
+        return [name for name, _ in paths.samples], paths
+    files = find_images(_inputs(paths))
+    return files, files
 
 
 def _inputs(paths) -> list:
@@ -172,31 +185,32 @@ def predict(
 ) -> list[dict]:
     """[{"input", "path", "top": [{"class", "index", "prob"}...]} or {"input", "path", "error"}] in the order of
     the images: "input" is each one's position (a folder's files in sorted order), "path" its file (None for an
-    image given in memory). paths: a file or folder, or a list of them; or images already in memory (a PIL image,
+    image given in memory). paths: a file or folder, or a list of them; a dataset's images (a shard's: the
+    collections of collection.py); or images already in memory (a PIL image,
     a (C, H, W) tensor, a (N, C, H, W) batch or a list of these).
     backend: auto, eager, compile, onnxruntime, or onnxruntime-int8 (calibrated on the first images given).
     precision: fp32, bf16 or fp16 (eager and compile). runner: one made before by
     `resnets.backends.make_runner(model, backend)`, to reuse across calls (an ONNX export or compilation is then
     paid once). Images are decoded on the model's device when it is a GPU."""
     model.eval()
-    paths = _inputs(paths)
-    if not paths:
+    paths = paths if isinstance(paths, FileDataset) else _inputs(paths)
+    if not len(paths):
         raise ResnetsError("predict was given no images (paths, folders, PIL images or image tensors)")
     names, k = meta_of(model).names(model.num_classes), min(top_k, model.num_classes)
-    if paths and not all(isinstance(p, (str, os.PathLike)) for p in paths):  # images in memory
+    if not isinstance(paths, FileDataset) and not all(isinstance(p, (str, os.PathLike)) for p in paths):  # in memory
         pre, run, results = preprocessing_for(model), runner, []
         for start in range(0, len(paths), batch_size):
             x = _in_memory(model, pre, paths[start : start + batch_size], start)
-            run = run or _runner(model, backend, [], "logits", batch_size, precision, x.device, calib=[x.cpu()])
+            run = run or runner_for(model, backend, [], "logits", batch_size, precision, x.device, calib=[x.cpu()])
             results += [{"input": start + i, "path": None} | r for i, r in enumerate(_answers(run(x), k, names))]
         return results
-    files = find_images(paths)
+    files, source = _images(paths)
     device = getattr(runner, "device", None) or next(model.parameters()).device
     stream = iter(
-        batches(model, files, batch_size=batch_size, workers=workers, device=device, loader=loader)
+        batches(model, source, batch_size=batch_size, workers=workers, device=device, loader=loader)
     )  # decoding starts now...
-    run = runner or _runner(
-        model, backend, files, "logits", batch_size, precision, device
+    run = runner or runner_for(
+        model, backend, source, "logits", batch_size, precision, device
     )  # ...while an export or compile runs
     out: list[dict | None] = [None] * len(files)
     positions: dict[str, list[int]] = {}  # a file given twice has two places
@@ -235,11 +249,15 @@ def embed(
     backend: str = "eager",
     precision: str = "fp32",
     loader: str = "auto",
+    runner=None,
+    none_read: bool = False,
 ) -> tuple[torch.Tensor, list[str], list[dict]]:
     """Pooled pre-logit features (N, num_features), or with `layer` ("layer3") that stage's maps (N, C, h, w).
-    Returns (embeddings, files embedded, errors)."""
+    Returns (embeddings, files embedded, errors). paths: as predict's (files, folders or a dataset's images).
+    runner: one made before (`resnets.backends.make_runner(model, backend, output="features")`), reused.
+    When no image could be read: Unreadable, or with `none_read` an empty (0,) tensor and the errors."""
     model.eval()
-    files = find_images(_inputs(paths))
+    files, source = _images(paths)
     stages = list(model.stage_names)
     if layer is not None and layer not in stages:
         raise ResnetsError(f"unknown layer {layer!r}; choose from {', '.join(stages)}")
@@ -247,9 +265,10 @@ def embed(
         raise ResnetsError("stage maps (--layer) come from the eager backend at fp32 only")
     device = next(model.parameters()).device
     stream = iter(
-        batches(model, files, batch_size=batch_size, workers=workers, device=device, loader=loader)
+        batches(model, source, batch_size=batch_size, workers=workers, device=device, loader=loader)
     )  # decoding starts now
-    run = _runner(model, backend, files, "features", batch_size, precision, device) if layer is None else None
+    if layer is None:
+        run = runner or runner_for(model, backend, source, "features", batch_size, precision, device)
     feats: list[torch.Tensor] = []
     kept: list[str] = []
     errors: list[dict] = []
@@ -265,6 +284,8 @@ def embed(
             kept += [files[i] for i in idx]
         bar.update(len(idx) + len(bad))
     bar.close()
+    if not feats and none_read:
+        return torch.zeros(0), kept, errors
     if not feats:
         first = f"{printable(errors[0]['path'])}: {errors[0]['error']}" if errors else ""
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""

@@ -61,11 +61,54 @@ def _export_now(args: argparse.Namespace):
     return export_for_file(model, args.weights, key)
 
 
+def _images_or_data(args: argparse.Namespace) -> bool:
+    """Whether the command runs as a collection (--data): image paths or --data, one of them; a collection
+    writes to an --out folder."""
+    if args.data is None:
+        if not args.paths:
+            raise ResnetsError(f"give image files or folders, or --data: `resnets {args.command} --help`")
+        if args.part_size is not None:
+            raise ResnetsError("--part-size is for --data (a collection's parts)")
+        return False
+    if args.paths:
+        raise ResnetsError(f"give image paths or --data, not both (got {printable(args.paths[0])} and --data)")
+    if args.out is None:
+        raise ResnetsError("--data writes a collection: give its folder with --out DIR")
+    return True
+
+
+def _collection(args: argparse.Namespace, command: str) -> int:
+    """`embed --data` or `predict --data`: collection.py, in this process's share of torchrun's."""
+    from ..collection import PART_SIZE, Job, run
+
+    local = Path(args.data)
+    job = Job(
+        command,
+        str(local.resolve()) if local.exists() else args.data,  # the same job from any folder (its record)
+        args.weights,
+        Path(args.out),
+        part_size=args.part_size or PART_SIZE,
+        layer=getattr(args, "layer", None),
+        top_k=getattr(args, "top_k", 5),
+        batch_size=args.batch_size,
+        workers=args.workers,
+        backend="eager" if args.backend == "auto" else args.backend,
+        precision=args.precision,
+        device=args.device,
+        force=args.force,
+    )
+    return run(job, lambda device: load_for_inference(args.weights, str(device), classifier=True))
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     import csv
 
     from ..onnx_predict import classify, find_images
 
+    if _images_or_data(args):
+        return _collection(args, "predict")
+    if args.out is not None or args.force:
+        raise ResnetsError("--out and --force are for --data (a collection); predict prints its results")
     onnx = _onnx_for(args, export=args.backend == "onnxruntime")
     if onnx:  # ONNX Runtime alone: numpy, Pillow and onnxruntime in this process
         files = find_images(args.paths)
@@ -128,6 +171,10 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     from ..inference import embed, index_for, save_index, search_kind
     from ..safe_io import check_output
 
+    if _images_or_data(args):
+        return _collection(args, "embed")
+    if args.out is None:
+        raise ResnetsError("embed writes an index: give its file with --out INDEX.safetensors")
     check_output(args.out, (".safetensors",), force=args.force, what="embedding index")
     model = load_for_inference(args.weights, args.device, classifier=True)
     emb, files, errors = embed(
@@ -349,6 +396,24 @@ def _predict_backend_help(backends_help: str) -> str:
     )
 
 
+def collection_args(p: argparse.ArgumentParser, output: str, out: str | None = None) -> None:
+    """--data, --out, --force and --part-size: the command over a collection (collection.py)."""
+    p.add_argument(
+        "--data",
+        help="a collection instead of paths: a folder of images, or shards (a folder holding index.json, .tar "
+        "files, URLs); run under torchrun to spread it over processes and machines; run again to continue it",
+    )
+    where = f"{out}; with --data: " if out else "with --data: "
+    p.add_argument("--out", required=False, help=f"{where}the collection's folder: its parts, then {output}")
+    p.add_argument("--force", action="store_true", help="replace --out if it holds files (another collection's)")
+    p.add_argument(
+        "--part-size",
+        type=count(1),
+        help="with --data: a folder's images a part, written whole as it is done: what a kill can cost a process "
+        "(default 1024; shards: a shard a part)",
+    )
+
+
 def add_commands(sub) -> None:
     """The subcommands of using a model on images: predict, embed, similar, explain."""
     from ..backends import BACKENDS, PRECISIONS
@@ -388,22 +453,22 @@ def add_commands(sub) -> None:
         "folders. Exit status: 0 when every image was classified, 1 when any could not be read (the "
         "results of the rest are printed all the same), 2 for bad usage.",
     )
-    p.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
+    p.add_argument("paths", nargs="*", help="image files or folders (searched recursively)")
     inference_args(p, ("auto", _predict_backend_help(backends_help)))
     p.add_argument("--top-k", "-k", type=count(1), default=5, help="classes shown per image (default 5)")
     p.add_argument("--format", choices=["table", "json", "csv"], default="table", help="default table")
     p.add_argument("--json", action="store_true", help="the same as --format json")
+    collection_args(p, "predictions.jsonl (a line an image, as --json's results)")
     p.set_defaults(func=_cmd_predict)
 
     _add_detect(sub)
     _add_segment(sub)
 
     p = sub.add_parser("embed", help="pooled features (or a stage's maps) of images, saved as an index")
-    p.add_argument("paths", nargs="+")
+    p.add_argument("paths", nargs="*", help="image files or folders (searched recursively)")
     inference_args(p)
-    p.add_argument("--out", required=True, help="index file (.safetensors)")
-    p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--layer", help="a stage (layer1..layer4) instead of the pooled pre-logit features")
+    collection_args(p, "embeddings.safetensors (the index similar --index reads)", out="the index file (.safetensors)")
     p.set_defaults(func=_cmd_embed)
 
     _add_similar(sub)

@@ -199,6 +199,10 @@ class FileDataset(Dataset):
     def relabel(self, mapping: dict[int, int], classes: Sequence[str]) -> "FileDataset":
         return FileDataset([(p, mapping[t]) for p, t in self.samples], classes, self.channels)
 
+    def numbered(self, channels: int) -> "FileDataset":
+        """The same images decoded to `channels`, each labelled with its position (how inference names them)."""
+        return FileDataset([(p, i) for i, (p, _) in enumerate(self.samples)], [], channels)
+
 
 def label_map(names: Sequence[str], classes: Sequence[str] | None, where) -> list[int]:
     """The label in `classes` (the training set's, in its order) of each of `names` (a split's own classes, in its

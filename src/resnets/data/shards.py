@@ -128,6 +128,9 @@ class ShardDataset(FileDataset):
             [(p, mapping[t]) for p, t in self.samples], classes, self.channels, self.where, self.streamed
         )
 
+    def numbered(self, channels: int) -> "ShardDataset":
+        return ShardDataset([(p, i) for i, (p, _) in enumerate(self.samples)], [], channels, self.where, self.streamed)
+
     def shard_groups(self) -> list[list[int]] | None:
         """Streamed: the sample numbers of each shard, in shard order (the samplers deal whole shards to ranks so
         each fetches only its share); None for local shards, read in any order."""
@@ -415,6 +418,23 @@ def load(data: str, split: str, channels: int = 3, classes: Sequence[str] | None
     else:
         shards = _named(index, wanted, folder / INDEX)
     return _dataset(index, [(str(folder / s["file"]), s) for s in shards], text, channels, classes)
+
+
+def by_shard(data: str, channels: int = 3) -> list[tuple[str, ShardDataset]]:
+    """Every image of the shards `data` names, a dataset a shard, in the index's order: (the shard's file name, its
+    images). `data`: a folder holding index.json (every split of it), shard files, or shards to stream."""
+    text = str(data).removeprefix("file://")
+    if not remote.is_remote(text) and Path(text).is_dir():
+        folder = Path(text)
+        index = read_index(folder)
+        entries = [(str(folder / s["file"]), s) for split in index["splits"].values() for s in split]
+        ds = _dataset(index, entries, text, channels, None)
+    else:
+        ds = load(text, "train", channels)
+    groups: dict[str, list[int]] = {}
+    for i, (path, _, _) in enumerate(ds.where):
+        groups.setdefault(path, []).append(i)
+    return [(ds.streamed.get(path, (Path(path).name,))[0], ds.subset(idx)) for path, idx in groups.items()]
 
 
 def _named(index: dict, wanted: set[str], where) -> list[dict]:
