@@ -192,3 +192,33 @@ def test_the_serving_manifest_runs_a_valid_server_that_its_probes_service_and_au
     assert (
         "resources" in container and container["resources"]["requests"]["cpu"] == env["RESNETS_DECODE_WORKERS"]["value"]
     )
+
+
+def test_the_kserve_inferenceservice_serves_the_protocol_from_where_kserve_puts_the_model():
+    """docs/cluster/kserve.yaml (issue 40): a v1beta1 InferenceService whose predictor container runs a `resnets
+    serve` our parser takes, on the port KServe sends requests to, from /mnt/models (where the storage initializer
+    puts STORAGE_URI), under the model name its clients ask for; its probes are the protocol's health endpoints,
+    which the server has and which need no token."""
+    from resnets.serve.oip import health_routes
+    from resnets.serve.routes import open_routes
+
+    (doc,) = yaml.safe_load_all((CLUSTER / "kserve.yaml").read_text())
+    assert (doc["apiVersion"], doc["kind"]) == ("serving.kserve.io/v1beta1", "InferenceService")
+    predictor = doc["spec"]["predictor"]
+    (container,) = predictor["containers"]
+    assert container["name"] == "kserve-container"
+    argv = container["command"]
+    assert argv[:2] == ["resnets", "serve"] and "--token" not in argv
+    ns = build_parser().parse_args(argv[1:])
+    assert ns.host == "0.0.0.0" and ns.weights == "/mnt/models" and ns.model_name == "pets"
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["STORAGE_URI"].startswith("pvc://") and env["STORAGE_URI"].endswith("/pets")
+    (port,) = container["ports"]
+    assert port["containerPort"] == ns.port == 8080  # KServe's custom containers listen on 8080
+    unguarded = {r.path for r in health_routes(None).routes} | {r.path for r in open_routes(None).routes}
+    for probe, path in (("readinessProbe", "/v2/health/ready"), ("livenessProbe", "/v2/health/live")):
+        got = container[probe]["httpGet"]
+        assert got["path"] == path and path in unguarded and got["port"] == ns.port
+    assert container["resources"]["requests"]["cpu"] == env["RESNETS_DECODE_WORKERS"]
+    assert container["image"] in set(re.findall(r"docker build .*?-t (\S+) \.", (ROOT / "Dockerfile").read_text()))
+    assert 1 <= predictor["minReplicas"] <= predictor["maxReplicas"]

@@ -30,7 +30,10 @@ def test_tritonclient_sees_a_live_ready_model_and_its_metadata(live_server):
     client = _client(live_server)
     assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("resnet18")
     meta = client.get_model_metadata("resnet18")
-    assert meta["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": [-1]}]
+    assert meta["inputs"] == [
+        {"name": "image", "datatype": "BYTES", "shape": [-1]},
+        {"name": "input", "datatype": "FP32", "shape": [-1, 3, 64, 64]},  # the Triton export's input
+    ]
     assert {o["name"]: o["shape"] for o in meta["outputs"]} == {"logits": [-1, 5], "probabilities": [-1, 5]}
     assert client.get_server_metadata()["name"] == "resnets"
     assert not client.is_model_ready("another")
@@ -91,10 +94,15 @@ def test_tritonclient_infers_in_binary_and_json_as_v1_predict_does(live_server, 
 ONE = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["aGVsbG8="]}]}
 
 
+def _typed(shape, data, kind="FP32") -> dict:
+    return {"inputs": [{"name": "input", "datatype": kind, "shape": shape, "data": data}]}
+
+
 @pytest.mark.parametrize(
     "body, headers, status, needle",
     [
         (json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1.0]}]}), {}, 400, "BYTES"),
+        (json.dumps({"inputs": [{"name": "input", "datatype": "BYTES", "shape": [1]}]}), {}, 400, "UINT8 pixels"),
         (
             json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["%%%"]}]}),
             {},
@@ -134,7 +142,16 @@ ONE = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [
         (json.dumps({"inputs": [{**ONE["inputs"][0], "data": ["aGVsbG8\u00e9"]}]}), {}, 400, "base64"),
         (json.dumps({"inputs": [{**ONE["inputs"][0], "shape": [True]}]}), {}, 400, "shape"),
         (json.dumps({**ONE, "id": 7}), {}, 400, '"id" is a string'),
-        (json.dumps({**ONE, "junk": [0.5] * 200_000}), {}, 400, "far more values"),
+        (json.dumps({**ONE, "junk": [0.5] * 2_000_000}), {}, 400, "far more values"),  # 64 images of 3x64x64: 786,432
+        (json.dumps(_typed([1, 3, 32, 32], [0.0] * 3072)), {}, 400, "shape [N, 3, 64, 64]"),
+        (json.dumps(_typed([1, 3, 64, 64], [0.5] * 12287 + [float("nan")])), {}, 400, "not finite"),
+        (json.dumps(_typed([1, 3, 64, 64], [7] * 12287 + [300], "UINT8")), {}, 400, "from 0 to 255"),
+        (json.dumps(_typed([1, 3, 64, 64], [7] * 12287 + [1.5], "UINT8")), {}, 400, "12288 numbers (UINT8)"),
+        (json.dumps(_typed([1, 3, 64, 64], [0.5] * 12287)), {}, 400, "12288 numbers (FP32)"),
+        (json.dumps(_typed([1, 3, 64, 64], ["0.5"] * 12288)), {}, 400, "12288 numbers (FP32)"),
+        (json.dumps(_typed([1, 3, 64, 64], [[0.5] * 12287, [0.5]])), {}, 400, "nested row-major"),
+        (json.dumps(_typed([65, 3, 64, 64], [])), {}, 413, "--max-files"),
+        (json.dumps(_typed([1, 3, 64, 64], [0] * 12288, "FP16")), {}, 400, '"input" (FP32 normalised, or UINT8'),
         (json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1000]}]}), {}, 413, "--max-files"),
         (
             json.dumps(
@@ -158,6 +175,52 @@ def test_bad_infer_requests_are_one_json_error_each(live_server, body, headers, 
     )
     assert answer.status_code == status and needle in answer.json()["error"], answer.text
     assert httpx.get(live_server.url + "/v2/models/other").status_code == 404
+
+
+def _pixels(photos) -> np.ndarray:
+    """The photos as the model's input size in pixels: (N, 3, 64, 64) uint8."""
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.open(p).convert("RGB").resize((64, 64))).transpose(2, 0, 1) for p in photos])
+
+
+def test_tritonclient_gives_typed_tensors_fp32_normalised_or_uint8_pixels(live_server, serve_files):
+    """The typed input "input": UINT8 pixels (binary), which the server normalises, and FP32 already normalised
+    (JSON), as the Triton export's model takes it: both answer the logits the model gives those pixels here."""
+    import torch
+
+    import resnets
+    from resnets.meta import preprocessing_for
+
+    weights, photos, _ = serve_files
+    model = resnets.load(weights).eval()
+    pixels = _pixels(photos[:3])
+    normalised = preprocessing_for(model).normalizer()(torch.from_numpy(pixels))
+    with torch.no_grad():
+        want = model(normalised).numpy()
+    client = _client(live_server)
+    for kind, data, binary in (("UINT8", pixels, True), ("FP32", normalised.numpy(), False)):
+        given = triton.InferInput("input", list(data.shape), kind)
+        given.set_data_from_numpy(data, binary_data=binary)
+        result = client.infer("resnet18", [given], outputs=[triton.InferRequestedOutput("logits")])
+        np.testing.assert_allclose(result.as_numpy("logits"), want, atol=1e-4, rtol=1e-4, err_msg=kind)
+
+
+def test_a_batch_of_decoded_and_given_images_runs_as_each_would_alone(serve_files):
+    """A decoded image (uint8) and one given normalised (FP32) in one batch: each row is what it gives alone."""
+    import torch
+
+    import resnets
+    from resnets.serve import app
+
+    svc = app(resnets.load(serve_files[0]), backend="eager", device="cpu").state.service
+    pixels = torch.from_numpy(_pixels(serve_files[1][:2]))
+    normalised = svc.normalize(pixels[1:])[0]
+    with torch.no_grad():
+        mixed = svc.forward(svc.collate([pixels[0], normalised]))
+        alone = svc.forward(svc.collate([pixels[0], pixels[1]]))
+    assert svc.collate([pixels[0], normalised]).dtype == torch.float32
+    torch.testing.assert_close(mixed, alone, atol=1e-5, rtol=1e-5)
 
 
 def test_the_protocol_is_behind_the_token_and_its_health_is_not(serve_files):

@@ -49,19 +49,25 @@ def depth(text: bytes, stop: int = MAX_DEPTH) -> int:
     return deepest
 
 
-def loads(raw: bytes, name: str, *, max_depth: int = MAX_DEPTH, what: str = "") -> object:
+def loads(
+    raw: bytes, name: str, *, max_depth: int = MAX_DEPTH, what: str = "", bound: tuple[int, str] | None = None
+) -> object:
     """`raw` parsed, or one ResnetsError naming `name`: not UTF-8, nested deeper than `max_depth` (`what` says how
-    deep such files nest), or not JSON (a number of over 4,300 digits included)."""
+    deep such files nest), over its memory bound once parsed (`bound`: (bytes, what holds that much); default
+    RATIO x its bytes), or not JSON (a number of over 4,300 digits included)."""
     encoding = json.detect_encoding(raw)
     if encoding not in ("utf-8", "utf-8-sig"):
         raise ResnetsError(f"{name}: {encoding.upper()} text; JSON files are UTF-8")
     if depth(raw, max_depth) > max_depth:
         raise ResnetsError(f"{name}: brackets nested deeper than {max_depth}{f' ({what})' if what else ''}")
-    cost, bound = python_bytes(raw), RATIO * len(raw) + SLACK
-    if cost > bound:
+    limit, why = bound or (
+        RATIO * len(raw) + SLACK,
+        f"{RATIO}x the file: objects and arrays packed far tighter than any real file's",
+    )
+    cost = python_bytes(raw)
+    if cost > limit:
         raise ResnetsError(
-            f"{name}: its {len(raw):,} bytes would take about {cost:,} bytes once parsed, over {bound:,} "
-            f"({RATIO}x the file: objects and arrays packed far tighter than any real file's)"
+            f"{name}: its {len(raw):,} bytes would take about {cost:,} bytes once parsed, over {limit:,} ({why})"
         )
     try:
         return json.loads(raw)

@@ -7,14 +7,18 @@ Requests and answers in JSON, or with the binary-data extension (a JSON header o
 bytes, then the tensors' bytes); a BYTES element in binary is a 4-byte little-endian length and its bytes, in JSON a
 base64 string.
 
-Not here yet: inputs as typed tensors (already preprocessed), detectors' and segmenters' outputs, the model
-repository and model-control extensions."""
+Images can also come as the typed tensor "input", [N, C, H, W] at the model's input size: FP32 normalised as the
+model takes it (the input of the model `resnets export --format triton` writes, so one request serves both), or
+UINT8 pixels, which the server normalises. They skip decoding and join the same admission, batches and limits.
+
+Not here yet: detectors' and segmenters' outputs, the model repository and model-control extensions."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import json
+import math
 import re
 import struct
 import time
@@ -25,13 +29,15 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from ..data import jsonfile
-from ..errors import ResnetsError
+from ..errors import ResnetsError, printable
 from ..version import __version__
 from .limits import HTTPFailure, Limits
 from .service import Service
 
 HEADER = "Inference-Header-Content-Length"
-INPUT = "image"
+INPUT = "image"  # BYTES: encoded image files
+TENSOR = "input"  # FP32 (normalised) or UINT8 (pixels): [N, C, H, W] at the model's input size
+TENSOR_TYPES = {"FP32": "<f4", "UINT8": "u1"}
 OUTPUTS = ("logits", "probabilities")
 DEPTH = 8  # nesting of a request's JSON (objects, lists): what the protocol needs, and no more
 
@@ -46,13 +52,13 @@ def _refused(detail: str) -> HTTPFailure:
     return HTTPFailure(400, detail)
 
 
-def _json(raw: bytes) -> dict:
-    """The request's JSON object through the bounded reader (UTF-8, nesting depth), and at most about twice its
-    bytes once parsed: a request of images is a few base64 strings, not millions of values."""
-    if jsonfile.python_bytes(raw) > 2 * len(raw) + (1 << 20):
-        raise _refused("the request's JSON holds far more values than images need (base64 strings, a few fields)")
+def _json(raw: bytes, values: int) -> dict:
+    """The request's JSON object through the bounded reader (UTF-8, nesting depth, memory): once parsed, at most
+    about twice its bytes and `values` numbers more (the largest typed tensor a request may give)."""
+    bound = 2 * len(raw) + (1 << 20) + jsonfile.VALUE_BYTES * values
+    why = "far more values than a request holds: base64 strings, or --max-files images' tensors"
     try:
-        doc = jsonfile.loads(raw, "the request's JSON", max_depth=DEPTH)
+        doc = jsonfile.loads(raw, "the request's JSON", max_depth=DEPTH, bound=(bound, why))
     except ResnetsError as e:
         raise _refused(str(e)) from None
     if not isinstance(doc, dict):
@@ -77,34 +83,93 @@ def _split_bytes(blob: bytes, n: int) -> list[bytes]:
     return out
 
 
-def request_of(request: Request, body: bytes) -> tuple[dict, bytes]:
-    """(the JSON header, the binary data after it) of an infer request."""
+def request_of(request: Request, body: bytes, values: int) -> tuple[dict, bytes]:
+    """(the JSON header, the binary data after it) of an infer request; `values`: as _json's."""
     size = request.headers.get(HEADER)
     if size is None:
-        return _json(body), b""
+        return _json(body, values), b""
     if not re.fullmatch(r"[0-9]{1,12}", size) or int(size) > len(body):
         raise _refused(f"{HEADER} is {size[:20]!r} for a body of {len(body)} bytes")
-    return _json(body[: int(size)]), body[int(size) :]
+    return _json(body[: int(size)], values), body[int(size) :]
 
 
-def images_in(doc: dict, binary: bytes, limits: Limits) -> list[tuple[str, bytes]]:
-    """(name, bytes) of each image of the request's "image" input."""
+def inputs_in(doc: dict, binary: bytes, limits: Limits, shape: tuple[int, ...]) -> list[tuple[str, object]]:
+    """Each image of the request's one input: (name, its encoded bytes) of "image", or (name, a (C, H, W) tensor
+    at the model's input `shape`) of "input"."""
     inputs = doc.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-        raise _refused(f'give one input, "{INPUT}": the encoded images (BYTES, one element an image)')
+        raise _refused(f'give one input: "{INPUT}" (BYTES: encoded images) or "{TENSOR}" (FP32 or UINT8 [N, C, H, W])')
     spec = inputs[0]
-    name, kind, shape = spec.get("name"), spec.get("datatype"), spec.get("shape")
+    name, kind = spec.get("name"), spec.get("datatype")
+    if name == TENSOR and kind in TENSOR_TYPES:
+        return tensors_in(spec, binary, limits, shape)
     if name != INPUT or kind != "BYTES":
-        raise _refused(f'the input is "{INPUT}", BYTES (encoded image files); got {str(name)[:40]!r}, {str(kind)[:10]}')
+        raise _refused(
+            f'the inputs are "{INPUT}" (BYTES: encoded image files) or "{TENSOR}" (FP32 normalised, or UINT8 pixels: '
+            f"[N, {', '.join(map(str, shape))}]); got {printable(str(name))[:40]!r}, {printable(str(kind))[:10]}"
+        )
+    return images_in(spec, binary, limits)
+
+
+def _images_count(spec: dict, shape: list, limits: Limits) -> int:
+    n = shape[0]
+    if n == 0:
+        raise _refused(f'"{spec["name"]}" holds no images (shape {shape})')
+    if n > limits.max_files:
+        raise HTTPFailure(413, f"more than {limits.max_files} images in one request (--max-files)", kind="too_large")
+    return n
+
+
+def tensors_in(spec: dict, binary: bytes, limits: Limits, shape: tuple[int, ...]) -> list[tuple[str, torch.Tensor]]:
+    """(name, (C, H, W) tensor) of each image of the typed input "input": FP32 (finite) or UINT8, in JSON (numbers,
+    flat or nested row-major) or binary (little-endian), exactly [N, *shape]."""
+    kind, dims = spec["datatype"], spec.get("shape")
+    if not isinstance(dims, list) or len(dims) != 4 or not all(_count(d) for d in dims) or dims[1:] != list(shape):
+        want = ", ".join(map(str, shape))
+        raise _refused(f'"{TENSOR}" has shape [N, {want}] (the model\'s input); got {printable(str(dims))[:60]}')
+    n = _images_count(spec, dims, limits)
+    count, dtype = n * math.prod(shape), np.dtype(TENSOR_TYPES[kind])
+    params = _params(spec)
+    if "binary_data_size" in params:
+        size = params["binary_data_size"]
+        if not _count(size) or size != len(binary) or size != count * dtype.itemsize:
+            raise _refused(
+                f'"{TENSOR}"\'s binary_data_size is {str(size)[:20]}; {len(binary)} bytes follow the header, and '
+                f"{n} x {list(shape)} {kind} takes {count * dtype.itemsize}"
+            )
+        array = np.frombuffer(binary, dtype).astype(dtype.newbyteorder("="))
+    else:
+        array = _numbers(spec.get("data"), kind, count)
+    if kind == "FP32" and not np.isfinite(array).all():
+        raise _refused(f'"{TENSOR}" holds values that are not finite')
+    images = torch.from_numpy(array.reshape(n, *shape)).unbind(0)
+    return [(f"{TENSOR}[{i}]", im) for i, im in enumerate(images)]
+
+
+def _numbers(data, kind: str, count: int) -> np.ndarray:
+    """A JSON tensor's `count` numbers as FP32 or UINT8 (whole numbers from 0 to 255), flat."""
+    wrong = f'"{TENSOR}"\'s data in JSON: {count} numbers ({kind}), flat or nested row-major'
+    try:
+        array = np.asarray(data)
+    except (ValueError, TypeError):  # ragged nesting
+        raise _refused(wrong) from None
+    if not isinstance(data, list) or array.size != count or array.dtype.kind not in ("iuf" if kind == "FP32" else "iu"):
+        raise _refused(wrong)
+    if kind == "UINT8":
+        if array.min() < 0 or array.max() > 255:
+            raise _refused(f'"{TENSOR}" is UINT8: its values are from 0 to 255')
+        return array.astype(np.uint8).ravel()
+    return array.astype(np.float32).ravel()
+
+
+def images_in(spec: dict, binary: bytes, limits: Limits) -> list[tuple[str, bytes]]:
+    """(name, bytes) of each image of the request's "image" input."""
+    shape = spec.get("shape")
     if not isinstance(shape, list) or not all(_count(d) for d in shape) or len(shape) not in (1, 2):
         raise _refused(f'"{INPUT}" has shape [N] or [N, 1]; got {str(shape)[:40]}')
     if len(shape) == 2 and shape[1] != 1:
         raise _refused(f'"{INPUT}" has shape [N] or [N, 1]; got {shape}')
-    n = shape[0]
-    if n == 0:
-        raise _refused(f'"{INPUT}" holds no images (shape {shape})')
-    if n > limits.max_files:
-        raise HTTPFailure(413, f"more than {limits.max_files} images in one request (--max-files)", kind="too_large")
+    n = _images_count(spec, shape, limits)
     params = _params(spec)
     if "binary_data_size" in params:
         size = params["binary_data_size"]
@@ -217,7 +282,10 @@ def metadata(svc: Service, model: str) -> dict:
         "name": model,
         "versions": ["1"],
         "platform": "pytorch",
-        "inputs": [{"name": INPUT, "datatype": "BYTES", "shape": [-1]}],
+        "inputs": [
+            {"name": INPUT, "datatype": "BYTES", "shape": [-1]},
+            {"name": TENSOR, "datatype": "FP32", "shape": [-1, *svc.input_shape]},  # or UINT8 (pixels)
+        ],
         "outputs": [{"name": o, "datatype": "FP32", "shape": [-1, n]} for o in OUTPUTS],
     }
 
@@ -258,9 +326,10 @@ def oip_routes(svc: Service, model: str) -> APIRouter:
             parsed: dict = {}
 
             async def files(request, body, limits):
-                parsed["doc"], binary = request_of(request, body)
+                values = limits.max_files * math.prod(svc.input_shape)  # the largest typed input
+                parsed["doc"], binary = request_of(request, body, values)
                 parsed["asked"] = _asked(parsed["doc"], svc.names)  # a bad one refused before any image is decoded
-                return images_in(parsed["doc"], binary, limits)
+                return inputs_in(parsed["doc"], binary, limits, svc.input_shape)
 
             t0 = time.perf_counter()
             names, images, _ = await svc.decoded(request, job, parse=files)

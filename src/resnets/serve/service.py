@@ -285,9 +285,11 @@ class Service:
         input in the decode pool: (names, images, each one's full (width, height)); the first bad one's
         HTTPFailure. The body's bytes count in the upload budget until its images are decoded (or it fails).
         `parse(request, body, limits)`: the (name, bytes) of each image in the body (a form or an image; the Open
-        Inference Protocol's tensors)."""
+        Inference Protocol's tensors), or (name, tensor) of each image given as the model's input (`given`)."""
         with self.uploads.upload() as upload:
             files = await parse(request, await self.body(request, job, upload), self.limits)
+            if files and isinstance(files[0][1], torch.Tensor):  # the model's input already: nothing to decode
+                return self.given(job, files)
             if lane is None:
                 self.admission.check_count(len(files))
             header_pixels = self.admit(job, await self.headers(files), lane)
@@ -302,6 +304,14 @@ class Service:
         for pixels, (_, seconds) in zip(header_pixels, results):
             self.admission.decoded(pixels, seconds)
         return [n for n, _ in files], [im for (im, _), _ in results], [full for (_, full), _ in results]
+
+    def given(self, job: Job, inputs: list[tuple[str, torch.Tensor]]):
+        """Images given as the model's input ((name, (C, H, W) tensor): the Open Inference Protocol's typed input),
+        admitted as decoded ones are, with no decoding: `decoded`'s (names, images, sizes)."""
+        self.admission.check_count(len(inputs))
+        work = sum(self.model_pixels(t.shape[-1], t.shape[-2]) for _, t in inputs)
+        self.admission.admit(job, work, work, 0.0, None, len(inputs))
+        return [n for n, _ in inputs], [t for _, t in inputs], [(t.shape[-1], t.shape[-2]) for _, t in inputs]
 
     async def infer(self, images: list[torch.Tensor], job: Job) -> list:
         """The batcher's row for each image of `job` (decoded): 503 at once for an image the queue would make

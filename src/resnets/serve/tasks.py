@@ -105,11 +105,16 @@ class ClassifierService(Service):
         return image, full
 
     def collate(self, images: list[torch.Tensor]) -> torch.Tensor:
-        return torch.stack(images)  # (B, C, crop, crop) uint8
+        """(B, C, crop, crop) uint8, normalised on the device in `forward`; with an image given already normalised
+        (float: the Open Inference Protocol's FP32 input) in the batch, float, each uint8 one normalised here."""
+        if all(im.dtype == torch.uint8 for im in images):
+            return torch.stack(images)
+        return torch.stack([self.normalize(im[None])[0] if im.dtype == torch.uint8 else im for im in images])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """A uint8 batch (B, C, crop, crop) -> pooled features (B, num_features) (or an ONNX file's logits)."""
-        return self.runner(self.normalize(images.to(self.device, non_blocking=True)))
+        """A batch (`collate`'s) -> pooled features (B, num_features) (or an ONNX file's logits)."""
+        x = images.to(self.device, non_blocking=True)
+        return self.runner(x if x.is_floating_point() else self.normalize(x))
 
     def rows(self, out: torch.Tensor) -> torch.Tensor:
         return out.float().cpu()
