@@ -34,7 +34,11 @@ def test_tritonclient_sees_a_live_ready_model_and_its_metadata(live_server):
         {"name": "image", "datatype": "BYTES", "shape": [-1]},
         {"name": "input", "datatype": "FP32", "shape": [-1, 3, 64, 64]},  # the Triton export's input
     ]
-    assert {o["name"]: o["shape"] for o in meta["outputs"]} == {"logits": [-1, 5], "probabilities": [-1, 5]}
+    assert {o["name"]: o["shape"] for o in meta["outputs"]} == {
+        "logits": [-1, 5],
+        "probabilities": [-1, 5],
+        "features": [-1, 512],  # the pooled features /v1/embed answers
+    }
     assert client.get_server_metadata()["name"] == "resnets"
     assert not client.is_model_ready("another")
 
@@ -57,6 +61,12 @@ def test_tritonclient_infers_in_binary_and_json_as_v1_predict_does(live_server, 
     for row, want in zip(probs, expected):
         assert int(row.argmax()) == want["top"][0]["index"]
         assert [round(float(row[t["index"]]), 4) for t in want["top"]] == [round(t["prob"], 4) for t in want["top"]]
+    # the pooled features, as /v1/embed answers them
+    feats = client.infer("resnet18", [image], outputs=[triton.InferRequestedOutput("features")]).as_numpy("features")
+    embedded = httpx.post(
+        live_server.url + "/v1/embed", files=[("files", (p.name, p.read_bytes())) for p in photos], timeout=60
+    ).json()["results"]
+    np.testing.assert_allclose(feats, np.array([e["embedding"] for e in embedded]), atol=1e-4, rtol=1e-4)
     # Triton's classification extension: "score:index:label", best first
     ranked = client.infer("resnet18", [image], outputs=[triton.InferRequestedOutput("probabilities", class_count=2)])
     top = ranked.as_numpy("probabilities")
@@ -239,13 +249,54 @@ def test_the_protocol_is_behind_the_token_and_its_health_is_not(serve_files):
         assert server.stop() == 0, server.output()
 
 
-def test_a_detector_offers_no_model_in_the_protocol(tiny_detector):
-    """Its outputs are not the protocol's here yet: no /v2/models (it claimed a classifier's logits, then refused
-    to infer); its health answers."""
-    server = Server(tiny_detector)
+def test_tritonclient_gets_a_detectors_boxes_as_v1_detect_gives_them(tiny_detector, shapes_set):
+    """A detector in the protocol: its metadata, and per image the boxes, scores and labels /v1/detect answers
+    (padded to the most boxes an image has: scores 0, labels -1) with each image's count; the "score" parameter
+    keeps what ?score= keeps; no typed input and no classification extension."""
+    server = Server(tiny_detector, "--model-name", "shapes")
     try:
-        assert httpx.get(server.url + "/v2/health/ready").status_code == 200
-        answer = httpx.get(server.url + "/v2/models/fasterrcnn_resnet50_fpn")
-        assert answer.status_code == 404 and "error" in answer.json()
+        client = triton.InferenceServerClient(url=f"127.0.0.1:{server.port}", network_timeout=60)
+        meta = client.get_model_metadata("shapes")
+        assert [i["name"] for i in meta["inputs"]] == ["image"]
+        assert {o["name"]: (o["datatype"], o["shape"]) for o in meta["outputs"]} == {
+            "boxes": ("FP32", [-1, -1, 4]),
+            "scores": ("FP32", [-1, -1]),
+            "labels": ("INT64", [-1, -1]),
+            "count": ("INT64", [-1]),
+        }
+        photos = sorted((shapes_set / "val" / "images").iterdir())
+
+        def as_v1_detect(score: float):
+            want = httpx.post(
+                server.url + f"/v1/detect?score={score}",
+                files=[("files", (p.name, p.read_bytes())) for p in photos],
+                timeout=60,
+            ).json()["results"]
+            image = triton.InferInput("image", [len(photos)], "BYTES")
+            image.set_data_from_numpy(np.array([p.read_bytes() for p in photos], dtype=np.object_), binary_data=True)
+            got = client.infer("shapes", [image], parameters={"score": score})
+            boxes, scores, labels, count = (got.as_numpy(n) for n in ("boxes", "scores", "labels", "count"))
+            assert count.tolist() == [len(w["boxes"]) for w in want] and boxes.shape == (len(photos), max(count), 4)
+            for i, w in enumerate(want):
+                n = count[i]
+                assert labels[i, :n].tolist() == [b["label"] for b in w["boxes"]]
+                assert scores[i, :n] == pytest.approx([b["score"] for b in w["boxes"]], abs=1e-4)
+                assert boxes[i, :n] == pytest.approx(np.array([b["box"] for b in w["boxes"]]).reshape(n, 4), abs=0.01)
+                assert (labels[i, n:] == -1).all() and (scores[i, n:] == 0).all()
+            return count, scores
+
+        every, scores = as_v1_detect(0.0)
+        middle = round(float(np.median(scores[scores > 0])), 4)
+        fewer, _ = as_v1_detect(middle)  # "score" keeps what ?score= keeps: here about half of them, padded
+        assert every.sum() > fewer.sum() > 0, (every, fewer)
+        bad = [
+            ({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 3, 64, 64]}]}, 'takes "image" only'),
+            ({**ONE, "outputs": [{"name": "boxes", "parameters": {"classification": 1}}]}, "classification ranks"),
+            ({**ONE, "parameters": {"score": 2}}, '"score" is a number from 0 to 1'),
+            ({**ONE, "outputs": [{"name": "logits"}]}, "unknown output 'logits'"),
+        ]
+        for body, needle in bad:
+            answer = httpx.post(server.url + "/v2/models/shapes/infer", json=body, timeout=60)
+            assert answer.status_code == 400 and needle in answer.json()["error"], answer.text
     finally:
         assert server.stop() == 0, server.output()

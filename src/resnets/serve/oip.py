@@ -1,17 +1,19 @@
-"""The Open Inference Protocol (KServe v2, Triton's HTTP API) beside our own API, for a classifier: the clients of
-KServe and Triton (tritonclient) call `resnets serve` as they call those servers. Images go in as the BYTES input
-"image" (encoded files: JPEG, PNG, ...), one element an image, decoded through the same sandbox, admission, batcher
-and limits as /v1/predict; out come "logits" and "probabilities" (FP32, one row an image), and Triton's
-classification extension (an output asked with parameters {"classification": k}: "score:index:label" strings).
-Requests and answers in JSON, or with the binary-data extension (a JSON header of Inference-Header-Content-Length
-bytes, then the tensors' bytes); a BYTES element in binary is a 4-byte little-endian length and its bytes, in JSON a
-base64 string.
+"""The Open Inference Protocol (KServe v2, Triton's HTTP API) beside our own API: the clients of KServe and Triton
+(tritonclient) call `resnets serve` as they call those servers. Images go in as the BYTES input "image" (encoded
+files: JPEG, PNG, ...), one element an image, decoded through the same sandbox, admission, batcher and limits as
+/v1/predict and /v1/detect. A classifier answers "logits" and "probabilities" (FP32, one row an image), "features"
+(the pooled features /v1/embed answers) and Triton's classification extension (an output asked with parameters
+{"classification": k}: "score:index:label" strings); a detector "boxes", "scores", "labels" and "count"
+(`outputs_of`). Requests and answers in JSON, or with the binary-data extension (a JSON header of
+Inference-Header-Content-Length bytes, then the tensors' bytes); a BYTES element in binary is a 4-byte
+little-endian length and its bytes, in JSON a base64 string.
 
-Images can also come as the typed tensor "input", [N, C, H, W] at the model's input size: FP32 normalised as the
-model takes it (the input of the model `resnets export --format triton` writes, so one request serves both), or
-UINT8 pixels, which the server normalises. They skip decoding and join the same admission, batches and limits.
+A classifier's images can also come as the typed tensor "input", [N, C, H, W] at the model's input size: FP32
+normalised as the model takes it (the input of the model `resnets export --format triton` writes, so one request
+serves both), or UINT8 pixels, which the server normalises. They skip decoding and join the same admission,
+batches and limits.
 
-Not here yet: detectors' and segmenters' outputs, the model repository and model-control extensions."""
+Not here yet: segmenters' class maps, the model repository and model-control extensions."""
 
 from __future__ import annotations
 
@@ -29,16 +31,19 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from ..data import jsonfile
+from ..detect import to_full
 from ..errors import ResnetsError, printable
 from ..version import __version__
 from .limits import HTTPFailure, Limits
 from .service import Service
+from .tasks import SCORE_THRESHOLD
 
 HEADER = "Inference-Header-Content-Length"
 INPUT = "image"  # BYTES: encoded image files
 TENSOR = "input"  # FP32 (normalised) or UINT8 (pixels): [N, C, H, W] at the model's input size
 TENSOR_TYPES = {"FP32": "<f4", "UINT8": "u1"}
-OUTPUTS = ("logits", "probabilities")
+CLASSIFIES = ("logits", "probabilities")  # the outputs Triton's classification extension ranks
+DATATYPES = {np.dtype("float32"): "FP32", np.dtype("int64"): "INT64"}
 DEPTH = 8  # nesting of a request's JSON (objects, lists): what the protocol needs, and no more
 
 
@@ -93,14 +98,16 @@ def request_of(request: Request, body: bytes, values: int) -> tuple[dict, bytes]
     return _json(body[: int(size)], values), body[int(size) :]
 
 
-def inputs_in(doc: dict, binary: bytes, limits: Limits, shape: tuple[int, ...]) -> list[tuple[str, object]]:
+def inputs_in(doc: dict, binary: bytes, limits: Limits, shape: tuple[int, ...] | None) -> list[tuple[str, object]]:
     """Each image of the request's one input: (name, its encoded bytes) of "image", or (name, a (C, H, W) tensor
-    at the model's input `shape`) of "input"."""
+    at the model's input `shape`) of "input" (None: a model that takes encoded images only)."""
     inputs = doc.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise _refused(f'give one input: "{INPUT}" (BYTES: encoded images) or "{TENSOR}" (FP32 or UINT8 [N, C, H, W])')
     spec = inputs[0]
     name, kind = spec.get("name"), spec.get("datatype")
+    if name == TENSOR and shape is None:
+        raise _refused(f'this model takes "{INPUT}" only (BYTES: encoded image files, of any size)')
     if name == TENSOR and kind in TENSOR_TYPES:
         return tensors_in(spec, binary, limits, shape)
     if name != INPUT or kind != "BYTES":
@@ -211,40 +218,94 @@ def _flag(params: dict, key: str, default: bool) -> bool:
     return value
 
 
-def _asked(doc: dict, names: list[str]) -> list[tuple[str, bool, int]]:
+def outputs_of(svc: Service) -> dict[str, tuple[str, list[int]]]:
+    """The model's outputs in the protocol: name -> (datatype, shape; -1 any count). A classifier: its logits and
+    probabilities (an image a row) and, a model with pooled features (not an ONNX file), those ("features", what
+    /v1/embed answers). A detector: each image's boxes (x0, y0, x1, y1 in its own pixels), scores and class indices,
+    best first, padded to the most boxes an image of the request has (boxes and scores 0, labels -1), and each
+    image's count of boxes."""
+    if svc.task == "detection":
+        return {
+            "boxes": ("FP32", [-1, -1, 4]),
+            "scores": ("FP32", [-1, -1]),
+            "labels": ("INT64", [-1, -1]),
+            "count": ("INT64", [-1]),
+        }
+    n = len(svc.names)
+    out = {"logits": ("FP32", [-1, n]), "probabilities": ("FP32", [-1, n])}
+    if svc.features:
+        out["features"] = ("FP32", [-1, svc.model.num_features])
+    return out
+
+
+def _asked(doc: dict, svc: Service) -> list[tuple[str, bool, int]]:
     """(output, in binary, classification's k or 0) of each output the request asks for, each at most once
-    (default: both, in JSON or as the request's binary_data_output parameter says)."""
+    (default: all, in JSON or as the request's binary_data_output parameter says)."""
     if "id" in doc and not isinstance(doc["id"], str):
         raise _refused('"id" is a string')
     default_binary = _flag(_params(doc), "binary_data_output", False)
+    given, names = outputs_of(svc), svc.names
     asked = doc.get("outputs")
     if asked is None:
-        return [(o, default_binary, 0) for o in OUTPUTS]
+        return [(o, default_binary, 0) for o in given]
     if not isinstance(asked, list) or not all(isinstance(o, dict) for o in asked):
         raise _refused('"outputs" is a list of {"name": ..., "parameters": {...}}')
     out = []
     for o in asked:
         params = _params(o)
         k = params.get("classification", 0)
-        if o.get("name") not in OUTPUTS:
-            raise _refused(f"unknown output {str(o.get('name'))[:40]!r}; this model gives {', '.join(OUTPUTS)}")
+        if o.get("name") not in given:
+            raise _refused(f"unknown output {str(o.get('name'))[:40]!r}; this model gives {', '.join(given)}")
         if any(o["name"] == seen for seen, _, _ in out):
             raise _refused(f"output {o['name']!r} asked twice")
         if not _count(k) or k > len(names):
             raise _refused(f"classification is a count of classes from 0 to {len(names)}; got {str(k)[:20]}")
+        if k and o["name"] not in CLASSIFIES:
+            raise _refused(f"classification ranks a classifier's {' or '.join(CLASSIFIES)}, not {o['name']!r}")
         out.append((o["name"], _flag(params, "binary_data", default_binary), k))
     return out
+
+
+def _score(doc: dict) -> float:
+    """A detector's request parameter "score": keep boxes scoring at least this (as /v1/detect's ?score=)."""
+    value = _params(doc).get("score", SCORE_THRESHOLD)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise _refused(f'"score" is a number from 0 to 1; got {printable(str(value))[:20]}')
+    return float(value)
+
+
+def classifier_tensors(svc: Service, rows: list[torch.Tensor]) -> dict[str, np.ndarray]:
+    """A classifier's outputs for the batcher's rows (pooled features, or an ONNX file's logits)."""
+    feats = torch.stack(rows).float()
+    logits = svc.logits(feats).float()
+    out = {"logits": logits.numpy(), "probabilities": logits.softmax(1).numpy()}
+    if svc.features:
+        out["features"] = feats.numpy()
+    return out
+
+
+def detector_tensors(svc: Service, rows: list[dict], images: list, sizes: list, score: float) -> dict[str, np.ndarray]:
+    """A detector's outputs: the boxes scoring at least `score` in each image's own coordinates, padded."""
+    kept = []
+    for out, im, full in zip(rows, images, sizes):
+        out = to_full(out, tuple(im.shape[1:]), full)
+        keep = out["scores"] >= score
+        kept.append((out["boxes"][keep].float(), out["scores"][keep].float(), out["labels"][keep].long()))
+    n, k = len(kept), max((len(s) for _, s, _ in kept), default=0)
+    boxes, scores = np.zeros((n, k, 4), np.float32), np.zeros((n, k), np.float32)
+    labels, count = np.full((n, k), -1, np.int64), np.zeros(n, np.int64)
+    for i, (b, s, c) in enumerate(kept):
+        boxes[i, : len(s)], scores[i, : len(s)], labels[i, : len(s)], count[i] = b.numpy(), s.numpy(), c.numpy(), len(s)
+    return {"boxes": boxes, "scores": scores, "labels": labels, "count": count}
 
 
 def _bytes_tensor(items: list[bytes]) -> bytes:
     return b"".join(struct.pack("<I", len(b)) + b for b in items)
 
 
-def answer(svc: Service, doc: dict, asked: list[tuple[str, bool, int]], logits: torch.Tensor, model: str) -> Response:
-    """The infer response to `doc`: each output `asked` (_asked) in JSON or binary (then the JSON header's length
-    in HEADER)."""
-    probs = logits.float().softmax(1)
-    tensors = {"logits": logits.float().numpy(), "probabilities": probs.numpy()}
+def answer(svc: Service, doc: dict, asked: list[tuple[str, bool, int]], tensors: dict, model: str) -> Response:
+    """The infer response to `doc`: each output `asked` (_asked) of `tensors` in JSON or binary (then the JSON
+    header's length in HEADER)."""
     outputs, blobs = [], []
     for name, binary, k in asked:
         if k:  # the asked output's own values, best first
@@ -257,9 +318,9 @@ def answer(svc: Service, doc: dict, asked: list[tuple[str, bool, int]], logits: 
             flat = [e for row in rows for e in row]
             data, blob = [e.decode() for e in flat], _bytes_tensor(flat)
         else:
-            array = np.ascontiguousarray(tensors[name], dtype="<f4")
-            spec = {"name": name, "datatype": "FP32", "shape": list(array.shape)}
-            data, blob = array.ravel().tolist(), array.tobytes()
+            array = tensors[name]
+            spec = {"name": name, "datatype": DATATYPES[array.dtype], "shape": list(array.shape)}
+            data, blob = array.ravel().tolist(), np.ascontiguousarray(array, array.dtype.newbyteorder("<")).tobytes()
         if binary:
             spec["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
@@ -276,18 +337,13 @@ def answer(svc: Service, doc: dict, asked: list[tuple[str, bool, int]], logits: 
 
 
 def metadata(svc: Service, model: str) -> dict:
-    """The model's metadata: its one input and its outputs, with their types and shapes (-1: any count)."""
-    n = len(svc.names)
-    return {
-        "name": model,
-        "versions": ["1"],
-        "platform": "pytorch",
-        "inputs": [
-            {"name": INPUT, "datatype": "BYTES", "shape": [-1]},
-            {"name": TENSOR, "datatype": "FP32", "shape": [-1, *svc.input_shape]},  # or UINT8 (pixels)
-        ],
-        "outputs": [{"name": o, "datatype": "FP32", "shape": [-1, n]} for o in OUTPUTS],
-    }
+    """The model's metadata: its inputs and outputs, with their types and shapes (-1: any count). A classifier
+    takes encoded images or tensors at its input size; a detector encoded images (of any size)."""
+    inputs = [{"name": INPUT, "datatype": "BYTES", "shape": [-1]}]
+    if svc.task == "classification":
+        inputs.append({"name": TENSOR, "datatype": "FP32", "shape": [-1, *svc.input_shape]})  # or UINT8 (pixels)
+    outputs = [{"name": o, "datatype": kind, "shape": shape} for o, (kind, shape) in outputs_of(svc).items()]
+    return {"name": model, "versions": ["1"], "platform": "pytorch", "inputs": inputs, "outputs": outputs}
 
 
 def oip_routes(svc: Service, model: str) -> APIRouter:
@@ -322,20 +378,26 @@ def oip_routes(svc: Service, model: str) -> APIRouter:
     @api.post("/v2/models/{name}/versions/{version}/infer", include_in_schema=False)
     async def infer(name: str, request: Request, version: str | None = None):
         async def work(job):
-            known(name, version)  # (the router is mounted for a classifier only)
+            known(name, version)  # (the router is mounted for a classifier or a detector)
             parsed: dict = {}
 
             async def files(request, body, limits):
-                values = limits.max_files * math.prod(svc.input_shape)  # the largest typed input
+                shape = getattr(svc, "input_shape", None) if svc.task == "classification" else None
+                values = limits.max_files * math.prod(shape) if shape else 0  # the largest typed input
                 parsed["doc"], binary = request_of(request, body, values)
-                parsed["asked"] = _asked(parsed["doc"], svc.names)  # a bad one refused before any image is decoded
-                return inputs_in(parsed["doc"], binary, limits, svc.input_shape)
+                parsed["asked"] = _asked(parsed["doc"], svc)  # a bad one refused before any image is decoded
+                parsed["score"] = _score(parsed["doc"]) if svc.task == "detection" else None
+                return inputs_in(parsed["doc"], binary, limits, shape)
 
             t0 = time.perf_counter()
-            names, images, _ = await svc.decoded(request, job, parse=files)
-            feats = await svc.infer(images, job)
+            names, images, sizes = await svc.decoded(request, job, parse=files)
+            rows = await svc.infer(images, job)
             svc.metrics.images.labels("v2_infer").inc(len(names))
-            response = answer(svc, parsed["doc"], parsed["asked"], svc.logits(torch.stack(feats)), model)
+            if svc.task == "detection":
+                tensors = detector_tensors(svc, rows, images, sizes, parsed["score"])
+            else:
+                tensors = classifier_tensors(svc, rows)
+            response = answer(svc, parsed["doc"], parsed["asked"], tensors, model)
             response.headers["X-Time-Ms"] = f"{1000 * (time.perf_counter() - t0):.1f}"
             return response
 
