@@ -1,3 +1,4 @@
+import functools
 import os
 
 # `make test` runs a pytest-xdist worker per core: each computes on its share of the cores (two workers of two
@@ -525,6 +526,12 @@ def hostile_images() -> dict[str, tuple[str, bytes]]:
     ("bytes per sample": 16-bit, int32, float), a small image wrapping a huge one ("container"), many frames or
     pages ("frames"), and formats not read at all ("disallowed"). Each one a few KB; none may cost more than the
     decoder's caps."""
+    return dict(_hostile_images())  # a copy: a test may change its dict, never the next test's
+
+
+@functools.cache
+def _hostile_images() -> dict[str, tuple[str, bytes]]:
+    """hostile_images, made once a process (a few seconds of encoding, the same bytes every time)."""
     import io
     import struct
 
