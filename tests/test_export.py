@@ -120,18 +120,34 @@ def test_a_detector_and_a_segmenter_export_to_onnx_and_answer_as_eager(
     tiny_detector, tiny_segmenter, shapes_set, tmp_path
 ):
     """torchvision's ONNX path: a detector's file takes one image of any size and gives the eager model's boxes,
-    labels and scores; a segmenter's gives its logits; both carry the model record; a failed check leaves nothing."""
+    labels and scores; a segmenter's gives its logits; both carry the model record; a failed check leaves nothing.
+    The detector's is written as a model of a Triton repository (issue 40): its config.pbtxt, read by Triton's own
+    ModelConfig protobuf, names the file's input and outputs with their types and dims, unbatched by Triton."""
     import json
 
     import onnxruntime as ort
+    from google.protobuf import text_format
 
     from resnets.data.datasets import decode
     from resnets.factory import load
 
-    code, out, err = run_cli("export", "--weights", tiny_detector, "--format", "onnx", "--out", tmp_path / "det.onnx")
-    assert code == 0, err
-    assert "outputs boxes, labels, scores" in out
-    sess = ort.InferenceSession(str(tmp_path / "det.onnx"))
+    model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
+    code, out, err = run_cli("export", "--weights", tiny_detector, "--format", "triton", "--out", tmp_path / "repo",
+                             "--model-name", "shapes")  # fmt: skip
+    assert code == 0 and "one [0, 1] image (3, H, W) of any size; outputs boxes, labels, scores" in out, err
+    folder = tmp_path / "repo" / "shapes"
+    assert sorted(p.name for p in folder.iterdir()) == ["1", "config.pbtxt", "labels.txt", "preprocessing.json"]
+    config = text_format.Parse((folder / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert (config.name, config.platform, config.max_batch_size) == ("shapes", "onnxruntime_onnx", 0)
+    T = model_config_pb2
+    assert [(i.name, i.data_type, list(i.dims)) for i in config.input] == [("image", T.TYPE_FP32, [3, -1, -1])]
+    assert [(o.name, o.data_type, list(o.dims)) for o in config.output] == [
+        ("boxes", T.TYPE_FP32, [-1, 4]),
+        ("labels", T.TYPE_INT64, [-1]),
+        ("scores", T.TYPE_FP32, [-1]),
+    ]
+    assert (folder / "labels.txt").read_text().split() == ["__background__", "circle", "square", "triangle"]
+    sess = ort.InferenceSession(str(folder / "1" / "model.onnx"))
     meta = sess.get_modelmeta().custom_metadata_map
     assert json.loads(meta["resnets.class_names"]) == ["__background__", "circle", "square", "triangle"]
     model = load(tiny_detector).eval()

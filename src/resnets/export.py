@@ -221,15 +221,40 @@ def triton_config(name: str, channels: int, crop: int, classes: int, max_batch: 
     )
 
 
+ONNX_TO_TRITON = {"tensor(float)": "TYPE_FP32", "tensor(int64)": "TYPE_INT64", "tensor(uint8)": "TYPE_UINT8"}
+
+
+def triton_io(path: str | os.PathLike) -> str:
+    """The input and output blocks of config.pbtxt for an ONNX file taking what its graph says (max_batch_size
+    0: the dims are the file's own, a dimension of any size -1): a detector's or segmenter's."""
+    sess = ort_session(path)
+
+    def block(kind: str, tensors) -> str:
+        rows = []
+        for t in tensors:
+            if t.type not in ONNX_TO_TRITON:
+                raise ResnetsError(f"{t.name} is {t.type}: no Triton type here for it")
+            dims = ", ".join(str(d) if isinstance(d, int) and d >= 0 else "-1" for d in t.shape)
+            typed = ONNX_TO_TRITON[t.type]
+            rows.append(f'  {{\n    name: "{t.name}"\n    data_type: {typed}\n    dims: [ {dims} ]\n  }}')
+        return f"{kind} [\n" + ",\n".join(rows) + "\n]\n"
+
+    return block("input", sess.get_inputs()) + block("output", sess.get_outputs())
+
+
 def export_triton(model: nn.Module, repo: str | os.PathLike, name: str, *, max_batch: int = 32) -> dict:
-    """A Triton model repository for a classifier: REPO/NAME/1/model.onnx (checked against eager PyTorch as
-    `export` checks), REPO/NAME/config.pbtxt, labels.txt (a class a line) and preprocessing.json (what an image is
-    made into before the input: resize, crop, mean, std) beside it; written in a temporary folder and moved into
-    place whole."""
+    """A Triton model repository's model: REPO/NAME/1/model.onnx (checked against eager PyTorch as `export`
+    checks), REPO/NAME/config.pbtxt, labels.txt (a class a line) and preprocessing.json (what an image is made into
+    before the input) beside it; written in a temporary folder and moved into place whole. A classifier is batched
+    by Triton up to `max_batch` (dynamic batching) on its normalised (C, crop, crop) input; a detector takes one
+    [0, 1] image of any size and gives its detections, a segmenter normalised batches and its per-pixel logits
+    (export_dense's files: Triton does not batch them, max_batch_size 0)."""
+    dense = is_dense(model)
     pre = meta_of(model).preprocessing
-    if pre is None:
+    if pre is None and not dense:
         raise ResnetsError("the model records no preprocessing (size, mean, std): a Triton client could not feed it")
-    repo, n = Path(repo), model.num_classes
+    repo = Path(repo)
+    names = list(meta_of(model).class_names or []) if dense else meta_of(model).names(model.num_classes)
     if not re.fullmatch(MODEL_NAME, name):
         raise ResnetsError(f"a model's name in Triton is letters, digits, '.', '_' and '-'; got {name[:40]!r}")
     final = repo / name
@@ -239,13 +264,32 @@ def export_triton(model: nn.Module, repo: str | os.PathLike, name: str, *, max_b
     with tempfile.TemporaryDirectory(dir=repo, prefix=f".{name}.") as tmp:
         folder = Path(tmp) / name
         (folder / "1").mkdir(parents=True)
-        r = export(model, folder / "1" / "model.onnx", "onnx")
-        (folder / "config.pbtxt").write_text(triton_config(name, len(pre.mean), pre.crop, n, max_batch))
-        (folder / "labels.txt").write_text("".join(f"{c}\n" for c in meta_of(model).names(n)))
-        (folder / "preprocessing.json").write_text(json.dumps(pre.to_dict(), indent=2))
+        head = f'name: "{name}"\nplatform: "onnxruntime_onnx"\n'
+        if dense:
+            r = export_dense(model, folder / "1" / "model.onnx")
+            config = head + "max_batch_size: 0\n" + triton_io(folder / "1" / "model.onnx")
+            feed = _dense_feed(dense)
+            said = {"input": r["input"], "outputs": r["outputs"], "max_batch": 0}
+        else:
+            r = export(model, folder / "1" / "model.onnx", "onnx")
+            config = triton_config(name, len(pre.mean), pre.crop, len(names), max_batch)
+            feed = pre.to_dict()
+            said = {"input": [len(pre.mean), pre.crop, pre.crop], "max_batch": max_batch}
+        (folder / "config.pbtxt").write_text(config)
+        (folder / "labels.txt").write_text("".join(f"{c}\n" for c in names))
+        (folder / "preprocessing.json").write_text(json.dumps(feed, indent=2))
         folder.rename(final)
-    return {"path": str(final), "max_abs_diff": r["max_abs_diff"], "input": [len(pre.mean), pre.crop, pre.crop],
-            "classes": n, "max_batch": max_batch}  # fmt: skip
+    return {"path": str(final), "max_abs_diff": r["max_abs_diff"], "classes": len(names), "task": dense or "classification",
+            **said}  # fmt: skip
+
+
+def _dense_feed(task: str) -> dict:
+    """preprocessing.json of a detector's or segmenter's Triton model: what its input is made of."""
+    if task == "detection":
+        return {"input": "image", "layout": "CHW", "scale": "RGB divided by 255: [0, 1]", "size": "any: the model "
+                "resizes and normalises it", "outputs": "boxes (x0, y0, x1, y1 in the image's pixels), labels, scores"}  # fmt: skip
+    return {"input": "image", "layout": "NCHW", "scale": "RGB divided by 255, then (x - mean) / std",
+            "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "size": "any", "outputs": "per-pixel logits"}  # fmt: skip
 
 
 # ---- int8 through ONNX Runtime

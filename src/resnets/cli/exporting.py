@@ -102,7 +102,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _export_triton(args: argparse.Namespace) -> int:
-    """A classifier as a model of a Triton model repository (export.export_triton)."""
+    """A model of a Triton model repository (export.export_triton): a classifier, a detector or a segmenter."""
     from ..export import export_triton
     from ..factory import load
 
@@ -114,14 +114,19 @@ def _export_triton(args: argparse.Namespace) -> int:
     if (Path(args.out) / name).exists():  # before the model is loaded
         raise ResnetsError(f"{Path(args.out) / name} exists: give another --model-name, or remove it")
     model = load(args.weights)
-    refuse_dense(model, args.weights)
     r = export_triton(model, args.out, name, max_batch=args.max_batch)
     d = r["max_abs_diff"]
-    print(f"max abs difference from eager PyTorch: {max(d.values()):.2e}")
+    print(f"max abs difference from eager PyTorch: {max(d.values()) if isinstance(d, dict) else d:.2e}")
+    if r["task"] == "classification":
+        what = (
+            f"max_batch_size {r['max_batch']}, dynamic batching, input {' x '.join(map(str, r['input']))} float32 "
+            f"normalised, {r['classes']} logits"
+        )
+    else:  # a detector's or segmenter's file, as `export --format onnx` writes it
+        what = f"max_batch_size 0, input {r['input']}"
     print(
-        f"wrote {r['path']}/: 1/model.onnx, config.pbtxt (onnxruntime_onnx, max_batch_size {r['max_batch']}, "
-        f"dynamic batching, input {' x '.join(map(str, r['input']))} float32 normalised, {r['classes']} logits), "
-        f"labels.txt, preprocessing.json; tritonserver --model-repository {args.out} serves it"
+        f"wrote {r['path']}/: 1/model.onnx, config.pbtxt (onnxruntime_onnx, {what}), labels.txt, "
+        f"preprocessing.json; tritonserver --model-repository {args.out} serves it"
     )
     return 0
 
