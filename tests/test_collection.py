@@ -43,7 +43,9 @@ def test_a_folder_in_parts_gives_what_embed_and_predict_give_for_its_files(photo
 
     code, out, _ = run_cli("predict", photos, "--weights", model_file, "--json", "-k", 2)
     want = json.loads(out)
-    code, out, err = run_cli("predict", "--data", photos, "--weights", model_file, "--out", tmp_path / "p", "-k", 2)
+    code, out, err = run_cli(
+        "predict", "--data", photos, "--weights", model_file, "--out", tmp_path / "p", "-k", 2, "--backend", "eager"
+    )
     assert code == 1 and f"6 predictions -> {tmp_path / 'p' / C.OUTPUT['predict']}" in out, err
     got = [json.loads(line) for line in (tmp_path / "p" / C.OUTPUT["predict"]).read_text().splitlines()]
     assert [(r["input"], r["path"], "error" in r) for r in got] == [(r["input"], r["path"], "error" in r) for r in want]
@@ -72,9 +74,9 @@ def test_a_collection_continues_where_it_stopped_and_refuses_another_job(photos,
     assert again[1] == first[1] and torch.equal(again[0], first[0])
 
     for other, why in (
-        (["--layer", "layer3"], "its layer is none, not layer3"),
-        (["--part-size", 3], "its images differ (3 parts there, 2 now)"),
-        (["--backend", "onnxruntime"], "its backend is eager, not onnxruntime"),
+        (["--layer", "layer3"], "its layer is none, not layer3 (--layer)"),
+        (["--part-size", 3], "its part_size is 2, not 3 (--part-size)"),
+        (["--backend", "onnxruntime"], "its backend is eager, not onnxruntime (--backend)"),
     ):
         code, _, err = run_cli(*args, *other)
         assert code == 2 and f"holds a collection of another job ({why})" in err and "--force" in err, err
@@ -101,6 +103,8 @@ def test_a_collection_continues_where_it_stopped_and_refuses_another_job(photos,
     assert code == 2 and "--out and --force are for --data" in err
     code, _, err = run_cli("predict", "--weights", model_file)
     assert code == 2 and "give image files or folders, or --data" in err
+    code, _, err = run_cli("predict", "--data", photos, "--weights", model_file, "--out", tmp_path / "q", "--json")
+    assert code == 2 and "drop --format" in err and not (tmp_path / "q").exists()
 
 
 def _class_folders(root, photos) -> None:
@@ -130,6 +134,9 @@ def test_shards_are_parts_a_shard_each_and_embed_as_their_files_do(photos, model
     names = sorted(p.name for p in (tmp_path / "e" / "parts").iterdir())
     assert [n.split("-", 1)[1] for n in names] == [m.replace(".tar", ".safetensors") for m in made]
     rows, keys = _index(tmp_path / "e" / C.OUTPUT["embed"])
+    code, out, err = run_cli("similar", photos / "coffee.png", "--index", tmp_path / "e", "-k", 3, "--json")
+    hits = json.loads(out)  # its 3 copies in the shards, a collection's folder searched
+    assert code == 0 and [h["similarity"] for h in hits] == pytest.approx([1.0] * 3, abs=1e-4), err
     assert len(keys) == 15 and all(k.split("/")[-2] in made for k in keys)
     code, _, err = run_cli("embed", tmp_path / "folder", "--weights", model_file, "--out", tmp_path / "f.safetensors")
     want, _ = _index(tmp_path / "f.safetensors")
@@ -172,3 +179,28 @@ def test_a_killed_collection_continued_by_two_gloo_processes_gives_one_processs_
     assert "1 image could not be read" in err  # and exit 0: torchrun would restart a group that exits 1
     again = _index(tmp_path / "killed" / C.OUTPUT["embed"])
     assert again[1] == one[1] and torch.equal(again[0], one[0])
+
+
+def test_similar_refuses_a_model_other_than_the_one_that_made_the_index(photos, model_file, tmp_path):
+    """The index records the sha256 of the model that made it: a query embedded by another model of the same width
+    would compare features of two models, silently; it is one line and exit 2. A model moved away is named, with
+    how to point at it."""
+    import resnets
+
+    code, _, _ = run_cli("embed", photos, "--weights", model_file, "--out", tmp_path / "i.safetensors")
+    assert code == 1
+    torch.manual_seed(1)
+    other = resnets.create_model("resnet18", num_classes=4).eval()
+    resnets.save(other, tmp_path / "other.safetensors", class_names=["a", "b", "c", "d"])
+    code, _, err = run_cli("similar", photos / "coffee.png", "--index", tmp_path / "i.safetensors",
+                           "--weights", tmp_path / "other.safetensors")  # fmt: skip
+    assert code == 2 and "is not the model that made the index" in err, err
+    moved = tmp_path / "moved.safetensors"
+    moved.write_bytes(model_file.read_bytes())
+    code, _, err = run_cli("similar", photos / "coffee.png", "--index", tmp_path / "i.safetensors", "--weights", moved)
+    assert code == 0, err  # the same model, wherever it is
+    index = tmp_path / "j.safetensors"
+    code, _, _ = run_cli("embed", photos, "--weights", moved, "--out", index)
+    moved.unlink()
+    code, _, err = run_cli("similar", photos / "coffee.png", "--index", index)
+    assert code == 2 and "give --weights where it is now" in err, err

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from . import distributed
+from .backends import auto_backend
 from .data import jsonfile, remote, shards
 from .errors import ResnetsError, printable
 from .inference import APPROX_ABOVE, embed, index_for, predict, runner_for, save_index
@@ -100,6 +101,7 @@ def manifest(job: Job, parts: list[tuple[str, object]]) -> dict:
         names = _names(images)
         rows.append([name, len(names), hashlib.sha256("\n".join(names).encode()).hexdigest()[:32]])
     asked = {"layer": job.layer} if job.command == "embed" else {"top_k": job.top_k}
+    cut = {} if isinstance(parts[0][1] if parts else None, shards.ShardDataset) else {"part_size": job.part_size}
     return {
         "format": FORMAT,
         "command": job.command,
@@ -108,15 +110,21 @@ def manifest(job: Job, parts: list[tuple[str, object]]) -> dict:
         "backend": job.backend,
         "precision": job.precision,
         "data": job.data,
+        **cut,
         "parts": rows,
     }
 
 
 def _differs(old: dict, new: dict) -> str | None:
     """What makes the collection recorded (`old`) another job than `new`, in a few words; None: the same job."""
-    for key in ("format", "command", "weights", "sha256", "layer", "top_k", "backend", "precision"):
+    for key in ("format", "command", "weights", "sha256", "layer", "top_k", "backend", "precision", "part_size"):
         if old.get(key) != new.get(key):
-            return f"its {key} is {_shown(old.get(key))}, not {_shown(new.get(key))}"
+            flag = (
+                f" (--{key.replace('_', '-')})"
+                if key in ("layer", "top_k", "backend", "precision", "part_size")
+                else ""
+            )
+            return f"its {key} is {_shown(old.get(key))}, not {_shown(new.get(key))}{flag}"
     if old.get("parts") != new.get("parts"):
         return f"its images differ ({len(old.get('parts') or [])} parts there, {len(new['parts'])} now)"
     return None
@@ -181,6 +189,8 @@ def run(job: Job, load) -> int:
     written. Exit status: 0, or 1 when any image could not be read."""
     ctx = distributed.setup(job.device, collectives="gloo", timeout_s=None)
     try:
+        if job.backend == "auto":  # the fastest for this device (ONNX Runtime for fp32 on a CPU); stage maps: eager
+            job.backend = "eager" if job.layer else auto_backend(ctx.device, job.precision)
         model = load(ctx.device).eval()
         parts = parts_of(job.data, job.part_size, channels=len(preprocessing_for(model).mean))
         record = manifest(job, parts)

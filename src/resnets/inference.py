@@ -24,7 +24,7 @@ from .data.loader import make_eval_loader
 from .errors import ResnetsError, Unreadable, printable
 from .home import home_dir
 from .meta import meta_of, preprocessing_for
-from .onnx_predict import NOT_FINITE, digest, find_images
+from .onnx_predict import NOT_FINITE, digest, find_images, model_files
 from .safe_io import atomic_path
 
 
@@ -296,11 +296,15 @@ def embed(
 def save_index(
     path: str | os.PathLike, embeddings: torch.Tensor, files: list[str], *, weights: str, layer: str | None
 ) -> Path:
-    """An embedding index: safetensors with the matrix and, in its metadata, the file names and the model."""
+    """An embedding index: safetensors with the matrix and, in its metadata, the file names and the model (its
+    path and, for a file here, the sha256 of its weights)."""
     from safetensors.torch import save_file
 
     path = Path(path)
     meta = {"format": "resnets.embeddings/1", "files": json.dumps(files), "weights": str(weights), "layer": layer or ""}
+    made_by = model_files(weights)
+    if made_by:  # which model made the rows: `similar` refuses to embed its query with another
+        meta["weights_sha256"] = digest(made_by[0])
     with atomic_path(path) as tmp:
         save_file({"embeddings": embeddings.contiguous()}, str(tmp), metadata=meta)
     return path

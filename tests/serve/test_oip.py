@@ -39,6 +39,7 @@ def test_tritonclient_sees_a_live_ready_model_and_its_metadata(live_server):
         "probabilities": [-1, 5],
         "features": [-1, 512],  # the pooled features /v1/embed answers
     }
+    assert meta["platform"] == "pytorch_libtorch"  # (--backend eager; onnxruntime_onnx on ONNX Runtime)
     assert client.get_server_metadata()["name"] == "resnets"
     assert not client.is_model_ready("another")
 

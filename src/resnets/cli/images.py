@@ -92,7 +92,7 @@ def _collection(args: argparse.Namespace, command: str) -> int:
         top_k=getattr(args, "top_k", 5),
         batch_size=args.batch_size,
         workers=args.workers,
-        backend="eager" if args.backend == "auto" else args.backend,
+        backend=args.backend,  # auto: the fastest for the device (collection.run)
         precision=args.precision,
         device=args.device,
         force=args.force,
@@ -106,6 +106,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from ..onnx_predict import classify, find_images
 
     if _images_or_data(args):
+        if args.json or args.format != "table":
+            raise ResnetsError("--data writes predictions.jsonl (a line an image, as --json's results): drop --format")
         return _collection(args, "predict")
     if args.out is not None or args.force:
         raise ResnetsError("--out and --force are for --data (a collection); predict prints its results")
@@ -201,9 +203,17 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 def _cmd_similar(args: argparse.Namespace) -> int:
     from ..inference import embed, index_for, load_index, neighbours
 
+    where = Path(args.index)
+    if where.is_dir() and (where / "embeddings.safetensors").is_file():  # a collection's folder (embed --data)
+        args.index = str(where / "embeddings.safetensors")
     index, files, meta = load_index(args.index)
     weights = args.weights or meta["weights"]
-    model = load_for_inference(weights, args.device, classifier=True)
+    try:
+        model = load_for_inference(weights, args.device, classifier=True)
+    except ResnetsError as e:
+        if args.weights:
+            raise
+        raise ResnetsError(f"{e} (the model the index records: give --weights where it is now)") from None
     q, _, errors = embed(model, [args.query], layer=meta.get("layer") or None, workers=0)
     if errors:
         raise Unreadable(f"cannot read {args.query}: {errors[0]['error']}")
@@ -212,6 +222,7 @@ def _cmd_similar(args: argparse.Namespace) -> int:
             f"{args.index} holds embeddings of shape {tuple(index.shape[1:])} made by {meta['weights']}; "
             f"{weights} gives {tuple(q.shape[1:])}: query with the model that made the index"
         )
+    _same_model(weights, meta)
     searched = index_for(args.index, index, args.search, said=lambda text: print(text, file=sys.stderr))
     scores, idx = neighbours(searched, q, args.k)
     rows = [{"path": files[i], "similarity": s} for s, i in zip(scores[0].tolist(), idx[0].tolist()) if i >= 0]
@@ -221,6 +232,20 @@ def _cmd_similar(args: argparse.Namespace) -> int:
         for r in rows:
             print(f"{r['similarity']:.4f}  {printable(r['path'])}")
     return 0
+
+
+def _same_model(weights: str, meta: dict) -> None:
+    """One line when the model file `weights` is not the one whose sha256 the index records: its rows and the
+    query would be features of two models, and their similarities meaningless."""
+    from ..onnx_predict import digest, model_files
+
+    files = model_files(weights)
+    recorded = meta.get("weights_sha256")
+    if recorded and files and digest(files[0]) != recorded:
+        raise ResnetsError(
+            f"{weights} is not the model that made the index (its sha256 differs from the one the index records): "
+            "embed the images again with it, or query with the model that made the index"
+        )
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
@@ -371,7 +396,7 @@ def _add_detect(sub) -> None:
 def _add_similar(sub) -> None:
     p = sub.add_parser("similar", help="nearest neighbours of an image in an embedding index (cosine)")
     p.add_argument("query")
-    p.add_argument("--index", required=True)
+    p.add_argument("--index", required=True, help="an index embed wrote, or a collection's folder (embed --data)")
     p.add_argument("--top-k", "-k", dest="k", type=count(1), default=5, help="how many neighbours")
     p.add_argument("--weights", help="default: the model the index was made with")
     p.add_argument("--device", default="auto")
@@ -450,8 +475,9 @@ def add_commands(sub) -> None:
         "predict",
         help="classify image files and folders",
         description="Classify image files and "
-        "folders. Exit status: 0 when every image was classified, 1 when any could not be read (the "
-        "results of the rest are printed all the same), 2 for bad usage.",
+        "folders; with --data, a collection in parts (spread over torchrun's processes, resumable). Exit status: 0 "
+        "when every image was classified, 1 when any could not be read (the results of the rest are printed all the "
+        "same; under torchrun 0, said: torchrun restarts a group that exits 1), 2 for bad usage.",
     )
     p.add_argument("paths", nargs="*", help="image files or folders (searched recursively)")
     inference_args(p, ("auto", _predict_backend_help(backends_help)))
@@ -464,7 +490,14 @@ def add_commands(sub) -> None:
     _add_detect(sub)
     _add_segment(sub)
 
-    p = sub.add_parser("embed", help="pooled features (or a stage's maps) of images, saved as an index")
+    p = sub.add_parser(
+        "embed",
+        help="pooled features (or a stage's maps) of images, saved as an index",
+        description="Pooled features (or a stage's maps) of image files and folders, saved as an index that "
+        "`resnets similar` searches; with --data, a collection in parts (spread over torchrun's processes, "
+        "resumable). Exit status: 0 when every image was embedded, 1 when any could not be read (listed; the rest "
+        "are embedded all the same; under torchrun 0, said), 2 for bad usage.",
+    )
     p.add_argument("paths", nargs="*", help="image files or folders (searched recursively)")
     inference_args(p)
     p.add_argument("--layer", help="a stage (layer1..layer4) instead of the pooled pre-logit features")

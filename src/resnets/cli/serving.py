@@ -48,9 +48,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     )
     svc = api.state.service
     where = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{args.port}"
+    oip = f", the Open Inference Protocol at /v2/models/{api.state.oip_model}" if api.state.oip_model else ""
     print(
         f"serving {svc.shown()[:-1]}, {svc.backend} at {svc.precision} on "
-        f"{svc.device}) at {where}: the page at /, the API at /docs{'; a bearer token is required' if svc.token else ''}",
+        f"{svc.device}) at {where}: the page at /, the API at /docs{oip}"
+        f"{'; a bearer token is required' if svc.token else ''}",
         flush=True,
     )
     run(

@@ -343,7 +343,10 @@ def metadata(svc: Service, model: str) -> dict:
     if svc.task == "classification":
         inputs.append({"name": TENSOR, "datatype": "FP32", "shape": [-1, *svc.input_shape]})  # or UINT8 (pixels)
     outputs = [{"name": o, "datatype": kind, "shape": shape} for o, (kind, shape) in outputs_of(svc).items()]
-    return {"name": model, "versions": ["1"], "platform": "pytorch", "inputs": inputs, "outputs": outputs}
+    platform = (
+        "onnxruntime_onnx" if str(svc.backend).startswith("onnxruntime") else "pytorch_libtorch"
+    )  # Triton's names
+    return {"name": model, "versions": ["1"], "platform": platform, "inputs": inputs, "outputs": outputs}
 
 
 def oip_routes(svc: Service, model: str) -> APIRouter:
