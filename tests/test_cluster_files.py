@@ -221,4 +221,4 @@ def test_the_kserve_inferenceservice_serves_the_protocol_from_where_kserve_puts_
         assert got["path"] == path and path in unguarded and got["port"] == ns.port
     assert container["resources"]["requests"]["cpu"] == env["RESNETS_DECODE_WORKERS"]
     assert container["image"] in set(re.findall(r"docker build .*?-t (\S+) \.", (ROOT / "Dockerfile").read_text()))
-    assert 1 <= predictor["minReplicas"] <= predictor["maxReplicas"]
+    assert 1 <= predictor["minReplicas"] <= predictor["maxReplicas"] and predictor["scaleMetric"] == "cpu"

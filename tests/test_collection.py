@@ -204,3 +204,86 @@ def test_similar_refuses_a_model_other_than_the_one_that_made_the_index(photos, 
     moved.unlink()
     code, _, err = run_cli("similar", photos / "coffee.png", "--index", index)
     assert code == 2 and "give --weights where it is now" in err, err
+
+
+def test_a_collections_folder_from_elsewhere_is_checked_not_believed(photos, model_file, tmp_path):
+    """What a hostile review did to a collection's folder: a parts/ that links elsewhere (--force clearing it once
+    followed the link and deleted there, and kept another model's parts), a part with fewer rows than names
+    (merged into an index whose rows and names disagreed, exit 0), malformed parts and records (tracebacks), a
+    training run's folder with a record planted, a file replaced between runs (its old result kept), a bad
+    --layer (a folder left that the corrected command then refused), every image unreadable (exit 2, not 1), a
+    pattern of a billion shards (gigabytes before a line). Each is one line, and nothing outside DIR is touched."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    args = ["embed", "--data", photos, "--weights", model_file, "--part-size", 2, "--workers", 0]
+    out = tmp_path / "e"
+    assert run_cli(*args, "--out", out)[0] == 1
+    elsewhere = tmp_path / "elsewhere"
+    (out / "parts").rename(elsewhere)
+    (out / "parts").symlink_to(elsewhere)
+    (elsewhere / ".victim.tmp").write_text("a file of someone else's")
+    for extra in ([], ["--force", "--layer", "layer4"]):
+        code, _, err = run_cli(*args, "--out", out, *extra)
+        assert code == 2 and "not a folder of this collection's own" in err, err
+    assert (elsewhere / ".victim.tmp").exists() and len(list(elsewhere.iterdir())) == 4
+    (out / "parts").unlink()
+    elsewhere.rename(out / "parts")
+
+    first = sorted(p for p in (out / "parts").iterdir() if p.suffix == ".safetensors")[0]
+    tensors = load_file(str(first))
+    with safe_open(str(first), "pt") as f:
+        meta = f.metadata()
+    save_file({"embeddings": tensors["embeddings"][:1]}, str(first), metadata=meta)  # 1 row, 2 names
+    (out / C.OUTPUT["embed"]).unlink()
+    code, _, err = run_cli(*args, "--out", out)
+    assert code == 2 and f"{first} is not the part of 2 images" in err and "remove it" in err, err
+    first.write_bytes(b"not a safetensors file")
+    code, _, err = run_cli(*args, "--out", out)
+    assert code == 2 and f"{first} is not the part of 2 images" in err, err
+    (out / C.MANIFEST).write_text('{"format": "resnets.collection/1", "command": "embed", "parts": 5}')
+    code, _, err = run_cli(*args, "--out", out)
+    assert code == 2 and "holds a collection of another job" in err, err
+
+    p = tmp_path / "p"
+    assert run_cli("predict", "--data", photos, "--weights", model_file, "--out", p, "--backend", "eager")[0] == 1
+    (p / "parts" / "000000-images.jsonl").write_text("not json\n5\n")
+    code, _, err = run_cli("predict", "--data", photos, "--weights", model_file, "--out", p, "--backend", "eager")
+    assert code == 2 and "000000-images.jsonl is not the part of" in err, err
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text('{"model": "resnet18"}')
+    (run / C.MANIFEST).write_text("{}")
+    code, _, err = run_cli(*args, "--out", run, "--force")
+    assert (
+        code == 2
+        and "training run's folder" in err
+        and sorted(p.name for p in run.iterdir())
+        == [
+            C.MANIFEST,
+            "config.json",
+        ]
+    )
+
+    changing = tmp_path / "changing"
+    changing.mkdir()
+    for name in ("a.jpg", "b.png"):
+        (changing / name).write_bytes(next(photos.glob(f"*{name[-4:]}")).read_bytes())
+    assert run_cli(*args[:2], changing, *args[3:], "--out", tmp_path / "c")[0] == 0
+    (changing / "a.jpg").write_bytes((photos / "sub" / "chelsea.jpg").read_bytes())  # the same name, a new image
+    code, _, err = run_cli(*args[:2], changing, *args[3:], "--out", tmp_path / "c")
+    assert code == 2 and "its images differ" in err, err
+    code, _, err = run_cli(*args[:2], changing, *args[3:], "--out", tmp_path / "c", "--force")
+    assert code == 0 and "0 written before" in err, err
+
+    code, _, err = run_cli(*args, "--out", tmp_path / "L", "--layer", "bogus")
+    assert code == 2 and "unknown layer" in err and not (tmp_path / "L").exists()
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.jpg").write_bytes(b"nope")
+    code, _, err = run_cli(*args[:2], bad, *args[3:], "--out", tmp_path / "b")
+    assert code == 1 and "no image of" in err and (tmp_path / "b" / C.UNREADABLE).is_file(), err
+    started = time.monotonic()
+    code, _, err = run_cli(*args[:2], f"{tmp_path}/s-{{000000..999999999}}.tar", *args[3:], "--out", tmp_path / "s")
+    assert code == 2 and "names more than 1,000,000 shards" in err and time.monotonic() - started < 30, err

@@ -16,7 +16,8 @@ images are lines of DIR/unreadable.jsonl (embed) or of the predictions (predict)
 one process (under torchrun 0, said: torchrun restarts a group on a worker's non-zero status).
 
 DIR/collection.json says what the job is: the command, the model file's sha256, the backend and precision, the
-data and each part's images (its count and a hash of their names). A folder of another job is refused, or with
+data and each part's images (its count and a hash of their names, and of a folder's files' sizes and times of
+change: a file replaced makes it another job). A folder of another job is refused, or with
 --force started again. The processes meet twice on a gloo group (torchrun's store: no GPU collectives): once
 for rank 0's check of DIR, once before the merge, with no time limit on the wait for the slowest rank.
 """
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import sys
 from dataclasses import dataclass
@@ -35,8 +37,8 @@ import torch
 from . import distributed
 from .backends import auto_backend
 from .data import jsonfile, remote, shards
-from .errors import ResnetsError, printable
-from .inference import APPROX_ABOVE, embed, index_for, predict, runner_for, save_index
+from .errors import ResnetsError, Unreadable, printable
+from .inference import APPROX_ABOVE, check_embed, embed, index_for, predict, runner_for, save_index
 from .meta import preprocessing_for
 from .onnx_predict import digest, find_images, model_files
 from .safe_io import atomic_path, check_output_folder, is_run_folder
@@ -99,7 +101,7 @@ def manifest(job: Job, parts: list[tuple[str, object]]) -> dict:
     rows = []
     for name, images in parts:
         names = _names(images)
-        rows.append([name, len(names), hashlib.sha256("\n".join(names).encode()).hexdigest()[:32]])
+        rows.append([name, len(names), _fingerprint(images, names)])
     asked = {"layer": job.layer} if job.command == "embed" else {"top_k": job.top_k}
     cut = {} if isinstance(parts[0][1] if parts else None, shards.ShardDataset) else {"part_size": job.part_size}
     return {
@@ -115,6 +117,21 @@ def manifest(job: Job, parts: list[tuple[str, object]]) -> dict:
     }
 
 
+def _fingerprint(images, names: list[str]) -> str:
+    """A part's images, named: a folder's files by name, size and time of change (a file replaced makes its part
+    another job's), a shard's samples by name (the shard's size is checked against its index)."""
+    if isinstance(images, shards.ShardDataset):
+        return hashlib.sha256("\n".join(names).encode()).hexdigest()[:32]
+    h = hashlib.sha256()
+    for f in names:
+        try:
+            st = os.stat(f)
+            h.update(f"{f}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{f}\tmissing\n".encode())
+    return h.hexdigest()[:32]
+
+
 def _differs(old: dict, new: dict) -> str | None:
     """What makes the collection recorded (`old`) another job than `new`, in a few words; None: the same job."""
     for key in ("format", "command", "weights", "sha256", "layer", "top_k", "backend", "precision", "part_size"):
@@ -126,7 +143,9 @@ def _differs(old: dict, new: dict) -> str | None:
             )
             return f"its {key} is {_shown(old.get(key))}, not {_shown(new.get(key))}{flag}"
     if old.get("parts") != new.get("parts"):
-        return f"its images differ ({len(old.get('parts') or [])} parts there, {len(new['parts'])} now)"
+        there = old.get("parts")
+        held = f"{len(there)} parts there" if isinstance(there, list) else "no parts recorded"
+        return f"its images differ ({held}, {len(new['parts'])} now)"
     return None
 
 
@@ -136,13 +155,15 @@ def _shown(value) -> str:
 
 def prepare(job: Job, record: dict) -> int:
     """Rank 0's check of DIR before any work: a new collection is started (its manifest written), one of the
-    same job continued; the number of parts already written. Refused in one line: a folder of another job
-    (without --force), or of something else."""
+    same job continued; the number of parts already written. Refused in one line: a training run's folder (even
+    with --force), a folder of another job (without --force), or of something else; a parts/ that is not a folder
+    of its own (a link, a file)."""
     out = job.out
     recorded = out / MANIFEST
+    if out.is_dir() and is_run_folder(out):
+        raise ResnetsError(f"{out} is a training run's folder; write the collection elsewhere")
     if recorded.is_file():
-        old = _recorded(recorded)
-        why = _differs(old, record)
+        why = _differs(_recorded(recorded), record)
         if why and not job.force:
             raise ResnetsError(
                 f"{out} holds a collection of another job ({why}): give another --out, or --force to start it again"
@@ -150,14 +171,18 @@ def prepare(job: Job, record: dict) -> int:
         if why:
             _clear(out)
     else:
-        if out.is_dir() and is_run_folder(out):
-            raise ResnetsError(f"{out} is a training run's folder; write the collection elsewhere")
         check_output_folder(out, force=job.force, what="collection")
-    (out / "parts").mkdir(parents=True, exist_ok=True)
-    for left in (out / "parts").glob(".*.tmp*"):  # a killed process's half-written part
-        left.unlink(missing_ok=True)
-    with atomic_path(recorded) as tmp:
-        tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    parts = out / "parts"
+    if parts.is_symlink() or (parts.exists() and not parts.is_dir()):
+        raise ResnetsError(f"{parts} is not a folder of this collection's own (a link or a file): remove it")
+    try:
+        parts.mkdir(parents=True, exist_ok=True)
+        for left in parts.glob(".*.tmp*"):  # a killed process's half-written part (unlink: never what a link names)
+            left.unlink(missing_ok=True)
+        with atomic_path(recorded) as tmp:
+            tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    except OSError as e:
+        raise ResnetsError(f"cannot prepare {out}: {e.strerror or e}") from None
     return sum(_part_path(job, name).is_file() for name, _, _ in record["parts"])
 
 
@@ -173,10 +198,18 @@ def _recorded(path: Path) -> dict:
 
 
 def _clear(out: Path) -> None:
-    """A collection's own files removed (its parts, outputs and record), nothing else of the folder's."""
-    shutil.rmtree(out / "parts", ignore_errors=True)
-    for name in (*OUTPUT.values(), UNREADABLE, MANIFEST):
-        (out / name).unlink(missing_ok=True)
+    """A collection's own files removed (its parts, outputs and record), nothing else of the folder's; a parts/
+    that is a link is refused, not followed."""
+    parts = out / "parts"
+    if parts.is_symlink() or (parts.exists() and not parts.is_dir()):
+        raise ResnetsError(f"{parts} is not a folder of this collection's own (a link or a file): remove it")
+    try:
+        if parts.exists():
+            shutil.rmtree(parts)
+        for name in (*OUTPUT.values(), UNREADABLE, MANIFEST):
+            (out / name).unlink(missing_ok=True)
+    except OSError as e:
+        raise ResnetsError(f"cannot clear the collection in {out}: {e.strerror or e}") from None
 
 
 def _part_path(job: Job, name: str) -> Path:
@@ -192,14 +225,16 @@ def run(job: Job, load) -> int:
         if job.backend == "auto":  # the fastest for this device (ONNX Runtime for fp32 on a CPU); stage maps: eager
             job.backend = "eager" if job.layer else auto_backend(ctx.device, job.precision)
         model = load(ctx.device).eval()
+        if job.command == "embed":  # what embed refuses, refused before the folder is touched
+            check_embed(model, job.layer, job.backend, job.precision)
         parts = parts_of(job.data, job.part_size, channels=len(preprocessing_for(model).mean))
         record = manifest(job, parts)
         verdict = None
         if ctx.is_main:
             try:
                 verdict = prepare(job, record)
-            except ResnetsError as e:
-                verdict = str(e)
+            except Exception as e:  # every rank stops with rank 0's line, not only rank 0 (the others wait on it)
+                verdict = str(e) if isinstance(e, ResnetsError) else f"cannot prepare {job.out}: {e}"
         verdict = distributed.broadcast_object(verdict, ctx)
         if isinstance(verdict, str):
             raise ResnetsError(verdict)
@@ -268,26 +303,29 @@ def _part(job: Job, model, runner, name: str, images, first: int) -> int:
 
 
 def _read_part(job: Job, name: str, count: int):
-    """A written part: (embeddings or None, files, errors) for embed; the result lines for predict. One that
-    does not hold its part's `count` images is refused, naming it."""
+    """A written part: (embeddings or None, files, errors) for embed; the result rows for predict. One that is not
+    what this collection writes (its `count` images, as many rows as files, well-formed) is refused, naming it."""
     path = _part_path(job, name)
+    bad = ResnetsError(f"{path} is not the part of {count} images this collection wrote: remove it, and run again")
     try:
         if job.command == "predict":
-            lines = path.read_text(encoding="utf-8").splitlines()
-            held, got = len(lines), lines
-        else:
-            from safetensors import safe_open
+            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+            if len(rows) != count or not all(isinstance(r, dict) and ("top" in r or "error" in r) for r in rows):
+                raise bad
+            return rows
+        from safetensors import safe_open
 
-            with safe_open(str(path), "pt") as f:
-                meta = f.metadata() or {}
-                emb = f.get_tensor("embeddings") if "embeddings" in f.keys() else None
-            files, errors = json.loads(meta["files"]), json.loads(meta["errors"])
-            held, got = len(files) + len(errors), (emb, files, errors)
-    except (OSError, ValueError, KeyError):
-        held, got = -1, None
-    if held != count:
-        raise ResnetsError(f"{path} is not the part of {count} images this collection wrote: remove it, and run again")
-    return got
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            emb = f.get_tensor("embeddings") if "embeddings" in f.keys() else None
+        files, errors = json.loads(meta["files"]), json.loads(meta["errors"])
+    except Exception:  # (safetensors' own error among them): a part that cannot be read is not ours
+        raise bad from None
+    listed = isinstance(files, list) and isinstance(errors, list) and all(isinstance(f, str) for f in files)
+    rows = 0 if emb is None else emb.shape[0]
+    if not listed or len(files) + len(errors) != count or rows != len(files):
+        raise bad
+    return emb, files, errors
 
 
 def _merge(job: Job, record: dict) -> int:
@@ -297,9 +335,9 @@ def _merge(job: Job, record: dict) -> int:
     if job.command == "predict":
         with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as f:
             for name, count, _ in record["parts"]:
-                lines = _read_part(job, name, count)
-                bad += sum("error" in json.loads(line) for line in lines)
-                f.writelines(line + "\n" for line in lines)
+                rows = _read_part(job, name, count)
+                bad += sum("error" in r for r in rows)
+                f.writelines(json.dumps(r) + "\n" for r in rows)
         print(f"{sum(r[1] for r in record['parts']):,} predictions -> {out}", flush=True)
     else:
         rows, files, errors = [], [], []
@@ -308,18 +346,22 @@ def _merge(job: Job, record: dict) -> int:
             rows += [emb] if emb is not None else []
             files += kept
             errors += unread
-        if not rows:
-            raise ResnetsError(f"no image of {job.data} could be read")
-        embeddings = torch.cat(rows)
-        save_index(out, embeddings, files, weights=record.get("weights", job.weights), layer=job.layer)
-        if len(files) > APPROX_ABOVE:  # what `similar` will search: built now, once
-            index_for(out, embeddings, "auto", said=lambda text: print(text, file=sys.stderr))
         unreadable = job.out / UNREADABLE
         if errors:
             with atomic_path(unreadable) as tmp:
                 tmp.write_text("".join(json.dumps(e) + "\n" for e in errors), encoding="utf-8")
         else:
             unreadable.unlink(missing_ok=True)
+        if not rows:
+            raise Unreadable(f"no image of {job.data} could be read (listed in {unreadable})")
+        if len({r.shape[1:] for r in rows}) > 1:
+            raise ResnetsError(
+                f"the parts in {job.out / 'parts'} hold rows of different shapes: remove them, run again"
+            )
+        embeddings = torch.cat(rows)
+        save_index(out, embeddings, files, weights=record.get("weights", job.weights), layer=job.layer)
+        if len(files) > APPROX_ABOVE:  # what `similar` will search: built now, once
+            index_for(out, embeddings, "auto", said=lambda text: print(text, file=sys.stderr))
         bad = len(errors)
         print(f"{len(files):,} embeddings of shape {tuple(embeddings.shape[1:])} -> {out}", flush=True)
     if bad:

@@ -257,12 +257,9 @@ def embed(
     runner: one made before (`resnets.backends.make_runner(model, backend, output="features")`), reused.
     When no image could be read: Unreadable, or with `none_read` an empty (0,) tensor and the errors."""
     model.eval()
+    check_embed(model, layer, backend, precision)
     files, source = _images(paths)
     stages = list(model.stage_names)
-    if layer is not None and layer not in stages:
-        raise ResnetsError(f"unknown layer {layer!r}; choose from {', '.join(stages)}")
-    if layer is not None and (backend != "eager" or precision != "fp32"):
-        raise ResnetsError("stage maps (--layer) come from the eager backend at fp32 only")
     device = next(model.parameters()).device
     stream = iter(
         batches(model, source, batch_size=batch_size, workers=workers, device=device, loader=loader)
@@ -291,6 +288,18 @@ def embed(
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise Unreadable(f"no image could be read: {first}{more}" if first else "no image could be read")
     return torch.cat(feats), kept, errors
+
+
+def check_embed(model: nn.Module, layer: str | None, backend: str, precision: str) -> None:
+    """One line for what `embed` cannot give: a model without pooled features (an ONNX file gives logits), an
+    unknown stage, a stage's maps from another backend than eager at fp32."""
+    if getattr(model, "num_features", None) is None or not hasattr(model, "stage_names"):
+        raise ResnetsError("this model gives no features to embed (an ONNX file gives its logits): give its weights")
+    stages = list(model.stage_names)
+    if layer is not None and layer not in stages:
+        raise ResnetsError(f"unknown layer {printable(str(layer))[:40]!r}; choose from {', '.join(stages)}")
+    if layer is not None and (backend != "eager" or precision != "fp32"):
+        raise ResnetsError("stage maps (--layer) come from the eager backend at fp32 only")
 
 
 def save_index(

@@ -162,6 +162,12 @@ def _typed(shape, data, kind="FP32") -> dict:
         (json.dumps(_typed([1, 3, 64, 64], ["0.5"] * 12288)), {}, 400, "12288 numbers (FP32)"),
         (json.dumps(_typed([1, 3, 64, 64], [[0.5] * 12287, [0.5]])), {}, 400, "nested row-major"),
         (json.dumps(_typed([65, 3, 64, 64], [])), {}, 413, "--max-files"),
+        (json.dumps(_typed([1, 3, 64, 64], [0.5] * 12287 + [True])), {}, 400, "12288 numbers (FP32)"),
+        (json.dumps(_typed([1, 3, 64, 64], [1] * 12287 + [True], "UINT8")), {}, 400, "12288 numbers (UINT8)"),
+        (json.dumps(_typed([1, 3, 64, 64], [0.5] * 12288, [])), {}, 400, "the inputs are"),  # (unhashable)
+        (json.dumps({**ONE, "outputs": [{"name": ["logits"]}]}), {}, 400, "unknown output"),
+        (json.dumps({**ONE, "outputs": [{"name": {"a": 1}}]}), {}, 400, "unknown output"),
+        (json.dumps(_typed([1, 3, 64, 64], [3e38] * 12288)), {}, 422, "not finite for these inputs"),
         (json.dumps(_typed([1, 3, 64, 64], [0] * 12288, "FP16")), {}, 400, '"input" (FP32 normalised, or UINT8'),
         (json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1000]}]}), {}, 413, "--max-files"),
         (

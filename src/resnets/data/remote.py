@@ -69,6 +69,7 @@ CHUNK = 1 << 20
 TIMEOUT_S = 60.0  # RESNETS_FETCH_TIMEOUT's default
 MIN_RATE_MB_S = 0.1  # RESNETS_FETCH_MIN_RATE's default
 CACHE_GB = 50.0  # RESNETS_SHARD_CACHE_GB's default
+MAX_SHARDS = 1_000_000  # names a shard pattern may expand to (LAION-2B's WebDataset: ~230,000 shards)
 
 
 def is_remote(text: str) -> bool:
@@ -122,12 +123,38 @@ def too_large(size: int) -> str | None:
     )
 
 
-def sources(pattern: str) -> list[tuple[str, str]]:
-    """(source, shard file name) for each shard of `pattern` (braces expanded): the name is its last NAME.tar."""
+def expand(pattern: str) -> list[str]:
+    """The names a shard pattern's braces expand to ('train-{000000..001023}.tar'), at most MAX_SHARDS: a few
+    bytes of braces can name billions, and the list would be built before anything was read."""
     from braceexpand import braceexpand
 
+    if _names_at_most(pattern) > MAX_SHARDS:  # counted first: braceexpand builds a range's names all at once
+        raise ResnetsError(f"{_shown(pattern)} names more than {MAX_SHARDS:,} shards: give fewer, or larger shards")
+    return list(braceexpand(pattern))
+
+
+_RANGE = re.compile(r"\{(-?\d{1,30})\.\.(-?\d{1,30})(?:\.\.(-?\d{1,30}))?\}")
+_CHOICE = re.compile(r"\{[^{}]*,[^{}]*\}")
+
+
+def _names_at_most(pattern: str) -> int:
+    """At least as many names as the braces of `pattern` expand to: each numeric range's length and each list's
+    count of choices multiplied (nested lists counted as if they multiplied; letter ranges are 26 at most)."""
+    if len(pattern) > 10_000 or re.search(r"\d{31}", pattern):
+        return MAX_SHARDS + 1
+    n = 1
+    for a, b, step in _RANGE.findall(pattern):
+        n *= abs(int(b) - int(a)) // max(1, abs(int(step or 1))) + 1
+    for choice in _CHOICE.findall(pattern):
+        n *= choice.count(",") + 1
+    n *= 26 ** len(re.findall(r"\{[A-Za-z]\.\.[A-Za-z]", pattern))
+    return n
+
+
+def sources(pattern: str) -> list[tuple[str, str]]:
+    """(source, shard file name) for each shard of `pattern` (braces expanded): the name is its last NAME.tar."""
     out = []
-    for source in braceexpand(pattern):
+    for source in expand(pattern):
         names = SHARD.findall(source)
         if not names:
             raise ResnetsError(f"{_shown(source)}: names no .tar shard (streamed data is a pattern of shards)")

@@ -388,9 +388,7 @@ def holds_shards(data) -> bool:
 
 
 def _expand(pattern: str) -> list[Path]:
-    from braceexpand import braceexpand
-
-    return [Path(p) for p in braceexpand(pattern)]
+    return [Path(p) for p in remote.expand(pattern)]
 
 
 def load(data: str, split: str, channels: int = 3, classes: Sequence[str] | None = None) -> ShardDataset | None:

@@ -96,14 +96,20 @@ def app(
     api.add_exception_handler(StarletteHTTPException, not_routed)
     for routes in (image_routes, detect_routes, segment_routes, info_routes):
         api.include_router(routes(svc), dependencies=[Depends(auth)])
-    api.state.oip_model = None
-    if svc.task in ("classification", "detection"):  # (a segmenter's class maps are not in the protocol here yet)
-        api.state.oip_model = model_name or svc.meta.architecture
-        api.include_router(oip_routes(svc, api.state.oip_model), dependencies=[Depends(auth)])
+    _protocol(api, svc, model_name, Depends(auth))
     api.include_router(open_routes(svc))
     api.include_router(health_routes(svc))
     api.mount("/docs/assets", doc_assets(), name="doc-assets")
     return api
+
+
+def _protocol(api, svc, model_name: str | None, auth) -> None:
+    """The Open Inference Protocol's routes for a classifier and a detector (a segmenter's class maps are not in
+    it here yet), behind the token; api.state.oip_model: the model's name there, or None."""
+    api.state.oip_model = None
+    if svc.task in ("classification", "detection"):
+        api.state.oip_model = model_name or svc.meta.architecture
+        api.include_router(oip_routes(svc, api.state.oip_model), dependencies=[auth])
 
 
 class Counted:

@@ -106,6 +106,7 @@ def inputs_in(doc: dict, binary: bytes, limits: Limits, shape: tuple[int, ...] |
         raise _refused(f'give one input: "{INPUT}" (BYTES: encoded images) or "{TENSOR}" (FP32 or UINT8 [N, C, H, W])')
     spec = inputs[0]
     name, kind = spec.get("name"), spec.get("datatype")
+    name, kind = (v if isinstance(v, str) else repr(v)[:40] for v in (name, kind))  # (a list is no dict key)
     if name == TENSOR and shape is None:
         raise _refused(f'this model takes "{INPUT}" only (BYTES: encoded image files, of any size)')
     if name == TENSOR and kind in TENSOR_TYPES:
@@ -162,11 +163,22 @@ def _numbers(data, kind: str, count: int) -> np.ndarray:
         raise _refused(wrong) from None
     if not isinstance(data, list) or array.size != count or array.dtype.kind not in ("iuf" if kind == "FP32" else "iu"):
         raise _refused(wrong)
+    if any(v is True or v is False for v in _leaves(data)):  # numpy takes true for 1 beside numbers
+        raise _refused(wrong)
     if kind == "UINT8":
         if array.min() < 0 or array.max() > 255:
             raise _refused(f'"{TENSOR}" is UINT8: its values are from 0 to 255')
         return array.astype(np.uint8).ravel()
     return array.astype(np.float32).ravel()
+
+
+def _leaves(data: list):
+    """The values of a nested list, row-major (its nesting is bounded by the request's depth)."""
+    for v in data:
+        if isinstance(v, list):
+            yield from _leaves(v)
+        else:
+            yield v
 
 
 def images_in(spec: dict, binary: bytes, limits: Limits) -> list[tuple[str, bytes]]:
@@ -254,7 +266,7 @@ def _asked(doc: dict, svc: Service) -> list[tuple[str, bool, int]]:
     for o in asked:
         params = _params(o)
         k = params.get("classification", 0)
-        if o.get("name") not in given:
+        if not isinstance(o.get("name"), str) or o["name"] not in given:
             raise _refused(f"unknown output {str(o.get('name'))[:40]!r}; this model gives {', '.join(given)}")
         if any(o["name"] == seen for seen, _, _ in out):
             raise _refused(f"output {o['name']!r} asked twice")
@@ -307,6 +319,11 @@ def answer(svc: Service, doc: dict, asked: list[tuple[str, bool, int]], tensors:
     """The infer response to `doc`: each output `asked` (_asked) of `tensors` in JSON or binary (then the JSON
     header's length in HEADER)."""
     outputs, blobs = [], []
+    for name, _, _ in asked:
+        if tensors[name].dtype.kind == "f" and not np.isfinite(tensors[name]).all():
+            raise HTTPFailure(
+                422, f"the model's {name} are not finite for these inputs (values too large?)", kind="bad_request"
+            )
     for name, binary, k in asked:
         if k:  # the asked output's own values, best first
             p, c = torch.from_numpy(tensors[name]).topk(k, dim=1)
