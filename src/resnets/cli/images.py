@@ -422,7 +422,8 @@ def _predict_backend_help(backends_help: str) -> str:
 
 
 def collection_args(p: argparse.ArgumentParser, output: str, out: str | None = None) -> None:
-    """--data, --out, --force and --part-size: the command over a collection (collection.py)."""
+    """The image paths, or --data, --out, --force and --part-size: the command over a collection (collection.py)."""
+    p.add_argument("paths", nargs="*", help="image files or folders (searched recursively)")
     p.add_argument(
         "--data",
         help="a collection instead of paths: a folder of images, or shards (a folder holding index.json, .tar "
@@ -479,12 +480,11 @@ def add_commands(sub) -> None:
         "when every image was classified, 1 when any could not be read (the results of the rest are printed all the "
         "same; under torchrun 0, said: torchrun restarts a group that exits 1), 2 for bad usage.",
     )
-    p.add_argument("paths", nargs="*", help="image files or folders (searched recursively)")
+    collection_args(p, "predictions.jsonl (a line an image, as --json's results)")
     inference_args(p, ("auto", _predict_backend_help(backends_help)))
     p.add_argument("--top-k", "-k", type=count(1), default=5, help="classes shown per image (default 5)")
     p.add_argument("--format", choices=["table", "json", "csv"], default="table", help="default table")
     p.add_argument("--json", action="store_true", help="the same as --format json")
-    collection_args(p, "predictions.jsonl (a line an image, as --json's results)")
     p.set_defaults(func=_cmd_predict)
 
     _add_detect(sub)
@@ -498,10 +498,9 @@ def add_commands(sub) -> None:
         "resumable). Exit status: 0 when every image was embedded, 1 when any could not be read (listed; the rest "
         "are embedded all the same; under torchrun 0, said), 2 for bad usage.",
     )
-    p.add_argument("paths", nargs="*", help="image files or folders (searched recursively)")
+    collection_args(p, "embeddings.safetensors (the index similar --index reads)", out="the index file (.safetensors)")
     inference_args(p)
     p.add_argument("--layer", help="a stage (layer1..layer4) instead of the pooled pre-logit features")
-    collection_args(p, "embeddings.safetensors (the index similar --index reads)", out="the index file (.safetensors)")
     p.set_defaults(func=_cmd_embed)
 
     _add_similar(sub)
