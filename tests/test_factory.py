@@ -140,3 +140,16 @@ def test_torchvision_checkpoint_file_through_create_model(tmp_path):
     x = torch.randn(1, 3, 96, 96)
     with torch.no_grad():
         assert (ours(x) - ref(x)).abs().max().item() <= 1e-5
+
+
+def test_a_folder_without_model_safetensors_names_the_model_files_it_holds(tmp_path):
+    """A folder given as --weights (KServe's /mnt/models holding one file, say) that has no model.safetensors: the
+    line names the model files it does hold, so the user can give one; a run's folder is told to resume instead."""
+    (tmp_path / "pets").mkdir()
+    resnets.save(resnets.create_model("resnet8", num_classes=2), tmp_path / "pets" / "r8.safetensors")
+    with pytest.raises(WeightsError, match=r"without a model.safetensors \(it holds 'r8.safetensors': give the file\)"):
+        resnets.load(tmp_path / "pets")
+    (tmp_path / "pets" / "config.json").write_text(json.dumps({"model": "resnet8"}))
+    with pytest.raises(WeightsError, match="resume it with `resnets train --resume`"):
+        resnets.load(tmp_path / "pets")
+    assert resnets.load(tmp_path / "pets" / "r8.safetensors").num_classes == 2

@@ -51,11 +51,11 @@ def _resolve(weights: str | os.PathLike, download: bool) -> tuple[dict[str, torc
         return sd, meta, repr(text)
     if os.path.isdir(text):
         if not os.path.isfile(os.path.join(text, "model.safetensors")):
-            hint = (
-                " (a run still training, or stopped: resume it with `resnets train --resume`)"
-                if os.path.isfile(os.path.join(text, "config.json"))
-                else ""
-            )
+            found = sorted(f for f in os.listdir(text) if f.endswith((".safetensors", ".pt", ".pth", ".onnx")))[:3]
+            if os.path.isfile(os.path.join(text, "config.json")):
+                hint = " (a run still training, or stopped: resume it with `resnets train --resume`)"
+            else:
+                hint = f" (it holds {', '.join(map(repr, found))}: give the file)" if found else ""
             raise WeightsError(f"{text} is a folder without a model.safetensors{hint}")
         text = os.path.join(text, "model.safetensors")
     if (
