@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from . import distributed
 from .backends import auto_backend
@@ -70,7 +72,6 @@ class Job:
     precision: str = "fp32"
     device: str = "auto"
     force: bool = False
-    progress: bool = False
 
 
 def parts_of(data: str, part_size: int = PART_SIZE, channels: int = 3) -> list[tuple[str, object]]:
@@ -246,7 +247,7 @@ def run(job: Job, load) -> int:
                 file=sys.stderr,
                 flush=True,
             )
-        _work(job, model, parts, ctx)
+        _work(job, model, parts, [count for _, count, _ in record["parts"]], ctx)
         distributed.barrier(ctx)
         status = _merge(job, record) if ctx.is_main else 0
         # under torchrun a worker's non-zero status is a failure: the group is restarted (--max-restarts), to
@@ -256,8 +257,9 @@ def run(job: Job, load) -> int:
         distributed.cleanup(ctx)
 
 
-def _work(job: Job, model, parts: list[tuple[str, object]], ctx) -> None:
-    """This rank's parts that are not written yet, each written whole as it is done."""
+def _work(job: Job, model, parts: list[tuple[str, object]], counts: list[int], ctx) -> None:
+    """This rank's parts that are not written yet, each written whole as it is done (`counts`: each part's
+    images, as the record holds them)."""
     todo = [
         (i, name, images)
         for i, (name, images) in enumerate(parts)
@@ -270,8 +272,8 @@ def _work(job: Job, model, parts: list[tuple[str, object]], ctx) -> None:
     if job.command == "predict" or job.layer is None:  # made once (an export, a compilation), used by every part
         runner = runner_for(model, job.backend, todo[0][2], output, job.batch_size, job.precision, ctx.device)
     offsets = [0]
-    for _, images in parts:
-        offsets.append(offsets[-1] + len(_names(images)))
+    for count in counts:
+        offsets.append(offsets[-1] + count)
     where = f"rank {ctx.rank}: " if ctx.distributed else ""
     for done, (i, name, images) in enumerate(todo, 1):
         bad = _part(job, model, runner, name, images, offsets[i])
@@ -288,8 +290,6 @@ def _part(job: Job, model, runner, name: str, images, first: int) -> int:
     common = dict(batch_size=job.batch_size, workers=job.workers, backend=job.backend, precision=job.precision)
     path = _part_path(job, name)
     if job.command == "embed":
-        from safetensors.torch import save_file
-
         emb, kept, errors = embed(model, images, layer=job.layer, runner=runner, none_read=True, **common)
         meta = {"format": PART_FORMAT, "files": json.dumps(kept), "errors": json.dumps(errors)}
         with atomic_path(path) as tmp:
@@ -313,8 +313,6 @@ def _read_part(job: Job, name: str, count: int):
             if len(rows) != count or not all(isinstance(r, dict) and ("top" in r or "error" in r) for r in rows):
                 raise bad
             return rows
-        from safetensors import safe_open
-
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
             emb = f.get_tensor("embeddings") if "embeddings" in f.keys() else None
